@@ -1,0 +1,283 @@
+/* qcow2 cluster compression: deflate as qemu decodes it, and zstd.
+ *
+ * qemu inflates deflate clusters with a 4 KiB window (raw deflate,
+ * windowBits -12), so we must never emit a back-reference further than
+ * 4 KiB: compressing with windowBits -12 guarantees that.  Streams are
+ * kept per thread because setting one up costs far more than
+ * compressing a small cluster.
+ */
+#include <config.h>
+
+#include <pthread.h>
+#include <string.h>
+#include <zlib.h>
+#ifdef HAVE_ZSTD
+#include <zstd.h>
+#include <zstd_errors.h>
+#endif
+
+#include "internal.h"
+
+#define QCOW2_DEFLATE_WINDOW_BITS (-12)
+
+struct codec_state {
+  z_stream deflate;
+  int deflate_level;            /* level the stream was set up with */
+  bool deflate_ready;
+  z_stream inflate;
+  bool inflate_ready;
+#ifdef HAVE_ZSTD
+  ZSTD_CCtx *zc;
+  ZSTD_DCtx *zd;
+#endif
+};
+
+static pthread_key_t state_key;
+static pthread_once_t state_once = PTHREAD_ONCE_INIT;
+
+static void
+free_state (void *p)
+{
+  struct codec_state *s = p;
+
+  if (s->deflate_ready)
+    deflateEnd (&s->deflate);
+  if (s->inflate_ready)
+    inflateEnd (&s->inflate);
+#ifdef HAVE_ZSTD
+  ZSTD_freeCCtx (s->zc);
+  ZSTD_freeDCtx (s->zd);
+#endif
+  free (s);
+}
+
+static void
+make_key (void)
+{
+  pthread_key_create (&state_key, free_state);
+}
+
+static struct codec_state *
+get_state (void)
+{
+  struct codec_state *s;
+
+  pthread_once (&state_once, make_key);
+  s = pthread_getspecific (state_key);
+  if (s == NULL) {
+    s = calloc (1, sizeof *s);
+    if (s == NULL) {
+      sc_set_error (errno, "codec: out of memory");
+      return NULL;
+    }
+    pthread_setspecific (state_key, s);
+  }
+  return s;
+}
+
+static ssize_t
+deflate_cluster (struct codec_state *s, int level,
+                 const void *in, size_t in_len, void *out, size_t out_len)
+{
+  int r;
+
+  if (level < 0)
+    level = Z_DEFAULT_COMPRESSION;
+  if (s->deflate_ready && s->deflate_level != level) {
+    deflateEnd (&s->deflate);
+    s->deflate_ready = false;
+  }
+  if (!s->deflate_ready) {
+    memset (&s->deflate, 0, sizeof s->deflate);
+    if (deflateInit2 (&s->deflate, level, Z_DEFLATED,
+                      QCOW2_DEFLATE_WINDOW_BITS, 9,
+                      Z_DEFAULT_STRATEGY) != Z_OK) {
+      sc_set_error (ENOMEM, "deflate: cannot initialize (level %d)", level);
+      return -1;
+    }
+    s->deflate_ready = true;
+    s->deflate_level = level;
+  }
+  else if (deflateReset (&s->deflate) != Z_OK) {
+    sc_set_error (EIO, "deflate: reset failed");
+    return -1;
+  }
+
+  s->deflate.next_in = (Bytef *) in;
+  s->deflate.avail_in = (uInt) in_len;
+  s->deflate.next_out = out;
+  s->deflate.avail_out = (uInt) out_len;
+  r = deflate (&s->deflate, Z_FINISH);
+  if (r == Z_STREAM_END) {
+    size_t n = out_len - s->deflate.avail_out;
+    return n < out_len ? (ssize_t) n : 0;
+  }
+  if (r == Z_OK || r == Z_BUF_ERROR)
+    return 0;                   /* did not fit: store uncompressed */
+  sc_set_error (EIO, "deflate: compression failed (%d)", r);
+  return -1;
+}
+
+static int
+inflate_cluster (struct codec_state *s, const void *in, size_t in_len,
+                 void *out, size_t out_len)
+{
+  int r;
+
+  if (!s->inflate_ready) {
+    memset (&s->inflate, 0, sizeof s->inflate);
+    if (inflateInit2 (&s->inflate, QCOW2_DEFLATE_WINDOW_BITS) != Z_OK) {
+      sc_set_error (ENOMEM, "inflate: cannot initialize");
+      return -1;
+    }
+    s->inflate_ready = true;
+  }
+  else if (inflateReset (&s->inflate) != Z_OK) {
+    sc_set_error (EIO, "inflate: reset failed");
+    return -1;
+  }
+
+  s->inflate.next_in = (Bytef *) in;
+  s->inflate.avail_in = (uInt) in_len;
+  s->inflate.next_out = out;
+  s->inflate.avail_out = (uInt) out_len;
+  r = inflate (&s->inflate, Z_FINISH);
+  /* The input may run on into the next compressed cluster, so a full
+   * output buffer is success whether or not the stream ended.
+   */
+  if ((r == Z_STREAM_END || r == Z_BUF_ERROR || r == Z_OK)
+      && s->inflate.avail_out == 0)
+    return 0;
+  sc_set_error (EIO, "compressed cluster does not decode to %zu bytes "
+                "(deflate: %s)", out_len,
+                s->inflate.msg ? s->inflate.msg : "truncated data");
+  return -1;
+}
+
+#ifdef HAVE_ZSTD
+static ssize_t
+zstd_cluster (struct codec_state *s, int level,
+              const void *in, size_t in_len, void *out, size_t out_len)
+{
+  size_t r;
+
+  if (s->zc == NULL && (s->zc = ZSTD_createCCtx ()) == NULL) {
+    sc_set_error (ENOMEM, "zstd: cannot create a compression context");
+    return -1;
+  }
+  if (level < 0)
+    level = ZSTD_CLEVEL_DEFAULT;
+  /* One byte less than the cluster: output that does not shrink is
+   * stored uncompressed.
+   */
+  r = ZSTD_compressCCtx (s->zc, out, out_len - 1, in, in_len, level);
+  if (ZSTD_isError (r)) {
+    if (ZSTD_getErrorCode (r) == ZSTD_error_dstSize_tooSmall)
+      return 0;
+    sc_set_error (EIO, "zstd: %s", ZSTD_getErrorName (r));
+    return -1;
+  }
+  return (ssize_t) r;
+}
+
+static int
+unzstd_cluster (struct codec_state *s, const void *in, size_t in_len,
+                void *out, size_t out_len)
+{
+  ZSTD_inBuffer ib = { in, in_len, 0 };
+  ZSTD_outBuffer ob = { out, out_len, 0 };
+
+  if (s->zd == NULL && (s->zd = ZSTD_createDCtx ()) == NULL) {
+    sc_set_error (ENOMEM, "zstd: cannot create a decompression context");
+    return -1;
+  }
+  ZSTD_DCtx_reset (s->zd, ZSTD_reset_session_only);
+  /* One or more frames; stop as soon as the cluster is full. */
+  while (ob.pos < ob.size) {
+    size_t before_in = ib.pos, before_out = ob.pos;
+    size_t r = ZSTD_decompressStream (s->zd, &ob, &ib);
+    if (ZSTD_isError (r)) {
+      sc_set_error (EIO, "compressed cluster does not decode (zstd: %s)",
+                    ZSTD_getErrorName (r));
+      return -1;
+    }
+    if (ib.pos == before_in && ob.pos == before_out) {
+      sc_set_error (EIO, "compressed cluster does not decode to %zu bytes "
+                    "(zstd: truncated data)", out_len);
+      return -1;
+    }
+  }
+  return 0;
+}
+#endif
+
+ssize_t
+sc_compress (enum sc_codec codec, int level,
+             const void *in, size_t in_len, void *out, size_t out_len)
+{
+  struct codec_state *s = get_state ();
+
+  if (s == NULL)
+    return -1;
+  switch (codec) {
+  case SC_CODEC_DEFLATE:
+    return deflate_cluster (s, level, in, in_len, out, out_len);
+#ifdef HAVE_ZSTD
+  case SC_CODEC_ZSTD:
+    return zstd_cluster (s, level, in, in_len, out, out_len);
+#endif
+  default:
+    sc_set_error (ENOTSUP, "compression type %d is not supported", codec);
+    return -1;
+  }
+}
+
+int
+sc_decompress (enum sc_codec codec, const void *in, size_t in_len,
+               void *out, size_t out_len)
+{
+  struct codec_state *s = get_state ();
+
+  if (s == NULL)
+    return -1;
+  switch (codec) {
+  case SC_CODEC_DEFLATE:
+    return inflate_cluster (s, in, in_len, out, out_len);
+#ifdef HAVE_ZSTD
+  case SC_CODEC_ZSTD:
+    return unzstd_cluster (s, in, in_len, out, out_len);
+#endif
+  default:
+    sc_set_error (ENOTSUP, "compression type %d is not supported", codec);
+    return -1;
+  }
+}
+
+const char *
+sc_codec_name (enum sc_codec codec)
+{
+  switch (codec) {
+  case SC_CODEC_NONE: return "none";
+  case SC_CODEC_DEFLATE: return "deflate";
+  case SC_CODEC_ZSTD: return "zstd";
+  }
+  return "unknown";
+}
+
+int
+sc_codec_parse (const char *name, enum sc_codec *codec)
+{
+  if (strcmp (name, "deflate") == 0 || strcmp (name, "zlib") == 0)
+    *codec = SC_CODEC_DEFLATE;
+#ifdef HAVE_ZSTD
+  else if (strcmp (name, "zstd") == 0)
+    *codec = SC_CODEC_ZSTD;
+#endif
+  else if (strcmp (name, "none") == 0)
+    *codec = SC_CODEC_NONE;
+  else {
+    sc_set_error (EINVAL, "unknown compression type '%s'", name);
+    return -1;
+  }
+  return 0;
+}

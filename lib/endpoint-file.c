@@ -1,0 +1,8 @@
+/* Placeholder: filled in by its owner. */
+#include <config.h>
+#include "internal.h"
+
+void
+sc_cleanup_temporaries (void)
+{
+}

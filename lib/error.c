@@ -1,0 +1,54 @@
+/* Per-thread error message and errno. */
+#include <config.h>
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define SC_ERROR_LEN 1024
+
+static __thread char error_message[SC_ERROR_LEN];
+static __thread int error_errno;
+
+const char *
+sc_error_message (void)
+{
+  return error_message;
+}
+
+int
+sc_error_errno (void)
+{
+  return error_errno;
+}
+
+void
+sc_set_error (int errnum, const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (error_message, sizeof error_message, fmt, ap);
+  va_end (ap);
+  error_errno = errnum ? errnum : EINVAL;
+  errno = error_errno;
+}
+
+void
+sc_error_prefix (const char *fmt, ...)
+{
+  char prefix[SC_ERROR_LEN];
+  char old[SC_ERROR_LEN];
+  va_list ap;
+  int saved = error_errno;
+
+  va_start (ap, fmt);
+  vsnprintf (prefix, sizeof prefix, fmt, ap);
+  va_end (ap);
+  memcpy (old, error_message, sizeof old);
+  snprintf (error_message, sizeof error_message, "%s: %s", prefix, old);
+  error_errno = saved;
+  errno = saved;
+}

@@ -1,0 +1,116 @@
+/* libsparsecow internals: helpers and prototypes shared inside lib/,
+ * grouped by the file that defines them.  Not installed.
+ */
+#ifndef SPARSECOW_INTERNAL_H
+#define SPARSECOW_INTERNAL_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <endian.h>
+#include <sys/types.h>
+#include <inttypes.h>
+
+#include "sparsecow.h"
+
+/* ---- small helpers ------------------------------------------------- */
+
+#define SC_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define SC_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* i is a power of two here; these are for alignment arithmetic. */
+#define SC_IS_ALIGNED(x, a) (((x) & ((uint64_t) (a) - 1)) == 0)
+#define SC_ROUND_DOWN(x, a) ((x) & ~((uint64_t) (a) - 1))
+#define SC_ROUND_UP(x, a) (((x) + (uint64_t) (a) - 1) & ~((uint64_t) (a) - 1))
+#define SC_DIV_ROUND_UP(x, d) (((x) + (d) - 1) / (d))
+
+/* Add or multiply with an overflow check: true on overflow. */
+#define SC_ADD_OVERFLOW(a, b, r) __builtin_add_overflow ((a), (b), (r))
+#define SC_MUL_OVERFLOW(a, b, r) __builtin_mul_overflow ((a), (b), (r))
+
+/* Free on scope exit. */
+static inline void sc_cleanup_free (void *ptr) { free (*(void **) ptr); }
+#define CLEANUP_FREE __attribute__ ((cleanup (sc_cleanup_free)))
+
+/* Big-endian loads and stores from unaligned byte buffers. */
+static inline uint16_t sc_get_be16 (const void *p)
+{ uint16_t v; __builtin_memcpy (&v, p, 2); return be16toh (v); }
+static inline uint32_t sc_get_be32 (const void *p)
+{ uint32_t v; __builtin_memcpy (&v, p, 4); return be32toh (v); }
+static inline uint64_t sc_get_be64 (const void *p)
+{ uint64_t v; __builtin_memcpy (&v, p, 8); return be64toh (v); }
+static inline void sc_put_be16 (void *p, uint16_t v)
+{ v = htobe16 (v); __builtin_memcpy (p, &v, 2); }
+static inline void sc_put_be32 (void *p, uint32_t v)
+{ v = htobe32 (v); __builtin_memcpy (p, &v, 4); }
+static inline void sc_put_be64 (void *p, uint64_t v)
+{ v = htobe64 (v); __builtin_memcpy (p, &v, 8); }
+
+/* ---- error.c --------------------------------------------------------- */
+
+/* Record errnum and a printf-style message for this thread.  errnum 0
+ * means "not a system error" and is stored as EINVAL.
+ */
+extern void sc_set_error (int errnum, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+/* Prefix the current message with "prefix: ". */
+extern void sc_error_prefix (const char *fmt, ...)
+  __attribute__ ((format (printf, 1, 2)));
+
+/* ---- util.c ---------------------------------------------------------- */
+
+/* Is the buffer all zero bytes? */
+extern bool sc_is_zero (const void *buf, size_t len);
+/* Read/write exactly count bytes at offset, retrying short I/O and
+ * EINTR.  A read past the end of file fails with EIO ("short read").
+ */
+extern int sc_full_pread (int fd, void *buf, size_t count, uint64_t offset);
+extern int sc_full_pwrite (int fd, const void *buf, size_t count,
+                           uint64_t offset);
+/* Write all of buf to a (possibly unseekable) fd. */
+extern int sc_full_write (int fd, const void *buf, size_t count);
+/* Number of online CPUs, at least 1. */
+extern unsigned sc_online_cpus (void);
+/* Shared "not supported" endpoint slots (fail with ENOTSUP). */
+extern int sc_ep_pwrite_unsupported (struct sc_endpoint *, const void *,
+                                     size_t, uint64_t);
+extern int sc_ep_zero_unsupported (struct sc_endpoint *, uint64_t, uint64_t);
+extern int sc_ep_flush_none (struct sc_endpoint *);
+/* The default extents slot: everything is data. */
+extern int sc_ep_extents_all_data (struct sc_endpoint *, uint64_t, uint64_t,
+                                   struct sc_extent_list *);
+
+/* ---- extent.c -------------------------------------------------------- */
+
+/* Append the data/hole extents of [offset, offset+count) of an open
+ * regular file to list, by the given method.  A file system without
+ * SEEK_HOLE support yields one data extent.
+ */
+extern int sc_fd_extents (int fd, enum sc_map_method method,
+                          uint64_t offset, uint64_t count,
+                          struct sc_extent_list *list);
+
+/* ---- codec.c --------------------------------------------------------- */
+
+/* Compress one cluster.  Returns the compressed length (> 0), 0 if the
+ * result would not be smaller than out_len (store it uncompressed), or
+ * -1 on error.  Deflate output is raw deflate with a 4 KiB window, as
+ * qemu decodes it; zstd output is one frame.  Thread-safe.
+ */
+extern ssize_t sc_compress (enum sc_codec codec, int level,
+                            const void *in, size_t in_len,
+                            void *out, size_t out_len);
+/* Decompress into exactly out_len bytes from at most in_len input
+ * bytes (the input may run on into the next compressed cluster).
+ * Returns 0, or -1 if the data does not decode to out_len bytes.
+ */
+extern int sc_decompress (enum sc_codec codec,
+                          const void *in, size_t in_len,
+                          void *out, size_t out_len);
+/* "deflate" / "zstd"; parse returns -1 for an unknown name. */
+extern const char *sc_codec_name (enum sc_codec codec);
+extern int sc_codec_parse (const char *name, enum sc_codec *codec);
+
+#endif /* SPARSECOW_INTERNAL_H */

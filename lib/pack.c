@@ -1,0 +1,3 @@
+/* Placeholder: filled in by its owner. */
+#include <config.h>
+#include "internal.h"

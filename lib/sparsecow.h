@@ -1,0 +1,290 @@
+/* libsparsecow: move sparse data in and out of qcow2 images.
+ *
+ * Every call that can fail returns -1 (or NULL) and records a
+ * per-thread message and errno, read with sc_error_message() and
+ * sc_error_errno().  Nothing in the library prints.
+ */
+#ifndef SPARSECOW_H
+#define SPARSECOW_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- error.c ---------------------------------------------------- */
+
+/* The message of the last failed call in this thread ("" if none). */
+extern const char *sc_error_message (void);
+/* The errno of the last failed call in this thread (0 if none). */
+extern int sc_error_errno (void);
+
+/* ---- extent.c: where data lives ---------------------------------- */
+
+/* Extent flags.  An extent with neither flag holds data. */
+#define SC_EXTENT_HOLE 1        /* unallocated (reads as zeros here) */
+#define SC_EXTENT_ZERO 2        /* reads as zeros */
+
+struct sc_extent {
+  uint64_t offset;
+  uint64_t length;
+  uint32_t flags;
+};
+
+/* A growable list of extents, sorted by offset and contiguous. */
+struct sc_extent_list {
+  struct sc_extent *ext;
+  size_t len;
+  size_t cap;
+};
+
+extern void sc_extent_list_init (struct sc_extent_list *list);
+extern void sc_extent_list_free (struct sc_extent_list *list);
+/* Append, merging with the last extent when flags match and they touch. */
+extern int sc_extent_list_append (struct sc_extent_list *list,
+                                  uint64_t offset, uint64_t length,
+                                  uint32_t flags);
+
+/* How to find the data of a regular file. */
+enum sc_map_method {
+  SC_MAP_SEEK = 0,              /* SEEK_DATA/SEEK_HOLE (default) */
+  SC_MAP_FIEMAP,                /* FIEMAP with FIEMAP_FLAG_SYNC */
+  SC_MAP_NONE,                  /* everything is data */
+};
+
+/* ---- endpoints: one small vtable, one file per kind --------------- */
+
+struct sc_endpoint;
+
+/* Every slot is set; unsupported operations fail with ENOTSUP. */
+struct sc_endpoint_ops {
+  const char *kind;             /* "file", "block", "pipe", "qcow2", "nbd" */
+  /* Read or write exactly count bytes at offset. */
+  int (*pread) (struct sc_endpoint *ep, void *buf, size_t count,
+                uint64_t offset);
+  int (*pwrite) (struct sc_endpoint *ep, const void *buf, size_t count,
+                 uint64_t offset);
+  /* Make a range read as zeros. */
+  int (*zero) (struct sc_endpoint *ep, uint64_t count, uint64_t offset);
+  /* Append the extents covering [offset, offset+count) to list. */
+  int (*extents) (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
+                  struct sc_extent_list *list);
+  int (*flush) (struct sc_endpoint *ep);
+  /* Release everything; returns -1 if a deferred error surfaced. */
+  int (*close) (struct sc_endpoint *ep);
+};
+
+/* Endpoint capability flags. */
+#define SC_EP_SEEKABLE     0x1  /* pread/pwrite at any offset */
+#define SC_EP_THREAD_SAFE  0x2  /* pread/pwrite may run concurrently */
+#define SC_EP_FRESH_ZEROS  0x4  /* target: unwritten ranges already read as zero */
+
+struct sc_endpoint {
+  const struct sc_endpoint_ops *ops;
+  char *name;                   /* for messages */
+  uint64_t size;                /* virtual size in bytes */
+  uint32_t block_size;          /* preferred I/O size */
+  uint32_t flags;               /* SC_EP_* */
+};
+
+static inline int sc_ep_pread (struct sc_endpoint *ep, void *b, size_t n, uint64_t o)
+{ return ep->ops->pread (ep, b, n, o); }
+static inline int sc_ep_pwrite (struct sc_endpoint *ep, const void *b, size_t n, uint64_t o)
+{ return ep->ops->pwrite (ep, b, n, o); }
+static inline int sc_ep_close (struct sc_endpoint *ep)
+{ return ep->ops->close (ep); }
+
+/* endpoint-file.c: regular files, block devices, pipes. */
+
+/* Open a data source: a path (file or block device) or "-" (stdin).
+ * map selects how a regular file's extents are found.
+ */
+extern struct sc_endpoint *sc_file_open_source (const char *path,
+                                                enum sc_map_method map);
+
+/* Target creation flags. */
+#define SC_TARGET_FORCE  0x1    /* replace an existing file */
+
+/* Open a data target of the given size: a regular file (created under a
+ * temporary name in its directory, sized with ftruncate so a file
+ * system that cannot hold it fails before any data is written), a
+ * block device (must be at least size bytes), or "-" (stdout, written
+ * forward only).  The target appears at path only after
+ * sc_file_target_commit(); closing without committing removes it.
+ */
+extern struct sc_endpoint *sc_file_open_target (const char *path,
+                                                uint64_t size,
+                                                unsigned flags);
+extern int sc_file_target_commit (struct sc_endpoint *ep);
+
+/* Remove every uncommitted temporary target; async-signal-safe, for
+ * SIGINT/SIGTERM handlers.
+ */
+extern void sc_cleanup_temporaries (void);
+
+/* ---- copy.c: the copy engine ---------------------------------------- */
+
+struct sc_progress {
+  uint64_t done;                /* bytes of the source processed */
+  uint64_t total;               /* bytes of the source to process */
+};
+typedef void (*sc_progress_fn) (const struct sc_progress *p, void *opaque);
+
+struct sc_copy_opts {
+  unsigned threads;             /* 0 = online CPUs */
+  uint32_t request_size;        /* 0 = default (1 MiB) */
+  bool detect_zeroes;           /* skip writing all-zero blocks */
+  sc_progress_fn progress;
+  void *progress_opaque;
+};
+
+/* Copy all of src to dst (sizes must match, or dst larger for a block
+ * device).  Holes and zero extents of src become zero on dst (nothing
+ * is written when dst has SC_EP_FRESH_ZEROS).
+ */
+extern int sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
+                    const struct sc_copy_opts *opts);
+
+/* ---- codec.c: qcow2 cluster compression ---------------------------- */
+
+enum sc_codec {
+  SC_CODEC_NONE = -1,
+  SC_CODEC_DEFLATE = 0,         /* qcow2 compression_type 0 */
+  SC_CODEC_ZSTD = 1,            /* qcow2 compression_type 1 */
+};
+
+/* ---- qcow2-read.c: the reader --------------------------------------- */
+
+struct sc_qcow2;
+
+struct sc_qcow2_open_opts {
+  const char *snapshot;         /* NULL = active layer; else name or ID */
+  unsigned max_backing_depth;   /* 0 = default */
+  size_t cache_bytes;           /* L2 cache size, 0 = default */
+};
+
+extern struct sc_qcow2 *sc_qcow2_open (const char *path,
+                                       const struct sc_qcow2_open_opts *opts);
+extern void sc_qcow2_close (struct sc_qcow2 *q);
+extern uint64_t sc_qcow2_virtual_size (const struct sc_qcow2 *q);
+
+/* Is this file a qcow2 image (by magic)?  1 yes, 0 no, -1 error. */
+extern int sc_is_qcow2 (const char *path);
+
+/* A source endpoint reading the guest view of q (thread-safe pread;
+ * extents from the L1/L2 tables through the whole backing chain).
+ * Closing the endpoint does not close q.
+ */
+extern struct sc_endpoint *sc_qcow2_endpoint (struct sc_qcow2 *q);
+
+/* One run of qemu-img map: fields as in "qemu-img map --output=json". */
+struct sc_map_entry {
+  uint64_t start;
+  uint64_t length;
+  unsigned depth;               /* 0 = the top image */
+  bool present;                 /* allocated somewhere in the chain */
+  bool zero;                    /* reads as zeros */
+  bool data;                    /* has data (not a zero cluster) */
+  bool has_offset;              /* offset is meaningful */
+  uint64_t offset;              /* host offset in the file at depth */
+  bool compressed;
+};
+typedef int (*sc_map_fn) (const struct sc_map_entry *e, void *opaque);
+
+/* Call fn for each maximal run, merged like qemu-img map merges. */
+extern int sc_qcow2_map (struct sc_qcow2 *q, sc_map_fn fn, void *opaque);
+
+struct sc_snapshot_info {
+  char *id;
+  char *name;
+  uint64_t vm_state_size;
+  uint32_t date_sec;
+  uint32_t date_nsec;
+  uint64_t vm_clock_nsec;
+  uint64_t disk_size;           /* 0 if not recorded */
+};
+
+struct sc_backing_info {
+  char *filename;               /* as resolved */
+  char *format;                 /* "qcow2", "raw", or NULL if unknown */
+};
+
+struct sc_qcow2_info {
+  char *filename;
+  uint32_t version;
+  uint64_t virtual_size;
+  uint64_t file_size;           /* bytes of the image file */
+  uint32_t cluster_size;
+  uint32_t refcount_bits;
+  enum sc_codec compression_type;
+  uint64_t incompatible_features;
+  uint64_t compatible_features;
+  uint64_t autoclear_features;
+  bool dirty, corrupt, lazy_refcounts, extended_l2;
+  char *data_file;              /* external data file name or NULL */
+  bool data_file_raw;
+  char *backing_file;           /* as stored in the header, or NULL */
+  char *backing_format;         /* from the header extension, or NULL */
+  struct sc_backing_info *chain; /* resolved chain, chain_len entries */
+  size_t chain_len;
+  struct sc_snapshot_info *snapshots;
+  size_t nb_snapshots;
+  /* Counts over the L2 tables of the active layer (or snapshot). */
+  uint64_t allocated_clusters;  /* clusters with host data (incl. compressed) */
+  uint64_t compressed_clusters;
+  uint64_t zero_clusters;       /* read-as-zero clusters */
+};
+
+extern int sc_qcow2_get_info (struct sc_qcow2 *q, struct sc_qcow2_info *info);
+extern void sc_qcow2_info_free (struct sc_qcow2_info *info);
+
+/* ---- pack.c + qcow2-write.c: the writer ----------------------------- */
+
+struct sc_pack_opts {
+  unsigned version;             /* 2 or 3 (default 3) */
+  uint32_t cluster_size;        /* 0 = 64 KiB */
+  unsigned refcount_bits;       /* 0 = 16 */
+  enum sc_codec codec;          /* SC_CODEC_NONE = uncompressed */
+  int level;                    /* compression level, -1 = default */
+  bool detect_zeroes;           /* do not store all-zero clusters */
+  unsigned threads;             /* 0 = online CPUs */
+  unsigned target_flags;        /* SC_TARGET_* */
+  sc_progress_fn progress;
+  void *progress_opaque;
+};
+
+extern void sc_pack_opts_init (struct sc_pack_opts *opts);
+
+/* Pack src into a new qcow2 image at target. */
+extern int sc_pack (struct sc_endpoint *src, const char *target,
+                    const struct sc_pack_opts *opts);
+
+/* ---- qcow2-check.c: the checker ------------------------------------- */
+
+struct sc_check_result {
+  uint64_t corruptions;
+  uint64_t leaks;
+  uint64_t check_errors;        /* errors that stopped part of the check */
+  uint64_t allocated_clusters;
+  uint64_t total_clusters;
+  uint64_t fragmented_clusters;
+  uint64_t compressed_clusters;
+  uint64_t image_end_offset;
+  char **messages;              /* one line per problem found */
+  size_t nb_messages;
+};
+
+/* Check an image's refcounts against its real use.  Returns 0 when the
+ * check ran (look at result), -1 if the image could not be checked.
+ */
+extern int sc_qcow2_check (const char *path, struct sc_check_result *result);
+extern void sc_check_result_free (struct sc_check_result *result);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPARSECOW_H */

@@ -1,0 +1,249 @@
+/* Helpers shared by the commands: errors, options, JSON, progress. */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+const char *cli_program = "sparsecow";
+
+void
+cli_lib_error (const char *object)
+{
+  const char *msg = sc_error_message ();
+
+  if (msg[0] == '\0')
+    msg = strerror (sc_error_errno () ? sc_error_errno () : EIO);
+  if (object)
+    fprintf (stderr, "%s: %s: %s\n", cli_program, object, msg);
+  else
+    fprintf (stderr, "%s: %s\n", cli_program, msg);
+}
+
+void
+cli_error (const char *fmt, ...)
+{
+  va_list ap;
+
+  fprintf (stderr, "%s: ", cli_program);
+  va_start (ap, fmt);
+  vfprintf (stderr, fmt, ap);
+  va_end (ap);
+  fputc ('\n', stderr);
+}
+
+void
+cli_usage_error (const char *command, const char *fmt, ...)
+{
+  va_list ap;
+
+  fprintf (stderr, "%s: ", cli_program);
+  va_start (ap, fmt);
+  vfprintf (stderr, fmt, ap);
+  va_end (ap);
+  fprintf (stderr, "\nTry '%s %s--help' for more information.\n",
+           cli_program, command ? command : "");
+  exit (EXIT_USAGE);
+}
+
+int
+cli_parse_uint (const char *s, unsigned min, unsigned max, unsigned *out)
+{
+  char *end;
+  unsigned long v;
+
+  errno = 0;
+  if (s[0] == '-' || s[0] == '\0')
+    return -1;
+  v = strtoul (s, &end, 10);
+  if (errno || *end != '\0' || v < min || v > max)
+    return -1;
+  *out = (unsigned) v;
+  return 0;
+}
+
+int
+cli_parse_size (const char *s, uint64_t *out)
+{
+  char *end;
+  unsigned long long v;
+  unsigned shift = 0;
+
+  errno = 0;
+  if (s[0] == '-' || s[0] == '\0')
+    return -1;
+  v = strtoull (s, &end, 10);
+  if (errno || end == s)
+    return -1;
+  switch (*end) {
+  case '\0': break;
+  case 'b': case 'B': end++; break;
+  case 'k': case 'K': shift = 10; end++; break;
+  case 'm': case 'M': shift = 20; end++; break;
+  case 'g': case 'G': shift = 30; end++; break;
+  case 't': case 'T': shift = 40; end++; break;
+  default: return -1;
+  }
+  if (*end != '\0' || (shift && v > (UINT64_MAX >> shift)))
+    return -1;
+  *out = (uint64_t) v << shift;
+  return 0;
+}
+
+int
+cli_common_option (int c, const char *arg, struct cli_common *common,
+                   void (*usage) (FILE *))
+{
+  switch (c) {
+  case 'p':
+    common->progress = true;
+    return 1;
+  case OPT_PROGRESS:
+    if (arg == NULL || strcmp (arg, "bar") == 0)
+      common->progress = true;
+    else if (strcmp (arg, "json") == 0)
+      common->progress_json = true;
+    else
+      cli_usage_error (NULL, "--progress: expected 'json' or 'bar', not '%s'",
+                       arg);
+    return 1;
+  case 'j':
+    if (cli_parse_uint (arg, 1, 1024, &common->threads) == -1)
+      cli_usage_error (NULL, "-j: expected a number of threads from 1 "
+                       "to 1024, not '%s'", arg);
+    return 1;
+  case 'q':
+    common->quiet = true;
+    return 1;
+  case 'h':
+    usage (stdout);
+    exit (EXIT_OK);
+  case 'V':
+    printf ("%s %s\n", PACKAGE_NAME, PACKAGE_VERSION);
+    exit (EXIT_OK);
+  }
+  return 0;
+}
+
+void
+cli_json_string (FILE *fp, const char *s)
+{
+  fputc ('"', fp);
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char) *s;
+    switch (ch) {
+    case '"': fputs ("\\\"", fp); break;
+    case '\\': fputs ("\\\\", fp); break;
+    case '\n': fputs ("\\n", fp); break;
+    case '\r': fputs ("\\r", fp); break;
+    case '\t': fputs ("\\t", fp); break;
+    default:
+      if (ch < 0x20)
+        fprintf (fp, "\\u%04x", ch);
+      else
+        fputc (ch, fp);
+    }
+  }
+  fputc ('"', fp);
+}
+
+/* Progress: rate-limited to a few updates a second, and always the
+ * final one.
+ */
+struct progress_state {
+  bool json;
+  double last;
+  int last_percent;
+};
+static struct progress_state progress_state;
+
+static double
+now_seconds (void)
+{
+  struct timespec ts;
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (double) ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void
+progress_cb (const struct sc_progress *p, void *opaque)
+{
+  struct progress_state *st = opaque;
+  double t = now_seconds ();
+  int percent = p->total ? (int) (p->done * 100 / p->total) : 100;
+  bool final = p->done >= p->total;
+
+  if (!final && t - st->last < 0.25 && percent == st->last_percent)
+    return;
+  if (!final && t - st->last < 0.1)
+    return;
+  st->last = t;
+  st->last_percent = percent;
+  if (st->json) {
+    printf ("{\"done\":%" PRIu64 ",\"total\":%" PRIu64
+            ",\"percent\":%d}\n", p->done, p->total, percent);
+    fflush (stdout);
+  }
+  else {
+    int width = 40, filled = percent * width / 100;
+    fprintf (stderr, "\r[");
+    for (int i = 0; i < width; i++)
+      fputc (i < filled ? '#' : ' ', stderr);
+    fprintf (stderr, "] %3d%%", percent);
+    fflush (stderr);
+  }
+}
+
+sc_progress_fn
+cli_progress_fn (const struct cli_common *common, void **opaque)
+{
+  *opaque = &progress_state;
+  progress_state.last = 0;
+  progress_state.last_percent = -1;
+  if (common->progress_json) {
+    progress_state.json = true;
+    return progress_cb;
+  }
+  if (common->progress && !common->quiet && isatty (STDERR_FILENO)) {
+    progress_state.json = false;
+    return progress_cb;
+  }
+  return NULL;
+}
+
+void
+cli_progress_done (const struct cli_common *common)
+{
+  if (common->progress && !common->progress_json && !common->quiet
+      && isatty (STDERR_FILENO))
+    fputc ('\n', stderr);
+}
+
+static void
+signal_handler (int sig)
+{
+  sc_cleanup_temporaries ();
+  signal (sig, SIG_DFL);
+  raise (sig);
+}
+
+void
+cli_install_signal_handlers (void)
+{
+  struct sigaction sa;
+
+  memset (&sa, 0, sizeof sa);
+  sa.sa_handler = signal_handler;
+  sigemptyset (&sa.sa_mask);
+  sigaction (SIGINT, &sa, NULL);
+  sigaction (SIGTERM, &sa, NULL);
+  sigaction (SIGHUP, &sa, NULL);
+  signal (SIGPIPE, SIG_IGN);
+}

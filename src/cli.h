@@ -1,0 +1,98 @@
+/* The program's shared helpers and the command entry points. */
+#ifndef SPARSECOW_CLI_H
+#define SPARSECOW_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "sparsecow.h"
+
+/* Exit codes. */
+#define EXIT_OK 0
+#define EXIT_ERROR 1
+#define EXIT_USAGE 1
+/* check: as qemu-img check. */
+#define EXIT_CHECK_CORRUPT 2
+#define EXIT_CHECK_LEAKS 3
+
+/* Options every command accepts, filled by cli_common_option(). */
+struct cli_common {
+  bool quiet;
+  bool progress;                /* -p */
+  bool progress_json;           /* --progress=json */
+  unsigned threads;             /* -j N, 0 = default */
+};
+
+/* Long option ids shared by the commands (above any short option). */
+enum {
+  OPT_PROGRESS = 0x100,
+  OPT_JSON,
+  OPT_MAP,
+  OPT_COMPAT,
+  OPT_CLUSTER_SIZE,
+  OPT_REFCOUNT_BITS,
+  OPT_LEVEL,
+  OPT_SNAPSHOT,
+  OPT_COMPRESS,
+  OPT_HELP,
+  OPT_VERSION,
+};
+
+/* Common option table entries for getopt_long (see cli.c). */
+#define CLI_COMMON_LONG_OPTIONS \
+  { "progress", optional_argument, NULL, OPT_PROGRESS }, \
+  { "threads", required_argument, NULL, 'j' }, \
+  { "quiet", no_argument, NULL, 'q' }, \
+  { "help", no_argument, NULL, 'h' }, \
+  { "version", no_argument, NULL, 'V' }
+#define CLI_COMMON_SHORT_OPTIONS "pj:qhV"
+
+extern const char *cli_program;         /* "sparsecow" */
+
+/* Handle a common option c (with optarg).  Returns 1 if handled, 0 if
+ * not a common option; exits for -h (calling usage) and -V, and on a
+ * bad value.
+ */
+extern int cli_common_option (int c, const char *optarg,
+                              struct cli_common *common,
+                              void (*usage) (FILE *));
+
+/* "sparsecow: OBJECT: message" from the library's last error. */
+extern void cli_lib_error (const char *object);
+/* "sparsecow: printf-message". */
+extern void cli_error (const char *fmt, ...)
+  __attribute__ ((format (printf, 1, 2)));
+/* Print "sparsecow: message", a hint to --help, exit EXIT_USAGE. */
+extern void cli_usage_error (const char *command, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3), noreturn));
+
+/* Parse a size with optional suffix (k, K, M, G, T; powers of 1024). */
+extern int cli_parse_size (const char *s, uint64_t *out);
+/* Parse an unsigned integer in [min, max]. */
+extern int cli_parse_uint (const char *s, unsigned min, unsigned max,
+                           unsigned *out);
+
+/* Write a JSON string literal (with quotes) to fp. */
+extern void cli_json_string (FILE *fp, const char *s);
+
+/* A progress callback for the library, set up from common options:
+ * a bar on stderr when it is a terminal (-p), or JSON lines on stdout
+ * (--progress=json).  Returns NULL when no progress is wanted.
+ */
+extern sc_progress_fn cli_progress_fn (const struct cli_common *common,
+                                       void **opaque);
+/* Finish the progress display (newline after a bar). */
+extern void cli_progress_done (const struct cli_common *common);
+
+/* Install SIGINT/SIGTERM/SIGHUP handlers that remove temporary targets. */
+extern void cli_install_signal_handlers (void);
+
+/* The commands: argv[0] is the command name. */
+extern int cmd_pack (int argc, char **argv);
+extern int cmd_unpack (int argc, char **argv);
+extern int cmd_info (int argc, char **argv);
+extern int cmd_map (int argc, char **argv);
+extern int cmd_check (int argc, char **argv);
+
+#endif /* SPARSECOW_CLI_H */

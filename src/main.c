@@ -1,0 +1,53 @@
+/* sparsecow: move sparse data in and out of qcow2 images. */
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const struct {
+  const char *name;
+  int (*fn) (int, char **);
+  const char *synopsis;
+} commands[] = {
+  { "pack",   cmd_pack,   "pack   [OPTIONS] SOURCE TARGET   sparse data -> qcow2" },
+  { "unpack", cmd_unpack, "unpack [OPTIONS] IMAGE TARGET    qcow2 -> sparse data" },
+  { "info",   cmd_info,   "info   [--json] IMAGE            header, features, allocation" },
+  { "map",    cmd_map,    "map    [--json] IMAGE|FILE       data/zero/hole extents" },
+  { "check",  cmd_check,  "check  [--json] IMAGE            refcount consistency" },
+};
+
+static void
+usage (FILE *fp)
+{
+  fprintf (fp, "Usage: %s COMMAND [OPTIONS] ARGS...\n\nCommands:\n",
+           cli_program);
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf (fp, "  %s %s\n", cli_program, commands[i].synopsis);
+  fprintf (fp, "\nRun '%s COMMAND --help' for the options of a command.\n"
+           "  -h, --help      show this help\n"
+           "  -V, --version   show the version\n", cli_program);
+}
+
+int
+main (int argc, char **argv)
+{
+  if (argc < 2) {
+    usage (stderr);
+    return EXIT_USAGE;
+  }
+  if (strcmp (argv[1], "-h") == 0 || strcmp (argv[1], "--help") == 0) {
+    usage (stdout);
+    return EXIT_OK;
+  }
+  if (strcmp (argv[1], "-V") == 0 || strcmp (argv[1], "--version") == 0) {
+    printf ("%s %s\n", PACKAGE_NAME, PACKAGE_VERSION);
+    return EXIT_OK;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp (argv[1], commands[i].name) == 0)
+      return commands[i].fn (argc - 1, argv + 1);
+  cli_usage_error (NULL, "unknown command '%s'", argv[1]);
+}
