@@ -92,6 +92,48 @@ extern int sc_fd_extents (int fd, enum sc_map_method method,
                           uint64_t offset, uint64_t count,
                           struct sc_extent_list *list);
 
+/* ---- copy.c: the ordered pipeline under every data-moving command ----
+ *
+ * The source is cut into pieces: each hole/zero extent is one piece
+ * (never read), data extents are cut at multiples of request_size.
+ * Worker threads read data pieces into buf (bytes past src->size read
+ * as zeros) and call work(); emit() is then called for every piece in
+ * source order, on one thread at a time.  At most a bounded number of
+ * pieces are in flight, so memory does not grow with the source.
+ */
+struct sc_piece {
+  uint64_t offset;              /* in the source */
+  uint64_t length;              /* data pieces: <= request_size */
+  uint32_t flags;               /* SC_EXTENT_* (0 = data, buf is filled) */
+  void *buf;                    /* request_size bytes; data read here */
+  void *out;                    /* out_size bytes of scratch for work() */
+  size_t out_len;               /* free for work()/emit() */
+  uint64_t user;                /* free for work()/emit() */
+};
+
+struct sc_pipeline {
+  struct sc_endpoint *src;
+  /* Extents to process (sorted, contiguous, covering what is to be
+   * copied); NULL asks src->ops->extents for [0, src->size).
+   */
+  const struct sc_extent_list *extents;
+  uint32_t request_size;        /* 0 = 1 MiB; a power of two */
+  unsigned threads;             /* 0 = online CPUs */
+  size_t out_size;              /* scratch per piece, 0 = none */
+  /* On a worker thread; may be NULL.  Returns 0 or -1 with error set. */
+  int (*work) (struct sc_piece *piece, void *opaque);
+  /* In source order, one at a time.  Returns 0 or -1 with error set. */
+  int (*emit) (struct sc_piece *piece, void *opaque);
+  void *opaque;
+  sc_progress_fn progress;
+  void *progress_opaque;
+};
+
+/* Run the pipeline to the end, or to the first error (which is the one
+ * reported; the rest of the pieces are abandoned).
+ */
+extern int sc_pipeline_run (const struct sc_pipeline *p);
+
 /* ---- codec.c --------------------------------------------------------- */
 
 /* Compress one cluster.  Returns the compressed length (> 0), 0 if the
