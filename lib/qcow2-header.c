@@ -1,3 +1,465 @@
-/* Placeholder: filled in by its owner. */
+/* qcow2 header: parse and validate the header and its extensions, and
+ * classify L2 entries.
+ *
+ * The header is the first thing an attacker controls, so every field
+ * that later becomes an offset or a size is checked here against the
+ * file size, the cluster alignment and qemu's own limits before anyone
+ * allocates or reads anything based on it.
+ */
 #include <config.h>
+
+#include <string.h>
+
 #include "internal.h"
+#include "qcow2.h"
+
+/* Header extension framing: u32 type, u32 length, data padded to 8. */
+#define QCOW2_EXT_HEADER_SIZE     8
+#define QCOW2_EXT_ALIGN           8
+/* Feature-name table entries: u8 type, u8 bit, 46 bytes of name. */
+#define QCOW2_FEATURE_ENTRY_SIZE  48
+/* Compression types (header byte 104). */
+#define QCOW2_COMPRESSION_DEFLATE 0
+#define QCOW2_COMPRESSION_ZSTD    1
+/* v2 images always have 16-bit refcounts. */
+#define QCOW2_V2_REFCOUNT_ORDER   4
+
+static int
+check_table (const char *what, uint64_t offset, uint64_t bytes,
+             uint32_t cluster_size, uint64_t file_size)
+{
+  uint64_t end;
+
+  if (!SC_IS_ALIGNED (offset, cluster_size)) {
+    sc_set_error (EINVAL, "%s offset 0x%" PRIx64 " is not aligned to a "
+                  "cluster", what, offset);
+    return -1;
+  }
+  /* The first cluster holds the header: no table may start there. */
+  if (offset == 0) {
+    sc_set_error (EINVAL, "%s offset 0 overlaps the header", what);
+    return -1;
+  }
+  if (SC_ADD_OVERFLOW (offset, bytes, &end) || end > file_size) {
+    sc_set_error (EINVAL, "%s (offset 0x%" PRIx64 ", %" PRIu64
+                  " bytes) lies beyond the end of the file (%" PRIu64
+                  " bytes)", what, offset, bytes, file_size);
+    return -1;
+  }
+  return 0;
+}
+
+static char *
+copy_string (const unsigned char *p, size_t len)
+{
+  char *s = malloc (len + 1);
+
+  if (s == NULL) {
+    sc_set_error (errno, "malloc: %s", strerror (errno));
+    return NULL;
+  }
+  memcpy (s, p, len);
+  s[len] = '\0';
+  return s;
+}
+
+/* Parse the header extensions in buf[start, end). */
+static int
+read_extensions (const unsigned char *buf, uint64_t start, uint64_t end,
+                 struct qcow2_header *h)
+{
+  uint64_t pos = start;
+
+  while (pos + QCOW2_EXT_HEADER_SIZE <= end) {
+    uint32_t type = sc_get_be32 (buf + pos);
+    uint32_t len = sc_get_be32 (buf + pos + 4);
+    const unsigned char *data = buf + pos + QCOW2_EXT_HEADER_SIZE;
+
+    if (type == QCOW2_EXT_END)
+      return 0;
+    pos += QCOW2_EXT_HEADER_SIZE;
+    if (len > end - pos) {
+      sc_set_error (EINVAL, "header extension 0x%08x: length %" PRIu32
+                    " runs past the end of the header cluster", type, len);
+      return -1;
+    }
+
+    switch (type) {
+    case QCOW2_EXT_BACKING_FORMAT:
+      if (h->backing_format) {
+        sc_set_error (EINVAL, "duplicate backing format header extension");
+        return -1;
+      }
+      if (len == 0 || len > QCOW2_MAX_BACKING_NAME
+          || memchr (data, '\0', len) != NULL) {
+        sc_set_error (EINVAL, "backing format header extension: invalid "
+                      "length %" PRIu32 " or embedded NUL", len);
+        return -1;
+      }
+      h->backing_format = copy_string (data, len);
+      if (h->backing_format == NULL)
+        return -1;
+      break;
+
+    case QCOW2_EXT_DATA_FILE:
+      if (h->data_file) {
+        sc_set_error (EINVAL, "duplicate data file header extension");
+        return -1;
+      }
+      if (len == 0 || memchr (data, '\0', len) != NULL) {
+        sc_set_error (EINVAL, "data file header extension: invalid "
+                      "length %" PRIu32 " or embedded NUL", len);
+        return -1;
+      }
+      h->data_file = copy_string (data, len);
+      if (h->data_file == NULL)
+        return -1;
+      break;
+
+    case QCOW2_EXT_CRYPTO:
+      h->has_crypto_ext = true;
+      break;
+
+    case QCOW2_EXT_FEATURE_TABLE:
+      if (len % QCOW2_FEATURE_ENTRY_SIZE != 0) {
+        sc_set_error (EINVAL, "feature name table: length %" PRIu32
+                      " is not a multiple of %d", len,
+                      QCOW2_FEATURE_ENTRY_SIZE);
+        return -1;
+      }
+      break;
+
+    default:
+      /* Bitmaps and unknown extensions do not change what the image
+       * reads as; readers may ignore them.
+       */
+      break;
+    }
+
+    pos += SC_ROUND_UP ((uint64_t) len, QCOW2_EXT_ALIGN);
+  }
+  /* Running into the end of the cluster without an end marker is what
+   * old qemu versions wrote when there were no extensions at all.
+   */
+  return 0;
+}
+
+int
+qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
+                   struct qcow2_header *h)
+{
+  unsigned char fixed[QCOW2_V2_HEADER_SIZE];
+  CLEANUP_FREE unsigned char *buf = NULL;
+  uint64_t buf_len, ext_end, l1_needed, cluster_entries;
+
+  memset (h, 0, sizeof *h);
+
+  if (file_size < QCOW2_V2_HEADER_SIZE) {
+    sc_set_error (EINVAL, "file too small to be a qcow2 image "
+                  "(%" PRIu64 " bytes)", file_size);
+    return -1;
+  }
+  if (sc_full_pread (fd, fixed, sizeof fixed, 0) == -1)
+    return -1;
+  if (sc_get_be32 (fixed + QCOW2_HDR_MAGIC) != QCOW2_MAGIC) {
+    sc_set_error (EINVAL, "not a qcow2 image (bad magic)");
+    return -1;
+  }
+  h->version = sc_get_be32 (fixed + QCOW2_HDR_VERSION);
+  if (h->version != 2 && h->version != 3) {
+    sc_set_error (ENOTSUP, "unsupported qcow2 version %" PRIu32,
+                  h->version);
+    return -1;
+  }
+  h->cluster_bits = sc_get_be32 (fixed + QCOW2_HDR_CLUSTER_BITS);
+  if (h->cluster_bits < QCOW2_MIN_CLUSTER_BITS
+      || h->cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
+    sc_set_error (EINVAL, "invalid cluster_bits %" PRIu32
+                  " (must be %d to %d)", h->cluster_bits,
+                  QCOW2_MIN_CLUSTER_BITS, QCOW2_MAX_CLUSTER_BITS);
+    return -1;
+  }
+  h->cluster_size = UINT32_C (1) << h->cluster_bits;
+
+  /* Everything else lives in the first cluster (or what exists of it). */
+  buf_len = SC_MIN (file_size, (uint64_t) h->cluster_size);
+  buf = malloc (buf_len);
+  if (buf == NULL) {
+    sc_set_error (errno, "malloc: %s", strerror (errno));
+    return -1;
+  }
+  if (sc_full_pread (fd, buf, buf_len, 0) == -1)
+    return -1;
+
+  h->backing_file_offset = sc_get_be64 (buf + QCOW2_HDR_BACKING_OFFSET);
+  h->backing_file_size = sc_get_be32 (buf + QCOW2_HDR_BACKING_SIZE);
+  h->size = sc_get_be64 (buf + QCOW2_HDR_SIZE);
+  h->crypt_method = sc_get_be32 (buf + QCOW2_HDR_CRYPT_METHOD);
+  h->l1_size = sc_get_be32 (buf + QCOW2_HDR_L1_SIZE);
+  h->l1_table_offset = sc_get_be64 (buf + QCOW2_HDR_L1_OFFSET);
+  h->refcount_table_offset = sc_get_be64 (buf + QCOW2_HDR_RT_OFFSET);
+  h->refcount_table_clusters = sc_get_be32 (buf + QCOW2_HDR_RT_CLUSTERS);
+  h->nb_snapshots = sc_get_be32 (buf + QCOW2_HDR_NB_SNAPSHOTS);
+  h->snapshots_offset = sc_get_be64 (buf + QCOW2_HDR_SNAPSHOTS_OFFSET);
+
+  if (h->version == 2) {
+    h->refcount_order = QCOW2_V2_REFCOUNT_ORDER;
+    h->header_length = QCOW2_V2_HEADER_SIZE;
+  }
+  else {
+    if (buf_len < QCOW2_V3_MIN_HEADER_SIZE) {
+      sc_set_error (EINVAL, "file too small for a version 3 header");
+      return -1;
+    }
+    h->incompatible_features = sc_get_be64 (buf + QCOW2_HDR_INCOMPAT);
+    h->compatible_features = sc_get_be64 (buf + QCOW2_HDR_COMPAT);
+    h->autoclear_features = sc_get_be64 (buf + QCOW2_HDR_AUTOCLEAR);
+    h->refcount_order = sc_get_be32 (buf + QCOW2_HDR_REFCOUNT_ORDER);
+    h->header_length = sc_get_be32 (buf + QCOW2_HDR_HEADER_LENGTH);
+    if (h->header_length < QCOW2_V3_MIN_HEADER_SIZE
+        || h->header_length % QCOW2_EXT_ALIGN != 0) {
+      sc_set_error (EINVAL, "invalid header_length %" PRIu32
+                    " (must be at least %d and a multiple of %d)",
+                    h->header_length, QCOW2_V3_MIN_HEADER_SIZE,
+                    QCOW2_EXT_ALIGN);
+      return -1;
+    }
+    if (h->header_length > buf_len) {
+      sc_set_error (EINVAL, "header_length %" PRIu32 " is larger than the "
+                    "first cluster or the file", h->header_length);
+      return -1;
+    }
+    if (h->header_length > QCOW2_HDR_COMPRESSION)
+      h->compression_type = buf[QCOW2_HDR_COMPRESSION];
+  }
+
+  /* Refusals that only matter when we are about to read guest data. */
+  if (for_reading) {
+    if (h->crypt_method != 0) {
+      sc_set_error (ENOTSUP, "encrypted images are not supported");
+      return -1;
+    }
+    if (h->incompatible_features & ~QCOW2_INCOMPAT_KNOWN) {
+      sc_set_error (ENOTSUP, "unknown incompatible feature bits 0x%" PRIx64,
+                    h->incompatible_features
+                    & ~(uint64_t) QCOW2_INCOMPAT_KNOWN);
+      return -1;
+    }
+    if (h->incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
+      sc_set_error (EINVAL, "image is marked corrupt");
+      return -1;
+    }
+  }
+
+  if (h->refcount_order > QCOW2_MAX_REFCOUNT_ORDER) {
+    sc_set_error (EINVAL, "invalid refcount_order %" PRIu32 " (must be "
+                  "0 to %d)", h->refcount_order, QCOW2_MAX_REFCOUNT_ORDER);
+    return -1;
+  }
+  h->refcount_bits = UINT32_C (1) << h->refcount_order;
+  h->refcount_max = h->refcount_bits == 64
+    ? UINT64_MAX : (UINT64_C (1) << h->refcount_bits) - 1;
+
+  /* Compression type and incompatible bit 3 must agree. */
+  if (h->compression_type != QCOW2_COMPRESSION_DEFLATE
+      && h->compression_type != QCOW2_COMPRESSION_ZSTD) {
+    sc_set_error (ENOTSUP, "unknown compression type %u",
+                  h->compression_type);
+    return -1;
+  }
+  if ((h->compression_type != QCOW2_COMPRESSION_DEFLATE)
+      != ((h->incompatible_features & QCOW2_INCOMPAT_COMPRESSION) != 0)) {
+    sc_set_error (EINVAL, "compression type %u does not match the "
+                  "compression type feature bit", h->compression_type);
+    return -1;
+  }
+
+  /* Extended L2 entries. */
+  if (h->incompatible_features & QCOW2_INCOMPAT_EXTL2) {
+    if (h->cluster_bits < QCOW2_MIN_CLUSTER_BITS_EXTL2) {
+      sc_set_error (EINVAL, "extended L2 entries need clusters of at least "
+                    "%u bytes, not %" PRIu32,
+                    1U << QCOW2_MIN_CLUSTER_BITS_EXTL2, h->cluster_size);
+      return -1;
+    }
+    h->l2_entry_size = 16;
+  }
+  else
+    h->l2_entry_size = 8;
+  h->l2_entries = h->cluster_size / h->l2_entry_size;
+
+  /* Backing file name: inside the first cluster, after the header. */
+  if (h->backing_file_offset != 0) {
+    uint64_t end;
+
+    if (h->backing_file_size == 0
+        || h->backing_file_size > QCOW2_MAX_BACKING_NAME) {
+      sc_set_error (EINVAL, "invalid backing file name length %" PRIu32
+                    " (must be 1 to %d)", h->backing_file_size,
+                    QCOW2_MAX_BACKING_NAME);
+      return -1;
+    }
+    if (h->backing_file_offset < h->header_length
+        || SC_ADD_OVERFLOW (h->backing_file_offset,
+                            (uint64_t) h->backing_file_size, &end)
+        || end > h->cluster_size || end > buf_len) {
+      sc_set_error (EINVAL, "backing file name (offset %" PRIu64
+                    ", %" PRIu32 " bytes) is not inside the first cluster "
+                    "of the file", h->backing_file_offset,
+                    h->backing_file_size);
+      return -1;
+    }
+    if (memchr (buf + h->backing_file_offset, '\0',
+                h->backing_file_size) != NULL) {
+      sc_set_error (EINVAL, "backing file name contains a NUL byte");
+      return -1;
+    }
+    h->backing_file = copy_string (buf + h->backing_file_offset,
+                                   h->backing_file_size);
+    if (h->backing_file == NULL)
+      goto err;
+  }
+
+  /* Header extensions run from the end of the header to the backing
+   * file name, or to the end of the first cluster.
+   */
+  ext_end = h->backing_file_offset ? h->backing_file_offset : buf_len;
+  if (read_extensions (buf, h->header_length, ext_end, h) == -1)
+    goto err;
+  if (for_reading && h->has_crypto_ext) {
+    sc_set_error (ENOTSUP, "encrypted images are not supported");
+    goto err;
+  }
+
+  /* The L1 table must cover the virtual size, and is capped. */
+  cluster_entries = (uint64_t) h->cluster_size * h->l2_entries;
+  l1_needed = h->size / cluster_entries
+    + (h->size % cluster_entries != 0);
+  if (h->l1_size > QCOW2_MAX_L1_BYTES / sizeof (uint64_t)) {
+    sc_set_error (EFBIG, "L1 table too large (%" PRIu32 " entries, at most "
+                  "%zu)", h->l1_size, QCOW2_MAX_L1_BYTES / sizeof (uint64_t));
+    goto err;
+  }
+  if (l1_needed > h->l1_size) {
+    sc_set_error (EINVAL, "L1 table (%" PRIu32 " entries) too small for the "
+                  "virtual size %" PRIu64, h->l1_size, h->size);
+    goto err;
+  }
+  if (h->l1_size > 0
+      && check_table ("L1 table", h->l1_table_offset,
+                      (uint64_t) h->l1_size * sizeof (uint64_t),
+                      h->cluster_size, file_size) == -1)
+    goto err;
+
+  /* Refcount table. */
+  if ((uint64_t) h->refcount_table_clusters * h->cluster_size
+      > QCOW2_MAX_RT_BYTES) {
+    sc_set_error (EFBIG, "refcount table too large (%" PRIu32 " clusters)",
+                  h->refcount_table_clusters);
+    goto err;
+  }
+  if (h->refcount_table_clusters == 0) {
+    sc_set_error (EINVAL, "image has no refcount table");
+    goto err;
+  }
+  if (check_table ("refcount table", h->refcount_table_offset,
+                   (uint64_t) h->refcount_table_clusters * h->cluster_size,
+                   h->cluster_size, file_size) == -1)
+    goto err;
+
+  /* Snapshot table: entries are checked by the reader; here only
+   * where the table starts.
+   */
+  if (h->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
+    sc_set_error (EINVAL, "too many snapshots (%" PRIu32 ", at most %d)",
+                  h->nb_snapshots, QCOW2_MAX_SNAPSHOTS);
+    goto err;
+  }
+  if (h->nb_snapshots > 0
+      && check_table ("snapshot table", h->snapshots_offset, 0,
+                      h->cluster_size, file_size) == -1)
+    goto err;
+
+  return 0;
+
+ err:
+  qcow2_header_free (h);
+  return -1;
+}
+
+void
+qcow2_header_free (struct qcow2_header *h)
+{
+  free (h->backing_file);
+  free (h->backing_format);
+  free (h->data_file);
+  h->backing_file = h->backing_format = h->data_file = NULL;
+}
+
+int
+qcow2_l2_entry_type (const struct qcow2_header *h, uint64_t l2e,
+                     enum qcow2_cluster_type *type)
+{
+  uint64_t offset, reserved;
+  bool has_data_file = h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
+  bool extl2 = h->incompatible_features & QCOW2_INCOMPAT_EXTL2;
+
+  if (l2e & QCOW2_OFLAG_COMPRESSED) {
+    if (has_data_file) {
+      sc_set_error (EINVAL, "compressed cluster in an image with an "
+                    "external data file (L2 entry 0x%016" PRIx64 ")", l2e);
+      return -1;
+    }
+    *type = QCOW2_CLUSTER_COMPRESSED;
+    return 0;
+  }
+
+  /* The zero flag is not used with extended L2 entries (the bitmap
+   * says what reads as zeros), and like qemu we then ignore it.
+   */
+  reserved = QCOW2_L2E_STD_RESERVED_MASK;
+  if (reserved & l2e) {
+    sc_set_error (EINVAL, "L2 entry 0x%016" PRIx64 " has reserved bits set",
+                  l2e);
+    return -1;
+  }
+  offset = l2e & QCOW2_L2E_OFFSET_MASK;
+  if (!SC_IS_ALIGNED (offset, h->cluster_size)) {
+    sc_set_error (EINVAL, "L2 entry 0x%016" PRIx64 ": host offset is not "
+                  "aligned to a cluster", l2e);
+    return -1;
+  }
+
+  if ((l2e & QCOW2_OFLAG_ZERO) && !extl2) {
+    *type = offset ? QCOW2_CLUSTER_ZERO_ALLOC : QCOW2_CLUSTER_ZERO_PLAIN;
+    return 0;
+  }
+  if (offset == 0) {
+    /* Offset 0 is a valid place in an external data file; there every
+     * allocated cluster has refcount 1 and so the COPIED flag, which
+     * tells it apart from an unallocated entry.
+     */
+    if (has_data_file && (l2e & QCOW2_OFLAG_COPIED))
+      *type = QCOW2_CLUSTER_NORMAL;
+    else
+      *type = QCOW2_CLUSTER_UNALLOCATED;
+    return 0;
+  }
+  *type = QCOW2_CLUSTER_NORMAL;
+  return 0;
+}
+
+void
+qcow2_compressed_descriptor (const struct qcow2_header *h, uint64_t l2e,
+                             uint64_t *offset, uint64_t *nbytes)
+{
+  unsigned shift = qcow2_csize_shift (h);
+  uint64_t offset_mask = (UINT64_C (1) << shift) - 1;
+  /* The sector count field runs from shift up to bit 61. */
+  uint64_t count_mask = (UINT64_C (1) << (62 - shift)) - 1;
+  uint64_t sectors = ((l2e >> shift) & count_mask) + 1;
+
+  *offset = l2e & offset_mask;
+  *nbytes = sectors * QCOW2_COMPRESSED_SECTOR
+    - (*offset & (QCOW2_COMPRESSED_SECTOR - 1));
+}
