@@ -20,6 +20,13 @@
 
 #define QCOW2_DEFLATE_WINDOW_BITS (-12)
 
+/* The default deflate level.  On 64 KiB clusters of executables,
+ * libraries and documentation, level 5 costs 0.3-0.5% in size against
+ * qemu's level 6 and takes a fifth less time; level 4 is faster still
+ * but nearly 2% larger.
+ */
+#define SC_DEFLATE_DEFAULT_LEVEL 5
+
 struct codec_state {
   z_stream deflate;
   int deflate_level;            /* level the stream was set up with */
@@ -82,7 +89,7 @@ deflate_cluster (struct codec_state *s, int level,
   int r;
 
   if (level < 0)
-    level = Z_DEFAULT_COMPRESSION;
+    level = SC_DEFLATE_DEFAULT_LEVEL;
   if (s->deflate_ready && s->deflate_level != level) {
     deflateEnd (&s->deflate);
     s->deflate_ready = false;

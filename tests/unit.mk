@@ -1,1 +1,6 @@
-# tests of this area; fragments are included by Makefile.am
+# Unit tests of the codecs and small helpers.
+check_PROGRAMS += tests/unit-codec
+TESTS += tests/unit-codec
+tests_unit_codec_SOURCES = tests/unit-codec.c
+tests_unit_codec_CFLAGS = $(UNIT_TEST_CFLAGS) $(ZLIB_CFLAGS) $(ZSTD_CFLAGS)
+tests_unit_codec_LDADD = $(UNIT_TEST_LIBS) $(ZLIB_LIBS) $(ZSTD_LIBS)
