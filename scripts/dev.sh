@@ -1,0 +1,69 @@
+#!/bin/bash
+# Set up a Debian 12 machine for sparsecow, build it, and then either
+# run the main job on a sample it makes ("demo") or run the whole test
+# suite ("check", built with AddressSanitizer and UBSan).  Run as root
+# from the top of the source tree.
+set -euo pipefail
+
+mode=${1:-demo}
+case "$mode" in
+  demo|check) ;;
+  *) echo "usage: $0 demo|check" >&2; exit 2 ;;
+esac
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+packages=(autoconf automake libtool pkg-config make gcc
+          zlib1g-dev libzstd-dev libnbd-dev libcunit1-dev
+          qemu-utils nbdkit libnbd-bin e2fsprogs xfsprogs python3 valgrind)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+builddir="$top/build-$mode"
+echo "== building in $builddir"
+[ -x configure ] || autoreconf -fi
+mkdir -p "$builddir"
+cd "$builddir"
+if [ ! -f Makefile ]; then
+  if [ "$mode" = check ]; then
+    "$top/configure" --enable-werror --enable-sanitizers
+  else
+    "$top/configure" --enable-werror
+  fi
+fi
+make -j"$(nproc)"
+
+if [ "$mode" = check ]; then
+  echo "== running the test suite"
+  make -j"$(nproc)" check || { cat tests/*.log 2>/dev/null | grep -E "^(FAIL|ERROR)|FAIL:" | head -40; exit 1; }
+  exit 0
+fi
+
+# demo: a 4 GiB sparse disk with an ext4 file system holding a few
+# megabytes, packed to qcow2 (plain and deflate), unpacked, compared.
+sc="$builddir/src/sparsecow"
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/sparsecow-demo.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+truncate -s 4G "$work/disk.raw"
+mke2fs -q -t ext4 -d /usr/share/doc "$work/disk.raw"
+size_of () { printf "%12s bytes apparent, %12s bytes allocated" \
+               "$(stat -c %s "$1")" "$(( $(stat -c %b "$1") * 512 ))"; }
+timed () { local t0 t1; t0=$(date +%s.%N); "$@"; t1=$(date +%s.%N);
+           printf "%.3f s" "$(echo "$t1 - $t0" | bc -l 2>/dev/null || python3 -c "print($t1-$t0)")"; }
+echo "== sample:   $work/disk.raw: $(size_of "$work/disk.raw")"
+t=$(timed "$sc" pack "$work/disk.raw" "$work/disk.qcow2")
+echo "== pack:     $t -> $(size_of "$work/disk.qcow2")"
+t=$(timed "$sc" pack -c "$work/disk.raw" "$work/disk-deflate.qcow2")
+echo "== pack -c:  $t -> $(size_of "$work/disk-deflate.qcow2")"
+t=$(timed "$sc" unpack "$work/disk-deflate.qcow2" "$work/back.raw")
+echo "== unpack:   $t -> $(size_of "$work/back.raw")"
+cmp "$work/disk.raw" "$work/back.raw"
+echo "== unpacked data is identical to the sample"
+qemu-img check -q "$work/disk-deflate.qcow2" && echo "== qemu-img check: no errors"
