@@ -1,1 +1,7 @@
 # tests of this area; fragments are included by Makefile.am
+# Reader tests: sparsecow unpack/map/info against qemu-img on images made
+# by qemu-img, qemu-io and e2image.
+EXTRA_DIST += tests/reader-functions.sh
+
+TESTS += tests/reader-basic.sh
+EXTRA_DIST += tests/reader-basic.sh
