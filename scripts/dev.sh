@@ -55,8 +55,8 @@ truncate -s 4G "$work/disk.raw"
 mke2fs -q -t ext4 -d /usr/share/doc "$work/disk.raw"
 size_of () { printf "%12s bytes apparent, %12s bytes allocated" \
                "$(stat -c %s "$1")" "$(( $(stat -c %b "$1") * 512 ))"; }
-timed () { local t0 t1; t0=$(date +%s.%N); "$@"; t1=$(date +%s.%N);
-           printf "%.3f s" "$(echo "$t1 - $t0" | bc -l 2>/dev/null || python3 -c "print($t1-$t0)")"; }
+timed () { local t0=$EPOCHREALTIME; "$@";
+           awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f s", b - a }'; }
 echo "== sample:   $work/disk.raw: $(size_of "$work/disk.raw")"
 t=$(timed "$sc" pack "$work/disk.raw" "$work/disk.qcow2")
 echo "== pack:     $t -> $(size_of "$work/disk.qcow2")"
