@@ -5,3 +5,6 @@ EXTRA_DIST += tests/reader-functions.sh
 
 TESTS += tests/reader-basic.sh
 EXTRA_DIST += tests/reader-basic.sh
+
+TESTS += tests/reader-compressed.sh
+EXTRA_DIST += tests/reader-compressed.sh
