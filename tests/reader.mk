@@ -8,3 +8,6 @@ EXTRA_DIST += tests/reader-basic.sh
 
 TESTS += tests/reader-compressed.sh
 EXTRA_DIST += tests/reader-compressed.sh
+
+TESTS += tests/reader-zero.sh
+EXTRA_DIST += tests/reader-zero.sh
