@@ -11,3 +11,6 @@ EXTRA_DIST += tests/reader-compressed.sh
 
 TESTS += tests/reader-zero.sh
 EXTRA_DIST += tests/reader-zero.sh
+
+TESTS += tests/reader-backing.sh
+EXTRA_DIST += tests/reader-backing.sh
