@@ -1,3 +1,543 @@
-/* Placeholder: filled in by its owner. */
+/* The qcow2 writer: plan an image in guest order, lay out its metadata
+ * in front of the data, and produce the metadata forward only.
+ *
+ * The file layout is always: header cluster, refcount table, refcount
+ * blocks, L1 table, L2 tables (in L1 order), data (in guest order).
+ * Compressed clusters are packed byte by byte and may straddle host
+ * clusters, as qemu packs them; uncompressed clusters start on a
+ * cluster boundary.  Because the data area starts on a cluster
+ * boundary, its shape does not depend on where it starts, so the whole
+ * plan is made with data offsets relative to the data area and only
+ * shifted when the metadata is written out.
+ */
 #include <config.h>
+
+#include <string.h>
+
 #include "internal.h"
+#include "qcow2.h"
+
+#define QCOW2_L2_ENTRY_SIZE 8
+#define QCOW2_RT_ENTRY_SIZE 8
+#define QCOW2_V2_REFCOUNT_ORDER 4
+#define QCOW2_COMPRESSION_TYPE_ZSTD 1
+
+uint64_t
+qcow2_make_compressed_descriptor (const struct qcow2_header *h,
+                                  uint64_t offset, uint64_t len)
+{
+  unsigned shift = qcow2_csize_shift (h);
+  /* Sectors beyond the one that holds the first byte, up to the one
+   * that holds the last byte.
+   */
+  uint64_t extra = (offset + len - 1) / QCOW2_COMPRESSED_SECTOR
+    - offset / QCOW2_COMPRESSED_SECTOR;
+
+  return QCOW2_OFLAG_COMPRESSED | (extra << shift) | offset;
+}
+
+/* Split a compressed descriptor made above (flag bits ignored). */
+static void
+split_descriptor (const struct qcow2_header *h, uint64_t e,
+                  uint64_t *offset, uint64_t *nbytes)
+{
+  unsigned shift = qcow2_csize_shift (h);
+  uint64_t sectors_mask = (1ULL << (h->cluster_bits - 8)) - 1;
+  uint64_t sectors = ((e >> shift) & sectors_mask) + 1;
+
+  *offset = e & ((1ULL << shift) - 1);
+  *nbytes = sectors * QCOW2_COMPRESSED_SECTOR
+    - (*offset % QCOW2_COMPRESSED_SECTOR);
+}
+
+void
+qcow2_refcount_set (void *block, unsigned refcount_order, uint64_t index,
+                    uint64_t value)
+{
+  unsigned char *b = block;
+
+  switch (refcount_order) {
+  case 0: case 1: case 2: {
+    /* Several entries per byte, the first in the low bits. */
+    unsigned bits = 1U << refcount_order;
+    unsigned per_byte_order = 3 - refcount_order;
+    unsigned shift = (unsigned) (index & ((1U << per_byte_order) - 1)) * bits;
+    unsigned mask = ((1U << bits) - 1) << shift;
+    unsigned char *p = &b[index >> per_byte_order];
+    *p = (unsigned char) ((*p & ~mask) | ((value << shift) & mask));
+    break;
+  }
+  case 3: b[index] = (unsigned char) value; break;
+  case 4: sc_put_be16 (&b[index * 2], (uint16_t) value); break;
+  case 5: sc_put_be32 (&b[index * 4], (uint32_t) value); break;
+  default: sc_put_be64 (&b[index * 8], value); break;
+  }
+}
+
+uint64_t
+qcow2_refcount_get (const void *block, unsigned refcount_order,
+                    uint64_t index)
+{
+  const unsigned char *b = block;
+
+  switch (refcount_order) {
+  case 0: case 1: case 2: {
+    unsigned bits = 1U << refcount_order;
+    unsigned per_byte_order = 3 - refcount_order;
+    unsigned shift = (unsigned) (index & ((1U << per_byte_order) - 1)) * bits;
+    return (b[index >> per_byte_order] >> shift) & ((1U << bits) - 1);
+  }
+  case 3: return b[index];
+  case 4: return sc_get_be16 (&b[index * 2]);
+  case 5: return sc_get_be32 (&b[index * 4]);
+  default: return sc_get_be64 (&b[index * 8]);
+  }
+}
+
+int
+qcow2_refcount_layout (uint32_t cluster_bits, unsigned refcount_order,
+                       uint64_t other_clusters, uint64_t *rt_clusters,
+                       uint64_t *rb_clusters)
+{
+  uint64_t cluster_size = 1ULL << cluster_bits;
+  uint64_t block_entries = (cluster_size * 8) >> refcount_order;
+  uint64_t rt_entries_per_cluster = cluster_size / QCOW2_RT_ENTRY_SIZE;
+  uint64_t max_rt_clusters = QCOW2_MAX_RT_BYTES / cluster_size;
+  uint64_t rt = 0, rb = 0;
+
+  if (max_rt_clusters == 0)
+    max_rt_clusters = 1;
+  /* The blocks count the table and themselves, so more blocks can need
+   * still more blocks.  Iterating from zero climbs monotonically to the
+   * least fixed point, and each step adds far fewer clusters than the
+   * one before, so this ends after a few rounds.
+   */
+  for (;;) {
+    uint64_t n = other_clusters + rt + rb;
+    uint64_t rb2 = SC_DIV_ROUND_UP (n, block_entries);
+    uint64_t rt2 = SC_DIV_ROUND_UP (rb2, rt_entries_per_cluster);
+
+    if (rt2 > max_rt_clusters) {
+      sc_set_error (EFBIG, "image too large: its refcount table would "
+                    "exceed %u bytes (use larger clusters or narrower "
+                    "refcounts)", QCOW2_MAX_RT_BYTES);
+      return -1;
+    }
+    if (rt2 == rt && rb2 == rb)
+      break;
+    rt = rt2;
+    rb = rb2;
+  }
+  *rt_clusters = rt;
+  *rb_clusters = rb;
+  return 0;
+}
+
+int
+qcow2_plan_init (struct qcow2_plan *p, unsigned version,
+                 uint32_t cluster_bits, unsigned refcount_order,
+                 enum sc_codec codec, uint64_t virtual_size)
+{
+  struct qcow2_header *h = &p->h;
+  uint64_t cluster_size, guest_clusters, l1_size;
+
+  memset (p, 0, sizeof *p);
+  if (version != 2 && version != 3) {
+    sc_set_error (EINVAL, "qcow2 version must be 2 or 3, not %u", version);
+    return -1;
+  }
+  if (cluster_bits < QCOW2_MIN_CLUSTER_BITS
+      || cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
+    sc_set_error (EINVAL, "cluster size must be a power of two from %u "
+                  "to %u bytes", 1U << QCOW2_MIN_CLUSTER_BITS,
+                  1U << QCOW2_MAX_CLUSTER_BITS);
+    return -1;
+  }
+  if (refcount_order > QCOW2_MAX_REFCOUNT_ORDER) {
+    sc_set_error (EINVAL, "refcount width must be 1, 2, 4, 8, 16, 32 "
+                  "or 64 bits");
+    return -1;
+  }
+  if (version == 2 && refcount_order != QCOW2_V2_REFCOUNT_ORDER) {
+    sc_set_error (EINVAL, "compat=0.10 (version 2) images have 16-bit "
+                  "refcounts only");
+    return -1;
+  }
+  if (codec == SC_CODEC_ZSTD && version == 2) {
+    sc_set_error (EINVAL, "zstd compression needs compat=1.1 (version 3)");
+    return -1;
+  }
+  if (virtual_size > INT64_MAX) {
+    sc_set_error (EFBIG, "virtual size %" PRIu64 " is too large",
+                  virtual_size);
+    return -1;
+  }
+
+  cluster_size = 1ULL << cluster_bits;
+  guest_clusters = virtual_size / cluster_size
+    + (virtual_size % cluster_size != 0);
+  l1_size = SC_DIV_ROUND_UP (guest_clusters,
+                             cluster_size / QCOW2_L2_ENTRY_SIZE);
+  if (l1_size > QCOW2_MAX_L1_BYTES / QCOW2_L2_ENTRY_SIZE) {
+    sc_set_error (EFBIG, "virtual size %" PRIu64 " needs an L1 table "
+                  "larger than %u bytes at cluster size %" PRIu64
+                  " (use larger clusters)", virtual_size,
+                  QCOW2_MAX_L1_BYTES, cluster_size);
+    return -1;
+  }
+
+  h->version = version;
+  h->cluster_bits = cluster_bits;
+  h->cluster_size = (uint32_t) cluster_size;
+  h->size = virtual_size;
+  h->l1_size = (uint32_t) l1_size;
+  h->l2_entry_size = QCOW2_L2_ENTRY_SIZE;
+  h->l2_entries = (uint32_t) (cluster_size / QCOW2_L2_ENTRY_SIZE);
+  h->refcount_order = refcount_order;
+  h->refcount_bits = 1U << refcount_order;
+  h->refcount_max = h->refcount_bits == 64
+    ? UINT64_MAX : (1ULL << h->refcount_bits) - 1;
+  h->header_length = version == 2
+    ? QCOW2_V2_HEADER_SIZE : QCOW2_V3_HEADER_SIZE;
+  if (codec == SC_CODEC_ZSTD) {
+    h->compression_type = QCOW2_COMPRESSION_TYPE_ZSTD;
+    h->incompatible_features |= QCOW2_INCOMPAT_COMPRESSION;
+  }
+  p->refcount_cap = SC_MIN (h->refcount_max, (uint64_t) UINT32_MAX);
+
+  if (l1_size > 0) {
+    p->l2 = calloc (l1_size, sizeof *p->l2);
+    if (p->l2 == NULL) {
+      sc_set_error (errno, "out of memory for the L1 table");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+void
+qcow2_plan_free (struct qcow2_plan *p)
+{
+  if (p->l2) {
+    for (uint64_t i = 0; i < p->h.l1_size; i++)
+      free (p->l2[i]);
+    free (p->l2);
+  }
+  free (p->data_refcounts);
+  memset (p, 0, sizeof *p);
+}
+
+/* The L2 slot of guest cluster gc, allocating its table on first use. */
+static uint64_t *
+l2_slot (struct qcow2_plan *p, uint64_t gc)
+{
+  uint64_t l1_index = gc / p->h.l2_entries;
+
+  if (gc < p->next_guest_cluster || l1_index >= p->h.l1_size) {
+    sc_set_error (EINVAL, "cluster %" PRIu64 " added out of order or "
+                  "beyond the virtual size", gc);
+    return NULL;
+  }
+  if (p->l2[l1_index] == NULL) {
+    p->l2[l1_index] = calloc (p->h.l2_entries, sizeof (uint64_t));
+    if (p->l2[l1_index] == NULL) {
+      sc_set_error (errno, "out of memory for an L2 table");
+      return NULL;
+    }
+    p->nb_l2++;
+  }
+  return &p->l2[l1_index][gc % p->h.l2_entries];
+}
+
+/* Make sure the data area has a refcount slot for host cluster k. */
+static int
+reserve_data_cluster (struct qcow2_plan *p, uint64_t k)
+{
+  if (k >= p->data_refcounts_cap) {
+    size_t cap = p->data_refcounts_cap ? p->data_refcounts_cap * 2 : 1024;
+    uint32_t *r;
+
+    while (cap <= k)
+      cap *= 2;
+    r = realloc (p->data_refcounts, cap * sizeof *r);
+    if (r == NULL) {
+      sc_set_error (errno, "out of memory for data refcounts");
+      return -1;
+    }
+    memset (&r[p->data_refcounts_cap], 0,
+            (cap - p->data_refcounts_cap) * sizeof *r);
+    p->data_refcounts = r;
+    p->data_refcounts_cap = cap;
+  }
+  if (k >= p->data_clusters)
+    p->data_clusters = k + 1;
+  return 0;
+}
+
+int
+qcow2_plan_add_normal (struct qcow2_plan *p, uint64_t gc, uint64_t *rel)
+{
+  uint64_t cs = p->h.cluster_size;
+  uint64_t *slot = l2_slot (p, gc);
+  uint64_t pos;
+
+  if (slot == NULL)
+    return -1;
+  pos = SC_ROUND_UP (p->data_end, cs);
+  if (reserve_data_cluster (p, pos / cs) == -1)
+    return -1;
+  p->data_refcounts[pos / cs] = 1;
+  /* COPIED marks the entry as used even at relative offset 0; the
+   * offset is shifted to its absolute place when written.
+   */
+  *slot = pos | QCOW2_OFLAG_COPIED;
+  p->data_end = pos + cs;
+  p->next_guest_cluster = gc + 1;
+  *rel = pos;
+  return 0;
+}
+
+int
+qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc, uint64_t len,
+                           uint64_t *rel)
+{
+  uint64_t cs = p->h.cluster_size;
+  uint64_t *slot;
+  uint64_t pos = p->data_end;
+
+  if (len == 0 || len >= cs) {
+    sc_set_error (EINVAL, "compressed cluster of %" PRIu64 " bytes does "
+                  "not fit a %" PRIu64 "-byte cluster", len, cs);
+    return -1;
+  }
+  slot = l2_slot (p, gc);
+  if (slot == NULL)
+    return -1;
+  /* A host cluster already shared by as many compressed clusters as its
+   * refcount can count cannot take one more: start a new host cluster.
+   */
+  if (!SC_IS_ALIGNED (pos, cs)
+      && p->data_refcounts[pos / cs] >= p->refcount_cap)
+    pos = SC_ROUND_UP (pos, cs);
+  for (uint64_t k = pos / cs; k <= (pos + len - 1) / cs; k++) {
+    if (reserve_data_cluster (p, k) == -1)
+      return -1;
+    p->data_refcounts[k]++;
+  }
+  *slot = qcow2_make_compressed_descriptor (&p->h, pos, len);
+  p->data_end = pos + len;
+  p->next_guest_cluster = gc + 1;
+  p->nb_compressed++;
+  *rel = pos;
+  return 0;
+}
+
+int
+qcow2_plan_layout (struct qcow2_plan *p)
+{
+  struct qcow2_header *h = &p->h;
+  uint64_t cs = h->cluster_size;
+  uint64_t other, data_bytes;
+
+  p->l1_clusters = SC_DIV_ROUND_UP ((uint64_t) h->l1_size
+                                    * QCOW2_L2_ENTRY_SIZE, cs);
+  other = 1 + p->l1_clusters + p->nb_l2 + p->data_clusters;
+  if (qcow2_refcount_layout (h->cluster_bits, h->refcount_order, other,
+                             &p->rt_clusters, &p->rb_clusters) == -1)
+    return -1;
+
+  h->refcount_table_offset = cs;
+  h->refcount_table_clusters = (uint32_t) p->rt_clusters;
+  p->rb_offset = (1 + p->rt_clusters) * cs;
+  h->l1_table_offset = p->rb_offset + p->rb_clusters * cs;
+  p->l2_offset = h->l1_table_offset + p->l1_clusters * cs;
+  p->data_offset = p->l2_offset + p->nb_l2 * cs;
+  p->total_clusters = other + p->rt_clusters + p->rb_clusters;
+  /* qemu writes no L1 offset for an empty L1 table either. */
+  if (h->l1_size == 0)
+    h->l1_table_offset = 0;
+
+  /* Readers fetch whole 512-byte sectors of compressed data. */
+  data_bytes = SC_ROUND_UP (p->data_end, QCOW2_COMPRESSED_SECTOR);
+  if (SC_ADD_OVERFLOW (p->data_offset, data_bytes, &p->file_size)
+      || p->file_size > QCOW2_MAX_HOST_OFFSET
+      || (p->nb_compressed > 0
+          && p->file_size > (1ULL << qcow2_csize_shift (h)))) {
+    sc_set_error (EFBIG, "image too large for its cluster size");
+    return -1;
+  }
+  p->laid_out = true;
+  return 0;
+}
+
+/* Fill buf (one cluster) with the header. */
+static void
+make_header (const struct qcow2_plan *p, unsigned char *buf)
+{
+  const struct qcow2_header *h = &p->h;
+
+  memset (buf, 0, h->cluster_size);
+  sc_put_be32 (buf + QCOW2_HDR_MAGIC, QCOW2_MAGIC);
+  sc_put_be32 (buf + QCOW2_HDR_VERSION, h->version);
+  sc_put_be32 (buf + QCOW2_HDR_CLUSTER_BITS, h->cluster_bits);
+  sc_put_be64 (buf + QCOW2_HDR_SIZE, h->size);
+  sc_put_be32 (buf + QCOW2_HDR_L1_SIZE, h->l1_size);
+  sc_put_be64 (buf + QCOW2_HDR_L1_OFFSET, h->l1_table_offset);
+  sc_put_be64 (buf + QCOW2_HDR_RT_OFFSET, h->refcount_table_offset);
+  sc_put_be32 (buf + QCOW2_HDR_RT_CLUSTERS, h->refcount_table_clusters);
+  if (h->version >= 3) {
+    sc_put_be64 (buf + QCOW2_HDR_INCOMPAT, h->incompatible_features);
+    sc_put_be64 (buf + QCOW2_HDR_COMPAT, h->compatible_features);
+    sc_put_be64 (buf + QCOW2_HDR_AUTOCLEAR, h->autoclear_features);
+    sc_put_be32 (buf + QCOW2_HDR_REFCOUNT_ORDER, h->refcount_order);
+    sc_put_be32 (buf + QCOW2_HDR_HEADER_LENGTH, h->header_length);
+    buf[QCOW2_HDR_COMPRESSION] = h->compression_type;
+  }
+  /* The zero bytes after the header read as the end-of-extensions
+   * marker.
+   */
+}
+
+/* The refcount of host cluster c under the final layout. */
+static uint64_t
+cluster_refcount (const struct qcow2_plan *p, uint64_t c)
+{
+  uint64_t data_start = p->data_offset >> p->h.cluster_bits;
+
+  if (c < data_start)
+    return 1;
+  if (c - data_start < p->data_clusters)
+    return p->data_refcounts[c - data_start];
+  return 0;
+}
+
+/* An L2 entry of the plan with its data offset made absolute. */
+static uint64_t
+final_l2_entry (const struct qcow2_plan *p, uint64_t e)
+{
+  if (e == 0)
+    return 0;
+  /* Both kinds keep their offset in the low bits, and the data area
+   * starts on a cluster boundary, so shifting the offset changes
+   * neither alignment nor the sector count of a compressed cluster.
+   */
+  return e + p->data_offset;
+}
+
+int
+qcow2_plan_write_metadata (struct qcow2_plan *p,
+                           int (*write_fn) (void *opaque, const void *buf,
+                                            size_t len),
+                           void *opaque)
+{
+  const struct qcow2_header *h = &p->h;
+  uint64_t cs = h->cluster_size;
+  uint64_t block_entries = (cs * 8) >> h->refcount_order;
+  uint64_t per_cluster = cs / 8;
+  CLEANUP_FREE unsigned char *buf = NULL;
+  uint64_t i, k, n;
+
+  if (!p->laid_out) {
+    sc_set_error (EINVAL, "qcow2 plan written before its layout");
+    return -1;
+  }
+  buf = malloc (cs);
+  if (buf == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+
+  make_header (p, buf);
+  if (write_fn (opaque, buf, cs) == -1)
+    return -1;
+
+  /* Refcount table. */
+  for (k = 0; k < p->rt_clusters; k++) {
+    memset (buf, 0, cs);
+    for (i = 0; i < per_cluster; i++) {
+      uint64_t b = k * per_cluster + i;
+      if (b < p->rb_clusters)
+        sc_put_be64 (buf + i * 8, p->rb_offset + b * cs);
+    }
+    if (write_fn (opaque, buf, cs) == -1)
+      return -1;
+  }
+
+  /* Refcount blocks. */
+  for (k = 0; k < p->rb_clusters; k++) {
+    memset (buf, 0, cs);
+    n = SC_MIN (block_entries, p->total_clusters - k * block_entries);
+    for (i = 0; i < n; i++)
+      qcow2_refcount_set (buf, h->refcount_order, i,
+                          cluster_refcount (p, k * block_entries + i));
+    if (write_fn (opaque, buf, cs) == -1)
+      return -1;
+  }
+
+  /* L1 table: the L2 tables follow it in L1 order. */
+  {
+    uint64_t next_l2 = p->l2_offset;
+    for (k = 0; k < p->l1_clusters; k++) {
+      memset (buf, 0, cs);
+      for (i = 0; i < per_cluster; i++) {
+        uint64_t l1_index = k * per_cluster + i;
+        if (l1_index >= h->l1_size)
+          break;
+        if (p->l2[l1_index]) {
+          sc_put_be64 (buf + i * 8, next_l2 | QCOW2_OFLAG_COPIED);
+          next_l2 += cs;
+        }
+      }
+      if (write_fn (opaque, buf, cs) == -1)
+        return -1;
+    }
+  }
+
+  /* L2 tables. */
+  for (k = 0; k < h->l1_size; k++) {
+    const uint64_t *l2 = p->l2[k];
+    if (l2 == NULL)
+      continue;
+    for (i = 0; i < h->l2_entries; i++)
+      sc_put_be64 (buf + i * 8, final_l2_entry (p, l2[i]));
+    if (write_fn (opaque, buf, cs) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+int
+qcow2_plan_next (const struct qcow2_plan *p, uint64_t *gc, uint64_t *rel,
+                 uint64_t *len, bool *compressed)
+{
+  const struct qcow2_header *h = &p->h;
+  uint64_t c = *gc;
+
+  while (c / h->l2_entries < h->l1_size) {
+    const uint64_t *l2 = p->l2[c / h->l2_entries];
+    uint64_t e;
+
+    if (l2 == NULL) {
+      c = SC_ROUND_UP (c + 1, h->l2_entries);
+      continue;
+    }
+    e = l2[c % h->l2_entries];
+    if (e == 0) {
+      c++;
+      continue;
+    }
+    if (e & QCOW2_OFLAG_COMPRESSED) {
+      split_descriptor (h, e, rel, len);
+      *compressed = true;
+    }
+    else {
+      *rel = e & QCOW2_L2E_OFFSET_MASK;
+      *len = h->cluster_size;
+      *compressed = false;
+    }
+    *gc = c + 1;
+    return 1;
+  }
+  *gc = c;
+  return 0;
+}

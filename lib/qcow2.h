@@ -166,9 +166,96 @@ extern void qcow2_compressed_descriptor (const struct qcow2_header *h,
 
 /* ---- qcow2-write.c ------------------------------------------------ */
 
-/* Encode a compressed cluster descriptor for len bytes at offset. */
+/* Encode a compressed cluster descriptor for len bytes at offset, as a
+ * whole L2 entry (QCOW2_OFLAG_COMPRESSED set, never COPIED).
+ */
 extern uint64_t qcow2_make_compressed_descriptor (const struct qcow2_header *h,
                                                   uint64_t offset,
                                                   uint64_t len);
+
+/* Refcount block entries of any width (1..64 bits, as 1 << order),
+ * packed as the specification says: sub-byte widths least significant
+ * bits first, wider ones big-endian.
+ */
+extern void qcow2_refcount_set (void *block, unsigned refcount_order,
+                                uint64_t index, uint64_t value);
+extern uint64_t qcow2_refcount_get (const void *block,
+                                    unsigned refcount_order, uint64_t index);
+
+/* The smallest refcount table and number of refcount blocks that
+ * cover themselves plus other_clusters clusters: a fixed point, since
+ * the blocks count themselves.  Returns -1 if the refcount table would
+ * exceed qemu's limit.
+ */
+extern int qcow2_refcount_layout (uint32_t cluster_bits,
+                                  unsigned refcount_order,
+                                  uint64_t other_clusters,
+                                  uint64_t *rt_clusters,
+                                  uint64_t *rb_clusters);
+
+/* The writer's plan of an image, built in guest order and then written
+ * forward only.  The L2 tables are the plan: an L2 table exists only
+ * when a cluster in its range is stored, so memory follows the data.
+ * Until qcow2_plan_layout() the data offsets in the L2 entries are
+ * relative to the start of the data area, which comes after all
+ * metadata in the order header, refcount table, refcount blocks, L1,
+ * L2 tables.
+ */
+struct qcow2_plan {
+  struct qcow2_header h;        /* what goes into the header */
+  uint64_t **l2;                /* h.l1_size tables, NULL = none */
+  uint64_t nb_l2;               /* tables allocated */
+  uint64_t next_guest_cluster;  /* clusters must be added in order */
+  /* The data area, relative to its start. */
+  uint64_t data_end;            /* bytes used */
+  uint32_t *data_refcounts;     /* per host cluster of the data area */
+  uint64_t data_clusters;
+  size_t data_refcounts_cap;
+  uint64_t refcount_cap;        /* refcount_max, capped to uint32 */
+  uint64_t nb_compressed;       /* compressed clusters stored */
+  /* Absolute layout, set by qcow2_plan_layout(). */
+  bool laid_out;
+  uint64_t rt_clusters, rb_clusters, l1_clusters;
+  uint64_t rb_offset, l2_offset, data_offset;
+  uint64_t total_clusters;
+  uint64_t file_size;           /* data end rounded up to a sector */
+};
+
+/* Start a plan: version 2 or 3, cluster_bits 9..21, refcount_order
+ * 0..6 (4 for version 2), codec deflate or zstd (zstd needs version
+ * 3).  Fails if the virtual size needs an L1 table over qemu's limit.
+ */
+extern int qcow2_plan_init (struct qcow2_plan *p, unsigned version,
+                            uint32_t cluster_bits, unsigned refcount_order,
+                            enum sc_codec codec, uint64_t virtual_size);
+extern void qcow2_plan_free (struct qcow2_plan *p);
+/* Store guest cluster number gc uncompressed or compressed (len bytes,
+ * less than a cluster).  Clusters must come in increasing order.  The
+ * data-area offset chosen for the bytes is returned in *rel.
+ */
+extern int qcow2_plan_add_normal (struct qcow2_plan *p, uint64_t gc,
+                                  uint64_t *rel);
+extern int qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc,
+                                      uint64_t len, uint64_t *rel);
+/* Fix the layout of the metadata in front of the data area. */
+extern int qcow2_plan_layout (struct qcow2_plan *p);
+/* Produce everything in front of the data area, in file order, through
+ * write_fn (which returns 0 or -1 with the error set).
+ */
+extern int qcow2_plan_write_metadata (struct qcow2_plan *p,
+                                      int (*write_fn) (void *opaque,
+                                                       const void *buf,
+                                                       size_t len),
+                                      void *opaque);
+/* Iterate over stored clusters in guest order: starting with *gc = 0,
+ * each call finds the next stored cluster at or after *gc, sets *gc,
+ * its relative data offset *rel, *len (the cluster size when
+ * uncompressed; when compressed, the bytes up to the end of its last
+ * 512-byte sector, as a reader sees it), *compressed, and advances *gc
+ * past it.
+ * Returns 1, or 0 at the end.
+ */
+extern int qcow2_plan_next (const struct qcow2_plan *p, uint64_t *gc,
+                            uint64_t *rel, uint64_t *len, bool *compressed);
 
 #endif /* SPARSECOW_QCOW2_H */

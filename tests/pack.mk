@@ -1,1 +1,8 @@
 # tests of this area; fragments are included by Makefile.am
+
+# The writer's arithmetic: descriptors, refcount packing, layout.
+check_PROGRAMS += tests/unit-writer
+tests_unit_writer_SOURCES = tests/unit-writer.c
+tests_unit_writer_CFLAGS = $(UNIT_TEST_CFLAGS)
+tests_unit_writer_LDADD = $(UNIT_TEST_LIBS)
+TESTS += tests/unit-writer

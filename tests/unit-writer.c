@@ -1,0 +1,238 @@
+/* Unit tests of the qcow2 writer's arithmetic: compressed cluster
+ * descriptors, refcount packing at every width, and the refcount
+ * layout fixed point.  The expected values come from the formulas of
+ * the qcow2 specification, written out here independently.
+ */
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <CUnit/Basic.h>
+
+#include "internal.h"
+#include "qcow2.h"
+
+/* Decode a descriptor the way the specification describes it. */
+static void
+spec_decode (unsigned cluster_bits, uint64_t e, uint64_t *offset,
+             uint64_t *nbytes)
+{
+  unsigned x = 62 - (cluster_bits - 8);
+  uint64_t extra = (e >> x) & ((1ULL << (cluster_bits - 8)) - 1);
+
+  *offset = e & ((1ULL << x) - 1);
+  *nbytes = (extra + 1) * 512 - (*offset % 512);
+}
+
+static void
+test_descriptor_round_trip (void)
+{
+  static const uint64_t offsets[] = {
+    0, 1, 17, 511, 512, 513, 4095, 65536, 65536 + 300, 1ULL << 30,
+    (1ULL << 40) + 12345, (1ULL << 47) - 1,
+  };
+
+  for (unsigned cb = QCOW2_MIN_CLUSTER_BITS; cb <= QCOW2_MAX_CLUSTER_BITS;
+       cb++) {
+    struct qcow2_header h = { .cluster_bits = cb, .cluster_size = 1U << cb };
+    uint64_t cs = h.cluster_size;
+    uint64_t lens[] = { 1, 2, 100, 511, 512, 513, cs / 2, cs - 2, cs - 1 };
+
+    for (size_t i = 0; i < sizeof offsets / sizeof offsets[0]; i++) {
+      for (size_t j = 0; j < sizeof lens / sizeof lens[0]; j++) {
+        uint64_t off = offsets[i], len = lens[j];
+        uint64_t e, doff, nbytes;
+
+        if (len == 0 || len >= cs)
+          continue;
+        e = qcow2_make_compressed_descriptor (&h, off, len);
+        CU_ASSERT ((e & QCOW2_OFLAG_COMPRESSED) != 0);
+        CU_ASSERT ((e & QCOW2_OFLAG_COPIED) == 0);
+        spec_decode (cb, e, &doff, &nbytes);
+        CU_ASSERT_EQUAL (doff, off);
+        /* The sectors named cover the data, end on a sector boundary,
+         * and waste less than one sector.
+         */
+        CU_ASSERT (nbytes >= len);
+        CU_ASSERT (nbytes - len < 512);
+        CU_ASSERT_EQUAL ((off + nbytes) % 512, 0);
+        /* The count fits its field: removing the flag and the fields
+         * leaves nothing.
+         */
+        CU_ASSERT_EQUAL ((e & ~QCOW2_OFLAG_COMPRESSED) >> 62, 0);
+      }
+    }
+  }
+}
+
+static uint64_t
+pattern (unsigned order, uint64_t i)
+{
+  uint64_t v = (i + 1) * 0x9e3779b97f4a7c15ULL;
+  unsigned bits = 1U << order;
+
+  return bits == 64 ? v : v & ((1ULL << bits) - 1);
+}
+
+static void
+test_refcount_packing (void)
+{
+  unsigned char block[512];
+
+  for (unsigned order = 0; order <= QCOW2_MAX_REFCOUNT_ORDER; order++) {
+    uint64_t entries = sizeof block * 8 >> order;
+
+    memset (block, 0, sizeof block);
+    for (uint64_t i = 0; i < entries; i++)
+      qcow2_refcount_set (block, order, i, pattern (order, i));
+    for (uint64_t i = 0; i < entries; i++)
+      CU_ASSERT_EQUAL (qcow2_refcount_get (block, order, i),
+                       pattern (order, i));
+    /* Overwriting one entry leaves its neighbours alone. */
+    qcow2_refcount_set (block, order, 5, 1);
+    CU_ASSERT_EQUAL (qcow2_refcount_get (block, order, 4), pattern (order, 4));
+    CU_ASSERT_EQUAL (qcow2_refcount_get (block, order, 5), 1);
+    CU_ASSERT_EQUAL (qcow2_refcount_get (block, order, 6), pattern (order, 6));
+  }
+
+  /* Exact bit positions from the specification: sub-byte entries from
+   * the least significant bit, wider ones big-endian.
+   */
+  memset (block, 0, sizeof block);
+  qcow2_refcount_set (block, 0, 1, 1);
+  qcow2_refcount_set (block, 0, 8, 1);
+  CU_ASSERT_EQUAL (block[0], 0x02);
+  CU_ASSERT_EQUAL (block[1], 0x01);
+  memset (block, 0, sizeof block);
+  qcow2_refcount_set (block, 1, 3, 2);
+  CU_ASSERT_EQUAL (block[0], 0x80);
+  memset (block, 0, sizeof block);
+  qcow2_refcount_set (block, 2, 1, 0xa);
+  qcow2_refcount_set (block, 2, 2, 0x3);
+  CU_ASSERT_EQUAL (block[0], 0xa0);
+  CU_ASSERT_EQUAL (block[1], 0x03);
+  memset (block, 0, sizeof block);
+  qcow2_refcount_set (block, 4, 1, 0x1234);
+  CU_ASSERT_EQUAL (block[2], 0x12);
+  CU_ASSERT_EQUAL (block[3], 0x34);
+  memset (block, 0, sizeof block);
+  qcow2_refcount_set (block, 6, 1, 0x0102030405060708ULL);
+  CU_ASSERT_EQUAL (block[8], 0x01);
+  CU_ASSERT_EQUAL (block[15], 0x08);
+}
+
+/* The fixed point is exact: enough blocks for everything including
+ * the table and themselves, and not one more.
+ */
+static void
+check_layout (unsigned cb, unsigned order, uint64_t other)
+{
+  uint64_t cs = 1ULL << cb, entries = (cs * 8) >> order;
+  uint64_t rt = 0, rb = 0, n;
+
+  CU_ASSERT_EQUAL_FATAL (qcow2_refcount_layout (cb, order, other, &rt, &rb),
+                         0);
+  n = other + rt + rb;
+  CU_ASSERT_EQUAL (rb, (n + entries - 1) / entries);
+  CU_ASSERT_EQUAL (rt, (rb * 8 + cs - 1) / cs);
+  CU_ASSERT (rt >= 1 && rb >= 1);
+}
+
+static void
+test_layout_fixed_point (void)
+{
+  /* Blocks of 64 entries (512-byte clusters, 64-bit refcounts): check
+   * every size around the points where one more block is needed.
+   */
+  for (uint64_t other = 1; other < 2000; other++)
+    check_layout (9, 6, other);
+  for (unsigned cb = 9; cb <= 21; cb += 3)
+    for (unsigned order = 0; order <= 6; order++) {
+      check_layout (cb, order, 1);
+      check_layout (cb, order, 12345);
+      check_layout (cb, order, 1000000);
+    }
+  /* A case where the table itself needs two clusters: 64 blocks of 64
+   * entries are addressed by one 512-byte table cluster; more blocks
+   * need a second one.
+   */
+  {
+    uint64_t rt, rb;
+    CU_ASSERT_EQUAL (qcow2_refcount_layout (9, 6, 64 * 64, &rt, &rb), 0);
+    CU_ASSERT_EQUAL (rb, 66);
+    CU_ASSERT_EQUAL (rt, 2);
+  }
+  /* Beyond qemu's 8 MiB refcount table: an error, not a huge table. */
+  {
+    uint64_t rt, rb;
+    CU_ASSERT_EQUAL (qcow2_refcount_layout (9, 6, 1ULL << 26, &rt, &rb), -1);
+  }
+}
+
+/* Compressed clusters never share a host cluster beyond what the
+ * refcount width can count; with 1-bit refcounts they never share.
+ */
+static void
+test_plan_refcount_cap (void)
+{
+  for (unsigned order = 0; order <= 4; order += 4) {
+    struct qcow2_plan p;
+    uint64_t cs = 4096, rel, prev_end = 0;
+
+    CU_ASSERT_EQUAL_FATAL (qcow2_plan_init (&p, 3, 12, order,
+                                            SC_CODEC_DEFLATE, 1 << 24), 0);
+    for (uint64_t gc = 0; gc < 200; gc++) {
+      uint64_t len = 100 + gc * 37 % 3000;
+      if (gc % 17 == 0) {
+        CU_ASSERT_EQUAL (qcow2_plan_add_normal (&p, gc, &rel), 0);
+        CU_ASSERT_EQUAL (rel % cs, 0);
+      }
+      else {
+        CU_ASSERT_EQUAL (qcow2_plan_add_compressed (&p, gc, len, &rel), 0);
+        if (order == 0 && prev_end % cs != 0)
+          CU_ASSERT_EQUAL (rel % cs, 0);
+        if (order == 4)
+          CU_ASSERT (rel == prev_end || rel == SC_ROUND_UP (prev_end, cs));
+      }
+      CU_ASSERT (rel >= prev_end);
+      prev_end = p.data_end;
+    }
+    for (uint64_t k = 0; k < p.data_clusters; k++) {
+      CU_ASSERT (p.data_refcounts[k] >= 1);
+      CU_ASSERT (p.data_refcounts[k] <= p.h.refcount_max);
+    }
+    /* Out of order is refused. */
+    CU_ASSERT_EQUAL (qcow2_plan_add_normal (&p, 5, &rel), -1);
+    CU_ASSERT_EQUAL (qcow2_plan_layout (&p), 0);
+    CU_ASSERT_EQUAL (p.data_offset % cs, 0);
+    qcow2_plan_free (&p);
+  }
+}
+
+int
+main (void)
+{
+  CU_pSuite s;
+  unsigned failures;
+
+  if (CU_initialize_registry () != CUE_SUCCESS)
+    return EXIT_FAILURE;
+  s = CU_add_suite ("writer", NULL, NULL);
+  if (s == NULL
+      || !CU_add_test (s, "compressed descriptor round trip",
+                       test_descriptor_round_trip)
+      || !CU_add_test (s, "refcount packing", test_refcount_packing)
+      || !CU_add_test (s, "refcount layout fixed point",
+                       test_layout_fixed_point)
+      || !CU_add_test (s, "plan refcount cap", test_plan_refcount_cap)) {
+    CU_cleanup_registry ();
+    return EXIT_FAILURE;
+  }
+  CU_basic_set_mode (CU_BRM_VERBOSE);
+  CU_basic_run_tests ();
+  failures = CU_get_number_of_failures ();
+  CU_cleanup_registry ();
+  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+}
