@@ -1,3 +1,492 @@
-/* Placeholder: filled in by its owner. */
+/* The copy engine: the ordered pipeline, and sc_copy() on top of it.
+ *
+ * Pieces are handed out in source order from a ring of slots.  Worker
+ * threads take the next piece while the ring has room, read it (data
+ * pieces only) and run work() on it; the calling thread emits the
+ * pieces strictly in order as they become ready and frees their slots.
+ * The ring bounds memory: at most nslots buffers of request_size, no
+ * matter how large the source is.  Hole and zero pieces carry only an
+ * offset and a length, so a hole of many terabytes costs nothing.
+ */
 #include <config.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
 #include "internal.h"
+
+#define DEFAULT_REQUEST_SIZE (1024 * 1024)
+#define MAX_REQUEST_SIZE (64 * 1024 * 1024)
+
+/* More workers than this cannot help a single copy, and every worker
+ * costs two buffers of request_size.
+ */
+#define MAX_PIPELINE_THREADS 128
+
+#define SC_EXTENT_NOT_DATA (SC_EXTENT_HOLE | SC_EXTENT_ZERO)
+
+enum slot_state {
+  SLOT_FREE,                    /* no piece, or already emitted */
+  SLOT_BUSY,                    /* owned by a worker */
+  SLOT_READY,                   /* waiting to be emitted */
+};
+
+struct slot {
+  struct sc_piece piece;
+  enum slot_state state;
+};
+
+/* The piece generator: a cursor over the extent list. */
+struct cursor {
+  const struct sc_extent_list *ext;
+  size_t i;                     /* current extent */
+  uint64_t pos;                 /* next offset inside it */
+  uint32_t request_size;
+};
+
+struct run {
+  const struct sc_pipeline *p;
+  struct cursor cur;
+  size_t nslots;
+  struct slot *slots;
+  bool serial_reads;            /* src is not thread-safe */
+
+  pthread_mutex_t lock;
+  pthread_cond_t cond;          /* broadcast on every state change */
+  /* Everything below is protected by lock. */
+  uint64_t next_seq;            /* next piece to hand out */
+  uint64_t emit_seq;            /* next piece to emit */
+  uint64_t read_turn;           /* with serial_reads: next piece to read */
+  bool all_issued;              /* the cursor is exhausted */
+  bool stop;
+  bool failed;
+  int err_errno;
+  char err_msg[1024];
+};
+
+/* Fill piece with the next piece of the source; false at the end. */
+static bool
+next_piece (struct cursor *c, struct sc_piece *piece)
+{
+  while (c->i < c->ext->len) {
+    const struct sc_extent *e = &c->ext->ext[c->i];
+    uint64_t end = e->offset + e->length;
+    uint64_t boundary;
+
+    if (c->pos < e->offset)
+      c->pos = e->offset;
+    if (c->pos >= end) {
+      c->i++;
+      continue;
+    }
+    piece->offset = c->pos;
+    if (e->flags & SC_EXTENT_NOT_DATA) {
+      piece->length = end - c->pos;
+      piece->flags = e->flags & SC_EXTENT_NOT_DATA;
+      c->i++;
+      return true;
+    }
+    /* Data is cut at multiples of request_size, so pieces line up with
+     * clusters and blocks whatever the extent boundaries are.
+     */
+    boundary = SC_ROUND_DOWN (c->pos, c->request_size);
+    if (SC_ADD_OVERFLOW (boundary, c->request_size, &boundary) || boundary > end)
+      boundary = end;
+    piece->length = boundary - c->pos;
+    piece->flags = 0;
+    c->pos = boundary;
+    if (c->pos >= end)
+      c->i++;
+    return true;
+  }
+  return false;
+}
+
+/* Check the list is sorted and contiguous, and sum its lengths. */
+static int
+check_extents (const struct sc_extent_list *list, uint64_t *total)
+{
+  uint64_t sum = 0;
+
+  for (size_t i = 0; i < list->len; i++) {
+    const struct sc_extent *e = &list->ext[i];
+    uint64_t end;
+
+    if (SC_ADD_OVERFLOW (e->offset, e->length, &end)) {
+      sc_set_error (EINVAL, "pipeline: extent %" PRIu64 "+%" PRIu64
+                    " overflows", e->offset, e->length);
+      return -1;
+    }
+    if (i > 0 && e->offset != list->ext[i - 1].offset + list->ext[i - 1].length) {
+      sc_set_error (EINVAL, "pipeline: extent list is not sorted and "
+                    "contiguous at offset %" PRIu64, e->offset);
+      return -1;
+    }
+    sum += e->length;
+  }
+  *total = sum;
+  return 0;
+}
+
+/* Read a data piece; bytes past the end of the source read as zeros. */
+static int
+read_piece (struct sc_endpoint *src, struct sc_piece *piece)
+{
+  size_t n = 0;
+
+  if (piece->offset < src->size)
+    n = (size_t) SC_MIN (piece->length, src->size - piece->offset);
+  if (n > 0 && sc_ep_pread (src, piece->buf, n, piece->offset) == -1)
+    return -1;
+  if (n < piece->length)
+    memset ((char *) piece->buf + n, 0, piece->length - n);
+  return 0;
+}
+
+/* Give a slot its buffers the first time it is used. */
+static int
+slot_buffers (const struct sc_pipeline *p, struct sc_piece *piece,
+              uint32_t request_size)
+{
+  if (piece->buf == NULL) {
+    piece->buf = malloc (request_size);
+    if (piece->buf == NULL) {
+      sc_set_error (errno, "pipeline: out of memory");
+      return -1;
+    }
+  }
+  if (p->out_size > 0 && piece->out == NULL) {
+    piece->out = malloc (p->out_size);
+    if (piece->out == NULL) {
+      sc_set_error (errno, "pipeline: out of memory");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* With lock held: remember the calling thread's error if it is the
+ * first, and tell everyone to stop.
+ */
+static void
+record_error (struct run *r)
+{
+  if (!r->failed) {
+    r->failed = true;
+    r->err_errno = sc_error_errno ();
+    snprintf (r->err_msg, sizeof r->err_msg, "%s", sc_error_message ());
+  }
+  r->stop = true;
+  pthread_cond_broadcast (&r->cond);
+}
+
+static void *
+worker (void *arg)
+{
+  struct run *r = arg;
+  const struct sc_pipeline *p = r->p;
+
+  pthread_mutex_lock (&r->lock);
+  for (;;) {
+    struct slot *slot;
+    struct sc_piece *piece;
+    uint64_t seq;
+    int rc = 0;
+
+    if (r->stop || r->all_issued)
+      break;
+    if (r->next_seq >= r->emit_seq + r->nslots) {
+      pthread_cond_wait (&r->cond, &r->lock);
+      continue;
+    }
+    seq = r->next_seq;
+    slot = &r->slots[seq % r->nslots];
+    piece = &slot->piece;
+    if (!next_piece (&r->cur, piece)) {
+      r->all_issued = true;
+      pthread_cond_broadcast (&r->cond);
+      break;
+    }
+    r->next_seq++;
+    piece->out_len = 0;
+    piece->user = 0;
+    slot->state = SLOT_BUSY;
+    pthread_mutex_unlock (&r->lock);
+
+    rc = slot_buffers (p, piece, r->cur.request_size);
+
+    /* A source that is not thread-safe (or not seekable) is read by
+     * one thread at a time, in source order; work() still runs in
+     * parallel.
+     */
+    if (r->serial_reads) {
+      pthread_mutex_lock (&r->lock);
+      while (r->read_turn != seq && !r->stop)
+        pthread_cond_wait (&r->cond, &r->lock);
+      if (r->stop) {
+        break;                  /* with the lock held */
+      }
+      pthread_mutex_unlock (&r->lock);
+    }
+    if (rc == 0 && piece->flags == 0)
+      rc = read_piece (p->src, piece);
+    if (r->serial_reads) {
+      pthread_mutex_lock (&r->lock);
+      r->read_turn++;
+      pthread_cond_broadcast (&r->cond);
+      pthread_mutex_unlock (&r->lock);
+    }
+    if (rc == 0 && piece->flags == 0 && p->work)
+      rc = p->work (piece, p->opaque);
+
+    pthread_mutex_lock (&r->lock);
+    if (rc == -1) {
+      record_error (r);
+      break;
+    }
+    slot->state = SLOT_READY;
+    if (seq == r->emit_seq)
+      pthread_cond_broadcast (&r->cond);
+  }
+  pthread_mutex_unlock (&r->lock);
+  return NULL;
+}
+
+static void
+report_progress (const struct sc_pipeline *p, struct sc_progress *prog,
+                 uint64_t length)
+{
+  prog->done += length;
+  if (p->progress)
+    p->progress (prog, p->progress_opaque);
+}
+
+/* One thread does everything, in order. */
+static int
+run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
+                   struct sc_progress *prog)
+{
+  struct sc_piece piece = { 0 };
+  int rc = 0;
+
+  while (rc == 0 && next_piece (cur, &piece)) {
+    piece.out_len = 0;
+    piece.user = 0;
+    if (piece.flags == 0) {
+      rc = slot_buffers (p, &piece, cur->request_size);
+      if (rc == 0)
+        rc = read_piece (p->src, &piece);
+      if (rc == 0 && p->work)
+        rc = p->work (&piece, p->opaque);
+    }
+    if (rc == 0)
+      rc = p->emit (&piece, p->opaque);
+    if (rc == 0)
+      report_progress (p, prog, piece.length);
+  }
+  free (piece.buf);
+  free (piece.out);
+  return rc;
+}
+
+/* The calling thread emits, in order, until the end or an error. */
+static int
+emit_loop (struct run *r, struct sc_progress *prog)
+{
+  const struct sc_pipeline *p = r->p;
+  int rc = 0;
+
+  pthread_mutex_lock (&r->lock);
+  for (;;) {
+    struct slot *slot = &r->slots[r->emit_seq % r->nslots];
+
+    if (r->failed) {
+      rc = -1;
+      break;
+    }
+    if (r->all_issued && r->emit_seq == r->next_seq)
+      break;
+    if (r->emit_seq < r->next_seq && slot->state == SLOT_READY) {
+      pthread_mutex_unlock (&r->lock);
+      rc = p->emit (&slot->piece, p->opaque);
+      if (rc == 0)
+        report_progress (p, prog, slot->piece.length);
+      pthread_mutex_lock (&r->lock);
+      if (rc == -1) {
+        record_error (r);
+        break;
+      }
+      slot->state = SLOT_FREE;
+      r->emit_seq++;
+      pthread_cond_broadcast (&r->cond);
+      continue;
+    }
+    pthread_cond_wait (&r->cond, &r->lock);
+  }
+  r->stop = true;
+  pthread_cond_broadcast (&r->cond);
+  pthread_mutex_unlock (&r->lock);
+  return rc;
+}
+
+static int
+run_threaded (const struct sc_pipeline *p, struct cursor *cur,
+              unsigned threads, struct sc_progress *prog)
+{
+  struct run r;
+  pthread_t *tids = NULL;
+  unsigned started = 0;
+  int rc;
+
+  memset (&r, 0, sizeof r);
+  r.p = p;
+  r.cur = *cur;
+  r.nslots = 2 * (size_t) threads + 2;
+  r.serial_reads = !(p->src->flags & SC_EP_THREAD_SAFE);
+  r.slots = calloc (r.nslots, sizeof *r.slots);
+  tids = calloc (threads, sizeof *tids);
+  if (r.slots == NULL || tids == NULL) {
+    sc_set_error (errno, "pipeline: out of memory");
+    free (r.slots);
+    free (tids);
+    return -1;
+  }
+  pthread_mutex_init (&r.lock, NULL);
+  pthread_cond_init (&r.cond, NULL);
+
+  for (unsigned i = 0; i < threads; i++) {
+    int err = pthread_create (&tids[i], NULL, worker, &r);
+    if (err != 0) {
+      /* Fewer workers are still correct; none at all is an error. */
+      if (started == 0) {
+        sc_set_error (err, "pipeline: cannot start a thread: %s",
+                      strerror (err));
+        rc = -1;
+        goto out;
+      }
+      break;
+    }
+    started++;
+  }
+
+  rc = emit_loop (&r, prog);
+
+ out:
+  for (unsigned i = 0; i < started; i++)
+    pthread_join (tids[i], NULL);
+  /* A worker's error lives in that worker's thread: bring it here. */
+  if (rc == -1 && r.failed)
+    sc_set_error (r.err_errno, "%s", r.err_msg);
+  for (size_t i = 0; i < r.nslots; i++) {
+    free (r.slots[i].piece.buf);
+    free (r.slots[i].piece.out);
+  }
+  pthread_cond_destroy (&r.cond);
+  pthread_mutex_destroy (&r.lock);
+  free (r.slots);
+  free (tids);
+  return rc;
+}
+
+int
+sc_pipeline_run (const struct sc_pipeline *p)
+{
+  struct sc_extent_list own;
+  const struct sc_extent_list *list = p->extents;
+  struct sc_progress prog = { 0, 0 };
+  struct cursor cur;
+  uint32_t request_size = p->request_size ? p->request_size
+                                          : DEFAULT_REQUEST_SIZE;
+  unsigned threads = p->threads ? p->threads : sc_online_cpus ();
+  int rc = -1;
+
+  sc_extent_list_init (&own);
+  if (p->src == NULL || p->emit == NULL) {
+    sc_set_error (EINVAL, "pipeline: no source or no emit function");
+    return -1;
+  }
+  if ((request_size & (request_size - 1)) != 0
+      || request_size > MAX_REQUEST_SIZE) {
+    sc_set_error (EINVAL, "pipeline: request size %" PRIu32
+                  " is not a power of two up to %d", request_size,
+                  MAX_REQUEST_SIZE);
+    return -1;
+  }
+  threads = SC_MIN (threads, MAX_PIPELINE_THREADS);
+
+  if (list == NULL) {
+    if (p->src->ops->extents (p->src, 0, p->src->size, &own) == -1)
+      goto out;
+    list = &own;
+  }
+  if (check_extents (list, &prog.total) == -1)
+    goto out;
+
+  cur = (struct cursor) { .ext = list, .request_size = request_size };
+  if (threads <= 1)
+    rc = run_synchronously (p, &cur, &prog);
+  else
+    rc = run_threaded (p, &cur, threads, &prog);
+
+ out:
+  sc_extent_list_free (&own);
+  return rc;
+}
+
+/* ---- sc_copy ---------------------------------------------------------- */
+
+struct copy_state {
+  struct sc_endpoint *dst;
+  bool detect_zeroes;
+};
+
+static int
+copy_work (struct sc_piece *piece, void *opaque)
+{
+  struct copy_state *cs = opaque;
+
+  if (cs->detect_zeroes && sc_is_zero (piece->buf, piece->length))
+    piece->flags = SC_EXTENT_ZERO;
+  return 0;
+}
+
+static int
+copy_emit (struct sc_piece *piece, void *opaque)
+{
+  struct copy_state *cs = opaque;
+  struct sc_endpoint *dst = cs->dst;
+
+  if (piece->flags & SC_EXTENT_NOT_DATA) {
+    if (dst->flags & SC_EP_FRESH_ZEROS)
+      return 0;
+    return dst->ops->zero (dst, piece->length, piece->offset);
+  }
+  return sc_ep_pwrite (dst, piece->buf, piece->length, piece->offset);
+}
+
+int
+sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
+         const struct sc_copy_opts *opts)
+{
+  struct copy_state cs = { .dst = dst, .detect_zeroes = opts->detect_zeroes };
+  struct sc_pipeline p = {
+    .src = src,
+    .request_size = opts->request_size,
+    .threads = opts->threads,
+    .work = copy_work,
+    .emit = copy_emit,
+    .opaque = &cs,
+    .progress = opts->progress,
+    .progress_opaque = opts->progress_opaque,
+  };
+
+  if (dst->size < src->size) {
+    sc_set_error (ENOSPC, "%s is smaller than %s (%" PRIu64 " < %" PRIu64
+                  " bytes)", dst->name, src->name, dst->size, src->size);
+    return -1;
+  }
+  if (sc_pipeline_run (&p) == -1)
+    return -1;
+  return dst->ops->flush (dst);
+}

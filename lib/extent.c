@@ -2,6 +2,14 @@
 #include <config.h>
 
 #include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#ifdef HAVE_LINUX_FS_H
+#include <linux/fs.h>
+#endif
+#ifdef HAVE_LINUX_FIEMAP_H
+#include <linux/fiemap.h>
+#endif
 
 #include "internal.h"
 
@@ -43,4 +51,208 @@ sc_extent_list_append (struct sc_extent_list *list, uint64_t offset,
   }
   list->ext[list->len++] = (struct sc_extent) { offset, length, flags };
   return 0;
+}
+
+/* ---- where the data of a regular file lives ------------------------- */
+
+/* Extents asked from FIEMAP per ioctl call: bounded, so a file with
+ * millions of fragments is walked in batches without growing memory.
+ */
+#define FIEMAP_BATCH 256
+
+/* The end of [offset, offset+count), clamped so it cannot wrap. */
+static uint64_t
+range_end (uint64_t offset, uint64_t count)
+{
+  uint64_t end;
+
+  if (SC_ADD_OVERFLOW (offset, count, &end))
+    end = UINT64_MAX;
+  return end;
+}
+
+static int
+seek_extents (int fd, uint64_t offset, uint64_t end,
+              struct sc_extent_list *list)
+{
+  uint64_t pos = offset;
+
+  while (pos < end) {
+    off_t data, hole;
+
+    data = lseek (fd, (off_t) pos, SEEK_DATA);
+    if (data == -1) {
+      /* ENXIO: no data after pos, the rest is a hole.  EINVAL or
+       * ENOTSUP: the file system cannot tell, so everything is data.
+       */
+      if (errno == ENXIO)
+        return sc_extent_list_append (list, pos, end - pos, SC_EXTENT_HOLE);
+      if (errno == EINVAL || errno == ENOTSUP || errno == EOPNOTSUPP)
+        return sc_extent_list_append (list, pos, end - pos, 0);
+      sc_set_error (errno, "lseek SEEK_DATA at %" PRIu64 ": %s",
+                    pos, strerror (errno));
+      return -1;
+    }
+    if ((uint64_t) data > pos) {
+      uint64_t h = SC_MIN ((uint64_t) data, end);
+      if (sc_extent_list_append (list, pos, h - pos, SC_EXTENT_HOLE) == -1)
+        return -1;
+      pos = h;
+    }
+    if (pos >= end)
+      break;
+
+    hole = lseek (fd, (off_t) pos, SEEK_HOLE);
+    if (hole == -1) {
+      /* The file shrank between the two calls: the rest is a hole. */
+      if (errno == ENXIO)
+        return sc_extent_list_append (list, pos, end - pos, SC_EXTENT_HOLE);
+      sc_set_error (errno, "lseek SEEK_HOLE at %" PRIu64 ": %s",
+                    pos, strerror (errno));
+      return -1;
+    }
+    if ((uint64_t) hole <= pos) {
+      /* Cannot happen on a sane file system; refuse to loop forever. */
+      sc_set_error (EIO, "lseek SEEK_HOLE at %" PRIu64
+                    " went backwards to %" PRIu64, pos, (uint64_t) hole);
+      return -1;
+    }
+    hole = (off_t) SC_MIN ((uint64_t) hole, end);
+    if (sc_extent_list_append (list, pos, (uint64_t) hole - pos, 0) == -1)
+      return -1;
+    pos = (uint64_t) hole;
+  }
+  return 0;
+}
+
+#ifdef HAVE_LINUX_FIEMAP_H
+/* 1 = FIEMAP is not supported on this file (caller falls back). */
+static int
+fiemap_extents (int fd, uint64_t offset, uint64_t end,
+                struct sc_extent_list *list)
+{
+  CLEANUP_FREE struct fiemap *fm = NULL;
+  uint64_t pos = offset;
+  bool first = true;
+
+  const size_t fm_size = sizeof *fm
+    + FIEMAP_BATCH * sizeof (struct fiemap_extent);
+
+  fm = malloc (fm_size);
+  if (fm == NULL) {
+    sc_set_error (errno, "fiemap: out of memory");
+    return -1;
+  }
+
+  while (pos < end) {
+    bool last = false;
+    uint64_t batch_start = pos;
+
+    /* Clear the extents too: memory checkers cannot see the ioctl
+     * fill them in.
+     */
+    memset (fm, 0, fm_size);
+    fm->fm_start = pos;
+    fm->fm_length = end - pos;
+    /* Syncing once makes delayed allocations visible; later batches
+     * need not sync again.
+     */
+    fm->fm_flags = first ? FIEMAP_FLAG_SYNC : 0;
+    fm->fm_extent_count = FIEMAP_BATCH;
+    if (ioctl (fd, FS_IOC_FIEMAP, fm) == -1) {
+      if (first && (errno == ENOTTY || errno == EOPNOTSUPP
+                    || errno == ENOTSUP || errno == EINVAL))
+        return 1;
+      sc_set_error (errno, "fiemap at %" PRIu64 ": %s",
+                    pos, strerror (errno));
+      return -1;
+    }
+    first = false;
+    if (fm->fm_mapped_extents == 0 || fm->fm_mapped_extents > FIEMAP_BATCH)
+      break;
+
+    for (uint32_t i = 0; i < fm->fm_mapped_extents; i++) {
+      const struct fiemap_extent *fe = &fm->fm_extents[i];
+      uint64_t start = fe->fe_logical;
+      uint64_t stop = range_end (fe->fe_logical, fe->fe_length);
+      uint32_t flags;
+
+      if (fe->fe_flags & FIEMAP_EXTENT_LAST)
+        last = true;
+      /* Clip to what is still wanted; skip what was already covered. */
+      start = SC_MAX (start, pos);
+      stop = SC_MIN (stop, end);
+      if (stop <= start)
+        continue;
+      if (start > pos) {
+        if (sc_extent_list_append (list, pos, start - pos,
+                                   SC_EXTENT_HOLE) == -1)
+          return -1;
+      }
+      /* Preallocated but never written: reads as zeros. */
+      flags = (fe->fe_flags & FIEMAP_EXTENT_UNWRITTEN) ? SC_EXTENT_HOLE : 0;
+      if (sc_extent_list_append (list, start, stop - start, flags) == -1)
+        return -1;
+      pos = stop;
+    }
+    if (last || fm->fm_mapped_extents < FIEMAP_BATCH)
+      break;
+    if (pos == batch_start) {
+      /* A full batch that covers nothing new would repeat forever. */
+      sc_set_error (EIO, "fiemap at %" PRIu64 " makes no progress", pos);
+      return -1;
+    }
+  }
+  if (pos < end)
+    return sc_extent_list_append (list, pos, end - pos, SC_EXTENT_HOLE);
+  return 0;
+}
+#endif
+
+int
+sc_fd_extents (int fd, enum sc_map_method method, uint64_t offset,
+               uint64_t count, struct sc_extent_list *list)
+{
+  uint64_t end = range_end (offset, count);
+
+  if (offset > (uint64_t) INT64_MAX || end > (uint64_t) INT64_MAX) {
+    sc_set_error (EINVAL, "extent range %" PRIu64 "+%" PRIu64
+                  " is beyond the largest file offset", offset, count);
+    return -1;
+  }
+  if (count == 0)
+    return 0;
+
+  switch (method) {
+  case SC_MAP_NONE:
+    return sc_extent_list_append (list, offset, count, 0);
+  case SC_MAP_FIEMAP:
+#ifdef HAVE_LINUX_FIEMAP_H
+    {
+      size_t saved_len = list->len;
+      struct sc_extent saved_last;
+      int r;
+
+      /* On failure FIEMAP may have merged into the last extent; keep
+       * a copy so the SEEK fallback starts from the same list.
+       */
+      if (saved_len > 0)
+        saved_last = list->ext[saved_len - 1];
+      r = fiemap_extents (fd, offset, end, list);
+      if (r <= 0)
+        return r;
+      list->len = saved_len;
+      if (saved_len > 0)
+        list->ext[saved_len - 1] = saved_last;
+    }
+#endif
+    /* No FIEMAP here (tmpfs, network file systems): SEEK_DATA is the
+     * next best source of truth.
+     */
+    return seek_extents (fd, offset, end, list);
+  case SC_MAP_SEEK:
+    return seek_extents (fd, offset, end, list);
+  }
+  sc_set_error (EINVAL, "unknown extent map method %d", (int) method);
+  return -1;
 }

@@ -1,1 +1,8 @@
 # tests of this area; fragments are included by Makefile.am
+
+# Extent maps, the pipeline, file endpoints and sc_copy.
+check_PROGRAMS += tests/unit-extent
+tests_unit_extent_SOURCES = tests/unit-extent.c
+tests_unit_extent_CFLAGS = $(UNIT_TEST_CFLAGS)
+tests_unit_extent_LDADD = $(UNIT_TEST_LIBS)
+TESTS += tests/unit-extent

@@ -1,0 +1,517 @@
+/* Unit tests: extent lists, file extent maps, the pipeline, file
+ * endpoints and sc_copy.
+ */
+#include <config.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include <CUnit/Basic.h>
+
+#include "internal.h"
+
+#define BLOCK 4096
+#define KiB 1024
+#define MiB (1024 * 1024)
+
+static char tmpdir[256];
+
+static int
+suite_init (void)
+{
+  const char *t = getenv ("TMPDIR");
+
+  snprintf (tmpdir, sizeof tmpdir, "%s/unit-extent.XXXXXX", t ? t : "/var/tmp");
+  return mkdtemp (tmpdir) ? 0 : -1;
+}
+
+static int
+suite_clean (void)
+{
+  char cmd[300];
+
+  snprintf (cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+  return system (cmd) == 0 ? 0 : -1;
+}
+
+static void
+path_of (char *buf, size_t len, const char *name)
+{
+  snprintf (buf, len, "%s/%s", tmpdir, name);
+}
+
+/* The byte at offset o of the test pattern. */
+static unsigned char
+pattern (uint64_t o)
+{
+  return (unsigned char) ((o * 7 + (o >> 12)) | 1);
+}
+
+/* Data blocks of the sparse test file, as 4 KiB block numbers. */
+static const uint64_t data_blocks[] = { 0, 1, 2, 17, 256, 257, 1000, 1023 };
+#define FILE_BLOCKS 1024        /* 4 MiB */
+#define NR_DATA_BLOCKS (sizeof data_blocks / sizeof data_blocks[0])
+
+static bool
+is_data_block (uint64_t b)
+{
+  for (size_t i = 0; i < NR_DATA_BLOCKS; i++)
+    if (data_blocks[i] == b)
+      return true;
+  return false;
+}
+
+/* A sparse file with the pattern in data_blocks, holes elsewhere. */
+static int
+make_sparse_file (const char *path, uint64_t extra)
+{
+  unsigned char buf[BLOCK];
+  int fd = open (path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+
+  if (fd == -1)
+    return -1;
+  if (ftruncate (fd, (off_t) FILE_BLOCKS * BLOCK + (off_t) extra) == -1)
+    goto err;
+  for (size_t i = 0; i < NR_DATA_BLOCKS; i++) {
+    uint64_t off = data_blocks[i] * BLOCK;
+    for (size_t j = 0; j < BLOCK; j++)
+      buf[j] = pattern (off + j);
+    if (pwrite (fd, buf, BLOCK, (off_t) off) != BLOCK)
+      goto err;
+  }
+  return fd;
+ err:
+  close (fd);
+  return -1;
+}
+
+/* Check a list is contiguous over [offset, offset+count). */
+static void
+check_covers (const struct sc_extent_list *l, uint64_t offset, uint64_t count)
+{
+  uint64_t pos = offset;
+
+  for (size_t i = 0; i < l->len; i++) {
+    CU_ASSERT_EQUAL (l->ext[i].offset, pos);
+    CU_ASSERT (l->ext[i].length > 0);
+    pos += l->ext[i].length;
+  }
+  CU_ASSERT_EQUAL (pos, offset + count);
+}
+
+/* Mark each 4 KiB block that the list says holds data. */
+static void
+data_map (const struct sc_extent_list *l, bool *map, size_t nblocks)
+{
+  memset (map, 0, nblocks);
+  for (size_t i = 0; i < l->len; i++) {
+    if (l->ext[i].flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO))
+      continue;
+    for (uint64_t b = l->ext[i].offset / BLOCK;
+         b < SC_DIV_ROUND_UP (l->ext[i].offset + l->ext[i].length, BLOCK)
+           && b < nblocks;
+         b++)
+      map[b] = true;
+  }
+}
+
+static void
+test_list_append (void)
+{
+  struct sc_extent_list l;
+
+  sc_extent_list_init (&l);
+  CU_ASSERT_EQUAL (sc_extent_list_append (&l, 0, 10, 0), 0);
+  CU_ASSERT_EQUAL (sc_extent_list_append (&l, 10, 5, 0), 0);    /* merges */
+  CU_ASSERT_EQUAL (l.len, 1);
+  CU_ASSERT_EQUAL (l.ext[0].length, 15);
+  CU_ASSERT_EQUAL (sc_extent_list_append (&l, 15, 0, 0), 0);    /* ignored */
+  CU_ASSERT_EQUAL (l.len, 1);
+  CU_ASSERT_EQUAL (sc_extent_list_append (&l, 15, 5, SC_EXTENT_HOLE), 0);
+  CU_ASSERT_EQUAL (l.len, 2);
+  CU_ASSERT_EQUAL (sc_extent_list_append (&l, 20, 5, SC_EXTENT_ZERO), 0);
+  CU_ASSERT_EQUAL (l.len, 3);
+  CU_ASSERT_EQUAL (sc_extent_list_append (&l, 30, 5, SC_EXTENT_ZERO), 0);
+  CU_ASSERT_EQUAL (l.len, 4);                 /* not touching: no merge */
+  for (int i = 0; i < 1000; i++)
+    CU_ASSERT_EQUAL (sc_extent_list_append (&l, 35 + 2 * i, 1,
+                                            i % 2 ? 0 : SC_EXTENT_HOLE), 0);
+  CU_ASSERT_EQUAL (l.len, 1004);
+  sc_extent_list_free (&l);
+  CU_ASSERT_EQUAL (l.len, 0);
+  CU_ASSERT_PTR_NULL (l.ext);
+}
+
+static void
+test_fd_extents (void)
+{
+  char path[300];
+  struct sc_extent_list seek, fiemap, none;
+  bool seek_map[FILE_BLOCKS], fiemap_map[FILE_BLOCKS];
+  uint64_t size = (uint64_t) FILE_BLOCKS * BLOCK;
+  int fd;
+
+  path_of (path, sizeof path, "sparse");
+  fd = make_sparse_file (path, 0);
+  CU_ASSERT_FATAL (fd >= 0);
+  sc_extent_list_init (&seek);
+  sc_extent_list_init (&fiemap);
+  sc_extent_list_init (&none);
+
+  /* FIEMAP first: its sync makes the data visible to both methods. */
+  CU_ASSERT_EQUAL (sc_fd_extents (fd, SC_MAP_FIEMAP, 0, size, &fiemap), 0);
+  CU_ASSERT_EQUAL (sc_fd_extents (fd, SC_MAP_SEEK, 0, size, &seek), 0);
+  CU_ASSERT_EQUAL (sc_fd_extents (fd, SC_MAP_NONE, 0, size, &none), 0);
+  check_covers (&seek, 0, size);
+  check_covers (&fiemap, 0, size);
+  check_covers (&none, 0, size);
+  CU_ASSERT_EQUAL (none.len, 1);
+  CU_ASSERT_EQUAL (none.ext[0].flags, 0);
+
+  data_map (&seek, seek_map, FILE_BLOCKS);
+  data_map (&fiemap, fiemap_map, FILE_BLOCKS);
+  for (uint64_t b = 0; b < FILE_BLOCKS; b++) {
+    CU_ASSERT_EQUAL (seek_map[b], fiemap_map[b]);
+    /* Every written block is data; a file system may round holes
+     * down, but not on the usual 4 KiB-block file systems.
+     */
+    if (is_data_block (b))
+      CU_ASSERT (seek_map[b]);
+  }
+  size_t n_data = 0;
+  for (uint64_t b = 0; b < FILE_BLOCKS; b++)
+    n_data += seek_map[b];
+  CU_ASSERT (n_data < FILE_BLOCKS / 2);       /* the holes are seen */
+
+  /* A clipped range starts and ends where asked, even inside extents. */
+  sc_extent_list_free (&seek);
+  CU_ASSERT_EQUAL (sc_fd_extents (fd, SC_MAP_SEEK, BLOCK + 100,
+                                  300 * BLOCK, &seek), 0);
+  check_covers (&seek, BLOCK + 100, 300 * BLOCK);
+  CU_ASSERT_EQUAL (seek.ext[0].flags, 0);
+  sc_extent_list_free (&fiemap);
+  CU_ASSERT_EQUAL (sc_fd_extents (fd, SC_MAP_FIEMAP, BLOCK + 100,
+                                  300 * BLOCK, &fiemap), 0);
+  check_covers (&fiemap, BLOCK + 100, 300 * BLOCK);
+
+  /* Past the end of file everything is a hole. */
+  sc_extent_list_free (&seek);
+  CU_ASSERT_EQUAL (sc_fd_extents (fd, SC_MAP_SEEK, size, MiB, &seek), 0);
+  CU_ASSERT_EQUAL (seek.len, 1);
+  CU_ASSERT_EQUAL (seek.ext[0].flags, SC_EXTENT_HOLE);
+
+  sc_extent_list_free (&seek);
+  sc_extent_list_free (&fiemap);
+  sc_extent_list_free (&none);
+  close (fd);
+  unlink (path);
+}
+
+/* Pipeline test state. */
+struct ptest {
+  uint64_t next;                /* next offset expected by emit */
+  uint64_t emitted;
+  uint64_t data_bytes;
+  uint64_t fail_work_at;        /* UINT64_MAX = never */
+  uint64_t fail_emit_at;
+  uint64_t emits_after_fail;
+  bool content_ok;
+  bool failed;
+  uint32_t request_size;
+};
+
+static int
+ptest_work (struct sc_piece *piece, void *opaque)
+{
+  struct ptest *t = opaque;
+
+  if (piece->offset >= t->fail_work_at) {
+    sc_set_error (EIO, "work failed on purpose");
+    return -1;
+  }
+  piece->user = piece->offset ^ 0x5a5a;
+  return 0;
+}
+
+static int
+ptest_emit (struct sc_piece *piece, void *opaque)
+{
+  struct ptest *t = opaque;
+
+  if (t->failed)
+    t->emits_after_fail++;
+  if (piece->offset != t->next)
+    t->content_ok = false;
+  t->next = piece->offset + piece->length;
+  t->emitted++;
+  if (piece->flags == 0) {
+    const unsigned char *b = piece->buf;
+    /* Data pieces never cross a request_size boundary (1 MiB by
+     * default).
+     */
+    uint64_t rs = t->request_size ? t->request_size : MiB;
+    if (piece->offset / rs != (piece->offset + piece->length - 1) / rs)
+      t->content_ok = false;
+    if (piece->user != (piece->offset ^ 0x5a5a))
+      t->content_ok = false;
+    for (uint64_t i = 0; i < piece->length; i++) {
+      uint64_t o = piece->offset + i;
+      unsigned char want = is_data_block (o / BLOCK) ? pattern (o) : 0;
+      if (b[i] != want) {
+        t->content_ok = false;
+        break;
+      }
+    }
+    t->data_bytes += piece->length;
+  }
+  if (piece->offset >= t->fail_emit_at) {
+    t->failed = true;
+    sc_set_error (ENOSPC, "emit failed on purpose");
+    return -1;
+  }
+  return 0;
+}
+
+static void
+progress_cb (const struct sc_progress *p, void *opaque)
+{
+  struct sc_progress *last = opaque;
+
+  if (p->done < last->done)
+    last->total = 0;            /* went backwards: flag it */
+  else
+    *last = *p;
+}
+
+static void
+run_pipeline (unsigned threads, uint32_t request_size)
+{
+  char path[300];
+  struct sc_endpoint *src;
+  struct ptest t = { .fail_work_at = UINT64_MAX, .fail_emit_at = UINT64_MAX,
+                     .content_ok = true, .request_size = request_size };
+  struct sc_progress last = { 0, 0 };
+  struct sc_pipeline p = {
+    .request_size = request_size,
+    .threads = threads,
+    .out_size = 1000,
+    .work = ptest_work,
+    .emit = ptest_emit,
+    .opaque = &t,
+    .progress = progress_cb,
+    .progress_opaque = &last,
+  };
+  int fd;
+
+  /* 3000 bytes past the last block: a partial final block. */
+  path_of (path, sizeof path, "pipeline");
+  fd = make_sparse_file (path, 3000);
+  CU_ASSERT_FATAL (fd >= 0);
+  close (fd);
+  src = sc_file_open_source (path, SC_MAP_SEEK);
+  CU_ASSERT_FATAL (src != NULL);
+  CU_ASSERT_STRING_EQUAL (src->ops->kind, "file");
+  CU_ASSERT_EQUAL (src->size, (uint64_t) FILE_BLOCKS * BLOCK + 3000);
+  p.src = src;
+
+  CU_ASSERT_EQUAL (sc_pipeline_run (&p), 0);
+  CU_ASSERT (t.content_ok);
+  CU_ASSERT_EQUAL (t.next, src->size);
+  CU_ASSERT (t.data_bytes >= NR_DATA_BLOCKS * BLOCK);
+  CU_ASSERT_EQUAL (last.done, src->size);
+  CU_ASSERT_EQUAL (last.total, src->size);
+
+  /* An extent list from the caller may run past the end of the source:
+   * those bytes read as zeros.
+   */
+  {
+    struct sc_extent_list l;
+    sc_extent_list_init (&l);
+    sc_extent_list_append (&l, 0, 3 * BLOCK, 0);
+    sc_extent_list_append (&l, 3 * BLOCK, 14 * BLOCK, SC_EXTENT_HOLE);
+    sc_extent_list_append (&l, 17 * BLOCK, src->size + 5000 - 17 * BLOCK, 0);
+    p.extents = &l;
+    t = (struct ptest) { .fail_work_at = UINT64_MAX,
+                         .fail_emit_at = UINT64_MAX, .content_ok = true,
+                         .request_size = request_size };
+    last = (struct sc_progress) { 0, 0 };
+    CU_ASSERT_EQUAL (sc_pipeline_run (&p), 0);
+    CU_ASSERT (t.content_ok);
+    CU_ASSERT_EQUAL (t.next, src->size + 5000);
+    CU_ASSERT_EQUAL (last.total, src->size + 5000);
+
+    /* A list with a gap is refused. */
+    sc_extent_list_append (&l, src->size + 6000, 10, 0);
+    CU_ASSERT_EQUAL (sc_pipeline_run (&p), -1);
+    sc_extent_list_free (&l);
+    p.extents = NULL;
+  }
+
+  /* The first error wins and stops the run. */
+  t = (struct ptest) { .fail_work_at = 256 * BLOCK, .fail_emit_at = UINT64_MAX,
+                       .content_ok = true, .request_size = request_size };
+  CU_ASSERT_EQUAL (sc_pipeline_run (&p), -1);
+  CU_ASSERT_STRING_EQUAL (sc_error_message (), "work failed on purpose");
+  CU_ASSERT_EQUAL (sc_error_errno (), EIO);
+  CU_ASSERT (t.next <= 256 * BLOCK);
+  CU_ASSERT (t.content_ok);
+
+  t = (struct ptest) { .fail_work_at = UINT64_MAX, .fail_emit_at = 17 * BLOCK,
+                       .content_ok = true, .request_size = request_size };
+  CU_ASSERT_EQUAL (sc_pipeline_run (&p), -1);
+  CU_ASSERT_STRING_EQUAL (sc_error_message (), "emit failed on purpose");
+  CU_ASSERT_EQUAL (sc_error_errno (), ENOSPC);
+  CU_ASSERT_EQUAL (t.emits_after_fail, 0);
+
+  CU_ASSERT_EQUAL (sc_ep_close (src), 0);
+  unlink (path);
+}
+
+static void test_pipeline_1 (void) { run_pipeline (1, 64 * KiB); }
+static void test_pipeline_4 (void) { run_pipeline (4, 64 * KiB); }
+static void test_pipeline_4_small (void) { run_pipeline (4, BLOCK); }
+static void test_pipeline_default (void) { run_pipeline (0, 0); }
+
+/* Is anything but the named entries left in tmpdir? */
+static int
+count_dir_entries (void)
+{
+  char cmd[400];
+  FILE *fp;
+  int n = -1;
+
+  snprintf (cmd, sizeof cmd, "ls -A '%s' | wc -l", tmpdir);
+  fp = popen (cmd, "r");
+  if (fp) {
+    if (fscanf (fp, "%d", &n) != 1)
+      n = -1;
+    pclose (fp);
+  }
+  return n;
+}
+
+static void
+copy_and_compare (unsigned threads, bool detect_zeroes)
+{
+  char spath[300], tpath[300];
+  struct sc_endpoint *src, *dst;
+  struct sc_copy_opts opts = { .threads = threads,
+                               .detect_zeroes = detect_zeroes };
+  CLEANUP_FREE unsigned char *a = NULL, *b = NULL;
+  int fd;
+  uint64_t size;
+  struct stat st;
+
+  path_of (spath, sizeof spath, "copy-src");
+  path_of (tpath, sizeof tpath, "copy-dst");
+  fd = make_sparse_file (spath, 123);
+  CU_ASSERT_FATAL (fd >= 0);
+  close (fd);
+  src = sc_file_open_source (spath, SC_MAP_SEEK);
+  CU_ASSERT_FATAL (src != NULL);
+  size = src->size;
+  dst = sc_file_open_target (tpath, size, 0);
+  CU_ASSERT_FATAL (dst != NULL);
+  CU_ASSERT (dst->flags & SC_EP_FRESH_ZEROS);
+  /* Nothing at the target path before the commit. */
+  CU_ASSERT_EQUAL (access (tpath, F_OK), -1);
+  CU_ASSERT_EQUAL (sc_copy (src, dst, &opts), 0);
+  CU_ASSERT_EQUAL (sc_file_target_commit (dst), 0);
+  CU_ASSERT_EQUAL (sc_ep_close (dst), 0);
+  CU_ASSERT_EQUAL (sc_ep_close (src), 0);
+
+  a = malloc (size);
+  b = malloc (size);
+  CU_ASSERT_FATAL (a != NULL && b != NULL);
+  fd = open (spath, O_RDONLY);
+  CU_ASSERT_EQUAL (sc_full_pread (fd, a, size, 0), 0);
+  close (fd);
+  fd = open (tpath, O_RDONLY);
+  CU_ASSERT_EQUAL (fstat (fd, &st), 0);
+  CU_ASSERT_EQUAL ((uint64_t) st.st_size, size);
+  CU_ASSERT_EQUAL (sc_full_pread (fd, b, size, 0), 0);
+  close (fd);
+  CU_ASSERT (memcmp (a, b, size) == 0);
+  /* The holes stayed holes. */
+  CU_ASSERT ((uint64_t) st.st_blocks * 512 <= 2 * NR_DATA_BLOCKS * BLOCK);
+
+  /* An existing target is refused without force, replaced with it. */
+  dst = sc_file_open_target (tpath, size, 0);
+  CU_ASSERT_PTR_NULL (dst);
+  CU_ASSERT_EQUAL (sc_error_errno (), EEXIST);
+  dst = sc_file_open_target (tpath, 10, SC_TARGET_FORCE);
+  CU_ASSERT_FATAL (dst != NULL);
+  CU_ASSERT_EQUAL (count_dir_entries (), 3);  /* src, dst, temporary */
+  /* Closing without a commit leaves the old target and no temporary. */
+  CU_ASSERT_EQUAL (sc_ep_close (dst), 0);
+  CU_ASSERT_EQUAL (count_dir_entries (), 2);
+  CU_ASSERT_EQUAL (stat (tpath, &st), 0);
+  CU_ASSERT_EQUAL ((uint64_t) st.st_size, size);
+
+  /* A target smaller than the source is refused by sc_copy. */
+  src = sc_file_open_source (spath, SC_MAP_SEEK);
+  dst = sc_file_open_target (tpath, 10, SC_TARGET_FORCE);
+  CU_ASSERT_FATAL (src != NULL && dst != NULL);
+  CU_ASSERT_EQUAL (sc_copy (src, dst, &opts), -1);
+  /* The signal-handler cleanup removes the temporary. */
+  CU_ASSERT_EQUAL (count_dir_entries (), 3);
+  sc_cleanup_temporaries ();
+  CU_ASSERT_EQUAL (count_dir_entries (), 2);
+  sc_ep_close (dst);
+  sc_ep_close (src);
+
+  unlink (spath);
+  unlink (tpath);
+}
+
+static void test_copy_1 (void) { copy_and_compare (1, false); }
+static void test_copy_4 (void) { copy_and_compare (4, true); }
+
+static void
+test_source_errors (void)
+{
+  char path[300];
+
+  path_of (path, sizeof path, "does-not-exist");
+  CU_ASSERT_PTR_NULL (sc_file_open_source (path, SC_MAP_SEEK));
+  CU_ASSERT_EQUAL (sc_error_errno (), ENOENT);
+  CU_ASSERT_PTR_NULL (sc_file_open_source (tmpdir, SC_MAP_SEEK));
+  path_of (path, sizeof path, "no-such-dir/target");
+  CU_ASSERT_PTR_NULL (sc_file_open_target (path, 100, 0));
+  CU_ASSERT_PTR_NULL (sc_file_open_target (tmpdir, 100, SC_TARGET_FORCE));
+  CU_ASSERT_EQUAL (sc_error_errno (), EISDIR);
+}
+
+int
+main (void)
+{
+  CU_pSuite s;
+  unsigned failures;
+
+  if (CU_initialize_registry () != CUE_SUCCESS)
+    return EXIT_FAILURE;
+  s = CU_add_suite ("extent", suite_init, suite_clean);
+  if (s == NULL
+      || !CU_add_test (s, "extent list append", test_list_append)
+      || !CU_add_test (s, "fd extents: seek, fiemap, none", test_fd_extents)
+      || !CU_add_test (s, "pipeline, 1 thread", test_pipeline_1)
+      || !CU_add_test (s, "pipeline, 4 threads", test_pipeline_4)
+      || !CU_add_test (s, "pipeline, 4 threads, 4 KiB", test_pipeline_4_small)
+      || !CU_add_test (s, "pipeline, defaults", test_pipeline_default)
+      || !CU_add_test (s, "copy, 1 thread", test_copy_1)
+      || !CU_add_test (s, "copy, 4 threads, zero detection", test_copy_4)
+      || !CU_add_test (s, "open errors", test_source_errors)) {
+    CU_cleanup_registry ();
+    return EXIT_FAILURE;
+  }
+  CU_basic_set_mode (CU_BRM_VERBOSE);
+  CU_basic_run_tests ();
+  failures = CU_get_number_of_failures () + CU_get_number_of_suites_failed ()
+    + CU_get_number_of_tests_failed ();
+  CU_cleanup_registry ();
+  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+}
