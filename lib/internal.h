@@ -92,6 +92,14 @@ extern int sc_fd_extents (int fd, enum sc_map_method method,
                           uint64_t offset, uint64_t count,
                           struct sc_extent_list *list);
 
+/* ---- endpoint-file.c ------------------------------------------------ */
+
+struct stat;
+/* fstat() of the descriptor behind a file or block device endpoint, so
+ * a caller can tell whether the source changed while it was read.
+ */
+extern int sc_file_source_stat (struct sc_endpoint *ep, struct stat *st);
+
 /* ---- copy.c: the ordered pipeline under every data-moving command ----
  *
  * The source is cut into pieces: each hole/zero extent is one piece
