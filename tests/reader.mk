@@ -14,3 +14,6 @@ EXTRA_DIST += tests/reader-zero.sh
 
 TESTS += tests/reader-backing.sh
 EXTRA_DIST += tests/reader-backing.sh
+
+TESTS += tests/reader-snapshots.sh
+EXTRA_DIST += tests/reader-snapshots.sh
