@@ -1,3 +1,1020 @@
-/* Placeholder: filled in by its owner. */
+/* The qcow2 checker: rebuild the refcounts an image should have from
+ * everything that references a host cluster, read the refcounts the
+ * image records, and compare the two.
+ *
+ * The classification follows qemu-img check, because users compare the
+ * two tools and scripts depend on the exit codes: a cluster used more
+ * often than its refcount says is a corruption, a refcount above the
+ * real use is a leak.  Like qemu, reads past the end of the file return
+ * zeros, so a table that lies (partly) outside the file is checked as
+ * if it were empty there, and the clusters it would occupy are counted
+ * as used (and so reported when the refcounts do not cover them).
+ *
+ * Memory: one counter per host cluster of the file (capped before it
+ * is allocated), the refcount table (capped by the header reader), one
+ * L2 table, one refcount block, a bounded piece of an L1 table, and a
+ * small record per snapshot.
+ */
 #include <config.h>
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "internal.h"
+#include "qcow2.h"
+
+/* Refuse to check an image of more host clusters than this: the
+ * counters alone would take gigabytes.
+ */
+#define CHECK_MAX_CLUSTERS       (UINT64_C (1) << 28)
+/* References past the end of the file are tracked one counter each
+ * (as qemu does), for at most this many clusters past the end; further
+ * out they are reported directly.
+ */
+#define CHECK_MAX_CLUSTERS_PAST_END (UINT64_C (1) << 22)
+/* At most this many problem messages are kept. */
+#define CHECK_MAX_MESSAGES       10000
+/* L1 and bitmap tables are read in pieces of this many entries. */
+#define CHECK_TABLE_CHUNK        8192
+
+/* Encryption methods: 0 none, 1 AES (legacy), 2 LUKS. */
+#define CRYPT_METHOD_MAX         2
+
+#define L1E_SIZE                 8
+#define RTE_SIZE                 8
+
+/* Snapshot table entries (qcow2.rst, "Snapshots"). */
+#define SNAPSHOT_HEADER_SIZE     40
+#define SNAPSHOT_L1_OFFSET       0
+#define SNAPSHOT_L1_SIZE         8
+#define SNAPSHOT_ID_SIZE         12
+#define SNAPSHOT_NAME_SIZE       14
+#define SNAPSHOT_EXTRA_SIZE      36
+#define SNAPSHOT_ALIGN           8
+/* qemu's limits on the extra data and on the whole table. */
+#define SNAPSHOT_MAX_EXTRA       1024
+#define SNAPSHOT_MAX_TABLE_BYTES ((uint64_t) QCOW2_MAX_SNAPSHOTS * 1024)
+/* Only this much of a snapshot ID or name is kept for messages. */
+#define SNAPSHOT_LABEL_LEN       64
+
+/* Header extensions the checker needs beyond the header reader. */
+#define EXT_HEADER_SIZE          8
+#define EXT_ALIGN                8
+#define CRYPTO_EXT_SIZE          16
+#define BITMAPS_EXT_SIZE         24
+
+/* Bitmap directory entries and bitmap tables (qcow2.rst, "Bitmaps"). */
+#define BITMAP_MAX_BITMAPS       65535
+#define BITMAP_MAX_DIR_BYTES     (UINT64_C (64) * 1024 * 1024)
+#define BITMAP_DIR_ENTRY_SIZE    24
+#define BITMAP_DIR_TABLE_OFFSET  0
+#define BITMAP_DIR_TABLE_SIZE    8
+#define BITMAP_DIR_NAME_SIZE     18
+#define BITMAP_DIR_EXTRA_SIZE    20
+#define BITMAP_MAX_TABLE_ENTRIES (UINT64_C (1) << 27)
+#define BITMAP_MAX_NAME          1023
+#define BME_OFFSET_MASK          0x00fffffffffffe00ULL
+#define BME_RESERVED_MASK        0xff000000000001feULL
+#define BME_FLAG_ALL_ONES        1ULL
+
+/* Extended L2: the allocation half of the subcluster bitmap. */
+#define L2_BITMAP_ALL_ALLOC      0xffffffffULL
+
+struct snapshot {
+  uint64_t l1_offset;
+  uint32_t l1_size;
+  char id[SNAPSHOT_LABEL_LEN];
+  char name[SNAPSHOT_LABEL_LEN];
+};
+
+struct checker {
+  int fd;
+  uint64_t file_size;
+  struct qcow2_header h;
+  uint64_t cs;                  /* cluster size */
+  bool has_data_file;
+  bool extl2;
+  struct sc_check_result *res;
+
+  /* The refcounts the image should have: counts[i] for host cluster i,
+   * for i < nb_counts.  nb_counts starts at the clusters the file
+   * covers and grows (as qemu's does) when something references a
+   * cluster past the end.
+   */
+  uint32_t *counts;
+  uint64_t nb_counts;
+  uint64_t cap_counts;
+  uint64_t max_counts;
+  uint64_t count_limit;         /* a counter this high overflows */
+
+  /* The refcounts on disk. */
+  uint64_t *rt;
+  uint64_t rt_size;             /* entries */
+  unsigned rb_shift;            /* log2 of entries per refcount block */
+  unsigned char *rb;            /* one cached refcount block */
+  uint64_t rb_offset;           /* its offset, or 0 if none is cached */
+
+  unsigned char *l2;            /* one L2 table (a cluster) */
+  uint64_t *chunk;              /* a piece of an L1 or bitmap table */
+
+  struct snapshot *snapshots;
+  uint64_t snapshots_size;      /* bytes of the snapshot table */
+
+  uint64_t crypto_offset, crypto_length;
+  uint32_t nb_bitmaps;
+  uint64_t bitmap_dir_offset, bitmap_dir_size;
+};
+
+static void check_message (struct checker *ck, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* Keep one line describing a problem. */
+static void
+check_message (struct checker *ck, const char *fmt, ...)
+{
+  struct sc_check_result *res = ck->res;
+  char **list;
+  char *s;
+  va_list ap;
+  int r;
+
+  if (res->nb_messages > CHECK_MAX_MESSAGES)
+    return;
+  if (res->nb_messages == CHECK_MAX_MESSAGES) {
+    s = strdup ("(further messages suppressed)");
+  }
+  else {
+    va_start (ap, fmt);
+    r = vasprintf (&s, fmt, ap);
+    va_end (ap);
+    if (r == -1)
+      s = NULL;
+  }
+  /* Without memory for a message the counts are still right, which is
+   * what matters; the message is dropped.
+   */
+  if (s == NULL)
+    return;
+  list = realloc (res->messages, (res->nb_messages + 1) * sizeof *list);
+  if (list == NULL) {
+    free (s);
+    return;
+  }
+  res->messages = list;
+  list[res->nb_messages++] = s;
+}
+
+/* Read like qemu reads an image file: bytes past its end are zeros. */
+static int
+read_at (struct checker *ck, void *buf, size_t len, uint64_t offset)
+{
+  size_t avail = 0;
+
+  if (offset < ck->file_size)
+    avail = SC_MIN ((uint64_t) len, ck->file_size - offset);
+  if (avail > 0 && sc_full_pread (ck->fd, buf, avail, offset) == -1)
+    return -1;
+  memset ((char *) buf + avail, 0, len - avail);
+  return 0;
+}
+
+/* One refcount of any width from a refcount block. */
+static uint64_t
+refcount_get (const unsigned char *block, unsigned order, uint64_t index)
+{
+  unsigned bits = 1U << order;
+
+  switch (order) {
+  case 0: case 1: case 2: {
+    /* Sub-byte entries: the first entry in the least significant bits. */
+    uint64_t bit = index * bits;
+    return (block[bit / 8] >> (bit % 8)) & ((1U << bits) - 1);
+  }
+  case 3: return block[index];
+  case 4: return sc_get_be16 (block + index * 2);
+  case 5: return sc_get_be32 (block + index * 4);
+  default: return sc_get_be64 (block + index * 8);
+  }
+}
+
+/* The refcount the image records for a host cluster.  Returns 0, 1 if
+ * it cannot be known (the refcount block is not aligned, which qemu
+ * refuses to read), or -1 on an I/O error.
+ */
+static int
+disk_refcount (struct checker *ck, uint64_t cluster, uint64_t *rc)
+{
+  uint64_t index = cluster >> ck->rb_shift;
+  uint64_t offset;
+
+  *rc = 0;
+  if (index >= ck->rt_size)
+    return 0;
+  offset = ck->rt[index] & QCOW2_RTE_OFFSET_MASK;
+  if (offset == 0)
+    return 0;
+  if (!SC_IS_ALIGNED (offset, ck->cs))
+    return 1;
+  if (offset != ck->rb_offset) {
+    if (read_at (ck, ck->rb, ck->cs, offset) == -1)
+      return -1;
+    ck->rb_offset = offset;
+  }
+  *rc = refcount_get (ck->rb, ck->h.refcount_order,
+                      cluster & ((UINT64_C (1) << ck->rb_shift) - 1));
+  return 0;
+}
+
+/* Make counts[] cover cluster k.  Returns 0, 1 if k is too far past the
+ * end of the file to be tracked, or -1 without memory.
+ */
+static int
+cover_cluster (struct checker *ck, uint64_t k)
+{
+  uint64_t new_cap;
+  uint32_t *p;
+
+  if (k < ck->nb_counts)
+    return 0;
+  if (k >= ck->max_counts)
+    return 1;
+  if (k >= ck->cap_counts) {
+    new_cap = SC_MAX (k + 1, ck->cap_counts + ck->cap_counts / 2);
+    new_cap = SC_MIN (new_cap, ck->max_counts);
+    p = realloc (ck->counts, new_cap * sizeof *p);
+    if (p == NULL) {
+      sc_set_error (errno, "check: out of memory for %" PRIu64
+                    " refcounts", new_cap);
+      return -1;
+    }
+    memset (p + ck->cap_counts, 0, (new_cap - ck->cap_counts) * sizeof *p);
+    ck->counts = p;
+    ck->cap_counts = new_cap;
+  }
+  ck->nb_counts = k + 1;
+  return 0;
+}
+
+/* Count one reference to every cluster that [offset, offset+size)
+ * touches.
+ */
+static int
+add_refs (struct checker *ck, uint64_t offset, uint64_t size)
+{
+  uint64_t first, last, k, end;
+
+  if (size == 0)
+    return 0;
+  if (SC_ADD_OVERFLOW (offset, size - 1, &end)) {
+    ck->res->corruptions++;
+    check_message (ck, "ERROR range at offset 0x%" PRIx64 " (%" PRIu64
+                   " bytes) is outside any image", offset, size);
+    return 0;
+  }
+  first = offset >> ck->h.cluster_bits;
+  last = end >> ck->h.cluster_bits;
+  for (k = first; k <= last; k++) {
+    int r = cover_cluster (ck, k);
+
+    if (r == -1)
+      return -1;
+    if (r == 1) {
+      /* Nothing can hold a refcount for it: it is not in the file. */
+      ck->res->corruptions++;
+      check_message (ck, "ERROR cluster offset 0x%" PRIx64 " is far outside "
+                     "the image (file size %" PRIu64 ")",
+                     k << ck->h.cluster_bits, ck->file_size);
+      continue;
+    }
+    if (ck->counts[k] >= ck->count_limit) {
+      ck->res->corruptions++;
+      check_message (ck, "ERROR: overflow cluster offset=0x%" PRIx64
+                     " (more references than refcount_bits=%" PRIu32
+                     " can count)", k << ck->h.cluster_bits,
+                     ck->h.refcount_bits);
+      continue;
+    }
+    ck->counts[k]++;
+  }
+  return 0;
+}
+
+/* Note, without counting it, a reference that points outside the file:
+ * the refcount comparison counts it when the refcounts do not cover it.
+ */
+static void
+note_outside (struct checker *ck, const char *what, uint64_t offset)
+{
+  if (offset >= ck->file_size)
+    check_message (ck, "%s offset 0x%" PRIx64 " outside the image "
+                   "(file size %" PRIu64 ")", what, offset, ck->file_size);
+}
+
+/* What an L2 entry describes, decided as qemu decides it (the header
+ * reader's classifier refuses entries that the checker must count).
+ */
+static enum qcow2_cluster_type
+l2_type (const struct checker *ck, uint64_t e)
+{
+  if (e & QCOW2_OFLAG_COMPRESSED)
+    return QCOW2_CLUSTER_COMPRESSED;
+  if ((e & QCOW2_OFLAG_ZERO) && !ck->extl2)
+    return (e & QCOW2_L2E_OFFSET_MASK)
+      ? QCOW2_CLUSTER_ZERO_ALLOC : QCOW2_CLUSTER_ZERO_PLAIN;
+  if ((e & QCOW2_L2E_OFFSET_MASK) == 0)
+    return (ck->has_data_file && (e & QCOW2_OFLAG_COPIED))
+      ? QCOW2_CLUSTER_NORMAL : QCOW2_CLUSTER_UNALLOCATED;
+  return QCOW2_CLUSTER_NORMAL;
+}
+
+static void
+l2_get (const struct checker *ck, uint64_t i, uint64_t *e, uint64_t *bitmap)
+{
+  const unsigned char *p = ck->l2 + i * ck->h.l2_entry_size;
+
+  *e = sc_get_be64 (p);
+  *bitmap = ck->extl2 ? sc_get_be64 (p + 8) : 0;
+}
+
+/* Count everything one L2 table references.  frag: also gather the
+ * allocation statistics (active layer only, as qemu does).
+ */
+static int
+check_l2 (struct checker *ck, uint64_t l2_offset, bool frag)
+{
+  struct sc_check_result *res = ck->res;
+  uint64_t next_contiguous = 0;
+
+  if (read_at (ck, ck->l2, ck->cs, l2_offset) == -1)
+    return -1;
+
+  for (uint64_t i = 0; i < ck->h.l2_entries; i++) {
+    uint64_t e, bitmap, offset, nbytes;
+    enum qcow2_cluster_type type;
+
+    l2_get (ck, i, &e, &bitmap);
+    type = l2_type (ck, e);
+
+    if (type != QCOW2_CLUSTER_COMPRESSED
+        && (e & QCOW2_L2E_STD_RESERVED_MASK)) {
+      res->corruptions++;
+      check_message (ck, "ERROR found l2 entry with reserved bits set: "
+                     "%" PRIx64 " (L2 table at 0x%" PRIx64 ", index %"
+                     PRIu64 ")", e, l2_offset, i);
+    }
+
+    switch (type) {
+    case QCOW2_CLUSTER_COMPRESSED:
+      if (e & QCOW2_OFLAG_COPIED) {
+        res->corruptions++;
+        e &= ~QCOW2_OFLAG_COPIED;
+        check_message (ck, "ERROR: compressed cluster entry %" PRIx64
+                       " has the copied flag set", e);
+      }
+      if (ck->has_data_file) {
+        res->corruptions++;
+        check_message (ck, "ERROR compressed cluster %" PRIu64 " with data "
+                       "file, entry=0x%" PRIx64, i, e);
+        break;
+      }
+      if (bitmap) {
+        res->corruptions++;
+        check_message (ck, "ERROR compressed cluster %" PRIu64 " with "
+                       "non-zero subcluster allocation bitmap, entry=0x%"
+                       PRIx64, i, e);
+        break;
+      }
+      qcow2_compressed_descriptor (&ck->h, e, &offset, &nbytes);
+      note_outside (ck, "compressed cluster", offset);
+      if (add_refs (ck, offset, nbytes) == -1)
+        return -1;
+      if (frag) {
+        /* Compressed clusters share sectors, so they always count as
+         * fragmented.
+         */
+        res->allocated_clusters++;
+        res->compressed_clusters++;
+        res->fragmented_clusters++;
+      }
+      break;
+
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+    case QCOW2_CLUSTER_NORMAL:
+      offset = e & QCOW2_L2E_OFFSET_MASK;
+      if ((bitmap >> QCOW2_SUBCLUSTERS) & bitmap) {
+        res->corruptions++;
+        check_message (ck, "ERROR offset=%" PRIx64 ": Allocated cluster has "
+                       "corrupted subcluster allocation bitmap", offset);
+      }
+      if (!SC_IS_ALIGNED (offset, ck->cs)) {
+        bool data = ck->extl2 ? (bitmap & L2_BITMAP_ALL_ALLOC) != 0
+          : !(e & QCOW2_OFLAG_ZERO);
+
+        res->corruptions++;
+        check_message (ck, "ERROR offset=%" PRIx64 ": %s cluster is not "
+                       "properly aligned; L2 entry corrupted.", offset,
+                       data ? "Data" : "Preallocated");
+      }
+      if (frag) {
+        res->allocated_clusters++;
+        if (next_contiguous && offset != next_contiguous)
+          res->fragmented_clusters++;
+        next_contiguous = offset + ck->cs;
+      }
+      if (!ck->has_data_file) {
+        note_outside (ck, "data cluster", offset);
+        if (add_refs (ck, offset, ck->cs) == -1)
+          return -1;
+      }
+      break;
+
+    case QCOW2_CLUSTER_ZERO_PLAIN:
+      break;
+
+    case QCOW2_CLUSTER_UNALLOCATED:
+      if (bitmap & L2_BITMAP_ALL_ALLOC) {
+        res->corruptions++;
+        check_message (ck, "ERROR: Unallocated cluster has non-zero "
+                       "subcluster allocation bitmap");
+      }
+      break;
+    }
+  }
+  return 0;
+}
+
+/* Read entries [first, first+n) of a table of u64 at offset into
+ * ck->chunk, converted to host order.
+ */
+static int
+read_chunk (struct checker *ck, uint64_t offset, uint64_t first, uint64_t n)
+{
+  if (read_at (ck, ck->chunk, n * sizeof (uint64_t),
+               offset + first * sizeof (uint64_t)) == -1)
+    return -1;
+  for (uint64_t j = 0; j < n; j++)
+    ck->chunk[j] = be64toh (ck->chunk[j]);
+  return 0;
+}
+
+/* Count an L1 table, its L2 tables and everything they reference. */
+static int
+check_l1 (struct checker *ck, uint64_t l1_offset, uint64_t l1_size,
+          bool active)
+{
+  struct sc_check_result *res = ck->res;
+
+  if (l1_size == 0)
+    return 0;
+  note_outside (ck, active ? "L1 table" : "snapshot L1 table", l1_offset);
+  if (add_refs (ck, l1_offset, l1_size * L1E_SIZE) == -1)
+    return -1;
+
+  for (uint64_t first = 0; first < l1_size; first += CHECK_TABLE_CHUNK) {
+    uint64_t n = SC_MIN (l1_size - first, (uint64_t) CHECK_TABLE_CHUNK);
+
+    if (read_chunk (ck, l1_offset, first, n) == -1)
+      return -1;
+    for (uint64_t j = 0; j < n; j++) {
+      uint64_t e = ck->chunk[j], l2_offset;
+
+      if (e == 0)
+        continue;
+      if (e & QCOW2_L1E_RESERVED_MASK) {
+        res->corruptions++;
+        check_message (ck, "ERROR found L1 entry with reserved bits set: "
+                       "%" PRIx64 " (L1 index %" PRIu64 ")", e, first + j);
+      }
+      l2_offset = e & QCOW2_L1E_OFFSET_MASK;
+      note_outside (ck, "L2 table", l2_offset);
+      if (add_refs (ck, l2_offset, ck->cs) == -1)
+        return -1;
+      if (!SC_IS_ALIGNED (l2_offset, ck->cs)) {
+        res->corruptions++;
+        check_message (ck, "ERROR l2_offset=%" PRIx64 ": Table is not "
+                       "cluster aligned; L1 entry corrupted", l2_offset);
+      }
+      /* The chunk is reused by nothing below, so it stays valid. */
+      if (check_l2 (ck, l2_offset, active) == -1)
+        return -1;
+    }
+  }
+  return 0;
+}
+
+/* Read the snapshot table strictly: a table that cannot be parsed
+ * means the image cannot be checked (qemu does not open it either).
+ */
+static int
+read_snapshots (struct checker *ck)
+{
+  uint64_t offset = ck->h.snapshots_offset;
+  uint32_t n = ck->h.nb_snapshots;
+
+  if (n == 0)
+    return 0;
+  ck->snapshots = calloc (n, sizeof *ck->snapshots);
+  if (ck->snapshots == NULL) {
+    sc_set_error (errno, "snapshot table: out of memory");
+    return -1;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    struct snapshot *sn = &ck->snapshots[i];
+    unsigned char hdr[SNAPSHOT_HEADER_SIZE];
+    uint32_t extra, id_len, name_len;
+    uint64_t end;
+
+    if (offset > ck->file_size
+        || ck->file_size - offset < SNAPSHOT_HEADER_SIZE) {
+      sc_set_error (EINVAL, "snapshot table: entry %" PRIu32 " at offset "
+                    "0x%" PRIx64 " runs past the end of the file", i,
+                    offset);
+      return -1;
+    }
+    if (sc_full_pread (ck->fd, hdr, sizeof hdr, offset) == -1)
+      return -1;
+    sn->l1_offset = sc_get_be64 (hdr + SNAPSHOT_L1_OFFSET);
+    sn->l1_size = sc_get_be32 (hdr + SNAPSHOT_L1_SIZE);
+    id_len = sc_get_be16 (hdr + SNAPSHOT_ID_SIZE);
+    name_len = sc_get_be16 (hdr + SNAPSHOT_NAME_SIZE);
+    extra = sc_get_be32 (hdr + SNAPSHOT_EXTRA_SIZE);
+    if (extra > SNAPSHOT_MAX_EXTRA) {
+      sc_set_error (EINVAL, "snapshot table: entry %" PRIu32 " has %" PRIu32
+                    " bytes of extra data (at most %d)", i, extra,
+                    SNAPSHOT_MAX_EXTRA);
+      return -1;
+    }
+    offset += SNAPSHOT_HEADER_SIZE + extra;
+    end = offset + id_len + name_len;
+    if (end > ck->file_size) {
+      sc_set_error (EINVAL, "snapshot table: entry %" PRIu32 " runs past "
+                    "the end of the file", i);
+      return -1;
+    }
+    if (sc_full_pread (ck->fd, sn->id, SC_MIN (id_len,
+                                              SNAPSHOT_LABEL_LEN - 1),
+                       offset) == -1
+        || sc_full_pread (ck->fd, sn->name, SC_MIN (name_len,
+                                                   SNAPSHOT_LABEL_LEN - 1),
+                          offset + id_len) == -1)
+      return -1;
+    offset = SC_ROUND_UP (end, SNAPSHOT_ALIGN);
+    if (offset - ck->h.snapshots_offset > SNAPSHOT_MAX_TABLE_BYTES) {
+      sc_set_error (EINVAL, "snapshot table is larger than %" PRIu64
+                    " bytes", SNAPSHOT_MAX_TABLE_BYTES);
+      return -1;
+    }
+  }
+  ck->snapshots_size = offset - ck->h.snapshots_offset;
+  return 0;
+}
+
+/* Find the header extensions the header reader does not keep: where
+ * the encryption header and the bitmap directory are.
+ */
+static int
+read_extensions (struct checker *ck)
+{
+  uint64_t len = SC_MIN (ck->file_size, ck->cs);
+  uint64_t end, pos = ck->h.header_length;
+  CLEANUP_FREE unsigned char *buf = malloc (len);
+
+  if (buf == NULL) {
+    sc_set_error (errno, "header: out of memory");
+    return -1;
+  }
+  if (sc_full_pread (ck->fd, buf, len, 0) == -1)
+    return -1;
+  end = ck->h.backing_file_offset ? SC_MIN (ck->h.backing_file_offset, len)
+    : len;
+  while (pos + EXT_HEADER_SIZE <= end) {
+    uint32_t type = sc_get_be32 (buf + pos);
+    uint32_t elen = sc_get_be32 (buf + pos + 4);
+    const unsigned char *data = buf + pos + EXT_HEADER_SIZE;
+
+    if (type == QCOW2_EXT_END)
+      break;
+    pos += EXT_HEADER_SIZE;
+    if (elen > end - pos)
+      break;                    /* the header reader refused this already */
+    if (type == QCOW2_EXT_CRYPTO && elen >= CRYPTO_EXT_SIZE) {
+      ck->crypto_offset = sc_get_be64 (data);
+      ck->crypto_length = sc_get_be64 (data + 8);
+    }
+    else if (type == QCOW2_EXT_BITMAPS
+             && (ck->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+      /* Without the autoclear bit the bitmaps are stale and qemu does
+       * not count them either.
+       */
+      if (elen != BITMAPS_EXT_SIZE || sc_get_be32 (data + 4) != 0) {
+        sc_set_error (EINVAL, "bitmaps header extension: invalid length "
+                      "or reserved field");
+        return -1;
+      }
+      ck->nb_bitmaps = sc_get_be32 (data);
+      ck->bitmap_dir_size = sc_get_be64 (data + 8);
+      ck->bitmap_dir_offset = sc_get_be64 (data + 16);
+      if (ck->nb_bitmaps == 0 || ck->nb_bitmaps > BITMAP_MAX_BITMAPS
+          || ck->bitmap_dir_size > BITMAP_MAX_DIR_BYTES
+          || !SC_IS_ALIGNED (ck->bitmap_dir_offset, ck->cs)) {
+        sc_set_error (EINVAL, "bitmaps header extension: invalid number "
+                      "of bitmaps, directory size or offset");
+        return -1;
+      }
+    }
+    pos += SC_ROUND_UP ((uint64_t) elen, EXT_ALIGN);
+  }
+  return 0;
+}
+
+/* Count one bitmap's table and the clusters it references. */
+static int
+check_bitmap_table (struct checker *ck, uint64_t table_offset,
+                    uint64_t table_size)
+{
+  struct sc_check_result *res = ck->res;
+
+  if (add_refs (ck, table_offset, table_size * sizeof (uint64_t)) == -1)
+    return -1;
+  for (uint64_t first = 0; first < table_size; first += CHECK_TABLE_CHUNK) {
+    uint64_t n = SC_MIN (table_size - first, (uint64_t) CHECK_TABLE_CHUNK);
+
+    if (read_chunk (ck, table_offset, first, n) == -1)
+      return -1;
+    for (uint64_t j = 0; j < n; j++) {
+      uint64_t e = ck->chunk[j], offset = e & BME_OFFSET_MASK;
+
+      if ((e & BME_RESERVED_MASK)
+          || (offset && ((e & BME_FLAG_ALL_ONES)
+                         || !SC_IS_ALIGNED (offset, ck->cs)))) {
+        res->corruptions++;
+        check_message (ck, "ERROR bitmap table entry %" PRIu64 " of the "
+                       "table at 0x%" PRIx64 " is invalid: %" PRIx64,
+                       first + j, table_offset, e);
+        continue;
+      }
+      if (offset && add_refs (ck, offset, ck->cs) == -1)
+        return -1;
+    }
+  }
+  return 0;
+}
+
+/* Count the bitmap directory, the bitmap tables and their clusters. */
+static int
+check_bitmaps (struct checker *ck)
+{
+  struct sc_check_result *res = ck->res;
+  CLEANUP_FREE unsigned char *dir = NULL;
+  uint64_t pos = 0;
+  uint32_t i;
+
+  if (ck->nb_bitmaps == 0)
+    return 0;
+  if (add_refs (ck, ck->bitmap_dir_offset, ck->bitmap_dir_size) == -1)
+    return -1;
+  dir = malloc (ck->bitmap_dir_size ? ck->bitmap_dir_size : 1);
+  if (dir == NULL) {
+    sc_set_error (errno, "bitmap directory: out of memory");
+    return -1;
+  }
+  if (read_at (ck, dir, ck->bitmap_dir_size, ck->bitmap_dir_offset) == -1)
+    return -1;
+
+  for (i = 0; i < ck->nb_bitmaps; i++) {
+    uint64_t table_offset, table_size, extra, name_len, entry_len;
+
+    if (ck->bitmap_dir_size - pos < BITMAP_DIR_ENTRY_SIZE)
+      break;
+    table_offset = sc_get_be64 (dir + pos + BITMAP_DIR_TABLE_OFFSET);
+    table_size = sc_get_be32 (dir + pos + BITMAP_DIR_TABLE_SIZE);
+    name_len = sc_get_be16 (dir + pos + BITMAP_DIR_NAME_SIZE);
+    extra = sc_get_be32 (dir + pos + BITMAP_DIR_EXTRA_SIZE);
+    entry_len = SC_ROUND_UP (BITMAP_DIR_ENTRY_SIZE + extra + name_len,
+                             (uint64_t) EXT_ALIGN);
+    if (entry_len > ck->bitmap_dir_size - pos
+        || name_len == 0 || name_len > BITMAP_MAX_NAME
+        || table_size > BITMAP_MAX_TABLE_ENTRIES
+        || !SC_IS_ALIGNED (table_offset, ck->cs)
+        || (table_size && table_offset == 0))
+      break;
+    if (check_bitmap_table (ck, table_offset, table_size) == -1)
+      return -1;
+    pos += entry_len;
+  }
+  if (i < ck->nb_bitmaps || pos != ck->bitmap_dir_size) {
+    res->corruptions++;
+    check_message (ck, "ERROR bitmap directory at 0x%" PRIx64 " is "
+                   "corrupted (entry %" PRIu32 " of %" PRIu32 ")",
+                   ck->bitmap_dir_offset, i, ck->nb_bitmaps);
+  }
+  return 0;
+}
+
+/* Count the refcount blocks themselves and check their table entries. */
+static int
+check_refblocks (struct checker *ck)
+{
+  struct sc_check_result *res = ck->res;
+
+  for (uint64_t i = 0; i < ck->rt_size; i++) {
+    uint64_t offset = ck->rt[i] & QCOW2_RTE_OFFSET_MASK;
+    uint64_t cluster = offset >> ck->h.cluster_bits;
+
+    if (ck->rt[i] & QCOW2_RTE_RESERVED_MASK) {
+      res->corruptions++;
+      check_message (ck, "ERROR refcount table entry %" PRIu64 " has "
+                     "reserved bits set", i);
+      continue;
+    }
+    if (!SC_IS_ALIGNED (offset, ck->cs)) {
+      res->corruptions++;
+      check_message (ck, "ERROR refcount block %" PRIu64 " is not cluster "
+                     "aligned; refcount table entry corrupted", i);
+      continue;
+    }
+    if (cluster >= ck->nb_counts) {
+      res->corruptions++;
+      check_message (ck, "ERROR refcount block %" PRIu64 " is outside "
+                     "image (offset 0x%" PRIx64 ")", i, offset);
+      continue;
+    }
+    if (offset != 0) {
+      if (add_refs (ck, offset, ck->cs) == -1)
+        return -1;
+      if (ck->counts[cluster] != 1) {
+        res->corruptions++;
+        check_message (ck, "ERROR refcount block %" PRIu64 " refcount=%"
+                       PRIu32 " (it shares its cluster with other "
+                       "metadata or data)", i, ck->counts[cluster]);
+      }
+    }
+  }
+  return 0;
+}
+
+/* Compare the real use with the refcounts on disk. */
+static int
+compare_refcounts (struct checker *ck, uint64_t *highest)
+{
+  struct sc_check_result *res = ck->res;
+
+  *highest = 0;
+  for (uint64_t i = 0; i < ck->nb_counts; i++) {
+    uint64_t disk, real = ck->counts[i];
+    int r = disk_refcount (ck, i, &disk);
+
+    if (r == -1)
+      return -1;
+    if (r == 1) {
+      res->check_errors++;
+      check_message (ck, "Can't get refcount for cluster %" PRIu64 ": "
+                     "its refcount block is not cluster aligned", i);
+      continue;
+    }
+    if (disk > 0 || real > 0)
+      *highest = i;
+    if (disk != real) {
+      check_message (ck, "%s cluster %" PRIu64 " refcount=%" PRIu64
+                     " reference=%" PRIu64, disk < real ? "ERROR" : "Leaked",
+                     i, disk, real);
+      if (disk < real)
+        res->corruptions++;
+      else
+        res->leaks++;
+    }
+  }
+  return 0;
+}
+
+/* The COPIED flag must be set exactly where the refcount is 1; qemu
+ * counts a mismatch in the active layer as a corruption.
+ */
+static int
+check_copied_flags (struct checker *ck)
+{
+  struct sc_check_result *res = ck->res;
+  uint64_t l1_size = ck->h.l1_size;
+
+  for (uint64_t first = 0; first < l1_size; first += CHECK_TABLE_CHUNK) {
+    uint64_t n = SC_MIN (l1_size - first, (uint64_t) CHECK_TABLE_CHUNK);
+
+    if (read_chunk (ck, ck->h.l1_table_offset, first, n) == -1)
+      return -1;
+    for (uint64_t j = 0; j < n; j++) {
+      uint64_t e = ck->chunk[j];
+      uint64_t l2_offset = e & QCOW2_L1E_OFFSET_MASK, rc;
+      int r;
+
+      if (l2_offset == 0)
+        continue;
+      r = disk_refcount (ck, l2_offset >> ck->h.cluster_bits, &rc);
+      if (r == -1)
+        return -1;
+      if (r == 1)
+        continue;
+      if ((rc == 1) != ((e & QCOW2_OFLAG_COPIED) != 0)) {
+        res->corruptions++;
+        check_message (ck, "ERROR OFLAG_COPIED L2 cluster: l1_index=%"
+                       PRIu64 " l1_entry=%" PRIx64 " refcount=%" PRIu64,
+                       first + j, e, rc);
+      }
+      if (read_at (ck, ck->l2, ck->cs, l2_offset) == -1)
+        return -1;
+      for (uint64_t i = 0; i < ck->h.l2_entries; i++) {
+        uint64_t le, bitmap, type;
+
+        l2_get (ck, i, &le, &bitmap);
+        type = l2_type (ck, le);
+        if (type != QCOW2_CLUSTER_NORMAL && type != QCOW2_CLUSTER_ZERO_ALLOC)
+          continue;
+        if (ck->has_data_file)
+          rc = 1;
+        else {
+          r = disk_refcount (ck, (le & QCOW2_L2E_OFFSET_MASK)
+                             >> ck->h.cluster_bits, &rc);
+          if (r == -1)
+            return -1;
+          if (r == 1)
+            continue;
+        }
+        if ((rc == 1) != ((le & QCOW2_OFLAG_COPIED) != 0)) {
+          res->corruptions++;
+          check_message (ck, "ERROR OFLAG_COPIED data cluster: l2_entry=%"
+                         PRIx64 " refcount=%" PRIu64, le, rc);
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+static int
+run_check (struct checker *ck)
+{
+  struct sc_check_result *res = ck->res;
+  uint64_t rt_bytes, highest;
+
+  ck->cs = ck->h.cluster_size;
+  ck->has_data_file = ck->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
+  ck->extl2 = ck->h.incompatible_features & QCOW2_INCOMPAT_EXTL2;
+  ck->count_limit = SC_MIN (ck->h.refcount_max, (uint64_t) UINT32_MAX);
+  ck->rb_shift = ck->h.cluster_bits + 3 - ck->h.refcount_order;
+
+  /* Cap the counters before allocating them. */
+  ck->nb_counts = qcow2_size_to_clusters (&ck->h, ck->file_size);
+  if (ck->nb_counts > CHECK_MAX_CLUSTERS) {
+    sc_set_error (EFBIG, "image file too large to check (%" PRIu64
+                  " clusters, at most %" PRIu64 ")", ck->nb_counts,
+                  CHECK_MAX_CLUSTERS);
+    return -1;
+  }
+  ck->max_counts = SC_MIN (ck->nb_counts + CHECK_MAX_CLUSTERS_PAST_END,
+                           CHECK_MAX_CLUSTERS);
+  ck->cap_counts = SC_MAX (ck->nb_counts, 1);
+  ck->counts = calloc (ck->cap_counts, sizeof *ck->counts);
+  ck->l2 = malloc (ck->cs);
+  ck->rb = malloc (ck->cs);
+  ck->chunk = malloc (CHECK_TABLE_CHUNK * sizeof *ck->chunk);
+  /* The header reader capped the refcount table. */
+  rt_bytes = (uint64_t) ck->h.refcount_table_clusters * ck->cs;
+  ck->rt_size = rt_bytes / RTE_SIZE;
+  ck->rt = malloc (rt_bytes);
+  if (!ck->counts || !ck->l2 || !ck->rb || !ck->chunk || !ck->rt) {
+    sc_set_error (errno, "check: out of memory");
+    return -1;
+  }
+  if (read_at (ck, ck->rt, rt_bytes, ck->h.refcount_table_offset) == -1)
+    return -1;
+  for (uint64_t i = 0; i < ck->rt_size; i++)
+    ck->rt[i] = be64toh (ck->rt[i]);
+
+  if (read_snapshots (ck) == -1 || read_extensions (ck) == -1)
+    return -1;
+
+  res->total_clusters = qcow2_size_to_clusters (&ck->h, ck->h.size);
+
+  /* The header. */
+  if (add_refs (ck, 0, ck->cs) == -1)
+    return -1;
+
+  /* The active layer, then every snapshot. */
+  if (check_l1 (ck, ck->h.l1_table_offset, ck->h.l1_size, true) == -1)
+    return -1;
+  if (ck->has_data_file && ck->h.nb_snapshots) {
+    res->corruptions++;
+    check_message (ck, "ERROR %" PRIu32 " snapshots in image with data "
+                   "file", ck->h.nb_snapshots);
+  }
+  for (uint32_t i = 0; i < ck->h.nb_snapshots; i++) {
+    struct snapshot *sn = &ck->snapshots[i];
+
+    if (!SC_IS_ALIGNED (sn->l1_offset, ck->cs)) {
+      res->corruptions++;
+      check_message (ck, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64
+                     ": L1 table is not cluster aligned; snapshot table "
+                     "entry corrupted", sn->id, sn->name, sn->l1_offset);
+      continue;
+    }
+    if (sn->l1_size > QCOW2_MAX_L1_BYTES / L1E_SIZE) {
+      res->corruptions++;
+      check_message (ck, "ERROR snapshot %s (%s) l1_size=%#" PRIx32
+                     ": L1 table is too large; snapshot table entry "
+                     "corrupted", sn->id, sn->name, sn->l1_size);
+      continue;
+    }
+    if (check_l1 (ck, sn->l1_offset, sn->l1_size, false) == -1)
+      return -1;
+  }
+  if (add_refs (ck, ck->h.snapshots_offset, ck->snapshots_size) == -1)
+    return -1;
+
+  /* The refcount table, the encryption header and the bitmaps. */
+  if (add_refs (ck, ck->h.refcount_table_offset, rt_bytes) == -1)
+    return -1;
+  if (ck->crypto_length
+      && add_refs (ck, ck->crypto_offset, ck->crypto_length) == -1)
+    return -1;
+  if (check_bitmaps (ck) == -1)
+    return -1;
+  /* Last the refcount blocks, so that one sharing a cluster with
+   * anything else shows up as a refcount above 1.
+   */
+  if (check_refblocks (ck) == -1)
+    return -1;
+
+  if (compare_refcounts (ck, &highest) == -1)
+    return -1;
+  if (check_copied_flags (ck) == -1)
+    return -1;
+  res->image_end_offset = (highest + 1) << ck->h.cluster_bits;
+  return 0;
+}
+
+int
+sc_qcow2_check (const char *path, struct sc_check_result *result)
+{
+  struct checker ck = { .fd = -1, .res = result };
+  struct stat st;
+  int ret = -1;
+
+  memset (result, 0, sizeof *result);
+  ck.fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (ck.fd == -1) {
+    sc_set_error (errno, "open: %s", strerror (errno));
+    return -1;
+  }
+  if (fstat (ck.fd, &st) == -1) {
+    sc_set_error (errno, "stat: %s", strerror (errno));
+    goto out;
+  }
+  if (!S_ISREG (st.st_mode)) {
+    sc_set_error (EINVAL, "not a regular file");
+    goto out;
+  }
+  ck.file_size = (uint64_t) st.st_size;
+  if (qcow2_header_read (ck.fd, ck.file_size, false, &ck.h) == -1)
+    goto out;
+  if (ck.h.crypt_method > CRYPT_METHOD_MAX) {
+    sc_set_error (ENOTSUP, "unknown encryption method %" PRIu32,
+                  ck.h.crypt_method);
+    goto out_header;
+  }
+  ret = run_check (&ck);
+
+ out_header:
+  qcow2_header_free (&ck.h);
+ out:
+  free (ck.counts);
+  free (ck.rt);
+  free (ck.rb);
+  free (ck.l2);
+  free (ck.chunk);
+  free (ck.snapshots);
+  close (ck.fd);
+  if (ret == -1) {
+    /* Keep the message: sc_check_result_free does not touch errors. */
+    int saved_errno = sc_error_errno ();
+    char *msg = strdup (sc_error_message ());
+
+    sc_check_result_free (result);
+    if (msg) {
+      sc_set_error (saved_errno, "%s", msg);
+      free (msg);
+    }
+  }
+  return ret;
+}
+
+void
+sc_check_result_free (struct sc_check_result *result)
+{
+  for (size_t i = 0; i < result->nb_messages; i++)
+    free (result->messages[i]);
+  free (result->messages);
+  memset (result, 0, sizeof *result);
+}

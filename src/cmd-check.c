@@ -1,10 +1,131 @@
-/* Placeholder: filled in by its owner. */
+/* sparsecow check: refcount consistency, reported as qemu-img check
+ * reports it, with its exit codes.
+ */
 #include <config.h>
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+
 #include "cli.h"
+
+static void
+usage (FILE *fp)
+{
+  fprintf (fp,
+           "Usage: %s check [--json] [-q] IMAGE\n"
+           "Check that the refcounts of a qcow2 image match what is really\n"
+           "used.  Exit status: 0 no problems, 2 corruptions found, 3 only\n"
+           "leaked clusters found, 1 the image could not be checked.\n"
+           "\n"
+           "  --json        print the result as JSON (qemu-img check names)\n"
+           "  -q, --quiet   print only the problems found\n"
+           "  -h, --help    show this help\n",
+           cli_program);
+}
+
+static void
+print_human (const struct sc_check_result *r)
+{
+  if (r->corruptions == 0 && r->leaks == 0 && r->check_errors == 0)
+    printf ("No errors were found on the image.\n");
+  else {
+    if (r->corruptions)
+      printf ("\n%" PRIu64 " errors were found on the image.\n"
+              "Data may be corrupted, or further writes to the image may "
+              "corrupt it.\n", r->corruptions);
+    if (r->leaks)
+      printf ("\n%" PRIu64 " leaked clusters were found on the image.\n"
+              "This means waste of disk space, but no harm to data.\n",
+              r->leaks);
+    if (r->check_errors)
+      printf ("\n%" PRIu64 " internal errors have occurred during the "
+              "check.\n", r->check_errors);
+  }
+  if (r->total_clusters != 0 && r->allocated_clusters != 0)
+    printf ("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% "
+            "fragmented, %0.2f%% compressed clusters\n",
+            r->allocated_clusters, r->total_clusters,
+            r->allocated_clusters * 100.0 / r->total_clusters,
+            r->fragmented_clusters * 100.0 / r->allocated_clusters,
+            r->compressed_clusters * 100.0 / r->allocated_clusters);
+  if (r->image_end_offset)
+    printf ("Image end offset: %" PRIu64 "\n", r->image_end_offset);
+}
+
+static void
+print_json (const char *filename, const struct sc_check_result *r)
+{
+  printf ("{\n    \"filename\": ");
+  cli_json_string (stdout, filename);
+  printf (",\n"
+          "    \"format\": \"qcow2\",\n"
+          "    \"check-errors\": %" PRIu64 ",\n"
+          "    \"corruptions\": %" PRIu64 ",\n"
+          "    \"leaks\": %" PRIu64 ",\n"
+          "    \"allocated-clusters\": %" PRIu64 ",\n"
+          "    \"total-clusters\": %" PRIu64 ",\n"
+          "    \"fragmented-clusters\": %" PRIu64 ",\n"
+          "    \"compressed-clusters\": %" PRIu64 ",\n"
+          "    \"image-end-offset\": %" PRIu64 "\n"
+          "}\n",
+          r->check_errors, r->corruptions, r->leaks, r->allocated_clusters,
+          r->total_clusters, r->fragmented_clusters, r->compressed_clusters,
+          r->image_end_offset);
+}
 
 int
 cmd_check (int argc, char **argv)
 {
-  cli_error ("check: not implemented yet");
-  return EXIT_ERROR;
+  static const struct option long_options[] = {
+    { "json", no_argument, NULL, OPT_JSON },
+    CLI_COMMON_LONG_OPTIONS,
+    { NULL, 0, NULL, 0 }
+  };
+  struct cli_common common = { 0 };
+  struct sc_check_result result;
+  bool json = false;
+  const char *image;
+  int c;
+
+  while ((c = getopt_long (argc, argv, CLI_COMMON_SHORT_OPTIONS,
+                           long_options, NULL)) != -1) {
+    if (c == OPT_JSON)
+      json = true;
+    else if (!cli_common_option (c, optarg, &common, usage))
+      cli_usage_error ("check ", "check: unknown option");
+  }
+  if (argc - optind != 1)
+    cli_usage_error ("check ", "check: expected one IMAGE argument");
+  image = argv[optind];
+
+  if (sc_qcow2_check (image, &result) == -1) {
+    cli_lib_error (image);
+    return EXIT_ERROR;
+  }
+
+  /* Problems go to stderr as they do with qemu-img, the summary to
+   * stdout.
+   */
+  for (size_t i = 0; i < result.nb_messages; i++)
+    fprintf (stderr, "%s\n", result.messages[i]);
+  if (json)
+    print_json (image, &result);
+  else if (!common.quiet)
+    print_human (&result);
+  fflush (stdout);
+
+  if (result.check_errors) {
+    cli_error ("%s: check failed: %" PRIu64 " refcounts could not be read",
+               image, result.check_errors);
+    c = EXIT_ERROR;
+  }
+  else if (result.corruptions)
+    c = EXIT_CHECK_CORRUPT;
+  else if (result.leaks)
+    c = EXIT_CHECK_LEAKS;
+  else
+    c = EXIT_OK;
+  sc_check_result_free (&result);
+  return c;
 }
