@@ -17,3 +17,6 @@ EXTRA_DIST += tests/reader-backing.sh
 
 TESTS += tests/reader-snapshots.sh
 EXTRA_DIST += tests/reader-snapshots.sh
+
+TESTS += tests/reader-datafile.sh
+EXTRA_DIST += tests/reader-datafile.sh
