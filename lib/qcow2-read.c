@@ -1,3 +1,1267 @@
-/* Placeholder: filled in by its owner. */
+/* The qcow2 reader: the guest view of an image through its L1/L2
+ * tables, backing chain, external data file and internal snapshots.
+ *
+ * The chain is opened once into an array of layers (0 = the image
+ * itself, then its backing files).  All lookups go through one
+ * function, chain_status(), which answers "what is at this guest
+ * offset, for how long, and in which layer" exactly the way qemu's
+ * block status does; reading, extents and the qemu-img style map are
+ * all built on it, so they cannot disagree.
+ *
+ * L2 tables are kept in a small LRU cache shared by all layers and
+ * protected by a mutex.  Lookups copy what they need out of the cache
+ * while holding the lock, so data reads and decompression run
+ * concurrently outside it.
+ */
 #include <config.h>
+
+#include <fcntl.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
 #include "internal.h"
+#include "qcow2.h"
+
+#define DEFAULT_CACHE_BYTES     (4 * 1024 * 1024)
+/* Enough tables that a lookup never evicts the table it just loaded. */
+#define MIN_CACHE_TABLES        2
+/* Bounds the linear search of the cache with tiny clusters. */
+#define MAX_CACHE_TABLES        1024
+#define DEFAULT_MAX_DEPTH       64
+
+/* Snapshot table entries (see the specification). */
+#define SNAPSHOT_HEADER_SIZE    40
+#define SNAPSHOT_L1_OFFSET      0
+#define SNAPSHOT_L1_SIZE        8
+#define SNAPSHOT_ID_SIZE        12
+#define SNAPSHOT_NAME_SIZE      14
+#define SNAPSHOT_DATE_SEC       16
+#define SNAPSHOT_DATE_NSEC      20
+#define SNAPSHOT_VM_CLOCK       24
+#define SNAPSHOT_VM_STATE_SIZE  32
+#define SNAPSHOT_EXTRA_SIZE     36
+#define SNAPSHOT_EXTRA_VM_STATE 0   /* u64 large vm state size */
+#define SNAPSHOT_EXTRA_DISK_SIZE 8  /* u64 virtual disk size */
+#define SNAPSHOT_EXTRA_MIN_V3   16
+#define SNAPSHOT_ALIGN          8
+/* qemu's limits on snapshot table contents. */
+#define MAX_SNAPSHOT_EXTRA      1024
+#define MAX_SNAPSHOT_TABLE      (64 * 1024 * 1024)
+
+/* Extended L2 bitmap halves. */
+#define EXTL2_ALLOC_SHIFT       0
+#define EXTL2_ZERO_SHIFT        32
+#define EXTL2_SUBCLUSTER_SHIFT  5   /* log2 (QCOW2_SUBCLUSTERS) */
+
+struct layer {
+  char *filename;               /* as opened (resolved) */
+  int fd;
+  uint64_t file_size;
+  uint64_t size;                /* guest-visible size of this layer */
+  dev_t dev;
+  ino_t ino;
+  bool raw;
+  /* The rest is for qcow2 layers only. */
+  struct qcow2_header h;
+  uint64_t *l1;                 /* host endian, validated */
+  uint32_t l1_size;
+  int data_fd;                  /* fd, or the external data file */
+  uint64_t data_size;
+  char *data_filename;
+  bool extl2;
+  unsigned granule_bits;        /* subcluster (extended L2) or cluster */
+  enum sc_codec codec;
+};
+
+struct cache_table {
+  struct cache_table *prev, *next;
+  size_t layer;
+  uint64_t offset;
+  size_t bytes;
+  unsigned char *data;
+};
+
+struct sc_qcow2 {
+  struct layer *layers;
+  size_t nlayers;
+  struct sc_snapshot_info *snapshots;   /* of layer 0 */
+  size_t nb_snapshots;
+  pthread_mutex_t lock;                 /* protects the cache */
+  struct cache_table *mru, *lru;
+  size_t cache_used, cache_budget, cache_tables;
+};
+
+/* What one layer says about a range starting at a guest offset. */
+enum lkind { LK_UNALLOC, LK_ZERO, LK_DATA, LK_COMPRESSED };
+
+struct lstatus {
+  enum lkind kind;
+  bool has_offset;              /* host is meaningful */
+  uint64_t host;                /* host offset of the first byte */
+  uint64_t l2e;                 /* LK_COMPRESSED: the descriptor */
+  uint64_t len;
+};
+
+/* What the whole chain says: the layer that decided, as in qemu. */
+struct cstatus {
+  size_t depth;
+  struct lstatus st;
+  bool present, zero, data;
+};
+
+/* ---- the L2 cache ---------------------------------------------------- */
+
+static void
+cache_unlink (struct sc_qcow2 *q, struct cache_table *t)
+{
+  if (t->prev) t->prev->next = t->next; else q->mru = t->next;
+  if (t->next) t->next->prev = t->prev; else q->lru = t->prev;
+  t->prev = t->next = NULL;
+}
+
+static void
+cache_push_front (struct sc_qcow2 *q, struct cache_table *t)
+{
+  t->prev = NULL;
+  t->next = q->mru;
+  if (q->mru) q->mru->prev = t; else q->lru = t;
+  q->mru = t;
+}
+
+static void
+cache_drop (struct sc_qcow2 *q, struct cache_table *t)
+{
+  cache_unlink (q, t);
+  q->cache_used -= t->bytes;
+  q->cache_tables--;
+  free (t->data);
+  free (t);
+}
+
+/* Find or load an L2 table; the lock is held.  The pointer stays valid
+ * until the lock is released.
+ */
+static const unsigned char *
+cache_get (struct sc_qcow2 *q, size_t li, uint64_t offset)
+{
+  struct layer *L = &q->layers[li];
+  size_t bytes = L->h.cluster_size;
+  struct cache_table *t;
+
+  for (t = q->mru; t; t = t->next) {
+    if (t->layer == li && t->offset == offset) {
+      if (t != q->mru) {
+        cache_unlink (q, t);
+        cache_push_front (q, t);
+      }
+      return t->data;
+    }
+  }
+
+  while (q->lru
+         && (q->cache_used + bytes > q->cache_budget
+             || q->cache_tables >= MAX_CACHE_TABLES))
+    cache_drop (q, q->lru);
+
+  t = calloc (1, sizeof *t);
+  if (t == NULL || (t->data = malloc (bytes)) == NULL) {
+    sc_set_error (errno, "L2 cache: %s", strerror (errno));
+    free (t);
+    return NULL;
+  }
+  if (sc_full_pread (L->fd, t->data, bytes, offset) == -1) {
+    sc_error_prefix ("%s: L2 table at 0x%" PRIx64, L->filename, offset);
+    free (t->data);
+    free (t);
+    return NULL;
+  }
+  t->layer = li;
+  t->offset = offset;
+  t->bytes = bytes;
+  cache_push_front (q, t);
+  q->cache_used += bytes;
+  q->cache_tables++;
+  return t->data;
+}
+
+/* ---- one layer -------------------------------------------------------- */
+
+/* Host reads past the end of a file return zeros, as in qemu (data
+ * files in particular may be shorter than what the L2 tables map).
+ */
+static int
+read_host (int fd, uint64_t file_size, void *buf, size_t count,
+           uint64_t offset)
+{
+  size_t avail = 0;
+
+  if (offset < file_size)
+    avail = (size_t) SC_MIN ((uint64_t) count, file_size - offset);
+  if (avail > 0 && sc_full_pread (fd, buf, avail, offset) == -1)
+    return -1;
+  memset ((char *) buf + avail, 0, count - avail);
+  return 0;
+}
+
+/* A raw layer: data or hole, by SEEK_DATA/SEEK_HOLE when asked. */
+static int
+raw_status (struct layer *L, uint64_t offset, uint64_t max, bool want_zero,
+            struct lstatus *st)
+{
+  off_t data, hole;
+
+  st->has_offset = true;
+  st->host = offset;
+  st->kind = LK_DATA;
+  st->len = max;
+  if (!want_zero)
+    return 0;
+
+  data = lseek (L->fd, (off_t) offset, SEEK_DATA);
+  if (data == -1) {
+    if (errno == ENXIO)
+      st->kind = LK_ZERO;       /* a trailing hole */
+    return 0;                   /* otherwise: cannot tell, all data */
+  }
+  if ((uint64_t) data > offset) {
+    st->kind = LK_ZERO;
+    st->len = SC_MIN (max, (uint64_t) data - offset);
+    return 0;
+  }
+  hole = lseek (L->fd, (off_t) offset, SEEK_HOLE);
+  if (hole != -1 && (uint64_t) hole > offset)
+    st->len = SC_MIN (max, (uint64_t) hole - offset);
+  return 0;
+}
+
+/* Classify one granule (a cluster, or a subcluster with extended L2)
+ * of the L2 table at guest offset pos.
+ */
+static int
+classify (struct layer *L, const unsigned char *table, uint64_t pos,
+          struct lstatus *g)
+{
+  uint64_t l2i = qcow2_offset_to_l2_index (&L->h, pos);
+  const unsigned char *e = table + l2i * L->h.l2_entry_size;
+  uint64_t l2e = sc_get_be64 (e);
+  uint64_t into = qcow2_offset_into_cluster (&L->h, pos);
+  enum qcow2_cluster_type type;
+  uint64_t host;
+
+  if (qcow2_l2_entry_type (&L->h, l2e, &type) == -1)
+    return -1;
+  host = l2e & QCOW2_L2E_OFFSET_MASK;
+  g->has_offset = false;
+  g->l2e = 0;
+
+  if (type == QCOW2_CLUSTER_COMPRESSED) {
+    g->kind = LK_COMPRESSED;
+    g->l2e = l2e;
+    return 0;
+  }
+
+  if (L->extl2) {
+    uint64_t bitmap = sc_get_be64 (e + 8);
+    unsigned sc = (unsigned) (into >> L->granule_bits);
+    bool alloc = (bitmap >> (EXTL2_ALLOC_SHIFT + sc)) & 1;
+    bool zero = (bitmap >> (EXTL2_ZERO_SHIFT + sc)) & 1;
+
+    if (alloc && zero) {
+      sc_set_error (EINVAL, "corrupt extended L2 entry at guest offset "
+                    "%" PRIu64 ": subcluster %u is both allocated and "
+                    "zero", pos, sc);
+      return -1;
+    }
+    if (type == QCOW2_CLUSTER_UNALLOCATED) {
+      if (bitmap & 0xffffffffULL) {
+        sc_set_error (EINVAL, "corrupt extended L2 entry at guest offset "
+                      "%" PRIu64 ": allocated subclusters in an "
+                      "unallocated cluster", pos);
+        return -1;
+      }
+      g->kind = zero ? LK_ZERO : LK_UNALLOC;
+      return 0;
+    }
+    g->kind = zero ? LK_ZERO : alloc ? LK_DATA : LK_UNALLOC;
+    g->has_offset = true;
+    g->host = host + into;
+    return 0;
+  }
+
+  switch (type) {
+  case QCOW2_CLUSTER_UNALLOCATED:
+    g->kind = LK_UNALLOC;
+    break;
+  case QCOW2_CLUSTER_ZERO_PLAIN:
+    g->kind = LK_ZERO;
+    break;
+  case QCOW2_CLUSTER_ZERO_ALLOC:
+    g->kind = LK_ZERO;
+    g->has_offset = true;
+    g->host = host + into;
+    break;
+  case QCOW2_CLUSTER_NORMAL:
+  default:
+    g->kind = LK_DATA;
+    g->has_offset = true;
+    g->host = host + into;
+    break;
+  }
+  return 0;
+}
+
+/* The status of [offset, offset+max) in qcow2 layer li; max > 0 and
+ * the range lies inside the layer.  st->len is at most max.
+ */
+static int
+qcow2_status (struct sc_qcow2 *q, size_t li, uint64_t offset, uint64_t max,
+              struct lstatus *st)
+{
+  struct layer *L = &q->layers[li];
+  uint64_t span = (uint64_t) L->h.cluster_size * L->h.l2_entries;
+  uint64_t l1i = qcow2_offset_to_l1_index (&L->h, offset);
+  uint64_t end = offset + max;
+  uint64_t table_end, pos;
+  const unsigned char *table;
+
+  if (l1i >= L->l1_size || L->l1[l1i] == 0) {
+    /* Whole L2 tables are missing: skip every empty L1 entry at once,
+     * so the cost follows the data and not the virtual size.
+     */
+    uint64_t stop = (l1i + 1) * span;
+    l1i++;
+    while (stop < end && (l1i >= L->l1_size || L->l1[l1i] == 0)) {
+      stop += span;
+      l1i++;
+    }
+    st->kind = LK_UNALLOC;
+    st->has_offset = false;
+    st->len = SC_MIN (stop, end) - offset;
+    return 0;
+  }
+
+  table_end = SC_MIN ((l1i + 1) * span, end);
+
+  pthread_mutex_lock (&q->lock);
+  table = cache_get (q, li, L->l1[l1i]);
+  if (table == NULL)
+    goto err;
+
+  pos = offset;
+  while (pos < table_end) {
+    struct lstatus g;
+    uint64_t gend = SC_ROUND_DOWN (pos, (uint64_t) 1 << L->granule_bits)
+      + ((uint64_t) 1 << L->granule_bits);
+
+    if (classify (L, table, pos, &g) == -1) {
+      sc_error_prefix ("%s", L->filename);
+      goto err;
+    }
+    if (g.kind == LK_COMPRESSED)
+      gend = SC_ROUND_DOWN (pos, L->h.cluster_size) + L->h.cluster_size;
+    gend = SC_MIN (gend, table_end);
+
+    if (pos == offset) {
+      *st = g;
+      st->len = gend - pos;
+    }
+    else if (g.kind != st->kind || g.kind == LK_COMPRESSED
+             || g.has_offset != st->has_offset
+             || (g.has_offset && g.host != st->host + st->len))
+      break;
+    else
+      st->len += gend - pos;
+    if (st->kind == LK_COMPRESSED)
+      break;
+    pos = gend;
+  }
+  pthread_mutex_unlock (&q->lock);
+  return 0;
+
+ err:
+  pthread_mutex_unlock (&q->lock);
+  return -1;
+}
+
+/* The status of the chain at offset (inside the top layer), following
+ * qemu's rules: the first layer that has data or zeros decides; an
+ * unallocated range reads as zeros (and is not "present") when there is
+ * no backing file or it lies past the backing file's end.
+ */
+static int
+chain_status (struct sc_qcow2 *q, uint64_t offset, uint64_t max,
+              bool want_zero, struct cstatus *cs)
+{
+  for (size_t d = 0; d < q->nlayers; d++) {
+    struct layer *L = &q->layers[d];
+    int r = L->raw ? raw_status (L, offset, max, want_zero, &cs->st)
+      : qcow2_status (q, d, offset, max, &cs->st);
+
+    if (r == -1)
+      return -1;
+    max = cs->st.len;
+    cs->depth = d;
+    if (cs->st.kind != LK_UNALLOC) {
+      cs->present = true;
+      cs->zero = cs->st.kind == LK_ZERO;
+      cs->data = !cs->zero;
+      return 0;
+    }
+    if (d + 1 == q->nlayers || offset >= q->layers[d + 1].size) {
+      cs->present = false;
+      cs->zero = true;
+      cs->data = false;
+      return 0;
+    }
+    max = SC_MIN (max, q->layers[d + 1].size - offset);
+  }
+  abort ();                     /* the loop always returns */
+}
+
+/* Read one compressed cluster's bytes [into, into+count). */
+static int
+read_compressed (struct layer *L, uint64_t l2e, uint64_t into, void *buf,
+                 size_t count)
+{
+  CLEANUP_FREE unsigned char *in = NULL;
+  CLEANUP_FREE unsigned char *out = NULL;
+  uint64_t coffset, cbytes;
+
+  qcow2_compressed_descriptor (&L->h, l2e, &coffset, &cbytes);
+  if (coffset < L->h.cluster_size || coffset >= L->file_size) {
+    sc_set_error (EINVAL, "%s: compressed cluster at host offset 0x%"
+                  PRIx64 " is outside the file", L->filename, coffset);
+    return -1;
+  }
+  /* The last compressed cluster may end in a partial sector. */
+  cbytes = SC_MIN (cbytes, L->file_size - coffset);
+  in = malloc (cbytes);
+  out = malloc (L->h.cluster_size);
+  if (in == NULL || out == NULL) {
+    sc_set_error (errno, "malloc: %s", strerror (errno));
+    return -1;
+  }
+  if (sc_full_pread (L->fd, in, cbytes, coffset) == -1)
+    return -1;
+  if (sc_decompress (L->codec, in, cbytes, out, L->h.cluster_size) == -1) {
+    sc_error_prefix ("%s: compressed cluster at host offset 0x%" PRIx64,
+                     L->filename, coffset);
+    return -1;
+  }
+  memcpy (buf, out + into, count);
+  return 0;
+}
+
+static int
+chain_pread (struct sc_qcow2 *q, void *buf, size_t count, uint64_t offset)
+{
+  char *p = buf;
+
+  while (count > 0) {
+    struct cstatus cs;
+    struct layer *L;
+    size_t n;
+
+    if (chain_status (q, offset, count, false, &cs) == -1)
+      return -1;
+    n = (size_t) cs.st.len;
+    L = &q->layers[cs.depth];
+    if (!cs.present || cs.zero)
+      memset (p, 0, n);
+    else if (cs.st.kind == LK_COMPRESSED) {
+      if (read_compressed (L, cs.st.l2e,
+                           qcow2_offset_into_cluster (&L->h, offset),
+                           p, n) == -1)
+        return -1;
+    }
+    else if (L->raw) {
+      if (read_host (L->fd, L->file_size, p, n, cs.st.host) == -1)
+        return -1;
+    }
+    else if (read_host (L->data_fd, L->data_size, p, n, cs.st.host) == -1)
+      return -1;
+    p += n;
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
+/* ---- opening --------------------------------------------------------- */
+
+static char *
+xstrdup (const char *s)
+{
+  char *r = strdup (s);
+  if (r == NULL)
+    sc_set_error (errno, "strdup: %s", strerror (errno));
+  return r;
+}
+
+/* A name stored in an image, relative to the image's directory. */
+static char *
+resolve_relative (const char *image, const char *name)
+{
+  CLEANUP_FREE char *copy = NULL;
+  const char *dir;
+  char *r;
+
+  if (name[0] == '/')
+    return xstrdup (name);
+  copy = xstrdup (image);
+  if (copy == NULL)
+    return NULL;
+  dir = dirname (copy);
+  if (strcmp (dir, ".") == 0)
+    return xstrdup (name);
+  if (asprintf (&r, "%s/%s", dir, name) == -1) {
+    sc_set_error (errno, "asprintf: %s", strerror (errno));
+    return NULL;
+  }
+  return r;
+}
+
+static int
+open_file (const char *path, int *fd, uint64_t *size, struct stat *st)
+{
+  off_t end;
+
+  *fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (*fd == -1) {
+    sc_set_error (errno, "%s: %s", path, strerror (errno));
+    return -1;
+  }
+  if (fstat (*fd, st) == -1) {
+    sc_set_error (errno, "%s: fstat: %s", path, strerror (errno));
+    return -1;
+  }
+  if (S_ISREG (st->st_mode)) {
+    *size = (uint64_t) st->st_size;
+    return 0;
+  }
+  if (S_ISBLK (st->st_mode)) {
+    end = lseek (*fd, 0, SEEK_END);
+    if (end == -1) {
+      sc_set_error (errno, "%s: lseek: %s", path, strerror (errno));
+      return -1;
+    }
+    *size = (uint64_t) end;
+    return 0;
+  }
+  sc_set_error (EINVAL, "%s: not a regular file or block device", path);
+  return -1;
+}
+
+/* Load and validate an L1 table. */
+static int
+load_l1 (struct layer *L, uint64_t offset, uint32_t entries,
+         uint64_t virtual_size)
+{
+  uint64_t span = (uint64_t) L->h.cluster_size * L->h.l2_entries;
+  uint64_t needed = virtual_size / span + (virtual_size % span != 0);
+  uint64_t bytes = (uint64_t) entries * sizeof (uint64_t), end;
+
+  if (bytes > QCOW2_MAX_L1_BYTES) {
+    sc_set_error (EFBIG, "L1 table too large (%" PRIu32 " entries)",
+                  entries);
+    return -1;
+  }
+  if (needed > entries) {
+    sc_set_error (EINVAL, "L1 table (%" PRIu32 " entries) too small for "
+                  "the virtual size %" PRIu64, entries, virtual_size);
+    return -1;
+  }
+  L->l1_size = entries;
+  if (entries == 0)
+    return 0;
+  if (offset == 0 || !SC_IS_ALIGNED (offset, L->h.cluster_size)
+      || SC_ADD_OVERFLOW (offset, bytes, &end) || end > L->file_size) {
+    sc_set_error (EINVAL, "L1 table offset 0x%" PRIx64 " is misaligned "
+                  "or outside the file", offset);
+    return -1;
+  }
+  L->l1 = malloc (bytes);
+  if (L->l1 == NULL) {
+    sc_set_error (errno, "malloc: %s", strerror (errno));
+    return -1;
+  }
+  if (sc_full_pread (L->fd, L->l1, bytes, offset) == -1)
+    return -1;
+  for (uint32_t i = 0; i < entries; i++) {
+    uint64_t e = be64toh (L->l1[i]);
+    uint64_t l2 = e & QCOW2_L1E_OFFSET_MASK;
+
+    if (e & QCOW2_L1E_RESERVED_MASK) {
+      sc_set_error (EINVAL, "L1 entry %" PRIu32 " (0x%016" PRIx64 ") has "
+                    "reserved bits set", i, e);
+      return -1;
+    }
+    if (l2 != 0
+        && (!SC_IS_ALIGNED (l2, L->h.cluster_size)
+            || l2 > L->file_size - L->h.cluster_size
+            || L->file_size < L->h.cluster_size)) {
+      sc_set_error (EINVAL, "L1 entry %" PRIu32 ": L2 table offset 0x%"
+                    PRIx64 " is misaligned or outside the file", i, l2);
+      return -1;
+    }
+    /* Keep only the offset: 0 then means "no L2 table". */
+    L->l1[i] = l2;
+  }
+  return 0;
+}
+
+static void
+free_snapshots (struct sc_snapshot_info *s, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    free (s[i].id);
+    free (s[i].name);
+  }
+  free (s);
+}
+
+/* Parse the snapshot table of a qcow2 layer; when want is not NULL,
+ * return the L1 table of the snapshot it names in *l1_offset,
+ * *l1_entries and its size in *disk_size.
+ */
+static int
+read_snapshots (struct sc_qcow2 *q, struct layer *L, const char *want,
+                uint64_t *l1_offset, uint32_t *l1_entries,
+                uint64_t *disk_size)
+{
+  uint64_t pos = L->h.snapshots_offset, table_end;
+  size_t n = L->h.nb_snapshots;
+  struct sc_snapshot_info *s;
+  uint64_t *l1offs = NULL;
+  uint32_t *l1sizes = NULL;
+  ssize_t found = -1;
+
+  if (n == 0) {
+    if (want) {
+      sc_set_error (ENOENT, "snapshot '%s' not found", want);
+      return -1;
+    }
+    return 0;
+  }
+  s = calloc (n, sizeof *s);
+  l1offs = calloc (n, sizeof *l1offs);
+  l1sizes = calloc (n, sizeof *l1sizes);
+  if (s == NULL || l1offs == NULL || l1sizes == NULL) {
+    sc_set_error (errno, "calloc: %s", strerror (errno));
+    goto err;
+  }
+  if (SC_ADD_OVERFLOW (pos, (uint64_t) MAX_SNAPSHOT_TABLE, &table_end))
+    table_end = UINT64_MAX;
+  table_end = SC_MIN (table_end, L->file_size);
+
+  for (size_t i = 0; i < n; i++) {
+    unsigned char hdr[SNAPSHOT_HEADER_SIZE];
+    unsigned char extra[MAX_SNAPSHOT_EXTRA];
+    uint32_t extra_size;
+    uint16_t id_size, name_size;
+    uint64_t entry_len;
+
+    if (pos + SNAPSHOT_HEADER_SIZE > table_end)
+      goto trunc;
+    if (sc_full_pread (L->fd, hdr, sizeof hdr, pos) == -1)
+      goto err;
+    extra_size = sc_get_be32 (hdr + SNAPSHOT_EXTRA_SIZE);
+    id_size = sc_get_be16 (hdr + SNAPSHOT_ID_SIZE);
+    name_size = sc_get_be16 (hdr + SNAPSHOT_NAME_SIZE);
+    if (extra_size > MAX_SNAPSHOT_EXTRA) {
+      sc_set_error (EINVAL, "snapshot %zu: extra data too large (%" PRIu32
+                    " bytes)", i, extra_size);
+      goto err;
+    }
+    entry_len = SNAPSHOT_HEADER_SIZE + (uint64_t) extra_size + id_size
+      + name_size;
+    if (pos + entry_len > table_end)
+      goto trunc;
+
+    if (sc_full_pread (L->fd, extra, extra_size,
+                       pos + SNAPSHOT_HEADER_SIZE) == -1)
+      goto err;
+    s[i].id = malloc ((size_t) id_size + 1);
+    s[i].name = malloc ((size_t) name_size + 1);
+    if (s[i].id == NULL || s[i].name == NULL) {
+      sc_set_error (errno, "malloc: %s", strerror (errno));
+      goto err;
+    }
+    if (sc_full_pread (L->fd, s[i].id, id_size,
+                       pos + SNAPSHOT_HEADER_SIZE + extra_size) == -1
+        || sc_full_pread (L->fd, s[i].name, name_size,
+                          pos + SNAPSHOT_HEADER_SIZE + extra_size
+                          + id_size) == -1)
+      goto err;
+    s[i].id[id_size] = '\0';
+    s[i].name[name_size] = '\0';
+    if (strlen (s[i].id) != id_size || strlen (s[i].name) != name_size) {
+      sc_set_error (EINVAL, "snapshot %zu: NUL byte in its ID or name", i);
+      goto err;
+    }
+
+    l1offs[i] = sc_get_be64 (hdr + SNAPSHOT_L1_OFFSET);
+    l1sizes[i] = sc_get_be32 (hdr + SNAPSHOT_L1_SIZE);
+    s[i].date_sec = sc_get_be32 (hdr + SNAPSHOT_DATE_SEC);
+    s[i].date_nsec = sc_get_be32 (hdr + SNAPSHOT_DATE_NSEC);
+    s[i].vm_clock_nsec = sc_get_be64 (hdr + SNAPSHOT_VM_CLOCK);
+    s[i].vm_state_size = sc_get_be32 (hdr + SNAPSHOT_VM_STATE_SIZE);
+    if (extra_size >= SNAPSHOT_EXTRA_DISK_SIZE + 8) {
+      uint64_t large = sc_get_be64 (extra + SNAPSHOT_EXTRA_VM_STATE);
+      if (large)
+        s[i].vm_state_size = large;
+      s[i].disk_size = sc_get_be64 (extra + SNAPSHOT_EXTRA_DISK_SIZE);
+    }
+    pos += SC_ROUND_UP (entry_len, SNAPSHOT_ALIGN);
+  }
+
+  if (want) {
+    /* Like qemu: an ID match wins over a name match. */
+    for (size_t i = 0; i < n && found < 0; i++)
+      if (strcmp (s[i].id, want) == 0)
+        found = (ssize_t) i;
+    for (size_t i = 0; i < n && found < 0; i++)
+      if (strcmp (s[i].name, want) == 0)
+        found = (ssize_t) i;
+    if (found < 0) {
+      sc_set_error (ENOENT, "snapshot '%s' not found", want);
+      goto err;
+    }
+    *l1_offset = l1offs[found];
+    *l1_entries = l1sizes[found];
+    *disk_size = s[found].disk_size ? s[found].disk_size : L->h.size;
+  }
+  free (l1offs);
+  free (l1sizes);
+  q->snapshots = s;
+  q->nb_snapshots = n;
+  return 0;
+
+ trunc:
+  sc_set_error (EINVAL, "snapshot table runs past the end of the file "
+                "or qemu's size limit");
+ err:
+  free_snapshots (s, n);
+  free (l1offs);
+  free (l1sizes);
+  return -1;
+}
+
+/* Open a qcow2 layer (fd and file size already set). */
+static int
+open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
+                  const struct sc_qcow2_open_opts *opts)
+{
+  uint64_t l1_offset, disk_size;
+  uint32_t l1_entries;
+
+  if (qcow2_header_read (L->fd, L->file_size, true, &L->h) == -1)
+    return -1;
+  L->extl2 = (L->h.incompatible_features & QCOW2_INCOMPAT_EXTL2) != 0;
+  L->granule_bits = L->extl2
+    ? L->h.cluster_bits - EXTL2_SUBCLUSTER_SHIFT : L->h.cluster_bits;
+  L->codec = L->h.compression_type == SC_CODEC_ZSTD
+    ? SC_CODEC_ZSTD : SC_CODEC_DEFLATE;
+  L->size = L->h.size;
+  l1_offset = L->h.l1_table_offset;
+  l1_entries = L->h.l1_size;
+  disk_size = L->h.size;
+
+  if (top) {
+    if (read_snapshots (q, L, opts ? opts->snapshot : NULL,
+                        &l1_offset, &l1_entries, &disk_size) == -1)
+      return -1;
+    L->size = disk_size;
+  }
+  if (load_l1 (L, l1_offset, l1_entries, L->size) == -1)
+    return -1;
+
+  /* External data file: guest data lives there, at host offsets. */
+  L->data_fd = L->fd;
+  L->data_size = L->file_size;
+  if (L->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
+    struct stat st;
+
+    if (L->h.data_file == NULL) {
+      sc_set_error (EINVAL, "the image needs an external data file but "
+                    "does not name it");
+      return -1;
+    }
+    L->data_filename = resolve_relative (L->filename, L->h.data_file);
+    if (L->data_filename == NULL)
+      return -1;
+    if (open_file (L->data_filename, &L->data_fd, &L->data_size,
+                   &st) == -1) {
+      sc_error_prefix ("data file");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int
+probe_magic (int fd, uint64_t size, bool *is_qcow2)
+{
+  unsigned char magic[4];
+
+  *is_qcow2 = false;
+  if (size < sizeof magic)
+    return 0;
+  if (sc_full_pread (fd, magic, sizeof magic, 0) == -1)
+    return -1;
+  *is_qcow2 = sc_get_be32 (magic) == QCOW2_MAGIC;
+  return 0;
+}
+
+static void
+free_layer (struct layer *L)
+{
+  if (L->data_fd >= 0 && L->data_fd != L->fd)
+    close (L->data_fd);
+  if (L->fd >= 0)
+    close (L->fd);
+  free (L->filename);
+  free (L->data_filename);
+  free (L->l1);
+  qcow2_header_free (&L->h);
+}
+
+/* Open the chain starting at path, appending layers. */
+static int
+open_chain (struct sc_qcow2 *q, const char *path,
+            const struct sc_qcow2_open_opts *opts)
+{
+  unsigned max_depth = opts && opts->max_backing_depth
+    ? opts->max_backing_depth : DEFAULT_MAX_DEPTH;
+  CLEANUP_FREE char *name = xstrdup (path);
+  CLEANUP_FREE char *format = NULL;
+
+  if (name == NULL)
+    return -1;
+
+  for (;;) {
+    struct layer *L, *layers;
+    struct stat st;
+    bool is_qcow2;
+    size_t d = q->nlayers;
+
+    if (d > max_depth) {
+      sc_set_error (ELOOP, "backing chain longer than %u images",
+                    max_depth);
+      return -1;
+    }
+    layers = realloc (q->layers, (d + 1) * sizeof *layers);
+    if (layers == NULL) {
+      sc_set_error (errno, "realloc: %s", strerror (errno));
+      return -1;
+    }
+    q->layers = layers;
+    L = &layers[d];
+    memset (L, 0, sizeof *L);
+    L->fd = L->data_fd = -1;
+    L->filename = name;
+    name = NULL;
+    q->nlayers++;
+
+    if (open_file (L->filename, &L->fd, &L->file_size, &st) == -1)
+      goto fail;
+    L->dev = st.st_dev;
+    L->ino = st.st_ino;
+    for (size_t i = 0; i < d; i++)
+      if (q->layers[i].dev == L->dev && q->layers[i].ino == L->ino) {
+        sc_set_error (ELOOP, "backing chain loops back to %s",
+                      q->layers[i].filename);
+        goto fail;
+      }
+
+    if (probe_magic (L->fd, L->file_size, &is_qcow2) == -1)
+      goto fail;
+    if (format && strcmp (format, "raw") == 0)
+      L->raw = true;
+    else if (format && strcmp (format, "qcow2") != 0) {
+      sc_set_error (ENOTSUP, "backing format '%s' is not supported",
+                    format);
+      goto fail;
+    }
+    else if (!is_qcow2) {
+      if (d == 0 || format) {
+        sc_set_error (EINVAL, "not a qcow2 image (bad magic)");
+        goto fail;
+      }
+      L->raw = true;
+    }
+
+    if (L->raw) {
+      L->size = L->file_size;
+      return 0;
+    }
+    if (open_qcow2_layer (q, L, d == 0, opts) == -1)
+      goto fail;
+    if (L->h.backing_file == NULL)
+      return 0;
+
+    name = resolve_relative (L->filename, L->h.backing_file);
+    if (name == NULL)
+      return -1;
+    free (format);
+    format = NULL;
+    if (L->h.backing_format && (format = xstrdup (L->h.backing_format))
+        == NULL)
+      return -1;
+  }
+
+ fail:
+  if (q->nlayers > 1)
+    sc_error_prefix ("backing file %s", q->layers[q->nlayers - 1].filename);
+  return -1;
+}
+
+struct sc_qcow2 *
+sc_qcow2_open (const char *path, const struct sc_qcow2_open_opts *opts)
+{
+  struct sc_qcow2 *q = calloc (1, sizeof *q);
+  uint32_t max_cluster = 0;
+
+  if (q == NULL) {
+    sc_set_error (errno, "calloc: %s", strerror (errno));
+    return NULL;
+  }
+  pthread_mutex_init (&q->lock, NULL);
+  if (open_chain (q, path, opts) == -1) {
+    sc_qcow2_close (q);
+    return NULL;
+  }
+  for (size_t i = 0; i < q->nlayers; i++)
+    if (!q->layers[i].raw)
+      max_cluster = SC_MAX (max_cluster, q->layers[i].h.cluster_size);
+  q->cache_budget = opts && opts->cache_bytes
+    ? opts->cache_bytes : DEFAULT_CACHE_BYTES;
+  q->cache_budget = SC_MAX (q->cache_budget,
+                            (size_t) max_cluster * MIN_CACHE_TABLES);
+  return q;
+}
+
+void
+sc_qcow2_close (struct sc_qcow2 *q)
+{
+  if (q == NULL)
+    return;
+  while (q->mru)
+    cache_drop (q, q->mru);
+  for (size_t i = 0; i < q->nlayers; i++)
+    free_layer (&q->layers[i]);
+  free (q->layers);
+  free_snapshots (q->snapshots, q->nb_snapshots);
+  pthread_mutex_destroy (&q->lock);
+  free (q);
+}
+
+uint64_t
+sc_qcow2_virtual_size (const struct sc_qcow2 *q)
+{
+  return q->layers[0].size;
+}
+
+int
+sc_is_qcow2 (const char *path)
+{
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  unsigned char magic[4];
+  ssize_t r;
+
+  if (fd == -1) {
+    sc_set_error (errno, "%s", strerror (errno));
+    return -1;
+  }
+  do
+    r = pread (fd, magic, sizeof magic, 0);
+  while (r == -1 && errno == EINTR);
+  if (r == -1) {
+    sc_set_error (errno, "read: %s", strerror (errno));
+    close (fd);
+    return -1;
+  }
+  close (fd);
+  return r == sizeof magic && sc_get_be32 (magic) == QCOW2_MAGIC;
+}
+
+/* ---- the endpoint ------------------------------------------------------ */
+
+struct qcow2_endpoint {
+  struct sc_endpoint ep;        /* first: the vtable sees this */
+  struct sc_qcow2 *q;
+};
+
+static int
+qep_pread (struct sc_endpoint *ep, void *buf, size_t count, uint64_t offset)
+{
+  struct qcow2_endpoint *e = (struct qcow2_endpoint *) ep;
+  uint64_t end;
+
+  if (SC_ADD_OVERFLOW (offset, (uint64_t) count, &end) || end > ep->size) {
+    sc_set_error (EINVAL, "%s: read beyond the end of the image", ep->name);
+    return -1;
+  }
+  return chain_pread (e->q, buf, count, offset);
+}
+
+static int
+qep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
+             struct sc_extent_list *list)
+{
+  struct qcow2_endpoint *e = (struct qcow2_endpoint *) ep;
+  uint64_t end;
+
+  if (SC_ADD_OVERFLOW (offset, count, &end) || end > ep->size)
+    end = ep->size;
+  while (offset < end) {
+    struct cstatus cs;
+    uint32_t flags;
+
+    if (chain_status (e->q, offset, end - offset, true, &cs) == -1)
+      return -1;
+    flags = !cs.present ? SC_EXTENT_HOLE : cs.zero ? SC_EXTENT_ZERO : 0;
+    if (sc_extent_list_append (list, offset, cs.st.len, flags) == -1)
+      return -1;
+    offset += cs.st.len;
+  }
+  return 0;
+}
+
+static int
+qep_close (struct sc_endpoint *ep)
+{
+  free (ep->name);
+  free (ep);
+  return 0;
+}
+
+static const struct sc_endpoint_ops qcow2_ops = {
+  .kind = "qcow2",
+  .pread = qep_pread,
+  .pwrite = sc_ep_pwrite_unsupported,
+  .zero = sc_ep_zero_unsupported,
+  .extents = qep_extents,
+  .flush = sc_ep_flush_none,
+  .close = qep_close,
+};
+
+struct sc_endpoint *
+sc_qcow2_endpoint (struct sc_qcow2 *q)
+{
+  struct qcow2_endpoint *e = calloc (1, sizeof *e);
+
+  if (e == NULL || (e->ep.name = xstrdup (q->layers[0].filename)) == NULL) {
+    if (e == NULL)
+      sc_set_error (errno, "calloc: %s", strerror (errno));
+    free (e);
+    return NULL;
+  }
+  e->q = q;
+  e->ep.ops = &qcow2_ops;
+  e->ep.size = sc_qcow2_virtual_size (q);
+  e->ep.block_size = q->layers[0].h.cluster_size;
+  e->ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE;
+  return &e->ep;
+}
+
+/* ---- map ---------------------------------------------------------------- */
+
+/* qemu-img map merges two runs when everything but the position agrees
+ * and host offsets, if any, continue each other.
+ */
+static bool
+mergeable (const struct sc_map_entry *a, const struct sc_map_entry *b)
+{
+  return a->depth == b->depth && a->present == b->present
+    && a->zero == b->zero && a->data == b->data
+    && a->has_offset == b->has_offset && a->compressed == b->compressed
+    && (!a->has_offset || a->offset + a->length == b->offset);
+}
+
+int
+sc_qcow2_map (struct sc_qcow2 *q, sc_map_fn fn, void *opaque)
+{
+  uint64_t size = sc_qcow2_virtual_size (q), offset = 0;
+  struct sc_map_entry cur = { 0 };
+
+  while (offset < size) {
+    struct cstatus cs;
+    struct sc_map_entry e = { 0 };
+
+    if (chain_status (q, offset, size - offset, true, &cs) == -1)
+      return -1;
+    e.start = offset;
+    e.length = cs.st.len;
+    e.depth = (unsigned) cs.depth;
+    e.present = cs.present;
+    e.zero = cs.zero;
+    e.data = cs.data;
+    e.compressed = cs.st.kind == LK_COMPRESSED;
+    e.has_offset = cs.st.has_offset && !e.compressed;
+    e.offset = e.has_offset ? cs.st.host : 0;
+    offset += e.length;
+
+    if (cur.length > 0 && mergeable (&cur, &e))
+      cur.length += e.length;
+    else {
+      if (cur.length > 0 && fn (&cur, opaque) == -1)
+        return -1;
+      cur = e;
+    }
+  }
+  if (cur.length > 0 && fn (&cur, opaque) == -1)
+    return -1;
+  return 0;
+}
+
+/* ---- info ----------------------------------------------------------------- */
+
+/* Count clusters by kind over the L1/L2 tables of the top layer. */
+static int
+count_clusters (struct sc_qcow2 *q, struct sc_qcow2_info *info)
+{
+  struct layer *L = &q->layers[0];
+
+  for (uint32_t i = 0; i < L->l1_size; i++) {
+    const unsigned char *table;
+
+    if (L->l1[i] == 0)
+      continue;
+    pthread_mutex_lock (&q->lock);
+    table = cache_get (q, 0, L->l1[i]);
+    if (table == NULL) {
+      pthread_mutex_unlock (&q->lock);
+      return -1;
+    }
+    for (uint32_t j = 0; j < L->h.l2_entries; j++) {
+      const unsigned char *e = table + (size_t) j * L->h.l2_entry_size;
+      uint64_t l2e = sc_get_be64 (e);
+      enum qcow2_cluster_type type;
+
+      if (qcow2_l2_entry_type (&L->h, l2e, &type) == -1) {
+        pthread_mutex_unlock (&q->lock);
+        sc_error_prefix ("%s", L->filename);
+        return -1;
+      }
+      switch (type) {
+      case QCOW2_CLUSTER_COMPRESSED:
+        info->compressed_clusters++;
+        info->allocated_clusters++;
+        break;
+      case QCOW2_CLUSTER_NORMAL:
+        if (L->extl2 && (sc_get_be64 (e + 8) >> EXTL2_ZERO_SHIFT)
+            == 0xffffffffULL)
+          info->zero_clusters++;
+        else
+          info->allocated_clusters++;
+        break;
+      case QCOW2_CLUSTER_ZERO_PLAIN:
+      case QCOW2_CLUSTER_ZERO_ALLOC:
+        info->zero_clusters++;
+        break;
+      case QCOW2_CLUSTER_UNALLOCATED:
+        if (L->extl2 && (sc_get_be64 (e + 8) >> EXTL2_ZERO_SHIFT) != 0)
+          info->zero_clusters++;
+        break;
+      }
+    }
+    pthread_mutex_unlock (&q->lock);
+  }
+  return 0;
+}
+
+int
+sc_qcow2_get_info (struct sc_qcow2 *q, struct sc_qcow2_info *info)
+{
+  struct layer *L = &q->layers[0];
+  const struct qcow2_header *h = &L->h;
+
+  memset (info, 0, sizeof *info);
+  info->version = h->version;
+  info->virtual_size = L->size;
+  info->file_size = L->file_size;
+  info->cluster_size = h->cluster_size;
+  info->refcount_bits = h->refcount_bits;
+  info->compression_type = L->codec;
+  info->incompatible_features = h->incompatible_features;
+  info->compatible_features = h->compatible_features;
+  info->autoclear_features = h->autoclear_features;
+  info->dirty = h->incompatible_features & QCOW2_INCOMPAT_DIRTY;
+  info->corrupt = h->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
+  info->lazy_refcounts = h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
+  info->extended_l2 = L->extl2;
+  info->data_file_raw = h->autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
+
+  if ((info->filename = xstrdup (L->filename)) == NULL)
+    goto err;
+  if ((h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE) && h->data_file
+      && (info->data_file = xstrdup (h->data_file)) == NULL)
+    goto err;
+  if (h->backing_file
+      && (info->backing_file = xstrdup (h->backing_file)) == NULL)
+    goto err;
+  if (h->backing_format
+      && (info->backing_format = xstrdup (h->backing_format)) == NULL)
+    goto err;
+
+  if (q->nlayers > 1) {
+    info->chain = calloc (q->nlayers - 1, sizeof *info->chain);
+    if (info->chain == NULL) {
+      sc_set_error (errno, "calloc: %s", strerror (errno));
+      goto err;
+    }
+    info->chain_len = q->nlayers - 1;
+    for (size_t i = 1; i < q->nlayers; i++) {
+      struct sc_backing_info *b = &info->chain[i - 1];
+      if ((b->filename = xstrdup (q->layers[i].filename)) == NULL
+          || (b->format = xstrdup (q->layers[i].raw ? "raw" : "qcow2"))
+          == NULL)
+        goto err;
+    }
+  }
+
+  if (q->nb_snapshots > 0) {
+    info->snapshots = calloc (q->nb_snapshots, sizeof *info->snapshots);
+    if (info->snapshots == NULL) {
+      sc_set_error (errno, "calloc: %s", strerror (errno));
+      goto err;
+    }
+    info->nb_snapshots = q->nb_snapshots;
+    for (size_t i = 0; i < q->nb_snapshots; i++) {
+      info->snapshots[i] = q->snapshots[i];
+      info->snapshots[i].id = xstrdup (q->snapshots[i].id);
+      info->snapshots[i].name = xstrdup (q->snapshots[i].name);
+      if (info->snapshots[i].id == NULL || info->snapshots[i].name == NULL)
+        goto err;
+    }
+  }
+
+  if (count_clusters (q, info) == -1)
+    goto err;
+  return 0;
+
+ err:
+  sc_qcow2_info_free (info);
+  return -1;
+}
+
+void
+sc_qcow2_info_free (struct sc_qcow2_info *info)
+{
+  free (info->filename);
+  free (info->data_file);
+  free (info->backing_file);
+  free (info->backing_format);
+  for (size_t i = 0; i < info->chain_len; i++) {
+    free (info->chain[i].filename);
+    free (info->chain[i].format);
+  }
+  free (info->chain);
+  free_snapshots (info->snapshots, info->nb_snapshots);
+  memset (info, 0, sizeof *info);
+}
