@@ -1,3 +1,670 @@
-/* Placeholder: filled in by its owner. */
+/* pack: sparse raw data -> a new qcow2 image, in two phases.
+ *
+ * Phase 1 (scan) runs the shared ordered pipeline over the source's
+ * data, rounded out to whole clusters.  Worker threads look for
+ * all-zero clusters and compress; the ordered emit step records each
+ * cluster's stored form in the plan (qcow2-write.c) and appends
+ * compressed bytes to a spill file.  The spill file mirrors the data
+ * area of the image: compressed bytes sit at their final offset
+ * relative to the data area, and the places of uncompressed clusters
+ * are left as holes, so phase 2 copies the spill as it is and fills the
+ * holes from the source.
+ *
+ * Phase 2 (emit) writes the image forward only: the metadata, whose
+ * size is known once the plan is complete, then the data area.  The
+ * target appears under its name only after everything is written and
+ * the source is found unchanged.
+ */
 #include <config.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "internal.h"
+#include "qcow2.h"
+
+#define DEFAULT_CLUSTER_BITS 16
+#define DEFAULT_REFCOUNT_BITS 16
+/* Pieces of the pipeline hold at least this much, in whole clusters. */
+#define MIN_REQUEST_SIZE (1024 * 1024)
+/* Buffers for the spill file and for the output. */
+#define SPILL_BUFFER_SIZE (4 * 1024 * 1024)
+#define OUTPUT_BUFFER_SIZE (8 * 1024 * 1024)
+/* Per cluster of a piece, work() leaves one code for emit(): zero, raw,
+ * or the compressed length (always less than a cluster).
+ */
+#define CLUSTER_ZERO 0
+#define CLUSTER_RAW UINT32_MAX
+
+struct pack {
+  const struct sc_pack_opts *opts;
+  struct sc_endpoint *src;
+  const char *target;
+  struct qcow2_plan plan;
+  uint32_t cluster_size;
+  uint32_t request_size;
+  /* A source that cannot be read twice goes to the spill whole. */
+  bool spill_all;
+
+  /* The spill file and its write buffer (contiguous bytes at spill_off). */
+  int spill_fd;
+  unsigned char *spill_buf;
+  size_t spill_len;
+  uint64_t spill_off;
+
+  /* The output and its buffer (bytes at out_off of the image). */
+  struct sc_endpoint *dst;
+  unsigned char *out_buf;
+  size_t out_len;
+  uint64_t out_off;
+};
+
+void
+sc_pack_opts_init (struct sc_pack_opts *opts)
+{
+  memset (opts, 0, sizeof *opts);
+  opts->version = 3;
+  opts->cluster_size = 1U << DEFAULT_CLUSTER_BITS;
+  opts->refcount_bits = DEFAULT_REFCOUNT_BITS;
+  opts->codec = SC_CODEC_NONE;
+  opts->level = -1;
+  opts->detect_zeroes = true;
+}
+
+/* Make sure the current error names what it is about. */
+static void
+name_error (const char *name)
+{
+  size_t n = strlen (name);
+  const char *msg = sc_error_message ();
+
+  if (strncmp (msg, name, n) != 0 || msg[n] != ':')
+    sc_error_prefix ("%s", name);
+}
+
+/* ---- the spill file ---------------------------------------------------- */
+
+/* An anonymous file next to the target, so that it lives on the same
+ * file system the image is going to (which must have the room anyway)
+ * and disappears by itself whatever happens to this process.
+ */
+static int
+open_spill (struct pack *pk)
+{
+  CLEANUP_FREE char *dir = NULL;
+  CLEANUP_FREE char *tmpl = NULL;
+  const char *slash;
+  int fd;
+
+  if (strcmp (pk->target, "-") == 0) {
+    const char *t = getenv ("TMPDIR");
+    dir = strdup (t && *t ? t : "/var/tmp");
+  }
+  else if ((slash = strrchr (pk->target, '/')) != NULL)
+    dir = slash == pk->target
+      ? strdup ("/") : strndup (pk->target, (size_t) (slash - pk->target));
+  else
+    dir = strdup (".");
+  if (dir == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+
+#ifdef O_TMPFILE
+  fd = open (dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    pk->spill_fd = fd;
+    return 0;
+  }
+#endif
+  /* File systems without O_TMPFILE: a named file, unlinked at once. */
+  if (asprintf (&tmpl, "%s/.sparsecow-spill-XXXXXX", dir) == -1) {
+    tmpl = NULL;
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  fd = mkostemp (tmpl, O_CLOEXEC);
+  if (fd == -1) {
+    sc_set_error (errno, "%s: cannot create a spill file: %s", dir,
+                  strerror (errno));
+    return -1;
+  }
+  unlink (tmpl);
+  pk->spill_fd = fd;
+  return 0;
+}
+
+static int
+spill_flush (struct pack *pk)
+{
+  if (pk->spill_len == 0)
+    return 0;
+  if (sc_full_pwrite (pk->spill_fd, pk->spill_buf, pk->spill_len,
+                      pk->spill_off) == -1) {
+    sc_error_prefix ("spill file");
+    return -1;
+  }
+  pk->spill_off += pk->spill_len;
+  pk->spill_len = 0;
+  return 0;
+}
+
+/* Put len bytes at offset rel of the spill (rel never goes back). */
+static int
+spill_put (struct pack *pk, uint64_t rel, const void *data, size_t len)
+{
+  const unsigned char *p = data;
+  uint64_t end = pk->spill_off + pk->spill_len;
+
+  if (pk->spill_len > 0 && rel != end) {
+    /* A short gap (the padding before a new host cluster) is cheaper
+     * to fill than to leave as a hole; a long one is an uncompressed
+     * cluster's place, left as a hole.
+     */
+    uint64_t gap = rel - end;
+    if (gap < pk->cluster_size && pk->spill_len + gap <= SPILL_BUFFER_SIZE) {
+      memset (pk->spill_buf + pk->spill_len, 0, gap);
+      pk->spill_len += gap;
+    }
+    else if (spill_flush (pk) == -1)
+      return -1;
+  }
+  if (pk->spill_len == 0)
+    pk->spill_off = rel;
+  while (len > 0) {
+    size_t n = SC_MIN (len, SPILL_BUFFER_SIZE - pk->spill_len);
+    memcpy (pk->spill_buf + pk->spill_len, p, n);
+    pk->spill_len += n;
+    p += n;
+    len -= n;
+    if (pk->spill_len == SPILL_BUFFER_SIZE && spill_flush (pk) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+/* ---- phase 1: scan -------------------------------------------------------- */
+
+/* The clusters a piece covers (pieces start on cluster boundaries). */
+static size_t
+piece_clusters (const struct pack *pk, const struct sc_piece *piece)
+{
+  return SC_DIV_ROUND_UP (piece->length, pk->cluster_size);
+}
+
+static int
+scan_work (struct sc_piece *piece, void *opaque)
+{
+  struct pack *pk = opaque;
+  const struct sc_pack_opts *opts = pk->opts;
+  size_t cs = pk->cluster_size;
+  size_t n = piece_clusters (pk, piece);
+  uint32_t *codes = piece->out;
+  unsigned char *packed = (unsigned char *) piece->out
+    + (pk->request_size / cs) * sizeof *codes;
+  size_t used = 0;
+
+  if (piece->flags != 0)
+    return 0;
+  for (size_t i = 0; i < n; i++) {
+    const unsigned char *c = (const unsigned char *) piece->buf + i * cs;
+
+    if (opts->detect_zeroes && sc_is_zero (c, cs))
+      codes[i] = CLUSTER_ZERO;
+    else if (opts->codec != SC_CODEC_NONE) {
+      ssize_t r = sc_compress (opts->codec, opts->level, c, cs,
+                               packed + used, cs);
+      if (r < 0) {
+        name_error (pk->src->name);
+        return -1;
+      }
+      if (r == 0)
+        codes[i] = CLUSTER_RAW;
+      else {
+        codes[i] = (uint32_t) r;
+        used += (size_t) r;
+      }
+    }
+    else
+      codes[i] = CLUSTER_RAW;
+  }
+  piece->out_len = used;
+  return 0;
+}
+
+static int
+scan_emit (struct sc_piece *piece, void *opaque)
+{
+  struct pack *pk = opaque;
+  size_t cs = pk->cluster_size;
+  size_t n = piece_clusters (pk, piece);
+  const uint32_t *codes = piece->out;
+  const unsigned char *packed = (const unsigned char *) piece->out
+    + (pk->request_size / cs) * sizeof *codes;
+  uint64_t gc = piece->offset / cs;
+  size_t used = 0;
+  uint64_t rel;
+
+  if (piece->flags != 0)
+    return 0;
+  for (size_t i = 0; i < n; i++, gc++) {
+    if (codes[i] == CLUSTER_ZERO)
+      continue;
+    if (codes[i] == CLUSTER_RAW) {
+      if (qcow2_plan_add_normal (&pk->plan, gc, &rel) == -1)
+        return -1;
+      if (pk->spill_all
+          && spill_put (pk, rel, (const unsigned char *) piece->buf + i * cs,
+                        cs) == -1)
+        return -1;
+    }
+    else {
+      if (qcow2_plan_add_compressed (&pk->plan, gc, codes[i], &rel) == -1
+          || spill_put (pk, rel, packed + used, codes[i]) == -1)
+        return -1;
+      used += codes[i];
+    }
+  }
+  return 0;
+}
+
+/* The source's extents with every data extent rounded out to whole
+ * clusters: a cluster that is partly data is a data cluster.  The list
+ * ends at the virtual size rounded up to a cluster (the pipeline reads
+ * zeros past the end of the source).
+ */
+static int
+cluster_extents (struct pack *pk, struct sc_extent_list *out)
+{
+  struct sc_extent_list raw;
+  uint64_t cs = pk->cluster_size;
+  uint64_t end = SC_ROUND_UP (pk->src->size, cs);
+  uint64_t pos = 0;             /* everything before pos is listed */
+  int ret = -1;
+
+  sc_extent_list_init (&raw);
+  if (pk->src->size > 0
+      && pk->src->ops->extents (pk->src, 0, pk->src->size, &raw) == -1) {
+    name_error (pk->src->name);
+    goto out;
+  }
+  for (size_t i = 0; i < raw.len; i++) {
+    const struct sc_extent *e = &raw.ext[i];
+    uint64_t start, stop;
+
+    if (e->flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO))
+      continue;
+    start = SC_ROUND_DOWN (e->offset, cs);
+    stop = SC_MIN (SC_ROUND_UP (e->offset + e->length, cs), end);
+    if (stop <= pos)
+      continue;
+    if (start < pos)
+      start = pos;
+    if (sc_extent_list_append (out, pos, start - pos, SC_EXTENT_HOLE) == -1
+        || sc_extent_list_append (out, start, stop - start, 0) == -1)
+      goto out;
+    pos = stop;
+  }
+  if (sc_extent_list_append (out, pos, end - pos, SC_EXTENT_HOLE) == -1)
+    goto out;
+  ret = 0;
+ out:
+  sc_extent_list_free (&raw);
+  return ret;
+}
+
+static int
+scan (struct pack *pk, const struct sc_extent_list *extents)
+{
+  const struct sc_pack_opts *opts = pk->opts;
+  uint64_t cs = pk->cluster_size;
+
+  /* Nothing to look at in the data: every data cluster is stored as it
+   * is, and the plan follows from the extent list alone.
+   */
+  if (!pk->spill_all && !opts->detect_zeroes
+      && opts->codec == SC_CODEC_NONE) {
+    uint64_t rel, total = 0;
+
+    for (size_t i = 0; i < extents->len; i++) {
+      const struct sc_extent *e = &extents->ext[i];
+      if (e->flags != 0)
+        continue;
+      for (uint64_t o = e->offset; o < e->offset + e->length; o += cs)
+        if (qcow2_plan_add_normal (&pk->plan, o / cs, &rel) == -1)
+          return -1;
+      total += e->length;
+    }
+    if (opts->progress) {
+      struct sc_progress pr = { total, total };
+      opts->progress (&pr, opts->progress_opaque);
+    }
+    return 0;
+  }
+
+  {
+    struct sc_pipeline pl = {
+      .src = pk->src,
+      .extents = extents,
+      .request_size = pk->request_size,
+      .threads = opts->threads,
+      .out_size = (pk->request_size / cs) * sizeof (uint32_t)
+                  + pk->request_size,
+      .work = scan_work,
+      .emit = scan_emit,
+      .opaque = pk,
+      .progress = opts->progress,
+      .progress_opaque = opts->progress_opaque,
+    };
+    if (sc_pipeline_run (&pl) == -1)
+      return -1;
+  }
+  if (pk->spill_fd >= 0) {
+    /* The spill covers the whole data area, so phase 2 never reads
+     * past its end.
+     */
+    if (spill_flush (pk) == -1)
+      return -1;
+    if (ftruncate (pk->spill_fd,
+                   (off_t) SC_ROUND_UP (pk->plan.data_end,
+                                        QCOW2_COMPRESSED_SECTOR)) == -1) {
+      sc_set_error (errno, "spill file: %s", strerror (errno));
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* ---- phase 2: emit ---------------------------------------------------- */
+
+static int
+out_flush (struct pack *pk)
+{
+  if (pk->out_len == 0)
+    return 0;
+  if (sc_ep_pwrite (pk->dst, pk->out_buf, pk->out_len, pk->out_off) == -1) {
+    name_error (pk->target);
+    return -1;
+  }
+  pk->out_off += pk->out_len;
+  pk->out_len = 0;
+  return 0;
+}
+
+/* Room for up to want bytes at the end of the output buffer. */
+static unsigned char *
+out_space (struct pack *pk, size_t want, size_t *avail)
+{
+  if (pk->out_len == OUTPUT_BUFFER_SIZE && out_flush (pk) == -1)
+    return NULL;
+  *avail = SC_MIN (want, OUTPUT_BUFFER_SIZE - pk->out_len);
+  return pk->out_buf + pk->out_len;
+}
+
+static int
+out_write (void *opaque, const void *buf, size_t len)
+{
+  struct pack *pk = opaque;
+  const unsigned char *p = buf;
+
+  while (len > 0) {
+    size_t n;
+    unsigned char *dst = out_space (pk, len, &n);
+    if (dst == NULL)
+      return -1;
+    memcpy (dst, p, n);
+    pk->out_len += n;
+    p += n;
+    len -= n;
+  }
+  return 0;
+}
+
+/* Copy the data area range [from, to) out of the spill. */
+static int
+copy_spill (struct pack *pk, uint64_t from, uint64_t to)
+{
+  while (from < to) {
+    size_t n;
+    unsigned char *dst = out_space (pk, to - from, &n);
+    if (dst == NULL)
+      return -1;
+    if (pk->spill_fd < 0)
+      memset (dst, 0, n);
+    else if (sc_full_pread (pk->spill_fd, dst, n, from) == -1) {
+      sc_error_prefix ("spill file");
+      return -1;
+    }
+    pk->out_len += n;
+    from += n;
+  }
+  return 0;
+}
+
+/* Copy len bytes of the source at offset into the output. */
+static int
+copy_source (struct pack *pk, uint64_t offset, uint64_t len)
+{
+  while (len > 0) {
+    size_t n, r;
+    unsigned char *dst = out_space (pk, len, &n);
+    if (dst == NULL)
+      return -1;
+    /* The last cluster may run past the end of the source. */
+    r = offset >= pk->src->size ? 0 : SC_MIN (n, pk->src->size - offset);
+    if (r > 0 && sc_ep_pread (pk->src, dst, r, offset) == -1) {
+      name_error (pk->src->name);
+      return -1;
+    }
+    memset (dst + r, 0, n - r);
+    pk->out_len += n;
+    offset += n;
+    len -= n;
+  }
+  return 0;
+}
+
+static int
+write_data (struct pack *pk)
+{
+  const struct qcow2_plan *p = &pk->plan;
+  uint64_t cs = pk->cluster_size;
+  uint64_t data_size = p->file_size - p->data_offset;
+  uint64_t pos = 0;             /* data area written up to here */
+  uint64_t gc = 0, rel, len;
+  /* A run of uncompressed clusters contiguous in both source and image,
+   * read from the source in one go.
+   */
+  uint64_t run_guest = 0, run_host = 0, run_len = 0;
+  bool compressed;
+
+  if (pk->spill_all)
+    return copy_spill (pk, 0, data_size);
+
+  while (qcow2_plan_next (p, &gc, &rel, &len, &compressed)) {
+    uint64_t guest = (gc - 1) * cs;
+    if (compressed)
+      continue;
+    if (run_len > 0 && guest == run_guest + run_len
+        && rel == run_host + run_len && run_len < OUTPUT_BUFFER_SIZE) {
+      run_len += cs;
+      continue;
+    }
+    if (run_len > 0) {
+      if (copy_spill (pk, pos, run_host) == -1
+          || copy_source (pk, run_guest, run_len) == -1)
+        return -1;
+      pos = run_host + run_len;
+    }
+    run_guest = guest;
+    run_host = rel;
+    run_len = cs;
+  }
+  if (run_len > 0) {
+    if (copy_spill (pk, pos, run_host) == -1
+        || copy_source (pk, run_guest, run_len) == -1)
+      return -1;
+    pos = run_host + run_len;
+  }
+  return copy_spill (pk, pos, data_size);
+}
+
+/* ---- the whole command ---------------------------------------------------- */
+
+static bool
+is_power_of_two (uint64_t x)
+{
+  return x != 0 && (x & (x - 1)) == 0;
+}
+
+static int
+check_opts (const struct sc_pack_opts *opts, uint32_t *cluster_bits,
+            unsigned *refcount_order)
+{
+  uint32_t cs = opts->cluster_size ? opts->cluster_size
+    : 1U << DEFAULT_CLUSTER_BITS;
+  unsigned rb = opts->refcount_bits ? opts->refcount_bits
+    : DEFAULT_REFCOUNT_BITS;
+
+  if (!is_power_of_two (cs) || cs < (1U << QCOW2_MIN_CLUSTER_BITS)
+      || cs > (1U << QCOW2_MAX_CLUSTER_BITS)) {
+    sc_set_error (EINVAL, "cluster size must be a power of two from %u "
+                  "to %u bytes, not %" PRIu32,
+                  1U << QCOW2_MIN_CLUSTER_BITS,
+                  1U << QCOW2_MAX_CLUSTER_BITS, cs);
+    return -1;
+  }
+  if (!is_power_of_two (rb) || rb > 64) {
+    sc_set_error (EINVAL, "refcount width must be 1, 2, 4, 8, 16, 32 or "
+                  "64 bits, not %u", rb);
+    return -1;
+  }
+  *cluster_bits = (uint32_t) __builtin_ctz (cs);
+  *refcount_order = (unsigned) __builtin_ctz (rb);
+  return 0;
+}
+
+/* The fields that change when a file is written or replaced. */
+static bool
+same_file_state (const struct stat *a, const struct stat *b)
+{
+  return a->st_size == b->st_size
+    && a->st_mtim.tv_sec == b->st_mtim.tv_sec
+    && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec
+    && a->st_ctim.tv_sec == b->st_ctim.tv_sec
+    && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec
+    && a->st_ino == b->st_ino && a->st_dev == b->st_dev;
+}
+
+int
+sc_pack (struct sc_endpoint *src, const char *target,
+         const struct sc_pack_opts *opts_in)
+{
+  struct sc_pack_opts opts = *opts_in;
+  struct pack pk = { .src = src, .target = target, .spill_fd = -1 };
+  struct sc_extent_list extents;
+  struct stat st_before, st_after;
+  bool have_stat;
+  uint32_t cluster_bits;
+  unsigned refcount_order;
+  int ret = -1;
+
+  sc_extent_list_init (&extents);
+  pk.opts = &opts;
+  if (opts.version == 0)
+    opts.version = 3;
+  if (check_opts (&opts, &cluster_bits, &refcount_order) == -1)
+    return -1;
+  pk.cluster_size = 1U << cluster_bits;
+  pk.request_size = SC_MAX (pk.cluster_size, MIN_REQUEST_SIZE);
+  if (qcow2_plan_init (&pk.plan, opts.version, cluster_bits, refcount_order,
+                       opts.codec, src->size) == -1) {
+    name_error (target);
+    return -1;
+  }
+
+  /* A source whose state cannot be taken is not a file; it cannot be
+   * changed behind our back in a way fstat would show either.
+   */
+  have_stat = sc_file_source_stat (src, &st_before) == 0;
+  pk.spill_all = !(src->flags & SC_EP_SEEKABLE);
+
+  if (cluster_extents (&pk, &extents) == -1)
+    goto out;
+  if (opts.codec != SC_CODEC_NONE || pk.spill_all) {
+    pk.spill_buf = malloc (SPILL_BUFFER_SIZE);
+    if (pk.spill_buf == NULL) {
+      sc_set_error (errno, "out of memory");
+      goto out;
+    }
+    if (open_spill (&pk) == -1)
+      goto out;
+  }
+  if (scan (&pk, &extents) == -1)
+    goto out;
+  if (qcow2_plan_layout (&pk.plan) == -1) {
+    name_error (target);
+    goto out;
+  }
+
+  pk.out_buf = malloc (OUTPUT_BUFFER_SIZE);
+  if (pk.out_buf == NULL) {
+    sc_set_error (errno, "out of memory");
+    goto out;
+  }
+  pk.dst = sc_file_open_target (target, pk.plan.file_size,
+                                opts.target_flags);
+  if (pk.dst == NULL) {
+    name_error (target);
+    goto out;
+  }
+  if (qcow2_plan_write_metadata (&pk.plan, out_write, &pk) == -1
+      || write_data (&pk) == -1 || out_flush (&pk) == -1)
+    goto out;
+  if (pk.out_off != pk.plan.file_size) {
+    sc_set_error (EIO, "%s: internal error: wrote %" PRIu64 " bytes of "
+                  "%" PRIu64, target, pk.out_off, pk.plan.file_size);
+    goto out;
+  }
+
+  if (have_stat) {
+    if (sc_file_source_stat (src, &st_after) == -1)
+      goto out;
+    if (!same_file_state (&st_before, &st_after)) {
+      sc_set_error (EBUSY, "%s: source changed while packing", src->name);
+      goto out;
+    }
+  }
+
+  if (sc_file_target_commit (pk.dst) == -1) {
+    name_error (target);
+    goto out;
+  }
+  ret = 0;
+
+ out:
+  if (pk.dst) {
+    /* Without a commit, closing removes the temporary target.  The
+     * first error is the one worth reporting: keep it.
+     */
+    int saved_errno = sc_error_errno ();
+    CLEANUP_FREE char *saved = ret == 0 ? NULL : strdup (sc_error_message ());
+
+    if (sc_ep_close (pk.dst) == -1 && ret == 0) {
+      name_error (target);
+      ret = -1;
+    }
+    else if (ret == -1 && saved)
+      sc_set_error (saved_errno, "%s", saved);
+  }
+  if (pk.spill_fd >= 0)
+    close (pk.spill_fd);
+  free (pk.spill_buf);
+  free (pk.out_buf);
+  sc_extent_list_free (&extents);
+  qcow2_plan_free (&pk.plan);
+  return ret;
+}
