@@ -20,3 +20,6 @@ EXTRA_DIST += tests/reader-snapshots.sh
 
 TESTS += tests/reader-datafile.sh
 EXTRA_DIST += tests/reader-datafile.sh
+
+TESTS += tests/reader-e2image.sh
+EXTRA_DIST += tests/reader-e2image.sh
