@@ -31,11 +31,6 @@
  * counters alone would take gigabytes.
  */
 #define CHECK_MAX_CLUSTERS       (UINT64_C (1) << 28)
-/* References past the end of the file are tracked one counter each
- * (as qemu does), for at most this many clusters past the end; further
- * out they are reported directly.
- */
-#define CHECK_MAX_CLUSTERS_PAST_END (UINT64_C (1) << 22)
 /* At most this many problem messages are kept. */
 #define CHECK_MAX_MESSAGES       10000
 /* L1 and bitmap tables are read in pieces of this many entries. */
@@ -102,13 +97,11 @@ struct checker {
 
   /* The refcounts the image should have: counts[i] for host cluster i,
    * for i < nb_counts.  nb_counts starts at the clusters the file
-   * covers and grows (as qemu's does) when something references a
-   * cluster past the end.
+   * covers and grows by one (as qemu's does) when something references
+   * the cluster just past the end; one counter more is allocated.
    */
   uint32_t *counts;
   uint64_t nb_counts;
-  uint64_t cap_counts;
-  uint64_t max_counts;
   uint64_t count_limit;         /* a counter this high overflows */
 
   /* The refcounts on disk. */
@@ -229,89 +222,50 @@ disk_refcount (struct checker *ck, uint64_t cluster, uint64_t *rc)
   return 0;
 }
 
-/* Make counts[] cover cluster k.  Returns 0, 1 if k is too far past the
- * end of the file to be tracked, or -1 without memory.
- */
-static int
-cover_cluster (struct checker *ck, uint64_t k)
-{
-  uint64_t new_cap;
-  uint32_t *p;
-
-  if (k < ck->nb_counts)
-    return 0;
-  if (k >= ck->max_counts)
-    return 1;
-  if (k >= ck->cap_counts) {
-    new_cap = SC_MAX (k + 1, ck->cap_counts + ck->cap_counts / 2);
-    new_cap = SC_MIN (new_cap, ck->max_counts);
-    p = realloc (ck->counts, new_cap * sizeof *p);
-    if (p == NULL) {
-      sc_set_error (errno, "check: out of memory for %" PRIu64
-                    " refcounts", new_cap);
-      return -1;
-    }
-    memset (p + ck->cap_counts, 0, (new_cap - ck->cap_counts) * sizeof *p);
-    ck->counts = p;
-    ck->cap_counts = new_cap;
-  }
-  ck->nb_counts = k + 1;
-  return 0;
-}
-
 /* Count one reference to every cluster that [offset, offset+size)
- * touches.
+ * touches; what names the structure for messages.
+ *
+ * The last cluster of an image may be only partly in the file (qemu
+ * does not pad the end of a compressed cluster), so a range may run
+ * past the end by less than a cluster.  Anything further out cannot be
+ * in the image: like qemu, that is one corruption for the whole range,
+ * and nothing is counted.  So the counters never need to cover more
+ * than one cluster past the end of the file.
  */
 static int
-add_refs (struct checker *ck, uint64_t offset, uint64_t size)
+add_refs (struct checker *ck, const char *what, uint64_t offset,
+          uint64_t size)
 {
-  uint64_t first, last, k, end;
+  uint64_t first, last, end;
 
   if (size == 0)
     return 0;
-  if (SC_ADD_OVERFLOW (offset, size - 1, &end)) {
+  if (SC_ADD_OVERFLOW (offset, size, &end)
+      || end >= ck->file_size + ck->cs) {
     ck->res->corruptions++;
-    check_message (ck, "ERROR range at offset 0x%" PRIx64 " (%" PRIu64
-                   " bytes) is outside any image", offset, size);
+    check_message (ck, "ERROR: %s at offset 0x%" PRIx64 " (size 0x%" PRIx64
+                   ") is outside the image: it exceeds the end of the file "
+                   "(%" PRIu64 " bytes) by one cluster or more", what,
+                   offset, size, ck->file_size);
     return 0;
   }
   first = offset >> ck->h.cluster_bits;
-  last = end >> ck->h.cluster_bits;
-  for (k = first; k <= last; k++) {
-    int r = cover_cluster (ck, k);
-
-    if (r == -1)
-      return -1;
-    if (r == 1) {
-      /* Nothing can hold a refcount for it: it is not in the file. */
-      ck->res->corruptions++;
-      check_message (ck, "ERROR cluster offset 0x%" PRIx64 " is far outside "
-                     "the image (file size %" PRIu64 ")",
-                     k << ck->h.cluster_bits, ck->file_size);
-      continue;
-    }
+  last = (end - 1) >> ck->h.cluster_bits;
+  for (uint64_t k = first; k <= last; k++) {
+    /* k < file clusters + 1, for which the counters were allocated. */
+    if (k >= ck->nb_counts)
+      ck->nb_counts = k + 1;
     if (ck->counts[k] >= ck->count_limit) {
       ck->res->corruptions++;
       check_message (ck, "ERROR: overflow cluster offset=0x%" PRIx64
-                     " (more references than refcount_bits=%" PRIu32
-                     " can count)", k << ck->h.cluster_bits,
+                     " (%s: more references than refcount_bits=%" PRIu32
+                     " can count)", k << ck->h.cluster_bits, what,
                      ck->h.refcount_bits);
       continue;
     }
     ck->counts[k]++;
   }
   return 0;
-}
-
-/* Note, without counting it, a reference that points outside the file:
- * the refcount comparison counts it when the refcounts do not cover it.
- */
-static void
-note_outside (struct checker *ck, const char *what, uint64_t offset)
-{
-  if (offset >= ck->file_size)
-    check_message (ck, "%s offset 0x%" PRIx64 " outside the image "
-                   "(file size %" PRIu64 ")", what, offset, ck->file_size);
 }
 
 /* What an L2 entry describes, decided as qemu decides it (the header
@@ -389,8 +343,7 @@ check_l2 (struct checker *ck, uint64_t l2_offset, bool frag)
         break;
       }
       qcow2_compressed_descriptor (&ck->h, e, &offset, &nbytes);
-      note_outside (ck, "compressed cluster", offset);
-      if (add_refs (ck, offset, nbytes) == -1)
+      if (add_refs (ck, "compressed cluster", offset, nbytes) == -1)
         return -1;
       if (frag) {
         /* Compressed clusters share sectors, so they always count as
@@ -426,8 +379,7 @@ check_l2 (struct checker *ck, uint64_t l2_offset, bool frag)
         next_contiguous = offset + ck->cs;
       }
       if (!ck->has_data_file) {
-        note_outside (ck, "data cluster", offset);
-        if (add_refs (ck, offset, ck->cs) == -1)
+        if (add_refs (ck, "data cluster", offset, ck->cs) == -1)
           return -1;
       }
       break;
@@ -470,8 +422,8 @@ check_l1 (struct checker *ck, uint64_t l1_offset, uint64_t l1_size,
 
   if (l1_size == 0)
     return 0;
-  note_outside (ck, active ? "L1 table" : "snapshot L1 table", l1_offset);
-  if (add_refs (ck, l1_offset, l1_size * L1E_SIZE) == -1)
+  if (add_refs (ck, active ? "L1 table" : "snapshot L1 table", l1_offset,
+                l1_size * L1E_SIZE) == -1)
     return -1;
 
   for (uint64_t first = 0; first < l1_size; first += CHECK_TABLE_CHUNK) {
@@ -490,8 +442,7 @@ check_l1 (struct checker *ck, uint64_t l1_offset, uint64_t l1_size,
                        "%" PRIx64 " (L1 index %" PRIu64 ")", e, first + j);
       }
       l2_offset = e & QCOW2_L1E_OFFSET_MASK;
-      note_outside (ck, "L2 table", l2_offset);
-      if (add_refs (ck, l2_offset, ck->cs) == -1)
+      if (add_refs (ck, "L2 table", l2_offset, ck->cs) == -1)
         return -1;
       if (!SC_IS_ALIGNED (l2_offset, ck->cs)) {
         res->corruptions++;
@@ -638,7 +589,8 @@ check_bitmap_table (struct checker *ck, uint64_t table_offset,
 {
   struct sc_check_result *res = ck->res;
 
-  if (add_refs (ck, table_offset, table_size * sizeof (uint64_t)) == -1)
+  if (add_refs (ck, "bitmap table", table_offset,
+                table_size * sizeof (uint64_t)) == -1)
     return -1;
   for (uint64_t first = 0; first < table_size; first += CHECK_TABLE_CHUNK) {
     uint64_t n = SC_MIN (table_size - first, (uint64_t) CHECK_TABLE_CHUNK);
@@ -657,7 +609,7 @@ check_bitmap_table (struct checker *ck, uint64_t table_offset,
                        first + j, table_offset, e);
         continue;
       }
-      if (offset && add_refs (ck, offset, ck->cs) == -1)
+      if (offset && add_refs (ck, "bitmap data", offset, ck->cs) == -1)
         return -1;
     }
   }
@@ -675,7 +627,8 @@ check_bitmaps (struct checker *ck)
 
   if (ck->nb_bitmaps == 0)
     return 0;
-  if (add_refs (ck, ck->bitmap_dir_offset, ck->bitmap_dir_size) == -1)
+  if (add_refs (ck, "bitmap directory", ck->bitmap_dir_offset,
+                ck->bitmap_dir_size) == -1)
     return -1;
   dir = malloc (ck->bitmap_dir_size ? ck->bitmap_dir_size : 1);
   if (dir == NULL) {
@@ -744,7 +697,7 @@ check_refblocks (struct checker *ck)
       continue;
     }
     if (offset != 0) {
-      if (add_refs (ck, offset, ck->cs) == -1)
+      if (add_refs (ck, "refcount block", offset, ck->cs) == -1)
         return -1;
       if (ck->counts[cluster] != 1) {
         res->corruptions++;
@@ -873,10 +826,7 @@ run_check (struct checker *ck)
                   CHECK_MAX_CLUSTERS);
     return -1;
   }
-  ck->max_counts = SC_MIN (ck->nb_counts + CHECK_MAX_CLUSTERS_PAST_END,
-                           CHECK_MAX_CLUSTERS);
-  ck->cap_counts = SC_MAX (ck->nb_counts, 1);
-  ck->counts = calloc (ck->cap_counts, sizeof *ck->counts);
+  ck->counts = calloc (ck->nb_counts + 1, sizeof *ck->counts);
   ck->l2 = malloc (ck->cs);
   ck->rb = malloc (ck->cs);
   ck->chunk = malloc (CHECK_TABLE_CHUNK * sizeof *ck->chunk);
@@ -899,7 +849,7 @@ run_check (struct checker *ck)
   res->total_clusters = qcow2_size_to_clusters (&ck->h, ck->h.size);
 
   /* The header. */
-  if (add_refs (ck, 0, ck->cs) == -1)
+  if (add_refs (ck, "header", 0, ck->cs) == -1)
     return -1;
 
   /* The active layer, then every snapshot. */
@@ -930,14 +880,17 @@ run_check (struct checker *ck)
     if (check_l1 (ck, sn->l1_offset, sn->l1_size, false) == -1)
       return -1;
   }
-  if (add_refs (ck, ck->h.snapshots_offset, ck->snapshots_size) == -1)
+  if (add_refs (ck, "snapshot table", ck->h.snapshots_offset,
+                ck->snapshots_size) == -1)
     return -1;
 
   /* The refcount table, the encryption header and the bitmaps. */
-  if (add_refs (ck, ck->h.refcount_table_offset, rt_bytes) == -1)
+  if (add_refs (ck, "refcount table", ck->h.refcount_table_offset,
+                rt_bytes) == -1)
     return -1;
   if (ck->crypto_length
-      && add_refs (ck, ck->crypto_offset, ck->crypto_length) == -1)
+      && add_refs (ck, "encryption header", ck->crypto_offset,
+                        ck->crypto_length) == -1)
     return -1;
   if (check_bitmaps (ck) == -1)
     return -1;
