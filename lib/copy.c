@@ -129,6 +129,20 @@ check_extents (const struct sc_extent_list *list, uint64_t *total)
   return 0;
 }
 
+/* Make sure the current error names the endpoint it is about: some
+ * endpoints name themselves (a qcow2 image may be reporting about one
+ * of its backing files), others leave it to the caller.
+ */
+static void
+name_error (const char *name)
+{
+  const char *msg = sc_error_message ();
+  size_t n = strlen (name);
+
+  if (strncmp (msg, name, n) != 0 || msg[n] != ':')
+    sc_error_prefix ("%s", name);
+}
+
 /* Read a data piece; bytes past the end of the source read as zeros. */
 static int
 read_piece (struct sc_endpoint *src, struct sc_piece *piece)
@@ -137,8 +151,10 @@ read_piece (struct sc_endpoint *src, struct sc_piece *piece)
 
   if (piece->offset < src->size)
     n = (size_t) SC_MIN (piece->length, src->size - piece->offset);
-  if (n > 0 && sc_ep_pread (src, piece->buf, n, piece->offset) == -1)
+  if (n > 0 && sc_ep_pread (src, piece->buf, n, piece->offset) == -1) {
+    name_error (src->name);
     return -1;
+  }
   if (n < piece->length)
     memset ((char *) piece->buf + n, 0, piece->length - n);
   return 0;
@@ -416,8 +432,10 @@ sc_pipeline_run (const struct sc_pipeline *p)
   threads = SC_MIN (threads, MAX_PIPELINE_THREADS);
 
   if (list == NULL) {
-    if (p->src->ops->extents (p->src, 0, p->src->size, &own) == -1)
+    if (p->src->ops->extents (p->src, 0, p->src->size, &own) == -1) {
+      name_error (p->src->name);
       goto out;
+    }
     list = &own;
   }
   if (check_extents (list, &prog.total) == -1)
@@ -457,12 +475,18 @@ copy_emit (struct sc_piece *piece, void *opaque)
   struct copy_state *cs = opaque;
   struct sc_endpoint *dst = cs->dst;
 
+  int rc;
+
   if (piece->flags & SC_EXTENT_NOT_DATA) {
     if (dst->flags & SC_EP_FRESH_ZEROS)
       return 0;
-    return dst->ops->zero (dst, piece->length, piece->offset);
+    rc = dst->ops->zero (dst, piece->length, piece->offset);
   }
-  return sc_ep_pwrite (dst, piece->buf, piece->length, piece->offset);
+  else
+    rc = sc_ep_pwrite (dst, piece->buf, piece->length, piece->offset);
+  if (rc == -1)
+    name_error (dst->name);
+  return rc;
 }
 
 int

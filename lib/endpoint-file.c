@@ -100,18 +100,19 @@ sc_cleanup_temporaries (void)
   errno = saved;
 }
 
-/* ---- shared slots ------------------------------------------------------ */
+/* ---- shared slots ------------------------------------------------------
+ *
+ * I/O errors are reported without the endpoint's name: the copy engine
+ * adds it, knowing which side failed.  Errors of whole-endpoint
+ * operations (flush, close, commit) name the endpoint themselves.
+ */
 
 static int
 file_pread (struct sc_endpoint *ep, void *buf, size_t count, uint64_t offset)
 {
   struct file_ep *f = (struct file_ep *) ep;
 
-  if (sc_full_pread (f->fd, buf, count, offset) == -1) {
-    sc_error_prefix ("%s", ep->name);
-    return -1;
-  }
-  return 0;
+  return sc_full_pread (f->fd, buf, count, offset);
 }
 
 static int
@@ -120,11 +121,7 @@ file_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
 {
   struct file_ep *f = (struct file_ep *) ep;
 
-  if (sc_full_pwrite (f->fd, buf, count, offset) == -1) {
-    sc_error_prefix ("%s", ep->name);
-    return -1;
-  }
-  return 0;
+  return sc_full_pwrite (f->fd, buf, count, offset);
 }
 
 /* Write zeros over a range, chunk by chunk. */
@@ -134,7 +131,7 @@ write_zeros (struct file_ep *f, uint64_t count, uint64_t offset)
   CLEANUP_FREE void *zeros = calloc (1, ZERO_CHUNK);
 
   if (zeros == NULL) {
-    sc_set_error (errno, "%s: out of memory", f->ep.name);
+    sc_set_error (errno, "out of memory");
     return -1;
   }
   while (count > 0) {
@@ -183,11 +180,7 @@ file_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
 {
   struct file_ep *f = (struct file_ep *) ep;
 
-  if (sc_fd_extents (f->fd, f->map, offset, count, list) == -1) {
-    sc_error_prefix ("%s", ep->name);
-    return -1;
-  }
-  return 0;
+  return sc_fd_extents (f->fd, f->map, offset, count, list);
 }
 
 static int
@@ -237,15 +230,12 @@ pipe_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
 
   pthread_mutex_lock (&f->pos_lock);
   if (offset != f->pos) {
-    sc_set_error (EINVAL, "%s: cannot write at offset %" PRIu64
-                  " of a stream positioned at %" PRIu64,
-                  ep->name, offset, f->pos);
+    sc_set_error (EINVAL, "cannot write at offset %" PRIu64
+                  " of a stream positioned at %" PRIu64, offset, f->pos);
     rc = -1;
   }
-  else if (sc_full_write (f->fd, buf, count) == -1) {
-    sc_error_prefix ("%s", ep->name);
+  else if (sc_full_write (f->fd, buf, count) == -1)
     rc = -1;
-  }
   else
     f->pos += count;
   pthread_mutex_unlock (&f->pos_lock);
@@ -271,7 +261,7 @@ pipe_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset)
 static int
 pipe_pread (struct sc_endpoint *ep, void *buf, size_t count, uint64_t offset)
 {
-  sc_set_error (ENOTSUP, "%s: reading is not supported", ep->name);
+  sc_set_error (ENOTSUP, "reading is not supported");
   return -1;
 }
 
@@ -685,7 +675,8 @@ sc_file_target_commit (struct sc_endpoint *ep)
     if (link (f->tmp, f->path) == 0)
       unlink (f->tmp);
     else if (errno == EEXIST) {
-      sc_set_error (EEXIST, "target exists (use -f to overwrite)");
+      sc_set_error (EEXIST, "%s: target exists (use -f to overwrite)",
+                    ep->name);
       return -1;
     }
     else if (rename (f->tmp, f->path) == -1) {
