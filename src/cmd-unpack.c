@@ -1,10 +1,130 @@
-/* Placeholder: filled in by its owner. */
+/* sparsecow unpack: the guest data of a qcow2 image, to a sparse file,
+ * a block device or standard output.
+ */
 #include <config.h>
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
 #include "cli.h"
+
+static void
+usage (FILE *fp)
+{
+  fprintf (fp,
+"Usage: %s unpack [OPTIONS] IMAGE TARGET\n"
+"Write the guest data of the qcow2 IMAGE to TARGET: a regular file\n"
+"(created sparse; holes are not written), a block device, or - for\n"
+"standard output.\n"
+"\n"
+"Options:\n"
+"  -f, --force            replace TARGET if it is an existing file\n"
+"      --snapshot NAME|ID unpack an internal snapshot instead of the\n"
+"                         active layer\n"
+"  -p, --progress[=json]  show progress (a bar, or JSON lines on stdout)\n"
+"  -j, --threads N        worker threads (default: online CPUs)\n"
+"  -q, --quiet            print nothing but errors\n"
+"  -h, --help             show this help\n"
+"  -V, --version          show the version\n",
+           cli_program);
+}
+
+static const struct option long_options[] = {
+  { "force", no_argument, NULL, 'f' },
+  { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
+  CLI_COMMON_LONG_OPTIONS,
+  { NULL, 0, NULL, 0 },
+};
 
 int
 cmd_unpack (int argc, char **argv)
 {
-  cli_error ("unpack: not implemented yet");
-  return EXIT_ERROR;
+  struct cli_common common = { 0 };
+  struct sc_qcow2_open_opts qopts = { 0 };
+  struct sc_copy_opts copts = { 0 };
+  struct sc_qcow2 *q = NULL;
+  struct sc_endpoint *src = NULL, *dst = NULL;
+  const char *image, *target;
+  unsigned target_flags = 0;
+  int c, rc = EXIT_ERROR;
+
+  /* First, so that no temporary target can outlive an interrupt. */
+  cli_install_signal_handlers ();
+
+  while ((c = getopt_long (argc, argv, "f" CLI_COMMON_SHORT_OPTIONS,
+                           long_options, NULL)) != -1) {
+    if (cli_common_option (c, optarg, &common, usage))
+      continue;
+    switch (c) {
+    case 'f':
+      target_flags |= SC_TARGET_FORCE;
+      break;
+    case OPT_SNAPSHOT:
+      qopts.snapshot = optarg;
+      break;
+    default:
+      cli_usage_error ("unpack ", "unpack: unknown option");
+    }
+  }
+  if (argc - optind != 2)
+    cli_usage_error ("unpack ", "unpack: expected IMAGE and TARGET");
+  image = argv[optind];
+  target = argv[optind + 1];
+  if (strcmp (target, "-") == 0) {
+    /* Both would go to standard output. */
+    if (common.progress_json)
+      cli_usage_error ("unpack ", "unpack: --progress=json writes to "
+                       "standard output, which is the target here");
+    if (isatty (STDOUT_FILENO)) {
+      cli_error ("unpack: refusing to write image data to a terminal");
+      return EXIT_ERROR;
+    }
+  }
+
+  q = sc_qcow2_open (image, &qopts);
+  if (q == NULL) {
+    cli_lib_error (image);
+    return EXIT_ERROR;
+  }
+  src = sc_qcow2_endpoint (q);
+  if (src == NULL) {
+    cli_lib_error (image);
+    goto out;
+  }
+  dst = sc_file_open_target (target, sc_qcow2_virtual_size (q), target_flags);
+  if (dst == NULL) {
+    cli_lib_error (target);
+    goto out;
+  }
+
+  copts.threads = common.threads;
+  copts.detect_zeroes = true;
+  copts.progress = cli_progress_fn (&common, &copts.progress_opaque);
+  /* Errors of the copy and the commit name the endpoint concerned. */
+  if (sc_copy (src, dst, &copts) == -1) {
+    cli_progress_done (&common);
+    cli_lib_error (NULL);
+    goto out;
+  }
+  cli_progress_done (&common);
+  if (sc_file_target_commit (dst) == -1) {
+    cli_lib_error (NULL);
+    goto out;
+  }
+  rc = EXIT_OK;
+
+ out:
+  /* Closing an uncommitted target removes it. */
+  if (dst && sc_ep_close (dst) == -1 && rc == EXIT_OK) {
+    cli_lib_error (NULL);
+    rc = EXIT_ERROR;
+  }
+  if (src && sc_ep_close (src) == -1 && rc == EXIT_OK) {
+    cli_lib_error (image);
+    rc = EXIT_ERROR;
+  }
+  sc_qcow2_close (q);
+  return rc;
 }

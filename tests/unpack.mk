@@ -6,3 +6,7 @@ tests_unit_extent_SOURCES = tests/unit-extent.c
 tests_unit_extent_CFLAGS = $(UNIT_TEST_CFLAGS)
 tests_unit_extent_LDADD = $(UNIT_TEST_LIBS)
 TESTS += tests/unit-extent
+
+# The unpack command and its targets, with qemu-img as the judge.
+TESTS += tests/unpack-target.sh tests/unpack-large.sh
+EXTRA_DIST += tests/unpack-target.sh tests/unpack-large.sh

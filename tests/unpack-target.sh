@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# sparsecow unpack and its targets: standard output (a file or a pipe)
+# gets exactly what qemu-img convert -O raw writes; an existing target
+# is kept without -f and replaced with it; a failed unpack leaves neither
+# a target nor a temporary file; the unpacked file is as sparse as
+# qemu-img's output, give or take one cluster per data extent.
+srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
+. "$srcdir/functions.sh"
+requires qemu-img qemu-io python3 cmp
+
+cd "$tmp"
+cs=65536
+size=$((64 * 1024 * 1024))
+
+qemu-img create -q -f qcow2 -o cluster_size=$cs img.qcow2 $size
+# Data at both ends, a partial cluster, a zero cluster, data that is
+# all zero bytes (written, so allocated), and a cluster boundary crossed.
+qemu-io -f qcow2 \
+  -c "write -P 0x11 0 100k" \
+  -c "write -P 0x22 1M 64k" \
+  -c "write -z 2M 1M" \
+  -c "write -P 0x33 10M 4k" \
+  -c "write -P 0 20M 128k" \
+  -c "write -P 0x44 $((30 * 1024 * 1024 - 512)) 1k" \
+  -c "write -P 0x55 63M 1M" \
+  img.qcow2 >/dev/null
+qemu-img convert -O raw img.qcow2 ref.raw
+
+# Standard output redirected to a file, and through a pipe.
+sparsecow unpack img.qcow2 - > stdout.raw || fail "unpack to stdout failed"
+cmp ref.raw stdout.raw || fail "unpack to stdout differs from qemu-img convert"
+sparsecow unpack -j 3 img.qcow2 - | cat > piped.raw ||
+  fail "unpack to a pipe failed"
+cmp ref.raw piped.raw || fail "unpack to a pipe differs from qemu-img convert"
+rm -f stdout.raw piped.raw
+
+# A new file, with one and with several threads.
+for j in 1 4; do
+  sparsecow unpack -j $j img.qcow2 out-$j.raw || fail "unpack -j $j failed"
+  cmp ref.raw out-$j.raw || fail "unpack -j $j differs from qemu-img convert"
+done
+
+# As sparse as qemu-img's output, within one cluster per data extent.
+extents=$(qemu-img map --output=json img.qcow2 | python3 -c '
+import json, sys
+print(sum(1 for e in json.load(sys.stdin) if e["data"]))')
+limit=$(( $(allocated_bytes ref.raw) + extents * cs ))
+got=$(allocated_bytes out-4.raw)
+[ "$got" -le "$limit" ] ||
+  fail "unpacked file has $got bytes allocated, more than $limit"
+
+# An existing target is kept without -f...
+echo "keep me" > exists.raw
+expect_fail 'exists.raw: target exists \(use -f to overwrite\)' \
+  sparsecow unpack img.qcow2 exists.raw
+[ "$(cat exists.raw)" = "keep me" ] || fail "existing target was modified"
+# ...and replaced with it.
+sparsecow unpack -f img.qcow2 exists.raw || fail "unpack -f failed"
+cmp ref.raw exists.raw || fail "unpack -f result differs from qemu-img convert"
+
+# --progress=json: the last line accounts for the whole virtual size.
+sparsecow unpack --progress=json img.qcow2 progress.raw > progress.json ||
+  fail "unpack --progress=json failed"
+cmp ref.raw progress.raw || fail "unpack with progress differs"
+python3 - "$size" progress.json <<'EOF' || fail "bad progress output"
+import json, sys
+size = int(sys.argv[1])
+lines = [json.loads(l) for l in open(sys.argv[2])]
+assert lines, "no progress lines"
+done = [l["done"] for l in lines]
+assert done == sorted(done), "progress went backwards"
+assert lines[-1]["done"] == size and lines[-1]["total"] == size, lines[-1]
+EOF
+rm -f progress.raw progress.json
+
+# Failures leave nothing behind.  Work in a directory of its own so any
+# leftover (target or temporary) is visible.
+mkdir fail
+# 1. The L2 entry of the last data cluster holds a host offset that is
+#    not cluster aligned: unpacking fails after part of the data was
+#    written.
+cp img.qcow2 fail/corrupt.qcow2
+python3 - fail/corrupt.qcow2 $cs <<'EOF'
+import struct, sys
+path, cs = sys.argv[1], int(sys.argv[2])
+with open(path, "r+b") as f:
+    f.seek(40)
+    (l1_offset,) = struct.unpack(">Q", f.read(8))
+    f.seek(l1_offset)
+    (l1,) = struct.unpack(">Q", f.read(8))
+    l2_offset = l1 & 0x00fffffffffffe00
+    index = (63 * 1024 * 1024) // cs
+    f.seek(l2_offset + 8 * index)
+    (entry,) = struct.unpack(">Q", f.read(8))
+    assert entry & 0x00fffffffffffe00, "cluster at 63M is not allocated"
+    f.seek(l2_offset + 8 * index)
+    f.write(struct.pack(">Q", (1 << 63) | (cs + 512)))
+EOF
+qemu-img convert -O raw fail/corrupt.qcow2 fail/qemu.raw 2>/dev/null &&
+  fail "qemu-img accepts the corrupted image: the test is wrong"
+rm -f fail/qemu.raw
+expect_fail 'corrupt|offset|align|invalid' \
+  sparsecow unpack fail/corrupt.qcow2 fail/out.raw
+expect_fail '.' sparsecow unpack -f fail/corrupt.qcow2 fail/out.raw
+# 2. Not a qcow2 image at all.
+cp ref.raw fail/raw.img
+expect_fail 'fail/raw.img: ' sparsecow unpack fail/raw.img fail/out.raw
+left=$(cd fail && ls -A | grep -v -x -e corrupt.qcow2 -e raw.img || :)
+[ -z "$left" ] || fail "failed unpacks left files behind: $left"
+# 3. A failure over an existing file keeps the old file.
+echo "old" > fail/out.raw
+expect_fail '.' sparsecow unpack -f fail/corrupt.qcow2 fail/out.raw
+[ "$(cat fail/out.raw)" = old ] || fail "failed unpack -f damaged the old file"
+
+# Targets that cannot be created.
+expect_fail 'no-such-dir/out.raw: ' sparsecow unpack img.qcow2 no-such-dir/out.raw
+expect_fail 'fail: ' sparsecow unpack -f img.qcow2 fail
+# A missing image.
+expect_fail 'missing.qcow2: ' sparsecow unpack missing.qcow2 out.raw
+# Usage errors.
+expect_fail 'IMAGE and TARGET' sparsecow unpack img.qcow2
+expect_fail 'progress=json' sparsecow unpack --progress=json img.qcow2 -
+
+exit 0
