@@ -194,9 +194,19 @@ refcount_get (const unsigned char *block, unsigned order, uint64_t index)
   }
 }
 
+/* Can [offset, offset+len) be read at all?  Offsets are signed in
+ * the file APIs (and in qemu), so a range past INT64_MAX is an error,
+ * not zeros.
+ */
+static bool
+readable (uint64_t offset, uint64_t len)
+{
+  return offset <= INT64_MAX && len <= INT64_MAX - offset;
+}
+
 /* The refcount the image records for a host cluster.  Returns 0, 1 if
- * it cannot be known (the refcount block is not aligned, which qemu
- * refuses to read), or -1 on an I/O error.
+ * it cannot be known (the refcount block is not aligned, or so far out
+ * that it cannot be read; qemu fails these), or -1 on an I/O error.
  */
 static int
 disk_refcount (struct checker *ck, uint64_t cluster, uint64_t *rc)
@@ -210,7 +220,7 @@ disk_refcount (struct checker *ck, uint64_t cluster, uint64_t *rc)
   offset = ck->rt[index] & QCOW2_RTE_OFFSET_MASK;
   if (offset == 0)
     return 0;
-  if (!SC_IS_ALIGNED (offset, ck->cs))
+  if (!SC_IS_ALIGNED (offset, ck->cs) || !readable (offset, ck->cs))
     return 1;
   if (offset != ck->rb_offset) {
     if (read_at (ck, ck->rb, ck->cs, offset) == -1)
@@ -425,6 +435,12 @@ check_l1 (struct checker *ck, uint64_t l1_offset, uint64_t l1_size,
   if (add_refs (ck, active ? "L1 table" : "snapshot L1 table", l1_offset,
                 l1_size * L1E_SIZE) == -1)
     return -1;
+  if (!readable (l1_offset, l1_size * L1E_SIZE)) {
+    res->check_errors++;
+    check_message (ck, "ERROR: cannot read the %s at offset 0x%" PRIx64,
+                   active ? "L1 table" : "snapshot L1 table", l1_offset);
+    return 0;
+  }
 
   for (uint64_t first = 0; first < l1_size; first += CHECK_TABLE_CHUNK) {
     uint64_t n = SC_MIN (l1_size - first, (uint64_t) CHECK_TABLE_CHUNK);
@@ -635,6 +651,12 @@ check_bitmaps (struct checker *ck)
     sc_set_error (errno, "bitmap directory: out of memory");
     return -1;
   }
+  if (!readable (ck->bitmap_dir_offset, ck->bitmap_dir_size)) {
+    res->check_errors++;
+    check_message (ck, "ERROR: cannot read the bitmap directory at offset "
+                   "0x%" PRIx64, ck->bitmap_dir_offset);
+    return 0;
+  }
   if (read_at (ck, dir, ck->bitmap_dir_size, ck->bitmap_dir_offset) == -1)
     return -1;
 
@@ -726,7 +748,8 @@ compare_refcounts (struct checker *ck, uint64_t *highest)
     if (r == 1) {
       res->check_errors++;
       check_message (ck, "Can't get refcount for cluster %" PRIu64 ": "
-                     "its refcount block is not cluster aligned", i);
+                     "its refcount block is not cluster aligned or "
+                     "cannot be read", i);
       continue;
     }
     if (disk > 0 || real > 0)
@@ -932,6 +955,16 @@ sc_qcow2_check (const char *path, struct sc_check_result *result)
   ck.file_size = (uint64_t) st.st_size;
   if (qcow2_header_read (ck.fd, ck.file_size, false, &ck.h) == -1)
     goto out;
+  /* An unknown incompatible feature may change what anything on disk
+   * means, so nothing can be counted (qemu refuses it too).
+   */
+  if (ck.h.incompatible_features & ~(uint64_t) QCOW2_INCOMPAT_KNOWN) {
+    sc_set_error (ENOTSUP, "unknown incompatible feature bits 0x%" PRIx64
+                  ": cannot check this image",
+                  ck.h.incompatible_features
+                  & ~(uint64_t) QCOW2_INCOMPAT_KNOWN);
+    goto out_header;
+  }
   if (ck.h.crypt_method > CRYPT_METHOD_MAX) {
     sc_set_error (ENOTSUP, "unknown encryption method %" PRIu32,
                   ck.h.crypt_method);
