@@ -75,6 +75,7 @@ struct layer {
   bool extl2;
   unsigned granule_bits;        /* subcluster (extended L2) or cluster */
   enum sc_codec codec;
+  int prealloc;                 /* metadata preallocation: -1 unknown */
 };
 
 struct cache_table {
@@ -387,6 +388,105 @@ qcow2_status (struct sc_qcow2 *q, size_t li, uint64_t offset, uint64_t max,
   return -1;
 }
 
+/* qemu decides once per image whether it looks metadata-preallocated:
+ * more clusters have a refcount than the file really occupies on disk
+ * (plus a margin).  Only then does its block status look through data
+ * clusters into the host file's holes, which changes what qemu-img map
+ * prints; we follow the same rule so the maps agree.  The lock is held.
+ */
+static int
+detect_prealloc (struct layer *L)
+{
+  uint64_t cs = L->h.cluster_size;
+  uint64_t per_block = (cs * 8) >> L->h.refcount_order;
+  uint64_t rt_entries = (uint64_t) L->h.refcount_table_clusters
+    * (cs / sizeof (uint64_t));
+  uint64_t real_clusters, threshold, end_cluster, count = 0, i = 0;
+  CLEANUP_FREE unsigned char *block = NULL;
+  struct stat st;
+
+  if (fstat (L->fd, &st) == -1) {
+    sc_set_error (errno, "%s: fstat: %s", L->filename, strerror (errno));
+    return -1;
+  }
+  real_clusters = (uint64_t) st.st_blocks * 512 / cs;
+  threshold = SC_MAX (real_clusters * 10 / 9, real_clusters + 2);
+  end_cluster = qcow2_size_to_clusters (&L->h, L->file_size);
+  block = malloc (cs);
+  if (block == NULL) {
+    sc_set_error (errno, "malloc: %s", strerror (errno));
+    return -1;
+  }
+
+  while (i < end_cluster && count < threshold) {
+    uint64_t rti = i / per_block;
+    uint64_t first = rti * per_block;
+    uint64_t last = SC_MIN (first + per_block, end_cluster);
+    unsigned char e[sizeof (uint64_t)];
+    uint64_t rb;
+
+    if (rti >= rt_entries)
+      break;
+    if (sc_full_pread (L->fd, e, sizeof e,
+                       L->h.refcount_table_offset + rti * sizeof e) == -1)
+      return -1;
+    rb = sc_get_be64 (e) & QCOW2_RTE_OFFSET_MASK;
+    if (rb == 0) {
+      i = last;
+      continue;
+    }
+    if (!SC_IS_ALIGNED (rb, cs) || L->file_size < cs
+        || rb > L->file_size - cs) {
+      sc_set_error (EINVAL, "%s: refcount block offset 0x%" PRIx64
+                    " is misaligned or outside the file", L->filename, rb);
+      return -1;
+    }
+    if (sc_full_pread (L->fd, block, cs, rb) == -1)
+      return -1;
+    for (; i < last && count < threshold; i++)
+      if (qcow2_refcount_get (block, L->h.refcount_order, i - first) != 0)
+        count++;
+  }
+  return count >= threshold;
+}
+
+/* In a metadata-preallocated image, qemu reports the parts of a data
+ * run that are holes in (or beyond the end of) the host file as zero
+ * too; this is that step, on cs->st (a data run of qcow2 layer L).
+ */
+static void
+host_zero_status (struct layer *L, struct cstatus *cs)
+{
+  uint64_t host = cs->st.host, size = L->data_size, bytes;
+  off_t data, hole;
+
+  if (host >= size) {
+    cs->zero = true;
+    return;
+  }
+  bytes = SC_MIN (cs->st.len, size - host);
+  data = lseek (L->data_fd, (off_t) host, SEEK_DATA);
+  if (data == -1) {
+    /* A hole up to the end of the file zeroes the whole run; any other
+     * failure means the file system cannot tell: data.
+     */
+    if (errno == ENXIO)
+      cs->zero = true;
+    else
+      cs->st.len = bytes;
+    return;
+  }
+  if ((uint64_t) data > host) {
+    cs->st.len = SC_MIN (bytes, (uint64_t) data - host);
+    cs->zero = true;
+    return;
+  }
+  hole = lseek (L->data_fd, (off_t) host, SEEK_HOLE);
+  if (hole != -1 && (uint64_t) hole > host)
+    bytes = SC_MIN (bytes, (uint64_t) hole - host);
+  cs->st.len = bytes;
+}
+
 /* The status of the chain at offset (inside the top layer), following
  * qemu's rules: the first layer that has data or zeros decides; an
  * unallocated range reads as zeros (and is not "present") when there is
@@ -409,6 +509,17 @@ chain_status (struct sc_qcow2 *q, uint64_t offset, uint64_t max,
       cs->present = true;
       cs->zero = cs->st.kind == LK_ZERO;
       cs->data = !cs->zero;
+      if (want_zero && !L->raw && cs->st.kind == LK_DATA) {
+        pthread_mutex_lock (&q->lock);
+        if (L->prealloc < 0)
+          L->prealloc = detect_prealloc (L);
+        r = L->prealloc;
+        pthread_mutex_unlock (&q->lock);
+        if (r == -1)
+          return -1;
+        if (r)
+          host_zero_status (L, cs);
+      }
       return 0;
     }
     if (d + 1 == q->nlayers || offset >= q->layers[d + 1].size) {
@@ -863,6 +974,7 @@ open_chain (struct sc_qcow2 *q, const char *path,
     L = &layers[d];
     memset (L, 0, sizeof *L);
     L->fd = L->data_fd = -1;
+    L->prealloc = -1;
     L->filename = name;
     name = NULL;
     q->nlayers++;
