@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# sparsecow check on hostile images: 200 single-byte corruptions of the
+# metadata clusters of a small image (a deterministic sequence).  Every
+# run must end with an exit code of check (0..3), within 10 seconds,
+# without a crash or a sanitizer report.
+. "${srcdir:-$(dirname "$0")}/functions.sh"
+requires qemu-img qemu-io od dd timeout
+
+cd "$tmp"
+
+be64 () { od -An -tu8 --endian=big -j "$2" -N 8 "$1" | tr -d ' '; }
+be32 () { od -An -tu4 --endian=big -j "$2" -N 4 "$1" | tr -d ' '; }
+OFFSET_MASK=$(( 0x00fffffffffffe00 ))
+
+# Small clusters so that the image has several L2 tables, refcounts of
+# 2 (a snapshot), compressed and zero clusters, and a bitmap.
+img=base.qcow2
+qemu-img create -q -f qcow2 -o cluster_size=4k $img 32M
+qemu-io -c "write -P 1 0 64k" -c "write -c 8M 4k" -c "write -c 8196k 4k" \
+        -c "write -z 16M 64k" -c "write -P 2 31M 8k" $img >/dev/null
+qemu-img snapshot -c s1 $img
+qemu-io -c "write -P 3 32k 64k" $img >/dev/null
+qemu-img bitmap --add $img b0
+sparsecow check $img >/dev/null || fail "the base image does not check clean"
+
+# The metadata clusters: header, refcount table and first block, L1,
+# every L2 table, snapshot table and the snapshot's L1.
+cs=$(( 1 << $(be32 $img 20) ))
+l1=$(be64 $img 40)
+l1_size=$(be32 $img 36)
+rt=$(be64 $img 48)
+st=$(be64 $img 64)
+meta=(0 "$rt" $(( $(be64 $img "$rt") & OFFSET_MASK )) "$l1" "$st"
+      "$(be64 $img "$st")")
+for ((i = 0; i < l1_size; i++)); do
+  l2=$(( $(be64 $img $(( l1 + 8 * i ))) & OFFSET_MASK ))
+  [ "$l2" = 0 ] || meta+=("$l2")
+done
+[ ${#meta[@]} -ge 8 ] || fail "expected more metadata clusters: ${meta[*]}"
+
+RANDOM=20261123
+for ((n = 0; n < 200; n++)); do
+  c=${meta[RANDOM % ${#meta[@]}]}
+  # Mostly the first 512 bytes, where headers and the used entries are.
+  if (( RANDOM % 4 )); then off=$(( c + RANDOM % 512 ))
+  else off=$(( c + (RANDOM * 32768 + RANDOM) % cs )); fi
+  byte=$(( RANDOM % 256 ))
+  cp $img fuzz.qcow2
+  printf "\\x$(printf %02x $byte)" |
+    dd of=fuzz.qcow2 bs=1 seek=$off conv=notrunc status=none
+  rc=0
+  timeout 10 "$SPARSECOW" check fuzz.qcow2 >out 2>err || rc=$?
+  if [ $rc -gt 3 ] ||
+     grep -q "AddressSanitizer\|runtime error\|Segmentation\|Aborted" err
+  then
+    cp fuzz.qcow2 "${TMPDIR:-/var/tmp}/sparsecow-check-fuzz-failure.qcow2"
+    cat err >&2
+    fail "byte $byte at offset $off: exit $rc (image kept in" \
+         "${TMPDIR:-/var/tmp}/sparsecow-check-fuzz-failure.qcow2)"
+  fi
+  if [ $rc = 1 ] && [ ! -s err ]; then
+    fail "byte $byte at offset $off: exit 1 without a message"
+  fi
+done
+echo "200 corrupted images checked"
