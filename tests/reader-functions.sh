@@ -34,18 +34,21 @@ rd_sparsecow () {
 rd_unpack () {
   local img=$1 out=$2 snap=${3:-}
   if [ "$READER_ORACLE" = qemu ]; then
-    local opt=()
     if [ -n "$snap" ]; then
-      case $snap in
-        *[!0-9]*) opt=(-l "snapshot.name=$snap") ;;
-        *) opt=(-l "snapshot.id=$snap") ;;
-      esac
+      # Revert a copy to the snapshot: a second way to read it in qemu,
+      # independent of the "-l" used by ref_convert.
+      local copy
+      copy=$(dirname "$img")/.oracle-revert.qcow2
+      cp "$img" "$copy"
+      qemu-img snapshot -a "$snap" "$copy"
+      img=$copy
     fi
     if [ "$out" = - ]; then
-      qemu-img convert -q "${opt[@]}" -O raw "$img" /dev/stdout
+      qemu-img convert -q -O raw "$img" /dev/stdout
     else
-      qemu-img convert -q "${opt[@]}" -O raw "$img" "$out"
+      qemu-img convert -q -O raw "$img" "$out"
     fi
+    [ -z "$snap" ] || rm -f "$img"
   else
     if [ -n "$snap" ]; then
       rd_sparsecow unpack --snapshot "$snap" "$img" "$out"
