@@ -1,0 +1,775 @@
+/* Unit tests: the qcow2 header parser and the reader, on crafted
+ * images.  Every header field that is validated is broken once here and
+ * must be refused with a message naming it.
+ */
+#include <config.h>
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <CUnit/Basic.h>
+
+#include "internal.h"
+#include "qcow2.h"
+
+/* A crafted image: 4 KiB clusters; header in cluster 0, refcount table
+ * in 1, a refcount block in 2, L1 in 3, L2 in 4, data from 5.
+ */
+#define CB        12
+#define CS        (1U << CB)
+#define NCLUSTERS 8
+#define RT_OFF    (1 * CS)
+#define RB_OFF    (2 * CS)
+#define L1_OFF    (3 * CS)
+#define L2_OFF    (4 * CS)
+#define DATA_OFF  (5 * CS)
+#define VSIZE     (16 * 1024 * 1024)
+
+static unsigned char img[NCLUSTERS * CS];
+static char tmpdir[] = "/tmp/unit-qcow2.XXXXXX";
+static unsigned file_counter;
+
+static void
+make_v3 (void)
+{
+  memset (img, 0, sizeof img);
+  sc_put_be32 (img + QCOW2_HDR_MAGIC, QCOW2_MAGIC);
+  sc_put_be32 (img + QCOW2_HDR_VERSION, 3);
+  sc_put_be32 (img + QCOW2_HDR_CLUSTER_BITS, CB);
+  sc_put_be64 (img + QCOW2_HDR_SIZE, VSIZE);
+  /* 16 MiB / (4 KiB * 512 entries) = 8 L1 entries. */
+  sc_put_be32 (img + QCOW2_HDR_L1_SIZE, 8);
+  sc_put_be64 (img + QCOW2_HDR_L1_OFFSET, L1_OFF);
+  sc_put_be64 (img + QCOW2_HDR_RT_OFFSET, RT_OFF);
+  sc_put_be32 (img + QCOW2_HDR_RT_CLUSTERS, 1);
+  sc_put_be32 (img + QCOW2_HDR_REFCOUNT_ORDER, 4);
+  sc_put_be32 (img + QCOW2_HDR_HEADER_LENGTH, QCOW2_V3_HEADER_SIZE);
+  sc_put_be64 (img + RT_OFF, RB_OFF);
+}
+
+static void
+make_v2 (void)
+{
+  make_v3 ();
+  sc_put_be32 (img + QCOW2_HDR_VERSION, 2);
+  /* v3 fields are just bytes after a v2 header: make them garbage to
+   * prove they are not read.
+   */
+  memset (img + QCOW2_V2_HEADER_SIZE, 0, QCOW2_V3_HEADER_SIZE
+          - QCOW2_V2_HEADER_SIZE);
+  sc_put_be32 (img + QCOW2_HDR_REFCOUNT_ORDER, 99);
+}
+
+/* Append a header extension at *pos. */
+static void
+add_ext (size_t *pos, uint32_t type, const void *data, uint32_t len)
+{
+  sc_put_be32 (img + *pos, type);
+  sc_put_be32 (img + *pos + 4, len);
+  memcpy (img + *pos + 8, data, len);
+  *pos += 8 + SC_ROUND_UP (len, 8);
+}
+
+static char *
+write_image (size_t len)
+{
+  char *path;
+  FILE *fp;
+
+  if (asprintf (&path, "%s/img%u", tmpdir, file_counter++) == -1)
+    abort ();
+  fp = fopen (path, "w");
+  if (fp == NULL || fwrite (img, 1, len, fp) != len || fclose (fp) != 0)
+    abort ();
+  return path;
+}
+
+/* Parse the current img (first len bytes); returns the result. */
+static int
+parse (size_t len, bool for_reading, struct qcow2_header *h)
+{
+  char *path = write_image (len);
+  int fd = open (path, O_RDONLY);
+  int r;
+
+  CU_ASSERT_FATAL (fd >= 0);
+  r = qcow2_header_read (fd, len, for_reading, h);
+  close (fd);
+  unlink (path);
+  free (path);
+  return r;
+}
+
+/* The current img must be refused with a message containing what. */
+static void
+expect_refused (const char *what, bool for_reading)
+{
+  struct qcow2_header h;
+
+  if (parse (sizeof img, for_reading, &h) != -1) {
+    fprintf (stderr, "\naccepted, expected '%s'\n", what);
+    CU_FAIL ("bad header accepted");
+    qcow2_header_free (&h);
+    return;
+  }
+  if (strstr (sc_error_message (), what) == NULL) {
+    fprintf (stderr, "\nmessage '%s' lacks '%s'\n", sc_error_message (),
+             what);
+    CU_FAIL ("wrong message");
+  }
+}
+
+static void
+test_good_v3 (void)
+{
+  struct qcow2_header h;
+  size_t pos = QCOW2_V3_HEADER_SIZE;
+  unsigned char table[2 * 48] = { 0 };
+
+  make_v3 ();
+  add_ext (&pos, QCOW2_EXT_BACKING_FORMAT, "qcow2", 5);
+  add_ext (&pos, QCOW2_EXT_FEATURE_TABLE, table, sizeof table);
+  add_ext (&pos, 0x12345678, "ignored", 7);
+  pos += 8;                     /* end marker */
+  memcpy (img + pos, "base.img", 8);
+  sc_put_be64 (img + QCOW2_HDR_BACKING_OFFSET, pos);
+  sc_put_be32 (img + QCOW2_HDR_BACKING_SIZE, 8);
+  sc_put_be64 (img + QCOW2_HDR_INCOMPAT, QCOW2_INCOMPAT_DIRTY);
+  sc_put_be64 (img + QCOW2_HDR_COMPAT, QCOW2_COMPAT_LAZY_REFCOUNTS);
+
+  CU_ASSERT_EQUAL_FATAL (parse (sizeof img, true, &h), 0);
+  CU_ASSERT_EQUAL (h.version, 3);
+  CU_ASSERT_EQUAL (h.cluster_size, CS);
+  CU_ASSERT_EQUAL (h.size, VSIZE);
+  CU_ASSERT_EQUAL (h.l1_size, 8);
+  CU_ASSERT_EQUAL (h.l2_entries, CS / 8);
+  CU_ASSERT_EQUAL (h.l2_entry_size, 8);
+  CU_ASSERT_EQUAL (h.refcount_bits, 16);
+  CU_ASSERT_EQUAL (h.refcount_max, 65535);
+  CU_ASSERT_EQUAL (h.compression_type, 0);
+  CU_ASSERT_EQUAL (h.compatible_features, QCOW2_COMPAT_LAZY_REFCOUNTS);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (h.backing_file);
+  CU_ASSERT_STRING_EQUAL (h.backing_file, "base.img");
+  CU_ASSERT_PTR_NOT_NULL_FATAL (h.backing_format);
+  CU_ASSERT_STRING_EQUAL (h.backing_format, "qcow2");
+  CU_ASSERT_PTR_NULL (h.data_file);
+  CU_ASSERT_FALSE (h.has_crypto_ext);
+  qcow2_header_free (&h);
+  CU_ASSERT_PTR_NULL (h.backing_file);
+
+  /* zstd, extended L2, external data file, 1-bit refcounts. */
+  make_v3 ();
+  pos = QCOW2_V3_HEADER_SIZE;
+  add_ext (&pos, QCOW2_EXT_DATA_FILE, "disk.data", 9);
+  img[QCOW2_HDR_COMPRESSION] = 1;
+  sc_put_be32 (img + QCOW2_HDR_REFCOUNT_ORDER, 0);
+  sc_put_be64 (img + QCOW2_HDR_INCOMPAT, QCOW2_INCOMPAT_COMPRESSION
+               | QCOW2_INCOMPAT_EXTL2 | QCOW2_INCOMPAT_DATA_FILE);
+  sc_put_be32 (img + QCOW2_HDR_CLUSTER_BITS, 14);
+  sc_put_be64 (img + QCOW2_HDR_L1_OFFSET, 0x4000);
+  sc_put_be64 (img + QCOW2_HDR_RT_OFFSET, 0x4000);
+  sc_put_be32 (img + QCOW2_HDR_L1_SIZE, 16);
+  sc_put_be64 (img + QCOW2_HDR_SIZE, 16 * 16384 * 1024);
+  CU_ASSERT_EQUAL_FATAL (parse (sizeof img, true, &h), 0);
+  CU_ASSERT_EQUAL (h.compression_type, 1);
+  CU_ASSERT_EQUAL (h.l2_entry_size, 16);
+  CU_ASSERT_EQUAL (h.l2_entries, 1024);
+  CU_ASSERT_EQUAL (h.refcount_bits, 1);
+  CU_ASSERT_EQUAL (h.refcount_max, 1);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (h.data_file);
+  CU_ASSERT_STRING_EQUAL (h.data_file, "disk.data");
+  qcow2_header_free (&h);
+}
+
+static void
+test_good_v2 (void)
+{
+  struct qcow2_header h;
+
+  make_v2 ();
+  CU_ASSERT_EQUAL_FATAL (parse (sizeof img, true, &h), 0);
+  CU_ASSERT_EQUAL (h.version, 2);
+  CU_ASSERT_EQUAL (h.refcount_order, 4);
+  CU_ASSERT_EQUAL (h.refcount_bits, 16);
+  CU_ASSERT_EQUAL (h.header_length, QCOW2_V2_HEADER_SIZE);
+  CU_ASSERT_EQUAL (h.incompatible_features, 0);
+  qcow2_header_free (&h);
+
+  /* An empty image (size 0, no L1 table at all) is valid. */
+  make_v3 ();
+  sc_put_be64 (img + QCOW2_HDR_SIZE, 0);
+  sc_put_be32 (img + QCOW2_HDR_L1_SIZE, 0);
+  sc_put_be64 (img + QCOW2_HDR_L1_OFFSET, 0);
+  CU_ASSERT_EQUAL_FATAL (parse (sizeof img, true, &h), 0);
+  qcow2_header_free (&h);
+}
+
+static void
+test_bad_fields (void)
+{
+  struct qcow2_header h;
+  size_t pos;
+
+  make_v3 ();
+  CU_ASSERT_EQUAL (parse (50, true, &h), -1);
+  CU_ASSERT_PTR_NOT_NULL (strstr (sc_error_message (), "too small"));
+  CU_ASSERT_EQUAL (parse (80, true, &h), -1);
+  CU_ASSERT_PTR_NOT_NULL (strstr (sc_error_message (), "too small"));
+
+  make_v3 (); img[0] = 'X';
+  expect_refused ("bad magic", true);
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_VERSION, 1);
+  expect_refused ("unsupported qcow2 version 1", true);
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_VERSION, 4);
+  expect_refused ("unsupported qcow2 version 4", true);
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_CLUSTER_BITS, 8);
+  expect_refused ("invalid cluster_bits 8", true);
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_CLUSTER_BITS, 22);
+  expect_refused ("invalid cluster_bits 22", true);
+  make_v3 (); sc_put_be64 (img + QCOW2_HDR_INCOMPAT, QCOW2_INCOMPAT_EXTL2);
+  expect_refused ("extended L2 entries need clusters", true);
+
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_HEADER_LENGTH, 100);
+  expect_refused ("invalid header_length 100", true);
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_HEADER_LENGTH, 108);
+  expect_refused ("invalid header_length 108", true);
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_HEADER_LENGTH, CS + 8);
+  expect_refused ("header_length", true);
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_REFCOUNT_ORDER, 7);
+  expect_refused ("invalid refcount_order 7", true);
+
+  /* Backing file name: length and place. */
+  make_v3 ();
+  sc_put_be64 (img + QCOW2_HDR_BACKING_OFFSET, 512);
+  sc_put_be32 (img + QCOW2_HDR_BACKING_SIZE, 1024);
+  expect_refused ("invalid backing file name length 1024", true);
+  make_v3 ();
+  sc_put_be64 (img + QCOW2_HDR_BACKING_OFFSET, CS - 4);
+  sc_put_be32 (img + QCOW2_HDR_BACKING_SIZE, 8);
+  expect_refused ("not inside the first cluster", true);
+  make_v3 ();
+  sc_put_be64 (img + QCOW2_HDR_BACKING_OFFSET, 16);
+  sc_put_be32 (img + QCOW2_HDR_BACKING_SIZE, 8);
+  expect_refused ("not inside the first cluster", true);
+  make_v3 ();
+  sc_put_be64 (img + QCOW2_HDR_BACKING_OFFSET, UINT64_MAX - 2);
+  sc_put_be32 (img + QCOW2_HDR_BACKING_SIZE, 8);
+  expect_refused ("not inside the first cluster", true);
+
+  /* L1 table. */
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_L1_SIZE, 7);
+  expect_refused ("too small for the virtual size", true);
+  make_v3 (); sc_put_be64 (img + QCOW2_HDR_SIZE, UINT64_MAX);
+  expect_refused ("too small for the virtual size", true);
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_L1_SIZE, 0xffffffff);
+  expect_refused ("L1 table too large", true);
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_L1_SIZE, 4 * 1024 * 1024 + 1);
+  expect_refused ("L1 table too large", true);
+  make_v3 (); sc_put_be64 (img + QCOW2_HDR_L1_OFFSET, L1_OFF + 512);
+  expect_refused ("L1 table offset 0x3200 is not aligned", true);
+  make_v3 (); sc_put_be64 (img + QCOW2_HDR_L1_OFFSET, 0);
+  expect_refused ("L1 table offset 0 overlaps the header", true);
+  make_v3 (); sc_put_be64 (img + QCOW2_HDR_L1_OFFSET, NCLUSTERS * CS);
+  expect_refused ("L1 table (offset 0x8000, 64 bytes) lies beyond", true);
+  make_v3 (); sc_put_be64 (img + QCOW2_HDR_L1_OFFSET, 0xfffffffffffff000ULL);
+  expect_refused ("lies beyond the end", true);
+
+  /* Refcount table. */
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_RT_CLUSTERS, 2049);
+  expect_refused ("refcount table too large", true);
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_RT_CLUSTERS, 0);
+  expect_refused ("no refcount table", true);
+  make_v3 (); sc_put_be64 (img + QCOW2_HDR_RT_OFFSET, RT_OFF + 8);
+  expect_refused ("refcount table offset 0x1008 is not aligned", true);
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_RT_CLUSTERS, 8);
+  expect_refused ("refcount table (offset 0x1000, 32768 bytes) lies beyond",
+                  true);
+
+  /* Snapshots. */
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_NB_SNAPSHOTS, 65537);
+  sc_put_be64 (img + QCOW2_HDR_SNAPSHOTS_OFFSET, DATA_OFF);
+  expect_refused ("too many snapshots (65537", true);
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_NB_SNAPSHOTS, 1);
+  sc_put_be64 (img + QCOW2_HDR_SNAPSHOTS_OFFSET, DATA_OFF + 8);
+  expect_refused ("snapshot table offset", true);
+
+  /* Compression type and its feature bit. */
+  make_v3 (); img[QCOW2_HDR_COMPRESSION] = 1;
+  expect_refused ("does not match the compression type feature bit", true);
+  make_v3 ();
+  sc_put_be64 (img + QCOW2_HDR_INCOMPAT, QCOW2_INCOMPAT_COMPRESSION);
+  expect_refused ("does not match the compression type feature bit", true);
+  make_v3 (); img[QCOW2_HDR_COMPRESSION] = 2;
+  sc_put_be64 (img + QCOW2_HDR_INCOMPAT, QCOW2_INCOMPAT_COMPRESSION);
+  expect_refused ("unknown compression type 2", true);
+
+  /* Header extensions. */
+  make_v3 ();
+  sc_put_be32 (img + QCOW2_V3_HEADER_SIZE, QCOW2_EXT_BACKING_FORMAT);
+  sc_put_be32 (img + QCOW2_V3_HEADER_SIZE + 4, CS);
+  expect_refused ("runs past the end of the header cluster", true);
+  make_v3 ();
+  pos = QCOW2_V3_HEADER_SIZE;
+  add_ext (&pos, QCOW2_EXT_FEATURE_TABLE, img + 1024, 47);
+  expect_refused ("feature name table", true);
+  make_v3 ();
+  pos = QCOW2_V3_HEADER_SIZE;
+  add_ext (&pos, QCOW2_EXT_BACKING_FORMAT, "raw", 3);
+  add_ext (&pos, QCOW2_EXT_BACKING_FORMAT, "raw", 3);
+  expect_refused ("duplicate backing format", true);
+  make_v3 ();
+  pos = QCOW2_V3_HEADER_SIZE;
+  add_ext (&pos, QCOW2_EXT_BACKING_FORMAT, "r\0w", 3);
+  expect_refused ("embedded NUL", true);
+}
+
+/* What only for_reading refuses; the checker must still see these. */
+static void
+test_for_reading (void)
+{
+  struct qcow2_header h;
+  size_t pos;
+
+  make_v3 (); sc_put_be32 (img + QCOW2_HDR_CRYPT_METHOD, 2);
+  expect_refused ("encrypted images are not supported", true);
+  CU_ASSERT_EQUAL (parse (sizeof img, false, &h), 0);
+  CU_ASSERT_EQUAL (h.crypt_method, 2);
+  qcow2_header_free (&h);
+
+  make_v3 ();
+  pos = QCOW2_V3_HEADER_SIZE;
+  add_ext (&pos, QCOW2_EXT_CRYPTO, img + 2048, 16);
+  expect_refused ("encrypted images are not supported", true);
+  CU_ASSERT_EQUAL (parse (sizeof img, false, &h), 0);
+  CU_ASSERT_TRUE (h.has_crypto_ext);
+  qcow2_header_free (&h);
+
+  make_v3 (); sc_put_be64 (img + QCOW2_HDR_INCOMPAT, 1ULL << 40 | 1ULL << 5);
+  expect_refused ("unknown incompatible feature bits 0x10000000020", true);
+  CU_ASSERT_EQUAL (parse (sizeof img, false, &h), 0);
+  qcow2_header_free (&h);
+
+  make_v3 (); sc_put_be64 (img + QCOW2_HDR_INCOMPAT, QCOW2_INCOMPAT_CORRUPT);
+  expect_refused ("image is marked corrupt", true);
+  CU_ASSERT_EQUAL (parse (sizeof img, false, &h), 0);
+  CU_ASSERT_EQUAL (h.incompatible_features, QCOW2_INCOMPAT_CORRUPT);
+  qcow2_header_free (&h);
+
+  make_v3 (); sc_put_be64 (img + QCOW2_HDR_INCOMPAT, QCOW2_INCOMPAT_DIRTY);
+  CU_ASSERT_EQUAL (parse (sizeof img, true, &h), 0);
+  qcow2_header_free (&h);
+}
+
+static void
+set_geometry (struct qcow2_header *h, unsigned cluster_bits, bool extl2)
+{
+  memset (h, 0, sizeof *h);
+  h->version = 3;
+  h->cluster_bits = cluster_bits;
+  h->cluster_size = 1U << cluster_bits;
+  h->l2_entry_size = extl2 ? 16 : 8;
+  h->l2_entries = h->cluster_size / h->l2_entry_size;
+  if (extl2)
+    h->incompatible_features |= QCOW2_INCOMPAT_EXTL2;
+}
+
+static void
+test_index_arithmetic (void)
+{
+  struct qcow2_header h;
+
+  set_geometry (&h, 16, false);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l1_index (&h, 0), 0);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l2_index (&h, 65535), 0);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l2_index (&h, 65536), 1);
+  /* One L2 table maps 8192 clusters of 64 KiB = 512 MiB. */
+  CU_ASSERT_EQUAL (qcow2_offset_to_l1_index (&h, (512ULL << 20) - 1), 0);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l2_index (&h, (512ULL << 20) - 1), 8191);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l1_index (&h, 512ULL << 20), 1);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l2_index (&h, 512ULL << 20), 0);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l1_index (&h, 8ULL << 40), 16384);
+  CU_ASSERT_EQUAL (qcow2_offset_into_cluster (&h, 0x12345), 0x2345);
+  CU_ASSERT_EQUAL (qcow2_size_to_clusters (&h, 0), 0);
+  CU_ASSERT_EQUAL (qcow2_size_to_clusters (&h, 1), 1);
+  CU_ASSERT_EQUAL (qcow2_size_to_clusters (&h, 65537), 2);
+
+  /* Extended L2 halves the entries per table. */
+  set_geometry (&h, 16, true);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l1_index (&h, (256ULL << 20) - 1), 0);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l1_index (&h, 256ULL << 20), 1);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l2_index (&h, (256ULL << 20) + 3 * 65536),
+                   3);
+
+  set_geometry (&h, 9, false);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l1_index (&h, 32768), 1);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l2_index (&h, 32767), 63);
+  set_geometry (&h, 21, false);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l1_index (&h, 1ULL << 40), 2);
+  CU_ASSERT_EQUAL (qcow2_offset_to_l2_index (&h, (1ULL << 40) + (4 << 20)),
+                   2);
+}
+
+static void
+test_compressed_descriptor (void)
+{
+  static const unsigned bits[] = { 9, 12, 16, 21 };
+  struct qcow2_header h;
+  uint64_t off, n;
+
+  for (size_t i = 0; i < sizeof bits / sizeof bits[0]; i++) {
+    unsigned shift;
+    uint64_t max_field;
+
+    set_geometry (&h, bits[i], false);
+    shift = 62 - (bits[i] - 8);
+    CU_ASSERT_EQUAL (qcow2_csize_shift (&h), shift);
+    max_field = (1ULL << (bits[i] - 8)) - 1;
+
+    /* Sector aligned, one sector. */
+    qcow2_compressed_descriptor (&h, QCOW2_OFLAG_COMPRESSED | 0x50000,
+                                 &off, &n);
+    CU_ASSERT_EQUAL (off, 0x50000);
+    CU_ASSERT_EQUAL (n, 512);
+    /* Unaligned start: the first sector is partly someone else's. */
+    qcow2_compressed_descriptor (&h, QCOW2_OFLAG_COMPRESSED
+                                 | (1ULL << shift) | 0x50123, &off, &n);
+    CU_ASSERT_EQUAL (off, 0x50123);
+    CU_ASSERT_EQUAL (n, 2 * 512 - 0x123);
+    /* The largest sector count the field holds. */
+    qcow2_compressed_descriptor (&h, QCOW2_OFLAG_COMPRESSED | QCOW2_OFLAG_COPIED
+                                 | (max_field << shift) | 0x1000, &off, &n);
+    CU_ASSERT_EQUAL (off, 0x1000);
+    CU_ASSERT_EQUAL (n, (max_field + 1) * 512);
+    /* The highest offset bit belongs to the offset, not the count. */
+    qcow2_compressed_descriptor (&h, QCOW2_OFLAG_COMPRESSED
+                                 | (1ULL << (shift - 1)), &off, &n);
+    CU_ASSERT_EQUAL (off, 1ULL << (shift - 1));
+    CU_ASSERT_EQUAL (n, 512);
+  }
+}
+
+static void
+test_l2_entry_type (void)
+{
+  struct qcow2_header h;
+  enum qcow2_cluster_type t;
+
+  set_geometry (&h, 16, false);
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, 0, &t), 0);
+  CU_ASSERT_EQUAL (t, QCOW2_CLUSTER_UNALLOCATED);
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, QCOW2_OFLAG_ZERO, &t), 0);
+  CU_ASSERT_EQUAL (t, QCOW2_CLUSTER_ZERO_PLAIN);
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, 0x70000 | QCOW2_OFLAG_ZERO, &t), 0);
+  CU_ASSERT_EQUAL (t, QCOW2_CLUSTER_ZERO_ALLOC);
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, 0x70000, &t), 0);
+  CU_ASSERT_EQUAL (t, QCOW2_CLUSTER_NORMAL);
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, 0x70000 | QCOW2_OFLAG_COPIED,
+                                        &t), 0);
+  CU_ASSERT_EQUAL (t, QCOW2_CLUSTER_NORMAL);
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, QCOW2_OFLAG_COMPRESSED | 0x70123,
+                                        &t), 0);
+  CU_ASSERT_EQUAL (t, QCOW2_CLUSTER_COMPRESSED);
+  /* Offset 0 with COPIED is unallocated, unless in a data file. */
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, QCOW2_OFLAG_COPIED, &t), 0);
+  CU_ASSERT_EQUAL (t, QCOW2_CLUSTER_UNALLOCATED);
+
+  /* Reserved bits and misalignment. */
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, 0x70000 | 2, &t), -1);
+  CU_ASSERT_PTR_NOT_NULL (strstr (sc_error_message (), "reserved bits"));
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, 0x70000 | (1ULL << 56), &t), -1);
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, 0x70000 | (1ULL << 61), &t), -1);
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, 0x70200, &t), -1);
+  CU_ASSERT_PTR_NOT_NULL (strstr (sc_error_message (), "not aligned"));
+
+  /* External data file: offset 0 is a place; no compression. */
+  h.incompatible_features = QCOW2_INCOMPAT_DATA_FILE;
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, QCOW2_OFLAG_COPIED, &t), 0);
+  CU_ASSERT_EQUAL (t, QCOW2_CLUSTER_NORMAL);
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, 0, &t), 0);
+  CU_ASSERT_EQUAL (t, QCOW2_CLUSTER_UNALLOCATED);
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, QCOW2_OFLAG_COMPRESSED | 0x1000,
+                                        &t), -1);
+
+  /* Extended L2: the zero flag is not used (the bitmap says it). */
+  set_geometry (&h, 16, true);
+  CU_ASSERT_EQUAL (qcow2_l2_entry_type (&h, 0x70000 | QCOW2_OFLAG_ZERO, &t), 0);
+  CU_ASSERT_EQUAL (t, QCOW2_CLUSTER_NORMAL);
+}
+
+/* ---- the reader on a crafted image ------------------------------------ */
+
+/* 512-byte clusters, 64 entries per L2 table: 1 MiB needs 32 L2 tables,
+ * so reading it crosses many tables and a small cache must evict.
+ * Guest cluster g is stored when g % 3 != 0, and reads as zero (zero
+ * flag) when g % 7 == 0.
+ */
+#define R_CB        9
+#define R_CS        (1U << R_CB)
+#define R_VSIZE     (1024 * 1024)
+#define R_GCLUSTERS (R_VSIZE / R_CS)
+#define R_L2E       (R_CS / 8)
+#define R_NL2       (R_GCLUSTERS / R_L2E)
+#define R_L1        (3 * R_CS)
+#define R_L2        (4 * R_CS)
+#define R_DATA      ((4 + R_NL2) * R_CS)
+
+static unsigned char *reader_img;
+static size_t reader_len;
+static char *reader_path;
+
+static bool g_stored (unsigned g) { return g % 3 != 0 && g % 7 != 0; }
+static bool g_zero (unsigned g) { return g % 7 == 0; }
+
+static unsigned char
+expected_byte (uint64_t off)
+{
+  unsigned g = (unsigned) (off / R_CS);
+  if (!g_stored (g))
+    return 0;
+  return (unsigned char) (g * 31 + off % 251 + 1);
+}
+
+static void
+build_reader_image (void)
+{
+  unsigned char *p;
+  uint64_t data = R_DATA;
+
+  reader_len = R_DATA + (uint64_t) R_GCLUSTERS * R_CS;
+  p = reader_img = calloc (1, reader_len);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (p);
+  sc_put_be32 (p + QCOW2_HDR_MAGIC, QCOW2_MAGIC);
+  sc_put_be32 (p + QCOW2_HDR_VERSION, 3);
+  sc_put_be32 (p + QCOW2_HDR_CLUSTER_BITS, R_CB);
+  sc_put_be64 (p + QCOW2_HDR_SIZE, R_VSIZE);
+  sc_put_be32 (p + QCOW2_HDR_L1_SIZE, R_NL2);
+  sc_put_be64 (p + QCOW2_HDR_L1_OFFSET, R_L1);
+  sc_put_be64 (p + QCOW2_HDR_RT_OFFSET, R_CS);
+  sc_put_be32 (p + QCOW2_HDR_RT_CLUSTERS, 1);
+  sc_put_be32 (p + QCOW2_HDR_REFCOUNT_ORDER, 4);
+  sc_put_be32 (p + QCOW2_HDR_HEADER_LENGTH, QCOW2_V3_HEADER_SIZE);
+  for (unsigned t = 0; t < R_NL2; t++)
+    sc_put_be64 (p + R_L1 + t * 8, (R_L2 + t * R_CS) | QCOW2_OFLAG_COPIED);
+  for (unsigned g = 0; g < R_GCLUSTERS; g++) {
+    unsigned char *e = p + R_L2 + (uint64_t) g * 8;
+    if (g_zero (g))
+      sc_put_be64 (e, QCOW2_OFLAG_ZERO);
+    else if (g_stored (g)) {
+      sc_put_be64 (e, data | QCOW2_OFLAG_COPIED);
+      for (unsigned i = 0; i < R_CS; i++)
+        p[data + i] = expected_byte ((uint64_t) g * R_CS + i);
+      data += R_CS;
+    }
+  }
+  reader_len = data;
+  {
+    FILE *fp;
+    if (asprintf (&reader_path, "%s/reader.qcow2", tmpdir) == -1)
+      abort ();
+    fp = fopen (reader_path, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL (fp);
+    CU_ASSERT_EQUAL (fwrite (p, 1, reader_len, fp), reader_len);
+    fclose (fp);
+  }
+}
+
+static bool
+check_range (const unsigned char *buf, uint64_t off, size_t len)
+{
+  for (size_t i = 0; i < len; i++)
+    if (buf[i] != expected_byte (off + i))
+      return false;
+  return true;
+}
+
+static void
+test_reader_small_cache (void)
+{
+  struct sc_qcow2_open_opts opts = { .cache_bytes = 1 };
+  struct sc_qcow2 *q;
+  struct sc_endpoint *ep;
+  unsigned char *buf = malloc (R_VSIZE);
+  struct sc_extent_list list;
+
+  build_reader_image ();
+  q = sc_qcow2_open (reader_path, &opts);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (q);
+  CU_ASSERT_EQUAL (sc_qcow2_virtual_size (q), R_VSIZE);
+  ep = sc_qcow2_endpoint (q);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (ep);
+  CU_ASSERT_STRING_EQUAL (ep->ops->kind, "qcow2");
+  CU_ASSERT_TRUE (ep->flags & SC_EP_THREAD_SAFE);
+
+  /* Forwards, backwards and in odd pieces: every table is evicted and
+   * reloaded many times.
+   */
+  CU_ASSERT_EQUAL (sc_ep_pread (ep, buf, R_VSIZE, 0), 0);
+  CU_ASSERT_TRUE (check_range (buf, 0, R_VSIZE));
+  for (int64_t off = R_VSIZE - 1000; off >= 0; off -= 1000) {
+    memset (buf, 0xee, 1000);
+    CU_ASSERT_EQUAL (sc_ep_pread (ep, buf, 1000, (uint64_t) off), 0);
+    if (!check_range (buf, (uint64_t) off, 1000)) {
+      CU_FAIL ("backwards read differs");
+      break;
+    }
+  }
+  CU_ASSERT_EQUAL (sc_ep_pread (ep, buf, 1, R_VSIZE), -1);
+
+  /* Extents: holes, zeros and data, exactly by cluster. */
+  sc_extent_list_init (&list);
+  CU_ASSERT_EQUAL (ep->ops->extents (ep, 0, R_VSIZE, &list), 0);
+  {
+    uint64_t pos = 0;
+    bool ok = true;
+    for (size_t i = 0; i < list.len; i++) {
+      const struct sc_extent *x = &list.ext[i];
+      ok &= x->offset == pos;
+      for (uint64_t o = x->offset; o < x->offset + x->length; o += R_CS) {
+        unsigned g = (unsigned) (o / R_CS);
+        uint32_t want = g_zero (g) ? SC_EXTENT_ZERO
+          : g_stored (g) ? 0 : SC_EXTENT_HOLE;
+        ok &= x->flags == want;
+      }
+      pos += x->length;
+    }
+    CU_ASSERT_TRUE (ok);
+    CU_ASSERT_EQUAL (pos, R_VSIZE);
+  }
+  sc_extent_list_free (&list);
+
+  CU_ASSERT_EQUAL (sc_ep_pwrite (ep, buf, 512, 0), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), ENOTSUP);
+  CU_ASSERT_EQUAL (sc_ep_close (ep), 0);
+  sc_qcow2_close (q);
+  free (buf);
+}
+
+struct thread_arg {
+  struct sc_endpoint *ep;
+  unsigned seed;
+  bool ok;
+};
+
+static void *
+reader_thread (void *p)
+{
+  struct thread_arg *a = p;
+  unsigned char buf[3000];
+
+  a->ok = true;
+  for (int i = 0; i < 2000; i++) {
+    uint64_t off;
+    a->seed = a->seed * 1103515245 + 12345;
+    off = (a->seed >> 4) % (R_VSIZE - sizeof buf);
+    if (sc_ep_pread (a->ep, buf, sizeof buf, off) == -1
+        || !check_range (buf, off, sizeof buf))
+      a->ok = false;
+  }
+  return NULL;
+}
+
+static void
+test_reader_threads (void)
+{
+  struct sc_qcow2_open_opts opts = { .cache_bytes = 4 * R_CS };
+  struct sc_qcow2 *q = sc_qcow2_open (reader_path, &opts);
+  struct sc_endpoint *ep;
+  pthread_t t[4];
+  struct thread_arg a[4];
+
+  CU_ASSERT_PTR_NOT_NULL_FATAL (q);
+  ep = sc_qcow2_endpoint (q);
+  for (int i = 0; i < 4; i++) {
+    a[i] = (struct thread_arg) { ep, (unsigned) i * 7919 + 1, false };
+    pthread_create (&t[i], NULL, reader_thread, &a[i]);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join (t[i], NULL);
+    CU_ASSERT_TRUE (a[i].ok);
+  }
+  sc_ep_close (ep);
+  sc_qcow2_close (q);
+}
+
+/* Broken tables are found when they are used, with a message. */
+static void
+test_reader_bad_tables (void)
+{
+  unsigned char save[8];
+  struct sc_qcow2 *q;
+  struct sc_endpoint *ep;
+  unsigned char buf[R_CS];
+  FILE *fp;
+
+  /* An L1 entry with a reserved bit: refused at open. */
+  memcpy (save, reader_img + R_L1 + 8, 8);
+  reader_img[R_L1 + 8 + 7] |= 1;
+  fp = fopen (reader_path, "w");
+  fwrite (reader_img, 1, reader_len, fp);
+  fclose (fp);
+  CU_ASSERT_PTR_NULL (sc_qcow2_open (reader_path, NULL));
+  CU_ASSERT_PTR_NOT_NULL (strstr (sc_error_message (),
+                                  "L1 entry 1 (0x"));
+  memcpy (reader_img + R_L1 + 8, save, 8);
+
+  /* An L2 entry with a reserved bit: the read of that cluster fails. */
+  reader_img[R_L2 + 5 * 8 + 7] |= 2;
+  fp = fopen (reader_path, "w");
+  fwrite (reader_img, 1, reader_len, fp);
+  fclose (fp);
+  q = sc_qcow2_open (reader_path, NULL);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (q);
+  ep = sc_qcow2_endpoint (q);
+  CU_ASSERT_EQUAL (sc_ep_pread (ep, buf, R_CS, 4 * R_CS), 0);
+  CU_ASSERT_EQUAL (sc_ep_pread (ep, buf, R_CS, 5 * R_CS), -1);
+  CU_ASSERT_PTR_NOT_NULL (strstr (sc_error_message (), "reserved bits"));
+  sc_ep_close (ep);
+  sc_qcow2_close (q);
+
+  /* Unknown snapshot. */
+  {
+    struct sc_qcow2_open_opts opts = { .snapshot = "nope" };
+    CU_ASSERT_PTR_NULL (sc_qcow2_open (reader_path, &opts));
+    CU_ASSERT_STRING_EQUAL (sc_error_message (), "snapshot 'nope' not found");
+  }
+}
+
+int
+main (void)
+{
+  CU_pSuite s;
+  unsigned failures;
+
+  if (mkdtemp (tmpdir) == NULL) {
+    perror ("mkdtemp");
+    return EXIT_FAILURE;
+  }
+  if (CU_initialize_registry () != CUE_SUCCESS)
+    return EXIT_FAILURE;
+  s = CU_add_suite ("qcow2 header", NULL, NULL);
+  CU_add_test (s, "good v3 with extensions", test_good_v3);
+  CU_add_test (s, "good v2", test_good_v2);
+  CU_add_test (s, "every bad field is refused", test_bad_fields);
+  CU_add_test (s, "refusals only for reading", test_for_reading);
+  CU_add_test (s, "L1/L2 index arithmetic", test_index_arithmetic);
+  CU_add_test (s, "compressed descriptors", test_compressed_descriptor);
+  CU_add_test (s, "L2 entry classification", test_l2_entry_type);
+  s = CU_add_suite ("qcow2 reader", NULL, NULL);
+  CU_add_test (s, "small L2 cache", test_reader_small_cache);
+  CU_add_test (s, "concurrent reads", test_reader_threads);
+  CU_add_test (s, "bad tables", test_reader_bad_tables);
+  CU_basic_set_mode (CU_BRM_VERBOSE);
+  CU_basic_run_tests ();
+  failures = CU_get_number_of_failures () + CU_get_number_of_tests_failed ();
+  CU_cleanup_registry ();
+
+  if (reader_path)
+    unlink (reader_path);
+  free (reader_path);
+  free (reader_img);
+  rmdir (tmpdir);
+  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+}
