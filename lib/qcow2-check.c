@@ -39,6 +39,14 @@
 /* Encryption methods: 0 none, 1 AES (legacy), 2 LUKS. */
 #define CRYPT_METHOD_MAX         2
 
+/* Work budget, in table entries visited: a hostile image can make
+ * every L1 entry of every snapshot point at the same big L2 table.
+ * Real images visit each L2 table once per L1 table that references
+ * it, which is far below this; past it the check gives up.
+ */
+#define CHECK_WORK_BASE          (UINT64_C (1) << 30)
+#define CHECK_WORK_PER_BYTE      8
+
 #define L1E_SIZE                 8
 #define RTE_SIZE                 8
 
@@ -116,6 +124,8 @@ struct checker {
 
   struct snapshot *snapshots;
   uint64_t snapshots_size;      /* bytes of the snapshot table */
+
+  uint64_t work, work_limit;    /* see CHECK_WORK_BASE */
 
   uint64_t crypto_offset, crypto_length;
   uint32_t nb_bitmaps;
@@ -278,6 +288,33 @@ add_refs (struct checker *ck, const char *what, uint64_t offset,
   return 0;
 }
 
+/* Account for visiting units table entries; fails past the budget. */
+static int
+spend (struct checker *ck, uint64_t units)
+{
+  ck->work += units;
+  if (ck->work > ck->work_limit) {
+    sc_set_error (EFBIG, "the image references its metadata tables so "
+                  "many times that checking it would take too long "
+                  "(over %" PRIu64 " table entries); it is corrupt",
+                  ck->work_limit);
+    return -1;
+  }
+  return 0;
+}
+
+/* How many of the n u64 entries of a table at offset are (at least in
+ * part) inside the file: the rest read as zeros.
+ */
+static uint64_t
+entries_in_file (const struct checker *ck, uint64_t offset, uint64_t n)
+{
+  if (offset >= ck->file_size)
+    return 0;
+  return SC_MIN (n, SC_DIV_ROUND_UP (ck->file_size - offset,
+                                     (uint64_t) sizeof (uint64_t)));
+}
+
 /* What an L2 entry describes, decided as qemu decides it (the header
  * reader's classifier refuses entries that the checker must count).
  */
@@ -313,7 +350,13 @@ check_l2 (struct checker *ck, uint64_t l2_offset, bool frag)
   struct sc_check_result *res = ck->res;
   uint64_t next_contiguous = 0;
 
-  if (read_at (ck, ck->l2, ck->cs, l2_offset) == -1)
+  /* An L2 table past the end of the file reads as zeros: nothing in it
+   * is allocated.
+   */
+  if (l2_offset >= ck->file_size)
+    return spend (ck, 1);
+  if (spend (ck, ck->h.l2_entries) == -1
+      || read_at (ck, ck->l2, ck->cs, l2_offset) == -1)
     return -1;
 
   for (uint64_t i = 0; i < ck->h.l2_entries; i++) {
@@ -429,6 +472,7 @@ check_l1 (struct checker *ck, uint64_t l1_offset, uint64_t l1_size,
           bool active)
 {
   struct sc_check_result *res = ck->res;
+  uint64_t in_file;
 
   if (l1_size == 0)
     return 0;
@@ -442,10 +486,14 @@ check_l1 (struct checker *ck, uint64_t l1_offset, uint64_t l1_size,
     return 0;
   }
 
-  for (uint64_t first = 0; first < l1_size; first += CHECK_TABLE_CHUNK) {
-    uint64_t n = SC_MIN (l1_size - first, (uint64_t) CHECK_TABLE_CHUNK);
+  /* Entries past the end of the file are zeros: skip them. */
+  in_file = entries_in_file (ck, l1_offset, l1_size);
+  if (spend (ck, 1) == -1)
+    return -1;
+  for (uint64_t first = 0; first < in_file; first += CHECK_TABLE_CHUNK) {
+    uint64_t n = SC_MIN (in_file - first, (uint64_t) CHECK_TABLE_CHUNK);
 
-    if (read_chunk (ck, l1_offset, first, n) == -1)
+    if (spend (ck, n) == -1 || read_chunk (ck, l1_offset, first, n) == -1)
       return -1;
     for (uint64_t j = 0; j < n; j++) {
       uint64_t e = ck->chunk[j], l2_offset;
@@ -604,14 +652,19 @@ check_bitmap_table (struct checker *ck, uint64_t table_offset,
                     uint64_t table_size)
 {
   struct sc_check_result *res = ck->res;
+  uint64_t in_file;
 
   if (add_refs (ck, "bitmap table", table_offset,
                 table_size * sizeof (uint64_t)) == -1)
     return -1;
-  for (uint64_t first = 0; first < table_size; first += CHECK_TABLE_CHUNK) {
-    uint64_t n = SC_MIN (table_size - first, (uint64_t) CHECK_TABLE_CHUNK);
+  in_file = entries_in_file (ck, table_offset, table_size);
+  if (spend (ck, 1) == -1)
+    return -1;
+  for (uint64_t first = 0; first < in_file; first += CHECK_TABLE_CHUNK) {
+    uint64_t n = SC_MIN (in_file - first, (uint64_t) CHECK_TABLE_CHUNK);
 
-    if (read_chunk (ck, table_offset, first, n) == -1)
+    if (spend (ck, n) == -1
+        || read_chunk (ck, table_offset, first, n) == -1)
       return -1;
     for (uint64_t j = 0; j < n; j++) {
       uint64_t e = ck->chunk[j], offset = e & BME_OFFSET_MASK;
@@ -774,8 +827,10 @@ static int
 check_copied_flags (struct checker *ck)
 {
   struct sc_check_result *res = ck->res;
-  uint64_t l1_size = ck->h.l1_size;
+  uint64_t l1_size = entries_in_file (ck, ck->h.l1_table_offset,
+                                      ck->h.l1_size);
 
+  /* This visits no more than check_l1 did for the active layer. */
   for (uint64_t first = 0; first < l1_size; first += CHECK_TABLE_CHUNK) {
     uint64_t n = SC_MIN (l1_size - first, (uint64_t) CHECK_TABLE_CHUNK);
 
@@ -799,6 +854,8 @@ check_copied_flags (struct checker *ck)
                        PRIu64 " l1_entry=%" PRIx64 " refcount=%" PRIu64,
                        first + j, e, rc);
       }
+      if (l2_offset >= ck->file_size)
+        continue;               /* zeros: nothing allocated */
       if (read_at (ck, ck->l2, ck->cs, l2_offset) == -1)
         return -1;
       for (uint64_t i = 0; i < ck->h.l2_entries; i++) {
@@ -850,6 +907,7 @@ run_check (struct checker *ck)
     return -1;
   }
   ck->counts = calloc (ck->nb_counts + 1, sizeof *ck->counts);
+  ck->work_limit = CHECK_WORK_BASE + ck->file_size * CHECK_WORK_PER_BYTE;
   ck->l2 = malloc (ck->cs);
   ck->rb = malloc (ck->cs);
   ck->chunk = malloc (CHECK_TABLE_CHUNK * sizeof *ck->chunk);
@@ -963,6 +1021,19 @@ sc_qcow2_check (const char *path, struct sc_check_result *result)
                   ": cannot check this image",
                   ck.h.incompatible_features
                   & ~(uint64_t) QCOW2_INCOMPAT_KNOWN);
+    goto out_header;
+  }
+  /* qemu refuses misaligned table offsets even for empty tables, and
+   * so an image with one cannot be clean.
+   */
+  if (!SC_IS_ALIGNED (ck.h.l1_table_offset, ck.h.cluster_size)) {
+    sc_set_error (EINVAL, "invalid L1 table offset 0x%" PRIx64
+                  " (not aligned to a cluster)", ck.h.l1_table_offset);
+    goto out_header;
+  }
+  if (!SC_IS_ALIGNED (ck.h.snapshots_offset, ck.h.cluster_size)) {
+    sc_set_error (EINVAL, "invalid snapshot table offset 0x%" PRIx64
+                  " (not aligned to a cluster)", ck.h.snapshots_offset);
     goto out_header;
   }
   if (ck.h.crypt_method > CRYPT_METHOD_MAX) {
