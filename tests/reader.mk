@@ -23,3 +23,6 @@ EXTRA_DIST += tests/reader-datafile.sh
 
 TESTS += tests/reader-e2image.sh
 EXTRA_DIST += tests/reader-e2image.sh
+
+TESTS += tests/reader-refuse.sh
+EXTRA_DIST += tests/reader-refuse.sh

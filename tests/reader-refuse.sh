@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# sparsecow refuses what it cannot read correctly, with a message that
+# says why: encrypted images, unknown incompatible features, images
+# marked corrupt, impossible headers.  And no input makes unpack, map or
+# info crash or hang: 300 deterministic random corruptions of the
+# metadata clusters of small images.
+srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
+. "$srcdir/functions.sh"
+. "$srcdir/reader-functions.sh"
+requires qemu-img qemu-io python3 timeout cmp
+
+if [ "$READER_ORACLE" = qemu ]; then
+  echo "$0: SKIP: checks sparsecow's own refusals"
+  exit 77
+fi
+
+cd "$tmp"
+
+# refuse PATTERN IMAGE: unpack and map fail with a message matching
+# PATTERN and leave no target; info does not crash.
+refuse () {
+  local pattern=$1 img=$2
+  expect_fail "$pattern" rd_sparsecow unpack "$img" refused.raw
+  [ ! -e refused.raw ] || fail "failed unpack of $img left refused.raw behind"
+  expect_fail "$pattern" rd_sparsecow unpack "$img" -
+  expect_fail "$pattern" rd_sparsecow map --json "$img"
+  rd_sparsecow info --json "$img" >/dev/null || :
+}
+
+# Encrypted: LUKS, and the legacy AES scheme.
+qemu-img create -q -f qcow2 --object secret,id=sec0,data=abc \
+  -o encrypt.format=luks,encrypt.key-secret=sec0 enc.qcow2 1M
+refuse "[Ee]ncrypt" enc.qcow2
+if qemu-img create -q -f qcow2 --object secret,id=sec0,data=abc \
+     -o encrypt.format=aes,encrypt.key-secret=sec0 aes.qcow2 1M 2>/dev/null; then
+  refuse "[Ee]ncrypt" aes.qcow2
+fi
+
+# Header fields: byte 72 incompatible features (v3), 32..35 the crypt
+# method in every version.
+qemu-img create -q -f qcow2 plain.qcow2 1M
+qio plain.qcow2 "write -P 0x11 0 64k"
+
+cp plain.qcow2 unknown-bit.qcow2
+set_header_bit unknown-bit.qcow2 72 10
+qemu-img info -f qcow2 unknown-bit.qcow2 >/dev/null 2>&1 && fail "test setup: qemu-img accepts bit 10"
+refuse "[Ii]ncompatible" unknown-bit.qcow2
+
+cp plain.qcow2 high-bit.qcow2
+set_header_bit high-bit.qcow2 72 63
+refuse "[Ii]ncompatible" high-bit.qcow2
+
+cp plain.qcow2 corrupt.qcow2
+set_header_bit corrupt.qcow2 72 1
+refuse "[Cc]orrupt" corrupt.qcow2
+
+# Impossible headers.
+patch () {   # patch FILE OFFSET HEXBYTES
+  printf "$(sed 's/../\\x&/g' <<<"$3")" |
+    dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
+cp plain.qcow2 magic.qcow2;   patch magic.qcow2 0 51464900           # "QFI\0"
+cp plain.qcow2 v1.qcow2;      patch v1.qcow2 4 00000001
+cp plain.qcow2 v4.qcow2;      patch v4.qcow2 4 00000004
+cp plain.qcow2 cb8.qcow2;     patch cb8.qcow2 20 00000008           # 256 B clusters
+cp plain.qcow2 cb31.qcow2;    patch cb31.qcow2 20 0000001f          # 2 GiB clusters
+cp plain.qcow2 l1off.qcow2;   patch l1off.qcow2 40 0000100000000000 # L1 far past EOF
+cp plain.qcow2 l1odd.qcow2;   patch l1odd.qcow2 40 0000000000030001 # unaligned L1
+cp plain.qcow2 l1big.qcow2;   patch l1big.qcow2 36 7fffffff         # huge L1
+cp plain.qcow2 l1zero.qcow2;  patch l1zero.qcow2 40 0000000000000000 # L1 over header
+cp plain.qcow2 size.qcow2;    patch size.qcow2 24 00ffffffffffffff  # L1 too small
+cp plain.qcow2 rorder.qcow2;  patch rorder.qcow2 96 00000007        # 128-bit refcounts
+cp plain.qcow2 hlen.qcow2;    patch hlen.qcow2 100 00000050         # header_length < 104
+cp plain.qcow2 ctype.qcow2;   patch ctype.qcow2 104 07              # compression type 7
+cp plain.qcow2 oddsize.qcow2; patch oddsize.qcow2 24 00000000000f4241 # 1000001 bytes
+head -c 50 plain.qcow2 > short.qcow2
+: > empty.qcow2
+# Where qemu reads such an image anyway (it reads an L1 table past the
+# end of the file as zeros, and a size that is not a multiple of 512 as
+# rounded down), sparsecow may be stricter, but if it reads it, it must
+# read what qemu reads.
+for f in magic v1 v4 cb8 cb31 l1off l1odd l1big l1zero size rorder hlen ctype oddsize short empty; do
+  if qemu-img convert -q -f qcow2 -O raw $f.qcow2 judge.raw 2>/dev/null; then
+    rc=0
+    rd_sparsecow unpack $f.qcow2 $f.raw 2>/dev/null || rc=$?
+    echo "$f.qcow2: qemu-img reads it; sparsecow unpack exit $rc"
+    if [ $rc = 0 ]; then
+      cmp judge.raw $f.raw || fail "unpack $f.qcow2 differs from qemu-img convert"
+    else
+      [ ! -e $f.raw ] || fail "failed unpack of $f.qcow2 left $f.raw behind"
+    fi
+    rm -f judge.raw $f.raw
+    continue
+  fi
+  expect_fail "." rd_sparsecow unpack $f.qcow2 $f.raw
+  [ ! -e $f.raw ] || fail "failed unpack of $f.qcow2 left $f.raw behind"
+  # map also reads raw files, so only a file with the qcow2 magic must
+  # fail there.
+  case $f in
+    magic|empty) ;;
+    *) expect_fail "." rd_sparsecow map --json $f.qcow2 ;;
+  esac
+done
+
+# L2 entries: qemu reads a cluster past the end of the file as zeros (so
+# must sparsecow), and refuses an unaligned host offset.
+l2=$(python3 - plain.qcow2 <<'EOF'
+import struct, sys
+b = open(sys.argv[1], "rb").read()
+l1_off = struct.unpack(">Q", b[40:48])[0]
+print(struct.unpack(">Q", b[l1_off:l1_off + 8])[0] & 0x00fffffffffffe00)
+EOF
+)
+cp plain.qcow2 l2eof.qcow2
+patch l2eof.qcow2 "$l2" 8000100000000000
+check_image l2eof.qcow2
+cp plain.qcow2 l2odd.qcow2
+patch l2odd.qcow2 "$l2" 8000000000030200
+qemu-img convert -q -f qcow2 -O raw l2odd.qcow2 judge.raw 2>/dev/null &&
+  fail "test setup: qemu-img reads l2odd.qcow2"
+expect_fail "." rd_sparsecow unpack l2odd.qcow2 l2odd.raw
+[ ! -e l2odd.raw ] || fail "failed unpack of l2odd.qcow2 left l2odd.raw behind"
+
+# Fuzzing: 300 corrupted images, from two small images with every kind
+# of metadata in their first clusters.  Nothing may crash or hang; where
+# both qemu-img and sparsecow read an image, they must read the same.
+mkdir fuzz
+cd fuzz
+qemu-img create -q -f raw fz-base.raw 1M
+qemu-io -f raw -c "write -P 0x5a 0 1M" fz-base.raw >/dev/null
+qemu-img create -q -f qcow2 -o cluster_size=4096,refcount_bits=4 fz-a.qcow2 1M
+qio fz-a.qcow2 "write -P 0x01 0 8k" "write -c -P 0x02 16k 4k" "write -c -P 0x03 20k 4k" \
+               "write -z 24k 4k" "write -P 0x04 1020k 4k"
+qemu-img snapshot -c snap fz-a.qcow2
+qio fz-a.qcow2 "write -P 0x05 4k 4k"
+qemu-img create -q -f qcow2 -o compat=0.10,cluster_size=512 -b fz-base.raw -F raw fz-b.qcow2
+qio fz-b.qcow2 "write -P 0x06 0 2k" "write -c -P 0x07 4k 512" "write -P 0x08 1047552 1024"
+qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=16384 fz-c.qcow2 1M
+qio fz-c.qcow2 "write -P 0x09 0 1k" "write -z 2k 1k" "write -c -P 0x0a 32k 16k"
+
+python3 - <<'EOF'
+import random, struct
+rng = random.Random(1123)
+bases = [("fz-a.qcow2", 4096), ("fz-b.qcow2", 512), ("fz-c.qcow2", 16384)]
+specials = [0, 1, 0x200, 0x1000, 0x7fffffff, 0xffffffff, 1 << 62, 1 << 63,
+            (1 << 63) | (1 << 62), 0xffffffffffffffff, 0x00fffffffffffe00]
+for n in range(300):
+    name, cs = bases[n % len(bases)]
+    b = bytearray(open(name, "rb").read())
+    # The first clusters hold the header, refcount table and blocks, L1,
+    # L2 tables, snapshot table; a quarter of the hits go to the header.
+    region = min(len(b), max(8 * cs, 16384))
+    for _ in range(rng.randint(1, 4)):
+        if rng.random() < 0.25:
+            pos = rng.randrange(0, 112)
+        else:
+            pos = rng.randrange(0, region)
+        r = rng.random()
+        if r < 0.5:
+            b[pos] = rng.randrange(256)
+        elif r < 0.7:
+            b[pos] ^= 1 << rng.randrange(8)
+        else:
+            pos &= ~7
+            v = rng.choice(specials)
+            if rng.random() < 0.3:
+                v = struct.unpack(">Q", bytes(b[pos:pos + 8]).ljust(8, b"\0"))[0] + rng.choice([-512, 512, cs, -cs])
+                v &= 0xffffffffffffffff
+            b[pos:pos + 8] = struct.pack(">Q", v)
+    open("f%03d.qcow2" % n, "wb").write(b)
+EOF
+
+# One pass over every image whose number is PART modulo 2 (two run in
+# parallel); problems are appended to problems.PART, and the images kept
+# next to $tmp for a look afterwards.
+fuzz_part () {
+  local part=$1 n f cmd rc
+  local err=$tmp/fz.err.$part out=out.$part.raw ref=ref.$part.raw
+  for ((n = part; n < 300; n += 2)); do
+    f=$(printf f%03d.qcow2 $n)
+    for cmd in unpack map info; do
+      rc=0
+      case $cmd in
+        unpack) timeout 10 $SC_VALGRIND "$SPARSECOW" unpack "$f" $out >/dev/null 2>"$err" || rc=$? ;;
+        *) timeout 10 $SC_VALGRIND "$SPARSECOW" $cmd --json "$f" >/dev/null 2>"$err" || rc=$? ;;
+      esac
+      if [ $rc -ge 124 ] || grep -q "AddressSanitizer\|runtime error\|LeakSanitizer" "$err"; then
+        echo "$f: sparsecow $cmd: exit $rc: $(head -c 300 "$err")" >> problems.$part
+        cp "$f" "${TMPDIR:-/var/tmp}/sparsecow-fuzz-$f"
+      elif [ $cmd = unpack ] && [ $rc = 0 ]; then
+        if qemu-img convert -q -f qcow2 -O raw "$f" $ref 2>/dev/null &&
+           ! cmp -s $ref $out; then
+          echo "$f: qemu-img convert and sparsecow unpack both read it, but differently" >> problems.$part
+          cp "$f" "${TMPDIR:-/var/tmp}/sparsecow-fuzz-$f"
+        fi
+      elif [ $cmd = unpack ] && [ -e $out ]; then
+        echo "$f: failed unpack left its target behind" >> problems.$part
+      fi
+      rm -f $out $ref
+    done
+  done
+}
+: > problems.0; : > problems.1
+fuzz_part 0 & pid0=$!
+fuzz_part 1 & pid1=$!
+wait $pid0; wait $pid1
+if [ -s problems.0 ] || [ -s problems.1 ]; then
+  cat problems.0 problems.1 >&2
+  fail "$(cat problems.0 problems.1 | wc -l) problems in 300 corrupted images" \
+       "(images kept as ${TMPDIR:-/var/tmp}/sparsecow-fuzz-f*.qcow2)"
+fi
