@@ -76,10 +76,21 @@
 #define BITMAP_DIR_ENTRY_SIZE    24
 #define BITMAP_DIR_TABLE_OFFSET  0
 #define BITMAP_DIR_TABLE_SIZE    8
+#define BITMAP_DIR_FLAGS         12
+#define BITMAP_DIR_TYPE          16
+#define BITMAP_DIR_GRANULARITY   17
 #define BITMAP_DIR_NAME_SIZE     18
 #define BITMAP_DIR_EXTRA_SIZE    20
 #define BITMAP_MAX_TABLE_ENTRIES (UINT64_C (1) << 27)
 #define BITMAP_MAX_NAME          1023
+#define BITMAP_MIN_GRANULARITY_BITS 9
+#define BITMAP_MAX_GRANULARITY_BITS 31
+#define BITMAP_MAX_PHYS_BYTES    (UINT64_C (512) * 1024 * 1024)
+#define BITMAP_TYPE_DIRTY_TRACKING 1
+#define BITMAP_FLAG_IN_USE       1U
+#define BITMAP_WORD_BITS         64
+/* in-use, auto and extra-data-compatible are the defined flags. */
+#define BITMAP_RESERVED_FLAGS    (~7U)
 #define BME_OFFSET_MASK          0x00fffffffffffe00ULL
 #define BME_RESERVED_MASK        0xff000000000001feULL
 #define BME_FLAG_ALL_ONES        1ULL
@@ -685,13 +696,75 @@ check_bitmap_table (struct checker *ck, uint64_t table_offset,
   return 0;
 }
 
-/* Count the bitmap directory, the bitmap tables and their clusters. */
+/* What is wrong with the bitmap directory entry at dir[pos], with
+ * room left bytes, or NULL if nothing; *len is set to its length.
+ * These are the constraints qemu checks before it opens the image.
+ */
+static const char *
+bitmap_entry_problem (const struct checker *ck, const unsigned char *e,
+                      uint64_t left, uint64_t *len)
+{
+  uint64_t table_offset, table_size, phys, name_len, extra;
+  uint32_t flags;
+  unsigned type, granularity_bits;
+
+  if (left < BITMAP_DIR_ENTRY_SIZE)
+    return "the directory ends inside an entry";
+  table_offset = sc_get_be64 (e + BITMAP_DIR_TABLE_OFFSET);
+  table_size = sc_get_be32 (e + BITMAP_DIR_TABLE_SIZE);
+  flags = sc_get_be32 (e + BITMAP_DIR_FLAGS);
+  type = e[BITMAP_DIR_TYPE];
+  granularity_bits = e[BITMAP_DIR_GRANULARITY];
+  name_len = sc_get_be16 (e + BITMAP_DIR_NAME_SIZE);
+  extra = sc_get_be32 (e + BITMAP_DIR_EXTRA_SIZE);
+  *len = SC_ROUND_UP (BITMAP_DIR_ENTRY_SIZE + extra + name_len,
+                      (uint64_t) EXT_ALIGN);
+  if (*len > left)
+    return "the entry runs past the end of the directory";
+  if (extra != 0)
+    return "bitmap extra data is not supported";
+  if (table_size == 0 || table_offset == 0
+      || !SC_IS_ALIGNED (table_offset, ck->cs)
+      || table_size > BITMAP_MAX_TABLE_ENTRIES)
+    return "invalid bitmap table offset or size";
+  if (granularity_bits < BITMAP_MIN_GRANULARITY_BITS
+      || granularity_bits > BITMAP_MAX_GRANULARITY_BITS)
+    return "invalid granularity";
+  if (flags & BITMAP_RESERVED_FLAGS)
+    return "reserved flags set";
+  if (name_len == 0 || name_len > BITMAP_MAX_NAME)
+    return "invalid name length";
+  if (type != BITMAP_TYPE_DIRTY_TRACKING)
+    return "unknown bitmap type";
+  phys = table_size * ck->cs;
+  if (phys > BITMAP_MAX_PHYS_BYTES)
+    return "the bitmap is too large";
+  /* A bitmap that is not in use must be exactly as large as the disk
+   * needs: one bit per granule, stored in 64-bit words.
+   */
+  if (!(flags & BITMAP_FLAG_IN_USE)) {
+    uint64_t bits = SC_DIV_ROUND_UP (ck->h.size,
+                                     UINT64_C (1) << granularity_bits);
+    uint64_t bytes = SC_DIV_ROUND_UP (bits, BITMAP_WORD_BITS)
+      * (BITMAP_WORD_BITS / 8);
+
+    if (table_size != SC_DIV_ROUND_UP (bytes, ck->cs))
+      return "the bitmap table size does not match the disk size";
+  }
+  return NULL;
+}
+
+/* Count the bitmap directory, the bitmap tables and their clusters.  A
+ * directory that breaks qemu's constraints is a corruption (qemu does
+ * not open the image at all); then only the directory is counted.
+ */
 static int
 check_bitmaps (struct checker *ck)
 {
   struct sc_check_result *res = ck->res;
   CLEANUP_FREE unsigned char *dir = NULL;
-  uint64_t pos = 0;
+  const char *problem = NULL;
+  uint64_t pos, len = 0;
   uint32_t i;
 
   if (ck->nb_bitmaps == 0)
@@ -699,46 +772,43 @@ check_bitmaps (struct checker *ck)
   if (add_refs (ck, "bitmap directory", ck->bitmap_dir_offset,
                 ck->bitmap_dir_size) == -1)
     return -1;
-  dir = malloc (ck->bitmap_dir_size ? ck->bitmap_dir_size : 1);
-  if (dir == NULL) {
-    sc_set_error (errno, "bitmap directory: out of memory");
-    return -1;
-  }
   if (!readable (ck->bitmap_dir_offset, ck->bitmap_dir_size)) {
     res->check_errors++;
     check_message (ck, "ERROR: cannot read the bitmap directory at offset "
                    "0x%" PRIx64, ck->bitmap_dir_offset);
     return 0;
   }
+  /* The header extension's size was capped when it was read. */
+  dir = malloc (ck->bitmap_dir_size ? ck->bitmap_dir_size : 1);
+  if (dir == NULL) {
+    sc_set_error (errno, "bitmap directory: out of memory");
+    return -1;
+  }
   if (read_at (ck, dir, ck->bitmap_dir_size, ck->bitmap_dir_offset) == -1)
     return -1;
 
-  for (i = 0; i < ck->nb_bitmaps; i++) {
-    uint64_t table_offset, table_size, extra, name_len, entry_len;
-
-    if (ck->bitmap_dir_size - pos < BITMAP_DIR_ENTRY_SIZE)
-      break;
-    table_offset = sc_get_be64 (dir + pos + BITMAP_DIR_TABLE_OFFSET);
-    table_size = sc_get_be32 (dir + pos + BITMAP_DIR_TABLE_SIZE);
-    name_len = sc_get_be16 (dir + pos + BITMAP_DIR_NAME_SIZE);
-    extra = sc_get_be32 (dir + pos + BITMAP_DIR_EXTRA_SIZE);
-    entry_len = SC_ROUND_UP (BITMAP_DIR_ENTRY_SIZE + extra + name_len,
-                             (uint64_t) EXT_ALIGN);
-    if (entry_len > ck->bitmap_dir_size - pos
-        || name_len == 0 || name_len > BITMAP_MAX_NAME
-        || table_size > BITMAP_MAX_TABLE_ENTRIES
-        || !SC_IS_ALIGNED (table_offset, ck->cs)
-        || (table_size && table_offset == 0))
-      break;
-    if (check_bitmap_table (ck, table_offset, table_size) == -1)
-      return -1;
-    pos += entry_len;
+  for (i = 0, pos = 0; i < ck->nb_bitmaps && problem == NULL; i++) {
+    problem = bitmap_entry_problem (ck, dir + pos,
+                                    ck->bitmap_dir_size - pos, &len);
+    pos += len;
   }
-  if (i < ck->nb_bitmaps || pos != ck->bitmap_dir_size) {
+  if (problem == NULL && pos != ck->bitmap_dir_size)
+    problem = "more entries than the header extension says";
+  if (problem) {
     res->corruptions++;
     check_message (ck, "ERROR bitmap directory at 0x%" PRIx64 " is "
-                   "corrupted (entry %" PRIu32 " of %" PRIu32 ")",
-                   ck->bitmap_dir_offset, i, ck->nb_bitmaps);
+                   "corrupted: entry %" PRIu32 ": %s",
+                   ck->bitmap_dir_offset, i, problem);
+    return 0;
+  }
+
+  for (pos = 0; pos < ck->bitmap_dir_size; pos += len) {
+    const unsigned char *e = dir + pos;
+
+    bitmap_entry_problem (ck, e, ck->bitmap_dir_size - pos, &len);
+    if (check_bitmap_table (ck, sc_get_be64 (e + BITMAP_DIR_TABLE_OFFSET),
+                            sc_get_be32 (e + BITMAP_DIR_TABLE_SIZE)) == -1)
+      return -1;
   }
   return 0;
 }
