@@ -109,11 +109,31 @@ mk bitmaps; io bitmaps -c "write -P 1 0 1M"
 qemu-img bitmap --add bitmaps.qcow2 b0
 qemu-img bitmap --add bitmaps.qcow2 b1
 
+# A bitmap that qemu-io's writes dirty (so it has data clusters), with
+# small clusters and a fine granularity so that its table is long.
+qemu-img create -q -f qcow2 -o cluster_size=512 bitmapdata.qcow2 256M
+qemu-img bitmap --add -g 4096 bitmapdata.qcow2 b0
+io bitmapdata -c "write -P 1 0 1M" -c "write -P 1 200M 64k"
+# An external data file: its clusters are not counted.
+mk datafile -o data_file=datafile.raw; io datafile -c "write -P 1 0 1M"
+
 for img in plain data comp zero disc snap rc1 rc2 rc4 rc8 rc32 rc64 \
-           cs512 cs2m v2 extl2 zstd lazy prealloc bitmaps; do
+           cs512 cs2m v2 extl2 zstd lazy prealloc bitmaps bitmapdata \
+           datafile; do
   compare "$img.qcow2" 0
   compare_stats "$img.qcow2"
 done
+
+# An encrypted image: qemu needs the key to open it, we do not.
+if qemu-img create -q -f qcow2 --object secret,id=sec0,data=abc \
+     -o encrypt.format=luks,encrypt.key-secret=sec0 luks.qcow2 64M 2>/dev/null
+then
+  qemu-img check --output=json --object secret,id=sec0,data=abc \
+    --image-opts driver=qcow2,file.filename=luks.qcow2,encrypt.key-secret=sec0 \
+    >q.json || fail "luks: qemu-img check"
+  sparsecow check --json luks.qcow2 >s.json || fail "luks: our check"
+  compare_stats luks.qcow2
+fi
 
 # The human output says so too.
 sparsecow check data.qcow2 >out 2>err
@@ -234,6 +254,28 @@ for w in 1 64; do
   fi
   compare c-rc$w.qcow2 2
 done
+
+# A bitmap table entry with reserved bits (qemu refuses to open it).
+img=bitmapdata.qcow2
+ext=$(( $(be32 $img 100) ))
+while [ "$(be32 $img $ext)" != $(( 0x23852875 )) ]; do
+  [ "$(be32 $img $ext)" != 0 ] || fail "no bitmaps extension"
+  ext=$(( ext + 8 + ($(be32 $img $(( ext + 4 ))) + 7) / 8 * 8 ))
+done
+dir=$(be64 $img $(( ext + 8 + 16 )))
+bt=$(be64 $img "$dir")
+cp $img c-bitmap-table.qcow2
+put_be64 c-bitmap-table.qcow2 "$bt" $(( $(be64 $img "$bt") | 2 ))
+compare c-bitmap-table.qcow2
+[ "$(jfield s.json corruptions)" -ge 1 ] || fail "bitmap table: no corruption"
+# A bitmap table size that does not fit the disk.
+cp $img c-bitmap-size.qcow2
+put_bytes c-bitmap-size.qcow2 $(( dir + 8 )) 00000001
+compare c-bitmap-size.qcow2 1
+
+# An unknown incompatible feature: neither can check it.
+cp data.qcow2 c-incompat.qcow2; put_be64 c-incompat.qcow2 72 $(( 1 << 40 ))
+compare c-incompat.qcow2 1
 
 # Not an image at all, and a file that is not there.
 printf 'hello' > junk
