@@ -32,6 +32,10 @@
 /* Bounds the linear search of the cache with tiny clusters. */
 #define MAX_CACHE_TABLES        1024
 #define DEFAULT_MAX_DEPTH       64
+/* qemu sizes raw files in whole 512-byte sectors. */
+#define RAW_SECTOR_SIZE         512
+/* The unit of st_blocks. */
+#define STAT_BLOCK_SIZE         512
 
 /* Snapshot table entries (see the specification). */
 #define SNAPSHOT_HEADER_SIZE    40
@@ -409,7 +413,7 @@ detect_prealloc (struct layer *L)
     sc_set_error (errno, "%s: fstat: %s", L->filename, strerror (errno));
     return -1;
   }
-  real_clusters = (uint64_t) st.st_blocks * 512 / cs;
+  real_clusters = (uint64_t) st.st_blocks * STAT_BLOCK_SIZE / cs;
   threshold = SC_MAX (real_clusters * 10 / 9, real_clusters + 2);
   end_cluster = qcow2_size_to_clusters (&L->h, L->file_size);
   block = malloc (cs);
@@ -1008,7 +1012,8 @@ open_chain (struct sc_qcow2 *q, const char *path,
     }
 
     if (L->raw) {
-      L->size = L->file_size;
+      /* qemu sees raw files in whole sectors; the tail reads as zeros. */
+      L->size = SC_ROUND_UP (L->file_size, RAW_SECTOR_SIZE);
       return 0;
     }
     if (open_qcow2_layer (q, L, d == 0, opts) == -1)

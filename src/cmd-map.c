@@ -15,6 +15,8 @@
 #include "cli.h"
 #include "internal.h"
 
+#define RAW_SECTOR_SIZE 512
+
 struct map_out {
   bool json;
   bool first;
@@ -144,6 +146,10 @@ map_raw (const char *path, struct map_out *out)
   }
   else
     size = (uint64_t) st.st_size;
+  /* qemu sees files in whole sectors: a partial last sector is padded
+   * with zeros (and is a hole, being past the end of the file).
+   */
+  size = SC_ROUND_UP (size, RAW_SECTOR_SIZE);
 
   sc_extent_list_init (&list);
   if (size > 0

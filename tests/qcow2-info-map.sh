@@ -95,6 +95,22 @@ qio -c "write -P 12 1M 64k" over-raw.qcow2
 same_map over-raw.qcow2
 same_info over-raw.qcow2
 
+# A raw backing file whose size is not a whole number of sectors, data
+# up to its last byte: qemu pads the last sector with zeros.
+head -c 777777 /dev/urandom > odd.raw
+qemu-img create -q -f qcow2 -b odd.raw -F raw -o cluster_size=4k odd.qcow2 2M
+qio -c "write -P 2 700k 4k" odd.qcow2
+same_map odd.qcow2
+same_map odd.raw -f raw
+truncate -s 1000003 oddhole.raw
+same_map oddhole.raw -f raw
+
+# A raw backing file that starts with the qcow2 magic is still raw
+# when the overlay says so.
+cp a.qcow2 looks-like-qcow2.img
+qemu-img create -q -f qcow2 -b looks-like-qcow2.img -F raw fake.qcow2 4M
+same_map fake.qcow2
+
 # Version 2, small clusters, zstd, 1-bit refcounts, lazy refcounts.
 qemu-img create -q -f qcow2 -o compat=0.10 v2.qcow2 2M
 qio -c "write -P 1 0 100k" -c "write -c -P 2 1M 64k" v2.qcow2
