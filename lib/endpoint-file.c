@@ -43,6 +43,12 @@ struct file_ep {
   bool force;
   /* Forward-only targets: the next offset to be written. */
   uint64_t pos;
+  /* A stream that is really a regular file with nothing past its
+   * position (stdout redirected with ">"): zeros can be skipped with
+   * lseek and the size set at the end, instead of written.
+   */
+  bool can_skip;
+  uint64_t base;                /* file offset of stream offset 0 */
   pthread_mutex_t pos_lock;
   const void *zeros;            /* ZERO_CHUNK zero bytes, or NULL */
 };
@@ -221,6 +227,22 @@ file_close (struct sc_endpoint *ep)
 
 /* ---- forward-only targets (stdout, pipes, character devices) ------- */
 
+/* With pos_lock held: move a skippable stream forward to offset. */
+static int
+skip_to (struct file_ep *f, uint64_t offset)
+{
+  if (offset > (uint64_t) INT64_MAX - f->base) {
+    sc_set_error (EFBIG, "offset %" PRIu64 " is too large", offset);
+    return -1;
+  }
+  if (lseek (f->fd, (off_t) (offset - f->pos), SEEK_CUR) == -1) {
+    sc_set_error (errno, "lseek: %s", strerror (errno));
+    return -1;
+  }
+  f->pos = offset;
+  return 0;
+}
+
 static int
 pipe_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
              uint64_t offset)
@@ -229,24 +251,48 @@ pipe_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
   int rc = 0;
 
   pthread_mutex_lock (&f->pos_lock);
-  if (offset != f->pos) {
+  /* A file behind the stream can skip forward over zeros. */
+  if (f->can_skip && offset > f->pos)
+    rc = skip_to (f, offset);
+  if (rc == 0 && offset != f->pos) {
     sc_set_error (EINVAL, "cannot write at offset %" PRIu64
                   " of a stream positioned at %" PRIu64, offset, f->pos);
     rc = -1;
   }
-  else if (sc_full_write (f->fd, buf, count) == -1)
-    rc = -1;
-  else
-    f->pos += count;
+  if (rc == 0) {
+    rc = sc_full_write (f->fd, buf, count);
+    if (rc == 0)
+      f->pos += count;
+  }
   pthread_mutex_unlock (&f->pos_lock);
   return rc;
 }
 
-/* A stream cannot skip: zeros are written out. */
+/* A stream cannot skip: zeros are written out, unless it is a file. */
 static int
 pipe_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset)
 {
   struct file_ep *f = (struct file_ep *) ep;
+
+  if (f->can_skip) {
+    uint64_t end;
+    int rc = 0;
+
+    pthread_mutex_lock (&f->pos_lock);
+    if (offset < f->pos) {
+      sc_set_error (EINVAL, "cannot write at offset %" PRIu64
+                    " of a stream positioned at %" PRIu64, offset, f->pos);
+      rc = -1;
+    }
+    else if (SC_ADD_OVERFLOW (offset, count, &end)) {
+      sc_set_error (EFBIG, "offset %" PRIu64 " is too large", offset);
+      rc = -1;
+    }
+    else
+      rc = skip_to (f, end);
+    pthread_mutex_unlock (&f->pos_lock);
+    return rc;
+  }
 
   while (count > 0) {
     size_t n = (size_t) SC_MIN (count, (uint64_t) ZERO_CHUNK);
@@ -269,7 +315,15 @@ static int
 pipe_flush (struct sc_endpoint *ep)
 {
   struct file_ep *f = (struct file_ep *) ep;
+  struct stat st;
 
+  /* Zeros skipped at the end still have to make the file longer. */
+  if (f->can_skip && fstat (f->fd, &st) == 0
+      && (uint64_t) st.st_size < f->base + ep->size
+      && ftruncate (f->fd, (off_t) (f->base + ep->size)) == -1) {
+    sc_set_error (errno, "%s: ftruncate: %s", ep->name, strerror (errno));
+    return -1;
+  }
   /* A pipe or terminal cannot be synced; a redirected file can. */
   if (fsync (f->fd) == -1 && errno != EINVAL && errno != EROFS
       && errno != ENOTSUP) {
@@ -478,6 +532,21 @@ open_stream_target (int fd, bool own_fd, const char *name, uint64_t size)
     return NULL;
   }
   f->ep.size = size;
+
+  {
+    struct stat st;
+    off_t cur;
+    int fl = fcntl (fd, F_GETFL);
+
+    if (fstat (fd, &st) == 0 && S_ISREG (st.st_mode)
+        && fl != -1 && !(fl & O_APPEND)
+        && (cur = lseek (fd, 0, SEEK_CUR)) != -1 && st.st_size <= cur) {
+      f->can_skip = true;
+      f->base = (uint64_t) cur;
+      /* Everything past the position is past the end of the file. */
+      f->ep.flags |= SC_EP_FRESH_ZEROS;
+    }
+  }
   return &f->ep;
 }
 

@@ -32,7 +32,26 @@ cmp ref.raw stdout.raw || fail "unpack to stdout differs from qemu-img convert"
 sparsecow unpack -j 3 img.qcow2 - | cat > piped.raw ||
   fail "unpack to a pipe failed"
 cmp ref.raw piped.raw || fail "unpack to a pipe differs from qemu-img convert"
-rm -f stdout.raw piped.raw
+# Standard output that is a file is written sparse, from wherever it is
+# positioned, and never over data already there.
+got=$(allocated_bytes stdout.raw)
+limit=$(( $(allocated_bytes ref.raw) + 16 * cs ))
+[ "$got" -le "$limit" ] ||
+  fail "unpack to a file on stdout has $got bytes allocated, more than $limit"
+{ printf 'HDR'; sparsecow unpack img.qcow2 -; } > header.raw ||
+  fail "unpack to stdout after a header failed"
+{ printf 'HDR'; cat ref.raw; } | cmp - header.raw ||
+  fail "unpack to stdout after a header differs"
+printf 'abc' > appended.raw
+sparsecow unpack img.qcow2 - >> appended.raw || fail "unpack >> failed"
+{ printf 'abc'; cat ref.raw; } | cmp - appended.raw ||
+  fail "unpack appended to a file differs"
+head -c $size /dev/urandom > overwritten.raw
+sparsecow unpack img.qcow2 - 1<> overwritten.raw ||
+  fail "unpack to a file opened read-write on stdout failed"
+cmp ref.raw overwritten.raw ||
+  fail "unpack over a file opened read-write on stdout left old data"
+rm -f stdout.raw piped.raw header.raw appended.raw overwritten.raw
 
 # A new file, with one and with several threads.
 for j in 1 4; do

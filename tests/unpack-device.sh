@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# sparsecow unpack to a block device (a loop device): whatever the
+# device held before, it reads back as qemu-img convert's output, holes
+# included; a larger device keeps the rest; a smaller one is refused
+# before anything is written.
+srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
+. "$srcdir/functions.sh"
+requires qemu-img qemu-io losetup cmp
+requires_root
+
+cd "$tmp"
+MiB=$((1024 * 1024))
+size=$((64 * MiB))
+
+qemu-img create -q -f qcow2 img.qcow2 $size
+qemu-io -f qcow2 -c "write -P 0x11 0 100k" -c "write -z 2M 1M" \
+  -c "write -P 0x22 10M 4k" -c "write -P 0x33 63M 1M" img.qcow2 >/dev/null
+qemu-img convert -O raw img.qcow2 ref.raw
+
+# attach FILE: set dev to a loop device on FILE, detached at exit.
+# (Not in a subshell: the cleanup must be registered here.)
+attach () {
+  dev=$(losetup -f --show "$1") || { echo "$0: SKIP: no loop device"; exit 77; }
+  cleanup_fn "losetup -d $dev"
+}
+
+# Exactly the image size, full of random bytes: the holes must be zeroed.
+head -c $size /dev/urandom > exact.img
+attach exact.img
+sparsecow unpack img.qcow2 "$dev" || fail "unpack to $dev failed"
+cmp ref.raw "$dev" || fail "$dev differs from qemu-img convert"
+
+# Larger: the image is written at the start, the rest is left alone.
+head -c $((96 * MiB)) /dev/urandom > large.img
+tail -c $((32 * MiB)) large.img > large-tail.ref
+attach large.img
+sparsecow unpack -j 4 img.qcow2 "$dev" || fail "unpack to a larger $dev failed"
+cmp -n $size ref.raw "$dev" || fail "larger $dev differs from qemu-img convert"
+tail -c $((32 * MiB)) "$dev" | cmp - large-tail.ref ||
+  fail "unpack wrote past the image size on $dev"
+
+# Smaller: refused, untouched.
+head -c $((32 * MiB)) /dev/urandom > small.img
+cp small.img small.ref
+attach small.img
+expect_fail "$dev: device is smaller than the image \\(33554432 < 67108864\\)" \
+  sparsecow unpack img.qcow2 "$dev"
+cmp small.ref "$dev" || fail "a refused unpack changed $dev"
+
+exit 0
