@@ -26,6 +26,8 @@
 #include "internal.h"
 #include "qcow2.h"
 
+/* qemu's unit of virtual size. */
+#define QEMU_SECTOR_SIZE 512
 #define DEFAULT_CLUSTER_BITS 16
 #define DEFAULT_REFCOUNT_BITS 16
 /* Pieces of the pipeline hold at least this much, in whole clusters. */
@@ -580,8 +582,17 @@ sc_pack (struct sc_endpoint *src, const char *target,
     return -1;
   pk.cluster_size = 1U << cluster_bits;
   pk.request_size = SC_MAX (pk.cluster_size, MIN_REQUEST_SIZE);
+  /* qemu sees a qcow2 image as whole 512-byte sectors and drops a
+   * partial last one, so the virtual size is rounded up as qemu-img
+   * convert rounds it: the tail reads as zeros.
+   */
+  if (src->size > INT64_MAX) {
+    sc_set_error (EFBIG, "%s: source too large", src->name);
+    return -1;
+  }
   if (qcow2_plan_init (&pk.plan, opts.version, cluster_bits, refcount_order,
-                       opts.codec, src->size) == -1) {
+                       opts.codec, SC_ROUND_UP (src->size, QEMU_SECTOR_SIZE))
+      == -1) {
     name_error (target);
     return -1;
   }

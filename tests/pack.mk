@@ -6,3 +6,16 @@ tests_unit_writer_SOURCES = tests/unit-writer.c
 tests_unit_writer_CFLAGS = $(UNIT_TEST_CFLAGS)
 tests_unit_writer_LDADD = $(UNIT_TEST_LIBS)
 TESTS += tests/unit-writer
+
+# pack against qemu-img: the format matrix, determinism, safety.
+TESTS += \
+	tests/pack-matrix.sh \
+	tests/pack-matrix-data.sh \
+	tests/pack-matrix-content.sh \
+	tests/pack-matrix-ext4.sh
+EXTRA_DIST += \
+	tests/pack-common.sh \
+	tests/pack-matrix.sh \
+	tests/pack-matrix-data.sh \
+	tests/pack-matrix-content.sh \
+	tests/pack-matrix-ext4.sh
