@@ -6,8 +6,12 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cli.h"
+
+/* Long options of this command only (above the shared ones). */
+enum { OPT_OUTPUT = 0x200 };
 
 static void
 usage (FILE *fp)
@@ -19,6 +23,7 @@ usage (FILE *fp)
            "leaked clusters found, 1 the image could not be checked.\n"
            "\n"
            "  --json        print the result as JSON (qemu-img check names)\n"
+           "  --output=json|human  the same, spelled as for qemu-img check\n"
            "  -q, --quiet   print only the problems found\n"
            "  -h, --help    show this help\n",
            cli_program);
@@ -79,6 +84,8 @@ cmd_check (int argc, char **argv)
 {
   static const struct option long_options[] = {
     { "json", no_argument, NULL, OPT_JSON },
+    /* qemu-img check's spelling, for scripts written for it. */
+    { "output", required_argument, NULL, OPT_OUTPUT },
     CLI_COMMON_LONG_OPTIONS,
     { NULL, 0, NULL, 0 }
   };
@@ -92,6 +99,15 @@ cmd_check (int argc, char **argv)
                            long_options, NULL)) != -1) {
     if (c == OPT_JSON)
       json = true;
+    else if (c == OPT_OUTPUT) {
+      if (strcmp (optarg, "json") == 0)
+        json = true;
+      else if (strcmp (optarg, "human") == 0)
+        json = false;
+      else
+        cli_usage_error ("check ", "check: --output: expected 'json' or "
+                         "'human', not '%s'", optarg);
+    }
     else if (!cli_common_option (c, optarg, &common, usage))
       cli_usage_error ("check ", "check: unknown option");
   }
@@ -116,8 +132,8 @@ cmd_check (int argc, char **argv)
   fflush (stdout);
 
   if (result.check_errors) {
-    cli_error ("%s: check failed: %" PRIu64 " refcounts could not be read",
-               image, result.check_errors);
+    cli_error ("%s: check failed: %" PRIu64 " parts of the image could not "
+               "be read", image, result.check_errors);
     c = EXIT_ERROR;
   }
   else if (result.corruptions)

@@ -139,6 +139,11 @@ fi
 sparsecow check data.qcow2 >out 2>err
 grep -q "^No errors were found on the image.$" out || fail "no clean message"
 [ ! -s err ] || fail "clean image printed on stderr"
+sparsecow check -q data.qcow2 >out 2>err || fail "-q: check failed"
+[ ! -s out ] && [ ! -s err ] || fail "-q printed something for a clean image"
+sparsecow check --output=json data.qcow2 >s.json
+qemu-img check --output=json data.qcow2 >q.json
+compare_stats "--output=json"
 
 # ---- e2image -Q leaks a cluster (it never frees the one it reserves).
 if command -v e2image >/dev/null && command -v mke2fs >/dev/null; then
@@ -276,6 +281,20 @@ compare c-bitmap-size.qcow2 1
 # An unknown incompatible feature: neither can check it.
 cp data.qcow2 c-incompat.qcow2; put_be64 c-incompat.qcow2 72 $(( 1 << 40 ))
 compare c-incompat.qcow2 1
+
+# A crash with lazy refcounts: the dirty bit is set and the refcounts
+# are stale.
+mk dirty -o lazy_refcounts=on
+( qemu-io -c "write -P 1 0 1M" -c "write -P 2 5M 100k" -c abort \
+    dirty.qcow2 ) >/dev/null 2>&1 || :
+[ "$(be64 dirty.qcow2 72)" = 1 ] || fail "qemu-io abort left no dirty bit"
+compare dirty.qcow2 2
+
+# Too many clusters to hold a counter for each: refused, not allocated.
+cp cs512.qcow2 huge.qcow2; truncate -s 200G huge.qcow2
+expect_fail "huge.qcow2: image file too large to check" \
+  sparsecow check huge.qcow2
+rm huge.qcow2
 
 # Not an image at all, and a file that is not there.
 printf 'hello' > junk
