@@ -4,6 +4,7 @@
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 
@@ -78,6 +79,7 @@ cmd_pack (int argc, char **argv)
   bool level_set = false;
   unsigned level = 0;
   struct sc_endpoint *src;
+  struct stat st;
   const char *source, *target;
   int c, r;
 
@@ -177,6 +179,13 @@ cmd_pack (int argc, char **argv)
   opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
 
   cli_install_signal_handlers ();
+  /* Opening a FIFO for reading would wait for a writer: refuse it
+   * before opening, as the file endpoint cannot read pipes yet.
+   */
+  if (stat (source, &st) == 0 && S_ISFIFO (st.st_mode)) {
+    cli_error ("%s: reading from a named pipe is not supported", source);
+    return EXIT_ERROR;
+  }
   src = sc_file_open_source (source, map);
   if (src == NULL) {
     cli_lib_error (source);

@@ -19,3 +19,11 @@ EXTRA_DIST += \
 	tests/pack-matrix-data.sh \
 	tests/pack-matrix-content.sh \
 	tests/pack-matrix-ext4.sh
+TESTS += \
+	tests/pack-determinism.sh \
+	tests/pack-safety.sh \
+	tests/pack-options.sh
+EXTRA_DIST += \
+	tests/pack-determinism.sh \
+	tests/pack-safety.sh \
+	tests/pack-options.sh

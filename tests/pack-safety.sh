@@ -1,0 +1,70 @@
+#!/bin/bash
+# pack: failures leave nothing behind, an existing target is kept
+# unless -f is given, and a source that changes while it is packed is
+# reported instead of packed.
+. "$srcdir/functions.sh"
+requires qemu-img
+
+mkdir "$tmp/out"
+truncate -s 8M "$tmp/src"
+head -c 1M /dev/urandom | dd of="$tmp/src" bs=1M seek=2 conv=notrunc status=none
+
+# Only the named files are in the output directory: no temporary target,
+# no spill file.
+expect_dir () {
+  local want=$1 got
+  got=$(cd "$tmp/out" && ls -A | tr '\n' ' ')
+  [ "$got" = "$want" ] || fail "output directory holds '$got', not '$want'"
+}
+
+# An existing target is refused and left alone without -f.
+echo precious >"$tmp/out/img.qcow2"
+expect_fail "exists" sparsecow pack "$tmp/src" "$tmp/out/img.qcow2"
+[ "$(cat "$tmp/out/img.qcow2")" = precious ] || fail "target overwritten"
+expect_dir "img.qcow2 "
+sparsecow pack -f "$tmp/src" "$tmp/out/img.qcow2"
+qemu-img compare -q -f raw -F qcow2 "$tmp/src" "$tmp/out/img.qcow2" ||
+  fail "pack -f: image differs"
+rm "$tmp/out/img.qcow2"
+
+# Sources that cannot be packed: a FIFO, a directory, a missing file.
+mkfifo "$tmp/fifo"
+expect_fail "fifo" timeout 20 "$SPARSECOW" pack "$tmp/fifo" "$tmp/out/img.qcow2"
+expect_fail "not a regular file|directory" \
+  sparsecow pack "$tmp" "$tmp/out/img.qcow2"
+expect_fail "nonexistent" sparsecow pack "$tmp/nonexistent" "$tmp/out/img.qcow2"
+expect_dir ""
+
+# A target directory that does not exist.
+expect_fail "nodir" sparsecow pack "$tmp/src" "$tmp/nodir/img.qcow2"
+
+# A source modified while it is packed: slow packing (one thread, the
+# best compression, small clusters) while another process keeps writing
+# to it.  The error names the source, and no target appears.
+head -c 48M /dev/urandom >"$tmp/big"
+( for i in $(seq 1 400); do
+    printf x | dd of="$tmp/big" bs=1 seek=$((i * 4096)) conv=notrunc status=none
+    sleep 0.02
+  done ) &
+writer=$!
+cleanup_fn "kill $writer 2>/dev/null"
+expect_fail "big: source changed while packing" \
+  sparsecow pack -j 1 -c --level 9 --cluster-size 4K "$tmp/big" "$tmp/out/img.qcow2"
+kill $writer 2>/dev/null || :
+wait $writer 2>/dev/null || :
+expect_dir ""
+
+# Interrupted by a signal: nothing is left (run directly, not through
+# the shell function, so that the signal reaches the program).
+"$SPARSECOW" pack -j 1 -c --level 9 --cluster-size 4K "$tmp/big" \
+  "$tmp/out/img.qcow2" &
+pid=$!
+sleep 0.3
+kill -TERM $pid 2>/dev/null || :
+rc=0
+wait $pid || rc=$?
+if [ $rc -ne 0 ]; then
+  expect_dir ""
+else
+  echo "$0: note: pack finished before the signal; nothing to check"
+fi
