@@ -1,1 +1,126 @@
 #!/bin/bash
+# Time sparsecow pack against qemu-img convert on a sparse file system
+# image, in alternation, and print medians, speed and size ratios.
+# Not a test: see bench/README.
+#
+# Environment:
+#   BENCH_DIR     work directory (default /var/tmp/sparsecow-bench)
+#   BENCH_ROUNDS  rounds per command (default 3)
+#   BENCH_SIZE    virtual size of the workload (default 32G)
+#   BENCH_TREES   directories copied into the file system (default
+#                 "/usr/share /usr/bin /usr/lib/x86_64-linux-gnu")
+#   BENCH_ONLY    run only these cases: any of "none deflate zstd"
+#   SPARSECOW     the sparsecow program (default: src/sparsecow of the
+#                 build this script sits in, else sparsecow from PATH)
+#   QEMU_IMG      the qemu-img program (default qemu-img)
+set -euo pipefail
+
+BENCH_DIR=${BENCH_DIR:-/var/tmp/sparsecow-bench}
+BENCH_ROUNDS=${BENCH_ROUNDS:-3}
+BENCH_SIZE=${BENCH_SIZE:-32G}
+BENCH_TREES=${BENCH_TREES:-/usr/share /usr/bin /usr/lib/x86_64-linux-gnu}
+BENCH_ONLY=${BENCH_ONLY:-none deflate zstd}
+QEMU_IMG=${QEMU_IMG:-qemu-img}
+if [ -z "${SPARSECOW:-}" ]; then
+  here=$(cd "$(dirname "$0")" && pwd)
+  if [ -x "$here/../src/sparsecow" ]; then
+    SPARSECOW=$here/../src/sparsecow
+  else
+    SPARSECOW=sparsecow
+  fi
+fi
+
+die () { echo "pack-bench: $*" >&2; exit 1; }
+for p in "$SPARSECOW" "$QEMU_IMG" mke2fs; do
+  command -v "$p" >/dev/null || die "$p not found"
+done
+
+mkdir -p "$BENCH_DIR"
+src=$BENCH_DIR/workload-$BENCH_SIZE.img
+out=$BENCH_DIR/out.qcow2
+trap 'rm -f "$out"' EXIT
+
+# ---- the workload, built once --------------------------------------------
+if [ ! -f "$src" ]; then
+  tree=$BENCH_DIR/tree
+  rm -rf "$tree"
+  mkdir -p "$tree"
+  echo "pack-bench: building $src from $BENCH_TREES" >&2
+  for d in $BENCH_TREES; do
+    # Hard links where possible: same content, no copy.
+    dest=$tree/$(echo "$d" | tr / _)
+    cp -al "$d" "$dest" 2>/dev/null || { rm -rf "$dest"; cp -a "$d" "$dest"; }
+  done
+  rm -f "$src.tmp"
+  mke2fs -q -F -t ext4 -d "$tree" "$src.tmp" "$BENCH_SIZE"
+  mv "$src.tmp" "$src"
+  rm -rf "$tree"
+fi
+
+# Warm the source once (caches are not dropped: that needs privileges
+# this benchmark does not assume); every command then reads from the
+# same warm cache.
+"$QEMU_IMG" convert -O qcow2 "$src" "$out"
+rm -f "$out"
+
+# ---- timing -----------------------------------------------------------------
+now () { date +%s.%N; }
+
+# run NAME CMD...: time one run, record seconds and image size.
+declare -A times sizes
+run () {
+  local name=$1; shift
+  local t0 t1
+  rm -f "$out"
+  t0=$(now)
+  "$@" >/dev/null
+  t1=$(now)
+  times[$name]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') "
+  sizes[$name]=$(stat -c %s "$out")
+  rm -f "$out"
+}
+
+median () {
+  tr ' ' '\n' <<<"$1" | grep . | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2];
+                             else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+cases=()
+for c in $BENCH_ONLY; do cases+=("$c"); done
+
+for ((r = 1; r <= BENCH_ROUNDS; r++)); do
+  echo "pack-bench: round $r of $BENCH_ROUNDS" >&2
+  for c in "${cases[@]}"; do
+    case $c in
+    none)
+      run "sc-none" "$SPARSECOW" pack -q "$src" "$out"
+      run "qemu-none" "$QEMU_IMG" convert -O qcow2 "$src" "$out" ;;
+    deflate)
+      run "sc-deflate" "$SPARSECOW" pack -q -c "$src" "$out"
+      run "qemu-deflate" "$QEMU_IMG" convert -c -W -O qcow2 "$src" "$out" ;;
+    zstd)
+      run "sc-zstd" "$SPARSECOW" pack -q -c zstd "$src" "$out"
+      run "qemu-zstd" "$QEMU_IMG" convert -c -W -O qcow2 \
+        -o compression_type=zstd "$src" "$out" ;;
+    *) die "unknown case '$c' in BENCH_ONLY" ;;
+    esac
+  done
+done
+
+# ---- report -----------------------------------------------------------------
+echo
+echo "workload: $src ($(du -h "$src" | cut -f1) allocated of $BENCH_SIZE)," \
+  "$BENCH_ROUNDS rounds, $(nproc) CPUs"
+printf "%-8s %12s %12s %8s %14s %14s %8s\n" \
+  case "sparsecow s" "qemu-img s" speedup "sparsecow B" "qemu-img B" size
+for c in "${cases[@]}"; do
+  ts=$(median "${times[sc-$c]}")
+  tq=$(median "${times[qemu-$c]}")
+  printf "%-8s %12.3f %12.3f %7.2fx %14d %14d %7.4f\n" "$c" "$ts" "$tq" \
+    "$(awk -v a="$tq" -v b="$ts" 'BEGIN { print a / b }')" \
+    "${sizes[sc-$c]}" "${sizes[qemu-$c]}" \
+    "$(awk -v a="${sizes[sc-$c]}" -v b="${sizes[qemu-$c]}" 'BEGIN { print a / b }')"
+done
+echo "speedup = qemu-img time / sparsecow time (higher is better);"
+echo "size = sparsecow image / qemu-img image (lower is better)."
