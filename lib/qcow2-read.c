@@ -32,7 +32,7 @@
 /* Bounds the linear search of the cache with tiny clusters. */
 #define MAX_CACHE_TABLES        1024
 #define DEFAULT_MAX_DEPTH       64
-/* qemu sizes raw files in whole 512-byte sectors. */
+/* qemu sizes images in whole 512-byte sectors. */
 #define RAW_SECTOR_SIZE         512
 /* The unit of st_blocks. */
 #define STAT_BLOCK_SIZE         512
@@ -890,8 +890,9 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
     if (read_snapshots (q, L, opts ? opts->snapshot : NULL,
                         &l1_offset, &l1_entries, &disk_size) == -1)
       return -1;
-    L->size = disk_size;
   }
+  /* qemu counts the guest size in whole sectors, rounding down. */
+  L->size = SC_ROUND_DOWN (disk_size, RAW_SECTOR_SIZE);
   if (load_l1 (L, l1_offset, l1_entries, L->size) == -1)
     return -1;
 
