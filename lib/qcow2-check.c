@@ -37,6 +37,7 @@
 #define CHECK_TABLE_CHUNK        8192
 
 /* Encryption methods: 0 none, 1 AES (legacy), 2 LUKS. */
+#define CRYPT_METHOD_LUKS        2
 #define CRYPT_METHOD_MAX         2
 
 /* Work budget, in table entries visited: a hostile image can make
@@ -543,6 +544,15 @@ read_snapshots (struct checker *ck)
 
   if (n == 0)
     return 0;
+  /* Every entry takes at least a header's worth of the file: cap the
+   * allocation by that before making it.
+   */
+  if ((uint64_t) n * SNAPSHOT_HEADER_SIZE > ck->file_size - offset) {
+    sc_set_error (EINVAL, "snapshot table: %" PRIu32 " snapshots do not "
+                  "fit between offset 0x%" PRIx64 " and the end of the "
+                  "file", n, offset);
+    return -1;
+  }
   ck->snapshots = calloc (n, sizeof *ck->snapshots);
   if (ck->snapshots == NULL) {
     sc_set_error (errno, "snapshot table: out of memory");
@@ -627,9 +637,21 @@ read_extensions (struct checker *ck)
     pos += EXT_HEADER_SIZE;
     if (elen > end - pos)
       break;                    /* the header reader refused this already */
-    if (type == QCOW2_EXT_CRYPTO && elen >= CRYPTO_EXT_SIZE) {
+    if (type == QCOW2_EXT_CRYPTO) {
+      /* Only LUKS keeps its header in the image (qemu insists). */
+      if (ck->h.crypt_method != CRYPT_METHOD_LUKS
+          || elen != CRYPTO_EXT_SIZE) {
+        sc_set_error (EINVAL, "encryption header extension without LUKS "
+                      "encryption, or of the wrong size");
+        return -1;
+      }
       ck->crypto_offset = sc_get_be64 (data);
       ck->crypto_length = sc_get_be64 (data + 8);
+      if (!SC_IS_ALIGNED (ck->crypto_offset, ck->cs)) {
+        sc_set_error (EINVAL, "encryption header offset 0x%" PRIx64
+                      " is not aligned to a cluster", ck->crypto_offset);
+        return -1;
+      }
     }
     else if (type == QCOW2_EXT_BITMAPS
              && (ck->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
@@ -653,6 +675,10 @@ read_extensions (struct checker *ck)
       }
     }
     pos += SC_ROUND_UP ((uint64_t) elen, EXT_ALIGN);
+  }
+  if (ck->h.crypt_method == CRYPT_METHOD_LUKS && ck->crypto_length == 0) {
+    sc_set_error (EINVAL, "LUKS encryption without its header extension");
+    return -1;
   }
   return 0;
 }
@@ -778,7 +804,17 @@ check_bitmaps (struct checker *ck)
                    "0x%" PRIx64, ck->bitmap_dir_offset);
     return 0;
   }
-  /* The header extension's size was capped when it was read. */
+  /* The header extension's size was capped when it was read, and a
+   * directory must be in the file before it is worth reading.
+   */
+  if (ck->bitmap_dir_offset >= ck->file_size
+      || ck->bitmap_dir_size > ck->file_size - ck->bitmap_dir_offset) {
+    res->corruptions++;
+    check_message (ck, "ERROR bitmap directory at 0x%" PRIx64 " (%" PRIu64
+                   " bytes) is not inside the file", ck->bitmap_dir_offset,
+                   ck->bitmap_dir_size);
+    return 0;
+  }
   dir = malloc (ck->bitmap_dir_size ? ck->bitmap_dir_size : 1);
   if (dir == NULL) {
     sc_set_error (errno, "bitmap directory: out of memory");
