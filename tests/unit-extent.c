@@ -211,6 +211,57 @@ test_fd_extents (void)
   unlink (path);
 }
 
+/* Preallocated, never written space reads as zeros: both methods call
+ * it a hole.
+ */
+static void
+test_fd_extents_unwritten (void)
+{
+#ifdef HAVE_FALLOCATE
+  char path[300];
+  struct sc_extent_list seek, fiemap;
+  unsigned char buf[BLOCK];
+  int fd;
+
+  path_of (path, sizeof path, "prealloc");
+  fd = open (path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+  CU_ASSERT_FATAL (fd >= 0);
+  if (fallocate (fd, 0, 0, 64 * BLOCK) == -1) {
+    close (fd);
+    unlink (path);
+    return;                     /* not on this file system */
+  }
+  memset (buf, 0x77, sizeof buf);
+  CU_ASSERT_EQUAL (pwrite (fd, buf, BLOCK, 10 * BLOCK), BLOCK);
+  sc_extent_list_init (&seek);
+  sc_extent_list_init (&fiemap);
+  CU_ASSERT_EQUAL (sc_fd_extents (fd, SC_MAP_FIEMAP, 0, 64 * BLOCK, &fiemap), 0);
+  CU_ASSERT_EQUAL (sc_fd_extents (fd, SC_MAP_SEEK, 0, 64 * BLOCK, &seek), 0);
+  check_covers (&fiemap, 0, 64 * BLOCK);
+  check_covers (&seek, 0, 64 * BLOCK);
+  /* FIEMAP knows: hole, the written block, hole. */
+  CU_ASSERT_EQUAL (fiemap.len, 3);
+  if (fiemap.len == 3) {
+    CU_ASSERT_EQUAL (fiemap.ext[0].flags, SC_EXTENT_HOLE);
+    CU_ASSERT_EQUAL (fiemap.ext[1].offset, 10 * BLOCK);
+    CU_ASSERT_EQUAL (fiemap.ext[1].length, BLOCK);
+    CU_ASSERT_EQUAL (fiemap.ext[1].flags, 0);
+    CU_ASSERT_EQUAL (fiemap.ext[2].flags, SC_EXTENT_HOLE);
+  }
+  /* SEEK_DATA may report preallocated space as data, never the
+   * written block as a hole.
+   */
+  for (size_t i = 0; i < seek.len; i++)
+    if (seek.ext[i].flags & SC_EXTENT_HOLE)
+      CU_ASSERT (seek.ext[i].offset + seek.ext[i].length <= 10 * BLOCK
+                 || seek.ext[i].offset >= 11 * BLOCK);
+  sc_extent_list_free (&seek);
+  sc_extent_list_free (&fiemap);
+  close (fd);
+  unlink (path);
+#endif
+}
+
 /* Pipeline test state. */
 struct ptest {
   uint64_t next;                /* next offset expected by emit */
@@ -371,6 +422,110 @@ run_pipeline (unsigned threads, uint32_t request_size)
   unlink (path);
 }
 
+/* A source that is not thread-safe: reads must come one at a time and
+ * in source order, however many workers there are.
+ */
+struct serial_src {
+  struct sc_endpoint ep;
+  int inside;                   /* reads in progress */
+  uint64_t next;                /* reads must not go backwards */
+  bool ok;
+  uint64_t reads;
+};
+
+static int
+serial_pread (struct sc_endpoint *ep, void *buf, size_t count,
+              uint64_t offset)
+{
+  struct serial_src *s = (struct serial_src *) ep;
+
+  if (__atomic_add_fetch (&s->inside, 1, __ATOMIC_SEQ_CST) != 1)
+    s->ok = false;
+  if (offset < s->next)
+    s->ok = false;
+  usleep (100);                 /* give other workers a chance to overlap */
+  for (size_t i = 0; i < count; i++)
+    ((unsigned char *) buf)[i] = pattern (offset + i);
+  s->next = offset + count;
+  s->reads++;
+  __atomic_sub_fetch (&s->inside, 1, __ATOMIC_SEQ_CST);
+  return 0;
+}
+
+static int
+serial_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
+                struct sc_extent_list *list)
+{
+  /* Data and holes alternating every 5 blocks. */
+  for (uint64_t o = offset; o < offset + count; o += 5 * BLOCK) {
+    uint64_t n = SC_MIN (5 * BLOCK, offset + count - o);
+    if (sc_extent_list_append (list, o, n,
+                               (o / (5 * BLOCK)) % 2 ? SC_EXTENT_HOLE : 0) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+static int
+serial_close (struct sc_endpoint *ep)
+{
+  return 0;
+}
+
+static const struct sc_endpoint_ops serial_ops = {
+  .kind = "test",
+  .pread = serial_pread,
+  .pwrite = sc_ep_pwrite_unsupported,
+  .zero = sc_ep_zero_unsupported,
+  .extents = serial_extents,
+  .flush = sc_ep_flush_none,
+  .close = serial_close,
+};
+
+struct serial_emit {
+  uint64_t next;
+  bool ok;
+};
+
+static int
+serial_emit (struct sc_piece *piece, void *opaque)
+{
+  struct serial_emit *e = opaque;
+
+  if (piece->offset != e->next)
+    e->ok = false;
+  if (piece->flags == 0) {
+    for (uint64_t i = 0; i < piece->length; i++)
+      if (((unsigned char *) piece->buf)[i] != pattern (piece->offset + i)) {
+        e->ok = false;
+        break;
+      }
+  }
+  e->next = piece->offset + piece->length;
+  return 0;
+}
+
+static void
+test_pipeline_serial_source (void)
+{
+  struct serial_src src = {
+    .ep = { .ops = &serial_ops, .name = (char *) "serial",
+            .size = 1000 * BLOCK + 17, .flags = SC_EP_SEEKABLE },
+    .ok = true,
+  };
+  struct serial_emit e = { .ok = true };
+  struct sc_pipeline p = {
+    .src = &src.ep, .request_size = 2 * BLOCK, .threads = 6,
+    .emit = serial_emit, .opaque = &e,
+  };
+
+  CU_ASSERT_EQUAL (sc_pipeline_run (&p), 0);
+  CU_ASSERT (src.ok);
+  CU_ASSERT (e.ok);
+  CU_ASSERT_EQUAL (e.next, src.ep.size);
+  CU_ASSERT (src.reads >= 300);
+}
+
 static void test_pipeline_1 (void) { run_pipeline (1, 64 * KiB); }
 static void test_pipeline_4 (void) { run_pipeline (4, 64 * KiB); }
 static void test_pipeline_4_small (void) { run_pipeline (4, BLOCK); }
@@ -502,6 +657,9 @@ main (void)
       || !CU_add_test (s, "pipeline, 4 threads", test_pipeline_4)
       || !CU_add_test (s, "pipeline, 4 threads, 4 KiB", test_pipeline_4_small)
       || !CU_add_test (s, "pipeline, defaults", test_pipeline_default)
+      || !CU_add_test (s, "pipeline, serial source",
+                       test_pipeline_serial_source)
+      || !CU_add_test (s, "fd extents: preallocated", test_fd_extents_unwritten)
       || !CU_add_test (s, "copy, 1 thread", test_copy_1)
       || !CU_add_test (s, "copy, 4 threads, zero detection", test_copy_4)
       || !CU_add_test (s, "open errors", test_source_errors)) {
