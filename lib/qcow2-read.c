@@ -398,7 +398,7 @@ qcow2_status (struct sc_qcow2 *q, size_t li, uint64_t offset, uint64_t max,
  * clusters into the host file's holes, which changes what qemu-img map
  * prints; we follow the same rule so the maps agree.  The lock is held.
  */
-static int
+static bool
 detect_prealloc (struct layer *L)
 {
   uint64_t cs = L->h.cluster_size;
@@ -409,18 +409,17 @@ detect_prealloc (struct layer *L)
   CLEANUP_FREE unsigned char *block = NULL;
   struct stat st;
 
-  if (fstat (L->fd, &st) == -1) {
-    sc_set_error (errno, "%s: fstat: %s", L->filename, strerror (errno));
-    return -1;
-  }
+  /* Like qemu, anything that prevents the decision (a block device has
+   * no allocated size, a broken refcount table) means "no".
+   */
+  if (fstat (L->fd, &st) == -1 || !S_ISREG (st.st_mode))
+    return false;
   real_clusters = (uint64_t) st.st_blocks * STAT_BLOCK_SIZE / cs;
   threshold = SC_MAX (real_clusters * 10 / 9, real_clusters + 2);
   end_cluster = qcow2_size_to_clusters (&L->h, L->file_size);
   block = malloc (cs);
-  if (block == NULL) {
-    sc_set_error (errno, "malloc: %s", strerror (errno));
-    return -1;
-  }
+  if (block == NULL)
+    return false;
 
   while (i < end_cluster && count < threshold) {
     uint64_t rti = i / per_block;
@@ -433,20 +432,16 @@ detect_prealloc (struct layer *L)
       break;
     if (sc_full_pread (L->fd, e, sizeof e,
                        L->h.refcount_table_offset + rti * sizeof e) == -1)
-      return -1;
+      return false;
     rb = sc_get_be64 (e) & QCOW2_RTE_OFFSET_MASK;
     if (rb == 0) {
       i = last;
       continue;
     }
     if (!SC_IS_ALIGNED (rb, cs) || L->file_size < cs
-        || rb > L->file_size - cs) {
-      sc_set_error (EINVAL, "%s: refcount block offset 0x%" PRIx64
-                    " is misaligned or outside the file", L->filename, rb);
-      return -1;
-    }
-    if (sc_full_pread (L->fd, block, cs, rb) == -1)
-      return -1;
+        || rb > L->file_size - cs
+        || sc_full_pread (L->fd, block, cs, rb) == -1)
+      return false;
     for (; i < last && count < threshold; i++)
       if (qcow2_refcount_get (block, L->h.refcount_order, i - first) != 0)
         count++;
@@ -519,8 +514,6 @@ chain_status (struct sc_qcow2 *q, uint64_t offset, uint64_t max,
           L->prealloc = detect_prealloc (L);
         r = L->prealloc;
         pthread_mutex_unlock (&q->lock);
-        if (r == -1)
-          return -1;
         if (r)
           host_zero_status (L, cs);
       }
