@@ -229,21 +229,10 @@ sc_fd_extents (int fd, enum sc_map_method method, uint64_t offset,
   case SC_MAP_FIEMAP:
 #ifdef HAVE_LINUX_FIEMAP_H
     {
-      size_t saved_len = list->len;
-      struct sc_extent saved_last;
-      int r;
-
-      /* On failure FIEMAP may have merged into the last extent; keep
-       * a copy so the SEEK fallback starts from the same list.
-       */
-      if (saved_len > 0)
-        saved_last = list->ext[saved_len - 1];
-      r = fiemap_extents (fd, offset, end, list);
+      /* 1 means FIEMAP failed before anything was appended. */
+      int r = fiemap_extents (fd, offset, end, list);
       if (r <= 0)
         return r;
-      list->len = saved_len;
-      if (saved_len > 0)
-        list->ext[saved_len - 1] = saved_last;
     }
 #endif
     /* No FIEMAP here (tmpfs, network file systems): SEEK_DATA is the
