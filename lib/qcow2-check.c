@@ -6,9 +6,10 @@
  * two tools and scripts depend on the exit codes: a cluster used more
  * often than its refcount says is a corruption, a refcount above the
  * real use is a leak.  Like qemu, reads past the end of the file return
- * zeros, so a table that lies (partly) outside the file is checked as
- * if it were empty there, and the clusters it would occupy are counted
- * as used (and so reported when the refcounts do not cover them).
+ * zeros, so a table cut short by the end of the file is checked as if
+ * it were empty there, and anything that lies a cluster or more past
+ * the end is one corruption.  The COPIED flags of the active layer are
+ * checked as qemu checks them (a mismatch is a corruption).
  *
  * Memory: one counter per host cluster of the file (capped before it
  * is allocated), the refcount table (capped by the header reader), one
@@ -598,6 +599,13 @@ read_snapshots (struct checker *ck)
                                                    SNAPSHOT_LABEL_LEN - 1),
                           offset + id_len) == -1)
       return -1;
+    /* The labels only go into messages: keep them printable. */
+    for (size_t j = 0; j < SNAPSHOT_LABEL_LEN; j++) {
+      if (sn->id[j] && (sn->id[j] < ' ' || sn->id[j] > '~'))
+        sn->id[j] = '?';
+      if (sn->name[j] && (sn->name[j] < ' ' || sn->name[j] > '~'))
+        sn->name[j] = '?';
+    }
     offset = SC_ROUND_UP (end, SNAPSHOT_ALIGN);
     if (offset - ck->h.snapshots_offset > SNAPSHOT_MAX_TABLE_BYTES) {
       sc_set_error (EINVAL, "snapshot table is larger than %" PRIu64
