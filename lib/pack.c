@@ -154,7 +154,10 @@ spill_flush (struct pack *pk)
   return 0;
 }
 
-/* Put len bytes at offset rel of the spill (rel never goes back). */
+/* Put len bytes at offset rel of the spill.  Offsets mostly grow; a
+ * compressed cluster that fills the rest of an earlier host cluster, or
+ * an uncompressed one of an unseekable source, may go back.
+ */
 static int
 spill_put (struct pack *pk, uint64_t rel, const void *data, size_t len)
 {
@@ -162,14 +165,14 @@ spill_put (struct pack *pk, uint64_t rel, const void *data, size_t len)
   uint64_t end = pk->spill_off + pk->spill_len;
 
   if (pk->spill_len > 0 && rel != end) {
-    /* A short gap (the padding before a new host cluster) is cheaper
-     * to fill than to leave as a hole; a long one is an uncompressed
-     * cluster's place, left as a hole.
+    /* A short gap forward (padding) is cheaper to fill than to leave
+     * as a hole; a long one is the place of uncompressed clusters and
+     * stays a hole.
      */
-    uint64_t gap = rel - end;
-    if (gap < pk->cluster_size && pk->spill_len + gap <= SPILL_BUFFER_SIZE) {
-      memset (pk->spill_buf + pk->spill_len, 0, gap);
-      pk->spill_len += gap;
+    if (rel > end && rel - end < pk->cluster_size
+        && pk->spill_len + (rel - end) <= SPILL_BUFFER_SIZE) {
+      memset (pk->spill_buf + pk->spill_len, 0, rel - end);
+      pk->spill_len += rel - end;
     }
     else if (spill_flush (pk) == -1)
       return -1;

@@ -2,10 +2,11 @@
  * in front of the data, and produce the metadata forward only.
  *
  * The file layout is always: header cluster, refcount table, refcount
- * blocks, L1 table, L2 tables (in L1 order), data (in guest order).
- * Compressed clusters are packed byte by byte and may straddle host
- * clusters, as qemu packs them; uncompressed clusters start on a
- * cluster boundary.  Because the data area starts on a cluster
+ * blocks, L1 table, L2 tables (in L1 order), data (in guest order,
+ * except that a compressed cluster may fill the rest of a host cluster
+ * in front of uncompressed clusters placed just before it).  Compressed
+ * clusters are packed byte by byte and may straddle host clusters, as
+ * qemu packs them; uncompressed clusters start on a cluster boundary.  Because the data area starts on a cluster
  * boundary, its shape does not depend on where it starts, so the whole
  * plan is made with data offsets relative to the data area and only
  * shifted when the metadata is written out.
@@ -283,6 +284,7 @@ qcow2_plan_add_normal (struct qcow2_plan *p, uint64_t gc, uint64_t *rel)
 
   if (slot == NULL)
     return -1;
+  /* A fresh host cluster after everything placed so far. */
   pos = SC_ROUND_UP (p->data_end, cs);
   if (reserve_data_cluster (p, pos / cs) == -1)
     return -1;
@@ -303,7 +305,7 @@ qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc, uint64_t len,
 {
   uint64_t cs = p->h.cluster_size;
   uint64_t *slot;
-  uint64_t pos = p->data_end;
+  uint64_t pos;
 
   if (len == 0 || len >= cs) {
     sc_set_error (EINVAL, "compressed cluster of %" PRIu64 " bytes does "
@@ -313,19 +315,30 @@ qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc, uint64_t len,
   slot = l2_slot (p, gc);
   if (slot == NULL)
     return -1;
-  /* A host cluster already shared by as many compressed clusters as its
-   * refcount can count cannot take one more: start a new host cluster.
+  /* Compressed clusters continue the partly used host cluster of the
+   * previous one, even when uncompressed clusters were placed after it
+   * meanwhile (as qemu does), so interleaving costs no padding.  They
+   * may run on into the following host clusters only when nothing has
+   * been placed there.  A host cluster already shared by as many
+   * compressed clusters as its refcount can count takes no more.
    */
-  if (!SC_IS_ALIGNED (pos, cs)
-      && p->data_refcounts[pos / cs] >= p->refcount_cap)
-    pos = SC_ROUND_UP (pos, cs);
+  pos = SC_ROUND_UP (p->data_end, cs);
+  if (!SC_IS_ALIGNED (p->compressed_pos, cs)) {
+    uint64_t k = p->compressed_pos / cs;
+    bool at_end = p->compressed_pos == p->data_end;
+
+    if (p->data_refcounts[k] < p->refcount_cap
+        && (at_end || p->compressed_pos + len <= (k + 1) * cs))
+      pos = p->compressed_pos;
+  }
   for (uint64_t k = pos / cs; k <= (pos + len - 1) / cs; k++) {
     if (reserve_data_cluster (p, k) == -1)
       return -1;
     p->data_refcounts[k]++;
   }
   *slot = qcow2_make_compressed_descriptor (&p->h, pos, len);
-  p->data_end = pos + len;
+  p->compressed_pos = pos + len;
+  p->data_end = SC_MAX (p->data_end, pos + len);
   p->next_guest_cluster = gc + 1;
   p->nb_compressed++;
   *rel = pos;

@@ -208,6 +208,7 @@ struct qcow2_plan {
   uint64_t next_guest_cluster;  /* clusters must be added in order */
   /* The data area, relative to its start. */
   uint64_t data_end;            /* bytes used */
+  uint64_t compressed_pos;      /* where the next compressed bytes go */
   uint32_t *data_refcounts;     /* per host cluster of the data area */
   uint64_t data_clusters;
   size_t data_refcounts_cap;
@@ -231,7 +232,10 @@ extern int qcow2_plan_init (struct qcow2_plan *p, unsigned version,
 extern void qcow2_plan_free (struct qcow2_plan *p);
 /* Store guest cluster number gc uncompressed or compressed (len bytes,
  * less than a cluster).  Clusters must come in increasing order.  The
- * data-area offset chosen for the bytes is returned in *rel.
+ * data-area offset chosen for the bytes is returned in *rel: offsets of
+ * uncompressed clusters increase in guest order, and so do those of
+ * compressed clusters, but a compressed cluster may fill the rest of a
+ * host cluster in front of uncompressed clusters placed before it.
  */
 extern int qcow2_plan_add_normal (struct qcow2_plan *p, uint64_t gc,
                                   uint64_t *rel);

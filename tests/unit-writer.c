@@ -171,37 +171,58 @@ test_layout_fixed_point (void)
   }
 }
 
-/* Compressed clusters never share a host cluster beyond what the
- * refcount width can count; with 1-bit refcounts they never share.
+/* Place a mix of clusters and check the data area independently: no
+ * two stored clusters overlap, uncompressed ones are cluster aligned,
+ * each host cluster's refcount is the number of stored clusters that
+ * touch it and never exceeds what the refcount width can count (with
+ * 1-bit refcounts, compressed clusters never share a host cluster).
  */
-static void
-test_plan_refcount_cap (void)
+struct placed { uint64_t rel, len; };
+
+static int
+cmp_placed (const void *a, const void *b)
 {
-  for (unsigned order = 0; order <= 4; order += 4) {
+  const struct placed *x = a, *y = b;
+  return x->rel < y->rel ? -1 : x->rel > y->rel;
+}
+
+static void
+test_plan_placement (void)
+{
+  for (unsigned order = 0; order <= 4; order += 2) {
     struct qcow2_plan p;
-    uint64_t cs = 4096, rel, prev_end = 0;
+    uint64_t cs = 4096, rel, n = 0;
+    struct placed placed[300];
+    uint32_t touches[300] = { 0 };
 
     CU_ASSERT_EQUAL_FATAL (qcow2_plan_init (&p, 3, 12, order,
                                             SC_CODEC_DEFLATE, 1 << 24), 0);
-    for (uint64_t gc = 0; gc < 200; gc++) {
+    for (uint64_t gc = 0; gc < 300; gc++) {
       uint64_t len = 100 + gc * 37 % 3000;
-      if (gc % 17 == 0) {
+      if (gc % 11 == 0 || gc % 13 == 0) {
         CU_ASSERT_EQUAL (qcow2_plan_add_normal (&p, gc, &rel), 0);
         CU_ASSERT_EQUAL (rel % cs, 0);
+        len = cs;
       }
-      else {
+      else
         CU_ASSERT_EQUAL (qcow2_plan_add_compressed (&p, gc, len, &rel), 0);
-        if (order == 0 && prev_end % cs != 0)
-          CU_ASSERT_EQUAL (rel % cs, 0);
-        if (order == 4)
-          CU_ASSERT (rel == prev_end || rel == SC_ROUND_UP (prev_end, cs));
-      }
-      CU_ASSERT (rel >= prev_end);
-      prev_end = p.data_end;
+      placed[n++] = (struct placed) { rel, len };
+      CU_ASSERT (rel + len <= p.data_end);
     }
-    for (uint64_t k = 0; k < p.data_clusters; k++) {
-      CU_ASSERT (p.data_refcounts[k] >= 1);
-      CU_ASSERT (p.data_refcounts[k] <= p.h.refcount_max);
+    qsort (placed, n, sizeof placed[0], cmp_placed);
+    for (uint64_t i = 0; i < n; i++) {
+      if (i + 1 < n)
+        CU_ASSERT (placed[i].rel + placed[i].len <= placed[i + 1].rel);
+      for (uint64_t k = placed[i].rel / cs;
+           k <= (placed[i].rel + placed[i].len - 1) / cs; k++)
+        if (k < 300)
+          touches[k]++;
+    }
+    CU_ASSERT (p.data_clusters <= 300);
+    for (uint64_t k = 0; k < p.data_clusters && k < 300; k++) {
+      CU_ASSERT_EQUAL (p.data_refcounts[k], touches[k]);
+      CU_ASSERT (touches[k] >= 1);
+      CU_ASSERT (touches[k] <= p.h.refcount_max);
     }
     /* Out of order is refused. */
     CU_ASSERT_EQUAL (qcow2_plan_add_normal (&p, 5, &rel), -1);
@@ -226,7 +247,7 @@ main (void)
       || !CU_add_test (s, "refcount packing", test_refcount_packing)
       || !CU_add_test (s, "refcount layout fixed point",
                        test_layout_fixed_point)
-      || !CU_add_test (s, "plan refcount cap", test_plan_refcount_cap)) {
+      || !CU_add_test (s, "plan placement", test_plan_placement)) {
     CU_cleanup_registry ();
     return EXIT_FAILURE;
   }
