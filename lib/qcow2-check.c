@@ -1120,11 +1120,21 @@ sc_qcow2_check (const char *path, struct sc_check_result *result)
     sc_set_error (errno, "stat: %s", strerror (errno));
     goto out;
   }
-  if (!S_ISREG (st.st_mode)) {
-    sc_set_error (EINVAL, "not a regular file");
+  if (S_ISREG (st.st_mode))
+    ck.file_size = (uint64_t) st.st_size;
+  else if (S_ISBLK (st.st_mode)) {
+    off_t end = lseek (ck.fd, 0, SEEK_END);
+
+    if (end == -1) {
+      sc_set_error (errno, "lseek: %s", strerror (errno));
+      goto out;
+    }
+    ck.file_size = (uint64_t) end;
+  }
+  else {
+    sc_set_error (EINVAL, "not a regular file or block device");
     goto out;
   }
-  ck.file_size = (uint64_t) st.st_size;
   if (qcow2_header_read (ck.fd, ck.file_size, false, &ck.h) == -1)
     goto out;
   /* An unknown incompatible feature may change what anything on disk

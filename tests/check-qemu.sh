@@ -145,6 +145,15 @@ sparsecow check --output=json data.qcow2 >s.json
 qemu-img check --output=json data.qcow2 >q.json
 compare_stats "--output=json"
 
+# An image on a block device (a read-only loop device, when we may).
+if [ "$(id -u)" = 0 ] && command -v losetup >/dev/null &&
+   dev=$(losetup -f --show -r snap.qcow2 2>/dev/null); then
+  cleanup_fn losetup -d "$dev"
+  qemu-img check --output=json snap.qcow2 >q.json
+  sparsecow check --json "$dev" >s.json || fail "check of $dev failed"
+  compare_stats "$dev"
+fi
+
 # ---- e2image -Q leaks a cluster (it never frees the one it reserves).
 if command -v e2image >/dev/null && command -v mke2fs >/dev/null; then
   mke2fs -q -t ext4 -d /usr/share/doc e2.img 64M 2>/dev/null ||
