@@ -457,7 +457,17 @@ sc_pipeline_run (const struct sc_pipeline *p)
 struct copy_state {
   struct sc_endpoint *dst;
   bool detect_zeroes;
+  /* dst takes writes at any offset from any thread: data is written
+   * by the workers, in parallel, and emit() only keeps the order of
+   * progress and of the zeroing of holes.
+   */
+  bool write_in_work;
 };
+
+/* piece->user: the piece is already on the target. */
+#define PIECE_WRITTEN 1
+
+static int write_piece (struct copy_state *cs, struct sc_piece *piece);
 
 static int
 copy_work (struct sc_piece *piece, void *opaque)
@@ -466,6 +476,11 @@ copy_work (struct sc_piece *piece, void *opaque)
 
   if (cs->detect_zeroes && sc_is_zero (piece->buf, piece->length))
     piece->flags = SC_EXTENT_ZERO;
+  if (cs->write_in_work) {
+    if (write_piece (cs, piece) == -1)
+      return -1;
+    piece->user = PIECE_WRITTEN;
+  }
   return 0;
 }
 
@@ -511,9 +526,8 @@ write_nonzero_runs (struct sc_endpoint *dst, const unsigned char *buf,
 }
 
 static int
-copy_emit (struct sc_piece *piece, void *opaque)
+write_piece (struct copy_state *cs, struct sc_piece *piece)
 {
-  struct copy_state *cs = opaque;
   struct sc_endpoint *dst = cs->dst;
   int rc;
 
@@ -531,11 +545,26 @@ copy_emit (struct sc_piece *piece, void *opaque)
   return rc;
 }
 
+static int
+copy_emit (struct sc_piece *piece, void *opaque)
+{
+  struct copy_state *cs = opaque;
+
+  if (piece->user == PIECE_WRITTEN)
+    return 0;
+  return write_piece (cs, piece);
+}
+
 int
 sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
          const struct sc_copy_opts *opts)
 {
-  struct copy_state cs = { .dst = dst, .detect_zeroes = opts->detect_zeroes };
+  struct copy_state cs = {
+    .dst = dst,
+    .detect_zeroes = opts->detect_zeroes,
+    .write_in_work = (dst->flags & SC_EP_SEEKABLE)
+                     && (dst->flags & SC_EP_THREAD_SAFE),
+  };
   struct sc_pipeline p = {
     .src = src,
     .request_size = opts->request_size,
