@@ -580,7 +580,10 @@ open_block_target (const char *path, uint64_t size)
   return NULL;
 }
 
-/* ".NAME.sparsecow-XXXXXX" in the directory of path. */
+/* ".NAME.sparsecow-XXXXXX" in the directory of path.  NAME is cut
+ * short so that a target name near the file system's limit still
+ * leaves room for the decoration.
+ */
 static char *
 temporary_template (const char *path)
 {
@@ -590,7 +593,7 @@ temporary_template (const char *path)
 
   if (d == NULL || b == NULL)
     return NULL;
-  if (asprintf (&tmpl, "%s/.%s.sparsecow-XXXXXX", dirname (d),
+  if (asprintf (&tmpl, "%s/.%.200s.sparsecow-XXXXXX", dirname (d),
                 basename (b)) == -1)
     return NULL;
   return tmpl;
@@ -682,6 +685,10 @@ sc_file_open_target (const char *path, uint64_t size, unsigned flags)
 
   if (strcmp (path, "-") == 0)
     return open_stream_target (STDOUT_FILENO, false, "stdout", size);
+  if (path[0] == '\0') {
+    sc_set_error (ENOENT, "empty file name");
+    return NULL;
+  }
 
   if (stat (path, &st) == 0) {
     if (S_ISBLK (st.st_mode))

@@ -131,6 +131,13 @@ echo "old" > fail/out.raw
 expect_fail '.' sparsecow unpack -f fail/corrupt.qcow2 fail/out.raw
 [ "$(cat fail/out.raw)" = old ] || fail "failed unpack -f damaged the old file"
 
+# A target name near the file system's 255-byte limit still works (the
+# temporary name is longer than the target's).
+long=$(printf 'n%.0s' $(seq 250)).raw
+sparsecow unpack img.qcow2 "$long" || fail "unpack to a 254-byte name failed"
+cmp ref.raw "$long" || fail "unpack to a 254-byte name differs"
+rm -f "$long"
+
 # Targets that cannot be created.
 expect_fail 'no-such-dir/out.raw: ' sparsecow unpack img.qcow2 no-such-dir/out.raw
 expect_fail 'fail: ' sparsecow unpack -f img.qcow2 fail
