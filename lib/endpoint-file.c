@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #ifdef HAVE_LINUX_FS_H
 #include <linux/fs.h>
@@ -654,7 +655,13 @@ open_file_target (const char *path, uint64_t size, unsigned flags)
    * fail now, before any data is written.
    */
   if (ftruncate (fd, (off_t) size) == -1) {
-    if (errno == EFBIG || errno == EINVAL)
+    struct rlimit rl;
+
+    if (errno == EFBIG && getrlimit (RLIMIT_FSIZE, &rl) == 0
+        && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < size)
+      sc_set_error (EFBIG, "the file size limit (ulimit -f) is smaller "
+                    "than %" PRIu64 " bytes", size);
+    else if (errno == EFBIG || errno == EINVAL)
       sc_set_error (EFBIG, "file system cannot hold a file of %" PRIu64
                     " bytes", size);
     else

@@ -131,6 +131,14 @@ echo "old" > fail/out.raw
 expect_fail '.' sparsecow unpack -f fail/corrupt.qcow2 fail/out.raw
 [ "$(cat fail/out.raw)" = old ] || fail "failed unpack -f damaged the old file"
 
+# A process file size limit (ulimit -f) is an error, not a kill that
+# would leave the temporary file behind.
+mkdir limit
+( ulimit -f 1000
+  expect_fail 'limit/out.raw: the file size limit \(ulimit -f\) is smaller' \
+    sparsecow unpack img.qcow2 limit/out.raw )
+[ -z "$(ls -A limit)" ] || fail "unpack past ulimit -f left: $(ls -A limit)"
+
 # A target name near the file system's 255-byte limit still works (the
 # temporary name is longer than the target's).
 long=$(printf 'n%.0s' $(seq 250)).raw
