@@ -638,13 +638,15 @@ open_file (const char *path, int *fd, uint64_t *size, struct stat *st)
 {
   off_t end;
 
+  /* Messages do not name path: the caller's prefix does. */
+
   *fd = open (path, O_RDONLY | O_CLOEXEC);
   if (*fd == -1) {
-    sc_set_error (errno, "%s: %s", path, strerror (errno));
+    sc_set_error (errno, "open: %s", strerror (errno));
     return -1;
   }
   if (fstat (*fd, st) == -1) {
-    sc_set_error (errno, "%s: fstat: %s", path, strerror (errno));
+    sc_set_error (errno, "fstat: %s", strerror (errno));
     return -1;
   }
   if (S_ISREG (st->st_mode)) {
@@ -654,13 +656,13 @@ open_file (const char *path, int *fd, uint64_t *size, struct stat *st)
   if (S_ISBLK (st->st_mode)) {
     end = lseek (*fd, 0, SEEK_END);
     if (end == -1) {
-      sc_set_error (errno, "%s: lseek: %s", path, strerror (errno));
+      sc_set_error (errno, "lseek: %s", strerror (errno));
       return -1;
     }
     *size = (uint64_t) end;
     return 0;
   }
-  sc_set_error (EINVAL, "%s: not a regular file or block device", path);
+  sc_set_error (EINVAL, "not a regular file or block device");
   return -1;
 }
 
@@ -905,7 +907,7 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
       return -1;
     if (open_file (L->data_filename, &L->data_fd, &L->data_size,
                    &st) == -1) {
-      sc_error_prefix ("data file");
+      sc_error_prefix ("data file %s", L->data_filename);
       return -1;
     }
   }
