@@ -246,4 +246,8 @@ cli_install_signal_handlers (void)
   sigaction (SIGTERM, &sa, NULL);
   sigaction (SIGHUP, &sa, NULL);
   signal (SIGPIPE, SIG_IGN);
+  /* A file size limit (ulimit -f) must be an error we clean up after,
+   * not a kill that leaves a temporary file behind.
+   */
+  signal (SIGXFSZ, SIG_IGN);
 }
