@@ -53,10 +53,6 @@ cmd_unpack (int argc, char **argv)
 
   /* First, so that no temporary target can outlive an interrupt. */
   cli_install_signal_handlers ();
-  /* Past a file size limit, fail the write (EFBIG) and clean up rather
-   * than be killed with the temporary target left behind.
-   */
-  signal (SIGXFSZ, SIG_IGN);
 
   while ((c = getopt_long (argc, argv, "f" CLI_COMMON_SHORT_OPTIONS,
                            long_options, NULL)) != -1) {
