@@ -213,7 +213,8 @@ cmd_info (int argc, char **argv)
   int c;
 
   optind = 1;
-  while ((c = getopt_long (argc, argv, "h", long_options, NULL)) != -1) {
+  opterr = 0;                   /* we print our own messages */
+  while ((c = getopt_long (argc, argv, ":h", long_options, NULL)) != -1) {
     switch (c) {
     case OPT_JSON:
       json = true;
@@ -230,8 +231,12 @@ cmd_info (int argc, char **argv)
     case 'h':
       usage (stdout);
       return EXIT_OK;
+    case ':':
+      cli_usage_error ("info ", "info: option '%s' needs an argument",
+                       argv[optind - 1]);
     default:
-      cli_usage_error ("info ", "invalid option");
+      cli_usage_error ("info ", "info: unknown option '%s'",
+                       argv[optind - 1]);
     }
   }
   if (argc - optind != 1)

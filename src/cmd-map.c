@@ -190,7 +190,8 @@ cmd_map (int argc, char **argv)
   int c, r;
 
   optind = 1;
-  while ((c = getopt_long (argc, argv, "h", long_options, NULL)) != -1) {
+  opterr = 0;                   /* we print our own messages */
+  while ((c = getopt_long (argc, argv, ":h", long_options, NULL)) != -1) {
     switch (c) {
     case OPT_JSON:
       out.json = true;
@@ -207,8 +208,12 @@ cmd_map (int argc, char **argv)
     case 'h':
       usage (stdout);
       return EXIT_OK;
+    case ':':
+      cli_usage_error ("map ", "map: option '%s' needs an argument",
+                       argv[optind - 1]);
     default:
-      cli_usage_error ("map ", "invalid option");
+      cli_usage_error ("map ", "map: unknown option '%s'",
+                       argv[optind - 1]);
     }
   }
   if (argc - optind != 1)
