@@ -111,6 +111,22 @@ cp a.qcow2 looks-like-qcow2.img
 qemu-img create -q -f qcow2 -b looks-like-qcow2.img -F raw fake.qcow2 4M
 same_map fake.qcow2
 
+# Relative backing names resolve against the overlay's directory, not
+# the current one; the chain is listed in info as resolved.
+mkdir sub
+qemu-img create -q -f qcow2 sub/low.qcow2 2M
+qio -c "write -P 1 0 1M" sub/low.qcow2
+qemu-img create -q -f qcow2 -b low.qcow2 -F qcow2 sub/high.qcow2 2M
+qio -c "write -P 2 512k 64k" sub/high.qcow2
+same_map sub/high.qcow2
+same_info sub/high.qcow2
+sparsecow info --json sub/high.qcow2 | python3 -c '
+import json, sys
+chain = json.load(sys.stdin)["backing-chain"]
+assert [c["filename"] for c in chain] == ["sub/low.qcow2"], chain
+assert [c["format"] for c in chain] == ["qcow2"], chain' ||
+  fail "backing chain of sub/high.qcow2 not resolved against sub/"
+
 # Version 2, small clusters, zstd, 1-bit refcounts, lazy refcounts.
 qemu-img create -q -f qcow2 -o compat=0.10 v2.qcow2 2M
 qio -c "write -P 1 0 100k" -c "write -c -P 2 1M 64k" v2.qcow2
@@ -294,6 +310,14 @@ print(struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00)' ok.qcow2 "$l1")
 cp ok.qcow2 l2res.qcow2
 poke l2res.qcow2 $((l2 + 8)) 00 00 00 00 00 00 00 02
 bad "l2res.qcow2: .*L2 entry .* reserved bits" l2res.qcow2
+
+# A chain deeper than 64 backing files is refused.
+qemu-img create -q -f qcow2 deep0.qcow2 1M
+for i in $(seq 1 65); do
+  qemu-img create -q -f qcow2 -u -b deep$((i - 1)).qcow2 -F qcow2 deep$i.qcow2 1M
+done
+sparsecow map --json deep64.qcow2 > /dev/null || fail "64 backing files refused"
+bad "deep65.qcow2: backing chain longer than 64" deep65.qcow2
 
 # Encryption is refused, not misread.
 if qemu-img create -q -f qcow2 -o encrypt.format=luks,encrypt.key-secret=sec0 \
