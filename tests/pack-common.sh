@@ -30,8 +30,20 @@ check_image () {
 
   qemu-img check -q "$img" >/dev/null 2>&1 || {
     qemu-img check "$img" >&2 || :; fail "qemu-img check: $what"; }
-  qemu-img compare -q -f raw -F qcow2 "$src" "$img" ||
-    fail "qemu-img compare: $what"
+  if [ "$codec" != none ] && { [ "$cs" = 512 ] || [ "$cs" = 2097152 ]; }; then
+    # qemu-img compare decompresses a cluster again for every small
+    # read, which takes seconds with 2 MiB clusters and with many 512
+    # byte ones; qemu-img convert reads each cluster once.
+    rm -f "$tmp/.converted"
+    qemu-img convert -f qcow2 -O raw "$img" "$tmp/.converted" ||
+      fail "qemu-img convert: $what"
+    qemu-img compare -q -f raw -F raw "$src" "$tmp/.converted" ||
+      fail "qemu-img convert + compare: $what"
+    rm -f "$tmp/.converted"
+  else
+    qemu-img compare -q -f raw -F qcow2 "$src" "$img" ||
+      fail "qemu-img compare: $what"
+  fi
 
   # qemu sees whole 512-byte sectors: a partial last sector is padded.
   size=$(stat -c %s "$src")
@@ -106,8 +118,8 @@ reduced_matrix () {
   pack_and_check "$src" 65536 1.1 deflate 16
   pack_and_check "$src" 4096 1.1 zstd 1
   pack_and_check "$src" 2097152 1.1 deflate 64
-  pack_and_check "$src" 512 0.10 deflate 16
-  pack_and_check "$src" 2097152 0.10 none 16
+  pack_and_check "$src" 512 0.10 none 16
+  pack_and_check "$src" 65536 0.10 deflate 16
 }
 
 # Ranges of a qcow2 image that hold data, as "start end" lines.
