@@ -127,6 +127,15 @@ assert [c["filename"] for c in chain] == ["sub/low.qcow2"], chain
 assert [c["format"] for c in chain] == ["qcow2"], chain' ||
   fail "backing chain of sub/high.qcow2 not resolved against sub/"
 
+# Preallocated images: qemu then looks through data clusters into the
+# holes of the host file, and map must follow it.
+for prealloc in metadata falloc; do
+  qemu-img create -q -f qcow2 -o preallocation=$prealloc pre-$prealloc.qcow2 4M
+  qio -c "write -P 1 1M 64k" -c "write -z 2M 64k" pre-$prealloc.qcow2
+  same_map pre-$prealloc.qcow2
+  same_info pre-$prealloc.qcow2
+done
+
 # Version 2, small clusters, zstd, 1-bit refcounts, lazy refcounts.
 qemu-img create -q -f qcow2 -o compat=0.10 v2.qcow2 2M
 qio -c "write -P 1 0 100k" -c "write -c -P 2 1M 64k" v2.qcow2
