@@ -22,8 +22,10 @@ EXTRA_DIST += \
 TESTS += \
 	tests/pack-determinism.sh \
 	tests/pack-safety.sh \
-	tests/pack-options.sh
+	tests/pack-options.sh \
+	tests/pack-huge.sh
 EXTRA_DIST += \
 	tests/pack-determinism.sh \
 	tests/pack-safety.sh \
-	tests/pack-options.sh
+	tests/pack-options.sh \
+	tests/pack-huge.sh
