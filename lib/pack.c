@@ -304,10 +304,11 @@ cluster_extents (struct pack *pk, struct sc_extent_list *out)
       continue;
     start = SC_ROUND_DOWN (e->offset, cs);
     stop = SC_MIN (SC_ROUND_UP (e->offset + e->length, cs), end);
-    if (stop <= pos)
-      continue;
     if (start < pos)
       start = pos;
+    /* Extents past the end, or already covered, add nothing. */
+    if (stop <= start)
+      continue;
     if (sc_extent_list_append (out, pos, start - pos, SC_EXTENT_HOLE) == -1
         || sc_extent_list_append (out, start, stop - start, 0) == -1)
       goto out;
