@@ -87,7 +87,10 @@ cmp ref.raw stdout.raw || fail "unpack $img - differs from qemu-img convert"
 
 # -f replaces an existing target: stale data where the image has holes
 # must not survive, and a longer old file must be cut to size.
-head -c $((80 * 1024 * 1024)) /dev/zero | tr '\0' '\377' > existing.raw
+truncate -s 80M existing.raw
+for off in 0 5 10 33 63 64 79; do
+  printf 'stale data that must go' | dd of=existing.raw bs=1M seek=$off conv=notrunc status=none
+done
 if [ "$READER_ORACLE" != qemu ]; then
   rd_sparsecow unpack -f "$img" existing.raw || fail "unpack -f $img existing.raw failed"
   cmp ref.raw existing.raw || fail "unpack -f over an existing file differs from qemu-img convert"

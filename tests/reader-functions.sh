@@ -108,161 +108,223 @@ ref_convert () {
   qemu-img convert -q "${opt[@]}" -O raw "$img" "$out"
 }
 
+# The judging is done by one python program, written out once, and run
+# once per image: on a loaded machine each python start costs a lot.
+#   judge classes QMAP SIZE           normalized map (see map_classes)
+#   judge cmp A B                     content equal (see same_content)
+#   judge unpack WHAT REF OUT INFO QMAP|-   (a) and (b)
+#   judge map WHAT INFO QMAP SMAP           (c)
+# Problems are printed as lines starting with "FAIL ", details before.
+cat > "$tmp/.rd-judge.py" <<'EOF'
+import difflib, json, os, sys
+
+def classes(path, size):
+    """Lines "START END CLASS" covering [0, size): CLASS says whether the
+    bytes are data and whether they read as zero; adjacent ranges of one
+    class merged; gaps, overlaps, bad entries and ranges past the end
+    appear as lines of their own so that a diff shows them."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except ValueError as e:
+        return ["INVALID JSON: %s" % e]
+    if not isinstance(doc, list):
+        return ["NOT A LIST"]
+    out, bad, pos = [], [], 0
+    def add(start, end, cls):
+        if out and out[-1][2] == cls and out[-1][1] == start:
+            out[-1][1] = end
+        else:
+            out.append([start, end, cls])
+    for e in doc:
+        try:
+            start, length = int(e["start"]), int(e["length"])
+            cls = "data=%s zero=%s" % (bool(e["data"]), bool(e["zero"]))
+        except (KeyError, TypeError, ValueError):
+            bad.append("BAD ENTRY %r" % (e,))
+            continue
+        if length <= 0:
+            bad.append("EMPTY ENTRY %r" % (e,))
+            continue
+        if start > pos:
+            add(pos, start, "GAP")
+        elif start < pos:
+            add(start, pos, "OVERLAP")
+        add(start, start + length, cls)
+        pos = max(pos, start + length)
+    if pos < size:
+        add(pos, size, "MISSING")
+    return bad + ["%d %d %s%s" % (s, e, c, " PAST-END" if e > size else "")
+                  for s, e, c in out]
+
+def extents(fd, size):
+    pos, out = 0, []
+    while pos < size:
+        try:
+            d = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            break
+        h = os.lseek(fd, d, os.SEEK_HOLE)
+        out.append((d, h))
+        pos = h
+    return out
+
+def first_difference(pa, pb):
+    """None if the files are equal, else a description.  Reads only
+    where either file has data; holes read as zeros in both."""
+    a, b = os.open(pa, os.O_RDONLY), os.open(pb, os.O_RDONLY)
+    sa, sb = os.fstat(a).st_size, os.fstat(b).st_size
+    if sa != sb:
+        return "size %d, not %d" % (sb, sa)
+    for start, end in sorted(extents(a, sa) + extents(b, sb)):
+        pos = start
+        while pos < end:
+            n = min(end - pos, 1 << 20)
+            x, y = os.pread(a, n, pos), os.pread(b, n, pos)
+            if x != y:
+                i = next(i for i in range(n) if x[i] != y[i])
+                return ("first difference at byte %d: 0x%02x, not 0x%02x"
+                        % (pos + i, y[i], x[i]))
+            pos += n
+    return None
+
+def data_runs(path):
+    n, end = 0, None
+    for e in json.load(open(path)):
+        if e["data"]:
+            if end != e["start"]:
+                n += 1
+            end = e["start"] + e["length"]
+    return n
+
+def judge_unpack(what, ref, out, info, qmap):
+    diff = first_difference(ref, out)
+    if diff:
+        print("FAIL %s differs from qemu-img convert -O raw: %s" % (what, diff))
+        return
+    cs = json.load(open(info)).get("cluster-size", 65536)
+    if qmap != "-":
+        runs = data_runs(qmap)
+    else:
+        # qemu-img map cannot show a snapshot; qemu-img's own raw output
+        # stands in for it.
+        fd = os.open(ref, os.O_RDONLY)
+        runs = len(extents(fd, os.fstat(fd).st_size))
+    ref_alloc = os.stat(ref).st_blocks * 512
+    got = os.stat(out).st_blocks * 512
+    limit = ref_alloc + cs * runs
+    if got > limit:
+        print("FAIL %s: %d bytes allocated, more than %d (qemu-img convert: %d,"
+              " %d data extents of %d)" % (what, got, limit, ref_alloc, runs, cs))
+
+def judge_map(what, info, qmap, smap):
+    size = json.load(open(info))["virtual-size"]
+    q, s = classes(qmap, size), classes(smap, size)
+    if q != s:
+        sys.stdout.writelines(l + "\n" for l in difflib.unified_diff(
+            q, s, "qemu-img map", "sparsecow map", lineterm=""))
+        print("FAIL %s disagrees with qemu-img map (- qemu-img, + sparsecow)" % what)
+
+cmd, args = sys.argv[1], sys.argv[2:]
+if cmd == "classes":
+    print("\n".join(classes(args[0], int(args[1]))))
+elif cmd == "cmp":
+    d = first_difference(*args)
+    if d:
+        sys.exit("%s %s differ: %s" % (args[0], args[1], d))
+elif cmd == "unpack":
+    judge_unpack(*args)
+elif cmd == "map":
+    judge_map(*args)
+EOF
+
+# Run the judge; its "FAIL" lines become soft failures.
+rd_judge () {
+  local line
+  while IFS= read -r line; do
+    case $line in
+      "FAIL "*) soft_fail "${line#FAIL }" ;;
+      "rc 0") ;;
+      "rc "*) soft_fail "the judge failed on: $*" ;;
+      *) echo "$line" >&2 ;;
+    esac
+  done < <(python3 "$tmp/.rd-judge.py" "$@"; echo "rc $?")
+}
+
+# map_classes JSON SIZE: a qemu-img map JSON document as lines
+# "START END CLASS" (see the judge), for diff -u.
+map_classes () { python3 "$tmp/.rd-judge.py" classes "$1" "$2"; }
+
+# same_content A B: like cmp, reading only where either file has data.
+same_content () { python3 "$tmp/.rd-judge.py" cmp "$1" "$2"; }
+
 img_virtual_size () {
   qemu-img info --output=json "$1" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])'
 }
 
-img_cluster_size () {
-  qemu-img info --output=json "$1" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin).get("cluster-size", 65536))'
+# _unpack_step IMAGE SNAPSHOT: unpack to $tmp/chk.out.raw and convert to
+# $tmp/chk.ref.raw; false (after a soft failure) if unpack failed.
+_unpack_step () {
+  local img=$1 snap=$2 what="unpack ${2:+--snapshot $2 }$1"
+  rm -f "$tmp/chk.ref.raw" "$tmp/chk.out.raw"
+  ref_convert "$img" "$tmp/chk.ref.raw" "$snap"
+  if ! rd_unpack "$img" "$tmp/chk.out.raw" "$snap"; then
+    soft_fail "$what failed"; return 1
+  fi
+  if [ ! -f "$tmp/chk.out.raw" ]; then
+    soft_fail "$what: no regular file"; return 1
+  fi
 }
 
-# map_classes JSON SIZE: turn a qemu-img map JSON document into lines
-# "START END CLASS" covering [0, SIZE) exactly, where CLASS says whether
-# the bytes are data and whether they read as zero, and adjacent ranges of
-# one class are merged.  Gaps, overlaps and ranges past SIZE appear as
-# their own lines so that diff shows them.
-map_classes () {
-  python3 - "$1" "$2" <<'EOF'
-import json, sys
-path, size = sys.argv[1], int(sys.argv[2])
-with open(path) as f:
-    try:
-        doc = json.load(f)
-    except ValueError as e:
-        print("INVALID JSON: %s" % e)
-        sys.exit(0)
-if not isinstance(doc, list):
-    print("NOT A LIST")
-    sys.exit(0)
-out = []
-pos = 0
-def add(start, end, cls):
-    if out and out[-1][2] == cls and out[-1][1] == start:
-        out[-1][1] = end
-    else:
-        out.append([start, end, cls])
-for e in doc:
-    try:
-        start, length = int(e["start"]), int(e["length"])
-        cls = "data=%s zero=%s" % (bool(e["data"]), bool(e["zero"]))
-    except (KeyError, TypeError, ValueError):
-        print("BAD ENTRY %r" % (e,))
-        continue
-    if length <= 0:
-        print("EMPTY ENTRY %r" % (e,))
-        continue
-    if start > pos:
-        add(pos, start, "GAP")
-    elif start < pos:
-        add(start, pos, "OVERLAP")
-    add(start, start + length, cls)
-    pos = max(pos, start + length)
-if pos < size:
-    add(pos, size, "MISSING")
-for start, end, cls in out:
-    if end > size:
-        print("%d %d %s PAST-END" % (start, end, cls))
-    else:
-        print("%d %d %s" % (start, end, cls))
-EOF
+# _map_step IMAGE: sparsecow's map to $tmp/chk.smap.json.
+_map_step () {
+  if ! rd_map "$1" > "$tmp/chk.smap.json"; then
+    soft_fail "map --json $1 failed"; return 1
+  fi
 }
 
-# Count maximal runs of data in a qemu-img map JSON document.
-map_data_extents () {
-  python3 - "$1" <<'EOF'
-import json, sys
-doc = json.load(open(sys.argv[1]))
-n, end = 0, None
-for e in doc:
-    if e["data"]:
-        if end != e["start"]:
-            n += 1
-        end = e["start"] + e["length"]
-print(n)
-EOF
-}
-
-# Count maximal data runs of a file by SEEK_DATA/SEEK_HOLE.
-file_data_extents () {
-  python3 - "$1" <<'EOF'
-import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
-size = os.fstat(fd).st_size
-n, pos = 0, 0
-while pos < size:
-    try:
-        d = os.lseek(fd, pos, os.SEEK_DATA)
-    except OSError:
-        break
-    n += 1
-    pos = os.lseek(fd, d, os.SEEK_HOLE)
-print(n)
-EOF
-}
-
-# check_unpack IMAGE [SNAPSHOT]: (a) unpack equals qemu-img convert,
+# check_unpack IMAGE [SNAPSHOT]: (a) unpack equals qemu-img convert, and
 # (b) the unpacked file is no less sparse than qemu-img's output give or
-# take a cluster per data extent.  Files go to $tmp/chk.*.
+# take a cluster per data extent.
 check_unpack () {
-  local img=$1 snap=${2:-}
-  local ref=$tmp/chk.ref.raw out=$tmp/chk.out.raw
-  local what="unpack ${snap:+--snapshot $snap }$img"
-  rm -f "$ref" "$out"
-  ref_convert "$img" "$ref" "$snap"
-  if ! rd_unpack "$img" "$out" "$snap"; then
-    soft_fail "$what failed"; return 0
-  fi
-  if [ ! -f "$out" ]; then
-    soft_fail "$what: no regular file $out"; return 0
-  fi
-  local rs os
-  rs=$(stat -c %s "$ref"); os=$(stat -c %s "$out")
-  if [ "$rs" != "$os" ]; then
-    soft_fail "$what: size $os, qemu-img convert gives $rs"; return 0
-  fi
-  if ! cmp "$ref" "$out"; then
-    soft_fail "$what differs from qemu-img convert -O raw"; return 0
-  fi
-
-  local cs extents limit got
-  cs=$(img_cluster_size "$img")
+  local img=$1 snap=${2:-} qmap=-
+  _unpack_step "$img" "$snap" || return 0
+  qemu-img info --output=json "$img" > "$tmp/chk.info.json"
   if [ -z "$snap" ]; then
     qemu-img map --output=json "$img" > "$tmp/chk.qmap.json"
-    extents=$(map_data_extents "$tmp/chk.qmap.json")
-  else
-    # qemu-img map cannot show a snapshot; qemu-img's own raw output
-    # stands in for it.
-    extents=$(file_data_extents "$ref")
+    qmap=$tmp/chk.qmap.json
   fi
-  limit=$(( $(allocated_bytes "$ref") + cs * extents ))
-  got=$(allocated_bytes "$out")
-  [ "$got" -le "$limit" ] ||
-    soft_fail "$what: $got bytes allocated, more than $limit" \
-              "(qemu-img convert: $(allocated_bytes "$ref"), $extents data extents of $cs)"
-  rm -f "$ref" "$out"
+  rd_judge unpack "unpack ${snap:+--snapshot $snap }$img" \
+    "$tmp/chk.ref.raw" "$tmp/chk.out.raw" "$tmp/chk.info.json" "$qmap"
+  rm -f "$tmp/chk.ref.raw" "$tmp/chk.out.raw"
 }
 
 # check_map IMAGE: (c) sparsecow map --json agrees with qemu-img map on
 # which bytes are data and which read as zero.
 check_map () {
-  local img=$1 size
-  size=$(img_virtual_size "$img")
+  local img=$1
+  qemu-img info --output=json "$img" > "$tmp/chk.info.json"
   qemu-img map --output=json "$img" > "$tmp/chk.qmap.json"
-  if ! rd_map "$img" > "$tmp/chk.smap.json"; then
-    soft_fail "map --json $img failed"; return 0
-  fi
-  map_classes "$tmp/chk.qmap.json" "$size" > "$tmp/chk.qmap.txt"
-  map_classes "$tmp/chk.smap.json" "$size" > "$tmp/chk.smap.txt"
-  diff -u "$tmp/chk.qmap.txt" "$tmp/chk.smap.txt" ||
-    soft_fail "map --json $img disagrees with qemu-img map (- qemu-img, + sparsecow)"
+  _map_step "$img" || return 0
+  rd_judge map "map --json $img" "$tmp/chk.info.json" \
+    "$tmp/chk.qmap.json" "$tmp/chk.smap.json"
 }
 
 # check_image IMAGE: all of the above for the active layer.
 check_image () {
-  check_unpack "$1"
-  check_map "$1"
+  local img=$1
+  qemu-img info --output=json "$img" > "$tmp/chk.info.json"
+  qemu-img map --output=json "$img" > "$tmp/chk.qmap.json"
+  if _unpack_step "$img" ""; then
+    rd_judge unpack "unpack $img" "$tmp/chk.ref.raw" "$tmp/chk.out.raw" \
+      "$tmp/chk.info.json" "$tmp/chk.qmap.json"
+  fi
+  rm -f "$tmp/chk.ref.raw" "$tmp/chk.out.raw"
+  if _map_step "$img"; then
+    rd_judge map "map --json $img" "$tmp/chk.info.json" \
+      "$tmp/chk.qmap.json" "$tmp/chk.smap.json"
+  fi
 }
 
 # Set (or clear) one bit of the 64-bit big-endian header field at byte
