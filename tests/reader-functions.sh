@@ -114,6 +114,7 @@ ref_convert () {
 #   judge cmp A B                     content equal (see same_content)
 #   judge unpack WHAT REF OUT INFO QMAP|-   (a) and (b)
 #   judge map WHAT INFO QMAP SMAP           (c)
+#   judge info WHAT QINFO SINFO             (d)
 # Problems are printed as lines starting with "FAIL ", details before.
 cat > "$tmp/.rd-judge.py" <<'EOF'
 import difflib, json, os, sys
@@ -225,6 +226,38 @@ def judge_map(what, info, qmap, smap):
             q, s, "qemu-img map", "sparsecow map", lineterm=""))
         print("FAIL %s disagrees with qemu-img map (- qemu-img, + sparsecow)" % what)
 
+def judge_info(what, qinfo, sinfo):
+    """The fields that sparsecow info --json shares with qemu-img info
+    --output=json (same names, or the obvious counterpart) agree."""
+    q = json.load(open(qinfo))
+    try:
+        s = json.load(open(sinfo))
+    except ValueError as e:
+        print("FAIL %s: invalid JSON: %s" % (what, e))
+        return
+    fs = q.get("format-specific", {}).get("data", {})
+    if "format-specific" in s:
+        # qemu-img's own layout (READER_ORACLE=qemu): flatten it the way
+        # sparsecow lays its output out.
+        s = dict(s, **s["format-specific"].get("data", {}))
+        s["dirty"] = s.get("dirty-flag", False)
+        s["backing-format"] = s.get("backing-filename-format")
+    pairs = [("virtual-size", q.get("virtual-size"), s.get("virtual-size")),
+             ("cluster-size", q.get("cluster-size"), s.get("cluster-size")),
+             ("format", q.get("format"), s.get("format")),
+             ("backing-filename", q.get("backing-filename"), s.get("backing-filename")),
+             ("backing format", q.get("backing-filename-format"), s.get("backing-format")),
+             ("dirty", q.get("dirty-flag", False), s.get("dirty"))]
+    for key in ("compat", "compression-type", "lazy-refcounts", "refcount-bits",
+                "corrupt", "extended-l2", "data-file", "data-file-raw"):
+        if key in fs:
+            pairs.append((key, fs[key], s.get(key)))
+    snaps = lambda l: [(str(x.get("id")), x.get("name")) for x in l or []]
+    pairs.append(("snapshots (id, name)", snaps(q.get("snapshots")), snaps(s.get("snapshots"))))
+    for key, want, got in pairs:
+        if want != got:
+            print("FAIL %s: %s is %r, qemu-img info says %r" % (what, key, got, want))
+
 cmd, args = sys.argv[1], sys.argv[2:]
 if cmd == "classes":
     print("\n".join(classes(args[0], int(args[1]))))
@@ -236,6 +269,8 @@ elif cmd == "unpack":
     judge_unpack(*args)
 elif cmd == "map":
     judge_map(*args)
+elif cmd == "info":
+    judge_info(*args)
 EOF
 
 # Run the judge; its "FAIL" lines become soft failures.
@@ -311,6 +346,17 @@ check_map () {
     "$tmp/chk.qmap.json" "$tmp/chk.smap.json"
 }
 
+# check_info IMAGE: (d) sparsecow info --json agrees with qemu-img info
+# on the fields they share.
+check_info () {
+  local img=$1
+  qemu-img info --output=json "$img" > "$tmp/chk.info.json"
+  if ! rd_info "$img" > "$tmp/chk.sinfo.json"; then
+    soft_fail "info --json $img failed"; return 0
+  fi
+  rd_judge info "info --json $img" "$tmp/chk.info.json" "$tmp/chk.sinfo.json"
+}
+
 # check_image IMAGE: all of the above for the active layer.
 check_image () {
   local img=$1
@@ -324,6 +370,11 @@ check_image () {
   if _map_step "$img"; then
     rd_judge map "map --json $img" "$tmp/chk.info.json" \
       "$tmp/chk.qmap.json" "$tmp/chk.smap.json"
+  fi
+  if rd_info "$img" > "$tmp/chk.sinfo.json"; then
+    rd_judge info "info --json $img" "$tmp/chk.info.json" "$tmp/chk.sinfo.json"
+  else
+    soft_fail "info --json $img failed"
   fi
 }
 
