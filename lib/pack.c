@@ -32,9 +32,12 @@
 #define DEFAULT_REFCOUNT_BITS 16
 /* Pieces of the pipeline hold at least this much, in whole clusters. */
 #define MIN_REQUEST_SIZE (1024 * 1024)
-/* Buffers for the spill file and for the output. */
+/* Buffers for the spill file and for the output.  The output buffer
+ * is small enough to stay in the CPU cache between the read that fills
+ * it and the write that empties it: 8 MiB measured clearly slower.
+ */
 #define SPILL_BUFFER_SIZE (4 * 1024 * 1024)
-#define OUTPUT_BUFFER_SIZE (8 * 1024 * 1024)
+#define OUTPUT_BUFFER_SIZE (1024 * 1024)
 /* Per cluster of a piece, work() leaves one code for emit(): zero, raw,
  * or the compressed length (always less than a cluster).
  */
