@@ -84,6 +84,18 @@ img=v1.1-65536.qcow2
 qemu-img convert -q -O raw "$img" ref.raw
 rd_unpack "$img" - > stdout.raw || fail "unpack $img - failed"
 cmp ref.raw stdout.raw || fail "unpack $img - differs from qemu-img convert"
+# Through a pipe (no seeking past holes: zeros must be written).
+rm -f piped.raw
+{ rd_unpack "$img" - || echo "unpack failed" > piped.failed; } | cat > piped.raw
+[ ! -e piped.failed ] || fail "unpack $img - into a pipe failed"
+cmp ref.raw piped.raw || fail "unpack $img - into a pipe differs from qemu-img convert"
+for other in v0.10-512.qcow2 rb1.qcow2 odd-65536.qcow2; do
+  qemu-img convert -q -O raw $other other.raw
+  { rd_unpack $other - || echo "unpack failed" > piped.failed; } | cat > piped.raw
+  [ ! -e piped.failed ] || fail "unpack $other - into a pipe failed"
+  cmp other.raw piped.raw || fail "unpack $other - into a pipe differs from qemu-img convert"
+done
+rm -f other.raw piped.raw
 
 # -f replaces an existing target: stale data where the image has holes
 # must not survive, and a longer old file must be cut to size.
@@ -92,6 +104,10 @@ for off in 0 5 10 33 63 64 79; do
   printf 'stale data that must go' | dd of=existing.raw bs=1M seek=$off conv=notrunc status=none
 done
 if [ "$READER_ORACLE" != qemu ]; then
+  # Without -f an existing target is left alone.
+  cp --sparse=always existing.raw existing.copy
+  expect_fail "." rd_sparsecow unpack "$img" existing.raw
+  cmp existing.copy existing.raw || fail "unpack without -f changed an existing target"
   rd_sparsecow unpack -f "$img" existing.raw || fail "unpack -f $img existing.raw failed"
   cmp ref.raw existing.raw || fail "unpack -f over an existing file differs from qemu-img convert"
 fi

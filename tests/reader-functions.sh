@@ -63,7 +63,10 @@ rd_unpack () {
       img=$copy
     fi
     if [ "$out" = - ]; then
-      qemu-img convert -q -O raw "$img" /dev/stdout
+      # qemu-img cannot write to a pipe (it seeks over zeros).
+      qemu-img convert -q -O raw "$img" "$tmp/.oracle-stdout.raw"
+      cat "$tmp/.oracle-stdout.raw"
+      rm -f "$tmp/.oracle-stdout.raw"
     else
       qemu-img convert -q -O raw "$img" "$out"
     fi
