@@ -53,6 +53,8 @@ check_image c3q-3.qcow2
 make_chain c10 10 qcow2 65536
 check_image c10-10.qcow2
 check_image c10-5.qcow2
+check_pipe c10-10.qcow2
+check_pipe c3raw-3.qcow2
 
 # Relative backing names are resolved against the overlay's directory,
 # including names with "..", whatever the current directory is.

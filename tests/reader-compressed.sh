@@ -78,6 +78,7 @@ for ct in zlib zstd; do
                "discard $(( 14 * cs )) $cs" \
                "write -c -P 0x19 $(( 64 * 1024 * 1024 - cs )) $cs"
     check_image "$img"
+    check_pipe "$img"
   done
 done
 

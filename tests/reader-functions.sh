@@ -360,6 +360,21 @@ check_info () {
   rd_judge info "info --json $img" "$tmp/chk.info.json" "$tmp/chk.sinfo.json"
 }
 
+# check_pipe IMAGE [SNAPSHOT]: unpack to stdout into a pipe (which cannot
+# skip holes) equals qemu-img convert.
+check_pipe () {
+  local img=$1 snap=${2:-} what="unpack ${2:+--snapshot $2 }$1 - | cat"
+  rm -f "$tmp/chk.ref.raw" "$tmp/chk.pipe.raw" "$tmp/chk.pipe.failed"
+  ref_convert "$img" "$tmp/chk.ref.raw" "$snap"
+  { rd_unpack "$img" - "$snap" || : > "$tmp/chk.pipe.failed"; } | cat > "$tmp/chk.pipe.raw"
+  if [ -e "$tmp/chk.pipe.failed" ]; then
+    soft_fail "$what failed"
+  elif ! cmp "$tmp/chk.ref.raw" "$tmp/chk.pipe.raw"; then
+    soft_fail "$what differs from qemu-img convert"
+  fi
+  rm -f "$tmp/chk.ref.raw" "$tmp/chk.pipe.raw" "$tmp/chk.pipe.failed"
+}
+
 # check_image IMAGE: all of the above for the active layer.
 check_image () {
   local img=$1

@@ -26,6 +26,7 @@ for compat in 0.10 1.1; do
   check_image "$img"
   check_unpack "$img" s1
   check_unpack "$img" 1
+  check_pipe "$img" s1
   check_unpack "$img" s2
   check_unpack "$img" 2
 
