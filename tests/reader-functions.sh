@@ -45,6 +45,7 @@ rd_sparsecow () {
   case $rc in
     124) fail "timed out after $READER_TIMEOUT s: sparsecow $*" ;;
     134|136|139) fail "crashed (exit $rc): sparsecow $*" ;;
+    119) [ -z "$SC_VALGRIND" ] || fail "valgrind reported errors: sparsecow $*" ;;
   esac
   return $rc
 }
