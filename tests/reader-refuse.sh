@@ -145,13 +145,15 @@ qio fz-b.qcow2 "write -P 0x06 0 2k" "write -c -P 0x07 4k 512" "write -P 0x08 104
 qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=16384 fz-c.qcow2 1M
 qio fz-c.qcow2 "write -P 0x09 0 1k" "write -z 2k 1k" "write -c -P 0x0a 32k 16k"
 
-python3 - <<'EOF'
-import random, struct
-rng = random.Random(1123)
+# READER_FUZZ_SEED and READER_FUZZ_COUNT run other or more corruptions.
+: "${READER_FUZZ_SEED:=1123}" "${READER_FUZZ_COUNT:=300}"
+python3 - "$READER_FUZZ_SEED" "$READER_FUZZ_COUNT" <<'EOF'
+import random, struct, sys
+rng = random.Random(int(sys.argv[1]))
 bases = [("fz-a.qcow2", 4096), ("fz-b.qcow2", 512), ("fz-c.qcow2", 16384)]
 specials = [0, 1, 0x200, 0x1000, 0x7fffffff, 0xffffffff, 1 << 62, 1 << 63,
             (1 << 63) | (1 << 62), 0xffffffffffffffff, 0x00fffffffffffe00]
-for n in range(300):
+for n in range(int(sys.argv[2])):
     name, cs = bases[n % len(bases)]
     b = bytearray(open(name, "rb").read())
     # The first clusters hold the header, refcount table and blocks, L1,
@@ -186,7 +188,7 @@ fuzz_part () {
   # 10 s is plenty for a 1 MiB image, but not under valgrind.
   local limit=10
   [ -z "$SC_VALGRIND" ] || limit=120
-  for ((n = part; n < 300; n += 2)); do
+  for ((n = part; n < READER_FUZZ_COUNT; n += 2)); do
     f=$(printf f%03d.qcow2 $n)
     for cmd in unpack map info; do
       rc=0
@@ -216,5 +218,5 @@ fuzz_part 1 & pid1=$!
 wait $pid0; wait $pid1
 if [ -s problems.0 ] || [ -s problems.1 ]; then
   cat problems.0 problems.1 >&2
-  soft_fail "$(cat problems.0 problems.1 | wc -l) problems in 300 corrupted images"
+  soft_fail "$(cat problems.0 problems.1 | wc -l) problems in $READER_FUZZ_COUNT corrupted images (seed $READER_FUZZ_SEED)"
 fi
