@@ -516,6 +516,50 @@ sc_file_source_stat (struct sc_endpoint *ep, struct stat *st)
   return 0;
 }
 
+int
+sc_file_copy_range (struct sc_endpoint *src, uint64_t src_off,
+                    struct sc_endpoint *dst, uint64_t dst_off,
+                    uint64_t count)
+{
+#ifdef HAVE_COPY_FILE_RANGE
+  struct file_ep *s = (struct file_ep *) src;
+  struct file_ep *d = (struct file_ep *) dst;
+  bool started = false;
+
+  if (src->ops != &file_source_ops || dst->ops != &file_target_ops)
+    return 1;
+  while (count > 0) {
+    loff_t in = (loff_t) src_off, out = (loff_t) dst_off;
+    size_t n = (size_t) SC_MIN (count, (uint64_t) 1 << 30);
+    ssize_t r = copy_file_range (s->fd, &in, d->fd, &out, n, 0);
+
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1 && !started
+        && (errno == ENOSYS || errno == EXDEV || errno == EINVAL
+            || errno == EOPNOTSUPP || errno == EBADF || errno == EPERM))
+      return 1;
+    if (r == -1) {
+      sc_set_error (errno, "%s: copy from %s at offset %" PRIu64 ": %s",
+                    dst->name, src->name, src_off, strerror (errno));
+      return -1;
+    }
+    if (r == 0) {
+      sc_set_error (EIO, "%s: unexpected end of file at offset %" PRIu64,
+                    src->name, src_off);
+      return -1;
+    }
+    started = true;
+    src_off += (uint64_t) r;
+    dst_off += (uint64_t) r;
+    count -= (uint64_t) r;
+  }
+  return 0;
+#else
+  return 1;
+#endif
+}
+
 /* ---- targets ------------------------------------------------------------- */
 
 static struct sc_endpoint *

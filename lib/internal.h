@@ -99,6 +99,16 @@ struct stat;
  * a caller can tell whether the source changed while it was read.
  */
 extern int sc_file_source_stat (struct sc_endpoint *ep, struct stat *st);
+/* Copy count bytes from a regular-file source at src_off to a
+ * regular-file target at dst_off inside the kernel (copy_file_range):
+ * one copy instead of a read and a write, or shared blocks on file
+ * systems that can reflink.  Returns 0 when all was copied, -1 with
+ * the error set, or 1 when this pair of endpoints cannot do it (the
+ * caller then reads and writes; nothing was written).
+ */
+extern int sc_file_copy_range (struct sc_endpoint *src, uint64_t src_off,
+                               struct sc_endpoint *dst, uint64_t dst_off,
+                               uint64_t count);
 
 /* ---- copy.c: the ordered pipeline under every data-moving command ----
  *

@@ -56,6 +56,8 @@ struct pack {
 
   /* The spill file and its write buffer (contiguous bytes at spill_off). */
   int spill_fd;
+  /* Phase 2 may copy source data with sc_file_copy_range. */
+  bool copy_range;
   unsigned char *spill_buf;
   size_t spill_len;
   uint64_t spill_off;
@@ -457,6 +459,27 @@ copy_spill (struct pack *pk, uint64_t from, uint64_t to)
 static int
 copy_source (struct pack *pk, uint64_t offset, uint64_t len)
 {
+  /* Whole runs inside the source go through the kernel in one copy
+   * (or as shared blocks); the tail past the end of the source, and
+   * pairs of endpoints that cannot, go through the buffer.
+   */
+  if (pk->copy_range && offset < pk->src->size) {
+    uint64_t n = SC_MIN (len, pk->src->size - offset);
+    int r;
+
+    if (out_flush (pk) == -1)
+      return -1;
+    r = sc_file_copy_range (pk->src, offset, pk->dst, pk->out_off, n);
+    if (r == -1)
+      return -1;
+    if (r == 0) {
+      pk->out_off += n;
+      offset += n;
+      len -= n;
+    }
+    else
+      pk->copy_range = false;
+  }
   while (len > 0) {
     size_t n, r;
     unsigned char *dst = out_space (pk, len, &n);
@@ -573,7 +596,8 @@ sc_pack (struct sc_endpoint *src, const char *target,
          const struct sc_pack_opts *opts_in)
 {
   struct sc_pack_opts opts = *opts_in;
-  struct pack pk = { .src = src, .target = target, .spill_fd = -1 };
+  struct pack pk = { .src = src, .target = target, .spill_fd = -1,
+                     .copy_range = true };
   struct sc_extent_list extents;
   struct stat st_before, st_after;
   bool have_stat;
