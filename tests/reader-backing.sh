@@ -56,6 +56,25 @@ check_image c10-5.qcow2
 check_pipe c10-10.qcow2
 check_pipe c3raw-3.qcow2
 
+# Extended L2 overlays: unallocated subclusters of an allocated cluster
+# read from the backing file, zero subclusters do not; over a raw base
+# and over a compressed qcow2 base.
+qemu-img convert -q -c -f raw -O qcow2 -o cluster_size=65536 base1.raw base1c.qcow2
+for base in base1.raw:raw base1c.qcow2:qcow2; do
+  for cs in 65536 2097152; do
+    img=xl2-${base%%.*}-$cs.qcow2
+    qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=$cs \
+      -b ${base%%:*} -F ${base##*:} "$img"
+    sc=$(( cs / 32 ))
+    qio "$img" "write -P 0xe1 $sc 4k" "write -z $(( 4 * sc )) $sc" \
+               "write -P 0xe2 $(( 12 * 1024 * 1024 + 3 * sc )) 4k" \
+               "write -z -u $(( 12 * 1024 * 1024 + 6 * sc )) $sc" \
+               "discard $(( 2 * cs + 2 * sc )) $sc" \
+               "write -P 0xe3 $(( 16 * 1024 * 1024 - 4096 )) 4k"
+    check_image "$img"
+  done
+done
+
 # Relative backing names are resolved against the overlay's directory,
 # including names with "..", whatever the current directory is.
 mkdir -p rel/a rel/b

@@ -229,6 +229,16 @@ def judge_map(what, info, qmap, smap):
         sys.stdout.writelines(l + "\n" for l in difflib.unified_diff(
             q, s, "qemu-img map", "sparsecow map", lineterm=""))
         print("FAIL %s disagrees with qemu-img map (- qemu-img, + sparsecow)" % what)
+        return
+    # The contract is the same JSON as qemu-img map: depth, present and
+    # offset too, entry for entry.
+    qd, sd = json.load(open(qmap)), json.load(open(smap))
+    if qd != sd:
+        fmt = lambda d: [json.dumps(e, sort_keys=True) for e in d]
+        sys.stdout.writelines(l + "\n" for l in difflib.unified_diff(
+            fmt(qd), fmt(sd), "qemu-img map", "sparsecow map", lineterm=""))
+        print("FAIL %s: same data and zero ranges as qemu-img map, but other"
+              " entries (- qemu-img, + sparsecow)" % what)
 
 def judge_info(what, qinfo, sinfo):
     """The fields that sparsecow info --json shares with qemu-img info
@@ -340,7 +350,7 @@ check_unpack () {
 }
 
 # check_map IMAGE: (c) sparsecow map --json agrees with qemu-img map on
-# which bytes are data and which read as zero.
+# which bytes are data and which read as zero, and then entry for entry.
 check_map () {
   local img=$1
   qemu-img info --output=json "$img" > "$tmp/chk.info.json"
