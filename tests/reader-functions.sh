@@ -21,6 +21,8 @@ soft_fail () {
 }
 _rd_exit () {
   local rc=$?
+  # errexit would end the handler at "(exit $rc)" below, before cleaning up.
+  set +e
   if [ -s "$tmp/.soft-failures" ]; then
     echo "$0: $(wc -l < "$tmp/.soft-failures") comparison(s) failed:" >&2
     sed 's/^/  /' "$tmp/.soft-failures" >&2
