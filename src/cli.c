@@ -45,12 +45,29 @@ cli_usage_error (const char *command, const char *fmt, ...)
   va_list ap;
 
   fprintf (stderr, "%s: ", cli_program);
+  if (command)
+    fprintf (stderr, "%s: ", command);
   va_start (ap, fmt);
   vfprintf (stderr, fmt, ap);
   va_end (ap);
-  fprintf (stderr, "\nTry '%s %s--help' for more information.\n",
-           cli_program, command ? command : "");
+  if (command)
+    fprintf (stderr, "\nTry '%s %s --help' for more information.\n",
+             cli_program, command);
+  else
+    fprintf (stderr, "\nTry '%s --help' for more information.\n",
+             cli_program);
   exit (EXIT_USAGE);
+}
+
+bool
+cli_parse_output (const char *command, const char *arg)
+{
+  if (strcmp (arg, "json") == 0)
+    return true;
+  if (strcmp (arg, "human") != 0)
+    cli_usage_error (command, "--output: expected 'json' or 'human', "
+                     "not '%s'", arg);
+  return false;
 }
 
 int

@@ -67,6 +67,11 @@ extern void cli_error (const char *fmt, ...)
 extern void cli_usage_error (const char *command, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3), noreturn));
 
+/* --output=json|human: true for json; exits with a usage error on
+ * anything else.
+ */
+extern bool cli_parse_output (const char *command, const char *arg);
+
 /* Parse a size with optional suffix (k, K, M, G, T; powers of 1024). */
 extern int cli_parse_size (const char *s, uint64_t *out);
 /* Parse an unsigned integer in [min, max]. */

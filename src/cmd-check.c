@@ -100,19 +100,13 @@ cmd_check (int argc, char **argv)
     if (c == OPT_JSON)
       json = true;
     else if (c == OPT_OUTPUT) {
-      if (strcmp (optarg, "json") == 0)
-        json = true;
-      else if (strcmp (optarg, "human") == 0)
-        json = false;
-      else
-        cli_usage_error ("check ", "check: --output: expected 'json' or "
-                         "'human', not '%s'", optarg);
+      json = cli_parse_output ("check", optarg);
     }
     else if (!cli_common_option (c, optarg, &common, usage))
-      cli_usage_error ("check ", "check: unknown option");
+      cli_usage_error ("check", "unknown option");
   }
   if (argc - optind != 1)
-    cli_usage_error ("check ", "check: expected one IMAGE argument");
+    cli_usage_error ("check", "expected one IMAGE argument");
   image = argv[optind];
 
   if (sc_qcow2_check (image, &result) == -1) {

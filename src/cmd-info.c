@@ -220,27 +220,21 @@ cmd_info (int argc, char **argv)
       json = true;
       break;
     case 'o':
-      if (strcmp (optarg, "json") == 0)
-        json = true;
-      else if (strcmp (optarg, "human") == 0)
-        json = false;
-      else
-        cli_usage_error ("info ", "--output: expected 'json' or 'human', "
-                         "not '%s'", optarg);
+      json = cli_parse_output ("info", optarg);
       break;
     case 'h':
       usage (stdout);
       return EXIT_OK;
     case ':':
-      cli_usage_error ("info ", "info: option '%s' needs an argument",
+      cli_usage_error ("info", "option '%s' needs an argument",
                        argv[optind - 1]);
     default:
-      cli_usage_error ("info ", "info: unknown option '%s'",
+      cli_usage_error ("info", "unknown option '%s'",
                        argv[optind - 1]);
     }
   }
   if (argc - optind != 1)
-    cli_usage_error ("info ", "expected one IMAGE");
+    cli_usage_error ("info", "expected one IMAGE");
   path = argv[optind];
 
   q = sc_qcow2_open (path, NULL);

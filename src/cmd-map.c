@@ -197,27 +197,21 @@ cmd_map (int argc, char **argv)
       out.json = true;
       break;
     case 'o':
-      if (strcmp (optarg, "json") == 0)
-        out.json = true;
-      else if (strcmp (optarg, "human") == 0)
-        out.json = false;
-      else
-        cli_usage_error ("map ", "--output: expected 'json' or 'human', "
-                         "not '%s'", optarg);
+      out.json = cli_parse_output ("map", optarg);
       break;
     case 'h':
       usage (stdout);
       return EXIT_OK;
     case ':':
-      cli_usage_error ("map ", "map: option '%s' needs an argument",
+      cli_usage_error ("map", "option '%s' needs an argument",
                        argv[optind - 1]);
     default:
-      cli_usage_error ("map ", "map: unknown option '%s'",
+      cli_usage_error ("map", "unknown option '%s'",
                        argv[optind - 1]);
     }
   }
   if (argc - optind != 1)
-    cli_usage_error ("map ", "expected one IMAGE or FILE");
+    cli_usage_error ("map", "expected one IMAGE or FILE");
   path = argv[optind];
 
   r = sc_is_qcow2 (path);

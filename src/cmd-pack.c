@@ -66,7 +66,7 @@ parse_codec (const char *s, struct sc_pack_opts *opts)
   else if (strcmp (s, "none") == 0)
     opts->codec = SC_CODEC_NONE;
   else
-    cli_usage_error ("pack ", "--compress: expected deflate or zstd, "
+    cli_usage_error ("pack", "--compress: expected deflate or zstd, "
                      "not '%s'", s);
 }
 
@@ -104,7 +104,7 @@ cmd_pack (int argc, char **argv)
       break;
     case OPT_LEVEL:
       if (cli_parse_uint (optarg, 1, MAX_ZSTD_LEVEL, &level) == -1)
-        cli_usage_error ("pack ", "--level: expected a number from 1 to %d, "
+        cli_usage_error ("pack", "--level: expected a number from 1 to %d, "
                          "not '%s'", MAX_ZSTD_LEVEL, optarg);
       level_set = true;
       break;
@@ -114,14 +114,14 @@ cmd_pack (int argc, char **argv)
       else if (strcmp (optarg, "1.1") == 0 || strcmp (optarg, "v3") == 0)
         opts.version = 3;
       else
-        cli_usage_error ("pack ", "--compat: expected 0.10 or 1.1, not '%s'",
+        cli_usage_error ("pack", "--compat: expected 0.10 or 1.1, not '%s'",
                          optarg);
       break;
     case OPT_CLUSTER_SIZE: {
       uint64_t cs;
       if (cli_parse_size (optarg, &cs) == -1 || cs < 512
           || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) != 0)
-        cli_usage_error ("pack ", "--cluster-size: expected a power of two "
+        cli_usage_error ("pack", "--cluster-size: expected a power of two "
                          "from 512 to 2M, not '%s'", optarg);
       opts.cluster_size = (uint32_t) cs;
       break;
@@ -130,7 +130,7 @@ cmd_pack (int argc, char **argv)
       unsigned bits;
       if (cli_parse_uint (optarg, 1, 64, &bits) == -1
           || (bits & (bits - 1)) != 0)
-        cli_usage_error ("pack ", "--refcount-bits: expected 1, 2, 4, 8, 16, "
+        cli_usage_error ("pack", "--refcount-bits: expected 1, 2, 4, 8, 16, "
                          "32 or 64, not '%s'", optarg);
       opts.refcount_bits = bits;
       break;
@@ -143,35 +143,35 @@ cmd_pack (int argc, char **argv)
       else if (strcmp (optarg, "none") == 0)
         map = SC_MAP_NONE;
       else
-        cli_usage_error ("pack ", "--map: expected seek, fiemap or none, "
+        cli_usage_error ("pack", "--map: expected seek, fiemap or none, "
                          "not '%s'", optarg);
       break;
     case 'S': {
       uint64_t s;
       if (cli_parse_size (optarg, &s) == -1)
-        cli_usage_error ("pack ", "-S: expected a size, not '%s'", optarg);
+        cli_usage_error ("pack", "-S: expected a size, not '%s'", optarg);
       /* Zero detection works on whole clusters whatever the size. */
       opts.detect_zeroes = s != 0;
       break;
     }
     default:
-      cli_usage_error ("pack ", "unknown option");
+      cli_usage_error ("pack", "unknown option");
     }
   }
   if (argc - optind != 2)
-    cli_usage_error ("pack ", "expected SOURCE and TARGET");
+    cli_usage_error ("pack", "expected SOURCE and TARGET");
   source = argv[optind];
   target = argv[optind + 1];
 
   if (opts.version == 2 && opts.refcount_bits != 16)
-    cli_usage_error ("pack ", "--compat=0.10 supports only 16-bit refcounts");
+    cli_usage_error ("pack", "--compat=0.10 supports only 16-bit refcounts");
   if (opts.version == 2 && opts.codec == SC_CODEC_ZSTD)
-    cli_usage_error ("pack ", "zstd compression needs --compat=1.1");
+    cli_usage_error ("pack", "zstd compression needs --compat=1.1");
   if (level_set) {
     if (opts.codec == SC_CODEC_NONE)
-      cli_usage_error ("pack ", "--level needs -c");
+      cli_usage_error ("pack", "--level needs -c");
     if (opts.codec == SC_CODEC_DEFLATE && level > MAX_DEFLATE_LEVEL)
-      cli_usage_error ("pack ", "--level: deflate levels are 1 to %d",
+      cli_usage_error ("pack", "--level: deflate levels are 1 to %d",
                        MAX_DEFLATE_LEVEL);
     opts.level = (int) level;
   }

@@ -66,17 +66,17 @@ cmd_unpack (int argc, char **argv)
       qopts.snapshot = optarg;
       break;
     default:
-      cli_usage_error ("unpack ", "unpack: unknown option");
+      cli_usage_error ("unpack", "unknown option");
     }
   }
   if (argc - optind != 2)
-    cli_usage_error ("unpack ", "unpack: expected IMAGE and TARGET");
+    cli_usage_error ("unpack", "expected IMAGE and TARGET");
   image = argv[optind];
   target = argv[optind + 1];
   if (strcmp (target, "-") == 0) {
     /* Both would go to standard output. */
     if (common.progress_json)
-      cli_usage_error ("unpack ", "unpack: --progress=json writes to "
+      cli_usage_error ("unpack", "--progress=json writes to "
                        "standard output, which is the target here");
     if (isatty (STDOUT_FILENO)) {
       cli_error ("unpack: refusing to write image data to a terminal");
