@@ -67,15 +67,24 @@ rm -f "$out"
 now () { date +%s.%N; }
 
 # run NAME CMD...: time one run, record seconds and image size.
-declare -A times sizes
+# Every run starts with no dirty pages left by the one before (an
+# untimed sync), or one command would pay for the other's writeback.
+# Two times are kept: until the command exits, and until its image is
+# on disk (the command and a sync).  sparsecow flushes its target
+# before renaming it into place; qemu-img convert does not.
+declare -A times dtimes sizes
 run () {
   local name=$1; shift
-  local t0 t1
+  local t0 t1 t2
   rm -f "$out"
+  sync
   t0=$(now)
   "$@" >/dev/null
   t1=$(now)
+  sync
+  t2=$(now)
   times[$name]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') "
+  dtimes[$name]+="$(awk -v a="$t0" -v b="$t2" 'BEGIN { print b - a }') "
   sizes[$name]=$(stat -c %s "$out")
   rm -f "$out"
 }
@@ -112,15 +121,20 @@ done
 echo
 echo "workload: $src ($(du -h "$src" | cut -f1) allocated of $BENCH_SIZE)," \
   "$BENCH_ROUNDS rounds, $(nproc) CPUs"
-printf "%-8s %12s %12s %8s %14s %14s %8s\n" \
-  case "sparsecow s" "qemu-img s" speedup "sparsecow B" "qemu-img B" size
+printf "%-8s %12s %12s %8s %10s %10s %8s %14s %14s %8s\n" \
+  case "sparsecow s" "qemu-img s" speedup "sc+sync s" "qemu+sync" speedup \
+  "sparsecow B" "qemu-img B" size
 for c in "${cases[@]}"; do
   ts=$(median "${times[sc-$c]}")
   tq=$(median "${times[qemu-$c]}")
-  printf "%-8s %12.3f %12.3f %7.2fx %14d %14d %7.4f\n" "$c" "$ts" "$tq" \
-    "$(awk -v a="$tq" -v b="$ts" 'BEGIN { print a / b }')" \
+  ds=$(median "${dtimes[sc-$c]}")
+  dq=$(median "${dtimes[qemu-$c]}")
+  printf "%-8s %12.3f %12.3f %7.2fx %10.3f %10.3f %7.2fx %14d %14d %7.4f\n" \
+    "$c" "$ts" "$tq" "$(awk -v a="$tq" -v b="$ts" 'BEGIN { print a / b }')" \
+    "$ds" "$dq" "$(awk -v a="$dq" -v b="$ds" 'BEGIN { print a / b }')" \
     "${sizes[sc-$c]}" "${sizes[qemu-$c]}" \
     "$(awk -v a="${sizes[sc-$c]}" -v b="${sizes[qemu-$c]}" 'BEGIN { print a / b }')"
 done
-echo "speedup = qemu-img time / sparsecow time (higher is better);"
+echo "speedup = qemu-img time / sparsecow time (higher is better); the"
+echo "+sync columns time each command until its image is on disk;"
 echo "size = sparsecow image / qemu-img image (lower is better)."
