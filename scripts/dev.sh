@@ -42,7 +42,17 @@ make -j"$(nproc)"
 
 if [ "$mode" = check ]; then
   echo "== running the test suite"
-  make -j"$(nproc)" check || { cat tests/*.log 2>/dev/null | grep -E "^(FAIL|ERROR)|FAIL:" | head -40; exit 1; }
+  rc=0
+  make -j"$(nproc)" check || rc=$?
+  count () { awk -v k="# $1:" '$1 " " $2 == k { print $3; exit }' test-suite.log; }
+  if [ -f test-suite.log ]; then
+    fail=$(( $(count FAIL) + $(count ERROR) + $(count XPASS) ))
+    echo "tests: $(count PASS) passed, $fail failed, $(count SKIP) skipped"
+  fi
+  if [ "$rc" -ne 0 ]; then
+    grep -E "^(FAIL|ERROR):" test-suite.log 2>/dev/null | head -40
+    exit 1
+  fi
   exit 0
 fi
 
