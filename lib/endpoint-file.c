@@ -516,22 +516,23 @@ sc_file_source_stat (struct sc_endpoint *ep, struct stat *st)
   return 0;
 }
 
-int
-sc_file_copy_range (struct sc_endpoint *src, uint64_t src_off,
-                    struct sc_endpoint *dst, uint64_t dst_off,
-                    uint64_t count)
+/* copy_file_range from a descriptor into a file target; see
+ * sc_file_copy_range.  src_name names the source in errors.
+ */
+static int
+copy_fd_range (int src_fd, const char *src_name, uint64_t src_off,
+               struct sc_endpoint *dst, uint64_t dst_off, uint64_t count)
 {
 #ifdef HAVE_COPY_FILE_RANGE
-  struct file_ep *s = (struct file_ep *) src;
   struct file_ep *d = (struct file_ep *) dst;
   bool started = false;
 
-  if (src->ops != &file_source_ops || dst->ops != &file_target_ops)
+  if (dst->ops != &file_target_ops)
     return 1;
   while (count > 0) {
     loff_t in = (loff_t) src_off, out = (loff_t) dst_off;
     size_t n = (size_t) SC_MIN (count, (uint64_t) 1 << 30);
-    ssize_t r = copy_file_range (s->fd, &in, d->fd, &out, n, 0);
+    ssize_t r = copy_file_range (src_fd, &in, d->fd, &out, n, 0);
 
     if (r == -1 && errno == EINTR)
       continue;
@@ -541,12 +542,12 @@ sc_file_copy_range (struct sc_endpoint *src, uint64_t src_off,
       return 1;
     if (r == -1) {
       sc_set_error (errno, "%s: copy from %s at offset %" PRIu64 ": %s",
-                    dst->name, src->name, src_off, strerror (errno));
+                    dst->name, src_name, src_off, strerror (errno));
       return -1;
     }
     if (r == 0) {
       sc_set_error (EIO, "%s: unexpected end of file at offset %" PRIu64,
-                    src->name, src_off);
+                    src_name, src_off);
       return -1;
     }
     started = true;
@@ -562,8 +563,29 @@ sc_file_copy_range (struct sc_endpoint *src, uint64_t src_off,
   }
   return 0;
 #else
+  (void) src_fd; (void) src_name; (void) src_off;
+  (void) dst; (void) dst_off; (void) count;
   return 1;
 #endif
+}
+
+int
+sc_file_copy_range (struct sc_endpoint *src, uint64_t src_off,
+                    struct sc_endpoint *dst, uint64_t dst_off,
+                    uint64_t count)
+{
+  if (src->ops != &file_source_ops)
+    return 1;
+  return copy_fd_range (((struct file_ep *) src)->fd, src->name, src_off,
+                        dst, dst_off, count);
+}
+
+int
+sc_file_copy_fd_range (int src_fd, const char *src_name, uint64_t src_off,
+                       struct sc_endpoint *dst, uint64_t dst_off,
+                       uint64_t count)
+{
+  return copy_fd_range (src_fd, src_name, src_off, dst, dst_off, count);
 }
 
 /* ---- targets ------------------------------------------------------------- */

@@ -109,6 +109,12 @@ extern int sc_file_source_stat (struct sc_endpoint *ep, struct stat *st);
 extern int sc_file_copy_range (struct sc_endpoint *src, uint64_t src_off,
                                struct sc_endpoint *dst, uint64_t dst_off,
                                uint64_t count);
+/* The same from a plain descriptor (a spill file); src_name names it
+ * in errors.
+ */
+extern int sc_file_copy_fd_range (int src_fd, const char *src_name,
+                                  uint64_t src_off, struct sc_endpoint *dst,
+                                  uint64_t dst_off, uint64_t count);
 
 /* ---- copy.c: the ordered pipeline under every data-moving command ----
  *

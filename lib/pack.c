@@ -38,6 +38,8 @@
  */
 #define SPILL_BUFFER_SIZE (4 * 1024 * 1024)
 #define OUTPUT_BUFFER_SIZE (1024 * 1024)
+/* Spill ranges at least this long are copied inside the kernel. */
+#define SPILL_COPY_RANGE_MIN (256 * 1024)
 /* Per cluster of a piece, work() leaves one code for emit(): zero, raw,
  * or the compressed length (always less than a cluster).
  */
@@ -56,8 +58,11 @@ struct pack {
 
   /* The spill file and its write buffer (contiguous bytes at spill_off). */
   int spill_fd;
-  /* Phase 2 may copy source data with sc_file_copy_range. */
+  /* Phase 2 may copy source data with sc_file_copy_range, and the
+   * spill with sc_file_copy_fd_range.
+   */
   bool copy_range;
+  bool spill_copy_range;
   unsigned char *spill_buf;
   size_t spill_len;
   uint64_t spill_off;
@@ -434,10 +439,29 @@ out_write (void *opaque, const void *buf, size_t len)
   return 0;
 }
 
-/* Copy the data area range [from, to) out of the spill. */
+/* Copy the data area range [from, to) out of the spill.  Long ranges
+ * go through the kernel; short ones, between uncompressed clusters,
+ * cost less as a read into the output buffer.
+ */
 static int
 copy_spill (struct pack *pk, uint64_t from, uint64_t to)
 {
+  if (pk->spill_fd >= 0 && pk->spill_copy_range
+      && to - from >= SPILL_COPY_RANGE_MIN) {
+    int r;
+
+    if (out_flush (pk) == -1)
+      return -1;
+    r = sc_file_copy_fd_range (pk->spill_fd, "spill file", from, pk->dst,
+                               pk->out_off, to - from);
+    if (r == -1)
+      return -1;
+    if (r == 0) {
+      pk->out_off += to - from;
+      return 0;
+    }
+    pk->spill_copy_range = false;
+  }
   while (from < to) {
     size_t n;
     unsigned char *dst = out_space (pk, to - from, &n);
@@ -597,7 +621,7 @@ sc_pack (struct sc_endpoint *src, const char *target,
 {
   struct sc_pack_opts opts = *opts_in;
   struct pack pk = { .src = src, .target = target, .spill_fd = -1,
-                     .copy_range = true };
+                     .copy_range = true, .spill_copy_range = true };
   struct sc_extent_list extents;
   struct stat st_before, st_after;
   bool have_stat;
