@@ -172,12 +172,15 @@ cli_json_string (FILE *fp, const char *s)
 }
 
 /* Progress: rate-limited to a few updates a second, and always the
- * final one.
+ * final one (for a stream, whose end is not known in advance, the last
+ * report held back is printed when the command is done).
  */
 struct progress_state {
   bool json;
   double last;
   int last_percent;
+  bool held;                    /* a report was skipped since the last */
+  struct sc_progress latest;
 };
 static struct progress_state progress_state;
 
@@ -190,23 +193,30 @@ now_seconds (void)
 }
 
 static void
-progress_cb (const struct sc_progress *p, void *opaque)
+progress_print (struct progress_state *st, const struct sc_progress *p)
 {
-  struct progress_state *st = opaque;
-  double t = now_seconds ();
-  int percent = p->total ? (int) (p->done * 100 / p->total) : 100;
-  bool final = p->done >= p->total;
+  /* A stream's length is known only at its end: a total of 0 with
+   * something done means "unknown", and only the bytes are shown.
+   */
+  bool unknown = p->total == 0 && p->done > 0;
+  int percent = unknown ? -1
+    : p->total ? (int) (p->done * 100 / p->total) : 100;
 
-  if (!final && t - st->last < 0.25 && percent == st->last_percent)
-    return;
-  if (!final && t - st->last < 0.1)
-    return;
-  st->last = t;
   st->last_percent = percent;
-  if (st->json) {
+  st->held = false;
+  if (st->json && unknown) {
+    printf ("{\"done\":%" PRIu64 ",\"total\":null,\"percent\":null}\n",
+            p->done);
+    fflush (stdout);
+  }
+  else if (st->json) {
     printf ("{\"done\":%" PRIu64 ",\"total\":%" PRIu64
             ",\"percent\":%d}\n", p->done, p->total, percent);
     fflush (stdout);
+  }
+  else if (unknown) {
+    fprintf (stderr, "\r%.1f MiB read", (double) p->done / (1024 * 1024));
+    fflush (stderr);
   }
   else {
     int width = 40, filled = percent * width / 100;
@@ -218,12 +228,33 @@ progress_cb (const struct sc_progress *p, void *opaque)
   }
 }
 
+static void
+progress_cb (const struct sc_progress *p, void *opaque)
+{
+  struct progress_state *st = opaque;
+  double t = now_seconds ();
+  bool unknown = p->total == 0 && p->done > 0;
+  int percent = unknown ? -1
+    : p->total ? (int) (p->done * 100 / p->total) : 100;
+  bool final = !unknown && p->done >= p->total;
+
+  st->latest = *p;
+  if (!final && ((t - st->last < 0.25 && percent == st->last_percent)
+                 || t - st->last < 0.1)) {
+    st->held = true;
+    return;
+  }
+  st->last = t;
+  progress_print (st, p);
+}
+
 sc_progress_fn
 cli_progress_fn (const struct cli_common *common, void **opaque)
 {
   *opaque = &progress_state;
   progress_state.last = 0;
   progress_state.last_percent = -1;
+  progress_state.held = false;
   if (common->progress_json) {
     progress_state.json = true;
     return progress_cb;
@@ -238,6 +269,11 @@ cli_progress_fn (const struct cli_common *common, void **opaque)
 void
 cli_progress_done (const struct cli_common *common)
 {
+  bool shown = common->progress_json
+    || (common->progress && !common->quiet && isatty (STDERR_FILENO));
+
+  if (shown && progress_state.held)
+    progress_print (&progress_state, &progress_state.latest);
   if (common->progress && !common->progress_json && !common->quiet
       && isatty (STDERR_FILENO))
     fputc ('\n', stderr);
