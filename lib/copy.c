@@ -7,6 +7,10 @@
  * The ring bounds memory: at most nslots buffers of request_size, no
  * matter how large the source is.  Hole and zero pieces carry only an
  * offset and a length, so a hole of many terabytes costs nothing.
+ *
+ * A stream source (a pipe) has no extent list and no known length: it
+ * is cut into pieces of request_size read one after another, and the
+ * piece in which the stream ends is the last one that carries data.
  */
 #include <config.h>
 
@@ -43,6 +47,7 @@ struct cursor {
   size_t i;                     /* current extent */
   uint64_t pos;                 /* next offset inside it */
   uint32_t request_size;
+  bool stream;                  /* no extents: pieces until the end */
 };
 
 struct run {
@@ -69,6 +74,14 @@ struct run {
 static bool
 next_piece (struct cursor *c, struct sc_piece *piece)
 {
+  if (c->stream) {
+    /* The reader of the last piece stops the hand-out. */
+    piece->offset = c->pos;
+    piece->length = c->request_size;
+    piece->flags = 0;
+    c->pos += c->request_size;
+    return true;
+  }
   while (c->i < c->ext->len) {
     const struct sc_extent *e = &c->ext->ext[c->i];
     uint64_t end = e->offset + e->length;
@@ -143,12 +156,27 @@ name_error (const char *name)
     sc_error_prefix ("%s", name);
 }
 
-/* Read a data piece; bytes past the end of the source read as zeros. */
+/* Read a data piece; bytes past the end of the source read as zeros.
+ * Returns 0, 1 if a stream ended in this piece (its length is cut to
+ * what was read), or -1 with the error set.
+ */
 static int
 read_piece (struct sc_endpoint *src, struct sc_piece *piece)
 {
   size_t n = 0;
 
+  if (src->flags & SC_EP_STREAM) {
+    if (sc_stream_read (src, piece->buf, piece->length, piece->offset,
+                        &n) == -1) {
+      name_error (src->name);
+      return -1;
+    }
+    if (n == piece->length)
+      return 0;
+    memset ((char *) piece->buf + n, 0, piece->length - n);
+    piece->length = n;
+    return 1;
+  }
   if (piece->offset < src->size)
     n = (size_t) SC_MIN (piece->length, src->size - piece->offset);
   if (n > 0 && sc_ep_pread (src, piece->buf, n, piece->offset) == -1) {
@@ -247,13 +275,18 @@ worker (void *arg)
     }
     if (rc == 0 && piece->flags == 0)
       rc = read_piece (p->src, piece);
-    if (r->serial_reads) {
+    if (r->serial_reads || rc == 1) {
       pthread_mutex_lock (&r->lock);
       r->read_turn++;
+      /* The stream ended: pieces already handed out read nothing. */
+      if (rc == 1) {
+        r->all_issued = true;
+        rc = 0;
+      }
       pthread_cond_broadcast (&r->cond);
       pthread_mutex_unlock (&r->lock);
     }
-    if (rc == 0 && piece->flags == 0 && p->work)
+    if (rc == 0 && piece->flags == 0 && piece->length > 0 && p->work)
       rc = p->work (piece, p->opaque);
 
     pthread_mutex_lock (&r->lock);
@@ -286,17 +319,23 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
   struct sc_piece piece = { 0 };
   int rc = 0;
 
-  while (rc == 0 && next_piece (cur, &piece)) {
+  bool end = false;
+
+  while (rc == 0 && !end && next_piece (cur, &piece)) {
     piece.out_len = 0;
     piece.user = 0;
     if (piece.flags == 0) {
       rc = slot_buffers (p, &piece, cur->request_size);
       if (rc == 0)
         rc = read_piece (p->src, &piece);
-      if (rc == 0 && p->work)
+      if (rc == 1) {
+        end = true;
+        rc = 0;
+      }
+      if (rc == 0 && piece.length > 0 && p->work)
         rc = p->work (&piece, p->opaque);
     }
-    if (rc == 0)
+    if (rc == 0 && piece.length > 0)
       rc = p->emit (&piece, p->opaque);
     if (rc == 0)
       report_progress (p, prog, piece.length);
@@ -325,7 +364,7 @@ emit_loop (struct run *r, struct sc_progress *prog)
       break;
     if (r->emit_seq < r->next_seq && slot->state == SLOT_READY) {
       pthread_mutex_unlock (&r->lock);
-      rc = p->emit (&slot->piece, p->opaque);
+      rc = slot->piece.length > 0 ? p->emit (&slot->piece, p->opaque) : 0;
       if (rc == 0)
         report_progress (p, prog, slot->piece.length);
       pthread_mutex_lock (&r->lock);
@@ -431,17 +470,24 @@ sc_pipeline_run (const struct sc_pipeline *p)
   }
   threads = SC_MIN (threads, MAX_PIPELINE_THREADS);
 
-  if (list == NULL) {
-    if (p->src->ops->extents (p->src, 0, p->src->size, &own) == -1) {
-      name_error (p->src->name);
-      goto out;
-    }
+  if (p->src->flags & SC_EP_STREAM) {
+    /* No extents and no total: progress reports a total of 0. */
     list = &own;
   }
-  if (check_extents (list, &prog.total) == -1)
-    goto out;
+  else {
+    if (list == NULL) {
+      if (p->src->ops->extents (p->src, 0, p->src->size, &own) == -1) {
+        name_error (p->src->name);
+        goto out;
+      }
+      list = &own;
+    }
+    if (check_extents (list, &prog.total) == -1)
+      goto out;
+  }
 
-  cur = (struct cursor) { .ext = list, .request_size = request_size };
+  cur = (struct cursor) { .ext = list, .request_size = request_size,
+                          .stream = (p->src->flags & SC_EP_STREAM) != 0 };
   if (threads <= 1)
     rc = run_synchronously (p, &cur, &prog);
   else

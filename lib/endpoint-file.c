@@ -1,5 +1,5 @@
-/* Endpoints for local data: regular files, block devices, and the
- * standard streams.
+/* Endpoints for local data: regular files, block devices, and
+ * streams (pipes, FIFOs, character devices, the standard streams).
  *
  * A regular-file target is written under a hidden temporary name in
  * the target's directory and renamed into place only when the caller
@@ -42,8 +42,11 @@ struct file_ep {
   int reg_slot;                 /* index in the registry, or -1 */
   bool committed;
   bool force;
-  /* Forward-only targets: the next offset to be written. */
+  /* Forward-only targets: the next offset to be written.  Stream
+   * sources: the next offset to be read.
+   */
   uint64_t pos;
+  bool eof;                     /* stream source: the end was read */
   /* A stream that is really a regular file with nothing past its
    * position (stdout redirected with ">"): zeros can be skipped with
    * lseek and the size set at the end, instead of written.
@@ -334,6 +337,96 @@ pipe_flush (struct sc_endpoint *ep)
   return 0;
 }
 
+/* ---- stream sources ------------------------------------------------------
+ *
+ * A pipe is read once, in order, and its length is known only at the
+ * end.  The pipeline reads it one piece at a time in source order.
+ */
+
+int
+sc_stream_read (struct sc_endpoint *ep, void *buf, size_t count,
+                uint64_t offset, size_t *got)
+{
+  struct file_ep *f = (struct file_ep *) ep;
+  unsigned char *p = buf;
+  size_t done = 0;
+  int rc = 0;
+
+  pthread_mutex_lock (&f->pos_lock);
+  if (f->eof) {
+    *got = 0;
+    goto out;
+  }
+  if (offset != f->pos) {
+    sc_set_error (EINVAL, "%s: cannot read at offset %" PRIu64
+                  " of a stream positioned at %" PRIu64, ep->name,
+                  offset, f->pos);
+    rc = -1;
+    goto out;
+  }
+  while (done < count) {
+    ssize_t r = read (f->fd, p + done, count - done);
+
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1) {
+      sc_set_error (errno, "%s: read at offset %" PRIu64 ": %s", ep->name,
+                    f->pos + done, strerror (errno));
+      rc = -1;
+      goto out;
+    }
+    if (r == 0) {
+      f->eof = true;
+      break;
+    }
+    done += (size_t) r;
+  }
+  f->pos += done;
+  if (f->eof)
+    ep->size = f->pos;
+  *got = done;
+ out:
+  pthread_mutex_unlock (&f->pos_lock);
+  return rc;
+}
+
+static int
+stream_pread (struct sc_endpoint *ep, void *buf, size_t count,
+              uint64_t offset)
+{
+  size_t got;
+
+  if (sc_stream_read (ep, buf, count, offset, &got) == -1)
+    return -1;
+  if (got < count) {
+    sc_set_error (EIO, "%s: unexpected end of stream at offset %" PRIu64,
+                  ep->name, offset + got);
+    return -1;
+  }
+  return 0;
+}
+
+/* A stream's extents are not known in advance: everything read is
+ * data.
+ */
+static int
+stream_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
+                struct sc_extent_list *list)
+{
+  (void) ep;
+  return count == 0 ? 0 : sc_extent_list_append (list, offset, count, 0);
+}
+
+static const struct sc_endpoint_ops stream_source_ops = {
+  .kind = "pipe",
+  .pread = stream_pread,
+  .pwrite = sc_ep_pwrite_unsupported,
+  .zero = sc_ep_zero_unsupported,
+  .extents = stream_extents,
+  .flush = sc_ep_flush_none,
+  .close = file_close,
+};
+
 static const struct sc_endpoint_ops file_source_ops = {
   .kind = "file",
   .pread = file_pread,
@@ -482,12 +575,16 @@ sc_file_open_source (const char *path, enum sc_map_method map)
       goto err;
     f->ep.size = size;
   }
-  else if (is_stdin) {
-    sc_set_error (ENOTSUP, "reading from a pipe is not supported yet");
-    goto err;
+  else if (S_ISFIFO (st.st_mode) || S_ISCHR (st.st_mode)
+           || S_ISSOCK (st.st_mode)) {
+    f = new_file_ep (&stream_source_ops, name, fd, !is_stdin);
+    if (f == NULL)
+      goto err;
+    f->ep.flags = SC_EP_STREAM;
+    return &f->ep;
   }
   else {
-    sc_set_error (EINVAL, "not a regular file or block device");
+    sc_set_error (EINVAL, "not a regular file, block device or pipe");
     goto err;
   }
   f->map = map;

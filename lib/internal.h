@@ -99,6 +99,13 @@ struct stat;
  * a caller can tell whether the source changed while it was read.
  */
 extern int sc_file_source_stat (struct sc_endpoint *ep, struct stat *st);
+/* Read up to count bytes of a stream source (SC_EP_STREAM) at offset,
+ * which must be where the previous read ended.  *got < count only at
+ * the end of the stream, which also sets ep->size to its length; reads
+ * after the end get nothing.  Returns 0, or -1 with the error set.
+ */
+extern int sc_stream_read (struct sc_endpoint *ep, void *buf, size_t count,
+                           uint64_t offset, size_t *got);
 /* Copy count bytes from a regular-file source at src_off to a
  * regular-file target at dst_off inside the kernel (copy_file_range):
  * one copy instead of a read and a write, or shared blocks on file
@@ -138,7 +145,10 @@ struct sc_piece {
 struct sc_pipeline {
   struct sc_endpoint *src;
   /* Extents to process (sorted, contiguous, covering what is to be
-   * copied); NULL asks src->ops->extents for [0, src->size).
+   * copied); NULL asks src->ops->extents for [0, src->size).  Ignored
+   * for a stream source (SC_EP_STREAM), which is read to its end in
+   * pieces of request_size; the last one may be shorter, and pieces of
+   * length 0 reach neither work() nor emit().
    */
   const struct sc_extent_list *extents;
   uint32_t request_size;        /* 0 = 1 MiB; a power of two */

@@ -265,6 +265,12 @@ scan_emit (struct sc_piece *piece, void *opaque)
 
   if (piece->flags != 0)
     return 0;
+  /* A stream's virtual size grows with what has been read. */
+  if ((pk->src->flags & SC_EP_STREAM)
+      && qcow2_plan_grow (&pk->plan,
+                          SC_ROUND_UP (piece->offset + piece->length,
+                                       QEMU_SECTOR_SIZE)) == -1)
+    return -1;
   for (size_t i = 0; i < n; i++, gc++) {
     if (codes[i] == CLUSTER_ZERO)
       continue;
@@ -658,7 +664,10 @@ sc_pack (struct sc_endpoint *src, const char *target,
   have_stat = sc_file_source_stat (src, &st_before) == 0;
   pk.spill_all = !(src->flags & SC_EP_SEEKABLE);
 
-  if (cluster_extents (&pk, &extents) == -1)
+  /* A stream is read to its end in the scan; its extents and its size
+   * are known only then.
+   */
+  if (!(src->flags & SC_EP_STREAM) && cluster_extents (&pk, &extents) == -1)
     goto out;
   if (opts.codec != SC_CODEC_NONE || pk.spill_all) {
     pk.spill_buf = malloc (SPILL_BUFFER_SIZE);
@@ -671,6 +680,12 @@ sc_pack (struct sc_endpoint *src, const char *target,
   }
   if (scan (&pk, &extents) == -1)
     goto out;
+  if ((src->flags & SC_EP_STREAM)
+      && qcow2_plan_grow (&pk.plan,
+                          SC_ROUND_UP (src->size, QEMU_SECTOR_SIZE)) == -1) {
+    name_error (target);
+    goto out;
+  }
   if (qcow2_plan_layout (&pk.plan) == -1) {
     name_error (target);
     goto out;

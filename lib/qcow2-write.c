@@ -134,13 +134,33 @@ qcow2_refcount_layout (uint32_t cluster_bits, unsigned refcount_order,
   return 0;
 }
 
+/* The L1 entries a virtual size needs, refused past the L1 cap. */
+static int
+l1_size_for (uint64_t virtual_size, uint32_t cluster_bits, uint64_t *l1_size)
+{
+  uint64_t cluster_size = 1ULL << cluster_bits;
+  uint64_t guest_clusters = virtual_size / cluster_size
+    + (virtual_size % cluster_size != 0);
+
+  *l1_size = SC_DIV_ROUND_UP (guest_clusters,
+                              cluster_size / QCOW2_L2_ENTRY_SIZE);
+  if (*l1_size > QCOW2_MAX_L1_BYTES / QCOW2_L2_ENTRY_SIZE) {
+    sc_set_error (EFBIG, "virtual size %" PRIu64 " needs an L1 table "
+                  "larger than %u bytes at cluster size %" PRIu64
+                  " (use larger clusters)", virtual_size,
+                  QCOW2_MAX_L1_BYTES, cluster_size);
+    return -1;
+  }
+  return 0;
+}
+
 int
 qcow2_plan_init (struct qcow2_plan *p, unsigned version,
                  uint32_t cluster_bits, unsigned refcount_order,
                  enum sc_codec codec, uint64_t virtual_size)
 {
   struct qcow2_header *h = &p->h;
-  uint64_t cluster_size, guest_clusters, l1_size;
+  uint64_t cluster_size, l1_size;
 
   memset (p, 0, sizeof *p);
   if (version != 2 && version != 3) {
@@ -175,17 +195,8 @@ qcow2_plan_init (struct qcow2_plan *p, unsigned version,
   }
 
   cluster_size = 1ULL << cluster_bits;
-  guest_clusters = virtual_size / cluster_size
-    + (virtual_size % cluster_size != 0);
-  l1_size = SC_DIV_ROUND_UP (guest_clusters,
-                             cluster_size / QCOW2_L2_ENTRY_SIZE);
-  if (l1_size > QCOW2_MAX_L1_BYTES / QCOW2_L2_ENTRY_SIZE) {
-    sc_set_error (EFBIG, "virtual size %" PRIu64 " needs an L1 table "
-                  "larger than %u bytes at cluster size %" PRIu64
-                  " (use larger clusters)", virtual_size,
-                  QCOW2_MAX_L1_BYTES, cluster_size);
+  if (l1_size_for (virtual_size, cluster_bits, &l1_size) == -1)
     return -1;
-  }
 
   h->version = version;
   h->cluster_bits = cluster_bits;
@@ -213,6 +224,39 @@ qcow2_plan_init (struct qcow2_plan *p, unsigned version,
       return -1;
     }
   }
+  return 0;
+}
+
+int
+qcow2_plan_grow (struct qcow2_plan *p, uint64_t virtual_size)
+{
+  uint64_t l1_size;
+
+  if (p->laid_out) {
+    sc_set_error (EINVAL, "the virtual size cannot change after layout");
+    return -1;
+  }
+  if (virtual_size <= p->h.size)
+    return 0;
+  if (virtual_size > INT64_MAX) {
+    sc_set_error (EFBIG, "virtual size %" PRIu64 " is too large",
+                  virtual_size);
+    return -1;
+  }
+  if (l1_size_for (virtual_size, p->h.cluster_bits, &l1_size) == -1)
+    return -1;
+  if (l1_size > p->h.l1_size) {
+    uint64_t **l2 = realloc (p->l2, l1_size * sizeof *l2);
+
+    if (l2 == NULL) {
+      sc_set_error (errno, "out of memory for the L1 table");
+      return -1;
+    }
+    memset (l2 + p->h.l1_size, 0, (l1_size - p->h.l1_size) * sizeof *l2);
+    p->l2 = l2;
+    p->h.l1_size = (uint32_t) l1_size;
+  }
+  p->h.size = virtual_size;
   return 0;
 }
 

@@ -230,6 +230,10 @@ extern int qcow2_plan_init (struct qcow2_plan *p, unsigned version,
                             uint32_t cluster_bits, unsigned refcount_order,
                             enum sc_codec codec, uint64_t virtual_size);
 extern void qcow2_plan_free (struct qcow2_plan *p);
+/* Raise the virtual size (never lowers it), for a source whose length
+ * is known only at its end.  Only before qcow2_plan_layout().
+ */
+extern int qcow2_plan_grow (struct qcow2_plan *p, uint64_t virtual_size);
 /* Store guest cluster number gc uncompressed or compressed (len bytes,
  * less than a cluster).  Clusters must come in increasing order.  The
  * data-area offset chosen for the bytes is returned in *rel: offsets of

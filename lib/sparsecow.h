@@ -81,6 +81,8 @@ struct sc_endpoint_ops {
 #define SC_EP_SEEKABLE     0x1  /* pread/pwrite at any offset */
 #define SC_EP_THREAD_SAFE  0x2  /* pread/pwrite may run concurrently */
 #define SC_EP_FRESH_ZEROS  0x4  /* target: unwritten ranges already read as zero */
+#define SC_EP_STREAM       0x8  /* source read once in order; size is 0
+                                   until the end has been read */
 
 struct sc_endpoint {
   const struct sc_endpoint_ops *ops;
@@ -99,8 +101,10 @@ static inline int sc_ep_close (struct sc_endpoint *ep)
 
 /* endpoint-file.c: regular files, block devices, pipes. */
 
-/* Open a data source: a path (file or block device) or "-" (stdin).
- * map selects how a regular file's extents are found.
+/* Open a data source: a path (file, block device, FIFO or character
+ * device) or "-" (stdin).  map selects how a regular file's extents are
+ * found.  Pipes, FIFOs and character devices are streams
+ * (SC_EP_STREAM).
  */
 extern struct sc_endpoint *sc_file_open_source (const char *path,
                                                 enum sc_map_method map);

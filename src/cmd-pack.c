@@ -16,8 +16,9 @@ usage (FILE *fp)
 {
   fprintf (fp,
 "Usage: %s pack [OPTIONS] SOURCE TARGET.qcow2\n"
-"Pack a sparse raw file or block device into a new qcow2 image, storing\n"
-"only the clusters that hold data.\n"
+"Pack a sparse raw file, block device or pipe ('-' for stdin) into a new\n"
+"qcow2 image, storing only the clusters that hold data.  TARGET '-' writes\n"
+"the image to stdout.\n"
 "\n"
 "  -f, --force              replace an existing TARGET\n"
 "  -c, --compress[=CODEC]   compress clusters: deflate (default) or zstd\n"
@@ -79,7 +80,6 @@ cmd_pack (int argc, char **argv)
   bool level_set = false;
   unsigned level = 0;
   struct sc_endpoint *src;
-  struct stat st;
   const char *source, *target;
   int c, r;
 
@@ -179,13 +179,6 @@ cmd_pack (int argc, char **argv)
   opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
 
   cli_install_signal_handlers ();
-  /* Opening a FIFO for reading would wait for a writer: refuse it
-   * before opening, as the file endpoint cannot read pipes yet.
-   */
-  if (stat (source, &st) == 0 && S_ISFIFO (st.st_mode)) {
-    cli_error ("%s: reading from a named pipe is not supported", source);
-    return EXIT_ERROR;
-  }
   src = sc_file_open_source (source, map);
   if (src == NULL) {
     cli_lib_error (source);

@@ -23,9 +23,11 @@ TESTS += \
 	tests/pack-determinism.sh \
 	tests/pack-safety.sh \
 	tests/pack-options.sh \
-	tests/pack-huge.sh
+	tests/pack-huge.sh \
+	tests/pack-stream.sh
 EXTRA_DIST += \
 	tests/pack-determinism.sh \
 	tests/pack-safety.sh \
 	tests/pack-options.sh \
-	tests/pack-huge.sh
+	tests/pack-huge.sh \
+	tests/pack-stream.sh
