@@ -62,6 +62,10 @@
 #define SNAPSHOT_ALIGN           8
 /* qemu's limits on the extra data and on the whole table. */
 #define SNAPSHOT_MAX_EXTRA       1024
+/* Version 3 entries hold at least the large VM state size and the
+ * disk size as extra data.
+ */
+#define SNAPSHOT_V3_MIN_EXTRA    16
 #define SNAPSHOT_MAX_TABLE_BYTES ((uint64_t) QCOW2_MAX_SNAPSHOTS * 1024)
 /* Only this much of a snapshot ID or name is kept for messages. */
 #define SNAPSHOT_LABEL_LEN       64
@@ -218,13 +222,13 @@ refcount_get (const unsigned char *block, unsigned order, uint64_t index)
 }
 
 /* Can [offset, offset+len) be read at all?  Offsets are signed in
- * the file APIs (and in qemu), so a range past INT64_MAX is an error,
- * not zeros.
+ * the file APIs, and qemu's block layer fails reads that end past
+ * QCOW2_MAX_IO_END, so such a range is an error, not zeros.
  */
 static bool
 readable (uint64_t offset, uint64_t len)
 {
-  return offset <= INT64_MAX && len <= INT64_MAX - offset;
+  return offset <= QCOW2_MAX_IO_END && len <= QCOW2_MAX_IO_END - offset;
 }
 
 /* The refcount the image records for a host cluster.  Returns 0, 1 if
@@ -534,24 +538,33 @@ check_l1 (struct checker *ck, uint64_t l1_offset, uint64_t l1_size,
   return 0;
 }
 
-/* Read the snapshot table strictly: a table that cannot be parsed
- * means the image cannot be checked (qemu does not open it either).
+/* Read the snapshot table as qemu-img check reads it.  Entries are
+ * read like everything else (past the end of the file they are zeros),
+ * so a table that is cut short or lies outside the file still parses;
+ * what it references is then judged by the refcount check.  An entry
+ * of a version 3 image without the 16 bytes of extra data the version
+ * requires is a corruption.  What qemu cannot read at all means the
+ * image cannot be checked: too many snapshots, a table that cannot be
+ * addressed, too much extra data in an entry, or a table that is too
+ * large.
  */
 static int
 read_snapshots (struct checker *ck)
 {
-  uint64_t offset = ck->h.snapshots_offset;
+  uint64_t start = ck->h.snapshots_offset, offset = start;
   uint32_t n = ck->h.nb_snapshots;
 
   if (n == 0)
     return 0;
-  /* Every entry takes at least a header's worth of the file: cap the
-   * allocation by that before making it.
-   */
-  if ((uint64_t) n * SNAPSHOT_HEADER_SIZE > ck->file_size - offset) {
-    sc_set_error (EINVAL, "snapshot table: %" PRIu32 " snapshots do not "
-                  "fit between offset 0x%" PRIx64 " and the end of the "
-                  "file", n, offset);
+  /* The cap on the allocation below. */
+  if (n > QCOW2_MAX_SNAPSHOTS) {
+    sc_set_error (EFBIG, "snapshot table: too many snapshots (%" PRIu32
+                  ", at most %d)", n, QCOW2_MAX_SNAPSHOTS);
+    return -1;
+  }
+  if (start > INT64_MAX - (uint64_t) n * SNAPSHOT_HEADER_SIZE) {
+    sc_set_error (EINVAL, "snapshot table: offset 0x%" PRIx64 " is "
+                  "invalid", start);
     return -1;
   }
   ck->snapshots = calloc (n, sizeof *ck->snapshots);
@@ -563,16 +576,14 @@ read_snapshots (struct checker *ck)
     struct snapshot *sn = &ck->snapshots[i];
     unsigned char hdr[SNAPSHOT_HEADER_SIZE];
     uint32_t extra, id_len, name_len;
-    uint64_t end;
 
-    if (offset > ck->file_size
-        || ck->file_size - offset < SNAPSHOT_HEADER_SIZE) {
+    offset = SC_ROUND_UP (offset, SNAPSHOT_ALIGN);
+    if (!readable (offset, SNAPSHOT_HEADER_SIZE)) {
       sc_set_error (EINVAL, "snapshot table: entry %" PRIu32 " at offset "
-                    "0x%" PRIx64 " runs past the end of the file", i,
-                    offset);
+                    "0x%" PRIx64 " cannot be read", i, offset);
       return -1;
     }
-    if (sc_full_pread (ck->fd, hdr, sizeof hdr, offset) == -1)
+    if (read_at (ck, hdr, sizeof hdr, offset) == -1)
       return -1;
     sn->l1_offset = sc_get_be64 (hdr + SNAPSHOT_L1_OFFSET);
     sn->l1_size = sc_get_be32 (hdr + SNAPSHOT_L1_SIZE);
@@ -580,24 +591,24 @@ read_snapshots (struct checker *ck)
     name_len = sc_get_be16 (hdr + SNAPSHOT_NAME_SIZE);
     extra = sc_get_be32 (hdr + SNAPSHOT_EXTRA_SIZE);
     if (extra > SNAPSHOT_MAX_EXTRA) {
-      sc_set_error (EINVAL, "snapshot table: entry %" PRIu32 " has %" PRIu32
+      sc_set_error (EFBIG, "snapshot table: entry %" PRIu32 " has %" PRIu32
                     " bytes of extra data (at most %d)", i, extra,
                     SNAPSHOT_MAX_EXTRA);
       return -1;
     }
     offset += SNAPSHOT_HEADER_SIZE + extra;
-    end = offset + id_len + name_len;
-    if (end > ck->file_size) {
-      sc_set_error (EINVAL, "snapshot table: entry %" PRIu32 " runs past "
-                    "the end of the file", i);
+    /* All three are small: the sums cannot overflow, but the reads
+     * must stay where qemu can read.
+     */
+    if (!readable (offset, (uint64_t) id_len + name_len)) {
+      sc_set_error (EINVAL, "snapshot table: entry %" PRIu32 " cannot be "
+                    "read", i);
       return -1;
     }
-    if (sc_full_pread (ck->fd, sn->id, SC_MIN (id_len,
-                                              SNAPSHOT_LABEL_LEN - 1),
-                       offset) == -1
-        || sc_full_pread (ck->fd, sn->name, SC_MIN (name_len,
-                                                   SNAPSHOT_LABEL_LEN - 1),
-                          offset + id_len) == -1)
+    if (read_at (ck, sn->id, SC_MIN (id_len, SNAPSHOT_LABEL_LEN - 1),
+                 offset) == -1
+        || read_at (ck, sn->name, SC_MIN (name_len, SNAPSHOT_LABEL_LEN - 1),
+                    offset + id_len) == -1)
       return -1;
     /* The labels only go into messages: keep them printable. */
     for (size_t j = 0; j < SNAPSHOT_LABEL_LEN; j++) {
@@ -606,14 +617,21 @@ read_snapshots (struct checker *ck)
       if (sn->name[j] && (sn->name[j] < ' ' || sn->name[j] > '~'))
         sn->name[j] = '?';
     }
-    offset = SC_ROUND_UP (end, SNAPSHOT_ALIGN);
-    if (offset - ck->h.snapshots_offset > SNAPSHOT_MAX_TABLE_BYTES) {
-      sc_set_error (EINVAL, "snapshot table is larger than %" PRIu64
+    /* The table ends where the last name ends (no padding). */
+    offset += id_len + name_len;
+    if (offset - start > SNAPSHOT_MAX_TABLE_BYTES) {
+      sc_set_error (EFBIG, "snapshot table is larger than %" PRIu64
                     " bytes", SNAPSHOT_MAX_TABLE_BYTES);
       return -1;
     }
+    if (ck->h.version >= 3 && extra < SNAPSHOT_V3_MIN_EXTRA) {
+      ck->res->corruptions++;
+      check_message (ck, "ERROR snapshot table entry %" PRIu32 " is "
+                     "incomplete (%" PRIu32 " bytes of extra data, version "
+                     "3 needs %d)", i, extra, SNAPSHOT_V3_MIN_EXTRA);
+    }
   }
-  ck->snapshots_size = offset - ck->h.snapshots_offset;
+  ck->snapshots_size = offset - start;
   return 0;
 }
 
@@ -1028,7 +1046,8 @@ run_check (struct checker *ck)
   /* The header reader capped the refcount table. */
   rt_bytes = (uint64_t) ck->h.refcount_table_clusters * ck->cs;
   ck->rt_size = rt_bytes / RTE_SIZE;
-  ck->rt = malloc (rt_bytes);
+  /* qemu checks an image without a refcount table too. */
+  ck->rt = malloc (rt_bytes ? rt_bytes : 1);
   if (!ck->counts || !ck->l2 || !ck->rb || !ck->chunk || !ck->rt) {
     sc_set_error (errno, "check: out of memory");
     return -1;
@@ -1135,7 +1154,7 @@ sc_qcow2_check (const char *path, struct sc_check_result *result)
     sc_set_error (EINVAL, "not a regular file or block device");
     goto out;
   }
-  if (qcow2_header_read (ck.fd, ck.file_size, false, &ck.h) == -1)
+  if (qcow2_header_read_for_check (ck.fd, ck.file_size, &ck.h) == -1)
     goto out;
   /* An unknown incompatible feature may change what anything on disk
    * means, so nothing can be counted (qemu refuses it too).
@@ -1147,14 +1166,9 @@ sc_qcow2_check (const char *path, struct sc_check_result *result)
                   & ~(uint64_t) QCOW2_INCOMPAT_KNOWN);
     goto out_header;
   }
-  /* qemu refuses misaligned table offsets even for empty tables, and
-   * so an image with one cannot be clean.
+  /* qemu refuses misaligned table offsets even for empty tables (the
+   * header reader checked the L1 table's).
    */
-  if (!SC_IS_ALIGNED (ck.h.l1_table_offset, ck.h.cluster_size)) {
-    sc_set_error (EINVAL, "invalid L1 table offset 0x%" PRIx64
-                  " (not aligned to a cluster)", ck.h.l1_table_offset);
-    goto out_header;
-  }
   if (!SC_IS_ALIGNED (ck.h.snapshots_offset, ck.h.cluster_size)) {
     sc_set_error (EINVAL, "invalid snapshot table offset 0x%" PRIx64
                   " (not aligned to a cluster)", ck.h.snapshots_offset);

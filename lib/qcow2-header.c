@@ -24,6 +24,21 @@
 /* v2 images always have 16-bit refcounts. */
 #define QCOW2_V2_REFCOUNT_ORDER   4
 
+/* How strictly the header is parsed. */
+enum header_mode {
+  /* For reading guest data: refuse anything unsafe or unsupported. */
+  HEADER_READ,
+  /* For looking at an image: as HEADER_READ, but encryption, unknown
+   * incompatible features and the corrupt bit are left to the caller.
+   */
+  HEADER_INSPECT,
+  /* For qemu-img check compatible checking: refuse only what qemu
+   * refuses when it opens an image for checking.  Tables may then lie
+   * (partly) past the end of the file, where they read as zeros.
+   */
+  HEADER_CHECK,
+};
+
 static int
 check_table (const char *what, uint64_t offset, uint64_t bytes,
              uint32_t cluster_size, uint64_t file_size)
@@ -49,6 +64,33 @@ check_table (const char *what, uint64_t offset, uint64_t bytes,
   return 0;
 }
 
+/* The checker's view of a table, which is qemu's when it opens an
+ * image for checking: it must be aligned and addressable, and when it
+ * is read at open time (read_now), the whole read must be one qemu's
+ * block layer can do.  Where it lies in the file is the checker's
+ * business (past the end it reads as zeros).
+ */
+static int
+check_table_for_check (const char *what, uint64_t offset, uint64_t bytes,
+                       bool read_now, uint32_t cluster_size)
+{
+  uint64_t end;
+
+  if (!SC_IS_ALIGNED (offset, cluster_size)) {
+    sc_set_error (EINVAL, "%s offset 0x%" PRIx64 " is not aligned to a "
+                  "cluster", what, offset);
+    return -1;
+  }
+  if (SC_ADD_OVERFLOW (offset, bytes, &end) || end > INT64_MAX
+      || (read_now && bytes > 0 && end > QCOW2_MAX_IO_END)) {
+    sc_set_error (EINVAL, "%s (offset 0x%" PRIx64 ", %" PRIu64 " bytes) "
+                  "cannot be read: it ends past the largest file offset "
+                  "qemu can read", what, offset, bytes);
+    return -1;
+  }
+  return 0;
+}
+
 static char *
 copy_string (const unsigned char *p, size_t len)
 {
@@ -63,19 +105,37 @@ copy_string (const unsigned char *p, size_t len)
   return s;
 }
 
-/* Parse the header extensions in buf[start, end). */
+/* Parse the header extensions in buf[start, end).
+ *
+ * qemu_order: frame them exactly as qemu does when it opens an image
+ * for qemu-img check: every extension header, the end marker included,
+ * must fit before end together with the length it states, and running
+ * into end without an end marker is fine.  Otherwise an end marker is
+ * accepted whatever its length field says, and an incomplete
+ * extension header at the end is ignored (what the reader has always
+ * accepted).
+ */
 static int
 read_extensions (const unsigned char *buf, uint64_t start, uint64_t end,
-                 struct qcow2_header *h)
+                 bool qemu_order, struct qcow2_header *h)
 {
   uint64_t pos = start;
 
-  while (pos + QCOW2_EXT_HEADER_SIZE <= end) {
-    uint32_t type = sc_get_be32 (buf + pos);
-    uint32_t len = sc_get_be32 (buf + pos + 4);
-    const unsigned char *data = buf + pos + QCOW2_EXT_HEADER_SIZE;
+  while (qemu_order ? pos < end : pos + QCOW2_EXT_HEADER_SIZE <= end) {
+    uint32_t type, len;
+    const unsigned char *data;
 
-    if (type == QCOW2_EXT_END)
+    if (end - pos < QCOW2_EXT_HEADER_SIZE) {
+      sc_set_error (EINVAL, "header extension at offset %" PRIu64 " runs "
+                    "past the end of the header area (offset %" PRIu64 ")",
+                    pos, end);
+      return -1;
+    }
+    type = sc_get_be32 (buf + pos);
+    len = sc_get_be32 (buf + pos + 4);
+    data = buf + pos + QCOW2_EXT_HEADER_SIZE;
+
+    if (type == QCOW2_EXT_END && !qemu_order)
       return 0;
     pos += QCOW2_EXT_HEADER_SIZE;
     if (len > end - pos) {
@@ -83,6 +143,8 @@ read_extensions (const unsigned char *buf, uint64_t start, uint64_t end,
                     " runs past the end of the header cluster", type, len);
       return -1;
     }
+    if (type == QCOW2_EXT_END)
+      return 0;
 
     switch (type) {
     case QCOW2_EXT_BACKING_FORMAT:
@@ -144,10 +206,12 @@ read_extensions (const unsigned char *buf, uint64_t start, uint64_t end,
   return 0;
 }
 
-int
-qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
-                   struct qcow2_header *h)
+static int
+header_read (int fd, uint64_t file_size, enum header_mode mode,
+             struct qcow2_header *h)
 {
+  const bool for_reading = mode == HEADER_READ;
+  const bool for_check = mode == HEADER_CHECK;
   unsigned char fixed[QCOW2_V2_HEADER_SIZE];
   CLEANUP_FREE unsigned char *buf = NULL;
   uint64_t buf_len, ext_end, l1_needed, cluster_entries;
@@ -181,15 +245,20 @@ qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
   }
   h->cluster_size = UINT32_C (1) << h->cluster_bits;
 
-  /* Everything else lives in the first cluster (or what exists of it). */
+  /* Everything else lives in the first cluster (or what exists of it).
+   * The checker reads as qemu does: a first cluster cut short by the
+   * end of the file continues with zeros.
+   */
   buf_len = SC_MIN (file_size, (uint64_t) h->cluster_size);
-  buf = malloc (buf_len);
+  buf = calloc (1, for_check ? h->cluster_size : buf_len);
   if (buf == NULL) {
     sc_set_error (errno, "malloc: %s", strerror (errno));
     return -1;
   }
   if (sc_full_pread (fd, buf, buf_len, 0) == -1)
     return -1;
+  if (for_check)
+    buf_len = h->cluster_size;
 
   h->backing_file_offset = sc_get_be64 (buf + QCOW2_HDR_BACKING_OFFSET);
   h->backing_file_size = sc_get_be32 (buf + QCOW2_HDR_BACKING_SIZE);
@@ -216,8 +285,12 @@ qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
     h->autoclear_features = sc_get_be64 (buf + QCOW2_HDR_AUTOCLEAR);
     h->refcount_order = sc_get_be32 (buf + QCOW2_HDR_REFCOUNT_ORDER);
     h->header_length = sc_get_be32 (buf + QCOW2_HDR_HEADER_LENGTH);
+    /* The specification asks for a multiple of 8, but qemu accepts
+     * any length (extensions then start unaligned), and so must the
+     * checker.
+     */
     if (h->header_length < QCOW2_V3_MIN_HEADER_SIZE
-        || h->header_length % QCOW2_EXT_ALIGN != 0) {
+        || (!for_check && h->header_length % QCOW2_EXT_ALIGN != 0)) {
       sc_set_error (EINVAL, "invalid header_length %" PRIu32
                     " (must be at least %d and a multiple of %d)",
                     h->header_length, QCOW2_V3_MIN_HEADER_SIZE,
@@ -324,7 +397,7 @@ qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
    * file name, or to the end of the first cluster.
    */
   ext_end = h->backing_file_offset ? h->backing_file_offset : buf_len;
-  if (read_extensions (buf, h->header_length, ext_end, h) == -1)
+  if (read_extensions (buf, h->header_length, ext_end, for_check, h) == -1)
     goto err;
   if (for_reading && h->has_crypto_ext) {
     sc_set_error (ENOTSUP, "encrypted images are not supported");
@@ -345,10 +418,16 @@ qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
                   "virtual size %" PRIu64, h->l1_size, h->size);
     goto err;
   }
-  if (h->l1_size > 0
-      && check_table ("L1 table", h->l1_table_offset,
-                      (uint64_t) h->l1_size * sizeof (uint64_t),
-                      h->cluster_size, file_size) == -1)
+  if (for_check) {
+    if (check_table_for_check ("L1 table", h->l1_table_offset,
+                               (uint64_t) h->l1_size * sizeof (uint64_t),
+                               true, h->cluster_size) == -1)
+      goto err;
+  }
+  else if (h->l1_size > 0
+           && check_table ("L1 table", h->l1_table_offset,
+                           (uint64_t) h->l1_size * sizeof (uint64_t),
+                           h->cluster_size, file_size) == -1)
     goto err;
 
   /* Refcount table. */
@@ -357,6 +436,20 @@ qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
     sc_set_error (EFBIG, "refcount table too large (%" PRIu32 " clusters)",
                   h->refcount_table_clusters);
     goto err;
+  }
+  if (for_check) {
+    /* qemu checks an image without a refcount table: every cluster in
+     * use is then a corruption.
+     */
+    if (check_table_for_check ("refcount table", h->refcount_table_offset,
+                               (uint64_t) h->refcount_table_clusters
+                               * h->cluster_size, true,
+                               h->cluster_size) == -1)
+      goto err;
+    /* The snapshot table is the checker's to validate: qemu reports
+     * most damage there as corruptions.
+     */
+    return 0;
   }
   if (h->refcount_table_clusters == 0) {
     sc_set_error (EINVAL, "image has no refcount table");
@@ -385,6 +478,21 @@ qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
  err:
   qcow2_header_free (h);
   return -1;
+}
+
+int
+qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
+                   struct qcow2_header *h)
+{
+  return header_read (fd, file_size,
+                      for_reading ? HEADER_READ : HEADER_INSPECT, h);
+}
+
+int
+qcow2_header_read_for_check (int fd, uint64_t file_size,
+                             struct qcow2_header *h)
+{
+  return header_read (fd, file_size, HEADER_CHECK, h);
 }
 
 void

@@ -149,6 +149,20 @@ static inline unsigned qcow2_csize_shift (const struct qcow2_header *h)
  */
 extern int qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
                               struct qcow2_header *h);
+/* For the checker only: parse the header as qemu does when it opens an
+ * image for qemu-img check.  As for_reading false, and besides: any
+ * header_length from 104 to a cluster, extensions framed as qemu frames
+ * them, an empty refcount table, and the L1 and refcount tables
+ * checked only for alignment and for being readable at all (they may
+ * lie past the end of the file).  The snapshot table is not looked at.
+ */
+extern int qcow2_header_read_for_check (int fd, uint64_t file_size,
+                                        struct qcow2_header *h);
+/* qemu's block layer fails a read that ends past this offset (INT64_MAX
+ * rounded down to 1 GiB); below it, reads past the end of a file
+ * return zeros.
+ */
+#define QCOW2_MAX_IO_END ((UINT64_C (1) << 63) - (UINT64_C (1) << 30))
 extern void qcow2_header_free (struct qcow2_header *h);
 
 /* Classify an L2 entry (first u64; extended L2 bitmap handled by the
