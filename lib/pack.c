@@ -40,6 +40,8 @@
 #define OUTPUT_BUFFER_SIZE (1024 * 1024)
 /* Spill ranges at least this long are copied inside the kernel. */
 #define SPILL_COPY_RANGE_MIN (256 * 1024)
+/* and in pieces of this size, so that progress moves. */
+#define SPILL_COPY_CHUNK (64 * 1024 * 1024)
 /* Per cluster of a piece, work() leaves one code for emit(): zero, raw,
  * or the compressed length (always less than a cluster).
  */
@@ -72,6 +74,9 @@ struct pack {
   unsigned char *out_buf;
   size_t out_len;
   uint64_t out_off;
+
+  /* Progress: bytes scanned in phase 1, known once it is over. */
+  uint64_t scanned;
 };
 
 void
@@ -202,6 +207,31 @@ spill_put (struct pack *pk, uint64_t rel, const void *data, size_t len)
 }
 
 /* ---- phase 1: scan -------------------------------------------------------- */
+
+/* Phase 1 is the first half of the count (see struct sc_pack_opts). */
+static void
+scan_progress (const struct sc_progress *p, void *opaque)
+{
+  struct pack *pk = opaque;
+  struct sc_progress pr = { p->done, 2 * p->total };
+
+  pk->scanned = p->done;
+  pk->opts->progress (&pr, pk->opts->progress_opaque);
+}
+
+/* Phase 2: the data area written so far, after everything scanned. */
+static void
+write_progress (struct pack *pk)
+{
+  const struct qcow2_plan *p = &pk->plan;
+  uint64_t written = pk->out_off > p->data_offset
+    ? pk->out_off - p->data_offset : 0;
+  struct sc_progress pr = { pk->scanned + written,
+                            pk->scanned + (p->file_size - p->data_offset) };
+
+  if (pk->opts->progress)
+    pk->opts->progress (&pr, pk->opts->progress_opaque);
+}
 
 /* The clusters a piece covers (pieces start on cluster boundaries). */
 static size_t
@@ -360,8 +390,9 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
           return -1;
       total += e->length;
     }
+    pk->scanned = total;
     if (opts->progress) {
-      struct sc_progress pr = { total, total };
+      struct sc_progress pr = { total, 2 * total };
       opts->progress (&pr, opts->progress_opaque);
     }
     return 0;
@@ -378,8 +409,8 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
       .work = scan_work,
       .emit = scan_emit,
       .opaque = pk,
-      .progress = opts->progress,
-      .progress_opaque = opts->progress_opaque,
+      .progress = opts->progress ? scan_progress : NULL,
+      .progress_opaque = pk,
     };
     if (sc_pipeline_run (&pl) == -1)
       return -1;
@@ -413,6 +444,7 @@ out_flush (struct pack *pk)
   }
   pk->out_off += pk->out_len;
   pk->out_len = 0;
+  write_progress (pk);
   return 0;
 }
 
@@ -452,21 +484,24 @@ out_write (void *opaque, const void *buf, size_t len)
 static int
 copy_spill (struct pack *pk, uint64_t from, uint64_t to)
 {
-  if (pk->spill_fd >= 0 && pk->spill_copy_range
-      && to - from >= SPILL_COPY_RANGE_MIN) {
+  while (pk->spill_fd >= 0 && pk->spill_copy_range
+         && to - from >= SPILL_COPY_RANGE_MIN) {
+    uint64_t n = SC_MIN (to - from, SPILL_COPY_CHUNK);
     int r;
 
     if (out_flush (pk) == -1)
       return -1;
     r = sc_file_copy_fd_range (pk->spill_fd, "spill file", from, pk->dst,
-                               pk->out_off, to - from);
+                               pk->out_off, n);
     if (r == -1)
       return -1;
-    if (r == 0) {
-      pk->out_off += to - from;
-      return 0;
+    if (r == 1) {
+      pk->spill_copy_range = false;
+      break;
     }
-    pk->spill_copy_range = false;
+    pk->out_off += n;
+    from += n;
+    write_progress (pk);
   }
   while (from < to) {
     size_t n;
@@ -506,6 +541,7 @@ copy_source (struct pack *pk, uint64_t offset, uint64_t len)
       pk->out_off += n;
       offset += n;
       len -= n;
+      write_progress (pk);
     }
     else
       pk->copy_range = false;

@@ -256,6 +256,12 @@ struct sc_pack_opts {
   bool detect_zeroes;           /* do not store all-zero clusters */
   unsigned threads;             /* 0 = online CPUs */
   unsigned target_flags;        /* SC_TARGET_* */
+  /* Progress counts the source bytes scanned and then the bytes of
+   * the image's data area written, as one count: the total starts as
+   * twice the source's data and drops to the real sum when writing
+   * begins, so the fraction only grows.  A stream's total is 0
+   * (unknown) until its end.
+   */
   sc_progress_fn progress;
   void *progress_opaque;
 };

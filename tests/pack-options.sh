@@ -41,7 +41,8 @@ check_image "$tmp/src" "$img" 65536 1.1 deflate 16
 # --progress=json: JSON lines on stdout, the last one complete.
 rm -f "$img"
 sparsecow pack --progress=json -c "$tmp/src" "$img" >"$tmp/progress"
-jq -e -s 'length > 0 and (last | .done == .total)' "$tmp/progress" >/dev/null ||
+jq -e -s 'length > 0 and (last | .done == .total)
+           and ([.[].percent] | . == sort)' "$tmp/progress" >/dev/null ||
   fail "progress: $(cat "$tmp/progress")"
 
 # -h prints the usage and succeeds.
