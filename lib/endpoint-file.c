@@ -865,6 +865,28 @@ sc_file_open_target (const char *path, uint64_t size, unsigned flags)
     sc_set_error (ENOENT, "empty file name");
     return NULL;
   }
+  /* A symbolic link to a file is written through, as cp and qemu-img
+   * would: the new file replaces the one the link points to, and the
+   * link stays.  A link to nothing is refused rather than guessed at.
+   */
+  if (lstat (path, &st) == 0 && S_ISLNK (st.st_mode)) {
+    CLEANUP_FREE char *real = realpath (path, NULL);
+    struct sc_endpoint *ep;
+
+    if (real == NULL) {
+      sc_set_error (errno, "symbolic link to nothing that can be written "
+                    "(%s)", strerror (errno));
+      return NULL;
+    }
+    if (stat (real, &st) == 0 && S_ISREG (st.st_mode)) {
+      if (!(flags & SC_TARGET_FORCE)) {
+        sc_set_error (EEXIST, "target exists (use -f to overwrite)");
+        return NULL;
+      }
+      ep = open_file_target (real, size, flags);
+      return ep;
+    }
+  }
 
   if (stat (path, &st) == 0) {
     if (S_ISBLK (st.st_mode))

@@ -146,6 +146,21 @@ sparsecow unpack img.qcow2 "$long" || fail "unpack to a 254-byte name failed"
 cmp ref.raw "$long" || fail "unpack to a 254-byte name differs"
 rm -f "$long"
 
+# A symbolic link to a file is written through and stays a link; one
+# that leads nowhere is refused and nothing is created.
+mkdir links
+echo old > links/real.raw
+ln -s real.raw links/link.raw
+expect_fail 'link.raw: target exists' sparsecow unpack img.qcow2 links/link.raw
+sparsecow unpack -f img.qcow2 links/link.raw || fail "unpack through a link"
+[ -L links/link.raw ] || fail "the symbolic link was replaced"
+cmp ref.raw links/real.raw || fail "unpack through a link differs"
+ln -s missing.raw links/dangling.raw
+expect_fail 'dangling.raw: symbolic link to nothing' \
+  sparsecow unpack -f img.qcow2 links/dangling.raw
+[ "$(ls -A links | tr '\n' ' ')" = "dangling.raw link.raw real.raw " ] ||
+  fail "links/ holds $(ls -A links)"
+
 # Targets that cannot be created.
 expect_fail 'no-such-dir/out.raw: ' sparsecow unpack img.qcow2 no-such-dir/out.raw
 expect_fail 'fail: ' sparsecow unpack -f img.qcow2 fail
