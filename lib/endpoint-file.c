@@ -685,6 +685,55 @@ sc_file_copy_fd_range (int src_fd, const char *src_name, uint64_t src_off,
   return copy_fd_range (src_fd, src_name, src_off, dst, dst_off, count);
 }
 
+/* ---- spill files ---------------------------------------------------------- */
+
+int
+sc_spill_open (const char *near)
+{
+  CLEANUP_FREE char *dir = NULL;
+  CLEANUP_FREE char *tmpl = NULL;
+  const char *slash;
+  struct stat st;
+  int fd;
+
+  /* Next to a file target, whose file system must have the room for
+   * the image anyway; elsewhere (standard output, a device) in TMPDIR.
+   */
+  if (near == NULL || strcmp (near, "-") == 0
+      || (stat (near, &st) == 0 && !S_ISREG (st.st_mode))) {
+    const char *t = getenv ("TMPDIR");
+    dir = strdup (t && *t ? t : "/var/tmp");
+  }
+  else if ((slash = strrchr (near, '/')) != NULL)
+    dir = slash == near ? strdup ("/") : strndup (near, (size_t) (slash - near));
+  else
+    dir = strdup (".");
+  if (dir == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+
+#ifdef O_TMPFILE
+  fd = open (dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd >= 0)
+    return fd;
+#endif
+  /* File systems without O_TMPFILE: a named file, unlinked at once. */
+  if (asprintf (&tmpl, "%s/.sparsecow-spill-XXXXXX", dir) == -1) {
+    tmpl = NULL;
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  fd = mkostemp (tmpl, O_CLOEXEC);
+  if (fd == -1) {
+    sc_set_error (errno, "%s: cannot create a spill file: %s", dir,
+                  strerror (errno));
+    return -1;
+  }
+  unlink (tmpl);
+  return fd;
+}
+
 /* ---- targets ------------------------------------------------------------- */
 
 static struct sc_endpoint *

@@ -106,6 +106,12 @@ extern int sc_file_source_stat (struct sc_endpoint *ep, struct stat *st);
  */
 extern int sc_stream_read (struct sc_endpoint *ep, void *buf, size_t count,
                            uint64_t offset, size_t *got);
+/* An anonymous temporary file for data that must wait: next to near
+ * when that is a regular file (or not there yet), else in $TMPDIR or
+ * /var/tmp.  It disappears when closed, whatever happens.  Returns the
+ * descriptor, or -1 with the error set.
+ */
+extern int sc_spill_open (const char *near);
 /* Copy count bytes from a regular-file source at src_off to a
  * regular-file target at dst_off inside the kernel (copy_file_range):
  * one copy instead of a read and a write, or shared blocks on file

@@ -104,56 +104,6 @@ name_error (const char *name)
 
 /* ---- the spill file ---------------------------------------------------- */
 
-/* An anonymous file next to the target, so that it lives on the same
- * file system the image is going to (which must have the room anyway)
- * and disappears by itself whatever happens to this process.
- */
-static int
-open_spill (struct pack *pk)
-{
-  CLEANUP_FREE char *dir = NULL;
-  CLEANUP_FREE char *tmpl = NULL;
-  const char *slash;
-  int fd;
-
-  if (strcmp (pk->target, "-") == 0) {
-    const char *t = getenv ("TMPDIR");
-    dir = strdup (t && *t ? t : "/var/tmp");
-  }
-  else if ((slash = strrchr (pk->target, '/')) != NULL)
-    dir = slash == pk->target
-      ? strdup ("/") : strndup (pk->target, (size_t) (slash - pk->target));
-  else
-    dir = strdup (".");
-  if (dir == NULL) {
-    sc_set_error (errno, "out of memory");
-    return -1;
-  }
-
-#ifdef O_TMPFILE
-  fd = open (dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-  if (fd >= 0) {
-    pk->spill_fd = fd;
-    return 0;
-  }
-#endif
-  /* File systems without O_TMPFILE: a named file, unlinked at once. */
-  if (asprintf (&tmpl, "%s/.sparsecow-spill-XXXXXX", dir) == -1) {
-    tmpl = NULL;
-    sc_set_error (errno, "out of memory");
-    return -1;
-  }
-  fd = mkostemp (tmpl, O_CLOEXEC);
-  if (fd == -1) {
-    sc_set_error (errno, "%s: cannot create a spill file: %s", dir,
-                  strerror (errno));
-    return -1;
-  }
-  unlink (tmpl);
-  pk->spill_fd = fd;
-  return 0;
-}
-
 static int
 spill_flush (struct pack *pk)
 {
@@ -711,7 +661,8 @@ sc_pack (struct sc_endpoint *src, const char *target,
       sc_set_error (errno, "out of memory");
       goto out;
     }
-    if (open_spill (&pk) == -1)
+    pk.spill_fd = sc_spill_open (target);
+    if (pk.spill_fd == -1)
       goto out;
   }
   if (scan (&pk, &extents) == -1)
