@@ -21,6 +21,8 @@
 /* Compression types (header byte 104). */
 #define QCOW2_COMPRESSION_DEFLATE 0
 #define QCOW2_COMPRESSION_ZSTD    1
+/* qemu keeps the backing format in a buffer of 16 bytes. */
+#define QCOW2_QEMU_BACKING_FORMAT_BUF 16
 /* v2 images always have 16-bit refcounts. */
 #define QCOW2_V2_REFCOUNT_ORDER   4
 
@@ -105,15 +107,60 @@ copy_string (const unsigned char *p, size_t len)
   return s;
 }
 
+/* Replace *s by the C string in data[0, len) (up to a NUL), or NULL
+ * if that is empty.
+ */
+static int
+replace_string (char **s, const unsigned char *data, size_t len)
+{
+  len = strnlen ((const char *) data, len);
+  free (*s);
+  *s = NULL;
+  if (len > 0) {
+    *s = copy_string (data, len);
+    if (*s == NULL)
+      return -1;
+  }
+  return 0;
+}
+
+/* One header extension as qemu judges it when it opens an image for
+ * qemu-img check: names are C strings, a later extension replaces an
+ * earlier one, and only the backing format has a limit.  What the
+ * checker needs from the other extensions it reads itself.
+ */
+static int
+check_extension (uint32_t type, const unsigned char *data, uint32_t len,
+                 struct qcow2_header *h)
+{
+  switch (type) {
+  case QCOW2_EXT_BACKING_FORMAT:
+    if (len >= QCOW2_QEMU_BACKING_FORMAT_BUF) {
+      sc_set_error (EINVAL, "backing format header extension: length %"
+                    PRIu32 " is too large (qemu accepts at most %d)", len,
+                    QCOW2_QEMU_BACKING_FORMAT_BUF - 1);
+      return -1;
+    }
+    return replace_string (&h->backing_format, data, len);
+  case QCOW2_EXT_DATA_FILE:
+    return replace_string (&h->data_file, data, len);
+  case QCOW2_EXT_CRYPTO:
+    h->has_crypto_ext = true;
+    return 0;
+  default:
+    return 0;
+  }
+}
+
 /* Parse the header extensions in buf[start, end).
  *
- * qemu_order: frame them exactly as qemu does when it opens an image
- * for qemu-img check: every extension header, the end marker included,
- * must fit before end together with the length it states, and running
- * into end without an end marker is fine.  Otherwise an end marker is
- * accepted whatever its length field says, and an incomplete
- * extension header at the end is ignored (what the reader has always
- * accepted).
+ * qemu_order: frame and judge them exactly as qemu does when it opens
+ * an image for qemu-img check: every extension header, the end marker
+ * included, must fit before end together with the length it states,
+ * and running into end without an end marker is fine.  Otherwise an
+ * end marker is accepted whatever its length field says, and an
+ * incomplete extension header at the end is ignored (what the reader
+ * has always accepted).
  */
 static int
 read_extensions (const unsigned char *buf, uint64_t start, uint64_t end,
@@ -145,6 +192,13 @@ read_extensions (const unsigned char *buf, uint64_t start, uint64_t end,
     }
     if (type == QCOW2_EXT_END)
       return 0;
+
+    if (qemu_order) {
+      if (check_extension (type, data, len, h) == -1)
+        return -1;
+      pos += SC_ROUND_UP ((uint64_t) len, QCOW2_EXT_ALIGN);
+      continue;
+    }
 
     switch (type) {
     case QCOW2_EXT_BACKING_FORMAT:
@@ -361,8 +415,37 @@ header_read (int fd, uint64_t file_size, enum header_mode mode,
     h->l2_entry_size = 8;
   h->l2_entries = h->cluster_size / h->l2_entry_size;
 
+  /* Backing file name.  qemu only wants it inside the first cluster
+   * (zeros past the end of the file) and reads it as a C string, so
+   * that an empty one means no backing file; the checker follows.
+   */
+  if (for_check && h->backing_file_offset != 0) {
+    size_t len;
+
+    if (h->backing_file_offset > h->cluster_size) {
+      sc_set_error (EINVAL, "backing file name offset %" PRIu64 " is not "
+                    "inside the first cluster", h->backing_file_offset);
+      return -1;
+    }
+    if (h->backing_file_size > QCOW2_MAX_BACKING_NAME
+        || h->backing_file_size
+           > h->cluster_size - h->backing_file_offset) {
+      sc_set_error (EINVAL, "backing file name (offset %" PRIu64 ", %"
+                    PRIu32 " bytes) is too long or not inside the first "
+                    "cluster", h->backing_file_offset,
+                    h->backing_file_size);
+      return -1;
+    }
+    len = strnlen ((const char *) buf + h->backing_file_offset,
+                   h->backing_file_size);
+    if (len > 0) {
+      h->backing_file = copy_string (buf + h->backing_file_offset, len);
+      if (h->backing_file == NULL)
+        goto err;
+    }
+  }
   /* Backing file name: inside the first cluster, after the header. */
-  if (h->backing_file_offset != 0) {
+  else if (h->backing_file_offset != 0) {
     uint64_t end;
 
     if (h->backing_file_size == 0
@@ -399,6 +482,25 @@ header_read (int fd, uint64_t file_size, enum header_mode mode,
   ext_end = h->backing_file_offset ? h->backing_file_offset : buf_len;
   if (read_extensions (buf, h->header_length, ext_end, for_check, h) == -1)
     goto err;
+  /* qemu opens the external data file before it checks an image, so
+   * an image that needs one must name one; the checker itself does not
+   * need it.
+   */
+  if (for_check) {
+    bool data_file_bit = h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
+
+    if (data_file_bit && h->data_file == NULL) {
+      sc_set_error (EINVAL, "the image needs an external data file but "
+                    "does not name one");
+      goto err;
+    }
+    if (!data_file_bit
+        && (h->autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW)) {
+      sc_set_error (EINVAL, "the raw external data file bit is set, but "
+                    "the image has no external data file");
+      goto err;
+    }
+  }
   if (for_reading && h->has_crypto_ext) {
     sc_set_error (ENOTSUP, "encrypted images are not supported");
     goto err;

@@ -263,3 +263,36 @@ compare $f 0
 # qemu frames it like any extension and refuses it.
 put_be32 $f $(( 105 + 8 + (len + 7) / 8 * 8 + 4 )) $(( cs ))
 compare $f 1
+
+# ---- Other header fields qemu-img check is lenient about, or not.
+img=data.qcow2
+# A feature name table whose length is not a multiple of its entries.
+f=$(damage feature-table); put_be32 $f $(( $(be32 $img 100) + 4 )) 383
+compare $f 0
+# A backing file name of length 0 is no backing file; one that lies in
+# the header (and reads as an empty string) neither.
+f=$(damage backing-empty); put_be64 $f 8 512
+compare $f 0
+f=$(damage backing-in-header); put_be64 $f 8 64; put_be32 $f 16 8
+compare $f 0
+# A backing file name that runs past the first cluster.
+f=$(damage backing-long); put_be64 $f 8 $(( cs - 6 )); put_be32 $f 16 7
+compare $f 1
+f=$(damage backing-offset); put_be64 $f 8 $(( cs + 1 ))
+compare $f 1
+reader_refuses backing-empty.qcow2
+# A backing format extension of 15 bytes is fine, of 16 too long.
+for n in 15 16; do
+  f=$(damage backing-format$n)
+  put_bytes $f 112 "e2792aca$(printf %08x $n)$(printf qcow2 | od -An -tx1 |
+    tr -d ' \n')"
+  put_bytes $f 125 0000000000000000000000
+  put_be64 $f $(( 120 + (n + 7) / 8 * 8 )) 0
+  compare $f $(( n == 16 ))
+done
+# The external data file bit without a data file name, and the raw
+# data file bit without an external data file.
+f=$(damage data-file-bit); put_be64 $f 72 4
+compare $f 1
+f=$(damage data-raw-bit); put_be64 $f 88 2
+compare $f 1
