@@ -554,19 +554,21 @@ read_snapshots (struct checker *ck)
   uint64_t start = ck->h.snapshots_offset, offset = start;
   uint32_t n = ck->h.nb_snapshots;
 
-  if (n == 0)
-    return 0;
   /* The cap on the allocation below. */
   if (n > QCOW2_MAX_SNAPSHOTS) {
     sc_set_error (EFBIG, "snapshot table: too many snapshots (%" PRIu32
                   ", at most %d)", n, QCOW2_MAX_SNAPSHOTS);
     return -1;
   }
-  if (start > INT64_MAX - (uint64_t) n * SNAPSHOT_HEADER_SIZE) {
-    sc_set_error (EINVAL, "snapshot table: offset 0x%" PRIx64 " is "
-                  "invalid", start);
+  /* qemu validates the offset even of an empty table. */
+  if (!SC_IS_ALIGNED (start, ck->cs)
+      || start > INT64_MAX - (uint64_t) n * SNAPSHOT_HEADER_SIZE) {
+    sc_set_error (EINVAL, "snapshot table: invalid offset 0x%" PRIx64
+                  " (not aligned to a cluster, or too large)", start);
     return -1;
   }
+  if (n == 0)
+    return 0;
   ck->snapshots = calloc (n, sizeof *ck->snapshots);
   if (ck->snapshots == NULL) {
     sc_set_error (errno, "snapshot table: out of memory");
@@ -1164,14 +1166,6 @@ sc_qcow2_check (const char *path, struct sc_check_result *result)
                   ": cannot check this image",
                   ck.h.incompatible_features
                   & ~(uint64_t) QCOW2_INCOMPAT_KNOWN);
-    goto out_header;
-  }
-  /* qemu refuses misaligned table offsets even for empty tables (the
-   * header reader checked the L1 table's).
-   */
-  if (!SC_IS_ALIGNED (ck.h.snapshots_offset, ck.h.cluster_size)) {
-    sc_set_error (EINVAL, "invalid snapshot table offset 0x%" PRIx64
-                  " (not aligned to a cluster)", ck.h.snapshots_offset);
     goto out_header;
   }
   if (ck.h.crypt_method > CRYPT_METHOD_MAX) {

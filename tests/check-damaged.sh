@@ -170,6 +170,9 @@ f=$(damage sn-count-huge); put_be32 $f 60 $(( 0xffffffff ))
 compare $f 1
 f=$(damage sn-table-misaligned); put_be64 $f 64 $(( st + 8 ))
 compare $f 1
+# qemu validates the offset of an empty table too.
+f=sn-none-offset.qcow2; cp data.qcow2 $f; put_be64 $f 64 $(( 1 << 63 ))
+compare $f 1
 reader_refuses sn-table-past.qcow2
 reader_refuses sn-count3.qcow2
 
