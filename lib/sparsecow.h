@@ -184,6 +184,23 @@ extern int sc_is_qcow2 (const char *path);
  */
 extern struct sc_endpoint *sc_qcow2_endpoint (struct sc_qcow2 *q);
 
+/* qcow2-stream.c: unpack an image read once from a stream (a pipe,
+ * SC_EP_STREAM) into target, opened as sc_file_open_target() does and
+ * committed on success.  The image's active layer is written; images
+ * with a backing file or an external data file are refused.  Bytes of
+ * the image that are not known to be needed when they go by are kept
+ * in a spill file (see the manual), so images whose tables come after
+ * their data still work.
+ */
+struct sc_stream_unpack_opts {
+  unsigned target_flags;        /* SC_TARGET_* */
+  sc_progress_fn progress;      /* bytes read; the total is 0 (unknown) */
+  void *progress_opaque;
+};
+extern int sc_qcow2_unpack_stream (struct sc_endpoint *src,
+                                   const char *target,
+                                   const struct sc_stream_unpack_opts *opts);
+
 /* One run of qemu-img map: fields as in "qemu-img map --output=json". */
 struct sc_map_entry {
   uint64_t start;

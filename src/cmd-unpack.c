@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -18,7 +19,8 @@ usage (FILE *fp)
 "Usage: %s unpack [OPTIONS] IMAGE TARGET\n"
 "Write the guest data of the qcow2 IMAGE to TARGET: a regular file\n"
 "(created sparse; holes are not written), a block device, or - for\n"
-"standard output.\n"
+"standard output.  IMAGE may be - (standard input) or a named pipe: it\n"
+"is then read once, front to back.\n"
 "\n"
 "Options:\n"
 "  -f, --force            replace TARGET if it is an existing file\n"
@@ -38,6 +40,38 @@ static const struct option long_options[] = {
   CLI_COMMON_LONG_OPTIONS,
   { NULL, 0, NULL, 0 },
 };
+
+static int
+unpack_stream (const char *image, const char *target, unsigned target_flags,
+               const struct cli_common *common)
+{
+  struct sc_stream_unpack_opts sopts = { .target_flags = target_flags };
+  struct sc_endpoint *src;
+  int r;
+
+  src = sc_file_open_source (image, SC_MAP_SEEK);
+  if (src == NULL) {
+    cli_lib_error (image);
+    return EXIT_ERROR;
+  }
+  if (!(src->flags & SC_EP_STREAM)) {
+    /* Standard input redirected from a file: not a stream at all. */
+    sc_ep_close (src);
+    cli_error ("%s: reading an image from standard input needs a pipe; "
+               "name the file instead", image);
+    return EXIT_ERROR;
+  }
+  sopts.progress = cli_progress_fn (common, &sopts.progress_opaque);
+  r = sc_qcow2_unpack_stream (src, target, &sopts);
+  cli_progress_done (common);
+  if (r == -1)
+    cli_lib_error (NULL);
+  if (sc_ep_close (src) == -1 && r == 0) {
+    cli_lib_error (image);
+    r = -1;
+  }
+  return r == 0 ? EXIT_OK : EXIT_ERROR;
+}
 
 int
 cmd_unpack (int argc, char **argv)
@@ -81,6 +115,21 @@ cmd_unpack (int argc, char **argv)
     if (isatty (STDOUT_FILENO)) {
       cli_error ("unpack: refusing to write image data to a terminal");
       return EXIT_ERROR;
+    }
+  }
+
+  /* An image in a pipe is read once, as it comes. */
+  {
+    struct stat st;
+    bool stream = strcmp (image, "-") == 0
+      || (stat (image, &st) == 0
+          && (S_ISFIFO (st.st_mode) || S_ISCHR (st.st_mode)));
+
+    if (stream) {
+      if (qopts.snapshot)
+        cli_usage_error ("unpack", "--snapshot cannot be used with an "
+                         "image read from a pipe");
+      return unpack_stream (image, target, target_flags, &common);
     }
   }
 

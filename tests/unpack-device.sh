@@ -30,6 +30,12 @@ attach exact.img
 sparsecow unpack img.qcow2 "$dev" || fail "unpack to $dev failed"
 cmp ref.raw "$dev" || fail "$dev differs from qemu-img convert"
 
+# The same from a pipe: the holes are zeroed at the end.
+head -c $size /dev/urandom > stream.img
+attach stream.img
+cat img.qcow2 | sparsecow unpack - "$dev" || fail "stream unpack to $dev failed"
+cmp ref.raw "$dev" || fail "stream unpack: $dev differs from qemu-img convert"
+
 # Larger: the image is written at the start, the rest is left alone.
 head -c $((96 * MiB)) /dev/urandom > large.img
 tail -c $((32 * MiB)) large.img > large-tail.ref

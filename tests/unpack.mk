@@ -8,5 +8,7 @@ tests_unit_extent_LDADD = $(UNIT_TEST_LIBS)
 TESTS += tests/unit-extent
 
 # The unpack command and its targets, with qemu-img as the judge.
-TESTS += tests/unpack-target.sh tests/unpack-large.sh tests/unpack-device.sh
-EXTRA_DIST += tests/unpack-target.sh tests/unpack-large.sh tests/unpack-device.sh
+TESTS += tests/unpack-target.sh tests/unpack-large.sh tests/unpack-device.sh \
+	tests/unpack-stream.sh
+EXTRA_DIST += tests/unpack-target.sh tests/unpack-large.sh tests/unpack-device.sh \
+	tests/unpack-stream.sh

@@ -1,0 +1,875 @@
+/* Unpack a qcow2 image read once, front to back, from a stream.
+ *
+ * The image is never seen whole.  The stream is read in chunks; what
+ * the image is made of is learnt as it goes by: the header gives the
+ * L1 table, the L1 table the L2 tables, the L2 tables the data clusters.
+ * Every such piece is an item keyed by its host offset in a min-heap,
+ * and when the chunk holding an item's bytes is in memory the item is
+ * handled: tables yield more items, data goes to the target at its
+ * guest offset.
+ *
+ * Images whose metadata comes before the data it maps (those pack
+ * writes, and most that qemu-img writes) stream with nothing kept but
+ * the pending items.  Bytes that no known item covered when they went
+ * by are kept in a sparse spill file at their own offsets, so an item
+ * learnt too late (its L2 table came after its data) is read from
+ * there when the stream has ended.  An item whose bytes were neither
+ * handled nor kept cannot be served: that is an error, never a guess.
+ */
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "qcow2.h"
+
+/* Chunks are a multiple of every cluster size, so that a cluster-sized
+ * item never spans two of them.
+ */
+#define CHUNK_SIZE (4U * 1024 * 1024)
+/* The largest cluster: the first chunk always holds the header cluster. */
+#define MAX_CLUSTER_SIZE (1U << QCOW2_MAX_CLUSTER_BITS)
+/* Items waiting for their bytes.  An image whose metadata all comes
+ * first has one per data cluster waiting at the same time: this allows
+ * 4 TiB of data in 64 KiB clusters, at 24 bytes each.
+ */
+#define MAX_PENDING_ITEMS (64U * 1024 * 1024)
+/* L1 entries, and standard L2 entries, are 8 bytes. */
+#define L1_ENTRY_SIZE 8
+#define L2_STD_ENTRY_SIZE 8
+/* Partly read items hold at most this much between chunks. */
+#define MAX_PARTIAL_BYTES (256U * 1024 * 1024)
+/* Extended L2 entries: allocation bits low, zero bits high. */
+#define EXTL2_ALLOC_SHIFT 0
+#define EXTL2_ZERO_SHIFT 32
+
+enum item_kind {
+  ITEM_L1,
+  ITEM_L2,
+  ITEM_DATA,
+  ITEM_COMPRESSED,
+};
+
+struct item {
+  uint64_t offset;              /* host offset of the bytes */
+  uint64_t guest;               /* data: guest offset; L2: its L1 index */
+  uint32_t length;              /* bytes */
+  uint32_t kind;
+};
+
+/* An item whose bytes run on past the chunk in memory. */
+struct partial {
+  struct item it;
+  unsigned char *buf;
+  uint32_t filled;
+};
+
+struct range {
+  uint64_t start, end;
+};
+
+struct ranges {
+  struct range *r;
+  size_t len, cap;
+};
+
+struct stream_unpack {
+  struct sc_endpoint *src, *dst;
+  const char *name;             /* of the image, for messages */
+  struct qcow2_header h;
+  bool have_header;
+  enum sc_codec codec;
+  uint64_t vsize;
+
+  /* Pending items, a min-heap on offset; items learnt after their
+   * bytes went by wait in late until the end.
+   */
+  struct item *heap;
+  size_t heap_len, heap_cap;
+  struct item *late;
+  size_t late_len, late_cap;
+  struct partial *part;
+  size_t part_len, part_cap;
+  uint64_t part_bytes;
+
+  /* The chunk in memory: bytes [chunk_off, chunk_off + chunk_len). */
+  unsigned char *chunk;
+  uint64_t chunk_off;
+  size_t chunk_len;
+  uint64_t stream_len;          /* once the end was read */
+  bool ended;
+  /* Ranges of the chunk covered by items, and ranges spilled so far. */
+  struct ranges covered;
+  struct ranges spilled;
+  int spill_fd;
+
+  /* Guest ranges written, to zero the rest of a target that does not
+   * read as zeros by itself.
+   */
+  struct ranges written;
+  bool fresh;
+  /* A forward-only target (a pipe) gets every byte in order: gaps are
+   * filled with zeros up to the next write.
+   */
+  bool forward;
+  uint64_t fwd_pos;
+  unsigned char *cluster;       /* one decompressed cluster */
+  bool *l2_seen;                /* per L1 index: table already listed */
+
+  struct sc_progress prog;
+  sc_progress_fn progress;
+  void *progress_opaque;
+};
+
+/* ---- small containers ---------------------------------------------------- */
+
+static int
+grow (void **p, size_t *cap, size_t need, size_t elem, size_t max)
+{
+  size_t n;
+  void *q;
+
+  if (need <= *cap)
+    return 0;
+  n = *cap ? *cap * 2 : 64;
+  if (n < need)
+    n = need;
+  if (n > max)
+    n = max;
+  if (need > max) {
+    sc_set_error (EFBIG, "too many clusters waiting for their data "
+                  "(more than %zu)", max);
+    return -1;
+  }
+  q = realloc (*p, n * elem);
+  if (q == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  *p = q;
+  *cap = n;
+  return 0;
+}
+
+static int
+ranges_add (struct ranges *rs, uint64_t start, uint64_t end)
+{
+  if (start >= end)
+    return 0;
+  if (rs->len > 0 && rs->r[rs->len - 1].end == start) {
+    rs->r[rs->len - 1].end = end;
+    return 0;
+  }
+  if (grow ((void **) &rs->r, &rs->cap, rs->len + 1, sizeof *rs->r,
+            SIZE_MAX / sizeof *rs->r) == -1)
+    return -1;
+  rs->r[rs->len++] = (struct range) { start, end };
+  return 0;
+}
+
+static int
+cmp_range (const void *a, const void *b)
+{
+  const struct range *x = a, *y = b;
+  return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Sort and merge overlapping or touching ranges. */
+static void
+ranges_normalize (struct ranges *rs)
+{
+  size_t out = 0;
+
+  if (rs->len == 0)
+    return;
+  qsort (rs->r, rs->len, sizeof *rs->r, cmp_range);
+  for (size_t i = 1; i < rs->len; i++) {
+    if (rs->r[i].start <= rs->r[out].end) {
+      if (rs->r[i].end > rs->r[out].end)
+        rs->r[out].end = rs->r[i].end;
+    }
+    else
+      rs->r[++out] = rs->r[i];
+  }
+  rs->len = out + 1;
+}
+
+/* Is [start, end) inside one range of a normalized list? */
+static bool
+ranges_contain (const struct ranges *rs, uint64_t start, uint64_t end)
+{
+  size_t lo = 0, hi = rs->len;
+
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (rs->r[mid].end <= start)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < rs->len && rs->r[lo].start <= start && rs->r[lo].end >= end;
+}
+
+static void
+heap_swap (struct item *a, struct item *b)
+{
+  struct item t = *a;
+  *a = *b;
+  *b = t;
+}
+
+static int
+heap_push (struct stream_unpack *s, const struct item *it)
+{
+  size_t i;
+
+  if (grow ((void **) &s->heap, &s->heap_cap, s->heap_len + 1,
+            sizeof *s->heap, MAX_PENDING_ITEMS) == -1)
+    return -1;
+  i = s->heap_len++;
+  s->heap[i] = *it;
+  while (i > 0 && s->heap[(i - 1) / 2].offset > s->heap[i].offset) {
+    heap_swap (&s->heap[(i - 1) / 2], &s->heap[i]);
+    i = (i - 1) / 2;
+  }
+  return 0;
+}
+
+static struct item
+heap_pop (struct stream_unpack *s)
+{
+  struct item top = s->heap[0];
+  size_t i = 0;
+
+  s->heap[0] = s->heap[--s->heap_len];
+  for (;;) {
+    size_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < s->heap_len && s->heap[l].offset < s->heap[m].offset)
+      m = l;
+    if (r < s->heap_len && s->heap[r].offset < s->heap[m].offset)
+      m = r;
+    if (m == i)
+      break;
+    heap_swap (&s->heap[m], &s->heap[i]);
+    i = m;
+  }
+  return top;
+}
+
+/* ---- what the items mean -------------------------------------------------- */
+
+/* A new item: served from the chunk if its bytes are still to come or
+ * in memory, else (its bytes went by) at the end.
+ */
+static int
+add_item (struct stream_unpack *s, uint64_t offset, uint64_t length,
+          enum item_kind kind, uint64_t guest)
+{
+  struct item it = { offset, guest, (uint32_t) length, kind };
+  uint64_t end;
+
+  if (length == 0)
+    return 0;
+  if (SC_ADD_OVERFLOW (offset, length, &end) || end > QCOW2_MAX_HOST_OFFSET) {
+    sc_set_error (EINVAL, "cluster at host offset %" PRIu64
+                  " lies beyond any possible image", offset);
+    return -1;
+  }
+  if (offset < s->chunk_off) {
+    if (grow ((void **) &s->late, &s->late_cap, s->late_len + 1,
+              sizeof *s->late, MAX_PENDING_ITEMS) == -1)
+      return -1;
+    s->late[s->late_len++] = it;
+    return 0;
+  }
+  return heap_push (s, &it);
+}
+
+static int
+write_guest (struct stream_unpack *s, const void *buf, size_t len,
+             uint64_t guest)
+{
+  if (guest >= s->vsize)
+    return 0;
+  len = (size_t) SC_MIN ((uint64_t) len, s->vsize - guest);
+  if (s->forward) {
+    if (guest < s->fwd_pos) {
+      sc_set_error (ENOTSUP, "the image's data is not stored in guest "
+                    "order (guest offset %" PRIu64 " comes after %" PRIu64
+                    "), so it cannot go from a pipe to a pipe: unpack to "
+                    "a file", guest, s->fwd_pos);
+      return -1;
+    }
+    if (guest > s->fwd_pos
+        && s->dst->ops->zero (s->dst, guest - s->fwd_pos, s->fwd_pos) == -1)
+      return -1;
+    s->fwd_pos = guest + len;
+    return sc_ep_pwrite (s->dst, buf, len, guest);
+  }
+  if (s->fresh && sc_is_zero (buf, len))
+    return 0;
+  if (sc_ep_pwrite (s->dst, buf, len, guest) == -1)
+    return -1;
+  return s->fresh ? 0 : ranges_add (&s->written, guest, guest + len);
+}
+
+static int
+handle_l1 (struct stream_unpack *s, const unsigned char *p)
+{
+  const struct qcow2_header *h = &s->h;
+
+  for (uint64_t i = 0; i < h->l1_size; i++) {
+    uint64_t e = sc_get_be64 (p + i * L1_ENTRY_SIZE);
+    uint64_t off = e & QCOW2_L1E_OFFSET_MASK;
+
+    if (e & QCOW2_L1E_RESERVED_MASK) {
+      sc_set_error (EINVAL, "L1 entry %" PRIu64 " has reserved bits set",
+                    i);
+      return -1;
+    }
+    if (off == 0)
+      continue;
+    if (qcow2_offset_into_cluster (h, off) != 0) {
+      sc_set_error (EINVAL, "L1 entry %" PRIu64 ": L2 table offset %"
+                    PRIu64 " is not aligned to a cluster", i, off);
+      return -1;
+    }
+    if (add_item (s, off, h->cluster_size, ITEM_L2, i) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+static int
+handle_l2 (struct stream_unpack *s, const unsigned char *p, uint64_t l1_index)
+{
+  const struct qcow2_header *h = &s->h;
+  bool extl2 = h->l2_entry_size != L2_STD_ENTRY_SIZE;
+  uint64_t sub = h->cluster_size / QCOW2_SUBCLUSTERS;
+
+  /* Each L1 index has one table; a table listed twice is damage (and
+   * would multiply the work).
+   */
+  if (s->l2_seen[l1_index]) {
+    sc_set_error (EINVAL, "L1 entry %" PRIu64 " was read twice", l1_index);
+    return -1;
+  }
+  s->l2_seen[l1_index] = true;
+
+  for (uint64_t j = 0; j < h->l2_entries; j++) {
+    const unsigned char *e = p + j * h->l2_entry_size;
+    uint64_t l2e = sc_get_be64 (e);
+    uint64_t guest = (l1_index * h->l2_entries + j) << h->cluster_bits;
+    uint64_t host = l2e & QCOW2_L2E_OFFSET_MASK;
+    enum qcow2_cluster_type type;
+
+    if (guest >= s->vsize)
+      break;
+    if (qcow2_l2_entry_type (h, l2e, &type) == -1) {
+      sc_error_prefix ("L2 entry for guest offset %" PRIu64, guest);
+      return -1;
+    }
+    if (type == QCOW2_CLUSTER_COMPRESSED) {
+      uint64_t off, n;
+
+      qcow2_compressed_descriptor (h, l2e, &off, &n);
+      if (add_item (s, off, n, ITEM_COMPRESSED, guest) == -1)
+        return -1;
+      continue;
+    }
+    if (extl2) {
+      uint64_t bitmap = sc_get_be64 (e + 8);
+      uint32_t alloc = (uint32_t) (bitmap >> EXTL2_ALLOC_SHIFT);
+      uint32_t zero = (uint32_t) (bitmap >> EXTL2_ZERO_SHIFT);
+
+      if (alloc & zero) {
+        sc_set_error (EINVAL, "corrupt extended L2 entry at guest offset "
+                      "%" PRIu64 ": a subcluster is both allocated and "
+                      "zero", guest);
+        return -1;
+      }
+      if (alloc != 0 && (type == QCOW2_CLUSTER_UNALLOCATED || host == 0)) {
+        sc_set_error (EINVAL, "corrupt extended L2 entry at guest offset "
+                      "%" PRIu64 ": allocated subclusters in an "
+                      "unallocated cluster", guest);
+        return -1;
+      }
+      /* Runs of allocated subclusters are items of their own. */
+      for (unsigned i = 0; i < QCOW2_SUBCLUSTERS;) {
+        unsigned k = i;
+        if (!((alloc >> i) & 1)) {
+          i++;
+          continue;
+        }
+        while (k < QCOW2_SUBCLUSTERS && ((alloc >> k) & 1))
+          k++;
+        if (add_item (s, host + i * sub, (k - i) * sub, ITEM_DATA,
+                      guest + i * sub) == -1)
+          return -1;
+        i = k;
+      }
+      continue;
+    }
+    if (type == QCOW2_CLUSTER_NORMAL
+        && add_item (s, host, h->cluster_size, ITEM_DATA, guest) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+/* The item's bytes, all of them (len == it->length) or, for a
+ * compressed cluster at the end of the stream, as many as there are.
+ */
+static int
+handle (struct stream_unpack *s, const struct item *it,
+        const unsigned char *p, size_t len)
+{
+  switch ((enum item_kind) it->kind) {
+  case ITEM_L1:
+    return handle_l1 (s, p);
+  case ITEM_L2:
+    return handle_l2 (s, p, it->guest);
+  case ITEM_DATA:
+    return write_guest (s, p, len, it->guest);
+  case ITEM_COMPRESSED:
+    if (sc_decompress (s->codec, p, len, s->cluster, s->h.cluster_size)
+        == -1) {
+      sc_error_prefix ("compressed cluster at host offset %" PRIu64,
+                       it->offset);
+      return -1;
+    }
+    return write_guest (s, s->cluster, s->h.cluster_size, it->guest);
+  }
+  return 0;
+}
+
+static const char *
+item_name (const struct item *it)
+{
+  switch ((enum item_kind) it->kind) {
+  case ITEM_L1: return "the L1 table";
+  case ITEM_L2: return "an L2 table";
+  case ITEM_DATA: return "a data cluster";
+  case ITEM_COMPRESSED: return "a compressed cluster";
+  }
+  return "a cluster";
+}
+
+/* The part of an item's bytes no other item may also claim: all of
+ * them, but for a compressed cluster, whose first and last sectors may
+ * hold the end of the one before and the start of the one after.
+ */
+static void
+item_cover (const struct item *it, uint64_t *start, uint64_t *end)
+{
+  *start = it->offset;
+  *end = it->offset + it->length;
+  if (it->kind == ITEM_COMPRESSED) {
+    *start = SC_ROUND_UP (it->offset, QCOW2_COMPRESSED_SECTOR);
+    *end = *end >= *start + QCOW2_COMPRESSED_SECTOR
+      ? *end - QCOW2_COMPRESSED_SECTOR : *start;
+  }
+}
+
+/* ---- the stream ----------------------------------------------------------- */
+
+static int
+read_chunk (struct stream_unpack *s)
+{
+  size_t got;
+
+  s->chunk_off += s->chunk_len;
+  s->chunk_len = 0;
+  if (sc_stream_read (s->src, s->chunk, CHUNK_SIZE, s->chunk_off, &got)
+      == -1)
+    return -1;
+  s->chunk_len = got;
+  if (got < CHUNK_SIZE) {
+    s->ended = true;
+    s->stream_len = s->chunk_off + got;
+  }
+  s->prog.done += got;
+  if (s->progress)
+    s->progress (&s->prog, s->progress_opaque);
+  return 0;
+}
+
+/* Hand the chunk's bytes to every item they belong to, then keep what
+ * no item covered.
+ */
+static int
+process_chunk (struct stream_unpack *s)
+{
+  uint64_t cend = s->chunk_off + s->chunk_len;
+
+  s->covered.len = 0;
+
+  /* Items begun in an earlier chunk. */
+  for (size_t i = 0; i < s->part_len;) {
+    struct partial *pt = &s->part[i];
+    uint64_t want = pt->it.length - pt->filled;
+    size_t n = (size_t) SC_MIN (want, (uint64_t) s->chunk_len);
+    uint64_t a, b;
+
+    memcpy (pt->buf + pt->filled, s->chunk, n);
+    pt->filled += (uint32_t) n;
+    item_cover (&pt->it, &a, &b);
+    if (ranges_add (&s->covered, SC_MAX (a, s->chunk_off),
+                    SC_MIN (b, cend)) == -1)
+      return -1;
+    if (pt->filled == pt->it.length) {
+      struct partial done = *pt;
+      int r;
+
+      s->part[i] = s->part[--s->part_len];
+      s->part_bytes -= done.it.length;
+      r = handle (s, &done.it, done.buf, done.filled);
+      free (done.buf);
+      if (r == -1)
+        return -1;
+      continue;
+    }
+    i++;
+  }
+
+  while (s->heap_len > 0 && s->heap[0].offset < cend) {
+    struct item it = heap_pop (s);
+    uint64_t a, b;
+
+    /* Pushed while an earlier chunk was in memory, but behind it: its
+     * bytes went by before anyone knew.
+     */
+    if (it.offset < s->chunk_off) {
+      if (grow ((void **) &s->late, &s->late_cap, s->late_len + 1,
+                sizeof *s->late, MAX_PENDING_ITEMS) == -1)
+        return -1;
+      s->late[s->late_len++] = it;
+      continue;
+    }
+    item_cover (&it, &a, &b);
+    if (ranges_add (&s->covered, a, SC_MIN (b, cend)) == -1)
+      return -1;
+    if (it.offset + it.length <= cend) {
+      if (handle (s, &it, s->chunk + (it.offset - s->chunk_off),
+                  it.length) == -1)
+        return -1;
+    }
+    else if (s->ended && it.kind == ITEM_COMPRESSED) {
+      /* The last compressed cluster's sectors may run past the end. */
+      if (handle (s, &it, s->chunk + (it.offset - s->chunk_off),
+                  (size_t) (cend - it.offset)) == -1)
+        return -1;
+    }
+    else if (s->ended) {
+      sc_set_error (EIO, "the stream ended at %" PRIu64 " bytes, inside "
+                    "%s at host offset %" PRIu64, s->stream_len,
+                    item_name (&it), it.offset);
+      return -1;
+    }
+    else {
+      struct partial pt = { it, NULL, 0 };
+
+      if (s->part_bytes + it.length > MAX_PARTIAL_BYTES) {
+        sc_set_error (EFBIG, "too many clusters run on past %" PRIu64
+                      " bytes of the stream", cend);
+        return -1;
+      }
+      pt.buf = malloc (it.length);
+      if (pt.buf == NULL) {
+        sc_set_error (errno, "out of memory");
+        return -1;
+      }
+      pt.filled = (uint32_t) (cend - it.offset);
+      memcpy (pt.buf, s->chunk + (it.offset - s->chunk_off), pt.filled);
+      if (grow ((void **) &s->part, &s->part_cap, s->part_len + 1,
+                sizeof *s->part, MAX_PENDING_ITEMS) == -1) {
+        free (pt.buf);
+        return -1;
+      }
+      s->part[s->part_len++] = pt;
+      s->part_bytes += it.length;
+    }
+  }
+
+  /* Keep what nothing covered, at its own offset. */
+  ranges_normalize (&s->covered);
+  {
+    uint64_t pos = s->chunk_off;
+
+    for (size_t i = 0; i <= s->covered.len; i++) {
+      uint64_t stop = i < s->covered.len
+        ? SC_MAX (s->covered.r[i].start, s->chunk_off) : cend;
+      if (stop > pos) {
+        const unsigned char *p = s->chunk + (pos - s->chunk_off);
+        size_t n = (size_t) (stop - pos);
+
+        /* Zeros need no keeping: the spill file reads them back. */
+        if (!sc_is_zero (p, n)
+            && sc_full_pwrite (s->spill_fd, p, n, pos) == -1) {
+          sc_error_prefix ("spill file");
+          return -1;
+        }
+        if (ranges_add (&s->spilled, pos, stop) == -1)
+          return -1;
+      }
+      if (i < s->covered.len && s->covered.r[i].end > pos)
+        pos = SC_MIN (s->covered.r[i].end, cend);
+    }
+  }
+  return 0;
+}
+
+/* After the end: items whose bytes went by before they were known. */
+static int
+serve_late (struct stream_unpack *s)
+{
+  unsigned char *buf = NULL;
+  size_t buf_len = 0;
+  int ret = -1;
+
+  ranges_normalize (&s->spilled);
+  while (s->late_len > 0 || s->heap_len > 0) {
+    struct item it;
+    uint64_t end;
+
+    if (s->late_len > 0)
+      it = s->late[--s->late_len];
+    else
+      it = heap_pop (s);
+    end = it.offset + it.length;
+    if (it.kind == ITEM_COMPRESSED && end > s->stream_len)
+      end = SC_MAX (it.offset, s->stream_len);
+    if (it.offset >= s->stream_len || end > s->stream_len) {
+      sc_set_error (EIO, "%s at host offset %" PRIu64 " lies past the "
+                    "end of the stream (%" PRIu64 " bytes)",
+                    item_name (&it), it.offset, s->stream_len);
+      goto out;
+    }
+    if (!ranges_contain (&s->spilled, it.offset, end)) {
+      sc_set_error (ENOTSUP, "%s at host offset %" PRIu64 " is needed "
+                    "after it went by, and was not kept: this image "
+                    "cannot be read from a stream (unpack it from a file)",
+                    item_name (&it), it.offset);
+      goto out;
+    }
+    if (end - it.offset > buf_len) {
+      unsigned char *nb = realloc (buf, (size_t) (end - it.offset));
+      if (nb == NULL) {
+        sc_set_error (errno, "out of memory");
+        goto out;
+      }
+      buf = nb;
+      buf_len = (size_t) (end - it.offset);
+    }
+    if (sc_full_pread (s->spill_fd, buf, (size_t) (end - it.offset),
+                       it.offset) == -1) {
+      sc_error_prefix ("spill file");
+      goto out;
+    }
+    /* Tables learnt here add more late items, or heap items whose
+     * offsets are all behind the end by now.
+     */
+    s->chunk_off = s->stream_len;
+    if (handle (s, &it, buf, (size_t) (end - it.offset)) == -1)
+      goto out;
+  }
+  ret = 0;
+ out:
+  free (buf);
+  return ret;
+}
+
+/* Make everything not written read as zeros, on a target that does not
+ * by itself.
+ */
+static int
+zero_the_rest (struct stream_unpack *s)
+{
+  uint64_t pos = 0;
+
+  if (s->forward)
+    return s->vsize > s->fwd_pos
+      ? s->dst->ops->zero (s->dst, s->vsize - s->fwd_pos, s->fwd_pos) : 0;
+  if (s->fresh)
+    return 0;
+  ranges_normalize (&s->written);
+  for (size_t i = 0; i <= s->written.len; i++) {
+    uint64_t stop = i < s->written.len ? s->written.r[i].start : s->vsize;
+    if (stop > pos && s->dst->ops->zero (s->dst, stop - pos, pos) == -1)
+      return -1;
+    if (i < s->written.len)
+      pos = s->written.r[i].end;
+  }
+  return 0;
+}
+
+/* The header cluster, parsed by the same code as for files: it is
+ * written to the spill file (where it belongs anyway) and read from
+ * there.
+ */
+static int
+read_header (struct stream_unpack *s)
+{
+  const unsigned char *p = s->chunk;
+  size_t n = SC_MIN (s->chunk_len, (size_t) MAX_CLUSTER_SIZE);
+
+  if (s->chunk_len < QCOW2_V2_HEADER_SIZE
+      || sc_get_be32 (p + QCOW2_HDR_MAGIC) != QCOW2_MAGIC) {
+    sc_set_error (EINVAL, "not a qcow2 image");
+    return -1;
+  }
+  if (sc_get_be64 (p + QCOW2_HDR_BACKING_OFFSET) != 0) {
+    sc_set_error (ENOTSUP, "an image with a backing file cannot be read "
+                  "from a stream");
+    return -1;
+  }
+  if (sc_full_pwrite (s->spill_fd, p, n, 0) == -1
+      || ftruncate (s->spill_fd, MAX_CLUSTER_SIZE) == -1) {
+    sc_error_prefix ("spill file");
+    return -1;
+  }
+  if (qcow2_header_read (s->spill_fd, QCOW2_MAX_HOST_OFFSET, true,
+                         &s->h) == -1)
+    return -1;
+  s->have_header = true;
+  if (s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
+    sc_set_error (ENOTSUP, "an image with an external data file cannot "
+                  "be read from a stream");
+    return -1;
+  }
+  if (s->h.cluster_size > CHUNK_SIZE) {
+    sc_set_error (EINVAL, "cluster size %" PRIu32 " is too large",
+                  s->h.cluster_size);
+    return -1;
+  }
+  s->vsize = s->h.size;
+  /* The header reader accepts only the types the codecs know, and
+   * they are numbered as in the header.
+   */
+  s->codec = (enum sc_codec) s->h.compression_type;
+  return 0;
+}
+
+int
+sc_qcow2_unpack_stream (struct sc_endpoint *src, const char *target,
+                        const struct sc_stream_unpack_opts *opts)
+{
+  struct stream_unpack s = {
+    .src = src, .name = src->name, .spill_fd = -1,
+    .progress = opts ? opts->progress : NULL,
+    .progress_opaque = opts ? opts->progress_opaque : NULL,
+  };
+  int ret = -1;
+
+  if (!(src->flags & SC_EP_STREAM)) {
+    sc_set_error (EINVAL, "%s: not a stream", src->name);
+    return -1;
+  }
+  s.chunk = malloc (CHUNK_SIZE);
+  if (s.chunk == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  s.spill_fd = sc_spill_open (target);
+  if (s.spill_fd == -1)
+    goto out;
+  if (read_chunk (&s) == -1)
+    goto out;
+  if (read_header (&s) == -1) {
+    sc_error_prefix ("%s", s.name);
+    goto out;
+  }
+  s.cluster = malloc (s.h.cluster_size);
+  s.l2_seen = calloc (s.h.l1_size ? s.h.l1_size : 1, sizeof *s.l2_seen);
+  if (s.cluster == NULL || s.l2_seen == NULL) {
+    sc_set_error (errno, "out of memory");
+    goto out;
+  }
+
+  s.dst = sc_file_open_target (target, s.vsize,
+                               opts ? opts->target_flags : 0);
+  if (s.dst == NULL) {
+    sc_error_prefix ("%s", target);
+    goto out;
+  }
+  s.forward = !(s.dst->flags & SC_EP_SEEKABLE);
+  s.fresh = (s.dst->flags & SC_EP_FRESH_ZEROS) != 0;
+
+  if (add_item (&s, s.h.l1_table_offset,
+                (uint64_t) s.h.l1_size * L1_ENTRY_SIZE, ITEM_L1, 0)
+      == -1)
+    goto err_image;
+  for (;;) {
+    if (process_chunk (&s) == -1)
+      goto err_image;
+    if (s.ended)
+      break;
+    if (read_chunk (&s) == -1)
+      goto out;
+  }
+  /* The last compressed clusters' sectors may run past the end. */
+  while (s.part_len > 0) {
+    struct partial pt = s.part[--s.part_len];
+    int r = -1;
+
+    if (pt.it.kind == ITEM_COMPRESSED)
+      r = handle (&s, &pt.it, pt.buf, pt.filled);
+    else
+      sc_set_error (EIO, "the stream ended at %" PRIu64 " bytes, inside "
+                    "%s at host offset %" PRIu64, s.stream_len,
+                    item_name (&pt.it), pt.it.offset);
+    free (pt.buf);
+    if (r == -1)
+      goto err_image;
+  }
+  /* Zeros were not written to the spill file: it must still read
+   * them back up to the end.
+   */
+  if (ftruncate (s.spill_fd, (off_t) s.stream_len) == -1) {
+    sc_set_error (errno, "spill file: %s", strerror (errno));
+    goto out;
+  }
+  if (serve_late (&s) == -1)
+    goto err_image;
+  if (zero_the_rest (&s) == -1 || sc_file_target_commit (s.dst) == -1) {
+    sc_error_prefix ("%s", target);
+    goto out;
+  }
+  ret = 0;
+  goto out;
+
+ err_image:
+  sc_error_prefix ("%s", s.name);
+ out:
+  if (s.dst) {
+    /* Closing an uncommitted target removes it; keep the first error. */
+    int saved_errno = sc_error_errno ();
+    CLEANUP_FREE char *saved = ret == 0 ? NULL : strdup (sc_error_message ());
+
+    if (sc_ep_close (s.dst) == -1 && ret == 0) {
+      sc_error_prefix ("%s", target);
+      ret = -1;
+    }
+    else if (ret == -1 && saved)
+      sc_set_error (saved_errno, "%s", saved);
+  }
+  for (size_t i = 0; i < s.part_len; i++)
+    free (s.part[i].buf);
+  free (s.part);
+  free (s.heap);
+  free (s.late);
+  free (s.covered.r);
+  free (s.spilled.r);
+  free (s.written.r);
+  free (s.chunk);
+  free (s.cluster);
+  free (s.l2_seen);
+  if (s.spill_fd >= 0)
+    close (s.spill_fd);
+  if (s.have_header)
+    qcow2_header_free (&s.h);
+  return ret;
+}

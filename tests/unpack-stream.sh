@@ -1,0 +1,164 @@
+#!/bin/bash
+# unpack from a pipe: the image is read once, front to back.  For every
+# kind of image (sparsecow's, qemu-img's, qemu-io's with data stored
+# before the tables that map it, e2image's), what comes out equals
+# qemu-img convert -O raw of the same image file.  Images that cannot be
+# streamed are refused with a message and leave nothing; damaged ones
+# never crash it, and when it does succeed on one that qemu-img also
+# reads, the two agree.
+. "$srcdir/functions.sh"
+requires qemu-img qemu-io cmp mkfifo timeout python3 jq
+
+MiB=$((1024 * 1024))
+cd "$tmp"
+
+# feed COMMAND...: its output, even if the reader stops early (a refused
+# image is not read to the end, and the writer must not fail for it).
+feed () { "$@" 2>/dev/null || :; }
+
+# judge IMAGE [pipe]: the stream unpack to a file (and with "pipe", to
+# a pipe: images whose data is stored in guest order) equals qemu-img's
+# conversion.
+judge () {
+  local img=$1
+  rm -f ref.raw out.raw piped.raw
+  qemu-img convert -f qcow2 -O raw "$img" ref.raw
+  cat "$img" | sparsecow unpack - out.raw || fail "$img: stream unpack failed"
+  cmp ref.raw out.raw || fail "$img: stream unpack differs from qemu-img"
+  # Sparse: all-zero clusters are not written (qemu-img finds zeros at
+  # a finer grain than 2 MiB clusters, hence the slack).
+  [ "$(stat -c %b out.raw)" -le $(( $(stat -c %b ref.raw) + 16384 )) ] ||
+    fail "$img: stream unpack is not sparse"
+  rm -f out.raw
+  if [ "${2:-}" = pipe ]; then
+    cat "$img" | sparsecow unpack - - | cmp ref.raw - ||
+      fail "$img: stream unpack to a pipe differs"
+  fi
+  rm -f ref.raw
+}
+
+# Sources: text, random data, zeros written out, holes, an odd tail.
+truncate -s $((40 * MiB)) src
+seq 1 300000 | dd of=src conv=notrunc status=none
+head -c $((3 * MiB)) /dev/urandom | dd of=src bs=1M seek=9 conv=notrunc status=none
+dd if=/dev/zero of=src bs=1M seek=15 count=2 conv=notrunc status=none
+head -c 77777 /dev/urandom | dd of=src bs=1 seek=$((40 * MiB - 77777)) \
+  conv=notrunc status=none
+
+# sparsecow's own images, every codec and several layouts.
+sparsecow pack src p.qcow2 && judge p.qcow2 pipe
+sparsecow pack -c src pd.qcow2 && judge pd.qcow2
+sparsecow pack -c zstd src pz.qcow2 && judge pz.qcow2
+sparsecow pack --cluster-size 512 -c src p512.qcow2 && judge p512.qcow2
+sparsecow pack --cluster-size 2M src p2m.qcow2 && judge p2m.qcow2 pipe
+sparsecow pack --compat 0.10 --refcount-bits 16 src pv2.qcow2 && judge pv2.qcow2 pipe
+
+# Compressed clusters share host clusters and uncompressed ones do not,
+# so an image of compressible data only is in guest order: it goes from
+# a pipe to a pipe.
+seq 1 2000000 >text
+sparsecow pack -c text pt.qcow2 && judge pt.qcow2 pipe
+
+# qemu-img's images.
+qemu-img convert -O qcow2 src q.qcow2 && judge q.qcow2 pipe
+qemu-img convert -c -O qcow2 src qc.qcow2 && judge qc.qcow2
+qemu-img convert -c -O qcow2 -o compression_type=zstd,cluster_size=4k \
+  src qz.qcow2 && judge qz.qcow2
+qemu-img convert -O qcow2 -o extended_l2=on,cluster_size=128k src qx.qcow2 &&
+  judge qx.qcow2
+qemu-img convert -O qcow2 -o preallocation=metadata src qm.qcow2 &&
+  judge qm.qcow2
+
+# qemu-io writes in guest order reversed: data is stored out of guest
+# order, which a file target takes but a pipe cannot.
+qemu-img create -q -f qcow2 rev.qcow2 64M
+for i in 7 6 5 4 3 2 1 0; do
+  qemu-io -c "write -P $((i + 1)) $((i * 8))M 1M" rev.qcow2 >/dev/null
+done
+qemu-io -c "write -z 3M 1M" -c "discard 5M 64k" rev.qcow2 >/dev/null
+judge rev.qcow2
+feed cat rev.qcow2 | expect_fail "not stored in guest order" sparsecow unpack - -
+
+# Data stored before the L2 table that maps it: a snapshot makes the
+# next writes copy the table to the end; deleting it frees the old
+# clusters, and the next data fills them, in front of its table.
+qemu-img create -q -f qcow2 late.qcow2 64M
+qemu-io -c "write -P 0x11 0 1M" late.qcow2 >/dev/null
+qemu-img snapshot -c s1 late.qcow2
+qemu-io -c "write -P 0x22 0 1M" late.qcow2 >/dev/null
+qemu-img snapshot -d s1 late.qcow2
+qemu-io -c "write -P 0x33 2M 1M" late.qcow2 >/dev/null
+python3 - late.qcow2 <<'EOF' || fail "late.qcow2 does not have data before its table"
+import struct, sys
+f = open(sys.argv[1], 'rb'); h = f.read(104)
+cbits = struct.unpack('>I', h[20:24])[0]
+l1_size, l1_off = struct.unpack('>IQ', h[36:48])
+f.seek(l1_off); l2_off = struct.unpack('>Q', f.read(8))[0] & 0x00fffffffffffe00
+f.seek(l2_off + (2 << 20 >> cbits) * 8)
+data = struct.unpack('>Q', f.read(8))[0] & 0x00fffffffffffe00
+sys.exit(0 if 0 < data < l2_off else 1)
+EOF
+judge late.qcow2
+
+# e2image -Q images of an ext4 file system.
+if command -v mke2fs >/dev/null && command -v e2image >/dev/null; then
+  mkdir tree
+  for i in $(seq 1 40); do head -c $((i * 5000)) /dev/urandom >tree/f$i; done
+  mke2fs -q -F -t ext4 -d tree fs.img 64M >/dev/null
+  e2image -Q fs.img e2.qcow2 && judge e2.qcow2
+  e2image -Q -a fs.img e2a.qcow2 && judge e2a.qcow2
+fi
+
+# A named pipe as the image, and progress without a total.
+mkfifo fifo
+cat pd.qcow2 >fifo &
+timeout 60 "$SPARSECOW" unpack --progress=json fifo fifo.raw >progress.json ||
+  fail "unpack from a FIFO failed"
+wait
+cmp src fifo.raw || fail "unpack from a FIFO differs"
+[ "$(tail -n 1 progress.json | jq .done)" = "$(stat -c %s pd.qcow2)" ] ||
+  fail "progress does not end at the image's length"
+
+# Refused, with nothing left behind.
+mkdir out
+qemu-img create -q -f qcow2 -b p.qcow2 -F qcow2 child.qcow2
+feed cat child.qcow2 | expect_fail "backing file" sparsecow unpack - out/x.raw
+qemu-img create -q -f qcow2 -o data_file=ext.raw ext.qcow2 1M
+feed cat ext.qcow2 | expect_fail "external data file" sparsecow unpack - out/x.raw
+feed head -c 1M src | expect_fail "not a qcow2 image" sparsecow unpack - out/x.raw
+: | expect_fail "not a qcow2 image" sparsecow unpack - out/x.raw
+feed head -c $(( $(stat -c %s p.qcow2) - 100000 )) p.qcow2 |
+  expect_fail "past the end|stream ended" sparsecow unpack - out/x.raw
+feed cat p.qcow2 | expect_fail "snapshot" sparsecow unpack --snapshot s1 - out/x.raw
+sparsecow unpack - out/x.raw <p.qcow2 2>err && fail "a redirected file is a stream"
+grep -q "needs a pipe" err || fail "redirected file: $(cat err)"
+[ -z "$(ls -A out)" ] || fail "refused unpacks left $(ls -A out)"
+
+# Damaged images: never a crash; when qemu-img reads one too, the same
+# bytes come out.
+python3 - "$tmp" <<'EOF'
+import random, sys, os
+random.seed(4242)
+base = {n: open(os.path.join(sys.argv[1], n), 'rb').read()
+        for n in ('p.qcow2', 'pd.qcow2', 'q.qcow2', 'late.qcow2')}
+for i in range(60):
+    name = random.choice(sorted(base))
+    b = bytearray(base[name])
+    # Hit the metadata: the first clusters hold header, refcounts, L1, L2.
+    for _ in range(random.randint(1, 8)):
+        pos = random.randrange(0, min(len(b), 8 * 65536))
+        b[pos] = random.randrange(256)
+    open(os.path.join(sys.argv[1], 'fz%03d.qcow2' % i), 'wb').write(b)
+EOF
+for f in fz*.qcow2; do
+  rc=0
+  feed cat "$f" | timeout 60 "$SPARSECOW" unpack - fz.raw 2>fz.err || rc=$?
+  if grep -q "AddressSanitizer\|runtime error" fz.err || [ $rc -gt 1 ]; then
+    cat fz.err >&2; fail "$f: crash, hang or sanitizer report (exit $rc)"
+  fi
+  if [ $rc = 0 ] &&
+     timeout 60 qemu-img convert -f qcow2 -O raw "$f" fz.ref 2>/dev/null; then
+    cmp fz.ref fz.raw || fail "$f: stream unpack and qemu-img disagree"
+  fi
+  rm -f fz.raw fz.ref "$f"
+done
