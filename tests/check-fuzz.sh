@@ -2,7 +2,10 @@
 # sparsecow check on hostile images: 200 single-byte corruptions of the
 # metadata clusters of a small image (a deterministic sequence).  Every
 # run must end with an exit code of check (0..3), within 10 seconds,
-# without a crash or a sanitizer report.
+# without a crash or a sanitizer report.  Then 100 corruptions of the
+# header, the table pointers and the snapshot table, where qemu-img
+# check is the oracle: the same exit code and the same numbers of
+# corruptions and leaks, or a message where qemu cannot open the image.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 requires qemu-img qemu-io od dd timeout
 
@@ -10,6 +13,17 @@ cd "$tmp"
 
 be64 () { od -An -tu8 --endian=big -j "$2" -N 8 "$1" | tr -d ' '; }
 be32 () { od -An -tu4 --endian=big -j "$2" -N 4 "$1" | tr -d ' '; }
+put_bytes () {                  # FILE OFFSET HEXDIGITS
+  printf "$(echo "$3" | sed 's/../\\x&/g')" |
+    dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
+# A JSON number field of qemu-img check --output=json (or ours); qemu
+# leaves out "corruptions" and "leaks" when they are zero.
+jfield () {
+  local v
+  v=$(sed -n "s/^ *\"$2\": \([0-9]*\),\{0,1\}\$/\1/p" "$1")
+  echo "${v:-0}"
+}
 OFFSET_MASK=$(( 0x00fffffffffffe00 ))
 
 # Small clusters so that the image has several L2 tables, refcounts of
@@ -47,7 +61,8 @@ dir=$(be64 $img $(( ext + 8 + 16 )))
 meta+=("$dir" "$(be64 $img "$dir")")
 [ ${#meta[@]} -ge 10 ] || fail "expected more metadata clusters: ${meta[*]}"
 
-RANDOM=20261123
+# CHECK_FUZZ_SEED picks another deterministic sequence.
+RANDOM=${CHECK_FUZZ_SEED:-20261123}
 codes=(0 0 0 0)
 for ((n = 0; n < 200; n++)); do
   c=${meta[RANDOM % ${#meta[@]}]}
@@ -76,3 +91,63 @@ done
 echo "200 corrupted images checked; exit codes 0/1/2/3: ${codes[*]}"
 # The damage must have been found often, or the test tests nothing.
 [ $(( codes[2] + codes[3] )) -ge 50 ] || fail "too few problems found"
+
+# ---- The header, the table pointers and the snapshot table against
+# qemu-img check.  Half of the corruptions are a byte, half a whole
+# 64-bit field (an offset or a count) with a random value of one of a
+# few magnitudes, so that tables land in, just past and far past the
+# end of the file.
+keep () {
+  cp fuzz.qcow2 "${TMPDIR:-/var/tmp}/sparsecow-check-fuzz-failure.qcow2"
+  fail "$* (image kept in" \
+       "${TMPDIR:-/var/tmp}/sparsecow-check-fuzz-failure.qcow2)"
+}
+regions=("0 104" "$st 64" "$rt 64" "$l1 64")
+qcodes=(0 0 0 0)
+for ((n = 0; n < 100; n++)); do
+  r=(${regions[RANDOM % ${#regions[@]}]})
+  off=$(( r[0] + RANDOM % r[1] ))
+  cp $img fuzz.qcow2
+  if (( RANDOM % 2 )); then
+    put_bytes fuzz.qcow2 $off "$(printf %02x $(( RANDOM % 256 )))"
+  else
+    v=$(( (RANDOM << 48) ^ (RANDOM << 33) ^ (RANDOM << 18) ^ RANDOM ))
+    case $(( RANDOM % 4 )) in
+    0) v=$(( v & 0xffff ));;
+    1) v=$(( v & 0xfffff000 ));;
+    2) v=$(( v & 0xfffffff000 ));;
+    esac
+    off=$(( off / 8 * 8 ))
+    put_bytes fuzz.qcow2 $off "$(printf %016x $v)"
+  fi
+  qrc=0; src=0
+  timeout 20 qemu-img check --output=json fuzz.qcow2 >q.json 2>q.err ||
+    qrc=$?
+  timeout 10 "$SPARSECOW" check --json fuzz.qcow2 >s.json 2>s.err || src=$?
+  what="corruption $n at offset $off"
+  if grep -q "AddressSanitizer\|runtime error\|Segmentation\|Aborted" s.err
+  then
+    cat s.err >&2; keep "$what: crash or sanitizer report"
+  fi
+  case $qrc in
+  0|2|3)
+    [ "$src" = "$qrc" ] || {
+      head -5 q.err s.err >&2; keep "$what: qemu-img check $qrc, ours $src"; }
+    for f in corruptions leaks; do
+      [ "$(jfield q.json $f)" = "$(jfield s.json $f)" ] ||
+        keep "$what: $f: qemu $(jfield q.json $f), ours $(jfield s.json $f)"
+    done
+    qcodes[qrc]=$(( qcodes[qrc] + 1 ))
+    ;;
+  1|63)                         # 63: not a qcow2 image for qemu
+    [ "$src" = 1 ] && [ -s s.err ] ||
+      keep "$what: qemu-img check cannot check it, ours exited $src"
+    qcodes[1]=$(( qcodes[1] + 1 ))
+    ;;
+  *) keep "$what: qemu-img check exited $qrc";;
+  esac
+done
+echo "100 damaged headers and tables compared with qemu-img check;" \
+     "its exit codes 0/1/2/3: ${qcodes[*]}"
+[ $(( qcodes[2] + qcodes[3] )) -ge 20 ] && [ "${qcodes[1]}" -ge 10 ] ||
+  fail "too few images that qemu-img check finds damaged or refuses"
