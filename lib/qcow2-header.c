@@ -66,15 +66,15 @@ check_table (const char *what, uint64_t offset, uint64_t bytes,
   return 0;
 }
 
-/* The checker's view of a table, which is qemu's when it opens an
- * image for checking: it must be aligned and addressable, and when it
- * is read at open time (read_now), the whole read must be one qemu's
- * block layer can do.  Where it lies in the file is the checker's
- * business (past the end it reads as zeros).
+/* The checker's view of the L1 or refcount table, which is qemu's
+ * when it opens an image for checking: it must be aligned, and qemu
+ * reads it at once, so the read must be one qemu's block layer can do.
+ * Where it lies in the file is the checker's business (past the end it
+ * reads as zeros).
  */
 static int
 check_table_for_check (const char *what, uint64_t offset, uint64_t bytes,
-                       bool read_now, uint32_t cluster_size)
+                       uint32_t cluster_size)
 {
   uint64_t end;
 
@@ -84,7 +84,7 @@ check_table_for_check (const char *what, uint64_t offset, uint64_t bytes,
     return -1;
   }
   if (SC_ADD_OVERFLOW (offset, bytes, &end) || end > INT64_MAX
-      || (read_now && bytes > 0 && end > QCOW2_MAX_IO_END)) {
+      || (bytes > 0 && end > QCOW2_MAX_IO_END)) {
     sc_set_error (EINVAL, "%s (offset 0x%" PRIx64 ", %" PRIu64 " bytes) "
                   "cannot be read: it ends past the largest file offset "
                   "qemu can read", what, offset, bytes);
@@ -523,7 +523,7 @@ header_read (int fd, uint64_t file_size, enum header_mode mode,
   if (for_check) {
     if (check_table_for_check ("L1 table", h->l1_table_offset,
                                (uint64_t) h->l1_size * sizeof (uint64_t),
-                               true, h->cluster_size) == -1)
+                               h->cluster_size) == -1)
       goto err;
   }
   else if (h->l1_size > 0
@@ -545,8 +545,7 @@ header_read (int fd, uint64_t file_size, enum header_mode mode,
      */
     if (check_table_for_check ("refcount table", h->refcount_table_offset,
                                (uint64_t) h->refcount_table_clusters
-                               * h->cluster_size, true,
-                               h->cluster_size) == -1)
+                               * h->cluster_size, h->cluster_size) == -1)
       goto err;
     /* The snapshot table is the checker's to validate: qemu reports
      * most damage there as corruptions.

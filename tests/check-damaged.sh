@@ -238,6 +238,11 @@ f=$(damage rt-unreadable); put_be64 $f 48 "$MAX_IO_END"
 compare $f 1
 f=$(damage rt-invalid); put_be64 $f 48 $(( (1 << 63) - cs ))
 compare $f 1
+# A refcount block just below and at the limit of what qemu can read.
+f=$(damage rb-limit); put_be64 $f "$rt" $(( MAX_IO_END - cs ))
+compare $f 2
+f=$(damage rb-unreadable); put_be64 $f "$rt" "$MAX_IO_END"
+compare $f 1
 reader_refuses rt-next.qcow2
 reader_refuses rt-none.qcow2
 
