@@ -42,6 +42,8 @@
 #define L2_STD_ENTRY_SIZE 8
 /* Partly read items hold at most this much between chunks. */
 #define MAX_PARTIAL_BYTES (256U * 1024 * 1024)
+/* Data held back for a forward-only target, at most. */
+#define MAX_HELD_BYTES (256U * 1024 * 1024)
 /* Extended L2 entries: allocation bits low, zero bits high. */
 #define EXTL2_ALLOC_SHIFT 0
 #define EXTL2_ZERO_SHIFT 32
@@ -57,7 +59,26 @@ struct item {
   uint64_t offset;              /* host offset of the bytes */
   uint64_t guest;               /* data: guest offset; L2: its L1 index */
   uint32_t length;              /* bytes */
-  uint32_t kind;
+  uint16_t kind;
+  uint64_t id;                  /* for the guest-order queue */
+};
+
+/* For a forward-only target: the lowest guest offset an item still to
+ * come may write, kept as a min-heap of keys with items marked done
+ * instead of removed.
+ */
+struct gkey {
+  uint64_t key;
+  uint64_t id;
+};
+
+/* Data that arrived before data with lower guest offsets, held until
+ * everything before it is written.
+ */
+struct held {
+  uint64_t guest;
+  size_t len;
+  unsigned char *buf;
 };
 
 /* An item whose bytes run on past the chunk in memory. */
@@ -116,6 +137,14 @@ struct stream_unpack {
    */
   bool forward;
   uint64_t fwd_pos;
+  struct gkey *gheap;
+  size_t gheap_len, gheap_cap;
+  uint64_t next_id;
+  unsigned char *done;          /* bit per item id: handled */
+  size_t done_cap;              /* bytes */
+  struct held *held;            /* min-heap on guest */
+  size_t held_len, held_cap;
+  uint64_t held_bytes;
   unsigned char *cluster;       /* one decompressed cluster */
   bool *l2_seen;                /* per L1 index: table already listed */
 
@@ -259,6 +288,173 @@ heap_pop (struct stream_unpack *s)
   return top;
 }
 
+/* ---- guest order, for a forward-only target ------------------------------ */
+
+static bool
+item_done (const struct stream_unpack *s, uint64_t id)
+{
+  return id / 8 < s->done_cap && (s->done[id / 8] >> (id % 8)) & 1;
+}
+
+/* The bitmap covers every id pushed on the guest heap (which grows it). */
+static void
+mark_done (struct stream_unpack *s, uint64_t id)
+{
+  if (s->forward && id / 8 < s->done_cap)
+    s->done[id / 8] |= (unsigned char) (1U << (id % 8));
+}
+
+static int
+gheap_push (struct stream_unpack *s, uint64_t key, uint64_t id)
+{
+  size_t i;
+
+  if (grow ((void **) &s->gheap, &s->gheap_cap, s->gheap_len + 1,
+            sizeof *s->gheap, MAX_PENDING_ITEMS) == -1)
+    return -1;
+  /* The bitmap grows with the ids (it is zeroed as it grows). */
+  if (id / 8 >= s->done_cap) {
+    size_t old = s->done_cap;
+    if (grow ((void **) &s->done, &s->done_cap, (size_t) (id / 8 + 1), 1,
+              MAX_PENDING_ITEMS) == -1)
+      return -1;
+    memset (s->done + old, 0, s->done_cap - old);
+  }
+  i = s->gheap_len++;
+  s->gheap[i] = (struct gkey) { key, id };
+  while (i > 0 && s->gheap[(i - 1) / 2].key > s->gheap[i].key) {
+    struct gkey t = s->gheap[(i - 1) / 2];
+    s->gheap[(i - 1) / 2] = s->gheap[i];
+    s->gheap[i] = t;
+    i = (i - 1) / 2;
+  }
+  return 0;
+}
+
+/* The lowest guest offset that an item not yet handled may write. */
+static uint64_t
+guest_floor (struct stream_unpack *s)
+{
+  while (s->gheap_len > 0 && item_done (s, s->gheap[0].id)) {
+    size_t i = 0;
+
+    s->gheap[0] = s->gheap[--s->gheap_len];
+    for (;;) {
+      size_t l = 2 * i + 1, r = l + 1, m = i;
+      if (l < s->gheap_len && s->gheap[l].key < s->gheap[m].key)
+        m = l;
+      if (r < s->gheap_len && s->gheap[r].key < s->gheap[m].key)
+        m = r;
+      if (m == i)
+        break;
+      struct gkey t = s->gheap[m];
+      s->gheap[m] = s->gheap[i];
+      s->gheap[i] = t;
+      i = m;
+    }
+  }
+  return s->gheap_len > 0 ? s->gheap[0].key : UINT64_MAX;
+}
+
+static void
+held_swap (struct held *a, struct held *b)
+{
+  struct held t = *a;
+  *a = *b;
+  *b = t;
+}
+
+static int
+held_push (struct stream_unpack *s, const void *buf, size_t len,
+           uint64_t guest)
+{
+  struct held hd = { guest, len, NULL };
+  size_t i;
+
+  if (s->held_bytes + len > MAX_HELD_BYTES) {
+    sc_set_error (EFBIG, "more than %u MiB of the image's data arrived "
+                  "before data it must follow, so it cannot go from a pipe "
+                  "to a pipe: unpack to a file",
+                  MAX_HELD_BYTES / (1024 * 1024));
+    return -1;
+  }
+  if (grow ((void **) &s->held, &s->held_cap, s->held_len + 1,
+            sizeof *s->held, MAX_PENDING_ITEMS) == -1)
+    return -1;
+  hd.buf = malloc (len);
+  if (hd.buf == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  memcpy (hd.buf, buf, len);
+  s->held_bytes += len;
+  i = s->held_len++;
+  s->held[i] = hd;
+  while (i > 0 && s->held[(i - 1) / 2].guest > s->held[i].guest) {
+    held_swap (&s->held[(i - 1) / 2], &s->held[i]);
+    i = (i - 1) / 2;
+  }
+  return 0;
+}
+
+static struct held
+held_pop (struct stream_unpack *s)
+{
+  struct held top = s->held[0];
+  size_t i = 0;
+
+  s->held[0] = s->held[--s->held_len];
+  for (;;) {
+    size_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < s->held_len && s->held[l].guest < s->held[m].guest)
+      m = l;
+    if (r < s->held_len && s->held[r].guest < s->held[m].guest)
+      m = r;
+    if (m == i)
+      break;
+    held_swap (&s->held[m], &s->held[i]);
+    i = m;
+  }
+  s->held_bytes -= top.len;
+  return top;
+}
+
+/* Write len bytes at guest, in order, filling the gap before it. */
+static int
+forward_write (struct stream_unpack *s, const void *buf, size_t len,
+               uint64_t guest)
+{
+  if (guest < s->fwd_pos) {
+    sc_set_error (EINVAL, "guest offset %" PRIu64 " is written twice",
+                  guest);
+    return -1;
+  }
+  if (guest > s->fwd_pos
+      && s->dst->ops->zero (s->dst, guest - s->fwd_pos, s->fwd_pos) == -1)
+    return -1;
+  s->fwd_pos = guest + len;
+  return sc_ep_pwrite (s->dst, buf, len, guest);
+}
+
+/* Write out what is held, as far as nothing still to come can go
+ * before it.
+ */
+static int
+release_held (struct stream_unpack *s)
+{
+  uint64_t floor = guest_floor (s);
+
+  while (s->held_len > 0 && s->held[0].guest <= floor) {
+    struct held hd = held_pop (s);
+    int r = forward_write (s, hd.buf, hd.len, hd.guest);
+
+    free (hd.buf);
+    if (r == -1)
+      return -1;
+  }
+  return 0;
+}
+
 /* ---- what the items mean -------------------------------------------------- */
 
 /* A new item: served from the chunk if its bytes are still to come or
@@ -268,7 +464,8 @@ static int
 add_item (struct stream_unpack *s, uint64_t offset, uint64_t length,
           enum item_kind kind, uint64_t guest)
 {
-  struct item it = { offset, guest, (uint32_t) length, kind };
+  struct item it = { offset, guest, (uint32_t) length, (uint16_t) kind,
+                     s->next_id };
   uint64_t end;
 
   if (length == 0)
@@ -278,6 +475,17 @@ add_item (struct stream_unpack *s, uint64_t offset, uint64_t length,
                   " lies beyond any possible image", offset);
     return -1;
   }
+  if (s->forward) {
+    /* Where the item may write: its guest offset, or for a table the
+     * start of what it maps.
+     */
+    uint64_t key = kind == ITEM_L1 ? 0
+      : kind == ITEM_L2 ? (guest * s->h.l2_entries) << s->h.cluster_bits
+      : guest;
+    if (gheap_push (s, key, it.id) == -1)
+      return -1;
+  }
+  s->next_id++;
   if (offset < s->chunk_off) {
     if (grow ((void **) &s->late, &s->late_cap, s->late_len + 1,
               sizeof *s->late, MAX_PENDING_ITEMS) == -1)
@@ -296,18 +504,12 @@ write_guest (struct stream_unpack *s, const void *buf, size_t len,
     return 0;
   len = (size_t) SC_MIN ((uint64_t) len, s->vsize - guest);
   if (s->forward) {
-    if (guest < s->fwd_pos) {
-      sc_set_error (ENOTSUP, "the image's data is not stored in guest "
-                    "order (guest offset %" PRIu64 " comes after %" PRIu64
-                    "), so it cannot go from a pipe to a pipe: unpack to "
-                    "a file", guest, s->fwd_pos);
+    /* In order if nothing still to come goes before it; else held. */
+    if (s->held_len == 0 && guest <= guest_floor (s))
+      return forward_write (s, buf, len, guest);
+    if (held_push (s, buf, len, guest) == -1)
       return -1;
-    }
-    if (guest > s->fwd_pos
-        && s->dst->ops->zero (s->dst, guest - s->fwd_pos, s->fwd_pos) == -1)
-      return -1;
-    s->fwd_pos = guest + len;
-    return sc_ep_pwrite (s->dst, buf, len, guest);
+    return release_held (s);
   }
   if (s->fresh && sc_is_zero (buf, len))
     return 0;
@@ -427,6 +629,8 @@ static int
 handle (struct stream_unpack *s, const struct item *it,
         const unsigned char *p, size_t len)
 {
+  /* Done before its writes, which may then go out at once. */
+  mark_done (s, it->id);
   switch ((enum item_kind) it->kind) {
   case ITEM_L1:
     return handle_l1 (s, p);
@@ -690,9 +894,13 @@ zero_the_rest (struct stream_unpack *s)
 {
   uint64_t pos = 0;
 
-  if (s->forward)
+  if (s->forward) {
+    /* Every item is done: everything held goes out. */
+    if (release_held (s) == -1)
+      return -1;
     return s->vsize > s->fwd_pos
       ? s->dst->ops->zero (s->dst, s->vsize - s->fwd_pos, s->fwd_pos) : 0;
+  }
   if (s->fresh)
     return 0;
   ranges_normalize (&s->written);
@@ -858,6 +1066,11 @@ sc_qcow2_unpack_stream (struct sc_endpoint *src, const char *target,
   }
   for (size_t i = 0; i < s.part_len; i++)
     free (s.part[i].buf);
+  for (size_t i = 0; i < s.held_len; i++)
+    free (s.held[i].buf);
+  free (s.held);
+  free (s.gheap);
+  free (s.done);
   free (s.part);
   free (s.heap);
   free (s.late);
