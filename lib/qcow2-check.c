@@ -11,10 +11,17 @@
  * the end is one corruption.  The COPIED flags of the active layer are
  * checked as qemu checks them (a mismatch is a corruption).
  *
+ * Work: what several L1 tables share (snapshots may all use one table,
+ * or overlapping ones) is read once and counted once per table, L2
+ * tables are read once per batch of L1 entries however many entries
+ * point at them, and holes of a sparse file are not read at all, so
+ * the time follows the metadata in the file, not the number of
+ * snapshots or the apparent size of the file.
+ *
  * Memory: one counter per host cluster of the file (capped before it
  * is allocated), the refcount table (capped by the header reader), one
- * L2 table, one refcount block, a bounded piece of an L1 table, and a
- * small record per snapshot.
+ * L2 table, one refcount block, a bounded piece of an L1 table, a
+ * bounded batch of L2 table uses, and a small record per snapshot.
  */
 #include <config.h>
 
@@ -41,13 +48,19 @@
 #define CRYPT_METHOD_LUKS        2
 #define CRYPT_METHOD_MAX         2
 
-/* Work budget, in table entries visited: a hostile image can make
- * every L1 entry of every snapshot point at the same big L2 table.
- * Real images visit each L2 table once per L1 table that references
- * it, which is far below this; past it the check gives up.
+/* Work budget, in table entries visited.  Shared tables are visited
+ * once, so real images stay far below this; it remains as a last
+ * line of defence against what the sharing does not catch (such as
+ * many L2 tables at overlapping offsets).  Past it the check gives up.
  */
 #define CHECK_WORK_BASE          (UINT64_C (1) << 30)
 #define CHECK_WORK_PER_BYTE      8
+/* L2 tables are gathered in batches of this many uses, and each table
+ * is read once per batch, however many L1 entries point at it.  A
+ * batch takes 6 MiB, and the largest L2 table (2 MiB clusters) has
+ * fewer entries than a batch, so the L2 work stays below the L1 work.
+ */
+#define CHECK_L2_BATCH           (1U << 18)
 
 #define L1E_SIZE                 8
 #define RTE_SIZE                 8
@@ -111,6 +124,29 @@ struct snapshot {
   char name[SNAPSHOT_LABEL_LEN];
 };
 
+/* A range of units (L1 entries, or clusters) that some L1 tables
+ * cover: uses tables in all, active of them the active layer's.
+ */
+struct span {
+  uint64_t start, end;
+  uint64_t uses, active;
+};
+
+/* Where the number of tables over a unit changes. */
+struct span_event {
+  uint64_t pos;
+  uint64_t uses, active;
+  bool end;
+};
+
+/* One L2 table that L1 entries point at: by uses entries in all,
+ * active of them in the active layer.
+ */
+struct l2_use {
+  uint64_t offset;
+  uint64_t uses, active;
+};
+
 struct checker {
   int fd;
   uint64_t file_size;
@@ -138,6 +174,8 @@ struct checker {
 
   unsigned char *l2;            /* one L2 table (a cluster) */
   uint64_t *chunk;              /* a piece of an L1 or bitmap table */
+  struct l2_use *l2_uses;       /* a batch of L2 tables to visit */
+  size_t nb_l2_uses;
 
   struct snapshot *snapshots;
   uint64_t snapshots_size;      /* bytes of the snapshot table */
@@ -259,50 +297,80 @@ disk_refcount (struct checker *ck, uint64_t cluster, uint64_t *rc)
   return 0;
 }
 
-/* Count one reference to every cluster that [offset, offset+size)
- * touches; what names the structure for messages.
+/* Count uses references to host cluster k, as if each came on its
+ * own: a counter stops at the highest refcount the image can record,
+ * and every reference beyond that is a corruption.  The counters only
+ * grow, so the totals do not depend on the order of the references.
+ */
+static void
+count_cluster (struct checker *ck, const char *what, uint64_t k,
+               uint64_t uses)
+{
+  uint64_t room;
+
+  /* k < file clusters + 1, for which the counters were allocated. */
+  if (k >= ck->nb_counts)
+    ck->nb_counts = k + 1;
+  room = ck->count_limit - SC_MIN ((uint64_t) ck->counts[k],
+                                   ck->count_limit);
+  if (uses > room) {
+    ck->res->corruptions += uses - room;
+    check_message (ck, "ERROR: overflow cluster offset=0x%" PRIx64
+                   " (%s: more references than refcount_bits=%" PRIu32
+                   " can count)", k << ck->h.cluster_bits, what,
+                   ck->h.refcount_bits);
+    uses = room;
+  }
+  ck->counts[k] += uses;
+}
+
+/* Is [offset, offset+size) close enough to the file to be counted?
  *
  * The last cluster of an image may be only partly in the file (qemu
  * does not pad the end of a compressed cluster), so a range may run
  * past the end by less than a cluster.  Anything further out cannot be
- * in the image: like qemu, that is one corruption for the whole range,
- * and nothing is counted.  So the counters never need to cover more
- * than one cluster past the end of the file.
+ * in the image: like qemu, that is one corruption per reference for
+ * the whole range, and nothing is counted.  So the counters never need
+ * to cover more than one cluster past the end of the file.
  */
+static bool
+in_image (struct checker *ck, const char *what, uint64_t offset,
+          uint64_t size, uint64_t uses)
+{
+  uint64_t end;
+
+  if (!SC_ADD_OVERFLOW (offset, size, &end) && end < ck->file_size + ck->cs)
+    return true;
+  ck->res->corruptions += uses;
+  check_message (ck, "ERROR: %s at offset 0x%" PRIx64 " (size 0x%" PRIx64
+                 ") is outside the image: it exceeds the end of the file "
+                 "(%" PRIu64 " bytes) by one cluster or more", what,
+                 offset, size, ck->file_size);
+  return false;
+}
+
+/* Count uses references to every cluster that [offset, offset+size)
+ * touches; what names the structure for messages.
+ */
+static int
+add_refs_n (struct checker *ck, const char *what, uint64_t offset,
+            uint64_t size, uint64_t uses)
+{
+  uint64_t last;
+
+  if (size == 0 || !in_image (ck, what, offset, size, uses))
+    return 0;
+  last = (offset + size - 1) >> ck->h.cluster_bits;
+  for (uint64_t k = offset >> ck->h.cluster_bits; k <= last; k++)
+    count_cluster (ck, what, k, uses);
+  return 0;
+}
+
 static int
 add_refs (struct checker *ck, const char *what, uint64_t offset,
           uint64_t size)
 {
-  uint64_t first, last, end;
-
-  if (size == 0)
-    return 0;
-  if (SC_ADD_OVERFLOW (offset, size, &end)
-      || end >= ck->file_size + ck->cs) {
-    ck->res->corruptions++;
-    check_message (ck, "ERROR: %s at offset 0x%" PRIx64 " (size 0x%" PRIx64
-                   ") is outside the image: it exceeds the end of the file "
-                   "(%" PRIu64 " bytes) by one cluster or more", what,
-                   offset, size, ck->file_size);
-    return 0;
-  }
-  first = offset >> ck->h.cluster_bits;
-  last = (end - 1) >> ck->h.cluster_bits;
-  for (uint64_t k = first; k <= last; k++) {
-    /* k < file clusters + 1, for which the counters were allocated. */
-    if (k >= ck->nb_counts)
-      ck->nb_counts = k + 1;
-    if (ck->counts[k] >= ck->count_limit) {
-      ck->res->corruptions++;
-      check_message (ck, "ERROR: overflow cluster offset=0x%" PRIx64
-                     " (%s: more references than refcount_bits=%" PRIu32
-                     " can count)", k << ck->h.cluster_bits, what,
-                     ck->h.refcount_bits);
-      continue;
-    }
-    ck->counts[k]++;
-  }
-  return 0;
+  return add_refs_n (ck, what, offset, size, 1);
 }
 
 /* Account for visiting units table entries; fails past the budget. */
@@ -358,19 +426,42 @@ l2_get (const struct checker *ck, uint64_t i, uint64_t *e, uint64_t *bitmap)
   *bitmap = ck->extl2 ? sc_get_be64 (p + 8) : 0;
 }
 
-/* Count everything one L2 table references.  frag: also gather the
- * allocation statistics (active layer only, as qemu does).
+/* The first byte at or after offset (inside the file) that may hold
+ * data: the holes of a sparse file read as zeros, and a table entry of
+ * zeros references nothing, so holes need not be read.  Where the file
+ * system cannot tell, everything is data.
+ */
+static uint64_t
+next_data (struct checker *ck, uint64_t offset)
+{
+  off_t r;
+
+  if (offset >= ck->file_size)
+    return ck->file_size;
+  r = lseek (ck->fd, (off_t) offset, SEEK_DATA);
+  if (r == -1)
+    return errno == ENXIO ? ck->file_size : offset;
+  return SC_MAX ((uint64_t) r, offset);
+}
+
+/* Count everything one L2 table references, for uses L1 entries that
+ * point at it: each of them would find (and count) the same.  The
+ * allocation statistics are gathered for the active layer only, as
+ * qemu does, so once for each of its active entries.
  */
 static int
-check_l2 (struct checker *ck, uint64_t l2_offset, bool frag)
+check_l2 (struct checker *ck, uint64_t l2_offset, uint64_t uses,
+          uint64_t active)
 {
   struct sc_check_result *res = ck->res;
   uint64_t next_contiguous = 0;
 
-  /* An L2 table past the end of the file reads as zeros: nothing in it
-   * is allocated.
+  /* An L2 table past the end of the file, or in a hole of it, reads as
+   * zeros: nothing in it is allocated.
    */
-  if (l2_offset >= ck->file_size)
+  if (l2_offset >= ck->file_size
+      || next_data (ck, l2_offset) >= SC_MIN (ck->file_size,
+                                              l2_offset + ck->cs))
     return spend (ck, 1);
   if (spend (ck, ck->h.l2_entries) == -1
       || read_at (ck, ck->l2, ck->cs, l2_offset) == -1)
@@ -385,7 +476,7 @@ check_l2 (struct checker *ck, uint64_t l2_offset, bool frag)
 
     if (type != QCOW2_CLUSTER_COMPRESSED
         && (e & QCOW2_L2E_STD_RESERVED_MASK)) {
-      res->corruptions++;
+      res->corruptions += uses;
       check_message (ck, "ERROR found l2 entry with reserved bits set: "
                      "%" PRIx64 " (L2 table at 0x%" PRIx64 ", index %"
                      PRIu64 ")", e, l2_offset, i);
@@ -394,42 +485,40 @@ check_l2 (struct checker *ck, uint64_t l2_offset, bool frag)
     switch (type) {
     case QCOW2_CLUSTER_COMPRESSED:
       if (e & QCOW2_OFLAG_COPIED) {
-        res->corruptions++;
+        res->corruptions += uses;
         e &= ~QCOW2_OFLAG_COPIED;
         check_message (ck, "ERROR: compressed cluster entry %" PRIx64
                        " has the copied flag set", e);
       }
       if (ck->has_data_file) {
-        res->corruptions++;
+        res->corruptions += uses;
         check_message (ck, "ERROR compressed cluster %" PRIu64 " with data "
                        "file, entry=0x%" PRIx64, i, e);
         break;
       }
       if (bitmap) {
-        res->corruptions++;
+        res->corruptions += uses;
         check_message (ck, "ERROR compressed cluster %" PRIu64 " with "
                        "non-zero subcluster allocation bitmap, entry=0x%"
                        PRIx64, i, e);
         break;
       }
       qcow2_compressed_descriptor (&ck->h, e, &offset, &nbytes);
-      if (add_refs (ck, "compressed cluster", offset, nbytes) == -1)
+      if (add_refs_n (ck, "compressed cluster", offset, nbytes, uses) == -1)
         return -1;
-      if (frag) {
-        /* Compressed clusters share sectors, so they always count as
-         * fragmented.
-         */
-        res->allocated_clusters++;
-        res->compressed_clusters++;
-        res->fragmented_clusters++;
-      }
+      /* Compressed clusters share sectors, so they always count as
+       * fragmented.
+       */
+      res->allocated_clusters += active;
+      res->compressed_clusters += active;
+      res->fragmented_clusters += active;
       break;
 
     case QCOW2_CLUSTER_ZERO_ALLOC:
     case QCOW2_CLUSTER_NORMAL:
       offset = e & QCOW2_L2E_OFFSET_MASK;
       if ((bitmap >> QCOW2_SUBCLUSTERS) & bitmap) {
-        res->corruptions++;
+        res->corruptions += uses;
         check_message (ck, "ERROR offset=%" PRIx64 ": Allocated cluster has "
                        "corrupted subcluster allocation bitmap", offset);
       }
@@ -437,19 +526,17 @@ check_l2 (struct checker *ck, uint64_t l2_offset, bool frag)
         bool data = ck->extl2 ? (bitmap & L2_BITMAP_ALL_ALLOC) != 0
           : !(e & QCOW2_OFLAG_ZERO);
 
-        res->corruptions++;
+        res->corruptions += uses;
         check_message (ck, "ERROR offset=%" PRIx64 ": %s cluster is not "
                        "properly aligned; L2 entry corrupted.", offset,
                        data ? "Data" : "Preallocated");
       }
-      if (frag) {
-        res->allocated_clusters++;
-        if (next_contiguous && offset != next_contiguous)
-          res->fragmented_clusters++;
-        next_contiguous = offset + ck->cs;
-      }
+      res->allocated_clusters += active;
+      if (next_contiguous && offset != next_contiguous)
+        res->fragmented_clusters += active;
+      next_contiguous = offset + ck->cs;
       if (!ck->has_data_file) {
-        if (add_refs (ck, "data cluster", offset, ck->cs) == -1)
+        if (add_refs_n (ck, "data cluster", offset, ck->cs, uses) == -1)
           return -1;
       }
       break;
@@ -459,7 +546,7 @@ check_l2 (struct checker *ck, uint64_t l2_offset, bool frag)
 
     case QCOW2_CLUSTER_UNALLOCATED:
       if (bitmap & L2_BITMAP_ALL_ALLOC) {
-        res->corruptions++;
+        res->corruptions += uses;
         check_message (ck, "ERROR: Unallocated cluster has non-zero "
                        "subcluster allocation bitmap");
       }
@@ -483,34 +570,190 @@ read_chunk (struct checker *ck, uint64_t offset, uint64_t first, uint64_t n)
   return 0;
 }
 
-/* Count an L1 table, its L2 tables and everything they reference. */
+/* Check the COPIED flags of the clusters one L2 table references, for
+ * uses entries of the active L1 table that point at it.
+ */
 static int
-check_l1 (struct checker *ck, uint64_t l1_offset, uint64_t l1_size,
-          bool active)
+copied_l2 (struct checker *ck, uint64_t l2_offset, uint64_t uses)
 {
   struct sc_check_result *res = ck->res;
-  uint64_t in_file;
 
-  if (l1_size == 0)
+  /* Past the end of the file or in a hole: zeros, nothing allocated. */
+  if (l2_offset >= ck->file_size
+      || next_data (ck, l2_offset) >= SC_MIN (ck->file_size,
+                                              l2_offset + ck->cs))
     return 0;
-  if (add_refs (ck, active ? "L1 table" : "snapshot L1 table", l1_offset,
-                l1_size * L1E_SIZE) == -1)
+  if (read_at (ck, ck->l2, ck->cs, l2_offset) == -1)
     return -1;
-  if (!readable (l1_offset, l1_size * L1E_SIZE)) {
-    res->check_errors++;
-    check_message (ck, "ERROR: cannot read the %s at offset 0x%" PRIx64,
-                   active ? "L1 table" : "snapshot L1 table", l1_offset);
-    return 0;
+  for (uint64_t i = 0; i < ck->h.l2_entries; i++) {
+    uint64_t le, bitmap, type, rc;
+    int r;
+
+    l2_get (ck, i, &le, &bitmap);
+    type = l2_type (ck, le);
+    if (type != QCOW2_CLUSTER_NORMAL && type != QCOW2_CLUSTER_ZERO_ALLOC)
+      continue;
+    if (ck->has_data_file)
+      rc = 1;
+    else {
+      r = disk_refcount (ck, (le & QCOW2_L2E_OFFSET_MASK)
+                         >> ck->h.cluster_bits, &rc);
+      if (r == -1)
+        return -1;
+      if (r == 1)
+        continue;
+    }
+    if ((rc == 1) != ((le & QCOW2_OFLAG_COPIED) != 0)) {
+      res->corruptions += uses;
+      check_message (ck, "ERROR OFLAG_COPIED data cluster: l2_entry=%"
+                     PRIx64 " refcount=%" PRIu64, le, rc);
+    }
   }
+  return 0;
+}
 
-  /* Entries past the end of the file are zeros: skip them. */
-  in_file = entries_in_file (ck, l1_offset, l1_size);
-  if (spend (ck, 1) == -1)
+/* Order L2 uses by the table they point at. */
+static int
+compare_l2_uses (const void *a, const void *b)
+{
+  const struct l2_use *x = a, *y = b;
+
+  return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Visit each distinct L2 table of the batch once, for all the entries
+ * that point at it.  copied: check COPIED flags (copied_l2) instead of
+ * counting references (check_l2).
+ */
+static int
+flush_l2_uses (struct checker *ck, bool copied)
+{
+  size_t n = ck->nb_l2_uses, j;
+
+  ck->nb_l2_uses = 0;
+  qsort (ck->l2_uses, n, sizeof *ck->l2_uses, compare_l2_uses);
+  for (size_t i = 0; i < n; i = j) {
+    struct l2_use u = ck->l2_uses[i];
+    int r;
+
+    for (j = i + 1; j < n && ck->l2_uses[j].offset == u.offset; j++) {
+      u.uses += ck->l2_uses[j].uses;
+      u.active += ck->l2_uses[j].active;
+    }
+    r = copied ? copied_l2 (ck, u.offset, u.uses)
+      : check_l2 (ck, u.offset, u.uses, u.active);
+    if (r == -1)
+      return -1;
+  }
+  return 0;
+}
+
+/* Note that uses L1 entries (active of them the active layer's) point
+ * at the L2 table at offset.
+ */
+static int
+add_l2_use (struct checker *ck, uint64_t offset, uint64_t uses,
+            uint64_t active, bool copied)
+{
+  if (ck->nb_l2_uses == CHECK_L2_BATCH && flush_l2_uses (ck, copied) == -1)
     return -1;
-  for (uint64_t first = 0; first < in_file; first += CHECK_TABLE_CHUNK) {
-    uint64_t n = SC_MIN (in_file - first, (uint64_t) CHECK_TABLE_CHUNK);
+  ck->l2_uses[ck->nb_l2_uses++] = (struct l2_use) {
+    .offset = offset, .uses = uses, .active = active
+  };
+  return 0;
+}
 
-    if (spend (ck, n) == -1 || read_chunk (ck, l1_offset, first, n) == -1)
+typedef int (*span_fn) (struct checker *ck, uint64_t start, uint64_t end,
+                        uint64_t uses, uint64_t active);
+
+static int
+compare_span_events (const void *a, const void *b)
+{
+  const struct span_event *x = a, *y = b;
+
+  return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+/* Call fn once for every piece of the units the spans cover, with how
+ * many spans cover it.  Snapshots may all share one L1 table, or use
+ * overlapping ones: what they share is then visited once, not once
+ * per snapshot.
+ */
+static int
+sweep_spans (struct checker *ck, const struct span *spans, size_t n,
+             span_fn fn)
+{
+  CLEANUP_FREE struct span_event *ev = NULL;
+  uint64_t uses = 0, active = 0;
+  size_t nev = 0;
+
+  if (n == 0)
+    return 0;
+  /* n is at most the number of snapshots plus one. */
+  ev = malloc (2 * n * sizeof *ev);
+  if (ev == NULL) {
+    sc_set_error (errno, "check: out of memory");
+    return -1;
+  }
+  for (size_t i = 0; i < n; i++) {
+    ev[nev++] = (struct span_event) { .pos = spans[i].start,
+      .uses = spans[i].uses, .active = spans[i].active, .end = false };
+    ev[nev++] = (struct span_event) { .pos = spans[i].end,
+      .uses = spans[i].uses, .active = spans[i].active, .end = true };
+  }
+  qsort (ev, nev, sizeof *ev, compare_span_events);
+  for (size_t i = 0; i < nev; ) {
+    uint64_t pos = ev[i].pos;
+
+    /* All changes at one position together: the sums may wrap around
+     * in between, but not once they are all applied.
+     */
+    for (; i < nev && ev[i].pos == pos; i++) {
+      if (ev[i].end) {
+        uses -= ev[i].uses;
+        active -= ev[i].active;
+      }
+      else {
+        uses += ev[i].uses;
+        active += ev[i].active;
+      }
+    }
+    if (i < nev && uses > 0 && fn (ck, pos, ev[i].pos, uses, active) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+/* The clusters [start, end) hold L1 tables, uses times over. */
+static int
+count_l1_clusters (struct checker *ck, uint64_t start, uint64_t end,
+                   uint64_t uses, uint64_t active)
+{
+  (void) active;
+  for (uint64_t k = start; k < end; k++)
+    count_cluster (ck, "L1 table", k, uses);
+  return 0;
+}
+
+/* Count the L1 entries [start, end) (counted in entries from the start
+ * of the file) that uses L1 tables share, active of them the active
+ * layer's: each table would find the same in them.
+ */
+static int
+walk_l1_entries (struct checker *ck, uint64_t start, uint64_t end,
+                 uint64_t uses, uint64_t active)
+{
+  struct sc_check_result *res = ck->res;
+  uint64_t pos = start;
+
+  while (pos < end) {
+    uint64_t data = next_data (ck, pos * L1E_SIZE) / L1E_SIZE, n;
+
+    if (data >= end)
+      break;
+    pos = SC_MAX (pos, data);
+    n = SC_MIN (end - pos, (uint64_t) CHECK_TABLE_CHUNK);
+    if (spend (ck, n) == -1 || read_chunk (ck, 0, pos, n) == -1)
       return -1;
     for (uint64_t j = 0; j < n; j++) {
       uint64_t e = ck->chunk[j], l2_offset;
@@ -518,23 +761,124 @@ check_l1 (struct checker *ck, uint64_t l1_offset, uint64_t l1_size,
       if (e == 0)
         continue;
       if (e & QCOW2_L1E_RESERVED_MASK) {
-        res->corruptions++;
+        res->corruptions += uses;
         check_message (ck, "ERROR found L1 entry with reserved bits set: "
-                       "%" PRIx64 " (L1 index %" PRIu64 ")", e, first + j);
+                       "%" PRIx64 " (at offset 0x%" PRIx64 ", in %" PRIu64
+                       " L1 tables)", e, (pos + j) * L1E_SIZE, uses);
       }
       l2_offset = e & QCOW2_L1E_OFFSET_MASK;
-      if (add_refs (ck, "L2 table", l2_offset, ck->cs) == -1)
+      if (add_refs_n (ck, "L2 table", l2_offset, ck->cs, uses) == -1)
         return -1;
       if (!SC_IS_ALIGNED (l2_offset, ck->cs)) {
-        res->corruptions++;
+        res->corruptions += uses;
         check_message (ck, "ERROR l2_offset=%" PRIx64 ": Table is not "
                        "cluster aligned; L1 entry corrupted", l2_offset);
       }
-      /* The chunk is reused by nothing below, so it stays valid. */
-      if (check_l2 (ck, l2_offset, active) == -1)
+      if (add_l2_use (ck, l2_offset, uses, active, false) == -1)
         return -1;
     }
+    pos += n;
   }
+  return 0;
+}
+
+/* Where L1 tables lie, in clusters (their own references) and in
+ * entries (what they reference).
+ */
+struct l1_tables {
+  struct span *clusters, *entries;
+  size_t nb_clusters, nb_entries;
+};
+
+/* Note one L1 table: the active layer's, or a snapshot's. */
+static int
+add_l1_table (struct checker *ck, struct l1_tables *t, uint64_t l1_offset,
+              uint64_t l1_size, bool active)
+{
+  const char *what = active ? "L1 table" : "snapshot L1 table";
+  uint64_t bytes = l1_size * L1E_SIZE, in_file;
+
+  if (l1_size == 0)
+    return 0;
+  if (in_image (ck, what, l1_offset, bytes, 1))
+    t->clusters[t->nb_clusters++] = (struct span) {
+      .start = l1_offset >> ck->h.cluster_bits,
+      .end = ((l1_offset + bytes - 1) >> ck->h.cluster_bits) + 1,
+      .uses = 1, .active = active
+    };
+  if (!readable (l1_offset, bytes)) {
+    ck->res->check_errors++;
+    check_message (ck, "ERROR: cannot read the %s at offset 0x%" PRIx64,
+                   what, l1_offset);
+    return 0;
+  }
+  if (spend (ck, 1) == -1)
+    return -1;
+  /* Entries past the end of the file are zeros: skip them.  The table
+   * is cluster aligned (the header reader checks the active one), so
+   * it starts on an entry of the file.
+   */
+  in_file = entries_in_file (ck, l1_offset, l1_size);
+  if (in_file > 0)
+    t->entries[t->nb_entries++] = (struct span) {
+      .start = l1_offset / L1E_SIZE,
+      .end = l1_offset / L1E_SIZE + in_file,
+      .uses = 1, .active = active
+    };
+  return 0;
+}
+
+/* Count the L1 tables of the active layer and of every snapshot, their
+ * L2 tables and everything they reference.  What several tables share
+ * is read once and counted once per table, so the work follows the
+ * metadata in the file, not the number of snapshots.
+ */
+static int
+check_l1_tables (struct checker *ck)
+{
+  struct sc_check_result *res = ck->res;
+  /* read_snapshots capped the number of snapshots. */
+  size_t max = (size_t) ck->h.nb_snapshots + 1;
+  CLEANUP_FREE struct span *clusters = calloc (max, sizeof *clusters);
+  CLEANUP_FREE struct span *entries = calloc (max, sizeof *entries);
+  struct l1_tables t = { .clusters = clusters, .entries = entries };
+
+  if (clusters == NULL || entries == NULL) {
+    sc_set_error (errno, "check: out of memory");
+    return -1;
+  }
+  if (add_l1_table (ck, &t, ck->h.l1_table_offset, ck->h.l1_size,
+                    true) == -1)
+    return -1;
+  if (ck->has_data_file && ck->h.nb_snapshots) {
+    res->corruptions++;
+    check_message (ck, "ERROR %" PRIu32 " snapshots in image with data "
+                   "file", ck->h.nb_snapshots);
+  }
+  for (uint32_t i = 0; i < ck->h.nb_snapshots; i++) {
+    struct snapshot *sn = &ck->snapshots[i];
+
+    if (!SC_IS_ALIGNED (sn->l1_offset, ck->cs)) {
+      res->corruptions++;
+      check_message (ck, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64
+                     ": L1 table is not cluster aligned; snapshot table "
+                     "entry corrupted", sn->id, sn->name, sn->l1_offset);
+      continue;
+    }
+    if (sn->l1_size > QCOW2_MAX_L1_BYTES / L1E_SIZE) {
+      res->corruptions++;
+      check_message (ck, "ERROR snapshot %s (%s) l1_size=%#" PRIx32
+                     ": L1 table is too large; snapshot table entry "
+                     "corrupted", sn->id, sn->name, sn->l1_size);
+      continue;
+    }
+    if (add_l1_table (ck, &t, sn->l1_offset, sn->l1_size, false) == -1)
+      return -1;
+  }
+  if (sweep_spans (ck, t.clusters, t.nb_clusters, count_l1_clusters) == -1
+      || sweep_spans (ck, t.entries, t.nb_entries, walk_l1_entries) == -1
+      || flush_l2_uses (ck, false) == -1)
+    return -1;
   return 0;
 }
 
@@ -955,7 +1299,8 @@ compare_refcounts (struct checker *ck, uint64_t *highest)
 }
 
 /* The COPIED flag must be set exactly where the refcount is 1; qemu
- * counts a mismatch in the active layer as a corruption.
+ * counts a mismatch in the active layer as a corruption.  Each L2 table
+ * is read once per batch, however many L1 entries point at it.
  */
 static int
 check_copied_flags (struct checker *ck)
@@ -964,7 +1309,6 @@ check_copied_flags (struct checker *ck)
   uint64_t l1_size = entries_in_file (ck, ck->h.l1_table_offset,
                                       ck->h.l1_size);
 
-  /* This visits no more than check_l1 did for the active layer. */
   for (uint64_t first = 0; first < l1_size; first += CHECK_TABLE_CHUNK) {
     uint64_t n = SC_MIN (l1_size - first, (uint64_t) CHECK_TABLE_CHUNK);
 
@@ -988,36 +1332,11 @@ check_copied_flags (struct checker *ck)
                        PRIu64 " l1_entry=%" PRIx64 " refcount=%" PRIu64,
                        first + j, e, rc);
       }
-      if (l2_offset >= ck->file_size)
-        continue;               /* zeros: nothing allocated */
-      if (read_at (ck, ck->l2, ck->cs, l2_offset) == -1)
+      if (add_l2_use (ck, l2_offset, 1, 0, true) == -1)
         return -1;
-      for (uint64_t i = 0; i < ck->h.l2_entries; i++) {
-        uint64_t le, bitmap, type;
-
-        l2_get (ck, i, &le, &bitmap);
-        type = l2_type (ck, le);
-        if (type != QCOW2_CLUSTER_NORMAL && type != QCOW2_CLUSTER_ZERO_ALLOC)
-          continue;
-        if (ck->has_data_file)
-          rc = 1;
-        else {
-          r = disk_refcount (ck, (le & QCOW2_L2E_OFFSET_MASK)
-                             >> ck->h.cluster_bits, &rc);
-          if (r == -1)
-            return -1;
-          if (r == 1)
-            continue;
-        }
-        if ((rc == 1) != ((le & QCOW2_OFLAG_COPIED) != 0)) {
-          res->corruptions++;
-          check_message (ck, "ERROR OFLAG_COPIED data cluster: l2_entry=%"
-                         PRIx64 " refcount=%" PRIu64, le, rc);
-        }
-      }
     }
   }
-  return 0;
+  return flush_l2_uses (ck, true);
 }
 
 static int
@@ -1045,12 +1364,14 @@ run_check (struct checker *ck)
   ck->l2 = malloc (ck->cs);
   ck->rb = malloc (ck->cs);
   ck->chunk = malloc (CHECK_TABLE_CHUNK * sizeof *ck->chunk);
+  ck->l2_uses = malloc (CHECK_L2_BATCH * sizeof *ck->l2_uses);
   /* The header reader capped the refcount table. */
   rt_bytes = (uint64_t) ck->h.refcount_table_clusters * ck->cs;
   ck->rt_size = rt_bytes / RTE_SIZE;
   /* qemu checks an image without a refcount table too. */
   ck->rt = malloc (rt_bytes ? rt_bytes : 1);
-  if (!ck->counts || !ck->l2 || !ck->rb || !ck->chunk || !ck->rt) {
+  if (!ck->counts || !ck->l2 || !ck->rb || !ck->chunk || !ck->l2_uses
+      || !ck->rt) {
     sc_set_error (errno, "check: out of memory");
     return -1;
   }
@@ -1068,34 +1389,9 @@ run_check (struct checker *ck)
   if (add_refs (ck, "header", 0, ck->cs) == -1)
     return -1;
 
-  /* The active layer, then every snapshot. */
-  if (check_l1 (ck, ck->h.l1_table_offset, ck->h.l1_size, true) == -1)
+  /* The active layer and every snapshot. */
+  if (check_l1_tables (ck) == -1)
     return -1;
-  if (ck->has_data_file && ck->h.nb_snapshots) {
-    res->corruptions++;
-    check_message (ck, "ERROR %" PRIu32 " snapshots in image with data "
-                   "file", ck->h.nb_snapshots);
-  }
-  for (uint32_t i = 0; i < ck->h.nb_snapshots; i++) {
-    struct snapshot *sn = &ck->snapshots[i];
-
-    if (!SC_IS_ALIGNED (sn->l1_offset, ck->cs)) {
-      res->corruptions++;
-      check_message (ck, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64
-                     ": L1 table is not cluster aligned; snapshot table "
-                     "entry corrupted", sn->id, sn->name, sn->l1_offset);
-      continue;
-    }
-    if (sn->l1_size > QCOW2_MAX_L1_BYTES / L1E_SIZE) {
-      res->corruptions++;
-      check_message (ck, "ERROR snapshot %s (%s) l1_size=%#" PRIx32
-                     ": L1 table is too large; snapshot table entry "
-                     "corrupted", sn->id, sn->name, sn->l1_size);
-      continue;
-    }
-    if (check_l1 (ck, sn->l1_offset, sn->l1_size, false) == -1)
-      return -1;
-  }
   if (add_refs (ck, "snapshot table", ck->h.snapshots_offset,
                 ck->snapshots_size) == -1)
     return -1;
@@ -1183,6 +1479,7 @@ sc_qcow2_check (const char *path, struct sc_check_result *result)
   free (ck.rb);
   free (ck.l2);
   free (ck.chunk);
+  free (ck.l2_uses);
   free (ck.snapshots);
   close (ck.fd);
   if (ret == -1) {
