@@ -519,10 +519,51 @@ write_guest (struct stream_unpack *s, const void *buf, size_t len,
 }
 
 static int
+cmp_u64 (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+/* Two L1 entries naming one L2 table is damage, and in a stream it
+ * would multiply the work of that table without bound: refuse it.
+ */
+static int
+check_l2_offsets (const struct qcow2_header *h, const unsigned char *p)
+{
+  uint64_t *offs = malloc ((size_t) h->l1_size * sizeof *offs);
+  size_t n = 0;
+  int ret = 0;
+
+  if (offs == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  for (uint64_t i = 0; i < h->l1_size; i++) {
+    uint64_t off = sc_get_be64 (p + i * L1_ENTRY_SIZE) & QCOW2_L1E_OFFSET_MASK;
+    if (off != 0)
+      offs[n++] = off;
+  }
+  qsort (offs, n, sizeof *offs, cmp_u64);
+  for (size_t i = 1; i < n; i++) {
+    if (offs[i] == offs[i - 1]) {
+      sc_set_error (EINVAL, "the L2 table at host offset %" PRIu64
+                    " is named by two L1 entries", offs[i]);
+      ret = -1;
+      break;
+    }
+  }
+  free (offs);
+  return ret;
+}
+
+static int
 handle_l1 (struct stream_unpack *s, const unsigned char *p)
 {
   const struct qcow2_header *h = &s->h;
 
+  if (h->l1_size > 0 && check_l2_offsets (h, p) == -1)
+    return -1;
   for (uint64_t i = 0; i < h->l1_size; i++) {
     uint64_t e = sc_get_be64 (p + i * L1_ENTRY_SIZE);
     uint64_t off = e & QCOW2_L1E_OFFSET_MASK;

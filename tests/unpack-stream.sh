@@ -123,6 +123,18 @@ feed head -c $(( $(stat -c %s p.qcow2) - 100000 )) p.qcow2 |
 feed cat p.qcow2 | expect_fail "snapshot" sparsecow unpack --snapshot s1 - out/x.raw
 sparsecow unpack - out/x.raw <p.qcow2 2>err && fail "a redirected file is a stream"
 grep -q "needs a pipe" err || fail "redirected file: $(cat err)"
+# Two L1 entries naming one L2 table (a small image that would expand
+# into a huge amount of work) is refused.
+qemu-img create -q -f qcow2 dup.qcow2 2G
+qemu-io -c "write -P 1 0 64k" -c "write -P 2 1G 64k" dup.qcow2 >/dev/null
+python3 -c '
+import struct, sys
+f = open(sys.argv[1], "r+b"); h = f.read(104)
+l1_off = struct.unpack(">Q", h[40:48])[0]
+f.seek(l1_off); e0 = f.read(8); f.seek(l1_off + 8); f.write(e0)
+' dup.qcow2
+feed cat dup.qcow2 | expect_fail "named by two L1 entries" \
+  sparsecow unpack - out/x.raw
 [ -z "$(ls -A out)" ] || fail "refused unpacks left $(ls -A out)"
 
 # Damaged images: never a crash; when qemu-img reads one too, the same
