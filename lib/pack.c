@@ -38,6 +38,11 @@
  */
 #define SPILL_BUFFER_SIZE (4 * 1024 * 1024)
 #define OUTPUT_BUFFER_SIZE (1024 * 1024)
+/* Zero detection without compression first reads this much of a
+ * cluster, and progress is reported every PROBE_PROGRESS_STEP bytes.
+ */
+#define ZERO_PROBE_SIZE 4096
+#define PROBE_PROGRESS_STEP (64 * 1024 * 1024)
 /* Spill ranges at least this long are copied inside the kernel. */
 #define SPILL_COPY_RANGE_MIN (256 * 1024)
 /* and in pieces of this size, so that progress moves. */
@@ -318,11 +323,86 @@ cluster_extents (struct pack *pk, struct sc_extent_list *out)
   return ret;
 }
 
+/* Uncompressed, with zero detection, from a regular file: a cluster
+ * of data almost always shows a non-zero byte in its first few KiB, so
+ * each cluster is probed with a short read and read whole only when
+ * the probe is all zeros.  Phase 2 copies the data anyway; phase 1
+ * then reads a sixteenth of it instead of all of it.
+ */
+static int
+scan_probing (struct pack *pk, const struct sc_extent_list *extents)
+{
+  const struct sc_pack_opts *opts = pk->opts;
+  uint64_t cs = pk->cluster_size;
+  size_t probe = (size_t) SC_MIN (cs, (uint64_t) ZERO_PROBE_SIZE);
+  struct sc_progress pr = { 0, 0 };
+  uint64_t reported = 0, rel;
+  CLEANUP_FREE unsigned char *buf = malloc (cs);
+
+  if (buf == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  for (size_t i = 0; i < extents->len; i++)
+    if (extents->ext[i].flags == 0)
+      pr.total += extents->ext[i].length;
+
+  for (size_t i = 0; i < extents->len; i++) {
+    const struct sc_extent *e = &extents->ext[i];
+
+    if (e->flags != 0)
+      continue;
+    for (uint64_t o = e->offset; o < e->offset + e->length; o += cs) {
+      /* Past the end of the source, a cluster reads as zeros. */
+      size_t n = o >= pk->src->size
+        ? 0 : (size_t) SC_MIN (cs, pk->src->size - o);
+      size_t p = SC_MIN (probe, n);
+      bool zero = true;
+
+      if (n > 0) {
+        if (sc_ep_pread (pk->src, buf, p, o) == -1) {
+          name_error (pk->src->name);
+          return -1;
+        }
+        zero = sc_is_zero (buf, p);
+        if (zero && n > p) {
+          if (sc_ep_pread (pk->src, buf + p, n - p, o + p) == -1) {
+            name_error (pk->src->name);
+            return -1;
+          }
+          zero = sc_is_zero (buf + p, n - p);
+        }
+      }
+      if (!zero && qcow2_plan_add_normal (&pk->plan, o / cs, &rel) == -1)
+        return -1;
+      pr.done += SC_MIN (cs, e->offset + e->length - o);
+      if (opts->progress && pr.done - reported >= PROBE_PROGRESS_STEP) {
+        struct sc_progress half = { pr.done, 2 * pr.total };
+        reported = pr.done;
+        opts->progress (&half, opts->progress_opaque);
+      }
+    }
+  }
+  pk->scanned = pr.total;
+  if (opts->progress) {
+    struct sc_progress half = { pr.total, 2 * pr.total };
+    opts->progress (&half, opts->progress_opaque);
+  }
+  return 0;
+}
+
 static int
 scan (struct pack *pk, const struct sc_extent_list *extents)
 {
   const struct sc_pack_opts *opts = pk->opts;
   uint64_t cs = pk->cluster_size;
+
+  /* A block device is read in long requests: short probes scattered
+   * over a slow device would cost more than they save.
+   */
+  if (!pk->spill_all && opts->detect_zeroes && opts->codec == SC_CODEC_NONE
+      && strcmp (pk->src->ops->kind, "file") == 0)
+    return scan_probing (pk, extents);
 
   /* Nothing to look at in the data: every data cluster is stored as it
    * is, and the plan follows from the extent list alone.
