@@ -735,6 +735,28 @@ count_l1_clusters (struct checker *ck, uint64_t start, uint64_t end,
   return 0;
 }
 
+/* Read the next piece of the table entries [*pos, end) (counted in
+ * entries from the start of the file) that is not in a hole, into
+ * ck->chunk; *pos is set to its first entry and *n to its length.
+ * Returns 1, 0 when only holes are left, or -1.
+ */
+static int
+next_chunk (struct checker *ck, uint64_t *pos, uint64_t end, uint64_t *n)
+{
+  uint64_t data;
+
+  if (*pos >= end)
+    return 0;
+  data = next_data (ck, *pos * sizeof (uint64_t)) / sizeof (uint64_t);
+  if (data >= end)
+    return 0;
+  *pos = SC_MAX (*pos, data);
+  *n = SC_MIN (end - *pos, (uint64_t) CHECK_TABLE_CHUNK);
+  if (spend (ck, *n) == -1 || read_chunk (ck, 0, *pos, *n) == -1)
+    return -1;
+  return 1;
+}
+
 /* Count the L1 entries [start, end) (counted in entries from the start
  * of the file) that uses L1 tables share, active of them the active
  * layer's: each table would find the same in them.
@@ -744,17 +766,10 @@ walk_l1_entries (struct checker *ck, uint64_t start, uint64_t end,
                  uint64_t uses, uint64_t active)
 {
   struct sc_check_result *res = ck->res;
-  uint64_t pos = start;
+  uint64_t pos = start, n;
+  int r;
 
-  while (pos < end) {
-    uint64_t data = next_data (ck, pos * L1E_SIZE) / L1E_SIZE, n;
-
-    if (data >= end)
-      break;
-    pos = SC_MAX (pos, data);
-    n = SC_MIN (end - pos, (uint64_t) CHECK_TABLE_CHUNK);
-    if (spend (ck, n) == -1 || read_chunk (ck, 0, pos, n) == -1)
-      return -1;
+  while ((r = next_chunk (ck, &pos, end, &n)) == 1) {
     for (uint64_t j = 0; j < n; j++) {
       uint64_t e = ck->chunk[j], l2_offset;
 
@@ -779,53 +794,90 @@ walk_l1_entries (struct checker *ck, uint64_t start, uint64_t end,
     }
     pos += n;
   }
-  return 0;
+  return r;
 }
 
-/* Where L1 tables lie, in clusters (their own references) and in
- * entries (what they reference).
+/* Where tables of one kind (L1 or bitmap tables) lie, in clusters
+ * (their own references) and in entries (what they reference).
  */
-struct l1_tables {
+struct tables {
   struct span *clusters, *entries;
   size_t nb_clusters, nb_entries;
 };
 
+/* Allocate room for n tables. */
+static int
+tables_init (struct tables *t, size_t n)
+{
+  t->nb_clusters = t->nb_entries = 0;
+  t->clusters = calloc (n, sizeof *t->clusters);
+  t->entries = calloc (n, sizeof *t->entries);
+  if (t->clusters == NULL || t->entries == NULL) {
+    sc_set_error (errno, "check: out of memory");
+    return -1;
+  }
+  return 0;
+}
+
+static void
+tables_free (struct tables *t)
+{
+  free (t->clusters);
+  free (t->entries);
+}
+
+/* Note a table of size entries at offset: it references its own
+ * clusters (if they can be in the image at all) and what its entries
+ * in the file reference.  Returns 0, -1, or 1 if check_readable and
+ * qemu cannot read the table at all.
+ */
+static int
+add_table (struct checker *ck, struct tables *t, const char *what,
+           uint64_t offset, uint64_t size, bool active, bool check_readable)
+{
+  uint64_t bytes = size * sizeof (uint64_t), in_file;
+
+  if (size == 0)
+    return 0;
+  if (in_image (ck, what, offset, bytes, 1))
+    t->clusters[t->nb_clusters++] = (struct span) {
+      .start = offset >> ck->h.cluster_bits,
+      .end = ((offset + bytes - 1) >> ck->h.cluster_bits) + 1,
+      .uses = 1, .active = active
+    };
+  if (check_readable && !readable (offset, bytes))
+    return 1;
+  if (spend (ck, 1) == -1)
+    return -1;
+  /* Entries past the end of the file are zeros: skip them.  Tables are
+   * cluster aligned (the header reader checks the active L1 table), so
+   * a table starts on an entry of the file.
+   */
+  in_file = entries_in_file (ck, offset, size);
+  if (in_file > 0)
+    t->entries[t->nb_entries++] = (struct span) {
+      .start = offset / sizeof (uint64_t),
+      .end = offset / sizeof (uint64_t) + in_file,
+      .uses = 1, .active = active
+    };
+  return 0;
+}
+
 /* Note one L1 table: the active layer's, or a snapshot's. */
 static int
-add_l1_table (struct checker *ck, struct l1_tables *t, uint64_t l1_offset,
+add_l1_table (struct checker *ck, struct tables *t, uint64_t l1_offset,
               uint64_t l1_size, bool active)
 {
   const char *what = active ? "L1 table" : "snapshot L1 table";
-  uint64_t bytes = l1_size * L1E_SIZE, in_file;
+  int r = add_table (ck, t, what, l1_offset, l1_size, active, true);
 
-  if (l1_size == 0)
-    return 0;
-  if (in_image (ck, what, l1_offset, bytes, 1))
-    t->clusters[t->nb_clusters++] = (struct span) {
-      .start = l1_offset >> ck->h.cluster_bits,
-      .end = ((l1_offset + bytes - 1) >> ck->h.cluster_bits) + 1,
-      .uses = 1, .active = active
-    };
-  if (!readable (l1_offset, bytes)) {
+  if (r == 1) {
     ck->res->check_errors++;
     check_message (ck, "ERROR: cannot read the %s at offset 0x%" PRIx64,
                    what, l1_offset);
     return 0;
   }
-  if (spend (ck, 1) == -1)
-    return -1;
-  /* Entries past the end of the file are zeros: skip them.  The table
-   * is cluster aligned (the header reader checks the active one), so
-   * it starts on an entry of the file.
-   */
-  in_file = entries_in_file (ck, l1_offset, l1_size);
-  if (in_file > 0)
-    t->entries[t->nb_entries++] = (struct span) {
-      .start = l1_offset / L1E_SIZE,
-      .end = l1_offset / L1E_SIZE + in_file,
-      .uses = 1, .active = active
-    };
-  return 0;
+  return r;
 }
 
 /* Count the L1 tables of the active layer and of every snapshot, their
@@ -837,19 +889,15 @@ static int
 check_l1_tables (struct checker *ck)
 {
   struct sc_check_result *res = ck->res;
-  /* read_snapshots capped the number of snapshots. */
-  size_t max = (size_t) ck->h.nb_snapshots + 1;
-  CLEANUP_FREE struct span *clusters = calloc (max, sizeof *clusters);
-  CLEANUP_FREE struct span *entries = calloc (max, sizeof *entries);
-  struct l1_tables t = { .clusters = clusters, .entries = entries };
+  struct tables t;
+  int ret = -1;
 
-  if (clusters == NULL || entries == NULL) {
-    sc_set_error (errno, "check: out of memory");
-    return -1;
-  }
+  /* read_snapshots capped the number of snapshots. */
+  if (tables_init (&t, (size_t) ck->h.nb_snapshots + 1) == -1)
+    goto out;
   if (add_l1_table (ck, &t, ck->h.l1_table_offset, ck->h.l1_size,
                     true) == -1)
-    return -1;
+    goto out;
   if (ck->has_data_file && ck->h.nb_snapshots) {
     res->corruptions++;
     check_message (ck, "ERROR %" PRIu32 " snapshots in image with data "
@@ -873,13 +921,16 @@ check_l1_tables (struct checker *ck)
       continue;
     }
     if (add_l1_table (ck, &t, sn->l1_offset, sn->l1_size, false) == -1)
-      return -1;
+      goto out;
   }
   if (sweep_spans (ck, t.clusters, t.nb_clusters, count_l1_clusters) == -1
       || sweep_spans (ck, t.entries, t.nb_entries, walk_l1_entries) == -1
       || flush_l2_uses (ck, false) == -1)
-    return -1;
-  return 0;
+    goto out;
+  ret = 0;
+ out:
+  tables_free (&t);
+  return ret;
 }
 
 /* Read the snapshot table as qemu-img check reads it.  Entries are
@@ -1055,43 +1106,49 @@ read_extensions (struct checker *ck)
   return 0;
 }
 
-/* Count one bitmap's table and the clusters it references. */
+/* The clusters [start, end) hold bitmap tables, uses times over. */
 static int
-check_bitmap_table (struct checker *ck, uint64_t table_offset,
-                    uint64_t table_size)
+count_bitmap_clusters (struct checker *ck, uint64_t start, uint64_t end,
+                       uint64_t uses, uint64_t active)
+{
+  (void) active;
+  for (uint64_t k = start; k < end; k++)
+    count_cluster (ck, "bitmap table", k, uses);
+  return 0;
+}
+
+/* Count the bitmap table entries [start, end) (counted in entries from
+ * the start of the file) that uses bitmap tables share.
+ */
+static int
+walk_bitmap_entries (struct checker *ck, uint64_t start, uint64_t end,
+                     uint64_t uses, uint64_t active)
 {
   struct sc_check_result *res = ck->res;
-  uint64_t in_file;
+  uint64_t pos = start, n;
+  int r;
 
-  if (add_refs (ck, "bitmap table", table_offset,
-                table_size * sizeof (uint64_t)) == -1)
-    return -1;
-  in_file = entries_in_file (ck, table_offset, table_size);
-  if (spend (ck, 1) == -1)
-    return -1;
-  for (uint64_t first = 0; first < in_file; first += CHECK_TABLE_CHUNK) {
-    uint64_t n = SC_MIN (in_file - first, (uint64_t) CHECK_TABLE_CHUNK);
-
-    if (spend (ck, n) == -1
-        || read_chunk (ck, table_offset, first, n) == -1)
-      return -1;
+  (void) active;
+  while ((r = next_chunk (ck, &pos, end, &n)) == 1) {
     for (uint64_t j = 0; j < n; j++) {
       uint64_t e = ck->chunk[j], offset = e & BME_OFFSET_MASK;
 
       if ((e & BME_RESERVED_MASK)
           || (offset && ((e & BME_FLAG_ALL_ONES)
                          || !SC_IS_ALIGNED (offset, ck->cs)))) {
-        res->corruptions++;
-        check_message (ck, "ERROR bitmap table entry %" PRIu64 " of the "
-                       "table at 0x%" PRIx64 " is invalid: %" PRIx64,
-                       first + j, table_offset, e);
+        res->corruptions += uses;
+        check_message (ck, "ERROR bitmap table entry at offset 0x%" PRIx64
+                       " (in %" PRIu64 " bitmap tables) is invalid: %"
+                       PRIx64, (pos + j) * sizeof (uint64_t), uses, e);
         continue;
       }
-      if (offset && add_refs (ck, "bitmap data", offset, ck->cs) == -1)
+      if (offset
+          && add_refs_n (ck, "bitmap data", offset, ck->cs, uses) == -1)
         return -1;
     }
+    pos += n;
   }
-  return 0;
+  return r;
 }
 
 /* What is wrong with the bitmap directory entry at dir[pos], with
@@ -1162,8 +1219,10 @@ check_bitmaps (struct checker *ck)
   struct sc_check_result *res = ck->res;
   CLEANUP_FREE unsigned char *dir = NULL;
   const char *problem = NULL;
+  struct tables t = { 0 };
   uint64_t pos, len = 0;
   uint32_t i;
+  int ret = -1;
 
   if (ck->nb_bitmaps == 0)
     return 0;
@@ -1210,15 +1269,28 @@ check_bitmaps (struct checker *ck)
     return 0;
   }
 
+  /* Bitmaps may share tables: what they share is read once. */
+  if (tables_init (&t, ck->nb_bitmaps) == -1)
+    goto out;
   for (pos = 0; pos < ck->bitmap_dir_size; pos += len) {
     const unsigned char *e = dir + pos;
 
     bitmap_entry_problem (ck, e, ck->bitmap_dir_size - pos, &len);
-    if (check_bitmap_table (ck, sc_get_be64 (e + BITMAP_DIR_TABLE_OFFSET),
-                            sc_get_be32 (e + BITMAP_DIR_TABLE_SIZE)) == -1)
-      return -1;
+    if (add_table (ck, &t, "bitmap table",
+                   sc_get_be64 (e + BITMAP_DIR_TABLE_OFFSET),
+                   sc_get_be32 (e + BITMAP_DIR_TABLE_SIZE), false,
+                   false) == -1)
+      goto out;
   }
-  return 0;
+  if (sweep_spans (ck, t.clusters, t.nb_clusters,
+                   count_bitmap_clusters) == -1
+      || sweep_spans (ck, t.entries, t.nb_entries,
+                      walk_bitmap_entries) == -1)
+    goto out;
+  ret = 0;
+ out:
+  tables_free (&t);
+  return ret;
 }
 
 /* Count the refcount blocks themselves and check their table entries. */

@@ -166,3 +166,51 @@ snapshot_table bigl2.qcow2 $(( X + S * 8 )) 100
 truncate -s 64G bigl2.qcow2
 timed_check bigl2.qcow2
 [ "$src" = 2 ] || { head -20 s.err >&2; fail "bigl2.qcow2: exit $src, not 2"; }
+
+# ---- 5. Bitmaps sharing one bitmap table: four bitmaps, each entry of
+# the directory patched to use the first one's table.
+qemu-img create -q -f qcow2 -o cluster_size=4k bm.qcow2 64M
+for k in 0 1 2 3; do qemu-img bitmap --add bm.qcow2 b$k; done
+qemu-io -c "write -P 1 0 1M" -c "write -P 2 40M 64k" bm.qcow2 >/dev/null
+# The bitmaps header extension: count, reserved, directory size, offset.
+ext=$(be32 bm.qcow2 100)
+while [ "$(be32 bm.qcow2 "$ext")" != $(( 0x23852875 )) ]; do
+  [ "$(be32 bm.qcow2 "$ext")" != 0 ] || fail "no bitmaps extension"
+  ext=$(( ext + 8 + ($(be32 bm.qcow2 $(( ext + 4 ))) + 7) / 8 * 8 ))
+done
+dir=$(be64 bm.qcow2 $(( ext + 24 )))
+[ "$(be32 bm.qcow2 $(( ext + 8 )))" = 4 ] &&
+  [ "$(be64 bm.qcow2 $(( ext + 16 )))" = 128 ] || fail "bitmap directory"
+cp bm.qcow2 bmshared.qcow2
+for k in 1 2 3; do
+  put_be64 bmshared.qcow2 $(( dir + 32 * k )) "$(be64 bm.qcow2 "$dir")"
+done
+compare bmshared.qcow2 2
+
+# ---- 6. 32768 bitmaps (marked in use, so of any size) that all use one
+# bitmap table of the largest size qemu allows (1 Mi entries with 512
+# byte clusters), in a sparse file of 8 GiB.
+qemu-img create -q -f qcow2 -o cluster_size=512 bmbig.qcow2 64M
+qemu-img bitmap --add bmbig.qcow2 b0
+ext=$(be32 bmbig.qcow2 100)
+while [ "$(be32 bmbig.qcow2 "$ext")" != $(( 0x23852875 )) ]; do
+  [ "$(be32 bmbig.qcow2 "$ext")" != 0 ] || fail "no bitmaps extension"
+  ext=$(( ext + 8 + ($(be32 bmbig.qcow2 $(( ext + 4 ))) + 7) / 8 * 8 ))
+done
+n=32768
+D=$(( ($(stat -c %s bmbig.qcow2) + 511) / 512 * 512 ))
+T=$(( D + n * 32 ))
+# Table offset and size, flags (in use, auto), type, granularity bits,
+# name size, extra data size, the name and padding.
+printf "$(printf '%016x%08x%08x%02x%02x%04x%08x%s' "$T" $(( 1 << 20 )) 3 1 16 \
+          4 0 626d617000000000 | sed 's/../\\x&/g')" >dirent
+for ((k = 0; k < 15; k++)); do cat dirent dirent >dirent2; mv dirent2 dirent; done
+[ "$(stat -c %s dirent)" = $(( n * 32 )) ] || fail "bitmap directory size"
+dd if=dirent of=bmbig.qcow2 bs=512 seek=$(( D / 512 )) conv=notrunc \
+   status=none
+put_be32 bmbig.qcow2 $(( ext + 8 )) $n
+put_be64 bmbig.qcow2 $(( ext + 16 )) $(( n * 32 ))
+put_be64 bmbig.qcow2 $(( ext + 24 )) $D
+truncate -s 8G bmbig.qcow2
+timed_check bmbig.qcow2
+[ "$src" = 2 ] || { head -20 s.err >&2; fail "bmbig.qcow2: exit $src, not 2"; }
