@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # sparsecow check on hostile images whose snapshots all use one large
-# L1 table (or overlapping ones) in a big sparse file, and whose L1
-# entries all point at one L2 table.  Checking must take time in
-# proportion to the metadata in the file, not to the number of
-# snapshots times the size of their L1 tables, and must still give what
+# L1 table (or overlapping ones) in a big sparse file, whose L1 entries
+# all point at one L2 table, or whose bitmaps all use one bitmap table.
+# Checking must take time in proportion to the metadata in the file,
+# not to the number of snapshots (or bitmaps) times the size of their
+# tables, and must still give what
 # qemu-img check gives: the same exit code and the same numbers of
 # corruptions and leaks.  Where qemu-img itself would take too long,
 # only the time of sparsecow is checked.
