@@ -18,6 +18,7 @@
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #ifdef HAVE_LINUX_FS_H
 #include <linux/fs.h>
 #endif
@@ -662,6 +663,47 @@ copy_fd_range (int src_fd, const char *src_name, uint64_t src_off,
 #else
   (void) src_fd; (void) src_name; (void) src_off;
   (void) dst; (void) dst_off; (void) count;
+  return 1;
+#endif
+}
+
+int
+sc_file_pread_cached (struct sc_endpoint *ep, void *buf, size_t count,
+                      uint64_t offset)
+{
+#ifdef RWF_NOWAIT
+  struct file_ep *f = (struct file_ep *) ep;
+  unsigned char *p = buf;
+
+  if (ep->ops != &file_source_ops || offset > INT64_MAX)
+    return 1;
+  while (count > 0) {
+    struct iovec iov = { p, count };
+    ssize_t r = preadv2 (f->fd, &iov, 1, (off_t) offset, RWF_NOWAIT);
+
+    if (r == -1 && errno == EINTR)
+      continue;
+    /* Not all in memory, or no such read on this system. */
+    if (r == -1 && (errno == EAGAIN || errno == EOPNOTSUPP
+                    || errno == ENOSYS || errno == EINVAL))
+      return 1;
+    if (r == -1) {
+      sc_set_error (errno, "read at offset %" PRIu64 ": %s", offset,
+                    strerror (errno));
+      return -1;
+    }
+    if (r == 0) {
+      sc_set_error (EIO, "unexpected end of file at offset %" PRIu64,
+                    offset);
+      return -1;
+    }
+    p += r;
+    count -= (size_t) r;
+    offset += (uint64_t) r;
+  }
+  return 0;
+#else
+  (void) ep; (void) buf; (void) count; (void) offset;
   return 1;
 #endif
 }

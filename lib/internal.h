@@ -122,6 +122,12 @@ extern int sc_spill_open (const char *near);
 extern int sc_file_copy_range (struct sc_endpoint *src, uint64_t src_off,
                                struct sc_endpoint *dst, uint64_t dst_off,
                                uint64_t count);
+/* Read exactly count bytes of a regular-file source only if they are
+ * all in the page cache already: 0 when read, 1 when some are not (or
+ * the system cannot tell; nothing useful is in buf then), -1 on error.
+ */
+extern int sc_file_pread_cached (struct sc_endpoint *ep, void *buf,
+                                 size_t count, uint64_t offset);
 /* The same from a plain descriptor (a spill file); src_name names it
  * in errors.
  */

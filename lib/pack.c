@@ -80,8 +80,11 @@ struct pack {
   size_t out_len;
   uint64_t out_off;
 
-  /* Progress: bytes scanned in phase 1, known once it is over. */
+  /* Progress: bytes scanned in phase 1, known once it is over, and
+   * what probing scanned before the pipeline took over.
+   */
   uint64_t scanned;
+  uint64_t scan_base;
 };
 
 void
@@ -168,9 +171,10 @@ static void
 scan_progress (const struct sc_progress *p, void *opaque)
 {
   struct pack *pk = opaque;
-  struct sc_progress pr = { p->done, 2 * p->total };
+  struct sc_progress pr = { pk->scan_base + p->done,
+                            2 * (pk->scan_base + p->total) };
 
-  pk->scanned = p->done;
+  pk->scanned = pk->scan_base + p->done;
   pk->opts->progress (&pr, pk->opts->progress_opaque);
 }
 
@@ -328,9 +332,16 @@ cluster_extents (struct pack *pk, struct sc_extent_list *out)
  * each cluster is probed with a short read and read whole only when
  * the probe is all zeros.  Phase 2 copies the data anyway; phase 1
  * then reads a sixteenth of it instead of all of it.
+ *
+ * That only pays while the data is in the page cache: from the disk,
+ * short reads one after another lose to the pipeline's long parallel
+ * ones.  So the probes read only what is cached, and the first one that
+ * would wait stops the probing: *stop is set to the cluster where the
+ * pipeline must take over (the end when probing finished).
  */
 static int
-scan_probing (struct pack *pk, const struct sc_extent_list *extents)
+scan_probing (struct pack *pk, const struct sc_extent_list *extents,
+              uint64_t *stop)
 {
   const struct sc_pack_opts *opts = pk->opts;
   uint64_t cs = pk->cluster_size;
@@ -360,17 +371,21 @@ scan_probing (struct pack *pk, const struct sc_extent_list *extents)
       bool zero = true;
 
       if (n > 0) {
-        if (sc_ep_pread (pk->src, buf, p, o) == -1) {
+        int r = sc_file_pread_cached (pk->src, buf, p, o);
+
+        zero = r == 0 && sc_is_zero (buf, p);
+        if (zero && n > p) {
+          r = sc_file_pread_cached (pk->src, buf + p, n - p, o + p);
+          zero = r == 0 && sc_is_zero (buf + p, n - p);
+        }
+        if (r == -1) {
           name_error (pk->src->name);
           return -1;
         }
-        zero = sc_is_zero (buf, p);
-        if (zero && n > p) {
-          if (sc_ep_pread (pk->src, buf + p, n - p, o + p) == -1) {
-            name_error (pk->src->name);
-            return -1;
-          }
-          zero = sc_is_zero (buf + p, n - p);
+        if (r == 1) {
+          pk->scan_base = pr.done;
+          *stop = o;
+          return 0;
         }
       }
       if (!zero && qcow2_plan_add_normal (&pk->plan, o / cs, &rel) == -1)
@@ -388,6 +403,67 @@ scan_probing (struct pack *pk, const struct sc_extent_list *extents)
     struct sc_progress half = { pr.total, 2 * pr.total };
     opts->progress (&half, opts->progress_opaque);
   }
+  *stop = UINT64_MAX;
+  return 0;
+}
+
+/* The part of a cluster-aligned extent list from offset on. */
+static int
+extents_from (const struct sc_extent_list *in, uint64_t offset,
+              struct sc_extent_list *out)
+{
+  for (size_t i = 0; i < in->len; i++) {
+    const struct sc_extent *e = &in->ext[i];
+    uint64_t end = e->offset + e->length;
+
+    if (end <= offset)
+      continue;
+    if (e->offset >= offset) {
+      if (sc_extent_list_append (out, e->offset, e->length, e->flags) == -1)
+        return -1;
+    }
+    else if (sc_extent_list_append (out, offset, end - offset, e->flags)
+             == -1)
+      return -1;
+  }
+  return 0;
+}
+
+/* Phase 1 through the pipeline: read, look for zeros, compress. */
+static int
+scan_pipeline (struct pack *pk, const struct sc_extent_list *extents)
+{
+  const struct sc_pack_opts *opts = pk->opts;
+  uint64_t cs = pk->cluster_size;
+  struct sc_pipeline pl = {
+    .src = pk->src,
+    .extents = extents,
+    .request_size = pk->request_size,
+    .threads = opts->threads,
+    .out_size = (pk->request_size / cs) * sizeof (uint32_t)
+                + pk->request_size,
+    .work = scan_work,
+    .emit = scan_emit,
+    .opaque = pk,
+    .progress = opts->progress ? scan_progress : NULL,
+    .progress_opaque = pk,
+  };
+
+  if (sc_pipeline_run (&pl) == -1)
+    return -1;
+  if (pk->spill_fd >= 0) {
+    /* The spill covers the whole data area, so phase 2 never reads
+     * past its end.
+     */
+    if (spill_flush (pk) == -1)
+      return -1;
+    if (ftruncate (pk->spill_fd,
+                   (off_t) SC_ROUND_UP (pk->plan.data_end,
+                                        QCOW2_COMPRESSED_SECTOR)) == -1) {
+      sc_set_error (errno, "spill file: %s", strerror (errno));
+      return -1;
+    }
+  }
   return 0;
 }
 
@@ -401,8 +477,23 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
    * over a slow device would cost more than they save.
    */
   if (!pk->spill_all && opts->detect_zeroes && opts->codec == SC_CODEC_NONE
-      && strcmp (pk->src->ops->kind, "file") == 0)
-    return scan_probing (pk, extents);
+      && strcmp (pk->src->ops->kind, "file") == 0) {
+    struct sc_extent_list rest;
+    uint64_t stop;
+    int r;
+
+    if (scan_probing (pk, extents, &stop) == -1)
+      return -1;
+    if (stop == UINT64_MAX)
+      return 0;
+    /* The rest is not in memory: the pipeline reads it. */
+    sc_extent_list_init (&rest);
+    r = extents_from (extents, stop, &rest);
+    if (r == 0)
+      r = scan_pipeline (pk, &rest);
+    sc_extent_list_free (&rest);
+    return r;
+  }
 
   /* Nothing to look at in the data: every data cluster is stored as it
    * is, and the plan follows from the extent list alone.
@@ -427,38 +518,7 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
     }
     return 0;
   }
-
-  {
-    struct sc_pipeline pl = {
-      .src = pk->src,
-      .extents = extents,
-      .request_size = pk->request_size,
-      .threads = opts->threads,
-      .out_size = (pk->request_size / cs) * sizeof (uint32_t)
-                  + pk->request_size,
-      .work = scan_work,
-      .emit = scan_emit,
-      .opaque = pk,
-      .progress = opts->progress ? scan_progress : NULL,
-      .progress_opaque = pk,
-    };
-    if (sc_pipeline_run (&pl) == -1)
-      return -1;
-  }
-  if (pk->spill_fd >= 0) {
-    /* The spill covers the whole data area, so phase 2 never reads
-     * past its end.
-     */
-    if (spill_flush (pk) == -1)
-      return -1;
-    if (ftruncate (pk->spill_fd,
-                   (off_t) SC_ROUND_UP (pk->plan.data_end,
-                                        QCOW2_COMPRESSED_SECTOR)) == -1) {
-      sc_set_error (errno, "spill file: %s", strerror (errno));
-      return -1;
-    }
-  }
-  return 0;
+  return scan_pipeline (pk, extents);
 }
 
 /* ---- phase 2: emit ---------------------------------------------------- */
