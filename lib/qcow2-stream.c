@@ -34,9 +34,9 @@
 #define MAX_CLUSTER_SIZE (1U << QCOW2_MAX_CLUSTER_BITS)
 /* Items waiting for their bytes.  An image whose metadata all comes
  * first has one per data cluster waiting at the same time: this allows
- * 4 TiB of data in 64 KiB clusters, at 24 bytes each.
+ * 1 TiB of data in 64 KiB clusters, at 32 bytes each (512 MiB).
  */
-#define MAX_PENDING_ITEMS (64U * 1024 * 1024)
+#define MAX_PENDING_ITEMS (16U * 1024 * 1024)
 /* L1 entries, and standard L2 entries, are 8 bytes. */
 #define L1_ENTRY_SIZE 8
 #define L2_STD_ENTRY_SIZE 8
@@ -188,8 +188,13 @@ ranges_add (struct ranges *rs, uint64_t start, uint64_t end)
 {
   if (start >= end)
     return 0;
-  if (rs->len > 0 && rs->r[rs->len - 1].end == start) {
-    rs->r[rs->len - 1].end = end;
+  /* Touching or overlapping the last range (the same cluster named
+   * twice): one range.
+   */
+  if (rs->len > 0 && rs->r[rs->len - 1].start <= start
+      && rs->r[rs->len - 1].end >= start) {
+    if (rs->r[rs->len - 1].end < end)
+      rs->r[rs->len - 1].end = end;
     return 0;
   }
   if (grow ((void **) &rs->r, &rs->cap, rs->len + 1, sizeof *rs->r,
@@ -316,7 +321,7 @@ gheap_push (struct stream_unpack *s, uint64_t key, uint64_t id)
   if (id / 8 >= s->done_cap) {
     size_t old = s->done_cap;
     if (grow ((void **) &s->done, &s->done_cap, (size_t) (id / 8 + 1), 1,
-              MAX_PENDING_ITEMS) == -1)
+              SIZE_MAX) == -1)
       return -1;
     memset (s->done + old, 0, s->done_cap - old);
   }
@@ -875,13 +880,18 @@ serve_late (struct stream_unpack *s)
   size_t buf_len = 0;
   int ret = -1;
 
+  size_t next = 0;
+
   ranges_normalize (&s->spilled);
-  while (s->late_len > 0 || s->heap_len > 0) {
+  /* Oldest first: they were learnt in guest order, which a pipe target
+   * needs; items learnt here are appended and served in turn.
+   */
+  while (next < s->late_len || s->heap_len > 0) {
     struct item it;
     uint64_t end;
 
-    if (s->late_len > 0)
-      it = s->late[--s->late_len];
+    if (next < s->late_len)
+      it = s->late[next++];
     else
       it = heap_pop (s);
     end = it.offset + it.length;

@@ -91,6 +91,31 @@ sys.exit(0 if 0 < data < l2_off else 1)
 EOF
 judge late.qcow2
 
+# 300 MiB of data clusters first, then the one L2 table that maps them:
+# everything is served late, and to a pipe it must go out in guest order
+# without holding it all.
+python3 - tail.qcow2 <<'EOF'
+import os, struct, subprocess, sys
+cs, n, start = 1 << 16, 4800, 1 << 18
+subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', sys.argv[1], '1G'],
+               check=True)
+img = bytearray(open(sys.argv[1], 'rb').read())
+l1 = struct.unpack('>Q', img[40:48])[0]
+img += bytes(start - len(img))
+blk = os.urandom(cs)
+for j in range(n):
+    img += blk[:8] + struct.pack('>Q', j) + blk[16:]
+l2 = len(img)
+img[l1:l1 + 8] = struct.pack('>Q', l2 | (1 << 63))
+table = bytearray(cs)
+for j in range(n):
+    table[8 * j:8 * j + 8] = struct.pack('>Q', (start + j * cs) | (1 << 63))
+img += table
+open(sys.argv[1], 'wb').write(img)
+EOF
+judge tail.qcow2
+rm -f tail.qcow2
+
 # e2image -Q images of an ext4 file system.
 if command -v mke2fs >/dev/null && command -v e2image >/dev/null; then
   mkdir tree
