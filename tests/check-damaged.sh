@@ -7,28 +7,11 @@
 # cannot open the image (exit 1) we must fail with a message.  The
 # reader (info, map) must go on refusing these images.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
+. "${srcdir:-$(dirname "$0")}/check-functions.sh"
 requires qemu-img qemu-io od dd truncate
 
 cd "$tmp"
 
-# A JSON number field of qemu-img check --output=json (or ours); qemu
-# leaves out "corruptions" and "leaks" when they are zero.
-jfield () {
-  local v
-  v=$(sed -n "s/^ *\"$2\": \([0-9]*\),\{0,1\}\$/\1/p" "$1")
-  echo "${v:-0}"
-}
-
-be64 () { od -An -tu8 --endian=big -j "$2" -N 8 "$1" | tr -d ' '; }
-be32 () { od -An -tu4 --endian=big -j "$2" -N 4 "$1" | tr -d ' '; }
-be16 () { od -An -tu2 --endian=big -j "$2" -N 2 "$1" | tr -d ' '; }
-put_bytes () {                  # FILE OFFSET HEXDIGITS
-  printf "$(echo "$3" | sed 's/../\\x&/g')" |
-    dd of="$1" bs=1 seek="$2" conv=notrunc status=none
-}
-put_be64 () { put_bytes "$1" "$2" "$(printf '%016x' "$3")"; }
-put_be32 () { put_bytes "$1" "$2" "$(printf '%08x' "$3")"; }
-put_be16 () { put_bytes "$1" "$2" "$(printf '%04x' "$3")"; }
 # qemu's block layer fails reads that end past this offset.
 MAX_IO_END=$(( (1 << 63) - (1 << 30) ))
 

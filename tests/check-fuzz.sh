@@ -7,24 +7,10 @@
 # check is the oracle: the same exit code and the same numbers of
 # corruptions and leaks, or a message where qemu cannot open the image.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
+. "${srcdir:-$(dirname "$0")}/check-functions.sh"
 requires qemu-img qemu-io od dd timeout
 
 cd "$tmp"
-
-be64 () { od -An -tu8 --endian=big -j "$2" -N 8 "$1" | tr -d ' '; }
-be32 () { od -An -tu4 --endian=big -j "$2" -N 4 "$1" | tr -d ' '; }
-put_bytes () {                  # FILE OFFSET HEXDIGITS
-  printf "$(echo "$3" | sed 's/../\\x&/g')" |
-    dd of="$1" bs=1 seek="$2" conv=notrunc status=none
-}
-# A JSON number field of qemu-img check --output=json (or ours); qemu
-# leaves out "corruptions" and "leaks" when they are zero.
-jfield () {
-  local v
-  v=$(sed -n "s/^ *\"$2\": \([0-9]*\),\{0,1\}\$/\1/p" "$1")
-  echo "${v:-0}"
-}
-OFFSET_MASK=$(( 0x00fffffffffffe00 ))
 
 # Small clusters so that the image has several L2 tables, refcounts of
 # 2 (a snapshot), compressed and zero clusters, and a bitmap.

@@ -9,25 +9,10 @@
 # corruptions and leaks.  Where qemu-img itself would take too long,
 # only the time of sparsecow is checked.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
+. "${srcdir:-$(dirname "$0")}/check-functions.sh"
 requires qemu-img qemu-io od dd truncate timeout
 
 cd "$tmp"
-
-be64 () { od -An -tu8 --endian=big -j "$2" -N 8 "$1" | tr -d ' '; }
-be32 () { od -An -tu4 --endian=big -j "$2" -N 4 "$1" | tr -d ' '; }
-put_bytes () {                  # FILE OFFSET HEXDIGITS
-  printf "$(echo "$3" | sed 's/../\\x&/g')" |
-    dd of="$1" bs=1 seek="$2" conv=notrunc status=none
-}
-put_be64 () { put_bytes "$1" "$2" "$(printf '%016x' "$3")"; }
-put_be32 () { put_bytes "$1" "$2" "$(printf '%08x' "$3")"; }
-# A JSON number field of qemu-img check --output=json (or ours); qemu
-# leaves out "corruptions" and "leaks" when they are zero.
-jfield () {
-  local v
-  v=$(sed -n "s/^ *\"$2\": \([0-9]*\),\{0,1\}\$/\1/p" "$1")
-  echo "${v:-0}"
-}
 
 # Seconds sparsecow may take on each image: far below what visiting
 # every snapshot's table would take, with room for sanitizers.

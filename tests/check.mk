@@ -2,5 +2,6 @@
 # sparsecow check against qemu-img check; hostile images.
 TESTS += tests/check-qemu.sh tests/check-fuzz.sh tests/check-damaged.sh \
 	tests/check-slow.sh
-EXTRA_DIST += tests/check-qemu.sh tests/check-fuzz.sh tests/check-damaged.sh \
+EXTRA_DIST += tests/check-functions.sh \
+	tests/check-qemu.sh tests/check-fuzz.sh tests/check-damaged.sh \
 	tests/check-slow.sh
