@@ -18,6 +18,7 @@
  */
 #include <config.h>
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -247,12 +248,68 @@ ranges_contain (const struct ranges *rs, uint64_t start, uint64_t end)
   return lo < rs->len && rs->r[lo].start <= start && rs->r[lo].end >= end;
 }
 
-static void
-heap_swap (struct item *a, struct item *b)
+/* Min-heaps over arrays whose elements start with their uint64_t key
+ * (struct item, struct gkey, struct held).  heap_up moves the element
+ * at i up; heap_down moves the root down.
+ */
+#define HEAP_MAX_ELEM 32
+_Static_assert (offsetof (struct item, offset) == 0
+                && offsetof (struct gkey, key) == 0
+                && offsetof (struct held, guest) == 0,
+                "heap elements start with their key");
+_Static_assert (sizeof (struct item) <= HEAP_MAX_ELEM
+                && sizeof (struct gkey) <= HEAP_MAX_ELEM
+                && sizeof (struct held) <= HEAP_MAX_ELEM,
+                "heap elements fit the swap buffer");
+
+static uint64_t
+heap_key (const unsigned char *base, size_t elem, size_t i)
 {
-  struct item t = *a;
-  *a = *b;
-  *b = t;
+  uint64_t k;
+
+  memcpy (&k, base + i * elem, sizeof k);
+  return k;
+}
+
+static void
+heap_swap (unsigned char *base, size_t elem, size_t a, size_t b)
+{
+  unsigned char t[HEAP_MAX_ELEM];
+
+  memcpy (t, base + a * elem, elem);
+  memcpy (base + a * elem, base + b * elem, elem);
+  memcpy (base + b * elem, t, elem);
+}
+
+static void
+heap_up (void *heap, size_t elem, size_t i)
+{
+  unsigned char *base = heap;
+
+  while (i > 0
+         && heap_key (base, elem, (i - 1) / 2) > heap_key (base, elem, i)) {
+    heap_swap (base, elem, (i - 1) / 2, i);
+    i = (i - 1) / 2;
+  }
+}
+
+static void
+heap_down (void *heap, size_t elem, size_t len)
+{
+  unsigned char *base = heap;
+  size_t i = 0;
+
+  for (;;) {
+    size_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < len && heap_key (base, elem, l) < heap_key (base, elem, m))
+      m = l;
+    if (r < len && heap_key (base, elem, r) < heap_key (base, elem, m))
+      m = r;
+    if (m == i)
+      break;
+    heap_swap (base, elem, m, i);
+    i = m;
+  }
 }
 
 static int
@@ -265,10 +322,7 @@ heap_push (struct stream_unpack *s, const struct item *it)
     return -1;
   i = s->heap_len++;
   s->heap[i] = *it;
-  while (i > 0 && s->heap[(i - 1) / 2].offset > s->heap[i].offset) {
-    heap_swap (&s->heap[(i - 1) / 2], &s->heap[i]);
-    i = (i - 1) / 2;
-  }
+  heap_up (s->heap, sizeof *s->heap, i);
   return 0;
 }
 
@@ -276,20 +330,9 @@ static struct item
 heap_pop (struct stream_unpack *s)
 {
   struct item top = s->heap[0];
-  size_t i = 0;
 
   s->heap[0] = s->heap[--s->heap_len];
-  for (;;) {
-    size_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < s->heap_len && s->heap[l].offset < s->heap[m].offset)
-      m = l;
-    if (r < s->heap_len && s->heap[r].offset < s->heap[m].offset)
-      m = r;
-    if (m == i)
-      break;
-    heap_swap (&s->heap[m], &s->heap[i]);
-    i = m;
-  }
+  heap_down (s->heap, sizeof *s->heap, s->heap_len);
   return top;
 }
 
@@ -327,12 +370,7 @@ gheap_push (struct stream_unpack *s, uint64_t key, uint64_t id)
   }
   i = s->gheap_len++;
   s->gheap[i] = (struct gkey) { key, id };
-  while (i > 0 && s->gheap[(i - 1) / 2].key > s->gheap[i].key) {
-    struct gkey t = s->gheap[(i - 1) / 2];
-    s->gheap[(i - 1) / 2] = s->gheap[i];
-    s->gheap[i] = t;
-    i = (i - 1) / 2;
-  }
+  heap_up (s->gheap, sizeof *s->gheap, i);
   return 0;
 }
 
@@ -341,32 +379,10 @@ static uint64_t
 guest_floor (struct stream_unpack *s)
 {
   while (s->gheap_len > 0 && item_done (s, s->gheap[0].id)) {
-    size_t i = 0;
-
     s->gheap[0] = s->gheap[--s->gheap_len];
-    for (;;) {
-      size_t l = 2 * i + 1, r = l + 1, m = i;
-      if (l < s->gheap_len && s->gheap[l].key < s->gheap[m].key)
-        m = l;
-      if (r < s->gheap_len && s->gheap[r].key < s->gheap[m].key)
-        m = r;
-      if (m == i)
-        break;
-      struct gkey t = s->gheap[m];
-      s->gheap[m] = s->gheap[i];
-      s->gheap[i] = t;
-      i = m;
-    }
+    heap_down (s->gheap, sizeof *s->gheap, s->gheap_len);
   }
   return s->gheap_len > 0 ? s->gheap[0].key : UINT64_MAX;
-}
-
-static void
-held_swap (struct held *a, struct held *b)
-{
-  struct held t = *a;
-  *a = *b;
-  *b = t;
 }
 
 static int
@@ -395,10 +411,7 @@ held_push (struct stream_unpack *s, const void *buf, size_t len,
   s->held_bytes += len;
   i = s->held_len++;
   s->held[i] = hd;
-  while (i > 0 && s->held[(i - 1) / 2].guest > s->held[i].guest) {
-    held_swap (&s->held[(i - 1) / 2], &s->held[i]);
-    i = (i - 1) / 2;
-  }
+  heap_up (s->held, sizeof *s->held, i);
   return 0;
 }
 
@@ -406,20 +419,9 @@ static struct held
 held_pop (struct stream_unpack *s)
 {
   struct held top = s->held[0];
-  size_t i = 0;
 
   s->held[0] = s->held[--s->held_len];
-  for (;;) {
-    size_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < s->held_len && s->held[l].guest < s->held[m].guest)
-      m = l;
-    if (r < s->held_len && s->held[r].guest < s->held[m].guest)
-      m = r;
-    if (m == i)
-      break;
-    held_swap (&s->held[m], &s->held[i]);
-    i = m;
-  }
+  heap_down (s->held, sizeof *s->held, s->held_len);
   s->held_bytes -= top.len;
   return top;
 }
