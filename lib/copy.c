@@ -166,7 +166,7 @@ read_piece (struct sc_endpoint *src, struct sc_piece *piece)
   size_t n = 0;
 
   if (src->flags & SC_EP_STREAM) {
-    if (sc_stream_read (src, piece->buf, piece->length, piece->offset,
+    if (sc_ep_read_some (src, piece->buf, piece->length, piece->offset,
                         &n) == -1) {
       name_error (src->name);
       return -1;
@@ -476,7 +476,7 @@ sc_pipeline_run (const struct sc_pipeline *p)
   }
   else {
     if (list == NULL) {
-      if (p->src->ops->extents (p->src, 0, p->src->size, &own) == -1) {
+      if (sc_ep_extents (p->src, 0, p->src->size, &own) == -1) {
         name_error (p->src->name);
         goto out;
       }
@@ -580,7 +580,7 @@ write_piece (struct copy_state *cs, struct sc_piece *piece)
   if (piece->flags & SC_EXTENT_NOT_DATA) {
     if (dst->flags & SC_EP_FRESH_ZEROS)
       return 0;
-    rc = dst->ops->zero (dst, piece->length, piece->offset);
+    rc = sc_ep_zero (dst, piece->length, piece->offset, SC_ZERO_MAY_UNMAP);
   }
   else if (cs->detect_zeroes && (dst->flags & SC_EP_FRESH_ZEROS))
     rc = write_nonzero_runs (dst, piece->buf, piece->length, piece->offset);
@@ -629,5 +629,5 @@ sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
   }
   if (sc_pipeline_run (&p) == -1)
     return -1;
-  return dst->ops->flush (dst);
+  return sc_ep_flush (dst);
 }

@@ -1,4 +1,4 @@
-/* Per-thread error message and errno. */
+/* Per-thread error message and errno, and the version of the library. */
 #include <config.h>
 
 #include <stdarg.h>
@@ -51,4 +51,10 @@ sc_error_prefix (const char *fmt, ...)
   snprintf (error_message, sizeof error_message, "%s: %s", prefix, old);
   error_errno = saved;
   errno = saved;
+}
+
+const char *
+sc_version (void)
+{
+  return PACKAGE_VERSION;
 }

@@ -14,6 +14,7 @@
 #include <inttypes.h>
 
 #include "sparsecow.h"
+#include "endpoint.h"
 
 /* ---- small helpers ------------------------------------------------- */
 
@@ -73,15 +74,6 @@ extern int sc_full_pwrite (int fd, const void *buf, size_t count,
 extern int sc_full_write (int fd, const void *buf, size_t count);
 /* Number of online CPUs, at least 1. */
 extern unsigned sc_online_cpus (void);
-/* Shared "not supported" endpoint slots (fail with ENOTSUP). */
-extern int sc_ep_pwrite_unsupported (struct sc_endpoint *, const void *,
-                                     size_t, uint64_t);
-extern int sc_ep_zero_unsupported (struct sc_endpoint *, uint64_t, uint64_t);
-extern int sc_ep_flush_none (struct sc_endpoint *);
-/* The default extents slot: everything is data. */
-extern int sc_ep_extents_all_data (struct sc_endpoint *, uint64_t, uint64_t,
-                                   struct sc_extent_list *);
-
 /* ---- extent.c -------------------------------------------------------- */
 
 /* Append the data/hole extents of [offset, offset+count) of an open
@@ -92,48 +84,24 @@ extern int sc_fd_extents (int fd, enum sc_map_method method,
                           uint64_t offset, uint64_t count,
                           struct sc_extent_list *list);
 
-/* ---- endpoint-file.c ------------------------------------------------ */
+/* ---- tempfile.c ------------------------------------------------------ */
 
-struct stat;
-/* fstat() of the descriptor behind a file or block device endpoint, so
- * a caller can tell whether the source changed while it was read.
+/* Publish a temporary file's name (owned by the caller, alive until
+ * unregistered) so sc_cleanup_temporaries() can remove it.  Returns a
+ * slot, or -1 with EMFILE when too many are registered.
  */
-extern int sc_file_source_stat (struct sc_endpoint *ep, struct stat *st);
-/* Read up to count bytes of a stream source (SC_EP_STREAM) at offset,
- * which must be where the previous read ended.  *got < count only at
- * the end of the stream, which also sets ep->size to its length; reads
- * after the end get nothing.  Returns 0, or -1 with the error set.
+extern int sc_temporary_register (char *name);
+extern void sc_temporary_unregister (int slot);
+/* ".NAME.sparsecow-XXXXXX" in the directory of path, for mkostemp;
+ * malloc'd, NULL when out of memory.
  */
-extern int sc_stream_read (struct sc_endpoint *ep, void *buf, size_t count,
-                           uint64_t offset, size_t *got);
+extern char *sc_temporary_template (const char *path);
 /* An anonymous temporary file for data that must wait: next to near
  * when that is a regular file (or not there yet), else in $TMPDIR or
  * /var/tmp.  It disappears when closed, whatever happens.  Returns the
  * descriptor, or -1 with the error set.
  */
 extern int sc_spill_open (const char *near);
-/* Copy count bytes from a regular-file source at src_off to a
- * regular-file target at dst_off inside the kernel (copy_file_range):
- * one copy instead of a read and a write, or shared blocks on file
- * systems that can reflink.  Returns 0 when all was copied, -1 with
- * the error set, or 1 when this pair of endpoints cannot do it (the
- * caller then reads and writes; nothing was written).
- */
-extern int sc_file_copy_range (struct sc_endpoint *src, uint64_t src_off,
-                               struct sc_endpoint *dst, uint64_t dst_off,
-                               uint64_t count);
-/* Read exactly count bytes of a regular-file source only if they are
- * all in the page cache already: 0 when read, 1 when some are not (or
- * the system cannot tell; nothing useful is in buf then), -1 on error.
- */
-extern int sc_file_pread_cached (struct sc_endpoint *ep, void *buf,
-                                 size_t count, uint64_t offset);
-/* The same from a plain descriptor (a spill file); src_name names it
- * in errors.
- */
-extern int sc_file_copy_fd_range (int src_fd, const char *src_name,
-                                  uint64_t src_off, struct sc_endpoint *dst,
-                                  uint64_t dst_off, uint64_t count);
 
 /* ---- copy.c: the ordered pipeline under every data-moving command ----
  *

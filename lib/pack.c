@@ -20,7 +20,6 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -65,8 +64,8 @@ struct pack {
 
   /* The spill file and its write buffer (contiguous bytes at spill_off). */
   int spill_fd;
-  /* Phase 2 may copy source data with sc_file_copy_range, and the
-   * spill with sc_file_copy_fd_range.
+  /* Phase 2 may copy source data with sc_ep_copy_range, and the
+   * spill with sc_ep_copy_fd_range.
    */
   bool copy_range;
   bool spill_copy_range;
@@ -297,7 +296,7 @@ cluster_extents (struct pack *pk, struct sc_extent_list *out)
 
   sc_extent_list_init (&raw);
   if (pk->src->size > 0
-      && pk->src->ops->extents (pk->src, 0, pk->src->size, &raw) == -1) {
+      && sc_ep_extents (pk->src, 0, pk->src->size, &raw) == -1) {
     name_error (pk->src->name);
     goto out;
   }
@@ -371,11 +370,11 @@ scan_probing (struct pack *pk, const struct sc_extent_list *extents,
       bool zero = true;
 
       if (n > 0) {
-        int r = sc_file_pread_cached (pk->src, buf, p, o);
+        int r = sc_ep_pread_nowait (pk->src, buf, p, o);
 
         zero = r == 0 && sc_is_zero (buf, p);
         if (zero && n > p) {
-          r = sc_file_pread_cached (pk->src, buf + p, n - p, o + p);
+          r = sc_ep_pread_nowait (pk->src, buf + p, n - p, o + p);
           zero = r == 0 && sc_is_zero (buf + p, n - p);
         }
         if (r == -1) {
@@ -473,11 +472,12 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
   const struct sc_pack_opts *opts = pk->opts;
   uint64_t cs = pk->cluster_size;
 
-  /* A block device is read in long requests: short probes scattered
-   * over a slow device would cost more than they save.
+  /* Probing needs a source that can tell what is in memory (a regular
+   * file).  A block device is read in long requests: short probes
+   * scattered over a slow device would cost more than they save.
    */
   if (!pk->spill_all && opts->detect_zeroes && opts->codec == SC_CODEC_NONE
-      && strcmp (pk->src->ops->kind, "file") == 0) {
+      && pk->src->ops->pread_nowait != NULL) {
     struct sc_extent_list rest;
     uint64_t stop;
     int r;
@@ -581,7 +581,7 @@ copy_spill (struct pack *pk, uint64_t from, uint64_t to)
 
     if (out_flush (pk) == -1)
       return -1;
-    r = sc_file_copy_fd_range (pk->spill_fd, "spill file", from, pk->dst,
+    r = sc_ep_copy_fd_range (pk->spill_fd, "spill file", from, pk->dst,
                                pk->out_off, n);
     if (r == -1)
       return -1;
@@ -624,7 +624,7 @@ copy_source (struct pack *pk, uint64_t offset, uint64_t len)
 
     if (out_flush (pk) == -1)
       return -1;
-    r = sc_file_copy_range (pk->src, offset, pk->dst, pk->out_off, n);
+    r = sc_ep_copy_range (pk->src, offset, pk->dst, pk->out_off, n);
     if (r == -1)
       return -1;
     if (r == 0) {
@@ -735,18 +735,6 @@ check_opts (const struct sc_pack_opts *opts, uint32_t *cluster_bits,
   return 0;
 }
 
-/* The fields that change when a file is written or replaced. */
-static bool
-same_file_state (const struct stat *a, const struct stat *b)
-{
-  return a->st_size == b->st_size
-    && a->st_mtim.tv_sec == b->st_mtim.tv_sec
-    && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec
-    && a->st_ctim.tv_sec == b->st_ctim.tv_sec
-    && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec
-    && a->st_ino == b->st_ino && a->st_dev == b->st_dev;
-}
-
 int
 sc_pack (struct sc_endpoint *src, const char *target,
          const struct sc_pack_opts *opts_in)
@@ -755,8 +743,8 @@ sc_pack (struct sc_endpoint *src, const char *target,
   struct pack pk = { .src = src, .target = target, .spill_fd = -1,
                      .copy_range = true, .spill_copy_range = true };
   struct sc_extent_list extents;
-  struct stat st_before, st_after;
-  bool have_stat;
+  struct sc_fingerprint fp_before, fp_after;
+  int have_fp;
   uint32_t cluster_bits;
   unsigned refcount_order;
   int ret = -1;
@@ -784,10 +772,12 @@ sc_pack (struct sc_endpoint *src, const char *target,
     return -1;
   }
 
-  /* A source whose state cannot be taken is not a file; it cannot be
-   * changed behind our back in a way fstat would show either.
+  /* A source whose state cannot be taken (a pipe, an image) cannot be
+   * changed behind our back in a way that would show there either.
    */
-  have_stat = sc_file_source_stat (src, &st_before) == 0;
+  have_fp = sc_ep_fingerprint (src, &fp_before);
+  if (have_fp == -1)
+    goto out;
   pk.spill_all = !(src->flags & SC_EP_SEEKABLE);
 
   /* A stream is read to its end in the scan; its extents and its size
@@ -823,7 +813,7 @@ sc_pack (struct sc_endpoint *src, const char *target,
     sc_set_error (errno, "out of memory");
     goto out;
   }
-  pk.dst = sc_file_open_target (target, pk.plan.file_size,
+  pk.dst = sc_endpoint_open_target (target, pk.plan.file_size,
                                 opts.target_flags);
   if (pk.dst == NULL) {
     name_error (target);
@@ -838,16 +828,16 @@ sc_pack (struct sc_endpoint *src, const char *target,
     goto out;
   }
 
-  if (have_stat) {
-    if (sc_file_source_stat (src, &st_after) == -1)
+  if (have_fp == 0) {
+    if (sc_ep_fingerprint (src, &fp_after) == -1)
       goto out;
-    if (!same_file_state (&st_before, &st_after)) {
+    if (!sc_ep_fingerprint_equal (&fp_before, &fp_after)) {
       sc_set_error (EBUSY, "%s: source changed while packing", src->name);
       goto out;
     }
   }
 
-  if (sc_file_target_commit (pk.dst) == -1) {
+  if (sc_ep_commit (pk.dst) == -1) {
     name_error (target);
     goto out;
   }

@@ -1148,34 +1148,26 @@ qep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
 static int
 qep_close (struct sc_endpoint *ep)
 {
-  free (ep->name);
-  free (ep);
+  sc_ep_free (ep);
   return 0;
 }
 
 static const struct sc_endpoint_ops qcow2_ops = {
   .kind = "qcow2",
   .pread = qep_pread,
-  .pwrite = sc_ep_pwrite_unsupported,
-  .zero = sc_ep_zero_unsupported,
   .extents = qep_extents,
-  .flush = sc_ep_flush_none,
   .close = qep_close,
 };
 
 struct sc_endpoint *
 sc_qcow2_endpoint (struct sc_qcow2 *q)
 {
-  struct qcow2_endpoint *e = calloc (1, sizeof *e);
+  struct qcow2_endpoint *e = sc_ep_new (sizeof *e, &qcow2_ops,
+                                        q->layers[0].filename);
 
-  if (e == NULL || (e->ep.name = xstrdup (q->layers[0].filename)) == NULL) {
-    if (e == NULL)
-      sc_set_error (errno, "calloc: %s", strerror (errno));
-    free (e);
+  if (e == NULL)
     return NULL;
-  }
   e->q = q;
-  e->ep.ops = &qcow2_ops;
   e->ep.size = sc_qcow2_virtual_size (q);
   e->ep.block_size = q->layers[0].h.cluster_size;
   e->ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE;

@@ -437,7 +437,8 @@ forward_write (struct stream_unpack *s, const void *buf, size_t len,
     return -1;
   }
   if (guest > s->fwd_pos
-      && s->dst->ops->zero (s->dst, guest - s->fwd_pos, s->fwd_pos) == -1)
+      && sc_ep_zero (s->dst, guest - s->fwd_pos, s->fwd_pos,
+                     SC_ZERO_MAY_UNMAP) == -1)
     return -1;
   s->fwd_pos = guest + len;
   return sc_ep_pwrite (s->dst, buf, len, guest);
@@ -735,7 +736,7 @@ read_chunk (struct stream_unpack *s)
 
   s->chunk_off += s->chunk_len;
   s->chunk_len = 0;
-  if (sc_stream_read (s->src, s->chunk, CHUNK_SIZE, s->chunk_off, &got)
+  if (sc_ep_read_some (s->src, s->chunk, CHUNK_SIZE, s->chunk_off, &got)
       == -1)
     return -1;
   s->chunk_len = got;
@@ -952,14 +953,16 @@ zero_the_rest (struct stream_unpack *s)
     if (release_held (s) == -1)
       return -1;
     return s->vsize > s->fwd_pos
-      ? s->dst->ops->zero (s->dst, s->vsize - s->fwd_pos, s->fwd_pos) : 0;
+      ? sc_ep_zero (s->dst, s->vsize - s->fwd_pos, s->fwd_pos,
+                    SC_ZERO_MAY_UNMAP) : 0;
   }
   if (s->fresh)
     return 0;
   ranges_normalize (&s->written);
   for (size_t i = 0; i <= s->written.len; i++) {
     uint64_t stop = i < s->written.len ? s->written.r[i].start : s->vsize;
-    if (stop > pos && s->dst->ops->zero (s->dst, stop - pos, pos) == -1)
+    if (stop > pos
+        && sc_ep_zero (s->dst, stop - pos, pos, SC_ZERO_MAY_UNMAP) == -1)
       return -1;
     if (i < s->written.len)
       pos = s->written.r[i].end;
@@ -1050,7 +1053,7 @@ sc_qcow2_unpack_stream (struct sc_endpoint *src, const char *target,
     goto out;
   }
 
-  s.dst = sc_file_open_target (target, s.vsize,
+  s.dst = sc_endpoint_open_target (target, s.vsize,
                                opts ? opts->target_flags : 0);
   if (s.dst == NULL) {
     sc_error_prefix ("%s", target);
@@ -1095,7 +1098,7 @@ sc_qcow2_unpack_stream (struct sc_endpoint *src, const char *target,
   }
   if (serve_late (&s) == -1)
     goto err_image;
-  if (zero_the_rest (&s) == -1 || sc_file_target_commit (s.dst) == -1) {
+  if (zero_the_rest (&s) == -1 || sc_ep_commit (s.dst) == -1) {
     sc_error_prefix ("%s", target);
     goto out;
   }

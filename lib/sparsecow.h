@@ -15,6 +15,23 @@
 extern "C" {
 #endif
 
+/* ---- version ------------------------------------------------------- */
+
+/* The version of this header, as a number: major * 10000 + minor * 100
+ * + micro.  Compare with SC_VERSION_NUMBER (maj, min, mic).
+ */
+#define SC_VERSION_MAJOR 0
+#define SC_VERSION_MINOR 1
+#define SC_VERSION_MICRO 0
+#define SC_VERSION_NUMBER(maj, min, mic) ((maj) * 10000 + (min) * 100 + (mic))
+#define SC_VERSION \
+  SC_VERSION_NUMBER (SC_VERSION_MAJOR, SC_VERSION_MINOR, SC_VERSION_MICRO)
+
+/* The version of the library linked at run time, "MAJOR.MINOR.MICRO"
+ * (a static string).  Never fails.
+ */
+extern const char *sc_version (void);
+
 /* ---- error.c ---------------------------------------------------- */
 
 /* The message of the last failed call in this thread ("" if none). */
@@ -55,74 +72,66 @@ enum sc_map_method {
   SC_MAP_NONE,                  /* everything is data */
 };
 
-/* ---- endpoints: one small vtable, one file per kind --------------- */
+/* ---- endpoint.c: where data comes from and goes to ------------------ */
 
+/* An open source or target: a regular file, a block device, a pipe or
+ * the guest view of a qcow2 image.  Opaque; every endpoint is released
+ * with sc_endpoint_close().
+ */
 struct sc_endpoint;
 
-/* Every slot is set; unsupported operations fail with ENOTSUP. */
-struct sc_endpoint_ops {
-  const char *kind;             /* "file", "block", "pipe", "qcow2", "nbd" */
-  /* Read or write exactly count bytes at offset. */
-  int (*pread) (struct sc_endpoint *ep, void *buf, size_t count,
-                uint64_t offset);
-  int (*pwrite) (struct sc_endpoint *ep, const void *buf, size_t count,
-                 uint64_t offset);
-  /* Make a range read as zeros. */
-  int (*zero) (struct sc_endpoint *ep, uint64_t count, uint64_t offset);
-  /* Append the extents covering [offset, offset+count) to list. */
-  int (*extents) (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
-                  struct sc_extent_list *list);
-  int (*flush) (struct sc_endpoint *ep);
-  /* Release everything; returns -1 if a deferred error surfaced. */
-  int (*close) (struct sc_endpoint *ep);
-};
-
-/* Endpoint capability flags. */
-#define SC_EP_SEEKABLE     0x1  /* pread/pwrite at any offset */
-#define SC_EP_THREAD_SAFE  0x2  /* pread/pwrite may run concurrently */
-#define SC_EP_FRESH_ZEROS  0x4  /* target: unwritten ranges already read as zero */
-#define SC_EP_STREAM       0x8  /* source read once in order; size is 0
-                                   until the end has been read */
-
-struct sc_endpoint {
-  const struct sc_endpoint_ops *ops;
-  char *name;                   /* for messages */
-  uint64_t size;                /* virtual size in bytes */
-  uint32_t block_size;          /* preferred I/O size */
-  uint32_t flags;               /* SC_EP_* */
-};
-
-static inline int sc_ep_pread (struct sc_endpoint *ep, void *b, size_t n, uint64_t o)
-{ return ep->ops->pread (ep, b, n, o); }
-static inline int sc_ep_pwrite (struct sc_endpoint *ep, const void *b, size_t n, uint64_t o)
-{ return ep->ops->pwrite (ep, b, n, o); }
-static inline int sc_ep_close (struct sc_endpoint *ep)
-{ return ep->ops->close (ep); }
-
-/* endpoint-file.c: regular files, block devices, pipes. */
-
-/* Open a data source: a path (file, block device, FIFO or character
- * device) or "-" (stdin).  map selects how a regular file's extents are
- * found.  Pipes, FIFOs and character devices are streams
- * (SC_EP_STREAM).
+/* Open a data source by name: a path (regular file, block device, FIFO
+ * or character device) or "-" (stdin).  map selects how a regular
+ * file's extents are found.  Pipes, FIFOs and character devices are
+ * streams (sc_endpoint_is_stream): read once, in order.
+ * Returns NULL with errno ENOENT, EACCES (cannot open), EINVAL (a
+ * directory or another kind of file), ENOMEM.
  */
-extern struct sc_endpoint *sc_file_open_source (const char *path,
-                                                enum sc_map_method map);
+extern struct sc_endpoint *sc_endpoint_open_source (const char *name,
+                                                    enum sc_map_method map);
 
 /* Target creation flags. */
 #define SC_TARGET_FORCE  0x1    /* replace an existing file */
 
-/* Open a data target of the given size: a regular file (created under a
+/* Open a data target of size bytes: a regular file (created under a
  * temporary name in its directory, sized with ftruncate so a file
  * system that cannot hold it fails before any data is written), a
- * block device (must be at least size bytes), or "-" (stdout, written
- * forward only).  The target appears at path only after
- * sc_file_target_commit(); closing without committing removes it.
+ * block device (must be at least size bytes), a FIFO or character
+ * device, or "-" (stdout); the last two are written forward only.
+ * A symbolic link to a regular file is written through.  A regular
+ * file appears at name only after sc_endpoint_commit(); closing
+ * without committing removes it.
+ * Returns NULL with errno EEXIST (exists, no SC_TARGET_FORCE), EISDIR,
+ * ENOSPC (device too small), EFBIG (file system or ulimit too small),
+ * ENOENT, EACCES, ENOMEM.
  */
-extern struct sc_endpoint *sc_file_open_target (const char *path,
-                                                uint64_t size,
-                                                unsigned flags);
-extern int sc_file_target_commit (struct sc_endpoint *ep);
+extern struct sc_endpoint *sc_endpoint_open_target (const char *name,
+                                                    uint64_t size,
+                                                    unsigned flags);
+
+/* Flush a complete target and make it visible under its name.  Returns
+ * 0, or -1 with errno EIO/ENOSPC (flush), EEXIST (the name was taken
+ * meanwhile and SC_TARGET_FORCE is not set), or rename's errno.
+ */
+extern int sc_endpoint_commit (struct sc_endpoint *ep);
+/* Release ep (NULL is allowed); an uncommitted target disappears.
+ * Returns -1 with errno if a deferred error surfaced on close.
+ */
+extern int sc_endpoint_close (struct sc_endpoint *ep);
+
+/* The size in bytes (a stream's is 0 until its end has been read), and
+ * the name used in messages (owned by ep).
+ */
+extern uint64_t sc_endpoint_size (const struct sc_endpoint *ep);
+extern const char *sc_endpoint_name (const struct sc_endpoint *ep);
+/* Is ep a stream: read once, in order, of unknown length? */
+extern bool sc_endpoint_is_stream (const struct sc_endpoint *ep);
+/* Append the extents of [offset, offset+count) of ep to list (clipped
+ * to its size).  Returns 0, or -1 with errno ESPIPE (a stream), EIO,
+ * ENOMEM.
+ */
+extern int sc_endpoint_extents (struct sc_endpoint *ep, uint64_t offset,
+                                 uint64_t count, struct sc_extent_list *list);
 
 /* Remove every uncommitted temporary target; async-signal-safe, for
  * SIGINT/SIGTERM handlers.
@@ -147,7 +156,7 @@ struct sc_copy_opts {
 
 /* Copy all of src to dst (sizes must match, or dst larger for a block
  * device).  Holes and zero extents of src become zero on dst (nothing
- * is written when dst has SC_EP_FRESH_ZEROS).
+ * is written when dst already reads as zero, as a new file does).
  */
 extern int sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
                     const struct sc_copy_opts *opts);
@@ -184,8 +193,8 @@ extern int sc_is_qcow2 (const char *path);
  */
 extern struct sc_endpoint *sc_qcow2_endpoint (struct sc_qcow2 *q);
 
-/* qcow2-stream.c: unpack an image read once from a stream (a pipe,
- * SC_EP_STREAM) into target, opened as sc_file_open_target() does and
+/* qcow2-stream.c: unpack an image read once from a stream endpoint (a
+ * pipe) into target, opened as sc_endpoint_open_target() does and
  * committed on success.  The image's active layer is written; images
  * with a backing file or an external data file are refused.  Bytes of
  * the image that are not known to be needed when they go by are kept

@@ -98,32 +98,3 @@ sc_online_cpus (void)
   long n = sysconf (_SC_NPROCESSORS_ONLN);
   return n < 1 ? 1 : (unsigned) n;
 }
-
-int
-sc_ep_pwrite_unsupported (struct sc_endpoint *ep, const void *buf,
-                          size_t count, uint64_t offset)
-{
-  sc_set_error (ENOTSUP, "%s: writing is not supported", ep->name);
-  return -1;
-}
-
-int
-sc_ep_zero_unsupported (struct sc_endpoint *ep, uint64_t count,
-                        uint64_t offset)
-{
-  sc_set_error (ENOTSUP, "%s: zeroing is not supported", ep->name);
-  return -1;
-}
-
-int
-sc_ep_flush_none (struct sc_endpoint *ep)
-{
-  return 0;
-}
-
-int
-sc_ep_extents_all_data (struct sc_endpoint *ep, uint64_t offset,
-                        uint64_t count, struct sc_extent_list *list)
-{
-  return sc_extent_list_append (list, offset, count, 0);
-}

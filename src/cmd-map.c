@@ -13,7 +13,6 @@
 #include <sys/stat.h>
 
 #include "cli.h"
-#include "internal.h"
 
 #define RAW_SECTOR_SIZE 512
 
@@ -124,36 +123,20 @@ static int
 map_raw (const char *path, struct map_out *out)
 {
   struct sc_extent_list list;
-  struct stat st;
+  struct sc_endpoint *ep;
   uint64_t size;
-  int fd, r = -1;
+  int r = -1;
 
-  fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1 || fstat (fd, &st) == -1) {
-    sc_set_error (errno, "%s", strerror (errno));
-    if (fd >= 0)
-      close (fd);
+  ep = sc_endpoint_open_source (path, SC_MAP_SEEK);
+  if (ep == NULL)
     return -1;
-  }
-  if (S_ISBLK (st.st_mode)) {
-    off_t end = lseek (fd, 0, SEEK_END);
-    if (end == -1) {
-      sc_set_error (errno, "lseek: %s", strerror (errno));
-      close (fd);
-      return -1;
-    }
-    size = (uint64_t) end;
-  }
-  else
-    size = (uint64_t) st.st_size;
+  sc_extent_list_init (&list);
   /* qemu sees files in whole sectors: a partial last sector is padded
    * with zeros (and is a hole, being past the end of the file).
    */
-  size = SC_ROUND_UP (size, RAW_SECTOR_SIZE);
-
-  sc_extent_list_init (&list);
-  if (size > 0
-      && sc_fd_extents (fd, SC_MAP_SEEK, 0, size, &list) == -1)
+  size = (sc_endpoint_size (ep) + RAW_SECTOR_SIZE - 1)
+         / RAW_SECTOR_SIZE * RAW_SECTOR_SIZE;
+  if (size > 0 && sc_endpoint_extents (ep, 0, size, &list) == -1)
     goto out;
   out->names = &path;
   out->nb_names = 1;
@@ -172,7 +155,8 @@ map_raw (const char *path, struct map_out *out)
   r = 0;
  out:
   sc_extent_list_free (&list);
-  close (fd);
+  if (sc_endpoint_close (ep) == -1)
+    r = -1;
   return r;
 }
 

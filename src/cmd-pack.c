@@ -179,7 +179,7 @@ cmd_pack (int argc, char **argv)
   opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
 
   cli_install_signal_handlers ();
-  src = sc_file_open_source (source, map);
+  src = sc_endpoint_open_source (source, map);
   if (src == NULL) {
     cli_lib_error (source);
     return EXIT_ERROR;
@@ -188,7 +188,7 @@ cmd_pack (int argc, char **argv)
   cli_progress_done (&common);
   if (r == -1)
     cli_lib_error (NULL);
-  if (sc_ep_close (src) == -1 && r == 0) {
+  if (sc_endpoint_close (src) == -1 && r == 0) {
     cli_lib_error (source);
     r = -1;
   }

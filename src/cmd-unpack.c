@@ -49,14 +49,14 @@ unpack_stream (const char *image, const char *target, unsigned target_flags,
   struct sc_endpoint *src;
   int r;
 
-  src = sc_file_open_source (image, SC_MAP_SEEK);
+  src = sc_endpoint_open_source (image, SC_MAP_SEEK);
   if (src == NULL) {
     cli_lib_error (image);
     return EXIT_ERROR;
   }
-  if (!(src->flags & SC_EP_STREAM)) {
+  if (!sc_endpoint_is_stream (src)) {
     /* Standard input redirected from a file: not a stream at all. */
-    sc_ep_close (src);
+    sc_endpoint_close (src);
     cli_error ("%s: reading an image from standard input needs a pipe; "
                "name the file instead", image);
     return EXIT_ERROR;
@@ -66,7 +66,7 @@ unpack_stream (const char *image, const char *target, unsigned target_flags,
   cli_progress_done (common);
   if (r == -1)
     cli_lib_error (NULL);
-  if (sc_ep_close (src) == -1 && r == 0) {
+  if (sc_endpoint_close (src) == -1 && r == 0) {
     cli_lib_error (image);
     r = -1;
   }
@@ -143,7 +143,8 @@ cmd_unpack (int argc, char **argv)
     cli_lib_error (image);
     goto out;
   }
-  dst = sc_file_open_target (target, sc_qcow2_virtual_size (q), target_flags);
+  dst = sc_endpoint_open_target (target, sc_qcow2_virtual_size (q),
+                                target_flags);
   if (dst == NULL) {
     cli_lib_error (target);
     goto out;
@@ -159,7 +160,7 @@ cmd_unpack (int argc, char **argv)
     goto out;
   }
   cli_progress_done (&common);
-  if (sc_file_target_commit (dst) == -1) {
+  if (sc_endpoint_commit (dst) == -1) {
     cli_lib_error (NULL);
     goto out;
   }
@@ -167,11 +168,11 @@ cmd_unpack (int argc, char **argv)
 
  out:
   /* Closing an uncommitted target removes it. */
-  if (dst && sc_ep_close (dst) == -1 && rc == EXIT_OK) {
+  if (dst && sc_endpoint_close (dst) == -1 && rc == EXIT_OK) {
     cli_lib_error (NULL);
     rc = EXIT_ERROR;
   }
-  if (src && sc_ep_close (src) == -1 && rc == EXIT_OK) {
+  if (src && sc_endpoint_close (src) == -1 && rc == EXIT_OK) {
     cli_lib_error (image);
     rc = EXIT_ERROR;
   }

@@ -363,7 +363,7 @@ run_pipeline (unsigned threads, uint32_t request_size)
   fd = make_sparse_file (path, 3000);
   CU_ASSERT_FATAL (fd >= 0);
   close (fd);
-  src = sc_file_open_source (path, SC_MAP_SEEK);
+  src = sc_endpoint_open_source (path, SC_MAP_SEEK);
   CU_ASSERT_FATAL (src != NULL);
   CU_ASSERT_STRING_EQUAL (src->ops->kind, "file");
   CU_ASSERT_EQUAL (src->size, (uint64_t) FILE_BLOCKS * BLOCK + 3000);
@@ -475,10 +475,7 @@ serial_close (struct sc_endpoint *ep)
 static const struct sc_endpoint_ops serial_ops = {
   .kind = "test",
   .pread = serial_pread,
-  .pwrite = sc_ep_pwrite_unsupported,
-  .zero = sc_ep_zero_unsupported,
   .extents = serial_extents,
-  .flush = sc_ep_flush_none,
   .close = serial_close,
 };
 
@@ -566,16 +563,16 @@ copy_and_compare (unsigned threads, bool detect_zeroes)
   fd = make_sparse_file (spath, 123);
   CU_ASSERT_FATAL (fd >= 0);
   close (fd);
-  src = sc_file_open_source (spath, SC_MAP_SEEK);
+  src = sc_endpoint_open_source (spath, SC_MAP_SEEK);
   CU_ASSERT_FATAL (src != NULL);
   size = src->size;
-  dst = sc_file_open_target (tpath, size, 0);
+  dst = sc_endpoint_open_target (tpath, size, 0);
   CU_ASSERT_FATAL (dst != NULL);
   CU_ASSERT (dst->flags & SC_EP_FRESH_ZEROS);
   /* Nothing at the target path before the commit. */
   CU_ASSERT_EQUAL (access (tpath, F_OK), -1);
   CU_ASSERT_EQUAL (sc_copy (src, dst, &opts), 0);
-  CU_ASSERT_EQUAL (sc_file_target_commit (dst), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_commit (dst), 0);
   CU_ASSERT_EQUAL (sc_ep_close (dst), 0);
   CU_ASSERT_EQUAL (sc_ep_close (src), 0);
 
@@ -595,10 +592,10 @@ copy_and_compare (unsigned threads, bool detect_zeroes)
   CU_ASSERT ((uint64_t) st.st_blocks * 512 <= 2 * NR_DATA_BLOCKS * BLOCK);
 
   /* An existing target is refused without force, replaced with it. */
-  dst = sc_file_open_target (tpath, size, 0);
+  dst = sc_endpoint_open_target (tpath, size, 0);
   CU_ASSERT_PTR_NULL (dst);
   CU_ASSERT_EQUAL (sc_error_errno (), EEXIST);
-  dst = sc_file_open_target (tpath, 10, SC_TARGET_FORCE);
+  dst = sc_endpoint_open_target (tpath, 10, SC_TARGET_FORCE);
   CU_ASSERT_FATAL (dst != NULL);
   CU_ASSERT_EQUAL (count_dir_entries (), 3);  /* src, dst, temporary */
   /* Closing without a commit leaves the old target and no temporary. */
@@ -608,8 +605,8 @@ copy_and_compare (unsigned threads, bool detect_zeroes)
   CU_ASSERT_EQUAL ((uint64_t) st.st_size, size);
 
   /* A target smaller than the source is refused by sc_copy. */
-  src = sc_file_open_source (spath, SC_MAP_SEEK);
-  dst = sc_file_open_target (tpath, 10, SC_TARGET_FORCE);
+  src = sc_endpoint_open_source (spath, SC_MAP_SEEK);
+  dst = sc_endpoint_open_target (tpath, 10, SC_TARGET_FORCE);
   CU_ASSERT_FATAL (src != NULL && dst != NULL);
   CU_ASSERT_EQUAL (sc_copy (src, dst, &opts), -1);
   /* The signal-handler cleanup removes the temporary. */
@@ -632,13 +629,106 @@ test_source_errors (void)
   char path[300];
 
   path_of (path, sizeof path, "does-not-exist");
-  CU_ASSERT_PTR_NULL (sc_file_open_source (path, SC_MAP_SEEK));
+  CU_ASSERT_PTR_NULL (sc_endpoint_open_source (path, SC_MAP_SEEK));
   CU_ASSERT_EQUAL (sc_error_errno (), ENOENT);
-  CU_ASSERT_PTR_NULL (sc_file_open_source (tmpdir, SC_MAP_SEEK));
+  CU_ASSERT_PTR_NULL (sc_endpoint_open_source (tmpdir, SC_MAP_SEEK));
   path_of (path, sizeof path, "no-such-dir/target");
-  CU_ASSERT_PTR_NULL (sc_file_open_target (path, 100, 0));
-  CU_ASSERT_PTR_NULL (sc_file_open_target (tmpdir, 100, SC_TARGET_FORCE));
+  CU_ASSERT_PTR_NULL (sc_endpoint_open_target (path, 100, 0));
+  CU_ASSERT_PTR_NULL (sc_endpoint_open_target (tmpdir, 100, SC_TARGET_FORCE));
   CU_ASSERT_EQUAL (sc_error_errno (), EISDIR);
+}
+
+/* The null endpoints and the defaults of optional slots. */
+static int
+minimal_close (struct sc_endpoint *ep)
+{
+  sc_ep_free (ep);
+  return 0;
+}
+
+static uint64_t minimal_written;
+
+static int
+minimal_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
+                uint64_t offset)
+{
+  /* The default zero slot writes zeros through pwrite. */
+  if (!sc_is_zero (buf, count))
+    return -1;
+  minimal_written += count;
+  return 0;
+}
+
+/* Only the required slot and pwrite: everything else is a default. */
+static const struct sc_endpoint_ops minimal_ops = {
+  .kind = "minimal",
+  .pwrite = minimal_pwrite,
+  .close = minimal_close,
+};
+
+static void
+test_endpoint_defaults (void)
+{
+  struct sc_endpoint *src, *dst, *ep;
+  struct sc_extent_list list;
+  struct sc_copy_opts opts = { .threads = 2 };
+  struct sc_fingerprint fp;
+  uint64_t written, zeroed;
+  char buf[16];
+  size_t got;
+
+  /* 1 TiB of zeros copies without a single byte read or written. */
+  src = sc_null_source_new ((uint64_t) 1 << 40);
+  dst = sc_null_target_new ((uint64_t) 1 << 40);
+  CU_ASSERT_FATAL (src != NULL && dst != NULL);
+  CU_ASSERT_EQUAL (sc_copy (src, dst, &opts), 0);
+  sc_null_target_counts (dst, &written, &zeroed);
+  CU_ASSERT_EQUAL (written, 0);
+  CU_ASSERT_EQUAL (zeroed, (uint64_t) 1 << 40);
+  /* A smaller target is refused before anything moves. */
+  sc_ep_close (dst);
+  dst = sc_null_target_new (4096);
+  CU_ASSERT_EQUAL (sc_copy (src, dst, &opts), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), ENOSPC);
+  sc_ep_close (dst);
+  sc_ep_close (src);
+
+  ep = sc_ep_new (sizeof *ep, &minimal_ops, "minimal");
+  CU_ASSERT_FATAL (ep != NULL);
+  ep->size = 1 * MiB;
+  /* No pread: reading fails with ENOTSUP. */
+  CU_ASSERT_EQUAL (sc_ep_pread (ep, buf, sizeof buf, 0), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), ENOTSUP);
+  /* No extents: one data extent over the range asked for. */
+  sc_extent_list_init (&list);
+  CU_ASSERT_EQUAL (sc_ep_extents (ep, 4096, 8192, &list), 0);
+  CU_ASSERT_EQUAL (list.len, 1);
+  if (list.len == 1) {
+    CU_ASSERT_EQUAL (list.ext[0].offset, 4096);
+    CU_ASSERT_EQUAL (list.ext[0].length, 8192);
+    CU_ASSERT_EQUAL (list.ext[0].flags, 0);
+  }
+  sc_extent_list_free (&list);
+  /* No zero slot: zeros are written, or ENOTSUP when asked to be fast. */
+  minimal_written = 0;
+  CU_ASSERT_EQUAL (sc_ep_zero (ep, 600 * KiB, 0, SC_ZERO_MAY_UNMAP), 0);
+  CU_ASSERT_EQUAL (minimal_written, 600 * KiB);
+  CU_ASSERT_EQUAL (sc_ep_zero (ep, 4096, 0, SC_ZERO_FAST), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), ENOTSUP);
+  CU_ASSERT_EQUAL (minimal_written, 600 * KiB);
+  /* No fingerprint, no cache probe, no kernel copy, no flush. */
+  CU_ASSERT_EQUAL (sc_ep_fingerprint (ep, &fp), 1);
+  CU_ASSERT_EQUAL (sc_ep_pread_nowait (ep, buf, sizeof buf, 0), 1);
+  CU_ASSERT_EQUAL (sc_ep_copy_range (ep, 0, ep, 0, 4096), 1);
+  CU_ASSERT_EQUAL (sc_ep_flush (ep), 0);
+  CU_ASSERT_EQUAL (sc_ep_commit (ep), 0);
+  /* Not a stream: read_some reads what there is up to the size, and
+   * that needs pread.
+   */
+  CU_ASSERT_EQUAL (sc_ep_read_some (ep, buf, sizeof buf, 2 * MiB, &got), 0);
+  CU_ASSERT_EQUAL (got, 0);
+  CU_ASSERT_EQUAL (sc_ep_read_some (ep, buf, sizeof buf, 0, &got), -1);
+  CU_ASSERT_EQUAL (sc_ep_close (ep), 0);
 }
 
 int
@@ -662,7 +752,9 @@ main (void)
       || !CU_add_test (s, "fd extents: preallocated", test_fd_extents_unwritten)
       || !CU_add_test (s, "copy, 1 thread", test_copy_1)
       || !CU_add_test (s, "copy, 4 threads, zero detection", test_copy_4)
-      || !CU_add_test (s, "open errors", test_source_errors)) {
+      || !CU_add_test (s, "open errors", test_source_errors)
+      || !CU_add_test (s, "endpoint defaults, null endpoints",
+                       test_endpoint_defaults)) {
     CU_cleanup_registry ();
     return EXIT_FAILURE;
   }

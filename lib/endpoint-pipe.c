@@ -1,0 +1,284 @@
+/* Stream endpoints: pipes, FIFOs, character devices, sockets and the
+ * standard streams.
+ *
+ * A stream source is read once, in order, and its length is known only
+ * at the end.  A stream target is written forward only; when it is
+ * really a regular file with nothing past its position (stdout
+ * redirected with ">"), zeros are skipped with lseek and the size set
+ * at the end, instead of written.
+ */
+#include <config.h>
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+#include "endpoint.h"
+
+/* Zeros that must be written go out in chunks of this size. */
+#define ZERO_CHUNK (256 * 1024)
+
+struct pipe_ep {
+  struct sc_fd_endpoint base;
+  /* Sources: the next offset to be read; targets: to be written. */
+  uint64_t pos;
+  bool eof;                     /* source: the end was read */
+  bool can_skip;                /* target: a file behind the stream */
+  uint64_t base_offset;         /* file offset of stream offset 0 */
+  pthread_mutex_t pos_lock;
+  const void *zeros;            /* target: ZERO_CHUNK zero bytes */
+};
+
+static int
+pipe_close (struct sc_endpoint *ep)
+{
+  struct pipe_ep *p = (struct pipe_ep *) ep;
+
+  free ((void *) p->zeros);
+  pthread_mutex_destroy (&p->pos_lock);
+  return sc_fd_ep_close (ep);
+}
+
+/* ---- sources -------------------------------------------------------------- */
+
+static int
+pipe_read_some (struct sc_endpoint *ep, void *buf, size_t count,
+                uint64_t offset, size_t *got)
+{
+  struct pipe_ep *p = (struct pipe_ep *) ep;
+  unsigned char *b = buf;
+  size_t done = 0;
+  int rc = 0;
+
+  pthread_mutex_lock (&p->pos_lock);
+  if (p->eof) {
+    *got = 0;
+    goto out;
+  }
+  if (offset != p->pos) {
+    sc_set_error (EINVAL, "%s: cannot read at offset %" PRIu64
+                  " of a stream positioned at %" PRIu64, ep->name,
+                  offset, p->pos);
+    rc = -1;
+    goto out;
+  }
+  while (done < count) {
+    ssize_t r = read (p->base.fd, b + done, count - done);
+
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1) {
+      sc_set_error (errno, "%s: read at offset %" PRIu64 ": %s", ep->name,
+                    p->pos + done, strerror (errno));
+      rc = -1;
+      goto out;
+    }
+    if (r == 0) {
+      p->eof = true;
+      break;
+    }
+    done += (size_t) r;
+  }
+  p->pos += done;
+  if (p->eof)
+    ep->size = p->pos;
+  *got = done;
+ out:
+  pthread_mutex_unlock (&p->pos_lock);
+  return rc;
+}
+
+static int
+pipe_pread (struct sc_endpoint *ep, void *buf, size_t count, uint64_t offset)
+{
+  size_t got;
+
+  if (pipe_read_some (ep, buf, count, offset, &got) == -1)
+    return -1;
+  if (got < count) {
+    sc_set_error (EIO, "%s: unexpected end of stream at offset %" PRIu64,
+                  ep->name, offset + got);
+    return -1;
+  }
+  return 0;
+}
+
+static const struct sc_endpoint_ops pipe_source_ops = {
+  .kind = "pipe",
+  .pread = pipe_pread,
+  .read_some = pipe_read_some,
+  .close = pipe_close,
+};
+
+/* ---- targets -------------------------------------------------------------- */
+
+/* With pos_lock held: move a skippable stream forward to offset. */
+static int
+skip_to (struct pipe_ep *p, uint64_t offset)
+{
+  if (offset > (uint64_t) INT64_MAX - p->base_offset) {
+    sc_set_error (EFBIG, "offset %" PRIu64 " is too large", offset);
+    return -1;
+  }
+  if (lseek (p->base.fd, (off_t) (offset - p->pos), SEEK_CUR) == -1) {
+    sc_set_error (errno, "lseek: %s", strerror (errno));
+    return -1;
+  }
+  p->pos = offset;
+  return 0;
+}
+
+static int
+pipe_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
+             uint64_t offset)
+{
+  struct pipe_ep *p = (struct pipe_ep *) ep;
+  int rc = 0;
+
+  pthread_mutex_lock (&p->pos_lock);
+  /* A file behind the stream can skip forward over zeros. */
+  if (p->can_skip && offset > p->pos)
+    rc = skip_to (p, offset);
+  if (rc == 0 && offset != p->pos) {
+    sc_set_error (EINVAL, "cannot write at offset %" PRIu64
+                  " of a stream positioned at %" PRIu64, offset, p->pos);
+    rc = -1;
+  }
+  if (rc == 0) {
+    rc = sc_full_write (p->base.fd, buf, count);
+    if (rc == 0)
+      p->pos += count;
+  }
+  pthread_mutex_unlock (&p->pos_lock);
+  return rc;
+}
+
+/* A stream cannot skip: zeros are written out, unless it is a file. */
+static int
+pipe_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
+           unsigned flags)
+{
+  struct pipe_ep *p = (struct pipe_ep *) ep;
+
+  if (p->can_skip) {
+    uint64_t end;
+    int rc = 0;
+
+    pthread_mutex_lock (&p->pos_lock);
+    if (offset < p->pos) {
+      sc_set_error (EINVAL, "cannot write at offset %" PRIu64
+                    " of a stream positioned at %" PRIu64, offset, p->pos);
+      rc = -1;
+    }
+    else if (SC_ADD_OVERFLOW (offset, count, &end)) {
+      sc_set_error (EFBIG, "offset %" PRIu64 " is too large", offset);
+      rc = -1;
+    }
+    else
+      rc = skip_to (p, end);
+    pthread_mutex_unlock (&p->pos_lock);
+    return rc;
+  }
+
+  if (flags & SC_ZERO_FAST)
+    return sc_ep_unsupported (ep, "fast zeroing");
+  while (count > 0) {
+    size_t n = (size_t) SC_MIN (count, (uint64_t) ZERO_CHUNK);
+    if (pipe_pwrite (ep, p->zeros, n, offset) == -1)
+      return -1;
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
+static int
+pipe_flush (struct sc_endpoint *ep)
+{
+  struct pipe_ep *p = (struct pipe_ep *) ep;
+  struct stat st;
+
+  /* Zeros skipped at the end still have to make the file longer. */
+  if (p->can_skip && fstat (p->base.fd, &st) == 0
+      && (uint64_t) st.st_size < p->base_offset + ep->size
+      && ftruncate (p->base.fd, (off_t) (p->base_offset + ep->size)) == -1) {
+    sc_set_error (errno, "%s: ftruncate: %s", ep->name, strerror (errno));
+    return -1;
+  }
+  /* A pipe or terminal cannot be synced; a redirected file can. */
+  if (fsync (p->base.fd) == -1 && errno != EINVAL && errno != EROFS
+      && errno != ENOTSUP) {
+    sc_set_error (errno, "%s: fsync: %s", ep->name, strerror (errno));
+    return -1;
+  }
+  return 0;
+}
+
+static const struct sc_endpoint_ops pipe_target_ops = {
+  .kind = "pipe",
+  .pwrite = pipe_pwrite,
+  .zero = pipe_zero,
+  .flush = pipe_flush,
+  .close = pipe_close,
+};
+
+/* ---- constructors ------------------------------------------------------ */
+
+static struct pipe_ep *
+new_pipe_ep (const struct sc_endpoint_ops *ops, int fd, bool own_fd,
+             const char *name)
+{
+  struct pipe_ep *p = sc_ep_new (sizeof *p, ops, name);
+
+  if (p == NULL)
+    return NULL;
+  p->base.fd = fd;
+  p->base.own_fd = own_fd;
+  pthread_mutex_init (&p->pos_lock, NULL);
+  return p;
+}
+
+struct sc_endpoint *
+sc_pipe_source_new (int fd, bool own_fd, const char *name)
+{
+  struct pipe_ep *p = new_pipe_ep (&pipe_source_ops, fd, own_fd, name);
+
+  if (p == NULL)
+    return NULL;
+  p->base.ep.flags = SC_EP_STREAM;
+  return &p->base.ep;
+}
+
+struct sc_endpoint *
+sc_pipe_target_new (int fd, bool own_fd, const char *name, uint64_t size)
+{
+  struct pipe_ep *p = new_pipe_ep (&pipe_target_ops, fd, own_fd, name);
+  struct stat st;
+  off_t cur;
+  int fl;
+
+  if (p == NULL)
+    return NULL;
+  p->zeros = calloc (1, ZERO_CHUNK);
+  if (p->zeros == NULL) {
+    sc_set_error (errno, "%s: out of memory", name);
+    p->base.own_fd = false;
+    pipe_close (&p->base.ep);
+    return NULL;
+  }
+  p->base.ep.size = size;
+
+  fl = fcntl (fd, F_GETFL);
+  if (fstat (fd, &st) == 0 && S_ISREG (st.st_mode)
+      && fl != -1 && !(fl & O_APPEND)
+      && (cur = lseek (fd, 0, SEEK_CUR)) != -1 && st.st_size <= cur) {
+    p->can_skip = true;
+    p->base_offset = (uint64_t) cur;
+    /* Everything past the position is past the end of the file. */
+    p->base.ep.flags |= SC_EP_FRESH_ZEROS;
+  }
+  return &p->base.ep;
+}

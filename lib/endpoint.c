@@ -1,0 +1,390 @@
+/* Endpoints: the wrappers that give every optional slot its default,
+ * and the openers that pick the kind of endpoint from a name.
+ */
+#include <config.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+#include "endpoint.h"
+
+/* Zeros are written in chunks of this size where a range cannot be
+ * punched or zeroed by the kernel.
+ */
+#define ZERO_CHUNK (256 * 1024)
+
+/* ---- construction ----------------------------------------------------- */
+
+void *
+sc_ep_new (size_t struct_size, const struct sc_endpoint_ops *ops,
+           const char *name)
+{
+  struct sc_endpoint *ep = calloc (1, struct_size);
+
+  if (ep == NULL || (ep->name = strdup (name)) == NULL) {
+    sc_set_error (errno, "%s: out of memory", name);
+    free (ep);
+    return NULL;
+  }
+  ep->ops = ops;
+  ep->block_size = 4096;
+  return ep;
+}
+
+void
+sc_ep_free (struct sc_endpoint *ep)
+{
+  free (ep->name);
+  free (ep);
+}
+
+/* ---- the wrappers ------------------------------------------------------ */
+
+int
+sc_ep_unsupported (const struct sc_endpoint *ep, const char *what)
+{
+  sc_set_error (ENOTSUP, "%s is not supported by this %s endpoint", what,
+                ep->ops->kind);
+  return -1;
+}
+
+int
+sc_ep_read_some (struct sc_endpoint *ep, void *buf, size_t count,
+                 uint64_t offset, size_t *got)
+{
+  if (ep->ops->read_some)
+    return ep->ops->read_some (ep, buf, count, offset, got);
+  /* A seekable source reads what there is up to its size. */
+  if (offset >= ep->size)
+    count = 0;
+  else
+    count = (size_t) SC_MIN ((uint64_t) count, ep->size - offset);
+  if (count > 0 && sc_ep_pread (ep, buf, count, offset) == -1)
+    return -1;
+  *got = count;
+  return 0;
+}
+
+int
+sc_ep_pread_nowait (struct sc_endpoint *ep, void *buf, size_t count,
+                    uint64_t offset)
+{
+  if (ep->ops->pread_nowait == NULL)
+    return 1;
+  return ep->ops->pread_nowait (ep, buf, count, offset);
+}
+
+int
+sc_ep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
+               struct sc_extent_list *list)
+{
+  if (ep->ops->extents)
+    return ep->ops->extents (ep, offset, count, list);
+  return count == 0 ? 0 : sc_extent_list_append (list, offset, count, 0);
+}
+
+int
+sc_ep_fingerprint (struct sc_endpoint *ep, struct sc_fingerprint *fp)
+{
+  if (ep->ops->fingerprint == NULL)
+    return 1;
+  return ep->ops->fingerprint (ep, fp);
+}
+
+bool
+sc_ep_fingerprint_equal (const struct sc_fingerprint *a,
+                         const struct sc_fingerprint *b)
+{
+  return a->dev == b->dev && a->ino == b->ino && a->size == b->size
+    && a->mtime_sec == b->mtime_sec && a->mtime_nsec == b->mtime_nsec
+    && a->ctime_sec == b->ctime_sec && a->ctime_nsec == b->ctime_nsec;
+}
+
+int
+sc_ep_write_zeros (struct sc_endpoint *ep, uint64_t count, uint64_t offset)
+{
+  CLEANUP_FREE void *zeros = NULL;
+
+  if (count == 0)
+    return 0;
+  zeros = calloc (1, ZERO_CHUNK);
+  if (zeros == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  while (count > 0) {
+    size_t n = (size_t) SC_MIN (count, (uint64_t) ZERO_CHUNK);
+    if (sc_ep_pwrite (ep, zeros, n, offset) == -1)
+      return -1;
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
+int
+sc_ep_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
+            unsigned flags)
+{
+  if (ep->ops->zero)
+    return ep->ops->zero (ep, count, offset, flags);
+  if (flags & SC_ZERO_FAST)
+    return sc_ep_unsupported (ep, "fast zeroing");
+  return sc_ep_write_zeros (ep, count, offset);
+}
+
+int
+sc_ep_copy_fd_range (int src_fd, const char *src_name, uint64_t src_off,
+                     struct sc_endpoint *dst, uint64_t dst_off,
+                     uint64_t count)
+{
+  if (src_fd < 0 || dst->ops->copy_from_fd == NULL)
+    return 1;
+  return dst->ops->copy_from_fd (dst, src_fd, src_name, src_off, dst_off,
+                                 count);
+}
+
+int
+sc_ep_copy_range (struct sc_endpoint *src, uint64_t src_off,
+                  struct sc_endpoint *dst, uint64_t dst_off, uint64_t count)
+{
+  int fd = src->ops->local_fd ? src->ops->local_fd (src) : -1;
+
+  return sc_ep_copy_fd_range (fd, src->name, src_off, dst, dst_off, count);
+}
+
+int
+sc_ep_flush (struct sc_endpoint *ep)
+{
+  return ep->ops->flush ? ep->ops->flush (ep) : 0;
+}
+
+int
+sc_ep_commit (struct sc_endpoint *ep)
+{
+  return ep->ops->commit ? ep->ops->commit (ep) : sc_ep_flush (ep);
+}
+
+int
+sc_ep_close (struct sc_endpoint *ep)
+{
+  return ep ? ep->ops->close (ep) : 0;
+}
+
+/* ---- the public face --------------------------------------------------- */
+
+uint64_t
+sc_endpoint_size (const struct sc_endpoint *ep)
+{
+  return ep->size;
+}
+
+const char *
+sc_endpoint_name (const struct sc_endpoint *ep)
+{
+  return ep->name;
+}
+
+bool
+sc_endpoint_is_stream (const struct sc_endpoint *ep)
+{
+  return (ep->flags & SC_EP_STREAM) != 0;
+}
+
+int
+sc_endpoint_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
+                     struct sc_extent_list *list)
+{
+  if (ep->flags & SC_EP_STREAM) {
+    sc_set_error (ESPIPE, "%s: the extents of a stream are not known",
+                  ep->name);
+    return -1;
+  }
+  return sc_ep_extents (ep, offset, count, list);
+}
+
+int
+sc_endpoint_commit (struct sc_endpoint *ep)
+{
+  return sc_ep_commit (ep);
+}
+
+int
+sc_endpoint_close (struct sc_endpoint *ep)
+{
+  return sc_ep_close (ep);
+}
+
+/* ---- openers by name ------------------------------------------------------ */
+
+struct sc_endpoint *
+sc_endpoint_open_source (const char *path, enum sc_map_method map)
+{
+  bool is_stdin = strcmp (path, "-") == 0;
+  const char *name = is_stdin ? "stdin" : path;
+  struct sc_endpoint *ep = NULL;
+  struct stat st;
+  int fd;
+
+  if (is_stdin)
+    fd = STDIN_FILENO;
+  else {
+    fd = open (path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+      sc_set_error (errno, "%s", strerror (errno));
+      return NULL;
+    }
+  }
+  if (fstat (fd, &st) == -1)
+    sc_set_error (errno, "fstat: %s", strerror (errno));
+  else if (S_ISREG (st.st_mode))
+    ep = sc_file_source_new (fd, !is_stdin, name, &st, map);
+  else if (S_ISBLK (st.st_mode))
+    ep = sc_block_source_new (fd, !is_stdin, name);
+  else if (S_ISFIFO (st.st_mode) || S_ISCHR (st.st_mode)
+           || S_ISSOCK (st.st_mode))
+    ep = sc_pipe_source_new (fd, !is_stdin, name);
+  else
+    sc_set_error (EINVAL, "not a regular file, block device or pipe");
+  if (ep == NULL && !is_stdin)
+    close (fd);
+  return ep;
+}
+
+struct sc_endpoint *
+sc_endpoint_open_target (const char *path, uint64_t size, unsigned flags)
+{
+  struct stat st;
+
+  if (strcmp (path, "-") == 0)
+    return sc_pipe_target_new (STDOUT_FILENO, false, "stdout", size);
+  if (path[0] == '\0') {
+    sc_set_error (ENOENT, "empty file name");
+    return NULL;
+  }
+  /* A symbolic link to a file is written through, as cp and qemu-img
+   * would: the new file replaces the one the link points to, and the
+   * link stays.  A link to nothing is refused rather than guessed at.
+   */
+  if (lstat (path, &st) == 0 && S_ISLNK (st.st_mode)) {
+    CLEANUP_FREE char *real = realpath (path, NULL);
+
+    if (real == NULL) {
+      sc_set_error (errno, "symbolic link to nothing that can be written "
+                    "(%s)", strerror (errno));
+      return NULL;
+    }
+    if (stat (real, &st) == 0 && S_ISREG (st.st_mode)) {
+      if (!(flags & SC_TARGET_FORCE)) {
+        sc_set_error (EEXIST, "target exists (use -f to overwrite)");
+        return NULL;
+      }
+      return sc_file_target_new (real, size, flags);
+    }
+  }
+
+  if (stat (path, &st) == 0) {
+    if (S_ISBLK (st.st_mode))
+      return sc_block_target_new (path, size);
+    if (S_ISCHR (st.st_mode) || S_ISFIFO (st.st_mode)) {
+      /* /dev/null, a named pipe: written forward like stdout. */
+      int fd = open (path, O_WRONLY | O_CLOEXEC);
+      struct sc_endpoint *ep;
+
+      if (fd == -1) {
+        sc_set_error (errno, "%s", strerror (errno));
+        return NULL;
+      }
+      ep = sc_pipe_target_new (fd, true, path, size);
+      if (ep == NULL)
+        close (fd);
+      return ep;
+    }
+    if (S_ISDIR (st.st_mode)) {
+      sc_set_error (EISDIR, "is a directory");
+      return NULL;
+    }
+    if (!(flags & SC_TARGET_FORCE)) {
+      sc_set_error (EEXIST, "target exists (use -f to overwrite)");
+      return NULL;
+    }
+  }
+  else if (errno != ENOENT) {
+    sc_set_error (errno, "%s", strerror (errno));
+    return NULL;
+  }
+  return sc_file_target_new (path, size, flags);
+}
+
+/* ---- the base of local-descriptor kinds ---------------------------------- */
+
+int
+sc_fd_ep_pread (struct sc_endpoint *ep, void *buf, size_t count,
+                uint64_t offset)
+{
+  return sc_full_pread (((struct sc_fd_endpoint *) ep)->fd, buf, count,
+                        offset);
+}
+
+int
+sc_fd_ep_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
+                 uint64_t offset)
+{
+  return sc_full_pwrite (((struct sc_fd_endpoint *) ep)->fd, buf, count,
+                         offset);
+}
+
+int
+sc_fd_ep_flush (struct sc_endpoint *ep)
+{
+  int fd = ((struct sc_fd_endpoint *) ep)->fd;
+
+  /* EINVAL: this kind of file cannot be synced (nothing to do). */
+  if (fsync (fd) == -1 && errno != EINVAL && errno != EROFS) {
+    sc_set_error (errno, "%s: fsync: %s", ep->name, strerror (errno));
+    return -1;
+  }
+  return 0;
+}
+
+int
+sc_fd_ep_fingerprint (struct sc_endpoint *ep, struct sc_fingerprint *fp)
+{
+  struct stat st;
+
+  if (fstat (((struct sc_fd_endpoint *) ep)->fd, &st) == -1) {
+    sc_set_error (errno, "%s: fstat: %s", ep->name, strerror (errno));
+    return -1;
+  }
+  /* The fields that change when a file is written or replaced. */
+  *fp = (struct sc_fingerprint) {
+    .dev = st.st_dev, .ino = st.st_ino, .size = (uint64_t) st.st_size,
+    .mtime_sec = st.st_mtim.tv_sec, .mtime_nsec = st.st_mtim.tv_nsec,
+    .ctime_sec = st.st_ctim.tv_sec, .ctime_nsec = st.st_ctim.tv_nsec,
+  };
+  return 0;
+}
+
+int
+sc_fd_ep_local_fd (struct sc_endpoint *ep)
+{
+  return ((struct sc_fd_endpoint *) ep)->fd;
+}
+
+int
+sc_fd_ep_close (struct sc_endpoint *ep)
+{
+  struct sc_fd_endpoint *f = (struct sc_fd_endpoint *) ep;
+  int rc = 0;
+
+  if (f->own_fd && f->fd >= 0 && close (f->fd) == -1) {
+    sc_set_error (errno, "%s: close: %s", ep->name, strerror (errno));
+    rc = -1;
+  }
+  sc_ep_free (ep);
+  return rc;
+}

@@ -1,0 +1,260 @@
+/* The endpoint interface: private to libsparsecow, not installed.
+ *
+ * An endpoint is where data comes from or goes to: a regular file, a
+ * block device, a pipe, the guest view of a qcow2 image, a null
+ * endpoint for tests.  Each kind lives in its own endpoint-KIND.c and
+ * embeds struct sc_endpoint as its first member.  The copy engine and
+ * the commands talk to endpoints only through the sc_ep_* calls below,
+ * which supply the default of every optional slot, so no caller ever
+ * needs to know which kind it holds.
+ */
+#ifndef SPARSECOW_ENDPOINT_H
+#define SPARSECOW_ENDPOINT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "sparsecow.h"
+
+/* Capability flags (struct sc_endpoint.flags). */
+#define SC_EP_SEEKABLE     0x1  /* pread/pwrite at any offset */
+#define SC_EP_THREAD_SAFE  0x2  /* pread/pwrite may run concurrently */
+#define SC_EP_FRESH_ZEROS  0x4  /* target: unwritten ranges already read
+                                   as zero */
+#define SC_EP_STREAM       0x8  /* source read once, in order, with
+                                   read_some; size is 0 until the end
+                                   has been read */
+
+/* Flags of the zero slot. */
+#define SC_ZERO_MAY_UNMAP  0x1  /* the range may be deallocated (a hole
+                                   punched) as long as it reads as zero */
+#define SC_ZERO_FAST       0x2  /* fail with ENOTSUP rather than write
+                                   zeros byte by byte */
+
+/* What identifies the state of a source, to tell whether it changed
+ * while it was read.  Compared as a whole with sc_ep_fingerprint_equal.
+ */
+struct sc_fingerprint {
+  uint64_t dev, ino, size;
+  int64_t mtime_sec, mtime_nsec, ctime_sec, ctime_nsec;
+};
+
+struct sc_endpoint;
+
+/* The slots.  close is required; every other slot may be NULL, and the
+ * sc_ep_* wrapper then gives the documented default.  Offsets and
+ * counts are in bytes.  Every slot returns 0 on success or -1 with the
+ * per-thread error set (sc_set_error).  I/O slots report errors without
+ * the endpoint's name: the caller adds it, knowing which side failed.
+ * Whole-endpoint slots (flush, commit, close) name the endpoint.
+ */
+struct sc_endpoint_ops {
+  /* For messages and tests only: "file", "block", "pipe", "qcow2",
+   * "null".  No code takes decisions on it.
+   */
+  const char *kind;
+
+  /* Read exactly count bytes at offset.  NULL: cannot be read (ENOTSUP).
+   * A stream source reads through read_some instead.
+   */
+  int (*pread) (struct sc_endpoint *ep, void *buf, size_t count,
+                uint64_t offset);
+  /* Streams only: read up to count bytes at offset, which must be where
+   * the previous read ended.  *got < count only at the end of the
+   * stream, which also sets ep->size to the stream's length; reads
+   * after the end get nothing.
+   */
+  int (*read_some) (struct sc_endpoint *ep, void *buf, size_t count,
+                    uint64_t offset, size_t *got);
+  /* Read exactly count bytes at offset only if they can be had without
+   * waiting for a device (they are in the page cache): returns 0 when
+   * read, 1 when not (buf is then undefined).  NULL: always 1.
+   */
+  int (*pread_nowait) (struct sc_endpoint *ep, void *buf, size_t count,
+                       uint64_t offset);
+  /* Append the extents of [offset, offset+count) to list: sorted,
+   * contiguous, covering the range clipped to the size.  NULL:
+   * everything is data.
+   */
+  int (*extents) (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
+                  struct sc_extent_list *list);
+  /* Fill fp with the source's current state: returns 0, or 1 when the
+   * kind has no such state (NULL: always 1).
+   */
+  int (*fingerprint) (struct sc_endpoint *ep, struct sc_fingerprint *fp);
+  /* The descriptor of a local regular file that holds exactly the
+   * endpoint's bytes at the same offsets, for copies inside the kernel;
+   * -1 if there is none.  The endpoint keeps ownership.  NULL: -1.
+   */
+  int (*local_fd) (struct sc_endpoint *ep);
+
+  /* Write exactly count bytes at offset.  NULL: read-only (ENOTSUP). */
+  int (*pwrite) (struct sc_endpoint *ep, const void *buf, size_t count,
+                 uint64_t offset);
+  /* Make [offset, offset+count) read as zeros (SC_ZERO_* flags).
+   * NULL: zeros are written with pwrite, or ENOTSUP with SC_ZERO_FAST.
+   */
+  int (*zero) (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
+               unsigned flags);
+  /* Copy count bytes from the regular file src_fd at src_off to offset
+   * dst_off inside the kernel.  Returns 0 when all was copied, 1 when
+   * this pair cannot do it (nothing was written; the caller reads and
+   * writes instead).  src_name names the source in errors, which name
+   * the target too.  NULL: always 1.
+   */
+  int (*copy_from_fd) (struct sc_endpoint *ep, int src_fd,
+                       const char *src_name, uint64_t src_off,
+                       uint64_t dst_off, uint64_t count);
+  /* Make everything written durable.  NULL: nothing to do. */
+  int (*flush) (struct sc_endpoint *ep);
+  /* A target that is complete: flush it and make it visible under its
+   * name.  NULL: flush only.
+   */
+  int (*commit) (struct sc_endpoint *ep);
+
+  /* Release everything; an uncommitted target disappears.  Returns -1
+   * if a deferred error surfaced.
+   */
+  int (*close) (struct sc_endpoint *ep);
+};
+
+/* The part every endpoint shares; each kind embeds it first. */
+struct sc_endpoint {
+  const struct sc_endpoint_ops *ops;
+  char *name;                   /* for messages; owned */
+  uint64_t size;                /* virtual size in bytes */
+  uint32_t block_size;          /* preferred request size, a power of 2 */
+  uint32_t max_request;         /* largest request, 0 = no limit */
+  unsigned max_in_flight;       /* requests at once, 0 = no limit */
+  uint32_t flags;               /* SC_EP_* */
+};
+
+/* ---- endpoint.c: the wrappers, with the defaults of optional slots ---- */
+
+/* Fail with ENOTSUP: "WHAT is not supported by this KIND endpoint". */
+extern int sc_ep_unsupported (const struct sc_endpoint *ep, const char *what);
+
+static inline int
+sc_ep_pread (struct sc_endpoint *ep, void *buf, size_t count,
+             uint64_t offset)
+{
+  return ep->ops->pread ? ep->ops->pread (ep, buf, count, offset)
+                        : sc_ep_unsupported (ep, "reading");
+}
+
+static inline int
+sc_ep_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
+              uint64_t offset)
+{
+  return ep->ops->pwrite ? ep->ops->pwrite (ep, buf, count, offset)
+                         : sc_ep_unsupported (ep, "writing");
+}
+
+extern int sc_ep_read_some (struct sc_endpoint *ep, void *buf, size_t count,
+                            uint64_t offset, size_t *got);
+extern int sc_ep_pread_nowait (struct sc_endpoint *ep, void *buf,
+                               size_t count, uint64_t offset);
+extern int sc_ep_extents (struct sc_endpoint *ep, uint64_t offset,
+                          uint64_t count, struct sc_extent_list *list);
+extern int sc_ep_fingerprint (struct sc_endpoint *ep,
+                              struct sc_fingerprint *fp);
+extern bool sc_ep_fingerprint_equal (const struct sc_fingerprint *a,
+                                     const struct sc_fingerprint *b);
+extern int sc_ep_zero (struct sc_endpoint *ep, uint64_t count,
+                       uint64_t offset, unsigned flags);
+/* Write zeros over a range with pwrite, chunk by chunk: the fallback of
+ * every zero slot.
+ */
+extern int sc_ep_write_zeros (struct sc_endpoint *ep, uint64_t count,
+                              uint64_t offset);
+/* Copy inside the kernel from a source endpoint that is a local file
+ * (local_fd) or from a plain descriptor (a spill file): 0, 1 (cannot,
+ * nothing written) or -1, as the copy_from_fd slot.
+ */
+extern int sc_ep_copy_range (struct sc_endpoint *src, uint64_t src_off,
+                             struct sc_endpoint *dst, uint64_t dst_off,
+                             uint64_t count);
+extern int sc_ep_copy_fd_range (int src_fd, const char *src_name,
+                                uint64_t src_off, struct sc_endpoint *dst,
+                                uint64_t dst_off, uint64_t count);
+extern int sc_ep_flush (struct sc_endpoint *ep);
+extern int sc_ep_commit (struct sc_endpoint *ep);
+extern int sc_ep_close (struct sc_endpoint *ep);
+
+/* Allocate an endpoint of struct_size bytes (the kind's own struct,
+ * which starts with struct sc_endpoint), zeroed, with ops and a copy of
+ * name.  NULL with the error set.
+ */
+extern void *sc_ep_new (size_t struct_size, const struct sc_endpoint_ops *ops,
+                        const char *name);
+/* Free what sc_ep_new allocated. */
+extern void sc_ep_free (struct sc_endpoint *ep);
+
+/* ---- endpoint.c: the base of the kinds that hold a local descriptor ---- */
+
+struct sc_fd_endpoint {
+  struct sc_endpoint ep;
+  int fd;
+  bool own_fd;                  /* close fd on close (not for stdio) */
+};
+
+/* Slots shared by file, block device and pipe endpoints. */
+extern int sc_fd_ep_pread (struct sc_endpoint *ep, void *buf, size_t count,
+                           uint64_t offset);
+extern int sc_fd_ep_pwrite (struct sc_endpoint *ep, const void *buf,
+                            size_t count, uint64_t offset);
+/* fsync, where the descriptor can be synced at all. */
+extern int sc_fd_ep_flush (struct sc_endpoint *ep);
+/* fstat's device, inode, size and times. */
+extern int sc_fd_ep_fingerprint (struct sc_endpoint *ep,
+                                 struct sc_fingerprint *fp);
+extern int sc_fd_ep_local_fd (struct sc_endpoint *ep);
+/* Close the descriptor if owned and free the endpoint: 0, or -1 if
+ * close failed.
+ */
+extern int sc_fd_ep_close (struct sc_endpoint *ep);
+
+/* ---- the kinds: constructors used by the openers in endpoint.c ------- */
+
+/* endpoint-file.c: a regular file.  fd is owned unless own_fd is false
+ * (stdin).  st is the file's fstat.
+ */
+struct stat;
+extern struct sc_endpoint *sc_file_source_new (int fd, bool own_fd,
+                                               const char *name,
+                                               const struct stat *st,
+                                               enum sc_map_method map);
+/* A new regular-file target at path: created under a temporary name in
+ * its directory, renamed into place by commit, removed by close.
+ */
+extern struct sc_endpoint *sc_file_target_new (const char *path,
+                                               uint64_t size, unsigned flags);
+
+/* endpoint-block.c: a block device, opened by path. */
+extern struct sc_endpoint *sc_block_source_new (int fd, bool own_fd,
+                                                const char *name);
+extern struct sc_endpoint *sc_block_target_new (const char *path,
+                                                uint64_t size);
+
+/* endpoint-pipe.c: a stream source (pipe, FIFO, character device,
+ * socket) and a forward-only target (stdout, a pipe, /dev/null).
+ */
+extern struct sc_endpoint *sc_pipe_source_new (int fd, bool own_fd,
+                                               const char *name);
+extern struct sc_endpoint *sc_pipe_target_new (int fd, bool own_fd,
+                                               const char *name,
+                                               uint64_t size);
+
+/* endpoint-null.c: for tests.  A source of size bytes that all read as
+ * zero (one hole extent), or a target of size bytes that drops what it
+ * is given and counts it.
+ */
+extern struct sc_endpoint *sc_null_source_new (uint64_t size);
+extern struct sc_endpoint *sc_null_target_new (uint64_t size);
+/* Bytes written and bytes zeroed on a null target so far. */
+extern void sc_null_target_counts (struct sc_endpoint *ep, uint64_t *written,
+                                   uint64_t *zeroed);
+
+#endif /* SPARSECOW_ENDPOINT_H */
