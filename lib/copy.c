@@ -530,62 +530,17 @@ copy_work (struct sc_piece *piece, void *opaque)
   return 0;
 }
 
-/* The granularity of zero detection inside data, as qemu-img convert's
- * default (-S 4k): a target that already reads as zero stays sparse
- * wherever a whole aligned block of this size is zero.
- */
-#define SC_ZERO_BLOCK 4096
-
-/* Write the parts of buf that are not all-zero blocks, coalescing
- * neighbouring non-zero blocks into one write.
- */
-static int
-write_nonzero_runs (struct sc_endpoint *dst, const unsigned char *buf,
-                    uint64_t length, uint64_t offset)
-{
-  uint64_t pos = 0, run_start = 0;
-  bool in_run = false;
-
-  while (pos < length) {
-    /* Blocks are aligned to the target's offsets, not the piece's. */
-    uint64_t end = SC_MIN (length,
-                           SC_ROUND_DOWN (offset + pos + SC_ZERO_BLOCK,
-                                          SC_ZERO_BLOCK) - offset);
-    bool zero = sc_is_zero (buf + pos, end - pos);
-
-    if (!zero && !in_run) {
-      run_start = pos;
-      in_run = true;
-    }
-    else if (zero && in_run) {
-      if (sc_ep_pwrite (dst, buf + run_start, pos - run_start,
-                        offset + run_start) == -1)
-        return -1;
-      in_run = false;
-    }
-    pos = end;
-  }
-  if (in_run)
-    return sc_ep_pwrite (dst, buf + run_start, length - run_start,
-                         offset + run_start);
-  return 0;
-}
-
 static int
 write_piece (struct copy_state *cs, struct sc_piece *piece)
 {
   struct sc_endpoint *dst = cs->dst;
   int rc;
 
-  if (piece->flags & SC_EXTENT_NOT_DATA) {
-    if (dst->flags & SC_EP_FRESH_ZEROS)
-      return 0;
-    rc = sc_ep_zero (dst, piece->length, piece->offset, SC_ZERO_MAY_UNMAP);
-  }
-  else if (cs->detect_zeroes && (dst->flags & SC_EP_FRESH_ZEROS))
-    rc = write_nonzero_runs (dst, piece->buf, piece->length, piece->offset);
+  if (piece->flags & SC_EXTENT_NOT_DATA)
+    rc = sc_sink_zero (dst, piece->length, piece->offset);
   else
-    rc = sc_ep_pwrite (dst, piece->buf, piece->length, piece->offset);
+    rc = sc_sink_write (dst, piece->buf, piece->length, piece->offset,
+                        cs->detect_zeroes);
   if (rc == -1)
     name_error (dst->name);
   return rc;

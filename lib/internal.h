@@ -148,6 +148,29 @@ struct sc_pipeline {
  */
 extern int sc_pipeline_run (const struct sc_pipeline *p);
 
+/* ---- sink.c: the target-write rules of every data path -------------- */
+
+/* The granularity of zero detection inside data, as qemu-img convert's
+ * default (-S 4k): a target that already reads as zero stays sparse
+ * wherever a whole aligned block of this size is zero.
+ */
+#define SC_ZERO_BLOCK 4096
+
+/* Write length bytes of guest data at offset.  With detect_zeroes, on a
+ * target that reads as zero already, aligned 4 KiB blocks that are all
+ * zero are skipped.  0, or -1 with the error set (without the target's
+ * name).
+ */
+extern int sc_sink_write (struct sc_endpoint *dst, const void *buf,
+                          uint64_t length, uint64_t offset,
+                          bool detect_zeroes);
+/* Make a hole or zero range of the guest read as zeros on dst: nothing
+ * on a target that reads as zero already, else zeroed, unmapping
+ * allowed.
+ */
+extern int sc_sink_zero (struct sc_endpoint *dst, uint64_t length,
+                         uint64_t offset);
+
 /* ---- codec.c --------------------------------------------------------- */
 
 /* Compress one cluster.  Returns the compressed length (> 0), 0 if the

@@ -437,11 +437,10 @@ forward_write (struct stream_unpack *s, const void *buf, size_t len,
     return -1;
   }
   if (guest > s->fwd_pos
-      && sc_ep_zero (s->dst, guest - s->fwd_pos, s->fwd_pos,
-                     SC_ZERO_MAY_UNMAP) == -1)
+      && sc_sink_zero (s->dst, guest - s->fwd_pos, s->fwd_pos) == -1)
     return -1;
   s->fwd_pos = guest + len;
-  return sc_ep_pwrite (s->dst, buf, len, guest);
+  return sc_sink_write (s->dst, buf, len, guest, true);
 }
 
 /* Write out what is held, as far as nothing still to come can go
@@ -519,9 +518,7 @@ write_guest (struct stream_unpack *s, const void *buf, size_t len,
       return -1;
     return release_held (s);
   }
-  if (s->fresh && sc_is_zero (buf, len))
-    return 0;
-  if (sc_ep_pwrite (s->dst, buf, len, guest) == -1)
+  if (sc_sink_write (s->dst, buf, len, guest, true) == -1)
     return -1;
   return s->fresh ? 0 : ranges_add (&s->written, guest, guest + len);
 }
@@ -953,16 +950,14 @@ zero_the_rest (struct stream_unpack *s)
     if (release_held (s) == -1)
       return -1;
     return s->vsize > s->fwd_pos
-      ? sc_ep_zero (s->dst, s->vsize - s->fwd_pos, s->fwd_pos,
-                    SC_ZERO_MAY_UNMAP) : 0;
+      ? sc_sink_zero (s->dst, s->vsize - s->fwd_pos, s->fwd_pos) : 0;
   }
   if (s->fresh)
     return 0;
   ranges_normalize (&s->written);
   for (size_t i = 0; i <= s->written.len; i++) {
     uint64_t stop = i < s->written.len ? s->written.r[i].start : s->vsize;
-    if (stop > pos
-        && sc_ep_zero (s->dst, stop - pos, pos, SC_ZERO_MAY_UNMAP) == -1)
+    if (stop > pos && sc_sink_zero (s->dst, stop - pos, pos) == -1)
       return -1;
     if (i < s->written.len)
       pos = s->written.r[i].end;

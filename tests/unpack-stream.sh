@@ -2,7 +2,9 @@
 # unpack from a pipe: the image is read once, front to back.  For every
 # kind of image (sparsecow's, qemu-img's, qemu-io's with data stored
 # before the tables that map it, e2image's), what comes out equals
-# qemu-img convert -O raw of the same image file.  Images that cannot be
+# qemu-img convert -O raw of the same image file, and what unpack writes
+# from the image file, in content and in allocated blocks (zeros are
+# skipped per 4 KiB on both paths).  Images that cannot be
 # streamed are refused with a message and leave nothing; damaged ones
 # never crash it, and when it does succeed on one that qemu-img also
 # reads, the two agree.
@@ -28,7 +30,14 @@ judge () {
   # a finer grain than 2 MiB clusters, hence the slack).
   [ "$(stat -c %b out.raw)" -le $(( $(stat -c %b ref.raw) + 16384 )) ] ||
     fail "$img: stream unpack is not sparse"
-  rm -f out.raw
+  # From a pipe exactly as sparse as from the file: the same 4 KiB
+  # blocks are left unwritten on both paths.
+  rm -f file.raw
+  sparsecow unpack "$img" file.raw || fail "$img: unpack failed"
+  cmp out.raw file.raw || fail "$img: unpack from a pipe and from the file differ"
+  [ "$(stat -c %b out.raw)" = "$(stat -c %b file.raw)" ] ||
+    fail "$img: from a pipe $(stat -c %b out.raw) blocks, from the file $(stat -c %b file.raw)"
+  rm -f out.raw file.raw
   cat "$img" | sparsecow unpack - - | cmp ref.raw - ||
     fail "$img: stream unpack to a pipe differs"
   rm -f ref.raw
@@ -60,6 +69,19 @@ qemu-img convert -O qcow2 -o extended_l2=on,cluster_size=128k src qx.qcow2 &&
   judge qx.qcow2
 qemu-img convert -O qcow2 -o preallocation=metadata src qm.qcow2 &&
   judge qm.qcow2
+
+# Clusters that hold a little data and many zeros: 4 KiB writes into
+# 64 KiB and 2 MiB clusters, some compressed.
+for cs in 64k 2M; do
+  qemu-img create -q -f qcow2 -o cluster_size=$cs part-$cs.qcow2 16M
+  qemu-io -c "write -P 0x55 0 4k" -c "write -P 0x66 72k 4k" \
+    -c "write -P 0x77 4100k 8k" -c "write -P 0x88 9M 4k" \
+    part-$cs.qcow2 >/dev/null
+  judge part-$cs.qcow2
+  qemu-img convert -c -O qcow2 -o cluster_size=$cs part-$cs.qcow2 \
+    partc-$cs.qcow2
+  judge partc-$cs.qcow2
+done
 
 # qemu-io writes in guest order reversed: data is stored out of guest
 # order, and a pipe target gets it in order all the same.

@@ -1,0 +1,60 @@
+/* The target-write rules, one set for every path that writes guest
+ * data: the copy engine and the stream decoder.
+ *
+ * - A target that already reads as zero (SC_EP_FRESH_ZEROS: a new file,
+ *   a file behind stdout) gets nothing for a hole, and inside data only
+ *   the 4 KiB blocks that are not all zero, so it stays as sparse as
+ *   the guest content allows.
+ * - Any other target gets holes and zero ranges zeroed, with the
+ *   permission to unmap them.
+ */
+#include <config.h>
+
+#include "internal.h"
+
+int
+sc_sink_write (struct sc_endpoint *dst, const void *buf, uint64_t length,
+               uint64_t offset, bool detect_zeroes)
+{
+  const unsigned char *p = buf;
+  uint64_t pos = 0, run_start = 0;
+  bool in_run = false;
+
+  if (!detect_zeroes || !(dst->flags & SC_EP_FRESH_ZEROS))
+    return sc_ep_pwrite (dst, buf, length, offset);
+
+  /* Write the parts that are not all-zero blocks, coalescing
+   * neighbouring non-zero blocks into one write.
+   */
+  while (pos < length) {
+    /* Blocks are aligned to the target's offsets, not the buffer's. */
+    uint64_t end = SC_MIN (length,
+                           SC_ROUND_DOWN (offset + pos + SC_ZERO_BLOCK,
+                                          SC_ZERO_BLOCK) - offset);
+    bool zero = sc_is_zero (p + pos, end - pos);
+
+    if (!zero && !in_run) {
+      run_start = pos;
+      in_run = true;
+    }
+    else if (zero && in_run) {
+      if (sc_ep_pwrite (dst, p + run_start, pos - run_start,
+                        offset + run_start) == -1)
+        return -1;
+      in_run = false;
+    }
+    pos = end;
+  }
+  if (in_run)
+    return sc_ep_pwrite (dst, p + run_start, length - run_start,
+                         offset + run_start);
+  return 0;
+}
+
+int
+sc_sink_zero (struct sc_endpoint *dst, uint64_t length, uint64_t offset)
+{
+  if (length == 0 || (dst->flags & SC_EP_FRESH_ZEROS))
+    return 0;
+  return sc_ep_zero (dst, length, offset, SC_ZERO_MAY_UNMAP);
+}
