@@ -41,13 +41,21 @@ struct slot {
   enum slot_state state;
 };
 
-/* The piece generator: a cursor over the extent list. */
+/* The piece generator: a cursor over the extent list, either one given
+ * whole or one fetched from the source a window at a time.
+ */
 struct cursor {
   const struct sc_extent_list *ext;
   size_t i;                     /* current extent */
   uint64_t pos;                 /* next offset inside it */
   uint32_t request_size;
   bool stream;                  /* no extents: pieces until the end */
+  /* Windowed: ext is window, refilled from src up to end. */
+  struct sc_endpoint *src;
+  struct sc_extent_list *window;
+  uint64_t fetched;             /* extents known up to here */
+  uint64_t end;
+  uint64_t window_size;
 };
 
 struct run {
@@ -70,8 +78,66 @@ struct run {
   char err_msg[1024];
 };
 
-/* Fill piece with the next piece of the source; false at the end. */
-static bool
+static void name_error (const char *name);
+
+/* Extents are asked for a window at a time, so that memory does not
+ * grow with the number of extents of the whole source and a source
+ * that answers per request (NBD block status) is asked as the copy
+ * goes.  The window grows while it holds few extents, and shrinks when
+ * it holds many.
+ */
+#define MIN_EXTENT_WINDOW ((uint64_t) 64 * 1024 * 1024)
+#define FIRST_EXTENT_WINDOW ((uint64_t) 1024 * 1024 * 1024)
+#define FEW_EXTENTS 64
+#define MANY_EXTENTS 4096
+
+/* Replace the window with the next one.  The source may describe less
+ * than it was asked (a prefix), never more, and never nothing.
+ */
+static int
+fetch_window (struct cursor *c)
+{
+  struct sc_extent_list *w = c->window;
+  uint64_t want = SC_MIN (c->window_size, c->end - c->fetched);
+  uint64_t pos = c->fetched;
+
+  w->len = 0;
+  c->i = 0;
+  if (sc_ep_extents (c->src, c->fetched, want, w) == -1) {
+    name_error (c->src->name);
+    return -1;
+  }
+  for (size_t k = 0; k < w->len; k++) {
+    const struct sc_extent *e = &w->ext[k];
+    uint64_t e_end;
+
+    if (e->offset != pos || e->length == 0
+        || SC_ADD_OVERFLOW (e->offset, e->length, &e_end)
+        || e_end > c->fetched + want) {
+      sc_set_error (EIO, "%s: extent %" PRIu64 "+%" PRIu64 " is not where "
+                    "the extents asked for at offset %" PRIu64 " go on",
+                    c->src->name, e->offset, e->length, pos);
+      return -1;
+    }
+    pos = e_end;
+  }
+  if (pos == c->fetched) {
+    sc_set_error (EIO, "%s: no extents for offset %" PRIu64, c->src->name,
+                  c->fetched);
+    return -1;
+  }
+  c->fetched = pos;
+  if (w->len < FEW_EXTENTS && c->window_size <= UINT64_MAX / 2)
+    c->window_size *= 2;
+  else if (w->len > MANY_EXTENTS && c->window_size / 2 >= MIN_EXTENT_WINDOW)
+    c->window_size /= 2;
+  return 0;
+}
+
+/* Fill piece with the next piece of the source: 1, or 0 at the end, or
+ * -1 with the error set.
+ */
+static int
 next_piece (struct cursor *c, struct sc_piece *piece)
 {
   if (c->stream) {
@@ -80,9 +146,15 @@ next_piece (struct cursor *c, struct sc_piece *piece)
     piece->length = c->request_size;
     piece->flags = 0;
     c->pos += c->request_size;
-    return true;
+    return 1;
   }
-  while (c->i < c->ext->len) {
+  for (;;) {
+    if (c->i >= c->ext->len) {
+      if (c->window == NULL || c->fetched >= c->end)
+        return 0;
+      if (fetch_window (c) == -1)
+        return -1;
+    }
     const struct sc_extent *e = &c->ext->ext[c->i];
     uint64_t end = e->offset + e->length;
     uint64_t boundary;
@@ -98,7 +170,7 @@ next_piece (struct cursor *c, struct sc_piece *piece)
       piece->length = end - c->pos;
       piece->flags = e->flags & SC_EXTENT_NOT_DATA;
       c->i++;
-      return true;
+      return 1;
     }
     /* Data is cut at multiples of request_size, so pieces line up with
      * clusters and blocks whatever the extent boundaries are.
@@ -111,9 +183,8 @@ next_piece (struct cursor *c, struct sc_piece *piece)
     c->pos = boundary;
     if (c->pos >= end)
       c->i++;
-    return true;
+    return 1;
   }
-  return false;
 }
 
 /* Check the list is sorted and contiguous, and sum its lengths. */
@@ -247,11 +318,17 @@ worker (void *arg)
     seq = r->next_seq;
     slot = &r->slots[seq % r->nslots];
     piece = &slot->piece;
-    if (!next_piece (&r->cur, piece)) {
+    rc = next_piece (&r->cur, piece);
+    if (rc == -1) {
+      record_error (r);
+      break;
+    }
+    if (rc == 0) {
       r->all_issued = true;
       pthread_cond_broadcast (&r->cond);
       break;
     }
+    rc = 0;
     r->next_seq++;
     piece->out_len = 0;
     piece->user = 0;
@@ -321,7 +398,8 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
 
   bool end = false;
 
-  while (rc == 0 && !end && next_piece (cur, &piece)) {
+  while (rc == 0 && !end && (rc = next_piece (cur, &piece)) == 1) {
+    rc = 0;
     piece.out_len = 0;
     piece.user = 0;
     if (piece.flags == 0) {
@@ -470,24 +548,23 @@ sc_pipeline_run (const struct sc_pipeline *p)
   }
   threads = SC_MIN (threads, MAX_PIPELINE_THREADS);
 
-  if (p->src->flags & SC_EP_STREAM) {
-    /* No extents and no total: progress reports a total of 0. */
-    list = &own;
-  }
-  else {
-    if (list == NULL) {
-      if (sc_ep_extents (p->src, 0, p->src->size, &own) == -1) {
-        name_error (p->src->name);
-        goto out;
-      }
-      list = &own;
-    }
-    if (check_extents (list, &prog.total) == -1)
-      goto out;
-  }
-
   cur = (struct cursor) { .ext = list, .request_size = request_size,
                           .stream = (p->src->flags & SC_EP_STREAM) != 0 };
+  if (cur.stream) {
+    /* No extents and no total: progress reports a total of 0. */
+    cur.ext = &own;
+  }
+  else if (list == NULL) {
+    /* The source's extents, a window at a time, over all of it. */
+    cur.ext = cur.window = &own;
+    cur.src = p->src;
+    cur.end = p->src->size;
+    cur.window_size = FIRST_EXTENT_WINDOW;
+    prog.total = p->src->size;
+  }
+  else if (check_extents (list, &prog.total) == -1)
+    goto out;
+
   if (threads <= 1)
     rc = run_synchronously (p, &cur, &prog);
   else

@@ -125,7 +125,10 @@ struct sc_piece {
 struct sc_pipeline {
   struct sc_endpoint *src;
   /* Extents to process (sorted, contiguous, covering what is to be
-   * copied); NULL asks src->ops->extents for [0, src->size).  Ignored
+   * copied); NULL asks the source for the extents of [0, src->size) a
+   * window at a time as the copy goes (each answer must continue where
+   * the last one ended, may cover less than asked, never more and
+   * never nothing; anything else is an EIO error).  Ignored
    * for a stream source (SC_EP_STREAM), which is read to its end in
    * pieces of request_size; the last one may be shorter, and pieces of
    * length 0 reach neither work() nor emit().

@@ -731,6 +731,104 @@ test_endpoint_defaults (void)
   CU_ASSERT_EQUAL (sc_ep_close (ep), 0);
 }
 
+/* A source whose extents answers are chosen by the test: short answers
+ * are allowed, anything that does not continue where the last answer
+ * ended is an error.
+ */
+enum liar_mode { LIAR_SHORT, LIAR_GAP, LIAR_NOTHING, LIAR_TOO_LONG,
+                 LIAR_OVERLAP };
+
+struct liar_src {
+  struct sc_endpoint ep;
+  enum liar_mode mode;
+  unsigned calls;
+};
+
+static int
+liar_pread (struct sc_endpoint *ep, void *buf, size_t count, uint64_t offset)
+{
+  memset (buf, 0x5a, count);
+  return 0;
+}
+
+static int
+liar_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
+              struct sc_extent_list *list)
+{
+  struct liar_src *l = (struct liar_src *) ep;
+  /* Alternate data and holes of 3 MiB, 3 MiB at most per answer. */
+  uint32_t flags = (offset / (3 * MiB)) % 2 ? SC_EXTENT_HOLE : 0;
+  uint64_t n = SC_MIN (count, 3 * MiB - offset % (3 * MiB));
+
+  l->calls++;
+  switch (l->mode) {
+  case LIAR_SHORT:
+    return sc_extent_list_append (list, offset, n, flags);
+  case LIAR_GAP:
+    return sc_extent_list_append (list, offset + 4096, n, flags);
+  case LIAR_NOTHING:
+    return 0;
+  case LIAR_TOO_LONG:
+    return sc_extent_list_append (list, offset, count + 4096, flags);
+  case LIAR_OVERLAP:
+    if (sc_extent_list_append (list, offset, n, 0) == -1)
+      return -1;
+    return sc_extent_list_append (list, offset, n, SC_EXTENT_HOLE);
+  }
+  return -1;
+}
+
+static int
+liar_close (struct sc_endpoint *ep)
+{
+  sc_ep_free (ep);
+  return 0;
+}
+
+static const struct sc_endpoint_ops liar_ops = {
+  .kind = "liar",
+  .pread = liar_pread,
+  .extents = liar_extents,
+  .close = liar_close,
+};
+
+static void
+test_copy_extent_windows (void)
+{
+  const uint64_t size = 64 * MiB + 12345;
+
+  for (int mode = LIAR_SHORT; mode <= LIAR_OVERLAP; mode++) {
+    for (unsigned threads = 1; threads <= 4; threads += 3) {
+      struct liar_src *l = sc_ep_new (sizeof *l, &liar_ops, "liar");
+      struct sc_endpoint *dst = sc_null_target_new (size);
+      struct sc_copy_opts opts = { .threads = threads };
+      uint64_t written, zeroed;
+      int r;
+
+      CU_ASSERT_FATAL (l != NULL && dst != NULL);
+      l->ep.size = size;
+      l->ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE;
+      l->mode = (enum liar_mode) mode;
+      r = sc_copy (&l->ep, dst, &opts);
+      sc_null_target_counts (dst, &written, &zeroed);
+      if (mode == LIAR_SHORT) {
+        /* Every byte once, asked for in many short answers. */
+        CU_ASSERT_EQUAL (r, 0);
+        CU_ASSERT_EQUAL (written + zeroed, size);
+        CU_ASSERT (l->calls >= size / (3 * MiB));
+        CU_ASSERT (written >= 30 * MiB && zeroed >= 30 * MiB);
+      }
+      else {
+        CU_ASSERT_EQUAL (r, -1);
+        CU_ASSERT_EQUAL (sc_error_errno (), EIO);
+        CU_ASSERT (strstr (sc_error_message (), "liar") != NULL);
+      }
+      sc_ep_close (dst);
+      sc_ep_close (&l->ep);
+    }
+  }
+}
+
 int
 main (void)
 {
@@ -754,7 +852,9 @@ main (void)
       || !CU_add_test (s, "copy, 4 threads, zero detection", test_copy_4)
       || !CU_add_test (s, "open errors", test_source_errors)
       || !CU_add_test (s, "endpoint defaults, null endpoints",
-                       test_endpoint_defaults)) {
+                       test_endpoint_defaults)
+      || !CU_add_test (s, "copy, extents a window at a time",
+                       test_copy_extent_windows)) {
     CU_cleanup_registry ();
     return EXIT_FAILURE;
   }
