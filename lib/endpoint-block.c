@@ -97,29 +97,16 @@ sc_block_source_new (int fd, bool own_fd, const char *name)
 }
 
 struct sc_endpoint *
-sc_block_target_new (const char *path, uint64_t size)
+sc_block_target_new (int fd, bool own_fd, const char *name, uint64_t size)
 {
-  struct sc_endpoint *ep;
   uint64_t dev_size;
-  int fd = open (path, O_WRONLY | O_CLOEXEC);
 
-  if (fd == -1) {
-    sc_set_error (errno, "%s", strerror (errno));
+  if (device_size (fd, name, &dev_size) == -1)
     return NULL;
-  }
-  if (device_size (fd, path, &dev_size) == -1)
-    goto err;
   if (dev_size < size) {
     sc_set_error (ENOSPC, "device is smaller than the image (%" PRIu64
                   " < %" PRIu64 ")", dev_size, size);
-    goto err;
+    return NULL;
   }
-  ep = new_block_ep (&block_target_ops, fd, true, path, dev_size);
-  if (ep == NULL)
-    goto err;
-  return ep;
-
- err:
-  close (fd);
-  return NULL;
+  return new_block_ep (&block_target_ops, fd, own_fd, name, dev_size);
 }

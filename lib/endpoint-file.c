@@ -164,7 +164,7 @@ file_commit (struct sc_endpoint *ep)
 
   if (sc_fd_ep_flush (ep) == -1)
     return -1;
-  if (f->committed)
+  if (f->tmp == NULL || f->committed)
     return 0;
 
   if (f->force) {
@@ -262,6 +262,62 @@ sc_file_source_new (int fd, bool own_fd, const char *name,
   return &f->base.ep;
 }
 
+/* Set the size of a new or existing target file, with the reason in
+ * the error when the file system or a limit cannot hold it.
+ */
+static int
+set_size (int fd, uint64_t size)
+{
+  struct rlimit rl;
+
+  if (size > (uint64_t) INT64_MAX) {
+    sc_set_error (EFBIG, "file system cannot hold a file of %" PRIu64
+                  " bytes", size);
+    return -1;
+  }
+  if (ftruncate (fd, (off_t) size) == 0)
+    return 0;
+  if (errno == EFBIG && getrlimit (RLIMIT_FSIZE, &rl) == 0
+      && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < size)
+    sc_set_error (EFBIG, "the file size limit (ulimit -f) is smaller "
+                  "than %" PRIu64 " bytes", size);
+  else if (errno == EFBIG || errno == EINVAL)
+    sc_set_error (EFBIG, "file system cannot hold a file of %" PRIu64
+                  " bytes", size);
+  else
+    sc_set_error (errno, "cannot set the size to %" PRIu64 ": %s",
+                  size, strerror (errno));
+  return -1;
+}
+
+struct sc_endpoint *
+sc_file_target_in_place (int fd, bool own_fd, const char *name,
+                         uint64_t size)
+{
+  struct file_ep *f;
+  struct stat st;
+
+  if (fstat (fd, &st) == -1) {
+    sc_set_error (errno, "fstat: %s", strerror (errno));
+    return NULL;
+  }
+  /* Growing an empty file first makes a file system that cannot hold
+   * it fail now; a longer file keeps its tail, as qemu-img convert -n
+   * leaves it.
+   */
+  if ((uint64_t) st.st_size < size && set_size (fd, size) == -1)
+    return NULL;
+  f = new_file_ep (&file_target_ops, name, fd, own_fd);
+  if (f == NULL)
+    return NULL;
+  f->map = SC_MAP_SEEK;
+  f->base.ep.size = SC_MAX ((uint64_t) st.st_size, size);
+  f->base.ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE;
+  if (st.st_size == 0)
+    f->base.ep.flags |= SC_EP_FRESH_ZEROS;
+  return &f->base.ep;
+}
+
 /* Close a target that failed half-way, keeping the first error. */
 static void
 abandon (struct file_ep *f)
@@ -328,21 +384,8 @@ sc_file_target_new (const char *path, uint64_t size, unsigned flags)
   /* Sizing the file first makes a file system that cannot hold it
    * fail now, before any data is written.
    */
-  if (ftruncate (fd, (off_t) size) == -1) {
-    struct rlimit rl;
-
-    if (errno == EFBIG && getrlimit (RLIMIT_FSIZE, &rl) == 0
-        && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < size)
-      sc_set_error (EFBIG, "the file size limit (ulimit -f) is smaller "
-                    "than %" PRIu64 " bytes", size);
-    else if (errno == EFBIG || errno == EINVAL)
-      sc_set_error (EFBIG, "file system cannot hold a file of %" PRIu64
-                    " bytes", size);
-    else
-      sc_set_error (errno, "cannot set the size to %" PRIu64 ": %s",
-                    size, strerror (errno));
+  if (set_size (fd, size) == -1)
     goto err;
-  }
   f->base.ep.size = size;
   f->base.ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE | SC_EP_FRESH_ZEROS;
   return &f->base.ep;

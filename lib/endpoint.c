@@ -219,47 +219,86 @@ sc_endpoint_close (struct sc_endpoint *ep)
   return sc_ep_close (ep);
 }
 
-/* ---- openers by name ------------------------------------------------------ */
+/* ---- openers ---------------------------------------------------------- */
+
+static struct sc_endpoint *
+source_from_fd (int fd, bool own_fd, const char *name,
+                enum sc_map_method map)
+{
+  struct stat st;
+
+  if (fstat (fd, &st) == -1) {
+    sc_set_error (errno, "fstat: %s", strerror (errno));
+    return NULL;
+  }
+  if (S_ISREG (st.st_mode))
+    return sc_file_source_new (fd, own_fd, name, &st, map);
+  if (S_ISBLK (st.st_mode))
+    return sc_block_source_new (fd, own_fd, name);
+  if (S_ISFIFO (st.st_mode) || S_ISCHR (st.st_mode) || S_ISSOCK (st.st_mode))
+    return sc_pipe_source_new (fd, own_fd, name);
+  sc_set_error (EINVAL, "not a regular file, block device or pipe");
+  return NULL;
+}
 
 struct sc_endpoint *
 sc_endpoint_open_source (const char *path, enum sc_map_method map)
 {
-  bool is_stdin = strcmp (path, "-") == 0;
-  const char *name = is_stdin ? "stdin" : path;
-  struct sc_endpoint *ep = NULL;
-  struct stat st;
+  struct sc_endpoint *ep;
   int fd;
 
-  if (is_stdin)
-    fd = STDIN_FILENO;
-  else {
-    fd = open (path, O_RDONLY | O_CLOEXEC);
-    if (fd == -1) {
-      sc_set_error (errno, "%s", strerror (errno));
-      return NULL;
-    }
+  if (strcmp (path, "-") == 0)
+    return source_from_fd (STDIN_FILENO, false, "stdin", map);
+  fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1) {
+    sc_set_error (errno, "%s", strerror (errno));
+    return NULL;
   }
-  if (fstat (fd, &st) == -1)
-    sc_set_error (errno, "fstat: %s", strerror (errno));
-  else if (S_ISREG (st.st_mode))
-    ep = sc_file_source_new (fd, !is_stdin, name, &st, map);
-  else if (S_ISBLK (st.st_mode))
-    ep = sc_block_source_new (fd, !is_stdin, name);
-  else if (S_ISFIFO (st.st_mode) || S_ISCHR (st.st_mode)
-           || S_ISSOCK (st.st_mode))
-    ep = sc_pipe_source_new (fd, !is_stdin, name);
-  else
-    sc_set_error (EINVAL, "not a regular file, block device or pipe");
-  if (ep == NULL && !is_stdin)
+  ep = source_from_fd (fd, true, path, map);
+  if (ep == NULL)
     close (fd);
   return ep;
 }
 
 struct sc_endpoint *
-sc_endpoint_open_target (const char *path, uint64_t size, unsigned flags)
+sc_endpoint_open_fd_source (int fd, const char *name, enum sc_map_method map)
+{
+  return source_from_fd (fd, false, name, map);
+}
+
+static struct sc_endpoint *
+target_from_fd (int fd, bool own_fd, const char *name, uint64_t size)
 {
   struct stat st;
 
+  if (fstat (fd, &st) == -1) {
+    sc_set_error (errno, "fstat: %s", strerror (errno));
+    return NULL;
+  }
+  if (S_ISREG (st.st_mode))
+    return sc_file_target_in_place (fd, own_fd, name, size);
+  if (S_ISBLK (st.st_mode))
+    return sc_block_target_new (fd, own_fd, name, size);
+  if (S_ISFIFO (st.st_mode) || S_ISCHR (st.st_mode) || S_ISSOCK (st.st_mode))
+    return sc_pipe_target_new (fd, own_fd, name, size);
+  sc_set_error (EINVAL, "not a regular file, block device or pipe");
+  return NULL;
+}
+
+struct sc_endpoint *
+sc_endpoint_open_fd_target (int fd, const char *name, uint64_t size)
+{
+  return target_from_fd (fd, false, name, size);
+}
+
+struct sc_endpoint *
+sc_endpoint_open_target (const char *path, uint64_t size, unsigned flags)
+{
+  struct sc_endpoint *ep;
+  struct stat st;
+  int fd;
+
+  /* Standard output is written forward, whatever is behind it. */
   if (strcmp (path, "-") == 0)
     return sc_pipe_target_new (STDOUT_FILENO, false, "stdout", size);
   if (path[0] == '\0') {
@@ -287,37 +326,34 @@ sc_endpoint_open_target (const char *path, uint64_t size, unsigned flags)
     }
   }
 
-  if (stat (path, &st) == 0) {
-    if (S_ISBLK (st.st_mode))
-      return sc_block_target_new (path, size);
-    if (S_ISCHR (st.st_mode) || S_ISFIFO (st.st_mode)) {
-      /* /dev/null, a named pipe: written forward like stdout. */
-      int fd = open (path, O_WRONLY | O_CLOEXEC);
-      struct sc_endpoint *ep;
-
-      if (fd == -1) {
-        sc_set_error (errno, "%s", strerror (errno));
-        return NULL;
-      }
-      ep = sc_pipe_target_new (fd, true, path, size);
-      if (ep == NULL)
-        close (fd);
-      return ep;
-    }
-    if (S_ISDIR (st.st_mode)) {
-      sc_set_error (EISDIR, "is a directory");
+  if (stat (path, &st) == -1) {
+    if (errno != ENOENT) {
+      sc_set_error (errno, "%s", strerror (errno));
       return NULL;
     }
+    return sc_file_target_new (path, size, flags);
+  }
+  if (S_ISDIR (st.st_mode)) {
+    sc_set_error (EISDIR, "is a directory");
+    return NULL;
+  }
+  if (S_ISREG (st.st_mode)) {
     if (!(flags & SC_TARGET_FORCE)) {
       sc_set_error (EEXIST, "target exists (use -f to overwrite)");
       return NULL;
     }
+    return sc_file_target_new (path, size, flags);
   }
-  else if (errno != ENOENT) {
+  /* A device, a named pipe, /dev/null: opened as it is. */
+  fd = open (path, O_WRONLY | O_CLOEXEC);
+  if (fd == -1) {
     sc_set_error (errno, "%s", strerror (errno));
     return NULL;
   }
-  return sc_file_target_new (path, size, flags);
+  ep = target_from_fd (fd, true, path, size);
+  if (ep == NULL)
+    close (fd);
+  return ep;
 }
 
 /* ---- the base of local-descriptor kinds ---------------------------------- */

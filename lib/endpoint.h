@@ -232,10 +232,19 @@ extern struct sc_endpoint *sc_file_source_new (int fd, bool own_fd,
 extern struct sc_endpoint *sc_file_target_new (const char *path,
                                                uint64_t size, unsigned flags);
 
-/* endpoint-block.c: a block device, opened by path. */
+/* An existing regular file written in place at offsets from 0 (no
+ * temporary name; commit only flushes), grown to size if it is
+ * smaller.  It reads as zero where not written only if it was empty.
+ */
+extern struct sc_endpoint *sc_file_target_in_place (int fd, bool own_fd,
+                                                    const char *name,
+                                                    uint64_t size);
+
+/* endpoint-block.c: a block device.  A target must hold size bytes. */
 extern struct sc_endpoint *sc_block_source_new (int fd, bool own_fd,
                                                 const char *name);
-extern struct sc_endpoint *sc_block_target_new (const char *path,
+extern struct sc_endpoint *sc_block_target_new (int fd, bool own_fd,
+                                                const char *name,
                                                 uint64_t size);
 
 /* endpoint-pipe.c: a stream source (pipe, FIFO, character device,

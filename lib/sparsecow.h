@@ -109,6 +109,23 @@ extern struct sc_endpoint *sc_endpoint_open_target (const char *name,
                                                     uint64_t size,
                                                     unsigned flags);
 
+/* The same from a descriptor the caller opened and keeps (it is not
+ * closed by sc_endpoint_close).  name is used in messages.  A regular
+ * file source reads at offsets from 0.  A regular file target is
+ * written in place at offsets from 0, not at the descriptor's position
+ * (grown to size if smaller, its tail kept if longer; it reads as zero
+ * where not written only if it was empty); a block device must hold
+ * size bytes; a pipe or character device is written forward.  Returns
+ * NULL with errno EBADF, EINVAL (a directory or another kind of file),
+ * ENOSPC, EFBIG, ENOMEM.
+ */
+extern struct sc_endpoint *sc_endpoint_open_fd_source (int fd,
+                                                       const char *name,
+                                                       enum sc_map_method map);
+extern struct sc_endpoint *sc_endpoint_open_fd_target (int fd,
+                                                       const char *name,
+                                                       uint64_t size);
+
 /* Flush a complete target and make it visible under its name.  Returns
  * 0, or -1 with errno EIO/ENOSPC (flush), EEXIST (the name was taken
  * meanwhile and SC_TARGET_FORCE is not set), or rename's errno.

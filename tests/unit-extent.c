@@ -829,6 +829,85 @@ test_copy_extent_windows (void)
   }
 }
 
+/* Endpoints on descriptors the caller opened: sources read from offset
+ * 0, regular-file targets are written in place and keep their tail,
+ * and closing the endpoint leaves the descriptor open.
+ */
+static void
+test_fd_endpoints (void)
+{
+  char spath[300], tpath[300];
+  unsigned char buf[3 * BLOCK];
+  struct sc_endpoint *src, *dst;
+  struct sc_copy_opts opts = { .threads = 2, .detect_zeroes = true };
+  int sfd, tfd;
+
+  path_of (spath, sizeof spath, "fd-src");
+  path_of (tpath, sizeof tpath, "fd-dst");
+  sfd = open (spath, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  tfd = open (tpath, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  CU_ASSERT_FATAL (sfd >= 0 && tfd >= 0);
+  memset (buf, 0xab, sizeof buf);
+  CU_ASSERT_EQUAL (pwrite (sfd, buf, BLOCK, 2 * BLOCK), BLOCK);
+  CU_ASSERT_EQUAL (ftruncate (sfd, 4 * BLOCK), 0);
+  /* The target is longer than the source and full of 0x11. */
+  memset (buf, 0x11, sizeof buf);
+  for (int i = 0; i < 2; i++)
+    CU_ASSERT_EQUAL (pwrite (tfd, buf, sizeof buf, i * sizeof buf),
+                     (ssize_t) sizeof buf);
+  /* Positions do not matter. */
+  CU_ASSERT (lseek (sfd, 123, SEEK_SET) == 123);
+  CU_ASSERT (lseek (tfd, 456, SEEK_SET) == 456);
+
+  src = sc_endpoint_open_fd_source (sfd, "fd-src", SC_MAP_SEEK);
+  CU_ASSERT_FATAL (src != NULL);
+  CU_ASSERT_EQUAL (sc_endpoint_size (src), 4 * BLOCK);
+  CU_ASSERT_STRING_EQUAL (sc_endpoint_name (src), "fd-src");
+  dst = sc_endpoint_open_fd_target (tfd, "fd-dst", sc_endpoint_size (src));
+  CU_ASSERT_FATAL (dst != NULL);
+  /* Not empty before: it does not read as zero by itself. */
+  CU_ASSERT_FALSE (dst->flags & SC_EP_FRESH_ZEROS);
+  CU_ASSERT_EQUAL (sc_copy (src, dst, &opts), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_commit (dst), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_close (dst), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_close (src), 0);
+
+  /* Both descriptors still open; the target holds the source's bytes
+   * (zeros where the source has a hole) and then its old tail.
+   */
+  CU_ASSERT_EQUAL (pread (tfd, buf, sizeof buf, 0), (ssize_t) sizeof buf);
+  for (size_t i = 0; i < sizeof buf; i++)
+    if (buf[i] != (i >= 2 * BLOCK ? 0xab : 0)) {
+      CU_FAIL ("target content");
+      break;
+    }
+  CU_ASSERT_EQUAL (pread (tfd, buf, BLOCK, 4 * BLOCK), BLOCK);
+  CU_ASSERT_EQUAL (buf[0], 0x11);
+  CU_ASSERT_EQUAL (lseek (tfd, 0, SEEK_END), 2 * (off_t) sizeof buf);
+  CU_ASSERT_EQUAL (close (sfd), 0);
+  CU_ASSERT_EQUAL (close (tfd), 0);
+
+  /* An empty file is grown and reads as zero where not written. */
+  tfd = open (tpath, O_RDWR | O_TRUNC);
+  CU_ASSERT_FATAL (tfd >= 0);
+  dst = sc_endpoint_open_fd_target (tfd, "fd-dst", 10 * BLOCK);
+  CU_ASSERT_FATAL (dst != NULL);
+  CU_ASSERT (dst->flags & SC_EP_FRESH_ZEROS);
+  CU_ASSERT_EQUAL (lseek (tfd, 0, SEEK_END), 10 * BLOCK);
+  CU_ASSERT_EQUAL (sc_endpoint_close (dst), 0);
+  /* A directory is neither. */
+  {
+    int dfd = open (tmpdir, O_RDONLY | O_DIRECTORY);
+    CU_ASSERT_PTR_NULL (sc_endpoint_open_fd_source (dfd, "dir", SC_MAP_SEEK));
+    CU_ASSERT_EQUAL (sc_error_errno (), EINVAL);
+    CU_ASSERT_PTR_NULL (sc_endpoint_open_fd_target (dfd, "dir", 1));
+    close (dfd);
+  }
+  CU_ASSERT_EQUAL (close (tfd), 0);
+  CU_ASSERT_PTR_NULL (sc_endpoint_open_fd_source (tfd, "closed", SC_MAP_SEEK));
+  CU_ASSERT_EQUAL (sc_error_errno (), EBADF);
+}
+
 int
 main (void)
 {
@@ -854,7 +933,8 @@ main (void)
       || !CU_add_test (s, "endpoint defaults, null endpoints",
                        test_endpoint_defaults)
       || !CU_add_test (s, "copy, extents a window at a time",
-                       test_copy_extent_windows)) {
+                       test_copy_extent_windows)
+      || !CU_add_test (s, "endpoints on descriptors", test_fd_endpoints)) {
     CU_cleanup_registry ();
     return EXIT_FAILURE;
   }
