@@ -178,7 +178,7 @@ extern void qcow2_compressed_descriptor (const struct qcow2_header *h,
                                          uint64_t l2e, uint64_t *offset,
                                          uint64_t *nbytes);
 
-/* ---- qcow2-write.c ------------------------------------------------ */
+/* ---- qcow2-plan.c ------------------------------------------------- */
 
 /* Encode a compressed cluster descriptor for len bytes at offset, as a
  * whole L2 entry (QCOW2_OFLAG_COMPRESSED set, never COPIED).

@@ -1,5 +1,6 @@
-/* The qcow2 writer: plan an image in guest order, lay out its metadata
- * in front of the data, and produce the metadata forward only.
+/* The qcow2 layout planner and metadata serialiser: plan an image in
+ * guest order, lay out its metadata in front of the data, and produce
+ * the metadata forward only.
  *
  * The file layout is always: header cluster, refcount table, refcount
  * blocks, L1 table, L2 tables (in L1 order), data (in guest order,
