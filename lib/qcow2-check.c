@@ -63,7 +63,6 @@
 #define CHECK_L2_BATCH           (1U << 18)
 
 #define L1E_SIZE                 8
-#define RTE_SIZE                 8
 
 /* Snapshot table entries (qcow2.rst, "Snapshots"). */
 #define SNAPSHOT_HEADER_SIZE     40
@@ -240,25 +239,6 @@ read_at (struct checker *ck, void *buf, size_t len, uint64_t offset)
   return 0;
 }
 
-/* One refcount of any width from a refcount block. */
-static uint64_t
-refcount_get (const unsigned char *block, unsigned order, uint64_t index)
-{
-  unsigned bits = 1U << order;
-
-  switch (order) {
-  case 0: case 1: case 2: {
-    /* Sub-byte entries: the first entry in the least significant bits. */
-    uint64_t bit = index * bits;
-    return (block[bit / 8] >> (bit % 8)) & ((1U << bits) - 1);
-  }
-  case 3: return block[index];
-  case 4: return sc_get_be16 (block + index * 2);
-  case 5: return sc_get_be32 (block + index * 4);
-  default: return sc_get_be64 (block + index * 8);
-  }
-}
-
 /* Can [offset, offset+len) be read at all?  Offsets are signed in
  * the file APIs, and qemu's block layer fails reads that end past
  * QCOW2_MAX_IO_END, so such a range is an error, not zeros.
@@ -292,8 +272,8 @@ disk_refcount (struct checker *ck, uint64_t cluster, uint64_t *rc)
       return -1;
     ck->rb_offset = offset;
   }
-  *rc = refcount_get (ck->rb, ck->h.refcount_order,
-                      cluster & ((UINT64_C (1) << ck->rb_shift) - 1));
+  *rc = qcow2_refcount_get (ck->rb, ck->h.refcount_order,
+                            cluster & ((UINT64_C (1) << ck->rb_shift) - 1));
   return 0;
 }
 
@@ -1421,7 +1401,8 @@ run_check (struct checker *ck)
   ck->has_data_file = ck->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
   ck->extl2 = ck->h.incompatible_features & QCOW2_INCOMPAT_EXTL2;
   ck->count_limit = SC_MIN (ck->h.refcount_max, (uint64_t) UINT32_MAX);
-  ck->rb_shift = ck->h.cluster_bits + 3 - ck->h.refcount_order;
+  ck->rb_shift = qcow2_refcount_block_bits (ck->h.cluster_bits,
+                                            ck->h.refcount_order);
 
   /* Cap the counters before allocating them. */
   ck->nb_counts = qcow2_size_to_clusters (&ck->h, ck->file_size);
@@ -1439,7 +1420,7 @@ run_check (struct checker *ck)
   ck->l2_uses = malloc (CHECK_L2_BATCH * sizeof *ck->l2_uses);
   /* The header reader capped the refcount table. */
   rt_bytes = (uint64_t) ck->h.refcount_table_clusters * ck->cs;
-  ck->rt_size = rt_bytes / RTE_SIZE;
+  ck->rt_size = rt_bytes / QCOW2_RTE_SIZE;
   /* qemu checks an image without a refcount table too. */
   ck->rt = malloc (rt_bytes ? rt_bytes : 1);
   if (!ck->counts || !ck->l2 || !ck->rb || !ck->chunk || !ck->l2_uses

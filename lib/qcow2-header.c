@@ -18,13 +18,8 @@
 #define QCOW2_EXT_ALIGN           8
 /* Feature-name table entries: u8 type, u8 bit, 46 bytes of name. */
 #define QCOW2_FEATURE_ENTRY_SIZE  48
-/* Compression types (header byte 104). */
-#define QCOW2_COMPRESSION_DEFLATE 0
-#define QCOW2_COMPRESSION_ZSTD    1
 /* qemu keeps the backing format in a buffer of 16 bytes. */
 #define QCOW2_QEMU_BACKING_FORMAT_BUF 16
-/* v2 images always have 16-bit refcounts. */
-#define QCOW2_V2_REFCOUNT_ORDER   4
 
 /* How strictly the header is parsed. */
 enum header_mode {

@@ -19,10 +19,6 @@
 #include "internal.h"
 #include "qcow2.h"
 
-#define QCOW2_L2_ENTRY_SIZE 8
-#define QCOW2_RT_ENTRY_SIZE 8
-#define QCOW2_V2_REFCOUNT_ORDER 4
-#define QCOW2_COMPRESSION_TYPE_ZSTD 1
 
 uint64_t
 qcow2_make_compressed_descriptor (const struct qcow2_header *h,
@@ -52,89 +48,6 @@ split_descriptor (const struct qcow2_header *h, uint64_t e,
     - (*offset % QCOW2_COMPRESSED_SECTOR);
 }
 
-void
-qcow2_refcount_set (void *block, unsigned refcount_order, uint64_t index,
-                    uint64_t value)
-{
-  unsigned char *b = block;
-
-  switch (refcount_order) {
-  case 0: case 1: case 2: {
-    /* Several entries per byte, the first in the low bits. */
-    unsigned bits = 1U << refcount_order;
-    unsigned per_byte_order = 3 - refcount_order;
-    unsigned shift = (unsigned) (index & ((1U << per_byte_order) - 1)) * bits;
-    unsigned mask = ((1U << bits) - 1) << shift;
-    unsigned char *p = &b[index >> per_byte_order];
-    *p = (unsigned char) ((*p & ~mask) | ((value << shift) & mask));
-    break;
-  }
-  case 3: b[index] = (unsigned char) value; break;
-  case 4: sc_put_be16 (&b[index * 2], (uint16_t) value); break;
-  case 5: sc_put_be32 (&b[index * 4], (uint32_t) value); break;
-  default: sc_put_be64 (&b[index * 8], value); break;
-  }
-}
-
-uint64_t
-qcow2_refcount_get (const void *block, unsigned refcount_order,
-                    uint64_t index)
-{
-  const unsigned char *b = block;
-
-  switch (refcount_order) {
-  case 0: case 1: case 2: {
-    unsigned bits = 1U << refcount_order;
-    unsigned per_byte_order = 3 - refcount_order;
-    unsigned shift = (unsigned) (index & ((1U << per_byte_order) - 1)) * bits;
-    return (b[index >> per_byte_order] >> shift) & ((1U << bits) - 1);
-  }
-  case 3: return b[index];
-  case 4: return sc_get_be16 (&b[index * 2]);
-  case 5: return sc_get_be32 (&b[index * 4]);
-  default: return sc_get_be64 (&b[index * 8]);
-  }
-}
-
-int
-qcow2_refcount_layout (uint32_t cluster_bits, unsigned refcount_order,
-                       uint64_t other_clusters, uint64_t *rt_clusters,
-                       uint64_t *rb_clusters)
-{
-  uint64_t cluster_size = 1ULL << cluster_bits;
-  uint64_t block_entries = (cluster_size * 8) >> refcount_order;
-  uint64_t rt_entries_per_cluster = cluster_size / QCOW2_RT_ENTRY_SIZE;
-  uint64_t max_rt_clusters = QCOW2_MAX_RT_BYTES / cluster_size;
-  uint64_t rt = 0, rb = 0;
-
-  if (max_rt_clusters == 0)
-    max_rt_clusters = 1;
-  /* The blocks count the table and themselves, so more blocks can need
-   * still more blocks.  Iterating from zero climbs monotonically to the
-   * least fixed point, and each step adds far fewer clusters than the
-   * one before, so this ends after a few rounds.
-   */
-  for (;;) {
-    uint64_t n = other_clusters + rt + rb;
-    uint64_t rb2 = SC_DIV_ROUND_UP (n, block_entries);
-    uint64_t rt2 = SC_DIV_ROUND_UP (rb2, rt_entries_per_cluster);
-
-    if (rt2 > max_rt_clusters) {
-      sc_set_error (EFBIG, "image too large: its refcount table would "
-                    "exceed %u bytes (use larger clusters or narrower "
-                    "refcounts)", QCOW2_MAX_RT_BYTES);
-      return -1;
-    }
-    if (rt2 == rt && rb2 == rb)
-      break;
-    rt = rt2;
-    rb = rb2;
-  }
-  *rt_clusters = rt;
-  *rb_clusters = rb;
-  return 0;
-}
-
 /* The L1 entries a virtual size needs, refused past the L1 cap. */
 static int
 l1_size_for (uint64_t virtual_size, uint32_t cluster_bits, uint64_t *l1_size)
@@ -144,8 +57,8 @@ l1_size_for (uint64_t virtual_size, uint32_t cluster_bits, uint64_t *l1_size)
     + (virtual_size % cluster_size != 0);
 
   *l1_size = SC_DIV_ROUND_UP (guest_clusters,
-                              cluster_size / QCOW2_L2_ENTRY_SIZE);
-  if (*l1_size > QCOW2_MAX_L1_BYTES / QCOW2_L2_ENTRY_SIZE) {
+                              cluster_size / QCOW2_L2E_SIZE);
+  if (*l1_size > QCOW2_MAX_L1_BYTES / QCOW2_L2E_SIZE) {
     sc_set_error (EFBIG, "virtual size %" PRIu64 " needs an L1 table "
                   "larger than %u bytes at cluster size %" PRIu64
                   " (use larger clusters)", virtual_size,
@@ -204,8 +117,8 @@ qcow2_plan_init (struct qcow2_plan *p, unsigned version,
   h->cluster_size = (uint32_t) cluster_size;
   h->size = virtual_size;
   h->l1_size = (uint32_t) l1_size;
-  h->l2_entry_size = QCOW2_L2_ENTRY_SIZE;
-  h->l2_entries = (uint32_t) (cluster_size / QCOW2_L2_ENTRY_SIZE);
+  h->l2_entry_size = QCOW2_L2E_SIZE;
+  h->l2_entries = (uint32_t) (cluster_size / QCOW2_L2E_SIZE);
   h->refcount_order = refcount_order;
   h->refcount_bits = 1U << refcount_order;
   h->refcount_max = h->refcount_bits == 64
@@ -213,7 +126,7 @@ qcow2_plan_init (struct qcow2_plan *p, unsigned version,
   h->header_length = version == 2
     ? QCOW2_V2_HEADER_SIZE : QCOW2_V3_HEADER_SIZE;
   if (codec == SC_CODEC_ZSTD) {
-    h->compression_type = QCOW2_COMPRESSION_TYPE_ZSTD;
+    h->compression_type = QCOW2_COMPRESSION_ZSTD;
     h->incompatible_features |= QCOW2_INCOMPAT_COMPRESSION;
   }
   p->refcount_cap = SC_MIN (h->refcount_max, (uint64_t) UINT32_MAX);
@@ -398,7 +311,7 @@ qcow2_plan_layout (struct qcow2_plan *p)
   uint64_t other, data_bytes;
 
   p->l1_clusters = SC_DIV_ROUND_UP ((uint64_t) h->l1_size
-                                    * QCOW2_L2_ENTRY_SIZE, cs);
+                                    * QCOW2_L2E_SIZE, cs);
   other = 1 + p->l1_clusters + p->nb_l2 + p->data_clusters;
   if (qcow2_refcount_layout (h->cluster_bits, h->refcount_order, other,
                              &p->rt_clusters, &p->rb_clusters) == -1)
@@ -490,8 +403,10 @@ qcow2_plan_write_metadata (struct qcow2_plan *p,
 {
   const struct qcow2_header *h = &p->h;
   uint64_t cs = h->cluster_size;
-  uint64_t block_entries = (cs * 8) >> h->refcount_order;
-  uint64_t per_cluster = cs / 8;
+  uint64_t block_entries
+    = UINT64_C (1) << qcow2_refcount_block_bits (h->cluster_bits,
+                                                 h->refcount_order);
+  uint64_t per_cluster = cs / QCOW2_RTE_SIZE;
   CLEANUP_FREE unsigned char *buf = NULL;
   uint64_t i, k, n;
 

@@ -80,6 +80,19 @@
 #define QCOW2_COMPRESSED_SECTOR     512
 #define QCOW2_SUBCLUSTERS           32
 
+/* Table entry sizes in bytes. */
+#define QCOW2_L1E_SIZE              8
+#define QCOW2_L2E_SIZE              8   /* standard L2 entry */
+#define QCOW2_L2E_EXTENDED_SIZE     16  /* entry + subcluster bitmap */
+#define QCOW2_RTE_SIZE              8
+
+/* Version 2 images always have 16-bit refcounts. */
+#define QCOW2_V2_REFCOUNT_ORDER     4
+
+/* Compression types (header byte 104). */
+#define QCOW2_COMPRESSION_DEFLATE   0
+#define QCOW2_COMPRESSION_ZSTD      1
+
 /* The kinds of L2 entry. */
 enum qcow2_cluster_type {
   QCOW2_CLUSTER_UNALLOCATED,
@@ -138,6 +151,12 @@ static inline uint64_t qcow2_offset_to_l2_index (const struct qcow2_header *h,
 /* Bit position where the sector count of a compressed descriptor starts. */
 static inline unsigned qcow2_csize_shift (const struct qcow2_header *h)
 { return 62 - (h->cluster_bits - 8); }
+/* log2 of the number of entries in one refcount block: a cluster of
+ * 8 * cluster_size bits holds entries of 1 << refcount_order bits.
+ */
+static inline unsigned qcow2_refcount_block_bits (uint32_t cluster_bits,
+                                                  unsigned refcount_order)
+{ return cluster_bits + 3 - refcount_order; }
 
 /* ---- qcow2-header.c ------------------------------------------------ */
 
@@ -178,6 +197,32 @@ extern void qcow2_compressed_descriptor (const struct qcow2_header *h,
                                          uint64_t l2e, uint64_t *offset,
                                          uint64_t *nbytes);
 
+/* ---- qcow2-refcount.c --------------------------------------------- */
+
+/* Entry index of a refcount block (one cluster) of entries 1 <<
+ * refcount_order bits wide (order 0..6), packed as the specification
+ * says ("Refcount table"): sub-byte widths least significant bits
+ * first, wider ones big-endian.  index must be below 1 <<
+ * qcow2_refcount_block_bits(); set stores value truncated to the
+ * width.  Neither can fail.
+ */
+extern void qcow2_refcount_set (void *block, unsigned refcount_order,
+                                uint64_t index, uint64_t value);
+extern uint64_t qcow2_refcount_get (const void *block,
+                                    unsigned refcount_order, uint64_t index);
+
+/* The smallest refcount table and number of refcount blocks (both in
+ * clusters) that cover themselves plus other_clusters clusters: a
+ * fixed point, since the blocks count themselves.  Returns 0, or -1
+ * with errno EFBIG if the refcount table would exceed qemu's limit
+ * (QCOW2_MAX_RT_BYTES).
+ */
+extern int qcow2_refcount_layout (uint32_t cluster_bits,
+                                  unsigned refcount_order,
+                                  uint64_t other_clusters,
+                                  uint64_t *rt_clusters,
+                                  uint64_t *rb_clusters);
+
 /* ---- qcow2-plan.c ------------------------------------------------- */
 
 /* Encode a compressed cluster descriptor for len bytes at offset, as a
@@ -186,26 +231,6 @@ extern void qcow2_compressed_descriptor (const struct qcow2_header *h,
 extern uint64_t qcow2_make_compressed_descriptor (const struct qcow2_header *h,
                                                   uint64_t offset,
                                                   uint64_t len);
-
-/* Refcount block entries of any width (1..64 bits, as 1 << order),
- * packed as the specification says: sub-byte widths least significant
- * bits first, wider ones big-endian.
- */
-extern void qcow2_refcount_set (void *block, unsigned refcount_order,
-                                uint64_t index, uint64_t value);
-extern uint64_t qcow2_refcount_get (const void *block,
-                                    unsigned refcount_order, uint64_t index);
-
-/* The smallest refcount table and number of refcount blocks that
- * cover themselves plus other_clusters clusters: a fixed point, since
- * the blocks count themselves.  Returns -1 if the refcount table would
- * exceed qemu's limit.
- */
-extern int qcow2_refcount_layout (uint32_t cluster_bits,
-                                  unsigned refcount_order,
-                                  uint64_t other_clusters,
-                                  uint64_t *rt_clusters,
-                                  uint64_t *rb_clusters);
 
 /* The writer's plan of an image, built in guest order and then written
  * forward only.  The L2 tables are the plan: an L2 table exists only

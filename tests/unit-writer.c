@@ -123,6 +123,66 @@ test_refcount_packing (void)
   CU_ASSERT_EQUAL (block[15], 0x08);
 }
 
+/* Every width read from, and written to, the same bytes.  The expected
+ * entries are worked out by hand from the specification's packing rule
+ * ("Refcount table": sub-byte entries from the least significant bit
+ * of each byte, wider entries big-endian):
+ *   0xb4 = 1011 0100, 0x1e = 0001 1110.
+ */
+static void
+test_refcount_every_order (void)
+{
+  static const unsigned char bytes[8] = {
+    0xb4, 0x1e, 0x00, 0x80, 0x12, 0x34, 0x56, 0x78,
+  };
+  static const struct {
+    unsigned order;
+    unsigned n;                 /* entries that cover bytes[] */
+    uint64_t e[16];
+  } want[] = {
+    { 0, 16, { 0, 0, 1, 0, 1, 1, 0, 1, 0, 1, 1, 1, 1, 0, 0, 0 } },
+    { 1, 8, { 0, 1, 3, 2, 2, 3, 1, 0 } },
+    { 2, 4, { 0x4, 0xb, 0xe, 0x1 } },
+    { 3, 2, { 0xb4, 0x1e } },
+    { 4, 1, { 0xb41e } },
+    { 5, 1, { 0xb41e0080 } },
+    { 6, 1, { 0xb41e008012345678ULL } },
+  };
+
+  for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
+    unsigned order = want[k].order;
+    unsigned covered = (want[k].n << order) / 8;
+    unsigned char block[24] = { 0 };   /* three entries of any width */
+
+    memcpy (block, bytes, sizeof bytes);
+    for (unsigned i = 0; i < want[k].n; i++)
+      CU_ASSERT_EQUAL (qcow2_refcount_get (block, order, i), want[k].e[i]);
+
+    /* Writing the same entries into a zeroed block gives the bytes. */
+    memset (block, 0, sizeof block);
+    for (unsigned i = 0; i < want[k].n; i++)
+      qcow2_refcount_set (block, order, i, want[k].e[i]);
+    CU_ASSERT_EQUAL (memcmp (block, bytes, covered), 0);
+    /* Nothing past the entries written. */
+    for (unsigned i = covered; i < sizeof block; i++)
+      CU_ASSERT_EQUAL (block[i], 0);
+    /* A value wider than the entry is cut to its width. */
+    memset (block, 0, sizeof block);
+    qcow2_refcount_set (block, order, 1, UINT64_MAX);
+    CU_ASSERT_EQUAL (qcow2_refcount_get (block, order, 0), 0);
+    CU_ASSERT_EQUAL (qcow2_refcount_get (block, order, 1),
+                     order == 6 ? UINT64_MAX
+                     : (UINT64_C (1) << (1U << order)) - 1);
+    CU_ASSERT_EQUAL (qcow2_refcount_get (block, order, 2), 0);
+  }
+  /* Entries per block: a 512-byte cluster holds 4096 1-bit entries and
+   * 64 64-bit entries.
+   */
+  CU_ASSERT_EQUAL (qcow2_refcount_block_bits (9, 0), 12);
+  CU_ASSERT_EQUAL (qcow2_refcount_block_bits (9, 6), 6);
+  CU_ASSERT_EQUAL (qcow2_refcount_block_bits (16, 4), 15);
+}
+
 /* The fixed point is exact: enough blocks for everything including
  * the table and themselves, and not one more.
  */
@@ -245,6 +305,8 @@ main (void)
       || !CU_add_test (s, "compressed descriptor round trip",
                        test_descriptor_round_trip)
       || !CU_add_test (s, "refcount packing", test_refcount_packing)
+      || !CU_add_test (s, "refcount at every order",
+                       test_refcount_every_order)
       || !CU_add_test (s, "refcount layout fixed point",
                        test_layout_fixed_point)
       || !CU_add_test (s, "plan placement", test_plan_placement)) {
