@@ -62,8 +62,6 @@
  */
 #define CHECK_L2_BATCH           (1U << 18)
 
-#define L1E_SIZE                 8
-
 /* Snapshot table entries (qcow2.rst, "Snapshots"). */
 #define SNAPSHOT_HEADER_SIZE     40
 #define SNAPSHOT_L1_OFFSET       0
@@ -113,8 +111,6 @@
 #define BME_RESERVED_MASK        0xff000000000001feULL
 #define BME_FLAG_ALL_ONES        1ULL
 
-/* Extended L2: the allocation half of the subcluster bitmap. */
-#define L2_BITMAP_ALL_ALLOC      0xffffffffULL
 
 struct snapshot {
   uint64_t l1_offset;
@@ -380,32 +376,6 @@ entries_in_file (const struct checker *ck, uint64_t offset, uint64_t n)
                                      (uint64_t) sizeof (uint64_t)));
 }
 
-/* What an L2 entry describes, decided as qemu decides it (the header
- * reader's classifier refuses entries that the checker must count).
- */
-static enum qcow2_cluster_type
-l2_type (const struct checker *ck, uint64_t e)
-{
-  if (e & QCOW2_OFLAG_COMPRESSED)
-    return QCOW2_CLUSTER_COMPRESSED;
-  if ((e & QCOW2_OFLAG_ZERO) && !ck->extl2)
-    return (e & QCOW2_L2E_OFFSET_MASK)
-      ? QCOW2_CLUSTER_ZERO_ALLOC : QCOW2_CLUSTER_ZERO_PLAIN;
-  if ((e & QCOW2_L2E_OFFSET_MASK) == 0)
-    return (ck->has_data_file && (e & QCOW2_OFLAG_COPIED))
-      ? QCOW2_CLUSTER_NORMAL : QCOW2_CLUSTER_UNALLOCATED;
-  return QCOW2_CLUSTER_NORMAL;
-}
-
-static void
-l2_get (const struct checker *ck, uint64_t i, uint64_t *e, uint64_t *bitmap)
-{
-  const unsigned char *p = ck->l2 + i * ck->h.l2_entry_size;
-
-  *e = sc_get_be64 (p);
-  *bitmap = ck->extl2 ? sc_get_be64 (p + 8) : 0;
-}
-
 /* The first byte at or after offset (inside the file) that may hold
  * data: the holes of a sparse file read as zeros, and a table entry of
  * zeros references nothing, so holes need not be read.  Where the file
@@ -450,12 +420,13 @@ check_l2 (struct checker *ck, uint64_t l2_offset, uint64_t uses,
   for (uint64_t i = 0; i < ck->h.l2_entries; i++) {
     uint64_t e, bitmap, offset, nbytes;
     enum qcow2_cluster_type type;
+    unsigned faults, bitmap_faults;
 
-    l2_get (ck, i, &e, &bitmap);
-    type = l2_type (ck, e);
+    qcow2_l2_entry_get (&ck->h, ck->l2, i, &e, &bitmap);
+    type = qcow2_l2_entry_classify (&ck->h, e, &faults);
+    bitmap_faults = qcow2_l2_bitmap_faults (type, bitmap);
 
-    if (type != QCOW2_CLUSTER_COMPRESSED
-        && (e & QCOW2_L2E_STD_RESERVED_MASK)) {
+    if (faults & QCOW2_FAULT_RESERVED) {
       res->corruptions += uses;
       check_message (ck, "ERROR found l2 entry with reserved bits set: "
                      "%" PRIx64 " (L2 table at 0x%" PRIx64 ", index %"
@@ -464,19 +435,19 @@ check_l2 (struct checker *ck, uint64_t l2_offset, uint64_t uses,
 
     switch (type) {
     case QCOW2_CLUSTER_COMPRESSED:
-      if (e & QCOW2_OFLAG_COPIED) {
+      if (faults & QCOW2_FAULT_COMPRESSED_COPIED) {
         res->corruptions += uses;
         e &= ~QCOW2_OFLAG_COPIED;
         check_message (ck, "ERROR: compressed cluster entry %" PRIx64
                        " has the copied flag set", e);
       }
-      if (ck->has_data_file) {
+      if (faults & QCOW2_FAULT_COMPRESSED_DATA_FILE) {
         res->corruptions += uses;
         check_message (ck, "ERROR compressed cluster %" PRIu64 " with data "
                        "file, entry=0x%" PRIx64, i, e);
         break;
       }
-      if (bitmap) {
+      if (bitmap_faults & QCOW2_FAULT_COMPRESSED_BITMAP) {
         res->corruptions += uses;
         check_message (ck, "ERROR compressed cluster %" PRIu64 " with "
                        "non-zero subcluster allocation bitmap, entry=0x%"
@@ -497,13 +468,13 @@ check_l2 (struct checker *ck, uint64_t l2_offset, uint64_t uses,
     case QCOW2_CLUSTER_ZERO_ALLOC:
     case QCOW2_CLUSTER_NORMAL:
       offset = e & QCOW2_L2E_OFFSET_MASK;
-      if ((bitmap >> QCOW2_SUBCLUSTERS) & bitmap) {
+      if (bitmap_faults & QCOW2_FAULT_SUBCLUSTER_BOTH) {
         res->corruptions += uses;
         check_message (ck, "ERROR offset=%" PRIx64 ": Allocated cluster has "
                        "corrupted subcluster allocation bitmap", offset);
       }
-      if (!SC_IS_ALIGNED (offset, ck->cs)) {
-        bool data = ck->extl2 ? (bitmap & L2_BITMAP_ALL_ALLOC) != 0
+      if (faults & QCOW2_FAULT_MISALIGNED) {
+        bool data = ck->extl2 ? (bitmap & QCOW2_L2_BITMAP_ALL_ALLOC) != 0
           : !(e & QCOW2_OFLAG_ZERO);
 
         res->corruptions += uses;
@@ -525,7 +496,7 @@ check_l2 (struct checker *ck, uint64_t l2_offset, uint64_t uses,
       break;
 
     case QCOW2_CLUSTER_UNALLOCATED:
-      if (bitmap & L2_BITMAP_ALL_ALLOC) {
+      if (bitmap_faults & QCOW2_FAULT_UNALLOCATED_ALLOC) {
         res->corruptions += uses;
         check_message (ck, "ERROR: Unallocated cluster has non-zero "
                        "subcluster allocation bitmap");
@@ -566,11 +537,13 @@ copied_l2 (struct checker *ck, uint64_t l2_offset, uint64_t uses)
   if (read_at (ck, ck->l2, ck->cs, l2_offset) == -1)
     return -1;
   for (uint64_t i = 0; i < ck->h.l2_entries; i++) {
-    uint64_t le, bitmap, type, rc;
+    uint64_t le, bitmap, rc;
+    enum qcow2_cluster_type type;
+    unsigned faults;
     int r;
 
-    l2_get (ck, i, &le, &bitmap);
-    type = l2_type (ck, le);
+    qcow2_l2_entry_get (&ck->h, ck->l2, i, &le, &bitmap);
+    type = qcow2_l2_entry_classify (&ck->h, le, &faults);
     if (type != QCOW2_CLUSTER_NORMAL && type != QCOW2_CLUSTER_ZERO_ALLOC)
       continue;
     if (ck->has_data_file)
@@ -752,19 +725,21 @@ walk_l1_entries (struct checker *ck, uint64_t start, uint64_t end,
   while ((r = next_chunk (ck, &pos, end, &n)) == 1) {
     for (uint64_t j = 0; j < n; j++) {
       uint64_t e = ck->chunk[j], l2_offset;
+      unsigned faults;
 
       if (e == 0)
         continue;
-      if (e & QCOW2_L1E_RESERVED_MASK) {
+      faults = qcow2_l1_entry_faults (&ck->h, e);
+      if (faults & QCOW2_FAULT_RESERVED) {
         res->corruptions += uses;
         check_message (ck, "ERROR found L1 entry with reserved bits set: "
                        "%" PRIx64 " (at offset 0x%" PRIx64 ", in %" PRIu64
-                       " L1 tables)", e, (pos + j) * L1E_SIZE, uses);
+                       " L1 tables)", e, (pos + j) * QCOW2_L1E_SIZE, uses);
       }
       l2_offset = e & QCOW2_L1E_OFFSET_MASK;
       if (add_refs_n (ck, "L2 table", l2_offset, ck->cs, uses) == -1)
         return -1;
-      if (!SC_IS_ALIGNED (l2_offset, ck->cs)) {
+      if (faults & QCOW2_FAULT_MISALIGNED) {
         res->corruptions += uses;
         check_message (ck, "ERROR l2_offset=%" PRIx64 ": Table is not "
                        "cluster aligned; L1 entry corrupted", l2_offset);
@@ -893,7 +868,7 @@ check_l1_tables (struct checker *ck)
                      "entry corrupted", sn->id, sn->name, sn->l1_offset);
       continue;
     }
-    if (sn->l1_size > QCOW2_MAX_L1_BYTES / L1E_SIZE) {
+    if (sn->l1_size > QCOW2_MAX_L1_BYTES / QCOW2_L1E_SIZE) {
       res->corruptions++;
       check_message (ck, "ERROR snapshot %s (%s) l1_size=%#" PRIx32
                      ": L1 table is too large; snapshot table entry "

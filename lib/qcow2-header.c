@@ -1,5 +1,4 @@
-/* qcow2 header: parse and validate the header and its extensions, and
- * classify L2 entries.
+/* qcow2 header: parse and validate the header and its extensions.
  *
  * The header is the first thing an attacker controls, so every field
  * that later becomes an offset or a size is checked here against the
@@ -598,72 +597,4 @@ qcow2_header_free (struct qcow2_header *h)
   free (h->backing_format);
   free (h->data_file);
   h->backing_file = h->backing_format = h->data_file = NULL;
-}
-
-int
-qcow2_l2_entry_type (const struct qcow2_header *h, uint64_t l2e,
-                     enum qcow2_cluster_type *type)
-{
-  uint64_t offset, reserved;
-  bool has_data_file = h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
-  bool extl2 = h->incompatible_features & QCOW2_INCOMPAT_EXTL2;
-
-  if (l2e & QCOW2_OFLAG_COMPRESSED) {
-    if (has_data_file) {
-      sc_set_error (EINVAL, "compressed cluster in an image with an "
-                    "external data file (L2 entry 0x%016" PRIx64 ")", l2e);
-      return -1;
-    }
-    *type = QCOW2_CLUSTER_COMPRESSED;
-    return 0;
-  }
-
-  /* The zero flag is not used with extended L2 entries (the bitmap
-   * says what reads as zeros), and like qemu we then ignore it.
-   */
-  reserved = QCOW2_L2E_STD_RESERVED_MASK;
-  if (reserved & l2e) {
-    sc_set_error (EINVAL, "L2 entry 0x%016" PRIx64 " has reserved bits set",
-                  l2e);
-    return -1;
-  }
-  offset = l2e & QCOW2_L2E_OFFSET_MASK;
-  if (!SC_IS_ALIGNED (offset, h->cluster_size)) {
-    sc_set_error (EINVAL, "L2 entry 0x%016" PRIx64 ": host offset is not "
-                  "aligned to a cluster", l2e);
-    return -1;
-  }
-
-  if ((l2e & QCOW2_OFLAG_ZERO) && !extl2) {
-    *type = offset ? QCOW2_CLUSTER_ZERO_ALLOC : QCOW2_CLUSTER_ZERO_PLAIN;
-    return 0;
-  }
-  if (offset == 0) {
-    /* Offset 0 is a valid place in an external data file; there every
-     * allocated cluster has refcount 1 and so the COPIED flag, which
-     * tells it apart from an unallocated entry.
-     */
-    if (has_data_file && (l2e & QCOW2_OFLAG_COPIED))
-      *type = QCOW2_CLUSTER_NORMAL;
-    else
-      *type = QCOW2_CLUSTER_UNALLOCATED;
-    return 0;
-  }
-  *type = QCOW2_CLUSTER_NORMAL;
-  return 0;
-}
-
-void
-qcow2_compressed_descriptor (const struct qcow2_header *h, uint64_t l2e,
-                             uint64_t *offset, uint64_t *nbytes)
-{
-  unsigned shift = qcow2_csize_shift (h);
-  uint64_t offset_mask = (UINT64_C (1) << shift) - 1;
-  /* The sector count field runs from shift up to bit 61. */
-  uint64_t count_mask = (UINT64_C (1) << (62 - shift)) - 1;
-  uint64_t sectors = ((l2e >> shift) & count_mask) + 1;
-
-  *offset = l2e & offset_mask;
-  *nbytes = sectors * QCOW2_COMPRESSED_SECTOR
-    - (*offset & (QCOW2_COMPRESSED_SECTOR - 1));
 }

@@ -19,35 +19,6 @@
 #include "internal.h"
 #include "qcow2.h"
 
-
-uint64_t
-qcow2_make_compressed_descriptor (const struct qcow2_header *h,
-                                  uint64_t offset, uint64_t len)
-{
-  unsigned shift = qcow2_csize_shift (h);
-  /* Sectors beyond the one that holds the first byte, up to the one
-   * that holds the last byte.
-   */
-  uint64_t extra = (offset + len - 1) / QCOW2_COMPRESSED_SECTOR
-    - offset / QCOW2_COMPRESSED_SECTOR;
-
-  return QCOW2_OFLAG_COMPRESSED | (extra << shift) | offset;
-}
-
-/* Split a compressed descriptor made above (flag bits ignored). */
-static void
-split_descriptor (const struct qcow2_header *h, uint64_t e,
-                  uint64_t *offset, uint64_t *nbytes)
-{
-  unsigned shift = qcow2_csize_shift (h);
-  uint64_t sectors_mask = (1ULL << (h->cluster_bits - 8)) - 1;
-  uint64_t sectors = ((e >> shift) & sectors_mask) + 1;
-
-  *offset = e & ((1ULL << shift) - 1);
-  *nbytes = sectors * QCOW2_COMPRESSED_SECTOR
-    - (*offset % QCOW2_COMPRESSED_SECTOR);
-}
-
 /* The L1 entries a virtual size needs, refused past the L1 cap. */
 static int
 l1_size_for (uint64_t virtual_size, uint32_t cluster_bits, uint64_t *l1_size)
@@ -500,7 +471,7 @@ qcow2_plan_next (const struct qcow2_plan *p, uint64_t *gc, uint64_t *rel,
       continue;
     }
     if (e & QCOW2_OFLAG_COMPRESSED) {
-      split_descriptor (h, e, rel, len);
+      qcow2_compressed_descriptor (h, e, rel, len);
       *compressed = true;
     }
     else {

@@ -56,11 +56,6 @@
 #define MAX_SNAPSHOT_EXTRA      1024
 #define MAX_SNAPSHOT_TABLE      (64 * 1024 * 1024)
 
-/* Extended L2 bitmap halves. */
-#define EXTL2_ALLOC_SHIFT       0
-#define EXTL2_ZERO_SHIFT        32
-#define EXTL2_SUBCLUSTER_SHIFT  5   /* log2 (QCOW2_SUBCLUSTERS) */
-
 struct layer {
   char *filename;               /* as opened (resolved) */
   int fd;
@@ -251,70 +246,53 @@ classify (struct layer *L, const unsigned char *table, uint64_t pos,
           struct lstatus *g)
 {
   uint64_t l2i = qcow2_offset_to_l2_index (&L->h, pos);
-  const unsigned char *e = table + l2i * L->h.l2_entry_size;
-  uint64_t l2e = sc_get_be64 (e);
   uint64_t into = qcow2_offset_into_cluster (&L->h, pos);
+  unsigned sc = (unsigned) (into >> L->granule_bits);
   enum qcow2_cluster_type type;
-  uint64_t host;
+  uint64_t l2e, bitmap;
+  unsigned fault;
 
+  qcow2_l2_entry_get (&L->h, table, l2i, &l2e, &bitmap);
   if (qcow2_l2_entry_type (&L->h, l2e, &type) == -1)
     return -1;
-  host = l2e & QCOW2_L2E_OFFSET_MASK;
   g->has_offset = false;
+  g->host = (l2e & QCOW2_L2E_OFFSET_MASK) + into;
   g->l2e = 0;
 
-  if (type == QCOW2_CLUSTER_COMPRESSED) {
+  switch (qcow2_subcluster_type (&L->h, type, bitmap, sc, &fault)) {
+  case QCOW2_SUBCLUSTER_COMPRESSED:
     g->kind = LK_COMPRESSED;
     g->l2e = l2e;
-    return 0;
-  }
-
-  if (L->extl2) {
-    uint64_t bitmap = sc_get_be64 (e + 8);
-    unsigned sc = (unsigned) (into >> L->granule_bits);
-    bool alloc = (bitmap >> (EXTL2_ALLOC_SHIFT + sc)) & 1;
-    bool zero = (bitmap >> (EXTL2_ZERO_SHIFT + sc)) & 1;
-
-    if (alloc && zero) {
+    break;
+  case QCOW2_SUBCLUSTER_UNALLOCATED_PLAIN:
+    g->kind = LK_UNALLOC;
+    break;
+  case QCOW2_SUBCLUSTER_UNALLOCATED_ALLOC:
+    g->kind = LK_UNALLOC;
+    g->has_offset = true;
+    break;
+  case QCOW2_SUBCLUSTER_ZERO_PLAIN:
+    g->kind = LK_ZERO;
+    break;
+  case QCOW2_SUBCLUSTER_ZERO_ALLOC:
+    g->kind = LK_ZERO;
+    g->has_offset = true;
+    break;
+  case QCOW2_SUBCLUSTER_NORMAL:
+    g->kind = LK_DATA;
+    g->has_offset = true;
+    break;
+  case QCOW2_SUBCLUSTER_INVALID:
+  default:
+    if (fault == QCOW2_FAULT_SUBCLUSTER_BOTH)
       sc_set_error (EINVAL, "corrupt extended L2 entry at guest offset "
                     "%" PRIu64 ": subcluster %u is both allocated and "
                     "zero", pos, sc);
-      return -1;
-    }
-    if (type == QCOW2_CLUSTER_UNALLOCATED) {
-      if (bitmap & 0xffffffffULL) {
-        sc_set_error (EINVAL, "corrupt extended L2 entry at guest offset "
-                      "%" PRIu64 ": allocated subclusters in an "
-                      "unallocated cluster", pos);
-        return -1;
-      }
-      g->kind = zero ? LK_ZERO : LK_UNALLOC;
-      return 0;
-    }
-    g->kind = zero ? LK_ZERO : alloc ? LK_DATA : LK_UNALLOC;
-    g->has_offset = true;
-    g->host = host + into;
-    return 0;
-  }
-
-  switch (type) {
-  case QCOW2_CLUSTER_UNALLOCATED:
-    g->kind = LK_UNALLOC;
-    break;
-  case QCOW2_CLUSTER_ZERO_PLAIN:
-    g->kind = LK_ZERO;
-    break;
-  case QCOW2_CLUSTER_ZERO_ALLOC:
-    g->kind = LK_ZERO;
-    g->has_offset = true;
-    g->host = host + into;
-    break;
-  case QCOW2_CLUSTER_NORMAL:
-  default:
-    g->kind = LK_DATA;
-    g->has_offset = true;
-    g->host = host + into;
-    break;
+    else
+      sc_set_error (EINVAL, "corrupt extended L2 entry at guest offset "
+                    "%" PRIu64 ": allocated subclusters in an "
+                    "unallocated cluster", pos);
+    return -1;
   }
   return 0;
 }
@@ -704,14 +682,15 @@ load_l1 (struct layer *L, uint64_t offset, uint32_t entries,
   for (uint32_t i = 0; i < entries; i++) {
     uint64_t e = be64toh (L->l1[i]);
     uint64_t l2 = e & QCOW2_L1E_OFFSET_MASK;
+    unsigned faults = qcow2_l1_entry_faults (&L->h, e);
 
-    if (e & QCOW2_L1E_RESERVED_MASK) {
+    if (faults & QCOW2_FAULT_RESERVED) {
       sc_set_error (EINVAL, "L1 entry %" PRIu32 " (0x%016" PRIx64 ") has "
                     "reserved bits set", i, e);
       return -1;
     }
     if (l2 != 0
-        && (!SC_IS_ALIGNED (l2, L->h.cluster_size)
+        && ((faults & QCOW2_FAULT_MISALIGNED)
             || l2 > L->file_size - L->h.cluster_size
             || L->file_size < L->h.cluster_size)) {
       sc_set_error (EINVAL, "L1 entry %" PRIu32 ": L2 table offset 0x%"
@@ -873,7 +852,7 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
     return -1;
   L->extl2 = (L->h.incompatible_features & QCOW2_INCOMPAT_EXTL2) != 0;
   L->granule_bits = L->extl2
-    ? L->h.cluster_bits - EXTL2_SUBCLUSTER_SHIFT : L->h.cluster_bits;
+    ? L->h.cluster_bits - QCOW2_SUBCLUSTER_BITS : L->h.cluster_bits;
   L->codec = L->h.compression_type == SC_CODEC_ZSTD
     ? SC_CODEC_ZSTD : SC_CODEC_DEFLATE;
   L->size = L->h.size;
@@ -1244,10 +1223,11 @@ count_clusters (struct sc_qcow2 *q, struct sc_qcow2_info *info)
       return -1;
     }
     for (uint32_t j = 0; j < L->h.l2_entries; j++) {
-      const unsigned char *e = table + (size_t) j * L->h.l2_entry_size;
-      uint64_t l2e = sc_get_be64 (e);
+      uint64_t l2e, bitmap, zero;
       enum qcow2_cluster_type type;
 
+      qcow2_l2_entry_get (&L->h, table, j, &l2e, &bitmap);
+      zero = bitmap & QCOW2_L2_BITMAP_ALL_ZERO;
       if (qcow2_l2_entry_type (&L->h, l2e, &type) == -1) {
         pthread_mutex_unlock (&q->lock);
         sc_error_prefix ("%s", L->filename);
@@ -1259,8 +1239,7 @@ count_clusters (struct sc_qcow2 *q, struct sc_qcow2_info *info)
         info->allocated_clusters++;
         break;
       case QCOW2_CLUSTER_NORMAL:
-        if (L->extl2 && (sc_get_be64 (e + 8) >> EXTL2_ZERO_SHIFT)
-            == 0xffffffffULL)
+        if (L->extl2 && zero == QCOW2_L2_BITMAP_ALL_ZERO)
           info->zero_clusters++;
         else
           info->allocated_clusters++;
@@ -1270,7 +1249,7 @@ count_clusters (struct sc_qcow2 *q, struct sc_qcow2_info *info)
         info->zero_clusters++;
         break;
       case QCOW2_CLUSTER_UNALLOCATED:
-        if (L->extl2 && (sc_get_be64 (e + 8) >> EXTL2_ZERO_SHIFT) != 0)
+        if (L->extl2 && zero != 0)
           info->zero_clusters++;
         break;
       }

@@ -38,16 +38,10 @@
  * 1 TiB of data in 64 KiB clusters, at 32 bytes each (512 MiB).
  */
 #define MAX_PENDING_ITEMS (16U * 1024 * 1024)
-/* L1 entries, and standard L2 entries, are 8 bytes. */
-#define L1_ENTRY_SIZE 8
-#define L2_STD_ENTRY_SIZE 8
 /* Partly read items hold at most this much between chunks. */
 #define MAX_PARTIAL_BYTES (256U * 1024 * 1024)
 /* Data held back for a forward-only target, at most. */
 #define MAX_HELD_BYTES (256U * 1024 * 1024)
-/* Extended L2 entries: allocation bits low, zero bits high. */
-#define EXTL2_ALLOC_SHIFT 0
-#define EXTL2_ZERO_SHIFT 32
 
 enum item_kind {
   ITEM_L1,
@@ -545,7 +539,8 @@ check_l2_offsets (const struct qcow2_header *h, const unsigned char *p)
     return -1;
   }
   for (uint64_t i = 0; i < h->l1_size; i++) {
-    uint64_t off = sc_get_be64 (p + i * L1_ENTRY_SIZE) & QCOW2_L1E_OFFSET_MASK;
+    uint64_t off = sc_get_be64 (p + i * QCOW2_L1E_SIZE)
+      & QCOW2_L1E_OFFSET_MASK;
     if (off != 0)
       offs[n++] = off;
   }
@@ -570,17 +565,18 @@ handle_l1 (struct stream_unpack *s, const unsigned char *p)
   if (h->l1_size > 0 && check_l2_offsets (h, p) == -1)
     return -1;
   for (uint64_t i = 0; i < h->l1_size; i++) {
-    uint64_t e = sc_get_be64 (p + i * L1_ENTRY_SIZE);
+    uint64_t e = sc_get_be64 (p + i * QCOW2_L1E_SIZE);
     uint64_t off = e & QCOW2_L1E_OFFSET_MASK;
+    unsigned faults = qcow2_l1_entry_faults (h, e);
 
-    if (e & QCOW2_L1E_RESERVED_MASK) {
+    if (faults & QCOW2_FAULT_RESERVED) {
       sc_set_error (EINVAL, "L1 entry %" PRIu64 " has reserved bits set",
                     i);
       return -1;
     }
     if (off == 0)
       continue;
-    if (qcow2_offset_into_cluster (h, off) != 0) {
+    if (faults & QCOW2_FAULT_MISALIGNED) {
       sc_set_error (EINVAL, "L1 entry %" PRIu64 ": L2 table offset %"
                     PRIu64 " is not aligned to a cluster", i, off);
       return -1;
@@ -595,7 +591,7 @@ static int
 handle_l2 (struct stream_unpack *s, const unsigned char *p, uint64_t l1_index)
 {
   const struct qcow2_header *h = &s->h;
-  bool extl2 = h->l2_entry_size != L2_STD_ENTRY_SIZE;
+  bool extl2 = h->l2_entry_size != QCOW2_L2E_SIZE;
   uint64_t sub = h->cluster_size / QCOW2_SUBCLUSTERS;
 
   /* Each L1 index has one table; a table listed twice is damage (and
@@ -608,14 +604,14 @@ handle_l2 (struct stream_unpack *s, const unsigned char *p, uint64_t l1_index)
   s->l2_seen[l1_index] = true;
 
   for (uint64_t j = 0; j < h->l2_entries; j++) {
-    const unsigned char *e = p + j * h->l2_entry_size;
-    uint64_t l2e = sc_get_be64 (e);
+    uint64_t l2e, bitmap, host;
     uint64_t guest = (l1_index * h->l2_entries + j) << h->cluster_bits;
-    uint64_t host = l2e & QCOW2_L2E_OFFSET_MASK;
     enum qcow2_cluster_type type;
 
     if (guest >= s->vsize)
       break;
+    qcow2_l2_entry_get (h, p, j, &l2e, &bitmap);
+    host = l2e & QCOW2_L2E_OFFSET_MASK;
     if (qcow2_l2_entry_type (h, l2e, &type) == -1) {
       sc_error_prefix ("L2 entry for guest offset %" PRIu64, guest);
       return -1;
@@ -629,17 +625,20 @@ handle_l2 (struct stream_unpack *s, const unsigned char *p, uint64_t l1_index)
       continue;
     }
     if (extl2) {
-      uint64_t bitmap = sc_get_be64 (e + 8);
-      uint32_t alloc = (uint32_t) (bitmap >> EXTL2_ALLOC_SHIFT);
-      uint32_t zero = (uint32_t) (bitmap >> EXTL2_ZERO_SHIFT);
+      uint32_t alloc = (uint32_t) (bitmap & QCOW2_L2_BITMAP_ALL_ALLOC);
+      unsigned faults = qcow2_l2_bitmap_faults (type, bitmap);
 
-      if (alloc & zero) {
+      if (faults & QCOW2_FAULT_SUBCLUSTER_BOTH) {
         sc_set_error (EINVAL, "corrupt extended L2 entry at guest offset "
                       "%" PRIu64 ": a subcluster is both allocated and "
                       "zero", guest);
         return -1;
       }
-      if (alloc != 0 && (type == QCOW2_CLUSTER_UNALLOCATED || host == 0)) {
+      /* Offset 0 is a place only in an external data file, which a
+       * stream cannot follow.
+       */
+      if ((faults & QCOW2_FAULT_UNALLOCATED_ALLOC)
+          || (alloc != 0 && host == 0)) {
         sc_set_error (EINVAL, "corrupt extended L2 entry at guest offset "
                       "%" PRIu64 ": allocated subclusters in an "
                       "unallocated cluster", guest);
@@ -1058,7 +1057,7 @@ sc_qcow2_unpack_stream (struct sc_endpoint *src, const char *target,
   s.fresh = (s.dst->flags & SC_EP_FRESH_ZEROS) != 0;
 
   if (add_item (&s, s.h.l1_table_offset,
-                (uint64_t) s.h.l1_size * L1_ENTRY_SIZE, ITEM_L1, 0)
+                (uint64_t) s.h.l1_size * QCOW2_L1E_SIZE, ITEM_L1, 0)
       == -1)
     goto err_image;
   for (;;) {

@@ -80,6 +80,13 @@
 #define QCOW2_COMPRESSED_SECTOR     512
 #define QCOW2_SUBCLUSTERS           32
 
+/* Extended L2 subcluster bitmap (the second u64 of an entry): bit sc
+ * says subcluster sc is allocated, bit 32 + sc that it reads as zeros.
+ */
+#define QCOW2_L2_BITMAP_ALL_ALLOC   0x00000000ffffffffULL
+#define QCOW2_L2_BITMAP_ALL_ZERO    0xffffffff00000000ULL
+#define QCOW2_SUBCLUSTER_BITS       5   /* log2 (QCOW2_SUBCLUSTERS) */
+
 /* Table entry sizes in bytes. */
 #define QCOW2_L1E_SIZE              8
 #define QCOW2_L2E_SIZE              8   /* standard L2 entry */
@@ -101,6 +108,39 @@ enum qcow2_cluster_type {
   QCOW2_CLUSTER_NORMAL,
   QCOW2_CLUSTER_COMPRESSED,
 };
+
+/* What one subcluster of an L2 entry reads as (qemu's names).  Without
+ * extended L2 entries a cluster is a single subcluster.
+ */
+enum qcow2_subcluster_type {
+  QCOW2_SUBCLUSTER_UNALLOCATED_PLAIN, /* no host cluster: backing file */
+  QCOW2_SUBCLUSTER_UNALLOCATED_ALLOC, /* host cluster, this part unused:
+                                         backing file */
+  QCOW2_SUBCLUSTER_ZERO_PLAIN,        /* zeros, no host cluster */
+  QCOW2_SUBCLUSTER_ZERO_ALLOC,        /* zeros, host cluster kept */
+  QCOW2_SUBCLUSTER_NORMAL,            /* data at the host offset */
+  QCOW2_SUBCLUSTER_COMPRESSED,
+  QCOW2_SUBCLUSTER_INVALID,           /* damage; the fault says which */
+};
+
+/* Damage in a table entry, as a set of bits: the classifiers report
+ * it and their callers decide whether it is fatal (reader, stream
+ * decoder) or counted (checker).
+ */
+#define QCOW2_FAULT_RESERVED             (1U << 0) /* reserved bits set */
+#define QCOW2_FAULT_MISALIGNED           (1U << 1) /* offset not cluster
+                                                      aligned */
+#define QCOW2_FAULT_COMPRESSED_COPIED    (1U << 2) /* COPIED on a
+                                                      compressed cluster */
+#define QCOW2_FAULT_COMPRESSED_DATA_FILE (1U << 3) /* compressed cluster
+                                                      with a data file */
+#define QCOW2_FAULT_COMPRESSED_BITMAP    (1U << 4) /* compressed cluster
+                                                      with a bitmap */
+#define QCOW2_FAULT_SUBCLUSTER_BOTH      (1U << 5) /* a subcluster both
+                                                      allocated and zero */
+#define QCOW2_FAULT_UNALLOCATED_ALLOC    (1U << 6) /* allocated subclusters
+                                                      without a host
+                                                      cluster */
 
 /* The parsed and validated header. */
 struct qcow2_header {
@@ -151,6 +191,11 @@ static inline uint64_t qcow2_offset_to_l2_index (const struct qcow2_header *h,
 /* Bit position where the sector count of a compressed descriptor starts. */
 static inline unsigned qcow2_csize_shift (const struct qcow2_header *h)
 { return 62 - (h->cluster_bits - 8); }
+/* The two bits of subcluster sc (0..31) in an extended L2 bitmap. */
+static inline uint64_t qcow2_subcluster_alloc_bit (unsigned sc)
+{ return UINT64_C (1) << sc; }
+static inline uint64_t qcow2_subcluster_zero_bit (unsigned sc)
+{ return UINT64_C (1) << (QCOW2_SUBCLUSTERS + sc); }
 /* log2 of the number of entries in one refcount block: a cluster of
  * 8 * cluster_size bits holds entries of 1 << refcount_order bits.
  */
@@ -184,18 +229,75 @@ extern int qcow2_header_read_for_check (int fd, uint64_t file_size,
 #define QCOW2_MAX_IO_END ((UINT64_C (1) << 63) - (UINT64_C (1) << 30))
 extern void qcow2_header_free (struct qcow2_header *h);
 
-/* Classify an L2 entry (first u64; extended L2 bitmap handled by the
- * reader).  Returns -1 with an error set if reserved bits are set or
- * the offset is misaligned.
+/* ---- qcow2-entry.c ------------------------------------------------ */
+
+/* The damage in an L1 entry (QCOW2_FAULT_RESERVED, _MISALIGNED for an
+ * L2 table offset that is not cluster aligned).  Where the table lies
+ * in the file is the caller's to judge.
+ */
+extern unsigned qcow2_l1_entry_faults (const struct qcow2_header *h,
+                                       uint64_t l1e);
+/* Entry index of an L2 table (one cluster, as on disk): the entry in
+ * host order in *l2e and its subcluster bitmap in *bitmap (0 without
+ * extended L2 entries).
+ */
+extern void qcow2_l2_entry_get (const struct qcow2_header *h,
+                                const void *table, uint64_t index,
+                                uint64_t *l2e, uint64_t *bitmap);
+/* What an L2 entry (its first u64) describes, decided as qemu decides
+ * it whatever the damage, with the damage in *faults:
+ * QCOW2_FAULT_RESERVED and _MISALIGNED (standard clusters), and
+ * _COMPRESSED_COPIED and _COMPRESSED_DATA_FILE (compressed ones).
+ * Never fails; for the checker, which must see all damage.
+ */
+extern enum qcow2_cluster_type
+qcow2_l2_entry_classify (const struct qcow2_header *h, uint64_t l2e,
+                         unsigned *faults);
+/* The same, strict, for reading guest data: returns 0, or -1 with
+ * errno EINVAL and a message for reserved bits, a misaligned host
+ * offset or a compressed cluster with an external data file (COPIED on
+ * a compressed cluster is accepted: it does not change the data).
  */
 extern int qcow2_l2_entry_type (const struct qcow2_header *h, uint64_t l2e,
                                 enum qcow2_cluster_type *type);
-/* Decode a compressed cluster descriptor into host byte offset and the
- * number of bytes available to read from there.
+/* The damage in a whole extended L2 bitmap for an entry of this type:
+ * QCOW2_FAULT_COMPRESSED_BITMAP (a compressed cluster's bitmap is
+ * reserved and must be 0), otherwise _SUBCLUSTER_BOTH (some subcluster
+ * both allocated and zero) and, for an unallocated cluster,
+ * _UNALLOCATED_ALLOC.  Pass bitmap 0 without extended L2 entries.
+ */
+extern unsigned qcow2_l2_bitmap_faults (enum qcow2_cluster_type type,
+                                        uint64_t bitmap);
+/* What subcluster sc (0..31; 0 without extended L2 entries) of an
+ * entry of this type and bitmap reads as, as qemu's
+ * qcow2_get_subcluster_type() decides.  Only that subcluster's bits
+ * are judged, except that an unallocated cluster must have no
+ * allocated subcluster at all; on damage it returns
+ * QCOW2_SUBCLUSTER_INVALID with the reason in *fault
+ * (QCOW2_FAULT_SUBCLUSTER_BOTH or _UNALLOCATED_ALLOC), otherwise
+ * *fault is 0.  Never fails.
+ */
+extern enum qcow2_subcluster_type
+qcow2_subcluster_type (const struct qcow2_header *h,
+                       enum qcow2_cluster_type type, uint64_t bitmap,
+                       unsigned sc, unsigned *fault);
+/* Decode a compressed cluster descriptor (a whole L2 entry; flag bits
+ * are ignored) into the host byte offset and the number of bytes
+ * available to read from there: whole 512-byte sectors, less the part
+ * of the first one before the offset ("Compressed Clusters
+ * Descriptor").  cluster_bits 9..21.
  */
 extern void qcow2_compressed_descriptor (const struct qcow2_header *h,
                                          uint64_t l2e, uint64_t *offset,
                                          uint64_t *nbytes);
+/* Encode a compressed cluster descriptor for len bytes (1 up to less
+ * than a cluster) at host byte offset offset, as a whole L2 entry
+ * (QCOW2_OFLAG_COMPRESSED set, never COPIED).  offset must be below
+ * 1 << qcow2_csize_shift().
+ */
+extern uint64_t qcow2_make_compressed_descriptor (const struct qcow2_header *h,
+                                                  uint64_t offset,
+                                                  uint64_t len);
 
 /* ---- qcow2-refcount.c --------------------------------------------- */
 
@@ -224,13 +326,6 @@ extern int qcow2_refcount_layout (uint32_t cluster_bits,
                                   uint64_t *rb_clusters);
 
 /* ---- qcow2-plan.c ------------------------------------------------- */
-
-/* Encode a compressed cluster descriptor for len bytes at offset, as a
- * whole L2 entry (QCOW2_OFLAG_COMPRESSED set, never COPIED).
- */
-extern uint64_t qcow2_make_compressed_descriptor (const struct qcow2_header *h,
-                                                  uint64_t offset,
-                                                  uint64_t len);
 
 /* The writer's plan of an image, built in guest order and then written
  * forward only.  The L2 tables are the plan: an L2 table exists only

@@ -499,6 +499,259 @@ test_l2_entry_type (void)
   CU_ASSERT_EQUAL (t, QCOW2_CLUSTER_NORMAL);
 }
 
+/* The lenient classifier: every kind of entry, and every kind of
+ * damage, from the bit layout in the specification ("Cluster mapping":
+ * standard entries keep the host offset in bits 9..55, bits 1..8 and
+ * 56..61 are reserved, bit 0 is the zero flag, bit 62 marks a
+ * compressed entry and bit 63 is COPIED).
+ */
+static void
+test_l2_entry_classify (void)
+{
+  static const struct {
+    bool data_file, extl2;
+    uint64_t e;
+    enum qcow2_cluster_type type;
+    unsigned faults;
+  } cases[] = {
+    { false, false, 0, QCOW2_CLUSTER_UNALLOCATED, 0 },
+    { false, false, 1ULL << 63, QCOW2_CLUSTER_UNALLOCATED, 0 },
+    { false, false, 1, QCOW2_CLUSTER_ZERO_PLAIN, 0 },
+    { false, false, 0x70001, QCOW2_CLUSTER_ZERO_ALLOC, 0 },
+    { false, false, 0x70000, QCOW2_CLUSTER_NORMAL, 0 },
+    { false, false, 0x8000000000070000ULL, QCOW2_CLUSTER_NORMAL, 0 },
+    { false, false, 0x00fffffffffe0000ULL, QCOW2_CLUSTER_NORMAL, 0 },
+    { false, false, 0x4000000000070123ULL, QCOW2_CLUSTER_COMPRESSED, 0 },
+    /* Bits 56..61 belong to the descriptor of a compressed entry. */
+    { false, false, 0x7f00000000070123ULL, QCOW2_CLUSTER_COMPRESSED, 0 },
+    /* Damage. */
+    { false, false, 0xc000000000070123ULL, QCOW2_CLUSTER_COMPRESSED,
+      QCOW2_FAULT_COMPRESSED_COPIED },
+    { false, false, 0x70002, QCOW2_CLUSTER_NORMAL, QCOW2_FAULT_RESERVED },
+    { false, false, 0x70100, QCOW2_CLUSTER_NORMAL, QCOW2_FAULT_RESERVED },
+    { false, false, 0x0100000000070000ULL, QCOW2_CLUSTER_NORMAL,
+      QCOW2_FAULT_RESERVED },
+    { false, false, 0x2000000000070000ULL, QCOW2_CLUSTER_NORMAL,
+      QCOW2_FAULT_RESERVED },
+    { false, false, 0x2000000000000000ULL, QCOW2_CLUSTER_UNALLOCATED,
+      QCOW2_FAULT_RESERVED },
+    { false, false, 0x70200, QCOW2_CLUSTER_NORMAL, QCOW2_FAULT_MISALIGNED },
+    { false, false, 0x70201, QCOW2_CLUSTER_ZERO_ALLOC,
+      QCOW2_FAULT_MISALIGNED },
+    { false, false, 0x70202, QCOW2_CLUSTER_NORMAL,
+      QCOW2_FAULT_RESERVED | QCOW2_FAULT_MISALIGNED },
+    /* External data file: offset 0 with COPIED is a place there, and
+     * compressed clusters cannot exist.
+     */
+    { true, false, 1ULL << 63, QCOW2_CLUSTER_NORMAL, 0 },
+    { true, false, 0, QCOW2_CLUSTER_UNALLOCATED, 0 },
+    { true, false, 0x4000000000070000ULL, QCOW2_CLUSTER_COMPRESSED,
+      QCOW2_FAULT_COMPRESSED_DATA_FILE },
+    { true, false, 0xc000000000070000ULL, QCOW2_CLUSTER_COMPRESSED,
+      QCOW2_FAULT_COMPRESSED_COPIED | QCOW2_FAULT_COMPRESSED_DATA_FILE },
+    /* Extended L2: the zero flag is not used. */
+    { false, true, 1, QCOW2_CLUSTER_UNALLOCATED, 0 },
+    { false, true, 0x70001, QCOW2_CLUSTER_NORMAL, 0 },
+  };
+
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    struct qcow2_header h;
+    unsigned faults = 12345;
+
+    set_geometry (&h, 16, cases[i].extl2);
+    if (cases[i].data_file)
+      h.incompatible_features |= QCOW2_INCOMPAT_DATA_FILE;
+    CU_ASSERT_EQUAL (qcow2_l2_entry_classify (&h, cases[i].e, &faults),
+                     cases[i].type);
+    CU_ASSERT_EQUAL (faults, cases[i].faults);
+  }
+}
+
+/* L1 entries: bits 9..55 are the L2 table offset, bit 63 COPIED, the
+ * rest reserved.
+ */
+static void
+test_l1_entry_faults (void)
+{
+  struct qcow2_header h;
+
+  set_geometry (&h, 16, false);
+  CU_ASSERT_EQUAL (qcow2_l1_entry_faults (&h, 0), 0);
+  CU_ASSERT_EQUAL (qcow2_l1_entry_faults (&h, 0x8000000000070000ULL), 0);
+  CU_ASSERT_EQUAL (qcow2_l1_entry_faults (&h, 0x70001),
+                   QCOW2_FAULT_RESERVED);
+  CU_ASSERT_EQUAL (qcow2_l1_entry_faults (&h, 0x70100),
+                   QCOW2_FAULT_RESERVED);
+  CU_ASSERT_EQUAL (qcow2_l1_entry_faults (&h, 0x4000000000070000ULL),
+                   QCOW2_FAULT_RESERVED);
+  CU_ASSERT_EQUAL (qcow2_l1_entry_faults (&h, 0x0100000000070000ULL),
+                   QCOW2_FAULT_RESERVED);
+  CU_ASSERT_EQUAL (qcow2_l1_entry_faults (&h, 0x70200),
+                   QCOW2_FAULT_MISALIGNED);
+  CU_ASSERT_EQUAL (qcow2_l1_entry_faults (&h, 0x70201),
+                   QCOW2_FAULT_RESERVED | QCOW2_FAULT_MISALIGNED);
+  /* 512-byte clusters: every offset the field holds is aligned. */
+  set_geometry (&h, 9, false);
+  CU_ASSERT_EQUAL (qcow2_l1_entry_faults (&h, 0x70200), 0);
+}
+
+/* Extended L2 bitmaps ("Extended L2 Entries"): bits 0..31 allocated,
+ * bits 32..63 reads as zeros; both for one subcluster is corruption, an
+ * unallocated cluster has no allocated subclusters, and the bitmap of a
+ * compressed cluster is reserved (0).
+ */
+static void
+test_l2_bitmap (void)
+{
+  /* Subcluster 0 allocated, 1 zero, 2 neither, 3 both, 31 allocated. */
+  const uint64_t mixed = 0x1ULL | (1ULL << 33) | (1ULL << 3) | (1ULL << 35)
+    | (1ULL << 31);
+  struct qcow2_header h;
+  unsigned f;
+
+  CU_ASSERT_EQUAL (qcow2_l2_bitmap_faults (QCOW2_CLUSTER_NORMAL, 0), 0);
+  CU_ASSERT_EQUAL (qcow2_l2_bitmap_faults (QCOW2_CLUSTER_NORMAL,
+                                           0x00000002fffffffdULL), 0);
+  CU_ASSERT_EQUAL (qcow2_l2_bitmap_faults (QCOW2_CLUSTER_NORMAL,
+                                           (1ULL << 63) | (1ULL << 31)),
+                   QCOW2_FAULT_SUBCLUSTER_BOTH);
+  CU_ASSERT_EQUAL (qcow2_l2_bitmap_faults (QCOW2_CLUSTER_UNALLOCATED,
+                                           0xffffffff00000000ULL), 0);
+  CU_ASSERT_EQUAL (qcow2_l2_bitmap_faults (QCOW2_CLUSTER_UNALLOCATED,
+                                           1ULL << 5),
+                   QCOW2_FAULT_UNALLOCATED_ALLOC);
+  CU_ASSERT_EQUAL (qcow2_l2_bitmap_faults (QCOW2_CLUSTER_UNALLOCATED,
+                                           (1ULL << 3) | (1ULL << 35)),
+                   QCOW2_FAULT_SUBCLUSTER_BOTH
+                   | QCOW2_FAULT_UNALLOCATED_ALLOC);
+  CU_ASSERT_EQUAL (qcow2_l2_bitmap_faults (QCOW2_CLUSTER_COMPRESSED, 0), 0);
+  CU_ASSERT_EQUAL (qcow2_l2_bitmap_faults (QCOW2_CLUSTER_COMPRESSED,
+                                           1ULL << 40),
+                   QCOW2_FAULT_COMPRESSED_BITMAP);
+
+  set_geometry (&h, 16, true);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_NORMAL, mixed, 0,
+                                          &f), QCOW2_SUBCLUSTER_NORMAL);
+  CU_ASSERT_EQUAL (f, 0);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_NORMAL, mixed, 1,
+                                          &f), QCOW2_SUBCLUSTER_ZERO_ALLOC);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_NORMAL, mixed, 2,
+                                          &f),
+                   QCOW2_SUBCLUSTER_UNALLOCATED_ALLOC);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_NORMAL, mixed, 3,
+                                          &f), QCOW2_SUBCLUSTER_INVALID);
+  CU_ASSERT_EQUAL (f, QCOW2_FAULT_SUBCLUSTER_BOTH);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_NORMAL, mixed, 31,
+                                          &f), QCOW2_SUBCLUSTER_NORMAL);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_NORMAL,
+                                          (1ULL << 31) | (1ULL << 63), 31,
+                                          &f), QCOW2_SUBCLUSTER_INVALID);
+  CU_ASSERT_EQUAL (f, QCOW2_FAULT_SUBCLUSTER_BOTH);
+  /* No host cluster: zeros or the backing file, never data. */
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_UNALLOCATED,
+                                          1ULL << 33, 1, &f),
+                   QCOW2_SUBCLUSTER_ZERO_PLAIN);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_UNALLOCATED,
+                                          1ULL << 33, 0, &f),
+                   QCOW2_SUBCLUSTER_UNALLOCATED_PLAIN);
+  CU_ASSERT_EQUAL (f, 0);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_UNALLOCATED,
+                                          1ULL << 31, 0, &f),
+                   QCOW2_SUBCLUSTER_INVALID);
+  CU_ASSERT_EQUAL (f, QCOW2_FAULT_UNALLOCATED_ALLOC);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_COMPRESSED,
+                                          0, 0, &f),
+                   QCOW2_SUBCLUSTER_COMPRESSED);
+
+  /* Without extended L2 the bitmap is absent: one subcluster. */
+  set_geometry (&h, 16, false);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_UNALLOCATED, 0,
+                                          0, &f),
+                   QCOW2_SUBCLUSTER_UNALLOCATED_PLAIN);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_ZERO_PLAIN, 0,
+                                          0, &f), QCOW2_SUBCLUSTER_ZERO_PLAIN);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_ZERO_ALLOC, 0,
+                                          0, &f), QCOW2_SUBCLUSTER_ZERO_ALLOC);
+  CU_ASSERT_EQUAL (qcow2_subcluster_type (&h, QCOW2_CLUSTER_NORMAL, 0, 0,
+                                          &f), QCOW2_SUBCLUSTER_NORMAL);
+  CU_ASSERT_EQUAL (f, 0);
+}
+
+/* Entries are big-endian; an extended entry is 16 bytes, the bitmap
+ * second.
+ */
+static void
+test_l2_entry_get (void)
+{
+  static const unsigned char table[32] = {
+    0x80, 0, 0, 0, 0, 0x07, 0, 0,   0, 0, 0, 0x01, 0, 0, 0, 0x02,
+    0x40, 0, 0, 0, 0, 0x01, 0x23, 0x45,   0xff, 0, 0, 0, 0, 0, 0, 0x80,
+  };
+  struct qcow2_header h;
+  uint64_t e, bitmap;
+
+  set_geometry (&h, 16, true);
+  qcow2_l2_entry_get (&h, table, 1, &e, &bitmap);
+  CU_ASSERT_EQUAL (e, 0x4000000000012345ULL);
+  CU_ASSERT_EQUAL (bitmap, 0xff00000000000080ULL);
+  set_geometry (&h, 16, false);
+  qcow2_l2_entry_get (&h, table, 1, &e, &bitmap);
+  CU_ASSERT_EQUAL (e, 0x0000000100000002ULL);
+  CU_ASSERT_EQUAL (bitmap, 0);
+}
+
+/* Encode and decode at every cluster size: x = 62 - (cluster_bits - 8)
+ * bits of byte offset, then the count of 512-byte sectors after the
+ * first ("Compressed Clusters Descriptor").
+ */
+static void
+test_descriptor_every_cluster_size (void)
+{
+  struct qcow2_header h;
+  uint64_t off, n;
+
+  for (unsigned cb = 9; cb <= 21; cb++) {
+    unsigned x = 62 - (cb - 8);
+    uint64_t cs = 1ULL << cb;
+    const uint64_t offsets[] = { 0x200, 0x201, 0x3ff, 0x12345,
+                                 (1ULL << 40) + 511, (1ULL << x) - 1 };
+    const uint64_t lens[] = { 1, 511, 512, 513, cs / 2 + 7, cs - 1 };
+
+    set_geometry (&h, cb, false);
+    for (size_t i = 0; i < sizeof offsets / sizeof offsets[0]; i++)
+      for (size_t j = 0; j < sizeof lens / sizeof lens[0]; j++) {
+        uint64_t o = offsets[i], len = lens[j];
+        /* From the first byte's sector to the last byte's. */
+        uint64_t sectors = (o + len - 1) / 512 - o / 512 + 1;
+        uint64_t e = qcow2_make_compressed_descriptor (&h, o, len);
+
+        if (len >= cs)
+          continue;
+        CU_ASSERT_EQUAL (e, (1ULL << 62) | ((sectors - 1) << x) | o);
+        qcow2_compressed_descriptor (&h, e, &off, &n);
+        CU_ASSERT_EQUAL (off, o);
+        CU_ASSERT_EQUAL (n, sectors * 512 - o % 512);
+      }
+  }
+  /* Worked by hand. */
+  set_geometry (&h, 9, false);
+  CU_ASSERT_EQUAL (qcow2_make_compressed_descriptor (&h, 0x11ff, 2),
+                   0x60000000000011ffULL);
+  qcow2_compressed_descriptor (&h, 0x60000000000011ffULL, &off, &n);
+  CU_ASSERT_EQUAL (off, 0x11ff);
+  CU_ASSERT_EQUAL (n, 513);
+  set_geometry (&h, 16, false);
+  CU_ASSERT_EQUAL (qcow2_make_compressed_descriptor (&h, 0x10000, 0x3000),
+                   0x45c0000000010000ULL);
+  set_geometry (&h, 21, false);
+  CU_ASSERT_EQUAL (qcow2_make_compressed_descriptor (&h, 0x123456789,
+                                                     (1ULL << 21) - 1),
+                   0x6000000123456789ULL);
+  qcow2_compressed_descriptor (&h, 0x6000000123456789ULL, &off, &n);
+  CU_ASSERT_EQUAL (off, 0x123456789);
+  CU_ASSERT_EQUAL (n, 0x1001 * 512 - 0x189);
+}
+
 /* ---- the reader on a crafted image ------------------------------------ */
 
 /* 512-byte clusters, 64 entries per L2 table: 1 MiB needs 32 L2 tables,
@@ -757,6 +1010,12 @@ main (void)
   CU_add_test (s, "L1/L2 index arithmetic", test_index_arithmetic);
   CU_add_test (s, "compressed descriptors", test_compressed_descriptor);
   CU_add_test (s, "L2 entry classification", test_l2_entry_type);
+  CU_add_test (s, "L2 entries, lenient", test_l2_entry_classify);
+  CU_add_test (s, "L1 entry faults", test_l1_entry_faults);
+  CU_add_test (s, "extended L2 bitmaps", test_l2_bitmap);
+  CU_add_test (s, "L2 entries as stored", test_l2_entry_get);
+  CU_add_test (s, "descriptors at every cluster size",
+               test_descriptor_every_cluster_size);
   s = CU_add_suite ("qcow2 reader", NULL, NULL);
   CU_add_test (s, "small L2 cache", test_reader_small_cache);
   CU_add_test (s, "concurrent reads", test_reader_threads);
