@@ -62,23 +62,6 @@
  */
 #define CHECK_L2_BATCH           (1U << 18)
 
-/* Snapshot table entries (qcow2.rst, "Snapshots"). */
-#define SNAPSHOT_HEADER_SIZE     40
-#define SNAPSHOT_L1_OFFSET       0
-#define SNAPSHOT_L1_SIZE         8
-#define SNAPSHOT_ID_SIZE         12
-#define SNAPSHOT_NAME_SIZE       14
-#define SNAPSHOT_EXTRA_SIZE      36
-#define SNAPSHOT_ALIGN           8
-/* qemu's limits on the extra data and on the whole table. */
-#define SNAPSHOT_MAX_EXTRA       1024
-/* Version 3 entries hold at least the large VM state size and the
- * disk size as extra data.
- */
-#define SNAPSHOT_V3_MIN_EXTRA    16
-#define SNAPSHOT_MAX_TABLE_BYTES ((uint64_t) QCOW2_MAX_SNAPSHOTS * 1024)
-/* Only this much of a snapshot ID or name is kept for messages. */
-#define SNAPSHOT_LABEL_LEN       64
 
 /* Header extensions the checker needs beyond the header reader. */
 #define EXT_HEADER_SIZE          8
@@ -111,13 +94,6 @@
 #define BME_RESERVED_MASK        0xff000000000001feULL
 #define BME_FLAG_ALL_ONES        1ULL
 
-
-struct snapshot {
-  uint64_t l1_offset;
-  uint32_t l1_size;
-  char id[SNAPSHOT_LABEL_LEN];
-  char name[SNAPSHOT_LABEL_LEN];
-};
 
 /* A range of units (L1 entries, or clusters) that some L1 tables
  * cover: uses tables in all, active of them the active layer's.
@@ -172,8 +148,7 @@ struct checker {
   struct l2_use *l2_uses;       /* a batch of L2 tables to visit */
   size_t nb_l2_uses;
 
-  struct snapshot *snapshots;
-  uint64_t snapshots_size;      /* bytes of the snapshot table */
+  struct qcow2_snapshots snapshots;
 
   uint64_t work, work_limit;    /* see CHECK_WORK_BASE */
 
@@ -225,24 +200,7 @@ check_message (struct checker *ck, const char *fmt, ...)
 static int
 read_at (struct checker *ck, void *buf, size_t len, uint64_t offset)
 {
-  size_t avail = 0;
-
-  if (offset < ck->file_size)
-    avail = SC_MIN ((uint64_t) len, ck->file_size - offset);
-  if (avail > 0 && sc_full_pread (ck->fd, buf, avail, offset) == -1)
-    return -1;
-  memset ((char *) buf + avail, 0, len - avail);
-  return 0;
-}
-
-/* Can [offset, offset+len) be read at all?  Offsets are signed in
- * the file APIs, and qemu's block layer fails reads that end past
- * QCOW2_MAX_IO_END, so such a range is an error, not zeros.
- */
-static bool
-readable (uint64_t offset, uint64_t len)
-{
-  return offset <= QCOW2_MAX_IO_END && len <= QCOW2_MAX_IO_END - offset;
+  return qcow2_pread_padded (ck->fd, ck->file_size, buf, len, offset);
 }
 
 /* The refcount the image records for a host cluster.  Returns 0, 1 if
@@ -261,7 +219,8 @@ disk_refcount (struct checker *ck, uint64_t cluster, uint64_t *rc)
   offset = ck->rt[index] & QCOW2_RTE_OFFSET_MASK;
   if (offset == 0)
     return 0;
-  if (!SC_IS_ALIGNED (offset, ck->cs) || !readable (offset, ck->cs))
+  if (!SC_IS_ALIGNED (offset, ck->cs)
+      || !qcow2_io_readable (offset, ck->cs))
     return 1;
   if (offset != ck->rb_offset) {
     if (read_at (ck, ck->rb, ck->cs, offset) == -1)
@@ -800,7 +759,7 @@ add_table (struct checker *ck, struct tables *t, const char *what,
       .end = ((offset + bytes - 1) >> ck->h.cluster_bits) + 1,
       .uses = 1, .active = active
     };
-  if (check_readable && !readable (offset, bytes))
+  if (check_readable && !qcow2_io_readable (offset, bytes))
     return 1;
   if (spend (ck, 1) == -1)
     return -1;
@@ -859,7 +818,7 @@ check_l1_tables (struct checker *ck)
                    "file", ck->h.nb_snapshots);
   }
   for (uint32_t i = 0; i < ck->h.nb_snapshots; i++) {
-    struct snapshot *sn = &ck->snapshots[i];
+    const struct qcow2_snapshot *sn = &ck->snapshots.s[i];
 
     if (!SC_IS_ALIGNED (sn->l1_offset, ck->cs)) {
       res->corruptions++;
@@ -901,89 +860,19 @@ check_l1_tables (struct checker *ck)
 static int
 read_snapshots (struct checker *ck)
 {
-  uint64_t start = ck->h.snapshots_offset, offset = start;
-  uint32_t n = ck->h.nb_snapshots;
+  if (qcow2_snapshots_read (ck->fd, ck->file_size, &ck->h, true,
+                            &ck->snapshots) == -1)
+    return -1;
+  for (uint32_t i = 0; i < ck->snapshots.n; i++) {
+    uint32_t extra = ck->snapshots.s[i].extra_size;
 
-  /* The cap on the allocation below. */
-  if (n > QCOW2_MAX_SNAPSHOTS) {
-    sc_set_error (EFBIG, "snapshot table: too many snapshots (%" PRIu32
-                  ", at most %d)", n, QCOW2_MAX_SNAPSHOTS);
-    return -1;
-  }
-  /* qemu validates the offset even of an empty table. */
-  if (!SC_IS_ALIGNED (start, ck->cs)
-      || start > INT64_MAX - (uint64_t) n * SNAPSHOT_HEADER_SIZE) {
-    sc_set_error (EINVAL, "snapshot table: invalid offset 0x%" PRIx64
-                  " (not aligned to a cluster, or too large)", start);
-    return -1;
-  }
-  if (n == 0)
-    return 0;
-  ck->snapshots = calloc (n, sizeof *ck->snapshots);
-  if (ck->snapshots == NULL) {
-    sc_set_error (errno, "snapshot table: out of memory");
-    return -1;
-  }
-  for (uint32_t i = 0; i < n; i++) {
-    struct snapshot *sn = &ck->snapshots[i];
-    unsigned char hdr[SNAPSHOT_HEADER_SIZE];
-    uint32_t extra, id_len, name_len;
-
-    offset = SC_ROUND_UP (offset, SNAPSHOT_ALIGN);
-    if (!readable (offset, SNAPSHOT_HEADER_SIZE)) {
-      sc_set_error (EINVAL, "snapshot table: entry %" PRIu32 " at offset "
-                    "0x%" PRIx64 " cannot be read", i, offset);
-      return -1;
-    }
-    if (read_at (ck, hdr, sizeof hdr, offset) == -1)
-      return -1;
-    sn->l1_offset = sc_get_be64 (hdr + SNAPSHOT_L1_OFFSET);
-    sn->l1_size = sc_get_be32 (hdr + SNAPSHOT_L1_SIZE);
-    id_len = sc_get_be16 (hdr + SNAPSHOT_ID_SIZE);
-    name_len = sc_get_be16 (hdr + SNAPSHOT_NAME_SIZE);
-    extra = sc_get_be32 (hdr + SNAPSHOT_EXTRA_SIZE);
-    if (extra > SNAPSHOT_MAX_EXTRA) {
-      sc_set_error (EFBIG, "snapshot table: entry %" PRIu32 " has %" PRIu32
-                    " bytes of extra data (at most %d)", i, extra,
-                    SNAPSHOT_MAX_EXTRA);
-      return -1;
-    }
-    offset += SNAPSHOT_HEADER_SIZE + extra;
-    /* All three are small: the sums cannot overflow, but the reads
-     * must stay where qemu can read.
-     */
-    if (!readable (offset, (uint64_t) id_len + name_len)) {
-      sc_set_error (EINVAL, "snapshot table: entry %" PRIu32 " cannot be "
-                    "read", i);
-      return -1;
-    }
-    if (read_at (ck, sn->id, SC_MIN (id_len, SNAPSHOT_LABEL_LEN - 1),
-                 offset) == -1
-        || read_at (ck, sn->name, SC_MIN (name_len, SNAPSHOT_LABEL_LEN - 1),
-                    offset + id_len) == -1)
-      return -1;
-    /* The labels only go into messages: keep them printable. */
-    for (size_t j = 0; j < SNAPSHOT_LABEL_LEN; j++) {
-      if (sn->id[j] && (sn->id[j] < ' ' || sn->id[j] > '~'))
-        sn->id[j] = '?';
-      if (sn->name[j] && (sn->name[j] < ' ' || sn->name[j] > '~'))
-        sn->name[j] = '?';
-    }
-    /* The table ends where the last name ends (no padding). */
-    offset += id_len + name_len;
-    if (offset - start > SNAPSHOT_MAX_TABLE_BYTES) {
-      sc_set_error (EFBIG, "snapshot table is larger than %" PRIu64
-                    " bytes", SNAPSHOT_MAX_TABLE_BYTES);
-      return -1;
-    }
-    if (ck->h.version >= 3 && extra < SNAPSHOT_V3_MIN_EXTRA) {
+    if (ck->h.version >= 3 && extra < QCOW2_SNAPSHOT_V3_MIN_EXTRA) {
       ck->res->corruptions++;
       check_message (ck, "ERROR snapshot table entry %" PRIu32 " is "
                      "incomplete (%" PRIu32 " bytes of extra data, version "
-                     "3 needs %d)", i, extra, SNAPSHOT_V3_MIN_EXTRA);
+                     "3 needs %d)", i, extra, QCOW2_SNAPSHOT_V3_MIN_EXTRA);
     }
   }
-  ck->snapshots_size = offset - start;
   return 0;
 }
 
@@ -1184,7 +1073,7 @@ check_bitmaps (struct checker *ck)
   if (add_refs (ck, "bitmap directory", ck->bitmap_dir_offset,
                 ck->bitmap_dir_size) == -1)
     return -1;
-  if (!readable (ck->bitmap_dir_offset, ck->bitmap_dir_size)) {
+  if (!qcow2_io_readable (ck->bitmap_dir_offset, ck->bitmap_dir_size)) {
     res->check_errors++;
     check_message (ck, "ERROR: cannot read the bitmap directory at offset "
                    "0x%" PRIx64, ck->bitmap_dir_offset);
@@ -1421,7 +1310,7 @@ run_check (struct checker *ck)
   if (check_l1_tables (ck) == -1)
     return -1;
   if (add_refs (ck, "snapshot table", ck->h.snapshots_offset,
-                ck->snapshots_size) == -1)
+                ck->snapshots.table_bytes) == -1)
     return -1;
 
   /* The refcount table, the encryption header and the bitmaps. */
@@ -1508,7 +1397,7 @@ sc_qcow2_check (const char *path, struct sc_check_result *result)
   free (ck.l2);
   free (ck.chunk);
   free (ck.l2_uses);
-  free (ck.snapshots);
+  qcow2_snapshots_free (&ck.snapshots);
   close (ck.fd);
   if (ret == -1) {
     /* Keep the message: sc_check_result_free does not touch errors. */

@@ -87,6 +87,20 @@ check_table_for_check (const char *what, uint64_t offset, uint64_t bytes,
   return 0;
 }
 
+int
+qcow2_pread_padded (int fd, uint64_t file_size, void *buf, size_t len,
+                    uint64_t offset)
+{
+  size_t avail = 0;
+
+  if (offset < file_size)
+    avail = SC_MIN ((uint64_t) len, file_size - offset);
+  if (avail > 0 && sc_full_pread (fd, buf, avail, offset) == -1)
+    return -1;
+  memset ((char *) buf + avail, 0, len - avail);
+  return 0;
+}
+
 static char *
 copy_string (const unsigned char *p, size_t len)
 {

@@ -37,25 +37,6 @@
 /* The unit of st_blocks. */
 #define STAT_BLOCK_SIZE         512
 
-/* Snapshot table entries (see the specification). */
-#define SNAPSHOT_HEADER_SIZE    40
-#define SNAPSHOT_L1_OFFSET      0
-#define SNAPSHOT_L1_SIZE        8
-#define SNAPSHOT_ID_SIZE        12
-#define SNAPSHOT_NAME_SIZE      14
-#define SNAPSHOT_DATE_SEC       16
-#define SNAPSHOT_DATE_NSEC      20
-#define SNAPSHOT_VM_CLOCK       24
-#define SNAPSHOT_VM_STATE_SIZE  32
-#define SNAPSHOT_EXTRA_SIZE     36
-#define SNAPSHOT_EXTRA_VM_STATE 0   /* u64 large vm state size */
-#define SNAPSHOT_EXTRA_DISK_SIZE 8  /* u64 virtual disk size */
-#define SNAPSHOT_EXTRA_MIN_V3   16
-#define SNAPSHOT_ALIGN          8
-/* qemu's limits on snapshot table contents. */
-#define MAX_SNAPSHOT_EXTRA      1024
-#define MAX_SNAPSHOT_TABLE      (64 * 1024 * 1024)
-
 struct layer {
   char *filename;               /* as opened (resolved) */
   int fd;
@@ -722,13 +703,14 @@ read_snapshots (struct sc_qcow2 *q, struct layer *L, const char *want,
                 uint64_t *l1_offset, uint32_t *l1_entries,
                 uint64_t *disk_size)
 {
-  uint64_t pos = L->h.snapshots_offset, table_end;
-  size_t n = L->h.nb_snapshots;
+  struct qcow2_snapshots t;
   struct sc_snapshot_info *s;
-  uint64_t *l1offs = NULL;
-  uint32_t *l1sizes = NULL;
+  size_t n;
   ssize_t found = -1;
 
+  if (qcow2_snapshots_read (L->fd, L->file_size, &L->h, false, &t) == -1)
+    return -1;
+  n = t.n;
   if (n == 0) {
     if (want) {
       sc_set_error (ENOENT, "snapshot '%s' not found", want);
@@ -736,108 +718,46 @@ read_snapshots (struct sc_qcow2 *q, struct layer *L, const char *want,
     }
     return 0;
   }
-  s = calloc (n, sizeof *s);
-  l1offs = calloc (n, sizeof *l1offs);
-  l1sizes = calloc (n, sizeof *l1sizes);
-  if (s == NULL || l1offs == NULL || l1sizes == NULL) {
-    sc_set_error (errno, "calloc: %s", strerror (errno));
-    goto err;
-  }
-  if (SC_ADD_OVERFLOW (pos, (uint64_t) MAX_SNAPSHOT_TABLE, &table_end))
-    table_end = UINT64_MAX;
-  table_end = SC_MIN (table_end, L->file_size);
-
-  for (size_t i = 0; i < n; i++) {
-    unsigned char hdr[SNAPSHOT_HEADER_SIZE];
-    unsigned char extra[MAX_SNAPSHOT_EXTRA];
-    uint32_t extra_size;
-    uint16_t id_size, name_size;
-    uint64_t entry_len;
-
-    if (pos + SNAPSHOT_HEADER_SIZE > table_end)
-      goto trunc;
-    if (sc_full_pread (L->fd, hdr, sizeof hdr, pos) == -1)
-      goto err;
-    extra_size = sc_get_be32 (hdr + SNAPSHOT_EXTRA_SIZE);
-    id_size = sc_get_be16 (hdr + SNAPSHOT_ID_SIZE);
-    name_size = sc_get_be16 (hdr + SNAPSHOT_NAME_SIZE);
-    if (extra_size > MAX_SNAPSHOT_EXTRA) {
-      sc_set_error (EINVAL, "snapshot %zu: extra data too large (%" PRIu32
-                    " bytes)", i, extra_size);
-      goto err;
-    }
-    entry_len = SNAPSHOT_HEADER_SIZE + (uint64_t) extra_size + id_size
-      + name_size;
-    if (pos + entry_len > table_end)
-      goto trunc;
-
-    if (sc_full_pread (L->fd, extra, extra_size,
-                       pos + SNAPSHOT_HEADER_SIZE) == -1)
-      goto err;
-    s[i].id = malloc ((size_t) id_size + 1);
-    s[i].name = malloc ((size_t) name_size + 1);
-    if (s[i].id == NULL || s[i].name == NULL) {
-      sc_set_error (errno, "malloc: %s", strerror (errno));
-      goto err;
-    }
-    if (sc_full_pread (L->fd, s[i].id, id_size,
-                       pos + SNAPSHOT_HEADER_SIZE + extra_size) == -1
-        || sc_full_pread (L->fd, s[i].name, name_size,
-                          pos + SNAPSHOT_HEADER_SIZE + extra_size
-                          + id_size) == -1)
-      goto err;
-    s[i].id[id_size] = '\0';
-    s[i].name[name_size] = '\0';
-    if (strlen (s[i].id) != id_size || strlen (s[i].name) != name_size) {
-      sc_set_error (EINVAL, "snapshot %zu: NUL byte in its ID or name", i);
-      goto err;
-    }
-
-    l1offs[i] = sc_get_be64 (hdr + SNAPSHOT_L1_OFFSET);
-    l1sizes[i] = sc_get_be32 (hdr + SNAPSHOT_L1_SIZE);
-    s[i].date_sec = sc_get_be32 (hdr + SNAPSHOT_DATE_SEC);
-    s[i].date_nsec = sc_get_be32 (hdr + SNAPSHOT_DATE_NSEC);
-    s[i].vm_clock_nsec = sc_get_be64 (hdr + SNAPSHOT_VM_CLOCK);
-    s[i].vm_state_size = sc_get_be32 (hdr + SNAPSHOT_VM_STATE_SIZE);
-    if (extra_size >= SNAPSHOT_EXTRA_DISK_SIZE + 8) {
-      uint64_t large = sc_get_be64 (extra + SNAPSHOT_EXTRA_VM_STATE);
-      if (large)
-        s[i].vm_state_size = large;
-      s[i].disk_size = sc_get_be64 (extra + SNAPSHOT_EXTRA_DISK_SIZE);
-    }
-    pos += SC_ROUND_UP (entry_len, SNAPSHOT_ALIGN);
-  }
 
   if (want) {
     /* Like qemu: an ID match wins over a name match. */
     for (size_t i = 0; i < n && found < 0; i++)
-      if (strcmp (s[i].id, want) == 0)
+      if (strcmp (t.s[i].id, want) == 0)
         found = (ssize_t) i;
     for (size_t i = 0; i < n && found < 0; i++)
-      if (strcmp (s[i].name, want) == 0)
+      if (strcmp (t.s[i].name, want) == 0)
         found = (ssize_t) i;
     if (found < 0) {
       sc_set_error (ENOENT, "snapshot '%s' not found", want);
-      goto err;
+      qcow2_snapshots_free (&t);
+      return -1;
     }
-    *l1_offset = l1offs[found];
-    *l1_entries = l1sizes[found];
-    *disk_size = s[found].disk_size ? s[found].disk_size : L->h.size;
+    *l1_offset = t.s[found].l1_offset;
+    *l1_entries = t.s[found].l1_size;
+    *disk_size = t.s[found].disk_size ? t.s[found].disk_size : L->h.size;
   }
-  free (l1offs);
-  free (l1sizes);
+
+  s = calloc (n, sizeof *s);
+  if (s == NULL) {
+    sc_set_error (errno, "calloc: %s", strerror (errno));
+    qcow2_snapshots_free (&t);
+    return -1;
+  }
+  for (size_t i = 0; i < n; i++) {
+    /* The strings change hands. */
+    s[i].id = t.s[i].id;
+    s[i].name = t.s[i].name;
+    t.s[i].id = t.s[i].name = NULL;
+    s[i].vm_state_size = t.s[i].vm_state_size;
+    s[i].date_sec = t.s[i].date_sec;
+    s[i].date_nsec = t.s[i].date_nsec;
+    s[i].vm_clock_nsec = t.s[i].vm_clock_nsec;
+    s[i].disk_size = t.s[i].disk_size;
+  }
+  qcow2_snapshots_free (&t);
   q->snapshots = s;
   q->nb_snapshots = n;
   return 0;
-
- trunc:
-  sc_set_error (EINVAL, "snapshot table runs past the end of the file "
-                "or qemu's size limit");
- err:
-  free_snapshots (s, n);
-  free (l1offs);
-  free (l1sizes);
-  return -1;
 }
 
 /* Open a qcow2 layer (fd and file size already set). */

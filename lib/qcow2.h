@@ -227,6 +227,17 @@ extern int qcow2_header_read_for_check (int fd, uint64_t file_size,
  * return zeros.
  */
 #define QCOW2_MAX_IO_END ((UINT64_C (1) << 63) - (UINT64_C (1) << 30))
+/* Can [offset, offset+len) be read at all, as qemu reads?  Offsets are
+ * signed in the file APIs, and qemu's block layer fails reads that end
+ * past QCOW2_MAX_IO_END, so such a range is an error, not zeros.
+ */
+static inline bool qcow2_io_readable (uint64_t offset, uint64_t len)
+{ return offset <= QCOW2_MAX_IO_END && len <= QCOW2_MAX_IO_END - offset; }
+/* Read len bytes at offset as qemu reads an image file: bytes past
+ * file_size are zeros.  Returns 0, or -1 with the error of the read.
+ */
+extern int qcow2_pread_padded (int fd, uint64_t file_size, void *buf,
+                               size_t len, uint64_t offset);
 extern void qcow2_header_free (struct qcow2_header *h);
 
 /* ---- qcow2-entry.c ------------------------------------------------ */
@@ -324,6 +335,61 @@ extern int qcow2_refcount_layout (uint32_t cluster_bits,
                                   uint64_t other_clusters,
                                   uint64_t *rt_clusters,
                                   uint64_t *rb_clusters);
+
+/* ---- qcow2-snapshot.c --------------------------------------------- */
+
+/* Version 3 snapshot entries hold at least the large VM state size and
+ * the disk size as extra data.
+ */
+#define QCOW2_SNAPSHOT_V3_MIN_EXTRA 16
+/* The lenient parser keeps this many bytes of an ID or a name. */
+#define QCOW2_SNAPSHOT_LABEL_MAX    63
+
+/* One snapshot table entry ("Snapshots"). */
+struct qcow2_snapshot {
+  uint64_t l1_offset;           /* as stored: not validated */
+  uint32_t l1_size;             /* entries, as stored */
+  uint32_t extra_size;          /* bytes of extra data */
+  char *id, *name;              /* malloc'd, NUL-terminated */
+  uint32_t date_sec, date_nsec;
+  uint64_t vm_clock_nsec;
+  uint64_t vm_state_size;       /* the 64-bit one when the entry has it */
+  uint64_t disk_size;           /* 0 if the entry does not say */
+};
+
+struct qcow2_snapshots {
+  struct qcow2_snapshot *s;     /* n entries, malloc'd */
+  uint32_t n;
+  uint64_t table_bytes;         /* from the table's start to the end of
+                                   the last name */
+};
+
+/* Parse the snapshot table that the header h (read from fd, file_size
+ * bytes) describes into *t, which the caller frees with
+ * qcow2_snapshots_free (also after an error, which leaves it empty).
+ *
+ * Strict (lenient false, for reading guest data): the header reader has
+ * validated the table's offset and count; every entry must lie inside
+ * the file and inside qemu's 64 MiB cap, with at most 1024 bytes of
+ * extra data and no NUL byte in its ID or name, or -1 is returned with
+ * errno EINVAL.
+ *
+ * Lenient (for the checker, as qemu-img check reads): checks the count
+ * (EFBIG past 65536) and the table offset (EINVAL unless aligned and
+ * addressable) itself, reads past the end of the file as zeros, and
+ * keeps at most QCOW2_SNAPSHOT_LABEL_MAX bytes of each ID and name,
+ * with unprintable bytes replaced by '?'.  Only what qemu cannot read
+ * is an error: EINVAL for an entry past QCOW2_MAX_IO_END, EFBIG for more
+ * than 1024 bytes of extra data or a table over 64 MiB.  Damage that
+ * qemu counts (such as a version 3 entry with less than
+ * QCOW2_SNAPSHOT_V3_MIN_EXTRA bytes of extra data) is the caller's.
+ *
+ * Both: ENOMEM (or the errno of a failed read) otherwise.
+ */
+extern int qcow2_snapshots_read (int fd, uint64_t file_size,
+                                 const struct qcow2_header *h, bool lenient,
+                                 struct qcow2_snapshots *t);
+extern void qcow2_snapshots_free (struct qcow2_snapshots *t);
 
 /* ---- qcow2-plan.c ------------------------------------------------- */
 

@@ -752,6 +752,135 @@ test_descriptor_every_cluster_size (void)
   CU_ASSERT_EQUAL (n, 0x1001 * 512 - 0x189);
 }
 
+/* ---- the snapshot table ---------------------------------------------- */
+
+#define SN_OFF (6 * CS)
+
+/* Write one snapshot table entry at *pos as the specification lays it
+ * out ("Snapshots"): 40 bytes, extra data, ID, name, padding to 8.
+ */
+static void
+put_snapshot (size_t *pos, uint64_t l1_offset, uint32_t l1_size,
+              const char *id, const char *name, const void *extra,
+              uint32_t extra_size)
+{
+  unsigned char *e = img + *pos;
+  size_t id_len = strlen (id), name_len = strlen (name);
+
+  sc_put_be64 (e + 0, l1_offset);
+  sc_put_be32 (e + 8, l1_size);
+  sc_put_be16 (e + 12, (uint16_t) id_len);
+  sc_put_be16 (e + 14, (uint16_t) name_len);
+  sc_put_be32 (e + 16, 100);            /* date, seconds */
+  sc_put_be32 (e + 20, 200);            /* date, nanoseconds */
+  sc_put_be64 (e + 24, 300);            /* VM clock */
+  sc_put_be32 (e + 32, 400);            /* VM state size */
+  sc_put_be32 (e + 36, extra_size);
+  if (extra_size > 0)
+    memcpy (e + 40, extra, extra_size);
+  memcpy (e + 40 + extra_size, id, id_len);
+  memcpy (e + 40 + extra_size + id_len, name, name_len);
+  *pos += SC_ROUND_UP (40 + extra_size + id_len + name_len, 8);
+}
+
+/* Parse the snapshot table of the first len bytes of img. */
+static int
+parse_snapshots (size_t len, uint32_t n, uint64_t offset, bool lenient,
+                 struct qcow2_snapshots *t)
+{
+  struct qcow2_header h;
+  char *path = write_image (len);
+  int fd = open (path, O_RDONLY);
+  int r;
+
+  CU_ASSERT_FATAL (fd >= 0);
+  memset (&h, 0, sizeof h);
+  h.version = 3;
+  h.cluster_bits = CB;
+  h.cluster_size = CS;
+  h.nb_snapshots = n;
+  h.snapshots_offset = offset;
+  r = qcow2_snapshots_read (fd, len, &h, lenient, t);
+  close (fd);
+  unlink (path);
+  free (path);
+  return r;
+}
+
+static void
+test_snapshot_table (void)
+{
+  unsigned char extra[16];
+  struct qcow2_snapshots t;
+  size_t pos = SN_OFF;
+
+  make_v3 ();
+  sc_put_be64 (extra, 0x123456789ULL);  /* large VM state size */
+  sc_put_be64 (extra + 8, VSIZE);       /* disk size */
+  /* 40 + 16 + 1 + 4 = 61 bytes, padded to 64. */
+  put_snapshot (&pos, L1_OFF, 8, "1", "base", extra, sizeof extra);
+  /* 40 + 1 + 3 = 44 bytes: the table is 108 bytes long. */
+  put_snapshot (&pos, 2 * CS, 4, "2", "n\001x", NULL, 0);
+
+  for (int lenient = 0; lenient <= 1; lenient++) {
+    CU_ASSERT_EQUAL_FATAL (parse_snapshots (sizeof img, 2, SN_OFF, lenient,
+                                            &t), 0);
+    CU_ASSERT_EQUAL_FATAL (t.n, 2);
+    CU_ASSERT_EQUAL (t.table_bytes, 108);
+    CU_ASSERT_EQUAL (t.s[0].l1_offset, L1_OFF);
+    CU_ASSERT_EQUAL (t.s[0].l1_size, 8);
+    CU_ASSERT_STRING_EQUAL (t.s[0].id, "1");
+    CU_ASSERT_STRING_EQUAL (t.s[0].name, "base");
+    CU_ASSERT_EQUAL (t.s[0].date_sec, 100);
+    CU_ASSERT_EQUAL (t.s[0].date_nsec, 200);
+    CU_ASSERT_EQUAL (t.s[0].vm_clock_nsec, 300);
+    CU_ASSERT_EQUAL (t.s[0].vm_state_size, 0x123456789ULL);
+    CU_ASSERT_EQUAL (t.s[0].disk_size, VSIZE);
+    CU_ASSERT_EQUAL (t.s[0].extra_size, 16);
+    CU_ASSERT_EQUAL (t.s[1].l1_offset, 2 * CS);
+    CU_ASSERT_EQUAL (t.s[1].vm_state_size, 400);
+    CU_ASSERT_EQUAL (t.s[1].disk_size, 0);
+    CU_ASSERT_EQUAL (t.s[1].extra_size, 0);
+    /* Only the lenient parser makes names printable. */
+    CU_ASSERT_STRING_EQUAL (t.s[1].name, lenient ? "n?x" : "n\001x");
+    qcow2_snapshots_free (&t);
+  }
+
+  /* Cut short inside the second name: the reader refuses, the checker
+   * reads zeros there.
+   */
+  CU_ASSERT_EQUAL (parse_snapshots (SN_OFF + 106, 2, SN_OFF, false, &t), -1);
+  CU_ASSERT_PTR_NOT_NULL (strstr (sc_error_message (), "past the end"));
+  CU_ASSERT_EQUAL (t.n, 0);
+  CU_ASSERT_EQUAL_FATAL (parse_snapshots (SN_OFF + 106, 2, SN_OFF, true,
+                                          &t), 0);
+  CU_ASSERT_STRING_EQUAL (t.s[1].name, "n");
+  CU_ASSERT_EQUAL (t.table_bytes, 108);
+  qcow2_snapshots_free (&t);
+
+  /* The lenient parser checks count and offset itself. */
+  CU_ASSERT_EQUAL (parse_snapshots (sizeof img, QCOW2_MAX_SNAPSHOTS + 1,
+                                    SN_OFF, true, &t), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), EFBIG);
+  CU_ASSERT_EQUAL (parse_snapshots (sizeof img, 0, SN_OFF + 8, true, &t),
+                   -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), EINVAL);
+
+  /* A NUL byte in a name is refused by the reader only. */
+  img[SN_OFF + 64 + 40 + 1 + 2] = 0;
+  CU_ASSERT_EQUAL (parse_snapshots (sizeof img, 2, SN_OFF, false, &t), -1);
+  CU_ASSERT_PTR_NOT_NULL (strstr (sc_error_message (), "NUL"));
+  CU_ASSERT_EQUAL (parse_snapshots (sizeof img, 2, SN_OFF, true, &t), 0);
+  qcow2_snapshots_free (&t);
+
+  /* More than 1 KiB of extra data: both refuse, with their errno. */
+  sc_put_be32 (img + SN_OFF + 36, 1025);
+  CU_ASSERT_EQUAL (parse_snapshots (sizeof img, 2, SN_OFF, false, &t), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), EINVAL);
+  CU_ASSERT_EQUAL (parse_snapshots (sizeof img, 2, SN_OFF, true, &t), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), EFBIG);
+}
+
 /* ---- the reader on a crafted image ------------------------------------ */
 
 /* 512-byte clusters, 64 entries per L2 table: 1 MiB needs 32 L2 tables,
@@ -1016,6 +1145,8 @@ main (void)
   CU_add_test (s, "L2 entries as stored", test_l2_entry_get);
   CU_add_test (s, "descriptors at every cluster size",
                test_descriptor_every_cluster_size);
+  CU_add_test (s, "snapshot table, strict and lenient",
+               test_snapshot_table);
   s = CU_add_suite ("qcow2 reader", NULL, NULL);
   CU_add_test (s, "small L2 cache", test_reader_small_cache);
   CU_add_test (s, "concurrent reads", test_reader_threads);
