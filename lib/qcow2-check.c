@@ -62,10 +62,7 @@
  */
 #define CHECK_L2_BATCH           (1U << 18)
 
-
 /* Header extensions the checker needs beyond the header reader. */
-#define EXT_HEADER_SIZE          8
-#define EXT_ALIGN                8
 #define CRYPTO_EXT_SIZE          16
 #define BITMAPS_EXT_SIZE         24
 
@@ -73,6 +70,7 @@
 #define BITMAP_MAX_BITMAPS       65535
 #define BITMAP_MAX_DIR_BYTES     (UINT64_C (64) * 1024 * 1024)
 #define BITMAP_DIR_ENTRY_SIZE    24
+#define BITMAP_DIR_ENTRY_ALIGN   8
 #define BITMAP_DIR_TABLE_OFFSET  0
 #define BITMAP_DIR_TABLE_SIZE    8
 #define BITMAP_DIR_FLAGS         12
@@ -876,73 +874,70 @@ read_snapshots (struct checker *ck)
   return 0;
 }
 
-/* Find the header extensions the header reader does not keep: where
- * the encryption header and the bitmap directory are.
+/* One header extension the header reader does not keep: where the
+ * encryption header and the bitmap directory are.
  */
+static int
+check_extension (void *opaque, uint32_t type, const unsigned char *data,
+                 uint32_t elen, uint64_t pos)
+{
+  struct checker *ck = opaque;
+  uint64_t len = SC_MIN (ck->file_size, ck->cs);
+  uint64_t end = ck->h.backing_file_offset
+    ? SC_MIN (ck->h.backing_file_offset, len) : len;
+
+  /* Only extensions wholly inside the file count: the walk stops at
+   * the first that is not.
+   */
+  if (pos + QCOW2_EXT_HEADER_SIZE > end
+      || elen > end - pos - QCOW2_EXT_HEADER_SIZE)
+    return 1;
+  if (type == QCOW2_EXT_CRYPTO) {
+    /* Only LUKS keeps its header in the image (qemu insists). */
+    if (ck->h.crypt_method != CRYPT_METHOD_LUKS
+        || elen != CRYPTO_EXT_SIZE) {
+      sc_set_error (EINVAL, "encryption header extension without LUKS "
+                    "encryption, or of the wrong size");
+      return -1;
+    }
+    ck->crypto_offset = sc_get_be64 (data);
+    ck->crypto_length = sc_get_be64 (data + 8);
+    if (!SC_IS_ALIGNED (ck->crypto_offset, ck->cs)) {
+      sc_set_error (EINVAL, "encryption header offset 0x%" PRIx64
+                    " is not aligned to a cluster", ck->crypto_offset);
+      return -1;
+    }
+  }
+  else if (type == QCOW2_EXT_BITMAPS
+           && (ck->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+    /* Without the autoclear bit the bitmaps are stale and qemu does
+     * not count them either.
+     */
+    if (elen != BITMAPS_EXT_SIZE || sc_get_be32 (data + 4) != 0) {
+      sc_set_error (EINVAL, "bitmaps header extension: invalid length "
+                    "or reserved field");
+      return -1;
+    }
+    ck->nb_bitmaps = sc_get_be32 (data);
+    ck->bitmap_dir_size = sc_get_be64 (data + 8);
+    ck->bitmap_dir_offset = sc_get_be64 (data + 16);
+    if (ck->nb_bitmaps == 0 || ck->nb_bitmaps > BITMAP_MAX_BITMAPS
+        || ck->bitmap_dir_size > BITMAP_MAX_DIR_BYTES
+        || !SC_IS_ALIGNED (ck->bitmap_dir_offset, ck->cs)) {
+      sc_set_error (EINVAL, "bitmaps header extension: invalid number "
+                    "of bitmaps, directory size or offset");
+      return -1;
+    }
+  }
+  return 0;
+}
+
 static int
 read_extensions (struct checker *ck)
 {
-  uint64_t len = SC_MIN (ck->file_size, ck->cs);
-  uint64_t end, pos = ck->h.header_length;
-  CLEANUP_FREE unsigned char *buf = malloc (len);
-
-  if (buf == NULL) {
-    sc_set_error (errno, "header: out of memory");
+  if (qcow2_header_extensions (ck->fd, ck->file_size, &ck->h, true,
+                               check_extension, ck) == -1)
     return -1;
-  }
-  if (sc_full_pread (ck->fd, buf, len, 0) == -1)
-    return -1;
-  end = ck->h.backing_file_offset ? SC_MIN (ck->h.backing_file_offset, len)
-    : len;
-  while (pos + EXT_HEADER_SIZE <= end) {
-    uint32_t type = sc_get_be32 (buf + pos);
-    uint32_t elen = sc_get_be32 (buf + pos + 4);
-    const unsigned char *data = buf + pos + EXT_HEADER_SIZE;
-
-    if (type == QCOW2_EXT_END)
-      break;
-    pos += EXT_HEADER_SIZE;
-    if (elen > end - pos)
-      break;                    /* the header reader refused this already */
-    if (type == QCOW2_EXT_CRYPTO) {
-      /* Only LUKS keeps its header in the image (qemu insists). */
-      if (ck->h.crypt_method != CRYPT_METHOD_LUKS
-          || elen != CRYPTO_EXT_SIZE) {
-        sc_set_error (EINVAL, "encryption header extension without LUKS "
-                      "encryption, or of the wrong size");
-        return -1;
-      }
-      ck->crypto_offset = sc_get_be64 (data);
-      ck->crypto_length = sc_get_be64 (data + 8);
-      if (!SC_IS_ALIGNED (ck->crypto_offset, ck->cs)) {
-        sc_set_error (EINVAL, "encryption header offset 0x%" PRIx64
-                      " is not aligned to a cluster", ck->crypto_offset);
-        return -1;
-      }
-    }
-    else if (type == QCOW2_EXT_BITMAPS
-             && (ck->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
-      /* Without the autoclear bit the bitmaps are stale and qemu does
-       * not count them either.
-       */
-      if (elen != BITMAPS_EXT_SIZE || sc_get_be32 (data + 4) != 0) {
-        sc_set_error (EINVAL, "bitmaps header extension: invalid length "
-                      "or reserved field");
-        return -1;
-      }
-      ck->nb_bitmaps = sc_get_be32 (data);
-      ck->bitmap_dir_size = sc_get_be64 (data + 8);
-      ck->bitmap_dir_offset = sc_get_be64 (data + 16);
-      if (ck->nb_bitmaps == 0 || ck->nb_bitmaps > BITMAP_MAX_BITMAPS
-          || ck->bitmap_dir_size > BITMAP_MAX_DIR_BYTES
-          || !SC_IS_ALIGNED (ck->bitmap_dir_offset, ck->cs)) {
-        sc_set_error (EINVAL, "bitmaps header extension: invalid number "
-                      "of bitmaps, directory size or offset");
-        return -1;
-      }
-    }
-    pos += SC_ROUND_UP ((uint64_t) elen, EXT_ALIGN);
-  }
   if (ck->h.crypt_method == CRYPT_METHOD_LUKS && ck->crypto_length == 0) {
     sc_set_error (EINVAL, "LUKS encryption without its header extension");
     return -1;
@@ -1017,7 +1012,7 @@ bitmap_entry_problem (const struct checker *ck, const unsigned char *e,
   name_len = sc_get_be16 (e + BITMAP_DIR_NAME_SIZE);
   extra = sc_get_be32 (e + BITMAP_DIR_EXTRA_SIZE);
   *len = SC_ROUND_UP (BITMAP_DIR_ENTRY_SIZE + extra + name_len,
-                      (uint64_t) EXT_ALIGN);
+                      (uint64_t) BITMAP_DIR_ENTRY_ALIGN);
   if (*len > left)
     return "the entry runs past the end of the directory";
   if (extra != 0)

@@ -12,9 +12,6 @@
 #include "internal.h"
 #include "qcow2.h"
 
-/* Header extension framing: u32 type, u32 length, data padded to 8. */
-#define QCOW2_EXT_HEADER_SIZE     8
-#define QCOW2_EXT_ALIGN           8
 /* Feature-name table entries: u8 type, u8 bit, 46 bytes of name. */
 #define QCOW2_FEATURE_ENTRY_SIZE  48
 /* qemu keeps the backing format in a buffer of 16 bytes. */
@@ -138,9 +135,12 @@ replace_string (char **s, const unsigned char *data, size_t len)
  * checker needs from the other extensions it reads itself.
  */
 static int
-check_extension (uint32_t type, const unsigned char *data, uint32_t len,
-                 struct qcow2_header *h)
+check_extension (void *opaque, uint32_t type, const unsigned char *data,
+                 uint32_t len, uint64_t pos)
 {
+  struct qcow2_header *h = opaque;
+
+  (void) pos;
   switch (type) {
   case QCOW2_EXT_BACKING_FORMAT:
     if (len >= QCOW2_QEMU_BACKING_FORMAT_BUF) {
@@ -160,10 +160,70 @@ check_extension (uint32_t type, const unsigned char *data, uint32_t len,
   }
 }
 
-/* Parse the header extensions in buf[start, end).
+/* One header extension as the reader judges it: names must be whole
+ * and unique.
+ */
+static int
+read_extension (void *opaque, uint32_t type, const unsigned char *data,
+                uint32_t len, uint64_t pos)
+{
+  struct qcow2_header *h = opaque;
+
+  (void) pos;
+  switch (type) {
+  case QCOW2_EXT_BACKING_FORMAT:
+    if (h->backing_format) {
+      sc_set_error (EINVAL, "duplicate backing format header extension");
+      return -1;
+    }
+    if (len == 0 || len > QCOW2_MAX_BACKING_NAME
+        || memchr (data, '\0', len) != NULL) {
+      sc_set_error (EINVAL, "backing format header extension: invalid "
+                    "length %" PRIu32 " or embedded NUL", len);
+      return -1;
+    }
+    h->backing_format = copy_string (data, len);
+    return h->backing_format == NULL ? -1 : 0;
+
+  case QCOW2_EXT_DATA_FILE:
+    if (h->data_file) {
+      sc_set_error (EINVAL, "duplicate data file header extension");
+      return -1;
+    }
+    if (len == 0 || memchr (data, '\0', len) != NULL) {
+      sc_set_error (EINVAL, "data file header extension: invalid "
+                    "length %" PRIu32 " or embedded NUL", len);
+      return -1;
+    }
+    h->data_file = copy_string (data, len);
+    return h->data_file == NULL ? -1 : 0;
+
+  case QCOW2_EXT_CRYPTO:
+    h->has_crypto_ext = true;
+    return 0;
+
+  case QCOW2_EXT_FEATURE_TABLE:
+    if (len % QCOW2_FEATURE_ENTRY_SIZE != 0) {
+      sc_set_error (EINVAL, "feature name table: length %" PRIu32
+                    " is not a multiple of %d", len,
+                    QCOW2_FEATURE_ENTRY_SIZE);
+      return -1;
+    }
+    return 0;
+
+  default:
+    /* Bitmaps and unknown extensions do not change what the image
+     * reads as; readers may ignore them.
+     */
+    return 0;
+  }
+}
+
+/* Walk the header extensions in buf[start, end), calling fn for each
+ * one but the end marker; fn returns 0 to go on, 1 to stop, or -1.
  *
- * qemu_order: frame and judge them exactly as qemu does when it opens
- * an image for qemu-img check: every extension header, the end marker
+ * qemu_order: frame them exactly as qemu does when it opens an image
+ * for qemu-img check: every extension header, the end marker
  * included, must fit before end together with the length it states,
  * and running into end without an end marker is fine.  Otherwise an
  * end marker is accepted whatever its length field says, and an
@@ -171,14 +231,15 @@ check_extension (uint32_t type, const unsigned char *data, uint32_t len,
  * has always accepted).
  */
 static int
-read_extensions (const unsigned char *buf, uint64_t start, uint64_t end,
-                 bool qemu_order, struct qcow2_header *h)
+walk_extensions (const unsigned char *buf, uint64_t start, uint64_t end,
+                 bool qemu_order, qcow2_extension_fn fn, void *opaque)
 {
   uint64_t pos = start;
 
   while (qemu_order ? pos < end : pos + QCOW2_EXT_HEADER_SIZE <= end) {
     uint32_t type, len;
     const unsigned char *data;
+    int r;
 
     if (end - pos < QCOW2_EXT_HEADER_SIZE) {
       sc_set_error (EINVAL, "header extension at offset %" PRIu64 " runs "
@@ -192,80 +253,67 @@ read_extensions (const unsigned char *buf, uint64_t start, uint64_t end,
 
     if (type == QCOW2_EXT_END && !qemu_order)
       return 0;
-    pos += QCOW2_EXT_HEADER_SIZE;
-    if (len > end - pos) {
+    if (len > end - pos - QCOW2_EXT_HEADER_SIZE) {
       sc_set_error (EINVAL, "header extension 0x%08x: length %" PRIu32
                     " runs past the end of the header cluster", type, len);
       return -1;
     }
     if (type == QCOW2_EXT_END)
       return 0;
-
-    if (qemu_order) {
-      if (check_extension (type, data, len, h) == -1)
-        return -1;
-      pos += SC_ROUND_UP ((uint64_t) len, QCOW2_EXT_ALIGN);
-      continue;
-    }
-
-    switch (type) {
-    case QCOW2_EXT_BACKING_FORMAT:
-      if (h->backing_format) {
-        sc_set_error (EINVAL, "duplicate backing format header extension");
-        return -1;
-      }
-      if (len == 0 || len > QCOW2_MAX_BACKING_NAME
-          || memchr (data, '\0', len) != NULL) {
-        sc_set_error (EINVAL, "backing format header extension: invalid "
-                      "length %" PRIu32 " or embedded NUL", len);
-        return -1;
-      }
-      h->backing_format = copy_string (data, len);
-      if (h->backing_format == NULL)
-        return -1;
-      break;
-
-    case QCOW2_EXT_DATA_FILE:
-      if (h->data_file) {
-        sc_set_error (EINVAL, "duplicate data file header extension");
-        return -1;
-      }
-      if (len == 0 || memchr (data, '\0', len) != NULL) {
-        sc_set_error (EINVAL, "data file header extension: invalid "
-                      "length %" PRIu32 " or embedded NUL", len);
-        return -1;
-      }
-      h->data_file = copy_string (data, len);
-      if (h->data_file == NULL)
-        return -1;
-      break;
-
-    case QCOW2_EXT_CRYPTO:
-      h->has_crypto_ext = true;
-      break;
-
-    case QCOW2_EXT_FEATURE_TABLE:
-      if (len % QCOW2_FEATURE_ENTRY_SIZE != 0) {
-        sc_set_error (EINVAL, "feature name table: length %" PRIu32
-                      " is not a multiple of %d", len,
-                      QCOW2_FEATURE_ENTRY_SIZE);
-        return -1;
-      }
-      break;
-
-    default:
-      /* Bitmaps and unknown extensions do not change what the image
-       * reads as; readers may ignore them.
-       */
-      break;
-    }
-
-    pos += SC_ROUND_UP ((uint64_t) len, QCOW2_EXT_ALIGN);
+    r = fn (opaque, type, data, len, pos);
+    if (r != 0)
+      return r < 0 ? -1 : 0;
+    pos += QCOW2_EXT_HEADER_SIZE + SC_ROUND_UP ((uint64_t) len,
+                                                QCOW2_EXT_ALIGN);
   }
   /* Running into the end of the cluster without an end marker is what
    * old qemu versions wrote when there were no extensions at all.
    */
   return 0;
+}
+
+/* The first cluster as the header reader sees it, in a malloc'd
+ * *buf of *buf_len bytes: what the file has of it or, for the checker
+ * (qemu's view), all of it with zeros past the end of the file.
+ */
+static int
+read_first_cluster (int fd, uint64_t file_size, uint32_t cluster_size,
+                    bool for_check, unsigned char **buf, uint64_t *buf_len)
+{
+  uint64_t have = SC_MIN (file_size, (uint64_t) cluster_size);
+
+  *buf_len = for_check ? cluster_size : have;
+  *buf = calloc (1, *buf_len);
+  if (*buf == NULL) {
+    sc_set_error (errno, "malloc: %s", strerror (errno));
+    return -1;
+  }
+  return sc_full_pread (fd, *buf, have, 0);
+}
+
+/* Header extensions run from the end of the header to the backing file
+ * name, or to the end of the first cluster (as far as it is read).
+ */
+static uint64_t
+extensions_end (const struct qcow2_header *h, uint64_t buf_len)
+{
+  return h->backing_file_offset ? h->backing_file_offset : buf_len;
+}
+
+int
+qcow2_header_extensions (int fd, uint64_t file_size,
+                         const struct qcow2_header *h, bool for_check,
+                         qcow2_extension_fn fn, void *opaque)
+{
+  CLEANUP_FREE unsigned char *buf = NULL;
+  uint64_t buf_len;
+
+  if (read_first_cluster (fd, file_size, h->cluster_size, for_check,
+                          &buf, &buf_len) == -1)
+    return -1;
+  return walk_extensions (buf, h->header_length,
+                          extensions_end (h, buf_len), for_check, fn,
+                          opaque);
 }
 
 static int
@@ -276,7 +324,7 @@ header_read (int fd, uint64_t file_size, enum header_mode mode,
   const bool for_check = mode == HEADER_CHECK;
   unsigned char fixed[QCOW2_V2_HEADER_SIZE];
   CLEANUP_FREE unsigned char *buf = NULL;
-  uint64_t buf_len, ext_end, l1_needed, cluster_entries;
+  uint64_t buf_len, l1_needed, cluster_entries;
 
   memset (h, 0, sizeof *h);
 
@@ -311,16 +359,9 @@ header_read (int fd, uint64_t file_size, enum header_mode mode,
    * The checker reads as qemu does: a first cluster cut short by the
    * end of the file continues with zeros.
    */
-  buf_len = SC_MIN (file_size, (uint64_t) h->cluster_size);
-  buf = calloc (1, for_check ? h->cluster_size : buf_len);
-  if (buf == NULL) {
-    sc_set_error (errno, "malloc: %s", strerror (errno));
+  if (read_first_cluster (fd, file_size, h->cluster_size, for_check, &buf,
+                          &buf_len) == -1)
     return -1;
-  }
-  if (sc_full_pread (fd, buf, buf_len, 0) == -1)
-    return -1;
-  if (for_check)
-    buf_len = h->cluster_size;
 
   h->backing_file_offset = sc_get_be64 (buf + QCOW2_HDR_BACKING_OFFSET);
   h->backing_file_size = sc_get_be32 (buf + QCOW2_HDR_BACKING_SIZE);
@@ -484,11 +525,9 @@ header_read (int fd, uint64_t file_size, enum header_mode mode,
       goto err;
   }
 
-  /* Header extensions run from the end of the header to the backing
-   * file name, or to the end of the first cluster.
-   */
-  ext_end = h->backing_file_offset ? h->backing_file_offset : buf_len;
-  if (read_extensions (buf, h->header_length, ext_end, for_check, h) == -1)
+  if (walk_extensions (buf, h->header_length, extensions_end (h, buf_len),
+                       for_check, for_check ? check_extension
+                       : read_extension, h) == -1)
     goto err;
   /* qemu opens the external data file before it checks an image, so
    * an image that needs one must name one; the checker itself does not

@@ -47,6 +47,10 @@
 #define QCOW2_AUTOCLEAR_BITMAPS     (1ULL << 0)
 #define QCOW2_AUTOCLEAR_DATA_RAW    (1ULL << 1)
 
+/* Header extension framing: u32 type, u32 length, data padded to 8. */
+#define QCOW2_EXT_HEADER_SIZE       8
+#define QCOW2_EXT_ALIGN             8
+
 /* Header extension types. */
 #define QCOW2_EXT_END               0x00000000U
 #define QCOW2_EXT_BACKING_FORMAT    0xe2792acaU
@@ -239,6 +243,28 @@ static inline bool qcow2_io_readable (uint64_t offset, uint64_t len)
 extern int qcow2_pread_padded (int fd, uint64_t file_size, void *buf,
                                size_t len, uint64_t offset);
 extern void qcow2_header_free (struct qcow2_header *h);
+
+/* Called for each header extension but the end marker: its type, its
+ * len bytes of data (not padded), and pos, the offset in the file of
+ * its 8-byte extension header.  Returns 0 to go on, 1 to stop the
+ * walk (successfully), or -1 with the error set.
+ */
+typedef int (*qcow2_extension_fn) (void *opaque, uint32_t type,
+                                   const unsigned char *data, uint32_t len,
+                                   uint64_t pos);
+/* Walk the header extensions of an image whose header h was read
+ * from fd (file_size bytes) by qcow2_header_read (for_check false) or
+ * qcow2_header_read_for_check (for_check true), framed exactly as that
+ * reader framed them ("Header extensions"): from the end of the header
+ * up to the backing file name or the end of the first cluster, which
+ * for_check reads with zeros past the end of the file, as qemu does.
+ * Returns 0, or -1 with the error of fn, of the read (errno of the
+ * I/O, ENOMEM), or EINVAL for framing the header reader refused too.
+ */
+extern int qcow2_header_extensions (int fd, uint64_t file_size,
+                                    const struct qcow2_header *h,
+                                    bool for_check, qcow2_extension_fn fn,
+                                    void *opaque);
 
 /* ---- qcow2-entry.c ------------------------------------------------ */
 
