@@ -1,4 +1,5 @@
-/* qcow2 header: parse and validate the header and its extensions.
+/* qcow2 header: parse and validate the header and its extensions, and
+ * write the header of a new image.
  *
  * The header is the first thing an attacker controls, so every field
  * that later becomes an offset or a size is checked here against the
@@ -650,4 +651,29 @@ qcow2_header_free (struct qcow2_header *h)
   free (h->backing_format);
   free (h->data_file);
   h->backing_file = h->backing_format = h->data_file = NULL;
+}
+
+void
+qcow2_header_write (const struct qcow2_header *h, unsigned char *buf)
+{
+  memset (buf, 0, h->cluster_size);
+  sc_put_be32 (buf + QCOW2_HDR_MAGIC, QCOW2_MAGIC);
+  sc_put_be32 (buf + QCOW2_HDR_VERSION, h->version);
+  sc_put_be32 (buf + QCOW2_HDR_CLUSTER_BITS, h->cluster_bits);
+  sc_put_be64 (buf + QCOW2_HDR_SIZE, h->size);
+  sc_put_be32 (buf + QCOW2_HDR_L1_SIZE, h->l1_size);
+  sc_put_be64 (buf + QCOW2_HDR_L1_OFFSET, h->l1_table_offset);
+  sc_put_be64 (buf + QCOW2_HDR_RT_OFFSET, h->refcount_table_offset);
+  sc_put_be32 (buf + QCOW2_HDR_RT_CLUSTERS, h->refcount_table_clusters);
+  if (h->version >= 3) {
+    sc_put_be64 (buf + QCOW2_HDR_INCOMPAT, h->incompatible_features);
+    sc_put_be64 (buf + QCOW2_HDR_COMPAT, h->compatible_features);
+    sc_put_be64 (buf + QCOW2_HDR_AUTOCLEAR, h->autoclear_features);
+    sc_put_be32 (buf + QCOW2_HDR_REFCOUNT_ORDER, h->refcount_order);
+    sc_put_be32 (buf + QCOW2_HDR_HEADER_LENGTH, h->header_length);
+    buf[QCOW2_HDR_COMPRESSION] = h->compression_type;
+  }
+  /* The zero bytes after the header read as the end-of-extensions
+   * marker.
+   */
 }

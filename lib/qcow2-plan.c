@@ -312,34 +312,6 @@ qcow2_plan_layout (struct qcow2_plan *p)
   return 0;
 }
 
-/* Fill buf (one cluster) with the header. */
-static void
-make_header (const struct qcow2_plan *p, unsigned char *buf)
-{
-  const struct qcow2_header *h = &p->h;
-
-  memset (buf, 0, h->cluster_size);
-  sc_put_be32 (buf + QCOW2_HDR_MAGIC, QCOW2_MAGIC);
-  sc_put_be32 (buf + QCOW2_HDR_VERSION, h->version);
-  sc_put_be32 (buf + QCOW2_HDR_CLUSTER_BITS, h->cluster_bits);
-  sc_put_be64 (buf + QCOW2_HDR_SIZE, h->size);
-  sc_put_be32 (buf + QCOW2_HDR_L1_SIZE, h->l1_size);
-  sc_put_be64 (buf + QCOW2_HDR_L1_OFFSET, h->l1_table_offset);
-  sc_put_be64 (buf + QCOW2_HDR_RT_OFFSET, h->refcount_table_offset);
-  sc_put_be32 (buf + QCOW2_HDR_RT_CLUSTERS, h->refcount_table_clusters);
-  if (h->version >= 3) {
-    sc_put_be64 (buf + QCOW2_HDR_INCOMPAT, h->incompatible_features);
-    sc_put_be64 (buf + QCOW2_HDR_COMPAT, h->compatible_features);
-    sc_put_be64 (buf + QCOW2_HDR_AUTOCLEAR, h->autoclear_features);
-    sc_put_be32 (buf + QCOW2_HDR_REFCOUNT_ORDER, h->refcount_order);
-    sc_put_be32 (buf + QCOW2_HDR_HEADER_LENGTH, h->header_length);
-    buf[QCOW2_HDR_COMPRESSION] = h->compression_type;
-  }
-  /* The zero bytes after the header read as the end-of-extensions
-   * marker.
-   */
-}
-
 /* The refcount of host cluster c under the final layout. */
 static uint64_t
 cluster_refcount (const struct qcow2_plan *p, uint64_t c)
@@ -391,7 +363,7 @@ qcow2_plan_write_metadata (struct qcow2_plan *p,
     return -1;
   }
 
-  make_header (p, buf);
+  qcow2_header_write (&p->h, buf);
   if (write_fn (opaque, buf, cs) == -1)
     return -1;
 

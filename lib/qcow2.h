@@ -243,6 +243,13 @@ static inline bool qcow2_io_readable (uint64_t offset, uint64_t len)
 extern int qcow2_pread_padded (int fd, uint64_t file_size, void *buf,
                                size_t len, uint64_t offset);
 extern void qcow2_header_free (struct qcow2_header *h);
+/* Fill buf (h->cluster_size bytes) with the header cluster of a new
+ * image: the fields of h for its version, no backing file, no
+ * snapshots, and zeros after the header, which read as the end of the
+ * header extensions.  Cannot fail.
+ */
+extern void qcow2_header_write (const struct qcow2_header *h,
+                                unsigned char *buf);
 
 /* Called for each header extension but the end marker: its type, its
  * len bytes of data (not padded), and pos, the offset in the file of
