@@ -459,10 +459,10 @@ header_read (int fd, uint64_t file_size, enum header_mode mode,
                     1U << QCOW2_MIN_CLUSTER_BITS_EXTL2, h->cluster_size);
       return -1;
     }
-    h->l2_entry_size = 16;
+    h->l2_entry_size = QCOW2_L2E_EXTENDED_SIZE;
   }
   else
-    h->l2_entry_size = 8;
+    h->l2_entry_size = QCOW2_L2E_SIZE;
   h->l2_entries = h->cluster_size / h->l2_entry_size;
 
   /* Backing file name.  qemu only wants it inside the first cluster
