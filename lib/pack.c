@@ -3,7 +3,7 @@
  * Phase 1 (scan) runs the shared ordered pipeline over the source's
  * data, rounded out to whole clusters.  Worker threads look for
  * all-zero clusters and compress; the ordered emit step records each
- * cluster's stored form in the plan (qcow2-write.c) and appends
+ * cluster's stored form in the plan (qcow2-plan.c) and appends
  * compressed bytes to a spill file.  The spill file mirrors the data
  * area of the image: compressed bytes sit at their final offset
  * relative to the data area, and the places of uncompressed clusters

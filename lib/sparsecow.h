@@ -288,7 +288,7 @@ struct sc_qcow2_info {
 extern int sc_qcow2_get_info (struct sc_qcow2 *q, struct sc_qcow2_info *info);
 extern void sc_qcow2_info_free (struct sc_qcow2_info *info);
 
-/* ---- pack.c + qcow2-write.c: the writer ----------------------------- */
+/* ---- pack.c + qcow2-plan.c: the writer ----------------------------- */
 
 struct sc_pack_opts {
   unsigned version;             /* 2 or 3 (default 3) */
