@@ -52,6 +52,10 @@ struct cursor {
   bool stream;                  /* no extents: pieces until the end */
   /* Windowed: ext is window, refilled from src up to end. */
   struct sc_endpoint *src;
+  /* A source that takes one request at a time: held around every
+   * request to it, reads and extents alike.  NULL otherwise.
+   */
+  pthread_mutex_t *src_lock;
   struct sc_extent_list *window;
   uint64_t fetched;             /* extents known up to here */
   uint64_t end;
@@ -64,6 +68,7 @@ struct run {
   size_t nslots;
   struct slot *slots;
   bool serial_reads;            /* src is not thread-safe */
+  pthread_mutex_t src_lock;     /* with serial_reads: see cursor */
 
   pthread_mutex_t lock;
   pthread_cond_t cond;          /* broadcast on every state change */
@@ -92,32 +97,45 @@ static void name_error (const char *name);
 #define MANY_EXTENTS 4096
 
 /* Replace the window with the next one.  The source may describe less
- * than it was asked (a prefix), never more, and never nothing.
+ * than it was asked (a prefix), or more (the last extent is cut at the
+ * end of the window), but never nothing, and each extent must go on
+ * where the last one ended.
  */
 static int
 fetch_window (struct cursor *c)
 {
   struct sc_extent_list *w = c->window;
   uint64_t want = SC_MIN (c->window_size, c->end - c->fetched);
+  uint64_t stop = c->fetched + want;
   uint64_t pos = c->fetched;
+  int r;
 
   w->len = 0;
   c->i = 0;
-  if (sc_ep_extents (c->src, c->fetched, want, w) == -1) {
+  if (c->src_lock)
+    pthread_mutex_lock (c->src_lock);
+  r = sc_ep_extents (c->src, c->fetched, want, w);
+  if (c->src_lock)
+    pthread_mutex_unlock (c->src_lock);
+  if (r == -1) {
     name_error (c->src->name);
     return -1;
   }
   for (size_t k = 0; k < w->len; k++) {
-    const struct sc_extent *e = &w->ext[k];
+    struct sc_extent *e = &w->ext[k];
     uint64_t e_end;
 
     if (e->offset != pos || e->length == 0
-        || SC_ADD_OVERFLOW (e->offset, e->length, &e_end)
-        || e_end > c->fetched + want) {
+        || SC_ADD_OVERFLOW (e->offset, e->length, &e_end)) {
       sc_set_error (EIO, "%s: extent %" PRIu64 "+%" PRIu64 " is not where "
                     "the extents asked for at offset %" PRIu64 " go on",
                     c->src->name, e->offset, e->length, pos);
       return -1;
+    }
+    if (e_end >= stop) {
+      e->length = stop - e->offset;
+      w->len = k + 1;
+      e_end = stop;
     }
     pos = e_end;
   }
@@ -350,8 +368,13 @@ worker (void *arg)
       }
       pthread_mutex_unlock (&r->lock);
     }
-    if (rc == 0 && piece->flags == 0)
+    if (rc == 0 && piece->flags == 0) {
+      if (r->serial_reads)
+        pthread_mutex_lock (&r->src_lock);
       rc = read_piece (p->src, piece);
+      if (r->serial_reads)
+        pthread_mutex_unlock (&r->src_lock);
+    }
     if (r->serial_reads || rc == 1) {
       pthread_mutex_lock (&r->lock);
       r->read_turn++;
@@ -477,6 +500,8 @@ run_threaded (const struct sc_pipeline *p, struct cursor *cur,
   r.cur = *cur;
   r.nslots = 2 * (size_t) threads + 2;
   r.serial_reads = !(p->src->flags & SC_EP_THREAD_SAFE);
+  if (r.serial_reads)
+    r.cur.src_lock = &r.src_lock;
   r.slots = calloc (r.nslots, sizeof *r.slots);
   tids = calloc (threads, sizeof *tids);
   if (r.slots == NULL || tids == NULL) {
@@ -486,6 +511,7 @@ run_threaded (const struct sc_pipeline *p, struct cursor *cur,
     return -1;
   }
   pthread_mutex_init (&r.lock, NULL);
+  pthread_mutex_init (&r.src_lock, NULL);
   pthread_cond_init (&r.cond, NULL);
 
   for (unsigned i = 0; i < threads; i++) {
@@ -516,6 +542,7 @@ run_threaded (const struct sc_pipeline *p, struct cursor *cur,
     free (r.slots[i].piece.out);
   }
   pthread_cond_destroy (&r.cond);
+  pthread_mutex_destroy (&r.src_lock);
   pthread_mutex_destroy (&r.lock);
   free (r.slots);
   free (tids);
@@ -633,6 +660,21 @@ copy_emit (struct sc_piece *piece, void *opaque)
   return write_piece (cs, piece);
 }
 
+/* Keep requests and requests in flight inside what an endpoint takes:
+ * the largest power of two up to its maximum request, and no more
+ * threads than requests it allows at once.
+ */
+static void
+fit_endpoint (const struct sc_endpoint *ep, uint32_t *request_size,
+              unsigned *threads)
+{
+  if (ep->max_request > 0)
+    while (*request_size > ep->max_request && *request_size > 512)
+      *request_size /= 2;
+  if (ep->max_in_flight > 0 && *threads > ep->max_in_flight)
+    *threads = ep->max_in_flight;
+}
+
 int
 sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
          const struct sc_copy_opts *opts)
@@ -659,6 +701,12 @@ sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
                   " bytes)", dst->name, src->name, dst->size, src->size);
     return -1;
   }
+  if (p.request_size == 0)
+    p.request_size = DEFAULT_REQUEST_SIZE;
+  if (p.threads == 0)
+    p.threads = sc_online_cpus ();
+  fit_endpoint (src, &p.request_size, &p.threads);
+  fit_endpoint (dst, &p.request_size, &p.threads);
   if (sc_pipeline_run (&p) == -1)
     return -1;
   return sc_ep_flush (dst);

@@ -296,9 +296,22 @@ sc_file_target_in_place (int fd, bool own_fd, const char *name,
 {
   struct file_ep *f;
   struct stat st;
+  int fl = fcntl (fd, F_GETFL);
 
-  if (fstat (fd, &st) == -1) {
+  if (fl == -1 || fstat (fd, &st) == -1) {
     sc_set_error (errno, "fstat: %s", strerror (errno));
+    return NULL;
+  }
+  /* pwrite on a descriptor opened for appending writes at the end,
+   * whatever the offset: the data would land in the wrong place.
+   */
+  if ((fl & O_ACCMODE) == O_RDONLY) {
+    sc_set_error (EBADF, "not open for writing");
+    return NULL;
+  }
+  if (fl & O_APPEND) {
+    sc_set_error (EINVAL, "opened for appending; writes must go to "
+                  "their offsets");
     return NULL;
   }
   /* Growing an empty file first makes a file system that cannot hold

@@ -87,6 +87,12 @@ sc_ep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
   return count == 0 ? 0 : sc_extent_list_append (list, offset, count, 0);
 }
 
+bool
+sc_ep_can_pread_nowait (const struct sc_endpoint *ep)
+{
+  return ep->ops->pread_nowait != NULL;
+}
+
 int
 sc_ep_fingerprint (struct sc_endpoint *ep, struct sc_fingerprint *fp)
 {
@@ -337,23 +343,32 @@ sc_endpoint_open_target (const char *path, uint64_t size, unsigned flags)
     sc_set_error (EISDIR, "is a directory");
     return NULL;
   }
-  if (S_ISREG (st.st_mode)) {
-    if (!(flags & SC_TARGET_FORCE)) {
-      sc_set_error (EEXIST, "target exists (use -f to overwrite)");
+  if (S_ISBLK (st.st_mode) || S_ISCHR (st.st_mode) || S_ISFIFO (st.st_mode)) {
+    /* A device, a named pipe, /dev/null: opened as it is, and still
+     * not a regular file once open (the name may have been replaced).
+     */
+    fd = open (path, O_WRONLY | O_CLOEXEC);
+    if (fd == -1) {
+      sc_set_error (errno, "%s", strerror (errno));
       return NULL;
     }
-    return sc_file_target_new (path, size, flags);
+    ep = NULL;
+    if (fstat (fd, &st) == -1)
+      sc_set_error (errno, "fstat: %s", strerror (errno));
+    else if (S_ISREG (st.st_mode))
+      sc_set_error (EEXIST, "target exists (use -f to overwrite)");
+    else
+      ep = target_from_fd (fd, true, path, size);
+    if (ep == NULL)
+      close (fd);
+    return ep;
   }
-  /* A device, a named pipe, /dev/null: opened as it is. */
-  fd = open (path, O_WRONLY | O_CLOEXEC);
-  if (fd == -1) {
-    sc_set_error (errno, "%s", strerror (errno));
+  /* A regular file, or anything else that has the name (a socket). */
+  if (!(flags & SC_TARGET_FORCE)) {
+    sc_set_error (EEXIST, "target exists (use -f to overwrite)");
     return NULL;
   }
-  ep = target_from_fd (fd, true, path, size);
-  if (ep == NULL)
-    close (fd);
-  return ep;
+  return sc_file_target_new (path, size, flags);
 }
 
 /* ---- the base of local-descriptor kinds ---------------------------------- */

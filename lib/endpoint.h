@@ -75,8 +75,10 @@ struct sc_endpoint_ops {
   int (*pread_nowait) (struct sc_endpoint *ep, void *buf, size_t count,
                        uint64_t offset);
   /* Append the extents of [offset, offset+count) to list: sorted,
-   * contiguous, covering the range clipped to the size.  NULL:
-   * everything is data.
+   * contiguous, starting at offset.  The answer may cover less than
+   * asked (a prefix; the caller asks again from where it ends) or run
+   * past the range (the caller clips it).  A regular file reports what
+   * lies past its end as a hole.  NULL: everything is data.
    */
   int (*extents) (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
                   struct sc_extent_list *list);
@@ -156,6 +158,8 @@ extern int sc_ep_read_some (struct sc_endpoint *ep, void *buf, size_t count,
                             uint64_t offset, size_t *got);
 extern int sc_ep_pread_nowait (struct sc_endpoint *ep, void *buf,
                                size_t count, uint64_t offset);
+/* Can the source tell what it holds in memory (pread_nowait)? */
+extern bool sc_ep_can_pread_nowait (const struct sc_endpoint *ep);
 extern int sc_ep_extents (struct sc_endpoint *ep, uint64_t offset,
                           uint64_t count, struct sc_extent_list *list);
 extern int sc_ep_fingerprint (struct sc_endpoint *ep,

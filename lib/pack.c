@@ -477,7 +477,7 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
    * scattered over a slow device would cost more than they save.
    */
   if (!pk->spill_all && opts->detect_zeroes && opts->codec == SC_CODEC_NONE
-      && pk->src->ops->pread_nowait != NULL) {
+      && sc_ep_can_pread_nowait (pk->src)) {
     struct sc_extent_list rest;
     uint64_t stop;
     int r;

@@ -82,8 +82,8 @@ struct sc_endpoint;
 
 /* Open a data source by name: a path (regular file, block device, FIFO
  * or character device) or "-" (stdin).  map selects how a regular
- * file's extents are found.  Pipes, FIFOs and character devices are
- * streams (sc_endpoint_is_stream): read once, in order.
+ * file's extents are found.  Pipes, FIFOs, sockets and character
+ * devices are streams (sc_endpoint_is_stream): read once, in order.
  * Returns NULL with errno ENOENT, EACCES (cannot open), EINVAL (a
  * directory or another kind of file), ENOMEM.
  */
@@ -111,13 +111,15 @@ extern struct sc_endpoint *sc_endpoint_open_target (const char *name,
 
 /* The same from a descriptor the caller opened and keeps (it is not
  * closed by sc_endpoint_close).  name is used in messages.  A regular
- * file source reads at offsets from 0.  A regular file target is
+ * file source reads at offsets from 0 (finding its extents moves the
+ * descriptor's file position).  A regular file target is
  * written in place at offsets from 0, not at the descriptor's position
  * (grown to size if smaller, its tail kept if longer; it reads as zero
  * where not written only if it was empty); a block device must hold
  * size bytes; a pipe or character device is written forward.  Returns
- * NULL with errno EBADF, EINVAL (a directory or another kind of file),
- * ENOSPC, EFBIG, ENOMEM.
+ * NULL with errno EBADF (closed, or a target not open for writing),
+ * EINVAL (a directory or another kind of file, a target opened with
+ * O_APPEND), ENOSPC, EFBIG, ENOMEM.
  */
 extern struct sc_endpoint *sc_endpoint_open_fd_source (int fd,
                                                        const char *name,
@@ -143,9 +145,9 @@ extern uint64_t sc_endpoint_size (const struct sc_endpoint *ep);
 extern const char *sc_endpoint_name (const struct sc_endpoint *ep);
 /* Is ep a stream: read once, in order, of unknown length? */
 extern bool sc_endpoint_is_stream (const struct sc_endpoint *ep);
-/* Append the extents of [offset, offset+count) of ep to list (clipped
- * to its size).  Returns 0, or -1 with errno ESPIPE (a stream), EIO,
- * ENOMEM.
+/* Append the extents of [offset, offset+count) of ep to list, sorted
+ * and contiguous; a regular file reports what lies past its end as a
+ * hole.  Returns 0, or -1 with errno ESPIPE (a stream), EIO, ENOMEM.
  */
 extern int sc_endpoint_extents (struct sc_endpoint *ep, uint64_t offset,
                                  uint64_t count, struct sc_extent_list *list);
