@@ -1,15 +1,29 @@
-/* sparsecow pack: sparse raw data -> qcow2. */
+/* sparsecow pack: sparse raw data or a qcow2 image -> qcow2. */
 #include <config.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 
 #define MAX_DEFLATE_LEVEL 9
 #define MAX_ZSTD_LEVEL 22
+
+/* Options of this command only, above the shared ids of cli.h. */
+enum {
+  OPT_SOURCE_FORMAT = 0x200,
+};
+
+enum source_format {
+  SOURCE_AUTO,                  /* probe a file; pipes are raw */
+  SOURCE_RAW,
+  SOURCE_QCOW2,
+};
 
 static void
 usage (FILE *fp)
@@ -19,16 +33,26 @@ usage (FILE *fp)
 "Pack a sparse raw file, block device or pipe ('-' for stdin) into a new\n"
 "qcow2 image, storing only the clusters that hold data.  TARGET '-' writes\n"
 "the image to stdout.\n"
+"A SOURCE file that is a qcow2 image is re-packed: its guest content,\n"
+"through its backing chain, goes into the new image with the options\n"
+"given here, as 'qemu-img convert -O qcow2' does.  Other disk image\n"
+"formats (vmdk, vhdx, vdi, VHD, qed, LUKS) are refused.  Pipes are\n"
+"always read as raw data.\n"
 "\n"
 "  -f, --force              replace an existing TARGET\n"
+"      --source-format=raw|qcow2\n"
+"                           do not probe SOURCE: pack its bytes (raw) or\n"
+"                           re-pack it as a qcow2 image\n"
 "  -c, --compress[=CODEC]   compress clusters: deflate (default) or zstd\n"
 "                           ('-c zstd' works too)\n"
 "      --level N            compression level (deflate 1-9, zstd 1-22)\n"
 "      --compat=0.10|1.1    qcow2 version 2 or 3 (default 1.1)\n"
 "      --cluster-size SIZE  512 bytes to 2M, a power of two (default 64K)\n"
 "      --refcount-bits N    1, 2, 4, 8, 16, 32 or 64 (default 16; 0.10: 16)\n"
+"  -o OPT=VALUE[,...]       the same as qemu-img: cluster_size, compat,\n"
+"                           refcount_bits, compression_type=zlib|zstd\n"
 "      --map=seek|fiemap|none\n"
-"                           how to find the source's data (default seek)\n"
+"                           how to find a raw file's data (default seek)\n"
 "  -S SIZE                  skip all-zero clusters (default); -S 0 stores\n"
 "                           them\n"
 "  -p, --progress[=json]    show progress (a bar, or JSON lines on stdout)\n"
@@ -46,6 +70,7 @@ static const struct option long_options[] = {
   { "cluster-size", required_argument, NULL, OPT_CLUSTER_SIZE },
   { "refcount-bits", required_argument, NULL, OPT_REFCOUNT_BITS },
   { "map", required_argument, NULL, OPT_MAP },
+  { "source-format", required_argument, NULL, OPT_SOURCE_FORMAT },
   CLI_COMMON_LONG_OPTIONS,
   { NULL, 0, NULL, 0 },
 };
@@ -71,20 +96,339 @@ parse_codec (const char *s, struct sc_pack_opts *opts)
                      "not '%s'", s);
 }
 
+/* The format options, spelled as long options or as qemu-img's -o
+ * keys; what names the spelling in errors.
+ */
+static void
+parse_compat (const char *what, const char *arg, struct sc_pack_opts *opts)
+{
+  if (strcmp (arg, "0.10") == 0 || strcmp (arg, "v2") == 0)
+    opts->version = 2;
+  else if (strcmp (arg, "1.1") == 0 || strcmp (arg, "v3") == 0)
+    opts->version = 3;
+  else
+    cli_usage_error ("pack", "%s: expected 0.10 or 1.1, not '%s'", what, arg);
+}
+
+static void
+parse_cluster_size (const char *what, const char *arg,
+                    struct sc_pack_opts *opts)
+{
+  uint64_t cs;
+
+  if (cli_parse_size (arg, &cs) == -1 || cs < 512
+      || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) != 0)
+    cli_usage_error ("pack", "%s: expected a power of two from 512 to 2M, "
+                     "not '%s'", what, arg);
+  opts->cluster_size = (uint32_t) cs;
+}
+
+static void
+parse_refcount_bits (const char *what, const char *arg,
+                     struct sc_pack_opts *opts)
+{
+  unsigned bits;
+
+  if (cli_parse_uint (arg, 1, 64, &bits) == -1 || (bits & (bits - 1)) != 0)
+    cli_usage_error ("pack", "%s: expected 1, 2, 4, 8, 16, 32 or 64, "
+                     "not '%s'", what, arg);
+  opts->refcount_bits = bits;
+}
+
+/* -o KEY=VALUE[,KEY=VALUE...], the keys of qemu-img create -f qcow2
+ * that mean something here.  compression_type sets *ctype: which codec
+ * -c uses.
+ */
+static void
+parse_o (const char *arg, struct sc_pack_opts *opts, enum sc_codec *ctype)
+{
+  char *copy = strdup (arg), *item, *save = NULL;
+
+  if (copy == NULL) {
+    cli_error ("pack: -o: %s", strerror (errno));
+    exit (EXIT_ERROR);
+  }
+  for (item = strtok_r (copy, ",", &save); item;
+       item = strtok_r (NULL, ",", &save)) {
+    char *value = strchr (item, '=');
+
+    if (value == NULL)
+      cli_usage_error ("pack", "-o: expected KEY=VALUE, not '%s'", item);
+    *value++ = '\0';
+    if (strcmp (item, "cluster_size") == 0)
+      parse_cluster_size ("-o cluster_size", value, opts);
+    else if (strcmp (item, "compat") == 0)
+      parse_compat ("-o compat", value, opts);
+    else if (strcmp (item, "refcount_bits") == 0)
+      parse_refcount_bits ("-o refcount_bits", value, opts);
+    else if (strcmp (item, "compression_type") == 0) {
+      if (strcmp (value, "zlib") == 0)
+        *ctype = SC_CODEC_DEFLATE;
+      else if (strcmp (value, "zstd") == 0)
+        *ctype = SC_CODEC_ZSTD;
+      else
+        cli_usage_error ("pack", "-o compression_type: expected zlib or "
+                         "zstd, not '%s'", value);
+    }
+    else
+      cli_usage_error ("pack", "-o: unknown option '%s' (known: "
+                       "cluster_size, compat, refcount_bits, "
+                       "compression_type)", item);
+  }
+  free (copy);
+}
+
+/* ---- what the source is ---------------------------------------------- */
+
+/* Bytes read from the start and from the end of a source to recognise
+ * disk image formats.
+ */
+#define PROBE_HEAD 512
+#define PROBE_TAIL 512
+
+struct probe {
+  unsigned char head[PROBE_HEAD];
+  size_t head_len;
+  unsigned char tail[PROBE_TAIL];
+  size_t tail_len;
+};
+
+/* A disk image format that is not raw data and that pack cannot read:
+ * its name in messages, qemu's name for it (NULL if qemu-img needs more
+ * than -f to read it), and whether the file is only a descriptor.
+ */
+struct foreign {
+  const char *name;
+  const char *driver;
+  bool descriptor;
+};
+
+static bool
+head_is (const struct probe *p, size_t offset, const void *magic, size_t len)
+{
+  return p->head_len >= offset + len
+    && memcmp (p->head + offset, magic, len) == 0;
+}
+
+/* The magics are those of the formats' specifications, which qemu's
+ * probes use too.  Only formats with a magic that raw data is unlikely
+ * to start with by chance are recognised; --source-format=raw packs
+ * such data anyway.
+ */
+static bool
+probe_foreign (const struct probe *p, struct foreign *f)
+{
+  f->descriptor = false;
+  f->driver = NULL;
+  /* VMware: hosted sparse extent ("KDMV"), ESX sparse ("COWD"), and
+   * the text descriptor that names flat or sparse extent files.
+   */
+  if (head_is (p, 0, "KDMV", 4) || head_is (p, 0, "COWD", 4))
+    f->name = f->driver = "vmdk";
+  else if (head_is (p, 0, "# Disk DescriptorFile", 21)) {
+    f->name = f->driver = "vmdk";
+    f->descriptor = true;
+  }
+  else if (head_is (p, 0, "vhdxfile", 8))
+    f->name = f->driver = "vhdx";
+  /* VirtualBox: a text banner, then the signature 0xbeda107f stored
+   * little-endian at 0x40.
+   */
+  else if (head_is (p, 0, "<<< ", 4) && head_is (p, 0x40, "\x7f\x10\xda\xbe", 4))
+    f->name = f->driver = "vdi";
+  /* VHD: a dynamic disk starts with a copy of its footer; a fixed one
+   * is raw data followed by the 512-byte footer, which qemu-img's
+   * probe does not look for: the hint names the format.
+   */
+  else if (head_is (p, 0, "conectix", 8)
+           || (p->tail_len == PROBE_TAIL
+               && memcmp (p->tail, "conectix", 8) == 0)) {
+    f->name = "VHD";
+    f->driver = "vpc";
+  }
+  else if (head_is (p, 0, "QED\0", 4))
+    f->name = f->driver = "qed";
+  else if (head_is (p, 0, "LUKS\xba\xbe", 6))
+    f->name = "LUKS";
+  else
+    return false;
+  return true;
+}
+
+/* Read the start and the end of the file open on fd. */
+static int
+probe_read (int fd, struct probe *p)
+{
+  off_t end = lseek (fd, 0, SEEK_END);
+  ssize_t r;
+
+  if (end == -1)
+    return -1;
+  do
+    r = pread (fd, p->head, sizeof p->head, 0);
+  while (r == -1 && errno == EINTR);
+  if (r == -1)
+    return -1;
+  p->head_len = (size_t) r;
+  p->tail_len = 0;
+  if (end >= (off_t) (2 * PROBE_TAIL)) {
+    do
+      r = pread (fd, p->tail, sizeof p->tail, end - PROBE_TAIL);
+    while (r == -1 && errno == EINTR);
+    if (r == -1)
+      return -1;
+    p->tail_len = (size_t) r;
+  }
+  return 0;
+}
+
+/* "disk.vmdk" -> "disk.qcow2", for the hint in a refusal. */
+static char *
+qcow2_name_for (const char *source)
+{
+  const char *base = strrchr (source, '/');
+  const char *dot = strrchr (base ? base + 1 : source, '.');
+  size_t stem = dot && dot != (base ? base + 1 : source)
+    ? (size_t) (dot - source) : strlen (source);
+  char *r;
+
+  if (asprintf (&r, "%.*s.qcow2", (int) stem, source) == -1)
+    return NULL;
+  return r;
+}
+
+static void
+refuse_foreign (const char *source, const struct foreign *f, bool is_stdin)
+{
+  const char *what = f->descriptor ? "descriptor" : "image";
+  char *out;
+
+  if (f->driver == NULL)
+    cli_error ("%s: a %s encrypted volume, not raw data; pack the opened "
+               "volume (cryptsetup open) or force with --source-format=raw",
+               source, f->name);
+  else if (is_stdin)
+    cli_error ("%s: standard input holds a %s %s, not raw data; name the "
+               "file and convert it first (qemu-img convert -f %s -O qcow2 "
+               "FILE FILE.qcow2) or force with --source-format=raw", source,
+               f->name, what, f->driver);
+  else {
+    out = qcow2_name_for (source);
+    cli_error ("%s: a %s %s, not raw data; convert it first (qemu-img "
+               "convert -f %s -O qcow2 %s %s) or force with "
+               "--source-format=raw", source, f->name, what, f->driver,
+               source, out ? out : "IMAGE.qcow2");
+    free (out);
+  }
+}
+
+/* Decide what SOURCE is.  Files and block devices are probed; pipes
+ * and character devices cannot be read twice and are raw data.
+ * Returns SOURCE_RAW or SOURCE_QCOW2, or -1 after printing an error.
+ * Errors opening or reading the source are left to the open that
+ * follows, which reports them.
+ */
+static int
+detect_source (const char *source, enum source_format forced)
+{
+  bool is_stdin = strcmp (source, "-") == 0;
+  struct probe p;
+  struct foreign f;
+  struct stat st;
+  int fd, r;
+
+  if (forced == SOURCE_RAW)
+    return SOURCE_RAW;
+  /* stat first: opening a FIFO, even to look, would disturb its
+   * writer.
+   */
+  if (is_stdin ? fstat (STDIN_FILENO, &st) == -1 : stat (source, &st) == -1)
+    return forced == SOURCE_QCOW2 ? SOURCE_QCOW2 : SOURCE_RAW;
+  if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
+    if (forced == SOURCE_QCOW2) {
+      cli_error ("%s: --source-format=qcow2 needs a file or a block device: "
+                 "an image cannot be re-packed from a pipe", source);
+      return -1;
+    }
+    return SOURCE_RAW;
+  }
+
+  if (is_stdin)
+    fd = STDIN_FILENO;
+  else {
+    fd = open (source, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd == -1)
+      return forced == SOURCE_QCOW2 ? SOURCE_QCOW2 : SOURCE_RAW;
+  }
+  r = probe_read (fd, &p);
+  if (!is_stdin)
+    close (fd);
+  if (r == -1)
+    return forced == SOURCE_QCOW2 ? SOURCE_QCOW2 : SOURCE_RAW;
+
+  /* The library knows qcow2's magic; on standard input it looks at the
+   * same open file through /dev/stdin.
+   */
+  r = sc_is_qcow2 (is_stdin ? "/dev/stdin" : source);
+  if (r == -1) {
+    cli_lib_error (source);
+    return -1;
+  }
+  if (r == 1) {
+    if (is_stdin) {
+      /* The reader needs the name: backing files are found next to it. */
+      cli_error ("%s: standard input holds a qcow2 image; name the file "
+                 "to re-pack it, or force with --source-format=raw",
+                 source);
+      return -1;
+    }
+    return SOURCE_QCOW2;
+  }
+  if (forced == SOURCE_QCOW2) {
+    cli_error ("%s: not a qcow2 image (--source-format=qcow2)", source);
+    return -1;
+  }
+  if (probe_foreign (&p, &f)) {
+    refuse_foreign (source, &f, is_stdin);
+    return -1;
+  }
+  return SOURCE_RAW;
+}
+
+/* Pack src, closing it; errors are printed.  Returns 0 or -1. */
+static int
+pack_endpoint (struct sc_endpoint *src, const char *source,
+               const char *target, const struct sc_pack_opts *opts,
+               const struct cli_common *common)
+{
+  int r = sc_pack (src, target, opts);
+
+  cli_progress_done (common);
+  if (r == -1)
+    cli_lib_error (NULL);
+  if (sc_endpoint_close (src) == -1 && r == 0) {
+    cli_lib_error (source);
+    r = -1;
+  }
+  return r;
+}
+
 int
 cmd_pack (int argc, char **argv)
 {
   struct cli_common common = { 0 };
   struct sc_pack_opts opts;
   enum sc_map_method map = SC_MAP_SEEK;
-  bool level_set = false;
+  enum source_format format = SOURCE_AUTO;
+  enum sc_codec ctype = SC_CODEC_NONE;  /* -o compression_type */
+  bool level_set = false, map_set = false, codec_named = false;
   unsigned level = 0;
   struct sc_endpoint *src;
   const char *source, *target;
   int c, r;
 
   sc_pack_opts_init (&opts);
-  while ((c = getopt_long (argc, argv, "fc::S:" CLI_COMMON_SHORT_OPTIONS,
+  while ((c = getopt_long (argc, argv, "fc::S:o:" CLI_COMMON_SHORT_OPTIONS,
                            long_options, NULL)) != -1) {
     if (cli_common_option (c, optarg, &common, usage))
       continue;
@@ -94,11 +438,15 @@ cmd_pack (int argc, char **argv)
       break;
     case 'c':
     case OPT_COMPRESS:
-      if (optarg)
+      if (optarg) {
         parse_codec (optarg, &opts);
+        codec_named = true;
+      }
       /* "-c zstd": take the next word when it names a codec. */
-      else if (c == 'c' && optind < argc && is_codec_word (argv[optind]))
+      else if (c == 'c' && optind < argc && is_codec_word (argv[optind])) {
         parse_codec (argv[optind++], &opts);
+        codec_named = true;
+      }
       else
         opts.codec = SC_CODEC_DEFLATE;
       break;
@@ -109,32 +457,17 @@ cmd_pack (int argc, char **argv)
       level_set = true;
       break;
     case OPT_COMPAT:
-      if (strcmp (optarg, "0.10") == 0 || strcmp (optarg, "v2") == 0)
-        opts.version = 2;
-      else if (strcmp (optarg, "1.1") == 0 || strcmp (optarg, "v3") == 0)
-        opts.version = 3;
-      else
-        cli_usage_error ("pack", "--compat: expected 0.10 or 1.1, not '%s'",
-                         optarg);
+      parse_compat ("--compat", optarg, &opts);
       break;
-    case OPT_CLUSTER_SIZE: {
-      uint64_t cs;
-      if (cli_parse_size (optarg, &cs) == -1 || cs < 512
-          || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) != 0)
-        cli_usage_error ("pack", "--cluster-size: expected a power of two "
-                         "from 512 to 2M, not '%s'", optarg);
-      opts.cluster_size = (uint32_t) cs;
+    case OPT_CLUSTER_SIZE:
+      parse_cluster_size ("--cluster-size", optarg, &opts);
       break;
-    }
-    case OPT_REFCOUNT_BITS: {
-      unsigned bits;
-      if (cli_parse_uint (optarg, 1, 64, &bits) == -1
-          || (bits & (bits - 1)) != 0)
-        cli_usage_error ("pack", "--refcount-bits: expected 1, 2, 4, 8, 16, "
-                         "32 or 64, not '%s'", optarg);
-      opts.refcount_bits = bits;
+    case OPT_REFCOUNT_BITS:
+      parse_refcount_bits ("--refcount-bits", optarg, &opts);
       break;
-    }
+    case 'o':
+      parse_o (optarg, &opts, &ctype);
+      break;
     case OPT_MAP:
       if (strcmp (optarg, "seek") == 0)
         map = SC_MAP_SEEK;
@@ -144,6 +477,16 @@ cmd_pack (int argc, char **argv)
         map = SC_MAP_NONE;
       else
         cli_usage_error ("pack", "--map: expected seek, fiemap or none, "
+                         "not '%s'", optarg);
+      map_set = true;
+      break;
+    case OPT_SOURCE_FORMAT:
+      if (strcmp (optarg, "raw") == 0)
+        format = SOURCE_RAW;
+      else if (strcmp (optarg, "qcow2") == 0)
+        format = SOURCE_QCOW2;
+      else
+        cli_usage_error ("pack", "--source-format: expected raw or qcow2, "
                          "not '%s'", optarg);
       break;
     case 'S': {
@@ -163,6 +506,17 @@ cmd_pack (int argc, char **argv)
   source = argv[optind];
   target = argv[optind + 1];
 
+  /* As qemu-img convert -c -o compression_type=...: the type is the
+   * codec of -c.
+   */
+  if (ctype != SC_CODEC_NONE) {
+    if (opts.codec == SC_CODEC_NONE)
+      cli_usage_error ("pack", "-o compression_type needs -c");
+    if (codec_named && opts.codec != ctype)
+      cli_usage_error ("pack", "-o compression_type and the codec of -c "
+                       "disagree");
+    opts.codec = ctype;
+  }
   if (opts.version == 2 && opts.refcount_bits != 16)
     cli_usage_error ("pack", "--compat=0.10 supports only 16-bit refcounts");
   if (opts.version == 2 && opts.codec == SC_CODEC_ZSTD)
@@ -176,21 +530,48 @@ cmd_pack (int argc, char **argv)
     opts.level = (int) level;
   }
   opts.threads = common.threads;
-  opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
 
   cli_install_signal_handlers ();
+  r = detect_source (source, format);
+  if (r == -1)
+    return EXIT_ERROR;
+  format = (enum source_format) r;
+
+  if (format == SOURCE_QCOW2) {
+    struct sc_qcow2 *q;
+
+    /* The reader finds the data in the L1/L2 tables, not in the file's
+     * extent map.
+     */
+    if (map_set)
+      cli_usage_error ("pack", "--map applies to raw sources, and %s is "
+                       "a qcow2 image", source);
+    q = sc_qcow2_open (source, NULL);
+    if (q == NULL) {
+      cli_lib_error (source);
+      return EXIT_ERROR;
+    }
+    src = sc_qcow2_endpoint (q);
+    if (src == NULL) {
+      cli_lib_error (source);
+      sc_qcow2_close (q);
+      return EXIT_ERROR;
+    }
+    if (!common.quiet)
+      fprintf (stderr, "%s: %s: qcow2 image; packing its guest content\n",
+               cli_program, source);
+    opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
+    r = pack_endpoint (src, source, target, &opts, &common);
+    sc_qcow2_close (q);
+    return r == 0 ? EXIT_OK : EXIT_ERROR;
+  }
+
   src = sc_endpoint_open_source (source, map);
   if (src == NULL) {
     cli_lib_error (source);
     return EXIT_ERROR;
   }
-  r = sc_pack (src, target, &opts);
-  cli_progress_done (&common);
-  if (r == -1)
-    cli_lib_error (NULL);
-  if (sc_endpoint_close (src) == -1 && r == 0) {
-    cli_lib_error (source);
-    r = -1;
-  }
+  opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
+  r = pack_endpoint (src, source, target, &opts, &common);
   return r == 0 ? EXIT_OK : EXIT_ERROR;
 }
