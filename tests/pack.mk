@@ -24,10 +24,12 @@ TESTS += \
 	tests/pack-safety.sh \
 	tests/pack-options.sh \
 	tests/pack-huge.sh \
-	tests/pack-stream.sh
+	tests/pack-stream.sh \
+	tests/pack-repack.sh
 EXTRA_DIST += \
 	tests/pack-determinism.sh \
 	tests/pack-safety.sh \
 	tests/pack-options.sh \
 	tests/pack-huge.sh \
-	tests/pack-stream.sh
+	tests/pack-stream.sh \
+	tests/pack-repack.sh
