@@ -234,7 +234,8 @@ probe_foreign (const struct probe *p, struct foreign *f)
   /* VirtualBox: a text banner, then the signature 0xbeda107f stored
    * little-endian at 0x40.
    */
-  else if (head_is (p, 0, "<<< ", 4) && head_is (p, 0x40, "\x7f\x10\xda\xbe", 4))
+  else if (head_is (p, 0, "<<< ", 4)
+           && head_is (p, 0x40, "\x7f\x10\xda\xbe", 4))
     f->name = f->driver = "vdi";
   /* VHD: a dynamic disk starts with a copy of its footer; a fixed one
    * is raw data followed by the 512-byte footer, which qemu-img's
@@ -298,7 +299,8 @@ qcow2_name_for (const char *source)
 }
 
 static void
-refuse_foreign (const char *source, const struct foreign *f, bool is_stdin)
+refuse_foreign (const char *source, const struct foreign *f, bool is_stdin,
+                bool is_file)
 {
   const char *what = f->descriptor ? "descriptor" : "image";
   char *out;
@@ -313,7 +315,8 @@ refuse_foreign (const char *source, const struct foreign *f, bool is_stdin)
                "FILE FILE.qcow2) or force with --source-format=raw", source,
                f->name, what, f->driver);
   else {
-    out = qcow2_name_for (source);
+    /* A new name next to a file; a device gets a placeholder. */
+    out = is_file ? qcow2_name_for (source) : NULL;
     cli_error ("%s: a %s %s, not raw data; convert it first (qemu-img "
                "convert -f %s -O qcow2 %s %s) or force with "
                "--source-format=raw", source, f->name, what, f->driver,
@@ -366,30 +369,33 @@ detect_source (const char *source, enum source_format forced)
   if (r == -1)
     return forced == SOURCE_QCOW2 ? SOURCE_QCOW2 : SOURCE_RAW;
 
-  /* The library knows qcow2's magic; on standard input it looks at the
-   * same open file through /dev/stdin.
+  /* The reader needs a name (backing files are found next to it):
+   * standard input is only looked at, with the magic the specification
+   * gives, so that an image there is not packed as its bytes.
    */
-  r = sc_is_qcow2 (is_stdin ? "/dev/stdin" : source);
-  if (r == -1) {
-    cli_lib_error (source);
-    return -1;
-  }
-  if (r == 1) {
-    if (is_stdin) {
-      /* The reader needs the name: backing files are found next to it. */
+  if (is_stdin) {
+    if (head_is (&p, 0, "QFI\xfb", 4)) {
       cli_error ("%s: standard input holds a qcow2 image; name the file "
                  "to re-pack it, or force with --source-format=raw",
                  source);
       return -1;
     }
-    return SOURCE_QCOW2;
+  }
+  else {
+    r = sc_is_qcow2 (source);
+    if (r == -1) {
+      cli_lib_error (source);
+      return -1;
+    }
+    if (r == 1)
+      return SOURCE_QCOW2;
   }
   if (forced == SOURCE_QCOW2) {
     cli_error ("%s: not a qcow2 image (--source-format=qcow2)", source);
     return -1;
   }
   if (probe_foreign (&p, &f)) {
-    refuse_foreign (source, &f, is_stdin);
+    refuse_foreign (source, &f, is_stdin, S_ISREG (st.st_mode));
     return -1;
   }
   return SOURCE_RAW;
