@@ -1,8 +1,9 @@
 #!/bin/bash
 # pack with a qcow2 source re-packs its guest content, as qemu-img
 # convert -O qcow2 does: compressed (deflate, zstd), extended L2, backing
-# chains (flattened), an external data file, version 2, 512 B and 2 MiB
-# clusters, and e2image's own qcow2.  Each source is packed with and
+# chains (flattened), an external data file, metadata preallocation, an
+# internal snapshot, version 2, 512 B and 2 MiB clusters, a 16 TiB image
+# holding 2 MiB, and e2image's own qcow2.  Each source is packed with and
 # without -c; qemu-img checks every output clean, compares it identical
 # to its source, and reports no backing file.  Other image formats
 # (vmdk, vhdx, vdi, VHD, qed) are refused with a hint and leave nothing
@@ -120,6 +121,17 @@ for raw in on off; do
     "write -P 0xd2 $((15 * MiB)) 512"
   repack_both ext-$raw.qcow2
 done
+
+# Metadata preallocation (L2 entries pointing at holes of the file,
+# which read as zeros) and an internal snapshot (the active layer is
+# packed).
+qemu-img create -q -f qcow2 -o preallocation=metadata prealloc.qcow2 16M
+qio prealloc.qcow2 "write -P 0x61 1M 1M"
+repack_both prealloc.qcow2
+cp deflate.qcow2 snap.qcow2
+qemu-img snapshot -c before snap.qcow2
+qio snap.qcow2 "write -P 0x62 0 2M" "write -z 6M 1M"
+repack_both snap.qcow2
 
 # Version 2, 512-byte and 2 MiB clusters.
 qemu-img convert -q -f raw -O qcow2 -o compat=0.10 base.raw v2.qcow2
