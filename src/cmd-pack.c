@@ -511,6 +511,16 @@ cmd_pack (int argc, char **argv)
     cli_usage_error ("pack", "expected SOURCE and TARGET");
   source = argv[optind];
   target = argv[optind + 1];
+  if (strcmp (target, "-") == 0) {
+    /* Both would go to standard output. */
+    if (common.progress_json)
+      cli_usage_error ("pack", "--progress=json writes to standard output, "
+                       "which is the target here");
+    if (isatty (STDOUT_FILENO)) {
+      cli_error ("pack: refusing to write an image to a terminal");
+      return EXIT_ERROR;
+    }
+  }
 
   /* As qemu-img convert -c -o compression_type=...: the type is the
    * codec of -c.

@@ -44,6 +44,9 @@ sparsecow pack --progress=json -c "$tmp/src" "$img" >"$tmp/progress"
 jq -e -s 'length > 0 and (last | .done == .total)
            and ([.[].percent] | . == sort)' "$tmp/progress" >/dev/null ||
   fail "progress: $(cat "$tmp/progress")"
+# ... and never into an image written to standard output.
+expect_fail "progress=json writes to standard output" \
+  sparsecow pack --progress=json "$tmp/src" -
 
 # -h prints the usage and succeeds.
 sparsecow pack -h | grep -q "^Usage: .* pack" || fail "pack -h"
