@@ -1003,7 +1003,7 @@ read_header (struct stream_unpack *s)
                   s->h.cluster_size);
     return -1;
   }
-  s->vsize = s->h.size;
+  s->vsize = qcow2_guest_size (&s->h);
   /* The header reader accepts only the types the codecs know, and
    * they are numbered as in the header.
    */

@@ -183,6 +183,12 @@ struct qcow2_header {
 static inline uint64_t qcow2_offset_into_cluster (const struct qcow2_header *h,
                                                   uint64_t o)
 { return o & (h->cluster_size - 1); }
+/* qemu sees an image in whole 512-byte sectors and drops a partial
+ * last one: the size every reader of the image must use.
+ */
+#define QCOW2_GUEST_SECTOR 512
+static inline uint64_t qcow2_guest_size (const struct qcow2_header *h)
+{ return h->size & ~(uint64_t) (QCOW2_GUEST_SECTOR - 1); }
 static inline uint64_t qcow2_size_to_clusters (const struct qcow2_header *h,
                                                uint64_t s)
 { return (s + h->cluster_size - 1) >> h->cluster_bits; }

@@ -53,3 +53,23 @@ expect_fail () {
 
 # Blocks (512 B) allocated to a file.
 allocated_bytes () { echo $(( $(stat -c %b "$1") * 512 )); }
+
+# The data extents of a file as the kernel reports them (SEEK_DATA and
+# SEEK_HOLE), one "start end" line each: what is allocated, without the
+# file system's own bookkeeping blocks that st_blocks also counts.
+data_map () {
+  python3 - "$1" <<'PYEOF'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+end = os.fstat(fd).st_size
+pos = 0
+while pos < end:
+    try:
+        start = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError:
+        break
+    stop = os.lseek(fd, start, os.SEEK_HOLE)
+    print(start, stop)
+    pos = stop
+PYEOF
+}

@@ -35,8 +35,10 @@ judge () {
   rm -f file.raw
   sparsecow unpack "$img" file.raw || fail "$img: unpack failed"
   cmp out.raw file.raw || fail "$img: unpack from a pipe and from the file differ"
-  [ "$(stat -c %b out.raw)" = "$(stat -c %b file.raw)" ] ||
-    fail "$img: from a pipe $(stat -c %b out.raw) blocks, from the file $(stat -c %b file.raw)"
+  data_map out.raw > out.map
+  data_map file.raw > file.map
+  diff -u file.map out.map >&2 ||
+    fail "$img: unpack from a pipe allocates other blocks than from the file"
   rm -f out.raw file.raw
   cat "$img" | sparsecow unpack - - | cmp ref.raw - ||
     fail "$img: stream unpack to a pipe differs"
@@ -82,6 +84,16 @@ for cs in 64k 2M; do
     partc-$cs.qcow2
   judge partc-$cs.qcow2
 done
+
+# A virtual size that is not a whole number of sectors: qemu drops the
+# partial last sector, from a pipe as from a file.
+qemu-img create -q -f qcow2 -o cluster_size=512 odd.qcow2 1000448
+qemu-io -c "write -P 7 999424 1024" odd.qcow2 >/dev/null
+python3 -c "
+import struct, sys
+with open('odd.qcow2', 'r+b') as f:
+    f.seek(24); f.write(struct.pack('>Q', 1000001))"
+judge odd.qcow2
 
 # qemu-io writes in guest order reversed: data is stored out of guest
 # order, and a pipe target gets it in order all the same.
