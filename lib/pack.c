@@ -96,6 +96,7 @@ sc_pack_opts_init (struct sc_pack_opts *opts)
   opts->codec = SC_CODEC_NONE;
   opts->level = -1;
   opts->detect_zeroes = true;
+  opts->refuse_images = true;
 }
 
 /* Make sure the current error names what it is about. */
@@ -253,6 +254,15 @@ scan_emit (struct sc_piece *piece, void *opaque)
 
   if (piece->flags != 0)
     return 0;
+  /* The first bytes are where an image shows what it is; a file the
+   * program could probe before, a pipe only here.
+   */
+  if (piece->offset == 0 && pk->opts->refuse_images && piece->length >= 4
+      && sc_get_be32 (piece->buf) == QCOW2_MAGIC) {
+    sc_set_error (EMEDIUMTYPE, "%s: a qcow2 image, not raw data",
+                  pk->src->name);
+    return -1;
+  }
   /* A stream's virtual size grows with what has been read. */
   if ((pk->src->flags & SC_EP_STREAM)
       && qcow2_plan_grow (&pk->plan,

@@ -301,6 +301,12 @@ struct sc_pack_opts {
   bool detect_zeroes;           /* do not store all-zero clusters */
   unsigned threads;             /* 0 = online CPUs */
   unsigned target_flags;        /* SC_TARGET_* */
+  /* Refuse a source whose first bytes are the qcow2 magic (an image,
+   * not raw data; default true): sc_pack fails with EMEDIUMTYPE.  A
+   * program that has opened such an image as raw data on purpose sets
+   * it to false.  Images are re-packed through sc_qcow2_endpoint().
+   */
+  bool refuse_images;
   /* Progress counts the source bytes scanned and then the bytes of
    * the image's data area written, as one count: the total starts as
    * twice the source's data and drops to the real sum when writing
@@ -313,7 +319,12 @@ struct sc_pack_opts {
 
 extern void sc_pack_opts_init (struct sc_pack_opts *opts);
 
-/* Pack src into a new qcow2 image at target. */
+/* Pack src into a new qcow2 image at target (replaced only with
+ * SC_TARGET_FORCE, and only when everything has been written).
+ * Returns 0, or -1 with errno EINVAL (bad options), EMEDIUMTYPE (the
+ * source is a qcow2 image and refuse_images is set), EBUSY (a file
+ * source changed while it was read), EIO, ENOSPC, EFBIG, EEXIST, ENOMEM.
+ */
 extern int sc_pack (struct sc_endpoint *src, const char *target,
                     const struct sc_pack_opts *opts);
 

@@ -410,7 +410,11 @@ pack_endpoint (struct sc_endpoint *src, const char *source,
   int r = sc_pack (src, target, opts);
 
   cli_progress_done (common);
-  if (r == -1)
+  if (r == -1 && sc_error_errno () == EMEDIUMTYPE)
+    /* Only a stream gets here: a file was probed before. */
+    cli_error ("%s; re-pack it from a file, or force with "
+               "--source-format=raw", sc_error_message ());
+  else if (r == -1)
     cli_lib_error (NULL);
   if (sc_endpoint_close (src) == -1 && r == 0) {
     cli_lib_error (source);
@@ -548,6 +552,10 @@ cmd_pack (int argc, char **argv)
   opts.threads = common.threads;
 
   cli_install_signal_handlers ();
+  /* Unless told it is raw data, a pipe that turns out to carry a qcow2
+   * image is refused when its first bytes arrive.
+   */
+  opts.refuse_images = format != SOURCE_RAW;
   r = detect_source (source, format);
   if (r == -1)
     return EXIT_ERROR;
@@ -562,6 +570,8 @@ cmd_pack (int argc, char **argv)
     if (map_set)
       cli_usage_error ("pack", "--map applies to raw sources, and %s is "
                        "a qcow2 image", source);
+    /* The guest's own bytes may be anything, an image too. */
+    opts.refuse_images = false;
     q = sc_qcow2_open (source, NULL);
     if (q == NULL) {
       cli_lib_error (source);

@@ -276,13 +276,24 @@ repack_raw () {
 repack_raw magic.raw
 [ ! -f disk.vhdx ] || repack_raw disk.vhdx
 
-# A FIFO cannot be probed without reading it: its bytes are packed.
+# A FIFO or a pipe is not probed in advance, but a qcow2 image in one is
+# refused when its first bytes arrive, and leaves no target; with
+# --source-format=raw its bytes are packed.
 mkfifo fifo
 # The writer gives up if pack never opens the FIFO, so that a failure
 # cannot hang the test.
-timeout 60 sh -c 'cat deflate.qcow2 > fifo' &
+timeout 60 sh -c 'cat deflate.qcow2 > fifo 2>/dev/null' &
 rm -f out.qcow2
-sparsecow pack -q fifo out.qcow2 || fail "pack from a FIFO failed"
+expect_fail "fifo: a qcow2 image, not raw data; .*--source-format=raw" \
+  sparsecow pack -q fifo out.qcow2
+wait $! || :
+[ ! -e out.qcow2 ] || fail "a target was left for a qcow2 image in a FIFO"
+expect_fail "stdin: a qcow2 image, not raw data" \
+  sh -c "cat deflate.qcow2 | $SC_VALGRIND $SPARSECOW pack - out.qcow2"
+[ ! -e out.qcow2 ] || fail "a target was left for a qcow2 image in a pipe"
+timeout 60 sh -c 'cat deflate.qcow2 > fifo' &
+sparsecow pack -q --source-format=raw fifo out.qcow2 ||
+  fail "pack --source-format=raw from a FIFO failed"
 wait $! || fail "nothing read the FIFO"
 qemu-img compare -q -f raw -F qcow2 deflate.qcow2 out.qcow2 ||
   fail "a qcow2 file in a FIFO is not packed as its bytes"
