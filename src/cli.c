@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 
@@ -303,4 +304,23 @@ cli_install_signal_handlers (void)
    * not a kill that leaves a temporary file behind.
    */
   signal (SIGXFSZ, SIG_IGN);
+}
+
+bool
+cli_target_is_source (const char *source, const char *target)
+{
+  struct stat s, t;
+
+  if (strcmp (source, "-") == 0 || strcmp (target, "-") == 0
+      || stat (source, &s) == -1 || stat (target, &t) == -1)
+    return false;
+  /* The same file, or two device nodes of the same disk. */
+  if (!(S_ISREG (s.st_mode) && S_ISREG (t.st_mode)
+        && s.st_dev == t.st_dev && s.st_ino == t.st_ino)
+      && !(S_ISBLK (s.st_mode) && S_ISBLK (t.st_mode)
+           && s.st_rdev == t.st_rdev))
+    return false;
+  cli_error ("%s: is the source %s itself; write to another name",
+             target, source);
+  return true;
 }

@@ -90,6 +90,12 @@ extern sc_progress_fn cli_progress_fn (const struct cli_common *common,
 /* Finish the progress display (newline after a bar). */
 extern void cli_progress_done (const struct cli_common *common);
 
+/* Is target the very file source is (after symbolic links)?  Then
+ * print "sparsecow: TARGET: is the source SOURCE itself" and return
+ * true: replacing it, even with -f, would lose the source.
+ */
+extern bool cli_target_is_source (const char *source, const char *target);
+
 /* Install SIGINT/SIGTERM/SIGHUP handlers that remove temporary targets. */
 extern void cli_install_signal_handlers (void);
 

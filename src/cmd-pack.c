@@ -515,6 +515,8 @@ cmd_pack (int argc, char **argv)
     cli_usage_error ("pack", "expected SOURCE and TARGET");
   source = argv[optind];
   target = argv[optind + 1];
+  if (cli_target_is_source (argv[optind], target))
+    return EXIT_ERROR;
   if (strcmp (target, "-") == 0) {
     /* Both would go to standard output. */
     if (common.progress_json)

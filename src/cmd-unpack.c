@@ -107,6 +107,8 @@ cmd_unpack (int argc, char **argv)
     cli_usage_error ("unpack", "expected IMAGE and TARGET");
   image = argv[optind];
   target = argv[optind + 1];
+  if (cli_target_is_source (argv[optind], target))
+    return EXIT_ERROR;
   if (strcmp (target, "-") == 0) {
     /* Both would go to standard output. */
     if (common.progress_json)

@@ -66,3 +66,22 @@ if [ $rc -ne 0 ]; then
 else
   echo "$0: note: pack finished before the signal; nothing to check"
 fi
+
+# The target is the source itself (by name, through a symbolic link):
+# refused even with -f, and the source is untouched.
+requires qemu-img
+truncate -s 8M "$tmp/self.raw"
+printf 'self' | dd of="$tmp/self.raw" bs=1 seek=4096 conv=notrunc status=none
+cp "$tmp/self.raw" "$tmp/self.copy"
+expect_fail "self.raw: is the source .*self.raw itself" \
+  sparsecow pack -f "$tmp/self.raw" "$tmp/self.raw"
+cmp "$tmp/self.raw" "$tmp/self.copy" || fail "pack -f onto its source changed it"
+qemu-img convert -O qcow2 "$tmp/self.raw" "$tmp/self.qcow2"
+cp "$tmp/self.qcow2" "$tmp/self-qcow2.copy"
+ln -s self.qcow2 "$tmp/link.qcow2"
+for cmd in pack unpack; do
+  expect_fail "link.qcow2: is the source .*self.qcow2 itself" \
+    sparsecow $cmd -f "$tmp/self.qcow2" "$tmp/link.qcow2"
+  cmp "$tmp/self.qcow2" "$tmp/self-qcow2.copy" ||
+    fail "$cmd -f onto its source changed it"
+done
