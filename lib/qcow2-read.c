@@ -523,8 +523,9 @@ read_compressed (struct layer *L, uint64_t l2e, uint64_t into, void *buf,
   return 0;
 }
 
-static int
-chain_pread (struct sc_qcow2 *q, void *buf, size_t count, uint64_t offset)
+int
+qcow2_chain_pread (struct sc_qcow2 *q, void *buf, size_t count,
+                   uint64_t offset)
 {
   char *p = buf;
 
@@ -1001,40 +1002,17 @@ sc_is_qcow2 (const char *path)
   return r == sizeof magic && sc_get_be32 (magic) == QCOW2_MAGIC;
 }
 
-/* ---- the endpoint ------------------------------------------------------ */
+/* ---- what the guest-view endpoint (endpoint-qcow2.c) needs ------------ */
 
-struct qcow2_endpoint {
-  struct sc_endpoint ep;        /* first: the vtable sees this */
-  struct sc_qcow2 *q;
-};
-
-static int
-qep_pread (struct sc_endpoint *ep, void *buf, size_t count, uint64_t offset)
+int
+qcow2_chain_extents (struct sc_qcow2 *q, uint64_t offset, uint64_t end,
+                     struct sc_extent_list *list)
 {
-  struct qcow2_endpoint *e = (struct qcow2_endpoint *) ep;
-  uint64_t end;
-
-  if (SC_ADD_OVERFLOW (offset, (uint64_t) count, &end) || end > ep->size) {
-    sc_set_error (EINVAL, "%s: read beyond the end of the image", ep->name);
-    return -1;
-  }
-  return chain_pread (e->q, buf, count, offset);
-}
-
-static int
-qep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
-             struct sc_extent_list *list)
-{
-  struct qcow2_endpoint *e = (struct qcow2_endpoint *) ep;
-  uint64_t end;
-
-  if (SC_ADD_OVERFLOW (offset, count, &end) || end > ep->size)
-    end = ep->size;
   while (offset < end) {
     struct cstatus cs;
     uint32_t flags;
 
-    if (chain_status (e->q, offset, end - offset, true, &cs) == -1)
+    if (chain_status (q, offset, end - offset, true, &cs) == -1)
       return -1;
     flags = !cs.present ? SC_EXTENT_HOLE : cs.zero ? SC_EXTENT_ZERO : 0;
     if (sc_extent_list_append (list, offset, cs.st.len, flags) == -1)
@@ -1044,33 +1022,16 @@ qep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
   return 0;
 }
 
-static int
-qep_close (struct sc_endpoint *ep)
+const char *
+qcow2_chain_name (const struct sc_qcow2 *q)
 {
-  sc_ep_free (ep);
-  return 0;
+  return q->layers[0].filename;
 }
 
-static const struct sc_endpoint_ops qcow2_ops = {
-  .kind = "qcow2",
-  .pread = qep_pread,
-  .extents = qep_extents,
-  .close = qep_close,
-};
-
-struct sc_endpoint *
-sc_qcow2_endpoint (struct sc_qcow2 *q)
+uint32_t
+qcow2_chain_cluster_size (const struct sc_qcow2 *q)
 {
-  struct qcow2_endpoint *e = sc_ep_new (sizeof *e, &qcow2_ops,
-                                        q->layers[0].filename);
-
-  if (e == NULL)
-    return NULL;
-  e->q = q;
-  e->ep.size = sc_qcow2_virtual_size (q);
-  e->ep.block_size = q->layers[0].h.cluster_size;
-  e->ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE;
-  return &e->ep;
+  return q->layers[0].h.cluster_size;
 }
 
 /* ---- map ---------------------------------------------------------------- */

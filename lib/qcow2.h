@@ -430,6 +430,23 @@ extern int qcow2_snapshots_read (int fd, uint64_t file_size,
                                  struct qcow2_snapshots *t);
 extern void qcow2_snapshots_free (struct qcow2_snapshots *t);
 
+/* ---- qcow2-read.c ------------------------------------------------- */
+
+/* Read count bytes of the guest view at offset (inside the virtual
+ * size), through the whole chain.  Thread-safe.
+ */
+extern int qcow2_chain_pread (struct sc_qcow2 *q, void *buf, size_t count,
+                              uint64_t offset);
+/* Append the extents of the guest view from offset to end (at most
+ * the virtual size) to list: holes where no layer has the range, zero
+ * extents where it reads as zeros, as qemu's block status says.
+ */
+extern int qcow2_chain_extents (struct sc_qcow2 *q, uint64_t offset,
+                                uint64_t end, struct sc_extent_list *list);
+/* The top image's name as opened, and its cluster size. */
+extern const char *qcow2_chain_name (const struct sc_qcow2 *q);
+extern uint32_t qcow2_chain_cluster_size (const struct sc_qcow2 *q);
+
 /* ---- qcow2-plan.c ------------------------------------------------- */
 
 /* The writer's plan of an image, built in guest order and then written
