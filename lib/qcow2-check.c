@@ -25,12 +25,9 @@
  */
 #include <config.h>
 
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "internal.h"
 #include "qcow2.h"
@@ -43,6 +40,10 @@
 #define CHECK_MAX_MESSAGES       10000
 /* L1 and bitmap tables are read in pieces of this many entries. */
 #define CHECK_TABLE_CHUNK        8192
+/* Holes are looked for this many bytes at a time: one lookup then
+ * costs at most the extents of a window, not of the rest of the file.
+ */
+#define NEXT_DATA_WINDOW         (UINT64_C (1) << 20)
 
 /* Encryption methods: 0 none, 1 AES (legacy), 2 LUKS. */
 #define CRYPT_METHOD_LUKS        2
@@ -117,8 +118,9 @@ struct l2_use {
 };
 
 struct checker {
-  int fd;
-  uint64_t file_size;
+  struct sc_endpoint *ep;       /* the image file, the caller's */
+  uint64_t file_size;           /* ep's size */
+  struct sc_extent_list ext;    /* scratch for has_data() */
   struct qcow2_header h;
   uint64_t cs;                  /* cluster size */
   bool has_data_file;
@@ -198,7 +200,7 @@ check_message (struct checker *ck, const char *fmt, ...)
 static int
 read_at (struct checker *ck, void *buf, size_t len, uint64_t offset)
 {
-  return qcow2_pread_padded (ck->fd, ck->file_size, buf, len, offset);
+  return qcow2_pread_padded (ck->ep, ck->file_size, buf, len, offset);
 }
 
 /* The refcount the image records for a host cluster.  Returns 0, 1 if
@@ -333,22 +335,45 @@ entries_in_file (const struct checker *ck, uint64_t offset, uint64_t n)
                                      (uint64_t) sizeof (uint64_t)));
 }
 
-/* The first byte at or after offset (inside the file) that may hold
- * data: the holes of a sparse file read as zeros, and a table entry of
- * zeros references nothing, so holes need not be read.  Where the file
- * system cannot tell, everything is data.
+/* The first byte in [offset, end) that may hold data, or the end of
+ * that range inside the file: the holes of a sparse file read as
+ * zeros, and a table entry of zeros references nothing, so holes need
+ * not be read.  The extents are asked for that range only, a window
+ * at a time, and looked at only up to the first data; where the
+ * endpoint cannot tell, everything is data.
  */
 static uint64_t
-next_data (struct checker *ck, uint64_t offset)
+next_data (struct checker *ck, uint64_t offset, uint64_t end)
 {
-  off_t r;
+  end = SC_MIN (end, ck->file_size);
+  while (offset < end) {
+    uint64_t wend = SC_MIN (end, offset + NEXT_DATA_WINDOW), pos = offset;
 
-  if (offset >= ck->file_size)
-    return ck->file_size;
-  r = lseek (ck->fd, (off_t) offset, SEEK_DATA);
-  if (r == -1)
-    return errno == ENXIO ? ck->file_size : offset;
-  return SC_MAX ((uint64_t) r, offset);
+    ck->ext.len = 0;
+    if (sc_ep_extents (ck->ep, offset, wend - offset, &ck->ext) == -1)
+      return offset;
+    for (size_t i = 0; i < ck->ext.len && pos < wend; i++) {
+      const struct sc_extent *e = &ck->ext.ext[i];
+
+      if (e->offset != pos || e->length == 0
+          || !(e->flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO)))
+        return pos;
+      pos += e->length;
+    }
+    if (pos < wend)
+      return pos;
+    offset = wend;
+  }
+  return end;
+}
+
+/* May the cluster at offset hold anything but zeros? */
+static bool
+has_data (struct checker *ck, uint64_t offset)
+{
+  uint64_t end = SC_MIN (ck->file_size, offset + ck->cs);
+
+  return offset < end && next_data (ck, offset, end) < end;
 }
 
 /* Count everything one L2 table references, for uses L1 entries that
@@ -366,9 +391,7 @@ check_l2 (struct checker *ck, uint64_t l2_offset, uint64_t uses,
   /* An L2 table past the end of the file, or in a hole of it, reads as
    * zeros: nothing in it is allocated.
    */
-  if (l2_offset >= ck->file_size
-      || next_data (ck, l2_offset) >= SC_MIN (ck->file_size,
-                                              l2_offset + ck->cs))
+  if (l2_offset >= ck->file_size || !has_data (ck, l2_offset))
     return spend (ck, 1);
   if (spend (ck, ck->h.l2_entries) == -1
       || read_at (ck, ck->l2, ck->cs, l2_offset) == -1)
@@ -487,9 +510,7 @@ copied_l2 (struct checker *ck, uint64_t l2_offset, uint64_t uses)
   struct sc_check_result *res = ck->res;
 
   /* Past the end of the file or in a hole: zeros, nothing allocated. */
-  if (l2_offset >= ck->file_size
-      || next_data (ck, l2_offset) >= SC_MIN (ck->file_size,
-                                              l2_offset + ck->cs))
+  if (l2_offset >= ck->file_size || !has_data (ck, l2_offset))
     return 0;
   if (read_at (ck, ck->l2, ck->cs, l2_offset) == -1)
     return -1;
@@ -657,7 +678,8 @@ next_chunk (struct checker *ck, uint64_t *pos, uint64_t end, uint64_t *n)
 
   if (*pos >= end)
     return 0;
-  data = next_data (ck, *pos * sizeof (uint64_t)) / sizeof (uint64_t);
+  data = next_data (ck, *pos * sizeof (uint64_t), end * sizeof (uint64_t))
+    / sizeof (uint64_t);
   if (data >= end)
     return 0;
   *pos = SC_MAX (*pos, data);
@@ -858,7 +880,7 @@ check_l1_tables (struct checker *ck)
 static int
 read_snapshots (struct checker *ck)
 {
-  if (qcow2_snapshots_read (ck->fd, ck->file_size, &ck->h, true,
+  if (qcow2_snapshots_read (ck->ep, ck->file_size, &ck->h, true,
                             &ck->snapshots) == -1)
     return -1;
   for (uint32_t i = 0; i < ck->snapshots.n; i++) {
@@ -935,7 +957,7 @@ check_extension (void *opaque, uint32_t type, const unsigned char *data,
 static int
 read_extensions (struct checker *ck)
 {
-  if (qcow2_header_extensions (ck->fd, ck->file_size, &ck->h, true,
+  if (qcow2_header_extensions (ck->ep, ck->file_size, &ck->h, true,
                                check_extension, ck) == -1)
     return -1;
   if (ck->h.crypt_method == CRYPT_METHOD_LUKS && ck->crypto_length == 0) {
@@ -1332,39 +1354,22 @@ run_check (struct checker *ck)
   return 0;
 }
 
-int
-sc_qcow2_check (const char *path, struct sc_check_result *result)
+/* Check the image in file, which the caller keeps. */
+static int
+check_file (struct sc_endpoint *file, struct sc_check_result *result)
 {
-  struct checker ck = { .fd = -1, .res = result };
-  struct stat st;
+  struct checker ck = { .ep = file, .res = result };
   int ret = -1;
 
   memset (result, 0, sizeof *result);
-  ck.fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (ck.fd == -1) {
-    sc_set_error (errno, "open: %s", strerror (errno));
+  /* The checker reads tables wherever the image says they are. */
+  if (file->flags & SC_EP_STREAM) {
+    sc_set_error (ESPIPE, "a stream (pipe or character device) cannot be "
+                  "checked: the checker reads at random offsets");
     return -1;
   }
-  if (fstat (ck.fd, &st) == -1) {
-    sc_set_error (errno, "stat: %s", strerror (errno));
-    goto out;
-  }
-  if (S_ISREG (st.st_mode))
-    ck.file_size = (uint64_t) st.st_size;
-  else if (S_ISBLK (st.st_mode)) {
-    off_t end = lseek (ck.fd, 0, SEEK_END);
-
-    if (end == -1) {
-      sc_set_error (errno, "lseek: %s", strerror (errno));
-      goto out;
-    }
-    ck.file_size = (uint64_t) end;
-  }
-  else {
-    sc_set_error (EINVAL, "not a regular file or block device");
-    goto out;
-  }
-  if (qcow2_header_read_for_check (ck.fd, ck.file_size, &ck.h) == -1)
+  ck.file_size = file->size;
+  if (qcow2_header_read_for_check (ck.ep, ck.file_size, &ck.h) == -1)
     goto out;
   /* An unknown incompatible feature may change what anything on disk
    * means, so nothing can be counted (qemu refuses it too).
@@ -1393,7 +1398,7 @@ sc_qcow2_check (const char *path, struct sc_check_result *result)
   free (ck.chunk);
   free (ck.l2_uses);
   qcow2_snapshots_free (&ck.snapshots);
-  close (ck.fd);
+  sc_extent_list_free (&ck.ext);
   if (ret == -1) {
     /* Keep the message: sc_check_result_free does not touch errors. */
     int saved_errno = sc_error_errno ();
@@ -1406,6 +1411,24 @@ sc_qcow2_check (const char *path, struct sc_check_result *result)
     }
   }
   return ret;
+}
+
+int
+sc_qcow2_check (const char *path, struct sc_check_result *result)
+{
+  struct sc_endpoint *file;
+  int r;
+
+  memset (result, 0, sizeof *result);
+  file = qcow2_open_file (path);
+  if (file == NULL)
+    return -1;
+  r = check_file (file, result);
+  /* A file that was only read has nothing to lose on close: its result
+   * is ignored, as it always was.
+   */
+  sc_ep_close (file);
+  return r;
 }
 
 void

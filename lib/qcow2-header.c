@@ -86,14 +86,14 @@ check_table_for_check (const char *what, uint64_t offset, uint64_t bytes,
 }
 
 int
-qcow2_pread_padded (int fd, uint64_t file_size, void *buf, size_t len,
+qcow2_pread_padded (struct sc_endpoint *ep, uint64_t file_size, void *buf, size_t len,
                     uint64_t offset)
 {
   size_t avail = 0;
 
   if (offset < file_size)
     avail = SC_MIN ((uint64_t) len, file_size - offset);
-  if (avail > 0 && sc_full_pread (fd, buf, avail, offset) == -1)
+  if (avail > 0 && sc_ep_pread (ep, buf, avail, offset) == -1)
     return -1;
   memset ((char *) buf + avail, 0, len - avail);
   return 0;
@@ -278,7 +278,7 @@ walk_extensions (const unsigned char *buf, uint64_t start, uint64_t end,
  * (qemu's view), all of it with zeros past the end of the file.
  */
 static int
-read_first_cluster (int fd, uint64_t file_size, uint32_t cluster_size,
+read_first_cluster (struct sc_endpoint *ep, uint64_t file_size, uint32_t cluster_size,
                     bool for_check, unsigned char **buf, uint64_t *buf_len)
 {
   uint64_t have = SC_MIN (file_size, (uint64_t) cluster_size);
@@ -289,7 +289,7 @@ read_first_cluster (int fd, uint64_t file_size, uint32_t cluster_size,
     sc_set_error (errno, "malloc: %s", strerror (errno));
     return -1;
   }
-  return sc_full_pread (fd, *buf, have, 0);
+  return sc_ep_pread (ep, *buf, have, 0);
 }
 
 /* Header extensions run from the end of the header to the backing file
@@ -302,14 +302,14 @@ extensions_end (const struct qcow2_header *h, uint64_t buf_len)
 }
 
 int
-qcow2_header_extensions (int fd, uint64_t file_size,
+qcow2_header_extensions (struct sc_endpoint *ep, uint64_t file_size,
                          const struct qcow2_header *h, bool for_check,
                          qcow2_extension_fn fn, void *opaque)
 {
   CLEANUP_FREE unsigned char *buf = NULL;
   uint64_t buf_len;
 
-  if (read_first_cluster (fd, file_size, h->cluster_size, for_check,
+  if (read_first_cluster (ep, file_size, h->cluster_size, for_check,
                           &buf, &buf_len) == -1)
     return -1;
   return walk_extensions (buf, h->header_length,
@@ -318,7 +318,7 @@ qcow2_header_extensions (int fd, uint64_t file_size,
 }
 
 static int
-header_read (int fd, uint64_t file_size, enum header_mode mode,
+header_read (struct sc_endpoint *ep, uint64_t file_size, enum header_mode mode,
              struct qcow2_header *h)
 {
   const bool for_reading = mode == HEADER_READ;
@@ -334,7 +334,7 @@ header_read (int fd, uint64_t file_size, enum header_mode mode,
                   "(%" PRIu64 " bytes)", file_size);
     return -1;
   }
-  if (sc_full_pread (fd, fixed, sizeof fixed, 0) == -1)
+  if (sc_ep_pread (ep, fixed, sizeof fixed, 0) == -1)
     return -1;
   if (sc_get_be32 (fixed + QCOW2_HDR_MAGIC) != QCOW2_MAGIC) {
     sc_set_error (EINVAL, "not a qcow2 image (bad magic)");
@@ -360,7 +360,7 @@ header_read (int fd, uint64_t file_size, enum header_mode mode,
    * The checker reads as qemu does: a first cluster cut short by the
    * end of the file continues with zeros.
    */
-  if (read_first_cluster (fd, file_size, h->cluster_size, for_check, &buf,
+  if (read_first_cluster (ep, file_size, h->cluster_size, for_check, &buf,
                           &buf_len) == -1)
     return -1;
 
@@ -630,18 +630,18 @@ header_read (int fd, uint64_t file_size, enum header_mode mode,
 }
 
 int
-qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
+qcow2_header_read (struct sc_endpoint *ep, uint64_t file_size, bool for_reading,
                    struct qcow2_header *h)
 {
-  return header_read (fd, file_size,
+  return header_read (ep, file_size,
                       for_reading ? HEADER_READ : HEADER_INSPECT, h);
 }
 
 int
-qcow2_header_read_for_check (int fd, uint64_t file_size,
+qcow2_header_read_for_check (struct sc_endpoint *ep, uint64_t file_size,
                              struct qcow2_header *h)
 {
-  return header_read (fd, file_size, HEADER_CHECK, h);
+  return header_read (ep, file_size, HEADER_CHECK, h);
 }
 
 void

@@ -12,6 +12,11 @@
  * protected by a mutex.  Lookups copy what they need out of the cache
  * while holding the lock, so data reads and decompression run
  * concurrently outside it.
+ *
+ * Every file is read through a source endpoint (sc_ep_pread), and where
+ * the holes of a file matter (raw backing files, metadata-preallocated
+ * images) they come from the endpoint's extents, so an image served by
+ * anything that implements an endpoint reads exactly as a local file.
  */
 #include <config.h>
 
@@ -36,20 +41,41 @@
 #define RAW_SECTOR_SIZE         512
 /* The unit of st_blocks. */
 #define STAT_BLOCK_SIZE         512
+/* The extents of a raw layer or a data file are asked for at most this
+ * much at a time and kept for the lookups that follow: a walk through
+ * an image asks for the status of one run after the other, and asking
+ * the endpoint again for each run would cost a walk over every extent
+ * up to the end of the run each time (quadratic in the number of
+ * extents), while an unbounded window could cost a walk over the whole
+ * file for one lookup.  64 MiB keeps a hole of 64 GiB to 1024 requests
+ * and the list of a fragmented window to a few hundred KiB.
+ */
+#define EXTENT_WINDOW           ((uint64_t) 64 * 1024 * 1024)
+
+/* The extents of the window [start, end) of an endpoint: sorted,
+ * contiguous and covering the window.
+ */
+struct extent_cache {
+  struct sc_extent_list list;
+  uint64_t start, end;
+};
 
 struct layer {
   char *filename;               /* as opened (resolved) */
-  int fd;
-  uint64_t file_size;
+  struct sc_endpoint *ep;       /* the image file */
+  bool own_ep;                  /* closed with the layer (not the caller's) */
+  uint64_t file_size;           /* ep's size */
   uint64_t size;                /* guest-visible size of this layer */
-  dev_t dev;
-  ino_t ino;
+  bool have_id;                 /* dev and ino are known */
+  uint64_t dev, ino;
   bool raw;
+  /* Raw layers: the extents of ep; qcow2 layers: those of data_ep. */
+  struct extent_cache ext;
   /* The rest is for qcow2 layers only. */
   struct qcow2_header h;
   uint64_t *l1;                 /* host endian, validated */
   uint32_t l1_size;
-  int data_fd;                  /* fd, or the external data file */
+  struct sc_endpoint *data_ep;  /* ep, or the external data file (owned) */
   uint64_t data_size;
   char *data_filename;
   bool extl2;
@@ -72,6 +98,7 @@ struct sc_qcow2 {
   struct sc_snapshot_info *snapshots;   /* of layer 0 */
   size_t nb_snapshots;
   pthread_mutex_t lock;                 /* protects the cache */
+  pthread_mutex_t ext_lock;             /* protects the extent caches */
   struct cache_table *mru, *lru;
   size_t cache_used, cache_budget, cache_tables;
 };
@@ -154,7 +181,7 @@ cache_get (struct sc_qcow2 *q, size_t li, uint64_t offset)
     free (t);
     return NULL;
   }
-  if (sc_full_pread (L->fd, t->data, bytes, offset) == -1) {
+  if (sc_ep_pread (L->ep, t->data, bytes, offset) == -1) {
     sc_error_prefix ("%s: L2 table at 0x%" PRIx64, L->filename, offset);
     free (t->data);
     free (t);
@@ -175,25 +202,122 @@ cache_get (struct sc_qcow2 *q, size_t li, uint64_t offset)
  * files in particular may be shorter than what the L2 tables map).
  */
 static int
-read_host (int fd, uint64_t file_size, void *buf, size_t count,
-           uint64_t offset)
+read_host (struct sc_endpoint *ep, void *buf, size_t count, uint64_t offset)
 {
   size_t avail = 0;
 
-  if (offset < file_size)
-    avail = (size_t) SC_MIN ((uint64_t) count, file_size - offset);
-  if (avail > 0 && sc_full_pread (fd, buf, avail, offset) == -1)
+  if (offset < ep->size)
+    avail = (size_t) SC_MIN ((uint64_t) count, ep->size - offset);
+  if (avail > 0 && sc_ep_pread (ep, buf, avail, offset) == -1)
     return -1;
   memset ((char *) buf + avail, 0, count - avail);
   return 0;
 }
 
-/* A raw layer: data or hole, by SEEK_DATA/SEEK_HOLE when asked. */
+/* Replace the window of c with the extents of [pos, pos+count) of ep.
+ * Where the endpoint cannot tell (it fails, or its answer is not what
+ * the interface promises), the rest of the window is data, as when
+ * SEEK_DATA fails: reading it shows what it holds.  Past the
+ * endpoint's size everything reads as zeros.  Fails only when out of
+ * memory.
+ */
 static int
-raw_status (struct layer *L, uint64_t offset, uint64_t max, bool want_zero,
-            struct lstatus *st)
+extent_fetch (struct extent_cache *c, struct sc_endpoint *ep, uint64_t pos,
+              uint64_t count)
 {
-  off_t data, hole;
+  struct sc_extent_list *l = &c->list;
+  uint64_t end = pos + count, covered = pos;
+  size_t n = 0;
+
+  c->start = c->end = pos;
+  l->len = 0;
+  if (sc_ep_extents (ep, pos, count, l) == 0) {
+    for (; n < l->len && covered < end; n++) {
+      struct sc_extent *e = &l->ext[n];
+
+      if (e->offset != covered || e->length == 0)
+        break;
+      e->length = SC_MIN (e->length, end - covered);
+      covered += e->length;
+    }
+  }
+  l->len = n;
+  if (covered < SC_MIN (end, ep->size)
+      && sc_extent_list_append (l, covered, SC_MIN (end, ep->size) - covered,
+                                0) == -1)
+    return -1;
+  covered = SC_MAX (covered, SC_MIN (end, ep->size));
+  if (covered < end
+      && sc_extent_list_append (l, covered, end - covered,
+                                SC_EXTENT_HOLE) == -1)
+    return -1;
+  c->end = end;
+  return 0;
+}
+
+/* The extent of the window of c that holds pos (inside it). */
+static const struct sc_extent *
+extent_find (const struct extent_cache *c, uint64_t pos)
+{
+  size_t lo = 0, hi = c->list.len - 1;
+
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo + 1) / 2;
+
+    if (c->list.ext[mid].offset <= pos)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return &c->list.ext[lo];
+}
+
+/* How far from offset (up to max bytes, max > 0) the endpoint ep is
+ * data, or reads as zeros (a hole or a zero extent), without a
+ * change: the answer in *zero and *len, as one SEEK_DATA and one
+ * SEEK_HOLE would give it for a local file.  Only what the lookup
+ * needs is asked for, a window at a time, and the window is kept for
+ * the lookups that follow.
+ */
+static int
+extent_status (struct sc_qcow2 *q, struct extent_cache *c,
+               struct sc_endpoint *ep, uint64_t offset, uint64_t max,
+               bool *zero, uint64_t *len)
+{
+  uint64_t pos = offset, end;
+  int r = 0;
+
+  if (SC_ADD_OVERFLOW (offset, max, &end))
+    end = UINT64_MAX;
+  pthread_mutex_lock (&q->ext_lock);
+  while (pos < end) {
+    const struct sc_extent *e;
+    bool z;
+
+    if (pos < c->start || pos >= c->end) {
+      r = extent_fetch (c, ep, pos, SC_MIN (end - pos, EXTENT_WINDOW));
+      if (r == -1)
+        break;
+    }
+    e = extent_find (c, pos);
+    z = (e->flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO)) != 0;
+    if (pos == offset)
+      *zero = z;
+    else if (z != *zero)
+      break;
+    pos = SC_MIN (e->offset + e->length, end);
+  }
+  pthread_mutex_unlock (&q->ext_lock);
+  *len = pos - offset;
+  return r;
+}
+
+/* A raw layer: data or hole, by the endpoint's extents when asked. */
+static int
+raw_status (struct sc_qcow2 *q, struct layer *L, uint64_t offset,
+            uint64_t max, bool want_zero, struct lstatus *st)
+{
+  bool zero;
 
   st->has_offset = true;
   st->host = offset;
@@ -202,20 +326,10 @@ raw_status (struct layer *L, uint64_t offset, uint64_t max, bool want_zero,
   if (!want_zero)
     return 0;
 
-  data = lseek (L->fd, (off_t) offset, SEEK_DATA);
-  if (data == -1) {
-    if (errno == ENXIO)
-      st->kind = LK_ZERO;       /* a trailing hole */
-    return 0;                   /* otherwise: cannot tell, all data */
-  }
-  if ((uint64_t) data > offset) {
+  if (extent_status (q, &L->ext, L->ep, offset, max, &zero, &st->len) == -1)
+    return -1;
+  if (zero)
     st->kind = LK_ZERO;
-    st->len = SC_MIN (max, (uint64_t) data - offset);
-    return 0;
-  }
-  hole = lseek (L->fd, (off_t) offset, SEEK_HOLE);
-  if (hole != -1 && (uint64_t) hole > offset)
-    st->len = SC_MIN (max, (uint64_t) hole - offset);
   return 0;
 }
 
@@ -367,11 +481,16 @@ detect_prealloc (struct layer *L)
   uint64_t real_clusters, threshold, end_cluster, count = 0, i = 0;
   CLEANUP_FREE unsigned char *block = NULL;
   struct stat st;
+  int fd;
 
   /* Like qemu, anything that prevents the decision (a block device has
-   * no allocated size, a broken refcount table) means "no".
+   * no allocated size, a broken refcount table) means "no".  Only a
+   * local regular file says how much of it is allocated; and without
+   * extents there are no holes to look through anyway.
    */
-  if (fstat (L->fd, &st) == -1 || !S_ISREG (st.st_mode))
+  fd = L->ep->ops->local_fd ? L->ep->ops->local_fd (L->ep) : -1;
+  if (L->ep->ops->extents == NULL || fd < 0 || fstat (fd, &st) == -1
+      || !S_ISREG (st.st_mode))
     return false;
   real_clusters = (uint64_t) st.st_blocks * STAT_BLOCK_SIZE / cs;
   threshold = SC_MAX (real_clusters * 10 / 9, real_clusters + 2);
@@ -389,8 +508,8 @@ detect_prealloc (struct layer *L)
 
     if (rti >= rt_entries)
       break;
-    if (sc_full_pread (L->fd, e, sizeof e,
-                       L->h.refcount_table_offset + rti * sizeof e) == -1)
+    if (sc_ep_pread (L->ep, e, sizeof e,
+                     L->h.refcount_table_offset + rti * sizeof e) == -1)
       return false;
     rb = sc_get_be64 (e) & QCOW2_RTE_OFFSET_MASK;
     if (rb == 0) {
@@ -399,7 +518,7 @@ detect_prealloc (struct layer *L)
     }
     if (!SC_IS_ALIGNED (rb, cs) || L->file_size < cs
         || rb > L->file_size - cs
-        || sc_full_pread (L->fd, block, cs, rb) == -1)
+        || sc_ep_pread (L->ep, block, cs, rb) == -1)
       return false;
     for (; i < last && count < threshold; i++)
       if (qcow2_refcount_get (block, L->h.refcount_order, i - first) != 0)
@@ -412,37 +531,29 @@ detect_prealloc (struct layer *L)
  * run that are holes in (or beyond the end of) the host file as zero
  * too; this is that step, on cs->st (a data run of qcow2 layer L).
  */
-static void
-host_zero_status (struct layer *L, struct cstatus *cs)
+static int
+host_zero_status (struct sc_qcow2 *q, struct layer *L, struct cstatus *cs)
 {
-  uint64_t host = cs->st.host, size = L->data_size, bytes;
-  off_t data, hole;
+  uint64_t host = cs->st.host, size = L->data_size, bytes, len;
+  bool zero;
 
   if (host >= size) {
     cs->zero = true;
-    return;
+    return 0;
   }
   bytes = SC_MIN (cs->st.len, size - host);
-  data = lseek (L->data_fd, (off_t) host, SEEK_DATA);
-  if (data == -1) {
-    /* A hole up to the end of the file zeroes the whole run; any other
-     * failure means the file system cannot tell: data.
-     */
-    if (errno == ENXIO)
-      cs->zero = true;
-    else
-      cs->st.len = bytes;
-    return;
-  }
-  if ((uint64_t) data > host) {
-    cs->st.len = SC_MIN (bytes, (uint64_t) data - host);
+  if (extent_status (q, &L->ext, L->data_ep, host, bytes, &zero,
+                     &len) == -1)
+    return -1;
+  if (!zero)
+    cs->st.len = len;
+  else {
     cs->zero = true;
-    return;
+    /* A hole up to the end of the file zeroes the whole run. */
+    if (host + len < size)
+      cs->st.len = len;
   }
-  hole = lseek (L->data_fd, (off_t) host, SEEK_HOLE);
-  if (hole != -1 && (uint64_t) hole > host)
-    bytes = SC_MIN (bytes, (uint64_t) hole - host);
-  cs->st.len = bytes;
+  return 0;
 }
 
 /* The status of the chain at offset (inside the top layer), following
@@ -456,7 +567,7 @@ chain_status (struct sc_qcow2 *q, uint64_t offset, uint64_t max,
 {
   for (size_t d = 0; d < q->nlayers; d++) {
     struct layer *L = &q->layers[d];
-    int r = L->raw ? raw_status (L, offset, max, want_zero, &cs->st)
+    int r = L->raw ? raw_status (q, L, offset, max, want_zero, &cs->st)
       : qcow2_status (q, d, offset, max, &cs->st);
 
     if (r == -1)
@@ -473,8 +584,8 @@ chain_status (struct sc_qcow2 *q, uint64_t offset, uint64_t max,
           L->prealloc = detect_prealloc (L);
         r = L->prealloc;
         pthread_mutex_unlock (&q->lock);
-        if (r)
-          host_zero_status (L, cs);
+        if (r && host_zero_status (q, L, cs) == -1)
+          return -1;
       }
       return 0;
     }
@@ -512,7 +623,7 @@ read_compressed (struct layer *L, uint64_t l2e, uint64_t into, void *buf,
     sc_set_error (errno, "malloc: %s", strerror (errno));
     return -1;
   }
-  if (sc_full_pread (L->fd, in, cbytes, coffset) == -1)
+  if (sc_ep_pread (L->ep, in, cbytes, coffset) == -1)
     return -1;
   if (sc_decompress (L->codec, in, cbytes, out, L->h.cluster_size) == -1) {
     sc_error_prefix ("%s: compressed cluster at host offset 0x%" PRIx64,
@@ -546,11 +657,7 @@ qcow2_chain_pread (struct sc_qcow2 *q, void *buf, size_t count,
                            p, n) == -1)
         return -1;
     }
-    else if (L->raw) {
-      if (read_host (L->fd, L->file_size, p, n, cs.st.host) == -1)
-        return -1;
-    }
-    else if (read_host (L->data_fd, L->data_size, p, n, cs.st.host) == -1)
+    else if (read_host (L->raw ? L->ep : L->data_ep, p, n, cs.st.host) == -1)
       return -1;
     p += n;
     count -= n;
@@ -593,37 +700,34 @@ resolve_relative (const char *image, const char *name)
   return r;
 }
 
-static int
-open_file (const char *path, int *fd, uint64_t *size, struct stat *st)
+struct sc_endpoint *
+qcow2_open_file (const char *path)
 {
-  off_t end;
+  CLEANUP_FREE char *local = NULL;
 
-  /* Messages do not name path: the caller's prefix does. */
+  /* A file named "-" in an image is a file, never standard input. */
+  if (strcmp (path, "-") == 0) {
+    local = xstrdup ("./-");
+    if (local == NULL)
+      return NULL;
+    path = local;
+  }
+  return sc_endpoint_open_source (path, SC_MAP_SEEK);
+}
 
-  *fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (*fd == -1) {
-    sc_set_error (errno, "open: %s", strerror (errno));
+/* The file reader needs to read anywhere in a file: streams are for
+ * the stream decoder (sc_qcow2_unpack_stream).
+ */
+static int
+refuse_stream (const struct sc_endpoint *ep)
+{
+  if (ep->flags & SC_EP_STREAM) {
+    sc_set_error (ESPIPE, "a stream (pipe or character device) cannot be "
+                  "read at random offsets; an image in a stream is read "
+                  "with the stream decoder");
     return -1;
   }
-  if (fstat (*fd, st) == -1) {
-    sc_set_error (errno, "fstat: %s", strerror (errno));
-    return -1;
-  }
-  if (S_ISREG (st->st_mode)) {
-    *size = (uint64_t) st->st_size;
-    return 0;
-  }
-  if (S_ISBLK (st->st_mode)) {
-    end = lseek (*fd, 0, SEEK_END);
-    if (end == -1) {
-      sc_set_error (errno, "lseek: %s", strerror (errno));
-      return -1;
-    }
-    *size = (uint64_t) end;
-    return 0;
-  }
-  sc_set_error (EINVAL, "not a regular file or block device");
-  return -1;
+  return 0;
 }
 
 /* Load and validate an L1 table. */
@@ -659,7 +763,7 @@ load_l1 (struct layer *L, uint64_t offset, uint32_t entries,
     sc_set_error (errno, "malloc: %s", strerror (errno));
     return -1;
   }
-  if (sc_full_pread (L->fd, L->l1, bytes, offset) == -1)
+  if (sc_ep_pread (L->ep, L->l1, bytes, offset) == -1)
     return -1;
   for (uint32_t i = 0; i < entries; i++) {
     uint64_t e = be64toh (L->l1[i]);
@@ -709,7 +813,7 @@ read_snapshots (struct sc_qcow2 *q, struct layer *L, const char *want,
   size_t n;
   ssize_t found = -1;
 
-  if (qcow2_snapshots_read (L->fd, L->file_size, &L->h, false, &t) == -1)
+  if (qcow2_snapshots_read (L->ep, L->file_size, &L->h, false, &t) == -1)
     return -1;
   n = t.n;
   if (n == 0) {
@@ -769,7 +873,7 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
   uint64_t l1_offset, disk_size;
   uint32_t l1_entries;
 
-  if (qcow2_header_read (L->fd, L->file_size, true, &L->h) == -1)
+  if (qcow2_header_read (L->ep, L->file_size, true, &L->h) == -1)
     return -1;
   L->extl2 = (L->h.incompatible_features & QCOW2_INCOMPAT_EXTL2) != 0;
   L->granule_bits = L->extl2
@@ -792,11 +896,9 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
     return -1;
 
   /* External data file: guest data lives there, at host offsets. */
-  L->data_fd = L->fd;
+  L->data_ep = L->ep;
   L->data_size = L->file_size;
   if (L->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
-    struct stat st;
-
     if (L->h.data_file == NULL) {
       sc_set_error (EINVAL, "the image needs an external data file but "
                     "does not name it");
@@ -805,24 +907,25 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
     L->data_filename = resolve_relative (L->filename, L->h.data_file);
     if (L->data_filename == NULL)
       return -1;
-    if (open_file (L->data_filename, &L->data_fd, &L->data_size,
-                   &st) == -1) {
+    L->data_ep = qcow2_open_file (L->data_filename);
+    if (L->data_ep == NULL || refuse_stream (L->data_ep) == -1) {
       sc_error_prefix ("data file %s", L->data_filename);
       return -1;
     }
+    L->data_size = L->data_ep->size;
   }
   return 0;
 }
 
 static int
-probe_magic (int fd, uint64_t size, bool *is_qcow2)
+probe_magic (struct sc_endpoint *ep, bool *is_qcow2)
 {
   unsigned char magic[4];
 
   *is_qcow2 = false;
-  if (size < sizeof magic)
+  if (ep->size < sizeof magic)
     return 0;
-  if (sc_full_pread (fd, magic, sizeof magic, 0) == -1)
+  if (sc_ep_pread (ep, magic, sizeof magic, 0) == -1)
     return -1;
   *is_qcow2 = sc_get_be32 (magic) == QCOW2_MAGIC;
   return 0;
@@ -831,34 +934,39 @@ probe_magic (int fd, uint64_t size, bool *is_qcow2)
 static void
 free_layer (struct layer *L)
 {
-  if (L->data_fd >= 0 && L->data_fd != L->fd)
-    close (L->data_fd);
-  if (L->fd >= 0)
-    close (L->fd);
+  if (L->data_ep && L->data_ep != L->ep)
+    sc_ep_close (L->data_ep);
+  if (L->own_ep)
+    sc_ep_close (L->ep);
+  sc_extent_list_free (&L->ext.list);
   free (L->filename);
   free (L->data_filename);
   free (L->l1);
   qcow2_header_free (&L->h);
 }
 
-/* Open the chain starting at path, appending layers. */
+/* Open the chain whose top image is the endpoint top, named top_name,
+ * appending layers.  The top endpoint belongs to layer 0 at once (and
+ * is closed with it when own_top).
+ */
 static int
-open_chain (struct sc_qcow2 *q, const char *path,
-            const struct sc_qcow2_open_opts *opts)
+open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
+            const char *top_name, const struct sc_qcow2_open_opts *opts)
 {
   unsigned max_depth = opts && opts->max_backing_depth
     ? opts->max_backing_depth : DEFAULT_MAX_DEPTH;
-  CLEANUP_FREE char *name = xstrdup (path);
+  CLEANUP_FREE char *name = xstrdup (top_name);
   CLEANUP_FREE char *format = NULL;
 
   if (name == NULL)
-    return -1;
+    goto fail_top;
 
   for (;;) {
     struct layer *L, *layers;
-    struct stat st;
+    struct sc_fingerprint fp;
     bool is_qcow2;
     size_t d = q->nlayers;
+    int r;
 
     if (d > max_depth) {
       sc_set_error (ELOOP, "backing chain longer than %u images",
@@ -868,29 +976,49 @@ open_chain (struct sc_qcow2 *q, const char *path,
     layers = realloc (q->layers, (d + 1) * sizeof *layers);
     if (layers == NULL) {
       sc_set_error (errno, "realloc: %s", strerror (errno));
+      if (d == 0)
+        goto fail_top;
       return -1;
     }
     q->layers = layers;
     L = &layers[d];
     memset (L, 0, sizeof *L);
-    L->fd = L->data_fd = -1;
     L->prealloc = -1;
     L->filename = name;
     name = NULL;
     q->nlayers++;
 
-    if (open_file (L->filename, &L->fd, &L->file_size, &st) == -1)
+    if (d == 0) {
+      L->ep = top;
+      L->own_ep = own_top;
+    }
+    else {
+      L->ep = qcow2_open_file (L->filename);
+      L->own_ep = true;
+      if (L->ep == NULL)
+        goto fail;
+    }
+    if (refuse_stream (L->ep) == -1)
       goto fail;
-    L->dev = st.st_dev;
-    L->ino = st.st_ino;
-    for (size_t i = 0; i < d; i++)
-      if (q->layers[i].dev == L->dev && q->layers[i].ino == L->ino) {
+    L->file_size = L->ep->size;
+    r = sc_ep_fingerprint (L->ep, &fp);
+    if (r == -1)
+      goto fail;
+    /* Endpoints that cannot say what they are (in memory, over the
+     * network) are not compared; the depth limit still ends a loop.
+     */
+    L->have_id = r == 0;
+    L->dev = fp.dev;
+    L->ino = fp.ino;
+    for (size_t i = 0; i < d && L->have_id; i++)
+      if (q->layers[i].have_id && q->layers[i].dev == L->dev
+          && q->layers[i].ino == L->ino) {
         sc_set_error (ELOOP, "backing chain loops back to %s",
                       q->layers[i].filename);
         goto fail;
       }
 
-    if (probe_magic (L->fd, L->file_size, &is_qcow2) == -1)
+    if (probe_magic (L->ep, &is_qcow2) == -1)
       goto fail;
     if (format && strcmp (format, "raw") == 0)
       L->raw = true;
@@ -931,20 +1059,33 @@ open_chain (struct sc_qcow2 *q, const char *path,
   if (q->nlayers > 1)
     sc_error_prefix ("backing file %s", q->layers[q->nlayers - 1].filename);
   return -1;
+
+ fail_top:
+  if (own_top)
+    sc_ep_close (top);
+  return -1;
 }
 
-struct sc_qcow2 *
-sc_qcow2_open (const char *path, const struct sc_qcow2_open_opts *opts)
+/* Open a handle on the image in file (named name in messages and for
+ * resolving the names of backing and data files).  When own, file is
+ * the handle's from now on, even if opening fails.
+ */
+static struct sc_qcow2 *
+open_handle (struct sc_endpoint *file, bool own, const char *name,
+             const struct sc_qcow2_open_opts *opts)
 {
   struct sc_qcow2 *q = calloc (1, sizeof *q);
   uint32_t max_cluster = 0;
 
   if (q == NULL) {
     sc_set_error (errno, "calloc: %s", strerror (errno));
+    if (own)
+      sc_ep_close (file);
     return NULL;
   }
   pthread_mutex_init (&q->lock, NULL);
-  if (open_chain (q, path, opts) == -1) {
+  pthread_mutex_init (&q->ext_lock, NULL);
+  if (open_chain (q, file, own, name, opts) == -1) {
     sc_qcow2_close (q);
     return NULL;
   }
@@ -956,6 +1097,16 @@ sc_qcow2_open (const char *path, const struct sc_qcow2_open_opts *opts)
   q->cache_budget = SC_MAX (q->cache_budget,
                             (size_t) max_cluster * MIN_CACHE_TABLES);
   return q;
+}
+
+struct sc_qcow2 *
+sc_qcow2_open (const char *path, const struct sc_qcow2_open_opts *opts)
+{
+  struct sc_endpoint *file = qcow2_open_file (path);
+
+  if (file == NULL)
+    return NULL;
+  return open_handle (file, true, path, opts);
 }
 
 void
@@ -970,6 +1121,7 @@ sc_qcow2_close (struct sc_qcow2 *q)
   free (q->layers);
   free_snapshots (q->snapshots, q->nb_snapshots);
   pthread_mutex_destroy (&q->lock);
+  pthread_mutex_destroy (&q->ext_lock);
   free (q);
 }
 

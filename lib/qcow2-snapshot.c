@@ -63,8 +63,8 @@ decode_entry (const unsigned char *hdr, const unsigned char *extra,
  * inside qemu's cap, IDs and names whole and free of NUL bytes.
  */
 static int
-read_strict (int fd, uint64_t file_size, const struct qcow2_header *h,
-             struct qcow2_snapshots *t)
+read_strict (struct sc_endpoint *ep, uint64_t file_size,
+             const struct qcow2_header *h, struct qcow2_snapshots *t)
 {
   uint64_t start = h->snapshots_offset, pos = start, table_end;
 
@@ -82,7 +82,7 @@ read_strict (int fd, uint64_t file_size, const struct qcow2_header *h,
 
     if (pos + SNAPSHOT_HEADER_SIZE > table_end)
       goto trunc;
-    if (sc_full_pread (fd, hdr, sizeof hdr, pos) == -1)
+    if (sc_ep_pread (ep, hdr, sizeof hdr, pos) == -1)
       return -1;
     extra_size = sc_get_be32 (hdr + SNAPSHOT_EXTRA_SIZE);
     id_size = sc_get_be16 (hdr + SNAPSHOT_ID_SIZE);
@@ -97,7 +97,7 @@ read_strict (int fd, uint64_t file_size, const struct qcow2_header *h,
     if (pos + entry_len > table_end)
       goto trunc;
 
-    if (sc_full_pread (fd, extra, extra_size,
+    if (sc_ep_pread (ep, extra, extra_size,
                        pos + SNAPSHOT_HEADER_SIZE) == -1)
       return -1;
     sn->id = malloc ((size_t) id_size + 1);
@@ -106,9 +106,9 @@ read_strict (int fd, uint64_t file_size, const struct qcow2_header *h,
       sc_set_error (errno, "malloc: %s", strerror (errno));
       return -1;
     }
-    if (sc_full_pread (fd, sn->id, id_size,
+    if (sc_ep_pread (ep, sn->id, id_size,
                        pos + SNAPSHOT_HEADER_SIZE + extra_size) == -1
-        || sc_full_pread (fd, sn->name, name_size,
+        || sc_ep_pread (ep, sn->name, name_size,
                           pos + SNAPSHOT_HEADER_SIZE + extra_size
                           + id_size) == -1)
       return -1;
@@ -135,15 +135,15 @@ read_strict (int fd, uint64_t file_size, const struct qcow2_header *h,
  * printable.
  */
 static int
-read_label (int fd, uint64_t file_size, uint16_t len, uint64_t offset,
-            char **label)
+read_label (struct sc_endpoint *ep, uint64_t file_size, uint16_t len,
+            uint64_t offset, char **label)
 {
   *label = calloc (1, QCOW2_SNAPSHOT_LABEL_MAX + 1);
   if (*label == NULL) {
     sc_set_error (errno, "snapshot table: out of memory");
     return -1;
   }
-  if (qcow2_pread_padded (fd, file_size, *label,
+  if (qcow2_pread_padded (ep, file_size, *label,
                           SC_MIN (len, QCOW2_SNAPSHOT_LABEL_MAX),
                           offset) == -1)
     return -1;
@@ -158,8 +158,8 @@ read_label (int fd, uint64_t file_size, uint16_t len, uint64_t offset,
  * qemu cannot read at all is an error.
  */
 static int
-read_lenient (int fd, uint64_t file_size, const struct qcow2_header *h,
-              struct qcow2_snapshots *t)
+read_lenient (struct sc_endpoint *ep, uint64_t file_size,
+              const struct qcow2_header *h, struct qcow2_snapshots *t)
 {
   uint64_t start = h->snapshots_offset, offset = start;
 
@@ -175,7 +175,7 @@ read_lenient (int fd, uint64_t file_size, const struct qcow2_header *h,
                     "0x%" PRIx64 " cannot be read", i, offset);
       return -1;
     }
-    if (qcow2_pread_padded (fd, file_size, hdr, sizeof hdr, offset) == -1)
+    if (qcow2_pread_padded (ep, file_size, hdr, sizeof hdr, offset) == -1)
       return -1;
     id_len = sc_get_be16 (hdr + SNAPSHOT_ID_SIZE);
     name_len = sc_get_be16 (hdr + SNAPSHOT_NAME_SIZE);
@@ -197,13 +197,13 @@ read_lenient (int fd, uint64_t file_size, const struct qcow2_header *h,
       return -1;
     }
     /* Only the part of the extra data that decode_entry looks at. */
-    if (qcow2_pread_padded (fd, file_size, extra,
+    if (qcow2_pread_padded (ep, file_size, extra,
                             SC_MIN (extra_size, sizeof extra),
                             offset) == -1)
       return -1;
     offset += extra_size;
-    if (read_label (fd, file_size, id_len, offset, &sn->id) == -1
-        || read_label (fd, file_size, name_len, offset + id_len,
+    if (read_label (ep, file_size, id_len, offset, &sn->id) == -1
+        || read_label (ep, file_size, name_len, offset + id_len,
                        &sn->name) == -1)
       return -1;
     decode_entry (hdr, extra, extra_size, sn);
@@ -220,7 +220,7 @@ read_lenient (int fd, uint64_t file_size, const struct qcow2_header *h,
 }
 
 int
-qcow2_snapshots_read (int fd, uint64_t file_size,
+qcow2_snapshots_read (struct sc_endpoint *ep, uint64_t file_size,
                       const struct qcow2_header *h, bool lenient,
                       struct qcow2_snapshots *t)
 {
@@ -260,9 +260,9 @@ qcow2_snapshots_read (int fd, uint64_t file_size,
   }
   t->n = n;
   if (lenient)
-    r = read_lenient (fd, file_size, h, t);
+    r = read_lenient (ep, file_size, h, t);
   else
-    r = read_strict (fd, file_size, h, t);
+    r = read_strict (ep, file_size, h, t);
   if (r == -1)
     qcow2_snapshots_free (t);
   return r;

@@ -973,6 +973,8 @@ read_header (struct stream_unpack *s)
 {
   const unsigned char *p = s->chunk;
   size_t n = SC_MIN (s->chunk_len, (size_t) MAX_CLUSTER_SIZE);
+  struct sc_endpoint *spill;
+  int r;
 
   if (s->chunk_len < QCOW2_V2_HEADER_SIZE
       || sc_get_be32 (p + QCOW2_HDR_MAGIC) != QCOW2_MAGIC) {
@@ -989,8 +991,20 @@ read_header (struct stream_unpack *s)
     sc_error_prefix ("spill file");
     return -1;
   }
-  if (qcow2_header_read (s->spill_fd, QCOW2_MAX_HOST_OFFSET, true,
-                         &s->h) == -1)
+  /* The header reader reads through an endpoint; the spill file's is
+   * borrowed (its descriptor stays open).  The rest of the image is
+   * not there yet, so offsets are bounded only by what qcow2 can
+   * address.
+   */
+  spill = sc_endpoint_open_fd_source (s->spill_fd, "spill file",
+                                      SC_MAP_NONE);
+  if (spill == NULL) {
+    sc_error_prefix ("spill file");
+    return -1;
+  }
+  r = qcow2_header_read (spill, QCOW2_MAX_HOST_OFFSET, true, &s->h);
+  sc_ep_close (spill);
+  if (r == -1)
     return -1;
   s->have_header = true;
   if (s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {

@@ -216,13 +216,15 @@ static inline unsigned qcow2_refcount_block_bits (uint32_t cluster_bits,
 /* ---- qcow2-header.c ------------------------------------------------ */
 
 /* Parse and validate the header (and its extensions) from the first
- * bytes of an image; file_size bounds every offset.  The image may be
+ * bytes of an image read through ep; file_size bounds every offset
+ * (the endpoint's size, except for the stream decoder, which parses a
+ * header before the rest of the image exists).  The image may be
  * refused (encryption, unknown incompatible bits, the corrupt bit) with
  * a message naming the reason when for_reading is true; the checker
  * passes false to look at corrupt images too.
  */
-extern int qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
-                              struct qcow2_header *h);
+extern int qcow2_header_read (struct sc_endpoint *ep, uint64_t file_size,
+                              bool for_reading, struct qcow2_header *h);
 /* For the checker only: parse the header as qemu does when it opens an
  * image for qemu-img check.  As for_reading false, and besides: any
  * header_length from 104 to a cluster, extensions framed as qemu frames
@@ -230,7 +232,8 @@ extern int qcow2_header_read (int fd, uint64_t file_size, bool for_reading,
  * checked only for alignment and for being readable at all (they may
  * lie past the end of the file).  The snapshot table is not looked at.
  */
-extern int qcow2_header_read_for_check (int fd, uint64_t file_size,
+extern int qcow2_header_read_for_check (struct sc_endpoint *ep,
+                                        uint64_t file_size,
                                         struct qcow2_header *h);
 /* qemu's block layer fails a read that ends past this offset (INT64_MAX
  * rounded down to 1 GiB); below it, reads past the end of a file
@@ -246,8 +249,8 @@ static inline bool qcow2_io_readable (uint64_t offset, uint64_t len)
 /* Read len bytes at offset as qemu reads an image file: bytes past
  * file_size are zeros.  Returns 0, or -1 with the error of the read.
  */
-extern int qcow2_pread_padded (int fd, uint64_t file_size, void *buf,
-                               size_t len, uint64_t offset);
+extern int qcow2_pread_padded (struct sc_endpoint *ep, uint64_t file_size,
+                               void *buf, size_t len, uint64_t offset);
 extern void qcow2_header_free (struct qcow2_header *h);
 /* Fill buf (h->cluster_size bytes) with the header cluster of a new
  * image: the fields of h for its version, no backing file, no
@@ -266,7 +269,7 @@ typedef int (*qcow2_extension_fn) (void *opaque, uint32_t type,
                                    const unsigned char *data, uint32_t len,
                                    uint64_t pos);
 /* Walk the header extensions of an image whose header h was read
- * from fd (file_size bytes) by qcow2_header_read (for_check false) or
+ * from ep (file_size bytes) by qcow2_header_read (for_check false) or
  * qcow2_header_read_for_check (for_check true), framed exactly as that
  * reader framed them ("Header extensions"): from the end of the header
  * up to the backing file name or the end of the first cluster, which
@@ -274,7 +277,8 @@ typedef int (*qcow2_extension_fn) (void *opaque, uint32_t type,
  * Returns 0, or -1 with the error of fn, of the read (errno of the
  * I/O, ENOMEM), or EINVAL for framing the header reader refused too.
  */
-extern int qcow2_header_extensions (int fd, uint64_t file_size,
+extern int qcow2_header_extensions (struct sc_endpoint *ep,
+                                    uint64_t file_size,
                                     const struct qcow2_header *h,
                                     bool for_check, qcow2_extension_fn fn,
                                     void *opaque);
@@ -403,7 +407,7 @@ struct qcow2_snapshots {
                                    the last name */
 };
 
-/* Parse the snapshot table that the header h (read from fd, file_size
+/* Parse the snapshot table that the header h (read from ep, file_size
  * bytes) describes into *t, which the caller frees with
  * qcow2_snapshots_free (also after an error, which leaves it empty).
  *
@@ -425,13 +429,19 @@ struct qcow2_snapshots {
  *
  * Both: ENOMEM (or the errno of a failed read) otherwise.
  */
-extern int qcow2_snapshots_read (int fd, uint64_t file_size,
+extern int qcow2_snapshots_read (struct sc_endpoint *ep, uint64_t file_size,
                                  const struct qcow2_header *h, bool lenient,
                                  struct qcow2_snapshots *t);
 extern void qcow2_snapshots_free (struct qcow2_snapshots *t);
 
 /* ---- qcow2-read.c ------------------------------------------------- */
 
+/* Open an image, backing or data file named in or for an image as a
+ * source endpoint (SEEK_DATA/SEEK_HOLE extents): "-" is the file of
+ * that name, not standard input.  NULL with the error set (not naming
+ * the file: the caller's prefix does).
+ */
+extern struct sc_endpoint *qcow2_open_file (const char *path);
 /* Read count bytes of the guest view at offset (inside the virtual
  * size), through the whole chain.  Thread-safe.
  */

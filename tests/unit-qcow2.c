@@ -93,10 +93,14 @@ parse (size_t len, bool for_reading, struct qcow2_header *h)
 {
   char *path = write_image (len);
   int fd = open (path, O_RDONLY);
+  struct sc_endpoint *ep;
   int r;
 
   CU_ASSERT_FATAL (fd >= 0);
-  r = qcow2_header_read (fd, len, for_reading, h);
+  ep = sc_endpoint_open_fd_source (fd, path, SC_MAP_SEEK);
+  CU_ASSERT_FATAL (ep != NULL);
+  r = qcow2_header_read (ep, len, for_reading, h);
+  sc_ep_close (ep);
   close (fd);
   unlink (path);
   free (path);
@@ -791,6 +795,7 @@ parse_snapshots (size_t len, uint32_t n, uint64_t offset, bool lenient,
   struct qcow2_header h;
   char *path = write_image (len);
   int fd = open (path, O_RDONLY);
+  struct sc_endpoint *ep;
   int r;
 
   CU_ASSERT_FATAL (fd >= 0);
@@ -800,7 +805,10 @@ parse_snapshots (size_t len, uint32_t n, uint64_t offset, bool lenient,
   h.cluster_size = CS;
   h.nb_snapshots = n;
   h.snapshots_offset = offset;
-  r = qcow2_snapshots_read (fd, len, &h, lenient, t);
+  ep = sc_endpoint_open_fd_source (fd, path, SC_MAP_SEEK);
+  CU_ASSERT_FATAL (ep != NULL);
+  r = qcow2_snapshots_read (ep, len, &h, lenient, t);
+  sc_ep_close (ep);
   close (fd);
   unlink (path);
   free (path);
