@@ -1354,14 +1354,18 @@ run_check (struct checker *ck)
   return 0;
 }
 
-/* Check the image in file, which the caller keeps. */
-static int
-check_file (struct sc_endpoint *file, struct sc_check_result *result)
+int
+sc_qcow2_check_endpoint (struct sc_endpoint *file,
+                         struct sc_check_result *result)
 {
   struct checker ck = { .ep = file, .res = result };
   int ret = -1;
 
   memset (result, 0, sizeof *result);
+  if (file == NULL) {
+    sc_set_error (EINVAL, "no endpoint to read the image from");
+    return -1;
+  }
   /* The checker reads tables wherever the image says they are. */
   if (file->flags & SC_EP_STREAM) {
     sc_set_error (ESPIPE, "a stream (pipe or character device) cannot be "
@@ -1423,7 +1427,7 @@ sc_qcow2_check (const char *path, struct sc_check_result *result)
   file = qcow2_open_file (path);
   if (file == NULL)
     return -1;
-  r = check_file (file, result);
+  r = sc_qcow2_check_endpoint (file, result);
   /* A file that was only read has nothing to lose on close: its result
    * is ignored, as it always was.
    */

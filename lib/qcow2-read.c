@@ -899,6 +899,14 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
   L->data_ep = L->ep;
   L->data_size = L->file_size;
   if (L->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
+    if (opts && opts->no_external_files) {
+      sc_set_error (EPERM, "the image needs an external data file%s%s%s, "
+                    "and external files are not allowed here",
+                    L->h.data_file ? " (" : "",
+                    L->h.data_file ? L->h.data_file : "",
+                    L->h.data_file ? ")" : "");
+      return -1;
+    }
     if (L->h.data_file == NULL) {
       sc_set_error (EINVAL, "the image needs an external data file but "
                     "does not name it");
@@ -1044,6 +1052,15 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
       goto fail;
     if (L->h.backing_file == NULL)
       return 0;
+    /* Only the top image can name one here: no backing file is opened
+     * when external files are not allowed.
+     */
+    if (opts && opts->no_external_files) {
+      sc_set_error (EPERM, "the image has a backing file (%s), and "
+                    "external files are not allowed here",
+                    L->h.backing_file);
+      goto fail;
+    }
 
     name = resolve_relative (L->filename, L->h.backing_file);
     if (name == NULL)
@@ -1107,6 +1124,17 @@ sc_qcow2_open (const char *path, const struct sc_qcow2_open_opts *opts)
   if (file == NULL)
     return NULL;
   return open_handle (file, true, path, opts);
+}
+
+struct sc_qcow2 *
+sc_qcow2_open_endpoint (struct sc_endpoint *file,
+                        const struct sc_qcow2_open_opts *opts)
+{
+  if (file == NULL) {
+    sc_set_error (EINVAL, "no endpoint to read the image from");
+    return NULL;
+  }
+  return open_handle (file, false, file->name, opts);
 }
 
 void

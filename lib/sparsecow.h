@@ -196,10 +196,40 @@ struct sc_qcow2_open_opts {
   const char *snapshot;         /* NULL = active layer; else name or ID */
   unsigned max_backing_depth;   /* 0 = default */
   size_t cache_bytes;           /* L2 cache size, 0 = default */
+  /* Refuse (EPERM) any image that needs a backing file or an external
+   * data file, instead of opening the files it names: for images from
+   * places that are not trusted to name files on this machine, and for
+   * fuzzing.  false = open them, as qemu does.
+   */
+  bool no_external_files;
 };
 
+/* Open the qcow2 image at path (a regular file or a block device) for
+ * reading, with its backing chain and external data file, whose names
+ * are resolved relative to the image's directory.  opts may be NULL
+ * (all defaults).  Returns NULL with errno ENOENT (no such file or
+ * snapshot), EACCES (cannot open), EINVAL (not a qcow2 image, or
+ * damaged), ENOTSUP (a feature that is not supported), EFBIG (a table
+ * over qemu's limits), ELOOP (a backing chain that loops or is too
+ * long), EPERM (opts->no_external_files and the image needs another
+ * file), ESPIPE (a pipe or character device: see
+ * sc_qcow2_unpack_stream), ENOMEM, or the errno of a failed read.
+ * Messages do not name the image itself; they name any other file.
+ */
 extern struct sc_qcow2 *sc_qcow2_open (const char *path,
                                        const struct sc_qcow2_open_opts *opts);
+/* The same for an image read through file, a seekable source endpoint
+ * (a regular file, a block device, or any other kind that reads at
+ * random offsets).  The caller keeps file: it must stay open until
+ * sc_qcow2_close(q) and is not closed by it.  Backing and data files
+ * that the image names are resolved relative to the directory part of
+ * sc_endpoint_name(file), unless opts->no_external_files refuses them.
+ * Errors as sc_qcow2_open; ESPIPE if file is a stream, EINVAL if it is
+ * NULL.
+ */
+extern struct sc_qcow2 *
+sc_qcow2_open_endpoint (struct sc_endpoint *file,
+                        const struct sc_qcow2_open_opts *opts);
 extern void sc_qcow2_close (struct sc_qcow2 *q);
 extern uint64_t sc_qcow2_virtual_size (const struct sc_qcow2 *q);
 
@@ -344,9 +374,21 @@ struct sc_check_result {
 };
 
 /* Check an image's refcounts against its real use.  Returns 0 when the
- * check ran (look at result), -1 if the image could not be checked.
+ * check ran (look at result, which the caller frees with
+ * sc_check_result_free), -1 if the image could not be checked (result
+ * is then empty), with errno ENOENT, EACCES (cannot open), EINVAL (not
+ * a qcow2 image, or a header qemu would not open either), ENOTSUP
+ * (unknown incompatible features or encryption method), ESPIPE (a
+ * stream), ENOMEM, or the errno of a failed read.
  */
 extern int sc_qcow2_check (const char *path, struct sc_check_result *result);
+/* The same for an image read through file, a seekable source endpoint
+ * that the caller keeps (it is not closed).  Only the image file itself
+ * is checked, as by sc_qcow2_check: no other file is opened.  Errors as
+ * sc_qcow2_check; EINVAL if file is NULL.
+ */
+extern int sc_qcow2_check_endpoint (struct sc_endpoint *file,
+                                    struct sc_check_result *result);
 extern void sc_check_result_free (struct sc_check_result *result);
 
 #ifdef __cplusplus
