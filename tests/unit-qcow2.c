@@ -1084,6 +1084,256 @@ test_reader_threads (void)
   sc_qcow2_close (q);
 }
 
+/* ---- images read through other endpoints ---------------------------- */
+
+/* An endpoint over bytes in memory, as an NBD export or a fuzzer would
+ * serve them: pread only, no extents, no local descriptor.
+ */
+struct mem_ep {
+  struct sc_endpoint ep;
+  const unsigned char *bytes;
+};
+
+static int
+mem_pread (struct sc_endpoint *ep, void *buf, size_t count, uint64_t offset)
+{
+  struct mem_ep *m = (struct mem_ep *) ep;
+
+  if (offset > ep->size || count > ep->size - offset) {
+    sc_set_error (EIO, "read past the end of the buffer");
+    return -1;
+  }
+  memcpy (buf, m->bytes + offset, count);
+  return 0;
+}
+
+static int
+mem_close (struct sc_endpoint *ep)
+{
+  sc_ep_free (ep);
+  return 0;
+}
+
+static const struct sc_endpoint_ops mem_ops = {
+  .kind = "memory",
+  .pread = mem_pread,
+  .close = mem_close,
+};
+
+static struct sc_endpoint *
+mem_ep_new (const unsigned char *bytes, size_t len, const char *name)
+{
+  struct mem_ep *m = sc_ep_new (sizeof *m, &mem_ops, name);
+
+  CU_ASSERT_PTR_NOT_NULL_FATAL (m);
+  m->bytes = bytes;
+  m->ep.size = len;
+  m->ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE;
+  return &m->ep;
+}
+
+/* Write bytes to path as a sparse file: clusters of zeros are holes. */
+static void
+write_sparse (const char *path, const unsigned char *bytes, size_t len)
+{
+  int fd = open (path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+  CU_ASSERT_FATAL (fd >= 0);
+  for (size_t off = 0; off < len; off += R_CS) {
+    size_t n = len - off < R_CS ? len - off : R_CS;
+    if (!sc_is_zero (bytes + off, n))
+      CU_ASSERT_FATAL (pwrite (fd, bytes + off, n, (off_t) off)
+                       == (ssize_t) n);
+  }
+  CU_ASSERT_EQUAL (ftruncate (fd, (off_t) len), 0);
+  close (fd);
+}
+
+/* Read the whole guest view of file and its extents; the caller frees
+ * both.  The handle never owns file: it must still work after.
+ */
+static unsigned char *
+read_guest (struct sc_endpoint *file, struct sc_extent_list *list)
+{
+  struct sc_qcow2 *q = sc_qcow2_open_endpoint (file, NULL);
+  struct sc_endpoint *ep;
+  unsigned char *buf = malloc (R_VSIZE), magic[4];
+
+  CU_ASSERT_PTR_NOT_NULL_FATAL (buf);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (q);
+  CU_ASSERT_EQUAL (sc_qcow2_virtual_size (q), R_VSIZE);
+  ep = sc_qcow2_endpoint (q);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (ep);
+  CU_ASSERT_EQUAL (sc_ep_pread (ep, buf, R_VSIZE, 0), 0);
+  sc_extent_list_init (list);
+  CU_ASSERT_EQUAL (sc_ep_extents (ep, 0, R_VSIZE, list), 0);
+  sc_ep_close (ep);
+  sc_qcow2_close (q);
+  CU_ASSERT_EQUAL (sc_ep_pread (file, magic, sizeof magic, 0), 0);
+  CU_ASSERT_EQUAL (sc_get_be32 (magic), QCOW2_MAGIC);
+  return buf;
+}
+
+static void
+test_reader_endpoints (void)
+{
+  CLEANUP_FREE char *sparse = NULL;
+  CLEANUP_FREE unsigned char *via_fd = NULL, *via_mem = NULL;
+  struct sc_extent_list fd_list, mem_list;
+  struct sc_endpoint *file, *mem;
+  int fd;
+
+  if (asprintf (&sparse, "%s/sparse.qcow2", tmpdir) == -1)
+    abort ();
+  write_sparse (sparse, reader_img, reader_len);
+  fd = open (sparse, O_RDONLY);
+  CU_ASSERT_FATAL (fd >= 0);
+  file = sc_endpoint_open_fd_source (fd, sparse, SC_MAP_SEEK);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (file);
+  mem = mem_ep_new (reader_img, reader_len, "mem.qcow2");
+
+  via_fd = read_guest (file, &fd_list);
+  via_mem = read_guest (mem, &mem_list);
+  CU_ASSERT_TRUE (check_range (via_fd, 0, R_VSIZE));
+  CU_ASSERT_TRUE (check_range (via_mem, 0, R_VSIZE));
+  CU_ASSERT_EQUAL (memcmp (via_fd, via_mem, R_VSIZE), 0);
+  CU_ASSERT_EQUAL (fd_list.len, mem_list.len);
+  if (fd_list.len == mem_list.len)
+    CU_ASSERT_EQUAL (memcmp (fd_list.ext, mem_list.ext,
+                             fd_list.len * sizeof *fd_list.ext), 0);
+  sc_extent_list_free (&fd_list);
+  sc_extent_list_free (&mem_list);
+
+  CU_ASSERT_EQUAL (sc_ep_close (file), 0);
+  CU_ASSERT_EQUAL (sc_ep_close (mem), 0);
+  close (fd);
+  unlink (sparse);
+}
+
+/* Both checks must count the same, message for message. */
+static void
+test_check_endpoint (void)
+{
+  CLEANUP_FREE char *sparse = NULL;
+  struct sc_check_result a, b;
+  struct sc_endpoint *mem;
+
+  if (asprintf (&sparse, "%s/sparse.qcow2", tmpdir) == -1)
+    abort ();
+  write_sparse (sparse, reader_img, reader_len);
+  mem = mem_ep_new (reader_img, reader_len, "mem.qcow2");
+  CU_ASSERT_EQUAL_FATAL (sc_qcow2_check (sparse, &a), 0);
+  CU_ASSERT_EQUAL_FATAL (sc_qcow2_check_endpoint (mem, &b), 0);
+  /* The crafted image has no refcount block, so there is something to
+   * count.
+   */
+  CU_ASSERT_TRUE (a.corruptions + a.leaks > 0);
+  CU_ASSERT_EQUAL (a.corruptions, b.corruptions);
+  CU_ASSERT_EQUAL (a.leaks, b.leaks);
+  CU_ASSERT_EQUAL (a.check_errors, b.check_errors);
+  CU_ASSERT_EQUAL (a.allocated_clusters, b.allocated_clusters);
+  CU_ASSERT_EQUAL (a.total_clusters, b.total_clusters);
+  CU_ASSERT_EQUAL (a.fragmented_clusters, b.fragmented_clusters);
+  CU_ASSERT_EQUAL (a.compressed_clusters, b.compressed_clusters);
+  CU_ASSERT_EQUAL (a.image_end_offset, b.image_end_offset);
+  CU_ASSERT_EQUAL_FATAL (a.nb_messages, b.nb_messages);
+  for (size_t i = 0; i < a.nb_messages; i++)
+    CU_ASSERT_STRING_EQUAL (a.messages[i], b.messages[i]);
+  sc_check_result_free (&a);
+  sc_check_result_free (&b);
+  /* The caller still owns the endpoint. */
+  CU_ASSERT_EQUAL (sc_ep_close (mem), 0);
+  unlink (sparse);
+}
+
+/* An image that names another file is opened (the name resolved next
+ * to the endpoint's name) unless external files are not allowed.
+ */
+static void
+expect_external (unsigned char *bytes, const char *other, const char *what)
+{
+  struct sc_qcow2_open_opts refuse = { .no_external_files = true };
+  CLEANUP_FREE char *image = NULL, *other_path = NULL;
+  struct sc_endpoint *mem;
+  struct sc_qcow2 *q;
+  struct sc_check_result res;
+  FILE *fp;
+
+  if (asprintf (&image, "%s/named.qcow2", tmpdir) == -1
+      || asprintf (&other_path, "%s/%s", tmpdir, other) == -1)
+    abort ();
+  fp = fopen (other_path, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL (fp);
+  fclose (fp);
+  CU_ASSERT_EQUAL (truncate (other_path, R_VSIZE), 0);
+  mem = mem_ep_new (bytes, reader_len, image);
+
+  q = sc_qcow2_open_endpoint (mem, NULL);
+  CU_ASSERT_PTR_NOT_NULL (q);
+  sc_qcow2_close (q);
+
+  CU_ASSERT_PTR_NULL (sc_qcow2_open_endpoint (mem, &refuse));
+  CU_ASSERT_EQUAL (sc_error_errno (), EPERM);
+  CU_ASSERT_PTR_NOT_NULL (strstr (sc_error_message (), what));
+  CU_ASSERT_PTR_NOT_NULL (strstr (sc_error_message (), other));
+
+  /* The checker opens no other file anyway. */
+  CU_ASSERT_EQUAL (sc_qcow2_check_endpoint (mem, &res), 0);
+  sc_check_result_free (&res);
+
+  sc_ep_close (mem);
+  unlink (other_path);
+}
+
+static void
+test_no_external_files (void)
+{
+  CLEANUP_FREE unsigned char *bytes = malloc (reader_len);
+  static const char backing[] = "base.raw", data[] = "data.raw";
+  size_t pos = QCOW2_V3_HEADER_SIZE;
+
+  CU_ASSERT_PTR_NOT_NULL_FATAL (bytes);
+  /* A backing file name after the (empty) header extensions. */
+  memcpy (bytes, reader_img, reader_len);
+  memcpy (bytes + 256, backing, strlen (backing));
+  sc_put_be64 (bytes + QCOW2_HDR_BACKING_OFFSET, 256);
+  sc_put_be32 (bytes + QCOW2_HDR_BACKING_SIZE, strlen (backing));
+  expect_external (bytes, backing, "backing file");
+
+  /* An external data file, named by its header extension. */
+  memcpy (bytes, reader_img, reader_len);
+  sc_put_be64 (bytes + QCOW2_HDR_INCOMPAT, QCOW2_INCOMPAT_DATA_FILE);
+  memcpy (img, bytes, R_CS);
+  add_ext (&pos, QCOW2_EXT_DATA_FILE, data, strlen (data));
+  memcpy (bytes, img, R_CS);
+  expect_external (bytes, data, "external data file");
+}
+
+/* The file reader and the checker refuse a stream: reading one is the
+ * stream decoder's job.
+ */
+static void
+test_stream_refused (void)
+{
+  struct sc_check_result res;
+  struct sc_endpoint *ep;
+  int p[2];
+
+  CU_ASSERT_EQUAL_FATAL (pipe (p), 0);
+  ep = sc_endpoint_open_fd_source (p[0], "pipe", SC_MAP_SEEK);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (ep);
+  CU_ASSERT_TRUE (sc_endpoint_is_stream (ep));
+  CU_ASSERT_PTR_NULL (sc_qcow2_open_endpoint (ep, NULL));
+  CU_ASSERT_EQUAL (sc_error_errno (), ESPIPE);
+  CU_ASSERT_PTR_NOT_NULL (strstr (sc_error_message (), "stream"));
+  CU_ASSERT_EQUAL (sc_qcow2_check_endpoint (ep, &res), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), ESPIPE);
+  CU_ASSERT_EQUAL (res.nb_messages, 0);
+  sc_ep_close (ep);
+  close (p[0]);
+  close (p[1]);
+}
+
 /* Broken tables are found when they are used, with a message. */
 static void
 test_reader_bad_tables (void)
@@ -1158,6 +1408,11 @@ main (void)
   s = CU_add_suite ("qcow2 reader", NULL, NULL);
   CU_add_test (s, "small L2 cache", test_reader_small_cache);
   CU_add_test (s, "concurrent reads", test_reader_threads);
+  CU_add_test (s, "through file and memory endpoints",
+               test_reader_endpoints);
+  CU_add_test (s, "check through an endpoint", test_check_endpoint);
+  CU_add_test (s, "no external files", test_no_external_files);
+  CU_add_test (s, "streams are refused", test_stream_refused);
   CU_add_test (s, "bad tables", test_reader_bad_tables);
   CU_basic_set_mode (CU_BRM_VERBOSE);
   CU_basic_run_tests ();
