@@ -86,8 +86,8 @@ check_table_for_check (const char *what, uint64_t offset, uint64_t bytes,
 }
 
 int
-qcow2_pread_padded (struct sc_endpoint *ep, uint64_t file_size, void *buf, size_t len,
-                    uint64_t offset)
+qcow2_pread_padded (struct sc_endpoint *ep, uint64_t file_size, void *buf,
+                    size_t len, uint64_t offset)
 {
   size_t avail = 0;
 
@@ -278,8 +278,9 @@ walk_extensions (const unsigned char *buf, uint64_t start, uint64_t end,
  * (qemu's view), all of it with zeros past the end of the file.
  */
 static int
-read_first_cluster (struct sc_endpoint *ep, uint64_t file_size, uint32_t cluster_size,
-                    bool for_check, unsigned char **buf, uint64_t *buf_len)
+read_first_cluster (struct sc_endpoint *ep, uint64_t file_size,
+                    uint32_t cluster_size, bool for_check, unsigned char **buf,
+                    uint64_t *buf_len)
 {
   uint64_t have = SC_MIN (file_size, (uint64_t) cluster_size);
 
@@ -630,8 +631,8 @@ header_read (struct sc_endpoint *ep, uint64_t file_size, enum header_mode mode,
 }
 
 int
-qcow2_header_read (struct sc_endpoint *ep, uint64_t file_size, bool for_reading,
-                   struct qcow2_header *h)
+qcow2_header_read (struct sc_endpoint *ep, uint64_t file_size,
+                   bool for_reading, struct qcow2_header *h)
 {
   return header_read (ep, file_size,
                       for_reading ? HEADER_READ : HEADER_INSPECT, h);

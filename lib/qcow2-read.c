@@ -865,7 +865,7 @@ read_snapshots (struct sc_qcow2 *q, struct layer *L, const char *want,
   return 0;
 }
 
-/* Open a qcow2 layer (fd and file size already set). */
+/* Open a qcow2 layer (endpoint and file size already set). */
 static int
 open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
                   const struct sc_qcow2_open_opts *opts)
