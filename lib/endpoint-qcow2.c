@@ -28,6 +28,21 @@ qep_pread (struct sc_endpoint *ep, void *buf, size_t count, uint64_t offset)
   return qcow2_chain_pread (e->q, buf, count, offset);
 }
 
+/* Re-packing probes a few KiB of each cluster for zeros when these can
+ * be had at once: the image file's bytes in the page cache.
+ */
+static int
+qep_pread_nowait (struct sc_endpoint *ep, void *buf, size_t count,
+                  uint64_t offset)
+{
+  struct qcow2_endpoint *e = (struct qcow2_endpoint *) ep;
+  uint64_t end;
+
+  if (SC_ADD_OVERFLOW (offset, (uint64_t) count, &end) || end > ep->size)
+    return 1;
+  return qcow2_chain_pread_nowait (e->q, buf, count, offset);
+}
+
 static int
 qep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
              struct sc_extent_list *list)
@@ -50,6 +65,7 @@ qep_close (struct sc_endpoint *ep)
 static const struct sc_endpoint_ops qcow2_ops = {
   .kind = "qcow2",
   .pread = qep_pread,
+  .pread_nowait = qep_pread_nowait,
   .extents = qep_extents,
   .close = qep_close,
 };

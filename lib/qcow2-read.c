@@ -634,36 +634,95 @@ read_compressed (struct layer *L, uint64_t l2e, uint64_t into, void *buf,
   return 0;
 }
 
-int
-qcow2_chain_pread (struct sc_qcow2 *q, void *buf, size_t count,
-                   uint64_t offset)
+/* A data cluster that starts past the end of its own image file is
+ * not there: the image was cut short (an interrupted copy).  qemu reads
+ * it as zeros (and qemu-img map calls it zero), which would lose its
+ * data without a word when it is copied: an error here.  qemu extends
+ * the file over clusters it preallocates, and a raw backing file or an
+ * external data file shorter than what is mapped reads as zeros, as in
+ * qemu.
+ */
+static int
+cut_short (const struct layer *L, const struct cstatus *cs)
+{
+  uint64_t missing;
+
+  if (L->raw || L->data_ep != L->ep || cs->st.kind != LK_DATA)
+    return 0;
+  /* The first cluster of the run that starts at or past the end. */
+  missing = SC_MAX (cs->st.host - qcow2_offset_into_cluster (&L->h,
+                                                             cs->st.host),
+                    SC_ROUND_UP (L->ep->size, L->h.cluster_size));
+  if (missing >= cs->st.host + cs->st.len)
+    return 0;
+  sc_set_error (EIO, "%s: data cluster at host offset %" PRIu64 " lies "
+                "past the end of the file (%" PRIu64 " bytes): the image "
+                "is cut short", L->filename, missing, L->ep->size);
+  return -1;
+}
+
+/* Guest reads through the chain.  With nowait, only what can be had
+ * without waiting for a device: returns 1 as soon as a part cannot (a
+ * compressed cluster, host bytes not in memory).
+ */
+static int
+chain_read (struct sc_qcow2 *q, void *buf, size_t count, uint64_t offset,
+            bool nowait)
 {
   char *p = buf;
 
   while (count > 0) {
     struct cstatus cs;
     struct layer *L;
+    struct sc_endpoint *ep;
     size_t n;
+    int r;
 
     if (chain_status (q, offset, count, false, &cs) == -1)
       return -1;
     n = (size_t) cs.st.len;
     L = &q->layers[cs.depth];
+    ep = L->raw ? L->ep : L->data_ep;
     if (!cs.present || cs.zero)
       memset (p, 0, n);
     else if (cs.st.kind == LK_COMPRESSED) {
+      if (nowait)
+        return 1;
       if (read_compressed (L, cs.st.l2e,
                            qcow2_offset_into_cluster (&L->h, offset),
                            p, n) == -1)
         return -1;
     }
-    else if (read_host (L->raw ? L->ep : L->data_ep, p, n, cs.st.host) == -1)
+    else if (cut_short (L, &cs) == -1)
+      return -1;
+    else if (nowait) {
+      if (cs.st.host >= ep->size || n > ep->size - cs.st.host)
+        return 1;
+      r = sc_ep_pread_nowait (ep, p, n, cs.st.host);
+      if (r != 0)
+        return r;
+    }
+    else if (read_host (ep, p, n, cs.st.host) == -1)
       return -1;
     p += n;
     count -= n;
     offset += n;
   }
   return 0;
+}
+
+int
+qcow2_chain_pread (struct sc_qcow2 *q, void *buf, size_t count,
+                   uint64_t offset)
+{
+  return chain_read (q, buf, count, offset, false);
+}
+
+int
+qcow2_chain_pread_nowait (struct sc_qcow2 *q, void *buf, size_t count,
+                          uint64_t offset)
+{
+  return chain_read (q, buf, count, offset, true);
 }
 
 /* ---- opening --------------------------------------------------------- */
@@ -1192,7 +1251,8 @@ qcow2_chain_extents (struct sc_qcow2 *q, uint64_t offset, uint64_t end,
     struct cstatus cs;
     uint32_t flags;
 
-    if (chain_status (q, offset, end - offset, true, &cs) == -1)
+    if (chain_status (q, offset, end - offset, true, &cs) == -1
+        || (cs.present && cut_short (&q->layers[cs.depth], &cs) == -1))
       return -1;
     flags = !cs.present ? SC_EXTENT_HOLE : cs.zero ? SC_EXTENT_ZERO : 0;
     if (sc_extent_list_append (list, offset, cs.st.len, flags) == -1)

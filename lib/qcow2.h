@@ -447,6 +447,12 @@ extern struct sc_endpoint *qcow2_open_file (const char *path);
  */
 extern int qcow2_chain_pread (struct sc_qcow2 *q, void *buf, size_t count,
                               uint64_t offset);
+/* The same, only if it can be had without waiting for a device: 0 when
+ * read, 1 when some of it cannot (a compressed cluster, host bytes not
+ * in the page cache), -1 on error.
+ */
+extern int qcow2_chain_pread_nowait (struct sc_qcow2 *q, void *buf,
+                                     size_t count, uint64_t offset);
 /* Append the extents of the guest view from offset to end (at most
  * the virtual size) to list: holes where no layer has the range, zero
  * extents where it reads as zeros, as qemu's block status says.

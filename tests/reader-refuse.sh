@@ -7,7 +7,7 @@
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
 . "$srcdir/reader-functions.sh"
-requires qemu-img qemu-io python3 timeout cmp
+requires qemu-img qemu-io python3 timeout cmp jq
 
 if [ "$READER_ORACLE" = qemu ]; then
   echo "$0: SKIP: checks sparsecow's own refusals"
@@ -109,8 +109,9 @@ for f in magic v1 v4 cb8 cb31 l1off l1odd l1big l1zero size rorder hlen ctype od
   esac
 done
 
-# L2 entries: qemu reads a cluster past the end of the file as zeros (so
-# must sparsecow), and refuses an unaligned host offset.
+# L2 entries: qemu reads a data cluster past the end of the file as
+# zeros; sparsecow refuses to unpack it (its data is lost, not zero) but
+# maps it as qemu-img map does.  qemu refuses an unaligned host offset.
 l2=$(python3 - plain.qcow2 <<'EOF'
 import struct, sys
 b = open(sys.argv[1], "rb").read()
@@ -120,7 +121,29 @@ EOF
 )
 cp plain.qcow2 l2eof.qcow2
 patch l2eof.qcow2 "$l2" 8000100000000000
-check_image l2eof.qcow2
+expect_fail "l2eof.qcow2: data cluster at host offset 17592186044416 lies past the end of the file .*cut short" \
+  rd_sparsecow unpack l2eof.qcow2 l2eof.raw
+[ ! -e l2eof.raw ] || fail "failed unpack of l2eof.qcow2 left l2eof.raw behind"
+rd_sparsecow map --json l2eof.qcow2 | jq -c '.[0] | [.start, .zero, .offset]' \
+  > l2eof.smap
+qemu-img map --output=json l2eof.qcow2 | jq -c '.[0] | [.start, .zero, .offset]' \
+  > l2eof.qmap
+cmp l2eof.qmap l2eof.smap || fail "map of l2eof.qcow2 differs from qemu-img map"
+
+# An image cut short, as by an interrupted download: qemu-img reads the
+# missing clusters as zeros; unpack and re-pack refuse with the offset.
+qemu-img create -q -f qcow2 cut.qcow2 8M
+qio cut.qcow2 "write -P 0x61 0 2M" "write -P 0x62 6M 1M"
+head -c $(( $(stat -c %s cut.qcow2) - 512 * 1024 )) cut.qcow2 > cut-short.qcow2
+qemu-img convert -q -f qcow2 -O raw cut-short.qcow2 judge.raw ||
+  fail "test setup: qemu-img does not read cut-short.qcow2"
+rm -f judge.raw
+expect_fail "cut-short.qcow2: data cluster at host offset [0-9]+ lies past the end of the file .*cut short" \
+  rd_sparsecow unpack cut-short.qcow2 cut.raw
+[ ! -e cut.raw ] || fail "failed unpack of cut-short.qcow2 left cut.raw behind"
+expect_fail "cut short" rd_sparsecow pack cut-short.qcow2 cut2.qcow2
+[ ! -e cut2.qcow2 ] || fail "failed pack of cut-short.qcow2 left cut2.qcow2 behind"
+expect_fail "data cluster at host offset [0-9]+ lies past the end" sh -c "cat cut-short.qcow2 | $SPARSECOW unpack - cut.raw"
 cp plain.qcow2 l2odd.qcow2
 patch l2odd.qcow2 "$l2" 8000000000030200
 qemu-img convert -q -f qcow2 -O raw l2odd.qcow2 judge.raw 2>/dev/null &&
