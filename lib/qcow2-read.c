@@ -198,22 +198,6 @@ cache_get (struct sc_qcow2 *q, size_t li, uint64_t offset)
 
 /* ---- one layer -------------------------------------------------------- */
 
-/* Host reads past the end of a file return zeros, as in qemu (data
- * files in particular may be shorter than what the L2 tables map).
- */
-static int
-read_host (struct sc_endpoint *ep, void *buf, size_t count, uint64_t offset)
-{
-  size_t avail = 0;
-
-  if (offset < ep->size)
-    avail = (size_t) SC_MIN ((uint64_t) count, ep->size - offset);
-  if (avail > 0 && sc_ep_pread (ep, buf, avail, offset) == -1)
-    return -1;
-  memset ((char *) buf + avail, 0, count - avail);
-  return 0;
-}
-
 /* Replace the window of c with the extents of [pos, pos+count) of ep.
  * Where the endpoint cannot tell (it fails, or its answer is not what
  * the interface promises), the rest of the window is data, as when
@@ -702,7 +686,10 @@ chain_read (struct sc_qcow2 *q, void *buf, size_t count, uint64_t offset,
       if (r != 0)
         return r;
     }
-    else if (read_host (ep, p, n, cs.st.host) == -1)
+    /* Past the end of a raw backing file or an external data file,
+     * zeros, as in qemu.
+     */
+    else if (qcow2_pread_padded (ep, ep->size, p, n, cs.st.host) == -1)
       return -1;
     p += n;
     count -= n;
