@@ -33,6 +33,24 @@ block_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
   return sc_ep_write_zeros (ep, count, offset);
 }
 
+static void
+device_too_small (uint64_t dev_size, uint64_t size)
+{
+  sc_set_error (ENOSPC, "device is smaller than the image (%" PRIu64
+                " < %" PRIu64 ")", dev_size, size);
+}
+
+/* A device's size is what it is: it must hold the image. */
+static int
+block_set_size (struct sc_endpoint *ep, uint64_t size)
+{
+  if (size > ep->size) {
+    device_too_small (ep->size, size);
+    return -1;
+  }
+  return 0;
+}
+
 static const struct sc_endpoint_ops block_source_ops = {
   .kind = "block",
   .pread = sc_fd_ep_pread,
@@ -45,6 +63,7 @@ static const struct sc_endpoint_ops block_target_ops = {
   .pread = sc_fd_ep_pread,
   .pwrite = sc_fd_ep_pwrite,
   .zero = block_zero,
+  .set_size = block_set_size,
   .flush = sc_fd_ep_flush,
   .close = sc_fd_ep_close,
 };
@@ -104,8 +123,7 @@ sc_block_target_new (int fd, bool own_fd, const char *name, uint64_t size)
   if (device_size (fd, name, &dev_size) == -1)
     return NULL;
   if (dev_size < size) {
-    sc_set_error (ENOSPC, "device is smaller than the image (%" PRIu64
-                  " < %" PRIu64 ")", dev_size, size);
+    device_too_small (dev_size, size);
     return NULL;
   }
   return new_block_ep (&block_target_ops, fd, own_fd, name, dev_size);

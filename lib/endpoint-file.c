@@ -210,6 +210,24 @@ file_close (struct sc_endpoint *ep)
   return sc_fd_ep_close (ep);
 }
 
+static int set_size (int fd, uint64_t size);
+
+/* A new file (under its temporary name) takes the size it is given; an
+ * existing one written in place only grows.
+ */
+static int
+file_set_size (struct sc_endpoint *ep, uint64_t size)
+{
+  struct file_ep *f = (struct file_ep *) ep;
+
+  if (size == ep->size || (f->tmp == NULL && size < ep->size))
+    return 0;
+  if (set_size (f->base.fd, size) == -1)
+    return -1;
+  ep->size = size;
+  return 0;
+}
+
 static const struct sc_endpoint_ops file_source_ops = {
   .kind = "file",
   .pread = sc_fd_ep_pread,
@@ -226,7 +244,9 @@ static const struct sc_endpoint_ops file_target_ops = {
   .extents = file_extents,
   .pwrite = sc_fd_ep_pwrite,
   .zero = file_zero,
+  .local_fd = sc_fd_ep_local_fd,
   .copy_from_fd = file_copy_from_fd,
+  .set_size = file_set_size,
   .flush = sc_fd_ep_flush,
   .commit = file_commit,
   .close = file_close,

@@ -217,10 +217,21 @@ pipe_flush (struct sc_endpoint *ep)
   return 0;
 }
 
+/* A stream takes any size; a file behind it is made that long at the
+ * end.
+ */
+static int
+pipe_set_size (struct sc_endpoint *ep, uint64_t size)
+{
+  ep->size = size;
+  return 0;
+}
+
 static const struct sc_endpoint_ops pipe_target_ops = {
   .kind = "pipe",
   .pwrite = pipe_pwrite,
   .zero = pipe_zero,
+  .set_size = pipe_set_size,
   .flush = pipe_flush,
   .close = pipe_close,
 };

@@ -155,12 +155,30 @@ sc_ep_copy_fd_range (int src_fd, const char *src_name, uint64_t src_off,
 }
 
 int
+sc_ep_local_fd (struct sc_endpoint *ep)
+{
+  return ep->ops->local_fd ? ep->ops->local_fd (ep) : -1;
+}
+
+int
 sc_ep_copy_range (struct sc_endpoint *src, uint64_t src_off,
                   struct sc_endpoint *dst, uint64_t dst_off, uint64_t count)
 {
-  int fd = src->ops->local_fd ? src->ops->local_fd (src) : -1;
+  return sc_ep_copy_fd_range (sc_ep_local_fd (src), src->name, src_off, dst,
+                              dst_off, count);
+}
 
-  return sc_ep_copy_fd_range (fd, src->name, src_off, dst, dst_off, count);
+int
+sc_ep_set_size (struct sc_endpoint *ep, uint64_t size)
+{
+  if (ep->ops->set_size)
+    return ep->ops->set_size (ep, size);
+  if (size > ep->size) {
+    sc_set_error (ENOSPC, "too small for the data (%" PRIu64 " < %" PRIu64
+                  " bytes)", ep->size, size);
+    return -1;
+  }
+  return 0;
 }
 
 int

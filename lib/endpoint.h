@@ -109,6 +109,13 @@ struct sc_endpoint_ops {
   int (*copy_from_fd) (struct sc_endpoint *ep, int src_fd,
                        const char *src_name, uint64_t src_off,
                        uint64_t dst_off, uint64_t count);
+  /* The target must hold size bytes, known only now (a target may be
+   * opened before its size is known): a new file is sized to it, so a
+   * file system that cannot hold it fails before data is written; a
+   * device or an existing file must be at least that large.  ep->size
+   * is the new size afterwards.  NULL: ENOSPC if size > ep->size.
+   */
+  int (*set_size) (struct sc_endpoint *ep, uint64_t size);
   /* Make everything written durable.  NULL: nothing to do. */
   int (*flush) (struct sc_endpoint *ep);
   /* A target that is complete: flush it and make it visible under its
@@ -183,6 +190,9 @@ extern int sc_ep_copy_range (struct sc_endpoint *src, uint64_t src_off,
 extern int sc_ep_copy_fd_range (int src_fd, const char *src_name,
                                 uint64_t src_off, struct sc_endpoint *dst,
                                 uint64_t dst_off, uint64_t count);
+extern int sc_ep_set_size (struct sc_endpoint *ep, uint64_t size);
+/* The local regular file behind ep, or -1 (the endpoint keeps it). */
+extern int sc_ep_local_fd (struct sc_endpoint *ep);
 extern int sc_ep_flush (struct sc_endpoint *ep);
 extern int sc_ep_commit (struct sc_endpoint *ep);
 extern int sc_ep_close (struct sc_endpoint *ep);

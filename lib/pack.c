@@ -12,8 +12,9 @@
  *
  * Phase 2 (emit) writes the image forward only: the metadata, whose
  * size is known once the plan is complete, then the data area.  The
- * target appears under its name only after everything is written and
- * the source is found unchanged.
+ * caller commits the target (it appears under its name) only after
+ * sc_pack has written and flushed everything and found the source
+ * unchanged.
  */
 #include <config.h>
 
@@ -746,12 +747,14 @@ check_opts (const struct sc_pack_opts *opts, uint32_t *cluster_bits,
 }
 
 int
-sc_pack (struct sc_endpoint *src, const char *target,
+sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
          const struct sc_pack_opts *opts_in)
 {
   struct sc_pack_opts opts = *opts_in;
-  struct pack pk = { .src = src, .target = target, .spill_fd = -1,
-                     .copy_range = true, .spill_copy_range = true };
+  const char *target = dst->name;
+  struct pack pk = { .src = src, .target = target, .dst = dst,
+                     .spill_fd = -1, .copy_range = true,
+                     .spill_copy_range = true };
   struct sc_extent_list extents;
   struct sc_fingerprint fp_before, fp_after;
   int have_fp;
@@ -801,7 +804,10 @@ sc_pack (struct sc_endpoint *src, const char *target,
       sc_set_error (errno, "out of memory");
       goto out;
     }
-    pk.spill_fd = sc_spill_open (target);
+    /* Next to a file target, whose file system must have the room for
+     * the image anyway; elsewhere in TMPDIR.
+     */
+    pk.spill_fd = sc_spill_open (sc_ep_local_fd (dst) >= 0 ? target : NULL);
     if (pk.spill_fd == -1)
       goto out;
   }
@@ -823,9 +829,7 @@ sc_pack (struct sc_endpoint *src, const char *target,
     sc_set_error (errno, "out of memory");
     goto out;
   }
-  pk.dst = sc_endpoint_open_target (target, pk.plan.file_size,
-                                opts.target_flags);
-  if (pk.dst == NULL) {
+  if (sc_ep_set_size (dst, pk.plan.file_size) == -1) {
     name_error (target);
     goto out;
   }
@@ -838,6 +842,13 @@ sc_pack (struct sc_endpoint *src, const char *target,
     goto out;
   }
 
+  if (sc_ep_flush (dst) == -1) {
+    name_error (target);
+    goto out;
+  }
+  /* Checked last, so that a change while the image was written counts
+   * too; the caller commits only after this.
+   */
   if (have_fp == 0) {
     if (sc_ep_fingerprint (src, &fp_after) == -1)
       goto out;
@@ -846,28 +857,9 @@ sc_pack (struct sc_endpoint *src, const char *target,
       goto out;
     }
   }
-
-  if (sc_ep_commit (pk.dst) == -1) {
-    name_error (target);
-    goto out;
-  }
   ret = 0;
 
  out:
-  if (pk.dst) {
-    /* Without a commit, closing removes the temporary target.  The
-     * first error is the one worth reporting: keep it.
-     */
-    int saved_errno = sc_error_errno ();
-    CLEANUP_FREE char *saved = ret == 0 ? NULL : strdup (sc_error_message ());
-
-    if (sc_ep_close (pk.dst) == -1 && ret == 0) {
-      name_error (target);
-      ret = -1;
-    }
-    else if (ret == -1 && saved)
-      sc_set_error (saved_errno, "%s", saved);
-  }
   if (pk.spill_fd >= 0)
     close (pk.spill_fd);
   free (pk.spill_buf);

@@ -1026,13 +1026,13 @@ read_header (struct stream_unpack *s)
 }
 
 int
-sc_qcow2_unpack_stream (struct sc_endpoint *src, const char *target,
-                        const struct sc_stream_unpack_opts *opts)
+qcow2_unpack_stream (struct sc_endpoint *src, struct sc_endpoint *dst,
+                     sc_progress_fn progress, void *progress_opaque)
 {
+  const char *target = dst->name;
   struct stream_unpack s = {
-    .src = src, .name = src->name, .spill_fd = -1,
-    .progress = opts ? opts->progress : NULL,
-    .progress_opaque = opts ? opts->progress_opaque : NULL,
+    .src = src, .dst = dst, .name = src->name, .spill_fd = -1,
+    .progress = progress, .progress_opaque = progress_opaque,
   };
   int ret = -1;
 
@@ -1045,7 +1045,7 @@ sc_qcow2_unpack_stream (struct sc_endpoint *src, const char *target,
     sc_set_error (errno, "out of memory");
     return -1;
   }
-  s.spill_fd = sc_spill_open (target);
+  s.spill_fd = sc_spill_open (sc_ep_local_fd (dst) >= 0 ? target : NULL);
   if (s.spill_fd == -1)
     goto out;
   if (read_chunk (&s) == -1)
@@ -1061,9 +1061,7 @@ sc_qcow2_unpack_stream (struct sc_endpoint *src, const char *target,
     goto out;
   }
 
-  s.dst = sc_endpoint_open_target (target, s.vsize,
-                               opts ? opts->target_flags : 0);
-  if (s.dst == NULL) {
+  if (sc_ep_set_size (dst, s.vsize) == -1) {
     sc_error_prefix ("%s", target);
     goto out;
   }
@@ -1106,7 +1104,7 @@ sc_qcow2_unpack_stream (struct sc_endpoint *src, const char *target,
   }
   if (serve_late (&s) == -1)
     goto err_image;
-  if (zero_the_rest (&s) == -1 || sc_ep_commit (s.dst) == -1) {
+  if (zero_the_rest (&s) == -1 || sc_ep_flush (s.dst) == -1) {
     sc_error_prefix ("%s", target);
     goto out;
   }
@@ -1116,18 +1114,6 @@ sc_qcow2_unpack_stream (struct sc_endpoint *src, const char *target,
  err_image:
   sc_error_prefix ("%s", s.name);
  out:
-  if (s.dst) {
-    /* Closing an uncommitted target removes it; keep the first error. */
-    int saved_errno = sc_error_errno ();
-    CLEANUP_FREE char *saved = ret == 0 ? NULL : strdup (sc_error_message ());
-
-    if (sc_ep_close (s.dst) == -1 && ret == 0) {
-      sc_error_prefix ("%s", target);
-      ret = -1;
-    }
-    else if (ret == -1 && saved)
-      sc_set_error (saved_errno, "%s", saved);
-  }
   for (size_t i = 0; i < s.part_len; i++)
     free (s.part[i].buf);
   for (size_t i = 0; i < s.held_len; i++)

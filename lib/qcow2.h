@@ -538,4 +538,15 @@ extern int qcow2_plan_write_metadata (struct qcow2_plan *p,
 extern int qcow2_plan_next (const struct qcow2_plan *p, uint64_t *gc,
                             uint64_t *rel, uint64_t *len, bool *compressed);
 
+/* ---- qcow2-stream.c ---------------------------------------------------- */
+
+/* Decode the qcow2 image on the stream src into dst (see sc_unpack):
+ * sized, written and flushed, not committed.  progress counts bytes of
+ * the stream.
+ */
+extern int qcow2_unpack_stream (struct sc_endpoint *src,
+                                struct sc_endpoint *dst,
+                                sc_progress_fn progress,
+                                void *progress_opaque);
+
 #endif /* SPARSECOW_QCOW2_H */

@@ -242,22 +242,34 @@ extern int sc_is_qcow2 (const char *path);
  */
 extern struct sc_endpoint *sc_qcow2_endpoint (struct sc_qcow2 *q);
 
-/* qcow2-stream.c: unpack an image read once from a stream endpoint (a
- * pipe) into target, opened as sc_endpoint_open_target() does and
- * committed on success.  The image's active layer is written; images
- * with a backing file or an external data file are refused.  Bytes of
- * the image that are not known to be needed when they go by are kept
- * in a spill file (see the manual), so images whose tables come after
- * their data still work.
+/* unpack.c: the guest data of a qcow2 image -> a target.
+ *
+ * image is the image file as a source endpoint.  A seekable one is
+ * read with the reader (backing chain, snapshots, external data file
+ * all supported); a stream (a pipe) is decoded once, front to back:
+ * its active layer only, no backing file or external data file, and
+ * bytes of the image not known to be needed when they go by are kept
+ * in a spill file, so images whose tables come after their data still
+ * work.  dst is a target opened by the caller, with any size: it is
+ * sized to the virtual size (a new file grows, a device must be large
+ * enough).  On success everything is written and flushed; the caller
+ * commits dst (sc_endpoint_commit), or closes it to throw it away.
+ * Returns 0, or -1 with errno EINVAL (not a qcow2 image, a snapshot
+ * asked of a stream), ENOTSUP (a feature that cannot be read), EPERM
+ * (no_external_files and the image names a file), ENOSPC, EIO, ENOMEM.
  */
-struct sc_stream_unpack_opts {
-  unsigned target_flags;        /* SC_TARGET_* */
-  sc_progress_fn progress;      /* bytes read; the total is 0 (unknown) */
+struct sc_unpack_opts {
+  const char *snapshot;         /* NULL = active layer; else name or ID */
+  bool no_external_files;       /* as in sc_qcow2_open_opts */
+  unsigned threads;             /* 0 = online CPUs */
+  /* Bytes of the guest processed; from a stream, bytes of the image
+   * read, with a total of 0 (unknown).
+   */
+  sc_progress_fn progress;
   void *progress_opaque;
 };
-extern int sc_qcow2_unpack_stream (struct sc_endpoint *src,
-                                   const char *target,
-                                   const struct sc_stream_unpack_opts *opts);
+extern int sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
+                      const struct sc_unpack_opts *opts);
 
 /* One run of qemu-img map: fields as in "qemu-img map --output=json". */
 struct sc_map_entry {
@@ -330,7 +342,6 @@ struct sc_pack_opts {
   int level;                    /* compression level, -1 = default */
   bool detect_zeroes;           /* do not store all-zero clusters */
   unsigned threads;             /* 0 = online CPUs */
-  unsigned target_flags;        /* SC_TARGET_* */
   /* Refuse a source whose first bytes are the qcow2 magic (an image,
    * not raw data; default true): sc_pack fails with EMEDIUMTYPE.  A
    * program that has opened such an image as raw data on purpose sets
@@ -349,13 +360,17 @@ struct sc_pack_opts {
 
 extern void sc_pack_opts_init (struct sc_pack_opts *opts);
 
-/* Pack src into a new qcow2 image at target (replaced only with
- * SC_TARGET_FORCE, and only when everything has been written).
+/* Pack src into a qcow2 image written to dst, a target opened by the
+ * caller with any size: it is sized to the image once the layout is
+ * known (a new file grows, a device must be large enough, a stream is
+ * written forward).  On success everything is written and flushed and
+ * a file source was found unchanged; the caller commits dst
+ * (sc_endpoint_commit), or closes it to throw it away.
  * Returns 0, or -1 with errno EINVAL (bad options), EMEDIUMTYPE (the
  * source is a qcow2 image and refuse_images is set), EBUSY (a file
- * source changed while it was read), EIO, ENOSPC, EFBIG, EEXIST, ENOMEM.
+ * source changed while it was read), EIO, ENOSPC, EFBIG, ENOMEM.
  */
-extern int sc_pack (struct sc_endpoint *src, const char *target,
+extern int sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
                     const struct sc_pack_opts *opts);
 
 /* ---- qcow2-check.c: the checker ------------------------------------- */

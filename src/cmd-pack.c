@@ -401,21 +401,42 @@ detect_source (const char *source, enum source_format forced)
   return SOURCE_RAW;
 }
 
-/* Pack src, closing it; errors are printed.  Returns 0 or -1. */
+/* Pack src into target, closing src; errors are printed.  The target
+ * is opened before the source is read (its size is set once the image
+ * is laid out) and committed only when everything is written.  Returns
+ * 0 or -1.
+ */
 static int
 pack_endpoint (struct sc_endpoint *src, const char *source,
-               const char *target, const struct sc_pack_opts *opts,
+               const char *target, unsigned target_flags,
+               const struct sc_pack_opts *opts,
                const struct cli_common *common)
 {
-  int r = sc_pack (src, target, opts);
+  struct sc_endpoint *dst = sc_endpoint_open_target (target, 0,
+                                                     target_flags);
+  int r = -1;
 
-  cli_progress_done (common);
-  if (r == -1 && sc_error_errno () == EMEDIUMTYPE)
-    /* Only a stream gets here: a file was probed before. */
-    cli_error ("%s; re-pack it from a file, or force with "
-               "--source-format=raw", sc_error_message ());
-  else if (r == -1)
-    cli_lib_error (NULL);
+  if (dst == NULL)
+    cli_lib_error (target);
+  else {
+    r = sc_pack (src, dst, opts);
+    cli_progress_done (common);
+    if (r == -1 && sc_error_errno () == EMEDIUMTYPE)
+      /* Only a stream gets here: a file was probed before. */
+      cli_error ("%s; re-pack it from a file, or force with "
+                 "--source-format=raw", sc_error_message ());
+    else if (r == -1)
+      cli_lib_error (NULL);
+    else if (sc_endpoint_commit (dst) == -1) {
+      cli_lib_error (NULL);
+      r = -1;
+    }
+    /* Closing an uncommitted target removes it. */
+    if (sc_endpoint_close (dst) == -1 && r == 0) {
+      cli_lib_error (NULL);
+      r = -1;
+    }
+  }
   if (sc_endpoint_close (src) == -1 && r == 0) {
     cli_lib_error (source);
     r = -1;
@@ -430,6 +451,7 @@ cmd_pack (int argc, char **argv)
   struct sc_pack_opts opts;
   enum sc_map_method map = SC_MAP_SEEK;
   enum source_format format = SOURCE_AUTO;
+  unsigned target_flags = 0;
   enum sc_codec ctype = SC_CODEC_NONE;  /* -o compression_type */
   bool level_set = false, map_set = false, codec_named = false;
   unsigned level = 0;
@@ -444,7 +466,7 @@ cmd_pack (int argc, char **argv)
       continue;
     switch (c) {
     case 'f':
-      opts.target_flags |= SC_TARGET_FORCE;
+      target_flags |= SC_TARGET_FORCE;
       break;
     case 'c':
     case OPT_COMPRESS:
@@ -589,7 +611,7 @@ cmd_pack (int argc, char **argv)
       fprintf (stderr, "%s: %s: qcow2 image; packing its guest content\n",
                cli_program, source);
     opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
-    r = pack_endpoint (src, source, target, &opts, &common);
+    r = pack_endpoint (src, source, target, target_flags, &opts, &common);
     sc_qcow2_close (q);
     return r == 0 ? EXIT_OK : EXIT_ERROR;
   }
@@ -600,6 +622,6 @@ cmd_pack (int argc, char **argv)
     return EXIT_ERROR;
   }
   opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
-  r = pack_endpoint (src, source, target, &opts, &common);
+  r = pack_endpoint (src, source, target, target_flags, &opts, &common);
   return r == 0 ? EXIT_OK : EXIT_ERROR;
 }

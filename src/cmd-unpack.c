@@ -41,48 +41,15 @@ static const struct option long_options[] = {
   { NULL, 0, NULL, 0 },
 };
 
-static int
-unpack_stream (const char *image, const char *target, unsigned target_flags,
-               const struct cli_common *common)
-{
-  struct sc_stream_unpack_opts sopts = { .target_flags = target_flags };
-  struct sc_endpoint *src;
-  int r;
-
-  src = sc_endpoint_open_source (image, SC_MAP_SEEK);
-  if (src == NULL) {
-    cli_lib_error (image);
-    return EXIT_ERROR;
-  }
-  if (!sc_endpoint_is_stream (src)) {
-    /* Standard input redirected from a file: not a stream at all. */
-    sc_endpoint_close (src);
-    cli_error ("%s: reading an image from standard input needs a pipe; "
-               "name the file instead", image);
-    return EXIT_ERROR;
-  }
-  sopts.progress = cli_progress_fn (common, &sopts.progress_opaque);
-  r = sc_qcow2_unpack_stream (src, target, &sopts);
-  cli_progress_done (common);
-  if (r == -1)
-    cli_lib_error (NULL);
-  if (sc_endpoint_close (src) == -1 && r == 0) {
-    cli_lib_error (image);
-    r = -1;
-  }
-  return r == 0 ? EXIT_OK : EXIT_ERROR;
-}
-
 int
 cmd_unpack (int argc, char **argv)
 {
   struct cli_common common = { 0 };
-  struct sc_qcow2_open_opts qopts = { 0 };
-  struct sc_copy_opts copts = { 0 };
-  struct sc_qcow2 *q = NULL;
+  struct sc_unpack_opts uopts = { 0 };
   struct sc_endpoint *src = NULL, *dst = NULL;
   const char *image, *target;
   unsigned target_flags = 0;
+  bool stream;
   int c, rc = EXIT_ERROR;
 
   /* First, so that no temporary target can outlive an interrupt. */
@@ -97,7 +64,7 @@ cmd_unpack (int argc, char **argv)
       target_flags |= SC_TARGET_FORCE;
       break;
     case OPT_SNAPSHOT:
-      qopts.snapshot = optarg;
+      uopts.snapshot = optarg;
       break;
     default:
       cli_usage_error ("unpack", "unknown option");
@@ -123,40 +90,38 @@ cmd_unpack (int argc, char **argv)
   /* An image in a pipe is read once, as it comes. */
   {
     struct stat st;
-    bool stream = strcmp (image, "-") == 0
+
+    stream = strcmp (image, "-") == 0
       || (stat (image, &st) == 0
           && (S_ISFIFO (st.st_mode) || S_ISCHR (st.st_mode)));
-
-    if (stream) {
-      if (qopts.snapshot)
-        cli_usage_error ("unpack", "--snapshot cannot be used with an "
-                         "image read from a pipe");
-      return unpack_stream (image, target, target_flags, &common);
-    }
+    if (stream && uopts.snapshot)
+      cli_usage_error ("unpack", "--snapshot cannot be used with an "
+                       "image read from a pipe");
   }
 
-  q = sc_qcow2_open (image, &qopts);
-  if (q == NULL) {
+  src = sc_endpoint_open_source (image, SC_MAP_SEEK);
+  if (src == NULL) {
     cli_lib_error (image);
     return EXIT_ERROR;
   }
-  src = sc_qcow2_endpoint (q);
-  if (src == NULL) {
-    cli_lib_error (image);
-    goto out;
+  if (stream && !sc_endpoint_is_stream (src)) {
+    /* Standard input redirected from a file: not a stream at all. */
+    sc_endpoint_close (src);
+    cli_error ("%s: reading an image from standard input needs a pipe; "
+               "name the file instead", image);
+    return EXIT_ERROR;
   }
-  dst = sc_endpoint_open_target (target, sc_qcow2_virtual_size (q),
-                                target_flags);
+  /* Sized by sc_unpack once the image's virtual size is known. */
+  dst = sc_endpoint_open_target (target, 0, target_flags);
   if (dst == NULL) {
     cli_lib_error (target);
     goto out;
   }
 
-  copts.threads = common.threads;
-  copts.detect_zeroes = true;
-  copts.progress = cli_progress_fn (&common, &copts.progress_opaque);
-  /* Errors of the copy and the commit name the endpoint concerned. */
-  if (sc_copy (src, dst, &copts) == -1) {
+  uopts.threads = common.threads;
+  uopts.progress = cli_progress_fn (&common, &uopts.progress_opaque);
+  /* Errors name the image or the target, whichever failed. */
+  if (sc_unpack (src, dst, &uopts) == -1) {
     cli_progress_done (&common);
     cli_lib_error (NULL);
     goto out;
@@ -178,6 +143,5 @@ cmd_unpack (int argc, char **argv)
     cli_lib_error (image);
     rc = EXIT_ERROR;
   }
-  sc_qcow2_close (q);
   return rc;
 }

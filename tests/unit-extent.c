@@ -967,6 +967,77 @@ test_fd_endpoints (void)
   CU_ASSERT_EQUAL (sc_error_errno (), EBADF);
 }
 
+/* sc_pack and sc_unpack between endpoints on descriptors: a program
+ * packs and unpacks without naming a single file, and the image passes
+ * qemu-img check when qemu-img is there.
+ */
+static void
+test_pack_unpack_fds (void)
+{
+  char rpath[300], ipath[300], opath[300], cmd[700];
+  unsigned char a[BLOCK], b[BLOCK];
+  struct sc_pack_opts popts;
+  struct sc_unpack_opts uopts = { .threads = 2 };
+  struct sc_endpoint *src, *img, *out, *null;
+  int rfd, ifd, ofd;
+  const off_t size = 8 * MiB + 1536;
+
+  path_of (rpath, sizeof rpath, "pk.raw");
+  path_of (ipath, sizeof ipath, "pk.qcow2");
+  path_of (opath, sizeof opath, "pk.out");
+  rfd = open (rpath, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  ifd = open (ipath, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  ofd = open (opath, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  CU_ASSERT_FATAL (rfd >= 0 && ifd >= 0 && ofd >= 0);
+  CU_ASSERT_EQUAL (ftruncate (rfd, size), 0);
+  for (int i = 0; i < 5; i++) {
+    memset (a, 'a' + i, sizeof a);
+    CU_ASSERT_EQUAL (pwrite (rfd, a, sizeof a, i * 1536 * KiB + 512),
+                     (ssize_t) sizeof a);
+  }
+
+  sc_pack_opts_init (&popts);
+  popts.codec = SC_CODEC_DEFLATE;
+  popts.threads = 2;
+  src = sc_endpoint_open_fd_source (rfd, "pk.raw", SC_MAP_SEEK);
+  img = sc_endpoint_open_fd_target (ifd, "pk.qcow2", 0);
+  CU_ASSERT_FATAL (src != NULL && img != NULL);
+  CU_ASSERT_EQUAL (sc_pack (src, img, &popts), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_commit (img), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_close (img), 0);
+  /* Into a target that is too small: ENOSPC, nothing else. */
+  null = sc_null_target_new (4096);
+  CU_ASSERT_EQUAL (sc_pack (src, null, &popts), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), ENOSPC);
+  sc_endpoint_close (null);
+  CU_ASSERT_EQUAL (sc_endpoint_close (src), 0);
+
+  snprintf (cmd, sizeof cmd, "command -v qemu-img >/dev/null || exit 0; "
+            "qemu-img check -q '%s' && qemu-img compare -q -f raw -F qcow2 "
+            "'%s' '%s'", ipath, rpath, ipath);
+  CU_ASSERT_EQUAL (system (cmd), 0);
+
+  img = sc_endpoint_open_fd_source (ifd, ipath, SC_MAP_SEEK);
+  out = sc_endpoint_open_fd_target (ofd, "pk.out", 0);
+  CU_ASSERT_FATAL (img != NULL && out != NULL);
+  CU_ASSERT_EQUAL (sc_unpack (img, out, &uopts), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_commit (out), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_close (out), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_close (img), 0);
+  CU_ASSERT_EQUAL (lseek (ofd, 0, SEEK_END), size);
+  for (off_t o = 0; o < size; o += sizeof a) {
+    size_t n = (size_t) SC_MIN ((off_t) sizeof a, size - o);
+    if (pread (rfd, a, n, o) != (ssize_t) n || pread (ofd, b, n, o) != (ssize_t) n
+        || memcmp (a, b, n) != 0) {
+      CU_FAIL ("unpacked content differs from the source");
+      break;
+    }
+  }
+  close (rfd);
+  close (ifd);
+  close (ofd);
+}
+
 int
 main (void)
 {
@@ -993,7 +1064,9 @@ main (void)
                        test_endpoint_defaults)
       || !CU_add_test (s, "copy, extents a window at a time",
                        test_copy_extent_windows)
-      || !CU_add_test (s, "endpoints on descriptors", test_fd_endpoints)) {
+      || !CU_add_test (s, "endpoints on descriptors", test_fd_endpoints)
+      || !CU_add_test (s, "pack and unpack between descriptors",
+                       test_pack_unpack_fds)) {
     CU_cleanup_registry ();
     return EXIT_FAILURE;
   }
