@@ -15,7 +15,7 @@ cd "$top"
 
 packages=(autoconf automake libtool pkg-config make gcc
           zlib1g-dev libzstd-dev libnbd-dev libcunit1-dev
-          qemu-utils nbdkit libnbd-bin e2fsprogs xfsprogs python3 valgrind)
+          qemu-utils nbdkit libnbd-bin e2fsprogs xfsprogs python3 valgrind jq)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
