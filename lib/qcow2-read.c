@@ -618,30 +618,29 @@ read_compressed (struct layer *L, uint64_t l2e, uint64_t into, void *buf,
   return 0;
 }
 
-/* A data cluster that starts past the end of its own image file is
- * not there: the image was cut short (an interrupted copy).  qemu reads
- * it as zeros (and qemu-img map calls it zero), which would lose its
- * data without a word when it is copied: an error here.  qemu extends
- * the file over clusters it preallocates, and a raw backing file or an
- * external data file shorter than what is mapped reads as zeros, as in
- * qemu.
+/* A data cluster that lies wholly or partly past the end of its own
+ * image file is not all there: the image was cut short (an interrupted
+ * copy).  qemu reads the missing part as zeros (and qemu-img map calls
+ * a missing cluster zero), which would lose its data without a word
+ * when it is copied: an error here, as from a pipe.  qemu writes whole
+ * clusters and extends the file over what it preallocates; a raw
+ * backing file or an external data file shorter than what is mapped
+ * reads as zeros, as in qemu.
  */
 static int
 cut_short (const struct layer *L, const struct cstatus *cs)
 {
-  uint64_t missing;
+  uint64_t size = L->ep->size, first, cluster;
 
-  if (L->raw || L->data_ep != L->ep || cs->st.kind != LK_DATA)
+  if (L->raw || L->data_ep != L->ep || cs->st.kind != LK_DATA
+      || cs->st.host + cs->st.len <= size)
     return 0;
-  /* The first cluster of the run that starts at or past the end. */
-  missing = SC_MAX (cs->st.host - qcow2_offset_into_cluster (&L->h,
-                                                             cs->st.host),
-                    SC_ROUND_UP (L->ep->size, L->h.cluster_size));
-  if (missing >= cs->st.host + cs->st.len)
-    return 0;
-  sc_set_error (EIO, "%s: data cluster at host offset %" PRIu64 " lies "
+  first = SC_MAX (cs->st.host, size);
+  cluster = first - qcow2_offset_into_cluster (&L->h, first);
+  sc_set_error (EIO, "%s: data cluster at host offset %" PRIu64 " lies %s"
                 "past the end of the file (%" PRIu64 " bytes): the image "
-                "is cut short", L->filename, missing, L->ep->size);
+                "is cut short", L->filename, cluster,
+                cluster < size ? "partly " : "", size);
   return -1;
 }
 

@@ -143,6 +143,8 @@ struct stream_unpack {
   unsigned char *cluster;       /* one decompressed cluster */
   bool *l2_seen;                /* per L1 index: table already listed */
 
+  bool target_failed;           /* the last error is the target's */
+
   struct sc_progress prog;
   sc_progress_fn progress;
   void *progress_opaque;
@@ -420,6 +422,17 @@ held_pop (struct stream_unpack *s)
   return top;
 }
 
+/* A write to the target failed: the message names the target, and the
+ * image's name is not put in front of it (see err_image).
+ */
+static int
+target_error (struct stream_unpack *s)
+{
+  sc_error_prefix ("%s", s->dst->name);
+  s->target_failed = true;
+  return -1;
+}
+
 /* Write len bytes at guest, in order, filling the gap before it. */
 static int
 forward_write (struct stream_unpack *s, const void *buf, size_t len,
@@ -430,11 +443,12 @@ forward_write (struct stream_unpack *s, const void *buf, size_t len,
                   guest);
     return -1;
   }
-  if (guest > s->fwd_pos
-      && sc_sink_zero (s->dst, guest - s->fwd_pos, s->fwd_pos) == -1)
-    return -1;
+  if ((guest > s->fwd_pos
+       && sc_sink_zero (s->dst, guest - s->fwd_pos, s->fwd_pos) == -1)
+      || sc_sink_write (s->dst, buf, len, guest, true) == -1)
+    return target_error (s);
   s->fwd_pos = guest + len;
-  return sc_sink_write (s->dst, buf, len, guest, true);
+  return 0;
 }
 
 /* Write out what is held, as far as nothing still to come can go
@@ -513,7 +527,7 @@ write_guest (struct stream_unpack *s, const void *buf, size_t len,
     return release_held (s);
   }
   if (sc_sink_write (s->dst, buf, len, guest, true) == -1)
-    return -1;
+    return target_error (s);
   return s->fresh ? 0 : ranges_add (&s->written, guest, guest + len);
 }
 
@@ -1112,7 +1126,8 @@ qcow2_unpack_stream (struct sc_endpoint *src, struct sc_endpoint *dst,
   goto out;
 
  err_image:
-  sc_error_prefix ("%s", s.name);
+  if (!s.target_failed)
+    sc_error_prefix ("%s", s.name);
  out:
   for (size_t i = 0; i < s.part_len; i++)
     free (s.part[i].buf);

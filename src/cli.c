@@ -8,8 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#ifdef HAVE_LINUX_LOOP_H
+#include <linux/loop.h>
+#include <linux/major.h>
+#endif
 
 #include "cli.h"
 
@@ -306,21 +313,61 @@ cli_install_signal_handlers (void)
   signal (SIGXFSZ, SIG_IGN);
 }
 
+/* stat() of a name, or fstat() of the standard stream "-" stands for. */
+static int
+stat_endpoint (const char *name, int std_fd, struct stat *st)
+{
+  return strcmp (name, "-") == 0 ? fstat (std_fd, st) : stat (name, st);
+}
+
+/* Is the block device t a loop device over the file s? */
+static bool
+loop_over (const struct stat *t, const struct stat *s, const char *target)
+{
+#ifdef LOOP_GET_STATUS64
+  struct loop_info64 info;
+  int fd;
+  bool r = false;
+
+  if (!S_ISBLK (t->st_mode) || !S_ISREG (s->st_mode)
+      || major (t->st_rdev) != LOOP_MAJOR)
+    return false;
+  fd = open (target, O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return false;
+  if (ioctl (fd, LOOP_GET_STATUS64, &info) == 0)
+    r = info.lo_device == s->st_dev && info.lo_inode == s->st_ino;
+  close (fd);
+  return r;
+#else
+  (void) t; (void) s; (void) target;
+  return false;
+#endif
+}
+
 bool
 cli_target_is_source (const char *source, const char *target)
 {
   struct stat s, t;
 
-  if (strcmp (source, "-") == 0 || strcmp (target, "-") == 0
-      || stat (source, &s) == -1 || stat (target, &t) == -1)
+  if (stat_endpoint (source, STDIN_FILENO, &s) == -1
+      || stat_endpoint (target, STDOUT_FILENO, &t) == -1)
     return false;
-  /* The same file, or two device nodes of the same disk. */
+  /* The same file (also behind a redirection of a standard stream),
+   * two device nodes of the same disk, or a loop device over the file.
+   */
+  if (loop_over (&t, &s, target)) {
+    cli_error ("%s: is a loop device over the source %s; write to another "
+               "target", target, strcmp (source, "-") == 0 ? "stdin" : source);
+    return true;
+  }
   if (!(S_ISREG (s.st_mode) && S_ISREG (t.st_mode)
         && s.st_dev == t.st_dev && s.st_ino == t.st_ino)
       && !(S_ISBLK (s.st_mode) && S_ISBLK (t.st_mode)
            && s.st_rdev == t.st_rdev))
     return false;
   cli_error ("%s: is the source %s itself; write to another name",
-             target, source);
+             strcmp (target, "-") == 0 ? "stdout" : target,
+             strcmp (source, "-") == 0 ? "stdin" : source);
   return true;
 }

@@ -90,9 +90,10 @@ extern sc_progress_fn cli_progress_fn (const struct cli_common *common,
 /* Finish the progress display (newline after a bar). */
 extern void cli_progress_done (const struct cli_common *common);
 
-/* Is target the very file source is (after symbolic links)?  Then
- * print "sparsecow: TARGET: is the source SOURCE itself" and return
- * true: replacing it, even with -f, would lose the source.
+/* Is target the very file source is (after symbolic links, and for
+ * "-" the file behind the standard stream), the same block device, or
+ * a loop device over the source file?  Then print why and return true:
+ * writing it, even with -f, would lose the source.
  */
 extern bool cli_target_is_source (const char *source, const char *target);
 

@@ -85,3 +85,24 @@ for cmd in pack unpack; do
   cmp "$tmp/self.qcow2" "$tmp/self-qcow2.copy" ||
     fail "$cmd -f onto its source changed it"
 done
+
+# The same behind a redirection of standard input or output.
+cp "$tmp/self.raw" "$tmp/redir.raw"
+expect_fail "redir.raw: is the source stdin itself" \
+  sh -c "$SC_VALGRIND $SPARSECOW pack -f - '$tmp/redir.raw' < '$tmp/redir.raw'"
+cmp "$tmp/redir.raw" "$tmp/self.raw" || fail "pack from stdin onto its file changed it"
+cp "$tmp/self.qcow2" "$tmp/redir.qcow2"
+expect_fail "stdout: is the source .*redir.qcow2 itself" \
+  sh -c "$SC_VALGRIND $SPARSECOW unpack '$tmp/redir.qcow2' - 1<>'$tmp/redir.qcow2'"
+cmp "$tmp/redir.qcow2" "$tmp/self.qcow2" || fail "unpack to stdout onto its image changed it"
+
+# A loop device over the source file is the source too.
+if [ "$(id -u)" = 0 ] && command -v losetup >/dev/null &&
+   loopdev=$(losetup -f --show "$tmp/self.raw" 2>/dev/null); then
+  cleanup_fn "losetup -d $loopdev"
+  expect_fail "$loopdev: is a loop device over the source .*self.raw" \
+    sparsecow pack "$tmp/self.raw" "$loopdev"
+  cmp "$tmp/self.raw" "$tmp/self.copy" || fail "pack onto a loop device over its source changed it"
+else
+  echo "$0: note: no loop device; the loop case is not checked"
+fi

@@ -166,6 +166,22 @@ expect_fail 'no-such-dir/out.raw: ' sparsecow unpack img.qcow2 no-such-dir/out.r
 expect_fail 'fail: ' sparsecow unpack -f img.qcow2 fail
 # A missing image.
 expect_fail 'missing.qcow2: ' sparsecow unpack missing.qcow2 out.raw
+# A full file system under the target: the message names the target,
+# from a file and from a pipe alike, and nothing is left.
+if [ "$(id -u)" = 0 ] && mkdir -p "$tmp/small" &&
+   mount -t tmpfs -o size=2M tmpfs "$tmp/small" 2>/dev/null; then
+  cleanup_fn "umount '$tmp/small'"
+  head -c 8M /dev/urandom > "$tmp/noise.raw"
+  sparsecow pack -q "$tmp/noise.raw" "$tmp/noise.qcow2"
+  expect_fail "^sparsecow: $tmp/small/full.raw: .*No space left on device" \
+    sparsecow unpack "$tmp/noise.qcow2" "$tmp/small/full.raw"
+  expect_fail "^sparsecow: $tmp/small/full.raw: .*No space left on device" \
+    sh -c "cat '$tmp/noise.qcow2' | $SC_VALGRIND $SPARSECOW unpack - '$tmp/small/full.raw'"
+  [ -z "$(ls -A "$tmp/small")" ] || fail "a full file system kept: $(ls -A "$tmp/small")"
+else
+  echo "$0: note: no tmpfs mount; the full file system case is not checked"
+fi
+
 # Usage errors.
 expect_fail 'IMAGE and TARGET' sparsecow unpack img.qcow2
 expect_fail 'progress=json' sparsecow unpack --progress=json img.qcow2 -
