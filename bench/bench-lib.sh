@@ -1,0 +1,109 @@
+# Shared by pack-bench.sh and repack-bench.sh: time sparsecow pack and
+# qemu-img convert -O qcow2 of the same source in alternation and print
+# medians, speed and size ratios.  Sourced, not run.  The caller sets
+# src, out, BENCH_NAME, BENCH_ROUNDS, BENCH_ONLY, SPARSECOW, QEMU_IMG and
+# a die function, then calls run_rounds and report WORKLOAD-TEXT.
+
+# ---- timing -----------------------------------------------------------------
+now () { date +%s.%N; }
+
+# run NAME CMD...: time one run, record seconds and image size.
+# Every run starts with no dirty pages left by the one before (an
+# untimed sync), or one command would pay for the other's writeback.
+# Two times are kept: until the command exits, and until its image is
+# on disk (the command and a sync).  sparsecow flushes its target
+# before renaming it into place; qemu-img convert does not.
+declare -A times dtimes sizes
+run () {
+  local name=$1; shift
+  local t0 t1 t2
+  rm -f "$out"
+  sync
+  t0=$(now)
+  "$@" >/dev/null
+  t1=$(now)
+  sync
+  t2=$(now)
+  times[$name]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') "
+  dtimes[$name]+="$(awk -v a="$t0" -v b="$t2" 'BEGIN { print b - a }') "
+  sizes[$name]=$(stat -c %s "$out")
+  rm -f "$out"
+}
+
+median () {
+  tr ' ' '\n' <<<"$1" | grep . | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2];
+                             else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# settle: one untimed write of the whole image.  After a compressed
+# case the first large write runs several times slower, whichever tool
+# makes it (seen on a virtual disk mounted with discard: 4.5 s instead
+# of 0.7 s for the same qemu-img command); this pays that cost outside
+# the timings.
+settle () {
+  rm -f "$out"
+  "$QEMU_IMG" convert -O qcow2 "$src" "$out"
+  rm -f "$out"
+  sync
+}
+
+cases=()
+for c in $BENCH_ONLY; do cases+=("$c"); done
+
+# pair NAME SC-ARGS -- QEMU-ARGS: both commands of a case, sparsecow
+# first in odd rounds and qemu-img first in even ones, so neither always
+# follows the other.
+pair () {
+  local name=$1; shift
+  local sc=() q=()
+  while [ "$1" != -- ]; do sc+=("$1"); shift; done
+  shift
+  q=("$@")
+  settle
+  if (( r % 2 )); then
+    run "sc-$name" "$SPARSECOW" pack -q "${sc[@]}" "$src" "$out"
+    run "qemu-$name" "$QEMU_IMG" convert "${q[@]}" -O qcow2 "$src" "$out"
+  else
+    run "qemu-$name" "$QEMU_IMG" convert "${q[@]}" -O qcow2 "$src" "$out"
+    run "sc-$name" "$SPARSECOW" pack -q "${sc[@]}" "$src" "$out"
+  fi
+}
+
+run_rounds () {
+  for ((r = 1; r <= BENCH_ROUNDS; r++)); do
+    echo "$BENCH_NAME: round $r of $BENCH_ROUNDS" >&2
+    for c in "${cases[@]}"; do
+      case $c in
+      none) pair none -- ;;
+      deflate) pair deflate -c -- -c -W ;;
+      zstd) pair zstd -c zstd -- -c -W -o compression_type=zstd ;;
+      *) die "unknown case '$c' in BENCH_ONLY" ;;
+      esac
+    done
+  done
+}
+
+# ---- report -----------------------------------------------------------------
+# report WORKLOAD-TEXT: the table, after a line that names the workload.
+report () {
+  echo
+  echo "workload: $1, $BENCH_ROUNDS rounds, $(nproc) CPUs"
+  printf "%-8s %12s %12s %8s %10s %10s %8s %14s %14s %8s\n" \
+    case "sparsecow s" "qemu-img s" speedup "sc+sync s" "qemu+sync" speedup \
+    "sparsecow B" "qemu-img B" size
+  for c in "${cases[@]}"; do
+    ts=$(median "${times[sc-$c]}")
+    tq=$(median "${times[qemu-$c]}")
+    ds=$(median "${dtimes[sc-$c]}")
+    dq=$(median "${dtimes[qemu-$c]}")
+    printf "%-8s %12.3f %12.3f %7.2fx %10.3f %10.3f %7.2fx %14d %14d %7.4f\n" \
+      "$c" "$ts" "$tq" "$(awk -v a="$tq" -v b="$ts" 'BEGIN { print a / b }')" \
+      "$ds" "$dq" "$(awk -v a="$dq" -v b="$ds" 'BEGIN { print a / b }')" \
+      "${sizes[sc-$c]}" "${sizes[qemu-$c]}" \
+      "$(awk -v a="${sizes[sc-$c]}" -v b="${sizes[qemu-$c]}" 'BEGIN { print a / b }')"
+  done
+  echo "speedup = qemu-img time / sparsecow time (higher is better); the"
+  echo "+sync columns time each command until its image is on disk;"
+  echo "size = sparsecow image / qemu-img image (lower is better)."
+}
