@@ -55,6 +55,15 @@ qep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
   return qcow2_chain_extents (e->q, offset, end, list);
 }
 
+/* The image changes when any file of its chain does: re-packing checks
+ * it as packing checks a raw file.
+ */
+static int
+qep_fingerprint (struct sc_endpoint *ep, struct sc_fingerprint *fp)
+{
+  return qcow2_chain_fingerprint (((struct qcow2_endpoint *) ep)->q, fp);
+}
+
 static int
 qep_close (struct sc_endpoint *ep)
 {
@@ -67,6 +76,7 @@ static const struct sc_endpoint_ops qcow2_ops = {
   .pread = qep_pread,
   .pread_nowait = qep_pread_nowait,
   .extents = qep_extents,
+  .fingerprint = qep_fingerprint,
   .close = qep_close,
 };
 

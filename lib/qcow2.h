@@ -461,6 +461,11 @@ extern int qcow2_chain_extents (struct sc_qcow2 *q, uint64_t offset,
                                 uint64_t end, struct sc_extent_list *list);
 /* The top image's name as opened, and its cluster size. */
 extern const char *qcow2_chain_name (const struct sc_qcow2 *q);
+/* One fingerprint for every file of the chain (images and external
+ * data files): 0, 1 when none of them has one, -1 on error.
+ */
+extern int qcow2_chain_fingerprint (struct sc_qcow2 *q,
+                                    struct sc_fingerprint *fp);
 extern uint32_t qcow2_chain_cluster_size (const struct sc_qcow2 *q);
 
 /* ---- qcow2-plan.c ------------------------------------------------- */

@@ -52,6 +52,24 @@ kill $writer 2>/dev/null || :
 wait $writer 2>/dev/null || :
 expect_dir ""
 
+# The same when re-packing a qcow2 image whose backing file is written
+# meanwhile: every file of the chain is watched.
+if command -v qemu-img >/dev/null; then
+  qemu-img create -q -f qcow2 -b "$tmp/big" -F raw "$tmp/top.qcow2"
+  ( for i in $(seq 1 400); do
+      printf y | dd of="$tmp/big" bs=1 seek=$((i * 4096)) conv=notrunc status=none
+      sleep 0.02
+    done ) &
+  writer=$!
+  cleanup_fn "kill $writer 2>/dev/null"
+  expect_fail "top.qcow2: source changed while packing" \
+    sparsecow pack -q -j 1 -c --level 9 --cluster-size 4K "$tmp/top.qcow2" \
+      "$tmp/out/img.qcow2"
+  kill $writer 2>/dev/null || :
+  wait $writer 2>/dev/null || :
+  expect_dir ""
+fi
+
 # Interrupted by a signal: nothing is left (run directly, not through
 # the shell function, so that the signal reaches the program).
 "$SPARSECOW" pack -j 1 -c --level 9 --cluster-size 4K "$tmp/big" \
