@@ -1,8 +1,37 @@
 # Shared by pack-bench.sh and repack-bench.sh: time sparsecow pack and
 # qemu-img convert -O qcow2 of the same source in alternation and print
 # medians, speed and size ratios.  Sourced, not run.  The caller sets
-# src, out, BENCH_NAME, BENCH_ROUNDS, BENCH_ONLY, SPARSECOW, QEMU_IMG and
-# a die function, then calls run_rounds and report WORKLOAD-TEXT.
+# BENCH_NAME and calls bench_setup, builds its workload in $src, then
+# calls run_rounds and report WORKLOAD-TEXT.
+
+die () { echo "$BENCH_NAME: $*" >&2; exit 1; }
+
+# bench_setup DEFAULT-DIR: the settings every benchmark shares, the
+# programs it needs, and src (set by the caller later) and out.
+bench_setup () {
+  BENCH_DIR=${BENCH_DIR:-$1}
+  BENCH_ROUNDS=${BENCH_ROUNDS:-3}
+  BENCH_ONLY=${BENCH_ONLY:-none deflate zstd}
+  QEMU_IMG=${QEMU_IMG:-qemu-img}
+  if [ -z "${SPARSECOW:-}" ]; then
+    local here
+    here=$(cd "$(dirname "$0")" && pwd)
+    if [ -x "$here/../src/sparsecow" ]; then
+      SPARSECOW=$here/../src/sparsecow
+    else
+      SPARSECOW=sparsecow
+    fi
+  fi
+  local p
+  for p in "$SPARSECOW" "$QEMU_IMG" mke2fs; do
+    command -v "$p" >/dev/null || die "$p not found"
+  done
+  cases=()
+  for c in $BENCH_ONLY; do cases+=("$c"); done
+  mkdir -p "$BENCH_DIR"
+  out=$BENCH_DIR/out.qcow2
+  trap 'rm -f "$out"' EXIT
+}
 
 # ---- timing -----------------------------------------------------------------
 now () { date +%s.%N; }
@@ -47,9 +76,6 @@ settle () {
   rm -f "$out"
   sync
 }
-
-cases=()
-for c in $BENCH_ONLY; do cases+=("$c"); done
 
 # pair NAME SC-ARGS -- QEMU-ARGS: both commands of a case, sparsecow
 # first in odd rounds and qemu-img first in even ones, so neither always

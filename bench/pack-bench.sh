@@ -15,30 +15,12 @@
 #   QEMU_IMG      the qemu-img program (default qemu-img)
 set -euo pipefail
 
-BENCH_DIR=${BENCH_DIR:-/var/tmp/sparsecow-bench}
-BENCH_ROUNDS=${BENCH_ROUNDS:-3}
+BENCH_NAME=pack-bench
+. "$(dirname "$0")/bench-lib.sh"
 BENCH_SIZE=${BENCH_SIZE:-32G}
 BENCH_TREES=${BENCH_TREES:-/usr/share /usr/bin /usr/lib/x86_64-linux-gnu}
-BENCH_ONLY=${BENCH_ONLY:-none deflate zstd}
-QEMU_IMG=${QEMU_IMG:-qemu-img}
-if [ -z "${SPARSECOW:-}" ]; then
-  here=$(cd "$(dirname "$0")" && pwd)
-  if [ -x "$here/../src/sparsecow" ]; then
-    SPARSECOW=$here/../src/sparsecow
-  else
-    SPARSECOW=sparsecow
-  fi
-fi
-
-die () { echo "pack-bench: $*" >&2; exit 1; }
-for p in "$SPARSECOW" "$QEMU_IMG" mke2fs; do
-  command -v "$p" >/dev/null || die "$p not found"
-done
-
-mkdir -p "$BENCH_DIR"
+bench_setup /var/tmp/sparsecow-bench
 src=$BENCH_DIR/workload-$BENCH_SIZE.img
-out=$BENCH_DIR/out.qcow2
-trap 'rm -f "$out"' EXIT
 
 # ---- the workload, built once --------------------------------------------
 if [ ! -f "$src" ]; then
@@ -63,7 +45,5 @@ fi
 "$QEMU_IMG" convert -O qcow2 "$src" "$out"
 rm -f "$out"
 
-BENCH_NAME=pack-bench
-. "$(dirname "$0")/bench-lib.sh"
 run_rounds
 report "$src ($(du -h "$src" | cut -f1) allocated of $BENCH_SIZE)"

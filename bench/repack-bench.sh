@@ -15,30 +15,12 @@
 #   QEMU_IMG      the qemu-img program (default qemu-img)
 set -euo pipefail
 
-BENCH_DIR=${BENCH_DIR:-/var/tmp/sparsecow-repack-bench}
-BENCH_ROUNDS=${BENCH_ROUNDS:-3}
+BENCH_NAME=repack-bench
+. "$(dirname "$0")/bench-lib.sh"
 BENCH_SIZE=${BENCH_SIZE:-4G}
 BENCH_TREES=${BENCH_TREES:-/usr/share}
-BENCH_ONLY=${BENCH_ONLY:-none deflate zstd}
-QEMU_IMG=${QEMU_IMG:-qemu-img}
-if [ -z "${SPARSECOW:-}" ]; then
-  here=$(cd "$(dirname "$0")" && pwd)
-  if [ -x "$here/../src/sparsecow" ]; then
-    SPARSECOW=$here/../src/sparsecow
-  else
-    SPARSECOW=sparsecow
-  fi
-fi
-
-die () { echo "repack-bench: $*" >&2; exit 1; }
-for p in "$SPARSECOW" "$QEMU_IMG" mke2fs; do
-  command -v "$p" >/dev/null || die "$p not found"
-done
-
-mkdir -p "$BENCH_DIR"
+bench_setup /var/tmp/sparsecow-repack-bench
 src=$BENCH_DIR/workload-$BENCH_SIZE.qcow2
-out=$BENCH_DIR/out.qcow2
-trap 'rm -f "$out"' EXIT
 
 # ---- the workload, built once --------------------------------------------
 # An ext4 file system in a sparse raw file, converted by qemu-img to an
@@ -69,7 +51,5 @@ fi
 "$QEMU_IMG" convert -O qcow2 "$src" "$out"
 rm -f "$out"
 
-BENCH_NAME=repack-bench
-. "$(dirname "$0")/bench-lib.sh"
 run_rounds
 report "$src ($(du -h "$src" | cut -f1) file, $BENCH_SIZE virtual)"

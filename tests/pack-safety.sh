@@ -40,12 +40,17 @@ expect_fail "nodir" sparsecow pack "$tmp/src" "$tmp/nodir/img.qcow2"
 # best compression, small clusters) while another process keeps writing
 # to it.  The error names the source, and no target appears.
 head -c 48M /dev/urandom >"$tmp/big"
-( for i in $(seq 1 400); do
-    printf x | dd of="$tmp/big" bs=1 seek=$((i * 4096)) conv=notrunc status=none
-    sleep 0.02
-  done ) &
-writer=$!
-cleanup_fn "kill $writer 2>/dev/null"
+# keep_writing FILE BYTE: in the background, one byte every 20 ms for
+# 8 s; $writer is its process.
+keep_writing () {
+  ( for i in $(seq 1 400); do
+      printf "$2" | dd of="$1" bs=1 seek=$((i * 4096)) conv=notrunc status=none
+      sleep 0.02
+    done ) &
+  writer=$!
+  cleanup_fn "kill $writer 2>/dev/null"
+}
+keep_writing "$tmp/big" x
 expect_fail "big: source changed while packing" \
   sparsecow pack -j 1 -c --level 9 --cluster-size 4K "$tmp/big" "$tmp/out/img.qcow2"
 kill $writer 2>/dev/null || :
@@ -56,12 +61,7 @@ expect_dir ""
 # meanwhile: every file of the chain is watched.
 if command -v qemu-img >/dev/null; then
   qemu-img create -q -f qcow2 -b "$tmp/big" -F raw "$tmp/top.qcow2"
-  ( for i in $(seq 1 400); do
-      printf y | dd of="$tmp/big" bs=1 seek=$((i * 4096)) conv=notrunc status=none
-      sleep 0.02
-    done ) &
-  writer=$!
-  cleanup_fn "kill $writer 2>/dev/null"
+  keep_writing "$tmp/big" y
   expect_fail "top.qcow2: source changed while packing" \
     sparsecow pack -q -j 1 -c --level 9 --cluster-size 4K "$tmp/top.qcow2" \
       "$tmp/out/img.qcow2"
