@@ -106,42 +106,18 @@ fetch_window (struct cursor *c)
 {
   struct sc_extent_list *w = c->window;
   uint64_t want = SC_MIN (c->window_size, c->end - c->fetched);
-  uint64_t stop = c->fetched + want;
-  uint64_t pos = c->fetched;
+  uint64_t pos;
   int r;
 
   w->len = 0;
   c->i = 0;
   if (c->src_lock)
     pthread_mutex_lock (c->src_lock);
-  r = sc_ep_extents (c->src, c->fetched, want, w);
+  r = sc_ep_extents_step (c->src, c->fetched, want, w, &pos);
   if (c->src_lock)
     pthread_mutex_unlock (c->src_lock);
   if (r == -1) {
     name_error (c->src->name);
-    return -1;
-  }
-  for (size_t k = 0; k < w->len; k++) {
-    struct sc_extent *e = &w->ext[k];
-    uint64_t e_end;
-
-    if (e->offset != pos || e->length == 0
-        || SC_ADD_OVERFLOW (e->offset, e->length, &e_end)) {
-      sc_set_error (EIO, "%s: extent %" PRIu64 "+%" PRIu64 " is not where "
-                    "the extents asked for at offset %" PRIu64 " go on",
-                    c->src->name, e->offset, e->length, pos);
-      return -1;
-    }
-    if (e_end >= stop) {
-      e->length = stop - e->offset;
-      w->len = k + 1;
-      e_end = stop;
-    }
-    pos = e_end;
-  }
-  if (pos == c->fetched) {
-    sc_set_error (EIO, "%s: no extents for offset %" PRIu64, c->src->name,
-                  c->fetched);
     return -1;
   }
   c->fetched = pos;
@@ -573,6 +549,10 @@ sc_pipeline_run (const struct sc_pipeline *p)
                   MAX_REQUEST_SIZE);
     return -1;
   }
+  /* A source that answers each request after a delay (a server) is
+   * kept busy with as many requests as it wants, whatever the CPUs.
+   */
+  threads = SC_MAX (threads, p->src->queue_depth);
   threads = SC_MIN (threads, MAX_PIPELINE_THREADS);
 
   cur = (struct cursor) { .ext = list, .request_size = request_size,
@@ -705,8 +685,13 @@ sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
     p.request_size = DEFAULT_REQUEST_SIZE;
   if (p.threads == 0)
     p.threads = sc_online_cpus ();
+  p.threads = SC_MAX (p.threads, dst->queue_depth);
   fit_endpoint (src, &p.request_size, &p.threads);
   fit_endpoint (dst, &p.request_size, &p.threads);
+  if (sc_sink_prepare (dst, src->size) == -1) {
+    name_error (dst->name);
+    return -1;
+  }
   if (sc_pipeline_run (&p) == -1)
     return -1;
   return sc_ep_flush (dst);

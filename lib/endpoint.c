@@ -87,6 +87,56 @@ sc_ep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
   return count == 0 ? 0 : sc_extent_list_append (list, offset, count, 0);
 }
 
+int
+sc_ep_extents_step (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
+                    struct sc_extent_list *list, uint64_t *end)
+{
+  struct sc_extent_list answer;
+  uint64_t stop = offset + count, pos = offset;
+  int r = -1;
+
+  sc_extent_list_init (&answer);
+  if (sc_ep_extents (ep, offset, count, &answer) == -1)
+    goto out;
+  for (size_t k = 0; k < answer.len && pos < stop; k++) {
+    const struct sc_extent *e = &answer.ext[k];
+    uint64_t e_end;
+
+    if (e->offset != pos || e->length == 0
+        || SC_ADD_OVERFLOW (e->offset, e->length, &e_end)) {
+      sc_set_error (EIO, "extent %" PRIu64 "+%" PRIu64 " is not where "
+                    "the extents asked for at offset %" PRIu64 " go on",
+                    e->offset, e->length, pos);
+      goto out;
+    }
+    e_end = SC_MIN (e_end, stop);
+    if (sc_extent_list_append (list, pos, e_end - pos, e->flags) == -1)
+      goto out;
+    pos = e_end;
+  }
+  if (pos == offset && count > 0) {
+    sc_set_error (EIO, "no extents for offset %" PRIu64, offset);
+    goto out;
+  }
+  *end = pos;
+  r = 0;
+ out:
+  sc_extent_list_free (&answer);
+  return r;
+}
+
+int
+sc_ep_extents_all (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
+                   struct sc_extent_list *list)
+{
+  uint64_t stop = offset + count, pos = offset;
+
+  while (pos < stop)
+    if (sc_ep_extents_step (ep, pos, stop - pos, list, &pos) == -1)
+      return -1;
+  return 0;
+}
+
 bool
 sc_ep_can_pread_nowait (const struct sc_endpoint *ep)
 {
@@ -228,7 +278,29 @@ sc_endpoint_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
                   ep->name);
     return -1;
   }
-  return sc_ep_extents (ep, offset, count, list);
+  if (SC_ADD_OVERFLOW (offset, count, &(uint64_t) { 0 })) {
+    sc_set_error (EINVAL, "extents asked past the largest offset");
+    return -1;
+  }
+  return sc_ep_extents_all (ep, offset, count, list);
+}
+
+int
+sc_endpoint_pread (struct sc_endpoint *ep, void *buf, size_t count,
+                   uint64_t offset)
+{
+  uint64_t end;
+
+  if (ep->flags & SC_EP_STREAM) {
+    sc_set_error (ESPIPE, "a stream cannot be read at offsets");
+    return -1;
+  }
+  if (SC_ADD_OVERFLOW (offset, (uint64_t) count, &end) || end > ep->size) {
+    sc_set_error (EIO, "read of %zu bytes at offset %" PRIu64 " runs past "
+                  "the end (%" PRIu64 " bytes)", count, offset, ep->size);
+    return -1;
+  }
+  return sc_ep_pread (ep, buf, count, offset);
 }
 
 int
@@ -273,6 +345,8 @@ sc_endpoint_open_source (const char *path, enum sc_map_method map)
 
   if (strcmp (path, "-") == 0)
     return source_from_fd (STDIN_FILENO, false, "stdin", map);
+  if (sc_is_nbd_uri (path))
+    return sc_endpoint_open_nbd (path, NULL, 0, NULL);
   fd = open (path, O_RDONLY | O_CLOEXEC);
   if (fd == -1) {
     sc_set_error (errno, "%s", strerror (errno));
@@ -315,8 +389,22 @@ sc_endpoint_open_fd_target (int fd, const char *name, uint64_t size)
   return target_from_fd (fd, false, name, size);
 }
 
+static struct sc_endpoint *open_target (const char *path, uint64_t size,
+                                        unsigned flags);
+
 struct sc_endpoint *
 sc_endpoint_open_target (const char *path, uint64_t size, unsigned flags)
+{
+  struct sc_endpoint *ep = open_target (path, size, flags);
+
+  /* Only a target written at offsets can leave ranges unwritten. */
+  if (ep && (flags & SC_TARGET_ZEROED) && (ep->flags & SC_EP_SEEKABLE))
+    ep->flags |= SC_EP_FRESH_ZEROS;
+  return ep;
+}
+
+static struct sc_endpoint *
+open_target (const char *path, uint64_t size, unsigned flags)
 {
   struct sc_endpoint *ep;
   struct stat st;
@@ -328,6 +416,16 @@ sc_endpoint_open_target (const char *path, uint64_t size, unsigned flags)
   if (path[0] == '\0') {
     sc_set_error (ENOENT, "empty file name");
     return NULL;
+  }
+  if (sc_is_nbd_uri (path)) {
+    ep = sc_endpoint_open_nbd (path, NULL,
+                               SC_NBD_WRITE | (flags & SC_TARGET_ZEROED),
+                               NULL);
+    if (ep && sc_ep_set_size (ep, size) == -1) {
+      sc_ep_close (ep);
+      return NULL;
+    }
+    return ep;
   }
   /* A symbolic link to a file is written through, as cp and qemu-img
    * would: the new file replaces the one the link points to, and the

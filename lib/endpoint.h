@@ -26,6 +26,10 @@
 #define SC_EP_STREAM       0x8  /* source read once, in order, with
                                    read_some; size is 0 until the end
                                    has been read */
+#define SC_EP_REMOTE       0x10 /* on the other side of a network: every
+                                   request is a round trip, so data is
+                                   read once, and names inside it (a
+                                   qcow2 backing file) mean nothing here */
 
 /* Flags of the zero slot. */
 #define SC_ZERO_MAY_UNMAP  0x1  /* the range may be deallocated (a hole
@@ -137,6 +141,10 @@ struct sc_endpoint {
   uint32_t block_size;          /* preferred request size, a power of 2 */
   uint32_t max_request;         /* largest request, 0 = no limit */
   unsigned max_in_flight;       /* requests at once, 0 = no limit */
+  unsigned queue_depth;         /* requests at once that keep it busy (a
+                                   server that answers each after a
+                                   delay): the engine runs at least this
+                                   many, 0 = no wish */
   uint32_t flags;               /* SC_EP_* */
 };
 
@@ -169,6 +177,21 @@ extern int sc_ep_pread_nowait (struct sc_endpoint *ep, void *buf,
 extern bool sc_ep_can_pread_nowait (const struct sc_endpoint *ep);
 extern int sc_ep_extents (struct sc_endpoint *ep, uint64_t offset,
                           uint64_t count, struct sc_extent_list *list);
+/* Ask once for the extents of [offset, offset+count) and check the
+ * answer: each extent must go on where the last ended and hold
+ * something (EIO otherwise, also for an answer that describes nothing);
+ * what runs past the range is cut.  The checked extents are appended to
+ * list and *end is where they end (<= offset+count: the answer may be
+ * short).  offset+count must not overflow.
+ */
+extern int sc_ep_extents_step (struct sc_endpoint *ep, uint64_t offset,
+                               uint64_t count, struct sc_extent_list *list,
+                               uint64_t *end);
+/* The same, asking again from where each answer ends, until the whole
+ * range is described.
+ */
+extern int sc_ep_extents_all (struct sc_endpoint *ep, uint64_t offset,
+                              uint64_t count, struct sc_extent_list *list);
 extern int sc_ep_fingerprint (struct sc_endpoint *ep,
                               struct sc_fingerprint *fp);
 extern bool sc_ep_fingerprint_equal (const struct sc_fingerprint *a,
@@ -269,6 +292,11 @@ extern struct sc_endpoint *sc_pipe_source_new (int fd, bool own_fd,
 extern struct sc_endpoint *sc_pipe_target_new (int fd, bool own_fd,
                                                const char *name,
                                                uint64_t size);
+
+/* endpoint-nbd.c: kill every NBD server started here and still
+ * running (async-signal-safe, for sc_cleanup_temporaries).
+ */
+extern void sc_nbd_kill_servers (void);
 
 /* endpoint-null.c: for tests.  A source of size bytes that all read as
  * zero (one hole extent), or a target of size bytes that drops what it

@@ -173,6 +173,11 @@ extern int sc_sink_write (struct sc_endpoint *dst, const void *buf,
  */
 extern int sc_sink_zero (struct sc_endpoint *dst, uint64_t length,
                          uint64_t offset);
+/* Before writing [0, length) of dst: a target that can be zeroed fast
+ * (a remote export) is zeroed whole and from then on reads as zero.
+ * Returns 0 (also when it cannot be done fast), or -1 on an error.
+ */
+extern int sc_sink_prepare (struct sc_endpoint *dst, uint64_t length);
 
 /* ---- codec.c --------------------------------------------------------- */
 

@@ -307,7 +307,7 @@ cluster_extents (struct pack *pk, struct sc_extent_list *out)
 
   sc_extent_list_init (&raw);
   if (pk->src->size > 0
-      && sc_ep_extents (pk->src, 0, pk->src->size, &raw) == -1) {
+      && sc_ep_extents_all (pk->src, 0, pk->src->size, &raw) == -1) {
     name_error (pk->src->name);
     goto out;
   }
@@ -791,7 +791,11 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   have_fp = sc_ep_fingerprint (src, &fp_before);
   if (have_fp == -1)
     goto out;
-  pk.spill_all = !(src->flags & SC_EP_SEEKABLE);
+  /* A stream cannot be read twice, and a remote source should not be:
+   * the data clusters go to the spill file as they are scanned.
+   */
+  pk.spill_all = !(src->flags & SC_EP_SEEKABLE)
+                 || (src->flags & SC_EP_REMOTE);
 
   /* A stream is read to its end in the scan; its extents and its size
    * are known only then.

@@ -348,15 +348,16 @@ next_data (struct checker *ck, uint64_t offset, uint64_t end)
   end = SC_MIN (end, ck->file_size);
   while (offset < end) {
     uint64_t wend = SC_MIN (end, offset + NEXT_DATA_WINDOW), pos = offset;
+    uint64_t known;
 
     ck->ext.len = 0;
-    if (sc_ep_extents (ck->ep, offset, wend - offset, &ck->ext) == -1)
+    if (sc_ep_extents_step (ck->ep, offset, wend - offset, &ck->ext, &known)
+        == -1)
       return offset;
-    for (size_t i = 0; i < ck->ext.len && pos < wend; i++) {
+    for (size_t i = 0; i < ck->ext.len; i++) {
       const struct sc_extent *e = &ck->ext.ext[i];
 
-      if (e->offset != pos || e->length == 0
-          || !(e->flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO)))
+      if (!(e->flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO)))
         return pos;
       pos += e->length;
     }

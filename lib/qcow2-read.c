@@ -211,21 +211,14 @@ extent_fetch (struct extent_cache *c, struct sc_endpoint *ep, uint64_t pos,
 {
   struct sc_extent_list *l = &c->list;
   uint64_t end = pos + count, covered = pos;
-  size_t n = 0;
 
   c->start = c->end = pos;
   l->len = 0;
-  if (sc_ep_extents (ep, pos, count, l) == 0) {
-    for (; n < l->len && covered < end; n++) {
-      struct sc_extent *e = &l->ext[n];
-
-      if (e->offset != covered || e->length == 0)
-        break;
-      e->length = SC_MIN (e->length, end - covered);
-      covered += e->length;
-    }
+  /* An answer that cannot be trusted counts for nothing. */
+  if (sc_ep_extents_step (ep, pos, count, l, &covered) == -1) {
+    l->len = 0;
+    covered = pos;
   }
-  l->len = n;
   if (covered < SC_MIN (end, ep->size)
       && sc_extent_list_append (l, covered, SC_MIN (end, ep->size) - covered,
                                 0) == -1)
@@ -1178,6 +1171,14 @@ sc_qcow2_open_endpoint (struct sc_endpoint *file,
   if (file == NULL) {
     sc_set_error (EINVAL, "no endpoint to read the image from");
     return NULL;
+  }
+  /* The names inside an image served from elsewhere are names there. */
+  if (file->flags & SC_EP_REMOTE) {
+    struct sc_qcow2_open_opts remote = { 0 };
+    if (opts)
+      remote = *opts;
+    remote.no_external_files = true;
+    return open_handle (file, false, file->name, &remote);
   }
   return open_handle (file, false, file->name, opts);
 }

@@ -7,6 +7,9 @@
  *   the guest content allows.
  * - Any other target gets holes and zero ranges zeroed, with the
  *   permission to unmap them.
+ * - A server's export that can zero a range without writing it (NBD
+ *   WRITE_ZEROES with FAST_ZERO) is zeroed whole first, as qemu-img
+ *   convert does, and is then a target that reads as zero.
  */
 #include <config.h>
 
@@ -57,4 +60,20 @@ sc_sink_zero (struct sc_endpoint *dst, uint64_t length, uint64_t offset)
   if (length == 0 || (dst->flags & SC_EP_FRESH_ZEROS))
     return 0;
   return sc_ep_zero (dst, length, offset, SC_ZERO_MAY_UNMAP);
+}
+
+int
+sc_sink_prepare (struct sc_endpoint *dst, uint64_t length)
+{
+  if (length == 0 || (dst->flags & SC_EP_FRESH_ZEROS)
+      || !(dst->flags & SC_EP_REMOTE))
+    return 0;
+  if (sc_ep_zero (dst, length, 0, SC_ZERO_MAY_UNMAP | SC_ZERO_FAST) == -1) {
+    /* Not fast here: holes are zeroed one by one instead. */
+    if (sc_error_errno () == ENOTSUP)
+      return 0;
+    return -1;
+  }
+  dst->flags |= SC_EP_FRESH_ZEROS;
+  return 0;
 }

@@ -81,7 +81,7 @@ enum sc_map_method {
 struct sc_endpoint;
 
 /* Open a data source by name: a path (regular file, block device, FIFO
- * or character device) or "-" (stdin).  map selects how a regular
+ * or character device), "-" (stdin) or an NBD URI (sc_is_nbd_uri).  map selects how a regular
  * file's extents are found.  Pipes, FIFOs, sockets and character
  * devices are streams (sc_endpoint_is_stream): read once, in order.
  * Returns NULL with errno ENOENT, EACCES (cannot open), EINVAL (a
@@ -92,8 +92,12 @@ extern struct sc_endpoint *sc_endpoint_open_source (const char *name,
 
 /* Target creation flags. */
 #define SC_TARGET_FORCE  0x1    /* replace an existing file */
+#define SC_TARGET_ZEROED 0x2    /* the target reads as zero already (as
+                                   qemu-img convert --target-is-zero):
+                                   zero ranges are not written */
 
-/* Open a data target of size bytes: a regular file (created under a
+/* Open a data target of size bytes: an NBD URI (sc_is_nbd_uri; the
+ * export must hold size bytes), a regular file (created under a
  * temporary name in its directory, sized with ftruncate so a file
  * system that cannot hold it fails before any data is written), a
  * block device (must be at least size bytes), a FIFO or character
@@ -145,6 +149,14 @@ extern uint64_t sc_endpoint_size (const struct sc_endpoint *ep);
 extern const char *sc_endpoint_name (const struct sc_endpoint *ep);
 /* Is ep a stream: read once, in order, of unknown length? */
 extern bool sc_endpoint_is_stream (const struct sc_endpoint *ep);
+/* Read exactly count bytes at offset of a source that is not a stream
+ * (a stream is read by the library only).  Messages do not name ep.
+ * Returns 0, or -1 with errno
+ * ESPIPE (a stream), EIO (also: reading past the end), or the errno of
+ * the failed read.
+ */
+extern int sc_endpoint_pread (struct sc_endpoint *ep, void *buf,
+                              size_t count, uint64_t offset);
 /* Append the extents of [offset, offset+count) of ep to list, sorted
  * and contiguous; a regular file reports what lies past its end as a
  * hole.  Returns 0, or -1 with errno ESPIPE (a stream), EIO, ENOMEM.
@@ -152,10 +164,52 @@ extern bool sc_endpoint_is_stream (const struct sc_endpoint *ep);
 extern int sc_endpoint_extents (struct sc_endpoint *ep, uint64_t offset,
                                  uint64_t count, struct sc_extent_list *list);
 
-/* Remove every uncommitted temporary target; async-signal-safe, for
+/* Remove every uncommitted temporary target and stop every NBD server
+ * started by sc_endpoint_open_nbd; async-signal-safe, for
  * SIGINT/SIGTERM handlers.
  */
 extern void sc_cleanup_temporaries (void);
+
+/* ---- endpoint-nbd.c: NBD exports, through libnbd -------------------- */
+
+/* Is name an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://,
+ * nbd+vsock://, nbds+vsock://)?  sc_endpoint_open_source and
+ * sc_endpoint_open_target open such names with default options.
+ */
+extern bool sc_is_nbd_uri (const char *name);
+
+struct sc_nbd_opts {
+  /* Connections: 0 = 4 when the server advertises multi-conn, else 1;
+   * more than 1 only when it does.  At most 16.
+   */
+  unsigned connections;
+  unsigned requests;            /* in flight per connection, 0 = 16 */
+  unsigned timeout;             /* seconds a request may take, 0 = none */
+};
+
+/* sc_endpoint_open_nbd flags, besides SC_TARGET_ZEROED for a target. */
+#define SC_NBD_WRITE 0x100      /* a target (writes, zeroes, flush) */
+
+/* Open an NBD export, named by uri (as in the NBD URI specification,
+ * doc/uri.md of the NBD project) or served by a server started from
+ * argv (a NULL-terminated command line, run with systemd socket
+ * activation and stopped when the endpoint is closed or by
+ * sc_cleanup_temporaries): exactly one of the two.  opts may be NULL.
+ * As a source the export is read with block status (base:allocation,
+ * and qemu:allocation-depth where offered) telling data from zeros; as
+ * a target (SC_NBD_WRITE) its size is fixed and must hold what is
+ * written, zero ranges are sent as WRITE_ZEROES, and commit flushes.
+ * A qcow2 image read from an export may not name backing or data files.
+ * Messages of failed requests name the operation, offset and length.
+ * Returns NULL with errno EINVAL (both or neither of uri and argv, too
+ * many connections), ENOTSUP (nbds:// without TLS support), EROFS (a
+ * read-only export as a target), ENOMEM, or libnbd's errno for a
+ * failed connection (ECONNREFUSED, ENOENT...).
+ */
+extern struct sc_endpoint *sc_endpoint_open_nbd (const char *uri,
+                                                 char *const *argv,
+                                                 unsigned flags,
+                                                 const struct sc_nbd_opts *opts);
 
 /* ---- copy.c: the copy engine ---------------------------------------- */
 

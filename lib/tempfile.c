@@ -63,6 +63,7 @@ sc_cleanup_temporaries (void)
     if (name != NULL)
       unlink (name);
   }
+  sc_nbd_kill_servers ();
   errno = saved;
 }
 

@@ -1,0 +1,993 @@
+/* NBD endpoints: an export of an NBD server as a source or a target,
+ * through libnbd.
+ *
+ * The server is named by an NBD URI (nbd://, nbds://, nbd+unix://...)
+ * or started here from a command line with systemd socket activation
+ * (the command's first connection starts it; closing stops it).
+ *
+ * Requests are asynchronous: every connection (one, or several when
+ * the server advertises multi-conn) has a dispatcher thread that runs
+ * libnbd's state machine, and each caller of pread, pwrite, zero or
+ * extents issues its command on a connection and sleeps until the
+ * reply, so as many requests are in flight as there are callers.  The
+ * engine runs queue_depth callers for such an endpoint.
+ *
+ * Protocol facts used here (NetworkBlockDevice doc/proto.md): block
+ * status of the "base:allocation" context (NBD_STATE_HOLE 1, ZERO 2)
+ * and of "qemu:allocation-depth" (0 = unallocated in the whole backing
+ * chain, which reads as zero); WRITE_ZEROES with NBD_CMD_FLAG_NO_HOLE
+ * (keep the range allocated) and NBD_CMD_FLAG_FAST_ZERO (fail rather
+ * than write zeros slowly); requests and replies carry 32-bit lengths;
+ * without block size constraints, requests stay within 32 MiB.
+ */
+#include <config.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+
+#include <libnbd.h>
+
+#include "internal.h"
+#include "endpoint.h"
+
+/* Without advertised constraints a client keeps to 32 MiB requests. */
+#define NBD_DEFAULT_MAX_REQUEST (32U * 1024 * 1024)
+/* Block status and zero requests are cut to this (lengths are 32-bit
+ * in the protocol).
+ */
+#define NBD_MAX_RANGE ((uint64_t) 1 << 30)
+#define NBD_DEFAULT_REQUESTS 16
+#define NBD_MAX_CONNECTIONS 16
+#define NBD_MULTI_CONN_CONNECTIONS 4
+#define CONTEXT_DEPTH "qemu:allocation-depth"
+
+struct nbd_ep;
+
+/* One connection and the thread that drives it. */
+struct nbd_conn {
+  struct nbd_ep *owner;
+  struct nbd_handle *h;
+  int wake_fd;                  /* eventfd: a command was issued */
+  pthread_t thread;
+  bool thread_started;
+  /* Protected by owner->lock. */
+  int dead;                     /* errno once the connection is unusable */
+  char dead_msg[256];
+};
+
+/* One command and its caller, who sleeps until done.  Freed by whoever
+ * drops the last of its two references (the caller, and libnbd's free
+ * callback), so a caller that gave up waiting leaves nothing dangling.
+ */
+struct nbd_cmd {
+  struct nbd_ep *owner;
+  struct nbd_conn *conn;
+  unsigned refs;                /* under owner->lock */
+  bool done;
+  int err;                      /* the command's errno, 0 on success */
+  /* Block status only. */
+  uint64_t offset, count;
+  struct sc_extent_list alloc;  /* base:allocation */
+  struct sc_extent_list depth;  /* qemu:allocation-depth */
+  int bad;                      /* a reply that breaks the protocol */
+  char bad_msg[200];
+};
+
+struct nbd_ep {
+  struct sc_endpoint ep;
+  struct nbd_conn *conns;
+  unsigned nconns;
+  unsigned next_conn;           /* round robin, atomic */
+  bool can_zero, can_fast_zero, can_flush;
+  bool base_allocation, allocation_depth;
+  uint32_t min_block;
+  unsigned timeout;             /* seconds, 0 = none */
+  pid_t server_pid;             /* started here, or 0 */
+  pthread_mutex_t lock;
+  pthread_cond_t cond;          /* broadcast when a command completes or
+                                   a connection dies */
+};
+
+/* ---- servers started here: stopped on SIGINT/SIGTERM too ---------------
+ *
+ * libnbd stops the server when its handle is closed.  A signal that
+ * ends the program first is handled by sc_cleanup_temporaries(), which
+ * calls sc_nbd_kill_servers(): it may only kill() pids that were
+ * published whole before the signal came.
+ */
+#define MAX_SERVERS 16
+static volatile pid_t servers[MAX_SERVERS];
+
+static void
+server_register (pid_t pid)
+{
+  for (int i = 0; i < MAX_SERVERS; i++) {
+    pid_t expected = 0;
+    if (__atomic_compare_exchange_n (&servers[i], &expected, pid, false,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+      return;
+  }
+}
+
+static void
+server_unregister (pid_t pid)
+{
+  for (int i = 0; i < MAX_SERVERS; i++) {
+    pid_t expected = pid;
+    if (pid > 0
+        && __atomic_compare_exchange_n (&servers[i], &expected, 0, false,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+      return;
+  }
+}
+
+void
+sc_nbd_kill_servers (void)
+{
+  for (int i = 0; i < MAX_SERVERS; i++) {
+    pid_t pid = __atomic_load_n (&servers[i], __ATOMIC_SEQ_CST);
+    if (pid > 0)
+      kill (pid, SIGTERM);
+  }
+}
+
+/* The children of this thread, from /proc (Linux 3.5 and later): how
+ * the server's pid is found, which libnbd does not give.  Returns the
+ * number found, up to max.
+ */
+static size_t
+thread_children (pid_t *pids, size_t max)
+{
+  char path[64];
+  FILE *fp;
+  size_t n = 0;
+  long v;
+
+  snprintf (path, sizeof path, "/proc/self/task/%ld/children",
+            (long) syscall (SYS_gettid));
+  fp = fopen (path, "re");
+  if (fp == NULL)
+    return 0;
+  while (n < max && fscanf (fp, "%ld", &v) == 1)
+    pids[n++] = (pid_t) v;
+  fclose (fp);
+  return n;
+}
+
+/* ---- errors ------------------------------------------------------------ */
+
+/* libnbd's message for the last failed call in this thread. */
+static void
+nbd_error (const char *what)
+{
+  int err = nbd_get_errno ();
+  const char *msg = nbd_get_error ();
+
+  sc_set_error (err ? err : EIO, "%s: %s", what,
+                msg && msg[0] ? msg : strerror (err ? err : EIO));
+}
+
+/* ---- the dispatcher ---------------------------------------------------- */
+
+static void
+conn_kill (struct nbd_conn *c, int err, const char *msg)
+{
+  struct nbd_ep *n = c->owner;
+
+  pthread_mutex_lock (&n->lock);
+  if (c->dead == 0) {
+    c->dead = err;
+    snprintf (c->dead_msg, sizeof c->dead_msg, "%s", msg);
+  }
+  pthread_cond_broadcast (&n->cond);
+  pthread_mutex_unlock (&n->lock);
+}
+
+static bool
+conn_is_dead (struct nbd_conn *c)
+{
+  return __atomic_load_n (&c->dead, __ATOMIC_SEQ_CST) != 0;
+}
+
+/* Run the connection's state machine until it dies or is told to stop
+ * (dead set by close or by a timeout).
+ */
+static void *
+dispatch (void *opaque)
+{
+  struct nbd_conn *c = opaque;
+
+  while (!conn_is_dead (c)) {
+    unsigned dir = nbd_aio_get_direction (c->h);
+    struct pollfd fds[2] = {
+      { .fd = c->wake_fd, .events = POLLIN },
+      { .fd = nbd_aio_get_fd (c->h), .events = 0 },
+    };
+    int r;
+
+    if (fds[1].fd == -1) {
+      conn_kill (c, ENOTCONN, "the connection is closed");
+      break;
+    }
+    if (dir & LIBNBD_AIO_DIRECTION_READ)
+      fds[1].events |= POLLIN;
+    if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+      fds[1].events |= POLLOUT;
+    r = poll (fds, 2, -1);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      conn_kill (c, errno, strerror (errno));
+      break;
+    }
+    if (fds[0].revents & POLLIN) {
+      uint64_t v;
+      if (read (c->wake_fd, &v, sizeof v) == -1 && errno != EAGAIN) {
+        conn_kill (c, errno, strerror (errno));
+        break;
+      }
+    }
+    if (conn_is_dead (c))
+      break;
+    r = 0;
+    if ((dir & LIBNBD_AIO_DIRECTION_READ)
+        && (fds[1].revents & (POLLIN | POLLHUP | POLLERR)))
+      r = nbd_aio_notify_read (c->h);
+    else if ((dir & LIBNBD_AIO_DIRECTION_WRITE)
+             && (fds[1].revents & (POLLOUT | POLLHUP | POLLERR)))
+      r = nbd_aio_notify_write (c->h);
+    if (r == -1 || nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h)) {
+      const char *msg = nbd_get_error ();
+      conn_kill (c, nbd_get_errno () ? nbd_get_errno () : ENOTCONN,
+                 msg && msg[0] ? msg : "the server closed the connection");
+      break;
+    }
+  }
+  return NULL;
+}
+
+static void
+conn_wake (struct nbd_conn *c)
+{
+  uint64_t one = 1;
+
+  if (write (c->wake_fd, &one, sizeof one) == -1) {
+    /* The counter is full: the dispatcher is awake anyway. */
+  }
+}
+
+/* ---- commands ---------------------------------------------------------- */
+
+static struct nbd_cmd *
+cmd_new (struct nbd_ep *n)
+{
+  struct nbd_cmd *cmd = calloc (1, sizeof *cmd);
+
+  if (cmd == NULL) {
+    sc_set_error (errno, "out of memory");
+    return NULL;
+  }
+  cmd->owner = n;
+  cmd->refs = 2;
+  sc_extent_list_init (&cmd->alloc);
+  sc_extent_list_init (&cmd->depth);
+  return cmd;
+}
+
+static void
+cmd_unref (struct nbd_cmd *cmd)
+{
+  struct nbd_ep *n = cmd->owner;
+  bool last;
+
+  pthread_mutex_lock (&n->lock);
+  last = --cmd->refs == 0;
+  pthread_mutex_unlock (&n->lock);
+  if (last) {
+    sc_extent_list_free (&cmd->alloc);
+    sc_extent_list_free (&cmd->depth);
+    free (cmd);
+  }
+}
+
+/* libnbd's free callback: its reference is gone. */
+static void
+cmd_free (void *opaque)
+{
+  cmd_unref (opaque);
+}
+
+/* The completion callback, in the dispatcher thread. */
+static int
+cmd_complete (void *opaque, int *error)
+{
+  struct nbd_cmd *cmd = opaque;
+  struct nbd_ep *n = cmd->owner;
+
+  pthread_mutex_lock (&n->lock);
+  cmd->done = true;
+  cmd->err = *error;
+  pthread_cond_broadcast (&n->cond);
+  pthread_mutex_unlock (&n->lock);
+  return 1;                     /* retire the command */
+}
+
+/* The next connection that is still alive, or NULL (error set). */
+static struct nbd_conn *
+pick_conn (struct nbd_ep *n)
+{
+  unsigned start = __atomic_fetch_add (&n->next_conn, 1, __ATOMIC_RELAXED);
+
+  for (unsigned i = 0; i < n->nconns; i++) {
+    struct nbd_conn *c = &n->conns[(start + i) % n->nconns];
+    if (!conn_is_dead (c))
+      return c;
+  }
+  pthread_mutex_lock (&n->lock);
+  sc_set_error (n->conns[0].dead, "%s", n->conns[0].dead_msg);
+  pthread_mutex_unlock (&n->lock);
+  return NULL;
+}
+
+/* Sleep until cmd completes, its connection dies or the timeout runs
+ * out.  Returns 0 when the command succeeded; otherwise -1 with the
+ * error set to "WHAT at offset O, length L: reason".  Drops the
+ * caller's reference.
+ */
+static int
+cmd_wait (struct nbd_cmd *cmd, const char *what, uint64_t offset,
+          uint64_t count)
+{
+  struct nbd_ep *n = cmd->owner;
+  struct nbd_conn *c = cmd->conn;
+  struct timespec deadline;
+  int err = 0;
+  char reason[256] = "";
+
+  if (n->timeout) {
+    clock_gettime (CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += n->timeout;
+  }
+  pthread_mutex_lock (&n->lock);
+  while (!cmd->done && c->dead == 0) {
+    if (n->timeout == 0)
+      pthread_cond_wait (&n->cond, &n->lock);
+    else if (pthread_cond_timedwait (&n->cond, &n->lock, &deadline)
+             == ETIMEDOUT && !cmd->done) {
+      /* A server that does not answer is given up on: the connection
+       * stops, so nothing is written into the caller's buffer later.
+       */
+      if (c->dead == 0) {
+        c->dead = ETIMEDOUT;
+        snprintf (c->dead_msg, sizeof c->dead_msg,
+                  "no reply from the server within %u s", n->timeout);
+      }
+      pthread_cond_broadcast (&n->cond);
+      break;
+    }
+  }
+  if (cmd->done) {
+    err = cmd->err;
+    if (err == 0 && cmd->bad) {
+      err = cmd->bad;
+      snprintf (reason, sizeof reason, "%s", cmd->bad_msg);
+    }
+    else if (err)
+      snprintf (reason, sizeof reason, "%s", strerror (err));
+  }
+  else {
+    err = c->dead;
+    snprintf (reason, sizeof reason, "%s", c->dead_msg);
+  }
+  pthread_mutex_unlock (&n->lock);
+  if (!cmd->done)
+    conn_wake (c);
+  cmd_unref (cmd);
+  if (err) {
+    sc_set_error (err, "NBD %s at offset %" PRIu64 ", length %" PRIu64
+                  ": %s", what, offset, count, reason);
+    return -1;
+  }
+  return 0;
+}
+
+/* After an aio call that failed to issue: the caller's error, and both
+ * references dropped (libnbd calls the free callback even then).
+ */
+static int
+cmd_issue_failed (struct nbd_cmd *cmd, const char *what, uint64_t offset,
+                  uint64_t count)
+{
+  int err = nbd_get_errno () ? nbd_get_errno () : EIO;
+  const char *msg = nbd_get_error ();
+
+  sc_set_error (err, "NBD %s at offset %" PRIu64 ", length %" PRIu64
+                ": %s", what, offset, count,
+                msg && msg[0] ? msg : strerror (err));
+  cmd_unref (cmd);
+  return -1;
+}
+
+/* ---- the slots --------------------------------------------------------- */
+
+enum nbd_op { OP_READ, OP_WRITE, OP_ZERO, OP_FLUSH };
+static const char *const op_names[] = {
+  [OP_READ] = "read", [OP_WRITE] = "write", [OP_ZERO] = "write zeroes",
+  [OP_FLUSH] = "flush",
+};
+
+/* Issue one read, write, zero or flush on connection c (NULL: the next
+ * live one) and wait for its reply.  A flush is reported as covering
+ * [offset, offset+count).
+ */
+static int
+run_cmd (struct nbd_ep *n, struct nbd_conn *c, enum nbd_op op, void *buf,
+         uint64_t count, uint64_t offset, uint32_t nbd_flags)
+{
+  struct nbd_cmd *cmd;
+  nbd_completion_callback done;
+  int64_t r = -1;
+
+  if (c == NULL && (c = pick_conn (n)) == NULL)
+    return -1;
+  if (conn_is_dead (c)) {
+    pthread_mutex_lock (&n->lock);
+    sc_set_error (c->dead, "NBD %s at offset %" PRIu64 ", length %" PRIu64
+                  ": %s", op_names[op], offset, count, c->dead_msg);
+    pthread_mutex_unlock (&n->lock);
+    return -1;
+  }
+  if ((cmd = cmd_new (n)) == NULL)
+    return -1;
+  cmd->conn = c;
+  done = (nbd_completion_callback) { .callback = cmd_complete,
+                                     .user_data = cmd, .free = cmd_free };
+  switch (op) {
+  case OP_READ:
+    r = nbd_aio_pread (c->h, buf, count, offset, done, 0);
+    break;
+  case OP_WRITE:
+    r = nbd_aio_pwrite (c->h, buf, count, offset, done, 0);
+    break;
+  case OP_ZERO:
+    r = nbd_aio_zero (c->h, count, offset, done, nbd_flags);
+    break;
+  case OP_FLUSH:
+    r = nbd_aio_flush (c->h, done, 0);
+    break;
+  }
+  if (r == -1)
+    return cmd_issue_failed (cmd, op_names[op], offset, count);
+  conn_wake (c);
+  return cmd_wait (cmd, op_names[op], offset, count);
+}
+
+static int
+nbd_ep_pread (struct sc_endpoint *ep, void *buf, size_t count,
+              uint64_t offset)
+{
+  if (count == 0)
+    return 0;
+  return run_cmd ((struct nbd_ep *) ep, NULL, OP_READ, buf, count, offset, 0);
+}
+
+static int
+nbd_ep_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
+               uint64_t offset)
+{
+  if (count == 0)
+    return 0;
+  /* libnbd only reads from buf when writing. */
+  return run_cmd ((struct nbd_ep *) ep, NULL, OP_WRITE, (void *) buf, count,
+                  offset, 0);
+}
+
+/* WRITE_ZEROES as qemu-img and nbdcopy send it: NO_HOLE unless the
+ * range may be deallocated, FAST_ZERO when the caller would rather
+ * write zeros itself than have the server do it slowly.
+ */
+static int
+nbd_ep_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
+             unsigned flags)
+{
+  struct nbd_ep *n = (struct nbd_ep *) ep;
+  uint32_t nbd_flags = 0;
+
+  if (!n->can_zero || ((flags & SC_ZERO_FAST) && !n->can_fast_zero)) {
+    if (flags & SC_ZERO_FAST)
+      return sc_ep_unsupported (ep, "fast zeroing");
+    return sc_ep_write_zeros (ep, count, offset);
+  }
+  if (!(flags & SC_ZERO_MAY_UNMAP))
+    nbd_flags |= LIBNBD_CMD_FLAG_NO_HOLE;
+  if (flags & SC_ZERO_FAST)
+    nbd_flags |= LIBNBD_CMD_FLAG_FAST_ZERO;
+  while (count > 0) {
+    uint64_t len = SC_MIN (count, NBD_MAX_RANGE);
+
+    if (run_cmd (n, NULL, OP_ZERO, NULL, len, offset, nbd_flags) == -1)
+      return -1;
+    offset += len;
+    count -= len;
+  }
+  return 0;
+}
+
+/* Block status replies, in the dispatcher thread.  Each context's
+ * extents are kept as the server sent them, checked: each goes on
+ * where the last ended, none is empty; what runs past the range asked
+ * for is cut.
+ */
+static int
+cmd_extent (void *opaque, const char *context, uint64_t offset,
+            uint32_t *entries, size_t nr_entries, int *error)
+{
+  struct nbd_cmd *cmd = opaque;
+  bool depth = strcmp (context, CONTEXT_DEPTH) == 0;
+  struct sc_extent_list *list = depth ? &cmd->depth : &cmd->alloc;
+  uint64_t end = cmd->offset + cmd->count;
+  uint64_t pos = list->len ? list->ext[list->len - 1].offset
+                             + list->ext[list->len - 1].length : offset;
+
+  if (*error || cmd->bad)
+    return 0;
+  if (!depth && strcmp (context, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
+    return 0;
+  if (offset != cmd->offset || list->len > 0) {
+    cmd->bad = EIO;
+    snprintf (cmd->bad_msg, sizeof cmd->bad_msg, "the server answered "
+              "block status of %s for offset %" PRIu64 " (asked: %" PRIu64
+              ")", context, offset, cmd->offset);
+    return 0;
+  }
+  for (size_t i = 0; i + 1 < nr_entries && pos < end; i += 2) {
+    uint64_t len = entries[i];
+    uint32_t flags;
+
+    if (len == 0) {
+      cmd->bad = EIO;
+      snprintf (cmd->bad_msg, sizeof cmd->bad_msg, "the server answered "
+                "block status with an empty extent at offset %" PRIu64,
+                pos);
+      return 0;
+    }
+    len = SC_MIN (len, end - pos);
+    if (depth)
+      flags = entries[i + 1] == 0 ? SC_EXTENT_HOLE | SC_EXTENT_ZERO : 0;
+    else if ((entries[i + 1] & LIBNBD_STATE_ZERO)
+             && (entries[i + 1] & LIBNBD_STATE_HOLE))
+      flags = SC_EXTENT_HOLE | SC_EXTENT_ZERO;
+    else if (entries[i + 1] & LIBNBD_STATE_ZERO)
+      flags = SC_EXTENT_ZERO;
+    else
+      flags = 0;        /* data, or a hole that may not read as zero */
+    if (sc_extent_list_append (list, pos, len, flags) == -1) {
+      cmd->bad = ENOMEM;
+      snprintf (cmd->bad_msg, sizeof cmd->bad_msg, "out of memory");
+      return 0;
+    }
+    pos += len;
+  }
+  return 0;
+}
+
+/* Append to out the extents of alloc, with every range that depth says
+ * is unallocated in the whole chain marked as reading zero, over the
+ * prefix both describe.
+ */
+static int
+merge_depth (const struct sc_extent_list *alloc,
+             const struct sc_extent_list *depth, struct sc_extent_list *out)
+{
+  size_t i = 0, j = 0;
+  uint64_t pos = alloc->ext[0].offset;
+
+  while (i < alloc->len && j < depth->len) {
+    const struct sc_extent *a = &alloc->ext[i], *d = &depth->ext[j];
+    uint64_t a_end = a->offset + a->length, d_end = d->offset + d->length;
+    uint64_t end = SC_MIN (a_end, d_end);
+    uint32_t flags = d->flags ? (a->flags | d->flags) : a->flags;
+
+    if (sc_extent_list_append (out, pos, end - pos, flags) == -1)
+      return -1;
+    pos = end;
+    if (a_end == end)
+      i++;
+    if (d_end == end)
+      j++;
+  }
+  return 0;
+}
+
+static int
+nbd_ep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
+                struct sc_extent_list *list)
+{
+  struct nbd_ep *n = (struct nbd_ep *) ep;
+  struct nbd_cmd *cmd;
+  struct nbd_conn *c;
+  uint64_t len;
+  int r;
+
+  if (count == 0)
+    return 0;
+  /* Past the end of the export, or no block status: all data. */
+  if (offset >= ep->size || !n->base_allocation)
+    return sc_extent_list_append (list, offset, count, 0);
+  len = SC_MIN (SC_MIN (count, ep->size - offset), NBD_MAX_RANGE);
+  if ((c = pick_conn (n)) == NULL || (cmd = cmd_new (n)) == NULL)
+    return -1;
+  cmd->conn = c;
+  cmd->offset = offset;
+  cmd->count = len;
+  /* The reply is read after cmd_wait drops the caller's reference: keep
+   * a third one until then.
+   */
+  cmd->refs++;
+  if (nbd_aio_block_status (c->h, len, offset,
+                            (nbd_extent_callback) { .callback = cmd_extent,
+                                                    .user_data = cmd },
+                            (nbd_completion_callback) {
+                              .callback = cmd_complete, .user_data = cmd,
+                              .free = cmd_free }, 0) == -1) {
+    cmd_issue_failed (cmd, "block status", offset, len);
+    cmd_unref (cmd);
+    return -1;
+  }
+  conn_wake (c);
+  if (cmd_wait (cmd, "block status", offset, len) == -1) {
+    cmd_unref (cmd);
+    return -1;
+  }
+  if (cmd->alloc.len == 0) {
+    sc_set_error (EIO, "NBD block status at offset %" PRIu64 ", length %"
+                  PRIu64 ": the server described nothing", offset, len);
+    r = -1;
+  }
+  else if (n->allocation_depth && cmd->depth.len > 0)
+    r = merge_depth (&cmd->alloc, &cmd->depth, list);
+  else {
+    r = 0;
+    for (size_t i = 0; i < cmd->alloc.len && r == 0; i++)
+      r = sc_extent_list_append (list, cmd->alloc.ext[i].offset,
+                                 cmd->alloc.ext[i].length,
+                                 cmd->alloc.ext[i].flags);
+  }
+  cmd_unref (cmd);
+  return r;
+}
+
+static int
+nbd_ep_flush (struct sc_endpoint *ep)
+{
+  struct nbd_ep *n = (struct nbd_ep *) ep;
+
+  if (!n->can_flush)
+    return 0;
+  /* Every connection: what multi-conn promises is that a flush on one
+   * covers writes completed on all, but a server without multi-conn
+   * promises nothing across connections.
+   */
+  for (unsigned i = 0; i < n->nconns; i++)
+    if (run_cmd (n, &n->conns[i], OP_FLUSH, NULL, ep->size, 0, 0) == -1) {
+      sc_error_prefix ("%s", ep->name);
+      return -1;
+    }
+  return 0;
+}
+
+static int
+nbd_ep_set_size (struct sc_endpoint *ep, uint64_t size)
+{
+  if (size > ep->size) {
+    sc_set_error (ENOSPC, "%s: the export is smaller than what is to be "
+                  "written (%" PRIu64 " < %" PRIu64 " bytes)", ep->name,
+                  ep->size, size);
+    return -1;
+  }
+  return 0;
+}
+
+/* Stop the dispatcher, then say goodbye (NBD_CMD_DISC) to a server
+ * that is still there, so that it does not see a connection reset.
+ */
+static void
+conn_stop (struct nbd_conn *c)
+{
+  bool alive = !conn_is_dead (c);
+
+  if (c->thread_started) {
+    conn_kill (c, ENOTCONN, "the connection was closed");
+    conn_wake (c);
+    pthread_join (c->thread, NULL);
+    c->thread_started = false;
+  }
+  if (alive && c->h && nbd_aio_is_ready (c->h) == 1)
+    nbd_shutdown (c->h, 0);
+}
+
+static int
+nbd_ep_close (struct sc_endpoint *ep)
+{
+  struct nbd_ep *n = (struct nbd_ep *) ep;
+
+  for (unsigned i = 0; i < n->nconns; i++)
+    conn_stop (&n->conns[i]);
+  /* The first handle started the server, if one was started here:
+   * closing it stops the server, so it goes last.
+   */
+  for (unsigned i = n->nconns; i-- > 0; ) {
+    struct nbd_conn *c = &n->conns[i];
+    if (c->h)
+      nbd_close (c->h);
+    if (c->wake_fd >= 0)
+      close (c->wake_fd);
+  }
+  server_unregister (n->server_pid);
+  pthread_cond_destroy (&n->cond);
+  pthread_mutex_destroy (&n->lock);
+  free (n->conns);
+  sc_ep_free (ep);
+  return 0;
+}
+
+static const struct sc_endpoint_ops nbd_source_ops = {
+  .kind = "nbd",
+  .pread = nbd_ep_pread,
+  .extents = nbd_ep_extents,
+  .close = nbd_ep_close,
+};
+
+static const struct sc_endpoint_ops nbd_target_ops = {
+  .kind = "nbd",
+  .pread = nbd_ep_pread,
+  .extents = nbd_ep_extents,
+  .pwrite = nbd_ep_pwrite,
+  .zero = nbd_ep_zero,
+  .set_size = nbd_ep_set_size,
+  .flush = nbd_ep_flush,
+  .close = nbd_ep_close,
+};
+
+/* ---- opening ------------------------------------------------------------ */
+
+bool
+sc_is_nbd_uri (const char *name)
+{
+  static const char *const schemes[] = {
+    "nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://",
+    "nbds+vsock://",
+  };
+
+  for (size_t i = 0; i < sizeof schemes / sizeof schemes[0]; i++)
+    if (strncmp (name, schemes[i], strlen (schemes[i])) == 0)
+      return true;
+  return false;
+}
+
+static struct nbd_handle *
+new_handle (bool want_depth)
+{
+  struct nbd_handle *h = nbd_create ();
+
+  if (h == NULL) {
+    nbd_error ("NBD");
+    return NULL;
+  }
+  if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1
+      || (want_depth && nbd_add_meta_context (h, CONTEXT_DEPTH) == -1)
+      || nbd_set_uri_allow_local_file (h, true) == -1) {
+    nbd_error ("NBD");
+    nbd_close (h);
+    return NULL;
+  }
+  return h;
+}
+
+static int
+conn_start (struct nbd_conn *c)
+{
+  int err;
+
+  c->wake_fd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (c->wake_fd == -1) {
+    sc_set_error (errno, "eventfd: %s", strerror (errno));
+    return -1;
+  }
+  err = pthread_create (&c->thread, NULL, dispatch, c);
+  if (err) {
+    sc_set_error (err, "cannot start a thread: %s", strerror (err));
+    return -1;
+  }
+  c->thread_started = true;
+  return 0;
+}
+
+/* Connect the first handle: to uri, or to a server started from argv. */
+static int
+connect_first (struct nbd_ep *n, struct nbd_handle *h, const char *uri,
+               char *const *argv)
+{
+  pid_t before[64], after[64];
+  size_t nb = 0, na;
+
+  if (uri) {
+    if (strncmp (uri, "nbds", 4) == 0 && !nbd_supports_tls (h)) {
+      sc_set_error (ENOTSUP, "this libnbd was built without TLS");
+      return -1;
+    }
+    if (nbd_connect_uri (h, uri) == -1) {
+      nbd_error ("cannot connect");
+      return -1;
+    }
+    return 0;
+  }
+  nb = thread_children (before, 64);
+  if (nbd_connect_systemd_socket_activation (h, (char **) argv) == -1) {
+    nbd_error ("cannot start the NBD server");
+    return -1;
+  }
+  /* The child that was not there before is the server. */
+  na = thread_children (after, 64);
+  for (size_t i = 0; i < na && n->server_pid == 0; i++) {
+    bool old = false;
+    for (size_t j = 0; j < nb; j++)
+      old |= after[i] == before[j];
+    if (!old)
+      n->server_pid = after[i];
+  }
+  if (n->server_pid > 0)
+    server_register (n->server_pid);
+  return 0;
+}
+
+/* The name of a server started here, for messages: "[ nbdkit memory ]". */
+static char *
+command_name (char *const *argv)
+{
+  size_t len = 3;
+  char *s, *p;
+
+  for (size_t i = 0; argv[i]; i++)
+    len += strlen (argv[i]) + 1;
+  s = p = malloc (len + 2);
+  if (s == NULL)
+    return NULL;
+  p = stpcpy (p, "[ ");
+  for (size_t i = 0; argv[i]; i++) {
+    p = stpcpy (p, argv[i]);
+    *p++ = ' ';
+  }
+  strcpy (p, "]");
+  return s;
+}
+
+struct sc_endpoint *
+sc_endpoint_open_nbd (const char *uri, char *const *argv, unsigned flags,
+                      const struct sc_nbd_opts *opts)
+{
+  struct sc_nbd_opts defaults = { 0 };
+  bool writable = (flags & SC_NBD_WRITE) != 0;
+  CLEANUP_FREE char *cmd_name = NULL;
+  CLEANUP_FREE char *first_uri = NULL;
+  struct nbd_ep *n;
+  struct nbd_handle *h;
+  unsigned want;
+  int64_t size, min_b, pref_b, max_b;
+
+  if (opts == NULL)
+    opts = &defaults;
+  if ((uri == NULL) == (argv == NULL || argv[0] == NULL)) {
+    sc_set_error (EINVAL, "NBD: give either a URI or a server command");
+    return NULL;
+  }
+  if (opts->connections > NBD_MAX_CONNECTIONS) {
+    sc_set_error (EINVAL, "NBD: at most %d connections",
+                  NBD_MAX_CONNECTIONS);
+    return NULL;
+  }
+  if (argv && (cmd_name = command_name (argv)) == NULL) {
+    sc_set_error (errno, "out of memory");
+    return NULL;
+  }
+  n = sc_ep_new (sizeof *n, writable ? &nbd_target_ops : &nbd_source_ops,
+                 uri ? uri : cmd_name);
+  if (n == NULL)
+    return NULL;
+  pthread_mutex_init (&n->lock, NULL);
+  {
+    pthread_condattr_t ca;
+    pthread_condattr_init (&ca);
+    pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+    pthread_cond_init (&n->cond, &ca);
+    pthread_condattr_destroy (&ca);
+  }
+  n->timeout = opts->timeout;
+  n->conns = calloc (NBD_MAX_CONNECTIONS, sizeof *n->conns);
+  if (n->conns == NULL) {
+    sc_set_error (errno, "out of memory");
+    goto fail;
+  }
+  for (unsigned i = 0; i < NBD_MAX_CONNECTIONS; i++) {
+    n->conns[i].owner = n;
+    n->conns[i].wake_fd = -1;
+  }
+
+  h = new_handle (!writable);
+  if (h == NULL)
+    goto fail;
+  n->conns[0].h = h;
+  n->nconns = 1;
+  if (connect_first (n, h, uri, argv) == -1)
+    goto fail;
+  size = nbd_get_size (h);
+  if (size < 0) {
+    nbd_error ("NBD");
+    goto fail;
+  }
+  n->ep.size = (uint64_t) size;
+  if (writable && nbd_is_read_only (h) == 1) {
+    sc_set_error (EROFS, "the export is read-only");
+    goto fail;
+  }
+  n->can_zero = nbd_can_zero (h) == 1;
+  n->can_fast_zero = nbd_can_fast_zero (h) == 1;
+  n->can_flush = nbd_can_flush (h) == 1;
+  n->base_allocation =
+    nbd_can_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
+  n->allocation_depth = !writable
+    && nbd_can_meta_context (h, CONTEXT_DEPTH) == 1;
+  min_b = nbd_get_block_size (h, LIBNBD_SIZE_MINIMUM);
+  pref_b = nbd_get_block_size (h, LIBNBD_SIZE_PREFERRED);
+  max_b = nbd_get_block_size (h, LIBNBD_SIZE_MAXIMUM);
+  n->min_block = min_b > 0 ? (uint32_t) min_b : 1;
+  n->ep.max_request = max_b > 0 && max_b < NBD_DEFAULT_MAX_REQUEST
+                      ? (uint32_t) max_b : NBD_DEFAULT_MAX_REQUEST;
+  if (pref_b > 0 && pref_b <= (int64_t) n->ep.max_request)
+    n->ep.block_size = (uint32_t) SC_MAX (pref_b, 4096);
+  n->ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE | SC_EP_REMOTE;
+  if (writable && (flags & SC_TARGET_ZEROED))
+    n->ep.flags |= SC_EP_FRESH_ZEROS;
+
+  /* More connections only where the server says they see one disk. */
+  want = opts->connections;
+  if (want == 0)
+    want = nbd_can_multi_conn (h) == 1 ? NBD_MULTI_CONN_CONNECTIONS : 1;
+  else if (want > 1 && nbd_can_multi_conn (h) != 1)
+    want = 1;
+  if (want > 1) {
+    first_uri = nbd_get_uri (h);
+    if (first_uri == NULL)
+      want = 1;
+  }
+  for (unsigned i = 1; i < want; i++) {
+    struct nbd_handle *hi = new_handle (!writable);
+    if (hi == NULL)
+      goto fail;
+    n->conns[i].h = hi;
+    n->nconns = i + 1;
+    if (nbd_connect_uri (hi, first_uri) == -1) {
+      nbd_error ("cannot open another connection");
+      goto fail;
+    }
+  }
+  n->ep.queue_depth = n->nconns * (opts->requests ? opts->requests
+                                                  : NBD_DEFAULT_REQUESTS);
+  for (unsigned i = 0; i < n->nconns; i++)
+    if (conn_start (&n->conns[i]) == -1)
+      goto fail;
+  return &n->ep;
+
+ fail:
+  nbd_ep_close (&n->ep);
+  return NULL;
+}
