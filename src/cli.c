@@ -153,8 +153,108 @@ cli_common_option (int c, const char *arg, struct cli_common *common,
   case 'V':
     printf ("%s %s\n", PACKAGE_NAME, PACKAGE_VERSION);
     exit (EXIT_OK);
+  case 'C':
+    if (cli_parse_uint (arg, 1, 16, &common->nbd.connections) == -1)
+      cli_usage_error (NULL, "-C: expected a number of NBD connections "
+                       "from 1 to 16, not '%s'", arg);
+    return 1;
+  case OPT_REQUESTS:
+    if (cli_parse_uint (arg, 1, 64, &common->nbd.requests) == -1)
+      cli_usage_error (NULL, "--requests: expected a number of NBD "
+                       "requests in flight from 1 to 64, not '%s'", arg);
+    return 1;
+  case OPT_TIMEOUT:
+    if (cli_parse_uint (arg, 0, 86400, &common->nbd.timeout) == -1)
+      cli_usage_error (NULL, "--timeout: expected seconds from 0 (none) "
+                       "to 86400, not '%s'", arg);
+    return 1;
   }
   return 0;
+}
+
+void
+cli_operands (const char *command, int argc, char **argv, int first,
+              struct cli_operand *ops, int want, const char *expected)
+{
+  int n = 0;
+
+  for (int i = first; i < argc; i++) {
+    struct cli_operand *op = &ops[n < want ? n : want - 1];
+
+    if (strcmp (argv[i], "]") == 0)
+      cli_usage_error (command, "']' without '['");
+    if (n >= want) {
+      n++;
+      continue;
+    }
+    memset (op, 0, sizeof *op);
+    op->name = argv[i];
+    if (strcmp (argv[i], "[") == 0) {
+      int j = i + 1;
+      size_t len;
+
+      while (j < argc && strcmp (argv[j], "]") != 0)
+        j++;
+      if (j == argc)
+        cli_usage_error (command, "'[' without ']'");
+      if (j == i + 1)
+        cli_usage_error (command, "'[ ]' needs the command of an NBD "
+                         "server");
+      argv[j] = NULL;
+      op->argv = &argv[i + 1];
+      op->nbd = true;
+      /* "[ nbdkit memory 1G ]", cut short with "..." if long. */
+      len = (size_t) snprintf (op->label, sizeof op->label, "[");
+      for (int k = i + 1; k < j && len < sizeof op->label; k++)
+        len += (size_t) snprintf (op->label + len, sizeof op->label - len,
+                                  " %s", argv[k]);
+      if (len < sizeof op->label)
+        snprintf (op->label + len, sizeof op->label - len, " ]");
+      else
+        memcpy (op->label + sizeof op->label - 5, "... ]", 5);
+      op->label[sizeof op->label - 1] = '\0';
+      op->name = op->label;
+      i = j;
+    }
+    else
+      op->nbd = sc_is_nbd_uri (argv[i]);
+    n++;
+  }
+  if (n != want)
+    cli_usage_error (command, "expected %s", expected);
+}
+
+struct sc_endpoint *
+cli_open_source (const struct cli_operand *op,
+                 const struct cli_common *common, enum sc_map_method map)
+{
+  struct sc_endpoint *ep;
+
+  if (op->nbd)
+    ep = sc_endpoint_open_nbd (op->argv ? NULL : op->name, op->argv, 0,
+                               &common->nbd);
+  else
+    ep = sc_endpoint_open_source (op->name, map);
+  if (ep == NULL)
+    cli_lib_error (op->name);
+  return ep;
+}
+
+struct sc_endpoint *
+cli_open_target (const struct cli_operand *op,
+                 const struct cli_common *common, unsigned flags)
+{
+  struct sc_endpoint *ep;
+
+  if (op->nbd)
+    ep = sc_endpoint_open_nbd (op->argv ? NULL : op->name, op->argv,
+                               SC_NBD_WRITE | (flags & SC_TARGET_ZEROED),
+                               &common->nbd);
+  else
+    ep = sc_endpoint_open_target (op->name, 0, flags);
+  if (ep == NULL)
+    cli_lib_error (op->name);
+  return ep;
 }
 
 void

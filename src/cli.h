@@ -22,6 +22,7 @@ struct cli_common {
   bool progress;                /* -p */
   bool progress_json;           /* --progress=json */
   unsigned threads;             /* -j N, 0 = default */
+  struct sc_nbd_opts nbd;       /* -C N, --requests N, --timeout S */
 };
 
 /* Long option ids shared by the commands (above any short option). */
@@ -37,6 +38,9 @@ enum {
   OPT_COMPRESS,
   OPT_HELP,
   OPT_VERSION,
+  OPT_REQUESTS,
+  OPT_TIMEOUT,
+  OPT_TARGET_IS_ZERO,
 };
 
 /* Common option table entries for getopt_long (see cli.c). */
@@ -45,8 +49,11 @@ enum {
   { "threads", required_argument, NULL, 'j' }, \
   { "quiet", no_argument, NULL, 'q' }, \
   { "help", no_argument, NULL, 'h' }, \
-  { "version", no_argument, NULL, 'V' }
-#define CLI_COMMON_SHORT_OPTIONS "pj:qhV"
+  { "version", no_argument, NULL, 'V' }, \
+  { "connections", required_argument, NULL, 'C' }, \
+  { "requests", required_argument, NULL, OPT_REQUESTS }, \
+  { "timeout", required_argument, NULL, OPT_TIMEOUT }
+#define CLI_COMMON_SHORT_OPTIONS "pj:qhVC:"
 
 extern const char *cli_program;         /* "sparsecow" */
 
@@ -57,6 +64,36 @@ extern const char *cli_program;         /* "sparsecow" */
 extern int cli_common_option (int c, const char *optarg,
                               struct cli_common *common,
                               void (*usage) (FILE *));
+
+/* An operand: a path, "-", an NBD URI, or the command line of an NBD
+ * server to start, written "[ CMD ARGS ]" (after "--", so that the
+ * command's options are not taken for ours).
+ */
+struct cli_operand {
+  const char *name;             /* for messages: the word, or "[ CMD ]" */
+  char **argv;                  /* the server command, or NULL */
+  bool nbd;                     /* a URI or a server command */
+  char label[256];
+};
+
+/* Split argv[first..argc-1] into operands, each "[ ... ]" group being
+ * one (the "]" is replaced by NULL to end its argv).  Exits with a
+ * usage error ("expected EXPECTED") unless there are exactly want.
+ */
+extern void cli_operands (const char *command, int argc, char **argv,
+                          int first, struct cli_operand *ops, int want,
+                          const char *expected);
+
+/* Open an operand as a data source, or as a target (sized later by the
+ * library; flags as sc_endpoint_open_target).  Print the error and
+ * return NULL on failure.
+ */
+extern struct sc_endpoint *cli_open_source (const struct cli_operand *op,
+                                            const struct cli_common *common,
+                                            enum sc_map_method map);
+extern struct sc_endpoint *cli_open_target (const struct cli_operand *op,
+                                            const struct cli_common *common,
+                                            unsigned flags);
 
 /* "sparsecow: OBJECT: message" from the library's last error. */
 extern void cli_lib_error (const char *object);

@@ -92,6 +92,7 @@ cmd_check (int argc, char **argv)
   struct cli_common common = { 0 };
   struct sc_check_result result;
   bool json = false;
+  struct cli_operand op;
   const char *image;
   int c;
 
@@ -105,11 +106,25 @@ cmd_check (int argc, char **argv)
     else if (!cli_common_option (c, optarg, &common, usage))
       cli_usage_error ("check", "unknown option");
   }
-  if (argc - optind != 1)
-    cli_usage_error ("check", "expected one IMAGE argument");
-  image = argv[optind];
+  cli_operands ("check", argc, argv, optind, &op, 1, "one IMAGE argument");
+  image = op.name;
 
-  if (sc_qcow2_check (image, &result) == -1) {
+  if (op.nbd) {
+    struct sc_endpoint *ep = cli_open_source (&op, &common, SC_MAP_SEEK);
+    if (ep == NULL)
+      return EXIT_ERROR;
+    c = sc_qcow2_check_endpoint (ep, &result);
+    if (c == -1)
+      cli_lib_error (image);
+    if (sc_endpoint_close (ep) == -1 && c == 0) {
+      cli_lib_error (image);
+      sc_check_result_free (&result);
+      c = -1;
+    }
+    if (c == -1)
+      return EXIT_ERROR;
+  }
+  else if (sc_qcow2_check (image, &result) == -1) {
     cli_lib_error (image);
     return EXIT_ERROR;
   }

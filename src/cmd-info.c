@@ -206,6 +206,9 @@ cmd_info (int argc, char **argv)
   };
   struct sc_qcow2_info info;
   struct sc_qcow2 *q;
+  struct cli_common common = { 0 };
+  struct cli_operand op;
+  struct sc_endpoint *ep = NULL;
   struct stat st;
   uint64_t actual_size = 0;
   bool json = false;
@@ -233,22 +236,29 @@ cmd_info (int argc, char **argv)
                        argv[optind - 1]);
     }
   }
-  if (argc - optind != 1)
-    cli_usage_error ("info", "expected one IMAGE");
-  path = argv[optind];
+  cli_operands ("info", argc, argv, optind, &op, 1, "one IMAGE");
+  path = op.name;
 
-  q = sc_qcow2_open (path, NULL);
+  if (op.nbd) {
+    if ((ep = cli_open_source (&op, &common, SC_MAP_SEEK)) == NULL)
+      return EXIT_ERROR;
+    q = sc_qcow2_open_endpoint (ep, NULL);
+  }
+  else
+    q = sc_qcow2_open (path, NULL);
   if (q == NULL) {
     cli_lib_error (path);
+    sc_endpoint_close (ep);
     return EXIT_ERROR;
   }
   if (sc_qcow2_get_info (q, &info) == -1) {
     cli_lib_error (path);
     sc_qcow2_close (q);
+    sc_endpoint_close (ep);
     return EXIT_ERROR;
   }
   /* What the file really occupies, like qemu-img's "disk size". */
-  if (stat (path, &st) == 0)
+  if (!op.nbd && stat (path, &st) == 0)
     actual_size = (uint64_t) st.st_blocks * BYTES_PER_BLOCK;
 
   if (json)
@@ -258,6 +268,7 @@ cmd_info (int argc, char **argv)
 
   sc_qcow2_info_free (&info);
   sc_qcow2_close (q);
+  sc_endpoint_close (ep);
   if (fflush (stdout) == EOF) {
     cli_error ("info: write error on stdout");
     return EXIT_ERROR;

@@ -84,9 +84,10 @@ finish (struct map_out *out)
 }
 
 static int
-map_qcow2 (const char *path, struct map_out *out)
+map_qcow2 (const char *path, struct sc_endpoint *ep, struct map_out *out)
 {
-  struct sc_qcow2 *q = sc_qcow2_open (path, NULL);
+  struct sc_qcow2 *q = ep ? sc_qcow2_open_endpoint (ep, NULL)
+                          : sc_qcow2_open (path, NULL);
   struct sc_qcow2_info info;
   int r;
 
@@ -120,15 +121,14 @@ map_qcow2 (const char *path, struct map_out *out)
  * read as zeros, and every run is mapped to itself.
  */
 static int
-map_raw (const char *path, struct map_out *out)
+map_raw (const char *path, struct sc_endpoint *nbd, struct map_out *out)
 {
   struct sc_extent_list list;
-  struct sc_endpoint *ep;
+  struct sc_endpoint *ep = nbd;
   uint64_t size;
   int r = -1;
 
-  ep = sc_endpoint_open_source (path, SC_MAP_SEEK);
-  if (ep == NULL)
+  if (ep == NULL && (ep = sc_endpoint_open_source (path, SC_MAP_SEEK)) == NULL)
     return -1;
   sc_extent_list_init (&list);
   /* qemu sees files in whole sectors: a partial last sector is padded
@@ -155,9 +155,22 @@ map_raw (const char *path, struct map_out *out)
   r = 0;
  out:
   sc_extent_list_free (&list);
-  if (sc_endpoint_close (ep) == -1)
+  if (nbd == NULL && sc_endpoint_close (ep) == -1)
     r = -1;
   return r;
+}
+
+/* Is the export an image?  1 yes, 0 no, -1 error. */
+static int
+nbd_is_qcow2 (struct sc_endpoint *ep)
+{
+  unsigned char magic[4];
+
+  if (sc_endpoint_size (ep) < sizeof magic)
+    return 0;
+  if (sc_endpoint_pread (ep, magic, sizeof magic, 0) == -1)
+    return -1;
+  return memcmp (magic, "QFI\xfb", 4) == 0;
 }
 
 int
@@ -170,6 +183,9 @@ cmd_map (int argc, char **argv)
     { NULL, 0, NULL, 0 },
   };
   struct map_out out = { .first = true };
+  struct cli_common common = { 0 };
+  struct cli_operand op;
+  struct sc_endpoint *ep = NULL;
   const char *path;
   int c, r;
 
@@ -194,17 +210,27 @@ cmd_map (int argc, char **argv)
                        argv[optind - 1]);
     }
   }
-  if (argc - optind != 1)
-    cli_usage_error ("map", "expected one IMAGE or FILE");
-  path = argv[optind];
+  cli_operands ("map", argc, argv, optind, &op, 1, "one IMAGE or FILE");
+  path = op.name;
 
-  r = sc_is_qcow2 (path);
+  if (op.nbd) {
+    if ((ep = cli_open_source (&op, &common, SC_MAP_SEEK)) == NULL)
+      return EXIT_ERROR;
+    r = nbd_is_qcow2 (ep);
+  }
+  else
+    r = sc_is_qcow2 (path);
   if (r == 1)
-    r = map_qcow2 (path, &out);
+    r = map_qcow2 (path, ep, &out);
   else if (r == 0)
-    r = map_raw (path, &out);
+    r = map_raw (path, ep, &out);
   if (r == -1) {
     fflush (stdout);
+    cli_lib_error (path);
+    sc_endpoint_close (ep);
+    return EXIT_ERROR;
+  }
+  if (sc_endpoint_close (ep) == -1) {
     cli_lib_error (path);
     return EXIT_ERROR;
   }

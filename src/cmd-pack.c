@@ -318,10 +318,10 @@ refuse_foreign (const char *source, const struct foreign *f, bool is_stdin,
   else {
     /* A new name next to a file; a device gets a placeholder. */
     out = is_file ? qcow2_name_for (source) : NULL;
-    cli_error ("%s: a %s %s, not raw data; convert it first (qemu-img "
-               "convert -f %s -O qcow2 %s %s) or force with "
-               "--source-format=raw", source, f->name, what, f->driver,
-               source, out ? out : "IMAGE.qcow2");
+    cli_error ("%s: a %s %s, not raw data; pack what qemu-nbd reads from "
+               "it (%s pack -- [ qemu-nbd -r -f %s %s ] %s) or force with "
+               "--source-format=raw", source, f->name, what, cli_program,
+               f->driver, source, out ? out : "IMAGE.qcow2");
     free (out);
   }
 }
@@ -402,6 +402,38 @@ detect_source (const char *source, enum source_format forced)
   return SOURCE_RAW;
 }
 
+/* An NBD source: what its first bytes say it is, as detect_source for
+ * a file.  The export's guest view is what qemu-nbd or nbdkit serves,
+ * so a qcow2 image there is one that a server serves as a file.
+ */
+static int
+detect_nbd_source (struct sc_endpoint *src, const char *source,
+                   enum source_format forced)
+{
+  struct probe p = { .head_len = 0, .tail_len = 0 };
+  uint64_t size = sc_endpoint_size (src);
+  struct foreign f;
+
+  if (forced != SOURCE_AUTO)
+    return forced;
+  p.head_len = size < PROBE_HEAD ? (size_t) size : PROBE_HEAD;
+  if (p.head_len > 0
+      && sc_endpoint_pread (src, p.head, p.head_len, 0) == -1) {
+    cli_lib_error (source);
+    return -1;
+  }
+  if (head_is (&p, 0, "QFI\xfb", 4))
+    return SOURCE_QCOW2;
+  if (probe_foreign (&p, &f)) {
+    cli_error ("%s: the export holds a %s image, not raw data; serve its "
+               "guest data instead (qemu-nbd -f %s) or force with "
+               "--source-format=raw", source, f.name,
+               f.driver ? f.driver : "raw");
+    return -1;
+  }
+  return SOURCE_RAW;
+}
+
 /* Pack src into target, closing src; errors are printed.  The target
  * is opened before the source is read (its size is set once the image
  * is laid out) and committed only when everything is written.  Returns
@@ -409,17 +441,14 @@ detect_source (const char *source, enum source_format forced)
  */
 static int
 pack_endpoint (struct sc_endpoint *src, const char *source,
-               const char *target, unsigned target_flags,
+               const struct cli_operand *target, unsigned target_flags,
                const struct sc_pack_opts *opts,
                const struct cli_common *common)
 {
-  struct sc_endpoint *dst = sc_endpoint_open_target (target, 0,
-                                                     target_flags);
+  struct sc_endpoint *dst = cli_open_target (target, common, target_flags);
   int r = -1;
 
-  if (dst == NULL)
-    cli_lib_error (target);
-  else {
+  if (dst != NULL) {
     r = sc_pack (src, dst, opts);
     cli_progress_done (common);
     if (r == -1 && sc_error_errno () == EMEDIUMTYPE)
@@ -456,7 +485,8 @@ cmd_pack (int argc, char **argv)
   enum sc_codec ctype = SC_CODEC_NONE;  /* -o compression_type */
   bool level_set = false, map_set = false, codec_named = false;
   unsigned level = 0;
-  struct sc_endpoint *src;
+  struct sc_endpoint *src, *nbd_src = NULL;
+  struct cli_operand ops[2];
   const char *source, *target;
   int c, r;
 
@@ -534,11 +564,10 @@ cmd_pack (int argc, char **argv)
       cli_usage_error ("pack", "unknown option");
     }
   }
-  if (argc - optind != 2)
-    cli_usage_error ("pack", "expected SOURCE and TARGET");
-  source = argv[optind];
-  target = argv[optind + 1];
-  if (cli_target_is_source (argv[optind], target))
+  cli_operands ("pack", argc, argv, optind, ops, 2, "SOURCE and TARGET");
+  source = ops[0].name;
+  target = ops[1].name;
+  if (!ops[0].nbd && !ops[1].nbd && cli_target_is_source (source, target))
     return EXIT_ERROR;
   if (strcmp (target, "-") == 0) {
     /* Both would go to standard output. */
@@ -581,9 +610,21 @@ cmd_pack (int argc, char **argv)
    * image is refused when its first bytes arrive.
    */
   opts.refuse_images = format != SOURCE_RAW;
-  r = detect_source (source, format);
-  if (r == -1)
+  if (ops[0].nbd) {
+    if (map_set)
+      cli_usage_error ("pack", "--map applies to local files; an NBD "
+                       "source's data is found with block status");
+    nbd_src = cli_open_source (&ops[0], &common, map);
+    if (nbd_src == NULL)
+      return EXIT_ERROR;
+    r = detect_nbd_source (nbd_src, source, format);
+  }
+  else
+    r = detect_source (source, format);
+  if (r == -1) {
+    sc_endpoint_close (nbd_src);
     return EXIT_ERROR;
+  }
   format = (enum source_format) r;
 
   if (format == SOURCE_QCOW2) {
@@ -597,32 +638,37 @@ cmd_pack (int argc, char **argv)
                        "a qcow2 image", source);
     /* The guest's own bytes may be anything, an image too. */
     opts.refuse_images = false;
-    q = sc_qcow2_open (source, NULL);
+    q = nbd_src ? sc_qcow2_open_endpoint (nbd_src, NULL)
+                : sc_qcow2_open (source, NULL);
     if (q == NULL) {
       cli_lib_error (source);
+      sc_endpoint_close (nbd_src);
       return EXIT_ERROR;
     }
     src = sc_qcow2_endpoint (q);
     if (src == NULL) {
       cli_lib_error (source);
       sc_qcow2_close (q);
+      sc_endpoint_close (nbd_src);
       return EXIT_ERROR;
     }
     if (!common.quiet)
       fprintf (stderr, "%s: %s: qcow2 image; packing its guest content\n",
                cli_program, source);
     opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
-    r = pack_endpoint (src, source, target, target_flags, &opts, &common);
+    r = pack_endpoint (src, source, &ops[1], target_flags, &opts, &common);
     sc_qcow2_close (q);
+    if (sc_endpoint_close (nbd_src) == -1 && r == 0) {
+      cli_lib_error (source);
+      r = -1;
+    }
     return r == 0 ? EXIT_OK : EXIT_ERROR;
   }
 
-  src = sc_endpoint_open_source (source, map);
-  if (src == NULL) {
-    cli_lib_error (source);
+  src = nbd_src ? nbd_src : cli_open_source (&ops[0], &common, map);
+  if (src == NULL)
     return EXIT_ERROR;
-  }
   opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
-  r = pack_endpoint (src, source, target, target_flags, &opts, &common);
+  r = pack_endpoint (src, source, &ops[1], target_flags, &opts, &common);
   return r == 0 ? EXIT_OK : EXIT_ERROR;
 }

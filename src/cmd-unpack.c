@@ -18,16 +18,25 @@ usage (FILE *fp)
   fprintf (fp,
 "Usage: %s unpack [OPTIONS] IMAGE TARGET\n"
 "Write the guest data of the qcow2 IMAGE to TARGET: a regular file\n"
-"(created sparse; holes are not written), a block device, or - for\n"
-"standard output.  IMAGE may be - (standard input) or a named pipe: it\n"
-"is then read once, front to back.\n"
+"(created sparse; holes are not written), a block device, an NBD\n"
+"export, or - for standard output.  IMAGE may be - (standard input) or\n"
+"a named pipe: it is then read once, front to back.  IMAGE and TARGET\n"
+"may be NBD URIs (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=\n"
+"PATH) or, after --, a server to start: [ qemu-nbd -f raw disk.raw ].\n"
 "\n"
 "Options:\n"
 "  -f, --force            replace TARGET if it is an existing file\n"
+"      --target-is-zero   TARGET (a device, an NBD export) reads as zero\n"
+"                         already: zero ranges are not written\n"
 "      --snapshot NAME|ID unpack an internal snapshot instead of the\n"
 "                         active layer\n"
 "  -p, --progress[=json]  show progress (a bar, or JSON lines on stdout)\n"
 "  -j, --threads N        worker threads (default: online CPUs)\n"
+"  -C, --connections N    NBD connections (default: 4 if the server\n"
+"                         allows several, else 1)\n"
+"      --requests N       NBD requests in flight per connection (16)\n"
+"      --timeout S        give up on an NBD request after S seconds\n"
+"                         (default 0: wait)\n"
 "  -q, --quiet            print nothing but errors\n"
 "  -h, --help             show this help\n"
 "  -V, --version          show the version\n",
@@ -37,6 +46,7 @@ usage (FILE *fp)
 static const struct option long_options[] = {
   { "force", no_argument, NULL, 'f' },
   { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
+  { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
   CLI_COMMON_LONG_OPTIONS,
   { NULL, 0, NULL, 0 },
 };
@@ -47,6 +57,7 @@ cmd_unpack (int argc, char **argv)
   struct cli_common common = { 0 };
   struct sc_unpack_opts uopts = { 0 };
   struct sc_endpoint *src = NULL, *dst = NULL;
+  struct cli_operand ops[2];
   const char *image, *target;
   unsigned target_flags = 0;
   bool stream;
@@ -66,15 +77,17 @@ cmd_unpack (int argc, char **argv)
     case OPT_SNAPSHOT:
       uopts.snapshot = optarg;
       break;
+    case OPT_TARGET_IS_ZERO:
+      target_flags |= SC_TARGET_ZEROED;
+      break;
     default:
       cli_usage_error ("unpack", "unknown option");
     }
   }
-  if (argc - optind != 2)
-    cli_usage_error ("unpack", "expected IMAGE and TARGET");
-  image = argv[optind];
-  target = argv[optind + 1];
-  if (cli_target_is_source (argv[optind], target))
+  cli_operands ("unpack", argc, argv, optind, ops, 2, "IMAGE and TARGET");
+  image = ops[0].name;
+  target = ops[1].name;
+  if (!ops[0].nbd && !ops[1].nbd && cli_target_is_source (image, target))
     return EXIT_ERROR;
   if (strcmp (target, "-") == 0) {
     /* Both would go to standard output. */
@@ -92,18 +105,16 @@ cmd_unpack (int argc, char **argv)
     struct stat st;
 
     stream = strcmp (image, "-") == 0
-      || (stat (image, &st) == 0
+      || (!ops[0].nbd && stat (image, &st) == 0
           && (S_ISFIFO (st.st_mode) || S_ISCHR (st.st_mode)));
     if (stream && uopts.snapshot)
       cli_usage_error ("unpack", "--snapshot cannot be used with an "
                        "image read from a pipe");
   }
 
-  src = sc_endpoint_open_source (image, SC_MAP_SEEK);
-  if (src == NULL) {
-    cli_lib_error (image);
+  src = cli_open_source (&ops[0], &common, SC_MAP_SEEK);
+  if (src == NULL)
     return EXIT_ERROR;
-  }
   if (stream && !sc_endpoint_is_stream (src)) {
     /* Standard input redirected from a file: not a stream at all. */
     sc_endpoint_close (src);
@@ -112,11 +123,9 @@ cmd_unpack (int argc, char **argv)
     return EXIT_ERROR;
   }
   /* Sized by sc_unpack once the image's virtual size is known. */
-  dst = sc_endpoint_open_target (target, 0, target_flags);
-  if (dst == NULL) {
-    cli_lib_error (target);
+  dst = cli_open_target (&ops[1], &common, target_flags);
+  if (dst == NULL)
     goto out;
-  }
 
   uopts.threads = common.threads;
   uopts.progress = cli_progress_fn (&common, &uopts.progress_opaque);
