@@ -73,3 +73,46 @@ while pos < end:
     pos = stop
 PYEOF
 }
+
+# NBD servers for the tests, on Unix sockets in $tmp, stopped on exit.
+#   nbd_serve NAME CMD ARGS...: run an NBD server command line (nbdkit
+#   or qemu-nbd, without its socket option) serving on $tmp/NAME.sock;
+#   sets nbd_uri to its URI and nbd_pid to its pid.
+nbd_serve () {
+  local name=$1; shift
+  local sock="$tmp/$name.sock" i
+  rm -f "$sock"
+  case "$1" in
+    nbdkit) "$1" -f -U "$sock" "${@:2}" & ;;
+    qemu-nbd) "$1" -k "$sock" --persistent "${@:2}" & ;;
+    *) fail "nbd_serve: unknown server $1" ;;
+  esac
+  nbd_pid=$!
+  cleanup_fn "kill $nbd_pid 2>/dev/null; wait $nbd_pid 2>/dev/null"
+  for ((i = 0; i < 200; i++)); do
+    [ -S "$sock" ] && break
+    kill -0 "$nbd_pid" 2>/dev/null || fail "NBD server $* exited early"
+    sleep 0.05
+  done
+  [ -S "$sock" ] || fail "NBD server $* did not start"
+  nbd_uri="nbd+unix:///?socket=$sock"
+}
+
+# The zero and data ranges of an NBD export as nbdinfo --map reports
+# them, or of sparsecow map --output=json: "start length zero|data" per
+# line, neighbours of the same kind merged, for comparing the two.
+nbdinfo_ranges () {
+  nbdinfo --map --json "$1" | jq -r '.[] |
+    "\(.offset) \(.length) \(if (.type / 2 | floor) % 2 == 1 then "zero" else "data" end)"' |
+    merge_ranges
+}
+map_ranges () {
+  jq -r '.[] | "\(.start) \(.length) \(if .zero then "zero" else "data" end)"' |
+    merge_ranges
+}
+merge_ranges () {
+  awk 'NR > 1 && $3 == kind && $1 == start + len { len += $2; next }
+       NR > 1 { print start, len, kind }
+       { start = $1; len = $2; kind = $3 }
+       END { if (NR) print start, len, kind }'
+}

@@ -241,10 +241,21 @@ for img in "${refused[@]}"; do
     pattern+=".*cryptsetup open.*--source-format=raw"
   else
     pattern="^sparsecow: $img: a $name (image|descriptor), not raw data; "
-    pattern+=".*qemu-img convert .*--source-format=raw"
+    pattern+=".*\(sparsecow pack -- \[ qemu-nbd -r -f [a-z]+ $img \] "
+    pattern+="[^ ]+\.qcow2\).*--source-format=raw"
   fi
   expect_fail "$pattern" sparsecow pack "$img" out.qcow2
   [ ! -e out.qcow2 ] || fail "a target was left by refusing $img"
+  # The command the message gives works, and packs the guest content.
+  if [ $name != LUKS ] && command -v qemu-nbd >/dev/null; then
+    hint=$(sed -n 's/.*(\(sparsecow pack -- .*\.qcow2\)).*/\1/p' "$tmp/.stderr")
+    driver=$(sed -n 's/.* -f \([a-z]*\) .*/\1/p' <<<"$hint")
+    rm -rf hint && mkdir hint && ln -s "$PWD"/* hint/ && rm -f hint/*.qcow2
+    (cd hint && eval "${hint/sparsecow pack/sparsecow pack -q}") || fail "the hint for $img failed: $hint"
+    qemu-img compare -q -f "$driver" "$img" hint/*.qcow2 ||
+      fail "the hint for $img packed something else: $hint"
+    rm -rf hint
+  fi
 done
 # The same bytes on standard input are refused too.
 if [ -f disk.vmdk ]; then

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# NBD targets: unpack writes the guest data to qemu-nbd and nbdkit
+# exports (read back with nbdcopy and compared with qemu-img's raw
+# output), zero ranges are zeroed, a target that is too small or
+# read-only is refused before anything is written, pack writes an image
+# to an export, and a server started with [ ... ] is stopped at the end,
+# also when the program is interrupted.
+srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
+. "$srcdir/functions.sh"
+requires qemu-img qemu-io qemu-nbd nbdkit nbdcopy cmp python3
+
+cd "$tmp"
+size=$((64 * 1024 * 1024))
+
+qemu-img create -q -f qcow2 img.qcow2 $size
+qemu-io -f qcow2 -c "write -P 0x11 0 100k" -c "write -z 2M 1M" \
+  -c "write -P 0x33 10M 4k" -c "write -P 0 20M 128k" \
+  -c "write -P 0x55 63M 1M" img.qcow2 >/dev/null
+head -c $((2 * 1024 * 1024)) /dev/urandom > rand.bin
+qemu-io -f qcow2 -c "write -s rand.bin 33M 2M" img.qcow2 >/dev/null
+qemu-img convert -O raw img.qcow2 ref.raw
+
+# A raw file served by qemu-nbd, full of another pattern first: every
+# zero range of the image must be zeroed on the export.
+qemu-img create -q -f raw disk.raw $size
+qemu-io -f raw -c "write -P 0xee 0 $size" disk.raw >/dev/null
+sparsecow unpack -q img.qcow2 -- [ qemu-nbd -f raw disk.raw ] ||
+  fail "unpack to [ qemu-nbd ] failed"
+cmp ref.raw disk.raw || fail "unpack to qemu-nbd differs from qemu-img convert"
+
+# nbdkit memory through a URI, several connections (nbdkit allows
+# multi-conn), read back while the server runs.
+nbd_serve mem nbdkit memory $size
+sparsecow unpack -q -C 4 img.qcow2 "$nbd_uri" || fail "unpack to a URI failed"
+nbdcopy "$nbd_uri" back.raw
+cmp ref.raw back.raw || fail "unpack to nbdkit memory differs"
+# Again over what is there now, one connection, one request at a time.
+sparsecow unpack -q -C 1 --requests 1 img.qcow2 "$nbd_uri" ||
+  fail "unpack with one request in flight failed"
+nbdcopy "$nbd_uri" back1.raw
+cmp ref.raw back1.raw || fail "unpack with one request in flight differs"
+# --target-is-zero on a fresh export: zero ranges are left alone.
+nbd_serve fresh nbdkit memory $size
+sparsecow unpack -q --target-is-zero img.qcow2 "$nbd_uri" ||
+  fail "unpack --target-is-zero failed"
+nbdcopy "$nbd_uri" fresh.raw
+cmp ref.raw fresh.raw || fail "unpack --target-is-zero differs"
+# A server without WRITE_ZEROES gets zeros written.
+qemu-io -f raw -c "write -P 0xee 0 $size" disk.raw >/dev/null
+sparsecow unpack -q img.qcow2 -- [ nbdkit --filter=nozero file disk.raw ] ||
+  fail "unpack to a server without WRITE_ZEROES failed"
+cmp ref.raw disk.raw || fail "unpack to a server without WRITE_ZEROES differs"
+
+# Too small, or read-only: refused, and the export is untouched.
+qemu-img create -q -f raw small.raw $((size / 2))
+qemu-io -f raw -c "write -P 0xee 0 $((size / 2))" small.raw >/dev/null
+cp small.raw small.before
+expect_fail "smaller" sparsecow unpack img.qcow2 -- [ qemu-nbd -f raw small.raw ]
+cmp small.before small.raw || fail "a refused unpack wrote to the export"
+expect_fail "read-only" sparsecow unpack img.qcow2 -- [ nbdkit -r memory $size ]
+
+# pack writes the image's bytes to an export; the image is read back
+# from the file behind it.
+qemu-img create -q -f raw packed.img $size
+sparsecow pack -q -c ref.raw -- [ nbdkit file packed.img ] ||
+  fail "pack to an NBD export failed"
+qemu-img check -q -f qcow2 packed.img || fail "image packed to NBD is not clean"
+qemu-img compare -q -f qcow2 -F raw packed.img ref.raw ||
+  fail "image packed to NBD differs from its source"
+
+# A server started here is stopped when the command ends...
+sparsecow unpack -q img.qcow2 -- [ nbdkit -P "$tmp/srv.pid" memory $size ] ||
+  fail "unpack to [ nbdkit memory ] failed"
+pid=$(cat srv.pid)
+for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+! kill -0 "$pid" 2>/dev/null || fail "the server started with [ ] still runs"
+# ...and when the command is interrupted (SIGINT to it alone).
+rm -f srv.pid
+"$SPARSECOW" unpack -q img.qcow2 -- \
+  [ nbdkit -P "$tmp/srv.pid" --filter=delay memory $size delay-write=1 ] &
+cmd=$!
+for ((i = 0; i < 200; i++)); do [ -s srv.pid ] && break; sleep 0.05; done
+[ -s srv.pid ] || fail "the delayed server did not start"
+pid=$(cat srv.pid)
+sleep 0.5
+kill -INT "$cmd"
+rc=0; wait "$cmd" || rc=$?
+[ "$rc" -ne 0 ] || fail "an interrupted unpack exited 0"
+for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+! kill -0 "$pid" 2>/dev/null || fail "the server outlived an interrupted unpack"
+exit 0
