@@ -33,6 +33,28 @@ bench_setup () {
   trap 'rm -f "$out"' EXIT
 }
 
+# bench_workload: $src, a sparse file of BENCH_SIZE holding an ext4 file
+# system made from BENCH_TREES, built on first use and kept.
+bench_workload () {
+  BENCH_SIZE=${BENCH_SIZE:-32G}
+  BENCH_TREES=${BENCH_TREES:-/usr/share /usr/bin /usr/lib/x86_64-linux-gnu}
+  src=$BENCH_DIR/workload-$BENCH_SIZE.img
+  [ -f "$src" ] && return 0
+  local tree=$BENCH_DIR/tree d dest
+  rm -rf "$tree"
+  mkdir -p "$tree"
+  echo "$BENCH_NAME: building $src from $BENCH_TREES" >&2
+  for d in $BENCH_TREES; do
+    # Hard links where possible: same content, no copy.
+    dest=$tree/$(echo "$d" | tr / _)
+    cp -al "$d" "$dest" 2>/dev/null || { rm -rf "$dest"; cp -a "$d" "$dest"; }
+  done
+  rm -f "$src.tmp"
+  mke2fs -q -F -t ext4 -d "$tree" "$src.tmp" "$BENCH_SIZE"
+  mv "$src.tmp" "$src"
+  rm -rf "$tree"
+}
+
 # ---- timing -----------------------------------------------------------------
 now () { date +%s.%N; }
 

@@ -17,28 +17,8 @@ set -euo pipefail
 
 BENCH_NAME=pack-bench
 . "$(dirname "$0")/bench-lib.sh"
-BENCH_SIZE=${BENCH_SIZE:-32G}
-BENCH_TREES=${BENCH_TREES:-/usr/share /usr/bin /usr/lib/x86_64-linux-gnu}
 bench_setup /var/tmp/sparsecow-bench
-src=$BENCH_DIR/workload-$BENCH_SIZE.img
-
-# ---- the workload, built once --------------------------------------------
-if [ ! -f "$src" ]; then
-  tree=$BENCH_DIR/tree
-  rm -rf "$tree"
-  mkdir -p "$tree"
-  echo "pack-bench: building $src from $BENCH_TREES" >&2
-  for d in $BENCH_TREES; do
-    # Hard links where possible: same content, no copy.
-    dest=$tree/$(echo "$d" | tr / _)
-    cp -al "$d" "$dest" 2>/dev/null || { rm -rf "$dest"; cp -a "$d" "$dest"; }
-  done
-  rm -f "$src.tmp"
-  mke2fs -q -F -t ext4 -d "$tree" "$src.tmp" "$BENCH_SIZE"
-  mv "$src.tmp" "$src"
-  rm -rf "$tree"
-fi
-
+bench_workload
 # Warm the source once (caches are not dropped: that needs privileges
 # this benchmark does not assume); every command then reads from the
 # same warm cache.

@@ -20,30 +20,19 @@ BENCH_NAME=repack-bench
 BENCH_SIZE=${BENCH_SIZE:-4G}
 BENCH_TREES=${BENCH_TREES:-/usr/share}
 bench_setup /var/tmp/sparsecow-repack-bench
-src=$BENCH_DIR/workload-$BENCH_SIZE.qcow2
 
 # ---- the workload, built once --------------------------------------------
 # An ext4 file system in a sparse raw file, converted by qemu-img to an
 # uncompressed qcow2 with 64 KiB clusters: the image a user would have
 # before re-packing it.
-if [ ! -f "$src" ]; then
-  tree=$BENCH_DIR/tree
-  raw=$BENCH_DIR/workload-$BENCH_SIZE.raw
-  rm -rf "$tree"
-  mkdir -p "$tree"
-  echo "repack-bench: building $src from $BENCH_TREES" >&2
-  for d in $BENCH_TREES; do
-    # Hard links where possible: same content, no copy.
-    dest=$tree/$(echo "$d" | tr / _)
-    cp -al "$d" "$dest" 2>/dev/null || { rm -rf "$dest"; cp -a "$d" "$dest"; }
-  done
-  rm -f "$raw"
-  mke2fs -q -F -t ext4 -d "$tree" "$raw" "$BENCH_SIZE"
-  rm -rf "$tree"
-  "$QEMU_IMG" convert -f raw -O qcow2 "$raw" "$src.tmp"
-  rm -f "$raw"
-  mv "$src.tmp" "$src"
+qcow2=$BENCH_DIR/workload-$BENCH_SIZE.qcow2
+if [ ! -f "$qcow2" ]; then
+  bench_workload
+  "$QEMU_IMG" convert -f raw -O qcow2 "$src" "$qcow2.tmp"
+  rm -f "$src"
+  mv "$qcow2.tmp" "$qcow2"
 fi
+src=$qcow2
 
 # Warm the source once (caches are not dropped: that needs privileges
 # this benchmark does not assume); every command then reads from the

@@ -1,0 +1,133 @@
+#!/bin/bash
+# Time sparsecow against nbdcopy where NBD is involved, in alternation,
+# and print medians and ratios.  Not a test: see bench/README.
+#
+# Cases (the raw workload is the file system image of pack-bench.sh;
+# img is the same data as an uncompressed qcow2 made by qemu-img):
+#   pack     NBD source (qemu-nbd -r -f raw workload) -> qcow2 file:
+#              sparsecow pack URI out.qcow2
+#              nbdcopy URI [ qemu-nbd -f qcow2 out.qcow2 ]  (out created
+#              by qemu-img create -f qcow2 first, untimed)
+#   unpack   qcow2 -> NBD target (nbdkit memory, the same server for both):
+#              sparsecow unpack img TARGET
+#              nbdcopy [ qemu-nbd -r -f qcow2 img ] TARGET
+#   delay    NBD source with nbdkit's delay filter, 1 ms per read and per
+#            block status request -> a qcow2 file:
+#              sparsecow pack URI out.qcow2
+#              nbdcopy URI [ qemu-nbd -f qcow2 out.qcow2 ]
+#              nbdcopy --connections=1 --requests=1 (one request at a
+#              time, the copy that requests in flight are measured
+#              against)
+#
+# Environment: BENCH_DIR, BENCH_ROUNDS (3), BENCH_SIZE (32G), BENCH_TREES,
+# BENCH_ONLY ("pack unpack delay"), SPARSECOW, QEMU_IMG.
+set -euo pipefail
+
+BENCH_NAME=nbd-bench
+. "$(dirname "$0")/bench-lib.sh"
+BENCH_ONLY=${BENCH_ONLY:-pack unpack delay}
+bench_setup /var/tmp/sparsecow-bench
+for p in qemu-nbd nbdkit nbdcopy; do
+  command -v $p >/dev/null || die "$p not found"
+done
+bench_workload
+size=$(stat -c %s "$src")
+img=$BENCH_DIR/workload-$BENCH_SIZE.qcow2
+if [ ! -f "$img" ]; then
+  "$QEMU_IMG" convert -f raw -O qcow2 "$src" "$img.tmp"
+  mv "$img.tmp" "$img"
+fi
+
+sockdir=$(mktemp -d /tmp/nbd-bench.XXXXXX)
+pids=()
+trap 'rm -f "$out"; kill "${pids[@]}" 2>/dev/null; rm -rf "$sockdir"' EXIT
+# serve NAME CMD...: an NBD server on $sockdir/NAME; sets uri.
+serve () {
+  local name=$1; shift
+  case $1 in
+    nbdkit) "$@" -f -U "$sockdir/$name" & ;;
+    *) "$@" -k "$sockdir/$name" --persistent & ;;
+  esac
+  pids+=($!)
+  while [ ! -S "$sockdir/$name" ]; do sleep 0.1; done
+  uri="nbd+unix:///?socket=$sockdir/$name"
+}
+serve raw qemu-nbd -r -e 4 -f raw "$src"
+raw_uri=$uri
+serve slow nbdkit -r --filter=delay file "$src" delay-read=1ms \
+  delay-extents=1ms
+slow_uri=$uri
+serve mem nbdkit memory "$size"
+mem_uri=$uri
+
+# Time one command; the qcow2 target of the nbdcopy runs is created
+# first, untimed.
+declare -A times
+timed () {
+  local name=$1; shift
+  local t0 t1
+  sync
+  t0=$(now)
+  "$@" >/dev/null
+  t1=$(now)
+  times[$name]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') "
+  rm -f "$out"
+}
+new_qcow2 () { rm -f "$out"; "$QEMU_IMG" create -q -f qcow2 "$out" "$size"; }
+nbdcopy_to_qcow2 () {         # SOURCE-URI [NBDCOPY-OPTIONS]
+  nbdcopy "${@:2}" "$1" -- [ qemu-nbd -f qcow2 "$out" ]
+}
+
+sc_pack () { timed "sc-$1" "$SPARSECOW" pack -q "$2" "$out"; }
+nc_pack () { new_qcow2; timed "$1" nbdcopy_to_qcow2 "$2" "${@:3}"; }
+
+for ((r = 1; r <= BENCH_ROUNDS; r++)); do
+  echo "$BENCH_NAME: round $r of $BENCH_ROUNDS" >&2
+  for c in $BENCH_ONLY; do
+    case $c in
+    pack)
+      if (( r % 2 )); then sc_pack pack "$raw_uri"; nc_pack nbdcopy-pack "$raw_uri"
+      else nc_pack nbdcopy-pack "$raw_uri"; sc_pack pack "$raw_uri"; fi ;;
+    unpack)
+      a=(timed sc-unpack "$SPARSECOW" unpack -q "$img" "$mem_uri")
+      b=(timed nbdcopy-unpack nbdcopy -- [ qemu-nbd -r -f qcow2 "$img" ] "$mem_uri")
+      if (( r % 2 )); then "${a[@]}"; "${b[@]}"; else "${b[@]}"; "${a[@]}"; fi ;;
+    delay)
+      if (( r % 2 )); then
+        sc_pack delay "$slow_uri"; nc_pack nbdcopy-delay "$slow_uri"
+        nc_pack serial-delay "$slow_uri" --connections=1 --requests=1
+      else
+        nc_pack serial-delay "$slow_uri" --connections=1 --requests=1
+        nc_pack nbdcopy-delay "$slow_uri"; sc_pack delay "$slow_uri"
+      fi ;;
+    *) die "unknown case '$c' in BENCH_ONLY" ;;
+    esac
+  done
+done
+
+echo
+echo "workload: $src ($(du -h "$src" | cut -f1) allocated of $BENCH_SIZE)," \
+  "$BENCH_ROUNDS rounds, $(nproc) CPUs"
+printf "%-8s %12s %12s %9s %14s %9s\n" case "sparsecow s" "nbdcopy s" \
+  speedup "1-request s" speedup
+for c in $BENCH_ONLY; do
+  ts=$(median "${times[sc-$c]}")
+  tn=$(median "${times[nbdcopy-$c]}")
+  if [ "$c" = delay ]; then
+    t1=$(median "${times[serial-delay]}")
+    printf "%-8s %12.3f %12.3f %8.2fx %14.3f %8.2fx\n" "$c" "$ts" "$tn" \
+      "$(awk -v a="$tn" -v b="$ts" 'BEGIN { print a / b }')" "$t1" \
+      "$(awk -v a="$t1" -v b="$ts" 'BEGIN { print a / b }')"
+  else
+    printf "%-8s %12.3f %12.3f %8.2fx\n" "$c" "$ts" "$tn" \
+      "$(awk -v a="$tn" -v b="$ts" 'BEGIN { print a / b }')"
+  fi
+done
+echo "speedup = other time / sparsecow time (higher is better); 1-request"
+echo "is nbdcopy --connections=1 --requests=1 under the same delay."
+echo "CSV:"
+echo "case,sparsecow_s,nbdcopy_s,one_request_s"
+for c in $BENCH_ONLY; do
+  echo "$c,$(median "${times[sc-$c]}"),$(median "${times[nbdcopy-$c]}"),$(
+    [ "$c" = delay ] && median "${times[serial-delay]}")"
+done
