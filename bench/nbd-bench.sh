@@ -90,7 +90,7 @@ for ((r = 1; r <= BENCH_ROUNDS; r++)); do
       else nc_pack nbdcopy-pack "$raw_uri"; sc_pack pack "$raw_uri"; fi ;;
     unpack)
       a=(timed sc-unpack "$SPARSECOW" unpack -q "$img" "$mem_uri")
-      b=(timed nbdcopy-unpack nbdcopy -- [ qemu-nbd -r -f qcow2 "$img" ] "$mem_uri")
+      b=(timed nbdcopy-unpack nbdcopy -- '[' qemu-nbd -r -f qcow2 "$img" ']' "$mem_uri")
       if (( r % 2 )); then "${a[@]}"; "${b[@]}"; else "${b[@]}"; "${a[@]}"; fi ;;
     delay)
       if (( r % 2 )); then

@@ -74,6 +74,9 @@ json_string_or_null (const char *s)
     fputs ("null", stdout);
 }
 
+/* The disk size of an image on a server: not known. */
+#define UNKNOWN_SIZE UINT64_MAX
+
 static void
 print_json (const struct sc_qcow2_info *i, uint64_t actual_size)
 {
@@ -84,7 +87,9 @@ print_json (const struct sc_qcow2_info *i, uint64_t actual_size)
   printf ("  \"compat\": \"%s\",\n", compat_name (i->version));
   printf ("  \"virtual-size\": %" PRIu64 ",\n", i->virtual_size);
   printf ("  \"file-size\": %" PRIu64 ",\n", i->file_size);
-  printf ("  \"actual-size\": %" PRIu64 ",\n", actual_size);
+  /* qemu-img leaves it out where it cannot be known (NBD). */
+  if (actual_size != UNKNOWN_SIZE)
+    printf ("  \"actual-size\": %" PRIu64 ",\n", actual_size);
   printf ("  \"cluster-size\": %" PRIu32 ",\n", i->cluster_size);
   printf ("  \"refcount-bits\": %" PRIu32 ",\n", i->refcount_bits);
   printf ("  \"compression-type\": \"%s\",\n",
@@ -141,7 +146,10 @@ print_human (const struct sc_qcow2_info *i, uint64_t actual_size)
   printf ("file format: qcow2\n");
   human_size (i->virtual_size, buf, sizeof buf);
   printf ("virtual size: %s (%" PRIu64 " bytes)\n", buf, i->virtual_size);
-  human_size (actual_size, buf, sizeof buf);
+  if (actual_size == UNKNOWN_SIZE)
+    snprintf (buf, sizeof buf, "unavailable");
+  else
+    human_size (actual_size, buf, sizeof buf);
   printf ("disk size: %s\n", buf);
   printf ("cluster_size: %" PRIu32 "\n", i->cluster_size);
   if (i->backing_file) {
@@ -258,7 +266,9 @@ cmd_info (int argc, char **argv)
     return EXIT_ERROR;
   }
   /* What the file really occupies, like qemu-img's "disk size". */
-  if (!op.nbd && stat (path, &st) == 0)
+  if (op.nbd)
+    actual_size = UNKNOWN_SIZE;
+  else if (stat (path, &st) == 0)
     actual_size = (uint64_t) st.st_blocks * BYTES_PER_BLOCK;
 
   if (json)
