@@ -62,15 +62,20 @@ mem_uri=$uri
 
 # Time one command; the qcow2 target of the nbdcopy runs is created
 # first, untimed.
-declare -A times
+# Two times, as in bench-lib.sh: to exit, and to data on disk (the
+# command and a sync; sparsecow flushes its target, nbdcopy does not).
+declare -A times dtimes
 timed () {
   local name=$1; shift
-  local t0 t1
+  local t0 t1 t2
   sync
   t0=$(now)
   "$@" >/dev/null
   t1=$(now)
+  sync
+  t2=$(now)
   times[$name]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') "
+  dtimes[$name]+="$(awk -v a="$t0" -v b="$t2" 'BEGIN { print b - a }') "
   rm -f "$out"
 }
 new_qcow2 () { rm -f "$out"; "$QEMU_IMG" create -q -f qcow2 "$out" "$size"; }
@@ -105,29 +110,26 @@ for ((r = 1; r <= BENCH_ROUNDS; r++)); do
   done
 done
 
+ratio () { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
 echo "workload: $src ($(du -h "$src" | cut -f1) allocated of $BENCH_SIZE)," \
   "$BENCH_ROUNDS rounds, $(nproc) CPUs"
-printf "%-8s %12s %12s %9s %14s %9s\n" case "sparsecow s" "nbdcopy s" \
-  speedup "1-request s" speedup
+printf "%-7s %9s %9s %8s %10s %10s %8s %11s %8s\n" case "sc s" "nbdcopy s" \
+  speedup "sc+sync s" "nbdc+sync" speedup "1-request s" speedup
+echo "CSV:" > "$BENCH_DIR/nbd-bench.csv"
 for c in $BENCH_ONLY; do
-  ts=$(median "${times[sc-$c]}")
-  tn=$(median "${times[nbdcopy-$c]}")
+  ts=$(median "${times[sc-$c]}"); tn=$(median "${times[nbdcopy-$c]}")
+  ds=$(median "${dtimes[sc-$c]}"); dn=$(median "${dtimes[nbdcopy-$c]}")
+  t1=; r1=
   if [ "$c" = delay ]; then
-    t1=$(median "${times[serial-delay]}")
-    printf "%-8s %12.3f %12.3f %8.2fx %14.3f %8.2fx\n" "$c" "$ts" "$tn" \
-      "$(awk -v a="$tn" -v b="$ts" 'BEGIN { print a / b }')" "$t1" \
-      "$(awk -v a="$t1" -v b="$ts" 'BEGIN { print a / b }')"
-  else
-    printf "%-8s %12.3f %12.3f %8.2fx\n" "$c" "$ts" "$tn" \
-      "$(awk -v a="$tn" -v b="$ts" 'BEGIN { print a / b }')"
+    t1=$(median "${times[serial-delay]}"); r1=$(ratio "$t1" "$ts")x
   fi
+  printf "%-7s %9.3f %9.3f %7sx %10.3f %10.3f %7sx %11s %8s\n" "$c" "$ts" \
+    "$tn" "$(ratio "$tn" "$ts")" "$ds" "$dn" "$(ratio "$dn" "$ds")" "$t1" "$r1"
+  echo "$c,$ts,$tn,$ds,$dn,$t1" >> "$BENCH_DIR/nbd-bench.csv"
 done
-echo "speedup = other time / sparsecow time (higher is better); 1-request"
-echo "is nbdcopy --connections=1 --requests=1 under the same delay."
-echo "CSV:"
-echo "case,sparsecow_s,nbdcopy_s,one_request_s"
-for c in $BENCH_ONLY; do
-  echo "$c,$(median "${times[sc-$c]}"),$(median "${times[nbdcopy-$c]}"),$(
-    [ "$c" = delay ] && median "${times[serial-delay]}")"
-done
+echo "speedup = other time / sparsecow time (higher is better); +sync"
+echo "times each command until its output is on disk; 1-request is"
+echo "nbdcopy --connections=1 --requests=1 under the same delay."
+echo "case,sc_s,nbdcopy_s,sc_sync_s,nbdcopy_sync_s,one_request_s"
+tail -n +2 "$BENCH_DIR/nbd-bench.csv"

@@ -27,9 +27,9 @@
                                    read_some; size is 0 until the end
                                    has been read */
 #define SC_EP_REMOTE       0x10 /* on the other side of a network: every
-                                   request is a round trip, so data is
-                                   read once, and names inside it (a
-                                   qcow2 backing file) mean nothing here */
+                                   request is a round trip, and names
+                                   inside it (a qcow2 backing file) mean
+                                   nothing here */
 
 /* Flags of the zero slot. */
 #define SC_ZERO_MAY_UNMAP  0x1  /* the range may be deallocated (a hole

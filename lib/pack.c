@@ -791,11 +791,11 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   have_fp = sc_ep_fingerprint (src, &fp_before);
   if (have_fp == -1)
     goto out;
-  /* A stream cannot be read twice, and a remote source should not be:
-   * the data clusters go to the spill file as they are scanned.
+  /* A stream cannot be read twice: its data clusters go to the spill
+   * file as they are scanned.  (A server is read twice: measured on a
+   * local one, that costs less than writing all data twice.)
    */
-  pk.spill_all = !(src->flags & SC_EP_SEEKABLE)
-                 || (src->flags & SC_EP_REMOTE);
+  pk.spill_all = !(src->flags & SC_EP_SEEKABLE);
 
   /* A stream is read to its end in the scan; its extents and its size
    * are known only then.
