@@ -92,6 +92,8 @@ struct nbd_ep {
   uint32_t min_block;
   unsigned timeout;             /* seconds, 0 = none */
   pid_t server_pid;             /* started here, or 0 */
+  bool dirty;                   /* written since the last flush (atomic) */
+  pthread_mutex_t rmw_lock;     /* one partial-block write at a time */
   pthread_mutex_t lock;
   pthread_cond_t cond;          /* broadcast when a command completes or
                                    a connection dies */
@@ -471,24 +473,79 @@ run_cmd (struct nbd_ep *n, struct nbd_conn *c, enum nbd_op op, void *buf,
   return cmd_wait (cmd, op_names[op], offset, count);
 }
 
+/* A read or write as the server takes it: requests no longer than
+ * max_request and aligned to the minimum block size, with the partial
+ * blocks at either end read whole (and for a write, changed and written
+ * back whole, one at a time).
+ */
+static int
+transfer (struct nbd_ep *n, enum nbd_op op, unsigned char *buf,
+          uint64_t count, uint64_t offset)
+{
+  uint64_t mb = n->min_block, end;
+
+  if (SC_ADD_OVERFLOW (offset, count, &end) || end > n->ep.size) {
+    sc_set_error (EIO, "NBD %s at offset %" PRIu64 ", length %" PRIu64
+                  ": past the end of the export (%" PRIu64 " bytes)",
+                  op_names[op], offset, count, n->ep.size);
+    return -1;
+  }
+  while (count > 0) {
+    uint64_t len;
+
+    if (SC_IS_ALIGNED (offset, mb) && count >= mb) {
+      len = SC_MIN (SC_ROUND_DOWN (count, mb), n->ep.max_request);
+      if (run_cmd (n, NULL, op, buf, len, offset, 0) == -1)
+        return -1;
+    }
+    else {
+      uint64_t start = SC_ROUND_DOWN (offset, mb);
+      uint64_t whole = SC_MIN (mb, n->ep.size - start);
+      CLEANUP_FREE unsigned char *block = malloc (mb);
+      int r;
+
+      len = SC_MIN (count, start + mb - offset);
+      if (block == NULL) {
+        sc_set_error (errno, "out of memory");
+        return -1;
+      }
+      if (op == OP_WRITE)
+        pthread_mutex_lock (&n->rmw_lock);
+      r = run_cmd (n, NULL, OP_READ, block, whole, start, 0);
+      if (r == 0 && op == OP_READ)
+        memcpy (buf, block + (offset - start), len);
+      else if (r == 0) {
+        memcpy (block + (offset - start), buf, len);
+        r = run_cmd (n, NULL, OP_WRITE, block, whole, start, 0);
+      }
+      if (op == OP_WRITE)
+        pthread_mutex_unlock (&n->rmw_lock);
+      if (r == -1)
+        return -1;
+    }
+    buf += len;
+    offset += len;
+    count -= len;
+  }
+  return 0;
+}
+
 static int
 nbd_ep_pread (struct sc_endpoint *ep, void *buf, size_t count,
               uint64_t offset)
 {
-  if (count == 0)
-    return 0;
-  return run_cmd ((struct nbd_ep *) ep, NULL, OP_READ, buf, count, offset, 0);
+  return transfer ((struct nbd_ep *) ep, OP_READ, buf, count, offset);
 }
 
 static int
 nbd_ep_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
                uint64_t offset)
 {
-  if (count == 0)
-    return 0;
+  struct nbd_ep *n = (struct nbd_ep *) ep;
+
+  __atomic_store_n (&n->dirty, true, __ATOMIC_SEQ_CST);
   /* libnbd only reads from buf when writing. */
-  return run_cmd ((struct nbd_ep *) ep, NULL, OP_WRITE, (void *) buf, count,
-                  offset, 0);
+  return transfer (n, OP_WRITE, (unsigned char *) buf, count, offset);
 }
 
 /* WRITE_ZEROES as qemu-img and nbdcopy send it: NO_HOLE unless the
@@ -511,8 +568,25 @@ nbd_ep_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
     nbd_flags |= LIBNBD_CMD_FLAG_NO_HOLE;
   if (flags & SC_ZERO_FAST)
     nbd_flags |= LIBNBD_CMD_FLAG_FAST_ZERO;
+  __atomic_store_n (&n->dirty, true, __ATOMIC_SEQ_CST);
+  /* Partial blocks at the ends are written as zeros. */
+  if (!SC_IS_ALIGNED (offset, n->min_block)
+      || !SC_IS_ALIGNED (count, n->min_block)) {
+    uint64_t end = offset + count;
+    uint64_t a0 = SC_MIN (SC_ROUND_UP (offset, n->min_block), end);
+    uint64_t a1 = SC_MAX (SC_ROUND_DOWN (end, n->min_block), a0);
+
+    if (flags & SC_ZERO_FAST)
+      return sc_ep_unsupported (ep, "fast zeroing of partial blocks");
+    if (sc_ep_write_zeros (ep, a0 - offset, offset) == -1
+        || sc_ep_write_zeros (ep, end - a1, a1) == -1)
+      return -1;
+    offset = a0;
+    count = a1 - a0;
+  }
   while (count > 0) {
-    uint64_t len = SC_MIN (count, NBD_MAX_RANGE);
+    uint64_t len = SC_MIN (count, SC_ROUND_DOWN (NBD_MAX_RANGE,
+                                                  n->min_block));
 
     if (run_cmd (n, NULL, OP_ZERO, NULL, len, offset, nbd_flags) == -1)
       return -1;
@@ -671,7 +745,9 @@ nbd_ep_flush (struct sc_endpoint *ep)
 {
   struct nbd_ep *n = (struct nbd_ep *) ep;
 
-  if (!n->can_flush)
+  /* Nothing written since the last flush: nothing to flush. */
+  if (!n->can_flush || !__atomic_exchange_n (&n->dirty, false,
+                                             __ATOMIC_SEQ_CST))
     return 0;
   /* One flush: there are several connections only when the server
    * advertises multi-conn, which promises that a flush on one covers
@@ -679,6 +755,7 @@ nbd_ep_flush (struct sc_endpoint *ep)
    * when the engine flushes).
    */
   if (run_cmd (n, &n->conns[0], OP_FLUSH, NULL, ep->size, 0, 0) == -1) {
+    __atomic_store_n (&n->dirty, true, __ATOMIC_SEQ_CST);
     sc_error_prefix ("%s", ep->name);
     return -1;
   }
@@ -689,9 +766,9 @@ static int
 nbd_ep_set_size (struct sc_endpoint *ep, uint64_t size)
 {
   if (size > ep->size) {
-    sc_set_error (ENOSPC, "%s: the export is smaller than what is to be "
-                  "written (%" PRIu64 " < %" PRIu64 " bytes)", ep->name,
-                  ep->size, size);
+    sc_set_error (ENOSPC, "the export is smaller than what is to be "
+                  "written (%" PRIu64 " < %" PRIu64 " bytes)", ep->size,
+                  size);
     return -1;
   }
   return 0;
@@ -735,6 +812,7 @@ nbd_ep_close (struct sc_endpoint *ep)
   server_unregister (n->server_pid);
   pthread_cond_destroy (&n->cond);
   pthread_mutex_destroy (&n->lock);
+  pthread_mutex_destroy (&n->rmw_lock);
   free (n->conns);
   sc_ep_free (ep);
   return 0;
@@ -812,7 +890,49 @@ conn_start (struct nbd_conn *c)
   return 0;
 }
 
-/* Connect the first handle: to uri, or to a server started from argv. */
+/* Wait until the connection h is ready for commands (negotiated),
+ * within timeout seconds (0: no limit).  what says what was being done.
+ */
+static int
+wait_ready (struct nbd_handle *h, unsigned timeout, const char *what)
+{
+  struct timespec start, now;
+
+  clock_gettime (CLOCK_MONOTONIC, &start);
+  while (nbd_aio_is_ready (h) != 1) {
+    int ms = -1, r;
+
+    if (nbd_aio_is_dead (h) == 1 || nbd_aio_is_closed (h) == 1) {
+      nbd_error (what);
+      return -1;
+    }
+    if (timeout) {
+      int64_t left;
+
+      clock_gettime (CLOCK_MONOTONIC, &now);
+      left = (int64_t) timeout * 1000
+        - ((now.tv_sec - start.tv_sec) * 1000
+           + (now.tv_nsec - start.tv_nsec) / 1000000);
+      if (left <= 0) {
+        sc_set_error (ETIMEDOUT, "%s: no answer from the server within "
+                      "%u s", what, timeout);
+        return -1;
+      }
+      ms = (int) SC_MIN (left, 1000);
+    }
+    r = nbd_poll (h, ms);
+    if (r == -1) {
+      nbd_error (what);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* Connect the first handle: to uri, or to a server started from argv,
+ * whose pid is registered as soon as it exists, so that a signal while
+ * it starts stops it too.
+ */
 static int
 connect_first (struct nbd_ep *n, struct nbd_handle *h, const char *uri,
                char *const *argv)
@@ -825,14 +945,14 @@ connect_first (struct nbd_ep *n, struct nbd_handle *h, const char *uri,
       sc_set_error (ENOTSUP, "this libnbd was built without TLS");
       return -1;
     }
-    if (nbd_connect_uri (h, uri) == -1) {
+    if (nbd_aio_connect_uri (h, uri) == -1) {
       nbd_error ("cannot connect");
       return -1;
     }
-    return 0;
+    return wait_ready (h, n->timeout, "cannot connect");
   }
   nb = thread_children (before, 64);
-  if (nbd_connect_systemd_socket_activation (h, (char **) argv) == -1) {
+  if (nbd_aio_connect_systemd_socket_activation (h, (char **) argv) == -1) {
     nbd_error ("cannot start the NBD server");
     return -1;
   }
@@ -847,7 +967,8 @@ connect_first (struct nbd_ep *n, struct nbd_handle *h, const char *uri,
   }
   if (n->server_pid > 0)
     server_register (n->server_pid);
-  return 0;
+  return wait_ready (h, n->timeout, "the NBD server did not start serving "
+                     "(its own messages, if any, are above)");
 }
 
 /* The name of a server started here, for messages: "[ nbdkit memory ]". */
@@ -904,6 +1025,7 @@ sc_endpoint_open_nbd (const char *uri, char *const *argv, unsigned flags,
   if (n == NULL)
     return NULL;
   pthread_mutex_init (&n->lock, NULL);
+  pthread_mutex_init (&n->rmw_lock, NULL);
   {
     pthread_condattr_t ca;
     pthread_condattr_init (&ca);
@@ -949,9 +1071,13 @@ sc_endpoint_open_nbd (const char *uri, char *const *argv, unsigned flags,
   min_b = nbd_get_block_size (h, LIBNBD_SIZE_MINIMUM);
   pref_b = nbd_get_block_size (h, LIBNBD_SIZE_PREFERRED);
   max_b = nbd_get_block_size (h, LIBNBD_SIZE_MAXIMUM);
-  n->min_block = min_b > 0 ? (uint32_t) min_b : 1;
+  /* The protocol makes the minimum a power of two up to 64 KiB. */
+  n->min_block = min_b > 0 && min_b <= 65536 && (min_b & (min_b - 1)) == 0
+                 ? (uint32_t) min_b : 1;
   n->ep.max_request = max_b > 0 && max_b < NBD_DEFAULT_MAX_REQUEST
                       ? (uint32_t) max_b : NBD_DEFAULT_MAX_REQUEST;
+  n->ep.max_request = SC_MAX (SC_ROUND_DOWN (n->ep.max_request,
+                                             n->min_block), n->min_block);
   if (pref_b > 0 && pref_b <= (int64_t) n->ep.max_request)
     n->ep.block_size = (uint32_t) SC_MAX (pref_b, 4096);
   n->ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE | SC_EP_REMOTE;
@@ -975,10 +1101,12 @@ sc_endpoint_open_nbd (const char *uri, char *const *argv, unsigned flags,
       goto fail;
     n->conns[i].h = hi;
     n->nconns = i + 1;
-    if (nbd_connect_uri (hi, first_uri) == -1) {
+    if (nbd_aio_connect_uri (hi, first_uri) == -1) {
       nbd_error ("cannot open another connection");
       goto fail;
     }
+    if (wait_ready (hi, n->timeout, "cannot open another connection") == -1)
+      goto fail;
   }
   n->ep.queue_depth = n->nconns * (opts->requests ? opts->requests
                                                   : NBD_DEFAULT_REQUESTS);

@@ -173,20 +173,31 @@ cli_common_option (int c, const char *arg, struct cli_common *common,
 }
 
 void
+cli_check_brackets (const char *command, int argc, char **argv)
+{
+  for (int i = 1; i < argc && strcmp (argv[i], "--") != 0; i++)
+    if (strcmp (argv[i], "[") == 0)
+      cli_usage_error (command, "write a server command after --, so that "
+                       "its options are not taken for %s's: %s %s "
+                       "[OPTIONS] -- [ COMMAND ] ...", cli_program,
+                       cli_program, command);
+}
+
+void
 cli_operands (const char *command, int argc, char **argv, int first,
               struct cli_operand *ops, int want, const char *expected)
 {
+  struct cli_operand extra;
   int n = 0;
 
   for (int i = first; i < argc; i++) {
-    struct cli_operand *op = &ops[n < want ? n : want - 1];
+    struct cli_operand *op = n < want ? &ops[n] : &extra;
 
     if (strcmp (argv[i], "]") == 0)
       cli_usage_error (command, "']' without '['");
-    if (n >= want) {
-      n++;
+    /* "pack -- [ A ] -- [ B ]": a second "--" separates nothing. */
+    if (strcmp (argv[i], "--") == 0 && i > first)
       continue;
-    }
     memset (op, 0, sizeof *op);
     op->name = argv[i];
     if (strcmp (argv[i], "[") == 0) {
@@ -222,6 +233,13 @@ cli_operands (const char *command, int argc, char **argv, int first,
   }
   if (n != want)
     cli_usage_error (command, "expected %s", expected);
+  /* One export read and written at once would be overwritten as it is
+   * read.
+   */
+  if (want == 2 && ops[0].nbd && ops[1].nbd && !ops[0].argv && !ops[1].argv
+      && strcmp (ops[0].name, ops[1].name) == 0)
+    cli_usage_error (command, "%s is both the source and the target",
+                     ops[0].name);
 }
 
 struct sc_endpoint *

@@ -43,6 +43,16 @@ enum {
   OPT_TARGET_IS_ZERO,
 };
 
+/* The help lines of the NBD options, which every command takes. */
+#define CLI_NBD_HELP \
+"  -C, --connections N    NBD connections, 1 to 16 (default: 4 if the\n" \
+"                         server allows multi-conn, else 1)\n" \
+"      --requests N       NBD requests in flight per connection (16)\n" \
+"      --timeout S        give up on an NBD server silent for S seconds\n" \
+"                         (default 0: wait)\n" \
+"Files may be NBD URIs (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?\n" \
+"socket=PATH) or, after --, a server to start: [ qemu-nbd -r -f raw d.raw ].\n"
+
 /* Common option table entries for getopt_long (see cli.c). */
 #define CLI_COMMON_LONG_OPTIONS \
   { "progress", optional_argument, NULL, OPT_PROGRESS }, \
@@ -75,6 +85,11 @@ struct cli_operand {
   bool nbd;                     /* a URI or a server command */
   char label[256];
 };
+
+/* Exit with a usage error if a "[" comes before "--": getopt would take
+ * the server command's options for ours.  Called before getopt.
+ */
+extern void cli_check_brackets (const char *command, int argc, char **argv);
 
 /* Split argv[first..argc-1] into operands, each "[ ... ]" group being
  * one (the "]" is replaced by NULL to end its argv).  Exits with a

@@ -25,8 +25,8 @@ usage (FILE *fp)
            "  --json        print the result as JSON (qemu-img check names)\n"
            "  --output=json|human  the same, spelled as for qemu-img check\n"
            "  -q, --quiet   print only the problems found\n"
-           "  -h, --help    show this help\n",
-           cli_program);
+           "  -h, --help    show this help\n"
+           CLI_NBD_HELP, cli_program);
 }
 
 static void
@@ -96,6 +96,7 @@ cmd_check (int argc, char **argv)
   const char *image;
   int c;
 
+  cli_check_brackets ("check", argc, argv);
   while ((c = getopt_long (argc, argv, CLI_COMMON_SHORT_OPTIONS,
                            long_options, NULL)) != -1) {
     if (c == OPT_JSON)

@@ -25,7 +25,8 @@ usage (FILE *fp)
            "\n"
            "  --json, --output=json   one JSON object\n"
            "  --output=human          text, like qemu-img info (default)\n"
-           "  -h, --help              show this help\n", cli_program);
+           "  -h, --help              show this help\n"
+           CLI_NBD_HELP, cli_program);
 }
 
 /* A size for people, as qemu prints it: three significant digits and
@@ -210,6 +211,9 @@ cmd_info (int argc, char **argv)
     { "json", no_argument, NULL, OPT_JSON },
     { "output", required_argument, NULL, 'o' },
     { "help", no_argument, NULL, 'h' },
+    { "connections", required_argument, NULL, 'C' },
+    { "requests", required_argument, NULL, OPT_REQUESTS },
+    { "timeout", required_argument, NULL, OPT_TIMEOUT },
     { NULL, 0, NULL, 0 },
   };
   struct sc_qcow2_info info;
@@ -225,7 +229,8 @@ cmd_info (int argc, char **argv)
 
   optind = 1;
   opterr = 0;                   /* we print our own messages */
-  while ((c = getopt_long (argc, argv, ":h", long_options, NULL)) != -1) {
+  cli_check_brackets ("info", argc, argv);
+  while ((c = getopt_long (argc, argv, ":hC:", long_options, NULL)) != -1) {
     switch (c) {
     case OPT_JSON:
       json = true;
@@ -236,6 +241,11 @@ cmd_info (int argc, char **argv)
     case 'h':
       usage (stdout);
       return EXIT_OK;
+    case 'C':
+    case OPT_REQUESTS:
+    case OPT_TIMEOUT:
+      cli_common_option (c, optarg, &common, usage);
+      break;
     case ':':
       cli_usage_error ("info", "option '%s' needs an argument",
                        argv[optind - 1]);

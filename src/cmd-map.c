@@ -36,7 +36,8 @@ usage (FILE *fp)
            "--output=json\n"
            "  --output=human          a table of the ranges that hold data "
            "(default)\n"
-           "  -h, --help              show this help\n", cli_program);
+           "  -h, --help              show this help\n"
+           CLI_NBD_HELP, cli_program);
 }
 
 static int
@@ -132,10 +133,12 @@ map_raw (const char *path, struct sc_endpoint *nbd, struct map_out *out)
     return -1;
   sc_extent_list_init (&list);
   /* qemu sees files in whole sectors: a partial last sector is padded
-   * with zeros (and is a hole, being past the end of the file).
+   * with zeros (and is a hole, being past the end of the file).  An
+   * export is mapped as nbdinfo maps it, to its last byte.
    */
-  size = (sc_endpoint_size (ep) + RAW_SECTOR_SIZE - 1)
-         / RAW_SECTOR_SIZE * RAW_SECTOR_SIZE;
+  size = sc_endpoint_size (ep);
+  if (nbd == NULL)
+    size = (size + RAW_SECTOR_SIZE - 1) / RAW_SECTOR_SIZE * RAW_SECTOR_SIZE;
   if (size > 0 && sc_endpoint_extents (ep, 0, size, &list) == -1)
     goto out;
   out->names = &path;
@@ -180,6 +183,9 @@ cmd_map (int argc, char **argv)
     { "json", no_argument, NULL, OPT_JSON },
     { "output", required_argument, NULL, 'o' },
     { "help", no_argument, NULL, 'h' },
+    { "connections", required_argument, NULL, 'C' },
+    { "requests", required_argument, NULL, OPT_REQUESTS },
+    { "timeout", required_argument, NULL, OPT_TIMEOUT },
     { NULL, 0, NULL, 0 },
   };
   struct map_out out = { .first = true };
@@ -191,7 +197,8 @@ cmd_map (int argc, char **argv)
 
   optind = 1;
   opterr = 0;                   /* we print our own messages */
-  while ((c = getopt_long (argc, argv, ":h", long_options, NULL)) != -1) {
+  cli_check_brackets ("map", argc, argv);
+  while ((c = getopt_long (argc, argv, ":hC:", long_options, NULL)) != -1) {
     switch (c) {
     case OPT_JSON:
       out.json = true;
@@ -202,6 +209,11 @@ cmd_map (int argc, char **argv)
     case 'h':
       usage (stdout);
       return EXIT_OK;
+    case 'C':
+    case OPT_REQUESTS:
+    case OPT_TIMEOUT:
+      cli_common_option (c, optarg, &common, usage);
+      break;
     case ':':
       cli_usage_error ("map", "option '%s' needs an argument",
                        argv[optind - 1]);

@@ -59,7 +59,8 @@ usage (FILE *fp)
 "  -p, --progress[=json]    show progress (a bar, or JSON lines on stdout)\n"
 "  -j, --threads N          worker threads (default: online CPUs)\n"
 "  -q, --quiet              print nothing but errors\n"
-"  -h, --help               show this help\n",
+"  -h, --help               show this help\n"
+CLI_NBD_HELP,
            cli_program);
 }
 
@@ -491,6 +492,7 @@ cmd_pack (int argc, char **argv)
   int c, r;
 
   sc_pack_opts_init (&opts);
+  cli_check_brackets ("pack", argc, argv);
   while ((c = getopt_long (argc, argv, "fc::S:o:" CLI_COMMON_SHORT_OPTIONS,
                            long_options, NULL)) != -1) {
     if (cli_common_option (c, optarg, &common, usage))

@@ -20,9 +20,7 @@ usage (FILE *fp)
 "Write the guest data of the qcow2 IMAGE to TARGET: a regular file\n"
 "(created sparse; holes are not written), a block device, an NBD\n"
 "export, or - for standard output.  IMAGE may be - (standard input) or\n"
-"a named pipe: it is then read once, front to back.  IMAGE and TARGET\n"
-"may be NBD URIs (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=\n"
-"PATH) or, after --, a server to start: [ qemu-nbd -f raw disk.raw ].\n"
+"a named pipe: it is then read once, front to back.\n"
 "\n"
 "Options:\n"
 "  -f, --force            replace TARGET if it is an existing file\n"
@@ -32,14 +30,10 @@ usage (FILE *fp)
 "                         active layer\n"
 "  -p, --progress[=json]  show progress (a bar, or JSON lines on stdout)\n"
 "  -j, --threads N        worker threads (default: online CPUs)\n"
-"  -C, --connections N    NBD connections (default: 4 if the server\n"
-"                         allows several, else 1)\n"
-"      --requests N       NBD requests in flight per connection (16)\n"
-"      --timeout S        give up on an NBD request after S seconds\n"
-"                         (default 0: wait)\n"
 "  -q, --quiet            print nothing but errors\n"
 "  -h, --help             show this help\n"
-"  -V, --version          show the version\n",
+"  -V, --version          show the version\n"
+CLI_NBD_HELP,
            cli_program);
 }
 
@@ -66,6 +60,7 @@ cmd_unpack (int argc, char **argv)
   /* First, so that no temporary target can outlive an interrupt. */
   cli_install_signal_handlers ();
 
+  cli_check_brackets ("unpack", argc, argv);
   while ((c = getopt_long (argc, argv, "f" CLI_COMMON_SHORT_OPTIONS,
                            long_options, NULL)) != -1) {
     if (cli_common_option (c, optarg, &common, usage))

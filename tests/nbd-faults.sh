@@ -90,6 +90,12 @@ must_fail "NBD read $offset.*no reply from the server within 2 s" \
                                        delay-read=100 ] out.qcow2
 [ $(( $(date +%s) - start )) -lt 30 ] || fail "--timeout 2 took too long"
 no_target out.qcow2
+# A server that never answers at all, not even the greeting.
+start=$(date +%s)
+must_fail "did not start serving.*no answer from the server within 2 s" \
+  "$SPARSECOW" pack --timeout 2 -- [ sleep 100 ] out.qcow2
+[ $(( $(date +%s) - start )) -lt 30 ] || fail "--timeout 2 took too long to connect"
+no_target out.qcow2
 
 # ---- a server that lies in block status ---------------------------------
 liar () {                       # MODE: serve src.raw lying that way

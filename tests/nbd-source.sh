@@ -68,6 +68,14 @@ sparsecow map --output=json "$nbd_uri" > map.json || fail "map URI failed"
 diff <(map_ranges < map.json) <(nbdinfo_ranges "$nbd_uri") ||
   fail "map of an NBD export differs from nbdinfo --map"
 
+# An export whose size is no multiple of 512 is mapped to its last byte.
+truncate -s 10486537 odd.raw
+printf 'tail' | dd of=odd.raw bs=1 seek=10486000 conv=notrunc status=none
+nbd_serve odd nbdkit -r file odd.raw
+diff <(sparsecow map --output=json "$nbd_uri" | map_ranges) \
+     <(nbdinfo_ranges "$nbd_uri") ||
+  fail "map of an export of odd size differs from nbdinfo --map"
+
 # ---- a server without block status: read whole, zeros found ------------
 sparsecow pack -q -- [ nbdkit --filter=noextents file src.raw ] noext.qcow2 ||
   fail "pack from a server without block status failed"

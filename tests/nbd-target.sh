@@ -55,7 +55,8 @@ cmp ref.raw disk.raw || fail "unpack to a server without WRITE_ZEROES differs"
 qemu-img create -q -f raw small.raw $((size / 2))
 qemu-io -f raw -c "write -P 0xee 0 $((size / 2))" small.raw >/dev/null
 cp small.raw small.before
-expect_fail "smaller" sparsecow unpack img.qcow2 -- [ qemu-nbd -f raw small.raw ]
+expect_fail "^sparsecow: \[ qemu-nbd -f raw small.raw \]: the export is smaller" \
+  sparsecow unpack img.qcow2 -- [ qemu-nbd -f raw small.raw ]
 cmp small.before small.raw || fail "a refused unpack wrote to the export"
 expect_fail "read-only" sparsecow unpack img.qcow2 -- [ nbdkit -r memory $size ]
 
@@ -67,6 +68,28 @@ sparsecow pack -q -c ref.raw -- [ nbdkit file packed.img ] ||
 qemu-img check -q -f qcow2 packed.img || fail "image packed to NBD is not clean"
 qemu-img compare -q -f qcow2 -F raw packed.img ref.raw ||
   fail "image packed to NBD differs from its source"
+
+# A server that takes 4 KiB blocks at least and 64 KiB at most: every
+# request keeps to them (the filter fails any other).
+bs="blocksize-minimum=4096 blocksize-maximum=64K blocksize-error-policy=error"
+qemu-io -f raw -c "write -P 0xee 0 $size" disk.raw >/dev/null
+sparsecow unpack -q img.qcow2 -- \
+  [ nbdkit --filter=blocksize-policy file disk.raw $bs ] ||
+  fail "unpack to a server with block size limits failed"
+cmp ref.raw disk.raw || fail "unpack to a server with block size limits differs"
+rm -f packed.img && qemu-img create -q -f raw packed.img $size
+sparsecow pack -q ref.raw -- [ nbdkit --filter=blocksize-policy file packed.img $bs ] ||
+  fail "pack to a server with block size limits failed"
+qemu-img compare -q -f qcow2 -F raw packed.img ref.raw ||
+  fail "image packed to a server with block size limits differs"
+
+# Options of a server command are its own: "[" must come after "--".
+echo precious > kept.qcow2
+expect_fail "after --" sparsecow pack -f [ nbdkit -r file ref.raw ] kept.qcow2
+[ "$(cat kept.qcow2)" = precious ] || fail "a refused pack replaced its target"
+# One export as both source and target would be read as it is written.
+nbd_serve both nbdkit memory $size
+expect_fail "both the source and the target" sparsecow pack "$nbd_uri" "$nbd_uri"
 
 # A server started here is stopped when the command ends...
 sparsecow unpack -q img.qcow2 -- [ nbdkit -P "$tmp/srv.pid" memory $size ] ||
@@ -88,4 +111,18 @@ rc=0; wait "$cmd" || rc=$?
 [ "$rc" -ne 0 ] || fail "an interrupted unpack exited 0"
 for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
 ! kill -0 "$pid" 2>/dev/null || fail "the server outlived an interrupted unpack"
+# ...also while it is still starting.
+rm -f srv.pid
+"$SPARSECOW" unpack -q img.qcow2 -- \
+  [ sh -c "echo \$\$ > $tmp/srv.pid; sleep 3; exec nbdkit memory $size" ] &
+cmd=$!
+for ((i = 0; i < 200; i++)); do [ -s srv.pid ] && break; sleep 0.05; done
+[ -s srv.pid ] || fail "the slow server did not start"
+pid=$(cat srv.pid)
+sleep 0.5
+kill -INT "$cmd"
+rc=0; wait "$cmd" || rc=$?
+[ "$rc" -ne 0 ] || fail "an unpack interrupted while its server started exited 0"
+for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+! kill -0 "$pid" 2>/dev/null || fail "a starting server outlived an interrupted unpack"
 exit 0
