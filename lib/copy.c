@@ -83,8 +83,6 @@ struct run {
   char err_msg[1024];
 };
 
-static void name_error (const char *name);
-
 /* Extents are asked for a window at a time, so that memory does not
  * grow with the number of extents of the whole source and a source
  * that answers per request (NBD block status) is asked as the copy
@@ -117,7 +115,7 @@ fetch_window (struct cursor *c)
   if (c->src_lock)
     pthread_mutex_unlock (c->src_lock);
   if (r == -1) {
-    name_error (c->src->name);
+    sc_error_name (c->src->name);
     return -1;
   }
   c->fetched = pos;
@@ -207,20 +205,6 @@ check_extents (const struct sc_extent_list *list, uint64_t *total)
   return 0;
 }
 
-/* Make sure the current error names the endpoint it is about: some
- * endpoints name themselves (a qcow2 image may be reporting about one
- * of its backing files), others leave it to the caller.
- */
-static void
-name_error (const char *name)
-{
-  const char *msg = sc_error_message ();
-  size_t n = strlen (name);
-
-  if (strncmp (msg, name, n) != 0 || msg[n] != ':')
-    sc_error_prefix ("%s", name);
-}
-
 /* Read a data piece; bytes past the end of the source read as zeros.
  * Returns 0, 1 if a stream ended in this piece (its length is cut to
  * what was read), or -1 with the error set.
@@ -233,7 +217,7 @@ read_piece (struct sc_endpoint *src, struct sc_piece *piece)
   if (src->flags & SC_EP_STREAM) {
     if (sc_ep_read_some (src, piece->buf, piece->length, piece->offset,
                         &n) == -1) {
-      name_error (src->name);
+      sc_error_name (src->name);
       return -1;
     }
     if (n == piece->length)
@@ -245,7 +229,7 @@ read_piece (struct sc_endpoint *src, struct sc_piece *piece)
   if (piece->offset < src->size)
     n = (size_t) SC_MIN (piece->length, src->size - piece->offset);
   if (n > 0 && sc_ep_pread (src, piece->buf, n, piece->offset) == -1) {
-    name_error (src->name);
+    sc_error_name (src->name);
     return -1;
   }
   if (n < piece->length)
@@ -626,7 +610,7 @@ write_piece (struct copy_state *cs, struct sc_piece *piece)
     rc = sc_sink_write (dst, piece->buf, piece->length, piece->offset,
                         cs->detect_zeroes);
   if (rc == -1)
-    name_error (dst->name);
+    sc_error_name (dst->name);
   return rc;
 }
 
@@ -689,7 +673,7 @@ sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
   fit_endpoint (src, &p.request_size, &p.threads);
   fit_endpoint (dst, &p.request_size, &p.threads);
   if (sc_sink_prepare (dst, src->size) == -1) {
-    name_error (dst->name);
+    sc_error_name (dst->name);
     return -1;
   }
   if (sc_pipeline_run (&p) == -1)

@@ -53,6 +53,15 @@ sc_error_prefix (const char *fmt, ...)
   errno = saved;
 }
 
+void
+sc_error_name (const char *name)
+{
+  size_t n = strlen (name);
+
+  if (strncmp (error_message, name, n) != 0 || error_message[n] != ':')
+    sc_error_prefix ("%s", name);
+}
+
 const char *
 sc_version (void)
 {

@@ -100,17 +100,6 @@ sc_pack_opts_init (struct sc_pack_opts *opts)
   opts->refuse_images = true;
 }
 
-/* Make sure the current error names what it is about. */
-static void
-name_error (const char *name)
-{
-  size_t n = strlen (name);
-  const char *msg = sc_error_message ();
-
-  if (strncmp (msg, name, n) != 0 || msg[n] != ':')
-    sc_error_prefix ("%s", name);
-}
-
 /* ---- the spill file ---------------------------------------------------- */
 
 static int
@@ -223,7 +212,7 @@ scan_work (struct sc_piece *piece, void *opaque)
       ssize_t r = sc_compress (opts->codec, opts->level, c, cs,
                                packed + used, cs);
       if (r < 0) {
-        name_error (pk->src->name);
+        sc_error_name (pk->src->name);
         return -1;
       }
       if (r == 0)
@@ -308,7 +297,7 @@ cluster_extents (struct pack *pk, struct sc_extent_list *out)
   sc_extent_list_init (&raw);
   if (pk->src->size > 0
       && sc_ep_extents_all (pk->src, 0, pk->src->size, &raw) == -1) {
-    name_error (pk->src->name);
+    sc_error_name (pk->src->name);
     goto out;
   }
   for (size_t i = 0; i < raw.len; i++) {
@@ -389,7 +378,7 @@ scan_probing (struct pack *pk, const struct sc_extent_list *extents,
           zero = r == 0 && sc_is_zero (buf + p, n - p);
         }
         if (r == -1) {
-          name_error (pk->src->name);
+          sc_error_name (pk->src->name);
           return -1;
         }
         if (r == 1) {
@@ -540,7 +529,7 @@ out_flush (struct pack *pk)
   if (pk->out_len == 0)
     return 0;
   if (sc_ep_pwrite (pk->dst, pk->out_buf, pk->out_len, pk->out_off) == -1) {
-    name_error (pk->target);
+    sc_error_name (pk->target);
     return -1;
   }
   pk->out_off += pk->out_len;
@@ -655,7 +644,7 @@ copy_source (struct pack *pk, uint64_t offset, uint64_t len)
     /* The last cluster may run past the end of the source. */
     r = offset >= pk->src->size ? 0 : SC_MIN (n, pk->src->size - offset);
     if (r > 0 && sc_ep_pread (pk->src, dst, r, offset) == -1) {
-      name_error (pk->src->name);
+      sc_error_name (pk->src->name);
       return -1;
     }
     memset (dst + r, 0, n - r);
@@ -781,7 +770,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   if (qcow2_plan_init (&pk.plan, opts.version, cluster_bits, refcount_order,
                        opts.codec, SC_ROUND_UP (src->size, QEMU_SECTOR_SIZE))
       == -1) {
-    name_error (target);
+    sc_error_name (target);
     return -1;
   }
 
@@ -820,11 +809,11 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   if ((src->flags & SC_EP_STREAM)
       && qcow2_plan_grow (&pk.plan,
                           SC_ROUND_UP (src->size, QEMU_SECTOR_SIZE)) == -1) {
-    name_error (target);
+    sc_error_name (target);
     goto out;
   }
   if (qcow2_plan_layout (&pk.plan) == -1) {
-    name_error (target);
+    sc_error_name (target);
     goto out;
   }
 
@@ -834,7 +823,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     goto out;
   }
   if (sc_ep_set_size (dst, pk.plan.file_size) == -1) {
-    name_error (target);
+    sc_error_name (target);
     goto out;
   }
   if (qcow2_plan_write_metadata (&pk.plan, out_write, &pk) == -1
@@ -847,7 +836,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   }
 
   if (sc_ep_flush (dst) == -1) {
-    name_error (target);
+    sc_error_name (target);
     goto out;
   }
   /* Checked last, so that a change while the image was written counts
