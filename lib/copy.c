@@ -237,6 +237,20 @@ read_piece (struct sc_endpoint *src, struct sc_piece *piece)
   return 0;
 }
 
+/* Bring a data piece in for work(): moved by move() where it can be,
+ * else read.  Returns as read_piece.
+ */
+static int
+take_piece (const struct sc_pipeline *p, struct sc_piece *piece)
+{
+  int rc = p->move ? p->move (piece, p->opaque) : 1;
+
+  piece->moved = rc == 0;
+  if (rc != 1)
+    return rc;
+  return read_piece (p->src, piece);
+}
+
 /* Give a slot its buffers the first time it is used. */
 static int
 slot_buffers (const struct sc_pipeline *p, struct sc_piece *piece,
@@ -310,6 +324,7 @@ worker (void *arg)
     r->next_seq++;
     piece->out_len = 0;
     piece->user = 0;
+    piece->moved = false;
     slot->state = SLOT_BUSY;
     pthread_mutex_unlock (&r->lock);
 
@@ -331,7 +346,7 @@ worker (void *arg)
     if (rc == 0 && piece->flags == 0) {
       if (r->serial_reads)
         pthread_mutex_lock (&r->src_lock);
-      rc = read_piece (p->src, piece);
+      rc = take_piece (p, piece);
       if (r->serial_reads)
         pthread_mutex_unlock (&r->src_lock);
     }
@@ -346,7 +361,8 @@ worker (void *arg)
       pthread_cond_broadcast (&r->cond);
       pthread_mutex_unlock (&r->lock);
     }
-    if (rc == 0 && piece->flags == 0 && piece->length > 0 && p->work)
+    if (rc == 0 && piece->flags == 0 && !piece->moved && piece->length > 0
+        && p->work)
       rc = p->work (piece, p->opaque);
 
     pthread_mutex_lock (&r->lock);
@@ -385,15 +401,16 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
     rc = 0;
     piece.out_len = 0;
     piece.user = 0;
+    piece.moved = false;
     if (piece.flags == 0) {
       rc = slot_buffers (p, &piece, cur->request_size);
       if (rc == 0)
-        rc = read_piece (p->src, &piece);
+        rc = take_piece (p, &piece);
       if (rc == 1) {
         end = true;
         rc = 0;
       }
-      if (rc == 0 && piece.length > 0 && p->work)
+      if (rc == 0 && !piece.moved && piece.length > 0 && p->work)
         rc = p->work (&piece, p->opaque);
     }
     if (rc == 0 && piece.length > 0)
@@ -526,6 +543,10 @@ sc_pipeline_run (const struct sc_pipeline *p)
     sc_set_error (EINVAL, "pipeline: no source or no emit function");
     return -1;
   }
+  if (p->move && (p->src->flags & SC_EP_STREAM)) {
+    sc_set_error (EINVAL, "pipeline: a stream is read, not moved");
+    return -1;
+  }
   if ((request_size & (request_size - 1)) != 0
       || request_size > MAX_REQUEST_SIZE) {
     sc_set_error (EINVAL, "pipeline: request size %" PRIu32
@@ -569,7 +590,7 @@ sc_pipeline_run (const struct sc_pipeline *p)
 /* ---- sc_copy ---------------------------------------------------------- */
 
 struct copy_state {
-  struct sc_endpoint *dst;
+  struct sc_endpoint *src, *dst;
   bool detect_zeroes;
   /* dst takes writes at any offset from any thread: data is written
    * by the workers, in parallel, and emit() only keeps the order of
@@ -614,12 +635,25 @@ write_piece (struct copy_state *cs, struct sc_piece *piece)
   return rc;
 }
 
+/* Data that nothing looks at (no zero detection) goes from source to
+ * target without being read here where the pair can do that: between
+ * files inside the kernel, or by a source that copies itself.
+ */
+static int
+copy_move (struct sc_piece *piece, void *opaque)
+{
+  struct copy_state *cs = opaque;
+
+  return sc_ep_copy_range (cs->src, piece->offset, cs->dst, piece->offset,
+                           piece->length);
+}
+
 static int
 copy_emit (struct sc_piece *piece, void *opaque)
 {
   struct copy_state *cs = opaque;
 
-  if (piece->user == PIECE_WRITTEN)
+  if (piece->moved || piece->user == PIECE_WRITTEN)
     return 0;
   return write_piece (cs, piece);
 }
@@ -644,6 +678,7 @@ sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
          const struct sc_copy_opts *opts)
 {
   struct copy_state cs = {
+    .src = src,
     .dst = dst,
     .detect_zeroes = opts->detect_zeroes,
     .write_in_work = (dst->flags & SC_EP_SEEKABLE)
@@ -665,6 +700,11 @@ sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
                   " bytes)", dst->name, src->name, dst->size, src->size);
     return -1;
   }
+  /* Moved pieces are written by the workers, so only where they may
+   * write.
+   */
+  if (!cs.detect_zeroes && cs.write_in_work && !(src->flags & SC_EP_STREAM))
+    p.move = copy_move;
   if (p.request_size == 0)
     p.request_size = DEFAULT_REQUEST_SIZE;
   if (p.threads == 0)

@@ -214,6 +214,8 @@ int
 sc_ep_copy_range (struct sc_endpoint *src, uint64_t src_off,
                   struct sc_endpoint *dst, uint64_t dst_off, uint64_t count)
 {
+  if (src->ops->copy_to)
+    return src->ops->copy_to (src, src_off, dst, dst_off, count);
   return sc_ep_copy_fd_range (sc_ep_local_fd (src), src->name, src_off, dst,
                               dst_off, count);
 }

@@ -95,6 +95,15 @@ struct sc_endpoint_ops {
    * -1 if there is none.  The endpoint keeps ownership.  NULL: -1.
    */
   int (*local_fd) (struct sc_endpoint *ep);
+  /* Copy count bytes at offset straight to dst at dst_off, without the
+   * caller reading them: returns 0 when all was copied, 1 when this
+   * source cannot do it for this range and target (nothing was
+   * written; the caller reads and writes instead).  Errors name the
+   * side that failed.  NULL: a source with a local_fd hands it to dst's
+   * copy_from_fd.
+   */
+  int (*copy_to) (struct sc_endpoint *ep, uint64_t offset,
+                  struct sc_endpoint *dst, uint64_t dst_off, uint64_t count);
 
   /* Write exactly count bytes at offset.  NULL: read-only (ENOTSUP). */
   int (*pwrite) (struct sc_endpoint *ep, const void *buf, size_t count,
@@ -203,9 +212,10 @@ extern int sc_ep_zero (struct sc_endpoint *ep, uint64_t count,
  */
 extern int sc_ep_write_zeros (struct sc_endpoint *ep, uint64_t count,
                               uint64_t offset);
-/* Copy inside the kernel from a source endpoint that is a local file
- * (local_fd) or from a plain descriptor (a spill file): 0, 1 (cannot,
- * nothing written) or -1, as the copy_from_fd slot.
+/* Copy a range of src to dst without reading it here: through src's
+ * copy_to, else inside the kernel from a source that is a local file
+ * (local_fd); or from a plain descriptor (a spill file).  0, 1 (cannot,
+ * nothing written) or -1, as the copy_to and copy_from_fd slots.
  */
 extern int sc_ep_copy_range (struct sc_endpoint *src, uint64_t src_off,
                              struct sc_endpoint *dst, uint64_t dst_off,

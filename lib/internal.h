@@ -126,6 +126,7 @@ struct sc_piece {
   void *out;                    /* out_size bytes of scratch for work() */
   size_t out_len;               /* free for work()/emit() */
   uint64_t user;                /* free for work()/emit() */
+  bool moved;                   /* move() took it: buf was not read */
 };
 
 struct sc_pipeline {
@@ -143,6 +144,14 @@ struct sc_pipeline {
   uint32_t request_size;        /* 0 = 1 MiB; a power of two */
   unsigned threads;             /* 0 = online CPUs */
   size_t out_size;              /* scratch per piece, 0 = none */
+  /* On a worker thread, in place of reading a data piece (and in the
+   * same turn as a read, for a source that takes one request at a
+   * time); may be NULL.  Returns 0 when it moved the piece to where it
+   * goes without the pipeline reading it: the piece then skips work()
+   * and reaches emit() with moved set.  1: read it as usual.  -1 with
+   * the error set.  Not for stream sources.
+   */
+  int (*move) (struct sc_piece *piece, void *opaque);
   /* On a worker thread; may be NULL.  Returns 0 or -1 with error set. */
   int (*work) (struct sc_piece *piece, void *opaque);
   /* In source order, one at a time.  Returns 0 or -1 with error set. */
