@@ -1,6 +1,6 @@
 /* The qcow2 layout planner and metadata serialiser: plan an image in
  * guest order, lay out its metadata in front of the data, and produce
- * the metadata forward only.
+ * the metadata cluster by cluster.
  *
  * The file layout is always: header cluster, refcount table, refcount
  * blocks, L1 table, L2 tables (in L1 order), data (in guest order,
@@ -154,6 +154,7 @@ qcow2_plan_free (struct qcow2_plan *p)
     free (p->l2);
   }
   free (p->data_refcounts);
+  free (p->l2_order);
   memset (p, 0, sizeof *p);
 }
 
@@ -294,6 +295,20 @@ qcow2_plan_layout (struct qcow2_plan *p)
   h->l1_table_offset = p->rb_offset + p->rb_clusters * cs;
   p->l2_offset = h->l1_table_offset + p->l1_clusters * cs;
   p->data_offset = p->l2_offset + p->nb_l2 * cs;
+  /* The L2 tables in file order, for reading any cluster of them. */
+  if (p->nb_l2 > 0) {
+    uint64_t j = 0;
+
+    free (p->l2_order);
+    p->l2_order = malloc (p->nb_l2 * sizeof *p->l2_order);
+    if (p->l2_order == NULL) {
+      sc_set_error (errno, "out of memory for the L2 tables");
+      return -1;
+    }
+    for (uint64_t i = 0; i < h->l1_size; i++)
+      if (p->l2[i])
+        p->l2_order[j++] = (uint32_t) i;
+  }
   p->total_clusters = other + p->rt_clusters + p->rb_clusters;
   /* qemu writes no L1 offset for an empty L1 table either. */
   if (h->l1_size == 0)
@@ -338,11 +353,26 @@ final_l2_entry (const struct qcow2_plan *p, uint64_t e)
   return e + p->data_offset;
 }
 
+/* How many L2 tables hold entries of L1 indices below l1_index: the
+ * place of the next one in file order.
+ */
+static uint64_t
+l2_tables_before (const struct qcow2_plan *p, uint64_t l1_index)
+{
+  uint64_t lo = 0, hi = p->nb_l2;
+
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    if (p->l2_order[mid] < l1_index)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 int
-qcow2_plan_write_metadata (struct qcow2_plan *p,
-                           int (*write_fn) (void *opaque, const void *buf,
-                                            size_t len),
-                           void *opaque)
+qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k, void *out)
 {
   const struct qcow2_header *h = &p->h;
   uint64_t cs = h->cluster_size;
@@ -350,75 +380,75 @@ qcow2_plan_write_metadata (struct qcow2_plan *p,
     = UINT64_C (1) << qcow2_refcount_block_bits (h->cluster_bits,
                                                  h->refcount_order);
   uint64_t per_cluster = cs / QCOW2_RTE_SIZE;
-  CLEANUP_FREE unsigned char *buf = NULL;
-  uint64_t i, k, n;
+  uint64_t rt = h->refcount_table_offset / cs, rb = p->rb_offset / cs;
+  uint64_t l1 = rb + p->rb_clusters, l2 = p->l2_offset / cs;
+  unsigned char *buf = out;
+  uint64_t i, n;
 
-  if (!p->laid_out) {
-    sc_set_error (EINVAL, "qcow2 plan written before its layout");
+  if (!p->laid_out || k >= p->data_offset / cs) {
+    sc_set_error (EINVAL, "no metadata cluster %" PRIu64 " in the plan", k);
     return -1;
   }
-  buf = malloc (cs);
-  if (buf == NULL) {
-    sc_set_error (errno, "out of memory");
-    return -1;
+  if (k == 0) {
+    qcow2_header_write (h, buf);
+    return 0;
+  }
+  if (k >= l2) {
+    const uint64_t *table = p->l2[p->l2_order[k - l2]];
+
+    for (i = 0; i < h->l2_entries; i++)
+      sc_put_be64 (buf + i * 8, final_l2_entry (p, table[i]));
+    return 0;
   }
 
-  qcow2_header_write (&p->h, buf);
-  if (write_fn (opaque, buf, cs) == -1)
-    return -1;
-
-  /* Refcount table. */
-  for (k = 0; k < p->rt_clusters; k++) {
-    memset (buf, 0, cs);
+  memset (buf, 0, cs);
+  if (k < rb) {
+    /* The refcount table. */
     for (i = 0; i < per_cluster; i++) {
-      uint64_t b = k * per_cluster + i;
+      uint64_t b = (k - rt) * per_cluster + i;
       if (b < p->rb_clusters)
         sc_put_be64 (buf + i * 8, p->rb_offset + b * cs);
     }
-    if (write_fn (opaque, buf, cs) == -1)
-      return -1;
   }
-
-  /* Refcount blocks. */
-  for (k = 0; k < p->rb_clusters; k++) {
-    memset (buf, 0, cs);
+  else if (k < l1) {
+    /* A refcount block. */
+    k -= rb;
     n = SC_MIN (block_entries, p->total_clusters - k * block_entries);
     for (i = 0; i < n; i++)
       qcow2_refcount_set (buf, h->refcount_order, i,
                           cluster_refcount (p, k * block_entries + i));
-    if (write_fn (opaque, buf, cs) == -1)
-      return -1;
   }
+  else {
+    /* The L1 table: the L2 tables follow it in L1 order. */
+    uint64_t first = (k - l1) * per_cluster;
+    uint64_t next_l2 = p->l2_offset + l2_tables_before (p, first) * cs;
 
-  /* L1 table: the L2 tables follow it in L1 order. */
-  {
-    uint64_t next_l2 = p->l2_offset;
-    for (k = 0; k < p->l1_clusters; k++) {
-      memset (buf, 0, cs);
-      for (i = 0; i < per_cluster; i++) {
-        uint64_t l1_index = k * per_cluster + i;
-        if (l1_index >= h->l1_size)
-          break;
-        if (p->l2[l1_index]) {
-          sc_put_be64 (buf + i * 8, next_l2 | QCOW2_OFLAG_COPIED);
-          next_l2 += cs;
-        }
+    for (i = 0; i < per_cluster && first + i < h->l1_size; i++)
+      if (p->l2[first + i]) {
+        sc_put_be64 (buf + i * 8, next_l2 | QCOW2_OFLAG_COPIED);
+        next_l2 += cs;
       }
-      if (write_fn (opaque, buf, cs) == -1)
-        return -1;
-    }
   }
+  return 0;
+}
 
-  /* L2 tables. */
-  for (k = 0; k < h->l1_size; k++) {
-    const uint64_t *l2 = p->l2[k];
-    if (l2 == NULL)
-      continue;
-    for (i = 0; i < h->l2_entries; i++)
-      sc_put_be64 (buf + i * 8, final_l2_entry (p, l2[i]));
-    if (write_fn (opaque, buf, cs) == -1)
-      return -1;
+int
+qcow2_plan_write_metadata (struct qcow2_plan *p,
+                           int (*write_fn) (void *opaque, const void *buf,
+                                            size_t len),
+                           void *opaque)
+{
+  uint64_t cs = p->h.cluster_size;
+  CLEANUP_FREE unsigned char *buf = malloc (cs);
+
+  if (buf == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
   }
+  for (uint64_t k = 0; k < p->data_offset / cs; k++)
+    if (qcow2_plan_metadata (p, k, buf) == -1
+        || write_fn (opaque, buf, cs) == -1)
+      return -1;
   return 0;
 }
 

@@ -497,6 +497,8 @@ struct qcow2_plan {
   uint64_t rb_offset, l2_offset, data_offset;
   uint64_t total_clusters;
   uint64_t file_size;           /* data end rounded up to a sector */
+  uint32_t *l2_order;           /* L1 index of each L2 table, in file
+                                   order (nb_l2 of them) */
 };
 
 /* Start a plan: version 2 or 3, cluster_bits 9..21, refcount_order
@@ -532,6 +534,12 @@ extern int qcow2_plan_write_metadata (struct qcow2_plan *p,
                                                        const void *buf,
                                                        size_t len),
                                       void *opaque);
+/* Fill buf (one cluster) with host cluster k of the laid-out image's
+ * metadata, for any k in front of the data area: 0, or -1 with the
+ * error set (EINVAL: not laid out, or k not metadata).
+ */
+extern int qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k,
+                                void *buf);
 /* Iterate over stored clusters in guest order: starting with *gc = 0,
  * each call finds the next stored cluster at or after *gc, sets *gc,
  * its relative data offset *rel, *len (the cluster size when
