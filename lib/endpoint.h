@@ -97,10 +97,10 @@ struct sc_endpoint_ops {
   int (*local_fd) (struct sc_endpoint *ep);
   /* Copy count bytes at offset straight to dst at dst_off, without the
    * caller reading them: returns 0 when all was copied, 1 when this
-   * source cannot do it for this range and target (nothing was
-   * written; the caller reads and writes instead).  Errors name the
-   * side that failed.  NULL: a source with a local_fd hands it to dst's
-   * copy_from_fd.
+   * source cannot do it for this range and target (the caller reads
+   * and writes the range instead, over whatever part was copied).
+   * Errors name the side that failed.  NULL: a source with a local_fd
+   * hands it to dst's copy_from_fd.
    */
   int (*copy_to) (struct sc_endpoint *ep, uint64_t offset,
                   struct sc_endpoint *dst, uint64_t dst_off, uint64_t count);
@@ -214,8 +214,8 @@ extern int sc_ep_write_zeros (struct sc_endpoint *ep, uint64_t count,
                               uint64_t offset);
 /* Copy a range of src to dst without reading it here: through src's
  * copy_to, else inside the kernel from a source that is a local file
- * (local_fd); or from a plain descriptor (a spill file).  0, 1 (cannot,
- * nothing written) or -1, as the copy_to and copy_from_fd slots.
+ * (local_fd); or from a plain descriptor (a spill file).  0, 1 (cannot)
+ * or -1, as the copy_to and copy_from_fd slots.
  */
 extern int sc_ep_copy_range (struct sc_endpoint *src, uint64_t src_off,
                              struct sc_endpoint *dst, uint64_t dst_off,

@@ -10,11 +10,14 @@
  * are left as holes, so phase 2 copies the spill as it is and fills the
  * holes from the source.
  *
- * Phase 2 (emit) writes the image forward only: the metadata, whose
- * size is known once the plan is complete, then the data area.  The
- * caller commits the target (it appears under its name) only after
- * sc_pack has written and flushed everything and found the source
- * unchanged.
+ * Phase 2 (write) copies the image the plan describes to the target
+ * with sc_copy, as every command moves data: the image is a source
+ * endpoint (qcow2-image.c) whose metadata comes from the plan and whose
+ * data comes from the source and the spill file.  A file target is
+ * written by the workers, in parallel, uncompressed runs inside the
+ * kernel; a stream gets the image in order.  The caller commits the
+ * target (it appears under its name) only after sc_pack has written
+ * and flushed everything and found the source unchanged.
  */
 #include <config.h>
 
@@ -32,21 +35,19 @@
 #define DEFAULT_REFCOUNT_BITS 16
 /* Pieces of the pipeline hold at least this much, in whole clusters. */
 #define MIN_REQUEST_SIZE (1024 * 1024)
-/* Buffers for the spill file and for the output.  The output buffer
- * is small enough to stay in the CPU cache between the read that fills
- * it and the write that empties it: 8 MiB measured clearly slower.
- */
+/* The buffer of the spill file. */
 #define SPILL_BUFFER_SIZE (4 * 1024 * 1024)
-#define OUTPUT_BUFFER_SIZE (1024 * 1024)
+/* Pieces of the image in phase 2.  A piece that is read and written
+ * (metadata, or compressed and uncompressed clusters side by side) is
+ * small enough to stay in the CPU cache between the read that fills it
+ * and the write that empties it: 8 MiB measured clearly slower.
+ */
+#define WRITE_REQUEST_SIZE (1024 * 1024)
 /* Zero detection without compression first reads this much of a
  * cluster, and progress is reported every PROBE_PROGRESS_STEP bytes.
  */
 #define ZERO_PROBE_SIZE 4096
 #define PROBE_PROGRESS_STEP (64 * 1024 * 1024)
-/* Spill ranges at least this long are copied inside the kernel. */
-#define SPILL_COPY_RANGE_MIN (256 * 1024)
-/* and in pieces of this size, so that progress moves. */
-#define SPILL_COPY_CHUNK (64 * 1024 * 1024)
 /* Per cluster of a piece, work() leaves one code for emit(): zero, raw,
  * or the compressed length (always less than a cluster).
  */
@@ -56,7 +57,6 @@
 struct pack {
   const struct sc_pack_opts *opts;
   struct sc_endpoint *src;
-  const char *target;
   struct qcow2_plan plan;
   uint32_t cluster_size;
   uint32_t request_size;
@@ -65,20 +65,9 @@ struct pack {
 
   /* The spill file and its write buffer (contiguous bytes at spill_off). */
   int spill_fd;
-  /* Phase 2 may copy source data with sc_ep_copy_range, and the
-   * spill with sc_ep_copy_fd_range.
-   */
-  bool copy_range;
-  bool spill_copy_range;
   unsigned char *spill_buf;
   size_t spill_len;
   uint64_t spill_off;
-
-  /* The output and its buffer (bytes at out_off of the image). */
-  struct sc_endpoint *dst;
-  unsigned char *out_buf;
-  size_t out_len;
-  uint64_t out_off;
 
   /* Progress: bytes scanned in phase 1, known once it is over, and
    * what probing scanned before the pipeline took over.
@@ -168,18 +157,21 @@ scan_progress (const struct sc_progress *p, void *opaque)
   pk->opts->progress (&pr, pk->opts->progress_opaque);
 }
 
-/* Phase 2: the data area written so far, after everything scanned. */
+/* Phase 2: the data area written so far, after everything scanned.
+ * p counts the bytes of the image copied in order, metadata first.
+ */
 static void
-write_progress (struct pack *pk)
+write_progress (const struct sc_progress *p, void *opaque)
 {
-  const struct qcow2_plan *p = &pk->plan;
-  uint64_t written = pk->out_off > p->data_offset
-    ? pk->out_off - p->data_offset : 0;
+  struct pack *pk = opaque;
+  const struct qcow2_plan *plan = &pk->plan;
+  uint64_t written = p->done > plan->data_offset
+    ? p->done - plan->data_offset : 0;
   struct sc_progress pr = { pk->scanned + written,
-                            pk->scanned + (p->file_size - p->data_offset) };
+                            pk->scanned + (plan->file_size
+                                           - plan->data_offset) };
 
-  if (pk->opts->progress)
-    pk->opts->progress (&pr, pk->opts->progress_opaque);
+  pk->opts->progress (&pr, pk->opts->progress_opaque);
 }
 
 /* The clusters a piece covers (pieces start on cluster boundaries). */
@@ -521,183 +513,31 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
   return scan_pipeline (pk, extents);
 }
 
-/* ---- phase 2: emit ---------------------------------------------------- */
+/* ---- phase 2: write ------------------------------------------------------ */
 
+/* Copy the planned image to dst. */
 static int
-out_flush (struct pack *pk)
+write_image (struct pack *pk, struct sc_endpoint *dst)
 {
-  if (pk->out_len == 0)
-    return 0;
-  if (sc_ep_pwrite (pk->dst, pk->out_buf, pk->out_len, pk->out_off) == -1) {
-    sc_error_name (pk->target);
+  struct sc_copy_opts copy = {
+    .threads = pk->opts->threads,
+    .request_size = WRITE_REQUEST_SIZE,
+    .progress = pk->opts->progress ? write_progress : NULL,
+    .progress_opaque = pk,
+  };
+  /* Named after the source, whose errors are the ones it reports; a
+   * stream has been read into the spill file whole.
+   */
+  struct sc_endpoint *image
+    = qcow2_image_endpoint (&pk->plan, pk->spill_all ? NULL : pk->src,
+                            pk->spill_fd, pk->src->name);
+  int r;
+
+  if (image == NULL)
     return -1;
-  }
-  pk->out_off += pk->out_len;
-  pk->out_len = 0;
-  write_progress (pk);
-  return 0;
-}
-
-/* Room for up to want bytes at the end of the output buffer. */
-static unsigned char *
-out_space (struct pack *pk, size_t want, size_t *avail)
-{
-  if (pk->out_len == OUTPUT_BUFFER_SIZE && out_flush (pk) == -1)
-    return NULL;
-  *avail = SC_MIN (want, OUTPUT_BUFFER_SIZE - pk->out_len);
-  return pk->out_buf + pk->out_len;
-}
-
-static int
-out_write (void *opaque, const void *buf, size_t len)
-{
-  struct pack *pk = opaque;
-  const unsigned char *p = buf;
-
-  while (len > 0) {
-    size_t n;
-    unsigned char *dst = out_space (pk, len, &n);
-    if (dst == NULL)
-      return -1;
-    memcpy (dst, p, n);
-    pk->out_len += n;
-    p += n;
-    len -= n;
-  }
-  return 0;
-}
-
-/* Copy the data area range [from, to) out of the spill.  Long ranges
- * go through the kernel; short ones, between uncompressed clusters,
- * cost less as a read into the output buffer.
- */
-static int
-copy_spill (struct pack *pk, uint64_t from, uint64_t to)
-{
-  while (pk->spill_fd >= 0 && pk->spill_copy_range
-         && to - from >= SPILL_COPY_RANGE_MIN) {
-    uint64_t n = SC_MIN (to - from, SPILL_COPY_CHUNK);
-    int r;
-
-    if (out_flush (pk) == -1)
-      return -1;
-    r = sc_ep_copy_fd_range (pk->spill_fd, "spill file", from, pk->dst,
-                               pk->out_off, n);
-    if (r == -1)
-      return -1;
-    if (r == 1) {
-      pk->spill_copy_range = false;
-      break;
-    }
-    pk->out_off += n;
-    from += n;
-    write_progress (pk);
-  }
-  while (from < to) {
-    size_t n;
-    unsigned char *dst = out_space (pk, to - from, &n);
-    if (dst == NULL)
-      return -1;
-    if (pk->spill_fd < 0)
-      memset (dst, 0, n);
-    else if (sc_full_pread (pk->spill_fd, dst, n, from) == -1) {
-      sc_error_prefix ("spill file");
-      return -1;
-    }
-    pk->out_len += n;
-    from += n;
-  }
-  return 0;
-}
-
-/* Copy len bytes of the source at offset into the output. */
-static int
-copy_source (struct pack *pk, uint64_t offset, uint64_t len)
-{
-  /* Whole runs inside the source go through the kernel in one copy
-   * (or as shared blocks); the tail past the end of the source, and
-   * pairs of endpoints that cannot, go through the buffer.
-   */
-  if (pk->copy_range && offset < pk->src->size) {
-    uint64_t n = SC_MIN (len, pk->src->size - offset);
-    int r;
-
-    if (out_flush (pk) == -1)
-      return -1;
-    r = sc_ep_copy_range (pk->src, offset, pk->dst, pk->out_off, n);
-    if (r == -1)
-      return -1;
-    if (r == 0) {
-      pk->out_off += n;
-      offset += n;
-      len -= n;
-      write_progress (pk);
-    }
-    else
-      pk->copy_range = false;
-  }
-  while (len > 0) {
-    size_t n, r;
-    unsigned char *dst = out_space (pk, len, &n);
-    if (dst == NULL)
-      return -1;
-    /* The last cluster may run past the end of the source. */
-    r = offset >= pk->src->size ? 0 : SC_MIN (n, pk->src->size - offset);
-    if (r > 0 && sc_ep_pread (pk->src, dst, r, offset) == -1) {
-      sc_error_name (pk->src->name);
-      return -1;
-    }
-    memset (dst + r, 0, n - r);
-    pk->out_len += n;
-    offset += n;
-    len -= n;
-  }
-  return 0;
-}
-
-static int
-write_data (struct pack *pk)
-{
-  const struct qcow2_plan *p = &pk->plan;
-  uint64_t cs = pk->cluster_size;
-  uint64_t data_size = p->file_size - p->data_offset;
-  uint64_t pos = 0;             /* data area written up to here */
-  uint64_t gc = 0, rel, len;
-  /* A run of uncompressed clusters contiguous in both source and image,
-   * read from the source in one go.
-   */
-  uint64_t run_guest = 0, run_host = 0, run_len = 0;
-  bool compressed;
-
-  if (pk->spill_all)
-    return copy_spill (pk, 0, data_size);
-
-  while (qcow2_plan_next (p, &gc, &rel, &len, &compressed)) {
-    uint64_t guest = (gc - 1) * cs;
-    if (compressed)
-      continue;
-    if (run_len > 0 && guest == run_guest + run_len
-        && rel == run_host + run_len && run_len < OUTPUT_BUFFER_SIZE) {
-      run_len += cs;
-      continue;
-    }
-    if (run_len > 0) {
-      if (copy_spill (pk, pos, run_host) == -1
-          || copy_source (pk, run_guest, run_len) == -1)
-        return -1;
-      pos = run_host + run_len;
-    }
-    run_guest = guest;
-    run_host = rel;
-    run_len = cs;
-  }
-  if (run_len > 0) {
-    if (copy_spill (pk, pos, run_host) == -1
-        || copy_source (pk, run_guest, run_len) == -1)
-      return -1;
-    pos = run_host + run_len;
-  }
-  return copy_spill (pk, pos, data_size);
+  r = sc_copy (image, dst, &copy);
+  sc_ep_close (image);
+  return r;
 }
 
 /* ---- the whole command ---------------------------------------------------- */
@@ -741,9 +581,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
 {
   struct sc_pack_opts opts = *opts_in;
   const char *target = dst->name;
-  struct pack pk = { .src = src, .target = target, .dst = dst,
-                     .spill_fd = -1, .copy_range = true,
-                     .spill_copy_range = true };
+  struct pack pk = { .src = src, .spill_fd = -1 };
   struct sc_extent_list extents;
   struct sc_fingerprint fp_before, fp_after;
   int have_fp;
@@ -817,28 +655,13 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     goto out;
   }
 
-  pk.out_buf = malloc (OUTPUT_BUFFER_SIZE);
-  if (pk.out_buf == NULL) {
-    sc_set_error (errno, "out of memory");
-    goto out;
-  }
   if (sc_ep_set_size (dst, pk.plan.file_size) == -1) {
     sc_error_name (target);
     goto out;
   }
-  if (qcow2_plan_write_metadata (&pk.plan, out_write, &pk) == -1
-      || write_data (&pk) == -1 || out_flush (&pk) == -1)
+  /* Written and flushed. */
+  if (write_image (&pk, dst) == -1)
     goto out;
-  if (pk.out_off != pk.plan.file_size) {
-    sc_set_error (EIO, "%s: internal error: wrote %" PRIu64 " bytes of "
-                  "%" PRIu64, target, pk.out_off, pk.plan.file_size);
-    goto out;
-  }
-
-  if (sc_ep_flush (dst) == -1) {
-    sc_error_name (target);
-    goto out;
-  }
   /* Checked last, so that a change while the image was written counts
    * too; the caller commits only after this.
    */
@@ -856,7 +679,6 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   if (pk.spill_fd >= 0)
     close (pk.spill_fd);
   free (pk.spill_buf);
-  free (pk.out_buf);
   sc_extent_list_free (&extents);
   qcow2_plan_free (&pk.plan);
   return ret;

@@ -433,26 +433,6 @@ qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k, void *out)
 }
 
 int
-qcow2_plan_write_metadata (struct qcow2_plan *p,
-                           int (*write_fn) (void *opaque, const void *buf,
-                                            size_t len),
-                           void *opaque)
-{
-  uint64_t cs = p->h.cluster_size;
-  CLEANUP_FREE unsigned char *buf = malloc (cs);
-
-  if (buf == NULL) {
-    sc_set_error (errno, "out of memory");
-    return -1;
-  }
-  for (uint64_t k = 0; k < p->data_offset / cs; k++)
-    if (qcow2_plan_metadata (p, k, buf) == -1
-        || write_fn (opaque, buf, cs) == -1)
-      return -1;
-  return 0;
-}
-
-int
 qcow2_plan_next (const struct qcow2_plan *p, uint64_t *gc, uint64_t *rel,
                  uint64_t *len, bool *compressed)
 {

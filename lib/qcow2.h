@@ -470,8 +470,8 @@ extern uint32_t qcow2_chain_cluster_size (const struct sc_qcow2 *q);
 
 /* ---- qcow2-plan.c ------------------------------------------------- */
 
-/* The writer's plan of an image, built in guest order and then written
- * forward only.  The L2 tables are the plan: an L2 table exists only
+/* The writer's plan of an image, built in guest order, then laid out
+ * and read as an image (qcow2-image.c).  The L2 tables are the plan: an L2 table exists only
  * when a cluster in its range is stored, so memory follows the data.
  * Until qcow2_plan_layout() the data offsets in the L2 entries are
  * relative to the start of the data area, which comes after all
@@ -526,14 +526,6 @@ extern int qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc,
                                       uint64_t len, uint64_t *rel);
 /* Fix the layout of the metadata in front of the data area. */
 extern int qcow2_plan_layout (struct qcow2_plan *p);
-/* Produce everything in front of the data area, in file order, through
- * write_fn (which returns 0 or -1 with the error set).
- */
-extern int qcow2_plan_write_metadata (struct qcow2_plan *p,
-                                      int (*write_fn) (void *opaque,
-                                                       const void *buf,
-                                                       size_t len),
-                                      void *opaque);
 /* Fill buf (one cluster) with host cluster k of the laid-out image's
  * metadata, for any k in front of the data area: 0, or -1 with the
  * error set (EINVAL: not laid out, or k not metadata).
@@ -550,6 +542,21 @@ extern int qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k,
  */
 extern int qcow2_plan_next (const struct qcow2_plan *p, uint64_t *gc,
                             uint64_t *rel, uint64_t *len, bool *compressed);
+
+/* ---- qcow2-image.c ----------------------------------------------------- */
+
+/* The image a laid-out plan describes, as a source endpoint named name:
+ * uncompressed clusters are read from src at their guest offsets, the
+ * rest of the data area from spill_fd, a file that mirrors the data
+ * area with holes where uncompressed clusters go (-1: there are no
+ * compressed clusters).  src NULL: all of the data area is in the
+ * spill file.  The plan, src and spill_fd are borrowed and must outlive
+ * the endpoint.  NULL with the error set.
+ */
+extern struct sc_endpoint *qcow2_image_endpoint (const struct qcow2_plan *plan,
+                                                 struct sc_endpoint *src,
+                                                 int spill_fd,
+                                                 const char *name);
 
 /* ---- qcow2-stream.c ---------------------------------------------------- */
 
