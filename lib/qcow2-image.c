@@ -172,11 +172,12 @@ image_copy_to (struct sc_endpoint *ep, uint64_t offset,
   if (offset < p->data_offset)
     return 1;
   rel = offset - p->data_offset;
-  if (place_at (im, rel, count, &n, &guest) == PLACE_SPILL)
-    return n == count && im->spill_fd >= 0
-      ? sc_ep_copy_fd_range (im->spill_fd, "spill file", rel, dst, dst_off,
-                             count)
-      : 1;
+  if (place_at (im, rel, count, &n, &guest) == PLACE_SPILL) {
+    if (n < count || im->spill_fd < 0)
+      return 1;
+    return sc_ep_copy_fd_range (im->spill_fd, "spill file", rel, dst,
+                                dst_off, count);
+  }
 
   /* Only source bytes, which may lie in several runs one after the
    * other in the image, none reaching past the end of the source (the
@@ -281,6 +282,7 @@ qcow2_image_endpoint (const struct qcow2_plan *plan, struct sc_endpoint *src,
       im->ep.flags &= ~SC_EP_THREAD_SAFE;
     im->ep.max_request = src->max_request;
     im->ep.max_in_flight = src->max_in_flight;
+    im->ep.queue_depth = src->queue_depth;
   }
   return &im->ep;
 }
