@@ -1,7 +1,8 @@
 /* Unit tests of the qcow2 writer's arithmetic: compressed cluster
- * descriptors, refcount packing at every width, and the refcount
- * layout fixed point.  The expected values come from the formulas of
- * the qcow2 specification, written out here independently.
+ * descriptors, refcount packing at every width, the refcount layout
+ * fixed point; and the planned image, read and copied in pieces.  The
+ * expected values come from the formulas of the qcow2 specification,
+ * written out here independently.
  */
 #include <config.h>
 
@@ -292,6 +293,126 @@ test_plan_placement (void)
   }
 }
 
+/* The planned image endpoint: its bytes are the metadata of the plan,
+ * the source's clusters where the plan stores them uncompressed and
+ * the spill file everywhere else in the data area, whatever the pieces
+ * it is read or copied in.
+ */
+static unsigned char
+source_byte (uint64_t o)
+{
+  return (unsigned char) (o / 4096 * 7 + o % 251 + 1);
+}
+
+static void
+test_planned_image (void)
+{
+  const uint64_t cs = 4096, src_size = 299 * 4096 + 1000;
+  struct qcow2_plan p;
+  uint64_t rel, guest_of[600];
+  FILE *src_file = tmpfile (), *spill_file = tmpfile ();
+  FILE *dst_file = tmpfile ();
+  struct sc_endpoint *src, *image, *dst;
+  static const size_t steps[] = { 777, 4097, 8193 };
+  unsigned char *want, *got, *buf, *data;
+  uint64_t size, spill_size;
+
+  CU_ASSERT_FATAL (src_file && spill_file && dst_file);
+  CU_ASSERT_EQUAL_FATAL (qcow2_plan_init (&p, 3, 12, 4, SC_CODEC_DEFLATE,
+                                          1 << 24), 0);
+  /* Uncompressed clusters in runs broken by gaps in the guest and by
+   * compressed clusters; the last one runs past the end of the source.
+   */
+  memset (guest_of, 0xff, sizeof guest_of);
+  for (uint64_t gc = 0; gc < 300; gc++) {
+    if (gc % 7 == 3)
+      continue;
+    if (gc % 5 < 3 || gc == 299) {
+      CU_ASSERT_EQUAL_FATAL (qcow2_plan_add_normal (&p, gc, &rel), 0);
+      guest_of[rel / cs] = gc;
+    }
+    else
+      CU_ASSERT_EQUAL_FATAL (qcow2_plan_add_compressed (&p, gc,
+                                                        100 + gc * 37 % 3000,
+                                                        &rel), 0);
+  }
+  CU_ASSERT_EQUAL_FATAL (qcow2_plan_layout (&p), 0);
+  size = p.file_size;
+  spill_size = size - p.data_offset;
+  CU_ASSERT_FATAL (spill_size / cs < 600);
+
+  want = malloc (size);
+  got = malloc (size);
+  buf = malloc (spill_size);
+  data = malloc (src_size);
+  CU_ASSERT_FATAL (want && got && buf && data);
+  for (uint64_t o = 0; o < src_size; o++)
+    data[o] = source_byte (o);
+  CU_ASSERT_FATAL (fwrite (data, 1, src_size, src_file) == src_size);
+  for (uint64_t o = 0; o < spill_size; o++)
+    buf[o] = (unsigned char) (0xa5 ^ o);
+  CU_ASSERT_FATAL (fwrite (buf, 1, spill_size, spill_file) == spill_size);
+  fflush (src_file);
+  fflush (spill_file);
+
+  for (uint64_t k = 0; k < p.data_offset / cs; k++)
+    CU_ASSERT_EQUAL (qcow2_plan_metadata (&p, k, want + k * cs), 0);
+  CU_ASSERT_EQUAL (qcow2_plan_metadata (&p, p.data_offset / cs, buf), -1);
+  for (uint64_t r = 0; r < spill_size; r++) {
+    uint64_t gc = guest_of[r / cs], o = gc * cs + r % cs;
+    want[p.data_offset + r] = gc == UINT64_MAX ? buf[r]
+      : o < src_size ? source_byte (o) : 0;
+  }
+
+  src = sc_endpoint_open_fd_source (fileno (src_file), "src", SC_MAP_SEEK);
+  CU_ASSERT_FATAL (src != NULL);
+  image = qcow2_image_endpoint (&p, src, fileno (spill_file), "src");
+  CU_ASSERT_FATAL (image != NULL);
+  CU_ASSERT_EQUAL (image->size, size);
+
+  /* Whole, and in pieces that cut clusters anywhere. */
+  CU_ASSERT_EQUAL (sc_ep_pread (image, got, size, 0), 0);
+  CU_ASSERT (memcmp (got, want, size) == 0);
+  for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+    size_t step = steps[i];
+
+    memset (got, 0, size);
+    for (uint64_t o = 0; o < size; o += step)
+      CU_ASSERT_EQUAL (sc_ep_pread (image, got + o, SC_MIN (step, size - o),
+                                    o), 0);
+    CU_ASSERT (memcmp (got, want, size) == 0);
+  }
+  CU_ASSERT_EQUAL (sc_ep_pread (image, got, 1, size), -1);
+
+  /* Copied to a file in pieces: what copy_to declines is written. */
+  dst = sc_endpoint_open_fd_target (fileno (dst_file), "dst", size);
+  CU_ASSERT_FATAL (dst != NULL);
+  for (uint64_t o = 0; o < size; o += 3 * cs) {
+    uint64_t n = SC_MIN (3 * cs, size - o);
+    int r = sc_ep_copy_range (image, o, dst, o, n);
+
+    CU_ASSERT (r == 0 || r == 1);
+    if (r == 1)
+      CU_ASSERT (sc_ep_pread (image, buf, n, o) == 0
+                 && sc_ep_pwrite (dst, buf, n, o) == 0);
+  }
+  memset (got, 0, size);
+  CU_ASSERT_EQUAL (sc_ep_pread (dst, got, size, 0), 0);
+  CU_ASSERT (memcmp (got, want, size) == 0);
+
+  sc_ep_close (dst);
+  sc_ep_close (image);
+  sc_ep_close (src);
+  fclose (src_file);
+  fclose (spill_file);
+  fclose (dst_file);
+  free (want);
+  free (got);
+  free (buf);
+  free (data);
+  qcow2_plan_free (&p);
+}
+
 int
 main (void)
 {
@@ -309,7 +430,8 @@ main (void)
                        test_refcount_every_order)
       || !CU_add_test (s, "refcount layout fixed point",
                        test_layout_fixed_point)
-      || !CU_add_test (s, "plan placement", test_plan_placement)) {
+      || !CU_add_test (s, "plan placement", test_plan_placement)
+      || !CU_add_test (s, "planned image", test_planned_image)) {
     CU_cleanup_registry ();
     return EXIT_FAILURE;
   }
