@@ -519,8 +519,18 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
 static int
 write_image (struct pack *pk, struct sc_endpoint *dst)
 {
+  /* A target that takes one write at a time (a stream) is written by
+   * one thread, in order.  When the image comes from local files only
+   * (the source, or the spill file that holds a stream), reading a
+   * piece is one copy out of the page cache, and handing it from a
+   * worker to that thread costs more than reading it there: 1.13 s
+   * against 1.07 s for 2.4 GB into a pipe.
+   */
+  bool in_order = !(dst->flags & SC_EP_SEEKABLE)
+                  || !(dst->flags & SC_EP_THREAD_SAFE);
+  bool local = pk->spill_all || sc_ep_local_fd (pk->src) >= 0;
   struct sc_copy_opts copy = {
-    .threads = pk->opts->threads,
+    .threads = in_order && local ? 1 : pk->opts->threads,
     .request_size = WRITE_REQUEST_SIZE,
     .progress = pk->opts->progress ? write_progress : NULL,
     .progress_opaque = pk,
