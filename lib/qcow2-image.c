@@ -117,46 +117,42 @@ image_pread (struct sc_endpoint *ep, void *buf, size_t count,
   uint64_t cs = p->h.cluster_size;
   unsigned char *b = buf;
   CLEANUP_FREE unsigned char *cluster = NULL;
-  uint64_t end;
+  uint64_t end, pos, n, guest;
 
   if (SC_ADD_OVERFLOW (offset, (uint64_t) count, &end) || end > ep->size) {
     sc_set_error (EINVAL, "read beyond the end of the image");
     return -1;
   }
-  while (count > 0) {
-    uint64_t n, guest;
+  for (pos = offset; pos < end; pos += n) {
     int r;
 
-    if (offset < p->data_offset) {
+    if (pos < p->data_offset) {
       /* Metadata, made a cluster at a time. */
-      uint64_t skip = offset % cs;
+      uint64_t skip = pos % cs;
 
-      n = SC_MIN (count, cs - skip);
+      n = SC_MIN (end - pos, cs - skip);
       if (n == cs)
-        r = qcow2_plan_metadata (p, offset / cs, b);
+        r = qcow2_plan_metadata (p, pos / cs, b + (pos - offset));
       else {
         if (cluster == NULL && (cluster = malloc (cs)) == NULL) {
           sc_set_error (errno, "out of memory");
           return -1;
         }
-        r = qcow2_plan_metadata (p, offset / cs, cluster);
+        r = qcow2_plan_metadata (p, pos / cs, cluster);
         if (r == 0)
-          memcpy (b, cluster + skip, n);
+          memcpy (b + (pos - offset), cluster + skip, n);
       }
     }
     else {
-      uint64_t rel = offset - p->data_offset;
+      uint64_t rel = pos - p->data_offset;
 
-      if (place_at (im, rel, count, &n, &guest) == PLACE_SOURCE)
-        r = read_source (im, b, n, guest);
+      if (place_at (im, rel, end - pos, &n, &guest) == PLACE_SOURCE)
+        r = read_source (im, b + (pos - offset), n, guest);
       else
-        r = read_spill (im, b, n, rel);
+        r = read_spill (im, b + (pos - offset), n, rel);
     }
     if (r == -1)
       return -1;
-    b += n;
-    offset += n;
-    count -= n;
   }
   return 0;
 }
