@@ -318,4 +318,14 @@ extern struct sc_endpoint *sc_null_target_new (uint64_t size);
 extern void sc_null_target_counts (struct sc_endpoint *ep, uint64_t *written,
                                    uint64_t *zeroed);
 
+/* endpoint-memory.c: len bytes that the caller keeps until the endpoint
+ * is closed, as a seekable, thread-safe source (everything is data) or,
+ * with stream, as a stream source read once in order (SC_EP_STREAM).
+ * name is for messages only: it is never opened.
+ */
+extern struct sc_endpoint *sc_memory_source_new (const void *bytes,
+                                                 size_t len,
+                                                 const char *name,
+                                                 bool stream);
+
 #endif /* SPARSECOW_ENDPOINT_H */

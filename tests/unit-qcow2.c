@@ -1089,47 +1089,13 @@ test_reader_threads (void)
 /* An endpoint over bytes in memory, as an NBD export or a fuzzer would
  * serve them: pread only, no extents, no local descriptor.
  */
-struct mem_ep {
-  struct sc_endpoint ep;
-  const unsigned char *bytes;
-};
-
-static int
-mem_pread (struct sc_endpoint *ep, void *buf, size_t count, uint64_t offset)
-{
-  struct mem_ep *m = (struct mem_ep *) ep;
-
-  if (offset > ep->size || count > ep->size - offset) {
-    sc_set_error (EIO, "read past the end of the buffer");
-    return -1;
-  }
-  memcpy (buf, m->bytes + offset, count);
-  return 0;
-}
-
-static int
-mem_close (struct sc_endpoint *ep)
-{
-  sc_ep_free (ep);
-  return 0;
-}
-
-static const struct sc_endpoint_ops mem_ops = {
-  .kind = "memory",
-  .pread = mem_pread,
-  .close = mem_close,
-};
-
 static struct sc_endpoint *
 mem_ep_new (const unsigned char *bytes, size_t len, const char *name)
 {
-  struct mem_ep *m = sc_ep_new (sizeof *m, &mem_ops, name);
+  struct sc_endpoint *ep = sc_memory_source_new (bytes, len, name, false);
 
-  CU_ASSERT_PTR_NOT_NULL_FATAL (m);
-  m->bytes = bytes;
-  m->ep.size = len;
-  m->ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE;
-  return &m->ep;
+  CU_ASSERT_PTR_NOT_NULL_FATAL (ep);
+  return ep;
 }
 
 /* Write bytes to path as a sparse file: clusters of zeros are holes. */
