@@ -1,0 +1,179 @@
+/* Fuzz target: any byte string as a qcow2 image file, served from
+ * memory through a source endpoint.
+ *
+ * The image is opened as the reader opens it (no_external_files, so a
+ * backing file or data file name resolves to nothing outside the
+ * input), its guest view is walked extent by extent and read, mapped
+ * and described as "info" does, the first snapshot is opened and read
+ * the same way, and the image is checked.  Any failure must come with
+ * a message; the extents must keep the endpoint contract; ranges said
+ * to read as zero must read as zero.
+ */
+#include <config.h>
+
+#include <string.h>
+
+#include "fuzz.h"
+
+/* Guest bytes read per request, as the copy engine asks. */
+#define READ_REQUEST (1024 * 1024)
+
+static unsigned char read_buf[READ_REQUEST];
+
+/* Read [offset, offset + length) of the guest view within *budget. */
+static void
+read_range (struct sc_endpoint *guest, uint64_t offset, uint64_t length,
+            bool zero, uint64_t *budget)
+{
+  while (length > 0 && *budget > 0) {
+    size_t n = (size_t) SC_MIN (length, SC_MIN (*budget,
+                                                (uint64_t) READ_REQUEST));
+
+    FUZZ_CLEAR_ERROR ();
+    if (sc_ep_pread (guest, read_buf, n, offset) == -1) {
+      FUZZ_ASSERT_ERROR ();
+      /* A damaged cluster: the rest may still be read. */
+    }
+    else if (zero)
+      FUZZ_ASSERT (sc_is_zero (read_buf, n));
+    offset += n;
+    length -= n;
+    *budget -= n;
+  }
+}
+
+/* Walk the guest view front to back by its extents, reading data and
+ * zero ranges until the budget is spent.
+ */
+static void
+read_guest (struct sc_qcow2 *q)
+{
+  struct sc_endpoint *guest;
+  struct sc_extent_list list;
+  uint64_t offset = 0, size, budget = FUZZ_DATA_BUDGET;
+
+  FUZZ_CLEAR_ERROR ();
+  guest = sc_qcow2_endpoint (q);
+  if (guest == NULL) {
+    FUZZ_ASSERT_ERROR ();
+    return;
+  }
+  size = guest->size;
+  FUZZ_ASSERT (size == sc_qcow2_virtual_size (q));
+  sc_extent_list_init (&list);
+  while (offset < size) {
+    uint64_t pos = offset;
+
+    list.len = 0;
+    FUZZ_CLEAR_ERROR ();
+    if (sc_ep_extents (guest, offset, size - offset, &list) == -1) {
+      FUZZ_ASSERT_ERROR ();
+      break;
+    }
+    /* Sorted, contiguous, starting at offset, and never empty: the
+     * caller asks again from where the answer ends.
+     */
+    FUZZ_ASSERT (list.len > 0);
+    for (size_t i = 0; i < list.len; i++) {
+      const struct sc_extent *e = &list.ext[i];
+      uint64_t len;
+
+      FUZZ_ASSERT (e->offset == pos);
+      FUZZ_ASSERT (e->length > 0);
+      if (pos >= size)
+        break;
+      len = SC_MIN (e->length, size - pos);
+      read_range (guest, pos, len, (e->flags & SC_EXTENT_ZERO) != 0,
+                  &budget);
+      pos += len;
+    }
+    offset = pos;
+  }
+  sc_extent_list_free (&list);
+  sc_ep_close (guest);
+}
+
+/* Map runs must tile the guest in order. */
+static int
+map_entry (const struct sc_map_entry *e, void *opaque)
+{
+  uint64_t *next = opaque;
+
+  FUZZ_ASSERT (e->start == *next);
+  FUZZ_ASSERT (e->length > 0);
+  *next = e->start + e->length;
+  return 0;
+}
+
+static void
+describe (struct sc_qcow2 *q, char **first_snapshot)
+{
+  struct sc_qcow2_info info;
+  uint64_t next = 0;
+
+  FUZZ_CLEAR_ERROR ();
+  if (sc_qcow2_map (q, map_entry, &next) == -1)
+    FUZZ_ASSERT_ERROR ();
+  else
+    FUZZ_ASSERT (next == sc_qcow2_virtual_size (q));
+
+  FUZZ_CLEAR_ERROR ();
+  if (sc_qcow2_get_info (q, &info) == -1) {
+    FUZZ_ASSERT_ERROR ();
+    return;
+  }
+  FUZZ_ASSERT (info.virtual_size == sc_qcow2_virtual_size (q));
+  if (first_snapshot && info.nb_snapshots > 0) {
+    *first_snapshot = strdup (info.snapshots[0].id);
+    FUZZ_ASSERT (*first_snapshot != NULL);
+  }
+  sc_qcow2_info_free (&info);
+}
+
+int
+LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
+{
+  struct sc_qcow2_open_opts opts = { .no_external_files = true };
+  struct sc_check_result result;
+  struct sc_endpoint *file;
+  struct sc_qcow2 *q;
+  char *snapshot = NULL;
+
+  file = sc_memory_source_new (data, size, "fuzz.qcow2", false);
+  FUZZ_ASSERT (file != NULL);
+
+  FUZZ_CLEAR_ERROR ();
+  q = sc_qcow2_open_endpoint (file, &opts);
+  if (q == NULL)
+    FUZZ_ASSERT_ERROR ();
+  else {
+    read_guest (q);
+    describe (q, &snapshot);
+    sc_qcow2_close (q);
+  }
+
+  if (snapshot) {
+    opts.snapshot = snapshot;
+    FUZZ_CLEAR_ERROR ();
+    q = sc_qcow2_open_endpoint (file, &opts);
+    if (q == NULL)
+      FUZZ_ASSERT_ERROR ();
+    else {
+      read_guest (q);
+      describe (q, NULL);
+      sc_qcow2_close (q);
+    }
+    free (snapshot);
+  }
+
+  FUZZ_CLEAR_ERROR ();
+  if (sc_qcow2_check_endpoint (file, &result) == -1)
+    FUZZ_ASSERT_ERROR ();
+  else {
+    FUZZ_ASSERT (result.nb_messages == 0 || result.messages != NULL);
+    sc_check_result_free (&result);
+  }
+
+  FUZZ_ASSERT (sc_ep_close (file) == 0);
+  return 0;
+}

@@ -1,0 +1,64 @@
+# Fuzz targets: fragment included by Makefile.am.
+#
+# Each target's source builds twice: as a libFuzzer program with
+# --enable-fuzzing ("make fuzz" runs each for FUZZ_SECONDS), and always
+# as a replay program that runs saved inputs once, which "make check"
+# runs over the seed corpus and the regression inputs.
+
+FUZZ_NAMES = qcow2 stream
+FUZZ_COMMON = fuzz/fuzz.h
+
+check_PROGRAMS += fuzz/replay-qcow2 fuzz/replay-stream
+fuzz_replay_qcow2_SOURCES = $(FUZZ_COMMON) fuzz/fuzz-qcow2.c fuzz/replay.c
+fuzz_replay_qcow2_LDADD = lib/libsccore.la
+fuzz_replay_stream_SOURCES = $(FUZZ_COMMON) fuzz/fuzz-stream.c fuzz/replay.c
+fuzz_replay_stream_LDADD = lib/libsccore.la
+
+TESTS += tests/fuzz-replay.sh
+EXTRA_DIST += tests/fuzz-replay.sh fuzz/make-seeds.sh fuzz/qcow2.dict \
+	tests/fuzz-regressions
+
+# The seed corpus: images made by qemu-img, qemu-io and sparsecow pack
+# (make-seeds.sh exits 77 without qemu: no seeds, only regressions).
+fuzz/seeds.stamp: $(srcdir)/fuzz/make-seeds.sh src/sparsecow$(EXEEXT)
+	$(AM_V_GEN)rm -rf fuzz/seeds; \
+	$(SHELL) $(srcdir)/fuzz/make-seeds.sh fuzz/seeds src/sparsecow$(EXEEXT) \
+	  || test $$? = 77; \
+	mkdir -p fuzz/seeds && touch $@
+tests/fuzz-replay.log: fuzz/seeds.stamp
+CLEANFILES += fuzz/seeds.stamp
+clean-local: clean-fuzz
+clean-fuzz:
+	rm -rf fuzz/seeds fuzz/corpus-*
+
+# Bounded runs: each input at most 1 s and 2 GiB, inputs at most 1 MiB.
+FUZZ_SECONDS = 60
+FUZZ_FLAGS = -timeout=1 -rss_limit_mb=2048 -max_len=1048576 \
+	-dict=$(srcdir)/fuzz/qcow2.dict
+
+if ENABLE_FUZZING
+noinst_PROGRAMS = fuzz/fuzz-qcow2 fuzz/fuzz-stream
+fuzz_fuzz_qcow2_SOURCES = $(FUZZ_COMMON) fuzz/fuzz-qcow2.c
+fuzz_fuzz_qcow2_LDFLAGS = $(AM_LDFLAGS) -fsanitize=fuzzer
+fuzz_fuzz_qcow2_LDADD = lib/libsccore.la
+fuzz_fuzz_stream_SOURCES = $(FUZZ_COMMON) fuzz/fuzz-stream.c
+fuzz_fuzz_stream_LDFLAGS = $(AM_LDFLAGS) -fsanitize=fuzzer
+fuzz_fuzz_stream_LDADD = lib/libsccore.la
+
+# Each target in turn, one core, for FUZZ_SECONDS.  New inputs go to
+# fuzz/corpus-NAME (kept between runs); a crash stops with its input
+# saved as fuzz/crash-NAME-*, to be added to tests/fuzz-regressions/.
+fuzz: fuzz/seeds.stamp $(noinst_PROGRAMS)
+	@set -e; for t in $(FUZZ_NAMES); do \
+	  mkdir -p fuzz/corpus-$$t; \
+	  echo "== fuzz-$$t: $(FUZZ_SECONDS) s"; \
+	  fuzz/fuzz-$$t -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS) \
+	    -artifact_prefix=fuzz/crash-$$t- fuzz/corpus-$$t fuzz/seeds \
+	    $(srcdir)/tests/fuzz-regressions; \
+	done
+else
+fuzz:
+	@echo "make fuzz: configure with --enable-fuzzing (and CC=clang)" >&2; \
+	exit 1
+endif
+.PHONY: fuzz clean-fuzz

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The fuzz targets without libFuzzer: every seed image (made by the
+# build from qemu-img images) and every input under fuzz-regressions/
+# (each one crashed, hung or exhausted memory once) runs once through
+# both targets, under the sanitizers of the build.  Each run must end
+# in time with no report.
+. "${srcdir:-$(dirname "$0")}/functions.sh"
+requires timeout
+
+replay () {
+  local prog=$top_builddir/fuzz/replay-$1; shift
+  [ -x "$prog" ] || fail "$prog is not built"
+  # One second per input is what libFuzzer allows; the replay build is
+  # slower (gcc, no optimisation), so the whole batch gets ten times as
+  # much as its inputs' count, and sixty seconds at least.
+  local limit=$(( $# * 10 > 60 ? $# * 10 : 60 ))
+  timeout "$limit" $SC_VALGRIND "$prog" "$@" 2>"$tmp/replay.err" || {
+    tail -40 "$tmp/replay.err" >&2; fail "replay-$(basename "$prog"): exit $?"; }
+}
+
+inputs=()
+for f in "$top_builddir"/fuzz/seeds/* "$srcdir"/fuzz-regressions/*; do
+  [ -f "$f" ] && [ "$(basename "$f")" != README ] && inputs+=("$f")
+done
+[ ${#inputs[@]} -gt 0 ] || fail "no inputs"
+seeds=$(find "$top_builddir/fuzz/seeds" -type f | wc -l)
+[ "$seeds" -gt 0 ] || echo "$0: no seed corpus (qemu-img missing?): regressions only"
+
+replay qcow2 "${inputs[@]}"
+replay stream "${inputs[@]}"
+echo "replayed ${#inputs[@]} inputs ($seeds seeds) through both targets"
