@@ -1,21 +1,23 @@
 #!/bin/bash
 # Set up a Debian 12 machine for sparsecow, build it, and then either
-# run the main job on a sample it makes ("demo") or run the whole test
-# suite ("check", built with AddressSanitizer and UBSan).  Run as root
-# from the top of the source tree.
+# run the main job on a sample it makes ("demo"), run the whole test
+# suite ("check", built with AddressSanitizer and UBSan), or run each
+# libFuzzer target for FUZZ_SECONDS, 60 by default ("fuzz", built with
+# clang).  Run as root from the top of the source tree.
 set -euo pipefail
 
 mode=${1:-demo}
 case "$mode" in
-  demo|check) ;;
-  *) echo "usage: $0 demo|check" >&2; exit 2 ;;
+  demo|check|fuzz) ;;
+  *) echo "usage: $0 demo|check|fuzz" >&2; exit 2 ;;
 esac
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 packages=(autoconf automake libtool pkg-config make gcc
           zlib1g-dev libzstd-dev libnbd-dev libcunit1-dev
-          qemu-utils nbdkit libnbd-bin e2fsprogs xfsprogs python3 valgrind jq)
+          qemu-utils nbdkit libnbd-bin e2fsprogs xfsprogs python3 valgrind jq
+          clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -34,11 +36,20 @@ cd "$builddir"
 if [ ! -f Makefile ]; then
   if [ "$mode" = check ]; then
     "$top/configure" --enable-werror --enable-sanitizers
+  elif [ "$mode" = fuzz ]; then
+    # No --enable-werror: clang does not know every warning option.
+    "$top/configure" CC=clang --enable-fuzzing
   else
     "$top/configure" --enable-werror
   fi
 fi
 make -j"$(nproc)"
+
+if [ "$mode" = fuzz ]; then
+  echo "== running each fuzz target for ${FUZZ_SECONDS:-60} s"
+  make fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+  exit 0
+fi
 
 if [ "$mode" = check ]; then
   echo "== running the test suite"
