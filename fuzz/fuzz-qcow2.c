@@ -17,6 +17,15 @@
 
 /* Guest bytes read per request, as the copy engine asks. */
 #define READ_REQUEST (1024 * 1024)
+/* Extents are asked for a window at a time, as the copy engine asks
+ * (copy.c): the window doubles while it holds few extents and halves
+ * while it holds many, so neither the list nor the number of requests
+ * grows with the virtual size.
+ */
+#define MIN_WINDOW ((uint64_t) 64 * 1024 * 1024)
+#define FIRST_WINDOW ((uint64_t) 1024 * 1024 * 1024)
+#define FEW_EXTENTS 64
+#define MANY_EXTENTS 4096
 
 static unsigned char read_buf[READ_REQUEST];
 
@@ -51,6 +60,7 @@ read_guest (struct sc_qcow2 *q)
   struct sc_endpoint *guest;
   struct sc_extent_list list;
   uint64_t offset = 0, size, budget = FUZZ_DATA_BUDGET;
+  uint64_t window = FIRST_WINDOW;
 
   FUZZ_CLEAR_ERROR ();
   guest = sc_qcow2_endpoint (q);
@@ -62,11 +72,11 @@ read_guest (struct sc_qcow2 *q)
   FUZZ_ASSERT (size == sc_qcow2_virtual_size (q));
   sc_extent_list_init (&list);
   while (offset < size) {
-    uint64_t pos = offset;
+    uint64_t pos = offset, stop = offset + SC_MIN (window, size - offset);
 
     list.len = 0;
     FUZZ_CLEAR_ERROR ();
-    if (sc_ep_extents (guest, offset, size - offset, &list) == -1) {
+    if (sc_ep_extents (guest, offset, stop - offset, &list) == -1) {
       FUZZ_ASSERT_ERROR ();
       break;
     }
@@ -80,14 +90,18 @@ read_guest (struct sc_qcow2 *q)
 
       FUZZ_ASSERT (e->offset == pos);
       FUZZ_ASSERT (e->length > 0);
-      if (pos >= size)
+      if (pos >= stop)
         break;
-      len = SC_MIN (e->length, size - pos);
+      len = SC_MIN (e->length, stop - pos);
       read_range (guest, pos, len, (e->flags & SC_EXTENT_ZERO) != 0,
                   &budget);
       pos += len;
     }
     offset = pos;
+    if (list.len < FEW_EXTENTS && window <= UINT64_MAX / 2)
+      window *= 2;
+    else if (list.len > MANY_EXTENTS && window / 2 >= MIN_WINDOW)
+      window /= 2;
   }
   sc_extent_list_free (&list);
   sc_ep_close (guest);
