@@ -27,6 +27,23 @@ qcow2_l1_entry_faults (const struct qcow2_header *h, uint64_t l1e)
   return faults;
 }
 
+static int
+cmp_offset (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+uint64_t
+qcow2_l1_shared_l2 (uint64_t *l2_offsets, size_t n)
+{
+  qsort (l2_offsets, n, sizeof *l2_offsets, cmp_offset);
+  for (size_t i = 1; i < n; i++)
+    if (l2_offsets[i] != 0 && l2_offsets[i] == l2_offsets[i - 1])
+      return l2_offsets[i];
+  return 0;
+}
+
 void
 qcow2_l2_entry_get (const struct qcow2_header *h, const void *table,
                     uint64_t index, uint64_t *l2e, uint64_t *bitmap)

@@ -531,13 +531,6 @@ write_guest (struct stream_unpack *s, const void *buf, size_t len,
   return s->fresh ? 0 : ranges_add (&s->written, guest, guest + len);
 }
 
-static int
-cmp_u64 (const void *a, const void *b)
-{
-  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-  return x < y ? -1 : x > y;
-}
-
 /* Two L1 entries naming one L2 table is damage, and in a stream it
  * would multiply the work of that table without bound: refuse it.
  */
@@ -545,30 +538,22 @@ static int
 check_l2_offsets (const struct qcow2_header *h, const unsigned char *p)
 {
   uint64_t *offs = malloc ((size_t) h->l1_size * sizeof *offs);
-  size_t n = 0;
-  int ret = 0;
+  uint64_t shared;
 
   if (offs == NULL) {
     sc_set_error (errno, "out of memory");
     return -1;
   }
-  for (uint64_t i = 0; i < h->l1_size; i++) {
-    uint64_t off = sc_get_be64 (p + i * QCOW2_L1E_SIZE)
-      & QCOW2_L1E_OFFSET_MASK;
-    if (off != 0)
-      offs[n++] = off;
-  }
-  qsort (offs, n, sizeof *offs, cmp_u64);
-  for (size_t i = 1; i < n; i++) {
-    if (offs[i] == offs[i - 1]) {
-      sc_set_error (EINVAL, "the L2 table at host offset %" PRIu64
-                    " is named by two L1 entries", offs[i]);
-      ret = -1;
-      break;
-    }
-  }
+  for (uint64_t i = 0; i < h->l1_size; i++)
+    offs[i] = sc_get_be64 (p + i * QCOW2_L1E_SIZE) & QCOW2_L1E_OFFSET_MASK;
+  shared = qcow2_l1_shared_l2 (offs, h->l1_size);
   free (offs);
-  return ret;
+  if (shared != 0) {
+    sc_set_error (EINVAL, "the L2 table at host offset %" PRIu64
+                  " is named by two L1 entries", shared);
+    return -1;
+  }
+  return 0;
 }
 
 static int

@@ -291,6 +291,13 @@ extern int qcow2_header_extensions (struct sc_endpoint *ep,
  */
 extern unsigned qcow2_l1_entry_faults (const struct qcow2_header *h,
                                        uint64_t l1e);
+/* The L2 table offset that two entries of one L1 table name, or 0 if
+ * none does; l2_offsets (n of them, 0 = no table) is sorted in place.
+ * qemu never writes such a table, and one L2 table named by every entry
+ * of a large L1 table would make a small image cost as much to walk as
+ * one of that many tables: the reader and the stream decoder refuse it.
+ */
+extern uint64_t qcow2_l1_shared_l2 (uint64_t *l2_offsets, size_t n);
 /* Entry index of an L2 table (one cluster, as on disk): the entry in
  * host order in *l2e and its subcluster bitmap in *bitmap (0 without
  * extended L2 entries).
