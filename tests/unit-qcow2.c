@@ -1300,6 +1300,68 @@ test_stream_refused (void)
   close (p[1]);
 }
 
+/* Bytes in memory read as a pipe: once, in order, the size known at
+ * the end; and the stream decoder takes an image from there.
+ */
+static void
+test_memory_stream (void)
+{
+  CLEANUP_FREE char *raw = NULL;
+  CLEANUP_FREE unsigned char *back = malloc (R_VSIZE);
+  CLEANUP_FREE unsigned char *rest = malloc (reader_len);
+  unsigned char buf[64];
+  struct sc_endpoint *ep, *dst;
+  size_t got;
+  FILE *fp;
+
+  CU_ASSERT_PTR_NOT_NULL_FATAL (back);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (rest);
+  ep = sc_memory_source_new (reader_img, reader_len, "mem.qcow2", true);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (ep);
+  CU_ASSERT_TRUE (sc_endpoint_is_stream (ep));
+  CU_ASSERT_EQUAL (sc_endpoint_size (ep), 0);
+  CU_ASSERT_EQUAL (sc_ep_read_some (ep, buf, sizeof buf, 0, &got), 0);
+  CU_ASSERT_EQUAL (got, sizeof buf);
+  CU_ASSERT_EQUAL (memcmp (buf, reader_img, sizeof buf), 0);
+  /* Not where the last read ended. */
+  CU_ASSERT_EQUAL (sc_ep_read_some (ep, buf, sizeof buf, 0, &got), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), EINVAL);
+  CU_ASSERT_EQUAL (sc_endpoint_size (ep), 0);
+  /* The rest, and the end. */
+  CU_ASSERT_EQUAL (sc_ep_pread (ep, rest, reader_len - 2 * sizeof buf,
+                                sizeof buf), 0);
+  CU_ASSERT_EQUAL (memcmp (rest, reader_img + sizeof buf,
+                           reader_len - 2 * sizeof buf), 0);
+  CU_ASSERT_EQUAL (sc_ep_read_some (ep, buf, sizeof buf,
+                                    reader_len - sizeof buf, &got), 0);
+  CU_ASSERT_EQUAL (got, sizeof buf);
+  CU_ASSERT_EQUAL (sc_endpoint_size (ep), 0);
+  CU_ASSERT_EQUAL (sc_ep_read_some (ep, buf, sizeof buf, reader_len,
+                                    &got), 0);
+  CU_ASSERT_EQUAL (got, 0);
+  CU_ASSERT_EQUAL (sc_endpoint_size (ep), reader_len);
+  CU_ASSERT_EQUAL (sc_ep_close (ep), 0);
+
+  /* The decoder reads it as it would read a pipe. */
+  if (asprintf (&raw, "%s/stream.raw", tmpdir) == -1)
+    abort ();
+  ep = sc_memory_source_new (reader_img, reader_len, "mem.qcow2", true);
+  dst = sc_endpoint_open_target (raw, 0, 0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (ep);
+  CU_ASSERT_PTR_NOT_NULL_FATAL (dst);
+  CU_ASSERT_EQUAL_FATAL (sc_unpack (ep, dst, NULL), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_commit (dst), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_close (dst), 0);
+  CU_ASSERT_EQUAL (sc_ep_close (ep), 0);
+  fp = fopen (raw, "r");
+  CU_ASSERT_PTR_NOT_NULL_FATAL (fp);
+  CU_ASSERT_EQUAL (fread (back, 1, R_VSIZE, fp), R_VSIZE);
+  CU_ASSERT_EQUAL (fgetc (fp), EOF);
+  fclose (fp);
+  CU_ASSERT_TRUE (check_range (back, 0, R_VSIZE));
+  unlink (raw);
+}
+
 /* Broken tables are found when they are used, with a message. */
 static void
 test_reader_bad_tables (void)
@@ -1379,6 +1441,7 @@ main (void)
   CU_add_test (s, "check through an endpoint", test_check_endpoint);
   CU_add_test (s, "no external files", test_no_external_files);
   CU_add_test (s, "streams are refused", test_stream_refused);
+  CU_add_test (s, "an image in memory as a stream", test_memory_stream);
   CU_add_test (s, "bad tables", test_reader_bad_tables);
   CU_basic_set_mode (CU_BRM_VERBOSE);
   CU_basic_run_tests ();
