@@ -147,7 +147,9 @@ describe (struct sc_qcow2 *q, char **first_snapshot)
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
-  struct sc_qcow2_open_opts opts = { .no_external_files = true };
+  /* The smallest L2 cache, so that inputs of a few tables evict too. */
+  struct sc_qcow2_open_opts opts = { .no_external_files = true,
+                                     .cache_bytes = 1 };
   struct sc_check_result result;
   struct sc_endpoint *file;
   struct sc_qcow2 *q;
