@@ -28,7 +28,8 @@
 #include "qcow2.h"
 
 /* Chunks are a multiple of every cluster size, so that a cluster-sized
- * item never spans two of them.
+ * item never spans two of them.  (Tests pass smaller ones, a power of
+ * two: images with larger clusters are then refused.)
  */
 #define CHUNK_SIZE (4U * 1024 * 1024)
 /* The largest cluster: the first chunk always holds the header cluster. */
@@ -112,6 +113,7 @@ struct stream_unpack {
   uint64_t part_bytes;
 
   /* The chunk in memory: bytes [chunk_off, chunk_off + chunk_len). */
+  size_t chunk_size;            /* bytes read at a time */
   unsigned char *chunk;
   uint64_t chunk_off;
   size_t chunk_len;
@@ -731,11 +733,11 @@ read_chunk (struct stream_unpack *s)
 
   s->chunk_off += s->chunk_len;
   s->chunk_len = 0;
-  if (sc_ep_read_some (s->src, s->chunk, CHUNK_SIZE, s->chunk_off, &got)
-      == -1)
+  if (sc_ep_read_some (s->src, s->chunk, s->chunk_size, s->chunk_off,
+                       &got) == -1)
     return -1;
   s->chunk_len = got;
-  if (got < CHUNK_SIZE) {
+  if (got < s->chunk_size) {
     s->ended = true;
     s->stream_len = s->chunk_off + got;
   }
@@ -1011,7 +1013,7 @@ read_header (struct stream_unpack *s)
                   "be read from a stream");
     return -1;
   }
-  if (s->h.cluster_size > CHUNK_SIZE) {
+  if (s->h.cluster_size > s->chunk_size) {
     sc_set_error (EINVAL, "cluster size %" PRIu32 " is too large",
                   s->h.cluster_size);
     return -1;
@@ -1028,9 +1030,19 @@ int
 qcow2_unpack_stream (struct sc_endpoint *src, struct sc_endpoint *dst,
                      sc_progress_fn progress, void *progress_opaque)
 {
+  return qcow2_unpack_stream_chunked (src, dst, CHUNK_SIZE, progress,
+                                      progress_opaque);
+}
+
+int
+qcow2_unpack_stream_chunked (struct sc_endpoint *src,
+                             struct sc_endpoint *dst, size_t chunk_size,
+                             sc_progress_fn progress, void *progress_opaque)
+{
   const char *target = dst->name;
   struct stream_unpack s = {
     .src = src, .dst = dst, .name = src->name, .spill_fd = -1,
+    .chunk_size = chunk_size,
     .progress = progress, .progress_opaque = progress_opaque,
   };
   int ret = -1;
@@ -1039,7 +1051,15 @@ qcow2_unpack_stream (struct sc_endpoint *src, struct sc_endpoint *dst,
     sc_set_error (EINVAL, "%s: not a stream", src->name);
     return -1;
   }
-  s.chunk = malloc (CHUNK_SIZE);
+  if (chunk_size < ((size_t) 1 << QCOW2_MIN_CLUSTER_BITS)
+      || chunk_size > CHUNK_SIZE
+      || (chunk_size & (chunk_size - 1)) != 0) {
+    sc_set_error (EINVAL, "chunk size %zu is not a power of two from "
+                  "512 bytes to %u MiB", chunk_size,
+                  CHUNK_SIZE / (1024 * 1024));
+    return -1;
+  }
+  s.chunk = malloc (chunk_size);
   if (s.chunk == NULL) {
     sc_set_error (errno, "out of memory");
     return -1;

@@ -575,5 +575,15 @@ extern int qcow2_unpack_stream (struct sc_endpoint *src,
                                 struct sc_endpoint *dst,
                                 sc_progress_fn progress,
                                 void *progress_opaque);
+/* The same, reading chunk_size bytes at a time (a power of two from
+ * the smallest cluster up to the default of 4 MiB) instead of the
+ * default: images with larger clusters are refused.  Small chunks make
+ * small images span many of them, for tests of what crosses a chunk.
+ */
+extern int qcow2_unpack_stream_chunked (struct sc_endpoint *src,
+                                        struct sc_endpoint *dst,
+                                        size_t chunk_size,
+                                        sc_progress_fn progress,
+                                        void *progress_opaque);
 
 #endif /* SPARSECOW_QCOW2_H */

@@ -1342,24 +1342,51 @@ test_memory_stream (void)
   CU_ASSERT_EQUAL (sc_endpoint_size (ep), reader_len);
   CU_ASSERT_EQUAL (sc_ep_close (ep), 0);
 
-  /* The decoder reads it as it would read a pipe. */
+  /* The decoder reads it as it would read a pipe: in its own chunks,
+   * and in chunks of one cluster, where every table and data cluster
+   * is in a chunk of its own.
+   */
   if (asprintf (&raw, "%s/stream.raw", tmpdir) == -1)
     abort ();
-  ep = sc_memory_source_new (reader_img, reader_len, "mem.qcow2", true);
-  dst = sc_endpoint_open_target (raw, 0, 0);
-  CU_ASSERT_PTR_NOT_NULL_FATAL (ep);
-  CU_ASSERT_PTR_NOT_NULL_FATAL (dst);
-  CU_ASSERT_EQUAL_FATAL (sc_unpack (ep, dst, NULL), 0);
-  CU_ASSERT_EQUAL (sc_endpoint_commit (dst), 0);
-  CU_ASSERT_EQUAL (sc_endpoint_close (dst), 0);
-  CU_ASSERT_EQUAL (sc_ep_close (ep), 0);
-  fp = fopen (raw, "r");
-  CU_ASSERT_PTR_NOT_NULL_FATAL (fp);
-  CU_ASSERT_EQUAL (fread (back, 1, R_VSIZE, fp), R_VSIZE);
-  CU_ASSERT_EQUAL (fgetc (fp), EOF);
-  fclose (fp);
-  CU_ASSERT_TRUE (check_range (back, 0, R_VSIZE));
+  for (int pass = 0; pass < 2; pass++) {
+    ep = sc_memory_source_new (reader_img, reader_len, "mem.qcow2", true);
+    dst = sc_endpoint_open_target (raw, 0, SC_TARGET_FORCE);
+    CU_ASSERT_PTR_NOT_NULL_FATAL (ep);
+    CU_ASSERT_PTR_NOT_NULL_FATAL (dst);
+    if (pass == 0) {
+      CU_ASSERT_EQUAL_FATAL (sc_unpack (ep, dst, NULL), 0);
+    }
+    else {
+      CU_ASSERT_EQUAL_FATAL (qcow2_unpack_stream_chunked (ep, dst, R_CS,
+                                                          NULL, NULL), 0);
+    }
+    CU_ASSERT_EQUAL (sc_endpoint_commit (dst), 0);
+    CU_ASSERT_EQUAL (sc_endpoint_close (dst), 0);
+    CU_ASSERT_EQUAL (sc_ep_close (ep), 0);
+    fp = fopen (raw, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL (fp);
+    memset (back, 0xff, R_VSIZE);
+    CU_ASSERT_EQUAL (fread (back, 1, R_VSIZE, fp), R_VSIZE);
+    CU_ASSERT_EQUAL (fgetc (fp), EOF);
+    fclose (fp);
+    CU_ASSERT_TRUE (check_range (back, 0, R_VSIZE));
+  }
   unlink (raw);
+
+  /* Chunks smaller than the smallest cluster, or not a power of two,
+   * are refused before anything is read.
+   */
+  ep = sc_memory_source_new (reader_img, reader_len, "mem.qcow2", true);
+  dst = sc_null_target_new (R_VSIZE);
+  CU_ASSERT_EQUAL (qcow2_unpack_stream_chunked (ep, dst, 256, NULL, NULL),
+                   -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), EINVAL);
+  CU_ASSERT_EQUAL (qcow2_unpack_stream_chunked (ep, dst, 3 * R_CS, NULL,
+                                                NULL), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), EINVAL);
+  CU_ASSERT_EQUAL (sc_endpoint_size (ep), 0);
+  sc_ep_close (dst);
+  sc_ep_close (ep);
 }
 
 /* Broken tables are found when they are used, with a message. */
