@@ -5,9 +5,10 @@
  * backing file or data file name resolves to nothing outside the
  * input), its guest view is walked extent by extent and read, mapped
  * and described as "info" does, the first snapshot is opened and read
- * the same way, and the image is checked.  Any failure must come with
- * a message; the extents must keep the endpoint contract; ranges said
- * to read as zero must read as zero.
+ * the same way, the image is unpacked by sc_unpack (the copy engine)
+ * into a sink that holds nothing, and the image is checked.  Any
+ * failure must come with a message; the extents must keep the endpoint
+ * contract; ranges said to read as zero must read as zero.
  */
 #include <config.h>
 
@@ -180,6 +181,18 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       sc_qcow2_close (q);
     }
     free (snapshot);
+  }
+
+  /* The copy engine, on one thread: the same on every run. */
+  {
+    struct sc_unpack_opts uopts = { .no_external_files = true,
+                                    .threads = 1 };
+    struct sc_endpoint *dst = fuzz_sink_new (false);
+
+    FUZZ_CLEAR_ERROR ();
+    if (sc_unpack (file, dst, &uopts) == -1)
+      FUZZ_ASSERT_ERROR ();
+    FUZZ_ASSERT (sc_ep_close (dst) == 0);
   }
 
   FUZZ_CLEAR_ERROR ();

@@ -9,9 +9,7 @@
  * gap and none twice.  Inputs are at most 1 MiB: only small chunks make
  * them reach what crosses a chunk (items that run on into the next
  * one, items learnt after their bytes went by, the spill file).
- * Targets hold nothing; they count, and refuse to take more than the
- * data budget so that an image of compressed zeros cannot make one
- * input run for minutes.
+ * The targets are fuzz sinks (sink.c).
  */
 #include <config.h>
 
@@ -20,78 +18,6 @@
 
 #define SMALL_CHUNK (64 * 1024)
 
-struct sink_ep {
-  struct sc_endpoint ep;
-  bool forward;                 /* written in order only */
-  uint64_t pos;                 /* forward: the next offset */
-  uint64_t written;             /* bytes given to pwrite */
-};
-
-static int
-sink_take (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
-           bool data)
-{
-  struct sink_ep *s = (struct sink_ep *) ep;
-  uint64_t end;
-
-  FUZZ_ASSERT (count > 0);
-  FUZZ_ASSERT (!SC_ADD_OVERFLOW (offset, count, &end));
-  FUZZ_ASSERT (end <= ep->size);
-  if (s->forward) {
-    FUZZ_ASSERT (offset == s->pos);
-    s->pos = end;
-  }
-  if (data) {
-    if (s->written + count > FUZZ_DATA_BUDGET) {
-      sc_set_error (ENOSPC, "the fuzz target holds only %u bytes of data",
-                    FUZZ_DATA_BUDGET);
-      return -1;
-    }
-    s->written += count;
-  }
-  return 0;
-}
-
-static int
-sink_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
-             uint64_t offset)
-{
-  return sink_take (ep, count, offset, true);
-}
-
-static int
-sink_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
-           unsigned flags)
-{
-  return sink_take (ep, count, offset, false);
-}
-
-/* Sized once, before any write. */
-static int
-sink_set_size (struct sc_endpoint *ep, uint64_t size)
-{
-  struct sink_ep *s = (struct sink_ep *) ep;
-
-  FUZZ_ASSERT (s->written == 0 && s->pos == 0);
-  ep->size = size;
-  return 0;
-}
-
-static int
-sink_close (struct sc_endpoint *ep)
-{
-  sc_ep_free (ep);
-  return 0;
-}
-
-static const struct sc_endpoint_ops sink_ops = {
-  .kind = "null",
-  .pwrite = sink_pwrite,
-  .zero = sink_zero,
-  .set_size = sink_set_size,
-  .close = sink_close,
-};
-
 /* Decode the input as a stream; chunk 0 is sc_unpack's own. */
 static void
 decode (const uint8_t *data, size_t size, bool forward, size_t chunk)
@@ -99,14 +25,10 @@ decode (const uint8_t *data, size_t size, bool forward, size_t chunk)
   int r;
   struct sc_unpack_opts opts = { .no_external_files = true, .threads = 1 };
   struct sc_endpoint *image, *dst;
-  struct sink_ep *s;
 
   image = sc_memory_source_new (data, size, "fuzz.qcow2", true);
-  s = sc_ep_new (sizeof *s, &sink_ops, "fuzz.raw");
-  FUZZ_ASSERT (image != NULL && s != NULL);
-  s->forward = forward;
-  s->ep.flags = forward ? 0 : SC_EP_SEEKABLE;
-  dst = &s->ep;
+  dst = fuzz_sink_new (forward);
+  FUZZ_ASSERT (image != NULL);
 
   FUZZ_CLEAR_ERROR ();
   r = chunk ? qcow2_unpack_stream_chunked (image, dst, chunk, NULL, NULL)
@@ -115,7 +37,7 @@ decode (const uint8_t *data, size_t size, bool forward, size_t chunk)
     FUZZ_ASSERT_ERROR ();
   else if (forward)
     /* Every byte of the guest went out, in order. */
-    FUZZ_ASSERT (s->pos == dst->size);
+    FUZZ_ASSERT (fuzz_sink_position (dst) == dst->size);
 
   FUZZ_ASSERT (sc_ep_close (dst) == 0);
   FUZZ_ASSERT (sc_ep_close (image) == 0);

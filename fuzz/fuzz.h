@@ -43,4 +43,11 @@ extern int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
  */
 #define FUZZ_DATA_BUDGET (64U * 1024 * 1024)
 
+/* sink.c: a target of any size (set_size) that holds nothing: seekable,
+ * or forward-only.  It refuses data past FUZZ_DATA_BUDGET with ENOSPC.
+ */
+extern struct sc_endpoint *fuzz_sink_new (bool forward);
+/* A forward-only sink: the offset up to which it was given everything. */
+extern uint64_t fuzz_sink_position (struct sc_endpoint *ep);
+
 #endif /* SPARSECOW_FUZZ_H */

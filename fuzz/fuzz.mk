@@ -6,7 +6,7 @@
 # runs over the seed corpus and the regression inputs.
 
 FUZZ_NAMES = qcow2 stream
-FUZZ_COMMON = fuzz/fuzz.h
+FUZZ_COMMON = fuzz/fuzz.h fuzz/sink.c
 
 check_PROGRAMS += fuzz/replay-qcow2 fuzz/replay-stream
 fuzz_replay_qcow2_SOURCES = $(FUZZ_COMMON) fuzz/fuzz-qcow2.c fuzz/replay.c
