@@ -69,12 +69,17 @@ struct gkey {
 };
 
 /* Data that arrived before data with lower guest offsets, held until
- * everything before it is written.
+ * everything before it is written.  A compressed cluster is held as it
+ * arrived, and inflated when it goes out: what is held then follows the
+ * bytes of the stream, not what they inflate to (a few hundred KiB of
+ * compressed zeros would otherwise fill the limit of held data).
  */
 struct held {
   uint64_t guest;
   size_t len;
   unsigned char *buf;
+  uint64_t host;                /* compressed: where it was, for messages */
+  bool compressed;
 };
 
 /* An item whose bytes run on past the chunk in memory. */
@@ -250,7 +255,7 @@ ranges_contain (const struct ranges *rs, uint64_t start, uint64_t end)
  * (struct item, struct gkey, struct held).  heap_up moves the element
  * at i up; heap_down moves the root down.
  */
-#define HEAP_MAX_ELEM 32
+#define HEAP_MAX_ELEM 40
 _Static_assert (offsetof (struct item, offset) == 0
                 && offsetof (struct gkey, key) == 0
                 && offsetof (struct held, guest) == 0,
@@ -385,9 +390,9 @@ guest_floor (struct stream_unpack *s)
 
 static int
 held_push (struct stream_unpack *s, const void *buf, size_t len,
-           uint64_t guest)
+           uint64_t guest, bool compressed, uint64_t host)
 {
-  struct held hd = { guest, len, NULL };
+  struct held hd = { guest, len, NULL, host, compressed };
   size_t i;
 
   if (s->held_bytes + len > MAX_HELD_BYTES) {
@@ -435,11 +440,27 @@ target_error (struct stream_unpack *s)
   return -1;
 }
 
+/* Inflate the compressed cluster at host (len bytes at p) into
+ * s->cluster.
+ */
+static int
+inflate_cluster (struct stream_unpack *s, const void *p, size_t len,
+                 uint64_t host)
+{
+  if (sc_decompress (s->codec, p, len, s->cluster, s->h.cluster_size)
+      == -1) {
+    sc_error_prefix ("compressed cluster at host offset %" PRIu64, host);
+    return -1;
+  }
+  return 0;
+}
+
 /* Write len bytes at guest, in order, filling the gap before it. */
 static int
 forward_write (struct stream_unpack *s, const void *buf, size_t len,
                uint64_t guest)
 {
+  len = (size_t) SC_MIN ((uint64_t) len, s->vsize - guest);
   if (guest < s->fwd_pos) {
     sc_set_error (EINVAL, "guest offset %" PRIu64 " is written twice",
                   guest);
@@ -463,8 +484,14 @@ release_held (struct stream_unpack *s)
 
   while (s->held_len > 0 && s->held[0].guest <= floor) {
     struct held hd = held_pop (s);
-    int r = forward_write (s, hd.buf, hd.len, hd.guest);
+    int r = 0;
 
+    if (hd.compressed)
+      r = inflate_cluster (s, hd.buf, hd.len, hd.host);
+    if (r == 0)
+      r = hd.compressed
+        ? forward_write (s, s->cluster, s->h.cluster_size, hd.guest)
+        : forward_write (s, hd.buf, hd.len, hd.guest);
     free (hd.buf);
     if (r == -1)
       return -1;
@@ -513,21 +540,32 @@ add_item (struct stream_unpack *s, uint64_t offset, uint64_t length,
   return heap_push (s, &it);
 }
 
+/* Write the data of an item at guest: len bytes at buf, or when
+ * compressed, the cluster that they inflate to.
+ */
 static int
 write_guest (struct stream_unpack *s, const void *buf, size_t len,
-             uint64_t guest)
+             uint64_t guest, bool compressed, uint64_t host)
 {
   if (guest >= s->vsize)
     return 0;
-  len = (size_t) SC_MIN ((uint64_t) len, s->vsize - guest);
   if (s->forward) {
     /* In order if nothing still to come goes before it; else held. */
-    if (s->held_len == 0 && guest <= guest_floor (s))
-      return forward_write (s, buf, len, guest);
-    if (held_push (s, buf, len, guest) == -1)
-      return -1;
-    return release_held (s);
+    if (s->held_len > 0 || guest > guest_floor (s)) {
+      if (held_push (s, buf, len, guest, compressed, host) == -1)
+        return -1;
+      return release_held (s);
+    }
   }
+  if (compressed) {
+    if (inflate_cluster (s, buf, len, host) == -1)
+      return -1;
+    buf = s->cluster;
+    len = s->h.cluster_size;
+  }
+  if (s->forward)
+    return forward_write (s, buf, len, guest);
+  len = (size_t) SC_MIN ((uint64_t) len, s->vsize - guest);
   if (sc_sink_write (s->dst, buf, len, guest, true) == -1)
     return target_error (s);
   return s->fresh ? 0 : ranges_add (&s->written, guest, guest + len);
@@ -683,15 +721,9 @@ handle (struct stream_unpack *s, const struct item *it,
   case ITEM_L2:
     return handle_l2 (s, p, it->guest);
   case ITEM_DATA:
-    return write_guest (s, p, len, it->guest);
+    return write_guest (s, p, len, it->guest, false, it->offset);
   case ITEM_COMPRESSED:
-    if (sc_decompress (s->codec, p, len, s->cluster, s->h.cluster_size)
-        == -1) {
-      sc_error_prefix ("compressed cluster at host offset %" PRIu64,
-                       it->offset);
-      return -1;
-    }
-    return write_guest (s, s->cluster, s->h.cluster_size, it->guest);
+    return write_guest (s, p, len, it->guest, true, it->offset);
   }
   return 0;
 }
@@ -1122,6 +1154,12 @@ qcow2_unpack_stream_chunked (struct sc_endpoint *src,
     goto out;
   }
   if (serve_late (&s) == -1)
+    goto err_image;
+  /* Every item is done: what is held goes out now, while an error
+   * (a held compressed cluster that does not inflate) is still the
+   * image's.
+   */
+  if (s.forward && release_held (&s) == -1)
     goto err_image;
   if (zero_the_rest (&s) == -1 || sc_ep_flush (s.dst) == -1) {
     sc_error_prefix ("%s", target);
