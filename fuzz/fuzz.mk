@@ -27,9 +27,10 @@ fuzz/seeds.stamp: $(srcdir)/fuzz/make-seeds.sh src/sparsecow$(EXEEXT)
 	mkdir -p fuzz/seeds && touch $@
 tests/fuzz-replay.log: fuzz/seeds.stamp
 CLEANFILES += fuzz/seeds.stamp
+# The corpus that make fuzz grows in fuzz/corpus-* is kept.
 clean-local: clean-fuzz
 clean-fuzz:
-	rm -rf fuzz/seeds fuzz/corpus-*
+	rm -rf fuzz/seeds
 
 # Bounded runs: each input at most 1 s and 2 GiB, inputs at most 1 MiB.
 FUZZ_SECONDS = 60
