@@ -380,9 +380,11 @@ worker (void *arg)
 
 static void
 report_progress (const struct sc_pipeline *p, struct sc_progress *prog,
-                 uint64_t length)
+                 const struct sc_piece *piece)
 {
-  prog->done += length;
+  /* From a list, only its data counts (see struct sc_pipeline). */
+  if (p->extents == NULL || !(piece->flags & SC_EXTENT_NOT_DATA))
+    prog->done += piece->length;
   if (p->progress)
     p->progress (prog, p->progress_opaque);
 }
@@ -416,7 +418,7 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
     if (rc == 0 && piece.length > 0)
       rc = p->emit (&piece, p->opaque);
     if (rc == 0)
-      report_progress (p, prog, piece.length);
+      report_progress (p, prog, &piece);
   }
   free (piece.buf);
   free (piece.out);
@@ -444,7 +446,7 @@ emit_loop (struct run *r, struct sc_progress *prog)
       pthread_mutex_unlock (&r->lock);
       rc = slot->piece.length > 0 ? p->emit (&slot->piece, p->opaque) : 0;
       if (rc == 0)
-        report_progress (p, prog, slot->piece.length);
+        report_progress (p, prog, &slot->piece);
       pthread_mutex_lock (&r->lock);
       if (rc == -1) {
         record_error (r);
@@ -574,8 +576,14 @@ sc_pipeline_run (const struct sc_pipeline *p)
     cur.window_size = FIRST_EXTENT_WINDOW;
     prog.total = p->src->size;
   }
-  else if (check_extents (list, &prog.total) == -1)
-    goto out;
+  else {
+    if (check_extents (list, &prog.total) == -1)
+      goto out;
+    prog.total = 0;
+    for (size_t i = 0; i < list->len; i++)
+      if (!(list->ext[i].flags & SC_EXTENT_NOT_DATA))
+        prog.total += list->ext[i].length;
+  }
 
   if (threads <= 1)
     rc = run_synchronously (p, &cur, &prog);

@@ -157,6 +157,11 @@ struct sc_pipeline {
   /* In source order, one at a time.  Returns 0 or -1 with error set. */
   int (*emit) (struct sc_piece *piece, void *opaque);
   void *opaque;
+  /* After each piece is emitted, with the bytes processed so far.  With
+   * an extents list the count is of its data extents only (holes and
+   * zero extents cost nothing to move); otherwise of the whole source
+   * (a stream's total is 0 until its end).
+   */
   sc_progress_fn progress;
   void *progress_opaque;
 };

@@ -52,6 +52,17 @@ check_image vpc.qcow2 src.vpc vpc
       map(.length) | add')" -le $((6 * 1024 * 1024)) ] ||
   fail "pack from NBD stored more than the data"
 
+# Progress counts the data to move, not the export's size: the first
+# total is twice the data (scan, then write), percentages only grow and
+# end at 100.
+sparsecow pack --progress=json -- [ qemu-nbd -r -f raw src.raw ] prog.qcow2 \
+  > progress.json || fail "pack --progress=json from NBD failed"
+first_total=$(head -n 1 progress.json | jq .total)
+[ "$first_total" -le $((2 * 8 * 1024 * 1024)) ] ||
+  fail "progress of pack from NBD counts more than the data: $first_total"
+jq -s -e 'map(.percent) | . == sort and .[-1] == 100 and min >= 0' \
+  progress.json >/dev/null || fail "progress of pack from NBD: $(cat progress.json)"
+
 # ---- a backing chain, through a URI, with allocation depth --------------
 qemu-img convert -q -O qcow2 src.raw base.qcow2
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
