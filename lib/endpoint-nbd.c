@@ -48,6 +48,8 @@
 #define NBD_DEFAULT_REQUESTS 16
 #define NBD_MAX_CONNECTIONS 16
 #define NBD_MULTI_CONN_CONNECTIONS 4
+/* How long connections beyond the first may take to be ready. */
+#define EXTRA_CONNECT_SECONDS 1
 #define CONTEXT_DEPTH "qemu:allocation-depth"
 
 struct nbd_ep;
@@ -1095,18 +1097,43 @@ sc_endpoint_open_nbd (const char *uri, char *const *argv, unsigned flags,
     if (first_uri == NULL)
       want = 1;
   }
+  /* The extra connections are a bonus: a server that advertises
+   * multi-conn may still take fewer clients at once (qemu-nbd -e 2
+   * leaves the rest waiting unanswered).  All are started together and
+   * given EXTRA_CONNECT_SECONDS; those not ready by then are dropped.
+   */
   for (unsigned i = 1; i < want; i++) {
     struct nbd_handle *hi = new_handle (!writable);
     if (hi == NULL)
       goto fail;
+    if (nbd_aio_connect_uri (hi, first_uri) == -1) {
+      nbd_close (hi);
+      break;
+    }
     n->conns[i].h = hi;
     n->nconns = i + 1;
-    if (nbd_aio_connect_uri (hi, first_uri) == -1) {
-      nbd_error ("cannot open another connection");
-      goto fail;
+  }
+  {
+    unsigned ready = 1;
+    unsigned limit = n->timeout && n->timeout < EXTRA_CONNECT_SECONDS
+                     ? n->timeout : EXTRA_CONNECT_SECONDS;
+    struct timespec start, now;
+
+    clock_gettime (CLOCK_MONOTONIC, &start);
+    for (unsigned i = 1; i < n->nconns; i++) {
+      unsigned left;
+
+      clock_gettime (CLOCK_MONOTONIC, &now);
+      left = now.tv_sec - start.tv_sec >= limit
+             ? 0 : limit - (unsigned) (now.tv_sec - start.tv_sec);
+      if (left > 0 && wait_ready (n->conns[i].h, left, "") == 0)
+        n->conns[ready++].h = n->conns[i].h;
+      else
+        nbd_close (n->conns[i].h);
+      if (ready - 1 < i)
+        n->conns[i].h = NULL;
     }
-    if (wait_ready (hi, n->timeout, "cannot open another connection") == -1)
-      goto fail;
+    n->nconns = ready;
   }
   n->ep.queue_depth = n->nconns * (opts->requests ? opts->requests
                                                   : NBD_DEFAULT_REQUESTS);

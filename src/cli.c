@@ -1,7 +1,9 @@
 /* Helpers shared by the commands: errors, options, JSON, progress. */
 #include <config.h>
 
+#include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -183,6 +185,48 @@ cli_check_brackets (const char *command, int argc, char **argv)
                        cli_program, command);
 }
 
+/* What names an NBD export whatever the spelling of its URI: the
+ * transport, the server (host and port, or the socket's real path) and
+ * the export name, in buf.  TLS or not, it is the same export.
+ */
+static void
+nbd_identity (const char *uri, char *buf, size_t len)
+{
+  const char *rest = strstr (uri, "://");
+  bool unix_socket = strncmp (uri, "nbd+unix://", 11) == 0
+                     || strncmp (uri, "nbds+unix://", 12) == 0;
+  const char *auth_end, *export = "", *query;
+  size_t export_len = 0;
+  char server[PATH_MAX] = "";
+
+  rest = rest ? rest + 3 : uri;
+  auth_end = rest + strcspn (rest, "/?");
+  if (*auth_end == '/') {
+    export = auth_end + 1;
+    export_len = strcspn (export, "?");
+  }
+  query = strchr (rest, '?');
+  if (unix_socket) {
+    const char *sock = query ? strstr (query, "socket=") : NULL;
+    if (sock) {
+      char path[PATH_MAX];
+      snprintf (path, sizeof path, "%.*s", (int) strcspn (sock + 7, "&"),
+                sock + 7);
+      if (realpath (path, server) == NULL)
+        snprintf (server, sizeof server, "%s", path);
+    }
+  }
+  else {
+    size_t n = (size_t) (auth_end - rest);
+    snprintf (server, sizeof server, "%.*s%s", (int) n, rest,
+              memchr (rest, ':', n) ? "" : ":10809");
+    for (char *c = server; *c; c++)
+      *c = (char) tolower ((unsigned char) *c);
+  }
+  snprintf (buf, len, "%s|%s|%.*s", unix_socket ? "unix" : "tcp", server,
+            (int) export_len, export);
+}
+
 void
 cli_operands (const char *command, int argc, char **argv, int first,
               struct cli_operand *ops, int want, const char *expected)
@@ -236,10 +280,16 @@ cli_operands (const char *command, int argc, char **argv, int first,
   /* One export read and written at once would be overwritten as it is
    * read.
    */
-  if (want == 2 && ops[0].nbd && ops[1].nbd && !ops[0].argv && !ops[1].argv
-      && strcmp (ops[0].name, ops[1].name) == 0)
-    cli_usage_error (command, "%s is both the source and the target",
-                     ops[0].name);
+  if (want == 2 && ops[0].nbd && ops[1].nbd && !ops[0].argv && !ops[1].argv) {
+    char a[PATH_MAX + 256], b[PATH_MAX + 256];
+
+    nbd_identity (ops[0].name, a, sizeof a);
+    nbd_identity (ops[1].name, b, sizeof b);
+    if (strcmp (a, b) == 0)
+      cli_usage_error (command, "%s and %s are one export: it cannot be "
+                       "both the source and the target", ops[0].name,
+                       ops[1].name);
+  }
 }
 
 struct sc_endpoint *

@@ -87,9 +87,20 @@ qemu-img compare -q -f qcow2 -F raw packed.img ref.raw ||
 echo precious > kept.qcow2
 expect_fail "after --" sparsecow pack -f [ nbdkit -r file ref.raw ] kept.qcow2
 [ "$(cat kept.qcow2)" = precious ] || fail "a refused pack replaced its target"
-# One export as both source and target would be read as it is written.
+# One export as both source and target would be read as it is written,
+# however its URI is spelt.
 nbd_serve both nbdkit memory $size
 expect_fail "both the source and the target" sparsecow pack "$nbd_uri" "$nbd_uri"
+expect_fail "one export" sparsecow pack "$nbd_uri" \
+  "nbd+unix:///?socket=$tmp/./both.sock"
+
+# A server that advertises multi-conn but takes two clients at a time
+# (qemu-nbd -e 2): the connections it does not answer are dropped, not
+# waited for.
+qemu-io -f raw -c "write -P 0xee 0 $size" disk.raw >/dev/null
+timeout 60 "$SPARSECOW" unpack -q img.qcow2 -- [ qemu-nbd -f raw -e 2 disk.raw ] ||
+  fail "unpack to qemu-nbd -e 2 failed or hung"
+cmp ref.raw disk.raw || fail "unpack to qemu-nbd -e 2 differs"
 
 # A server started here is stopped when the command ends...
 sparsecow unpack -q img.qcow2 -- [ nbdkit -P "$tmp/srv.pid" memory $size ] ||
