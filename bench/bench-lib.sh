@@ -65,10 +65,11 @@ now () { date +%s.%N; }
 # on disk (the command and a sync).  sparsecow flushes its target
 # before renaming it into place; qemu-img convert does not.
 declare -A times dtimes sizes
-run () {
+# timed NAME CMD...: run CMD once, after an untimed sync, and append its
+# time to exit to times[NAME] and its time to data on disk to dtimes[NAME].
+timed () {
   local name=$1; shift
   local t0 t1 t2
-  rm -f "$out"
   sync
   t0=$(now)
   "$@" >/dev/null
@@ -77,10 +78,14 @@ run () {
   t2=$(now)
   times[$name]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') "
   dtimes[$name]+="$(awk -v a="$t0" -v b="$t2" 'BEGIN { print b - a }') "
+}
+run () {
+  local name=$1; shift
+  rm -f "$out"
+  timed "$name" "$@"
   sizes[$name]=$(stat -c %s "$out")
   rm -f "$out"
 }
-
 median () {
   tr ' ' '\n' <<<"$1" | grep . | sort -g |
     awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2];

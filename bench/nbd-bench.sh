@@ -60,31 +60,18 @@ slow_uri=$uri
 serve mem nbdkit memory "$size"
 mem_uri=$uri
 
-# Time one command; the qcow2 target of the nbdcopy runs is created
-# first, untimed.
-# Two times, as in bench-lib.sh: to exit, and to data on disk (the
-# command and a sync; sparsecow flushes its target, nbdcopy does not).
-declare -A times dtimes
-timed () {
-  local name=$1; shift
-  local t0 t1 t2
-  sync
-  t0=$(now)
-  "$@" >/dev/null
-  t1=$(now)
-  sync
-  t2=$(now)
-  times[$name]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') "
-  dtimes[$name]+="$(awk -v a="$t0" -v b="$t2" 'BEGIN { print b - a }') "
-  rm -f "$out"
-}
+# Each command is timed by bench-lib.sh's timed (to exit, and to data
+# on disk: sparsecow flushes its target, nbdcopy does not); out goes
+# after each run.  The qcow2 target of an nbdcopy run is made first,
+# untimed.
+run_nbd () { timed "$@"; rm -f "$out"; }
 new_qcow2 () { rm -f "$out"; "$QEMU_IMG" create -q -f qcow2 "$out" "$size"; }
 nbdcopy_to_qcow2 () {         # SOURCE-URI [NBDCOPY-OPTIONS]
   nbdcopy "${@:2}" "$1" -- [ qemu-nbd -f qcow2 "$out" ]
 }
 
-sc_pack () { timed "sc-$1" "$SPARSECOW" pack -q "$2" "$out"; }
-nc_pack () { new_qcow2; timed "$1" nbdcopy_to_qcow2 "$2" "${@:3}"; }
+sc_pack () { run_nbd "sc-$1" "$SPARSECOW" pack -q "$2" "$out"; }
+nc_pack () { new_qcow2; run_nbd "$1" nbdcopy_to_qcow2 "$2" "${@:3}"; }
 
 for ((r = 1; r <= BENCH_ROUNDS; r++)); do
   echo "$BENCH_NAME: round $r of $BENCH_ROUNDS" >&2
@@ -94,8 +81,8 @@ for ((r = 1; r <= BENCH_ROUNDS; r++)); do
       if (( r % 2 )); then sc_pack pack "$raw_uri"; nc_pack nbdcopy-pack "$raw_uri"
       else nc_pack nbdcopy-pack "$raw_uri"; sc_pack pack "$raw_uri"; fi ;;
     unpack)
-      a=(timed sc-unpack "$SPARSECOW" unpack -q "$img" "$mem_uri")
-      b=(timed nbdcopy-unpack nbdcopy -- '[' qemu-nbd -r -f qcow2 "$img" ']' "$mem_uri")
+      a=(run_nbd sc-unpack "$SPARSECOW" unpack -q "$img" "$mem_uri")
+      b=(run_nbd nbdcopy-unpack nbdcopy -- '[' qemu-nbd -r -f qcow2 "$img" ']' "$mem_uri")
       if (( r % 2 )); then "${a[@]}"; "${b[@]}"; else "${b[@]}"; "${a[@]}"; fi ;;
     delay)
       if (( r % 2 )); then

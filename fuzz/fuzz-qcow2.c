@@ -160,6 +160,26 @@ describe (struct sc_qcow2 *q, char **first_snapshot)
   }
   sc_qcow2_info_free (&info);
 }
+/* Open the image on file, read its guest view and describe it; a
+ * refusal must come with a message.  snapshot: see describe().
+ */
+static void
+open_and_read (struct sc_endpoint *file, const struct sc_qcow2_open_opts *opts,
+               char **snapshot)
+{
+  struct sc_qcow2 *q;
+
+  FUZZ_CLEAR_ERROR ();
+  q = sc_qcow2_open_endpoint (file, opts);
+  if (q == NULL) {
+    FUZZ_ASSERT_ERROR ();
+    return;
+  }
+  read_guest (q);
+  describe (q, snapshot);
+  sc_qcow2_close (q);
+}
+
 
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
@@ -169,33 +189,16 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
                                      .cache_bytes = 1 };
   struct sc_check_result result;
   struct sc_endpoint *file;
-  struct sc_qcow2 *q;
   char *snapshot = NULL;
 
   file = sc_memory_source_new (data, size, "fuzz.qcow2", false);
   FUZZ_ASSERT (file != NULL);
 
-  FUZZ_CLEAR_ERROR ();
-  q = sc_qcow2_open_endpoint (file, &opts);
-  if (q == NULL)
-    FUZZ_ASSERT_ERROR ();
-  else {
-    read_guest (q);
-    describe (q, &snapshot);
-    sc_qcow2_close (q);
-  }
-
+  /* The active layer, then the first snapshot it names, if any. */
+  open_and_read (file, &opts, &snapshot);
   if (snapshot) {
     opts.snapshot = snapshot;
-    FUZZ_CLEAR_ERROR ();
-    q = sc_qcow2_open_endpoint (file, &opts);
-    if (q == NULL)
-      FUZZ_ASSERT_ERROR ();
-    else {
-      read_guest (q);
-      describe (q, NULL);
-      sc_qcow2_close (q);
-    }
+    open_and_read (file, &opts, NULL);
     free (snapshot);
   }
 

@@ -103,37 +103,34 @@ timeout 60 "$SPARSECOW" unpack -q img.qcow2 -- [ qemu-nbd -f raw -e 2 disk.raw ]
 cmp ref.raw disk.raw || fail "unpack to qemu-nbd -e 2 differs"
 
 # A server started here is stopped when the command ends...
+gone () {                       # PID WHAT: the process must end soon
+  for ((i = 0; i < 100; i++)); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
+  fail "$2"
+}
 sparsecow unpack -q img.qcow2 -- [ nbdkit -P "$tmp/srv.pid" memory $size ] ||
   fail "unpack to [ nbdkit memory ] failed"
-pid=$(cat srv.pid)
-for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-! kill -0 "$pid" 2>/dev/null || fail "the server started with [ ] still runs"
-# ...and when the command is interrupted (SIGINT to it alone).
-rm -f srv.pid
-"$SPARSECOW" unpack -q img.qcow2 -- \
-  [ nbdkit -P "$tmp/srv.pid" --filter=delay memory $size delay-write=1 ] &
-cmd=$!
-for ((i = 0; i < 200; i++)); do [ -s srv.pid ] && break; sleep 0.05; done
-[ -s srv.pid ] || fail "the delayed server did not start"
-pid=$(cat srv.pid)
-sleep 0.5
-kill -INT "$cmd"
-rc=0; wait "$cmd" || rc=$?
-[ "$rc" -ne 0 ] || fail "an interrupted unpack exited 0"
-for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-! kill -0 "$pid" 2>/dev/null || fail "the server outlived an interrupted unpack"
-# ...also while it is still starting.
-rm -f srv.pid
-"$SPARSECOW" unpack -q img.qcow2 -- \
-  [ sh -c "echo \$\$ > $tmp/srv.pid; sleep 3; exec nbdkit memory $size" ] &
-cmd=$!
-for ((i = 0; i < 200; i++)); do [ -s srv.pid ] && break; sleep 0.05; done
-[ -s srv.pid ] || fail "the slow server did not start"
-pid=$(cat srv.pid)
-sleep 0.5
-kill -INT "$cmd"
-rc=0; wait "$cmd" || rc=$?
-[ "$rc" -ne 0 ] || fail "an unpack interrupted while its server started exited 0"
-for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-! kill -0 "$pid" 2>/dev/null || fail "a starting server outlived an interrupted unpack"
+gone "$(cat srv.pid)" "the server started with [ ] still runs"
+# interrupted WHAT SERVER-COMMAND...: unpack to a server that writes its
+# pid to srv.pid, SIGINT to the program alone half a second after the
+# pid appears; the program fails and the server is gone.
+interrupted () {
+  local what=$1 cmd pid rc=0; shift
+  rm -f srv.pid
+  "$SPARSECOW" unpack -q img.qcow2 -- [ "$@" ] &
+  cmd=$!
+  for ((i = 0; i < 200; i++)); do [ -s srv.pid ] && break; sleep 0.05; done
+  [ -s srv.pid ] || fail "the server $what did not start"
+  pid=$(cat srv.pid)
+  sleep 0.5
+  kill -INT "$cmd"
+  wait "$cmd" || rc=$?
+  [ "$rc" -ne 0 ] || fail "an unpack interrupted $what exited 0"
+  gone "$pid" "the server outlived an unpack interrupted $what"
+}
+# ...when the command is interrupted in the middle of the copy...
+interrupted "mid-copy" nbdkit -P "$tmp/srv.pid" --filter=delay memory $size \
+  delay-write=1
+# ...and while the server is still starting.
+interrupted "while its server started" \
+  sh -c "echo \$\$ > $tmp/srv.pid; sleep 3; exec nbdkit memory $size"
 exit 0
