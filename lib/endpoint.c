@@ -464,8 +464,16 @@ open_target (const char *path, uint64_t size, unsigned flags)
   if (S_ISBLK (st.st_mode) || S_ISCHR (st.st_mode) || S_ISFIFO (st.st_mode)) {
     /* A device, a named pipe, /dev/null: opened as it is, and still
      * not a regular file once open (the name may have been replaced).
+     * A block device is opened exclusively: Linux then refuses one that
+     * is mounted or held (by LVM, RAID, device-mapper, a swap area).
      */
-    fd = open (path, O_WRONLY | O_CLOEXEC);
+    fd = open (path, O_WRONLY | O_CLOEXEC
+               | (S_ISBLK (st.st_mode) ? O_EXCL : 0));
+    if (fd == -1 && errno == EBUSY) {
+      sc_set_error (EBUSY, "device is in use (mounted, or held by another "
+                    "device or program); unmount or release it first");
+      return NULL;
+    }
     if (fd == -1) {
       sc_set_error (errno, "%s", strerror (errno));
       return NULL;

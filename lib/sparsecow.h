@@ -105,8 +105,10 @@ extern struct sc_endpoint *sc_endpoint_open_source (const char *name,
  * A symbolic link to a regular file is written through.  A regular
  * file appears at name only after sc_endpoint_commit(); closing
  * without committing removes it.
+ * A block device is opened exclusively (O_EXCL).
  * Returns NULL with errno EEXIST (exists, no SC_TARGET_FORCE), EISDIR,
- * ENOSPC (device too small), EFBIG (file system or ulimit too small),
+ * EBUSY (a block device that is mounted or in use), ENOSPC (device too
+ * small), EFBIG (file system or ulimit too small),
  * ENOENT, EACCES, ENOMEM.
  */
 extern struct sc_endpoint *sc_endpoint_open_target (const char *name,

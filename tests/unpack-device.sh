@@ -53,4 +53,22 @@ expect_fail "$dev: device is smaller than the image \\(33554432 < 67108864\\)" \
   sparsecow unpack img.qcow2 "$dev"
 cmp small.ref "$dev" || fail "a refused unpack changed $dev"
 
+# Mounted: refused (the device is opened exclusively), by pack and by
+# unpack, and the file system on it is untouched.
+if command -v mkfs.ext4 >/dev/null; then
+  truncate -s $size mounted.img
+  attach mounted.img
+  mkfs.ext4 -q "$dev"
+  mkdir mnt
+  mount "$dev" mnt || { echo "$0: SKIP: cannot mount"; exit 77; }
+  cleanup_fn "umount $tmp/mnt 2>/dev/null"
+  echo kept > mnt/file
+  sync
+  expect_fail "$dev: device is in use" sparsecow unpack img.qcow2 "$dev"
+  expect_fail "$dev: device is in use" sparsecow pack ref.raw "$dev"
+  [ "$(cat mnt/file)" = kept ] || fail "a refused unpack changed a mounted $dev"
+  umount mnt
+  e2fsck -fn "$dev" >/dev/null 2>&1 || fail "the file system on $dev was damaged"
+fi
+
 exit 0
