@@ -423,34 +423,39 @@ cmd_issue_failed (struct nbd_cmd *cmd, const char *what, uint64_t offset,
 
 /* ---- the slots --------------------------------------------------------- */
 
-enum nbd_op { OP_READ, OP_WRITE, OP_ZERO, OP_FLUSH };
+enum nbd_op { OP_READ, OP_WRITE, OP_ZERO, OP_FLUSH, OP_BLOCK_STATUS };
 static const char *const op_names[] = {
   [OP_READ] = "read", [OP_WRITE] = "write", [OP_ZERO] = "write zeroes",
-  [OP_FLUSH] = "flush",
+  [OP_FLUSH] = "flush", [OP_BLOCK_STATUS] = "block status",
 };
 
-/* Issue one read, write, zero or flush on connection c (NULL: the next
- * live one) and wait for its reply.  A flush is reported as covering
- * [offset, offset+count).
+static int cmd_extent (void *opaque, const char *context, uint64_t offset,
+                       uint32_t *entries, size_t nr_entries, int *error);
+
+/* Issue one command on connection c (NULL: the next live one) and wait
+ * for its reply.  A flush is reported as covering [offset,
+ * offset+count).  Block status needs cmd, made by the caller with a
+ * reference of its own to read the reply by; every other op passes
+ * NULL.
  */
 static int
 run_cmd (struct nbd_ep *n, struct nbd_conn *c, enum nbd_op op, void *buf,
-         uint64_t count, uint64_t offset, uint32_t nbd_flags)
+         uint64_t count, uint64_t offset, uint32_t nbd_flags,
+         struct nbd_cmd *cmd)
 {
-  struct nbd_cmd *cmd;
   nbd_completion_callback done;
   int64_t r = -1;
 
   if (c == NULL && (c = pick_conn (n)) == NULL)
-    return -1;
+    goto refused;
   if (conn_is_dead (c)) {
     pthread_mutex_lock (&n->lock);
     sc_set_error (c->dead, "NBD %s at offset %" PRIu64 ", length %" PRIu64
                   ": %s", op_names[op], offset, count, c->dead_msg);
     pthread_mutex_unlock (&n->lock);
-    return -1;
+    goto refused;
   }
-  if ((cmd = cmd_new (n)) == NULL)
+  if (cmd == NULL && (cmd = cmd_new (n)) == NULL)
     return -1;
   cmd->conn = c;
   done = (nbd_completion_callback) { .callback = cmd_complete,
@@ -468,11 +473,27 @@ run_cmd (struct nbd_ep *n, struct nbd_conn *c, enum nbd_op op, void *buf,
   case OP_FLUSH:
     r = nbd_aio_flush (c->h, done, 0);
     break;
+  case OP_BLOCK_STATUS:
+    r = nbd_aio_block_status (c->h, count, offset,
+                              (nbd_extent_callback) { .callback = cmd_extent,
+                                                      .user_data = cmd },
+                              done, 0);
+    break;
   }
   if (r == -1)
     return cmd_issue_failed (cmd, op_names[op], offset, count);
   conn_wake (c);
   return cmd_wait (cmd, op_names[op], offset, count);
+
+ refused:
+  /* A caller's command gives up the two references that waiting and
+   * libnbd would have dropped.
+   */
+  if (cmd) {
+    cmd_unref (cmd);
+    cmd_unref (cmd);
+  }
+  return -1;
 }
 
 /* A read or write as the server takes it: requests no longer than
@@ -497,7 +518,7 @@ transfer (struct nbd_ep *n, enum nbd_op op, unsigned char *buf,
 
     if (SC_IS_ALIGNED (offset, mb) && count >= mb) {
       len = SC_MIN (SC_ROUND_DOWN (count, mb), n->ep.max_request);
-      if (run_cmd (n, NULL, op, buf, len, offset, 0) == -1)
+      if (run_cmd (n, NULL, op, buf, len, offset, 0, NULL) == -1)
         return -1;
     }
     else {
@@ -513,12 +534,12 @@ transfer (struct nbd_ep *n, enum nbd_op op, unsigned char *buf,
       }
       if (op == OP_WRITE)
         pthread_mutex_lock (&n->rmw_lock);
-      r = run_cmd (n, NULL, OP_READ, block, whole, start, 0);
+      r = run_cmd (n, NULL, OP_READ, block, whole, start, 0, NULL);
       if (r == 0 && op == OP_READ)
         memcpy (buf, block + (offset - start), len);
       else if (r == 0) {
         memcpy (block + (offset - start), buf, len);
-        r = run_cmd (n, NULL, OP_WRITE, block, whole, start, 0);
+        r = run_cmd (n, NULL, OP_WRITE, block, whole, start, 0, NULL);
       }
       if (op == OP_WRITE)
         pthread_mutex_unlock (&n->rmw_lock);
@@ -590,7 +611,7 @@ nbd_ep_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
     uint64_t len = SC_MIN (count, SC_ROUND_DOWN (NBD_MAX_RANGE,
                                                   n->min_block));
 
-    if (run_cmd (n, NULL, OP_ZERO, NULL, len, offset, nbd_flags) == -1)
+    if (run_cmd (n, NULL, OP_ZERO, NULL, len, offset, nbd_flags, NULL) == -1)
       return -1;
     offset += len;
     count -= len;
@@ -610,9 +631,7 @@ cmd_extent (void *opaque, const char *context, uint64_t offset,
   struct nbd_cmd *cmd = opaque;
   bool depth = strcmp (context, CONTEXT_DEPTH) == 0;
   struct sc_extent_list *list = depth ? &cmd->depth : &cmd->alloc;
-  uint64_t end = cmd->offset + cmd->count;
-  uint64_t pos = list->len ? list->ext[list->len - 1].offset
-                             + list->ext[list->len - 1].length : offset;
+  uint64_t end = cmd->offset + cmd->count, pos = offset;
 
   if (*error || cmd->bad)
     return 0;
@@ -671,9 +690,8 @@ merge_depth (const struct sc_extent_list *alloc,
     const struct sc_extent *a = &alloc->ext[i], *d = &depth->ext[j];
     uint64_t a_end = a->offset + a->length, d_end = d->offset + d->length;
     uint64_t end = SC_MIN (a_end, d_end);
-    uint32_t flags = d->flags ? (a->flags | d->flags) : a->flags;
-
-    if (sc_extent_list_append (out, pos, end - pos, flags) == -1)
+    if (sc_extent_list_append (out, pos, end - pos, a->flags | d->flags)
+        == -1)
       return -1;
     pos = end;
     if (a_end == end)
@@ -690,7 +708,6 @@ nbd_ep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
 {
   struct nbd_ep *n = (struct nbd_ep *) ep;
   struct nbd_cmd *cmd;
-  struct nbd_conn *c;
   uint64_t len;
   int r;
 
@@ -700,27 +717,15 @@ nbd_ep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
   if (offset >= ep->size || !n->base_allocation)
     return sc_extent_list_append (list, offset, count, 0);
   len = SC_MIN (SC_MIN (count, ep->size - offset), NBD_MAX_RANGE);
-  if ((c = pick_conn (n)) == NULL || (cmd = cmd_new (n)) == NULL)
+  if ((cmd = cmd_new (n)) == NULL)
     return -1;
-  cmd->conn = c;
   cmd->offset = offset;
   cmd->count = len;
-  /* The reply is read after cmd_wait drops the caller's reference: keep
+  /* The reply is read after run_cmd drops the caller's reference: keep
    * a third one until then.
    */
   cmd->refs++;
-  if (nbd_aio_block_status (c->h, len, offset,
-                            (nbd_extent_callback) { .callback = cmd_extent,
-                                                    .user_data = cmd },
-                            (nbd_completion_callback) {
-                              .callback = cmd_complete, .user_data = cmd,
-                              .free = cmd_free }, 0) == -1) {
-    cmd_issue_failed (cmd, "block status", offset, len);
-    cmd_unref (cmd);
-    return -1;
-  }
-  conn_wake (c);
-  if (cmd_wait (cmd, "block status", offset, len) == -1) {
+  if (run_cmd (n, NULL, OP_BLOCK_STATUS, NULL, len, offset, 0, cmd) == -1) {
     cmd_unref (cmd);
     return -1;
   }
@@ -756,7 +761,7 @@ nbd_ep_flush (struct sc_endpoint *ep)
    * the writes completed on all of them (and every write has completed
    * when the engine flushes).
    */
-  if (run_cmd (n, &n->conns[0], OP_FLUSH, NULL, ep->size, 0, 0) == -1) {
+  if (run_cmd (n, &n->conns[0], OP_FLUSH, NULL, ep->size, 0, 0, NULL) == -1) {
     __atomic_store_n (&n->dirty, true, __ATOMIC_SEQ_CST);
     sc_error_prefix ("%s", ep->name);
     return -1;
