@@ -15,9 +15,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 packages=(autoconf automake libtool pkg-config make gcc
-          zlib1g-dev libzstd-dev libnbd-dev libcunit1-dev
+          zlib1g-dev libzstd-dev libnbd-dev libcunit1-dev libssl-dev
           qemu-utils nbdkit libnbd-bin e2fsprogs xfsprogs python3 valgrind jq
-          clang libclang-rt-14-dev)
+          clang libclang-rt-14-dev bmap-tools dmsetup)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
