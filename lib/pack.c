@@ -18,6 +18,11 @@
  * kernel; a stream gets the image in order.  The caller commits the
  * target (it appears under its name) only after sc_pack has written
  * and flushed everything and found the source unchanged.
+ *
+ * A source across a network (an NBD export) is read once only: phase 1
+ * writes each stored cluster straight to its final place in a file
+ * target, behind room reserved for the largest metadata the source's
+ * extents can need, and phase 2 writes the metadata alone.
  */
 #include <config.h>
 
@@ -62,6 +67,11 @@ struct pack {
   uint32_t request_size;
   /* A source that cannot be read twice goes to the spill whole. */
   bool spill_all;
+  /* Or, read once, straight into the target at direct_base + rel
+   * (spill_fd is then unused).
+   */
+  struct sc_endpoint *direct;
+  uint64_t direct_base;
 
   /* The spill file and its write buffer (contiguous bytes at spill_off). */
   int spill_fd;
@@ -96,8 +106,15 @@ spill_flush (struct pack *pk)
 {
   if (pk->spill_len == 0)
     return 0;
-  if (sc_full_pwrite (pk->spill_fd, pk->spill_buf, pk->spill_len,
-                      pk->spill_off) == -1) {
+  if (pk->direct) {
+    if (sc_ep_pwrite (pk->direct, pk->spill_buf, pk->spill_len,
+                      pk->direct_base + pk->spill_off) == -1) {
+      sc_error_name (pk->direct->name);
+      return -1;
+    }
+  }
+  else if (sc_full_pwrite (pk->spill_fd, pk->spill_buf, pk->spill_len,
+                           pk->spill_off) == -1) {
     sc_error_prefix ("spill file");
     return -1;
   }
@@ -145,13 +162,15 @@ spill_put (struct pack *pk, uint64_t rel, const void *data, size_t len)
 
 /* ---- phase 1: scan -------------------------------------------------------- */
 
-/* Phase 1 is the first half of the count (see struct sc_pack_opts). */
+/* Phase 1 is the first half of the count (see struct sc_pack_opts),
+ * or all of it when it writes the data too.
+ */
 static void
 scan_progress (const struct sc_progress *p, void *opaque)
 {
   struct pack *pk = opaque;
   struct sc_progress pr = { pk->scan_base + p->done,
-                            2 * (pk->scan_base + p->total) };
+                            (pk->direct ? 1 : 2) * (pk->scan_base + p->total) };
 
   pk->scanned = pk->scan_base + p->done;
   pk->opts->progress (&pr, pk->opts->progress_opaque);
@@ -221,6 +240,44 @@ scan_work (struct sc_piece *piece, void *opaque)
   return 0;
 }
 
+/* Direct writing: a run of uncompressed clusters, contiguous in the
+ * piece and in the data area, goes to the target from the piece's own
+ * buffer in one write.
+ */
+struct run {
+  const unsigned char *buf;
+  uint64_t rel;
+  size_t len;
+};
+
+static int
+run_flush (struct pack *pk, struct run *run)
+{
+  if (run->len > 0
+      && sc_ep_pwrite (pk->direct, run->buf, run->len,
+                       pk->direct_base + run->rel) == -1) {
+    sc_error_name (pk->direct->name);
+    return -1;
+  }
+  run->len = 0;
+  return 0;
+}
+
+static int
+run_add (struct pack *pk, struct run *run, const unsigned char *buf,
+         uint64_t rel, size_t len)
+{
+  if (run->len > 0 && run->buf + run->len == buf
+      && run->rel + run->len == rel) {
+    run->len += len;
+    return 0;
+  }
+  if (run_flush (pk, run) == -1)
+    return -1;
+  *run = (struct run) { buf, rel, len };
+  return 0;
+}
+
 static int
 scan_emit (struct sc_piece *piece, void *opaque)
 {
@@ -233,6 +290,7 @@ scan_emit (struct sc_piece *piece, void *opaque)
   uint64_t gc = piece->offset / cs;
   size_t used = 0;
   uint64_t rel;
+  struct run run = { NULL, 0, 0 };
 
   if (piece->flags != 0)
     return 0;
@@ -255,11 +313,13 @@ scan_emit (struct sc_piece *piece, void *opaque)
     if (codes[i] == CLUSTER_ZERO)
       continue;
     if (codes[i] == CLUSTER_RAW) {
+      const unsigned char *c = (const unsigned char *) piece->buf + i * cs;
+
       if (qcow2_plan_add_normal (&pk->plan, gc, &rel) == -1)
         return -1;
-      if (pk->spill_all
-          && spill_put (pk, rel, (const unsigned char *) piece->buf + i * cs,
-                        cs) == -1)
+      if (pk->direct && run_add (pk, &run, c, rel, cs) == -1)
+        return -1;
+      if (pk->spill_all && spill_put (pk, rel, c, cs) == -1)
         return -1;
     }
     else {
@@ -269,7 +329,7 @@ scan_emit (struct sc_piece *piece, void *opaque)
       used += codes[i];
     }
   }
-  return 0;
+  return run_flush (pk, &run);
 }
 
 /* The source's extents with every data extent rounded out to whole
@@ -442,6 +502,8 @@ scan_pipeline (struct pack *pk, const struct sc_extent_list *extents)
 
   if (sc_pipeline_run (&pl) == -1)
     return -1;
+  if (pk->direct)
+    return spill_flush (pk);
   if (pk->spill_fd >= 0) {
     /* The spill covers the whole data area, so phase 2 never reads
      * past its end.
@@ -550,6 +612,86 @@ write_image (struct pack *pk, struct sc_endpoint *dst)
   return r;
 }
 
+/* The data is in place already: write the metadata in front of it. */
+static int
+write_metadata (struct pack *pk, struct sc_endpoint *dst)
+{
+  const struct qcow2_plan *plan = &pk->plan;
+  uint64_t cs = pk->cluster_size;
+  uint64_t clusters = plan->meta_end / cs;
+  size_t per_write = (size_t) SC_MAX (cs, (uint64_t) WRITE_REQUEST_SIZE) / cs;
+  CLEANUP_FREE unsigned char *buf = malloc (per_write * cs);
+
+  if (buf == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  for (uint64_t k = 0; k < clusters; k += per_write) {
+    size_t n = (size_t) SC_MIN ((uint64_t) per_write, clusters - k);
+
+    for (size_t i = 0; i < n; i++)
+      if (qcow2_plan_metadata (plan, k + i, buf + i * cs) == -1) {
+        sc_error_name (dst->name);
+        return -1;
+      }
+    if (sc_ep_pwrite (dst, buf, n * cs, k * cs) == -1) {
+      sc_error_name (dst->name);
+      return -1;
+    }
+  }
+  if (pk->opts->progress) {
+    struct sc_progress pr = { pk->scanned, pk->scanned };
+    pk->opts->progress (&pr, pk->opts->progress_opaque);
+  }
+  return sc_ep_flush (dst);
+}
+
+/* Whether the data goes straight to its place in dst while it is
+ * scanned.  Only for a source across a network: reading a local file
+ * twice costs less than scattering its clusters in the emit thread
+ * (phase 2 copies them in parallel, often inside the kernel).  Only
+ * into a new local file, whose unused reserved room stays a hole.
+ */
+static bool
+want_direct (const struct pack *pk, struct sc_endpoint *dst)
+{
+  return !pk->spill_all && (pk->src->flags & SC_EP_REMOTE)
+    && (pk->opts->detect_zeroes || pk->opts->codec != SC_CODEC_NONE)
+    && (dst->flags & SC_EP_SEEKABLE) && (dst->flags & SC_EP_FRESH_ZEROS)
+    && !(dst->flags & SC_EP_STREAM) && sc_ep_local_fd (dst) >= 0;
+}
+
+/* Room for the metadata of every cluster the extents may hold. */
+static int
+reserve (struct pack *pk, const struct sc_extent_list *extents)
+{
+  uint64_t cs = pk->cluster_size;
+  uint64_t per_l2 = pk->plan.h.l2_entries;
+  uint64_t clusters = 0, tables = 0, last_l1 = UINT64_MAX;
+
+  for (size_t i = 0; i < extents->len; i++) {
+    const struct sc_extent *e = &extents->ext[i];
+    uint64_t first, end;
+
+    if (e->flags != 0 || e->length == 0)
+      continue;
+    first = e->offset / cs;
+    end = SC_DIV_ROUND_UP (e->offset + e->length, cs);
+    clusters += end - first;
+    /* Extents are sorted, so a table shared with the previous extent
+     * is its last one.
+     */
+    tables += (end - 1) / per_l2 - first / per_l2 + 1;
+    if (first / per_l2 == last_l1)
+      tables--;
+    last_l1 = (end - 1) / per_l2;
+  }
+  if (qcow2_plan_reserve (&pk->plan, tables, clusters) == -1)
+    return -1;
+  pk->direct_base = pk->plan.reserved_data_offset;
+  return 0;
+}
+
 /* ---- the whole command ---------------------------------------------------- */
 
 static bool
@@ -639,7 +781,19 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
    */
   if (!(src->flags & SC_EP_STREAM) && cluster_extents (&pk, &extents) == -1)
     goto out;
-  if (opts.codec != SC_CODEC_NONE || pk.spill_all) {
+  if (want_direct (&pk, dst)) {
+    if (reserve (&pk, &extents) == -1) {
+      sc_error_name (target);
+      goto out;
+    }
+    pk.direct = dst;
+    pk.spill_buf = malloc (SPILL_BUFFER_SIZE);
+    if (pk.spill_buf == NULL) {
+      sc_set_error (errno, "out of memory");
+      goto out;
+    }
+  }
+  else if (opts.codec != SC_CODEC_NONE || pk.spill_all) {
     pk.spill_buf = malloc (SPILL_BUFFER_SIZE);
     if (pk.spill_buf == NULL) {
       sc_set_error (errno, "out of memory");
@@ -670,7 +824,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     goto out;
   }
   /* Written and flushed. */
-  if (write_image (&pk, dst) == -1)
+  if ((pk.direct ? write_metadata (&pk, dst) : write_image (&pk, dst)) == -1)
     goto out;
   /* Checked last, so that a change while the image was written counts
    * too; the caller commits only after this.

@@ -276,6 +276,35 @@ qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc, uint64_t len,
 }
 
 int
+qcow2_plan_reserve (struct qcow2_plan *p, uint64_t max_l2,
+                    uint64_t max_data_clusters)
+{
+  const struct qcow2_header *h = &p->h;
+  uint64_t cs = h->cluster_size;
+  uint64_t l1_clusters = SC_DIV_ROUND_UP ((uint64_t) h->l1_size
+                                          * QCOW2_L2E_SIZE, cs);
+  uint64_t other, rt, rb;
+
+  if (max_l2 > h->l1_size
+      || SC_ADD_OVERFLOW (1 + l1_clusters + max_l2, max_data_clusters,
+                          &other)) {
+    sc_set_error (EFBIG, "image too large for its cluster size");
+    return -1;
+  }
+  /* The refcount structures of the largest image the plan can become
+   * cover every smaller one, so they are laid out for it now.
+   */
+  if (qcow2_refcount_layout (h->cluster_bits, h->refcount_order, other,
+                             &rt, &rb) == -1)
+    return -1;
+  p->reserved_rt_clusters = rt;
+  p->reserved_rb_clusters = rb;
+  p->reserved_total_clusters = other + rt + rb;
+  p->reserved_data_offset = (1 + rt + rb + l1_clusters + max_l2) * cs;
+  return 0;
+}
+
+int
 qcow2_plan_layout (struct qcow2_plan *p)
 {
   struct qcow2_header *h = &p->h;
@@ -285,8 +314,12 @@ qcow2_plan_layout (struct qcow2_plan *p)
   p->l1_clusters = SC_DIV_ROUND_UP ((uint64_t) h->l1_size
                                     * QCOW2_L2E_SIZE, cs);
   other = 1 + p->l1_clusters + p->nb_l2 + p->data_clusters;
-  if (qcow2_refcount_layout (h->cluster_bits, h->refcount_order, other,
-                             &p->rt_clusters, &p->rb_clusters) == -1)
+  if (p->reserved_data_offset != 0) {
+    p->rt_clusters = p->reserved_rt_clusters;
+    p->rb_clusters = p->reserved_rb_clusters;
+  }
+  else if (qcow2_refcount_layout (h->cluster_bits, h->refcount_order, other,
+                                  &p->rt_clusters, &p->rb_clusters) == -1)
     return -1;
 
   h->refcount_table_offset = cs;
@@ -294,7 +327,21 @@ qcow2_plan_layout (struct qcow2_plan *p)
   p->rb_offset = (1 + p->rt_clusters) * cs;
   h->l1_table_offset = p->rb_offset + p->rb_clusters * cs;
   p->l2_offset = h->l1_table_offset + p->l1_clusters * cs;
-  p->data_offset = p->l2_offset + p->nb_l2 * cs;
+  p->meta_end = p->l2_offset + p->nb_l2 * cs;
+  p->data_offset = p->meta_end;
+  if (p->reserved_data_offset != 0) {
+    /* More L2 tables or data than reserved is a fault of the caller's
+     * bounds; never let metadata run into data already written.
+     */
+    if (p->meta_end > p->reserved_data_offset
+        || p->data_clusters + p->reserved_data_offset / cs
+           > p->reserved_total_clusters) {
+      sc_set_error (ENOSPC, "the image outgrew the room reserved for its "
+                    "metadata");
+      return -1;
+    }
+    p->data_offset = p->reserved_data_offset;
+  }
   /* The L2 tables in file order, for reading any cluster of them. */
   if (p->nb_l2 > 0) {
     uint64_t j = 0;
@@ -309,7 +356,8 @@ qcow2_plan_layout (struct qcow2_plan *p)
       if (p->l2[i])
         p->l2_order[j++] = (uint32_t) i;
   }
-  p->total_clusters = other + p->rt_clusters + p->rb_clusters;
+  p->total_clusters = p->reserved_data_offset != 0
+    ? p->reserved_total_clusters : other + p->rt_clusters + p->rb_clusters;
   /* qemu writes no L1 offset for an empty L1 table either. */
   if (h->l1_size == 0)
     h->l1_table_offset = 0;
@@ -333,8 +381,10 @@ cluster_refcount (const struct qcow2_plan *p, uint64_t c)
 {
   uint64_t data_start = p->data_offset >> p->h.cluster_bits;
 
-  if (c < data_start)
+  if (c < p->meta_end >> p->h.cluster_bits)
     return 1;
+  if (c < data_start)
+    return 0;                   /* the unused rest of a reservation */
   if (c - data_start < p->data_clusters)
     return p->data_refcounts[c - data_start];
   return 0;
@@ -391,6 +441,10 @@ qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k, void *out)
   }
   if (k == 0) {
     qcow2_header_write (h, buf);
+    return 0;
+  }
+  if (k >= p->meta_end / cs) {
+    memset (buf, 0, cs);
     return 0;
   }
   if (k >= l2) {

@@ -506,6 +506,14 @@ struct qcow2_plan {
   uint64_t file_size;           /* data end rounded up to a sector */
   uint32_t *l2_order;           /* L1 index of each L2 table, in file
                                    order (nb_l2 of them) */
+  uint64_t meta_end;            /* end of the metadata: data_offset, or
+                                   less when a reservation left a gap */
+  /* Set by qcow2_plan_reserve(): the data area starts here whatever
+   * the plan turns out to hold (0: right after the metadata).
+   */
+  uint64_t reserved_data_offset;
+  uint64_t reserved_rt_clusters, reserved_rb_clusters;
+  uint64_t reserved_total_clusters;
 };
 
 /* Start a plan: version 2 or 3, cluster_bits 9..21, refcount_order
@@ -531,7 +539,18 @@ extern int qcow2_plan_add_normal (struct qcow2_plan *p, uint64_t gc,
                                   uint64_t *rel);
 extern int qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc,
                                       uint64_t len, uint64_t *rel);
-/* Fix the layout of the metadata in front of the data area. */
+/* Fix where the data area starts before any cluster is stored, so data
+ * can be written to its final place while it is scanned: room is left
+ * for the metadata of up to max_l2 L2 tables and max_data_clusters
+ * host clusters of data.  The clusters between the metadata the plan
+ * needs in the end and the data area are left unused (refcount 0, read
+ * as zeros).  Fails with EFBIG as qcow2_plan_layout() does.
+ */
+extern int qcow2_plan_reserve (struct qcow2_plan *p, uint64_t max_l2,
+                               uint64_t max_data_clusters);
+/* Fix the layout of the metadata in front of the data area.  After a
+ * reservation, fails with ENOSPC if the plan outgrew it.
+ */
 extern int qcow2_plan_layout (struct qcow2_plan *p);
 /* Fill buf (one cluster) with host cluster k of the laid-out image's
  * metadata, for any k in front of the data area: 0, or -1 with the

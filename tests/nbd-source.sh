@@ -53,8 +53,8 @@ check_image vpc.qcow2 src.vpc vpc
   fail "pack from NBD stored more than the data"
 
 # Progress counts the data to move, not the export's size: the first
-# total is twice the data (scan, then write), percentages only grow and
-# end at 100.
+# total is at most twice the data (scan, then write), percentages only
+# grow and end at 100.
 sparsecow pack --progress=json -- [ qemu-nbd -r -f raw src.raw ] prog.qcow2 \
   > progress.json || fail "pack --progress=json from NBD failed"
 first_total=$(head -n 1 progress.json | jq .total)
@@ -62,6 +62,30 @@ first_total=$(head -n 1 progress.json | jq .total)
   fail "progress of pack from NBD counts more than the data: $first_total"
 jq -s -e 'map(.percent) | . == sort and .[-1] == 100 and min >= 0' \
   progress.json >/dev/null || fail "progress of pack from NBD: $(cat progress.json)"
+
+# ---- an export is read once ----------------------------------------------
+# pack writes each cluster to its place in the image as it reads it: the
+# bytes read add up to the data once (rounded to clusters, plus the look
+# for an image's magic), not twice.  The zeros written at 30M are no
+# cluster of the image, and the room left for metadata leaks nothing.
+sparsecow pack -q -- [ nbdkit -r --filter=log file src.raw \
+                       logfile="$tmp/read.log" ] once.qcow2 ||
+  fail "pack from nbdkit with the log filter failed"
+check_image once.qcow2 src.raw
+read_bytes=$(python3 -c '
+import re, sys
+print(sum(int(m.group(1), 16) for line in open(sys.argv[1]) if " Read " in line
+          for m in [re.search(r"count=0x([0-9a-f]+)", line)] if m))' read.log)
+data_bytes=$(qemu-img map -f raw --output=json src.raw |
+             jq '[.[] | select(.data)] | map(.length) | add')
+[ "$read_bytes" -le $((data_bytes + 1024 * 1024)) ] ||
+  fail "pack read $read_bytes bytes of an export holding $data_bytes"
+[ "$(qemu-img map --output=json once.qcow2 | jq '[.[] | select(.data)] |
+      map(.length) | add')" -le $((6 * 1024 * 1024)) ] ||
+  fail "pack from NBD stored written zeros"
+sparsecow pack -q -c -- [ nbdkit -r file src.raw ] once-c.qcow2 ||
+  fail "pack -c from nbdkit failed"
+check_image once-c.qcow2 src.raw
 
 # ---- a backing chain, through a URI, with allocation depth --------------
 qemu-img convert -q -O qcow2 src.raw base.qcow2
