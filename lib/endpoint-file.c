@@ -31,6 +31,7 @@ struct file_ep {
   int reg_slot;                 /* index in the registry, or -1 */
   bool committed;
   bool force;
+  bool fixed_size;              /* in place, never resized (-n) */
 };
 
 static int
@@ -98,6 +99,12 @@ file_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
                     (off_t) offset, (off_t) count) == 0)
     return 0;
 #endif
+  if (flags & SC_ZERO_MUST_UNMAP) {
+    sc_set_error (ENOTSUP, "cannot punch a hole at offset %" PRIu64
+                  " (%s); use --zero=auto or write", offset,
+                  strerror (errno));
+    return -1;
+  }
 #if defined (HAVE_FALLOCATE) && defined (FALLOC_FL_ZERO_RANGE)
   if (!(flags & SC_ZERO_MAY_UNMAP)
       && fallocate (file_fd (ep), FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
@@ -222,6 +229,12 @@ file_set_size (struct sc_endpoint *ep, uint64_t size)
 
   if (size == ep->size || (f->tmp == NULL && size < ep->size))
     return 0;
+  if (f->fixed_size) {
+    sc_set_error (ENOSPC, "file is smaller than the image (%" PRIu64
+                  " < %" PRIu64 "); written in place, it is not resized",
+                  ep->size, size);
+    return -1;
+  }
   if (set_size (f->base.fd, size) == -1)
     return -1;
   ep->size = size;
@@ -312,7 +325,7 @@ set_size (int fd, uint64_t size)
 
 struct sc_endpoint *
 sc_file_target_in_place (int fd, bool own_fd, const char *name,
-                         uint64_t size)
+                         uint64_t size, bool fixed_size)
 {
   struct file_ep *f;
   struct stat st;
@@ -338,15 +351,22 @@ sc_file_target_in_place (int fd, bool own_fd, const char *name,
    * it fail now; a longer file keeps its tail, as qemu-img convert -n
    * leaves it.
    */
+  if ((uint64_t) st.st_size < size && fixed_size) {
+    sc_set_error (ENOSPC, "file is smaller than the image (%" PRIu64
+                  " < %" PRIu64 "); written in place, it is not resized",
+                  (uint64_t) st.st_size, size);
+    return NULL;
+  }
   if ((uint64_t) st.st_size < size && set_size (fd, size) == -1)
     return NULL;
   f = new_file_ep (&file_target_ops, name, fd, own_fd);
   if (f == NULL)
     return NULL;
   f->map = SC_MAP_SEEK;
+  f->fixed_size = fixed_size;
   f->base.ep.size = SC_MAX ((uint64_t) st.st_size, size);
   f->base.ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE;
-  if (st.st_size == 0)
+  if (st.st_size == 0 && !fixed_size)
     f->base.ep.flags |= SC_EP_FRESH_ZEROS;
   return &f->base.ep;
 }
@@ -367,6 +387,7 @@ struct sc_endpoint *
 sc_file_target_new (const char *path, uint64_t size, unsigned flags)
 {
   struct file_ep *f;
+  struct stat old;
   char *tmpl;
   mode_t mask;
   int fd;
@@ -406,12 +427,33 @@ sc_file_target_new (const char *path, uint64_t size, unsigned flags)
   f->force = flags & SC_TARGET_FORCE;
   f->map = SC_MAP_SEEK;
 
-  /* mkstemp makes the file private; a target is an ordinary file. */
-  mask = umask (0);
-  umask (mask);
-  if (fchmod (fd, 0666 & ~mask) == -1) {
-    sc_set_error (errno, "chmod: %s", strerror (errno));
-    goto err;
+  /* mkstemp makes the file private; a target is an ordinary file, or
+   * takes the place of the file it replaces with that file's owner,
+   * group and permissions, as if it had been written over (qemu-img
+   * keeps the inode).  An owner this process may not give is left as
+   * it is, and then the set-user and set-group bits are not carried
+   * over (as cp -p does).
+   */
+  if ((flags & SC_TARGET_FORCE) && stat (path, &old) == 0
+      && S_ISREG (old.st_mode)) {
+    mode_t keep = old.st_mode & 07777;
+
+    if (fchown (fd, old.st_uid, old.st_gid) == -1) {
+      keep &= ~(mode_t) (S_ISUID | S_ISGID);
+      (void) fchown (fd, (uid_t) -1, old.st_gid);
+    }
+    if (fchmod (fd, keep) == -1) {
+      sc_set_error (errno, "chmod: %s", strerror (errno));
+      goto err;
+    }
+  }
+  else {
+    mask = umask (0);
+    umask (mask);
+    if (fchmod (fd, 0666 & ~mask) == -1) {
+      sc_set_error (errno, "chmod: %s", strerror (errno));
+      goto err;
+    }
   }
 
   /* Sizing the file first makes a file system that cannot hold it

@@ -376,7 +376,7 @@ target_from_fd (int fd, bool own_fd, const char *name, uint64_t size)
     return NULL;
   }
   if (S_ISREG (st.st_mode))
-    return sc_file_target_in_place (fd, own_fd, name, size);
+    return sc_file_target_in_place (fd, own_fd, name, size, false);
   if (S_ISBLK (st.st_mode))
     return sc_block_target_new (fd, own_fd, name, size);
   if (S_ISFIFO (st.st_mode) || S_ISCHR (st.st_mode) || S_ISSOCK (st.st_mode))
@@ -397,11 +397,102 @@ static struct sc_endpoint *open_target (const char *path, uint64_t size,
 struct sc_endpoint *
 sc_endpoint_open_target (const char *path, uint64_t size, unsigned flags)
 {
-  struct sc_endpoint *ep = open_target (path, size, flags);
+  unsigned zero_mode = flags & SC_TARGET_ZERO_MASK;
+  struct sc_endpoint *ep;
 
+  if (zero_mode & (zero_mode - 1)) {
+    sc_set_error (EINVAL, "more than one way of zeroing asked for");
+    return NULL;
+  }
+  ep = open_target (path, size, flags);
   /* Only a target written at offsets can leave ranges unwritten. */
   if (ep && (flags & SC_TARGET_ZEROED) && (ep->flags & SC_EP_SEEKABLE))
     ep->flags |= SC_EP_FRESH_ZEROS;
+  if (ep)
+    ep->zero_mode = zero_mode;
+  return ep;
+}
+
+/* Open an existing block device for writing, exclusively, so that
+ * Linux refuses one that is mounted or held (by LVM, RAID,
+ * device-mapper, a swap area, or a program that holds it so): the
+ * error then names what holds it, where that can be found.  Returns
+ * the descriptor, or -1 with the error set.
+ */
+static int
+open_device (const char *path, const struct stat *st)
+{
+  /* Read too: --verify reads back what was written. */
+  int fd = open (path, O_RDWR | O_CLOEXEC | O_EXCL);
+
+  if (fd == -1 && errno == EBUSY) {
+    char holders[1024];
+
+    sc_block_describe_holders (st->st_rdev, holders, sizeof holders);
+    if (holders[0])
+      sc_set_error (EBUSY, "device is in use%s; unmount or release it "
+                    "first", holders);
+    else
+      sc_set_error (EBUSY, "device is in use (held by another device or "
+                    "program that cannot be named from here); release "
+                    "it first");
+    return -1;
+  }
+  if (fd == -1)
+    sc_set_error (errno, "%s", strerror (errno));
+  return fd;
+}
+
+/* With SC_TARGET_IN_PLACE: the existing file or device at path,
+ * written where it is and never resized.
+ */
+static struct sc_endpoint *
+open_in_place (const char *path, uint64_t size, unsigned flags)
+{
+  struct sc_endpoint *ep = NULL;
+  struct stat st;
+  int fd;
+
+  if (stat (path, &st) == -1) {
+    if (errno == ENOENT)
+      sc_set_error (ENOENT, "does not exist (writing in place needs an "
+                    "existing file or device)");
+    else
+      sc_set_error (errno, "%s", strerror (errno));
+    return NULL;
+  }
+  if (S_ISBLK (st.st_mode)) {
+    if (!(flags & (SC_TARGET_FORCE | SC_TARGET_DEVICE))) {
+      sc_set_error (EEXIST, "is a block device (use -f or "
+                    "--target-is-device to write to it)");
+      return NULL;
+    }
+    fd = open_device (path, &st);
+  }
+  else if (S_ISREG (st.st_mode))
+    fd = open (path, O_RDWR | O_CLOEXEC);
+  else {
+    sc_set_error (EINVAL, "writing in place needs a regular file or a "
+                  "block device");
+    return NULL;
+  }
+  if (fd == -1) {
+    if (!S_ISBLK (st.st_mode))
+      sc_set_error (errno, "%s", strerror (errno));
+    return NULL;
+  }
+  /* The name may have been replaced since stat: judge what is open. */
+  if (fstat (fd, &st) == -1)
+    sc_set_error (errno, "fstat: %s", strerror (errno));
+  else if (S_ISREG (st.st_mode))
+    ep = sc_file_target_in_place (fd, true, path, size, true);
+  else if (S_ISBLK (st.st_mode))
+    ep = sc_block_target_new (fd, true, path, size);
+  else
+    sc_set_error (EINVAL, "writing in place needs a regular file or a "
+                  "block device");
+  if (ep == NULL)
+    close (fd);
   return ep;
 }
 
@@ -419,6 +510,8 @@ open_target (const char *path, uint64_t size, unsigned flags)
     sc_set_error (ENOENT, "empty file name");
     return NULL;
   }
+  if (flags & SC_TARGET_IN_PLACE)
+    return open_in_place (path, size, flags);
   if (sc_is_nbd_uri (path)) {
     ep = sc_endpoint_open_nbd (path, NULL,
                                SC_NBD_WRITE | (flags & SC_TARGET_ZEROED),
@@ -464,17 +557,20 @@ open_target (const char *path, uint64_t size, unsigned flags)
   if (S_ISBLK (st.st_mode) || S_ISCHR (st.st_mode) || S_ISFIFO (st.st_mode)) {
     /* A device, a named pipe, /dev/null: opened as it is, and still
      * not a regular file once open (the name may have been replaced).
-     * A block device is opened exclusively: Linux then refuses one that
-     * is mounted or held (by LVM, RAID, device-mapper, a swap area).
+     * A block device holds data that is not ours: it is written only
+     * when asked for in so many words, and opened exclusively.
      */
-    fd = open (path, O_WRONLY | O_CLOEXEC
-               | (S_ISBLK (st.st_mode) ? O_EXCL : 0));
-    if (fd == -1 && errno == EBUSY) {
-      sc_set_error (EBUSY, "device is in use (mounted, or held by another "
-                    "device or program); unmount or release it first");
-      return NULL;
+    if (S_ISBLK (st.st_mode)) {
+      if (!(flags & (SC_TARGET_FORCE | SC_TARGET_DEVICE))) {
+        sc_set_error (EEXIST, "is a block device (use -f or "
+                      "--target-is-device to write to it)");
+        return NULL;
+      }
+      fd = open_device (path, &st);
+      if (fd == -1)
+        return NULL;
     }
-    if (fd == -1) {
+    else if ((fd = open (path, O_WRONLY | O_CLOEXEC)) == -1) {
       sc_set_error (errno, "%s", strerror (errno));
       return NULL;
     }

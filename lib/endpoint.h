@@ -36,6 +36,11 @@
                                    punched) as long as it reads as zero */
 #define SC_ZERO_FAST       0x2  /* fail with ENOTSUP rather than write
                                    zeros byte by byte */
+#define SC_ZERO_MUST_UNMAP 0x4  /* with SC_ZERO_MAY_UNMAP: deallocate the
+                                   range so that it is guaranteed to read
+                                   as zero, or fail with ENOTSUP (a kind
+                                   that cannot unmap treats it as
+                                   SC_ZERO_MAY_UNMAP) */
 
 /* What identifies the state of a source, to tell whether it changed
  * while it was read.  Compared as a whole with sc_ep_fingerprint_equal.
@@ -155,6 +160,10 @@ struct sc_endpoint {
                                    delay): the engine runs at least this
                                    many, 0 = no wish */
   uint32_t flags;               /* SC_EP_* */
+  /* Targets: how zero ranges are made so (SC_TARGET_ZERO_* of
+   * sparsecow.h, 0 = auto), applied by the sink (sink.c).
+   */
+  uint32_t zero_mode;
 };
 
 /* ---- endpoint.c: the wrappers, with the defaults of optional slots ---- */
@@ -282,10 +291,13 @@ extern struct sc_endpoint *sc_file_target_new (const char *path,
 /* An existing regular file written in place at offsets from 0 (no
  * temporary name; commit only flushes), grown to size if it is
  * smaller.  It reads as zero where not written only if it was empty.
+ * With fixed_size it is never resized: set_size fails with ENOSPC for
+ * more than it holds (qemu-img convert -n).
  */
 extern struct sc_endpoint *sc_file_target_in_place (int fd, bool own_fd,
                                                     const char *name,
-                                                    uint64_t size);
+                                                    uint64_t size,
+                                                    bool fixed_size);
 
 /* endpoint-block.c: a block device.  A target must hold size bytes. */
 extern struct sc_endpoint *sc_block_source_new (int fd, bool own_fd,
@@ -293,6 +305,14 @@ extern struct sc_endpoint *sc_block_source_new (int fd, bool own_fd,
 extern struct sc_endpoint *sc_block_target_new (int fd, bool own_fd,
                                                 const char *name,
                                                 uint64_t size);
+/* What holds the block device dev or one of its partitions, for the
+ * message of a refused exclusive open: "; mounted on PATH", "; held by
+ * dm-0 (NAME)", "; swap area PATH", "; open in process PID (COMM)",
+ * each as found (from /proc/self/mountinfo, /sys/dev/block/M:m/holders,
+ * /proc/swaps, /proc/PID/fd); "" when nothing can be named.  Never
+ * fails.
+ */
+extern void sc_block_describe_holders (dev_t dev, char *buf, size_t len);
 
 /* endpoint-pipe.c: a stream source (pipe, FIFO, character device,
  * socket) and a forward-only target (stdout, a pipe, /dev/null).
@@ -302,6 +322,16 @@ extern struct sc_endpoint *sc_pipe_source_new (int fd, bool own_fd,
 extern struct sc_endpoint *sc_pipe_target_new (int fd, bool own_fd,
                                                const char *name,
                                                uint64_t size);
+
+/* endpoint-tee.c: the members of a target that may be a tee, so that
+ * each can be looked at alone (read back by --verify).  Any other
+ * target is a tee of one: itself.  sc_tee_member returns member i, or
+ * NULL once it has failed; sc_tee_fail drops member i with the calling
+ * thread's error (nothing for a target that is not a tee).
+ */
+extern size_t sc_tee_count (struct sc_endpoint *ep);
+extern struct sc_endpoint *sc_tee_member (struct sc_endpoint *ep, size_t i);
+extern void sc_tee_fail (struct sc_endpoint *ep, size_t i);
 
 /* endpoint-nbd.c: kill every NBD server started here and still
  * running (async-signal-safe, for sc_cleanup_temporaries).

@@ -188,8 +188,8 @@ extern int sc_sink_write (struct sc_endpoint *dst, const void *buf,
                           uint64_t length, uint64_t offset,
                           bool detect_zeroes);
 /* Make a hole or zero range of the guest read as zeros on dst: nothing
- * on a target that reads as zero already, else zeroed, unmapping
- * allowed.
+ * on a target that reads as zero already, else as dst->zero_mode says
+ * (nothing at all for SC_TARGET_ZERO_SKIP).
  */
 extern int sc_sink_zero (struct sc_endpoint *dst, uint64_t length,
                          uint64_t offset);

@@ -5,8 +5,11 @@
  *   a file behind stdout) gets nothing for a hole, and inside data only
  *   the 4 KiB blocks that are not all zero, so it stays as sparse as
  *   the guest content allows.
- * - Any other target gets holes and zero ranges zeroed, with the
- *   permission to unmap them.
+ * - Any other target gets holes and zero ranges zeroed as its zero
+ *   mode says: by default (auto) with the permission to unmap them;
+ *   unmap demands it; write zeroes them without unmapping; skip leaves
+ *   them as they are (only the image's data is written, as bmaptool
+ *   does).
  * - A server's export that can zero a range without writing it (NBD
  *   WRITE_ZEROES with FAST_ZERO) is zeroed whole first, as qemu-img
  *   convert does, and is then a target that reads as zero.
@@ -59,14 +62,24 @@ sc_sink_zero (struct sc_endpoint *dst, uint64_t length, uint64_t offset)
 {
   if (length == 0 || (dst->flags & SC_EP_FRESH_ZEROS))
     return 0;
-  return sc_ep_zero (dst, length, offset, SC_ZERO_MAY_UNMAP);
+  switch (dst->zero_mode) {
+  case SC_TARGET_ZERO_SKIP:
+    return 0;
+  case SC_TARGET_ZERO_WRITE:
+    return sc_ep_zero (dst, length, offset, 0);
+  case SC_TARGET_ZERO_UNMAP:
+    return sc_ep_zero (dst, length, offset,
+                       SC_ZERO_MAY_UNMAP | SC_ZERO_MUST_UNMAP);
+  default:
+    return sc_ep_zero (dst, length, offset, SC_ZERO_MAY_UNMAP);
+  }
 }
 
 int
 sc_sink_prepare (struct sc_endpoint *dst, uint64_t length)
 {
   if (length == 0 || (dst->flags & SC_EP_FRESH_ZEROS)
-      || !(dst->flags & SC_EP_REMOTE))
+      || !(dst->flags & SC_EP_REMOTE) || dst->zero_mode != 0)
     return 0;
   if (sc_ep_zero (dst, length, 0, SC_ZERO_MAY_UNMAP | SC_ZERO_FAST) == -1) {
     /* Not fast here: holes are zeroed one by one instead. */

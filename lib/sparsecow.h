@@ -95,6 +95,25 @@ extern struct sc_endpoint *sc_endpoint_open_source (const char *name,
 #define SC_TARGET_ZEROED 0x2    /* the target reads as zero already (as
                                    qemu-img convert --target-is-zero):
                                    zero ranges are not written */
+#define SC_TARGET_DEVICE 0x4    /* a block device may be written (also
+                                   implied by SC_TARGET_FORCE) */
+#define SC_TARGET_IN_PLACE 0x8  /* write into the existing file or device
+                                   at name, without a temporary name and
+                                   without resizing it (as qemu-img
+                                   convert -n): it must exist and hold
+                                   the data */
+/* How ranges that read as zero are made so on a target that does not
+ * read as zero already (one of these, or none for "auto": unmap where
+ * the target guarantees that unmapped ranges read as zero, else zero
+ * them without writing where it can, else write zeros).
+ */
+#define SC_TARGET_ZERO_UNMAP 0x10 /* unmap, or fail (ENOTSUP) where the
+                                     target cannot guarantee zeros */
+#define SC_TARGET_ZERO_WRITE 0x20 /* zero without unmapping: write zeros,
+                                     or a device's BLKZEROOUT */
+#define SC_TARGET_ZERO_SKIP 0x40  /* leave them as they are: only the
+                                     image's data ranges are written */
+#define SC_TARGET_ZERO_MASK 0x70
 
 /* Open a data target of size bytes: an NBD URI (sc_is_nbd_uri; the
  * export must hold size bytes), a regular file (created under a
@@ -104,12 +123,21 @@ extern struct sc_endpoint *sc_endpoint_open_source (const char *name,
  * device, or "-" (stdout); the last two are written forward only.
  * A symbolic link to a regular file is written through.  A regular
  * file appears at name only after sc_endpoint_commit(); closing
- * without committing removes it.
- * A block device is opened exclusively (O_EXCL).
- * Returns NULL with errno EEXIST (exists, no SC_TARGET_FORCE), EISDIR,
- * EBUSY (a block device that is mounted or in use), ENOSPC (device too
- * small), EFBIG (file system or ulimit too small),
- * ENOENT, EACCES, ENOMEM.
+ * without committing removes it.  A file replaced with SC_TARGET_FORCE
+ * keeps its owner, group and permission bits (where this process may
+ * set them).  With SC_TARGET_IN_PLACE an existing file or device is
+ * written where it is, keeping its size (and any tail past size).
+ * A block device is a target only with SC_TARGET_FORCE or
+ * SC_TARGET_DEVICE, and is opened exclusively (O_EXCL); the message of
+ * EBUSY names what holds it where that can be found (mount points in
+ * /proc/self/mountinfo, holders in /sys/dev/block/MAJ:MIN/holders,
+ * swap areas, processes that have it open).
+ * Returns NULL with errno EEXIST (exists, no SC_TARGET_FORCE; a block
+ * device without SC_TARGET_FORCE or SC_TARGET_DEVICE), ENOENT (no
+ * such file with SC_TARGET_IN_PLACE), EISDIR, EBUSY (a block device
+ * that is mounted or in use), ENOSPC (device too small), EFBIG (file
+ * system or ulimit too small), EINVAL (more than one SC_TARGET_ZERO_*
+ * flag), EACCES, ENOMEM.
  */
 extern struct sc_endpoint *sc_endpoint_open_target (const char *name,
                                                     uint64_t size,
@@ -133,6 +161,26 @@ extern struct sc_endpoint *sc_endpoint_open_fd_source (int fd,
 extern struct sc_endpoint *sc_endpoint_open_fd_target (int fd,
                                                        const char *name,
                                                        uint64_t size);
+
+/* One target that writes everything to each of targets[0..n-1] (files
+ * and block devices opened with sc_endpoint_open_target, 1 to 64, all
+ * with the same flags), for writing one image to several devices while
+ * reading it once.  The tee owns the targets from this call on (they
+ * are closed with it, or now if it cannot be made).  A member whose
+ * request fails is dropped with its first error and the others go on;
+ * a call on the tee fails (EIO, "every target failed") only when no
+ * member is left.  Commit and close act on every member.  Returns NULL
+ * with errno EINVAL (no targets, too many, or one that is not a file
+ * or block device), ENOMEM.
+ */
+extern struct sc_endpoint *sc_endpoint_open_tee (struct sc_endpoint *const
+                                                 *targets, size_t n);
+/* Has member i (in the order given to sc_endpoint_open_tee) of tee
+ * failed?  Returns 0 if not; -1 if it did, with its first error as the
+ * current error (errno and a message that names the member), or with
+ * EINVAL if tee is not a tee or has no member i.
+ */
+extern int sc_endpoint_tee_status (struct sc_endpoint *tee, size_t i);
 
 /* Flush a complete target and make it visible under its name.  Returns
  * 0, or -1 with errno EIO/ENOSPC (flush), EEXIST (the name was taken
@@ -326,6 +374,24 @@ struct sc_unpack_opts {
 };
 extern int sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
                       const struct sc_unpack_opts *opts);
+
+/* Read dst back after sc_unpack (dst flushed, before commit) and
+ * compare it with the guest data of image, read again (image must not
+ * be a stream; opts as given to sc_unpack, progress unused).  Every
+ * byte is compared, zero ranges too (they must read as zero), except
+ * the ranges a target with SC_TARGET_ZERO_SKIP left as they were.  A
+ * block device's cached pages were dropped at its flush, so what is
+ * read comes from the device; a file is read through its file system.
+ * For a tee (sc_endpoint_open_tee) each member left is read; one that
+ * differs is dropped from the tee (sc_endpoint_tee_status tells) and
+ * the call fails only when none is left.  Returns 0, or -1 with errno
+ * EIO and "NAME: differs from the image at offset N" (the first
+ * differing byte), ESPIPE (image is a stream), ENOTSUP (a target that
+ * cannot be read back), or the errno of a failed read.
+ */
+extern int sc_unpack_verify (struct sc_endpoint *image,
+                             struct sc_endpoint *dst,
+                             const struct sc_unpack_opts *opts);
 
 /* One run of qemu-img map: fields as in "qemu-img map --output=json". */
 struct sc_map_entry {

@@ -4,18 +4,51 @@
  * by the engine (sc_copy) from its guest view; an image on a stream is
  * decoded as it goes by (qcow2-stream.c).  Both write through the same
  * sink rules, and both leave the commit to the caller.
+ *
+ * The read-back check (sc_unpack_verify) runs the engine once more over
+ * the guest view and compares every piece with what each target holds.
  */
 #include <config.h>
 
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
 #include "internal.h"
 #include "qcow2.h"
+
+/* Open the guest view of a seekable image: 0, or -1 with the error set
+ * and named.
+ */
+static int
+open_guest (struct sc_endpoint *image, const struct sc_unpack_opts *opts,
+            struct sc_qcow2 **q, struct sc_endpoint **guest)
+{
+  struct sc_qcow2_open_opts qopts = { 0 };
+
+  qopts.snapshot = opts->snapshot;
+  qopts.no_external_files = opts->no_external_files;
+  *guest = NULL;
+  *q = sc_qcow2_open_endpoint (image, &qopts);
+  if (*q == NULL) {
+    sc_error_prefix ("%s", image->name);
+    return -1;
+  }
+  *guest = sc_qcow2_endpoint (*q);
+  if (*guest == NULL) {
+    sc_error_prefix ("%s", image->name);
+    sc_qcow2_close (*q);
+    *q = NULL;
+    return -1;
+  }
+  return 0;
+}
 
 int
 sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
            const struct sc_unpack_opts *opts)
 {
   struct sc_unpack_opts none = { 0 };
-  struct sc_qcow2_open_opts qopts = { 0 };
   struct sc_copy_opts copts = { 0 };
   struct sc_endpoint *src;
   struct sc_qcow2 *q;
@@ -33,24 +66,19 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
                                 opts->progress_opaque);
   }
 
-  qopts.snapshot = opts->snapshot;
-  qopts.no_external_files = opts->no_external_files;
-  q = sc_qcow2_open_endpoint (image, &qopts);
-  if (q == NULL) {
-    sc_error_prefix ("%s", image->name);
+  if (open_guest (image, opts, &q, &src) == -1)
     return -1;
-  }
-  src = sc_qcow2_endpoint (q);
-  if (src == NULL) {
-    sc_error_prefix ("%s", image->name);
-    goto out;
-  }
   if (sc_ep_set_size (dst, src->size) == -1) {
     sc_error_prefix ("%s", dst->name);
     goto out;
   }
   copts.threads = opts->threads;
-  copts.detect_zeroes = true;
+  /* A target whose zero ranges are left alone still gets every byte of
+   * the data ranges, zeros included: only what the image maps as data
+   * is written, and all of it.
+   */
+  copts.detect_zeroes = dst->zero_mode != SC_TARGET_ZERO_SKIP
+                        || (dst->flags & SC_EP_FRESH_ZEROS);
   copts.progress = opts->progress;
   copts.progress_opaque = opts->progress_opaque;
   /* Errors of the copy name the endpoint concerned. */
@@ -59,5 +87,204 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
  out:
   sc_ep_close (src);
   sc_qcow2_close (q);
+  return r;
+}
+
+/* ---- sc_unpack_verify ------------------------------------------------ */
+
+#define VERIFY_REQUEST (1024 * 1024)
+
+struct verify_member {
+  struct sc_endpoint *ep;       /* NULL: not read (failed before) */
+  uint64_t bad;                 /* first differing offset, or UINT64_MAX */
+  bool read_failed;             /* bad is where a read failed */
+  int err;
+  char msg[512];
+};
+
+struct verify_state {
+  struct sc_endpoint *dst;
+  size_t n;
+  struct verify_member *m;
+  pthread_mutex_t lock;         /* bad, read_failed, err, msg */
+  void *zbuf;                   /* emit's buffer for zero ranges */
+};
+
+/* Has member i still to look at [offset, ...)?  A difference found
+ * further on does not stop an earlier piece from being compared, so
+ * the offset kept is the first.
+ */
+static bool
+wanted (struct verify_state *vs, size_t i, uint64_t offset)
+{
+  bool r;
+
+  if (vs->m[i].ep == NULL)
+    return false;
+  pthread_mutex_lock (&vs->lock);
+  r = offset < vs->m[i].bad;
+  pthread_mutex_unlock (&vs->lock);
+  return r;
+}
+
+static void
+found (struct verify_state *vs, size_t i, uint64_t offset, bool read_error)
+{
+  struct verify_member *m = &vs->m[i];
+
+  pthread_mutex_lock (&vs->lock);
+  if (offset < m->bad) {
+    m->bad = offset;
+    m->read_failed = read_error;
+    if (read_error) {
+      m->err = sc_error_errno ();
+      snprintf (m->msg, sizeof m->msg, "%s", sc_error_message ());
+    }
+  }
+  pthread_mutex_unlock (&vs->lock);
+}
+
+/* Compare member i at offset with want (NULL: zeros), len bytes, using
+ * buf (len bytes) to read into.
+ */
+static void
+compare (struct verify_state *vs, size_t i, const unsigned char *want,
+         unsigned char *buf, size_t len, uint64_t offset)
+{
+  if (sc_ep_pread (vs->m[i].ep, buf, len, offset) == -1) {
+    sc_error_prefix ("read back at offset %" PRIu64, offset);
+    found (vs, i, offset, true);
+    return;
+  }
+  if (want ? memcmp (buf, want, len) == 0 : sc_is_zero (buf, len))
+    return;
+  for (size_t k = 0; k < len; k++)
+    if (buf[k] != (want ? want[k] : 0)) {
+      found (vs, i, offset + k, false);
+      return;
+    }
+}
+
+static int
+verify_work (struct sc_piece *piece, void *opaque)
+{
+  struct verify_state *vs = opaque;
+
+  for (size_t i = 0; i < vs->n; i++)
+    if (wanted (vs, i, piece->offset))
+      compare (vs, i, piece->buf, piece->out, (size_t) piece->length,
+               piece->offset);
+  return 0;
+}
+
+/* Zero ranges reach emit only (they carry no buffer): read them back
+ * here, a request at a time.
+ */
+static int
+verify_emit (struct sc_piece *piece, void *opaque)
+{
+  struct verify_state *vs = opaque;
+
+  if (!(piece->flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO)))
+    return 0;
+  for (size_t i = 0; i < vs->n; i++) {
+    struct sc_endpoint *ep = vs->m[i].ep;
+
+    /* Left as they were on purpose. */
+    if (ep == NULL || (ep->zero_mode == SC_TARGET_ZERO_SKIP
+                       && !(ep->flags & SC_EP_FRESH_ZEROS)))
+      continue;
+    for (uint64_t pos = 0; pos < piece->length; pos += VERIFY_REQUEST) {
+      size_t len = (size_t) SC_MIN ((uint64_t) VERIFY_REQUEST,
+                                    piece->length - pos);
+
+      if (!wanted (vs, i, piece->offset + pos))
+        break;
+      compare (vs, i, NULL, vs->zbuf, len, piece->offset + pos);
+    }
+  }
+  return 0;
+}
+
+int
+sc_unpack_verify (struct sc_endpoint *image, struct sc_endpoint *dst,
+                  const struct sc_unpack_opts *opts)
+{
+  struct sc_unpack_opts none = { 0 };
+  struct verify_state vs = { .dst = dst };
+  struct sc_pipeline p = { 0 };
+  struct sc_endpoint *src = NULL;
+  struct sc_qcow2 *q = NULL;
+  size_t left = 0;
+  int r = -1;
+
+  if (opts == NULL)
+    opts = &none;
+  if (image->flags & SC_EP_STREAM) {
+    sc_set_error (ESPIPE, "%s: an image read from a stream cannot be read "
+                  "again to verify the target", image->name);
+    return -1;
+  }
+  vs.n = sc_tee_count (dst);
+  vs.m = calloc (vs.n, sizeof *vs.m);
+  vs.zbuf = malloc (VERIFY_REQUEST);
+  pthread_mutex_init (&vs.lock, NULL);
+  if (vs.m == NULL || vs.zbuf == NULL) {
+    sc_set_error (errno, "out of memory");
+    goto out;
+  }
+  for (size_t i = 0; i < vs.n; i++) {
+    vs.m[i].ep = sc_tee_member (dst, i);
+    vs.m[i].bad = UINT64_MAX;
+    if (vs.m[i].ep && vs.m[i].ep->ops->pread == NULL) {
+      sc_set_error (ENOTSUP, "%s: cannot be read back to verify it",
+                    vs.m[i].ep->name);
+      goto out;
+    }
+  }
+  if (open_guest (image, opts, &q, &src) == -1)
+    goto out;
+
+  p.src = src;
+  p.request_size = VERIFY_REQUEST;
+  p.out_size = VERIFY_REQUEST;
+  p.threads = opts->threads;
+  p.work = verify_work;
+  p.emit = verify_emit;
+  p.opaque = &vs;
+  if (sc_pipeline_run (&p) == -1)
+    goto out;
+
+  /* Members that differ leave the tee; the call fails when none is
+   * left (or for a target that is not a tee, when it differs).
+   */
+  for (size_t i = 0; i < vs.n; i++) {
+    struct verify_member *m = &vs.m[i];
+
+    if (m->ep == NULL)
+      continue;
+    if (m->bad == UINT64_MAX) {
+      left++;
+      continue;
+    }
+    if (m->read_failed)
+      sc_set_error (m->err, "%s: verify: %s", m->ep->name, m->msg);
+    else
+      sc_set_error (EIO, "%s: verify: differs from the image at offset %"
+                    PRIu64, m->ep->name, m->bad);
+    sc_tee_fail (dst, i);
+  }
+  if (left > 0)
+    r = 0;
+  else if (vs.n > 1)
+    sc_set_error (EIO, "%s: every target failed", dst->name);
+
+ out:
+  sc_ep_close (src);
+  if (q)
+    sc_qcow2_close (q);
+  pthread_mutex_destroy (&vs.lock);
+  free (vs.zbuf);
+  free (vs.m);
   return r;
 }

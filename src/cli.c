@@ -292,6 +292,25 @@ cli_operands (const char *command, int argc, char **argv, int first,
   }
 }
 
+int
+cli_count_operands (int argc, char **argv, int first)
+{
+  int n = 0;
+
+  for (int i = first; i < argc; i++) {
+    if (strcmp (argv[i], "--") == 0 && i > first)
+      continue;
+    /* A server command is one operand, up to its "]" (a missing one is
+     * reported by cli_operands).
+     */
+    if (strcmp (argv[i], "[") == 0)
+      while (i < argc && strcmp (argv[i], "]") != 0)
+        i++;
+    n++;
+  }
+  return n;
+}
+
 struct sc_endpoint *
 cli_open_source (const struct cli_operand *op,
                  const struct cli_common *common, enum sc_map_method map)

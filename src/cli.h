@@ -41,6 +41,7 @@ enum {
   OPT_REQUESTS,
   OPT_TIMEOUT,
   OPT_TARGET_IS_ZERO,
+  OPT_TARGET_IS_DEVICE,
 };
 
 /* The help lines of the NBD options, which every command takes. */
@@ -98,6 +99,12 @@ extern void cli_check_brackets (const char *command, int argc, char **argv);
 extern void cli_operands (const char *command, int argc, char **argv,
                           int first, struct cli_operand *ops, int want,
                           const char *expected);
+
+/* How many operands argv[first..argc-1] holds, each "[ ... ]" group
+ * being one (as cli_operands splits them), for commands that take a
+ * variable number.
+ */
+extern int cli_count_operands (int argc, char **argv, int first);
 
 /* Open an operand as a data source, or as a target (sized later by the
  * library; flags as sc_endpoint_open_target).  Print the error and

@@ -40,7 +40,9 @@ usage (FILE *fp)
 "read as raw data; one that carries a qcow2 image is refused unless\n"
 "--source-format=raw is given.\n"
 "\n"
-"  -f, --force              replace an existing TARGET\n"
+"  -f, --force              replace an existing TARGET; write to TARGET if\n"
+"                           it is a block device\n"
+"      --target-is-device   write to TARGET, a block device\n"
 "      --source-format=raw|qcow2\n"
 "                           do not probe SOURCE: pack its bytes (raw) or\n"
 "                           re-pack it as a qcow2 image\n"
@@ -66,6 +68,7 @@ CLI_NBD_HELP,
 
 static const struct option long_options[] = {
   { "force", no_argument, NULL, 'f' },
+  { "target-is-device", no_argument, NULL, OPT_TARGET_IS_DEVICE },
   { "compress", optional_argument, NULL, OPT_COMPRESS },
   { "level", required_argument, NULL, OPT_LEVEL },
   { "compat", required_argument, NULL, OPT_COMPAT },
@@ -500,6 +503,9 @@ cmd_pack (int argc, char **argv)
     switch (c) {
     case 'f':
       target_flags |= SC_TARGET_FORCE;
+      break;
+    case OPT_TARGET_IS_DEVICE:
+      target_flags |= SC_TARGET_DEVICE;
       break;
     case 'c':
     case OPT_COMPRESS:

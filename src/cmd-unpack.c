@@ -1,9 +1,12 @@
 /* sparsecow unpack: the guest data of a qcow2 image, to a sparse file,
- * a block device or standard output.
+ * block devices or standard output.
  */
 #include <config.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,20 +15,43 @@
 
 #include "cli.h"
 
+/* Options of this command only, above the shared ids of cli.h. */
+enum {
+  OPT_ZERO = 0x200,
+  OPT_VERIFY,
+};
+
+/* More targets than this at once are refused (the library's bound). */
+#define MAX_TARGETS 64
+
 static void
 usage (FILE *fp)
 {
   fprintf (fp,
-"Usage: %s unpack [OPTIONS] IMAGE TARGET\n"
+"Usage: %s unpack [OPTIONS] IMAGE TARGET...\n"
 "Write the guest data of the qcow2 IMAGE to TARGET: a regular file\n"
 "(created sparse; holes are not written), a block device, an NBD\n"
 "export, or - for standard output.  IMAGE may be - (standard input) or\n"
-"a named pipe: it is then read once, front to back.\n"
+"a named pipe: it is then read once, front to back.  Several TARGETs\n"
+"(files or block devices) are all written from one read of IMAGE.\n"
 "\n"
 "Options:\n"
-"  -f, --force            replace TARGET if it is an existing file\n"
+"  -f, --force            replace TARGET if it is an existing file; write\n"
+"                         to TARGET if it is a block device\n"
+"      --target-is-device write to TARGET, a block device (without -f,\n"
+"                         files are still not replaced)\n"
+"  -n, --in-place         write into the existing TARGET where it is, with\n"
+"                         no temporary name and no resizing (qemu-img\n"
+"                         convert -n); it must hold the image\n"
+"      --zero=auto|unmap|write|skip\n"
+"                         how zero ranges are made so on an existing\n"
+"                         target: unmap where the device guarantees zeros,\n"
+"                         else zero it (auto); unmap or fail; zero without\n"
+"                         unmapping; leave them as they are (skip)\n"
 "      --target-is-zero   TARGET (a device, an NBD export) reads as zero\n"
 "                         already: zero ranges are not written\n"
+"      --verify           read every TARGET back after the flush and\n"
+"                         compare it with IMAGE\n"
 "      --snapshot NAME|ID unpack an internal snapshot instead of the\n"
 "                         active layer\n"
 "  -p, --progress[=json]  show progress (a bar, or JSON lines on stdout)\n"
@@ -39,11 +65,91 @@ CLI_NBD_HELP,
 
 static const struct option long_options[] = {
   { "force", no_argument, NULL, 'f' },
+  { "in-place", no_argument, NULL, 'n' },
   { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
   { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
+  { "target-is-device", no_argument, NULL, OPT_TARGET_IS_DEVICE },
+  { "zero", required_argument, NULL, OPT_ZERO },
+  { "verify", no_argument, NULL, OPT_VERIFY },
   CLI_COMMON_LONG_OPTIONS,
   { NULL, 0, NULL, 0 },
 };
+
+/* For the tests of --verify only: SPARSECOW_TEST_CHANGE_BEFORE_VERIFY=
+ * "N:OFFSET" inverts the byte at OFFSET of the Nth target (from 1, a
+ * block device) after it is written and flushed and before it is read
+ * back, as a device that lost a write would show it.  Returns -1 on a
+ * malformed value or a failed change.
+ */
+static int
+test_change_before_verify (struct cli_operand *targets, int ntargets)
+{
+  const char *v = getenv ("SPARSECOW_TEST_CHANGE_BEFORE_VERIFY");
+  unsigned idx;
+  uint64_t offset;
+  unsigned char byte;
+  char *colon;
+  int fd, r = -1;
+
+  if (v == NULL)
+    return 0;
+  colon = strchr (v, ':');
+  if (colon == NULL || sscanf (v, "%u", &idx) != 1 || idx < 1
+      || idx > (unsigned) ntargets
+      || cli_parse_size (colon + 1, &offset) == -1 || offset > INT64_MAX) {
+    cli_error ("SPARSECOW_TEST_CHANGE_BEFORE_VERIFY: expected N:OFFSET");
+    return -1;
+  }
+  fd = open (targets[idx - 1].name, O_RDWR | O_CLOEXEC);
+  if (fd != -1 && pread (fd, &byte, 1, (off_t) offset) == 1) {
+    byte = (unsigned char) ~byte;
+    if (pwrite (fd, &byte, 1, (off_t) offset) == 1 && fsync (fd) == 0)
+      r = 0;
+  }
+  if (r == -1)
+    cli_error ("%s: test change before verify: %s", targets[idx - 1].name,
+               strerror (errno));
+  if (fd != -1)
+    close (fd);
+  return r;
+}
+
+/* Several targets are files or block devices (or new names), each once
+ * and none the image: exits with a usage error otherwise.
+ */
+static void
+check_targets (const struct cli_operand *t, int n)
+{
+  struct stat st[MAX_TARGETS];
+  bool have[MAX_TARGETS];
+
+  if (n > MAX_TARGETS)
+    cli_usage_error ("unpack", "at most %d targets at once", MAX_TARGETS);
+  for (int i = 0; i < n; i++) {
+    if (t[i].nbd || strcmp (t[i].name, "-") == 0)
+      cli_usage_error ("unpack", "%s: several targets must be files or "
+                       "block devices (not standard output or NBD)",
+                       t[i].name);
+    have[i] = stat (t[i].name, &st[i]) == 0;
+    if (have[i] && !S_ISREG (st[i].st_mode) && !S_ISBLK (st[i].st_mode))
+      cli_usage_error ("unpack", "%s: several targets must be files or "
+                       "block devices", t[i].name);
+    for (int j = 0; j < i; j++) {
+      bool same = strcmp (t[i].name, t[j].name) == 0;
+
+      if (have[i] && have[j] && S_ISBLK (st[i].st_mode)
+          && S_ISBLK (st[j].st_mode))
+        same = same || st[i].st_rdev == st[j].st_rdev;
+      if (have[i] && have[j] && S_ISREG (st[i].st_mode)
+          && S_ISREG (st[j].st_mode))
+        same = same || (st[i].st_dev == st[j].st_dev
+                        && st[i].st_ino == st[j].st_ino);
+      if (same)
+        cli_usage_error ("unpack", "%s and %s are the same target",
+                         t[j].name, t[i].name);
+    }
+  }
+}
 
 int
 cmd_unpack (int argc, char **argv)
@@ -51,17 +157,19 @@ cmd_unpack (int argc, char **argv)
   struct cli_common common = { 0 };
   struct sc_unpack_opts uopts = { 0 };
   struct sc_endpoint *src = NULL, *dst = NULL;
-  struct cli_operand ops[2];
-  const char *image, *target;
+  struct sc_endpoint *opened[MAX_TARGETS];
+  int opened_index[MAX_TARGETS];
+  struct cli_operand *ops = NULL, *targets;
+  const char *image, *zero_name = "auto";
   unsigned target_flags = 0;
-  bool stream;
-  int c, rc = EXIT_ERROR;
+  bool stream, verify = false, open_failed = false, committed = false;
+  int c, nops, ntargets, nopened = 0, rc = EXIT_ERROR;
 
   /* First, so that no temporary target can outlive an interrupt. */
   cli_install_signal_handlers ();
 
   cli_check_brackets ("unpack", argc, argv);
-  while ((c = getopt_long (argc, argv, "f" CLI_COMMON_SHORT_OPTIONS,
+  while ((c = getopt_long (argc, argv, "fn" CLI_COMMON_SHORT_OPTIONS,
                            long_options, NULL)) != -1) {
     if (cli_common_option (c, optarg, &common, usage))
       continue;
@@ -69,29 +177,83 @@ cmd_unpack (int argc, char **argv)
     case 'f':
       target_flags |= SC_TARGET_FORCE;
       break;
+    case 'n':
+      target_flags |= SC_TARGET_IN_PLACE;
+      break;
     case OPT_SNAPSHOT:
       uopts.snapshot = optarg;
       break;
     case OPT_TARGET_IS_ZERO:
       target_flags |= SC_TARGET_ZEROED;
       break;
+    case OPT_TARGET_IS_DEVICE:
+      target_flags |= SC_TARGET_DEVICE;
+      break;
+    case OPT_ZERO:
+      target_flags &= ~(unsigned) SC_TARGET_ZERO_MASK;
+      if (strcmp (optarg, "unmap") == 0)
+        target_flags |= SC_TARGET_ZERO_UNMAP;
+      else if (strcmp (optarg, "write") == 0)
+        target_flags |= SC_TARGET_ZERO_WRITE;
+      else if (strcmp (optarg, "skip") == 0)
+        target_flags |= SC_TARGET_ZERO_SKIP;
+      else if (strcmp (optarg, "auto") != 0)
+        cli_usage_error ("unpack", "--zero: expected auto, unmap, write or "
+                         "skip, not '%s'", optarg);
+      zero_name = optarg;
+      break;
+    case OPT_VERIFY:
+      verify = true;
+      break;
     default:
       cli_usage_error ("unpack", "unknown option");
     }
   }
-  cli_operands ("unpack", argc, argv, optind, ops, 2, "IMAGE and TARGET");
-  image = ops[0].name;
-  target = ops[1].name;
-  if (!ops[0].nbd && !ops[1].nbd && cli_target_is_source (image, target))
+  nops = cli_count_operands (argc, argv, optind);
+  if (nops < 2)
+    cli_usage_error ("unpack", "expected IMAGE and TARGET");
+  if (nops - 1 > MAX_TARGETS)
+    cli_usage_error ("unpack", "at most %d targets at once", MAX_TARGETS);
+  ops = calloc ((size_t) nops, sizeof *ops);
+  if (ops == NULL) {
+    cli_error ("unpack: out of memory");
     return EXIT_ERROR;
-  if (strcmp (target, "-") == 0) {
+  }
+  cli_operands ("unpack", argc, argv, optind, ops, nops,
+                "IMAGE and TARGET");
+  image = ops[0].name;
+  targets = &ops[1];
+  ntargets = nops - 1;
+  if ((target_flags & SC_TARGET_ZEROED)
+      && (target_flags & SC_TARGET_ZERO_MASK))
+    cli_usage_error ("unpack", "--target-is-zero writes no zero range: "
+                     "--zero=%s means nothing with it", zero_name);
+  if (ntargets > 1)
+    check_targets (targets, ntargets);
+  for (int i = 0; i < ntargets; i++) {
+    bool out = strcmp (targets[i].name, "-") == 0;
+
+    if (!ops[0].nbd && !targets[i].nbd
+        && cli_target_is_source (image, targets[i].name))
+      goto out;
+    if (verify && (out || targets[i].nbd))
+      cli_usage_error ("unpack", "--verify reads the target back: it needs "
+                       "a file or a block device, not %s", targets[i].name);
+    if ((target_flags & SC_TARGET_IN_PLACE) && (out || targets[i].nbd))
+      cli_usage_error ("unpack", "-n writes into an existing file or "
+                       "block device, not %s", targets[i].name);
+    if ((target_flags & SC_TARGET_ZERO_MASK) && (out || targets[i].nbd))
+      cli_usage_error ("unpack", "--zero=%s applies to files and block "
+                       "devices, not %s", zero_name, targets[i].name);
+  }
+  if (ntargets == 1 && strcmp (targets[0].name, "-") == 0) {
     /* Both would go to standard output. */
     if (common.progress_json)
       cli_usage_error ("unpack", "--progress=json writes to "
                        "standard output, which is the target here");
     if (isatty (STDOUT_FILENO)) {
       cli_error ("unpack: refusing to write image data to a terminal");
-      return EXIT_ERROR;
+      goto out;
     }
   }
 
@@ -105,22 +267,47 @@ cmd_unpack (int argc, char **argv)
     if (stream && uopts.snapshot)
       cli_usage_error ("unpack", "--snapshot cannot be used with an "
                        "image read from a pipe");
+    if (stream && verify)
+      cli_usage_error ("unpack", "--verify reads the image again: it "
+                       "cannot be read from a pipe");
   }
 
   src = cli_open_source (&ops[0], &common, SC_MAP_SEEK);
   if (src == NULL)
-    return EXIT_ERROR;
+    goto out;
   if (stream && !sc_endpoint_is_stream (src)) {
     /* Standard input redirected from a file: not a stream at all. */
-    sc_endpoint_close (src);
     cli_error ("%s: reading an image from standard input needs a pipe; "
                "name the file instead", image);
-    return EXIT_ERROR;
-  }
-  /* Sized by sc_unpack once the image's virtual size is known. */
-  dst = cli_open_target (&ops[1], &common, target_flags);
-  if (dst == NULL)
     goto out;
+  }
+  /* Sized by sc_unpack once the image's virtual size is known.  A
+   * target that cannot be opened is reported and the others written.
+   */
+  for (int i = 0; i < ntargets; i++) {
+    struct sc_endpoint *ep = cli_open_target (&targets[i], &common,
+                                              target_flags);
+    if (ep == NULL) {
+      open_failed = true;
+      continue;
+    }
+    opened_index[nopened] = i;
+    opened[nopened++] = ep;
+  }
+  if (nopened == 0)
+    goto out;
+  if (ntargets == 1)
+    dst = opened[0];
+  else {
+    dst = sc_endpoint_open_tee (opened, (size_t) nopened);
+    if (dst == NULL) {
+      cli_lib_error (NULL);
+      goto out;
+    }
+  }
+  if ((target_flags & SC_TARGET_ZERO_SKIP) && !common.quiet)
+    cli_error ("unpack: --zero=skip: ranges of %s that read as zero are "
+               "not written; they keep what the target held", image);
 
   uopts.threads = common.threads;
   uopts.progress = cli_progress_fn (&common, &uopts.progress_opaque);
@@ -128,14 +315,42 @@ cmd_unpack (int argc, char **argv)
   if (sc_unpack (src, dst, &uopts) == -1) {
     cli_progress_done (&common);
     cli_lib_error (NULL);
-    goto out;
+    goto report;
   }
   cli_progress_done (&common);
-  if (sc_endpoint_commit (dst) == -1) {
-    cli_lib_error (NULL);
-    goto out;
+  if (verify) {
+    uopts.progress = NULL;
+    if (test_change_before_verify (targets, ntargets) == -1)
+      goto report;
+    if (sc_unpack_verify (src, dst, &uopts) == -1) {
+      if (ntargets == 1)
+        cli_lib_error (NULL);
+      goto report;
+    }
   }
-  rc = EXIT_OK;
+  if (sc_endpoint_commit (dst) == -1) {
+    if (ntargets == 1)
+      cli_lib_error (NULL);
+    goto report;
+  }
+  committed = true;
+  rc = open_failed ? EXIT_ERROR : EXIT_OK;
+
+ report:
+  /* Each target that failed on the way, by name. */
+  if (ntargets > 1)
+    for (int i = 0; i < nopened; i++)
+      if (sc_endpoint_tee_status (dst, (size_t) i) == -1) {
+        cli_lib_error (NULL);
+        rc = EXIT_ERROR;
+      }
+  /* And when some failed, which ones are good. */
+  if (ntargets > 1 && committed && rc == EXIT_ERROR && !common.quiet)
+    for (int i = 0; i < nopened; i++)
+      if (sc_endpoint_tee_status (dst, (size_t) i) == 0)
+        fprintf (stderr, "%s: %s: written%s\n", cli_program,
+                 targets[opened_index[i]].name,
+                 verify ? " and verified" : "");
 
  out:
   /* Closing an uncommitted target removes it. */
@@ -147,5 +362,6 @@ cmd_unpack (int argc, char **argv)
     cli_lib_error (image);
     rc = EXIT_ERROR;
   }
+  free (ops);
   return rc;
 }
