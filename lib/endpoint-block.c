@@ -28,6 +28,8 @@
 #include "internal.h"
 #include "endpoint.h"
 
+static bool read_line (const char *path, char *out, size_t len);
+
 struct block_ep {
   struct sc_fd_endpoint base;
   uint32_t sector;              /* logical block size: the unit of
@@ -225,6 +227,42 @@ sc_block_target_new (int fd, bool own_fd, const char *name, uint64_t size)
   return new_block_ep (&block_target_ops, fd, own_fd, name, dev_size);
 }
 
+/* Can the device zero a range without writing it?  Linux unmaps a
+ * range of a block device (fallocate PUNCH_HOLE) only through the
+ * device's write-zeroes command, and says in sysfs whether it has one
+ * (a partition shares its disk's queue).  1 yes, 0 no, -1 unknown.
+ */
+static int
+can_write_zeroes (int fd)
+{
+  struct stat st;
+  char path[128], line[64];
+
+  if (fstat (fd, &st) == -1 || !S_ISBLK (st.st_mode))
+    return -1;
+  snprintf (path, sizeof path, "/sys/dev/block/%u:%u/queue/"
+            "write_zeroes_max_bytes", major (st.st_rdev), minor (st.st_rdev));
+  if (!read_line (path, line, sizeof line)) {
+    snprintf (path, sizeof path, "/sys/dev/block/%u:%u/../queue/"
+              "write_zeroes_max_bytes", major (st.st_rdev),
+              minor (st.st_rdev));
+    if (!read_line (path, line, sizeof line))
+      return -1;
+  }
+  return strtoull (line, NULL, 10) > 0;
+}
+
+int
+sc_block_check_unmap (struct sc_endpoint *ep)
+{
+  if (ep->ops != &block_target_ops || can_write_zeroes (block_fd (ep)) != 0)
+    return 0;
+  sc_set_error (ENOTSUP, "device cannot unmap a range so that it reads as "
+                "zero (it has no write-zeroes command); use --zero=auto "
+                "or write");
+  return -1;
+}
+
 /* ---- who holds a device -------------------------------------------- */
 
 /* Append printf output to buf (len bytes, always terminated). */
@@ -323,7 +361,7 @@ describe_mounts (const dev_t *devs, size_t n, char *buf, size_t len)
 
     if (sscanf (line, "%*u %*u %u:%u %*s %4095s", &ma, &mi, point) == 3
         && in_list (makedev (ma, mi), devs, n))
-      append (buf, len, "; mounted on %s", point);
+      append (buf, len, ", mounted on %s", point);
   }
   fclose (fp);
 }
@@ -349,9 +387,9 @@ describe_holders (const dev_t *devs, size_t n, char *buf, size_t len)
       /* A device-mapper device is known by its name (vg-lv). */
       snprintf (path, sizeof path, "/sys/class/block/%s/dm/name", e->d_name);
       if (read_line (path, dm, sizeof dm))
-        append (buf, len, "; held by %s (%s)", e->d_name, dm);
+        append (buf, len, ", held by %s (%s)", e->d_name, dm);
       else
-        append (buf, len, "; held by %s", e->d_name);
+        append (buf, len, ", held by %s", e->d_name);
     }
     closedir (d);
   }
@@ -372,7 +410,7 @@ describe_swaps (const dev_t *devs, size_t n, char *buf, size_t len)
     if (sscanf (line, "%4095s", path) == 1 && path[0] == '/'
         && stat (path, &st) == 0 && S_ISBLK (st.st_mode)
         && in_list (st.st_rdev, devs, n))
-      append (buf, len, "; swap area %s", path);
+      append (buf, len, ", swap area %s", path);
   }
   fclose (fp);
 }
@@ -420,7 +458,7 @@ describe_processes (const dev_t *devs, size_t n, char *buf, size_t len)
     snprintf (path, sizeof path, "/proc/%ld/comm", pid);
     if (!read_line (path, comm, sizeof comm))
       snprintf (comm, sizeof comm, "?");
-    append (buf, len, "; open in process %ld (%s)", pid, comm);
+    append (buf, len, ", open in process %ld (%s)", pid, comm);
     named++;
   }
   closedir (proc);

@@ -410,6 +410,16 @@ sc_endpoint_open_target (const char *path, uint64_t size, unsigned flags)
     ep->flags |= SC_EP_FRESH_ZEROS;
   if (ep)
     ep->zero_mode = zero_mode;
+  if (ep && zero_mode == SC_TARGET_ZERO_UNMAP
+      && sc_block_check_unmap (ep) == -1) {
+    int saved = sc_error_errno ();
+    char msg[512];
+
+    snprintf (msg, sizeof msg, "%s", sc_error_message ());
+    sc_ep_close (ep);
+    sc_set_error (saved, "%s", msg);
+    return NULL;
+  }
   return ep;
 }
 
@@ -430,8 +440,8 @@ open_device (const char *path, const struct stat *st)
 
     sc_block_describe_holders (st->st_rdev, holders, sizeof holders);
     if (holders[0])
-      sc_set_error (EBUSY, "device is in use%s; unmount or release it "
-                    "first", holders);
+      sc_set_error (EBUSY, "device is in use: %s; unmount or release it "
+                    "first", holders + 2);
     else
       sc_set_error (EBUSY, "device is in use (held by another device or "
                     "program that cannot be named from here); release "

@@ -306,13 +306,18 @@ extern struct sc_endpoint *sc_block_target_new (int fd, bool own_fd,
                                                 const char *name,
                                                 uint64_t size);
 /* What holds the block device dev or one of its partitions, for the
- * message of a refused exclusive open: "; mounted on PATH", "; held by
- * dm-0 (NAME)", "; swap area PATH", "; open in process PID (COMM)",
+ * message of a refused exclusive open: ", mounted on PATH", ", held by
+ * dm-0 (NAME)", ", swap area PATH", ", open in process PID (COMM)",
  * each as found (from /proc/self/mountinfo, /sys/dev/block/M:m/holders,
  * /proc/swaps, /proc/PID/fd); "" when nothing can be named.  Never
  * fails.
  */
 extern void sc_block_describe_holders (dev_t dev, char *buf, size_t len);
+/* For SC_TARGET_ZERO_UNMAP: 0 if ep is not a block device or may
+ * unmap with zeros guaranteed, -1 (ENOTSUP) if its queue says it
+ * cannot, so that nothing is written before that is known.
+ */
+extern int sc_block_check_unmap (struct sc_endpoint *ep);
 
 /* endpoint-pipe.c: a stream source (pipe, FIFO, character device,
  * socket) and a forward-only target (stdout, a pipe, /dev/null).

@@ -76,42 +76,50 @@ static const struct option long_options[] = {
 };
 
 /* For the tests of --verify only: SPARSECOW_TEST_CHANGE_BEFORE_VERIFY=
- * "N:OFFSET" inverts the byte at OFFSET of the Nth target (from 1, a
- * block device) after it is written and flushed and before it is read
- * back, as a device that lost a write would show it.  Returns -1 on a
- * malformed value or a failed change.
+ * "N:OFFSET[,N:OFFSET...]" inverts the byte at OFFSET of the Nth
+ * target (from 1, a block device) after it is written and flushed and
+ * before it is read back, as a device that lost a write would show it.
+ * Returns -1 on a malformed value or a failed change.
  */
 static int
 test_change_before_verify (struct cli_operand *targets, int ntargets)
 {
   const char *v = getenv ("SPARSECOW_TEST_CHANGE_BEFORE_VERIFY");
-  unsigned idx;
-  uint64_t offset;
-  unsigned char byte;
-  char *colon;
-  int fd, r = -1;
+  char word[64];
 
-  if (v == NULL)
-    return 0;
-  colon = strchr (v, ':');
-  if (colon == NULL || sscanf (v, "%u", &idx) != 1 || idx < 1
-      || idx > (unsigned) ntargets
-      || cli_parse_size (colon + 1, &offset) == -1 || offset > INT64_MAX) {
-    cli_error ("SPARSECOW_TEST_CHANGE_BEFORE_VERIFY: expected N:OFFSET");
-    return -1;
+  while (v && *v) {
+    size_t len = strcspn (v, ",");
+    unsigned idx;
+    uint64_t offset;
+    unsigned char byte;
+    char *colon;
+    int fd, r = -1;
+
+    snprintf (word, sizeof word, "%.*s", (int) len, v);
+    v += len + (v[len] == ',');
+    colon = strchr (word, ':');
+    if (colon == NULL || sscanf (word, "%u", &idx) != 1 || idx < 1
+        || idx > (unsigned) ntargets
+        || cli_parse_size (colon + 1, &offset) == -1 || offset > INT64_MAX) {
+      cli_error ("SPARSECOW_TEST_CHANGE_BEFORE_VERIFY: expected "
+                 "N:OFFSET[,N:OFFSET...]");
+      return -1;
+    }
+    fd = open (targets[idx - 1].name, O_RDWR | O_CLOEXEC);
+    if (fd != -1 && pread (fd, &byte, 1, (off_t) offset) == 1) {
+      byte = (unsigned char) ~byte;
+      if (pwrite (fd, &byte, 1, (off_t) offset) == 1 && fsync (fd) == 0)
+        r = 0;
+    }
+    if (r == -1)
+      cli_error ("%s: test change before verify: %s", targets[idx - 1].name,
+                 strerror (errno));
+    if (fd != -1)
+      close (fd);
+    if (r == -1)
+      return -1;
   }
-  fd = open (targets[idx - 1].name, O_RDWR | O_CLOEXEC);
-  if (fd != -1 && pread (fd, &byte, 1, (off_t) offset) == 1) {
-    byte = (unsigned char) ~byte;
-    if (pwrite (fd, &byte, 1, (off_t) offset) == 1 && fsync (fd) == 0)
-      r = 0;
-  }
-  if (r == -1)
-    cli_error ("%s: test change before verify: %s", targets[idx - 1].name,
-               strerror (errno));
-  if (fd != -1)
-    close (fd);
-  return r;
+  return 0;
 }
 
 /* Several targets are files or block devices (or new names), each once

@@ -116,3 +116,15 @@ merge_ranges () {
        { start = $1; len = $2; kind = $3 }
        END { if (NR) print start, len, kind }'
 }
+
+# Loop devices for the tests (root only; skip, exit 77, when losetup
+# or a free loop device is missing).
+#   loop_attach FILE: set dev to a loop device over FILE, detached on
+#   exit.  Call it in the test's shell, not in a subshell, so that the
+#   cleanup is registered.
+loop_attach () {
+  requires losetup
+  requires_root
+  dev=$(losetup -f --show "$1") || { echo "$0: SKIP: no loop device"; exit 77; }
+  cleanup_fn "losetup -d $dev"
+}

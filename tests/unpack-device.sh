@@ -2,7 +2,8 @@
 # sparsecow unpack to a block device (a loop device): whatever the
 # device held before, it reads back as qemu-img convert's output, holes
 # included; a larger device keeps the rest; a smaller one is refused
-# before anything is written.
+# before anything is written; without -f (or --target-is-device) a
+# device is not written at all.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
 requires qemu-img qemu-io losetup cmp
@@ -26,21 +27,27 @@ attach () {
 
 # Exactly the image size, full of random bytes: the holes must be zeroed.
 head -c $size /dev/urandom > exact.img
+cp exact.img exact.ref
 attach exact.img
-sparsecow unpack img.qcow2 "$dev" || fail "unpack to $dev failed"
+expect_fail "$dev: is a block device \\(use -f or --target-is-device" \
+  sparsecow unpack img.qcow2 "$dev"
+expect_fail "$dev: is a block device \\(use -f or --target-is-device" \
+  sparsecow pack ref.raw "$dev"
+cmp exact.ref "$dev" || fail "unpack and pack without -f changed $dev"
+sparsecow unpack -f img.qcow2 "$dev" || fail "unpack to $dev failed"
 cmp ref.raw "$dev" || fail "$dev differs from qemu-img convert"
 
 # The same from a pipe: the holes are zeroed at the end.
 head -c $size /dev/urandom > stream.img
 attach stream.img
-cat img.qcow2 | sparsecow unpack - "$dev" || fail "stream unpack to $dev failed"
+cat img.qcow2 | sparsecow unpack --target-is-device - "$dev" || fail "stream unpack to $dev failed"
 cmp ref.raw "$dev" || fail "stream unpack: $dev differs from qemu-img convert"
 
 # Larger: the image is written at the start, the rest is left alone.
 head -c $((96 * MiB)) /dev/urandom > large.img
 tail -c $((32 * MiB)) large.img > large-tail.ref
 attach large.img
-sparsecow unpack -j 4 img.qcow2 "$dev" || fail "unpack to a larger $dev failed"
+sparsecow unpack -f -j 4 img.qcow2 "$dev" || fail "unpack to a larger $dev failed"
 cmp -n $size ref.raw "$dev" || fail "larger $dev differs from qemu-img convert"
 tail -c $((32 * MiB)) "$dev" | cmp - large-tail.ref ||
   fail "unpack wrote past the image size on $dev"
@@ -50,7 +57,7 @@ head -c $((32 * MiB)) /dev/urandom > small.img
 cp small.img small.ref
 attach small.img
 expect_fail "$dev: device is smaller than the image \\(33554432 < 67108864\\)" \
-  sparsecow unpack img.qcow2 "$dev"
+  sparsecow unpack -f img.qcow2 "$dev"
 cmp small.ref "$dev" || fail "a refused unpack changed $dev"
 
 # Mounted: refused (the device is opened exclusively), by pack and by
@@ -64,8 +71,10 @@ if command -v mkfs.ext4 >/dev/null; then
   cleanup_fn "umount $tmp/mnt 2>/dev/null"
   echo kept > mnt/file
   sync
-  expect_fail "$dev: device is in use" sparsecow unpack img.qcow2 "$dev"
-  expect_fail "$dev: device is in use" sparsecow pack ref.raw "$dev"
+  expect_fail "$dev: device is in use: mounted on $tmp/mnt" \
+    sparsecow unpack -f img.qcow2 "$dev"
+  expect_fail "$dev: device is in use: mounted on $tmp/mnt" \
+    sparsecow pack -f ref.raw "$dev"
   [ "$(cat mnt/file)" = kept ] || fail "a refused unpack changed a mounted $dev"
   umount mnt
   e2fsck -fn "$dev" >/dev/null 2>&1 || fail "the file system on $dev was damaged"

@@ -12,3 +12,12 @@ TESTS += tests/unpack-target.sh tests/unpack-large.sh tests/unpack-device.sh \
 	tests/unpack-stream.sh
 EXTRA_DIST += tests/unpack-target.sh tests/unpack-large.sh tests/unpack-device.sh \
 	tests/unpack-stream.sh
+
+# Block-device targets: zero modes, read-back, several at once, held
+# devices; files written in place.
+TESTS += tests/unpack-device-zero.sh tests/unpack-device-verify.sh \
+	tests/unpack-device-multi.sh tests/unpack-device-busy.sh \
+	tests/unpack-in-place.sh
+EXTRA_DIST += tests/unpack-device-zero.sh tests/unpack-device-verify.sh \
+	tests/unpack-device-multi.sh tests/unpack-device-busy.sh \
+	tests/unpack-in-place.sh

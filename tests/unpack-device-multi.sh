@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# sparsecow unpack IMAGE DEV1 DEV2 DEV3: every device equals qemu-img
+# convert's output (with --verify, from one read of the image, from a
+# file or a pipe); a target that fails (too small; on a file system
+# that fills up under it; changed before the read-back) is reported by
+# name, the others are completed and verified, and the exit status is
+# non-zero.  Standard output, NBD and one device named twice are
+# refused as one of several targets.
+srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
+. "$srcdir/functions.sh"
+requires qemu-img qemu-io losetup cmp
+requires_root
+
+cd "$tmp"
+MiB=$((1024 * 1024))
+size=$((64 * MiB))
+
+qemu-img create -q -f qcow2 img.qcow2 $size
+qemu-io -f qcow2 -c "write -P 0x11 0 100k" -c "write -z 2M 1M" \
+  -c "write -P 0x22 10M 8M" -c "write -P 0x33 63M 1M" img.qcow2 >/dev/null
+qemu-img convert -O raw img.qcow2 ref.raw
+
+devs=()
+for n in 1 2 3; do
+  head -c $size /dev/urandom > d$n.img
+  loop_attach d$n.img
+  devs+=("$dev")
+done
+
+sparsecow unpack -f --verify img.qcow2 "${devs[@]}" ||
+  fail "unpack to ${devs[*]} failed"
+for d in "${devs[@]}"; do
+  cmp ref.raw "$d" || fail "$d differs from qemu-img convert"
+done
+# From a pipe: one read for all three.
+for d in "${devs[@]}"; do
+  head -c $size /dev/urandom | dd of="$d" bs=1M oflag=direct status=none
+done
+cat img.qcow2 | sparsecow unpack -f - "${devs[@]}" ||
+  fail "unpack from a pipe to ${devs[*]} failed"
+for d in "${devs[@]}"; do
+  cmp ref.raw "$d" || fail "from a pipe: $d differs from qemu-img convert"
+done
+
+# A target too small: reported by name, untouched; the others written.
+head -c $((32 * MiB)) /dev/urandom > small.img
+cp small.img small.ref
+loop_attach small.img
+small=$dev
+for d in "${devs[@]}"; do
+  head -c $size /dev/urandom | dd of="$d" bs=1M oflag=direct status=none
+done
+rc=0
+sparsecow unpack -f --verify img.qcow2 "${devs[0]}" "$small" "${devs[2]}" \
+  2> small.err || rc=$?
+[ $rc -ne 0 ] || fail "unpack with a target too small succeeded"
+grep -q "^sparsecow: $small: device is smaller than the image" small.err ||
+  { cat small.err >&2; fail "the small target was not named"; }
+cmp small.ref "$small" || fail "the refused $small was written"
+for d in "${devs[0]}" "${devs[2]}"; do
+  cmp ref.raw "$d" || fail "$d was not completed beside a failed target"
+  grep -q "^sparsecow: $d: written and verified\$" small.err ||
+    fail "$d was not reported as written"
+done
+
+# A target whose writes fail under it: a loop device over a file on a
+# 4 MiB tmpfs, which cannot hold the image's 9 MiB of data.
+mkdir full
+mount -t tmpfs -o size=4M tmpfs full || fail "cannot mount a tmpfs"
+cleanup_fn "umount $tmp/full"
+truncate -s $size full/dev.img
+loop_attach full/dev.img
+full=$dev
+for d in "${devs[0]}" "${devs[1]}"; do
+  head -c $size /dev/urandom | dd of="$d" bs=1M oflag=direct status=none
+done
+rc=0
+sparsecow unpack -f img.qcow2 "${devs[0]}" "$full" "${devs[1]}" \
+  2> full.err || rc=$?
+[ $rc -ne 0 ] || fail "unpack with a failing target succeeded"
+grep -q "^sparsecow: $full: " full.err ||
+  { cat full.err >&2; fail "the failing target was not named"; }
+for d in "${devs[0]}" "${devs[1]}"; do
+  cmp ref.raw "$d" || fail "$d was not completed beside a failing target"
+done
+
+# Changed before the read-back: that one fails verification.
+rc=0
+SPARSECOW_TEST_CHANGE_BEFORE_VERIFY=2:$((11 * MiB)) \
+  "$SPARSECOW" unpack -f --verify img.qcow2 "${devs[@]}" 2> verify.err || rc=$?
+[ $rc -ne 0 ] || fail "unpack with a target that differs succeeded"
+grep -q "^sparsecow: ${devs[1]}: verify: differs from the image at offset $((11 * MiB))\$" \
+  verify.err || { cat verify.err >&2; fail "the changed target was not named"; }
+grep -q "^sparsecow: ${devs[0]}: written and verified\$" verify.err &&
+  grep -q "^sparsecow: ${devs[2]}: written and verified\$" verify.err ||
+  { cat verify.err >&2; fail "the good targets were not reported"; }
+
+# Refused as one of several targets.
+expect_fail "unpack: -: several targets must be files or block devices" \
+  sparsecow unpack -f img.qcow2 "${devs[0]}" -
+expect_fail "unpack: nbd://localhost/x: several targets must be files or block devices" \
+  sparsecow unpack -f img.qcow2 "${devs[0]}" nbd://localhost/x
+expect_fail "unpack: ${devs[0]} and ${devs[0]} are the same target" \
+  sparsecow unpack -f img.qcow2 "${devs[0]}" "${devs[0]}"
+# Without -f no device is written.
+expect_fail "${devs[0]}: is a block device" \
+  sparsecow unpack img.qcow2 "${devs[0]}" "${devs[1]}"
+
+exit 0
