@@ -13,7 +13,7 @@ static const struct {
   const char *synopsis;
 } commands[] = {
   { "pack",   cmd_pack,   "pack   [OPTIONS] SOURCE TARGET   sparse data or qcow2 -> qcow2" },
-  { "unpack", cmd_unpack, "unpack [OPTIONS] IMAGE TARGET    qcow2 -> sparse data" },
+  { "unpack", cmd_unpack, "unpack [OPTIONS] IMAGE TARGET... qcow2 -> sparse data" },
   { "info",   cmd_info,   "info   [--json] IMAGE            header, features, allocation" },
   { "map",    cmd_map,    "map    [--json] IMAGE|FILE       data/zero/hole extents" },
   { "check",  cmd_check,  "check  [--json] IMAGE            refcount consistency" },
