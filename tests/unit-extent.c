@@ -668,6 +668,90 @@ copy_and_compare (unsigned threads, bool detect_zeroes)
 static void test_copy_1 (void) { copy_and_compare (1, false); }
 static void test_copy_4 (void) { copy_and_compare (4, true); }
 
+/* A tee writes every member; one whose writes fail (its descriptor
+ * replaced by a read-only one, as a device that fails would) is dropped
+ * with its error, and the others are completed.
+ */
+static void
+test_tee (void)
+{
+  char spath[300], t1[300], t2[300], t3[300];
+  struct sc_endpoint *src, *members[3], *tee;
+  struct sc_copy_opts opts = { .threads = 4, .detect_zeroes = true };
+  CLEANUP_FREE unsigned char *a = NULL, *b = NULL;
+  int fd, bad, ro;
+  uint64_t size;
+
+  path_of (spath, sizeof spath, "tee-src");
+  path_of (t1, sizeof t1, "tee-1");
+  path_of (t2, sizeof t2, "tee-2");
+  path_of (t3, sizeof t3, "tee-3");
+  fd = make_sparse_file (spath, 7);
+  CU_ASSERT_FATAL (fd >= 0);
+  close (fd);
+  src = sc_endpoint_open_source (spath, SC_MAP_SEEK);
+  CU_ASSERT_FATAL (src != NULL);
+  size = src->size;
+  members[0] = sc_endpoint_open_target (t1, 0, 0);
+  bad = open (t3, O_RDWR | O_CREAT | O_EXCL, 0644);
+  CU_ASSERT_FATAL (bad >= 0);
+  members[1] = sc_endpoint_open_fd_target (bad, t3, 0);
+  members[2] = sc_endpoint_open_target (t2, 0, 0);
+  CU_ASSERT_FATAL (members[0] && members[1] && members[2]);
+  tee = sc_endpoint_open_tee (members, 3);
+  CU_ASSERT_FATAL (tee != NULL);
+  CU_ASSERT (tee->flags & SC_EP_FRESH_ZEROS);
+  CU_ASSERT_EQUAL (sc_ep_set_size (tee, size), 0);
+  ro = open (spath, O_RDONLY);
+  CU_ASSERT_FATAL (ro >= 0);
+  CU_ASSERT_FATAL (dup2 (ro, bad) == bad);
+  close (ro);
+
+  CU_ASSERT_EQUAL (sc_copy (src, tee, &opts), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_commit (tee), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_tee_status (tee, 0), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_tee_status (tee, 1), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), EBADF);
+  CU_ASSERT (strncmp (sc_error_message (), t3, strlen (t3)) == 0);
+  CU_ASSERT_EQUAL (sc_endpoint_tee_status (tee, 2), 0);
+  CU_ASSERT_EQUAL (sc_endpoint_tee_status (tee, 3), -1);
+  CU_ASSERT_EQUAL (sc_error_errno (), EINVAL);
+  CU_ASSERT_EQUAL (sc_endpoint_close (tee), 0);
+  close (bad);
+  sc_ep_close (src);
+
+  a = malloc (size);
+  b = malloc (size);
+  CU_ASSERT_FATAL (a != NULL && b != NULL);
+  fd = open (spath, O_RDONLY);
+  CU_ASSERT_EQUAL (sc_full_pread (fd, a, size, 0), 0);
+  close (fd);
+  for (int i = 0; i < 2; i++) {
+    fd = open (i == 0 ? t1 : t2, O_RDONLY);
+    CU_ASSERT_FATAL (fd >= 0);
+    CU_ASSERT_EQUAL (sc_full_pread (fd, b, size, 0), 0);
+    close (fd);
+    CU_ASSERT (memcmp (a, b, size) == 0);
+  }
+
+  /* A target written forward only cannot be a member. */
+  members[0] = sc_endpoint_open_target (t1, 0, SC_TARGET_FORCE);
+  members[1] = sc_endpoint_open_fd_target (STDOUT_FILENO, "stdout", 0);
+  if (members[1] != NULL && !(members[1]->flags & SC_EP_SEEKABLE)) {
+    CU_ASSERT_PTR_NULL (sc_endpoint_open_tee (members, 2));
+    CU_ASSERT_EQUAL (sc_error_errno (), EINVAL);
+  }
+  else {
+    sc_ep_close (members[0]);
+    sc_ep_close (members[1]);
+  }
+  CU_ASSERT_PTR_NULL (sc_endpoint_open_tee (members, 0));
+  unlink (spath);
+  unlink (t1);
+  unlink (t2);
+  unlink (t3);
+}
+
 static void
 test_source_errors (void)
 {
@@ -1061,6 +1145,7 @@ main (void)
       || !CU_add_test (s, "fd extents: preallocated", test_fd_extents_unwritten)
       || !CU_add_test (s, "copy, 1 thread", test_copy_1)
       || !CU_add_test (s, "copy, 4 threads, zero detection", test_copy_4)
+      || !CU_add_test (s, "tee: a failing member is dropped", test_tee)
       || !CU_add_test (s, "open errors", test_source_errors)
       || !CU_add_test (s, "endpoint defaults, null endpoints",
                        test_endpoint_defaults)
