@@ -33,6 +33,7 @@
 
 #include "internal.h"
 #include "qcow2.h"
+#include "bmap.h"
 
 /* qemu's unit of virtual size. */
 #define QEMU_SECTOR_SIZE 512
@@ -84,6 +85,14 @@ struct pack {
    */
   uint64_t scanned;
   uint64_t scan_base;
+
+  /* The block map written with the image (--bmap-out): built from the
+   * scan's reads, where the source's own extents (raw) say there is
+   * data; raw_next is the first of them not yet behind the scan.
+   */
+  struct bmap_builder *bmap;
+  struct sc_extent_list raw;
+  size_t raw_next;
 };
 
 void
@@ -278,6 +287,37 @@ run_add (struct pack *pk, struct run *run, const unsigned char *buf,
   return 0;
 }
 
+/* Give the block map the source's data in a data piece of the scan (a
+ * stream's pieces are all data).  Pieces come in order and cover every
+ * data extent, rounded out to clusters.
+ */
+static int
+bmap_piece (struct pack *pk, const struct sc_piece *piece)
+{
+  const unsigned char *buf = piece->buf;
+  uint64_t end = piece->offset + piece->length;
+
+  if (pk->src->flags & SC_EP_STREAM)
+    return bmap_builder_data (pk->bmap, piece->offset, buf,
+                              (size_t) piece->length);
+  for (; pk->raw_next < pk->raw.len; pk->raw_next++) {
+    const struct sc_extent *e = &pk->raw.ext[pk->raw_next];
+    uint64_t from = SC_MAX (e->offset, piece->offset);
+    uint64_t to = SC_MIN (e->offset + e->length, end);
+
+    if (e->offset >= end)
+      break;
+    if (!(e->flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO)) && from < to
+        && bmap_builder_data (pk->bmap, from, buf + (from - piece->offset),
+                              (size_t) (to - from)) == -1)
+      return -1;
+    /* An extent that runs on into the next piece stays. */
+    if (e->offset + e->length > end)
+      break;
+  }
+  return 0;
+}
+
 static int
 scan_emit (struct sc_piece *piece, void *opaque)
 {
@@ -294,6 +334,8 @@ scan_emit (struct sc_piece *piece, void *opaque)
 
   if (piece->flags != 0)
     return 0;
+  if (pk->bmap && bmap_piece (pk, piece) == -1)
+    return -1;
   /* The first bytes are where an image shows what it is; a file the
    * program could probe before, a pipe only here.
    */
@@ -341,6 +383,8 @@ static int
 cluster_extents (struct pack *pk, struct sc_extent_list *out)
 {
   struct sc_extent_list raw;
+  /* The block map needs the extents as they are: kept in pk. */
+  bool keep = pk->bmap != NULL;
   uint64_t cs = pk->cluster_size;
   uint64_t end = SC_ROUND_UP (pk->src->size, cs);
   uint64_t pos = 0;             /* everything before pos is listed */
@@ -373,6 +417,10 @@ cluster_extents (struct pack *pk, struct sc_extent_list *out)
   if (sc_extent_list_append (out, pos, end - pos, SC_EXTENT_HOLE) == -1)
     goto out;
   ret = 0;
+  if (keep) {
+    pk->raw = raw;
+    sc_extent_list_init (&raw);
+  }
  out:
   sc_extent_list_free (&raw);
   return ret;
@@ -526,6 +574,11 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
   const struct sc_pack_opts *opts = pk->opts;
   uint64_t cs = pk->cluster_size;
 
+  /* A block map needs every byte of the data read, once, in order:
+   * only the pipeline does that.
+   */
+  if (pk->bmap)
+    return scan_pipeline (pk, extents);
   /* Probing needs a source that can tell what is in memory (a regular
    * file).  A block device is read in long requests: short probes
    * scattered over a slow device would cost more than they save.
@@ -734,6 +787,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   struct sc_pack_opts opts = *opts_in;
   const char *target = dst->name;
   struct pack pk = { .src = src, .spill_fd = -1 };
+  struct sc_endpoint *checked = NULL;
   struct sc_extent_list extents;
   struct sc_fingerprint fp_before, fp_after;
   int have_fp;
@@ -742,6 +796,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   int ret = -1;
 
   sc_extent_list_init (&extents);
+  sc_extent_list_init (&pk.raw);
   pk.opts = &opts;
   if (opts.version == 0)
     opts.version = 3;
@@ -762,6 +817,23 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
       == -1) {
     sc_error_name (target);
     return -1;
+  }
+
+  /* With a block map as the map, the source is read through it: its
+   * ranges are the extents, and their checksums are checked as they
+   * are read.
+   */
+  if (opts.bmap) {
+    checked = bmap_checked_source (src, opts.bmap);
+    if (checked == NULL)
+      goto out;
+    pk.src = src = checked;
+  }
+  if (opts.bmap_out) {
+    pk.bmap = bmap_builder_new (sc_ep_local_fd (opts.bmap_out) >= 0
+                                ? opts.bmap_out->name : NULL);
+    if (pk.bmap == NULL)
+      goto out;
   }
 
   /* A source whose state cannot be taken (a pipe, an image) cannot be
@@ -808,6 +880,12 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   }
   if (scan (&pk, &extents) == -1)
     goto out;
+  /* The scan read all of the source's data (a stream's size is known
+   * only now).
+   */
+  if (pk.bmap && bmap_builder_finish (pk.bmap, src->size, opts.bmap_out)
+      == -1)
+    goto out;
   if ((src->flags & SC_EP_STREAM)
       && qcow2_plan_grow (&pk.plan,
                           SC_ROUND_UP (src->size, QEMU_SECTOR_SIZE)) == -1) {
@@ -825,6 +903,11 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   }
   /* Written and flushed. */
   if ((pk.direct ? write_metadata (&pk, dst) : write_image (&pk, dst)) == -1)
+    goto out;
+  /* Ranges that no read reached (clusters the image does not store)
+   * are read and checked now.
+   */
+  if (checked && bmap_checked_finish (checked) == -1)
     goto out;
   /* Checked last, so that a change while the image was written counts
    * too; the caller commits only after this.
@@ -844,6 +927,10 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     close (pk.spill_fd);
   free (pk.spill_buf);
   sc_extent_list_free (&extents);
+  sc_extent_list_free (&pk.raw);
+  bmap_builder_free (pk.bmap);
   qcow2_plan_free (&pk.plan);
+  if (checked)
+    sc_ep_close (checked);
   return ret;
 }

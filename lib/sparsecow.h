@@ -362,6 +362,8 @@ extern struct sc_endpoint *sc_qcow2_endpoint (struct sc_qcow2 *q);
  * asked of a stream), ENOTSUP (a feature that cannot be read), EPERM
  * (no_external_files and the image names a file), ENOSPC, EIO, ENOMEM.
  */
+struct sc_bmap;
+
 struct sc_unpack_opts {
   const char *snapshot;         /* NULL = active layer; else name or ID */
   bool no_external_files;       /* as in sc_qcow2_open_opts */
@@ -371,6 +373,15 @@ struct sc_unpack_opts {
    */
   sc_progress_fn progress;
   void *progress_opaque;
+  /* A block map of the guest (sc_bmap_load), or NULL.  When given,
+   * only its mapped ranges are read, each checked against its SHA-256
+   * as it is read; what it leaves unmapped is written as a hole (zeros
+   * on a target that does not read as zero already).  The image must
+   * be seekable and its virtual size the bmap's ImageSize (EINVAL); a
+   * range whose bytes differ fails with EBADMSG, "IMAGE and BMAP are
+   * out of sync at offset N", N the first byte of that range.
+   */
+  const struct sc_bmap *bmap;
 };
 extern int sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
                       const struct sc_unpack_opts *opts);
@@ -478,6 +489,18 @@ struct sc_pack_opts {
    */
   sc_progress_fn progress;
   void *progress_opaque;
+  /* A block map of the source (sc_bmap_load) to use as its map, or
+   * NULL: only the mapped ranges are packed, each checked against its
+   * SHA-256 as it is read (errors as for sc_unpack_opts.bmap; the
+   * source must not be a stream).
+   */
+  const struct sc_bmap *bmap;
+  /* A target (opened by the caller, sized and written here, committed
+   * by the caller) for a block map of the source, made from the same
+   * reads as the image: the source's data, in 4 KiB blocks, with the
+   * SHA-256 of each range (see sc_bmap_create).  NULL: none.
+   */
+  struct sc_endpoint *bmap_out;
 };
 
 extern void sc_pack_opts_init (struct sc_pack_opts *opts);
@@ -527,6 +550,55 @@ extern int sc_qcow2_check (const char *path, struct sc_check_result *result);
 extern int sc_qcow2_check_endpoint (struct sc_endpoint *file,
                                     struct sc_check_result *result);
 extern void sc_check_result_free (struct sc_check_result *result);
+
+/* ---- bmap.c: block maps, as bmaptool reads and writes them ----------- */
+
+/* A block map in bmaptool's format 2.0 with SHA-256 checksums (the
+ * bmap format of bmaptool's documentation and of its BmapCreate and
+ * BmapCopy): ImageSize, BlockSize, BlocksCount, MappedBlocksCount,
+ * ChecksumType "sha256", BmapFileChecksum (the SHA-256 of the file
+ * with that value written as 64 "0"), and a BlockMap of Range elements,
+ * "FIRST-LAST" or "BLOCK" with a chksum attribute: the SHA-256 of the
+ * bytes of those blocks (the last block cut at ImageSize).
+ */
+
+/* Parse a bmap of len bytes (at most 64 MiB), which may be anything.
+ * name is used in messages.  Every number is checked: the ranges must
+ * be sorted, apart and inside the image, the counts must agree, and
+ * the file's own checksum must match.  Returns NULL with errno EINVAL
+ * (not a bmap, or an inconsistent one), ENOTSUP (another format version
+ * or checksum type), EBADMSG (the file checksum differs), EFBIG (too
+ * large), ENOMEM.  Free with sc_bmap_free.
+ */
+extern struct sc_bmap *sc_bmap_parse (const void *buf, size_t len,
+                                      const char *name);
+/* The same for the regular file at path (named by path in messages):
+ * errors as sc_bmap_parse, and ENOENT, EACCES.
+ */
+extern struct sc_bmap *sc_bmap_load (const char *path);
+extern void sc_bmap_free (struct sc_bmap *bmap);
+/* ImageSize, in bytes (never 0). */
+extern uint64_t sc_bmap_image_size (const struct sc_bmap *bmap);
+
+struct sc_bmap_opts {
+  unsigned threads;             /* readers, 0 = online CPUs */
+  sc_progress_fn progress;      /* bytes of the source processed */
+  void *progress_opaque;
+};
+
+/* Write a bmap of src to dst: blocks of 4 KiB, mapped where src's
+ * extents hold data (SEEK_DATA for a file, the L2 tables for the guest
+ * view of a qcow2 image, block status for an NBD export; a stream is
+ * all data).  Holes and zero ranges (zero clusters of an image) are
+ * unmapped, as bmaptool create leaves holes unmapped.  A block that is
+ * partly data is mapped, and its hole part hashed as zeros.  Ranges
+ * are read and hashed in order; memory does not grow with their count.
+ * dst is a target opened by the caller with any size; it is sized and
+ * written, and the caller commits it.  Returns 0, or -1 with errno
+ * EINVAL (an empty source), EIO, ENOSPC, ENOMEM, or a read's errno.
+ */
+extern int sc_bmap_create (struct sc_endpoint *src, struct sc_endpoint *dst,
+                           const struct sc_bmap_opts *opts);
 
 #ifdef __cplusplus
 }

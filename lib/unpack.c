@@ -16,6 +16,7 @@
 
 #include "internal.h"
 #include "qcow2.h"
+#include "bmap.h"
 
 /* Open the guest view of a seekable image: 0, or -1 with the error set
  * and named.
@@ -50,13 +51,18 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
 {
   struct sc_unpack_opts none = { 0 };
   struct sc_copy_opts copts = { 0 };
-  struct sc_endpoint *src;
+  struct sc_endpoint *src, *checked = NULL;
   struct sc_qcow2 *q;
   int r = -1;
 
   if (opts == NULL)
     opts = &none;
   if (image->flags & SC_EP_STREAM) {
+    if (opts->bmap) {
+      sc_set_error (ESPIPE, "%s: a bmap cannot be used with an image read "
+                    "from a stream", image->name);
+      return -1;
+    }
     if (opts->snapshot) {
       sc_set_error (EINVAL, "%s: a snapshot cannot be read from a stream",
                     image->name);
@@ -68,6 +74,14 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
 
   if (open_guest (image, opts, &q, &src) == -1)
     return -1;
+  /* With a block map, the guest is read through it: only its ranges,
+   * each checked against its checksum.
+   */
+  if (opts->bmap) {
+    checked = bmap_checked_source (src, opts->bmap);
+    if (checked == NULL)
+      goto out;
+  }
   if (sc_ep_set_size (dst, src->size) == -1) {
     sc_error_prefix ("%s", dst->name);
     goto out;
@@ -82,9 +96,13 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
   copts.progress = opts->progress;
   copts.progress_opaque = opts->progress_opaque;
   /* Errors of the copy name the endpoint concerned. */
-  r = sc_copy (src, dst, &copts);
+  r = sc_copy (checked ? checked : src, dst, &copts);
+  if (r == 0 && checked)
+    r = bmap_checked_finish (checked);
 
  out:
+  if (checked)
+    sc_ep_close (checked);
   sc_ep_close (src);
   sc_qcow2_close (q);
   return r;

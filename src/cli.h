@@ -165,5 +165,6 @@ extern int cmd_unpack (int argc, char **argv);
 extern int cmd_info (int argc, char **argv);
 extern int cmd_map (int argc, char **argv);
 extern int cmd_check (int argc, char **argv);
+extern int cmd_bmap (int argc, char **argv);
 
 #endif /* SPARSECOW_CLI_H */

@@ -17,6 +17,7 @@ static const struct {
   { "info",   cmd_info,   "info   [--json] IMAGE            header, features, allocation" },
   { "map",    cmd_map,    "map    [--json] IMAGE|FILE       data/zero/hole extents" },
   { "check",  cmd_check,  "check  [--json] IMAGE            refcount consistency" },
+  { "bmap",   cmd_bmap,   "bmap   IMAGE|FILE|URI [-o FILE]  block map for bmaptool copy" },
 };
 
 static void

@@ -1,0 +1,1396 @@
+/* Block maps in the format of bmaptool: bmap format 2.0 with SHA-256.
+ *
+ * A bmap is a small XML file that names the blocks of an image that
+ * hold data ("mapped"), in ranges of whole blocks, each with the
+ * SHA-256 of its bytes, and the SHA-256 of the bmap file itself
+ * (computed with the value of its own BmapFileChecksum element written
+ * as zeros).  "bmaptool copy --bmap" writes only the mapped ranges and
+ * checks each range's digest as it reads it.
+ *
+ * Three parts here:
+ * - the parser: a small hand-written reader for exactly this format,
+ *   since every bmap is input from elsewhere: sizes are capped, numbers
+ *   are checked for overflow, the ranges must be sorted, apart and
+ *   inside the image, and the file's own checksum must match;
+ * - the builder: ranges are hashed as the data goes by, in order, and
+ *   their lines kept in a spill file, so that memory does not grow with
+ *   the number of ranges; the header, whose counts are known only at
+ *   the end, is written last, before the lines;
+ * - the checked source: an endpoint over a source whose extents are
+ *   the bmap's ranges and whose reads are checked against them.
+ */
+#include <config.h>
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include <openssl/evp.h>
+
+#include "internal.h"
+#include "bmap.h"
+
+/* The largest bmap file read.  bmaptool writes about 100 bytes per
+ * range, so this is more than half a million ranges: more than an image
+ * that is worth a block map has.  bmaptool itself holds the whole file
+ * as an XML tree in memory.
+ */
+#define MAX_BMAP_FILE (64 * 1024 * 1024)
+/* Block sizes accepted: bmaptool takes the file system's (FIGETBSZ),
+ * from 512 bytes up to the largest page size of any architecture.
+ */
+#define MIN_BLOCK_SIZE 512
+#define MAX_BLOCK_SIZE (1024 * 1024)
+/* Nesting is flat in this format; the longest element and attribute
+ * names are short.
+ */
+#define MAX_NAME 32
+#define HEX_DIGEST_LEN (2 * SC_BMAP_DIGEST_LEN)
+/* Read requests of the checked source when it reads ahead by itself. */
+#define CATCH_UP_CHUNK (1024 * 1024)
+
+/* ---- SHA-256 ------------------------------------------------------------ */
+
+static EVP_MD_CTX *
+sha256_new (void)
+{
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new ();
+
+  if (ctx == NULL || EVP_DigestInit_ex (ctx, EVP_sha256 (), NULL) != 1) {
+    EVP_MD_CTX_free (ctx);
+    sc_set_error (ENOMEM, "SHA-256: cannot initialise the digest");
+    return NULL;
+  }
+  return ctx;
+}
+
+static int
+sha256_restart (EVP_MD_CTX *ctx)
+{
+  if (EVP_DigestInit_ex (ctx, EVP_sha256 (), NULL) != 1) {
+    sc_set_error (EIO, "SHA-256: cannot initialise the digest");
+    return -1;
+  }
+  return 0;
+}
+
+static int
+sha256_update (EVP_MD_CTX *ctx, const void *buf, size_t len)
+{
+  if (len > 0 && EVP_DigestUpdate (ctx, buf, len) != 1) {
+    sc_set_error (EIO, "SHA-256: digest update failed");
+    return -1;
+  }
+  return 0;
+}
+
+static const unsigned char zero_block[SC_BMAP_BLOCK_SIZE];
+
+/* Hash len zero bytes. */
+static int
+sha256_zeros (EVP_MD_CTX *ctx, uint64_t len)
+{
+  while (len > 0) {
+    size_t n = (size_t) SC_MIN (len, (uint64_t) sizeof zero_block);
+    if (sha256_update (ctx, zero_block, n) == -1)
+      return -1;
+    len -= n;
+  }
+  return 0;
+}
+
+static int
+sha256_final (EVP_MD_CTX *ctx, unsigned char digest[SC_BMAP_DIGEST_LEN])
+{
+  unsigned int n = 0;
+
+  if (EVP_DigestFinal_ex (ctx, digest, &n) != 1 || n != SC_BMAP_DIGEST_LEN) {
+    sc_set_error (EIO, "SHA-256: digest failed");
+    return -1;
+  }
+  return 0;
+}
+
+static void
+hex_digest (const unsigned char digest[SC_BMAP_DIGEST_LEN],
+            char hex[HEX_DIGEST_LEN + 1])
+{
+  static const char digits[] = "0123456789abcdef";
+
+  for (size_t i = 0; i < SC_BMAP_DIGEST_LEN; i++) {
+    hex[2 * i] = digits[digest[i] >> 4];
+    hex[2 * i + 1] = digits[digest[i] & 15];
+  }
+  hex[HEX_DIGEST_LEN] = '\0';
+}
+
+static int
+hex_value (char c)
+{
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+/* ---- the parser ------------------------------------------------------------ */
+
+struct parser {
+  const char *buf;
+  size_t len;
+  size_t pos;
+  const char *name;             /* of the bmap, for messages */
+};
+
+/* Fail with EINVAL, "NAME: line L: message". */
+static int __attribute__ ((format (printf, 2, 3)))
+parse_error (const struct parser *p, const char *fmt, ...)
+{
+  char msg[256];
+  va_list ap;
+  size_t line = 1;
+
+  for (size_t i = 0; i < p->pos && i < p->len; i++)
+    line += p->buf[i] == '\n';
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  sc_set_error (EINVAL, "%s: line %zu: not a bmap file: %s", p->name, line,
+                msg);
+  return -1;
+}
+
+static bool
+at (const struct parser *p, const char *s)
+{
+  size_t n = strlen (s);
+  return p->len - p->pos >= n && memcmp (p->buf + p->pos, s, n) == 0;
+}
+
+static bool
+is_space (char c)
+{
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static void
+skip_space (struct parser *p)
+{
+  while (p->pos < p->len && is_space (p->buf[p->pos]))
+    p->pos++;
+}
+
+/* Skip past the next occurrence of end; -1 if there is none. */
+static int
+skip_past (struct parser *p, const char *end, const char *what)
+{
+  size_t n = strlen (end);
+
+  for (size_t i = p->pos; p->len - i >= n; i++)
+    if (memcmp (p->buf + i, end, n) == 0) {
+      p->pos = i + n;
+      return 0;
+    }
+  return parse_error (p, "unterminated %s", what);
+}
+
+/* Skip white space, comments and processing instructions (the XML
+ * declaration).
+ */
+static int
+skip_misc (struct parser *p)
+{
+  for (;;) {
+    skip_space (p);
+    if (at (p, "<!--")) {
+      p->pos += 4;
+      if (skip_past (p, "-->", "comment") == -1)
+        return -1;
+    }
+    else if (at (p, "<?")) {
+      p->pos += 2;
+      if (skip_past (p, "?>", "XML declaration") == -1)
+        return -1;
+    }
+    else
+      return 0;
+  }
+}
+
+static bool
+is_name_char (char c)
+{
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+    || (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
+}
+
+/* A name of at most MAX_NAME characters into name. */
+static int
+parse_name (struct parser *p, char name[MAX_NAME + 1])
+{
+  size_t n = 0;
+
+  while (p->pos < p->len && is_name_char (p->buf[p->pos])) {
+    if (n == MAX_NAME)
+      return parse_error (p, "name too long");
+    name[n++] = p->buf[p->pos++];
+  }
+  if (n == 0)
+    return parse_error (p, "a name was expected");
+  name[n] = '\0';
+  return 0;
+}
+
+/* The attributes a start tag may carry: version (of bmap) and chksum
+ * (of Range), each a short string without entities.
+ */
+struct attrs {
+  const char *version;
+  size_t version_len;
+  const char *chksum;
+  size_t chksum_len;
+};
+
+/* After "<": NAME, attributes, ">".  An empty element ("/>") has no
+ * text and is never valid here.
+ */
+static int
+parse_start_tag (struct parser *p, char name[MAX_NAME + 1], struct attrs *a)
+{
+  memset (a, 0, sizeof *a);
+  if (parse_name (p, name) == -1)
+    return -1;
+  for (;;) {
+    char key[MAX_NAME + 1];
+    const char **val;
+    size_t *val_len, start;
+    char quote;
+
+    skip_space (p);
+    if (p->pos >= p->len)
+      return parse_error (p, "unterminated tag <%s>", name);
+    if (p->buf[p->pos] == '>') {
+      p->pos++;
+      return 0;
+    }
+    if (parse_name (p, key) == -1)
+      return -1;
+    if (strcmp (key, "version") == 0 && strcmp (name, "bmap") == 0) {
+      val = &a->version;
+      val_len = &a->version_len;
+    }
+    else if (strcmp (key, "chksum") == 0 && strcmp (name, "Range") == 0) {
+      val = &a->chksum;
+      val_len = &a->chksum_len;
+    }
+    else
+      return parse_error (p, "unknown attribute '%s' of <%s>", key, name);
+    if (*val != NULL)
+      return parse_error (p, "attribute '%s' given twice", key);
+    skip_space (p);
+    if (p->pos >= p->len || p->buf[p->pos] != '=')
+      return parse_error (p, "'=' expected after '%s'", key);
+    p->pos++;
+    skip_space (p);
+    if (p->pos >= p->len || (p->buf[p->pos] != '"' && p->buf[p->pos] != '\''))
+      return parse_error (p, "a quoted value expected for '%s'", key);
+    quote = p->buf[p->pos++];
+    start = p->pos;
+    while (p->pos < p->len && p->buf[p->pos] != quote) {
+      if (p->buf[p->pos] == '<' || p->buf[p->pos] == '&')
+        return parse_error (p, "unexpected '%c' in the value of '%s'",
+                            p->buf[p->pos], key);
+      p->pos++;
+    }
+    if (p->pos >= p->len)
+      return parse_error (p, "unterminated value of '%s'", key);
+    *val = p->buf + start;
+    *val_len = p->pos - start;
+    p->pos++;
+  }
+}
+
+/* The text of an element up to "</NAME>", which is consumed: *text and
+ * *text_len, white space around it removed.
+ */
+static int
+parse_text_and_end (struct parser *p, const char *name, const char **text,
+                    size_t *text_len)
+{
+  size_t start = p->pos, end;
+  char closing[MAX_NAME + 1];
+
+  while (p->pos < p->len && p->buf[p->pos] != '<') {
+    if (p->buf[p->pos] == '&')
+      return parse_error (p, "unexpected '&' in <%s>", name);
+    p->pos++;
+  }
+  end = p->pos;
+  while (start < end && is_space (p->buf[start]))
+    start++;
+  while (end > start && is_space (p->buf[end - 1]))
+    end--;
+  if (!at (p, "</"))
+    return parse_error (p, "</%s> expected", name);
+  p->pos += 2;
+  if (parse_name (p, closing) == -1)
+    return -1;
+  if (strcmp (closing, name) != 0)
+    return parse_error (p, "</%s> expected, not </%s>", name, closing);
+  skip_space (p);
+  if (p->pos >= p->len || p->buf[p->pos] != '>')
+    return parse_error (p, "'>' expected after </%s", name);
+  p->pos++;
+  *text = p->buf + start;
+  *text_len = end - start;
+  return 0;
+}
+
+/* A decimal number of s[0..len), no sign, no overflow. */
+static int
+parse_u64 (const struct parser *p, const char *s, size_t len, uint64_t *out,
+           const char *what)
+{
+  uint64_t v = 0;
+
+  if (len == 0)
+    return parse_error (p, "%s: a number was expected", what);
+  for (size_t i = 0; i < len; i++) {
+    if (s[i] < '0' || s[i] > '9')
+      return parse_error (p, "%s: '%.*s' is not a number", what,
+                          (int) SC_MIN (len, (size_t) 40), s);
+    if (SC_MUL_OVERFLOW (v, 10, &v) || SC_ADD_OVERFLOW (v, (uint64_t) (s[i] - '0'), &v))
+      return parse_error (p, "%s: number too large", what);
+  }
+  *out = v;
+  return 0;
+}
+
+static int
+parse_digest (const struct parser *p, const char *s, size_t len,
+              unsigned char digest[SC_BMAP_DIGEST_LEN], const char *what)
+{
+  if (len != HEX_DIGEST_LEN)
+    return parse_error (p, "%s: a SHA-256 digest has %d hexadecimal digits, "
+                        "not %zu", what, HEX_DIGEST_LEN, len);
+  for (size_t i = 0; i < SC_BMAP_DIGEST_LEN; i++) {
+    int hi = hex_value (s[2 * i]), lo = hex_value (s[2 * i + 1]);
+    if (hi < 0 || lo < 0)
+      return parse_error (p, "%s: not a hexadecimal digest", what);
+    digest[i] = (unsigned char) (hi << 4 | lo);
+  }
+  return 0;
+}
+
+/* "N" or "N-M", with white space allowed around the dash. */
+static int
+parse_range_text (const struct parser *p, const char *s, size_t len,
+                  uint64_t *first, uint64_t *last)
+{
+  const char *dash = memchr (s, '-', len);
+  size_t n1, i2;
+
+  if (dash == NULL) {
+    if (parse_u64 (p, s, len, first, "Range") == -1)
+      return -1;
+    *last = *first;
+    return 0;
+  }
+  n1 = (size_t) (dash - s);
+  while (n1 > 0 && is_space (s[n1 - 1]))
+    n1--;
+  i2 = (size_t) (dash - s) + 1;
+  while (i2 < len && is_space (s[i2]))
+    i2++;
+  if (parse_u64 (p, s, n1, first, "Range") == -1
+      || parse_u64 (p, s + i2, len - i2, last, "Range") == -1)
+    return -1;
+  if (*first > *last)
+    return parse_error (p, "range %" PRIu64 "-%" PRIu64 " ends before it "
+                        "starts", *first, *last);
+  return 0;
+}
+
+/* The elements of <bmap>, each at most once. */
+enum field {
+  F_IMAGE_SIZE, F_BLOCK_SIZE, F_BLOCKS_COUNT, F_MAPPED_COUNT,
+  F_CHECKSUM_TYPE, F_FILE_CHECKSUM, F_BLOCK_MAP, F_COUNT,
+};
+static const char *const field_names[F_COUNT] = {
+  "ImageSize", "BlockSize", "BlocksCount", "MappedBlocksCount",
+  "ChecksumType", "BmapFileChecksum", "BlockMap",
+};
+
+static int
+add_range (const struct parser *p, struct sc_bmap *bmap, size_t *cap,
+           const struct sc_bmap_range *r)
+{
+  if (bmap->nb_ranges == *cap) {
+    size_t ncap = *cap ? 2 * *cap : 64;
+    struct sc_bmap_range *n;
+
+    /* The file size bounds the count: each range takes more than 16
+     * bytes of text.
+     */
+    if (ncap > MAX_BMAP_FILE / 16)
+      return parse_error (p, "too many ranges");
+    n = realloc (bmap->ranges, ncap * sizeof *n);
+    if (n == NULL) {
+      sc_set_error (errno, "%s: out of memory", p->name);
+      return -1;
+    }
+    bmap->ranges = n;
+    *cap = ncap;
+  }
+  bmap->ranges[bmap->nb_ranges++] = *r;
+  return 0;
+}
+
+/* After <BlockMap>: the ranges, then </BlockMap>. */
+static int
+parse_block_map (struct parser *p, struct sc_bmap *bmap)
+{
+  size_t cap = 0;
+
+  for (;;) {
+    char name[MAX_NAME + 1];
+    struct attrs a;
+    struct sc_bmap_range r = { 0 };
+    const char *text;
+    size_t text_len;
+
+    if (skip_misc (p) == -1)
+      return -1;
+    if (at (p, "</")) {
+      p->pos += 2;
+      if (parse_name (p, name) == -1)
+        return -1;
+      skip_space (p);
+      if (strcmp (name, "BlockMap") != 0 || p->pos >= p->len
+          || p->buf[p->pos] != '>')
+        return parse_error (p, "</BlockMap> expected");
+      p->pos++;
+      return 0;
+    }
+    if (!at (p, "<"))
+      return parse_error (p, "<Range> or </BlockMap> expected");
+    p->pos++;
+    if (parse_start_tag (p, name, &a) == -1)
+      return -1;
+    if (strcmp (name, "Range") != 0)
+      return parse_error (p, "unexpected <%s> in <BlockMap>", name);
+    if (parse_text_and_end (p, "Range", &text, &text_len) == -1
+        || parse_range_text (p, text, text_len, &r.first, &r.last) == -1)
+      return -1;
+    if (a.chksum) {
+      if (parse_digest (p, a.chksum, a.chksum_len, r.digest, "chksum") == -1)
+        return -1;
+      r.has_digest = true;
+    }
+    if (add_range (p, bmap, &cap, &r) == -1)
+      return -1;
+  }
+}
+
+/* The whole file: fills bmap, and the place of the file checksum's
+ * value in the buffer.
+ */
+static int
+parse_document (struct parser *p, struct sc_bmap *bmap, uint64_t *values,
+                unsigned char file_digest[SC_BMAP_DIGEST_LEN],
+                size_t *digest_pos)
+{
+  char name[MAX_NAME + 1];
+  struct attrs a;
+  bool seen[F_COUNT] = { false };
+
+  if (skip_misc (p) == -1)
+    return -1;
+  if (!at (p, "<"))
+    return parse_error (p, "<bmap> expected");
+  p->pos++;
+  if (parse_start_tag (p, name, &a) == -1)
+    return -1;
+  if (strcmp (name, "bmap") != 0)
+    return parse_error (p, "<bmap> expected, not <%s>", name);
+  if (a.version == NULL)
+    return parse_error (p, "<bmap> has no version");
+  /* Format 2.0 is the one with a checksum type and SHA-256; bmaptool
+   * writes it since version 3.0.
+   */
+  if (!(a.version_len == 3 && memcmp (a.version, "2.0", 3) == 0)) {
+    sc_set_error (ENOTSUP, "%s: bmap format version %.*s is not supported "
+                  "(2.0 is)", p->name, (int) SC_MIN (a.version_len,
+                                                     (size_t) 16),
+                  a.version);
+    return -1;
+  }
+
+  for (;;) {
+    const char *text;
+    size_t text_len;
+    int f;
+
+    if (skip_misc (p) == -1)
+      return -1;
+    if (at (p, "</"))
+      break;
+    if (!at (p, "<"))
+      return parse_error (p, "an element was expected");
+    p->pos++;
+    if (parse_start_tag (p, name, &a) == -1)
+      return -1;
+    for (f = 0; f < F_COUNT; f++)
+      if (strcmp (name, field_names[f]) == 0)
+        break;
+    if (f == F_COUNT)
+      return parse_error (p, "unknown element <%s>", name);
+    if (seen[f])
+      return parse_error (p, "<%s> given twice", name);
+    seen[f] = true;
+    if (f == F_BLOCK_MAP) {
+      if (parse_block_map (p, bmap) == -1)
+        return -1;
+      continue;
+    }
+    if (parse_text_and_end (p, name, &text, &text_len) == -1)
+      return -1;
+    if (f == F_CHECKSUM_TYPE) {
+      if (!(text_len == 6 && memcmp (text, "sha256", 6) == 0)) {
+        sc_set_error (ENOTSUP, "%s: checksum type '%.*s' is not supported "
+                      "(sha256 is)", p->name,
+                      (int) SC_MIN (text_len, (size_t) 16), text);
+        return -1;
+      }
+    }
+    else if (f == F_FILE_CHECKSUM) {
+      if (parse_digest (p, text, text_len, file_digest, name) == -1)
+        return -1;
+      *digest_pos = (size_t) (text - p->buf);
+    }
+    else if (parse_u64 (p, text, text_len, &values[f], name) == -1)
+      return -1;
+  }
+  p->pos += 2;
+  if (parse_name (p, name) == -1)
+    return -1;
+  skip_space (p);
+  if (strcmp (name, "bmap") != 0 || p->pos >= p->len || p->buf[p->pos] != '>')
+    return parse_error (p, "</bmap> expected");
+  p->pos++;
+  if (skip_misc (p) == -1)
+    return -1;
+  if (p->pos != p->len)
+    return parse_error (p, "text after </bmap>");
+  for (int f = 0; f < F_COUNT; f++)
+    if (!seen[f])
+      return parse_error (p, "<%s> is missing", field_names[f]);
+  return 0;
+}
+
+/* The numbers must agree with each other and with the ranges. */
+static int
+check_geometry (const struct parser *p, struct sc_bmap *bmap,
+                const uint64_t *values)
+{
+  uint64_t bs = values[F_BLOCK_SIZE], size = values[F_IMAGE_SIZE];
+  uint64_t mapped = 0, blocks;
+
+  if (bs < MIN_BLOCK_SIZE || bs > MAX_BLOCK_SIZE || (bs & (bs - 1)) != 0)
+    return parse_error (p, "block size %" PRIu64 " is not a power of two "
+                        "from %d to %d", bs, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE);
+  /* An image must be something a file can hold (off_t). */
+  if (size == 0 || size > INT64_MAX)
+    return parse_error (p, "image size %" PRIu64 " is out of range", size);
+  blocks = size / bs + (size % bs != 0);
+  if (values[F_BLOCKS_COUNT] != blocks)
+    return parse_error (p, "%" PRIu64 " blocks of %" PRIu64 " bytes do not "
+                        "make an image of %" PRIu64 " bytes",
+                        values[F_BLOCKS_COUNT], bs, size);
+  for (size_t i = 0; i < bmap->nb_ranges; i++) {
+    const struct sc_bmap_range *r = &bmap->ranges[i];
+
+    if (r->last >= blocks)
+      return parse_error (p, "range %" PRIu64 "-%" PRIu64 " runs past the "
+                          "last block (%" PRIu64 ")", r->first, r->last,
+                          blocks - 1);
+    if (i > 0 && r->first <= bmap->ranges[i - 1].last)
+      return parse_error (p, "range %" PRIu64 "-%" PRIu64 " does not come "
+                          "after range %" PRIu64 "-%" PRIu64, r->first,
+                          r->last, bmap->ranges[i - 1].first,
+                          bmap->ranges[i - 1].last);
+    /* Cannot overflow: the ranges are apart and below blocks. */
+    mapped += r->last - r->first + 1;
+  }
+  if (values[F_MAPPED_COUNT] != mapped)
+    return parse_error (p, "MappedBlocksCount is %" PRIu64 ", but the ranges "
+                        "hold %" PRIu64 " blocks", values[F_MAPPED_COUNT],
+                        mapped);
+  bmap->block_size = (uint32_t) bs;
+  bmap->image_size = size;
+  bmap->blocks_count = blocks;
+  bmap->mapped_blocks = mapped;
+  return 0;
+}
+
+/* The file's SHA-256 with the value of BmapFileChecksum as zeros. */
+static int
+check_file_digest (const struct parser *p, size_t pos,
+                   const unsigned char want[SC_BMAP_DIGEST_LEN])
+{
+  unsigned char got[SC_BMAP_DIGEST_LEN];
+  EVP_MD_CTX *ctx = sha256_new ();
+  int r = -1;
+
+  if (ctx == NULL)
+    return -1;
+  if (sha256_update (ctx, p->buf, pos) == -1
+      || sha256_update (ctx, "0000000000000000000000000000000000000000000000"
+                        "000000000000000000", HEX_DIGEST_LEN) == -1
+      || sha256_update (ctx, p->buf + pos + HEX_DIGEST_LEN,
+                        p->len - pos - HEX_DIGEST_LEN) == -1
+      || sha256_final (ctx, got) == -1)
+    goto out;
+  if (memcmp (got, want, SC_BMAP_DIGEST_LEN) != 0) {
+    sc_set_error (EBADMSG, "%s: the bmap file is damaged: its "
+                  "BmapFileChecksum does not match its contents", p->name);
+    goto out;
+  }
+  r = 0;
+ out:
+  EVP_MD_CTX_free (ctx);
+  return r;
+}
+
+struct sc_bmap *
+sc_bmap_parse (const void *buf, size_t len, const char *name)
+{
+  struct parser p = { .buf = buf, .len = len, .name = name ? name : "bmap" };
+  struct sc_bmap *bmap;
+  uint64_t values[F_COUNT] = { 0 };
+  unsigned char file_digest[SC_BMAP_DIGEST_LEN];
+  size_t digest_pos = 0;
+
+  if (buf == NULL && len > 0) {
+    sc_set_error (EINVAL, "%s: no buffer", p.name);
+    return NULL;
+  }
+  if (len > MAX_BMAP_FILE) {
+    sc_set_error (EFBIG, "%s: a bmap file of more than %d MiB is refused",
+                  p.name, MAX_BMAP_FILE >> 20);
+    return NULL;
+  }
+  bmap = calloc (1, sizeof *bmap);
+  if (bmap == NULL || (bmap->name = strdup (p.name)) == NULL) {
+    sc_set_error (errno, "%s: out of memory", p.name);
+    free (bmap);
+    return NULL;
+  }
+  if (parse_document (&p, bmap, values, file_digest, &digest_pos) == -1
+      || check_geometry (&p, bmap, values) == -1
+      || check_file_digest (&p, digest_pos, file_digest) == -1) {
+    sc_bmap_free (bmap);
+    return NULL;
+  }
+  return bmap;
+}
+
+struct sc_bmap *
+sc_bmap_load (const char *path)
+{
+  struct sc_bmap *bmap = NULL;
+  char *buf = NULL;
+  size_t len = 0;
+  struct stat st;
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+
+  if (fd == -1) {
+    sc_set_error (errno, "%s: %s", path, strerror (errno));
+    return NULL;
+  }
+  if (fstat (fd, &st) == -1) {
+    sc_set_error (errno, "%s: %s", path, strerror (errno));
+    goto out;
+  }
+  if (!S_ISREG (st.st_mode)) {
+    sc_set_error (EINVAL, "%s: a bmap must be a regular file", path);
+    goto out;
+  }
+  if (st.st_size > MAX_BMAP_FILE) {
+    sc_set_error (EFBIG, "%s: a bmap file of more than %d MiB is refused",
+                  path, MAX_BMAP_FILE >> 20);
+    goto out;
+  }
+  /* One byte more than the size: a file that grows is seen to. */
+  buf = malloc ((size_t) st.st_size + 1);
+  if (buf == NULL) {
+    sc_set_error (errno, "%s: out of memory", path);
+    goto out;
+  }
+  for (;;) {
+    ssize_t n = read (fd, buf + len, (size_t) st.st_size + 1 - len);
+    if (n == -1 && errno == EINTR)
+      continue;
+    if (n == -1) {
+      sc_set_error (errno, "%s: %s", path, strerror (errno));
+      goto out;
+    }
+    if (n == 0)
+      break;
+    len += (size_t) n;
+    if (len > (size_t) st.st_size) {
+      sc_set_error (EBUSY, "%s: the file grew while it was read", path);
+      goto out;
+    }
+  }
+  bmap = sc_bmap_parse (buf, len, path);
+ out:
+  free (buf);
+  close (fd);
+  return bmap;
+}
+
+void
+sc_bmap_free (struct sc_bmap *bmap)
+{
+  if (bmap == NULL)
+    return;
+  free (bmap->ranges);
+  free (bmap->name);
+  free (bmap);
+}
+
+uint64_t
+sc_bmap_image_size (const struct sc_bmap *bmap)
+{
+  return bmap->image_size;
+}
+
+void
+bmap_range_bytes (const struct sc_bmap *bmap, size_t i, uint64_t *start,
+                  uint64_t *end)
+{
+  const struct sc_bmap_range *r = &bmap->ranges[i];
+
+  /* No overflow: last < blocks_count, and blocks_count * block_size
+   * is less than image_size + block_size, itself at most INT64_MAX +
+   * MAX_BLOCK_SIZE.
+   */
+  *start = r->first * bmap->block_size;
+  *end = SC_MIN ((r->last + 1) * bmap->block_size, bmap->image_size);
+}
+
+/* ---- the builder ------------------------------------------------------------- */
+
+#define LINE_BUFFER (256 * 1024)
+
+struct bmap_builder {
+  EVP_MD_CTX *ctx;
+  bool open;                    /* a range is being hashed */
+  uint64_t first;               /* its first block */
+  uint64_t pos;                 /* bytes before pos are hashed */
+  uint64_t mapped;              /* blocks of the closed ranges */
+  uint64_t nb_ranges;
+  /* The range lines: a spill file and its write buffer. */
+  int fd;
+  char *buf;
+  size_t len;
+  uint64_t spilled;
+};
+
+struct bmap_builder *
+bmap_builder_new (const char *near)
+{
+  struct bmap_builder *b = calloc (1, sizeof *b);
+
+  if (b == NULL) {
+    sc_set_error (errno, "out of memory");
+    return NULL;
+  }
+  b->fd = -1;
+  b->ctx = sha256_new ();
+  b->buf = malloc (LINE_BUFFER);
+  if (b->ctx == NULL || b->buf == NULL) {
+    if (b->buf == NULL)
+      sc_set_error (ENOMEM, "out of memory");
+    bmap_builder_free (b);
+    return NULL;
+  }
+  b->fd = sc_spill_open (near);
+  if (b->fd == -1) {
+    bmap_builder_free (b);
+    return NULL;
+  }
+  return b;
+}
+
+void
+bmap_builder_free (struct bmap_builder *b)
+{
+  if (b == NULL)
+    return;
+  EVP_MD_CTX_free (b->ctx);
+  if (b->fd >= 0)
+    close (b->fd);
+  free (b->buf);
+  free (b);
+}
+
+static int
+spill_lines (struct bmap_builder *b)
+{
+  if (sc_full_pwrite (b->fd, b->buf, b->len, b->spilled) == -1) {
+    sc_error_prefix ("bmap spill file");
+    return -1;
+  }
+  b->spilled += b->len;
+  b->len = 0;
+  return 0;
+}
+
+/* Hash zeros up to end (the rest of the current block, or less) and
+ * close the range there.
+ */
+static int
+end_range (struct bmap_builder *b, uint64_t end)
+{
+  unsigned char digest[SC_BMAP_DIGEST_LEN];
+  char hex[HEX_DIGEST_LEN + 1];
+  uint64_t last;
+  int n;
+
+  if (sha256_zeros (b->ctx, end - b->pos) == -1
+      || sha256_final (b->ctx, digest) == -1)
+    return -1;
+  b->pos = end;
+  b->open = false;
+  last = (end - 1) / SC_BMAP_BLOCK_SIZE;
+  hex_digest (digest, hex);
+  if (b->len + 128 > LINE_BUFFER && spill_lines (b) == -1)
+    return -1;
+  if (last != b->first)
+    n = snprintf (b->buf + b->len, LINE_BUFFER - b->len,
+                  "    <Range chksum=\"%s\"> %" PRIu64 "-%" PRIu64
+                  " </Range>\n", hex, b->first, last);
+  else
+    n = snprintf (b->buf + b->len, LINE_BUFFER - b->len,
+                  "    <Range chksum=\"%s\"> %" PRIu64 " </Range>\n", hex,
+                  b->first);
+  b->len += (size_t) n;
+  b->mapped += last - b->first + 1;
+  b->nb_ranges++;
+  return 0;
+}
+
+int
+bmap_builder_data (struct bmap_builder *b, uint64_t offset, const void *buf,
+                   size_t len)
+{
+  uint64_t end;
+
+  if (len == 0)
+    return 0;
+  if (offset < b->pos || SC_ADD_OVERFLOW (offset, (uint64_t) len, &end)) {
+    sc_set_error (EINVAL, "bmap: data at %" PRIu64 " comes after %" PRIu64,
+                  offset, b->pos);
+    return -1;
+  }
+  if (b->open && offset > b->pos) {
+    uint64_t block_end = SC_ROUND_UP (b->pos, SC_BMAP_BLOCK_SIZE);
+
+    /* A gap that leaves no whole block out is a hole inside the range;
+     * a longer one ends it.
+     */
+    if (SC_ROUND_DOWN (offset, SC_BMAP_BLOCK_SIZE) <= block_end) {
+      if (sha256_zeros (b->ctx, offset - b->pos) == -1)
+        return -1;
+      b->pos = offset;
+    }
+    else if (end_range (b, block_end) == -1)
+      return -1;
+  }
+  if (!b->open) {
+    uint64_t start = SC_ROUND_DOWN (offset, SC_BMAP_BLOCK_SIZE);
+
+    /* The previous range ended in the block where this one starts
+     * (data, a short hole, data): it goes on.
+     */
+    if (b->nb_ranges > 0 && start < b->pos) {
+      sc_set_error (EINVAL, "bmap: data at %" PRIu64 " inside a closed "
+                    "range", offset);
+      return -1;
+    }
+    if (sha256_restart (b->ctx) == -1)
+      return -1;
+    b->open = true;
+    b->first = start / SC_BMAP_BLOCK_SIZE;
+    b->pos = start;
+    if (sha256_zeros (b->ctx, offset - start) == -1)
+      return -1;
+  }
+  if (buf ? sha256_update (b->ctx, buf, len) : sha256_zeros (b->ctx, len))
+    return -1;
+  b->pos = end;
+  return 0;
+}
+
+/* Append s to the header being made, and to its hash. */
+struct text {
+  char *s;
+  size_t len, cap;
+};
+
+static int __attribute__ ((format (printf, 2, 3)))
+text_add (struct text *t, const char *fmt, ...)
+{
+  va_list ap;
+  int n;
+
+  va_start (ap, fmt);
+  n = vsnprintf (t->s + t->len, t->cap - t->len, fmt, ap);
+  va_end (ap);
+  if (n < 0 || (size_t) n >= t->cap - t->len) {
+    sc_set_error (ENOBUFS, "bmap: header too long");
+    return -1;
+  }
+  t->len += (size_t) n;
+  return 0;
+}
+
+static void
+human_size (uint64_t bytes, char *out, size_t len)
+{
+  static const char *const units[] = { "bytes", "KiB", "MiB", "GiB", "TiB",
+                                       "PiB", "EiB" };
+  double v = (double) bytes;
+  size_t u = 0;
+
+  while (v >= 1024 && u + 1 < sizeof units / sizeof units[0]) {
+    v /= 1024;
+    u++;
+  }
+  if (u == 0)
+    snprintf (out, len, "%" PRIu64 " bytes", bytes);
+  else
+    snprintf (out, len, "%.1f %s", v, units[u]);
+}
+
+int
+bmap_builder_finish (struct bmap_builder *b, uint64_t image_size,
+                     struct sc_endpoint *dst)
+{
+  static const char footer[] = "  </BlockMap>\n</bmap>\n";
+  char head[4096], human[32], human_mapped[32];
+  struct text t = { head, 0, sizeof head };
+  unsigned char digest[SC_BMAP_DIGEST_LEN];
+  char hex[HEX_DIGEST_LEN + 1];
+  uint64_t blocks, total, off;
+  size_t digest_at;
+  CLEANUP_FREE char *chunk = NULL;
+  EVP_MD_CTX *ctx = NULL;
+  int r = -1;
+
+  if (image_size == 0 || image_size > INT64_MAX) {
+    sc_set_error (EINVAL, "bmap: an image of %" PRIu64 " bytes has no block "
+                  "map (bmaptool refuses empty images)", image_size);
+    return -1;
+  }
+  if (b->open) {
+    uint64_t end = SC_MIN (SC_ROUND_UP (b->pos, SC_BMAP_BLOCK_SIZE),
+                           image_size);
+    if (b->pos > image_size) {
+      sc_set_error (EINVAL, "bmap: data past the end of the image");
+      return -1;
+    }
+    if (end_range (b, end) == -1)
+      return -1;
+  }
+  if (b->len > 0 && spill_lines (b) == -1)
+    return -1;
+  blocks = SC_DIV_ROUND_UP (image_size, (uint64_t) SC_BMAP_BLOCK_SIZE);
+  human_size (image_size, human, sizeof human);
+  human_size (b->mapped * SC_BMAP_BLOCK_SIZE, human_mapped,
+              sizeof human_mapped);
+
+  /* The layout of bmaptool create's files (elements in its order, one
+   * per line), so that the two can be compared line by line.
+   */
+  if (text_add (&t, "<?xml version=\"1.0\" ?>\n"
+                "<!-- Block map (bmap format 2.0) written by sparsecow: the "
+                "blocks of the image\n"
+                "     that hold data, with the SHA-256 of each range of "
+                "them.  Only these\n"
+                "     blocks need copying, and \"bmaptool copy\" copies only "
+                "them. -->\n"
+                "<bmap version=\"2.0\">\n"
+                "  <!-- Image size: %s -->\n"
+                "  <ImageSize> %" PRIu64 " </ImageSize>\n"
+                "  <BlockSize> %d </BlockSize>\n"
+                "  <BlocksCount> %" PRIu64 " </BlocksCount>\n"
+                "  <!-- Mapped: %s, %.1f%% of the image -->\n"
+                "  <MappedBlocksCount> %" PRIu64 " </MappedBlocksCount>\n"
+                "  <ChecksumType> sha256 </ChecksumType>\n"
+                "  <!-- SHA-256 of this file with the value below written as "
+                "zeros -->\n"
+                "  <BmapFileChecksum> ", human, image_size,
+                SC_BMAP_BLOCK_SIZE, blocks, human_mapped,
+                100.0 * (double) b->mapped / (double) blocks, b->mapped)
+      == -1)
+    return -1;
+  digest_at = t.len;
+  if (text_add (&t, "%0*d </BmapFileChecksum>\n"
+                "  <BlockMap>\n", HEX_DIGEST_LEN, 0) == -1)
+    return -1;
+
+  chunk = malloc (LINE_BUFFER);
+  ctx = sha256_new ();
+  if (chunk == NULL || ctx == NULL) {
+    if (chunk == NULL)
+      sc_set_error (ENOMEM, "out of memory");
+    goto out;
+  }
+  /* First the file's digest, over the header with zeros, the lines and
+   * the footer; then the file.
+   */
+  if (sha256_update (ctx, t.s, t.len) == -1)
+    goto out;
+  for (off = 0; off < b->spilled; ) {
+    size_t n = (size_t) SC_MIN ((uint64_t) LINE_BUFFER, b->spilled - off);
+    if (sc_full_pread (b->fd, chunk, n, off) == -1) {
+      sc_error_prefix ("bmap spill file");
+      goto out;
+    }
+    if (sha256_update (ctx, chunk, n) == -1)
+      goto out;
+    off += n;
+  }
+  if (sha256_update (ctx, footer, sizeof footer - 1) == -1
+      || sha256_final (ctx, digest) == -1)
+    goto out;
+  hex_digest (digest, hex);
+  memcpy (t.s + digest_at, hex, HEX_DIGEST_LEN);
+
+  total = t.len + b->spilled + (sizeof footer - 1);
+  if (sc_ep_set_size (dst, total) == -1
+      || sc_ep_pwrite (dst, t.s, t.len, 0) == -1)
+    goto dst_error;
+  for (off = 0; off < b->spilled; ) {
+    size_t n = (size_t) SC_MIN ((uint64_t) LINE_BUFFER, b->spilled - off);
+    if (sc_full_pread (b->fd, chunk, n, off) == -1) {
+      sc_error_prefix ("bmap spill file");
+      goto out;
+    }
+    if (sc_ep_pwrite (dst, chunk, n, t.len + off) == -1)
+      goto dst_error;
+    off += n;
+  }
+  if (sc_ep_pwrite (dst, footer, sizeof footer - 1, t.len + b->spilled) == -1
+      || sc_ep_flush (dst) == -1)
+    goto dst_error;
+  r = 0;
+  goto out;
+ dst_error:
+  sc_error_name (dst->name);
+ out:
+  EVP_MD_CTX_free (ctx);
+  return r;
+}
+
+/* ---- sc_bmap_create ----------------------------------------------------------- */
+
+static int
+create_emit (struct sc_piece *piece, void *opaque)
+{
+  struct bmap_builder *b = opaque;
+
+  /* Holes and zero ranges are not mapped, as bmaptool leaves holes. */
+  if (piece->flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO))
+    return 0;
+  return bmap_builder_data (b, piece->offset, piece->buf,
+                            (size_t) piece->length);
+}
+
+int
+sc_bmap_create (struct sc_endpoint *src, struct sc_endpoint *dst,
+                const struct sc_bmap_opts *opts)
+{
+  struct sc_bmap_opts none = { 0 };
+  struct bmap_builder *b;
+  int r = -1;
+
+  if (opts == NULL)
+    opts = &none;
+  if (src == NULL || dst == NULL) {
+    sc_set_error (EINVAL, "bmap: no source or no target");
+    return -1;
+  }
+  b = bmap_builder_new (sc_ep_local_fd (dst) >= 0 ? dst->name : NULL);
+  if (b == NULL)
+    return -1;
+  {
+    struct sc_pipeline p = {
+      .src = src,
+      .threads = opts->threads,
+      .emit = create_emit,
+      .opaque = b,
+      .progress = opts->progress,
+      .progress_opaque = opts->progress_opaque,
+    };
+    if (sc_pipeline_run (&p) == -1)
+      goto out;
+  }
+  if (src->size == 0) {
+    sc_set_error (EINVAL, "%s: an empty image has no block map (bmaptool "
+                  "refuses it too)", src->name);
+    goto out;
+  }
+  r = bmap_builder_finish (b, src->size, dst);
+ out:
+  bmap_builder_free (b);
+  return r;
+}
+
+/* ---- the checked source ------------------------------------------------------- */
+
+struct checked_ep {
+  struct sc_endpoint ep;        /* first: the vtable sees this */
+  struct sc_endpoint *inner;
+  const struct sc_bmap *bmap;
+  EVP_MD_CTX *ctx;
+  /* Range next is hashed up to pos (its bytes before pos are in ctx);
+   * next == nb_ranges when all are checked.
+   */
+  size_t next;
+  uint64_t pos;
+  bool failed;                  /* a mismatch was reported: stay failed */
+  unsigned char *scratch;       /* CATCH_UP_CHUNK bytes, when needed */
+  pthread_mutex_t lock;
+};
+
+static void
+start_range (struct checked_ep *c)
+{
+  uint64_t end;
+
+  if (c->next < c->bmap->nb_ranges)
+    bmap_range_bytes (c->bmap, c->next, &c->pos, &end);
+}
+
+/* Hash the bytes [offset, offset+len) of buf that lie at pos in the
+ * ranges, finishing each range that ends there.  Nothing of the ranges
+ * before offset may be left unhashed.
+ */
+static int
+checked_feed (struct checked_ep *c, const unsigned char *buf, uint64_t offset,
+              size_t len)
+{
+  const struct sc_bmap *bmap = c->bmap;
+
+  while (c->next < bmap->nb_ranges) {
+    const struct sc_bmap_range *r = &bmap->ranges[c->next];
+    uint64_t start, end, stop;
+
+    bmap_range_bytes (bmap, c->next, &start, &end);
+    if (c->pos >= offset + len)
+      return 0;
+    stop = SC_MIN (end, offset + len);
+    /* pos >= offset: the caller read what came before. */
+    if (sha256_update (c->ctx, buf + (c->pos - offset), stop - c->pos) == -1)
+      return -1;
+    c->pos = stop;
+    if (stop < end)
+      return 0;
+    if (r->has_digest) {
+      unsigned char digest[SC_BMAP_DIGEST_LEN];
+
+      if (sha256_final (c->ctx, digest) == -1)
+        return -1;
+      if (memcmp (digest, r->digest, SC_BMAP_DIGEST_LEN) != 0) {
+        c->failed = true;
+        sc_set_error (EBADMSG, "%s and %s are out of sync at offset %" PRIu64
+                      " (the SHA-256 of blocks %" PRIu64 "-%" PRIu64
+                      " differs)", c->inner->name, bmap->name, start,
+                      r->first, r->last);
+        return -1;
+      }
+    }
+    if (sha256_restart (c->ctx) == -1)
+      return -1;
+    c->next++;
+    start_range (c);
+  }
+  return 0;
+}
+
+/* Read and hash, from the source, what the ranges hold before offset
+ * and was not read yet.
+ */
+static int
+catch_up (struct checked_ep *c, uint64_t offset)
+{
+  while (c->next < c->bmap->nb_ranges && c->pos < offset) {
+    uint64_t start, end;
+    size_t n;
+
+    bmap_range_bytes (c->bmap, c->next, &start, &end);
+    n = (size_t) SC_MIN (SC_MIN (end, offset) - c->pos,
+                         (uint64_t) CATCH_UP_CHUNK);
+    if (c->scratch == NULL && (c->scratch = malloc (CATCH_UP_CHUNK)) == NULL) {
+      sc_set_error (errno, "out of memory");
+      return -1;
+    }
+    if (sc_ep_pread (c->inner, c->scratch, n, c->pos) == -1)
+      return -1;
+    if (checked_feed (c, c->scratch, c->pos, n) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+static int
+checked_pread (struct sc_endpoint *ep, void *buf, size_t count,
+               uint64_t offset)
+{
+  struct checked_ep *c = (struct checked_ep *) ep;
+  int r = -1;
+
+  pthread_mutex_lock (&c->lock);
+  if (c->failed) {
+    sc_set_error (EBADMSG, "%s and %s are out of sync", c->inner->name,
+                  c->bmap->name);
+    goto out;
+  }
+  if (catch_up (c, offset) == -1
+      || sc_ep_pread (c->inner, buf, count, offset) == -1
+      || checked_feed (c, buf, offset, count) == -1)
+    goto out;
+  r = 0;
+ out:
+  pthread_mutex_unlock (&c->lock);
+  return r;
+}
+
+/* The ranges as data, the blocks between them as holes. */
+static int
+checked_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
+                 struct sc_extent_list *list)
+{
+  struct checked_ep *c = (struct checked_ep *) ep;
+  const struct sc_bmap *bmap = c->bmap;
+  uint64_t end = SC_MIN (offset + count, ep->size), pos = offset;
+  size_t lo = 0, hi = bmap->nb_ranges;
+
+  /* The first range that ends after offset. */
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    uint64_t s, e;
+
+    bmap_range_bytes (bmap, mid, &s, &e);
+    if (e <= offset)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  for (size_t i = lo; i < bmap->nb_ranges && pos < end; i++) {
+    uint64_t s, e;
+
+    bmap_range_bytes (bmap, i, &s, &e);
+    if (s > pos) {
+      if (sc_extent_list_append (list, pos, SC_MIN (s, end) - pos,
+                                 SC_EXTENT_HOLE) == -1)
+        return -1;
+      pos = SC_MIN (s, end);
+    }
+    if (pos < end) {
+      if (sc_extent_list_append (list, pos, SC_MIN (e, end) - pos, 0) == -1)
+        return -1;
+      pos = SC_MIN (e, end);
+    }
+  }
+  if (pos < end
+      && sc_extent_list_append (list, pos, end - pos, SC_EXTENT_HOLE) == -1)
+    return -1;
+  return 0;
+}
+
+static int
+checked_fingerprint (struct sc_endpoint *ep, struct sc_fingerprint *fp)
+{
+  return sc_ep_fingerprint (((struct checked_ep *) ep)->inner, fp);
+}
+
+static int
+checked_close (struct sc_endpoint *ep)
+{
+  struct checked_ep *c = (struct checked_ep *) ep;
+
+  EVP_MD_CTX_free (c->ctx);
+  free (c->scratch);
+  pthread_mutex_destroy (&c->lock);
+  sc_ep_free (ep);
+  return 0;
+}
+
+static const struct sc_endpoint_ops checked_ops = {
+  .kind = "bmap",
+  .pread = checked_pread,
+  .extents = checked_extents,
+  .fingerprint = checked_fingerprint,
+  .close = checked_close,
+};
+
+struct sc_endpoint *
+bmap_checked_source (struct sc_endpoint *inner, const struct sc_bmap *bmap)
+{
+  struct checked_ep *c;
+
+  if ((inner->flags & SC_EP_STREAM) || !(inner->flags & SC_EP_SEEKABLE)) {
+    sc_set_error (ESPIPE, "%s: a bmap is a map of a file, a device or an "
+                  "export, not of a stream", inner->name);
+    return NULL;
+  }
+  if (inner->size != bmap->image_size) {
+    sc_set_error (EINVAL, "%s is %" PRIu64 " bytes, but %s describes an "
+                  "image of %" PRIu64 " bytes", inner->name, inner->size,
+                  bmap->name, bmap->image_size);
+    return NULL;
+  }
+  c = sc_ep_new (sizeof *c, &checked_ops, inner->name);
+  if (c == NULL)
+    return NULL;
+  c->ctx = sha256_new ();
+  if (c->ctx == NULL) {
+    sc_ep_free (&c->ep);
+    return NULL;
+  }
+  pthread_mutex_init (&c->lock, NULL);
+  c->inner = inner;
+  c->bmap = bmap;
+  c->ep.size = inner->size;
+  c->ep.block_size = inner->block_size;
+  c->ep.max_request = inner->max_request;
+  c->ep.flags = inner->flags & (SC_EP_SEEKABLE | SC_EP_REMOTE);
+  start_range (c);
+  return &c->ep;
+}
+
+int
+bmap_checked_finish (struct sc_endpoint *ep)
+{
+  struct checked_ep *c = (struct checked_ep *) ep;
+  int r;
+
+  pthread_mutex_lock (&c->lock);
+  r = c->failed ? -1 : catch_up (c, UINT64_MAX);
+  pthread_mutex_unlock (&c->lock);
+  if (r == -1)
+    sc_error_name (ep->name);
+  return r;
+}

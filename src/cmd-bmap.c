@@ -1,0 +1,161 @@
+/* sparsecow bmap: a block map of an image, a file or an export, that
+ * "bmaptool copy --bmap" reads: which 4 KiB blocks hold data, with the
+ * SHA-256 of each range of them.
+ */
+#include <config.h>
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static void
+usage (FILE *fp)
+{
+  fprintf (fp,
+"Usage: %s bmap [OPTIONS] IMAGE|FILE|URI [-o FILE.bmap]\n"
+"Write a block map (bmaptool's bmap format 2.0, SHA-256) of the data of\n"
+"a qcow2 image's guest, of a sparse raw file or device, of an NBD\n"
+"export, or of standard input (-), to FILE.bmap or standard output.\n"
+"Blocks that hold data are mapped; holes and zero ranges (the zero\n"
+"clusters of an image) are not, as bmaptool create leaves holes out.\n"
+"'bmaptool copy --bmap FILE.bmap RAW DEVICE' then copies the mapped\n"
+"blocks of RAW (for an image: its raw form, as unpack writes it).\n"
+"\n"
+"  -o, --output FILE      write the bmap to FILE (default: stdout)\n"
+"  -f, --force            replace FILE if it exists\n"
+"  -p, --progress[=json]  show progress (a bar, or JSON lines on stdout)\n"
+"  -j, --threads N        reader threads (default: online CPUs)\n"
+"  -q, --quiet            print nothing but errors\n"
+"  -h, --help             show this help\n"
+CLI_NBD_HELP,
+           cli_program);
+}
+
+static const struct option long_options[] = {
+  { "output", required_argument, NULL, 'o' },
+  { "force", no_argument, NULL, 'f' },
+  CLI_COMMON_LONG_OPTIONS,
+  { NULL, 0, NULL, 0 },
+};
+
+/* Is the export an image?  1 yes, 0 no, -1 error. */
+static int
+export_is_qcow2 (struct sc_endpoint *ep)
+{
+  unsigned char magic[4];
+
+  if (sc_endpoint_size (ep) < sizeof magic)
+    return 0;
+  if (sc_endpoint_pread (ep, magic, sizeof magic, 0) == -1)
+    return -1;
+  return memcmp (magic, "QFI\xfb", 4) == 0;
+}
+
+int
+cmd_bmap (int argc, char **argv)
+{
+  struct cli_common common = { 0 };
+  struct sc_bmap_opts opts = { 0 };
+  struct cli_operand op, out = { .name = "-" };
+  struct sc_endpoint *file = NULL, *src = NULL, *dst = NULL;
+  struct sc_qcow2 *q = NULL;
+  unsigned target_flags = 0;
+  int c, r, rc = EXIT_ERROR;
+
+  cli_install_signal_handlers ();
+  cli_check_brackets ("bmap", argc, argv);
+  while ((c = getopt_long (argc, argv, "o:f" CLI_COMMON_SHORT_OPTIONS,
+                           long_options, NULL)) != -1) {
+    if (cli_common_option (c, optarg, &common, usage))
+      continue;
+    switch (c) {
+    case 'o':
+      out.name = optarg;
+      break;
+    case 'f':
+      target_flags |= SC_TARGET_FORCE;
+      break;
+    default:
+      cli_usage_error ("bmap", "unknown option");
+    }
+  }
+  cli_operands ("bmap", argc, argv, optind, &op, 1, "one IMAGE, FILE or URI");
+  if (strcmp (out.name, "-") == 0 && common.progress_json)
+    cli_usage_error ("bmap", "--progress=json writes to standard output, "
+                     "which is where the bmap goes without -o");
+  if (!op.nbd && strcmp (out.name, "-") != 0
+      && cli_target_is_source (op.name, out.name))
+    return EXIT_ERROR;
+
+  /* What the source is: a qcow2 image is mapped through its guest
+   * view; anything else is raw data.
+   */
+  if (op.nbd) {
+    file = cli_open_source (&op, &common, SC_MAP_SEEK);
+    if (file == NULL)
+      return EXIT_ERROR;
+    r = export_is_qcow2 (file);
+    if (r == 1 && (q = sc_qcow2_open_endpoint (file, NULL)) == NULL)
+      r = -1;
+  }
+  else if (strcmp (op.name, "-") == 0)
+    r = 0;
+  else {
+    r = sc_is_qcow2 (op.name);
+    if (r == 1 && (q = sc_qcow2_open (op.name, NULL)) == NULL)
+      r = -1;
+  }
+  if (r == -1) {
+    cli_lib_error (op.name);
+    goto out;
+  }
+  if (q) {
+    src = sc_qcow2_endpoint (q);
+    if (src == NULL) {
+      cli_lib_error (op.name);
+      goto out;
+    }
+  }
+  else if (file) {
+    src = file;
+    file = NULL;
+  }
+  else if ((src = cli_open_source (&op, &common, SC_MAP_SEEK)) == NULL)
+    goto out;
+
+  if ((dst = cli_open_target (&out, &common, target_flags)) == NULL)
+    goto out;
+  opts.threads = common.threads;
+  opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
+  r = sc_bmap_create (src, dst, &opts);
+  cli_progress_done (&common);
+  if (r == -1) {
+    cli_lib_error (NULL);
+    goto out;
+  }
+  if (sc_endpoint_commit (dst) == -1) {
+    cli_lib_error (NULL);
+    goto out;
+  }
+  rc = EXIT_OK;
+
+ out:
+  /* An uncommitted bmap file disappears. */
+  if (sc_endpoint_close (dst) == -1 && rc == EXIT_OK) {
+    cli_lib_error (NULL);
+    rc = EXIT_ERROR;
+  }
+  if (sc_endpoint_close (src) == -1 && rc == EXIT_OK) {
+    cli_lib_error (op.name);
+    rc = EXIT_ERROR;
+  }
+  sc_qcow2_close (q);
+  if (sc_endpoint_close (file) == -1 && rc == EXIT_OK) {
+    cli_lib_error (op.name);
+    rc = EXIT_ERROR;
+  }
+  return rc;
+}
