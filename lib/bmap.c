@@ -1169,7 +1169,11 @@ struct checked_ep {
    */
   size_t next;
   uint64_t pos;
-  bool failed;                  /* a mismatch was reported: stay failed */
+  /* A mismatch was found: every read after it fails with the same
+   * message, so that whichever failed read is reported names the range.
+   */
+  bool failed;
+  char failure[512];
   unsigned char *scratch;       /* CATCH_UP_CHUNK bytes, when needed */
   pthread_mutex_t lock;
 };
@@ -1214,10 +1218,11 @@ checked_feed (struct checked_ep *c, const unsigned char *buf, uint64_t offset,
         return -1;
       if (memcmp (digest, r->digest, SC_BMAP_DIGEST_LEN) != 0) {
         c->failed = true;
-        sc_set_error (EBADMSG, "%s and %s are out of sync at offset %" PRIu64
-                      " (the SHA-256 of blocks %" PRIu64 "-%" PRIu64
-                      " differs)", c->inner->name, bmap->name, start,
-                      r->first, r->last);
+        snprintf (c->failure, sizeof c->failure, "%s and %s are out of "
+                  "sync at offset %" PRIu64 " (the SHA-256 of blocks %"
+                  PRIu64 "-%" PRIu64 " differs)", c->inner->name,
+                  bmap->name, start, r->first, r->last);
+        sc_set_error (EBADMSG, "%s", c->failure);
         return -1;
       }
     }
@@ -1263,8 +1268,7 @@ checked_pread (struct sc_endpoint *ep, void *buf, size_t count,
 
   pthread_mutex_lock (&c->lock);
   if (c->failed) {
-    sc_set_error (EBADMSG, "%s and %s are out of sync", c->inner->name,
-                  c->bmap->name);
+    sc_set_error (EBADMSG, "%s", c->failure);
     goto out;
   }
   if (catch_up (c, offset) == -1
@@ -1388,7 +1392,12 @@ bmap_checked_finish (struct sc_endpoint *ep)
   int r;
 
   pthread_mutex_lock (&c->lock);
-  r = c->failed ? -1 : catch_up (c, UINT64_MAX);
+  if (c->failed) {
+    sc_set_error (EBADMSG, "%s", c->failure);
+    r = -1;
+  }
+  else
+    r = catch_up (c, UINT64_MAX);
   pthread_mutex_unlock (&c->lock);
   if (r == -1)
     sc_error_name (ep->name);

@@ -58,7 +58,9 @@ sc_error_name (const char *name)
 {
   size_t n = strlen (name);
 
-  if (strncmp (error_message, name, n) != 0 || error_message[n] != ':')
+  /* "NAME: ..." or a sentence about NAME ("NAME and X differ"). */
+  if (strncmp (error_message, name, n) != 0
+      || (error_message[n] != ':' && error_message[n] != ' '))
     sc_error_prefix ("%s", name);
 }
 

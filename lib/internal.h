@@ -60,7 +60,8 @@ extern void sc_set_error (int errnum, const char *fmt, ...)
 extern void sc_error_prefix (const char *fmt, ...)
   __attribute__ ((format (printf, 1, 2)));
 /* Make sure the current message names what it is about: prefix it with
- * "name: " unless it starts so already.  Some endpoints name themselves
+ * "name: " unless it starts with name already (as "name: " or as the
+ * subject of a sentence, "name and ...").  Some endpoints name themselves
  * (a qcow2 image may be reporting about one of its backing files),
  * others leave it to the caller, who knows which side failed.
  */

@@ -17,6 +17,7 @@
 /* Options of this command only, above the shared ids of cli.h. */
 enum {
   OPT_SOURCE_FORMAT = 0x200,
+  OPT_BMAP_OUT,
 };
 
 enum source_format {
@@ -54,8 +55,12 @@ usage (FILE *fp)
 "      --refcount-bits N    1, 2, 4, 8, 16, 32 or 64 (default 16; 0.10: 16)\n"
 "  -o OPT=VALUE[,...]       the same as qemu-img: cluster_size, compat,\n"
 "                           refcount_bits, compression_type=zlib|zstd\n"
-"      --map=seek|fiemap|none\n"
-"                           how to find a raw file's data (default seek)\n"
+"      --map=seek|fiemap|none|bmap:FILE.bmap\n"
+"                           how to find a raw file's data (default seek);\n"
+"                           bmap: the ranges of a bmap file, each checked\n"
+"                           against its SHA-256 as it is read\n"
+"      --bmap-out FILE.bmap also write a block map of SOURCE for bmaptool\n"
+"                           copy, from the same reads as the image\n"
 "  -S SIZE                  skip all-zero clusters (default); -S 0 stores\n"
 "                           them\n"
 "  -p, --progress[=json]    show progress (a bar, or JSON lines on stdout)\n"
@@ -76,6 +81,7 @@ static const struct option long_options[] = {
   { "refcount-bits", required_argument, NULL, OPT_REFCOUNT_BITS },
   { "map", required_argument, NULL, OPT_MAP },
   { "source-format", required_argument, NULL, OPT_SOURCE_FORMAT },
+  { "bmap-out", required_argument, NULL, OPT_BMAP_OUT },
   CLI_COMMON_LONG_OPTIONS,
   { NULL, 0, NULL, 0 },
 };
@@ -465,6 +471,11 @@ pack_endpoint (struct sc_endpoint *src, const char *source,
       cli_lib_error (NULL);
       r = -1;
     }
+    /* The block map appears after the image it goes with. */
+    else if (opts->bmap_out && sc_endpoint_commit (opts->bmap_out) == -1) {
+      cli_lib_error (NULL);
+      r = -1;
+    }
     /* Closing an uncommitted target removes it. */
     if (sc_endpoint_close (dst) == -1 && r == 0) {
       cli_lib_error (NULL);
@@ -478,6 +489,12 @@ pack_endpoint (struct sc_endpoint *src, const char *source,
   return r;
 }
 
+static int pack_main (struct sc_pack_opts *optsp,
+                      const struct cli_common *commonp,
+                      struct cli_operand *ops, enum source_format format,
+                      enum sc_map_method map, bool map_set,
+                      unsigned target_flags);
+
 int
 cmd_pack (int argc, char **argv)
 {
@@ -489,9 +506,10 @@ cmd_pack (int argc, char **argv)
   enum sc_codec ctype = SC_CODEC_NONE;  /* -o compression_type */
   bool level_set = false, map_set = false, codec_named = false;
   unsigned level = 0;
-  struct sc_endpoint *src, *nbd_src = NULL;
   struct cli_operand ops[2];
   const char *source, *target;
+  const char *bmap_map = NULL, *bmap_out = NULL;
+  struct sc_bmap *bmap = NULL;
   int c, r;
 
   sc_pack_opts_init (&opts);
@@ -546,10 +564,18 @@ cmd_pack (int argc, char **argv)
         map = SC_MAP_FIEMAP;
       else if (strcmp (optarg, "none") == 0)
         map = SC_MAP_NONE;
+      else if (strncmp (optarg, "bmap:", 5) == 0 && optarg[5] != '\0') {
+        /* Any source: the bmap's ImageSize must be its size. */
+        bmap_map = optarg + 5;
+        break;
+      }
       else
-        cli_usage_error ("pack", "--map: expected seek, fiemap or none, "
-                         "not '%s'", optarg);
+        cli_usage_error ("pack", "--map: expected seek, fiemap, none or "
+                         "bmap:FILE.bmap, not '%s'", optarg);
       map_set = true;
+      break;
+    case OPT_BMAP_OUT:
+      bmap_out = optarg;
       break;
     case OPT_SOURCE_FORMAT:
       if (strcmp (optarg, "raw") == 0)
@@ -612,6 +638,53 @@ cmd_pack (int argc, char **argv)
     opts.level = (int) level;
   }
   opts.threads = common.threads;
+  if (bmap_out) {
+    struct cli_operand bop = { .name = bmap_out };
+
+    if (strcmp (bmap_out, "-") == 0 && (strcmp (target, "-") == 0
+                                        || common.progress_json))
+      cli_usage_error ("pack", "--bmap-out -: standard output is taken");
+    if (strcmp (bmap_out, target) == 0)
+      cli_usage_error ("pack", "--bmap-out and TARGET are one file");
+    if (!ops[0].nbd && cli_target_is_source (source, bmap_out))
+      return EXIT_ERROR;
+    cli_install_signal_handlers ();
+    /* Written by sc_pack, committed after the image. */
+    opts.bmap_out = cli_open_target (&bop, &common,
+                                     target_flags & SC_TARGET_FORCE);
+    if (opts.bmap_out == NULL)
+      return EXIT_ERROR;
+  }
+  if (bmap_map) {
+    bmap = sc_bmap_load (bmap_map);
+    if (bmap == NULL) {
+      cli_lib_error (NULL);
+      sc_endpoint_close (opts.bmap_out);
+      return EXIT_ERROR;
+    }
+    opts.bmap = bmap;
+  }
+  r = pack_main (&opts, &common, ops, format, map, map_set, target_flags);
+  sc_bmap_free (bmap);
+  /* Removed unless committed. */
+  if (sc_endpoint_close (opts.bmap_out) == -1 && r == EXIT_OK) {
+    cli_lib_error (NULL);
+    r = EXIT_ERROR;
+  }
+  return r;
+}
+
+/* The rest of cmd_pack, with the options parsed and checked. */
+static int
+pack_main (struct sc_pack_opts *optsp, const struct cli_common *commonp,
+           struct cli_operand *ops, enum source_format format,
+           enum sc_map_method map, bool map_set, unsigned target_flags)
+{
+  struct sc_pack_opts opts = *optsp;
+  struct cli_common common = *commonp;
+  const char *source = ops[0].name;
+  struct sc_endpoint *src, *nbd_src = NULL;
+  int r;
 
   cli_install_signal_handlers ();
   /* Unless told it is raw data, a pipe that turns out to carry a qcow2

@@ -19,6 +19,7 @@
 enum {
   OPT_ZERO = 0x200,
   OPT_VERIFY,
+  OPT_BMAP,
 };
 
 /* More targets than this at once are refused (the library's bound). */
@@ -54,6 +55,9 @@ usage (FILE *fp)
 "                         compare it with IMAGE\n"
 "      --snapshot NAME|ID unpack an internal snapshot instead of the\n"
 "                         active layer\n"
+"      --bmap FILE.bmap   unpack only the ranges of a block map of the\n"
+"                         guest, each checked against its SHA-256; the\n"
+"                         rest is a hole (see --zero)\n"
 "  -p, --progress[=json]  show progress (a bar, or JSON lines on stdout)\n"
 "  -j, --threads N        worker threads (default: online CPUs)\n"
 "  -q, --quiet            print nothing but errors\n"
@@ -71,6 +75,7 @@ static const struct option long_options[] = {
   { "target-is-device", no_argument, NULL, OPT_TARGET_IS_DEVICE },
   { "zero", required_argument, NULL, OPT_ZERO },
   { "verify", no_argument, NULL, OPT_VERIFY },
+  { "bmap", required_argument, NULL, OPT_BMAP },
   CLI_COMMON_LONG_OPTIONS,
   { NULL, 0, NULL, 0 },
 };
@@ -168,7 +173,7 @@ cmd_unpack (int argc, char **argv)
   struct sc_endpoint *opened[MAX_TARGETS];
   int opened_index[MAX_TARGETS];
   struct cli_operand *ops = NULL, *targets;
-  const char *image, *zero_name = "auto";
+  const char *image, *zero_name = "auto", *bmap_path = NULL;
   unsigned target_flags = 0;
   bool stream, verify = false, open_failed = false, committed = false;
   int c, nops, ntargets, nopened = 0, rc = EXIT_ERROR;
@@ -212,6 +217,9 @@ cmd_unpack (int argc, char **argv)
       break;
     case OPT_VERIFY:
       verify = true;
+      break;
+    case OPT_BMAP:
+      bmap_path = optarg;
       break;
     default:
       cli_usage_error ("unpack", "unknown option");
@@ -278,6 +286,16 @@ cmd_unpack (int argc, char **argv)
     if (stream && verify)
       cli_usage_error ("unpack", "--verify reads the image again: it "
                        "cannot be read from a pipe");
+    if (stream && bmap_path)
+      cli_usage_error ("unpack", "--bmap cannot be used with an image "
+                       "read from a pipe");
+  }
+  /* Checked before anything is opened: a bmap that is damaged or not
+   * one stops here.
+   */
+  if (bmap_path && (uopts.bmap = sc_bmap_load (bmap_path)) == NULL) {
+    cli_lib_error (NULL);
+    goto out;
   }
 
   src = cli_open_source (&ops[0], &common, SC_MAP_SEEK);
@@ -370,6 +388,7 @@ cmd_unpack (int argc, char **argv)
     cli_lib_error (image);
     rc = EXIT_ERROR;
   }
+  sc_bmap_free ((struct sc_bmap *) uopts.bmap);
   free (ops);
   return rc;
 }
