@@ -280,6 +280,8 @@ parse_start_tag (struct parser *p, char name[MAX_NAME + 1], struct attrs *a)
       p->pos++;
       return 0;
     }
+    if (p->buf[p->pos] == '/')
+      return parse_error (p, "empty element <%s/>", name);
     if (parse_name (p, key) == -1)
       return -1;
     if (strcmp (key, "version") == 0 && strcmp (name, "bmap") == 0) {

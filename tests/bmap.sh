@@ -1,0 +1,246 @@
+#!/bin/bash
+# sparsecow bmap, pack --bmap-out: block maps that bmaptool accepts and
+# verifies, with the ranges that bmaptool create finds for the same
+# sparse file, and for images the data that qemu-img map reports.
+. "$srcdir/functions.sh"
+requires bmaptool qemu-img qemu-io python3
+
+B=4096
+
+# A sparse raw file of whole sectors (qemu rounds an image up to them)
+# and a partial last block: data in the first block, a run over a block
+# boundary that starts in the middle of a block, one byte far away, a
+# long run, and data in its last, partial block.
+raw=$tmp/disk.raw
+truncate -s $(( 96 * 1024 * 1024 + 1536 )) "$raw"
+write_at () { head -c "$2" /dev/urandom | dd of="$raw" bs=1 seek="$1" conv=notrunc status=none; }
+write_at 0 100
+write_at $(( 5 * B + 2000 )) $(( 3 * B ))
+write_at $(( 40 * 1024 * 1024 + 7 )) 1
+dd if=/dev/urandom of="$raw" bs=1M seek=60 count=5 conv=notrunc status=none
+write_at $(( 96 * 1024 * 1024 + 10 )) 500
+
+# The Range elements of a bmap, one "FIRST-LAST CHKSUM" line each.
+ranges () {
+  python3 - "$1" <<'PYEOF'
+import re, sys
+text = open(sys.argv[1]).read()
+for m in re.finditer(r'<Range\s+chksum="([0-9a-f]+)"\s*>\s*(\d+)(?:\s*-\s*(\d+))?\s*</Range>', text):
+    print("%s-%s %s" % (m.group(2), m.group(3) or m.group(2), m.group(1)))
+PYEOF
+}
+# The value of a simple element of a bmap.
+field () { sed -n "s:.*<$2> *\([^ <]*\) *</$2>.*:\1:p" "$1"; }
+
+# bmaptool copy --bmap of SRC with BMAP into a new file must equal SRC.
+bmap_copy_equals () {
+  local bmap=$1 src=$2 out=$tmp/copy.out
+  rm -f "$out"
+  bmaptool copy --bmap "$bmap" "$src" "$out" 2>"$tmp/bmaptool.err" || {
+    cat "$tmp/bmaptool.err" >&2; fail "bmaptool copy --bmap $bmap $src failed"; }
+  cmp "$src" "$out" || fail "bmaptool copy with $bmap differs from $src"
+}
+
+# ---- a sparse raw file: bmaptool create is the oracle ------------------
+sparsecow bmap "$raw" -o "$tmp/sc.bmap"
+bmaptool create -o "$tmp/bt.bmap" "$raw" 2>/dev/null
+[ "$(field "$tmp/bt.bmap" BlockSize)" = $B ] || {
+  echo "$0: SKIP: bmaptool create uses blocks of $(field "$tmp/bt.bmap" BlockSize) bytes here"; exit 77; }
+for f in ImageSize BlockSize BlocksCount MappedBlocksCount ChecksumType; do
+  [ "$(field "$tmp/sc.bmap" $f)" = "$(field "$tmp/bt.bmap" $f)" ] ||
+    fail "$f: sparsecow $(field "$tmp/sc.bmap" $f), bmaptool $(field "$tmp/bt.bmap" $f)"
+done
+ranges "$tmp/bt.bmap" > "$tmp/bt.ranges"
+ranges "$tmp/sc.bmap" > "$tmp/sc.ranges"
+[ "$(wc -l < "$tmp/bt.ranges")" -ge 4 ] || fail "bmaptool found too few ranges"
+diff -u "$tmp/bt.ranges" "$tmp/sc.ranges" || fail "ranges differ from bmaptool create's"
+bmap_copy_equals "$tmp/sc.bmap" "$raw"
+# Standard output is the same file.
+sparsecow bmap "$raw" | cmp - "$tmp/sc.bmap" || fail "bmap to stdout differs from -o"
+# An existing file is replaced only with -f.
+expect_fail "exists" sparsecow bmap "$raw" -o "$tmp/sc.bmap"
+sparsecow bmap -f -q "$raw" -o "$tmp/sc.bmap"
+
+# ---- qcow2 images: mapped = qemu-img map's data, rounded to blocks -------
+# The ranges qemu-img map reports as data, in blocks, merged.
+qemu_ranges () {
+  qemu-img map --output=json "$1" | python3 -c '
+import json, sys
+B = 4096
+out = []
+for e in json.load(sys.stdin):
+    if not e["data"]:
+        continue
+    f, l = e["start"] // B, (e["start"] + e["length"] - 1) // B
+    if out and f <= out[-1][1] + 1:
+        out[-1][1] = max(out[-1][1], l)
+    else:
+        out.append([f, l])
+for f, l in out:
+    print("%d-%d" % (f, l))'
+}
+check_image_bmap () {
+  local img=$1 bmap=$tmp/img.bmap
+  sparsecow bmap "$img" -o "$bmap" -f
+  qemu-img convert -O raw "$img" "$tmp/img.raw"
+  [ "$(field "$bmap" ImageSize)" = "$(stat -c %s "$tmp/img.raw")" ] ||
+    fail "$img: ImageSize is not the virtual size"
+  qemu_ranges "$img" > "$tmp/qemu.ranges"
+  ranges "$bmap" | cut -d' ' -f1 > "$tmp/img.ranges"
+  diff -u "$tmp/qemu.ranges" "$tmp/img.ranges" || fail "$img: ranges differ from qemu-img map's data"
+  bmap_copy_equals "$bmap" "$tmp/img.raw"
+}
+
+# qemu-img: data, a zero cluster over data, a compressed cluster, 512-byte
+# clusters whose data does not fill a block, and a backing file.
+img=$tmp/q.qcow2
+qemu-img convert -q -O qcow2 "$raw" "$img"
+qemu-io -f qcow2 -c "write -z 60M 64k" -c "write -c -P 0x5a 80M 64k" "$img" >/dev/null
+check_image_bmap "$img"
+qemu-img create -q -f qcow2 -o cluster_size=512 "$tmp/small.qcow2" 1M
+qemu-io -f qcow2 -c "write -P 1 4608 512" -c "write -P 2 12288 1024" "$tmp/small.qcow2" >/dev/null
+check_image_bmap "$tmp/small.qcow2"
+qemu-img create -q -f qcow2 -b "$img" -F qcow2 "$tmp/top.qcow2"
+qemu-io -f qcow2 -c "write -P 3 30M 8k" "$tmp/top.qcow2" >/dev/null
+check_image_bmap "$tmp/top.qcow2"
+# sparsecow pack, compressed too.
+sparsecow pack -q "$raw" "$tmp/p.qcow2"
+check_image_bmap "$tmp/p.qcow2"
+sparsecow pack -q -c zstd "$raw" "$tmp/pz.qcow2"
+check_image_bmap "$tmp/pz.qcow2"
+
+# ---- pack --bmap-out: the image and the bmap from one scan -------------
+sparsecow pack -q --bmap-out "$tmp/out.bmap" "$raw" "$tmp/out.qcow2"
+qemu-img compare -q "$raw" "$tmp/out.qcow2" || fail "pack --bmap-out: image differs"
+ranges "$tmp/out.bmap" | diff -u "$tmp/bt.ranges" - || fail "pack --bmap-out: ranges differ from bmaptool create's"
+bmap_copy_equals "$tmp/out.bmap" "$raw"
+rm -f "$tmp/out.bmap" "$tmp/out.qcow2"
+sparsecow pack -q -c --bmap-out "$tmp/out.bmap" "$raw" "$tmp/out.qcow2"
+ranges "$tmp/out.bmap" | diff -u "$tmp/bt.ranges" - || fail "pack -c --bmap-out: ranges differ"
+# From a pipe everything is data: one range, all blocks.
+rm -f "$tmp/out.bmap" "$tmp/out.qcow2"
+sparsecow pack -q --bmap-out "$tmp/out.bmap" - "$tmp/out.qcow2" < <(cat "$raw")
+qemu-img compare -q "$raw" "$tmp/out.qcow2" || fail "pack --bmap-out from a pipe: image differs"
+[ "$(field "$tmp/out.bmap" MappedBlocksCount)" = "$(field "$tmp/bt.bmap" BlocksCount)" ] ||
+  fail "pack --bmap-out from a pipe: not every block is mapped"
+bmap_copy_equals "$tmp/out.bmap" "$raw"
+# A failed pack leaves neither file.
+rm -f "$tmp/out.bmap" "$tmp/out.qcow2"
+expect_fail "cluster" sparsecow pack --bmap-out "$tmp/out.bmap" --cluster-size 3k "$raw" "$tmp/out.qcow2"
+expect_fail "qcow2 image" sparsecow pack --bmap-out "$tmp/out.bmap" --source-format=qcow2 "$raw" "$tmp/out.qcow2"
+[ ! -e "$tmp/out.bmap" ] && [ ! -e "$tmp/out.qcow2" ] || fail "a failed pack left a file"
+
+# ---- reading through a bmap -------------------------------------------------
+# pack --map=bmap: the image holds exactly the mapped blocks' data.
+sparsecow pack -q --map=bmap:"$tmp/bt.bmap" "$raw" "$tmp/m.qcow2"
+qemu-img compare -q "$raw" "$tmp/m.qcow2" || fail "pack --map=bmap: image differs"
+for s in 0 64k; do
+  rm -f "$tmp/m2.qcow2"
+  sparsecow pack -q -S $s --map=bmap:"$tmp/bt.bmap" "$raw" "$tmp/m2.qcow2"
+  qemu-img compare -q "$raw" "$tmp/m2.qcow2" || fail "pack -S $s --map=bmap: image differs"
+done
+# unpack --bmap: the guest's mapped blocks, the rest holes.
+sparsecow unpack -q --bmap "$tmp/bt.bmap" "$tmp/m.qcow2" "$tmp/u.raw"
+cmp "$raw" "$tmp/u.raw" || fail "unpack --bmap differs"
+
+# Rewrite a range's checksum (the second range), then optionally fix up
+# the file checksum as bmaptool computes it.
+tamper () {
+  python3 - "$@" <<'PYEOF'
+import hashlib, re, sys
+src, dst, fix = sys.argv[1], sys.argv[2], sys.argv[3] == "fix"
+text = open(src).read()
+m = list(re.finditer(r'chksum="([0-9a-f]{64})"', text))[1]
+bad = "%064x" % (int(m.group(1), 16) ^ 1)
+text = text[:m.start(1)] + bad + text[m.end(1):]
+if fix:
+    c = re.search(r'<BmapFileChecksum>\s*([0-9a-f]{64})', text)
+    zeroed = text[:c.start(1)] + "0" * 64 + text[c.end(1):]
+    text = text[:c.start(1)] + hashlib.sha256(zeroed.encode()).hexdigest() + text[c.end(1):]
+open(dst, "w").write(text)
+PYEOF
+}
+second_start=$(( $(sed -n 2p "$tmp/bt.ranges" | cut -d- -f1) * B ))
+
+tamper "$tmp/bt.bmap" "$tmp/fixed.bmap" fix
+# bmaptool agrees: the file checksum is right, the range is not.
+bmaptool copy --bmap "$tmp/fixed.bmap" "$raw" "$tmp/bt.out" 2>"$tmp/bt.err" &&
+  fail "bmaptool copy accepted a wrong range checksum"
+grep -q "checksum mismatch for blocks range" "$tmp/bt.err" || {
+  cat "$tmp/bt.err" >&2; fail "bmaptool did not find the altered range"; }
+expect_fail "$(basename "$raw") and .*fixed.bmap are out of sync at offset $second_start\b" \
+  sparsecow pack --map=bmap:"$tmp/fixed.bmap" "$raw" "$tmp/bad.qcow2"
+expect_fail "are out of sync at offset $second_start\b" \
+  sparsecow pack -S 0 --map=bmap:"$tmp/fixed.bmap" "$raw" "$tmp/bad.qcow2"
+expect_fail "m.qcow2 and .*fixed.bmap are out of sync at offset $second_start\b" \
+  sparsecow unpack --bmap "$tmp/fixed.bmap" "$tmp/m.qcow2" "$tmp/bad.raw"
+
+tamper "$tmp/bt.bmap" "$tmp/unfixed.bmap" nofix
+expect_fail "BmapFileChecksum does not match" \
+  sparsecow pack --map=bmap:"$tmp/unfixed.bmap" "$raw" "$tmp/bad.qcow2"
+expect_fail "BmapFileChecksum does not match" \
+  sparsecow unpack --bmap "$tmp/unfixed.bmap" "$tmp/m.qcow2" "$tmp/bad.raw"
+
+# The raw file changed in one byte after its bmap was made: found at
+# the range that holds the byte, in pack and in unpack.
+changed=$tmp/changed.raw
+cp --sparse=always "$raw" "$changed"
+byte=$(( 60 * 1024 * 1024 + 3 * 1024 * 1024 + 17 ))
+printf '\x00' | dd of="$changed" bs=1 seek=$byte conv=notrunc status=none
+cmp -s "$raw" "$changed" && printf '\x01' | dd of="$changed" bs=1 seek=$byte conv=notrunc status=none
+range_start=$(python3 -c "
+import sys
+for line in open('$tmp/bt.ranges'):
+    f, l = map(int, line.split()[0].split('-'))
+    if f * $B <= $byte < (l + 1) * $B: print(f * $B)")
+expect_fail "changed.raw and .*bt.bmap are out of sync at offset $range_start\b" \
+  sparsecow pack --map=bmap:"$tmp/bt.bmap" "$changed" "$tmp/bad.qcow2"
+sparsecow pack -q "$changed" "$tmp/changed.qcow2"
+expect_fail "changed.qcow2 and .*bt.bmap are out of sync at offset $range_start\b" \
+  sparsecow unpack --bmap "$tmp/bt.bmap" "$tmp/changed.qcow2" "$tmp/bad.raw"
+[ ! -e "$tmp/bad.qcow2" ] && [ ! -e "$tmp/bad.raw" ] || fail "a target was left by a failed command"
+ls -a "$tmp" | grep -q sparsecow- && fail "a temporary file was left behind" || :
+
+# A bmap of another size is refused before anything is read.
+truncate -s +4096 "$changed"
+expect_fail "is $(stat -c %s "$changed") bytes, but .*bt.bmap describes an image of $(stat -c %s "$raw") bytes" \
+  sparsecow pack --map=bmap:"$tmp/bt.bmap" "$changed" "$tmp/bad.qcow2"
+
+# ---- hostile bmaps ------------------------------------------------------------
+# Each is bmaptool's file with one thing broken and the file checksum
+# made right again, so that only the one thing is wrong.
+mutate () {
+  python3 - "$tmp/bt.bmap" "$tmp/hostile.bmap" "$1" "$2" <<'PYEOF'
+import hashlib, re, sys
+src, dst, pattern, repl = sys.argv[1:5]
+text = re.sub(pattern, repl, open(src).read(), count=1)
+c = re.search(r'<BmapFileChecksum>\s*([0-9a-f]{64})', text)
+if c:
+    zeroed = text[:c.start(1)] + "0" * 64 + text[c.end(1):]
+    text = text[:c.start(1)] + hashlib.sha256(zeroed.encode()).hexdigest() + text[c.end(1):]
+open(dst, "w").write(text)
+PYEOF
+  expect_fail "$3" sparsecow pack --map=bmap:"$tmp/hostile.bmap" "$raw" "$tmp/bad.qcow2"
+}
+blocks=$(field "$tmp/bt.bmap" BlocksCount)
+mutate '> \d+-(\d+) </Range>' "> $blocks-$(( blocks + 5 )) </Range>" "runs past the last block"
+mutate '<BlocksCount> \d+' '<BlocksCount> 99' "do not make an image"
+mutate '<MappedBlocksCount> \d+' '<MappedBlocksCount> 1' "MappedBlocksCount is 1"
+mutate '<ImageSize> \d+' '<ImageSize> 99999999999999999999999' "too large"
+mutate '<BlockSize> \d+' '<BlockSize> 4095' "block size"
+mutate 'version="2.0"' 'version="1.4"' "version 1.4 is not supported"
+mutate 'sha256' 'sha1' "checksum type 'sha1'"
+mutate '</BlockMap>' '<Range> 1-0 </Range></BlockMap>' "ends before it starts"
+mutate '</BlockMap>' '<Range> 0 </Range></BlockMap>' "does not come after"
+mutate '</bmap>' '</bmap><bmap>' "text after"
+mutate '<BlockMap>' '<BlockMap><Extra>1</Extra>' "unexpected <Extra>"
+mutate '<BlockMap>' '<BlockMap><Range/>' "empty element <Range/>"
+mutate '<ImageSize>' '<ImageSize>&amp;' "unexpected '&'"
+: > "$tmp/hostile.bmap"
+expect_fail "bmap> expected" sparsecow pack --map=bmap:"$tmp/hostile.bmap" "$raw" "$tmp/bad.qcow2"
+head -c 2000 "$tmp/bt.bmap" > "$tmp/hostile.bmap"
+expect_fail "not a bmap file" sparsecow unpack --bmap "$tmp/hostile.bmap" "$tmp/m.qcow2" "$tmp/bad.raw"
+[ ! -e "$tmp/bad.qcow2" ] && [ ! -e "$tmp/bad.raw" ] || fail "a target was left by a refused bmap"
+expect_fail "--map" sparsecow pack --map=bmap: "$raw" "$tmp/bad.qcow2"
+expect_fail "pipe" sparsecow unpack --bmap "$tmp/bt.bmap" - "$tmp/bad.raw" < <(cat "$tmp/m.qcow2")
+echo "bmap: $(wc -l < "$tmp/bt.ranges") ranges agree with bmaptool create"
