@@ -5,18 +5,20 @@
 # as a replay program that runs saved inputs once, which "make check"
 # runs over the seed corpus and the regression inputs.
 
-FUZZ_NAMES = qcow2 stream
+FUZZ_NAMES = qcow2 stream bmap
 FUZZ_COMMON = fuzz/fuzz.h fuzz/sink.c
 
-check_PROGRAMS += fuzz/replay-qcow2 fuzz/replay-stream
+check_PROGRAMS += fuzz/replay-qcow2 fuzz/replay-stream fuzz/replay-bmap
 fuzz_replay_qcow2_SOURCES = $(FUZZ_COMMON) fuzz/fuzz-qcow2.c fuzz/replay.c
 fuzz_replay_qcow2_LDADD = lib/libsccore.la
 fuzz_replay_stream_SOURCES = $(FUZZ_COMMON) fuzz/fuzz-stream.c fuzz/replay.c
 fuzz_replay_stream_LDADD = lib/libsccore.la
+fuzz_replay_bmap_SOURCES = $(FUZZ_COMMON) fuzz/fuzz-bmap.c fuzz/replay.c
+fuzz_replay_bmap_LDADD = lib/libsccore.la
 
 TESTS += tests/fuzz-replay.sh
 EXTRA_DIST += tests/fuzz-replay.sh fuzz/make-seeds.sh fuzz/qcow2.dict \
-	tests/fuzz-regressions
+	fuzz/make-bmap-seeds.sh fuzz/bmap.dict tests/fuzz-regressions
 
 # The seed corpus: images made by qemu-img, qemu-io and sparsecow pack
 # (make-seeds.sh exits 77 without qemu: no seeds, only regressions).
@@ -25,37 +27,51 @@ fuzz/seeds.stamp: $(srcdir)/fuzz/make-seeds.sh src/sparsecow$(EXEEXT)
 	$(SHELL) $(srcdir)/fuzz/make-seeds.sh fuzz/seeds src/sparsecow$(EXEEXT) \
 	  || test $$? = 77; \
 	mkdir -p fuzz/seeds && touch $@
-tests/fuzz-replay.log: fuzz/seeds.stamp
-CLEANFILES += fuzz/seeds.stamp
+# The bmap target's seeds: bmap files written by bmaptool create (none
+# without bmaptool).
+fuzz/seeds-bmap.stamp: $(srcdir)/fuzz/make-bmap-seeds.sh
+	$(AM_V_GEN)rm -rf fuzz/seeds-bmap; \
+	$(SHELL) $(srcdir)/fuzz/make-bmap-seeds.sh fuzz/seeds-bmap || test $$? = 77; \
+	mkdir -p fuzz/seeds-bmap && touch $@
+tests/fuzz-replay.log: fuzz/seeds.stamp fuzz/seeds-bmap.stamp
+CLEANFILES += fuzz/seeds.stamp fuzz/seeds-bmap.stamp
 # The corpus that make fuzz grows in fuzz/corpus-* is kept.
 clean-local: clean-fuzz
 clean-fuzz:
-	rm -rf fuzz/seeds
+	rm -rf fuzz/seeds fuzz/seeds-bmap
 
 # Bounded runs: each input at most 1 s and 2 GiB, inputs at most 1 MiB.
 FUZZ_SECONDS = 60
-FUZZ_FLAGS = -timeout=1 -rss_limit_mb=2048 -max_len=1048576 \
-	-dict=$(srcdir)/fuzz/qcow2.dict
+FUZZ_FLAGS = -timeout=1 -rss_limit_mb=2048 -max_len=1048576
 
 if ENABLE_FUZZING
-noinst_PROGRAMS = fuzz/fuzz-qcow2 fuzz/fuzz-stream
+noinst_PROGRAMS = fuzz/fuzz-qcow2 fuzz/fuzz-stream fuzz/fuzz-bmap
 fuzz_fuzz_qcow2_SOURCES = $(FUZZ_COMMON) fuzz/fuzz-qcow2.c
 fuzz_fuzz_qcow2_LDFLAGS = $(AM_LDFLAGS) -fsanitize=fuzzer
 fuzz_fuzz_qcow2_LDADD = lib/libsccore.la
 fuzz_fuzz_stream_SOURCES = $(FUZZ_COMMON) fuzz/fuzz-stream.c
 fuzz_fuzz_stream_LDFLAGS = $(AM_LDFLAGS) -fsanitize=fuzzer
 fuzz_fuzz_stream_LDADD = lib/libsccore.la
+fuzz_fuzz_bmap_SOURCES = $(FUZZ_COMMON) fuzz/fuzz-bmap.c
+fuzz_fuzz_bmap_LDFLAGS = $(AM_LDFLAGS) -fsanitize=fuzzer
+fuzz_fuzz_bmap_LDADD = lib/libsccore.la
 
 # Each target in turn, one core, for FUZZ_SECONDS.  New inputs go to
 # fuzz/corpus-NAME (kept between runs); a crash stops with its input
 # saved as fuzz/crash-NAME-*, to be added to tests/fuzz-regressions/.
-fuzz: fuzz/seeds.stamp $(noinst_PROGRAMS)
+# The bmap target has its own seeds and dictionary; the others share
+# the images' and qcow2.dict.
+fuzz: fuzz/seeds.stamp fuzz/seeds-bmap.stamp $(noinst_PROGRAMS)
 	@set -e; for t in $(FUZZ_NAMES); do \
 	  mkdir -p fuzz/corpus-$$t; \
 	  echo "== fuzz-$$t: $(FUZZ_SECONDS) s"; \
+	  seeds=fuzz/seeds; dict=$(srcdir)/fuzz/qcow2.dict; \
+	  if test $$t = bmap; then \
+	    seeds=fuzz/seeds-bmap; dict=$(srcdir)/fuzz/bmap.dict; \
+	  fi; \
 	  fuzz/fuzz-$$t -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS) \
-	    -artifact_prefix=fuzz/crash-$$t- fuzz/corpus-$$t fuzz/seeds \
-	    $(srcdir)/tests/fuzz-regressions; \
+	    -dict=$$dict -artifact_prefix=fuzz/crash-$$t- fuzz/corpus-$$t \
+	    $$seeds $(srcdir)/tests/fuzz-regressions; \
 	done
 else
 fuzz:

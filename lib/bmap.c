@@ -674,6 +674,12 @@ check_file_digest (const struct parser *p, size_t pos,
 struct sc_bmap *
 sc_bmap_parse (const void *buf, size_t len, const char *name)
 {
+  return bmap_parse (buf, len, name, true);
+}
+
+struct sc_bmap *
+bmap_parse (const void *buf, size_t len, const char *name, bool check_digest)
+{
   struct parser p = { .buf = buf, .len = len, .name = name ? name : "bmap" };
   struct sc_bmap *bmap;
   uint64_t values[F_COUNT] = { 0 };
@@ -697,7 +703,8 @@ sc_bmap_parse (const void *buf, size_t len, const char *name)
   }
   if (parse_document (&p, bmap, values, file_digest, &digest_pos) == -1
       || check_geometry (&p, bmap, values) == -1
-      || check_file_digest (&p, digest_pos, file_digest) == -1) {
+      || (check_digest
+          && check_file_digest (&p, digest_pos, file_digest) == -1)) {
     sc_bmap_free (bmap);
     return NULL;
   }

@@ -28,7 +28,18 @@ seeds=$(find "$top_builddir/fuzz/seeds" -type f | wc -l)
 
 replay qcow2 "${inputs[@]}"
 replay stream "${inputs[@]}"
-echo "replayed ${#inputs[@]} inputs ($seeds seeds) through both targets"
+echo "replayed ${#inputs[@]} inputs ($seeds seeds) through both image targets"
+
+# The bmap target: its own seeds (bmaptool create's files), and every
+# other input too, which it must refuse cleanly.
+bmap_inputs=("${inputs[@]}")
+for f in "$top_builddir"/fuzz/seeds-bmap/*; do
+  [ -f "$f" ] && bmap_inputs+=("$f")
+done
+bmap_seeds=$(( ${#bmap_inputs[@]} - ${#inputs[@]} ))
+[ "$bmap_seeds" -gt 0 ] || echo "$0: no bmap seed corpus (bmaptool missing?)"
+replay bmap "${bmap_inputs[@]}"
+echo "replayed ${#bmap_inputs[@]} inputs ($bmap_seeds bmap seeds) through the bmap target"
 
 # The program on the same bytes, where a fix changed an outcome.
 # 32768 L1 entries that all name one L2 table: refused at open (it took
