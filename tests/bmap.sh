@@ -57,6 +57,17 @@ diff -u "$tmp/bt.ranges" "$tmp/sc.ranges" || fail "ranges differ from bmaptool c
 bmap_copy_equals "$tmp/sc.bmap" "$raw"
 # Standard output is the same file.
 sparsecow bmap "$raw" | cmp - "$tmp/sc.bmap" || fail "bmap to stdout differs from -o"
+# The same file served over NBD: block status gives the same ranges.
+if command -v nbdkit >/dev/null 2>&1; then
+  nbd_serve raw nbdkit -r file "$raw"
+  sparsecow bmap "$nbd_uri" > "$tmp/nbd.bmap"
+  ranges "$tmp/nbd.bmap" | diff -u "$tmp/bt.ranges" - || fail "bmap of an NBD export: ranges differ"
+fi
+# From a pipe everything is data: one range of every block.
+sparsecow bmap - < <(cat "$raw") > "$tmp/pipe.bmap"
+[ "$(field "$tmp/pipe.bmap" MappedBlocksCount)" = "$(field "$tmp/bt.bmap" BlocksCount)" ] ||
+  fail "bmap of a pipe: not every block is mapped"
+bmap_copy_equals "$tmp/pipe.bmap" "$raw"
 # An existing file is replaced only with -f.
 expect_fail "exists" sparsecow bmap "$raw" -o "$tmp/sc.bmap"
 sparsecow bmap -f -q "$raw" -o "$tmp/sc.bmap"
