@@ -141,6 +141,18 @@ expect_fail "cluster" sparsecow pack --bmap-out "$tmp/out.bmap" --cluster-size 3
 expect_fail "qcow2 image" sparsecow pack --bmap-out "$tmp/out.bmap" --source-format=qcow2 "$raw" "$tmp/out.qcow2"
 [ ! -e "$tmp/out.bmap" ] && [ ! -e "$tmp/out.qcow2" ] || fail "a failed pack left a file"
 
+# From an export, whose clusters go straight to their place in the
+# image as they are scanned.
+if command -v nbdkit >/dev/null 2>&1; then
+  rm -f "$tmp/out.bmap" "$tmp/out.qcow2"
+  sparsecow pack -q --bmap-out "$tmp/out.bmap" "$nbd_uri" "$tmp/out.qcow2"
+  qemu-img compare -q "$raw" "$tmp/out.qcow2" || fail "pack --bmap-out from NBD: image differs"
+  ranges "$tmp/out.bmap" | diff -u "$tmp/bt.ranges" - || fail "pack --bmap-out from NBD: ranges differ"
+  rm -f "$tmp/out.qcow2"
+  sparsecow pack -q --map=bmap:"$tmp/bt.bmap" "$nbd_uri" "$tmp/out.qcow2"
+  qemu-img compare -q "$raw" "$tmp/out.qcow2" || fail "pack --map=bmap from NBD: image differs"
+fi
+
 # ---- reading through a bmap -------------------------------------------------
 # pack --map=bmap: the image holds exactly the mapped blocks' data.
 sparsecow pack -q --map=bmap:"$tmp/bt.bmap" "$raw" "$tmp/m.qcow2"
