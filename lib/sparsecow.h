@@ -576,6 +576,7 @@ extern struct sc_bmap *sc_bmap_parse (const void *buf, size_t len,
  * errors as sc_bmap_parse, and ENOENT, EACCES.
  */
 extern struct sc_bmap *sc_bmap_load (const char *path);
+/* Free a bmap of sc_bmap_parse or sc_bmap_load (NULL is allowed). */
 extern void sc_bmap_free (struct sc_bmap *bmap);
 /* ImageSize, in bytes (never 0). */
 extern uint64_t sc_bmap_image_size (const struct sc_bmap *bmap);

@@ -109,7 +109,11 @@ qemu-img convert -q -O qcow2 "$raw" "$img"
 qemu-io -f qcow2 -c "write -z 60M 64k" -c "write -c -P 0x5a 80M 64k" "$img" >/dev/null
 check_image_bmap "$img"
 qemu-img create -q -f qcow2 -o cluster_size=512 "$tmp/small.qcow2" 1M
-qemu-io -f qcow2 -c "write -P 1 4608 512" -c "write -P 2 12288 1024" "$tmp/small.qcow2" >/dev/null
+# Blocks 0 and 1 (data at the end of one, in the middle of the next:
+# one range), then block 3 after a hole of exactly one block, and the
+# last sector of the image.
+qemu-io -f qcow2 -c "write -P 4 3584 512" -c "write -P 1 4608 512" \
+  -c "write -P 2 12288 1024" -c "write -P 5 1048064 512" "$tmp/small.qcow2" >/dev/null
 check_image_bmap "$tmp/small.qcow2"
 qemu-img create -q -f qcow2 -b "$img" -F qcow2 "$tmp/top.qcow2"
 qemu-io -f qcow2 -c "write -P 3 30M 8k" "$tmp/top.qcow2" >/dev/null
