@@ -950,7 +950,7 @@ bmap_builder_data (struct bmap_builder *b, uint64_t offset, const void *buf,
   return 0;
 }
 
-/* Append s to the header being made, and to its hash. */
+/* The header, made in a fixed buffer: text_add appends to it. */
 struct text {
   char *s;
   size_t len, cap;
