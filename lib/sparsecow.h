@@ -398,7 +398,9 @@ extern int sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
  * the call fails only when none is left.  Returns 0, or -1 with errno
  * EIO and "NAME: differs from the image at offset N" (the first
  * differing byte), ESPIPE (image is a stream), ENOTSUP (a target that
- * cannot be read back), or the errno of a failed read.
+ * cannot be read back), or the errno of a failed read.  With opts->bmap
+ * the image is read as sc_unpack read it, through the bmap (checked
+ * again; its unmapped blocks are compared with zeros).
  */
 extern int sc_unpack_verify (struct sc_endpoint *image,
                              struct sc_endpoint *dst,

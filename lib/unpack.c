@@ -231,7 +231,7 @@ sc_unpack_verify (struct sc_endpoint *image, struct sc_endpoint *dst,
   struct sc_unpack_opts none = { 0 };
   struct verify_state vs = { .dst = dst };
   struct sc_pipeline p = { 0 };
-  struct sc_endpoint *src = NULL;
+  struct sc_endpoint *src = NULL, *checked = NULL;
   struct sc_qcow2 *q = NULL;
   size_t left = 0;
   int r = -1;
@@ -262,8 +262,11 @@ sc_unpack_verify (struct sc_endpoint *image, struct sc_endpoint *dst,
   }
   if (open_guest (image, opts, &q, &src) == -1)
     goto out;
+  /* What unpack wrote from a block map: its ranges, the rest holes. */
+  if (opts->bmap && (checked = bmap_checked_source (src, opts->bmap)) == NULL)
+    goto out;
 
-  p.src = src;
+  p.src = checked ? checked : src;
   p.request_size = VERIFY_REQUEST;
   p.out_size = VERIFY_REQUEST;
   p.threads = opts->threads;
@@ -298,6 +301,8 @@ sc_unpack_verify (struct sc_endpoint *image, struct sc_endpoint *dst,
     sc_set_error (EIO, "%s: every target failed", dst->name);
 
  out:
+  if (checked)
+    sc_ep_close (checked);
   sc_ep_close (src);
   if (q)
     sc_qcow2_close (q);
