@@ -170,6 +170,27 @@ done
 sparsecow unpack -q --bmap "$tmp/bt.bmap" "$tmp/m.qcow2" "$tmp/u.raw"
 cmp "$raw" "$tmp/u.raw" || fail "unpack --bmap differs"
 
+# Data the bmap does not map is not unpacked, and --verify reads back
+# what the bmap maps.
+cp --sparse=always "$raw" "$tmp/extra.raw"
+head -c 8192 /dev/urandom | dd of="$tmp/extra.raw" bs=1M seek=90 conv=notrunc status=none
+sparsecow pack -q "$tmp/extra.raw" "$tmp/extra.qcow2"
+sparsecow unpack -q --verify --bmap "$tmp/bt.bmap" "$tmp/extra.qcow2" "$tmp/u2.raw"
+cmp "$raw" "$tmp/u2.raw" || fail "unpack --bmap: data outside the bmap was written"
+# Into an existing file with --zero=skip, unmapped blocks keep what was
+# there, as bmaptool copy leaves them on a device (a file it truncates):
+# the expected bytes are the old ones with bmaptool's ranges copied in.
+for f in want sc; do
+  head -c "$(stat -c %s "$raw")" /dev/zero | tr '\0' '\377' > "$tmp/$f.old"
+done
+while read -r r _; do
+  f=${r%-*} l=${r#*-}
+  dd if="$raw" of="$tmp/want.old" bs=$B skip="$f" seek="$f" count=$(( l - f + 1 )) \
+    conv=notrunc status=none
+done < "$tmp/bt.ranges"
+sparsecow unpack -q -n --zero=skip --bmap "$tmp/bt.bmap" "$tmp/extra.qcow2" "$tmp/sc.old"
+cmp "$tmp/want.old" "$tmp/sc.old" || fail "unpack -n --zero=skip --bmap: unmapped blocks changed"
+
 # Rewrite a range's checksum (the second range), then optionally fix up
 # the file checksum as bmaptool computes it.
 tamper () {
