@@ -428,6 +428,13 @@ check_l2 (struct checker *ck, uint64_t l2_offset, uint64_t uses,
                      "%" PRIx64 " (L2 table at 0x%" PRIx64 ", index %"
                      PRIu64 ")", e, l2_offset, i);
     }
+    if (faults & QCOW2_FAULT_V2_ZERO) {
+      res->damage += uses;
+      check_message (ck, "ERROR: L2 entry %" PRIx64 " (L2 table at 0x%"
+                     PRIx64 ", index %" PRIu64 ") has the zero flag, which "
+                     "version 2 images do not have: the cluster cannot be "
+                     "read", e, l2_offset, i);
+    }
 
     switch (type) {
     case QCOW2_CLUSTER_COMPRESSED:

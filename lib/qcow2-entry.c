@@ -82,6 +82,13 @@ qcow2_l2_entry_classify (const struct qcow2_header *h, uint64_t l2e,
   if (!SC_IS_ALIGNED (offset, h->cluster_size))
     *faults |= QCOW2_FAULT_MISALIGNED;
 
+  /* Version 2 has no zero flag: bit 0 is reserved there, and qemu
+   * calls an entry with it corrupt ("Zero cluster entry found in pre-v3
+   * image") rather than reading zeros or data.  The type stays what a
+   * version 3 image would mean, for the checker to go on with.
+   */
+  if ((l2e & QCOW2_OFLAG_ZERO) && h->version < 3)
+    *faults |= QCOW2_FAULT_V2_ZERO;
   /* The zero flag is not used with extended L2 entries (the bitmap
    * says what reads as zeros), and like qemu we then ignore it.
    */
@@ -117,6 +124,12 @@ qcow2_l2_entry_type (const struct qcow2_header *h, uint64_t l2e,
   if (faults & QCOW2_FAULT_RESERVED) {
     sc_set_error (EINVAL, "L2 entry 0x%016" PRIx64 " has reserved bits set",
                   l2e);
+    return -1;
+  }
+  if (faults & QCOW2_FAULT_V2_ZERO) {
+    sc_set_error (EINVAL, "L2 entry 0x%016" PRIx64 " has the \"reads as "
+                  "zero\" flag (bit 0), which version %" PRIu32 " images "
+                  "do not have", l2e, h->version);
     return -1;
   }
   if (faults & QCOW2_FAULT_MISALIGNED) {

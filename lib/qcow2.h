@@ -145,6 +145,9 @@ enum qcow2_subcluster_type {
 #define QCOW2_FAULT_UNALLOCATED_ALLOC    (1U << 6) /* allocated subclusters
                                                       without a host
                                                       cluster */
+#define QCOW2_FAULT_V2_ZERO              (1U << 7) /* the "reads as zero"
+                                                      flag in a version 2
+                                                      image */
 
 /* The parsed and validated header. */
 struct qcow2_header {
@@ -307,8 +310,8 @@ extern void qcow2_l2_entry_get (const struct qcow2_header *h,
                                 uint64_t *l2e, uint64_t *bitmap);
 /* What an L2 entry (its first u64) describes, decided as qemu decides
  * it whatever the damage, with the damage in *faults:
- * QCOW2_FAULT_RESERVED and _MISALIGNED (standard clusters), and
- * _COMPRESSED_COPIED and _COMPRESSED_DATA_FILE (compressed ones).
+ * QCOW2_FAULT_RESERVED, _MISALIGNED and _V2_ZERO (standard clusters),
+ * and _COMPRESSED_COPIED and _COMPRESSED_DATA_FILE (compressed ones).
  * Never fails; for the checker, which must see all damage.
  */
 extern enum qcow2_cluster_type
@@ -316,7 +319,7 @@ qcow2_l2_entry_classify (const struct qcow2_header *h, uint64_t l2e,
                          unsigned *faults);
 /* The same, strict, for reading guest data: returns 0, or -1 with
  * errno EINVAL and a message for reserved bits, a misaligned host
- * offset or a compressed cluster with an external data file (COPIED on
+ * offset, the zero flag in a version 2 image or a compressed cluster with an external data file (COPIED on
  * a compressed cluster is accepted: it does not change the data).
  */
 extern int qcow2_l2_entry_type (const struct qcow2_header *h, uint64_t l2e,

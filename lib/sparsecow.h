@@ -526,6 +526,13 @@ struct sc_check_result {
   uint64_t corruptions;
   uint64_t leaks;
   uint64_t check_errors;        /* errors that stopped part of the check */
+  /* Damage that qemu-img check does not count but that makes the image
+   * unreadable as written (sparsecow's reader refuses it): clusters or
+   * tables (partly) past the end of the file, an image cut short; table
+   * entries with bits the image's version does not define.  Counted
+   * apart so that corruptions and leaks stay qemu-img check's numbers.
+   */
+  uint64_t damage;
   uint64_t allocated_clusters;
   uint64_t total_clusters;
   uint64_t fragmented_clusters;

@@ -19,8 +19,8 @@ usage (FILE *fp)
   fprintf (fp,
            "Usage: %s check [--json] [-q] IMAGE\n"
            "Check that the refcounts of a qcow2 image match what is really\n"
-           "used.  Exit status: 0 no problems, 2 corruptions found, 3 only\n"
-           "leaked clusters found, 1 the image could not be checked.\n"
+           "used.  Exit status: 0 no problems, 2 corruptions or damage found,\n"
+           "3 only leaked clusters found, 1 the image could not be checked.\n"
            "\n"
            "  --json        print the result as JSON (qemu-img check names)\n"
            "  --output=json|human  the same, spelled as for qemu-img check\n"
@@ -32,13 +32,18 @@ usage (FILE *fp)
 static void
 print_human (const struct sc_check_result *r)
 {
-  if (r->corruptions == 0 && r->leaks == 0 && r->check_errors == 0)
+  if (r->corruptions == 0 && r->leaks == 0 && r->check_errors == 0
+      && r->damage == 0)
     printf ("No errors were found on the image.\n");
   else {
     if (r->corruptions)
       printf ("\n%" PRIu64 " errors were found on the image.\n"
               "Data may be corrupted, or further writes to the image may "
               "corrupt it.\n", r->corruptions);
+    if (r->damage)
+      printf ("\n%" PRIu64 " damaged structures were found that qemu-img "
+              "check does not count.\nThe image cannot be read as it was "
+              "written.\n", r->damage);
     if (r->leaks)
       printf ("\n%" PRIu64 " leaked clusters were found on the image.\n"
               "This means waste of disk space, but no harm to data.\n",
@@ -68,13 +73,15 @@ print_json (const char *filename, const struct sc_check_result *r)
           "    \"check-errors\": %" PRIu64 ",\n"
           "    \"corruptions\": %" PRIu64 ",\n"
           "    \"leaks\": %" PRIu64 ",\n"
+          "    \"damage\": %" PRIu64 ",\n"
           "    \"allocated-clusters\": %" PRIu64 ",\n"
           "    \"total-clusters\": %" PRIu64 ",\n"
           "    \"fragmented-clusters\": %" PRIu64 ",\n"
           "    \"compressed-clusters\": %" PRIu64 ",\n"
           "    \"image-end-offset\": %" PRIu64 "\n"
           "}\n",
-          r->check_errors, r->corruptions, r->leaks, r->allocated_clusters,
+          r->check_errors, r->corruptions, r->leaks, r->damage,
+          r->allocated_clusters,
           r->total_clusters, r->fragmented_clusters, r->compressed_clusters,
           r->image_end_offset);
 }
@@ -146,7 +153,7 @@ cmd_check (int argc, char **argv)
                "be read", image, result.check_errors);
     c = EXIT_ERROR;
   }
-  else if (result.corruptions)
+  else if (result.corruptions || result.damage)
     c = EXIT_CHECK_CORRUPT;
   else if (result.leaks)
     c = EXIT_CHECK_LEAKS;

@@ -1,0 +1,6 @@
+# tests of this area; fragments are included by Makefile.am
+# Hostile input, one class per test, and faults of the world around a
+# run (full file systems, read errors, signals, sources that change).
+EXTRA_DIST += tests/hostile-functions.sh
+TESTS += tests/hostile-version.sh
+EXTRA_DIST += tests/hostile-version.sh
