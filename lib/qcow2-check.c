@@ -323,6 +323,45 @@ add_refs (struct checker *ck, const char *what, uint64_t offset,
   return add_refs_n (ck, what, offset, size, 1);
 }
 
+/* Damage that qemu-img check does not count: the first need bytes of
+ * a structure referenced uses times at [offset, offset+size) are not
+ * all in the file, though the structure lies close enough to it for
+ * in_image() (anything further out is a corruption already).  qemu
+ * reads the missing bytes as zeros and its check passes; the image
+ * was cut short (an interrupted copy) and what is missing is lost, so
+ * the reader refuses it and the check reports it.
+ */
+static void
+cut_short (struct checker *ck, const char *what, uint64_t offset,
+           uint64_t size, uint64_t need, uint64_t uses)
+{
+  uint64_t end, need_end;
+
+  if (need == 0 || SC_ADD_OVERFLOW (offset, size, &end)
+      || end >= ck->file_size + ck->cs
+      || SC_ADD_OVERFLOW (offset, need, &need_end)
+      || need_end <= ck->file_size)
+    return;
+  ck->res->damage += uses;
+  check_message (ck, "ERROR: %s at offset 0x%" PRIx64 " (size 0x%" PRIx64
+                 ") lies %spast the end of the file (%" PRIu64 " bytes): "
+                 "the image is cut short", what, offset, size,
+                 offset < ck->file_size ? "partly " : "", ck->file_size);
+}
+
+/* add_refs_n, for a structure of which need bytes must be in the file
+ * for it to be read.
+ */
+static int
+add_refs_whole (struct checker *ck, const char *what, uint64_t offset,
+                uint64_t size, uint64_t need, uint64_t uses)
+{
+  if (add_refs_n (ck, what, offset, size, uses) == -1)
+    return -1;
+  cut_short (ck, what, offset, size, need, uses);
+  return 0;
+}
+
 /* Account for visiting units table entries; fails past the budget. */
 static int
 spend (struct checker *ck, uint64_t units)
@@ -458,7 +497,14 @@ check_l2 (struct checker *ck, uint64_t l2_offset, uint64_t uses,
         break;
       }
       qcow2_compressed_descriptor (&ck->h, e, &offset, &nbytes);
-      if (add_refs_n (ck, "compressed cluster", offset, nbytes, uses) == -1)
+      /* The descriptor's last sector holds the last byte of the
+       * compressed data, and qemu does not pad the file beyond it: at
+       * least part of that sector must be there.
+       */
+      if (add_refs_whole (ck, "compressed cluster", offset, nbytes,
+                          nbytes > QCOW2_COMPRESSED_SECTOR - 1
+                          ? nbytes - (QCOW2_COMPRESSED_SECTOR - 1) : 1,
+                          uses) == -1)
         return -1;
       /* Compressed clusters share sectors, so they always count as
        * fragmented.
@@ -490,7 +536,23 @@ check_l2 (struct checker *ck, uint64_t l2_offset, uint64_t uses,
         res->fragmented_clusters += active;
       next_contiguous = offset + ck->cs;
       if (!ck->has_data_file) {
-        if (add_refs_n (ck, "data cluster", offset, ck->cs, uses) == -1)
+        /* What reads as data must be in the file: the whole cluster,
+         * or with extended L2 entries up to the last allocated
+         * subcluster (the rest may never have been written).
+         */
+        uint64_t need = type == QCOW2_CLUSTER_ZERO_ALLOC ? 0 : ck->cs;
+
+        if (ck->extl2) {
+          uint32_t alloc = (uint32_t) (bitmap & ~(bitmap >> QCOW2_SUBCLUSTERS)
+                                       & QCOW2_L2_BITMAP_ALL_ALLOC);
+          unsigned last = 0;
+
+          while (last < QCOW2_SUBCLUSTERS && (alloc >> last) != 0)
+            last++;
+          need = (ck->cs / QCOW2_SUBCLUSTERS) * last;
+        }
+        if (add_refs_whole (ck, "data cluster", offset, ck->cs, need,
+                            uses) == -1)
           return -1;
       }
       break;
@@ -739,7 +801,8 @@ walk_l1_entries (struct checker *ck, uint64_t start, uint64_t end,
                        " L1 tables)", e, (pos + j) * QCOW2_L1E_SIZE, uses);
       }
       l2_offset = e & QCOW2_L1E_OFFSET_MASK;
-      if (add_refs_n (ck, "L2 table", l2_offset, ck->cs, uses) == -1)
+      if (add_refs_whole (ck, "L2 table", l2_offset, ck->cs, ck->cs,
+                          uses) == -1)
         return -1;
       if (faults & QCOW2_FAULT_MISALIGNED) {
         res->corruptions += uses;
@@ -855,6 +918,9 @@ check_l1_tables (struct checker *ck)
   if (add_l1_table (ck, &t, ck->h.l1_table_offset, ck->h.l1_size,
                     true) == -1)
     goto out;
+  cut_short (ck, "L1 table", ck->h.l1_table_offset,
+             (uint64_t) ck->h.l1_size * QCOW2_L1E_SIZE,
+             (uint64_t) ck->h.l1_size * QCOW2_L1E_SIZE, 1);
   if (ck->has_data_file && ck->h.nb_snapshots) {
     res->corruptions++;
     check_message (ck, "ERROR %" PRIu32 " snapshots in image with data "
@@ -1206,7 +1272,8 @@ check_refblocks (struct checker *ck)
       continue;
     }
     if (offset != 0) {
-      if (add_refs (ck, "refcount block", offset, ck->cs) == -1)
+      if (add_refs_whole (ck, "refcount block", offset, ck->cs, ck->cs,
+                          1) == -1)
         return -1;
       if (ck->counts[cluster] != 1) {
         res->corruptions++;
@@ -1354,8 +1421,8 @@ run_check (struct checker *ck)
     return -1;
 
   /* The refcount table, the encryption header and the bitmaps. */
-  if (add_refs (ck, "refcount table", ck->h.refcount_table_offset,
-                rt_bytes) == -1)
+  if (add_refs_whole (ck, "refcount table", ck->h.refcount_table_offset,
+                      rt_bytes, rt_bytes, 1) == -1)
     return -1;
   if (ck->crypto_length
       && add_refs (ck, "encryption header", ck->crypto_offset,

@@ -588,14 +588,29 @@ read_compressed (struct layer *L, uint64_t l2e, uint64_t into, void *buf,
   CLEANUP_FREE unsigned char *in = NULL;
   CLEANUP_FREE unsigned char *out = NULL;
   uint64_t coffset, cbytes;
+  bool truncated;
 
   qcow2_compressed_descriptor (&L->h, l2e, &coffset, &cbytes);
-  if (coffset < L->h.cluster_size || coffset >= L->file_size) {
+  if (coffset < L->h.cluster_size) {
     sc_set_error (EINVAL, "%s: compressed cluster at host offset 0x%"
                   PRIx64 " is outside the file", L->filename, coffset);
     return -1;
   }
+  /* The descriptor's last sector holds the last byte of the data (qemu
+   * does not pad the file beyond it), so at least part of it must be
+   * in the file: a whole sector missing is an image cut short.
+   */
+  if (coffset >= L->file_size
+      || cbytes - SC_MIN (cbytes, QCOW2_COMPRESSED_SECTOR - 1)
+         > L->file_size - coffset) {
+    sc_set_error (EIO, "%s: compressed cluster at host offset %" PRIu64
+                  " lies %spast the end of the file (%" PRIu64 " bytes): "
+                  "the image is cut short", L->filename, coffset,
+                  coffset < L->file_size ? "partly " : "", L->file_size);
+    return -1;
+  }
   /* The last compressed cluster may end in a partial sector. */
+  truncated = cbytes > L->file_size - coffset;
   cbytes = SC_MIN (cbytes, L->file_size - coffset);
   in = malloc (cbytes);
   out = malloc (L->h.cluster_size);
@@ -606,8 +621,13 @@ read_compressed (struct layer *L, uint64_t l2e, uint64_t into, void *buf,
   if (sc_ep_pread (L->ep, in, cbytes, coffset) == -1)
     return -1;
   if (sc_decompress (L->codec, in, cbytes, out, L->h.cluster_size) == -1) {
-    sc_error_prefix ("%s: compressed cluster at host offset 0x%" PRIx64,
-                     L->filename, coffset);
+    /* Only decoding tells whether the end of the file in the last
+     * sector cut the data short.
+     */
+    sc_error_prefix ("%s: compressed cluster at host offset 0x%" PRIx64
+                     "%s", L->filename, coffset,
+                     truncated ? " (its last sector is cut short by the end"
+                     " of the file)" : "");
     return -1;
   }
   memcpy (buf, out + into, count);
@@ -820,9 +840,16 @@ load_l1 (struct layer *L, uint64_t offset, uint32_t entries,
   if (entries == 0)
     return 0;
   if (offset == 0 || !SC_IS_ALIGNED (offset, L->h.cluster_size)
-      || SC_ADD_OVERFLOW (offset, bytes, &end) || end > L->file_size) {
+      || SC_ADD_OVERFLOW (offset, bytes, &end)) {
     sc_set_error (EINVAL, "L1 table offset 0x%" PRIx64 " is misaligned "
                   "or outside the file", offset);
+    return -1;
+  }
+  if (end > L->file_size) {
+    sc_set_error (EIO, "the L1 table at host offset %" PRIu64 " (%" PRIu64
+                  " bytes) lies %spast the end of the file (%" PRIu64
+                  " bytes): the image is cut short", offset, bytes,
+                  offset < L->file_size ? "partly " : "", L->file_size);
     return -1;
   }
   L->l1 = malloc (bytes);
@@ -842,12 +869,17 @@ load_l1 (struct layer *L, uint64_t offset, uint32_t entries,
                     "reserved bits set", i, e);
       return -1;
     }
-    if (l2 != 0
-        && ((faults & QCOW2_FAULT_MISALIGNED)
-            || l2 > L->file_size - L->h.cluster_size
-            || L->file_size < L->h.cluster_size)) {
+    if (l2 != 0 && (faults & QCOW2_FAULT_MISALIGNED)) {
       sc_set_error (EINVAL, "L1 entry %" PRIu32 ": L2 table offset 0x%"
                     PRIx64 " is misaligned or outside the file", i, l2);
+      return -1;
+    }
+    if (l2 != 0 && (l2 > L->file_size - L->h.cluster_size
+                    || L->file_size < L->h.cluster_size)) {
+      sc_set_error (EIO, "L1 entry %" PRIu32 ": the L2 table at host "
+                    "offset %" PRIu64 " lies %spast the end of the file (%"
+                    PRIu64 " bytes): the image is cut short", i, l2,
+                    l2 < L->file_size ? "partly " : "", L->file_size);
       return -1;
     }
     /* Keep only the offset: 0 then means "no L2 table". */

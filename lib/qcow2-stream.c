@@ -740,6 +740,32 @@ item_name (const struct item *it)
   return "a cluster";
 }
 
+/* A compressed cluster that the end of the stream cuts: its last
+ * sector holds the last byte of its data (qemu does not pad an image
+ * beyond it), so with that sector missing the image is cut short; cut
+ * inside it, only decoding can tell.
+ */
+static int
+handle_compressed_tail (struct stream_unpack *s, const struct item *it,
+                        const unsigned char *p, size_t len)
+{
+  if (it->length - len >= QCOW2_COMPRESSED_SECTOR) {
+    sc_set_error (EIO, "the stream ended at %" PRIu64 " bytes, inside "
+                  "%s at host offset %" PRIu64 " (%zu of its %" PRIu32
+                  " bytes are missing): the image is cut short",
+                  s->stream_len, item_name (it), it->offset,
+                  it->length - len, it->length);
+    return -1;
+  }
+  if (handle (s, it, p, len) == -1) {
+    sc_error_prefix ("the stream ended at %" PRIu64 " bytes, inside the "
+                     "last sector of %s at host offset %" PRIu64,
+                     s->stream_len, item_name (it), it->offset);
+    return -1;
+  }
+  return 0;
+}
+
 /* The part of an item's bytes no other item may also claim: all of
  * them, but for a compressed cluster, whose first and last sectors may
  * hold the end of the one before and the start of the one after.
@@ -841,8 +867,9 @@ process_chunk (struct stream_unpack *s)
     }
     else if (s->ended && it.kind == ITEM_COMPRESSED) {
       /* The last compressed cluster's sectors may run past the end. */
-      if (handle (s, &it, s->chunk + (it.offset - s->chunk_off),
-                  (size_t) (cend - it.offset)) == -1)
+      if (handle_compressed_tail (s, &it,
+                                  s->chunk + (it.offset - s->chunk_off),
+                                  (size_t) (cend - it.offset)) == -1)
         return -1;
     }
     else if (s->ended) {
@@ -1137,7 +1164,7 @@ qcow2_unpack_stream_chunked (struct sc_endpoint *src,
     int r = -1;
 
     if (pt.it.kind == ITEM_COMPRESSED)
-      r = handle (&s, &pt.it, pt.buf, pt.filled);
+      r = handle_compressed_tail (&s, &pt.it, pt.buf, pt.filled);
     else
       sc_set_error (EIO, "the stream ended at %" PRIu64 " bytes, inside "
                     "%s at host offset %" PRIu64, s.stream_len,

@@ -4,3 +4,5 @@
 EXTRA_DIST += tests/hostile-functions.sh
 TESTS += tests/hostile-version.sh
 EXTRA_DIST += tests/hostile-version.sh
+TESTS += tests/hostile-cut.sh
+EXTRA_DIST += tests/hostile-cut.sh
