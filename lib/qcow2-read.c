@@ -36,7 +36,22 @@
 #define MIN_CACHE_TABLES        2
 /* Bounds the linear search of the cache with tiny clusters. */
 #define MAX_CACHE_TABLES        1024
-#define DEFAULT_MAX_DEPTH       64
+/* Chains this deep open (with qemu-img create -b they take seconds
+ * to make); the cost per level is a struct, a parsed header and an L1
+ * table while open, and at most OPEN_BACKING_FILES descriptors.
+ */
+#define DEFAULT_MAX_DEPTH       1024
+/* Backing files are closed, least recently used first, when more than
+ * this many are open, and opened again when they are read: a chain of
+ * hundreds of images then stays within a small descriptor limit
+ * (ulimit -n 64 leaves room for the target, spill files and NBD).
+ */
+#define OPEN_BACKING_FILES      16
+/* What the L1 tables of a whole chain may take: each is capped by the
+ * format (QCOW2_MAX_L1_BYTES), and so is their sum, or a long chain of
+ * images with huge L1 tables would take gigabytes.
+ */
+#define CHAIN_MAX_L1_BYTES      ((uint64_t) 256 * 1024 * 1024)
 /* qemu sizes images in whole 512-byte sectors. */
 #define RAW_SECTOR_SIZE         512
 /* The unit of st_blocks. */
@@ -62,8 +77,16 @@ struct extent_cache {
 
 struct layer {
   char *filename;               /* as opened (resolved) */
-  struct sc_endpoint *ep;       /* the image file */
+  struct sc_endpoint *ep;       /* the image file; NULL while closed */
   bool own_ep;                  /* closed with the layer (not the caller's) */
+  /* A backing file that may be closed while nobody reads it and opened
+   * again by name (see layer_pin); pins and last_use are protected by
+   * the chain's file_lock.
+   */
+  bool closable;
+  unsigned pins;
+  uint64_t last_use;
+  struct sc_fingerprint fp;     /* as first opened */
   uint64_t file_size;           /* ep's size */
   uint64_t size;                /* guest-visible size of this layer */
   bool have_id;                 /* dev and ino are known */
@@ -99,6 +122,10 @@ struct sc_qcow2 {
   size_t nb_snapshots;
   pthread_mutex_t lock;                 /* protects the cache */
   pthread_mutex_t ext_lock;             /* protects the extent caches */
+  pthread_mutex_t file_lock;            /* opening and closing layers */
+  size_t open_files;                    /* closable layers now open */
+  uint64_t clock;                       /* for last_use */
+  uint64_t l1_bytes;                    /* of all layers */
   struct cache_table *mru, *lru;
   size_t cache_used, cache_budget, cache_tables;
 };
@@ -120,6 +147,111 @@ struct cstatus {
   struct lstatus st;
   bool present, zero, data;
 };
+
+/* ---- open backing files --------------------------------------------- */
+
+/* Close the least recently used closable layers that nobody reads
+ * until fewer than limit are open.  file_lock is held.
+ */
+static void
+close_spare_files (struct sc_qcow2 *q, size_t limit)
+{
+  while (q->open_files >= limit) {
+    struct layer *victim = NULL;
+
+    for (size_t i = 0; i < q->nlayers; i++) {
+      struct layer *L = &q->layers[i];
+
+      if (L->closable && L->ep && L->pins == 0
+          && (victim == NULL || L->last_use < victim->last_use))
+        victim = L;
+    }
+    if (victim == NULL)
+      return;
+    /* Read only: closing cannot lose anything. */
+    sc_ep_close (victim->ep);
+    victim->ep = victim->data_ep = NULL;
+    q->open_files--;
+  }
+}
+
+/* Open a closed layer again, as the same file it was: a backing file
+ * that was replaced or changed meanwhile would not match the tables
+ * already read from it.  file_lock is held.
+ */
+static int
+layer_reopen (struct sc_qcow2 *q, struct layer *L)
+{
+  struct sc_endpoint *ep;
+  struct sc_fingerprint fp;
+
+  close_spare_files (q, OPEN_BACKING_FILES);
+  ep = qcow2_open_file (L->filename);
+  if (ep == NULL) {
+    sc_error_prefix ("backing file %s", L->filename);
+    return -1;
+  }
+  if (sc_ep_fingerprint (ep, &fp) != 0 || !sc_ep_fingerprint_equal (&fp, &L->fp)) {
+    sc_ep_close (ep);
+    sc_set_error (ESTALE, "backing file %s changed while it was read",
+                  L->filename);
+    return -1;
+  }
+  L->ep = L->data_ep = ep;
+  q->open_files++;
+  return 0;
+}
+
+/* Keep layer L's file open (opening it again if it was closed) until
+ * layer_unpin.  Layers that are never closed need nothing.
+ */
+static int
+layer_pin (struct sc_qcow2 *q, struct layer *L)
+{
+  int r = 0;
+
+  if (!L->closable)
+    return 0;
+  pthread_mutex_lock (&q->file_lock);
+  if (L->ep == NULL)
+    r = layer_reopen (q, L);
+  if (r == 0) {
+    L->pins++;
+    L->last_use = ++q->clock;
+  }
+  pthread_mutex_unlock (&q->file_lock);
+  return r;
+}
+
+static void
+layer_unpin (struct sc_qcow2 *q, struct layer *L)
+{
+  if (!L->closable)
+    return;
+  pthread_mutex_lock (&q->file_lock);
+  L->pins--;
+  pthread_mutex_unlock (&q->file_lock);
+}
+
+/* Layer li of the chain is open and parsed: from now on its file may
+ * be closed while it is not read.  Only backing files the chain opened
+ * itself by name, with no external data file, are.
+ */
+static void
+layer_opened (struct sc_qcow2 *q, size_t li)
+{
+  struct layer *L = &q->layers[li];
+
+  if (li == 0 || !L->own_ep || L->ep == NULL || L->data_ep != L->ep
+      || L->closable)
+    return;
+  pthread_mutex_lock (&q->file_lock);
+  L->closable = true;
+  L->last_use = ++q->clock;
+  q->open_files++;
+  close_spare_files (q, OPEN_BACKING_FILES + 1);
+  pthread_mutex_unlock (&q->file_lock);
+}
 
 /* ---- the L2 cache ---------------------------------------------------- */
 
@@ -181,12 +313,19 @@ cache_get (struct sc_qcow2 *q, size_t li, uint64_t offset)
     free (t);
     return NULL;
   }
+  if (layer_pin (q, L) == -1) {
+    free (t->data);
+    free (t);
+    return NULL;
+  }
   if (sc_ep_pread (L->ep, t->data, bytes, offset) == -1) {
+    layer_unpin (q, L);
     sc_error_prefix ("%s: L2 table at 0x%" PRIx64, L->filename, offset);
     free (t->data);
     free (t);
     return NULL;
   }
+  layer_unpin (q, L);
   t->layer = li;
   t->offset = offset;
   t->bytes = bytes;
@@ -295,6 +434,7 @@ raw_status (struct sc_qcow2 *q, struct layer *L, uint64_t offset,
             uint64_t max, bool want_zero, struct lstatus *st)
 {
   bool zero;
+  int r;
 
   st->has_offset = true;
   st->host = offset;
@@ -303,7 +443,11 @@ raw_status (struct sc_qcow2 *q, struct layer *L, uint64_t offset,
   if (!want_zero)
     return 0;
 
-  if (extent_status (q, &L->ext, L->ep, offset, max, &zero, &st->len) == -1)
+  if (layer_pin (q, L) == -1)
+    return -1;
+  r = extent_status (q, &L->ext, L->ep, offset, max, &zero, &st->len);
+  layer_unpin (q, L);
+  if (r == -1)
     return -1;
   if (zero)
     st->kind = LK_ZERO;
@@ -559,12 +703,17 @@ chain_status (struct sc_qcow2 *q, uint64_t offset, uint64_t max,
       cs->zero = cs->st.kind == LK_ZERO;
       cs->data = !cs->zero;
       if (want_zero && !L->raw && cs->st.kind == LK_DATA) {
+        if (layer_pin (q, L) == -1)
+          return -1;
         pthread_mutex_lock (&q->lock);
         if (L->prealloc < 0)
           L->prealloc = detect_prealloc (L);
         r = L->prealloc;
         pthread_mutex_unlock (&q->lock);
-        if (r && host_zero_status (q, L, cs) == -1)
+        if (r)
+          r = host_zero_status (q, L, cs);
+        layer_unpin (q, L);
+        if (r == -1)
           return -1;
       }
       return 0;
@@ -582,9 +731,10 @@ chain_status (struct sc_qcow2 *q, uint64_t offset, uint64_t max,
 
 /* Read one compressed cluster's bytes [into, into+count). */
 static int
-read_compressed (struct layer *L, uint64_t l2e, uint64_t into, void *buf,
-                 size_t count)
+read_compressed (struct sc_qcow2 *q, struct layer *L, uint64_t l2e,
+                 uint64_t into, void *buf, size_t count)
 {
+  int r;
   CLEANUP_FREE unsigned char *in = NULL;
   CLEANUP_FREE unsigned char *out = NULL;
   uint64_t coffset, cbytes;
@@ -618,7 +768,11 @@ read_compressed (struct layer *L, uint64_t l2e, uint64_t into, void *buf,
     sc_set_error (errno, "malloc: %s", strerror (errno));
     return -1;
   }
-  if (sc_ep_pread (L->ep, in, cbytes, coffset) == -1)
+  if (layer_pin (q, L) == -1)
+    return -1;
+  r = sc_ep_pread (L->ep, in, cbytes, coffset);
+  layer_unpin (q, L);
+  if (r == -1)
     return -1;
   if (sc_decompress (L->codec, in, cbytes, out, L->h.cluster_size) == -1) {
     /* Only decoding tells whether the end of the file in the last
@@ -646,9 +800,10 @@ read_compressed (struct layer *L, uint64_t l2e, uint64_t into, void *buf,
 static int
 cut_short (const struct layer *L, const struct cstatus *cs)
 {
-  uint64_t size = L->ep->size, first, cluster;
+  uint64_t size = L->file_size, first, cluster;
 
-  if (L->raw || L->data_ep != L->ep || cs->st.kind != LK_DATA
+  if (L->raw || (L->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
+      || cs->st.kind != LK_DATA
       || cs->st.host + cs->st.len <= size)
     return 0;
   first = SC_MAX (cs->st.host, size);
@@ -681,31 +836,34 @@ chain_read (struct sc_qcow2 *q, void *buf, size_t count, uint64_t offset,
       return -1;
     n = (size_t) cs.st.len;
     L = &q->layers[cs.depth];
-    ep = L->raw ? L->ep : L->data_ep;
     if (!cs.present || cs.zero)
       memset (p, 0, n);
     else if (cs.st.kind == LK_COMPRESSED) {
       if (nowait)
         return 1;
-      if (read_compressed (L, cs.st.l2e,
+      if (read_compressed (q, L, cs.st.l2e,
                            qcow2_offset_into_cluster (&L->h, offset),
                            p, n) == -1)
         return -1;
     }
     else if (cut_short (L, &cs) == -1)
       return -1;
-    else if (nowait) {
-      if (cs.st.host >= ep->size || n > ep->size - cs.st.host)
-        return 1;
-      r = sc_ep_pread_nowait (ep, p, n, cs.st.host);
+    else {
+      if (layer_pin (q, L) == -1)
+        return -1;
+      ep = L->raw ? L->ep : L->data_ep;
+      if (nowait)
+        r = cs.st.host >= ep->size || n > ep->size - cs.st.host ? 1
+          : sc_ep_pread_nowait (ep, p, n, cs.st.host);
+      /* Past the end of a raw backing file or an external data file,
+       * zeros, as in qemu.
+       */
+      else
+        r = qcow2_pread_padded (ep, ep->size, p, n, cs.st.host);
+      layer_unpin (q, L);
       if (r != 0)
         return r;
     }
-    /* Past the end of a raw backing file or an external data file,
-     * zeros, as in qemu.
-     */
-    else if (qcow2_pread_padded (ep, ep->size, p, n, cs.st.host) == -1)
-      return -1;
     p += n;
     count -= n;
     offset += n;
@@ -1043,7 +1201,7 @@ free_layer (struct layer *L)
 {
   if (L->data_ep && L->data_ep != L->ep)
     sc_ep_close (L->data_ep);
-  if (L->own_ep)
+  if (L->own_ep && L->ep)
     sc_ep_close (L->ep);
   sc_extent_list_free (&L->ext.list);
   free (L->filename);
@@ -1080,6 +1238,8 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
                     max_depth);
       return -1;
     }
+    if (d > 0)
+      layer_opened (q, d - 1);
     layers = realloc (q->layers, (d + 1) * sizeof *layers);
     if (layers == NULL) {
       sc_set_error (errno, "realloc: %s", strerror (errno));
@@ -1115,6 +1275,7 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
      * network) are not compared; the depth limit still ends a loop.
      */
     L->have_id = r == 0;
+    L->fp = fp;
     L->dev = fp.dev;
     L->ino = fp.ino;
     for (size_t i = 0; i < d && L->have_id; i++)
@@ -1149,6 +1310,12 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
     }
     if (open_qcow2_layer (q, L, d == 0, opts) == -1)
       goto fail;
+    q->l1_bytes += (uint64_t) L->l1_size * sizeof (uint64_t);
+    if (q->l1_bytes > CHAIN_MAX_L1_BYTES) {
+      sc_set_error (EFBIG, "the L1 tables of the backing chain take more "
+                    "than %" PRIu64 " MiB", CHAIN_MAX_L1_BYTES >> 20);
+      goto fail;
+    }
     if (L->h.backing_file == NULL)
       return 0;
     /* Only the top image can name one here: no backing file is opened
@@ -1201,10 +1368,12 @@ open_handle (struct sc_endpoint *file, bool own, const char *name,
   }
   pthread_mutex_init (&q->lock, NULL);
   pthread_mutex_init (&q->ext_lock, NULL);
+  pthread_mutex_init (&q->file_lock, NULL);
   if (open_chain (q, file, own, name, opts) == -1) {
     sc_qcow2_close (q);
     return NULL;
   }
+  layer_opened (q, q->nlayers - 1);
   for (size_t i = 0; i < q->nlayers; i++)
     if (!q->layers[i].raw)
       max_cluster = SC_MAX (max_cluster, q->layers[i].h.cluster_size);
@@ -1257,6 +1426,7 @@ sc_qcow2_close (struct sc_qcow2 *q)
   free_snapshots (q->snapshots, q->nb_snapshots);
   pthread_mutex_destroy (&q->lock);
   pthread_mutex_destroy (&q->ext_lock);
+  pthread_mutex_destroy (&q->file_lock);
   free (q);
 }
 
@@ -1339,8 +1509,12 @@ qcow2_chain_fingerprint (struct sc_qcow2 *q, struct sc_fingerprint *fp)
   memset (fp, 0, sizeof *fp);
   for (size_t d = 0; d < q->nlayers; d++) {
     struct layer *L = &q->layers[d];
-    struct sc_endpoint *files[2] = { L->ep, L->data_ep };
+    struct sc_endpoint *files[2];
 
+    if (layer_pin (q, L) == -1)
+      return -1;
+    files[0] = L->ep;
+    files[1] = L->data_ep;
     for (size_t i = 0; i < 2; i++) {
       struct sc_fingerprint f;
       int r;
@@ -1348,13 +1522,16 @@ qcow2_chain_fingerprint (struct sc_qcow2 *q, struct sc_fingerprint *fp)
       if (files[i] == NULL || (i == 1 && files[1] == files[0]))
         continue;
       r = sc_ep_fingerprint (files[i], &f);
-      if (r == -1)
+      if (r == -1) {
+        layer_unpin (q, L);
         return -1;
+      }
       if (r == 0) {
         fold_fingerprint (fp, &f);
         any = true;
       }
     }
+    layer_unpin (q, L);
   }
   return any ? 0 : 1;
 }

@@ -298,7 +298,7 @@ struct sc_qcow2;
 
 struct sc_qcow2_open_opts {
   const char *snapshot;         /* NULL = active layer; else name or ID */
-  unsigned max_backing_depth;   /* 0 = default */
+  unsigned max_backing_depth;   /* 0 = default (1024 backing files) */
   size_t cache_bytes;           /* L2 cache size, 0 = default */
   /* Refuse (EPERM) any image that needs a backing file or an external
    * data file, instead of opening the files it names: for images from
@@ -313,12 +313,19 @@ struct sc_qcow2_open_opts {
  * are resolved relative to the image's directory.  opts may be NULL
  * (all defaults).  Returns NULL with errno ENOENT (no such file or
  * snapshot), EACCES (cannot open), EINVAL (not a qcow2 image, or
- * damaged), ENOTSUP (a feature that is not supported), EFBIG (a table
- * over qemu's limits), ELOOP (a backing chain that loops or is too
- * long), EPERM (opts->no_external_files and the image needs another
+ * damaged), EIO (an image cut short), ENOTSUP (a feature that is not
+ * supported), EFBIG (a table over qemu's limits, or L1 tables of a
+ * whole chain over 256 MiB), ELOOP (a backing chain that loops or is
+ * too long), EPERM (opts->no_external_files and the image needs another
  * file), ESPIPE (a pipe or character device: see
  * sc_qcow2_unpack_stream), ENOMEM, or the errno of a failed read.
  * Messages do not name the image itself; they name any other file.
+ */
+/* Backing files beyond the first 16 are closed while they are not read
+ * and opened again when they are, so a deep chain holds a bounded
+ * number of descriptors; a file that is not the same one (device,
+ * inode, size, times) when it is opened again fails the read with
+ * ESTALE.
  */
 extern struct sc_qcow2 *sc_qcow2_open (const char *path,
                                        const struct sc_qcow2_open_opts *opts);

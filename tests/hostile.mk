@@ -6,3 +6,5 @@ TESTS += tests/hostile-version.sh
 EXTRA_DIST += tests/hostile-version.sh
 TESTS += tests/hostile-cut.sh
 EXTRA_DIST += tests/hostile-cut.sh
+TESTS += tests/hostile-chain.sh
+EXTRA_DIST += tests/hostile-chain.sh
