@@ -311,7 +311,7 @@ poke l1res.qcow2 "$l1" 01
 bad "l1res.qcow2: L1 entry 0 .* reserved bits" l1res.qcow2
 cp ok.qcow2 l1out.qcow2
 poke l1out.qcow2 "$l1" 00 00 00 00 10 00 00 00
-bad "l1out.qcow2: L1 entry 0: L2 table offset .* outside the file" l1out.qcow2
+bad "l1out.qcow2: L1 entry 0: the L2 table at host offset 268435456 lies past the end of the file .*cut short" l1out.qcow2
 # The L2 table offset of L1 entry 0, without the COPIED flag.
 l2=$(python3 -c 'import struct, sys
 f = open(sys.argv[1], "rb"); f.seek(int(sys.argv[2]))
@@ -320,13 +320,13 @@ cp ok.qcow2 l2res.qcow2
 poke l2res.qcow2 $((l2 + 8)) 00 00 00 00 00 00 00 02
 bad "l2res.qcow2: .*L2 entry .* reserved bits" l2res.qcow2
 
-# A chain deeper than 64 backing files is refused.
+# 65 backing files (once the limit) are read; tests/hostile-chain.sh
+# reads 1024 and refuses 1025.
 qemu-img create -q -f qcow2 deep0.qcow2 1M
 for i in $(seq 1 65); do
   qemu-img create -q -f qcow2 -u -b deep$((i - 1)).qcow2 -F qcow2 deep$i.qcow2 1M
 done
-sparsecow map --json deep64.qcow2 > /dev/null || fail "64 backing files refused"
-bad "deep65.qcow2: backing chain longer than 64" deep65.qcow2
+sparsecow map --json deep65.qcow2 > /dev/null || fail "65 backing files refused"
 
 # Encryption is refused, not misread.
 if qemu-img create -q -f qcow2 -o encrypt.format=luks,encrypt.key-secret=sec0 \
