@@ -76,6 +76,8 @@ struct pack {
 
   /* The spill file and its write buffer (contiguous bytes at spill_off). */
   int spill_fd;
+  const char *spill_near;       /* the target it is next to, or NULL:
+                                   TMPDIR; for messages */
   unsigned char *spill_buf;
   size_t spill_len;
   uint64_t spill_off;
@@ -110,6 +112,18 @@ sc_pack_opts_init (struct sc_pack_opts *opts)
 
 /* ---- the spill file ---------------------------------------------------- */
 
+/* Which spill file failed: a full file system is then the target's,
+ * or TMPDIR's.
+ */
+static void
+spill_error_prefix (const struct pack *pk)
+{
+  if (pk->spill_near)
+    sc_error_prefix ("spill file next to %s", pk->spill_near);
+  else
+    sc_error_prefix ("spill file in TMPDIR");
+}
+
 static int
 spill_flush (struct pack *pk)
 {
@@ -124,7 +138,7 @@ spill_flush (struct pack *pk)
   }
   else if (sc_full_pwrite (pk->spill_fd, pk->spill_buf, pk->spill_len,
                            pk->spill_off) == -1) {
-    sc_error_prefix ("spill file");
+    spill_error_prefix (pk);
     return -1;
   }
   pk->spill_off += pk->spill_len;
@@ -561,7 +575,8 @@ scan_pipeline (struct pack *pk, const struct sc_extent_list *extents)
     if (ftruncate (pk->spill_fd,
                    (off_t) SC_ROUND_UP (pk->plan.data_end,
                                         QCOW2_COMPRESSED_SECTOR)) == -1) {
-      sc_set_error (errno, "spill file: %s", strerror (errno));
+      sc_set_error (errno, "%s", strerror (errno));
+      spill_error_prefix (pk);
       return -1;
     }
   }
@@ -874,7 +889,8 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     /* Next to a file target, whose file system must have the room for
      * the image anyway; elsewhere in TMPDIR.
      */
-    pk.spill_fd = sc_spill_open (sc_ep_local_fd (dst) >= 0 ? target : NULL);
+    pk.spill_near = sc_ep_local_fd (dst) >= 0 ? target : NULL;
+    pk.spill_fd = sc_spill_open (pk.spill_near);
     if (pk.spill_fd == -1)
       goto out;
   }

@@ -8,3 +8,5 @@ TESTS += tests/hostile-cut.sh
 EXTRA_DIST += tests/hostile-cut.sh
 TESTS += tests/hostile-chain.sh
 EXTRA_DIST += tests/hostile-chain.sh
+TESTS += tests/hostile-enospc.sh
+EXTRA_DIST += tests/hostile-enospc.sh
