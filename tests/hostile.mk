@@ -10,3 +10,5 @@ TESTS += tests/hostile-chain.sh
 EXTRA_DIST += tests/hostile-chain.sh
 TESTS += tests/hostile-enospc.sh
 EXTRA_DIST += tests/hostile-enospc.sh
+TESTS += tests/hostile-readerror.sh
+EXTRA_DIST += tests/hostile-readerror.sh
