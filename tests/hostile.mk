@@ -12,3 +12,5 @@ TESTS += tests/hostile-enospc.sh
 EXTRA_DIST += tests/hostile-enospc.sh
 TESTS += tests/hostile-readerror.sh
 EXTRA_DIST += tests/hostile-readerror.sh
+TESTS += tests/hostile-signals.sh
+EXTRA_DIST += tests/hostile-signals.sh
