@@ -14,3 +14,5 @@ TESTS += tests/hostile-readerror.sh
 EXTRA_DIST += tests/hostile-readerror.sh
 TESTS += tests/hostile-signals.sh
 EXTRA_DIST += tests/hostile-signals.sh
+TESTS += tests/hostile-source-change.sh
+EXTRA_DIST += tests/hostile-source-change.sh
