@@ -52,6 +52,8 @@
  * images with huge L1 tables would take gigabytes.
  */
 #define CHAIN_MAX_L1_BYTES      ((uint64_t) 256 * 1024 * 1024)
+/* Header, L1 table, refcount table, snapshot table. */
+#define MAX_META_RANGES         4
 /* qemu sizes images in whole 512-byte sectors. */
 #define RAW_SECTOR_SIZE         512
 /* The unit of st_blocks. */
@@ -105,6 +107,16 @@ struct layer {
   unsigned granule_bits;        /* subcluster (extended L2) or cluster */
   enum sc_codec codec;
   int prealloc;                 /* metadata preallocation: -1 unknown */
+  /* Where the metadata lies, for refusing data that overlaps it: the
+   * tables of more than a cluster, and the L2 tables and refcount
+   * blocks as sorted cluster offsets.
+   */
+  struct meta_range { uint64_t start, end; const char *what; }
+    meta[MAX_META_RANGES];
+  unsigned nmeta;
+  uint64_t *l2_sorted, *rb_sorted;
+  size_t nl2, nrb;
+  uint64_t snap_table_bytes;    /* the top layer's, 0 for the others */
 };
 
 struct cache_table {
@@ -251,6 +263,194 @@ layer_opened (struct sc_qcow2 *q, size_t li)
   q->open_files++;
   close_spare_files (q, OPEN_BACKING_FILES + 1);
   pthread_mutex_unlock (&q->file_lock);
+}
+
+/* ---- metadata that data must not overlap ------------------------------ */
+
+static int
+cmp_u64 (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+/* The first element of the sorted array a (n of them) that is >= v. */
+static size_t
+lower_bound (const uint64_t *a, size_t n, uint64_t v)
+{
+  size_t lo = 0, hi = n;
+
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (a[mid] < v)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Does [start, end) overlap a cluster named in the sorted array a? */
+static bool
+overlaps_cluster (const uint64_t *a, size_t n, uint64_t cs, uint64_t start,
+                  uint64_t end, uint64_t *found)
+{
+  size_t i = lower_bound (a, n, start >= cs ? start - cs + 1 : 0);
+
+  if (i < n && a[i] < end) {
+    *found = a[i];
+    return true;
+  }
+  return false;
+}
+
+/* Does [start, end) of layer L's file overlap its metadata?  The name
+ * of what it overlaps in *what, its offset in *at.
+ */
+static bool
+meta_overlap (const struct layer *L, uint64_t start, uint64_t end,
+              const char **what, uint64_t *at)
+{
+  for (unsigned i = 0; i < L->nmeta; i++)
+    if (start < L->meta[i].end && L->meta[i].start < end) {
+      *what = L->meta[i].what;
+      *at = L->meta[i].start;
+      return true;
+    }
+  *what = "L2 table";
+  if (overlaps_cluster (L->l2_sorted, L->nl2, L->h.cluster_size, start, end,
+                        at))
+    return true;
+  *what = "refcount block";
+  return overlaps_cluster (L->rb_sorted, L->nrb, L->h.cluster_size, start,
+                           end, at);
+}
+
+static void
+meta_add (struct layer *L, uint64_t start, uint64_t bytes, const char *what)
+{
+  if (bytes == 0)
+    return;
+  L->meta[L->nmeta++] = (struct meta_range) {
+    start, SC_ADD_OVERFLOW (start, bytes, &bytes) ? UINT64_MAX : bytes,
+    what
+  };
+}
+
+/* Learn where layer L's metadata lies and refuse tables that overlap
+ * each other or the header: qemu reads such an image, but what it
+ * reads there is one table taken for another, and qemu-img check
+ * counts it as corruption.  The L1 table at l1_offset is the one that
+ * is read (the active one or a snapshot's).  The refcount table is
+ * read for the places of the refcount blocks; entries that cannot be
+ * blocks (misaligned, past the end) are the checker's to report.
+ */
+static int
+build_meta (struct sc_qcow2 *q, struct layer *L, uint64_t l1_offset)
+{
+  uint64_t cs = L->h.cluster_size;
+  uint64_t rt_bytes = (uint64_t) L->h.refcount_table_clusters * cs;
+  CLEANUP_FREE unsigned char *rt = NULL;
+  uint64_t at;
+  const char *what;
+
+  meta_add (L, 0, cs, "header");
+  meta_add (L, l1_offset, (uint64_t) L->l1_size * sizeof (uint64_t),
+            "L1 table");
+  meta_add (L, L->h.refcount_table_offset, rt_bytes, "refcount table");
+  if (L->snap_table_bytes)
+    meta_add (L, L->h.snapshots_offset, L->snap_table_bytes,
+              "snapshot table");
+  for (unsigned i = 0; i < L->nmeta; i++)
+    for (unsigned j = i + 1; j < L->nmeta; j++)
+      if (L->meta[i].start < L->meta[j].end
+          && L->meta[j].start < L->meta[i].end) {
+        sc_set_error (EINVAL, "the %s at host offset %" PRIu64 " overlaps "
+                      "the %s at host offset %" PRIu64, L->meta[j].what,
+                      L->meta[j].start, L->meta[i].what, L->meta[i].start);
+        return -1;
+      }
+
+  /* The L2 tables, sorted (load_l1 refused one named twice). */
+  L->l2_sorted = malloc (SC_MAX (L->l1_size, 1) * sizeof (uint64_t));
+  /* The refcount table is capped by the header reader. */
+  rt = malloc (SC_MAX (rt_bytes, 1));
+  L->rb_sorted = malloc (SC_MAX (rt_bytes, 1));
+  if (L->l2_sorted == NULL || rt == NULL || L->rb_sorted == NULL) {
+    sc_set_error (errno, "malloc: %s", strerror (errno));
+    return -1;
+  }
+  for (uint32_t i = 0; i < L->l1_size; i++)
+    if (L->l1[i] != 0)
+      L->l2_sorted[L->nl2++] = L->l1[i];
+  qsort (L->l2_sorted, L->nl2, sizeof (uint64_t), cmp_u64);
+
+  if (rt_bytes > 0
+      && qcow2_pread_padded (L->ep, L->file_size, rt, rt_bytes,
+                             L->h.refcount_table_offset) == -1)
+    return -1;
+  for (uint64_t i = 0; i < rt_bytes / sizeof (uint64_t); i++) {
+    uint64_t rb = sc_get_be64 (rt + i * sizeof (uint64_t))
+      & QCOW2_RTE_OFFSET_MASK;
+
+    if (rb != 0 && SC_IS_ALIGNED (rb, cs) && rb < L->file_size)
+      L->rb_sorted[L->nrb++] = rb;
+  }
+  qsort (L->rb_sorted, L->nrb, sizeof (uint64_t), cmp_u64);
+
+  q->l1_bytes += (L->nl2 + L->nrb) * sizeof (uint64_t);
+  if (q->l1_bytes > CHAIN_MAX_L1_BYTES) {
+    sc_set_error (EFBIG, "the L1 and refcount tables of the backing chain "
+                  "take more than %" PRIu64 " MiB", CHAIN_MAX_L1_BYTES >> 20);
+    return -1;
+  }
+
+  for (size_t i = 0; i < L->nrb; i++) {
+    if (i > 0 && L->rb_sorted[i] == L->rb_sorted[i - 1]) {
+      sc_set_error (EINVAL, "the refcount block at host offset %" PRIu64
+                    " is named by two refcount table entries",
+                    L->rb_sorted[i]);
+      return -1;
+    }
+    for (unsigned j = 0; j < L->nmeta; j++)
+      if (L->rb_sorted[i] < L->meta[j].end
+          && L->meta[j].start < L->rb_sorted[i] + cs) {
+        sc_set_error (EINVAL, "the refcount block at host offset %" PRIu64
+                      " overlaps the %s at host offset %" PRIu64,
+                      L->rb_sorted[i], L->meta[j].what, L->meta[j].start);
+        return -1;
+      }
+  }
+  for (size_t i = 0; i < L->nl2; i++)
+    if (meta_overlap (L, L->l2_sorted[i], L->l2_sorted[i] + cs, &what, &at)
+        && strcmp (what, "L2 table") != 0) {
+      sc_set_error (EINVAL, "the L2 table at host offset %" PRIu64
+                    " overlaps the %s at host offset %" PRIu64,
+                    L->l2_sorted[i], what, at);
+      return -1;
+    }
+  return 0;
+}
+
+/* Data at [start, start+len) of layer L's own file must not be
+ * metadata: it would read a table as guest data.
+ */
+static int
+refuse_data_on_meta (const struct layer *L, const char *kind,
+                     uint64_t start, uint64_t len)
+{
+  const char *what;
+  uint64_t at, end;
+
+  if (L->raw || (L->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE))
+    return 0;
+  if (SC_ADD_OVERFLOW (start, len, &end))
+    end = UINT64_MAX;
+  if (!meta_overlap (L, start, end, &what, &at))
+    return 0;
+  sc_set_error (EINVAL, "the %s at host offset %" PRIu64 " overlaps the "
+                "%s at host offset %" PRIu64, kind, start, what, at);
+  return -1;
 }
 
 /* ---- the L2 cache ---------------------------------------------------- */
@@ -476,10 +676,16 @@ classify (struct layer *L, const unsigned char *table, uint64_t pos,
   g->l2e = 0;
 
   switch (qcow2_subcluster_type (&L->h, type, bitmap, sc, &fault)) {
-  case QCOW2_SUBCLUSTER_COMPRESSED:
+  case QCOW2_SUBCLUSTER_COMPRESSED: {
+    uint64_t coffset, cbytes;
+
+    qcow2_compressed_descriptor (&L->h, l2e, &coffset, &cbytes);
+    if (refuse_data_on_meta (L, "compressed cluster", coffset, cbytes) == -1)
+      return -1;
     g->kind = LK_COMPRESSED;
     g->l2e = l2e;
     break;
+  }
   case QCOW2_SUBCLUSTER_UNALLOCATED_PLAIN:
     g->kind = LK_UNALLOC;
     break;
@@ -495,6 +701,9 @@ classify (struct layer *L, const unsigned char *table, uint64_t pos,
     g->has_offset = true;
     break;
   case QCOW2_SUBCLUSTER_NORMAL:
+    if (refuse_data_on_meta (L, "data cluster", l2e & QCOW2_L2E_OFFSET_MASK,
+                             L->h.cluster_size) == -1)
+      return -1;
     g->kind = LK_DATA;
     g->has_offset = true;
     break;
@@ -776,11 +985,12 @@ read_compressed (struct sc_qcow2 *q, struct layer *L, uint64_t l2e,
     return -1;
   if (sc_decompress (L->codec, in, cbytes, out, L->h.cluster_size) == -1) {
     /* Only decoding tells whether the end of the file in the last
-     * sector cut the data short.
+     * sector cut the data short (qemu's last compressed cluster
+     * always ends there, whole): the message says where it ended.
      */
     sc_error_prefix ("%s: compressed cluster at host offset 0x%" PRIx64
                      "%s", L->filename, coffset,
-                     truncated ? " (its last sector is cut short by the end"
+                     truncated ? " (its last sector runs past the end"
                      " of the file)" : "");
     return -1;
   }
@@ -1027,6 +1237,14 @@ load_l1 (struct layer *L, uint64_t offset, uint32_t entries,
                     "reserved bits set", i, e);
       return -1;
     }
+    /* qemu reads such an entry as "no L2 table", but its check walks
+     * the header as the table: the entry is damage either way.
+     */
+    if (l2 == 0 && e != 0) {
+      sc_set_error (EINVAL, "L1 entry %" PRIu32 " (0x%016" PRIx64 ") names "
+                    "host offset 0, the header, as its L2 table", i, e);
+      return -1;
+    }
     if (l2 != 0 && (faults & QCOW2_FAULT_MISALIGNED)) {
       sc_set_error (EINVAL, "L1 entry %" PRIu32 ": L2 table offset 0x%"
                     PRIx64 " is misaligned or outside the file", i, l2);
@@ -1072,6 +1290,7 @@ read_snapshots (struct sc_qcow2 *q, struct layer *L, const char *want,
 
   if (qcow2_snapshots_read (L->ep, L->file_size, &L->h, false, &t) == -1)
     return -1;
+  L->snap_table_bytes = t.n ? t.table_bytes : 0;
   n = t.n;
   if (n == 0) {
     if (want) {
@@ -1149,7 +1368,8 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
   }
   /* qemu counts the guest size in whole sectors, rounding down. */
   L->size = SC_ROUND_DOWN (disk_size, RAW_SECTOR_SIZE);
-  if (load_l1 (L, l1_offset, l1_entries, L->size) == -1)
+  if (load_l1 (L, l1_offset, l1_entries, L->size) == -1
+      || build_meta (q, L, l1_offset) == -1)
     return -1;
 
   /* External data file: guest data lives there, at host offsets. */
@@ -1207,6 +1427,8 @@ free_layer (struct layer *L)
   free (L->filename);
   free (L->data_filename);
   free (L->l1);
+  free (L->l2_sorted);
+  free (L->rb_sorted);
   qcow2_header_free (&L->h);
 }
 
@@ -1620,10 +1842,29 @@ count_clusters (struct sc_qcow2 *q, struct sc_qcow2_info *info)
     for (uint32_t j = 0; j < L->h.l2_entries; j++) {
       uint64_t l2e, bitmap, zero;
       enum qcow2_cluster_type type;
+      int r = 0;
 
       qcow2_l2_entry_get (&L->h, table, j, &l2e, &bitmap);
       zero = bitmap & QCOW2_L2_BITMAP_ALL_ZERO;
       if (qcow2_l2_entry_type (&L->h, l2e, &type) == -1) {
+        pthread_mutex_unlock (&q->lock);
+        sc_error_prefix ("%s: L2 table at host offset %" PRIu64 ", entry %"
+                         PRIu32, L->filename, L->l1[i], j);
+        return -1;
+      }
+      /* Data that is metadata is refused here as when it is read. */
+      if (type == QCOW2_CLUSTER_COMPRESSED) {
+        uint64_t coffset, cbytes;
+
+        qcow2_compressed_descriptor (&L->h, l2e, &coffset, &cbytes);
+        r = refuse_data_on_meta (L, "compressed cluster", coffset, cbytes);
+      }
+      else if (type == QCOW2_CLUSTER_NORMAL
+               && (!L->extl2 || (bitmap & QCOW2_L2_BITMAP_ALL_ALLOC)))
+        r = refuse_data_on_meta (L, "data cluster",
+                                 l2e & QCOW2_L2E_OFFSET_MASK,
+                                 L->h.cluster_size);
+      if (r == -1) {
         pthread_mutex_unlock (&q->lock);
         sc_error_prefix ("%s: L2 table at host offset %" PRIu64 ", entry %"
                          PRIu32, L->filename, L->l1[i], j);

@@ -124,6 +124,10 @@ struct stream_unpack {
   size_t chunk_len;
   uint64_t stream_len;          /* once the end was read */
   bool ended;
+  /* The L2 tables the L1 table names, sorted (zeros first). */
+  uint64_t *l2_sorted;
+  size_t nl2;
+
   /* Ranges of the chunk covered by items, and ranges spilled so far. */
   struct ranges covered;
   struct ranges spilled;
@@ -571,12 +575,55 @@ write_guest (struct stream_unpack *s, const void *buf, size_t len,
   return s->fresh ? 0 : ranges_add (&s->written, guest, guest + len);
 }
 
+/* The tables the header places: the header itself, the L1 and the
+ * refcount table.
+ */
+#define FIXED_TABLES 3
+struct fixed_table { uint64_t start, end; const char *what; };
+
+static void
+fixed_tables (const struct qcow2_header *h, struct fixed_table *t)
+{
+  uint64_t l1_bytes = (uint64_t) h->l1_size * QCOW2_L1E_SIZE;
+  uint64_t rt_bytes = (uint64_t) h->refcount_table_clusters * h->cluster_size;
+
+  /* The header reader bounded both tables inside the file. */
+  t[0] = (struct fixed_table) { 0, h->cluster_size, "header" };
+  t[1] = (struct fixed_table) { h->l1_table_offset,
+                                h->l1_table_offset + l1_bytes, "L1 table" };
+  t[2] = (struct fixed_table) { h->refcount_table_offset,
+                                h->refcount_table_offset + rt_bytes,
+                                "refcount table" };
+}
+
+/* Tables that overlap each other or the header: one would be read as
+ * the other.
+ */
+static int
+refuse_overlapping_tables (const struct qcow2_header *h)
+{
+  struct fixed_table t[FIXED_TABLES];
+
+  fixed_tables (h, t);
+  for (int i = 0; i < FIXED_TABLES; i++)
+    for (int j = i + 1; j < FIXED_TABLES; j++)
+      if (t[i].start < t[i].end && t[j].start < t[j].end
+          && t[i].start < t[j].end && t[j].start < t[i].end) {
+        sc_set_error (EINVAL, "the %s at host offset %" PRIu64 " overlaps "
+                      "the %s at host offset %" PRIu64, t[j].what,
+                      t[j].start, t[i].what, t[i].start);
+        return -1;
+      }
+  return 0;
+}
+
 /* Two L1 entries naming one L2 table is damage, and in a stream it
  * would multiply the work of that table without bound: refuse it.
  */
 static int
-check_l2_offsets (const struct qcow2_header *h, const unsigned char *p)
+check_l2_offsets (struct stream_unpack *s, const unsigned char *p)
 {
+  const struct qcow2_header *h = &s->h;
   uint64_t *offs = malloc ((size_t) h->l1_size * sizeof *offs);
   uint64_t shared;
 
@@ -587,7 +634,10 @@ check_l2_offsets (const struct qcow2_header *h, const unsigned char *p)
   for (uint64_t i = 0; i < h->l1_size; i++)
     offs[i] = sc_get_be64 (p + i * QCOW2_L1E_SIZE) & QCOW2_L1E_OFFSET_MASK;
   shared = qcow2_l1_shared_l2 (offs, h->l1_size);
-  free (offs);
+  /* Kept, sorted, for refusing data on an L2 table. */
+  free (s->l2_sorted);
+  s->l2_sorted = offs;
+  s->nl2 = h->l1_size;
   if (shared != 0) {
     sc_set_error (EINVAL, "the L2 table at host offset %" PRIu64
                   " is named by two L1 entries", shared);
@@ -601,7 +651,7 @@ handle_l1 (struct stream_unpack *s, const unsigned char *p)
 {
   const struct qcow2_header *h = &s->h;
 
-  if (h->l1_size > 0 && check_l2_offsets (h, p) == -1)
+  if (h->l1_size > 0 && check_l2_offsets (s, p) == -1)
     return -1;
   for (uint64_t i = 0; i < h->l1_size; i++) {
     uint64_t e = sc_get_be64 (p + i * QCOW2_L1E_SIZE);
@@ -613,6 +663,12 @@ handle_l1 (struct stream_unpack *s, const unsigned char *p)
                     i);
       return -1;
     }
+    /* qemu reads it as "no table"; its check reads the header as one. */
+    if (off == 0 && e != 0) {
+      sc_set_error (EINVAL, "L1 entry %" PRIu64 " (0x%016" PRIx64 ") names "
+                    "host offset 0, the header, as its L2 table", i, e);
+      return -1;
+    }
     if (off == 0)
       continue;
     if (faults & QCOW2_FAULT_MISALIGNED) {
@@ -620,8 +676,62 @@ handle_l1 (struct stream_unpack *s, const unsigned char *p)
                     PRIu64 " is not aligned to a cluster", i, off);
       return -1;
     }
+    {
+      struct fixed_table t[FIXED_TABLES];
+
+      fixed_tables (h, t);
+      for (int k = 0; k < FIXED_TABLES; k++)
+        if (t[k].start < t[k].end && off < t[k].end
+            && t[k].start < off + h->cluster_size) {
+          sc_set_error (EINVAL, "the L2 table at host offset %" PRIu64
+                        " overlaps the %s at host offset %" PRIu64, off,
+                        t[k].what, t[k].start);
+          return -1;
+        }
+    }
     if (add_item (s, off, h->cluster_size, ITEM_L2, i) == -1)
       return -1;
+  }
+  return 0;
+}
+
+/* Data at [start, start+len) must not be metadata the decoder knows
+ * of (the header, the L1 and refcount tables, the L2 tables): it would
+ * read a table as guest data.  qemu reads it; its check counts it.
+ */
+static int
+refuse_data_on_meta (const struct stream_unpack *s, const char *kind,
+                     uint64_t start, uint64_t len, uint64_t guest)
+{
+  uint64_t cs = s->h.cluster_size, end, lo = 0, hi = s->nl2, first;
+  struct fixed_table fixed[FIXED_TABLES];
+
+  fixed_tables (&s->h, fixed);
+  if (SC_ADD_OVERFLOW (start, len, &end))
+    end = UINT64_MAX;
+  for (size_t i = 0; i < FIXED_TABLES; i++)
+    if (fixed[i].start < fixed[i].end && start < fixed[i].end
+        && fixed[i].start < end) {
+      sc_set_error (EINVAL, "the %s at host offset %" PRIu64 " (guest "
+                    "offset %" PRIu64 ") overlaps the %s at host offset %"
+                    PRIu64, kind, start, guest, fixed[i].what,
+                    fixed[i].start);
+      return -1;
+    }
+  /* The first L2 table that ends after start (offset 0 is none). */
+  first = SC_MAX (start >= cs ? start - cs + 1 : 0, 1);
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    if (s->l2_sorted[mid] < first)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo < s->nl2 && s->l2_sorted[lo] < end) {
+    sc_set_error (EINVAL, "the %s at host offset %" PRIu64 " (guest offset "
+                  "%" PRIu64 ") overlaps the L2 table at host offset %"
+                  PRIu64, kind, start, guest, s->l2_sorted[lo]);
+    return -1;
   }
   return 0;
 }
@@ -659,7 +769,8 @@ handle_l2 (struct stream_unpack *s, const unsigned char *p, uint64_t l1_index)
       uint64_t off, n;
 
       qcow2_compressed_descriptor (h, l2e, &off, &n);
-      if (add_item (s, off, n, ITEM_COMPRESSED, guest) == -1)
+      if (refuse_data_on_meta (s, "compressed cluster", off, n, guest) == -1
+          || add_item (s, off, n, ITEM_COMPRESSED, guest) == -1)
         return -1;
       continue;
     }
@@ -692,15 +803,19 @@ handle_l2 (struct stream_unpack *s, const unsigned char *p, uint64_t l1_index)
         }
         while (k < QCOW2_SUBCLUSTERS && ((alloc >> k) & 1))
           k++;
-        if (add_item (s, host + i * sub, (k - i) * sub, ITEM_DATA,
-                      guest + i * sub) == -1)
+        if (refuse_data_on_meta (s, "data cluster", host + i * sub,
+                                 (k - i) * sub, guest + i * sub) == -1
+            || add_item (s, host + i * sub, (k - i) * sub, ITEM_DATA,
+                         guest + i * sub) == -1)
           return -1;
         i = k;
       }
       continue;
     }
     if (type == QCOW2_CLUSTER_NORMAL
-        && add_item (s, host, h->cluster_size, ITEM_DATA, guest) == -1)
+        && (refuse_data_on_meta (s, "data cluster", host, h->cluster_size,
+                                 guest) == -1
+            || add_item (s, host, h->cluster_size, ITEM_DATA, guest) == -1))
       return -1;
   }
   return 0;
@@ -1146,8 +1261,9 @@ qcow2_unpack_stream_chunked (struct sc_endpoint *src,
   s.forward = !(s.dst->flags & SC_EP_SEEKABLE);
   s.fresh = (s.dst->flags & SC_EP_FRESH_ZEROS) != 0;
 
-  if (add_item (&s, s.h.l1_table_offset,
-                (uint64_t) s.h.l1_size * QCOW2_L1E_SIZE, ITEM_L1, 0)
+  if (refuse_overlapping_tables (&s.h) == -1
+      || add_item (&s, s.h.l1_table_offset,
+                   (uint64_t) s.h.l1_size * QCOW2_L1E_SIZE, ITEM_L1, 0)
       == -1)
     goto err_image;
   for (;;) {
@@ -1215,6 +1331,7 @@ qcow2_unpack_stream_chunked (struct sc_endpoint *src,
   free (s.chunk);
   free (s.cluster);
   free (s.l2_seen);
+  free (s.l2_sorted);
   if (s.spill_fd >= 0)
     close (s.spill_fd);
   if (s.have_header)

@@ -115,7 +115,7 @@ if [ $rc = 0 ]; then
   echo "$0: note: the compressed cluster decodes without its last sector"
   rm out.raw
 else
-  grep -Eq "comp-in.qcow2: compressed cluster at host offset 0x$(printf %x "$comp") \(its last sector is cut short by the end of the file\)" err ||
+  grep -Eq "comp-in.qcow2: compressed cluster at host offset 0x$(printf %x "$comp") \(its last sector runs past the end of the file\)" err ||
     { cat err >&2; fail "unpack of comp-in.qcow2: unclear message"; }
   [ ! -e out.raw ] || fail "failed unpack of comp-in.qcow2 left its target"
   refused_stream "inside the last sector of a compressed cluster at host offset $comp" comp-in.qcow2

@@ -16,3 +16,5 @@ TESTS += tests/hostile-signals.sh
 EXTRA_DIST += tests/hostile-signals.sh
 TESTS += tests/hostile-source-change.sh
 EXTRA_DIST += tests/hostile-source-change.sh
+TESTS += tests/hostile-overlap.sh
+EXTRA_DIST += tests/hostile-overlap.sh
