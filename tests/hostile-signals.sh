@@ -26,13 +26,13 @@ for i in range(8):
 qemu-img convert -q -f raw -O qcow2 src.raw src.qcow2
 sums=$(md5sum src.raw src.qcow2)
 
-# SIGNAL_SEED picks other points.
+# SIGNAL_SEED picks other points, SIGNAL_ROUNDS more of them.
 RANDOM=${SIGNAL_SEED:-4242}
 mkdir out
 kills=0 left=0
 for sig in INT TERM KILL; do
   for op in "pack" "pack -c" "unpack"; do
-    for round in 1 2; do
+    for ((round = 0; round < ${SIGNAL_ROUNDS:-1}; round++)); do
       case $op in
         pack*) src=src.raw; target=out/t.qcow2 ;;
         unpack) src=src.qcow2; target=out/t.raw ;;
