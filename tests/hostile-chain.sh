@@ -2,8 +2,9 @@
 # Backing chains hundreds of images deep: a chain of 300 with data at a
 # few levels unpacks, maps, packs and checks as qemu-img reads it, under
 # a limit of 64 open files (backing files are closed and opened again
-# as they are needed); a loop is still found however long it is, and a
-# chain deeper than the limit (1024) is refused with a message.
+# as they are needed, and must then be the same files); a loop is still
+# found however long it is, and a chain deeper than the limit (1024) is
+# refused with a message.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 . "${srcdir:-$(dirname "$0")}/hostile-functions.sh"
 requires qemu-img qemu-io python3 cmp jq
@@ -54,6 +55,26 @@ qemu-img compare -q -f raw -F qcow2 ref.raw packed.qcow2 ||
   fail "the packed chain differs from qemu-img convert"
 [ "$(jq -r '."backing-filename"' info.json)" = ca-0299.qcow2 ] ||
   fail "info names another backing file"
+
+# A backing file that is replaced while the chain is read is not read
+# as the file whose tables were loaded.  25 images, each with data of
+# its own: after the first lookup the top ones are closed (16 stay
+# open), and reading the data of level 20 opens it again, after the
+# pipe's reader has replaced it with a copy (a new inode).
+qemu-img create -q -f qcow2 s00.qcow2 64M
+for i in $(seq 1 24); do
+  qemu-img create -q -f qcow2 -u -b "$(printf s%02d $((i - 1))).qcow2" -F qcow2 \
+    "$(printf s%02d "$i").qcow2" 64M
+done
+for i in $(seq 0 24); do
+  qemu-io -f qcow2 -c "write -P $((i + 1)) $((i * 2))M 64k" "$(printf s%02d "$i").qcow2" >/dev/null
+done
+rm -f rc
+{ "$SPARSECOW" unpack s24.qcow2 - 2>err || echo $? > rc; } |
+  { head -c 1M > /dev/null; cp s20.qcow2 new.qcow2; mv new.qcow2 s20.qcow2; cat > /dev/null; }
+[ -s rc ] || fail "unpack read a backing file replaced while it was read"
+grep -q "^sparsecow: s24.qcow2: backing file s20.qcow2 changed while it was read" err ||
+  { cat err >&2; fail "a replaced backing file: unclear message"; }
 
 # Loops: two images naming each other, and a loop of 201 images (level
 # 100 of a chain names level 300 as its backing file).
