@@ -766,9 +766,14 @@ qcow2_status (struct sc_qcow2 *q, size_t li, uint64_t offset, uint64_t max,
       + ((uint64_t) 1 << L->granule_bits);
 
     if (classify (L, table, pos, &g) == -1) {
-      sc_error_prefix ("%s: L2 table at host offset %" PRIu64 ", entry %"
-                       PRIu64 " (guest offset %" PRIu64 ")", L->filename,
-                       L->l1[l1i], qcow2_offset_to_l2_index (&L->h, pos),
+      /* The caller names the image itself; a backing file is named
+       * here, as when it is opened.
+       */
+      sc_error_prefix ("%s%s%sL2 table at host offset %" PRIu64 ", entry %"
+                       PRIu64 " (guest offset %" PRIu64 ")",
+                       li ? "backing file " : "", li ? L->filename : "",
+                       li ? ": " : "", L->l1[l1i],
+                       qcow2_offset_to_l2_index (&L->h, pos),
                        SC_ROUND_DOWN (pos, (uint64_t) L->h.cluster_size));
       goto err;
     }
@@ -1848,8 +1853,8 @@ count_clusters (struct sc_qcow2 *q, struct sc_qcow2_info *info)
       zero = bitmap & QCOW2_L2_BITMAP_ALL_ZERO;
       if (qcow2_l2_entry_type (&L->h, l2e, &type) == -1) {
         pthread_mutex_unlock (&q->lock);
-        sc_error_prefix ("%s: L2 table at host offset %" PRIu64 ", entry %"
-                         PRIu32, L->filename, L->l1[i], j);
+        sc_error_prefix ("L2 table at host offset %" PRIu64 ", entry %"
+                         PRIu32, L->l1[i], j);
         return -1;
       }
       /* Data that is metadata is refused here as when it is read. */
@@ -1866,8 +1871,8 @@ count_clusters (struct sc_qcow2 *q, struct sc_qcow2_info *info)
                                  L->h.cluster_size);
       if (r == -1) {
         pthread_mutex_unlock (&q->lock);
-        sc_error_prefix ("%s: L2 table at host offset %" PRIu64 ", entry %"
-                         PRIu32, L->filename, L->l1[i], j);
+        sc_error_prefix ("L2 table at host offset %" PRIu64 ", entry %"
+                         PRIu32, L->l1[i], j);
         return -1;
       }
       switch (type) {
