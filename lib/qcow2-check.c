@@ -11,6 +11,11 @@
  * the end is one corruption.  The COPIED flags of the active layer are
  * checked as qemu checks them (a mismatch is a corruption).
  *
+ * Damage that qemu-img check does not count but that the reader
+ * refuses (a structure less than a cluster past the end of the file,
+ * the zero flag in a version 2 image) is counted apart, as damage, so
+ * that corruptions and leaks stay qemu-img check's numbers.
+ *
  * Work: what several L1 tables share (snapshots may all use one table,
  * or overlapping ones) is read once and counted once per table, L2
  * tables are read once per batch of L1 entries however many entries
