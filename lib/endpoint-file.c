@@ -12,9 +12,11 @@
 #include <config.h>
 
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -29,6 +31,8 @@ struct file_ep {
   char *path;                   /* final path */
   char *tmp;                    /* temporary name, until committed */
   int reg_slot;                 /* index in the registry, or -1 */
+  bool anonymous;               /* tmp is a template only: the file has
+                                   no name until committed (O_TMPFILE) */
   bool committed;
   bool force;
   bool fixed_size;              /* in place, never resized (-n) */
@@ -164,6 +168,75 @@ file_copy_from_fd (struct sc_endpoint *ep, int src_fd, const char *src_name,
 #endif
 }
 
+/* Give an anonymous file a name: its temporary one, made unique from
+ * the template.  Through /proc, linkat needs no privilege (with
+ * AT_EMPTY_PATH it needs CAP_DAC_READ_SEARCH).
+ */
+static int
+link_anonymous (int fd, const char *name)
+{
+  char proc[64];
+
+  snprintf (proc, sizeof proc, "/proc/self/fd/%d", fd);
+  if (linkat (AT_FDCWD, proc, AT_FDCWD, name, AT_SYMLINK_FOLLOW) == 0)
+    return 0;
+  if (errno == ENOENT || errno == ENOTDIR)
+    return linkat (fd, "", AT_FDCWD, name, AT_EMPTY_PATH);
+  return -1;
+}
+
+/* An anonymous target appears under its name, or, to replace a file,
+ * under a temporary name first (linkat never replaces): that name
+ * exists only between two system calls.
+ */
+static int
+commit_anonymous (struct file_ep *f)
+{
+  struct sc_endpoint *ep = &f->base.ep;
+  int fd = f->base.fd;
+
+  if (!f->force) {
+    if (link_anonymous (fd, f->path) == 0)
+      return 0;
+    if (errno == EEXIST)
+      sc_set_error (EEXIST, "%s: target exists (use -f to overwrite)",
+                    ep->name);
+    else
+      sc_set_error (errno, "%s: link: %s", ep->name, strerror (errno));
+    return -1;
+  }
+  for (int tries = 0; ; tries++) {
+    /* The template ends in XXXXXX.  A name that is taken is no danger:
+     * linkat fails rather than follow or replace anything there.
+     */
+    static const char digits[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    unsigned char rnd[6];
+    char *x = f->tmp + strlen (f->tmp) - sizeof rnd;
+
+    if (getrandom (rnd, sizeof rnd, 0) != (ssize_t) sizeof rnd) {
+      sc_set_error (errno, "%s: getrandom: %s", ep->name, strerror (errno));
+      return -1;
+    }
+    for (size_t i = 0; i < sizeof rnd; i++)
+      x[i] = digits[rnd[i] % (sizeof digits - 1)];
+    if (link_anonymous (fd, f->tmp) == 0)
+      break;
+    if (errno != EEXIST || tries == 100) {
+      sc_set_error (errno, "%s: link: %s", ep->name, strerror (errno));
+      return -1;
+    }
+  }
+  f->reg_slot = sc_temporary_register (f->tmp);
+  if (rename (f->tmp, f->path) == -1) {
+    sc_set_error (errno, "%s: rename: %s", ep->name, strerror (errno));
+    sc_temporary_unregister (f->reg_slot);
+    f->reg_slot = -1;
+    unlink (f->tmp);
+    return -1;
+  }
+  return 0;
+}
+
 static int
 file_commit (struct sc_endpoint *ep)
 {
@@ -173,6 +246,14 @@ file_commit (struct sc_endpoint *ep)
     return -1;
   if (f->tmp == NULL || f->committed)
     return 0;
+  if (f->anonymous) {
+    if (commit_anonymous (f) == -1)
+      return -1;
+    f->committed = true;
+    sc_temporary_unregister (f->reg_slot);
+    f->reg_slot = -1;
+    return 0;
+  }
 
   if (f->force) {
     if (rename (f->tmp, f->path) == -1) {
@@ -208,7 +289,7 @@ file_close (struct sc_endpoint *ep)
 {
   struct file_ep *f = (struct file_ep *) ep;
 
-  if (f->tmp && !f->committed) {
+  if (f->tmp && !f->committed && !f->anonymous) {
     sc_temporary_unregister (f->reg_slot);
     unlink (f->tmp);
   }
@@ -390,6 +471,7 @@ sc_file_target_new (const char *path, uint64_t size, unsigned flags)
   struct stat old;
   char *tmpl;
   mode_t mask;
+  bool anonymous;
   int fd;
 
   if (size > (uint64_t) INT64_MAX) {
@@ -402,7 +484,26 @@ sc_file_target_new (const char *path, uint64_t size, unsigned flags)
     sc_set_error (errno, "out of memory");
     return NULL;
   }
-  fd = mkostemp (tmpl, O_CLOEXEC);
+  /* Where the file system can, the target has no name until it is
+   * complete, so that not even SIGKILL leaves anything behind; else it
+   * has a temporary name that a signal handler removes.
+   */
+  fd = -1;
+#ifdef O_TMPFILE
+  {
+    CLEANUP_FREE char *dir = strdup (path);
+
+    if (dir == NULL) {
+      sc_set_error (errno, "out of memory");
+      free (tmpl);
+      return NULL;
+    }
+    fd = open (dirname (dir), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  }
+#endif
+  anonymous = fd >= 0;
+  if (!anonymous)
+    fd = mkostemp (tmpl, O_CLOEXEC);
   if (fd == -1) {
     sc_set_error (errno, "cannot create a temporary file in its "
                   "directory: %s", strerror (errno));
@@ -411,15 +512,17 @@ sc_file_target_new (const char *path, uint64_t size, unsigned flags)
   }
   f = new_file_ep (&file_target_ops, path, fd, true);
   if (f == NULL) {
-    unlink (tmpl);
+    if (!anonymous)
+      unlink (tmpl);
     free (tmpl);
     close (fd);
     return NULL;
   }
   f->tmp = tmpl;
-  f->reg_slot = sc_temporary_register (tmpl);
+  f->anonymous = anonymous;
+  f->reg_slot = anonymous ? -1 : sc_temporary_register (tmpl);
   f->path = strdup (path);
-  if (f->reg_slot == -1 || f->path == NULL) {
+  if ((!anonymous && f->reg_slot == -1) || f->path == NULL) {
     if (f->path == NULL)
       sc_set_error (errno, "out of memory");
     goto err;

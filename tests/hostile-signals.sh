@@ -4,8 +4,10 @@
 # the program has read nearly all of it, so after k writes the program
 # is k MiB into its run, still waiting for the rest, when the signal
 # comes.  After SIGINT or SIGTERM nothing is left in the target's
-# directory.  After SIGKILL nothing can clean up: the target name must
-# not exist, and whatever is left must be a hidden temporary file
+# directory.  After SIGKILL nothing can clean up: where the file system
+# has O_TMPFILE the target has no name until it is complete, so nothing
+# is left either; elsewhere the target name must not exist, and
+# whatever is left must be a hidden temporary file
 # (.NAME.sparsecow-XXXXXX), which nothing takes for a finished target.
 # The source file is never touched.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
@@ -30,6 +32,12 @@ sums=$(md5sum src.raw src.qcow2)
 RANDOM=${SIGNAL_SEED:-4242}
 mkdir out
 kills=0 left=0
+# Whether out/ can hold a file without a name.
+tmpfile=$(python3 -c 'import os, sys
+try:
+    os.close(os.open(sys.argv[1], os.O_TMPFILE | os.O_WRONLY, 0o600)); print("yes")
+except OSError:
+    print("no")' out)
 for sig in INT TERM KILL; do
   for op in "pack" "pack -c" "unpack"; do
     for ((round = 0; round < ${SIGNAL_ROUNDS:-1}; round++)); do
@@ -56,7 +64,10 @@ for sig in INT TERM KILL; do
       esac
       [ $rc = $want ] || { cat err >&2; fail "$op, SIG$sig after $k MiB: exit $rc, not $want"; }
       [ ! -e $target ] || fail "$op, SIG$sig after $k MiB: the target exists"
-      if [ $sig = KILL ]; then
+      if [ $sig = KILL ] && [ $tmpfile = yes ]; then
+        [ -z "$(ls -A out)" ] ||
+          fail "$op, SIGKILL after $k MiB left: $(ls -A out) (O_TMPFILE works here)"
+      elif [ $sig = KILL ]; then
         for f in $(ls -A out); do
           case $f in
             .t.qcow2.sparsecow-??????|.t.raw.sparsecow-??????) left=$((left + 1)) ;;
@@ -71,7 +82,7 @@ for sig in INT TERM KILL; do
     done
   done
 done
-echo "$0: $kills signals; SIGKILL left $left hidden temporary files"
+echo "$0: $kills signals; SIGKILL left $left hidden temporary files (O_TMPFILE: $tmpfile)"
 [ "$(md5sum src.raw src.qcow2)" = "$sums" ] || fail "a source changed"
 
 # The next run after a SIGKILL succeeds and writes the target.
