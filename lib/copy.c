@@ -666,12 +666,8 @@ copy_emit (struct sc_piece *piece, void *opaque)
   return write_piece (cs, piece);
 }
 
-/* Keep requests and requests in flight inside what an endpoint takes:
- * the largest power of two up to its maximum request, and no more
- * threads than requests it allows at once.
- */
-static void
-fit_endpoint (const struct sc_endpoint *ep, uint32_t *request_size,
+void
+sc_pipeline_fit (const struct sc_endpoint *ep, uint32_t *request_size,
               unsigned *threads)
 {
   if (ep->max_request > 0)
@@ -718,8 +714,8 @@ sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
   if (p.threads == 0)
     p.threads = sc_online_cpus ();
   p.threads = SC_MAX (p.threads, dst->queue_depth);
-  fit_endpoint (src, &p.request_size, &p.threads);
-  fit_endpoint (dst, &p.request_size, &p.threads);
+  sc_pipeline_fit (src, &p.request_size, &p.threads);
+  sc_pipeline_fit (dst, &p.request_size, &p.threads);
   if (sc_sink_prepare (dst, src->size) == -1) {
     sc_error_name (dst->name);
     return -1;

@@ -527,6 +527,46 @@ extern void sc_pack_opts_init (struct sc_pack_opts *opts);
 extern int sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
                     const struct sc_pack_opts *opts);
 
+/* ---- verify.c: compare content ------------------------------------- */
+
+struct sc_verify_opts {
+  unsigned threads;             /* 0 = online CPUs */
+  /* Sizes must be equal, as qemu-img compare --strict (which also
+   * compares allocation: this does not).
+   */
+  bool strict;
+  /* Bytes of the guest (of the larger side) looked at so far; holes
+   * count as they are passed.
+   */
+  sc_progress_fn progress;
+  void *progress_opaque;
+};
+
+struct sc_verify_result {
+  /* The first byte at which the contents differ, or with strict and
+   * sizes that differ, the size of the smaller side.
+   */
+  uint64_t offset;
+  bool sizes_differ;            /* a and b differ in size */
+};
+
+/* Compare the content of the seekable sources a and b (files, block
+ * devices, NBD exports, the guest view of qcow2 images from
+ * sc_qcow2_endpoint), as qemu-img compare does: up to the smaller
+ * size, and the rest of the larger must read as zeros (with
+ * opts->strict the sizes must be equal).  Ranges that both sides'
+ * extents call holes or zeros are never read; a range that only one
+ * side holds data in is read on that side only and must be zeros.
+ * Data is read in parallel, a bounded number of pieces at a time.
+ * opts may be NULL.  Returns 0 equal, 1 different (result->offset:
+ * the first byte that differs), or -1 with errno ESPIPE (a stream),
+ * ENOMEM, or the errno of a failed read or extent query (the message
+ * names the side).
+ */
+extern int sc_verify (struct sc_endpoint *a, struct sc_endpoint *b,
+                      const struct sc_verify_opts *opts,
+                      struct sc_verify_result *result);
+
 /* ---- qcow2-check.c: the checker ------------------------------------- */
 
 struct sc_check_result {

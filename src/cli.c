@@ -23,6 +23,7 @@
 #include "cli.h"
 
 const char *cli_program = "sparsecow";
+int cli_usage_status = EXIT_USAGE;
 
 void
 cli_lib_error (const char *object)
@@ -66,7 +67,7 @@ cli_usage_error (const char *command, const char *fmt, ...)
   else
     fprintf (stderr, "\nTry '%s --help' for more information.\n",
              cli_program);
-  exit (EXIT_USAGE);
+  exit (cli_usage_status);
 }
 
 bool

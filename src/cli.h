@@ -15,6 +15,12 @@
 /* check: as qemu-img check. */
 #define EXIT_CHECK_CORRUPT 2
 #define EXIT_CHECK_LEAKS 3
+/* verify: 1 means "different", so errors and usage errors are 2, and
+ * a digest that another program made stale is 3.
+ */
+#define EXIT_VERIFY_DIFFERENT 1
+#define EXIT_VERIFY_ERROR 2
+#define EXIT_VERIFY_STALE 3
 
 /* Options every command accepts, filled by cli_common_option(). */
 struct cli_common {
@@ -67,6 +73,10 @@ enum {
 #define CLI_COMMON_SHORT_OPTIONS "pj:qhVC:"
 
 extern const char *cli_program;         /* "sparsecow" */
+/* The exit status of a usage error (EXIT_USAGE unless a command whose
+ * status 1 means something else sets another).
+ */
+extern int cli_usage_status;
 
 /* Handle a common option c (with optarg).  Returns 1 if handled, 0 if
  * not a common option; exits for -h (calling usage) and -V, and on a
@@ -122,7 +132,7 @@ extern void cli_lib_error (const char *object);
 /* "sparsecow: printf-message". */
 extern void cli_error (const char *fmt, ...)
   __attribute__ ((format (printf, 1, 2)));
-/* Print "sparsecow: message", a hint to --help, exit EXIT_USAGE. */
+/* Print "sparsecow: message", a hint to --help, exit cli_usage_status. */
 extern void cli_usage_error (const char *command, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3), noreturn));
 
@@ -166,5 +176,6 @@ extern int cmd_info (int argc, char **argv);
 extern int cmd_map (int argc, char **argv);
 extern int cmd_check (int argc, char **argv);
 extern int cmd_bmap (int argc, char **argv);
+extern int cmd_verify (int argc, char **argv);
 
 #endif /* SPARSECOW_CLI_H */

@@ -18,6 +18,7 @@ static const struct {
   { "map",    cmd_map,    "map    [--json] IMAGE|FILE       data/zero/hole extents" },
   { "check",  cmd_check,  "check  [--json] IMAGE            refcount consistency" },
   { "bmap",   cmd_bmap,   "bmap   IMAGE|FILE|URI [-o FILE]  block map for bmaptool copy" },
+  { "verify", cmd_verify, "verify [OPTIONS] A [B]           embedded digest, or A's content = B's" },
 };
 
 static void

@@ -1,0 +1,356 @@
+/* verify: is the content of two sources the same?
+ *
+ * A run of the ordered pipeline (copy.c) over an extent list that this
+ * file builds a window at a time from the sources' own extents: ranges
+ * that hold no data are pieces that are never read, data is read by
+ * the workers in parallel, and the emit step, in guest order, finds
+ * the first difference.
+ *
+ * Comparing: the list merges both sides' extents.  Where neither side
+ * has data nothing is read; where both do, the pipeline reads side A
+ * and the worker reads side B beside it; where only B does, the worker
+ * reads B instead of A (the pipeline's move step) and looks for a
+ * non-zero byte.
+ */
+#include <config.h>
+
+#include <pthread.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Pieces of data: large reads, two buffers of this per piece in
+ * flight.
+ */
+#define VERIFY_REQUEST_SIZE (1024 * 1024)
+
+/* Extents are asked for a window at a time, so that memory does not
+ * grow with the fragmentation of the sources; the window grows while
+ * it holds few extents and shrinks when it holds many, as the
+ * pipeline's own windows do.
+ */
+#define FIRST_WINDOW ((uint64_t) 1024 * 1024 * 1024)
+#define MIN_WINDOW ((uint64_t) 64 * 1024 * 1024)
+#define FEW_EXTENTS 64
+#define MANY_EXTENTS 4096
+
+/* Which sides hold data in a range of the merged list: flags above the
+ * SC_EXTENT_* bits, which the pipeline does not look at.
+ */
+#define SIDE_A 0x100
+#define SIDE_B 0x200
+
+#define NOT_DATA (SC_EXTENT_HOLE | SC_EXTENT_ZERO)
+
+/* Look for zeros and differences this many bytes at a time (vectorised
+ * by memcmp), then byte by byte inside the first block that has one.
+ */
+#define SCAN_BLOCK 4096
+
+static void
+adapt_window (uint64_t *window, size_t nextents)
+{
+  if (nextents < FEW_EXTENTS && *window <= UINT64_MAX / 2)
+    *window *= 2;
+  else if (nextents > MANY_EXTENTS && *window / 2 >= MIN_WINDOW)
+    *window /= 2;
+}
+
+/* Replace l with the extents of [pos, end) of ep, whose content ends at
+ * size: what lies past it is a hole.
+ */
+static int
+side_extents (struct sc_endpoint *ep, uint64_t size, uint64_t pos,
+              uint64_t end, struct sc_extent_list *l)
+{
+  uint64_t from = SC_MAX (pos, size);
+
+  l->len = 0;
+  if (pos < size
+      && sc_ep_extents_all (ep, pos, SC_MIN (end, size) - pos, l) == -1) {
+    sc_error_name (ep->name);
+    return -1;
+  }
+  if (end > from && sc_extent_list_append (l, from, end - from,
+                                           SC_EXTENT_HOLE) == -1)
+    return -1;
+  return 0;
+}
+
+/* The flags of the extent of l that holds offset (l is sorted and
+ * contiguous and holds it).
+ */
+static uint32_t
+flags_at (const struct sc_extent_list *l, uint64_t offset)
+{
+  size_t lo = 0, hi = l->len;
+
+  while (hi - lo > 1) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (l->ext[mid].offset <= offset)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return l->ext[lo].flags;
+}
+
+/* Index of the first non-zero byte of p, or len. */
+static size_t
+first_nonzero (const unsigned char *p, size_t len)
+{
+  size_t i;
+
+  for (i = 0; i < len; i += SCAN_BLOCK)
+    if (!sc_is_zero (p + i, SC_MIN ((size_t) SCAN_BLOCK, len - i)))
+      break;
+  if (i >= len)
+    return len;
+  while (p[i] == 0)
+    i++;
+  return i;
+}
+
+/* Index of the first byte where a and b differ, or len. */
+static size_t
+first_difference (const unsigned char *a, const unsigned char *b, size_t len)
+{
+  size_t i;
+
+  if (memcmp (a, b, len) == 0)
+    return len;
+  for (i = 0; i < len; i += SCAN_BLOCK)
+    if (memcmp (a + i, b + i, SC_MIN ((size_t) SCAN_BLOCK, len - i)) != 0)
+      break;
+  while (a[i] == b[i])
+    i++;
+  return i;
+}
+
+/* ---- comparing two sources ------------------------------------------- */
+
+struct compare {
+  struct sc_endpoint *a, *b;
+  const struct sc_verify_opts *opts;
+  const struct sc_extent_list *list;    /* the window being compared */
+  uint64_t end;                         /* the larger size */
+  /* B is read by the workers: one at a time if it is not thread-safe. */
+  bool b_serial;
+  pthread_mutex_t b_lock;
+  /* Set by emit, in order: the first difference. */
+  bool differ;
+  uint64_t offset;
+};
+
+/* Read len bytes of B at offset; past its end, zeros. */
+static int
+read_b (struct compare *c, void *buf, size_t len, uint64_t offset)
+{
+  struct sc_endpoint *b = c->b;
+  size_t n = offset >= b->size ? 0
+    : (size_t) SC_MIN ((uint64_t) len, b->size - offset);
+  int r = 0;
+
+  if (n > 0) {
+    if (c->b_serial)
+      pthread_mutex_lock (&c->b_lock);
+    r = sc_ep_pread (b, buf, n, offset);
+    if (c->b_serial)
+      pthread_mutex_unlock (&c->b_lock);
+    if (r == -1) {
+      sc_error_name (b->name);
+      return -1;
+    }
+  }
+  memset ((char *) buf + n, 0, len - n);
+  return 0;
+}
+
+/* piece->user: 0 when the piece is the same on both sides, else one
+ * more than the index of the first byte that differs.
+ */
+static void
+set_result (struct sc_piece *piece, size_t index)
+{
+  piece->user = index < piece->length ? (uint64_t) index + 1 : 0;
+}
+
+/* Where only B holds data, B is read in place of A and must be zeros;
+ * elsewhere the pipeline reads A as usual.
+ */
+static int
+compare_move (struct sc_piece *piece, void *opaque)
+{
+  struct compare *c = opaque;
+
+  if (flags_at (c->list, piece->offset) & SIDE_A)
+    return 1;
+  if (read_b (c, piece->buf, piece->length, piece->offset) == -1)
+    return -1;
+  set_result (piece, first_nonzero (piece->buf, piece->length));
+  return 0;
+}
+
+/* A was read into buf: compare it with B, or with zeros. */
+static int
+compare_work (struct sc_piece *piece, void *opaque)
+{
+  struct compare *c = opaque;
+
+  if (flags_at (c->list, piece->offset) & SIDE_B) {
+    if (read_b (c, piece->out, piece->length, piece->offset) == -1)
+      return -1;
+    set_result (piece, first_difference (piece->buf, piece->out,
+                                         piece->length));
+  }
+  else
+    set_result (piece, first_nonzero (piece->buf, piece->length));
+  return 0;
+}
+
+static int
+compare_emit (struct sc_piece *piece, void *opaque)
+{
+  struct compare *c = opaque;
+
+  if (piece->flags == 0 && piece->user != 0) {
+    c->differ = true;
+    c->offset = piece->offset + piece->user - 1;
+    /* Stops the run; sc_verify tells this from an error by differ. */
+    sc_set_error (ECANCELED, "the contents differ");
+    return -1;
+  }
+  if (c->opts->progress) {
+    struct sc_progress pr = { piece->offset + piece->length, c->end };
+    c->opts->progress (&pr, c->opts->progress_opaque);
+  }
+  return 0;
+}
+
+/* Merge the extents of A and B over [pos, end) into out: SIDE_A and
+ * SIDE_B where either holds data, a hole where neither does.
+ */
+static int
+merge_sides (const struct sc_extent_list *a, const struct sc_extent_list *b,
+             uint64_t pos, uint64_t end, struct sc_extent_list *out)
+{
+  size_t i = 0, j = 0;
+
+  out->len = 0;
+  while (pos < end) {
+    uint64_t ea, eb, stop;
+    uint32_t flags = 0;
+
+    while (i < a->len && a->ext[i].offset + a->ext[i].length <= pos)
+      i++;
+    while (j < b->len && b->ext[j].offset + b->ext[j].length <= pos)
+      j++;
+    if (i == a->len || j == b->len) {
+      sc_set_error (EIO, "extents do not cover offset %" PRIu64, pos);
+      return -1;
+    }
+    ea = a->ext[i].offset + a->ext[i].length;
+    eb = b->ext[j].offset + b->ext[j].length;
+    stop = SC_MIN (SC_MIN (ea, eb), end);
+    if (!(a->ext[i].flags & NOT_DATA))
+      flags |= SIDE_A;
+    if (!(b->ext[j].flags & NOT_DATA))
+      flags |= SIDE_B;
+    if (sc_extent_list_append (out, pos, stop - pos,
+                               flags ? flags : SC_EXTENT_HOLE) == -1)
+      return -1;
+    pos = stop;
+  }
+  return 0;
+}
+
+static bool
+has_data (const struct sc_extent_list *l)
+{
+  for (size_t i = 0; i < l->len; i++)
+    if (!(l->ext[i].flags & NOT_DATA))
+      return true;
+  return false;
+}
+
+int
+sc_verify (struct sc_endpoint *a, struct sc_endpoint *b,
+           const struct sc_verify_opts *opts_in,
+           struct sc_verify_result *result)
+{
+  struct sc_verify_opts defaults = { 0 };
+  const struct sc_verify_opts *opts = opts_in ? opts_in : &defaults;
+  struct compare c = { .a = a, .b = b, .opts = opts };
+  struct sc_extent_list la, lb, merged;
+  uint32_t request_size = VERIFY_REQUEST_SIZE;
+  unsigned threads = opts->threads ? opts->threads : sc_online_cpus ();
+  uint64_t pos = 0, window = FIRST_WINDOW;
+  int ret = -1;
+
+  memset (result, 0, sizeof *result);
+  if ((a->flags & SC_EP_STREAM) || (b->flags & SC_EP_STREAM)) {
+    sc_set_error (ESPIPE, "%s: a stream cannot be compared: it is read "
+                  "once, in order", (a->flags & SC_EP_STREAM)
+                  ? a->name : b->name);
+    return -1;
+  }
+  c.end = SC_MAX (a->size, b->size);
+  result->sizes_differ = a->size != b->size;
+  if (opts->strict && result->sizes_differ) {
+    result->offset = SC_MIN (a->size, b->size);
+    return 1;
+  }
+  /* A server that answers each request after a delay is kept busy. */
+  threads = SC_MAX (threads, b->queue_depth);
+  sc_pipeline_fit (a, &request_size, &threads);
+  sc_pipeline_fit (b, &request_size, &threads);
+  c.b_serial = !(b->flags & SC_EP_THREAD_SAFE);
+  pthread_mutex_init (&c.b_lock, NULL);
+  sc_extent_list_init (&la);
+  sc_extent_list_init (&lb);
+  sc_extent_list_init (&merged);
+
+  while (pos < c.end) {
+    uint64_t wend = c.end - pos > window ? pos + window : c.end;
+    struct sc_pipeline p = {
+      .src = a,
+      .extents = &merged,
+      .request_size = request_size,
+      .threads = threads,
+      .out_size = request_size,
+      .move = compare_move,
+      .work = compare_work,
+      .emit = compare_emit,
+      .opaque = &c,
+    };
+
+    if (side_extents (a, a->size, pos, wend, &la) == -1
+        || side_extents (b, b->size, pos, wend, &lb) == -1
+        || merge_sides (&la, &lb, pos, wend, &merged) == -1)
+      goto out;
+    c.list = &merged;
+    if (has_data (&merged)) {
+      if (sc_pipeline_run (&p) == -1) {
+        if (!c.differ)
+          goto out;
+        result->offset = c.offset;
+        ret = 1;
+        goto out;
+      }
+    }
+    else if (opts->progress) {
+      struct sc_progress pr = { wend, c.end };
+      opts->progress (&pr, opts->progress_opaque);
+    }
+    adapt_window (&window, merged.len);
+    pos = wend;
+  }
+  ret = 0;
+
+ out:
+  sc_extent_list_free (&la);
+  sc_extent_list_free (&lb);
+  sc_extent_list_free (&merged);
+  pthread_mutex_destroy (&c.b_lock);
+  return ret;
+}

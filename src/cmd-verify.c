@@ -1,0 +1,234 @@
+/* sparsecow verify: is the content of A the same as that of B, as
+ * qemu-img compare decides?
+ */
+#include <config.h>
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+/* Options of this command only, above the shared ids of cli.h. */
+enum {
+  OPT_A_FORMAT = 0x200,
+  OPT_B_FORMAT,
+};
+
+enum format {
+  FORMAT_AUTO,                  /* qcow2 if it starts with the magic */
+  FORMAT_RAW,
+  FORMAT_QCOW2,
+};
+
+static void
+usage (FILE *fp)
+{
+  fprintf (fp,
+"Usage: %s verify [OPTIONS] A B\n"
+"With two operands, compare the content of A and B: qcow2 images (their\n"
+"guest content, through backing files), raw files, block devices or NBD\n"
+"exports.  As qemu-img compare, the smaller size is compared and the rest\n"
+"of the larger must read as zeros.  Exit status: 0 equal, 1 different\n"
+"(the first differing byte is printed), 2 error.\n"
+"\n"
+"  -s, --strict           A and B must have the same size\n"
+"  -f, --a-format=FMT     A is raw or qcow2 (default: qcow2 if it has the\n"
+"                         qcow2 magic, else raw)\n"
+"  -F, --b-format=FMT     the same for B\n"
+"  -p, --progress[=json]  show progress (a bar, or JSON lines on stdout)\n"
+"  -j, --threads N        worker threads (default: online CPUs)\n"
+"  -q, --quiet            print nothing but errors\n"
+"  -h, --help             show this help\n"
+"  -V, --version          show the version\n"
+CLI_NBD_HELP,
+           cli_program);
+}
+
+static const struct option long_options[] = {
+  { "strict", no_argument, NULL, 's' },
+  { "a-format", required_argument, NULL, OPT_A_FORMAT },
+  { "b-format", required_argument, NULL, OPT_B_FORMAT },
+  CLI_COMMON_LONG_OPTIONS,
+  { NULL, 0, NULL, 0 },
+};
+
+static enum format
+parse_format (const char *opt, const char *arg)
+{
+  if (strcmp (arg, "raw") == 0)
+    return FORMAT_RAW;
+  if (strcmp (arg, "qcow2") == 0)
+    return FORMAT_QCOW2;
+  cli_usage_error ("verify", "%s: expected raw or qcow2, not '%s'", opt, arg);
+}
+
+/* One side of a comparison: the file, and the guest view of the image
+ * in it when it is one (else the file itself).
+ */
+struct side {
+  struct sc_endpoint *file;
+  struct sc_qcow2 *q;
+  struct sc_endpoint *content;
+};
+
+static void
+close_side (struct side *s)
+{
+  if (s->q) {
+    sc_endpoint_close (s->content);
+    sc_qcow2_close (s->q);
+  }
+  sc_endpoint_close (s->file);
+  memset (s, 0, sizeof *s);
+}
+
+/* Does the source start with the qcow2 magic?  1 yes, 0 no, -1 error. */
+static int
+has_qcow2_magic (struct sc_endpoint *ep)
+{
+  unsigned char magic[4];
+
+  if (sc_endpoint_size (ep) < sizeof magic)
+    return 0;
+  if (sc_endpoint_pread (ep, magic, sizeof magic, 0) == -1)
+    return -1;
+  return memcmp (magic, "QFI\xfb", 4) == 0;
+}
+
+/* Open an operand for reading at random offsets; errors are printed. */
+static int
+open_file (const struct cli_operand *op, const struct cli_common *common,
+           struct sc_endpoint **file)
+{
+  *file = cli_open_source (op, common, SC_MAP_SEEK);
+  if (*file == NULL)
+    return -1;
+  if (sc_endpoint_is_stream (*file)) {
+    cli_error ("%s: a pipe is read once, in order; verify needs a file, a "
+               "device or an NBD export", op->name);
+    sc_endpoint_close (*file);
+    *file = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+static int
+open_side (const struct cli_operand *op, const struct cli_common *common,
+           enum format format, struct side *s)
+{
+  int r;
+
+  memset (s, 0, sizeof *s);
+  if (open_file (op, common, &s->file) == -1)
+    return -1;
+  r = format == FORMAT_AUTO ? has_qcow2_magic (s->file)
+                            : format == FORMAT_QCOW2;
+  if (r == -1) {
+    cli_lib_error (op->name);
+    close_side (s);
+    return -1;
+  }
+  if (r == 0) {
+    s->content = s->file;
+    return 0;
+  }
+  s->q = sc_qcow2_open_endpoint (s->file, NULL);
+  if (s->q == NULL || (s->content = sc_qcow2_endpoint (s->q)) == NULL) {
+    cli_lib_error (op->name);
+    if (s->q)
+      sc_qcow2_close (s->q);
+    s->q = NULL;
+    close_side (s);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+compare (const struct cli_operand *ops, const struct cli_common *common,
+         enum format fa, enum format fb, struct sc_verify_opts *opts)
+{
+  struct side a, b;
+  struct sc_verify_result res;
+  uint64_t sa, sb;
+  int r;
+
+  if (open_side (&ops[0], common, fa, &a) == -1)
+    return EXIT_VERIFY_ERROR;
+  if (open_side (&ops[1], common, fb, &b) == -1) {
+    close_side (&a);
+    return EXIT_VERIFY_ERROR;
+  }
+  sa = sc_endpoint_size (a.content);
+  sb = sc_endpoint_size (b.content);
+  r = sc_verify (a.content, b.content, opts, &res);
+  cli_progress_done (common);
+  if (r == -1)
+    cli_lib_error (NULL);
+  else if (res.sizes_differ && !common->quiet)
+    fprintf (stderr, "%s: %s: %s and %s differ in size (%" PRIu64 " and %"
+             PRIu64 " bytes)%s\n", cli_program,
+             opts->strict ? "verify" : "warning", ops[0].name, ops[1].name,
+             sa, sb, opts->strict ? "" : "; the rest of the larger is "
+             "compared with zeros");
+  close_side (&a);
+  close_side (&b);
+  if (r == -1)
+    return EXIT_VERIFY_ERROR;
+  if (r == 1) {
+    if (!common->quiet && !(opts->strict && res.sizes_differ))
+      printf ("%s: %s and %s differ at offset %" PRIu64 "\n", cli_program,
+              ops[0].name, ops[1].name, res.offset);
+    return EXIT_VERIFY_DIFFERENT;
+  }
+  if (!common->quiet)
+    printf ("%s and %s are identical\n", ops[0].name, ops[1].name);
+  return EXIT_OK;
+}
+
+int
+cmd_verify (int argc, char **argv)
+{
+  struct cli_common common = { 0 };
+  struct sc_verify_opts opts = { 0 };
+  struct cli_operand ops[2];
+  enum format fa = FORMAT_AUTO, fb = FORMAT_AUTO;
+  int c, rc;
+
+  cli_usage_status = EXIT_VERIFY_ERROR;
+  cli_check_brackets ("verify", argc, argv);
+  while ((c = getopt_long (argc, argv, "sf:F:" CLI_COMMON_SHORT_OPTIONS,
+                           long_options, NULL)) != -1) {
+    if (cli_common_option (c, optarg, &common, usage))
+      continue;
+    switch (c) {
+    case 's':
+      opts.strict = true;
+      break;
+    case 'f':
+    case OPT_A_FORMAT:
+      fa = parse_format ("--a-format", optarg);
+      break;
+    case 'F':
+    case OPT_B_FORMAT:
+      fb = parse_format ("--b-format", optarg);
+      break;
+    default:
+      cli_usage_error ("verify", "unknown option");
+    }
+  }
+  cli_operands ("verify", argc, argv, optind, ops, 2, "A and B");
+  opts.threads = common.threads;
+  opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
+  cli_install_signal_handlers ();
+
+  rc = compare (ops, &common, fa, fb, &opts);
+  if (fflush (stdout) == EOF) {
+    cli_error ("verify: write error on stdout");
+    return EXIT_VERIFY_ERROR;
+  }
+  return rc;
+}
