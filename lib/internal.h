@@ -206,6 +206,54 @@ extern int sc_sink_zero (struct sc_endpoint *dst, uint64_t length,
  */
 extern int sc_sink_prepare (struct sc_endpoint *dst, uint64_t length);
 
+/* ---- digest.c: the content digest (sparsecow(1), DIGEST) ------------- */
+
+#define SC_DIGEST_LEN 32        /* SHA-256 */
+/* The block size pack hashes with when the cluster size allows: 64 KiB
+ * blocks cost 2 SHA-256 finalisations per MiB, nothing beside the
+ * hashing itself, and the same content has the same digest in images
+ * of any cluster size from 64 KiB up.
+ */
+#define SC_DIGEST_BLOCK_SIZE 65536
+
+/* What one block of guest content adds to the digest. */
+struct sc_digest_block {
+  bool zero;                    /* all zero bytes: no hash */
+  unsigned char hash[SC_DIGEST_LEN];
+};
+
+/* Hash the blocks of buf, len bytes of guest content from offset (a
+ * multiple of block_size), into DIV_ROUND_UP (len, block_size) entries
+ * of out.  Only the bytes below limit (the virtual size) belong to
+ * blocks: a block that ends past it is cut there, and one that starts
+ * past it is a zero block.  Thread-safe.  0, or -1 with errno ENOTSUP
+ * (no SHA-256 in libcrypto), ENOMEM, EIO.
+ */
+extern int sc_digest_blocks (uint32_t block_size, const void *buf,
+                             uint64_t offset, size_t len, uint64_t limit,
+                             struct sc_digest_block *out);
+
+/* The digest of one image, fed in guest order from one thread. */
+struct sc_digest {
+  void *ctx;                    /* EVP_MD_CTX */
+  uint32_t block_size;
+  uint64_t blocks;              /* blocks added so far */
+  uint64_t zero_run;            /* zero blocks not yet recorded */
+};
+extern int sc_digest_init (struct sc_digest *d, uint32_t block_size);
+extern void sc_digest_free (struct sc_digest *d);
+/* The next n blocks, as sc_digest_blocks found them. */
+extern int sc_digest_add (struct sc_digest *d,
+                          const struct sc_digest_block *b, size_t n);
+/* The next nblocks blocks are zero blocks (a hole). */
+extern void sc_digest_add_zero (struct sc_digest *d, uint64_t nblocks);
+/* The digest of content of virtual_size bytes: the blocks added must
+ * cover it, and any past it must be zero blocks.  Frees nothing: call
+ * sc_digest_free after.
+ */
+extern int sc_digest_final (struct sc_digest *d, uint64_t virtual_size,
+                            unsigned char out[SC_DIGEST_LEN]);
+
 /* ---- codec.c --------------------------------------------------------- */
 
 /* Compress one cluster.  Returns the compressed length (> 0), 0 if the

@@ -74,6 +74,14 @@ struct pack {
   struct sc_endpoint *direct;
   uint64_t direct_base;
 
+  /* The content digest (digest.c): blocks hashed by scan_work into
+   * the piece's scratch at digest_out, added in order by scan_emit.
+   */
+  bool digest;
+  uint32_t digest_block;
+  size_t digest_out;
+  struct sc_digest dg;
+
   /* The spill file and its write buffer (contiguous bytes at spill_off). */
   int spill_fd;
   const char *spill_near;       /* the target it is next to, or NULL:
@@ -108,6 +116,7 @@ sc_pack_opts_init (struct sc_pack_opts *opts)
   opts->level = -1;
   opts->detect_zeroes = true;
   opts->refuse_images = true;
+  opts->digest = true;
 }
 
 /* ---- the spill file ---------------------------------------------------- */
@@ -234,13 +243,35 @@ scan_work (struct sc_piece *piece, void *opaque)
   unsigned char *packed = (unsigned char *) piece->out
     + (pk->request_size / cs) * sizeof *codes;
   size_t used = 0;
+  struct sc_digest_block *blocks
+    = (struct sc_digest_block *) ((unsigned char *) piece->out
+                                  + pk->digest_out);
 
   if (piece->flags != 0)
     return 0;
+  if (pk->digest) {
+    /* A stream's virtual size is known only at its end, which is in
+     * the piece that is cut short: its length, rounded up to a sector
+     * as the virtual size is, is where the content ends.
+     */
+    uint64_t limit = (pk->src->flags & SC_EP_STREAM)
+      ? SC_ROUND_UP (piece->offset + piece->length, QEMU_SECTOR_SIZE)
+      : pk->plan.h.size;
+
+    if (sc_digest_blocks (pk->digest_block, piece->buf, piece->offset,
+                          n * cs, limit, blocks) == -1)
+      return -1;
+  }
   for (size_t i = 0; i < n; i++) {
     const unsigned char *c = (const unsigned char *) piece->buf + i * cs;
 
-    if (opts->detect_zeroes && sc_is_zero (c, cs))
+    /* A block of the digest as large as the cluster has been looked
+     * at already.
+     */
+    if (opts->detect_zeroes && pk->digest && pk->digest_block == cs
+        && opts->codec == SC_CODEC_NONE)
+      codes[i] = blocks[i].zero ? CLUSTER_ZERO : CLUSTER_RAW;
+    else if (opts->detect_zeroes && sc_is_zero (c, cs))
       codes[i] = CLUSTER_ZERO;
     else if (opts->codec != SC_CODEC_NONE) {
       ssize_t r = sc_compress (opts->codec, opts->level, c, cs,
@@ -346,6 +377,18 @@ scan_emit (struct sc_piece *piece, void *opaque)
   uint64_t rel;
   struct run run = { NULL, 0, 0 };
 
+  /* Pieces start and end on cluster boundaries, and digest blocks
+   * divide clusters.
+   */
+  if (pk->digest) {
+    if (piece->flags != 0)
+      sc_digest_add_zero (&pk->dg, piece->length / pk->digest_block);
+    else if (sc_digest_add (&pk->dg, (const struct sc_digest_block *)
+                            ((const unsigned char *) piece->out
+                             + pk->digest_out),
+                            n * cs / pk->digest_block) == -1)
+      return -1;
+  }
   if (piece->flags != 0)
     return 0;
   if (pk->bmap && bmap_piece (pk, piece) == -1)
@@ -547,14 +590,14 @@ static int
 scan_pipeline (struct pack *pk, const struct sc_extent_list *extents)
 {
   const struct sc_pack_opts *opts = pk->opts;
-  uint64_t cs = pk->cluster_size;
   struct sc_pipeline pl = {
     .src = pk->src,
     .extents = extents,
     .request_size = pk->request_size,
     .threads = opts->threads,
-    .out_size = (pk->request_size / cs) * sizeof (uint32_t)
-                + pk->request_size,
+    .out_size = pk->digest_out
+                + (pk->digest ? (pk->request_size / pk->digest_block)
+                                * sizeof (struct sc_digest_block) : 0),
     .work = scan_work,
     .emit = scan_emit,
     .opaque = pk,
@@ -589,11 +632,13 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
   const struct sc_pack_opts *opts = pk->opts;
   uint64_t cs = pk->cluster_size;
 
-  /* A block map needs every byte of the data read, once, in order:
-   * only the pipeline does that.
+  /* A block map needs every byte of the data read, once, in order,
+   * and the digest needs every byte hashed by the workers: only the
+   * pipeline does that.
    */
-  if (pk->bmap)
+  if (pk->bmap || pk->digest)
     return scan_pipeline (pk, extents);
+
   /* Probing needs a source that can tell what is in memory (a regular
    * file).  A block device is read in long requests: short probes
    * scattered over a slow device would cost more than they save.
@@ -819,6 +864,14 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     return -1;
   pk.cluster_size = 1U << cluster_bits;
   pk.request_size = SC_MAX (pk.cluster_size, MIN_REQUEST_SIZE);
+  /* Version 2 headers have no autoclear bit to tell a stale digest. */
+  pk.digest = opts.digest && opts.version >= 3;
+  pk.digest_block = SC_MIN (pk.cluster_size, SC_DIGEST_BLOCK_SIZE);
+  /* The scratch of a piece: a code per cluster, the compressed bytes,
+   * then the digest's blocks.
+   */
+  pk.digest_out = (pk.request_size / pk.cluster_size) * sizeof (uint32_t)
+                  + pk.request_size;
   /* qemu sees a qcow2 image as whole 512-byte sectors and drops a
    * partial last one, so the virtual size is rounded up as qemu-img
    * convert rounds it: the tail reads as zeros.
@@ -850,7 +903,8 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     if (pk.bmap == NULL)
       goto out;
   }
-
+  if (pk.digest && sc_digest_init (&pk.dg, pk.digest_block) == -1)
+    goto out;
   /* A source whose state cannot be taken (a pipe, an image) cannot be
    * changed behind our back in a way that would show there either.
    */
@@ -908,6 +962,15 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     sc_error_name (target);
     goto out;
   }
+  if (pk.digest) {
+    unsigned char sha[SC_DIGEST_LEN];
+
+    if (sc_digest_final (&pk.dg, pk.plan.h.size, sha) == -1
+        || qcow2_plan_set_digest (&pk.plan, pk.digest_block, sha) == -1) {
+      sc_error_name (target);
+      goto out;
+    }
+  }
   if (qcow2_plan_layout (&pk.plan) == -1) {
     sc_error_name (target);
     goto out;
@@ -945,6 +1008,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   sc_extent_list_free (&extents);
   sc_extent_list_free (&pk.raw);
   bmap_builder_free (pk.bmap);
+  sc_digest_free (&pk.dg);
   qcow2_plan_free (&pk.plan);
   if (checked)
     sc_ep_close (checked);

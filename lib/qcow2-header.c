@@ -678,3 +678,63 @@ qcow2_header_write (const struct qcow2_header *h, unsigned char *buf)
    * marker.
    */
 }
+
+int
+qcow2_sc_digest_decode (const unsigned char *data, uint32_t len,
+                        struct qcow2_sc_digest *d)
+{
+  if (len != QCOW2_SC_DIGEST_LEN) {
+    sc_set_error (EINVAL, "digest header extension: length %" PRIu32
+                  ", not %d", len, QCOW2_SC_DIGEST_LEN);
+    return -1;
+  }
+  d->kind = sc_get_be32 (data);
+  d->block_size = sc_get_be32 (data + 4);
+  d->size = sc_get_be64 (data + 8);
+  memcpy (d->sha256, data + 16, sizeof d->sha256);
+  if (d->kind != QCOW2_SC_DIGEST_SHA256) {
+    sc_set_error (EINVAL, "digest header extension: unknown kind %" PRIu32,
+                  d->kind);
+    return -1;
+  }
+  if (d->block_size < (1U << QCOW2_MIN_CLUSTER_BITS)
+      || d->block_size > (1U << QCOW2_MAX_CLUSTER_BITS)
+      || (d->block_size & (d->block_size - 1)) != 0) {
+    sc_set_error (EINVAL, "digest header extension: invalid block size %"
+                  PRIu32, d->block_size);
+    return -1;
+  }
+  return 0;
+}
+
+/* No padding after the extension, and room for it after the longest
+ * header this writer makes in the smallest cluster.
+ */
+_Static_assert (QCOW2_SC_DIGEST_LEN % QCOW2_EXT_ALIGN == 0,
+                "the digest extension needs no padding");
+_Static_assert (QCOW2_V3_HEADER_SIZE + 2 * QCOW2_EXT_HEADER_SIZE
+                + QCOW2_SC_DIGEST_LEN <= (1 << QCOW2_MIN_CLUSTER_BITS),
+                "the digest extension fits the smallest header cluster");
+
+int
+qcow2_header_write_sc_digest (const struct qcow2_header *h,
+                              const struct qcow2_sc_digest *d,
+                              unsigned char *buf)
+{
+  uint64_t pos = h->header_length;
+
+  /* The extension, then the end marker (8 zero bytes, already there). */
+  if (pos + QCOW2_EXT_HEADER_SIZE + QCOW2_SC_DIGEST_LEN
+      + QCOW2_EXT_HEADER_SIZE > h->cluster_size) {
+    sc_set_error (EINVAL, "the digest does not fit the header cluster");
+    return -1;
+  }
+  sc_put_be32 (buf + pos, QCOW2_EXT_SC_DIGEST);
+  sc_put_be32 (buf + pos + 4, QCOW2_SC_DIGEST_LEN);
+  pos += QCOW2_EXT_HEADER_SIZE;
+  sc_put_be32 (buf + pos, d->kind);
+  sc_put_be32 (buf + pos + 4, d->block_size);
+  sc_put_be64 (buf + pos + 8, d->size);
+  memcpy (buf + pos + 16, d->sha256, sizeof d->sha256);
+  return 0;
+}

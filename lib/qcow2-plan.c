@@ -305,6 +305,23 @@ qcow2_plan_reserve (struct qcow2_plan *p, uint64_t max_l2,
 }
 
 int
+qcow2_plan_set_digest (struct qcow2_plan *p, uint32_t block_size,
+                       const unsigned char sha256[32])
+{
+  if (p->h.version < 3) {
+    sc_set_error (EINVAL, "a version 2 image cannot hold a digest");
+    return -1;
+  }
+  p->has_digest = true;
+  p->digest.kind = QCOW2_SC_DIGEST_SHA256;
+  p->digest.block_size = block_size;
+  p->digest.size = p->h.size;
+  memcpy (p->digest.sha256, sha256, sizeof p->digest.sha256);
+  p->h.autoclear_features |= QCOW2_AUTOCLEAR_SC_DIGEST;
+  return 0;
+}
+
+int
 qcow2_plan_layout (struct qcow2_plan *p)
 {
   struct qcow2_header *h = &p->h;
@@ -441,7 +458,8 @@ qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k, void *out)
   }
   if (k == 0) {
     qcow2_header_write (h, buf);
-    return 0;
+    return p->has_digest
+      ? qcow2_header_write_sc_digest (h, &p->digest, buf) : 0;
   }
   if (k >= p->meta_end / cs) {
     memset (buf, 0, cs);

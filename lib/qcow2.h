@@ -59,6 +59,19 @@
 #define QCOW2_EXT_CRYPTO            0x0537be77U
 #define QCOW2_EXT_DATA_FILE         0x44415441U
 
+/* sparsecow's content digest (sparsecow(1), DIGEST): a header extension
+ * of a type qemu does not know, which it keeps when it rewrites the
+ * header, and an autoclear bit, which qemu clears when it opens the
+ * image read-write ("Header", autoclear_features): the extension
+ * without the bit is a digest that another program may have made
+ * stale.  Bit 63, far from the bits qemu allocates from 0 up.
+ */
+#define QCOW2_EXT_SC_DIGEST         0x1e3d81fcU
+#define QCOW2_AUTOCLEAR_SC_DIGEST   (1ULL << 63)
+/* u32 kind, u32 block size, u64 virtual size, 32 bytes of SHA-256. */
+#define QCOW2_SC_DIGEST_LEN         48
+#define QCOW2_SC_DIGEST_SHA256      1   /* the one kind defined */
+
 /* Limits (qemu's, which we also enforce on input). */
 #define QCOW2_MIN_CLUSTER_BITS      9
 #define QCOW2_MAX_CLUSTER_BITS      21
@@ -262,6 +275,28 @@ extern void qcow2_header_free (struct qcow2_header *h);
  */
 extern void qcow2_header_write (const struct qcow2_header *h,
                                 unsigned char *buf);
+
+/* The content digest extension, decoded. */
+struct qcow2_sc_digest {
+  uint32_t kind;                /* QCOW2_SC_DIGEST_SHA256 */
+  uint32_t block_size;
+  uint64_t size;                /* the virtual size it was made for */
+  unsigned char sha256[32];
+};
+/* Decode the data of a digest extension: 0, or -1 with errno EINVAL
+ * for a length other than QCOW2_SC_DIGEST_LEN, an unknown kind, or a
+ * block size that is not a power of two from 512 bytes to 2 MiB.
+ */
+extern int qcow2_sc_digest_decode (const unsigned char *data, uint32_t len,
+                                   struct qcow2_sc_digest *d);
+/* Write the digest extension at the end of the header in buf, the
+ * header cluster that qcow2_header_write filled for h (a version 3
+ * header: the autoclear bit is the caller's), and the end marker
+ * after it.  0, or -1 with errno EINVAL if the cluster cannot hold it.
+ */
+extern int qcow2_header_write_sc_digest (const struct qcow2_header *h,
+                                         const struct qcow2_sc_digest *d,
+                                         unsigned char *buf);
 
 /* Called for each header extension but the end marker: its type, its
  * len bytes of data (not padded), and pos, the offset in the file of
@@ -517,6 +552,9 @@ struct qcow2_plan {
   uint64_t reserved_data_offset;
   uint64_t reserved_rt_clusters, reserved_rb_clusters;
   uint64_t reserved_total_clusters;
+  /* The content digest, written as a header extension. */
+  bool has_digest;
+  struct qcow2_sc_digest digest;
 };
 
 /* Start a plan: version 2 or 3, cluster_bits 9..21, refcount_order
@@ -542,6 +580,13 @@ extern int qcow2_plan_add_normal (struct qcow2_plan *p, uint64_t gc,
                                   uint64_t *rel);
 extern int qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc,
                                       uint64_t len, uint64_t *rel);
+/* Store the content digest of the guest data (SHA-256 with blocks of
+ * block_size bytes) in the header, with its autoclear bit.  Version 3
+ * only: a version 2 header has no autoclear bits to tell a stale
+ * digest (EINVAL).
+ */
+extern int qcow2_plan_set_digest (struct qcow2_plan *p, uint32_t block_size,
+                                  const unsigned char sha256[32]);
 /* Fix where the data area starts before any cluster is stored, so data
  * can be written to its final place while it is scanned: room is left
  * for the metadata of up to max_l2 L2 tables and max_data_clusters

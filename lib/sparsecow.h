@@ -490,6 +490,13 @@ struct sc_pack_opts {
    * it to false.  Images are re-packed through sc_qcow2_endpoint().
    */
   bool refuse_images;
+  /* Store a digest of the guest content in a header extension, for
+   * sc_verify_digest (default true; version 3 images only, a version 2
+   * image gets none).  Every byte of data is read and hashed in the
+   * scan, on the worker threads.  The definition is in sparsecow(1),
+   * DIGEST.
+   */
+  bool digest;
   /* Progress counts the source bytes scanned and then the bytes of
    * the image's data area written, as one count: the total starts as
    * twice the source's data and drops to the real sum when writing
@@ -543,11 +550,19 @@ struct sc_verify_opts {
 };
 
 struct sc_verify_result {
-  /* The first byte at which the contents differ, or with strict and
-   * sizes that differ, the size of the smaller side.
+  /* sc_verify: the first byte at which the contents differ, or with
+   * strict and sizes that differ, the size of the smaller side.
+   * sc_verify_digest: 0.
    */
   uint64_t offset;
-  bool sizes_differ;            /* a and b differ in size */
+  bool sizes_differ;            /* sc_verify: a and b differ in size */
+  /* sc_verify_digest: what the image holds, and what its content
+   * hashes to now (when it was recomputed).
+   */
+  uint32_t block_size;
+  uint64_t digest_size;         /* the virtual size it was made for */
+  unsigned char stored[32];
+  unsigned char computed[32];
 };
 
 /* Compare the content of the seekable sources a and b (files, block
@@ -566,6 +581,22 @@ struct sc_verify_result {
 extern int sc_verify (struct sc_endpoint *a, struct sc_endpoint *b,
                       const struct sc_verify_opts *opts,
                       struct sc_verify_result *result);
+
+/* Check the content digest that sc_pack stored in the qcow2 image
+ * read through file (a seekable source endpoint the caller keeps):
+ * recompute it over the image's guest content, through its backing
+ * chain, in parallel, reading data only (holes cost nothing).
+ * Returns 0 when it matches, 1 when it does not (a digest cannot tell
+ * where), 2 when the digest is stale (the extension is there but its
+ * autoclear bit is not: the image was opened for writing by a program
+ * that does not know the digest, as qemu clears unknown autoclear bits
+ * ("Header", docs/interop/qcow2.rst); it is not recomputed), or -1
+ * with errno ENODATA (the image holds no digest), EINVAL (not a qcow2
+ * image, a damaged digest extension), or the errors of sc_qcow2_open.
+ */
+extern int sc_verify_digest (struct sc_endpoint *file,
+                             const struct sc_verify_opts *opts,
+                             struct sc_verify_result *result);
 
 /* ---- qcow2-check.c: the checker ------------------------------------- */
 

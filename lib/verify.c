@@ -1,10 +1,11 @@
-/* verify: is the content of two sources the same?
+/* verify: is the content of two sources the same, and does an image
+ * still hold what the digest that pack embedded in it says?
  *
- * A run of the ordered pipeline (copy.c) over an extent list that this
- * file builds a window at a time from the sources' own extents: ranges
- * that hold no data are pieces that are never read, data is read by
- * the workers in parallel, and the emit step, in guest order, finds
- * the first difference.
+ * Both are runs of the ordered pipeline (copy.c) over an extent list
+ * that this file builds a window at a time from the sources' own
+ * extents: ranges that hold no data are pieces that are never read,
+ * data is read by the workers in parallel, and the emit step, in guest
+ * order, finds the first difference or feeds the digest.
  *
  * Comparing: the list merges both sides' extents.  Where neither side
  * has data nothing is read; where both do, the pipeline reads side A
@@ -18,6 +19,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "qcow2.h"
 
 /* Pieces of data: large reads, two buffers of this per piece in
  * flight.
@@ -352,5 +354,222 @@ sc_verify (struct sc_endpoint *a, struct sc_endpoint *b,
   sc_extent_list_free (&lb);
   sc_extent_list_free (&merged);
   pthread_mutex_destroy (&c.b_lock);
+  return ret;
+}
+
+/* ---- the embedded digest ----------------------------------------------- */
+
+struct find_digest {
+  bool found;
+  struct qcow2_sc_digest d;
+};
+
+static int
+digest_extension (void *opaque, uint32_t type, const unsigned char *data,
+                  uint32_t len, uint64_t pos)
+{
+  struct find_digest *f = opaque;
+
+  (void) pos;
+  if (type != QCOW2_EXT_SC_DIGEST)
+    return 0;
+  if (f->found) {
+    sc_set_error (EINVAL, "two digest header extensions");
+    return -1;
+  }
+  if (qcow2_sc_digest_decode (data, len, &f->d) == -1)
+    return -1;
+  f->found = true;
+  return 0;
+}
+
+struct rehash {
+  struct sc_digest dg;
+  uint32_t block_size;
+  uint64_t size;
+  const struct sc_verify_opts *opts;
+};
+
+static int
+rehash_work (struct sc_piece *piece, void *opaque)
+{
+  struct rehash *h = opaque;
+
+  return sc_digest_blocks (h->block_size, piece->buf, piece->offset,
+                           piece->length, h->size, piece->out);
+}
+
+static int
+rehash_emit (struct sc_piece *piece, void *opaque)
+{
+  struct rehash *h = opaque;
+  uint64_t n = SC_DIV_ROUND_UP (piece->length, (uint64_t) h->block_size);
+
+  /* Every piece starts and ends on a block boundary (or at the end of
+   * the content, in its last block).
+   */
+  if (piece->flags != 0)
+    sc_digest_add_zero (&h->dg, n);
+  else if (sc_digest_add (&h->dg, piece->out, (size_t) n) == -1)
+    return -1;
+  if (h->opts->progress) {
+    struct sc_progress pr = { SC_MIN (piece->offset + piece->length,
+                                      h->size), h->size };
+    h->opts->progress (&pr, h->opts->progress_opaque);
+  }
+  return 0;
+}
+
+/* Replace out with the extents of [pos, end) of ep (content of size
+ * bytes), data extents rounded out to whole blocks: pos and end are
+ * block-aligned (end may lie past size, in the last block).
+ */
+static int
+block_extents (struct sc_endpoint *ep, uint64_t size, uint32_t block_size,
+               uint64_t pos, uint64_t end, struct sc_extent_list *raw,
+               struct sc_extent_list *out)
+{
+  uint64_t done = pos;
+
+  if (side_extents (ep, size, pos, end, raw) == -1)
+    return -1;
+  out->len = 0;
+  for (size_t i = 0; i < raw->len; i++) {
+    const struct sc_extent *e = &raw->ext[i];
+    uint64_t start, stop;
+
+    if (e->flags & NOT_DATA)
+      continue;
+    start = SC_MAX (SC_ROUND_DOWN (e->offset, block_size), done);
+    stop = SC_MIN (SC_ROUND_UP (e->offset + e->length, block_size), end);
+    if (stop <= start)
+      continue;
+    if (sc_extent_list_append (out, done, start - done, SC_EXTENT_HOLE) == -1
+        || sc_extent_list_append (out, start, stop - start, 0) == -1)
+      return -1;
+    done = stop;
+  }
+  return sc_extent_list_append (out, done, end - done, SC_EXTENT_HOLE);
+}
+
+/* Hash the guest content of ep as the digest d was made. */
+static int
+rehash (struct sc_endpoint *ep, const struct qcow2_sc_digest *d,
+        const struct sc_verify_opts *opts, unsigned char out[SC_DIGEST_LEN])
+{
+  struct rehash h = { .block_size = d->block_size, .size = ep->size,
+                      .opts = opts };
+  struct sc_extent_list raw, list;
+  uint32_t request_size = SC_MAX ((uint32_t) VERIFY_REQUEST_SIZE,
+                                  d->block_size);
+  unsigned threads = opts->threads ? opts->threads : sc_online_cpus ();
+  uint64_t end = SC_ROUND_UP (ep->size, (uint64_t) d->block_size);
+  uint64_t pos = 0, window = FIRST_WINDOW;
+  int ret = -1;
+
+  sc_pipeline_fit (ep, &request_size, &threads);
+  if (request_size < d->block_size) {
+    sc_set_error (ENOTSUP, "%s takes requests of at most %" PRIu32
+                  " bytes, less than a digest block", ep->name,
+                  request_size);
+    return -1;
+  }
+  if (sc_digest_init (&h.dg, d->block_size) == -1)
+    return -1;
+  sc_extent_list_init (&raw);
+  sc_extent_list_init (&list);
+  while (pos < end) {
+    /* Windows of whole blocks: the window is a multiple of them. */
+    uint64_t wend = end - pos > window ? pos + window : end;
+    struct sc_pipeline p = {
+      .src = ep,
+      .extents = &list,
+      .request_size = request_size,
+      .threads = threads,
+      .out_size = (request_size / d->block_size)
+                  * sizeof (struct sc_digest_block),
+      .work = rehash_work,
+      .emit = rehash_emit,
+      .opaque = &h,
+    };
+
+    if (block_extents (ep, ep->size, d->block_size, pos, wend, &raw,
+                       &list) == -1
+        || sc_pipeline_run (&p) == -1)
+      goto out;
+    adapt_window (&window, list.len);
+    pos = wend;
+  }
+  if (sc_digest_final (&h.dg, ep->size, out) == -1)
+    goto out;
+  ret = 0;
+ out:
+  sc_extent_list_free (&raw);
+  sc_extent_list_free (&list);
+  sc_digest_free (&h.dg);
+  return ret;
+}
+
+int
+sc_verify_digest (struct sc_endpoint *file,
+                  const struct sc_verify_opts *opts_in,
+                  struct sc_verify_result *result)
+{
+  struct sc_verify_opts defaults = { 0 };
+  const struct sc_verify_opts *opts = opts_in ? opts_in : &defaults;
+  struct qcow2_header h;
+  struct find_digest f = { .found = false };
+  struct sc_qcow2 *q = NULL;
+  struct sc_endpoint *guest = NULL;
+  int ret = -1;
+
+  memset (result, 0, sizeof *result);
+  if (file == NULL || (file->flags & SC_EP_STREAM)) {
+    sc_set_error (file ? ESPIPE : EINVAL, "verify needs a seekable image");
+    return -1;
+  }
+  if (qcow2_header_read (file, file->size, true, &h) == -1)
+    return -1;
+  if (qcow2_header_extensions (file, file->size, &h, false,
+                               digest_extension, &f) == -1)
+    goto out;
+  if (!f.found) {
+    sc_set_error (ENODATA, "the image holds no digest (pack stores one "
+                  "unless --no-digest is given)");
+    goto out;
+  }
+  result->block_size = f.d.block_size;
+  result->digest_size = f.d.size;
+  memcpy (result->stored, f.d.sha256, sizeof result->stored);
+  /* A version 2 header has no autoclear bits: such a digest cannot
+   * show that it is current.
+   */
+  if (h.version < 3 || !(h.autoclear_features & QCOW2_AUTOCLEAR_SC_DIGEST)) {
+    ret = 2;
+    goto out;
+  }
+  q = sc_qcow2_open_endpoint (file, NULL);
+  if (q == NULL)
+    goto out;
+  guest = sc_qcow2_endpoint (q);
+  if (guest == NULL)
+    goto out;
+  /* A resize clears the autoclear bit too; a size that differs with the
+   * bit set is damage.
+   */
+  if (guest->size != f.d.size) {
+    ret = 1;
+    goto out;
+  }
+  if (rehash (guest, &f.d, opts, result->computed) == -1)
+    goto out;
+  ret = memcmp (result->computed, f.d.sha256, SC_DIGEST_LEN) == 0 ? 0 : 1;
+
+ out:
+  if (guest)
+    sc_ep_close (guest);
+  if (q)
+    sc_qcow2_close (q);
+  qcow2_header_free (&h);
   return ret;
 }

@@ -18,6 +18,7 @@
 enum {
   OPT_SOURCE_FORMAT = 0x200,
   OPT_BMAP_OUT,
+  OPT_NO_DIGEST,
 };
 
 enum source_format {
@@ -63,6 +64,8 @@ usage (FILE *fp)
 "                           copy, from the same reads as the image\n"
 "  -S SIZE                  skip all-zero clusters (default); -S 0 stores\n"
 "                           them\n"
+"      --no-digest          do not store a digest of the content (stored by\n"
+"                           default in compat=1.1 images; see verify)\n"
 "  -p, --progress[=json]    show progress (a bar, or JSON lines on stdout)\n"
 "  -j, --threads N          worker threads (default: online CPUs)\n"
 "  -q, --quiet              print nothing but errors\n"
@@ -82,6 +85,7 @@ static const struct option long_options[] = {
   { "map", required_argument, NULL, OPT_MAP },
   { "source-format", required_argument, NULL, OPT_SOURCE_FORMAT },
   { "bmap-out", required_argument, NULL, OPT_BMAP_OUT },
+  { "no-digest", no_argument, NULL, OPT_NO_DIGEST },
   CLI_COMMON_LONG_OPTIONS,
   { NULL, 0, NULL, 0 },
 };
@@ -585,6 +589,9 @@ cmd_pack (int argc, char **argv)
       else
         cli_usage_error ("pack", "--source-format: expected raw or qcow2, "
                          "not '%s'", optarg);
+      break;
+    case OPT_NO_DIGEST:
+      opts.digest = false;
       break;
     case 'S': {
       uint64_t s;

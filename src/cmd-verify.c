@@ -1,5 +1,6 @@
-/* sparsecow verify: is the content of A the same as that of B, as
- * qemu-img compare decides?
+/* sparsecow verify: is the content of A the same as that of B (as
+ * qemu-img compare decides), or, given one image, does its content
+ * still hash to the digest that pack stored in it?
  */
 #include <config.h>
 
@@ -27,11 +28,16 @@ usage (FILE *fp)
 {
   fprintf (fp,
 "Usage: %s verify [OPTIONS] A B\n"
+"       %s verify [OPTIONS] IMAGE\n"
 "With two operands, compare the content of A and B: qcow2 images (their\n"
 "guest content, through backing files), raw files, block devices or NBD\n"
 "exports.  As qemu-img compare, the smaller size is compared and the rest\n"
 "of the larger must read as zeros.  Exit status: 0 equal, 1 different\n"
 "(the first differing byte is printed), 2 error.\n"
+"With one operand, recompute the digest of the guest content that pack\n"
+"stored in the qcow2 IMAGE.  Exit status: 0 it matches, 1 it does not,\n"
+"2 error (also: the image holds no digest), 3 the digest is stale: a\n"
+"program that does not know it opened the image for writing.\n"
 "\n"
 "  -s, --strict           A and B must have the same size\n"
 "  -f, --a-format=FMT     A is raw or qcow2 (default: qcow2 if it has the\n"
@@ -43,7 +49,7 @@ usage (FILE *fp)
 "  -h, --help             show this help\n"
 "  -V, --version          show the version\n"
 CLI_NBD_HELP,
-           cli_program);
+           cli_program, cli_program);
 }
 
 static const struct option long_options[] = {
@@ -147,6 +153,51 @@ open_side (const struct cli_operand *op, const struct cli_common *common,
   return 0;
 }
 
+static void
+print_hex (FILE *fp, const unsigned char *p, size_t len)
+{
+  for (size_t i = 0; i < len; i++)
+    fprintf (fp, "%02x", p[i]);
+}
+
+static int
+verify_digest (const struct cli_operand *op, const struct cli_common *common,
+               struct sc_verify_opts *opts)
+{
+  struct sc_endpoint *file;
+  struct sc_verify_result res;
+  int r;
+
+  if (open_file (op, common, &file) == -1)
+    return EXIT_VERIFY_ERROR;
+  r = sc_verify_digest (file, opts, &res);
+  cli_progress_done (common);
+  if (r == -1)
+    cli_lib_error (op->name);
+  sc_endpoint_close (file);
+  switch (r) {
+  case 0:
+    if (!common->quiet) {
+      printf ("%s: digest matches (sha256 ", op->name);
+      print_hex (stdout, res.stored, sizeof res.stored);
+      printf (")\n");
+    }
+    return EXIT_OK;
+  case 1:
+    if (!common->quiet)
+      printf ("%s: digest mismatch: the content is not what was packed\n",
+              op->name);
+    return EXIT_VERIFY_DIFFERENT;
+  case 2:
+    if (!common->quiet)
+      printf ("%s: digest is stale: the image was opened for writing by a "
+              "program that does not keep it\n", op->name);
+    return EXIT_VERIFY_STALE;
+  default:
+    return EXIT_VERIFY_ERROR;
+  }
+}
+
 static int
 compare (const struct cli_operand *ops, const struct cli_common *common,
          enum format fa, enum format fb, struct sc_verify_opts *opts)
@@ -196,7 +247,7 @@ cmd_verify (int argc, char **argv)
   struct sc_verify_opts opts = { 0 };
   struct cli_operand ops[2];
   enum format fa = FORMAT_AUTO, fb = FORMAT_AUTO;
-  int c, rc;
+  int c, n = 0, rc;
 
   cli_usage_status = EXIT_VERIFY_ERROR;
   cli_check_brackets ("verify", argc, argv);
@@ -220,12 +271,28 @@ cmd_verify (int argc, char **argv)
       cli_usage_error ("verify", "unknown option");
     }
   }
-  cli_operands ("verify", argc, argv, optind, ops, 2, "A and B");
+  /* One operand or two: count them as cli_operands will split them. */
+  for (int i = optind; i < argc; i++) {
+    if (strcmp (argv[i], "--") == 0 && i > optind)
+      continue;
+    if (strcmp (argv[i], "[") == 0)
+      while (i < argc && strcmp (argv[i], "]") != 0)
+        i++;
+    n++;
+  }
+  cli_operands ("verify", argc, argv, optind, ops, n == 1 ? 1 : 2,
+                "IMAGE, or A and B");
   opts.threads = common.threads;
   opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
   cli_install_signal_handlers ();
 
-  rc = compare (ops, &common, fa, fb, &opts);
+  if (n == 1) {
+    if (opts.strict || fa != FORMAT_AUTO || fb != FORMAT_AUTO)
+      cli_usage_error ("verify", "-s, -f and -F compare two operands");
+    rc = verify_digest (&ops[0], &common, &opts);
+  }
+  else
+    rc = compare (ops, &common, fa, fb, &opts);
   if (fflush (stdout) == EOF) {
     cli_error ("verify: write error on stdout");
     return EXIT_VERIFY_ERROR;

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# The digest pack embeds, and verify IMAGE: the header extension and
+# autoclear bit read by a script from the qcow2 specification, the
+# digest recomputed by tests/verify-digest.py over qemu-img convert -O
+# raw output, qemu-img check and info on images that hold it, one
+# flipped byte in a data cluster (at the host offset qemu-img map
+# gives), and images that qemu-io and qemu-img amend opened for writing,
+# which verify must call stale.
+srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
+. "$srcdir/functions.sh"
+requires qemu-img qemu-io python3
+
+cd "$tmp"
+MiB=$((1024 * 1024))
+
+# The digest extension of an image, read as the specification frames
+# header extensions: "BIT BLOCK-SIZE SIZE HEX" (BIT: autoclear bit 63),
+# or "none".
+header_digest () {
+  python3 - "$1" <<'EOF'
+import struct, sys
+with open(sys.argv[1], "rb") as f:
+    h = f.read(65536)
+magic, version = struct.unpack(">4sI", h[:8])
+assert magic == b"QFI\xfb"
+if version < 3:
+    print("none"); sys.exit()
+autoclear, = struct.unpack(">Q", h[88:96])
+pos, = struct.unpack(">I", h[100:104])
+while pos + 8 <= len(h):
+    t, n = struct.unpack(">II", h[pos:pos + 8])
+    if t == 0:
+        break
+    if t == 0x1e3d81fc:
+        kind, block, size = struct.unpack(">IIQ", h[pos + 8:pos + 24])
+        assert kind == 1 and n == 48
+        print(autoclear >> 63, block, size, h[pos + 24:pos + 56].hex())
+        sys.exit()
+    pos += 8 + (n + 7) // 8 * 8
+print("none")
+EOF
+}
+
+# check_digest IMAGE: clean for qemu-img, the bit set, the digest that
+# of the guest content, and verify agrees.
+check_digest () {
+  local img=$1 bit block size hex want
+  qemu-img check -q "$img" || fail "$img: qemu-img check is not clean"
+  qemu-img info "$img" >/dev/null || fail "$img: qemu-img info fails"
+  read -r bit block size hex <<<"$(header_digest "$img")"
+  [ "$bit" = 1 ] || fail "$img: no digest, or its autoclear bit is clear"
+  [ "$size" = "$(qemu-img info --output=json "$img" |
+                 python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" ] ||
+    fail "$img: the digest is for size $size"
+  qemu-img convert -O raw "$img" guest.raw
+  want=$(python3 "$srcdir/verify-digest.py" guest.raw "$block")
+  [ "$hex" = "$want" ] || fail "$img: digest $hex, recomputed $want"
+  sparsecow verify -q "$img" || fail "$img: verify fails on a clean image"
+}
+
+# The source: data, a hole, a cluster of zero bytes written as data,
+# data with zeros inside, and a size that is not a multiple of a
+# cluster nor of a sector (the image rounds it up to 512 bytes).
+size=$((9 * MiB + 1000))
+qemu-img create -q -f raw src.raw $size
+head -c $((MiB + 4096)) /dev/urandom |
+  dd of=src.raw bs=4096 seek=16 conv=notrunc status=none
+qemu-io -f raw -c "write -P 0x5a 4M 512k" -c "write -P 0 5M 128k" \
+  -c "write -P 0x33 $((size - 700)) 700" src.raw >/dev/null
+
+sparsecow pack -q src.raw plain.qcow2
+check_digest plain.qcow2
+sparsecow pack -q -c src.raw deflate.qcow2
+check_digest deflate.qcow2
+sparsecow pack -q -c zstd src.raw zstd.qcow2
+check_digest zstd.qcow2
+sparsecow pack -q -S 0 src.raw s0.qcow2
+check_digest s0.qcow2
+sparsecow pack -q --cluster-size 4k src.raw small.qcow2
+check_digest small.qcow2
+sparsecow pack -q --cluster-size 2M src.raw large.qcow2
+check_digest large.qcow2
+cat src.raw | sparsecow pack -q - pipe.qcow2
+check_digest pipe.qcow2
+# Re-packing a qcow2 image, one that qemu-img wrote too.
+qemu-img convert -f raw -O qcow2 src.raw qemu.qcow2
+sparsecow pack -q qemu.qcow2 repack.qcow2
+check_digest repack.qcow2
+sparsecow pack -q -c deflate.qcow2 repack2.qcow2
+check_digest repack2.qcow2
+# The same content, the same 64 KiB blocks: the same digest, whatever
+# the cluster size and compression.
+[ "$(header_digest plain.qcow2)" = "$(header_digest zstd.qcow2)" ] &&
+[ "$(header_digest plain.qcow2)" = "$(header_digest large.qcow2)" ] ||
+  fail "the digest of one content differs between images"
+# An empty source.
+: >empty.raw
+sparsecow pack -q empty.raw empty.qcow2
+check_digest empty.qcow2
+
+# Opening read-only leaves the digest current.
+qemu-img info plain.qcow2 >/dev/null
+qemu-img check -q plain.qcow2
+qemu-io -r -c "read 0 4k" plain.qcow2 >/dev/null
+sparsecow verify -q plain.qcow2 || fail "a read-only open made it fail"
+
+# One flipped byte in a data cluster.
+cp plain.qcow2 flip.qcow2
+host=$(qemu-img map --output=json flip.qcow2 | python3 -c '
+import json, sys
+print([e for e in json.load(sys.stdin) if e["data"]][0]["offset"])')
+off=$((host + 100))
+old=$(od -An -tu1 -j "$off" -N1 flip.qcow2 | tr -d ' ')
+printf "\\x$(printf %02x $((old ^ 0xff)))" |
+  dd of=flip.qcow2 bs=1 seek="$off" conv=notrunc status=none
+qemu-img check -q flip.qcow2 || fail "the flipped image does not check clean"
+qemu-img compare -q flip.qcow2 plain.qcow2 &&
+  fail "the flipped byte did not change the content"
+rc=0; out=$(sparsecow verify flip.qcow2) || rc=$?
+[ "$rc" = 1 ] || fail "verify of a flipped byte: status $rc, not 1 ($out)"
+grep -q mismatch <<<"$out" || fail "verify of a flipped byte says '$out'"
+
+# Opened for writing by qemu: the bit is cleared, the extension kept,
+# and verify calls the digest stale.
+for how in io amend; do
+  cp plain.qcow2 "$how.qcow2"
+  case $how in
+    io) qemu-io -c "write -P 0x11 0 4k" "$how.qcow2" >/dev/null ;;
+    amend) qemu-img amend -o lazy_refcounts=on "$how.qcow2" ;;
+  esac
+  read -r bit block _ <<<"$(header_digest "$how.qcow2")"
+  [ "$bit" = 0 ] && [ -n "$block" ] ||
+    fail "$how: qemu did not keep the extension and clear the bit"
+  qemu-img check -q "$how.qcow2" || fail "$how: qemu-img check not clean"
+  rc=0; out=$(sparsecow verify "$how.qcow2") || rc=$?
+  [ "$rc" = 3 ] && grep -q stale <<<"$out" ||
+    fail "verify after qemu $how: status $rc, '$out'"
+done
+
+# No digest: --no-digest, and version 2 images, which have no autoclear
+# bits.
+sparsecow pack -q --no-digest src.raw none.qcow2
+sparsecow pack -q --compat=0.10 src.raw v2.qcow2
+for img in none.qcow2 v2.qcow2 qemu.qcow2; do
+  [ "$(header_digest "$img")" = none ] || fail "$img holds a digest"
+  rc=0; sparsecow verify "$img" 2>err || rc=$?
+  [ "$rc" = 2 ] && grep -q "no digest" err ||
+    fail "verify of $img without a digest: status $rc"
+done
+exit 0
