@@ -1,0 +1,94 @@
+#!/bin/bash
+# Time sparsecow verify against qemu-img compare, and what the digest
+# costs pack, in alternation, and print medians and ratios.  Not a
+# test: see bench/README.
+#
+# Cases (the raw workload is the file system image of pack-bench.sh;
+# img is the same data as an uncompressed qcow2 made by qemu-img, and
+# sc the same packed by sparsecow, with its digest):
+#   raw-qcow2    sparsecow verify RAW IMG     qemu-img compare RAW IMG
+#   qcow2-qcow2  sparsecow verify IMG SC      qemu-img compare IMG SC
+#   digest       sparsecow verify SC (recompute the embedded digest;
+#                nothing to compare it with, timed alone)
+#   pack         sparsecow pack RAW OUT       sparsecow pack --no-digest
+#                (uncompressed: what hashing costs the fastest pack)
+#
+# Environment: BENCH_DIR, BENCH_ROUNDS (3), BENCH_SIZE (32G), BENCH_TREES,
+# BENCH_ONLY ("raw-qcow2 qcow2-qcow2 digest pack"), SPARSECOW, QEMU_IMG.
+set -euo pipefail
+
+BENCH_NAME=verify-bench
+. "$(dirname "$0")/bench-lib.sh"
+BENCH_ONLY=${BENCH_ONLY:-raw-qcow2 qcow2-qcow2 digest pack}
+bench_setup /var/tmp/sparsecow-bench
+bench_workload
+img=$BENCH_DIR/workload-$BENCH_SIZE.qcow2
+if [ ! -f "$img" ]; then
+  "$QEMU_IMG" convert -f raw -O qcow2 "$src" "$img.tmp"
+  mv "$img.tmp" "$img"
+fi
+sc=$BENCH_DIR/verify-sc.qcow2
+trap 'rm -f "$out" "$sc"' EXIT
+"$SPARSECOW" pack -q -f "$src" "$sc"
+
+# Warm the page cache with every file once, untimed.
+"$QEMU_IMG" compare -q "$src" "$img"
+"$QEMU_IMG" compare -q "$img" "$sc"
+
+# both NAME SC-ARGS -- QEMU-ARGS: sparsecow first in odd rounds.  Both
+# must say "equal": a benchmark of a wrong answer is worth nothing.
+both () {
+  local name=$1; shift
+  local s=() q=()
+  while [ "$1" != -- ]; do s+=("$1"); shift; done
+  shift
+  q=("$@")
+  if (( r % 2 )); then
+    timed "sc-$name" "$SPARSECOW" verify -q "${s[@]}"
+    timed "qemu-$name" "$QEMU_IMG" compare -q "${q[@]}"
+  else
+    timed "qemu-$name" "$QEMU_IMG" compare -q "${q[@]}"
+    timed "sc-$name" "$SPARSECOW" verify -q "${s[@]}"
+  fi
+}
+packs () {
+  if (( r % 2 )); then
+    run sc-pack "$SPARSECOW" pack -q "$src" "$out"
+    run qemu-pack "$SPARSECOW" pack -q --no-digest "$src" "$out"
+  else
+    run qemu-pack "$SPARSECOW" pack -q --no-digest "$src" "$out"
+    run sc-pack "$SPARSECOW" pack -q "$src" "$out"
+  fi
+}
+
+for ((r = 1; r <= BENCH_ROUNDS; r++)); do
+  echo "$BENCH_NAME: round $r of $BENCH_ROUNDS" >&2
+  for c in $BENCH_ONLY; do
+    case $c in
+    raw-qcow2) both raw-qcow2 "$src" "$img" -- "$src" "$img" ;;
+    qcow2-qcow2) both qcow2-qcow2 "$img" "$sc" -- "$img" "$sc" ;;
+    digest) timed sc-digest "$SPARSECOW" verify -q "$sc" ;;
+    pack) packs ;;
+    *) die "unknown case '$c' in BENCH_ONLY" ;;
+    esac
+  done
+done
+
+echo
+echo "workload: $src ($(du -h "$src" | cut -f1) data, $BENCH_SIZE virtual)," \
+  "$BENCH_ROUNDS rounds, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+printf "%-12s %14s %14s %8s\n" case "sparsecow s" "other s" ratio
+for c in $BENCH_ONLY; do
+  ts=$(median "${times[sc-$c]}")
+  case $c in
+  digest) printf "%-12s %14.3f %14s %8s\n" "$c" "$ts" - - ;;
+  *)
+    to=$(median "${times[qemu-$c]}")
+    printf "%-12s %14.3f %14.3f %7.2fx\n" "$c" "$ts" "$to" \
+      "$(awk -v a="$to" -v b="$ts" 'BEGIN { print a / b }')" ;;
+  esac
+done
+echo "raw-qcow2, qcow2-qcow2: other = qemu-img compare, ratio = its time /"
+echo "sparsecow verify's (higher is better).  digest: sparsecow verify IMAGE."
+echo "pack: sparsecow = pack (with the digest), other = pack --no-digest;"
+echo "ratio below 1 is what the digest costs (0.91 = 10% slower)."
