@@ -10,16 +10,18 @@
 #   qcow2-qcow2  sparsecow verify IMG SC      qemu-img compare IMG SC
 #   digest       sparsecow verify SC (recompute the embedded digest;
 #                nothing to compare it with, timed alone)
-#   pack         sparsecow pack RAW OUT       sparsecow pack --no-digest
+#   pack         sparsecow pack --digest RAW OUT   pack --no-digest
 #                (uncompressed: what hashing costs the fastest pack)
+#   pack-c       the same with -c (deflate), where pack stores the
+#                digest by default
 #
 # Environment: BENCH_DIR, BENCH_ROUNDS (3), BENCH_SIZE (32G), BENCH_TREES,
-# BENCH_ONLY ("raw-qcow2 qcow2-qcow2 digest pack"), SPARSECOW, QEMU_IMG.
+# BENCH_ONLY ("raw-qcow2 qcow2-qcow2 digest pack pack-c"), SPARSECOW, QEMU_IMG.
 set -euo pipefail
 
 BENCH_NAME=verify-bench
 . "$(dirname "$0")/bench-lib.sh"
-BENCH_ONLY=${BENCH_ONLY:-raw-qcow2 qcow2-qcow2 digest pack}
+BENCH_ONLY=${BENCH_ONLY:-raw-qcow2 qcow2-qcow2 digest pack pack-c}
 bench_setup /var/tmp/sparsecow-bench
 bench_workload
 img=$BENCH_DIR/workload-$BENCH_SIZE.qcow2
@@ -29,7 +31,7 @@ if [ ! -f "$img" ]; then
 fi
 sc=$BENCH_DIR/verify-sc.qcow2
 trap 'rm -f "$out" "$sc"' EXIT
-"$SPARSECOW" pack -q -f "$src" "$sc"
+"$SPARSECOW" pack -q -f --digest "$src" "$sc"
 
 # Warm the page cache with every file once, untimed.
 "$QEMU_IMG" compare -q "$src" "$img"
@@ -51,13 +53,15 @@ both () {
     timed "sc-$name" "$SPARSECOW" verify -q "${s[@]}"
   fi
 }
+# packs NAME [PACK-OPTIONS]: with the digest and without.
 packs () {
+  local name=$1; shift
   if (( r % 2 )); then
-    run sc-pack "$SPARSECOW" pack -q "$src" "$out"
-    run qemu-pack "$SPARSECOW" pack -q --no-digest "$src" "$out"
+    run "sc-$name" "$SPARSECOW" pack -q --digest "$@" "$src" "$out"
+    run "qemu-$name" "$SPARSECOW" pack -q --no-digest "$@" "$src" "$out"
   else
-    run qemu-pack "$SPARSECOW" pack -q --no-digest "$src" "$out"
-    run sc-pack "$SPARSECOW" pack -q "$src" "$out"
+    run "qemu-$name" "$SPARSECOW" pack -q --no-digest "$@" "$src" "$out"
+    run "sc-$name" "$SPARSECOW" pack -q --digest "$@" "$src" "$out"
   fi
 }
 
@@ -68,7 +72,8 @@ for ((r = 1; r <= BENCH_ROUNDS; r++)); do
     raw-qcow2) both raw-qcow2 "$src" "$img" -- "$src" "$img" ;;
     qcow2-qcow2) both qcow2-qcow2 "$img" "$sc" -- "$img" "$sc" ;;
     digest) timed sc-digest "$SPARSECOW" verify -q "$sc" ;;
-    pack) packs ;;
+    pack) packs pack ;;
+    pack-c) packs pack-c -c ;;
     *) die "unknown case '$c' in BENCH_ONLY" ;;
     esac
   done
@@ -90,5 +95,5 @@ for c in $BENCH_ONLY; do
 done
 echo "raw-qcow2, qcow2-qcow2: other = qemu-img compare, ratio = its time /"
 echo "sparsecow verify's (higher is better).  digest: sparsecow verify IMAGE."
-echo "pack: sparsecow = pack (with the digest), other = pack --no-digest;"
+echo "pack, pack-c: sparsecow = pack --digest, other = pack --no-digest;"
 echo "ratio below 1 is what the digest costs (0.91 = 10% slower)."

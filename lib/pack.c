@@ -116,7 +116,6 @@ sc_pack_opts_init (struct sc_pack_opts *opts)
   opts->level = -1;
   opts->detect_zeroes = true;
   opts->refuse_images = true;
-  opts->digest = true;
 }
 
 /* ---- the spill file ---------------------------------------------------- */

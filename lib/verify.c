@@ -535,7 +535,7 @@ sc_verify_digest (struct sc_endpoint *file,
     goto out;
   if (!f.found) {
     sc_set_error (ENODATA, "the image holds no digest (pack stores one "
-                  "unless --no-digest is given)");
+                  "with -c or --digest)");
     goto out;
   }
   result->block_size = f.d.block_size;

@@ -18,6 +18,7 @@
 enum {
   OPT_SOURCE_FORMAT = 0x200,
   OPT_BMAP_OUT,
+  OPT_DIGEST,
   OPT_NO_DIGEST,
 };
 
@@ -64,8 +65,9 @@ usage (FILE *fp)
 "                           copy, from the same reads as the image\n"
 "  -S SIZE                  skip all-zero clusters (default); -S 0 stores\n"
 "                           them\n"
-"      --no-digest          do not store a digest of the content (stored by\n"
-"                           default in compat=1.1 images; see verify)\n"
+"      --digest, --no-digest\n"
+"                           store a digest of the content for 'verify IMAGE'\n"
+"                           or not (default: with -c, in compat=1.1 images)\n"
 "  -p, --progress[=json]    show progress (a bar, or JSON lines on stdout)\n"
 "  -j, --threads N          worker threads (default: online CPUs)\n"
 "  -q, --quiet              print nothing but errors\n"
@@ -85,6 +87,7 @@ static const struct option long_options[] = {
   { "map", required_argument, NULL, OPT_MAP },
   { "source-format", required_argument, NULL, OPT_SOURCE_FORMAT },
   { "bmap-out", required_argument, NULL, OPT_BMAP_OUT },
+  { "digest", no_argument, NULL, OPT_DIGEST },
   { "no-digest", no_argument, NULL, OPT_NO_DIGEST },
   CLI_COMMON_LONG_OPTIONS,
   { NULL, 0, NULL, 0 },
@@ -509,6 +512,7 @@ cmd_pack (int argc, char **argv)
   unsigned target_flags = 0;
   enum sc_codec ctype = SC_CODEC_NONE;  /* -o compression_type */
   bool level_set = false, map_set = false, codec_named = false;
+  int digest = -1;                      /* --digest, --no-digest, unset */
   unsigned level = 0;
   struct cli_operand ops[2];
   const char *source, *target;
@@ -590,8 +594,9 @@ cmd_pack (int argc, char **argv)
         cli_usage_error ("pack", "--source-format: expected raw or qcow2, "
                          "not '%s'", optarg);
       break;
+    case OPT_DIGEST:
     case OPT_NO_DIGEST:
-      opts.digest = false;
+      digest = c == OPT_DIGEST;
       break;
     case 'S': {
       uint64_t s;
@@ -636,6 +641,14 @@ cmd_pack (int argc, char **argv)
     cli_usage_error ("pack", "--compat=0.10 supports only 16-bit refcounts");
   if (opts.version == 2 && opts.codec == SC_CODEC_ZSTD)
     cli_usage_error ("pack", "zstd compression needs --compat=1.1");
+  if (opts.version == 2 && digest == 1)
+    cli_usage_error ("pack", "--digest needs --compat=1.1: version 2 "
+                     "images have no autoclear bits to tell a stale one");
+  /* Hashing costs a few percent of a compressed pack, but as much
+   * again as an uncompressed one, which copies data inside the kernel
+   * without reading it (bench/verify-bench.sh).
+   */
+  opts.digest = digest == -1 ? opts.codec != SC_CODEC_NONE : digest == 1;
   if (level_set) {
     if (opts.codec == SC_CODEC_NONE)
       cli_usage_error ("pack", "--level needs -c");

@@ -68,23 +68,24 @@ head -c $((MiB + 4096)) /dev/urandom |
 qemu-io -f raw -c "write -P 0x5a 4M 512k" -c "write -P 0 5M 128k" \
   -c "write -P 0x33 $((size - 700)) 700" src.raw >/dev/null
 
-sparsecow pack -q src.raw plain.qcow2
+sparsecow pack -q --digest src.raw plain.qcow2
 check_digest plain.qcow2
+# By default, compressed images get one.
 sparsecow pack -q -c src.raw deflate.qcow2
 check_digest deflate.qcow2
 sparsecow pack -q -c zstd src.raw zstd.qcow2
 check_digest zstd.qcow2
-sparsecow pack -q -S 0 src.raw s0.qcow2
+sparsecow pack -q --digest -S 0 src.raw s0.qcow2
 check_digest s0.qcow2
-sparsecow pack -q --cluster-size 4k src.raw small.qcow2
+sparsecow pack -q --digest --cluster-size 4k src.raw small.qcow2
 check_digest small.qcow2
-sparsecow pack -q --cluster-size 2M src.raw large.qcow2
+sparsecow pack -q -c --cluster-size 2M src.raw large.qcow2
 check_digest large.qcow2
-cat src.raw | sparsecow pack -q - pipe.qcow2
+cat src.raw | sparsecow pack -q --digest - pipe.qcow2
 check_digest pipe.qcow2
 # Re-packing a qcow2 image, one that qemu-img wrote too.
 qemu-img convert -f raw -O qcow2 src.raw qemu.qcow2
-sparsecow pack -q qemu.qcow2 repack.qcow2
+sparsecow pack -q --digest qemu.qcow2 repack.qcow2
 check_digest repack.qcow2
 sparsecow pack -q -c deflate.qcow2 repack2.qcow2
 check_digest repack2.qcow2
@@ -95,7 +96,7 @@ check_digest repack2.qcow2
   fail "the digest of one content differs between images"
 # An empty source.
 : >empty.raw
-sparsecow pack -q empty.raw empty.qcow2
+sparsecow pack -q --digest empty.raw empty.qcow2
 check_digest empty.qcow2
 
 # Opening read-only leaves the digest current.
@@ -137,11 +138,14 @@ for how in io amend; do
     fail "verify after qemu $how: status $rc, '$out'"
 done
 
-# No digest: --no-digest, and version 2 images, which have no autoclear
-# bits.
-sparsecow pack -q --no-digest src.raw none.qcow2
-sparsecow pack -q --compat=0.10 src.raw v2.qcow2
-for img in none.qcow2 v2.qcow2 qemu.qcow2; do
+# No digest: --no-digest, uncompressed by default, and version 2
+# images, which have no autoclear bits.
+sparsecow pack -q -c --no-digest src.raw none.qcow2
+sparsecow pack -q src.raw default.qcow2
+sparsecow pack -q -c --compat=0.10 src.raw v2.qcow2
+expect_fail "needs --compat=1.1" sparsecow pack --digest --compat=0.10 \
+  src.raw v2-digest.qcow2
+for img in none.qcow2 default.qcow2 v2.qcow2 qemu.qcow2; do
   [ "$(header_digest "$img")" = none ] || fail "$img holds a digest"
   rc=0; sparsecow verify "$img" 2>err || rc=$?
   [ "$rc" = 2 ] && grep -q "no digest" err ||
