@@ -8,7 +8,7 @@
 # which verify must call stale.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
-requires qemu-img qemu-io python3
+requires qemu-img qemu-io qemu-nbd python3
 
 cd "$tmp"
 MiB=$((1024 * 1024))
@@ -89,6 +89,12 @@ sparsecow pack -q --digest qemu.qcow2 repack.qcow2
 check_digest repack.qcow2
 sparsecow pack -q -c deflate.qcow2 repack2.qcow2
 check_digest repack2.qcow2
+# From an NBD export, whose clusters pack writes to their place as it
+# scans them.
+sparsecow pack -q -c -- [ qemu-nbd -r -f raw src.raw ] nbd-c.qcow2
+check_digest nbd-c.qcow2
+sparsecow pack -q --digest -- [ qemu-nbd -r -f raw src.raw ] nbd.qcow2
+check_digest nbd.qcow2
 # The same content, the same 64 KiB blocks: the same digest, whatever
 # the cluster size and compression.
 [ "$(header_digest plain.qcow2)" = "$(header_digest zstd.qcow2)" ] &&
