@@ -8,6 +8,9 @@
 # sc the same packed by sparsecow, with its digest):
 #   raw-qcow2    sparsecow verify RAW IMG     qemu-img compare RAW IMG
 #   qcow2-qcow2  sparsecow verify IMG SC      qemu-img compare IMG SC
+#   compressed   sparsecow verify RAW CIMG    qemu-img compare RAW CIMG
+#                (CIMG: the same data compressed by qemu-img convert -c,
+#                built once and kept: decompression is the work)
 #   digest       sparsecow verify SC (recompute the embedded digest;
 #                nothing to compare it with, timed alone)
 #   pack         sparsecow pack --digest RAW OUT   pack --no-digest
@@ -16,12 +19,12 @@
 #                digest by default
 #
 # Environment: BENCH_DIR, BENCH_ROUNDS (3), BENCH_SIZE (32G), BENCH_TREES,
-# BENCH_ONLY ("raw-qcow2 qcow2-qcow2 digest pack pack-c"), SPARSECOW, QEMU_IMG.
+# BENCH_ONLY ("raw-qcow2 qcow2-qcow2 compressed digest pack pack-c"), SPARSECOW, QEMU_IMG.
 set -euo pipefail
 
 BENCH_NAME=verify-bench
 . "$(dirname "$0")/bench-lib.sh"
-BENCH_ONLY=${BENCH_ONLY:-raw-qcow2 qcow2-qcow2 digest pack pack-c}
+BENCH_ONLY=${BENCH_ONLY:-raw-qcow2 qcow2-qcow2 compressed digest pack pack-c}
 bench_setup /var/tmp/sparsecow-bench
 [ -x /usr/bin/time ] || die "/usr/bin/time not found (Debian: time)"
 bench_workload
@@ -29,6 +32,11 @@ img=$BENCH_DIR/workload-$BENCH_SIZE.qcow2
 if [ ! -f "$img" ]; then
   "$QEMU_IMG" convert -f raw -O qcow2 "$src" "$img.tmp"
   mv "$img.tmp" "$img"
+fi
+cimg=$BENCH_DIR/workload-$BENCH_SIZE-deflate.qcow2
+if [[ " $BENCH_ONLY " == *" compressed "* ]] && [ ! -f "$cimg" ]; then
+  "$QEMU_IMG" convert -f raw -O qcow2 -c "$src" "$cimg.tmp"
+  mv "$cimg.tmp" "$cimg"
 fi
 sc=$BENCH_DIR/verify-sc.qcow2
 trap 'rm -f "$out" "$sc" "$BENCH_DIR/.cpu"' EXIT
@@ -83,6 +91,7 @@ for ((r = 1; r <= BENCH_ROUNDS; r++)); do
     case $c in
     raw-qcow2) both raw-qcow2 "$src" "$img" -- "$src" "$img" ;;
     qcow2-qcow2) both qcow2-qcow2 "$img" "$sc" -- "$img" "$sc" ;;
+    compressed) both compressed "$src" "$cimg" -- "$src" "$cimg" ;;
     digest) ctimed sc-digest "$SPARSECOW" verify -q "$sc" ;;
     pack) packs pack ;;
     pack-c) packs pack-c -c ;;
