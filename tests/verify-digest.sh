@@ -127,6 +127,36 @@ rc=0; out=$(sparsecow verify flip.qcow2) || rc=$?
 [ "$rc" = 1 ] || fail "verify of a flipped byte: status $rc, not 1 ($out)"
 grep -q mismatch <<<"$out" || fail "verify of a flipped byte says '$out'"
 
+# A damaged extension: an unknown kind is an error; a digest for
+# another virtual size, with the bit set, does not match.
+patch_digest () {               # IMAGE FIELD-OFFSET (in the extension data) HEX
+  python3 - "$@" <<'EOF2'
+import struct, sys
+path, field, value = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+with open(path, "r+b") as f:
+    h = f.read(65536)
+    pos, = struct.unpack(">I", h[100:104])
+    while True:
+        t, n = struct.unpack(">II", h[pos:pos + 8])
+        assert t != 0, "no digest extension"
+        if t == 0x1e3d81fc:
+            break
+        pos += 8 + (n + 7) // 8 * 8
+    f.seek(pos + 8 + field)
+    f.write(value)
+EOF2
+}
+cp plain.qcow2 kind.qcow2
+patch_digest kind.qcow2 0 00000002
+rc=0; sparsecow verify kind.qcow2 2>err || rc=$?
+[ "$rc" = 2 ] && grep -q "unknown kind" err ||
+  fail "verify of a digest of unknown kind: status $rc"
+cp plain.qcow2 size.qcow2
+patch_digest size.qcow2 8 0000000000100000
+rc=0; sparsecow verify size.qcow2 >/dev/null || rc=$?
+[ "$rc" = 1 ] || fail "verify of a digest for another size: status $rc"
+qemu-img check -q size.qcow2 || fail "qemu-img check of size.qcow2"
+
 # Opened for writing by qemu: the bit is cleared, the extension kept,
 # and verify calls the digest stale.
 for how in io amend; do
