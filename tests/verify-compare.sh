@@ -107,6 +107,22 @@ cp --sparse=always base.raw zeros.raw
 dd if=/dev/zero of=zeros.raw bs=64k count=16 seek=80 conv=notrunc status=none
 expect_equal base.raw zeros.raw
 
+# An overlay: its guest content, through the backing file.
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2
+expect_equal overlay.qcow2 base.raw
+qemu-io -c "write -P 0 $((3 * MiB + 5)) 1" overlay.qcow2 >/dev/null
+expect_differ overlay.qcow2 base.raw $((3 * MiB + 5))
+expect_differ base.qcow2 overlay.qcow2 $((3 * MiB + 5))
+
+# -F raw: the image file's own bytes, not its guest content.
+rc=0; out=$(sparsecow verify -F raw base.raw base.qcow2) || rc=$?
+qemu_offset -F raw base.raw base.qcow2
+[ "$rc" = 1 ] && [ "$qrc" = 1 ] && [ "$q" = 0 ] &&
+  grep -q "differ at offset 0\$" <<<"$out" ||
+  fail "verify -F raw: status $rc, '$out'; qemu-img: $qrc at '$q'"
+out=$(sparsecow verify -f raw -F raw base.qcow2 base.qcow2) ||
+  fail "verify -f raw -F raw of one image: '$out'"
+
 # An NBD export against a file: a server on a socket, and one started
 # from the command line.
 nbd_serve middle qemu-nbd -r -f raw middle.raw
