@@ -220,9 +220,12 @@ compare (const struct cli_operand *ops, const struct cli_common *common,
   if (r == -1)
     cli_lib_error (NULL);
   else if (res.sizes_differ && !common->quiet)
-    fprintf (stderr, "%s: %s: %s and %s differ in size (%" PRIu64 " and %"
-             PRIu64 " bytes)%s\n", cli_program,
-             opts->strict ? "verify" : "warning", ops[0].name, ops[1].name,
+    /* With --strict that is the verdict; otherwise a warning, as
+     * qemu-img compare gives.
+     */
+    fprintf (opts->strict ? stdout : stderr, "%s: %s%s and %s differ in "
+             "size (%" PRIu64 " and %" PRIu64 " bytes)%s\n", cli_program,
+             opts->strict ? "" : "warning: ", ops[0].name, ops[1].name,
              sa, sb, opts->strict ? "" : "; the rest of the larger is "
              "compared with zeros");
   close_side (&a);
