@@ -528,8 +528,10 @@ sc_verify_digest (struct sc_endpoint *file,
     sc_set_error (file ? ESPIPE : EINVAL, "verify needs a seekable image");
     return -1;
   }
-  if (qcow2_header_read (file, file->size, true, &h) == -1)
+  if (qcow2_header_read (file, file->size, true, &h) == -1) {
+    sc_error_name (file->name);
     return -1;
+  }
   if (qcow2_header_extensions (file, file->size, &h, false,
                                digest_extension, &f) == -1)
     goto out;
@@ -566,6 +568,9 @@ sc_verify_digest (struct sc_endpoint *file,
   ret = memcmp (result->computed, f.d.sha256, SC_DIGEST_LEN) == 0 ? 0 : 1;
 
  out:
+  /* Every error names the image once, whichever layer found it. */
+  if (ret == -1)
+    sc_error_name (file->name);
   if (guest)
     sc_ep_close (guest);
   if (q)

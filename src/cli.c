@@ -279,9 +279,10 @@ cli_operands (const char *command, int argc, char **argv, int first,
   if (n != want)
     cli_usage_error (command, "expected %s", expected);
   /* One export read and written at once would be overwritten as it is
-   * read.
+   * read.  verify only reads both.
    */
-  if (want == 2 && ops[0].nbd && ops[1].nbd && !ops[0].argv && !ops[1].argv) {
+  if (want == 2 && ops[0].nbd && ops[1].nbd && !ops[0].argv && !ops[1].argv
+      && strcmp (command, "verify") != 0) {
     char a[PATH_MAX + 256], b[PATH_MAX + 256];
 
     nbd_identity (ops[0].name, a, sizeof a);

@@ -173,7 +173,7 @@ verify_digest (const struct cli_operand *op, const struct cli_common *common,
   r = sc_verify_digest (file, opts, &res);
   cli_progress_done (common);
   if (r == -1)
-    cli_lib_error (op->name);
+    cli_lib_error (NULL);           /* the message names the image */
   sc_endpoint_close (file);
   switch (r) {
   case 0:
@@ -185,8 +185,10 @@ verify_digest (const struct cli_operand *op, const struct cli_common *common,
     return EXIT_OK;
   case 1:
     if (!common->quiet)
-      printf ("%s: digest mismatch: the content is not what was packed\n",
-              op->name);
+      printf ("%s: digest mismatch: the content is not what was packed "
+              "(or qemu wrote it after opening it read-only and then "
+              "writable, as qemu-img commit does, which keeps the digest's "
+              "autoclear bit)\n", op->name);
     return EXIT_VERIFY_DIFFERENT;
   case 2:
     if (!common->quiet)

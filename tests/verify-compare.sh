@@ -135,6 +135,10 @@ out=$(sparsecow verify base.raw -- [ qemu-nbd -r -f raw last.raw ]) || rc=$?
   fail "verify against [ qemu-nbd ]: status $rc, '$out'"
 out=$(sparsecow verify base.qcow2 -- [ qemu-nbd -r -f raw copy.raw ]) ||
   fail "verify of equal content through [ qemu-nbd ]: '$out'"
+# verify only reads: one export may be both sides.
+nbd_serve same nbdkit -r file middle.raw
+out=$(sparsecow verify "$nbd_uri" "$nbd_uri") ||
+  fail "verify of an export with itself: '$out'"
 
 # Sizes that differ: the rest of the larger must be zeros, unless
 # --strict (as qemu-img compare -s).
