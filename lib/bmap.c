@@ -52,6 +52,10 @@
 #define HEX_DIGEST_LEN (2 * SC_BMAP_DIGEST_LEN)
 /* Read requests of the checked source when it reads ahead by itself. */
 #define CATCH_UP_CHUNK (1024 * 1024)
+/* A qcow2 image's virtual size is whole sectors: qemu-img and pack
+ * round a raw file's size up to them.
+ */
+#define SECTOR_SIZE 512
 
 /* ---- SHA-256 ------------------------------------------------------------ */
 
@@ -1359,8 +1363,31 @@ static const struct sc_endpoint_ops checked_ops = {
   .close = checked_close,
 };
 
+/* The bytes of inner past the bmap's image size, fewer than a sector,
+ * read as zero: 0, or -1 with the error set.
+ */
+static int
+check_sector_tail (struct sc_endpoint *inner, const struct sc_bmap *bmap)
+{
+  unsigned char tail[SECTOR_SIZE];
+  size_t n = (size_t) (inner->size - bmap->image_size);
+
+  if (sc_ep_pread (inner, tail, n, bmap->image_size) == -1)
+    return -1;
+  for (size_t i = 0; i < n; i++)
+    if (tail[i] != 0) {
+      sc_set_error (EINVAL, "%s is %" PRIu64 " bytes and holds data at %"
+                    PRIu64 ", past the image of %" PRIu64 " bytes that %s "
+                    "describes", inner->name, inner->size,
+                    bmap->image_size + i, bmap->image_size, bmap->name);
+      return -1;
+    }
+  return 0;
+}
+
 struct sc_endpoint *
-bmap_checked_source (struct sc_endpoint *inner, const struct sc_bmap *bmap)
+bmap_checked_source (struct sc_endpoint *inner, const struct sc_bmap *bmap,
+                     bool sector_tail)
 {
   struct checked_ep *c;
 
@@ -1369,7 +1396,16 @@ bmap_checked_source (struct sc_endpoint *inner, const struct sc_bmap *bmap)
                   "export, not of a stream", inner->name);
     return NULL;
   }
-  if (inner->size != bmap->image_size) {
+  /* A raw file of 10000001 bytes packs into an image of 10000384, as
+   * qemu-img rounds it up; its bmap still describes the image's data.
+   */
+  if (sector_tail && inner->size > bmap->image_size
+      && inner->size == SC_ROUND_UP (bmap->image_size,
+                                     (uint64_t) SECTOR_SIZE)) {
+    if (check_sector_tail (inner, bmap) == -1)
+      return NULL;
+  }
+  else if (inner->size != bmap->image_size) {
     sc_set_error (EINVAL, "%s is %" PRIu64 " bytes, but %s describes an "
                   "image of %" PRIu64 " bytes", inner->name, inner->size,
                   bmap->name, bmap->image_size);
@@ -1386,7 +1422,7 @@ bmap_checked_source (struct sc_endpoint *inner, const struct sc_bmap *bmap)
   pthread_mutex_init (&c->lock, NULL);
   c->inner = inner;
   c->bmap = bmap;
-  c->ep.size = inner->size;
+  c->ep.size = bmap->image_size;
   c->ep.block_size = inner->block_size;
   c->ep.max_request = inner->max_request;
   c->ep.flags = inner->flags & (SC_EP_SEEKABLE | SC_EP_REMOTE);

@@ -78,11 +78,16 @@ extern void bmap_builder_free (struct bmap_builder *b);
  * read (reads that skip mapped bytes read them first), and a range
  * whose digest differs fails the read that completes it with EBADMSG,
  * "INNER and BMAP are out of sync at offset N" (N: where the range
- * starts).  inner must be seekable and hold exactly the image size.
+ * starts).  inner must be seekable and hold exactly the image size;
+ * with sector_tail, it may also be that size rounded up to a multiple
+ * of 512 bytes when the bytes past the image size read as zero (a qcow2
+ * image's virtual size is whole sectors, the raw file it was packed
+ * from need not be): the endpoint then has the bmap's image size.
  * Reads are taken one at a time, in order (no SC_EP_THREAD_SAFE).
  */
 extern struct sc_endpoint *bmap_checked_source (struct sc_endpoint *inner,
-                                                const struct sc_bmap *bmap);
+                                                const struct sc_bmap *bmap,
+                                                bool sector_tail);
 /* Read and check every range not read yet: 0 when all matched. */
 extern int bmap_checked_finish (struct sc_endpoint *ep);
 

@@ -891,7 +891,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
    * are read.
    */
   if (opts.bmap) {
-    checked = bmap_checked_source (src, opts.bmap);
+    checked = bmap_checked_source (src, opts.bmap, false);
     if (checked == NULL)
       goto out;
     pk.src = src = checked;

@@ -78,11 +78,14 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
    * each checked against its checksum.
    */
   if (opts->bmap) {
-    checked = bmap_checked_source (src, opts->bmap);
+    checked = bmap_checked_source (src, opts->bmap, true);
     if (checked == NULL)
       goto out;
   }
-  if (sc_ep_set_size (dst, src->size) == -1) {
+  /* Through a bmap, the target is the bmap's image: the raw file the
+   * image was packed from, not rounded up to whole sectors.
+   */
+  if (sc_ep_set_size (dst, (checked ? checked : src)->size) == -1) {
     sc_error_prefix ("%s", dst->name);
     goto out;
   }
@@ -263,7 +266,8 @@ sc_unpack_verify (struct sc_endpoint *image, struct sc_endpoint *dst,
   if (open_guest (image, opts, &q, &src) == -1)
     goto out;
   /* What unpack wrote from a block map: its ranges, the rest holes. */
-  if (opts->bmap && (checked = bmap_checked_source (src, opts->bmap)) == NULL)
+  if (opts->bmap && (checked = bmap_checked_source (src, opts->bmap, true))
+      == NULL)
     goto out;
 
   p.src = checked ? checked : src;

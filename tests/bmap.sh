@@ -291,4 +291,43 @@ expect_fail "not a bmap file" sparsecow unpack --bmap "$tmp/hostile.bmap" "$tmp/
 [ ! -e "$tmp/bad.qcow2" ] && [ ! -e "$tmp/bad.raw" ] || fail "a target was left by a refused bmap"
 expect_fail "--map" sparsecow pack --map=bmap: "$raw" "$tmp/bad.qcow2"
 expect_fail "pipe" sparsecow unpack --bmap "$tmp/bt.bmap" - "$tmp/bad.raw" < <(cat "$tmp/m.qcow2")
+
+# ---- a raw file whose size is not whole sectors ----------------------------
+# The image's virtual size is rounded up to 512 bytes (qemu-img says by
+# how much); the bmap of the raw file, pack's or bmaptool's, still goes
+# with the image, and unpack through it gives back the raw file itself.
+odd=$tmp/odd.raw
+truncate -s 10000001 "$odd"
+head -c 100 /dev/urandom | dd of="$odd" bs=1 seek=4096 conv=notrunc status=none
+head -c 5000 /dev/urandom | dd of="$odd" bs=1 seek=9990000 conv=notrunc status=none
+sparsecow pack -q --bmap-out "$tmp/odd.bmap" "$odd" "$tmp/odd.qcow2"
+vsize=$(qemu-img info --output=json "$tmp/odd.qcow2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
+[ "$vsize" = 10000384 ] || fail "odd: qemu-img sees a virtual size of $vsize"
+bmaptool create -o "$tmp/odd-bt.bmap" "$odd" 2>/dev/null
+[ "$(field "$tmp/odd.bmap" ImageSize)" = "$(field "$tmp/odd-bt.bmap" ImageSize)" ] ||
+  fail "pack --bmap-out: ImageSize $(field "$tmp/odd.bmap" ImageSize), bmaptool create's $(field "$tmp/odd-bt.bmap" ImageSize)"
+bmap_copy_equals "$tmp/odd.bmap" "$odd"
+for b in odd.bmap odd-bt.bmap; do
+  rm -f "$tmp/odd.out"
+  sparsecow unpack -q --verify --bmap "$tmp/$b" "$tmp/odd.qcow2" "$tmp/odd.out"
+  cmp "$odd" "$tmp/odd.out" || fail "unpack --bmap $b: not the raw file"
+done
+# Written in place, the target gets the same bytes.
+head -c 10000001 /dev/zero > "$tmp/odd.out"
+sparsecow unpack -q -n --bmap "$tmp/odd.bmap" "$tmp/odd.qcow2" "$tmp/odd.out"
+cmp "$odd" "$tmp/odd.out" || fail "unpack -n --bmap: not the raw file"
+# The image's own bmap has its virtual size and goes with its raw form.
+sparsecow bmap "$tmp/odd.qcow2" -o "$tmp/oddimg.bmap"
+qemu-img convert -O raw "$tmp/odd.qcow2" "$tmp/oddimg.raw"
+bmap_copy_equals "$tmp/oddimg.bmap" "$tmp/oddimg.raw"
+# Data past ImageSize in the image: the bmap is not of this image.
+cp --sparse=always "$odd" "$tmp/tail.raw"
+printf '\001' | dd of="$tmp/tail.raw" bs=1 seek=10000200 conv=notrunc status=none
+sparsecow pack -q "$tmp/tail.raw" "$tmp/tail.qcow2"
+expect_fail "holds data at 10000200, past the image of 10000001 bytes" \
+  sparsecow unpack --bmap "$tmp/odd.bmap" "$tmp/tail.qcow2" "$tmp/bad.raw"
+# pack --map=bmap wants the source's own size, as before.
+expect_fail "is 10000201 bytes, but .*odd.bmap describes an image of 10000001 bytes" \
+  sparsecow pack --map=bmap:"$tmp/odd.bmap" "$tmp/tail.raw" "$tmp/bad.qcow2"
+[ ! -e "$tmp/bad.qcow2" ] && [ ! -e "$tmp/bad.raw" ] || fail "a target was left by a refused bmap"
 echo "bmap: $(wc -l < "$tmp/bt.ranges") ranges agree with bmaptool create"
