@@ -126,10 +126,12 @@ seek_extents (int fd, uint64_t offset, uint64_t end,
 }
 
 #ifdef HAVE_LINUX_FIEMAP_H
-/* 1 = FIEMAP is not supported on this file (caller falls back). */
+/* 1 = FIEMAP is not supported on this file (caller falls back).
+ * Unwritten extents are holes, or data with unwritten_is_data.
+ */
 static int
 fiemap_extents (int fd, uint64_t offset, uint64_t end,
-                struct sc_extent_list *list)
+                struct sc_extent_list *list, bool unwritten_is_data)
 {
   CLEANUP_FREE struct fiemap *fm = NULL;
   uint64_t pos = offset;
@@ -190,7 +192,8 @@ fiemap_extents (int fd, uint64_t offset, uint64_t end,
           return -1;
       }
       /* Preallocated but never written: reads as zeros. */
-      flags = (fe->fe_flags & FIEMAP_EXTENT_UNWRITTEN) ? SC_EXTENT_HOLE : 0;
+      flags = (fe->fe_flags & FIEMAP_EXTENT_UNWRITTEN) && !unwritten_is_data
+              ? SC_EXTENT_HOLE : 0;
       if (sc_extent_list_append (list, start, stop - start, flags) == -1)
         return -1;
       pos = stop;
@@ -227,10 +230,12 @@ sc_fd_extents (int fd, enum sc_map_method method, uint64_t offset,
   case SC_MAP_NONE:
     return sc_extent_list_append (list, offset, count, 0);
   case SC_MAP_FIEMAP:
+  case SC_MAP_ALLOCATED:
 #ifdef HAVE_LINUX_FIEMAP_H
     {
       /* 1 means FIEMAP failed before anything was appended. */
-      int r = fiemap_extents (fd, offset, end, list);
+      int r = fiemap_extents (fd, offset, end, list,
+                              method == SC_MAP_ALLOCATED);
       if (r <= 0)
         return r;
     }

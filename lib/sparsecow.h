@@ -70,6 +70,14 @@ enum sc_map_method {
   SC_MAP_SEEK = 0,              /* SEEK_DATA/SEEK_HOLE (default) */
   SC_MAP_FIEMAP,                /* FIEMAP with FIEMAP_FLAG_SYNC */
   SC_MAP_NONE,                  /* everything is data */
+  /* FIEMAP with FIEMAP_FLAG_SYNC, every allocated extent data, the
+   * unwritten (preallocated) ones too, falling back to SEEK_DATA where
+   * there is no FIEMAP: the blocks bmaptool create maps (its
+   * Filemap.py).  Unlike SEEK_DATA, whose answer for unwritten extents
+   * depends on the page cache (a read makes them data on ext4), it
+   * gives the same map every time for an unchanged file.
+   */
+  SC_MAP_ALLOCATED,
 };
 
 /* ---- endpoint.c: where data comes from and goes to ------------------ */

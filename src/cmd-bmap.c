@@ -123,7 +123,11 @@ cmd_bmap (int argc, char **argv)
     src = file;
     file = NULL;
   }
-  else if ((src = cli_open_source (&op, &common, SC_MAP_SEEK)) == NULL)
+  /* The allocated blocks, as bmaptool create maps them: SEEK_DATA's
+   * answer for preallocated blocks changes with the page cache (the
+   * format probe above reads the first ones).
+   */
+  else if ((src = cli_open_source (&op, &common, SC_MAP_ALLOCATED)) == NULL)
     goto out;
 
   if ((dst = cli_open_target (&out, &common, target_flags)) == NULL)

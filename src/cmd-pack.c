@@ -658,6 +658,12 @@ cmd_pack (int argc, char **argv)
     opts.level = (int) level;
   }
   opts.threads = common.threads;
+  /* The bmap maps what bmaptool create would, and the same blocks every
+   * time: preallocated blocks are data to FIEMAP always, to SEEK_DATA
+   * only once they are in the page cache.
+   */
+  if (bmap_out && !map_set && !bmap_map)
+    map = SC_MAP_ALLOCATED;
   if (bmap_out) {
     struct cli_operand bop = { .name = bmap_out };
 

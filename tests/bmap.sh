@@ -330,4 +330,29 @@ expect_fail "holds data at 10000200, past the image of 10000001 bytes" \
 expect_fail "is 10000201 bytes, but .*odd.bmap describes an image of 10000001 bytes" \
   sparsecow pack --map=bmap:"$tmp/odd.bmap" "$tmp/tail.raw" "$tmp/bad.qcow2"
 [ ! -e "$tmp/bad.qcow2" ] && [ ! -e "$tmp/bad.raw" ] || fail "a target was left by a refused bmap"
+
+# ---- a preallocated file: the same map every time ---------------------------
+# SEEK_DATA calls unwritten extents data once their pages are cached (a
+# read, a format probe); bmaptool create maps every allocated block
+# (FIEMAP), every time.  The file is read in between.
+pre=$tmp/prealloc.raw
+if fallocate -l 1M "$pre" 2>/dev/null; then
+  head -c $B /dev/urandom | dd of="$pre" bs=$B seek=3 conv=notrunc status=none
+  sparsecow bmap "$pre" -o "$tmp/pre1.bmap"
+  cat "$pre" > /dev/null
+  sparsecow bmap "$pre" -o "$tmp/pre2.bmap"
+  bmaptool create -o "$tmp/pre-bt.bmap" "$pre" 2>/dev/null
+  ranges "$tmp/pre-bt.bmap" > "$tmp/pre-bt.ranges"
+  for b in pre1 pre2; do
+    ranges "$tmp/$b.bmap" | diff -u "$tmp/pre-bt.ranges" - ||
+      fail "bmap of a preallocated file ($b): ranges differ from bmaptool create's"
+  done
+  sparsecow pack -q --bmap-out "$tmp/pre3.bmap" "$pre" "$tmp/pre.qcow2"
+  qemu-img compare -q "$pre" "$tmp/pre.qcow2" || fail "pack --bmap-out of a preallocated file: image differs"
+  ranges "$tmp/pre3.bmap" | diff -u "$tmp/pre-bt.ranges" - ||
+    fail "pack --bmap-out of a preallocated file: ranges differ from bmaptool create's"
+  bmap_copy_equals "$tmp/pre3.bmap" "$pre"
+else
+  echo "$0: no fallocate in $tmp: preallocated files not tested"
+fi
 echo "bmap: $(wc -l < "$tmp/bt.ranges") ranges agree with bmaptool create"
