@@ -534,6 +534,45 @@ loop_over (const struct stat *t, const struct stat *s, const char *target)
 #endif
 }
 
+/* The directory that holds name, stat'ed, and name's last component. */
+static int
+stat_parent (const char *name, struct stat *st, const char **base)
+{
+  const char *slash = strrchr (name, '/');
+  char *dir;
+  int r;
+
+  *base = slash ? slash + 1 : name;
+  if (slash == NULL)
+    dir = strdup (".");
+  else
+    dir = strndup (name, slash == name ? 1 : (size_t) (slash - name));
+  if (dir == NULL)
+    return -1;
+  r = stat (dir, st);
+  free (dir);
+  return r;
+}
+
+bool
+cli_same_file (const char *input, const char *target)
+{
+  struct stat s, t;
+  const char *sb, *tb;
+
+  if (stat (input, &s) == 0 && stat_endpoint (target, STDOUT_FILENO, &t) == 0)
+    return S_ISREG (s.st_mode) && S_ISREG (t.st_mode)
+      && s.st_dev == t.st_dev && s.st_ino == t.st_ino;
+  /* Two outputs not made yet (a bmap and the image of pack): the same
+   * name in the same directory is the same file to be.
+   */
+  if (strcmp (input, "-") == 0 || strcmp (target, "-") == 0
+      || stat_parent (input, &s, &sb) == -1
+      || stat_parent (target, &t, &tb) == -1)
+    return false;
+  return s.st_dev == t.st_dev && s.st_ino == t.st_ino && strcmp (sb, tb) == 0;
+}
+
 bool
 cli_target_is_source (const char *source, const char *target)
 {

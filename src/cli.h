@@ -166,6 +166,15 @@ extern void cli_progress_done (const struct cli_common *common);
  */
 extern bool cli_target_is_source (const char *source, const char *target);
 
+/* Are the file input and the target one regular file, by device and
+ * inode (after symbolic links and hard links; a target "-" is the file
+ * behind standard output), or, when one of them does not exist yet, the
+ * same name in the same directory?  For inputs besides the source, such
+ * as a bmap, that a target written with -f would destroy, and for two
+ * outputs of one command.
+ */
+extern bool cli_same_file (const char *input, const char *target);
+
 /* Install SIGINT/SIGTERM/SIGHUP handlers that remove temporary targets. */
 extern void cli_install_signal_handlers (void);
 

@@ -670,8 +670,10 @@ cmd_pack (int argc, char **argv)
     if (strcmp (bmap_out, "-") == 0 && (strcmp (target, "-") == 0
                                         || common.progress_json))
       cli_usage_error ("pack", "--bmap-out -: standard output is taken");
-    if (strcmp (bmap_out, target) == 0)
+    if (strcmp (bmap_out, target) == 0 || cli_same_file (bmap_out, target))
       cli_usage_error ("pack", "--bmap-out and TARGET are one file");
+    if (bmap_map && cli_same_file (bmap_map, bmap_out))
+      cli_usage_error ("pack", "--map=bmap: and --bmap-out are one file");
     if (!ops[0].nbd && cli_target_is_source (source, bmap_out))
       return EXIT_ERROR;
     cli_install_signal_handlers ();
@@ -681,6 +683,9 @@ cmd_pack (int argc, char **argv)
     if (opts.bmap_out == NULL)
       return EXIT_ERROR;
   }
+  /* With -f, the target would replace the bmap it is read through. */
+  if (bmap_map && cli_same_file (bmap_map, target))
+    cli_usage_error ("pack", "--map=bmap: and TARGET are one file");
   if (bmap_map) {
     bmap = sc_bmap_load (bmap_map);
     if (bmap == NULL) {

@@ -252,6 +252,11 @@ cmd_unpack (int argc, char **argv)
     if (!ops[0].nbd && !targets[i].nbd
         && cli_target_is_source (image, targets[i].name))
       goto out;
+    /* With -f, the target would replace the bmap it is read through. */
+    if (bmap_path && !targets[i].nbd
+        && cli_same_file (bmap_path, targets[i].name))
+      cli_usage_error ("unpack", "--bmap and %s are one file",
+                       targets[i].name);
     if (verify && (out || targets[i].nbd))
       cli_usage_error ("unpack", "--verify reads the target back: it needs "
                        "a file or a block device, not %s", targets[i].name);

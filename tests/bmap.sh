@@ -355,4 +355,22 @@ if fallocate -l 1M "$pre" 2>/dev/null; then
 else
   echo "$0: no fallocate in $tmp: preallocated files not tested"
 fi
+
+# ---- -f never writes over the bmap that is read ------------------------------
+# The same file by another name (a hard link, a path through ..) too.
+cp "$tmp/bt.bmap" "$tmp/self.bmap"
+ln -f "$tmp/self.bmap" "$tmp/link.bmap"
+expect_fail "--bmap and .*self.bmap are one file" \
+  sparsecow unpack -f --bmap "$tmp/self.bmap" "$tmp/m.qcow2" "$tmp/self.bmap"
+expect_fail "--bmap and .*link.bmap are one file" \
+  sparsecow unpack -f --bmap "$tmp/self.bmap" "$tmp/m.qcow2" "$tmp/u.raw" "$tmp/link.bmap"
+expect_fail "--map=bmap: and TARGET are one file" \
+  sparsecow pack -f --map=bmap:"$tmp/self.bmap" "$raw" "$tmp/link.bmap"
+expect_fail "--map=bmap: and --bmap-out are one file" \
+  sparsecow pack -f --map=bmap:"$tmp/self.bmap" --bmap-out "$tmp/../$(basename "$tmp")/self.bmap" "$raw" "$tmp/bad.qcow2"
+cmp "$tmp/bt.bmap" "$tmp/self.bmap" || fail "a refused command changed the bmap"
+# Two outputs of pack that do not exist yet, named differently.
+expect_fail "--bmap-out and TARGET are one file" \
+  sparsecow pack --bmap-out "$tmp/../$(basename "$tmp")/bad.qcow2" "$raw" "$tmp/bad.qcow2"
+[ ! -e "$tmp/bad.qcow2" ] || fail "a refused pack left a file"
 echo "bmap: $(wc -l < "$tmp/bt.ranges") ranges agree with bmaptool create"
