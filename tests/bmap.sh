@@ -373,4 +373,19 @@ cmp "$tmp/bt.bmap" "$tmp/self.bmap" || fail "a refused command changed the bmap"
 expect_fail "--bmap-out and TARGET are one file" \
   sparsecow pack --bmap-out "$tmp/../$(basename "$tmp")/bad.qcow2" "$raw" "$tmp/bad.qcow2"
 [ ! -e "$tmp/bad.qcow2" ] || fail "a refused pack left a file"
+
+# ---- a missing backing file is named ----------------------------------------
+# (qemu-img create needs -u to make such an image.)
+mkdir "$tmp/bm"
+qemu-img create -q -f qcow2 -u -b missing.qcow2 -F qcow2 "$tmp/bm/bm.qcow2" 32M
+qemu-img map "$tmp/bm/bm.qcow2" >/dev/null 2>"$tmp/qemu.err" &&
+  fail "qemu-img map opens an image whose backing file is missing"
+grep -q "missing.qcow2.: No such file" "$tmp/qemu.err" || {
+  cat "$tmp/qemu.err" >&2; fail "qemu-img map does not name the missing backing file"; }
+for cmd in bmap map unpack; do
+  out=; [ $cmd = unpack ] && out=$tmp/bad.raw
+  expect_fail "^sparsecow: .*bm/bm.qcow2: backing file .*bm/missing.qcow2: No such file or directory$" \
+    sparsecow $cmd "$tmp/bm/bm.qcow2" $out
+done
+[ ! -e "$tmp/bad.raw" ] || fail "unpack of an image without its backing file left a target"
 echo "bmap: $(wc -l < "$tmp/bt.ranges") ranges agree with bmaptool create"
