@@ -153,21 +153,45 @@ struct parser {
   const char *name;             /* of the bmap, for messages */
 };
 
-/* Fail with EINVAL, "NAME: line L: message". */
+/* Fail with EINVAL, "NAME: line L: message", L the line of pos. */
+static int __attribute__ ((format (printf, 3, 0)))
+vparse_error (const struct parser *p, size_t pos, const char *fmt,
+              va_list ap)
+{
+  char msg[256];
+  size_t line = 1;
+
+  for (size_t i = 0; i < pos && i < p->len; i++)
+    line += p->buf[i] == '\n';
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  sc_set_error (EINVAL, "%s: line %zu: not a bmap file: %s", p->name, line,
+                msg);
+  return -1;
+}
+
+/* At the place reached. */
 static int __attribute__ ((format (printf, 2, 3)))
 parse_error (const struct parser *p, const char *fmt, ...)
 {
-  char msg[256];
   va_list ap;
-  size_t line = 1;
 
-  for (size_t i = 0; i < p->pos && i < p->len; i++)
-    line += p->buf[i] == '\n';
   va_start (ap, fmt);
-  vsnprintf (msg, sizeof msg, fmt, ap);
+  vparse_error (p, p->pos, fmt, ap);
   va_end (ap);
-  sc_set_error (EINVAL, "%s: line %zu: not a bmap file: %s", p->name, line,
-                msg);
+  return -1;
+}
+
+/* At an element read before: the checks of the whole document come
+ * after the parse, when the place reached is the end of the file.
+ */
+static int __attribute__ ((format (printf, 3, 4)))
+parse_error_at (const struct parser *p, size_t pos, const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start (ap, fmt);
+  vparse_error (p, pos, fmt, ap);
+  va_end (ap);
   return -1;
 }
 
@@ -434,6 +458,15 @@ static const char *const field_names[F_COUNT] = {
   "ChecksumType", "BmapFileChecksum", "BlockMap",
 };
 
+/* The values of the elements, and where they and <bmap> start in the
+ * file, for the messages of the checks made after the parse.
+ */
+struct fields {
+  uint64_t value[F_COUNT];
+  size_t pos[F_COUNT];
+  size_t bmap_pos;
+};
+
 static int
 add_range (const struct parser *p, struct sc_bmap *bmap, size_t *cap,
            const struct sc_bmap_range *r)
@@ -487,6 +520,8 @@ parse_block_map (struct parser *p, struct sc_bmap *bmap)
     }
     if (!at (p, "<"))
       return parse_error (p, "<Range> or </BlockMap> expected");
+    /* Below MAX_BMAP_FILE, checked before the parse. */
+    r.text_pos = (uint32_t) p->pos;
     p->pos++;
     if (parse_start_tag (p, name, &a) == -1)
       return -1;
@@ -509,7 +544,7 @@ parse_block_map (struct parser *p, struct sc_bmap *bmap)
  * value in the buffer.
  */
 static int
-parse_document (struct parser *p, struct sc_bmap *bmap, uint64_t *values,
+parse_document (struct parser *p, struct sc_bmap *bmap, struct fields *fl,
                 unsigned char file_digest[SC_BMAP_DIGEST_LEN],
                 size_t *digest_pos)
 {
@@ -521,6 +556,7 @@ parse_document (struct parser *p, struct sc_bmap *bmap, uint64_t *values,
     return -1;
   if (!at (p, "<"))
     return parse_error (p, "<bmap> expected");
+  fl->bmap_pos = p->pos;
   p->pos++;
   if (parse_start_tag (p, name, &a) == -1)
     return -1;
@@ -541,7 +577,7 @@ parse_document (struct parser *p, struct sc_bmap *bmap, uint64_t *values,
 
   for (;;) {
     const char *text;
-    size_t text_len;
+    size_t text_len, start;
     int f;
 
     if (skip_misc (p) == -1)
@@ -550,6 +586,7 @@ parse_document (struct parser *p, struct sc_bmap *bmap, uint64_t *values,
       break;
     if (!at (p, "<"))
       return parse_error (p, "an element was expected");
+    start = p->pos;
     p->pos++;
     if (parse_start_tag (p, name, &a) == -1)
       return -1;
@@ -561,6 +598,7 @@ parse_document (struct parser *p, struct sc_bmap *bmap, uint64_t *values,
     if (seen[f])
       return parse_error (p, "<%s> given twice", name);
     seen[f] = true;
+    fl->pos[f] = start;
     if (f == F_BLOCK_MAP) {
       if (parse_block_map (p, bmap) == -1)
         return -1;
@@ -581,7 +619,7 @@ parse_document (struct parser *p, struct sc_bmap *bmap, uint64_t *values,
         return -1;
       *digest_pos = (size_t) (text - p->buf);
     }
-    else if (parse_u64 (p, text, text_len, &values[f], name) == -1)
+    else if (parse_u64 (p, text, text_len, &fl->value[f], name) == -1)
       return -1;
   }
   p->pos += 2;
@@ -597,48 +635,53 @@ parse_document (struct parser *p, struct sc_bmap *bmap, uint64_t *values,
     return parse_error (p, "text after </bmap>");
   for (int f = 0; f < F_COUNT; f++)
     if (!seen[f])
-      return parse_error (p, "<%s> is missing", field_names[f]);
+      return parse_error_at (p, fl->bmap_pos, "<%s> is missing from <bmap>",
+                             field_names[f]);
   return 0;
 }
 
 /* The numbers must agree with each other and with the ranges. */
 static int
 check_geometry (const struct parser *p, struct sc_bmap *bmap,
-                const uint64_t *values)
+                const struct fields *fl)
 {
-  uint64_t bs = values[F_BLOCK_SIZE], size = values[F_IMAGE_SIZE];
+  uint64_t bs = fl->value[F_BLOCK_SIZE], size = fl->value[F_IMAGE_SIZE];
   uint64_t mapped = 0, blocks;
 
   if (bs < MIN_BLOCK_SIZE || bs > MAX_BLOCK_SIZE || (bs & (bs - 1)) != 0)
-    return parse_error (p, "block size %" PRIu64 " is not a power of two "
-                        "from %d to %d", bs, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE);
+    return parse_error_at (p, fl->pos[F_BLOCK_SIZE], "block size %" PRIu64
+                           " is not a power of two from %d to %d", bs,
+                           MIN_BLOCK_SIZE, MAX_BLOCK_SIZE);
   /* An image must be something a file can hold (off_t). */
   if (size == 0 || size > INT64_MAX)
-    return parse_error (p, "image size %" PRIu64 " is out of range", size);
+    return parse_error_at (p, fl->pos[F_IMAGE_SIZE], "image size %" PRIu64
+                           " is out of range", size);
   blocks = size / bs + (size % bs != 0);
-  if (values[F_BLOCKS_COUNT] != blocks)
-    return parse_error (p, "%" PRIu64 " blocks of %" PRIu64 " bytes do not "
-                        "make an image of %" PRIu64 " bytes",
-                        values[F_BLOCKS_COUNT], bs, size);
+  if (fl->value[F_BLOCKS_COUNT] != blocks)
+    return parse_error_at (p, fl->pos[F_BLOCKS_COUNT], "%" PRIu64 " blocks "
+                           "of %" PRIu64 " bytes do not make an image of %"
+                           PRIu64 " bytes", fl->value[F_BLOCKS_COUNT], bs,
+                           size);
   for (size_t i = 0; i < bmap->nb_ranges; i++) {
     const struct sc_bmap_range *r = &bmap->ranges[i];
 
     if (r->last >= blocks)
-      return parse_error (p, "range %" PRIu64 "-%" PRIu64 " runs past the "
-                          "last block (%" PRIu64 ")", r->first, r->last,
-                          blocks - 1);
+      return parse_error_at (p, r->text_pos, "range %" PRIu64 "-%" PRIu64
+                             " runs past the last block (%" PRIu64 ")",
+                             r->first, r->last, blocks - 1);
     if (i > 0 && r->first <= bmap->ranges[i - 1].last)
-      return parse_error (p, "range %" PRIu64 "-%" PRIu64 " does not come "
-                          "after range %" PRIu64 "-%" PRIu64, r->first,
-                          r->last, bmap->ranges[i - 1].first,
-                          bmap->ranges[i - 1].last);
+      return parse_error_at (p, r->text_pos, "range %" PRIu64 "-%" PRIu64
+                             " does not come after range %" PRIu64 "-%"
+                             PRIu64, r->first, r->last,
+                             bmap->ranges[i - 1].first,
+                             bmap->ranges[i - 1].last);
     /* Cannot overflow: the ranges are apart and below blocks. */
     mapped += r->last - r->first + 1;
   }
-  if (values[F_MAPPED_COUNT] != mapped)
-    return parse_error (p, "MappedBlocksCount is %" PRIu64 ", but the ranges "
-                        "hold %" PRIu64 " blocks", values[F_MAPPED_COUNT],
-                        mapped);
+  if (fl->value[F_MAPPED_COUNT] != mapped)
+    return parse_error_at (p, fl->pos[F_MAPPED_COUNT], "MappedBlocksCount "
+                           "is %" PRIu64 ", but the ranges hold %" PRIu64
+                           " blocks", fl->value[F_MAPPED_COUNT], mapped);
   bmap->block_size = (uint32_t) bs;
   bmap->image_size = size;
   bmap->blocks_count = blocks;
@@ -686,7 +729,7 @@ bmap_parse (const void *buf, size_t len, const char *name, bool check_digest)
 {
   struct parser p = { .buf = buf, .len = len, .name = name ? name : "bmap" };
   struct sc_bmap *bmap;
-  uint64_t values[F_COUNT] = { 0 };
+  struct fields fl = { { 0 }, { 0 }, 0 };
   unsigned char file_digest[SC_BMAP_DIGEST_LEN];
   size_t digest_pos = 0;
 
@@ -705,8 +748,8 @@ bmap_parse (const void *buf, size_t len, const char *name, bool check_digest)
     free (bmap);
     return NULL;
   }
-  if (parse_document (&p, bmap, values, file_digest, &digest_pos) == -1
-      || check_geometry (&p, bmap, values) == -1
+  if (parse_document (&p, bmap, &fl, file_digest, &digest_pos) == -1
+      || check_geometry (&p, bmap, &fl) == -1
       || (check_digest
           && check_file_digest (&p, digest_pos, file_digest) == -1)) {
     sc_bmap_free (bmap);

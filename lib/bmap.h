@@ -21,6 +21,8 @@
 struct sc_bmap_range {
   uint64_t first, last;
   bool has_digest;                      /* the chksum attribute was there */
+  uint32_t text_pos;                    /* of <Range> in the file, for
+                                           messages */
   unsigned char digest[SC_BMAP_DIGEST_LEN];
 };
 

@@ -271,15 +271,23 @@ PYEOF
   expect_fail "$3" sparsecow pack --map=bmap:"$tmp/hostile.bmap" "$raw" "$tmp/bad.qcow2"
 }
 blocks=$(field "$tmp/bt.bmap" BlocksCount)
-mutate '> \d+-(\d+) </Range>' "> $blocks-$(( blocks + 5 )) </Range>" "runs past the last block"
-mutate '<BlocksCount> \d+' '<BlocksCount> 99' "do not make an image"
-mutate '<MappedBlocksCount> \d+' '<MappedBlocksCount> 1' "MappedBlocksCount is 1"
+# Errors of the whole document name the line of the element concerned
+# (in bmaptool's file, one element a line).
+line_of () { grep -n -m1 -E -- "$1" "$tmp/bt.bmap" | cut -d: -f1; }
+mutate '> \d+-(\d+) </Range>' "> $blocks-$(( blocks + 5 )) </Range>" \
+  "line $(line_of '> [0-9]+-[0-9]+ </Range>'): .*runs past the last block"
+mutate '<BlocksCount> \d+' '<BlocksCount> 99' "line $(line_of '^ *<BlocksCount>'): .*do not make an image"
+mutate '<MappedBlocksCount> \d+' '<MappedBlocksCount> 1' \
+  "line $(line_of '^ *<MappedBlocksCount>'): .*MappedBlocksCount is 1"
+mutate '<ImageSize> \d+' '<ImageSize> 0' "line $(line_of '^ *<ImageSize>'): .*image size 0 is out of range"
+mutate '<BmapFileChecksum>[^<]*</BmapFileChecksum>' '' \
+  "line $(line_of '^<bmap '): .*<BmapFileChecksum> is missing"
 mutate '<ImageSize> \d+' '<ImageSize> 99999999999999999999999' "too large"
 mutate '<BlockSize> \d+' '<BlockSize> 4095' "block size"
 mutate 'version="2.0"' 'version="1.4"' "version 1.4 is not supported"
 mutate 'sha256' 'sha1' "checksum type 'sha1'"
 mutate '</BlockMap>' '<Range> 1-0 </Range></BlockMap>' "ends before it starts"
-mutate '</BlockMap>' '<Range> 0 </Range></BlockMap>' "does not come after"
+mutate '</BlockMap>' '<Range> 0 </Range></BlockMap>' "line $(line_of '^ *</BlockMap>'): .*does not come after"
 mutate '</bmap>' '</bmap><bmap>' "text after"
 mutate '<BlockMap>' '<BlockMap><Extra>1</Extra>' "unexpected <Extra>"
 mutate '<BlockMap>' '<BlockMap><Range/>' "empty element <Range/>"
