@@ -336,9 +336,20 @@ cmd_unpack (int argc, char **argv)
       goto out;
     }
   }
+  /* Only a target written where it is keeps old bytes: a file is
+   * otherwise replaced by a new one, whose unwritten ranges are holes.
+   */
   if ((target_flags & SC_TARGET_ZERO_SKIP) && !common.quiet)
-    cli_error ("unpack: --zero=skip: ranges of %s that read as zero are "
-               "not written; they keep what the target held", image);
+    for (int i = 0; i < nopened; i++) {
+      const char *name = targets[opened_index[i]].name;
+      struct stat st;
+
+      if ((target_flags & SC_TARGET_IN_PLACE)
+          || (stat (name, &st) == 0 && S_ISBLK (st.st_mode)))
+        cli_error ("unpack: --zero=skip: ranges of %s that read as zero "
+                   "are not written; %s, written in place, keeps what it "
+                   "held there", image, name);
+    }
 
   uopts.threads = common.threads;
   uopts.progress = cli_progress_fn (&common, &uopts.progress_opaque);

@@ -396,4 +396,19 @@ for cmd in bmap map unpack; do
     sparsecow $cmd "$tmp/bm/bm.qcow2" $out
 done
 [ ! -e "$tmp/bad.raw" ] || fail "unpack of an image without its backing file left a target"
+
+# ---- --zero=skip says "keeps" only of a target written in place ---------------
+# A file replaced with -f is a new file: its zero ranges are holes, as
+# qemu-img convert writes them.
+qemu-img convert -O raw "$tmp/extra.qcow2" "$tmp/extra.want"
+for f in skip-f skip-n; do
+  head -c "$(stat -c %s "$tmp/extra.want")" /dev/zero | tr '\0' '\377' > "$tmp/$f.raw"
+done
+sparsecow unpack -f --zero=skip "$tmp/extra.qcow2" "$tmp/skip-f.raw" 2>"$tmp/skip.err"
+cmp "$tmp/extra.want" "$tmp/skip-f.raw" || fail "unpack -f --zero=skip onto a file: not the image"
+grep -q "keeps" "$tmp/skip.err" && { cat "$tmp/skip.err" >&2; fail "unpack -f --zero=skip onto a file says it keeps old bytes"; }
+sparsecow unpack -n --zero=skip "$tmp/extra.qcow2" "$tmp/skip-n.raw" 2>"$tmp/skip.err"
+grep -q -- "--zero=skip: ranges of .*extra.qcow2 that read as zero are not written; .*skip-n.raw, written in place, keeps what it held there" \
+  "$tmp/skip.err" || { cat "$tmp/skip.err" >&2; fail "unpack -n --zero=skip does not say the target keeps old bytes"; }
+cmp -s "$tmp/extra.want" "$tmp/skip-n.raw" && fail "unpack -n --zero=skip: old bytes were not kept"
 echo "bmap: $(wc -l < "$tmp/bt.ranges") ranges agree with bmaptool create"
