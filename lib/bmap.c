@@ -1178,8 +1178,9 @@ sc_bmap_create (struct sc_endpoint *src, struct sc_endpoint *dst,
                 const struct sc_bmap_opts *opts)
 {
   struct sc_bmap_opts none = { 0 };
+  struct sc_fingerprint fp_before, fp_after;
   struct bmap_builder *b;
-  int r = -1;
+  int have_fp, r = -1;
 
   if (opts == NULL)
     opts = &none;
@@ -1190,6 +1191,13 @@ sc_bmap_create (struct sc_endpoint *src, struct sc_endpoint *dst,
   b = bmap_builder_new (sc_ep_local_fd (dst) >= 0 ? dst->name : NULL);
   if (b == NULL)
     return -1;
+  /* As in sc_pack: a source written while it is read gives ranges and
+   * checksums of no one state of it.  Sources whose state cannot be
+   * taken (a pipe, an export) are not compared.
+   */
+  have_fp = sc_ep_fingerprint (src, &fp_before);
+  if (have_fp == -1)
+    goto out;
   {
     struct sc_pipeline p = {
       .src = src,
@@ -1207,7 +1215,21 @@ sc_bmap_create (struct sc_endpoint *src, struct sc_endpoint *dst,
                   "refuses it too)", src->name);
     goto out;
   }
-  r = bmap_builder_finish (b, src->size, dst);
+  if (bmap_builder_finish (b, src->size, dst) == -1)
+    goto out;
+  /* Last, so that a change while the bmap was written counts too; the
+   * caller commits it only after this.
+   */
+  if (have_fp == 0) {
+    if (sc_ep_fingerprint (src, &fp_after) == -1)
+      goto out;
+    if (!sc_ep_fingerprint_equal (&fp_before, &fp_after)) {
+      sc_set_error (EBUSY, "%s: source changed while it was mapped",
+                    src->name);
+      goto out;
+    }
+  }
+  r = 0;
  out:
   bmap_builder_free (b);
   return r;

@@ -685,15 +685,19 @@ struct sc_bmap_opts {
 };
 
 /* Write a bmap of src to dst: blocks of 4 KiB, mapped where src's
- * extents hold data (SEEK_DATA for a file, the L2 tables for the guest
+ * extents hold data (as src was opened: SC_MAP_ALLOCATED for a file
+ * gives bmaptool create's map; the L2 tables for the guest
  * view of a qcow2 image, block status for an NBD export; a stream is
  * all data).  Holes and zero ranges (zero clusters of an image) are
  * unmapped, as bmaptool create leaves holes unmapped.  A block that is
  * partly data is mapped, and its hole part hashed as zeros.  Ranges
  * are read and hashed in order; memory does not grow with their count.
  * dst is a target opened by the caller with any size; it is sized and
- * written, and the caller commits it.  Returns 0, or -1 with errno
- * EINVAL (an empty source), EIO, ENOSPC, ENOMEM, or a read's errno.
+ * written, and the caller commits it.  A source whose fingerprint
+ * (device, inode, size, times; files and the files of an image) differs
+ * after the bmap is written than before fails with EBUSY, "SRC: source
+ * changed while it was mapped".  Returns 0, or -1 with errno EINVAL (an
+ * empty source), EBUSY, EIO, ENOSPC, ENOMEM, or a read's errno.
  */
 extern int sc_bmap_create (struct sc_endpoint *src, struct sc_endpoint *dst,
                            const struct sc_bmap_opts *opts);

@@ -4,6 +4,8 @@
  */
 #include <config.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +43,40 @@ static const struct option long_options[] = {
   { NULL, 0, NULL, 0 },
 };
 
+/* For the tests only: SPARSECOW_TEST_CHANGE_WHILE_MAPPING=OFFSET inverts
+ * the byte at OFFSET of the source file once its first data has been
+ * read, as another writer would change it while it is mapped.
+ */
+struct change_hook {
+  const char *path;
+  uint64_t offset;
+  bool done;
+  sc_progress_fn progress;
+  void *progress_opaque;
+};
+
+static void
+change_while_mapping (const struct sc_progress *p, void *opaque)
+{
+  struct change_hook *h = opaque;
+
+  if (!h->done && p->done > 0) {
+    unsigned char byte;
+    int fd = open (h->path, O_RDWR | O_CLOEXEC);
+
+    h->done = true;
+    if (fd == -1 || pread (fd, &byte, 1, (off_t) h->offset) != 1
+        || (byte = (unsigned char) ~byte,
+            pwrite (fd, &byte, 1, (off_t) h->offset) != 1))
+      cli_error ("%s: test change while mapping: %s", h->path,
+                 strerror (errno));
+    if (fd != -1)
+      close (fd);
+  }
+  if (h->progress)
+    h->progress (p, h->progress_opaque);
+}
+
 /* Is the export an image?  1 yes, 0 no, -1 error. */
 static int
 export_is_qcow2 (struct sc_endpoint *ep)
@@ -62,6 +98,7 @@ cmd_bmap (int argc, char **argv)
   struct cli_operand op, out = { .name = "-" };
   struct sc_endpoint *file = NULL, *src = NULL, *dst = NULL;
   struct sc_qcow2 *q = NULL;
+  struct change_hook hook = { 0 };
   unsigned target_flags = 0;
   int c, r, rc = EXIT_ERROR;
 
@@ -134,6 +171,18 @@ cmd_bmap (int argc, char **argv)
     goto out;
   opts.threads = common.threads;
   opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
+  if (getenv ("SPARSECOW_TEST_CHANGE_WHILE_MAPPING") && !op.nbd) {
+    if (cli_parse_size (getenv ("SPARSECOW_TEST_CHANGE_WHILE_MAPPING"),
+                        &hook.offset) == -1 || hook.offset > INT64_MAX) {
+      cli_error ("SPARSECOW_TEST_CHANGE_WHILE_MAPPING: expected an offset");
+      goto out;
+    }
+    hook.path = op.name;
+    hook.progress = opts.progress;
+    hook.progress_opaque = opts.progress_opaque;
+    opts.progress = change_while_mapping;
+    opts.progress_opaque = &hook;
+  }
   r = sc_bmap_create (src, dst, &opts);
   cli_progress_done (&common);
   if (r == -1) {

@@ -411,4 +411,18 @@ sparsecow unpack -n --zero=skip "$tmp/extra.qcow2" "$tmp/skip-n.raw" 2>"$tmp/ski
 grep -q -- "--zero=skip: ranges of .*extra.qcow2 that read as zero are not written; .*skip-n.raw, written in place, keeps what it held there" \
   "$tmp/skip.err" || { cat "$tmp/skip.err" >&2; fail "unpack -n --zero=skip does not say the target keeps old bytes"; }
 cmp -s "$tmp/extra.want" "$tmp/skip-n.raw" && fail "unpack -n --zero=skip: old bytes were not kept"
+
+# ---- a source that changes while it is mapped -------------------------------
+# The test hook inverts a byte of the file once the first data is read
+# (the file's times are set in the past first, so that the write shows).
+# cmp is the oracle that the file did change; no bmap is left.
+for src in odd.raw odd.qcow2; do
+  cp "$tmp/$src" "$tmp/moving.$src"
+  touch -d 2020-01-01 "$tmp/moving.$src"
+  expect_fail "moving.$src: source changed while it was mapped" \
+    env SPARSECOW_TEST_CHANGE_WHILE_MAPPING=$(( $(stat -c %s "$tmp/$src") - 1 )) \
+    $SC_VALGRIND "$SPARSECOW" bmap "$tmp/moving.$src" -o "$tmp/moving.bmap"
+  cmp -s "$tmp/$src" "$tmp/moving.$src" && fail "the test hook did not change $src"
+  [ ! -e "$tmp/moving.bmap" ] || fail "bmap of a changing source left a bmap"
+done
 echo "bmap: $(wc -l < "$tmp/bt.ranges") ranges agree with bmaptool create"
