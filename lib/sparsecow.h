@@ -392,11 +392,19 @@ struct sc_unpack_opts {
    * only its mapped ranges are read, each checked against its SHA-256
    * as it is read; what it leaves unmapped is written as a hole (zeros
    * on a target that does not read as zero already).  The image must
-   * be seekable and its virtual size the bmap's ImageSize (EINVAL); a
-   * range whose bytes differ fails with EBADMSG, "IMAGE and BMAP are
-   * out of sync at offset N", N the first byte of that range.
+   * be seekable and its virtual size the bmap's ImageSize, or that
+   * rounded up to 512 bytes with the bytes past ImageSize reading as
+   * zero, when dst gets ImageSize bytes (EINVAL otherwise); a range
+   * whose bytes differ fails with EBADMSG, "IMAGE and BMAP are out of
+   * sync at offset N", N the first byte of that range.
    */
   const struct sc_bmap *bmap;
+  /* With bmap: read and check every range before anything is written,
+   * so that a mismatch leaves dst untouched; for targets written in
+   * place (a block device, SC_TARGET_IN_PLACE), which no failure
+   * removes.  It costs a second read of the mapped data.
+   */
+  bool bmap_check_first;
 };
 extern int sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
                       const struct sc_unpack_opts *opts);

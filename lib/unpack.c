@@ -82,6 +82,20 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
     if (checked == NULL)
       goto out;
   }
+  /* A target written in place keeps whatever was written before a
+   * range turned out to differ: all ranges are read and checked first.
+   */
+  if (checked && opts->bmap_check_first) {
+    struct sc_endpoint *first = bmap_checked_source (src, opts->bmap, true);
+
+    if (first == NULL)
+      goto out;
+    r = bmap_checked_finish (first);
+    sc_ep_close (first);
+    if (r == -1)
+      goto out;
+    r = -1;
+  }
   /* Through a bmap, the target is the bmap's image: the raw file the
    * image was packed from, not rounded up to whole sectors.
    */

@@ -172,6 +172,7 @@ cmd_unpack (int argc, char **argv)
   struct sc_endpoint *src = NULL, *dst = NULL;
   struct sc_endpoint *opened[MAX_TARGETS];
   int opened_index[MAX_TARGETS];
+  bool in_place[MAX_TARGETS];
   struct cli_operand *ops = NULL, *targets;
   const char *image, *zero_name = "auto", *bmap_path = NULL;
   unsigned target_flags = 0;
@@ -339,17 +340,22 @@ cmd_unpack (int argc, char **argv)
   /* Only a target written where it is keeps old bytes: a file is
    * otherwise replaced by a new one, whose unwritten ranges are holes.
    */
-  if ((target_flags & SC_TARGET_ZERO_SKIP) && !common.quiet)
-    for (int i = 0; i < nopened; i++) {
-      const char *name = targets[opened_index[i]].name;
-      struct stat st;
+  for (int i = 0; i < nopened; i++) {
+    const char *name = targets[opened_index[i]].name;
+    struct stat st;
 
-      if ((target_flags & SC_TARGET_IN_PLACE)
-          || (stat (name, &st) == 0 && S_ISBLK (st.st_mode)))
-        cli_error ("unpack: --zero=skip: ranges of %s that read as zero "
-                   "are not written; %s, written in place, keeps what it "
-                   "held there", image, name);
-    }
+    in_place[i] = (target_flags & SC_TARGET_IN_PLACE)
+      || (stat (name, &st) == 0 && S_ISBLK (st.st_mode));
+    /* Nor does a failure remove it: a bmap's ranges are all checked
+     * before it is written.
+     */
+    if (in_place[i] && uopts.bmap)
+      uopts.bmap_check_first = true;
+    if (in_place[i] && (target_flags & SC_TARGET_ZERO_SKIP) && !common.quiet)
+      cli_error ("unpack: --zero=skip: ranges of %s that read as zero "
+                 "are not written; %s, written in place, keeps what it "
+                 "held there", image, name);
+  }
 
   uopts.threads = common.threads;
   uopts.progress = cli_progress_fn (&common, &uopts.progress_opaque);
@@ -357,6 +363,15 @@ cmd_unpack (int argc, char **argv)
   if (sc_unpack (src, dst, &uopts) == -1) {
     cli_progress_done (&common);
     cli_lib_error (NULL);
+    /* Checked first, the bmap differs here only when the image changed
+     * after the check.
+     */
+    if (uopts.bmap && sc_error_errno () == EBADMSG)
+      for (int i = 0; i < nopened; i++)
+        if (in_place[i])
+          cli_error ("%s: written in place, left partly written: the "
+                     "image changed while it was unpacked",
+                     targets[opened_index[i]].name);
     goto report;
   }
   cli_progress_done (&common);

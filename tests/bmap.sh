@@ -425,4 +425,13 @@ for src in odd.raw odd.qcow2; do
   cmp -s "$tmp/$src" "$tmp/moving.$src" && fail "the test hook did not change $src"
   [ ! -e "$tmp/moving.bmap" ] || fail "bmap of a changing source left a bmap"
 done
+
+# ---- a target written in place is not touched by a bmap that differs ----------
+# Every range is checked before anything is written: the first range,
+# which matches, is not written either (the second differs).
+head -c "$(stat -c %s "$raw")" /dev/zero | tr '\0' '\377' > "$tmp/inplace.raw"
+cp "$tmp/inplace.raw" "$tmp/inplace.orig"
+expect_fail "m.qcow2 and .*fixed.bmap are out of sync at offset $second_start\b" \
+  sparsecow unpack -n --bmap "$tmp/fixed.bmap" "$tmp/m.qcow2" "$tmp/inplace.raw"
+cmp "$tmp/inplace.orig" "$tmp/inplace.raw" || fail "unpack -n with a bmap that differs wrote to the target"
 echo "bmap: $(wc -l < "$tmp/bt.ranges") ranges agree with bmaptool create"
