@@ -271,6 +271,15 @@ extern ssize_t sc_compress (enum sc_codec codec, int level,
 extern int sc_decompress (enum sc_codec codec,
                           const void *in, size_t in_len,
                           void *out, size_t out_len);
+/* Choose the deflate implementation for the whole process: "zlib", or
+ * "isal" when built with ISA-L.  Without a call, SPARSECOW_DEFLATE
+ * chooses, and ISA-L is the default where it is built in.  Returns -1
+ * (EINVAL) for a name this build does not have.  Call before any
+ * thread compresses or decompresses.
+ */
+extern int sc_deflate_select (const char *name);
+/* "zlib" or "isal", or NULL (error set) if SPARSECOW_DEFLATE is bad. */
+extern const char *sc_deflate_selected (void);
 /* "deflate" / "zstd"; parse returns -1 for an unknown name. */
 extern const char *sc_codec_name (enum sc_codec codec);
 extern int sc_codec_parse (const char *name, enum sc_codec *codec);
