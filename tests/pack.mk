@@ -25,11 +25,13 @@ TESTS += \
 	tests/pack-options.sh \
 	tests/pack-huge.sh \
 	tests/pack-stream.sh \
-	tests/pack-repack.sh
+	tests/pack-repack.sh \
+	tests/pack-isal.sh
 EXTRA_DIST += \
 	tests/pack-determinism.sh \
 	tests/pack-safety.sh \
 	tests/pack-options.sh \
 	tests/pack-huge.sh \
 	tests/pack-stream.sh \
-	tests/pack-repack.sh
+	tests/pack-repack.sh \
+	tests/pack-isal.sh
