@@ -30,7 +30,8 @@ bench_setup () {
   for c in $BENCH_ONLY; do cases+=("$c"); done
   mkdir -p "$BENCH_DIR"
   out=$BENCH_DIR/out.qcow2
-  trap 'rm -f "$out"' EXIT
+  out_raw=$BENCH_DIR/out.raw
+  trap 'rm -f "$out" "$out_raw"' EXIT
 }
 
 # bench_workload: $src, a sparse file of BENCH_SIZE holding an ext4 file
@@ -106,7 +107,8 @@ settle () {
 
 # pair NAME SC-ARGS -- QEMU-ARGS: both commands of a case, sparsecow
 # first in odd rounds and qemu-img first in even ones, so neither always
-# follows the other.
+# follows the other.  SC_ENV (VAR=VALUE words) goes into sparsecow's
+# environment.
 pair () {
   local name=$1; shift
   local sc=() q=()
@@ -115,22 +117,66 @@ pair () {
   q=("$@")
   settle
   if (( r % 2 )); then
-    run "sc-$name" "$SPARSECOW" pack -q "${sc[@]}" "$src" "$out"
+    run "sc-$name" env ${SC_ENV:-} "$SPARSECOW" pack -q "${sc[@]}" "$src" "$out"
     run "qemu-$name" "$QEMU_IMG" convert "${q[@]}" -O qcow2 "$src" "$out"
   else
     run "qemu-$name" "$QEMU_IMG" convert "${q[@]}" -O qcow2 "$src" "$out"
-    run "sc-$name" "$SPARSECOW" pack -q "${sc[@]}" "$src" "$out"
+    run "sc-$name" env ${SC_ENV:-} "$SPARSECOW" pack -q "${sc[@]}" "$src" "$out"
   fi
 }
 
+# unpack_pair NAME IMAGE [VAR=VALUE...]: sparsecow unpack IMAGE, with
+# the variables in its environment, against qemu-img convert -W -O raw,
+# alternating which goes first as pair does.
+unpack_pair () {
+  local name=$1 img=$2; shift 2
+  local out=$out_raw
+  settle
+  if (( r % 2 )); then
+    run "sc-$name" env "$@" "$SPARSECOW" unpack -q "$img" "$out"
+    run "qemu-$name" "$QEMU_IMG" convert -W -f qcow2 -O raw "$img" "$out"
+  else
+    run "qemu-$name" "$QEMU_IMG" convert -W -f qcow2 -O raw "$img" "$out"
+    run "sc-$name" env "$@" "$SPARSECOW" unpack -q "$img" "$out"
+  fi
+}
+
+# deflate_image: $deflate_img, the workload compressed by qemu-img
+# convert -c (zlib, as qemu writes deflate clusters), made on first use
+# and kept next to the workload.
+deflate_image () {
+  deflate_img=${src%.*}-deflate.qcow2
+  [ -f "$deflate_img" ] && return 0
+  echo "$BENCH_NAME: making $deflate_img" >&2
+  "$QEMU_IMG" convert -c -W -O qcow2 "$src" "$deflate_img.tmp"
+  mv "$deflate_img.tmp" "$deflate_img"
+}
+
+# The cases, by the names BENCH_ONLY takes.  The deflate ones name the
+# implementation (SPARSECOW_DEFLATE) when it is not the default:
+#   deflate-zlib     pack -c with zlib alone
+#   deflate-best     pack -c --level 9 (zlib's best)
+#   unpack-deflate   unpack of qemu-img's deflate image (igzip inflate)
+#   unpack-deflate-zlib  the same with zlib alone
 run_rounds () {
+  local c
+  bench_load_start=$(uptime)
+  for c in "${cases[@]}"; do
+    case $c in unpack-*) deflate_image ;; esac
+  done
   for ((r = 1; r <= BENCH_ROUNDS; r++)); do
     echo "$BENCH_NAME: round $r of $BENCH_ROUNDS" >&2
     for c in "${cases[@]}"; do
       case $c in
       none) pair none -- ;;
       deflate) pair deflate -c -- -c -W ;;
+      deflate-zlib)
+        SC_ENV=SPARSECOW_DEFLATE=zlib pair deflate-zlib -c -- -c -W ;;
+      deflate-best) pair deflate-best -c --level 9 -- -c -W ;;
       zstd) pair zstd -c zstd -- -c -W -o compression_type=zstd ;;
+      unpack-deflate) unpack_pair "$c" "$deflate_img" ;;
+      unpack-deflate-zlib)
+        unpack_pair "$c" "$deflate_img" SPARSECOW_DEFLATE=zlib ;;
       *) die "unknown case '$c' in BENCH_ONLY" ;;
       esac
     done
@@ -142,6 +188,9 @@ run_rounds () {
 report () {
   echo
   echo "workload: $1, $BENCH_ROUNDS rounds, $(nproc) CPUs"
+  # The machine may be shared: the load beside the numbers.
+  echo "load at start: ${bench_load_start:-?}"
+  echo "load at end:   $(uptime)"
   printf "%-8s %12s %12s %8s %10s %10s %8s %14s %14s %8s\n" \
     case "sparsecow s" "qemu-img s" speedup "sc+sync s" "qemu+sync" speedup \
     "sparsecow B" "qemu-img B" size

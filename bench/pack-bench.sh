@@ -9,7 +9,9 @@
 #   BENCH_SIZE    virtual size of the workload (default 32G)
 #   BENCH_TREES   directories copied into the file system (default
 #                 "/usr/share /usr/bin /usr/lib/x86_64-linux-gnu")
-#   BENCH_ONLY    run only these cases: any of "none deflate zstd"
+#   BENCH_ONLY    run only these cases: any of "none deflate zstd" and
+#                 deflate-zlib deflate-best unpack-deflate unpack-deflate-zlib
+#                 (default "none deflate zstd"; see bench/README)
 #   SPARSECOW     the sparsecow program (default: src/sparsecow of the
 #                 build this script sits in, else sparsecow from PATH)
 #   QEMU_IMG      the qemu-img program (default qemu-img)
