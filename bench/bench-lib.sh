@@ -31,7 +31,7 @@ bench_setup () {
   mkdir -p "$BENCH_DIR"
   out=$BENCH_DIR/out.qcow2
   out_raw=$BENCH_DIR/out.raw
-  trap 'rm -f "$out" "$out_raw"' EXIT
+  trap 'rm -f "$out" "$out_raw" "$BENCH_DIR/.cpu"' EXIT
 }
 
 # bench_workload: $src, a sparse file of BENCH_SIZE holding an ext4 file
@@ -65,16 +65,21 @@ now () { date +%s.%N; }
 # Two times are kept: until the command exits, and until its image is
 # on disk (the command and a sync).  sparsecow flushes its target
 # before renaming it into place; qemu-img convert does not.
-declare -A times dtimes sizes
+declare -A times dtimes sizes cpus
 # timed NAME CMD...: run CMD once, after an untimed sync, and append its
-# time to exit to times[NAME] and its time to data on disk to dtimes[NAME].
+# time to exit to times[NAME], its time to data on disk to dtimes[NAME]
+# and its CPU time (user + system, its children included) to cpus[NAME]:
+# on a machine shared with other work the CPU time moves less than the
+# time by the clock.
 timed () {
   local name=$1; shift
-  local t0 t1 t2
+  local t0 t1 t2 TIMEFORMAT='%3U %3S'
   sync
   t0=$(now)
-  "$@" >/dev/null
+  # The command's stderr stays on ours; only time's report is kept.
+  { time "$@" >/dev/null 2>&3; } 3>&2 2>"$BENCH_DIR/.cpu"
   t1=$(now)
+  cpus[$name]+="$(awk '{ print $1 + $2 }' "$BENCH_DIR/.cpu") "
   sync
   t2=$(now)
   times[$name]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') "
@@ -191,7 +196,7 @@ report () {
   # The machine may be shared: the load beside the numbers.
   echo "load at start: ${bench_load_start:-?}"
   echo "load at end:   $(uptime)"
-  printf "%-8s %12s %12s %8s %10s %10s %8s %14s %14s %8s\n" \
+  printf "%-19s %12s %12s %8s %10s %10s %8s %14s %14s %8s\n" \
     case "sparsecow s" "qemu-img s" speedup "sc+sync s" "qemu+sync" speedup \
     "sparsecow B" "qemu-img B" size
   for c in "${cases[@]}"; do
@@ -199,13 +204,23 @@ report () {
     tq=$(median "${times[qemu-$c]}")
     ds=$(median "${dtimes[sc-$c]}")
     dq=$(median "${dtimes[qemu-$c]}")
-    printf "%-8s %12.3f %12.3f %7.2fx %10.3f %10.3f %7.2fx %14d %14d %7.4f\n" \
+    printf "%-19s %12.3f %12.3f %7.2fx %10.3f %10.3f %7.2fx %14d %14d %7.4f\n" \
       "$c" "$ts" "$tq" "$(awk -v a="$tq" -v b="$ts" 'BEGIN { print a / b }')" \
       "$ds" "$dq" "$(awk -v a="$dq" -v b="$ds" 'BEGIN { print a / b }')" \
       "${sizes[sc-$c]}" "${sizes[qemu-$c]}" \
       "$(awk -v a="${sizes[sc-$c]}" -v b="${sizes[qemu-$c]}" 'BEGIN { print a / b }')"
   done
+  echo
+  echo "CPU seconds (user + system), medians:"
+  printf "%-19s %12s %12s %8s\n" case sparsecow qemu-img ratio
+  for c in "${cases[@]}"; do
+    ts=$(median "${cpus[sc-$c]}")
+    tq=$(median "${cpus[qemu-$c]}")
+    printf "%-19s %12.3f %12.3f %8.3f\n" "$c" "$ts" "$tq" \
+      "$(awk -v a="$ts" -v b="$tq" 'BEGIN { print a / b }')"
+  done
   echo "speedup = qemu-img time / sparsecow time (higher is better); the"
   echo "+sync columns time each command until its image is on disk;"
-  echo "size = sparsecow image / qemu-img image (lower is better)."
+  echo "size = sparsecow image / qemu-img image (lower is better);"
+  echo "ratio = sparsecow CPU time / qemu-img CPU time (lower is better)."
 }
