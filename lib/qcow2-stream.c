@@ -43,6 +43,7 @@
 #define MAX_PARTIAL_BYTES (256U * 1024 * 1024)
 /* Data held back for a forward-only target, at most. */
 #define MAX_HELD_BYTES (256U * 1024 * 1024)
+size_t qcow2_stream_held_limit = MAX_HELD_BYTES;
 
 enum item_kind {
   ITEM_L1,
@@ -399,11 +400,11 @@ held_push (struct stream_unpack *s, const void *buf, size_t len,
   struct held hd = { guest, len, NULL, host, compressed };
   size_t i;
 
-  if (s->held_bytes + len > MAX_HELD_BYTES) {
-    sc_set_error (EFBIG, "more than %u MiB of the image's data arrived "
+  if (s->held_bytes + len > qcow2_stream_held_limit) {
+    sc_set_error (EFBIG, "more than %zu MiB of the image's data arrived "
                   "before data it must follow, so it cannot go from a pipe "
                   "to a pipe: unpack to a file",
-                  MAX_HELD_BYTES / (1024 * 1024));
+                  qcow2_stream_held_limit / (1024 * 1024));
     return -1;
   }
   if (grow ((void **) &s->held, &s->held_cap, s->held_len + 1,

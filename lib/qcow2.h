@@ -652,5 +652,11 @@ extern int qcow2_unpack_stream_chunked (struct sc_endpoint *src,
                                         size_t chunk_size,
                                         sc_progress_fn progress,
                                         void *progress_opaque);
+/* The most data the stream decoder holds back for a forward-only
+ * target (bytes; 256 MiB).  Tests and fuzz targets lower it: one host
+ * cluster that many L2 entries name is held once per entry, so a small
+ * hostile image can fill the whole limit, which costs time per input.
+ */
+extern size_t qcow2_stream_held_limit;
 
 #endif /* SPARSECOW_QCOW2_H */
