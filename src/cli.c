@@ -24,6 +24,7 @@
 
 const char *cli_program = "sparsecow";
 int cli_usage_status = EXIT_USAGE;
+const char *cli_command;
 
 void
 cli_lib_error (const char *object)
@@ -139,16 +140,20 @@ cli_common_option (int c, const char *arg, struct cli_common *common,
     else if (strcmp (arg, "json") == 0)
       common->progress_json = true;
     else
-      cli_usage_error (NULL, "--progress: expected 'json' or 'bar', not '%s'",
-                       arg);
+      cli_usage_error (cli_command, "--progress: expected 'json' or 'bar', "
+                       "not '%s'", arg);
     return 1;
   case 'j':
+  case 'm':                     /* qemu-img convert's spelling */
     if (cli_parse_uint (arg, 1, 1024, &common->threads) == -1)
-      cli_usage_error (NULL, "-j: expected a number of threads from 1 "
-                       "to 1024, not '%s'", arg);
+      cli_usage_error (cli_command, "-%c: expected a number of threads from 1 "
+                       "to 1024, not '%s'", c, arg);
     return 1;
   case 'q':
     common->quiet = true;
+    return 1;
+  case 'U':
+    common->force_share = true;
     return 1;
   case 'h':
     usage (stdout);
@@ -158,21 +163,96 @@ cli_common_option (int c, const char *arg, struct cli_common *common,
     exit (EXIT_OK);
   case 'C':
     if (cli_parse_uint (arg, 1, 16, &common->nbd.connections) == -1)
-      cli_usage_error (NULL, "-C: expected a number of NBD connections "
+      cli_usage_error (cli_command, "-C: expected a number of NBD connections "
                        "from 1 to 16, not '%s'", arg);
     return 1;
   case OPT_REQUESTS:
     if (cli_parse_uint (arg, 1, 64, &common->nbd.requests) == -1)
-      cli_usage_error (NULL, "--requests: expected a number of NBD "
+      cli_usage_error (cli_command, "--requests: expected a number of NBD "
                        "requests in flight from 1 to 64, not '%s'", arg);
     return 1;
   case OPT_TIMEOUT:
     if (cli_parse_uint (arg, 0, 86400, &common->nbd.timeout) == -1)
-      cli_usage_error (NULL, "--timeout: expected seconds from 0 (none) "
+      cli_usage_error (cli_command, "--timeout: expected seconds from 0 (none) "
                        "to 86400, not '%s'", arg);
     return 1;
   }
   return 0;
+}
+
+/* The common options, merged into a command's table by cli_getopt. */
+static const struct option common_long_options[] = {
+  CLI_COMMON_LONG_OPTIONS,
+};
+#define NB_COMMON_LONG \
+  (sizeof common_long_options / sizeof common_long_options[0])
+/* No command has more than this many long options of its own. */
+#define MAX_LONG_OPTIONS 64
+
+/* How the user spelled the option getopt just complained about. */
+static void
+option_spelling (char **argv, char *buf, size_t len)
+{
+  const char *word = optind > 0 ? argv[optind - 1] : "";
+
+  if (strncmp (word, "--", 2) == 0)
+    snprintf (buf, len, "%.*s", (int) strcspn (word, "="), word);
+  else if (optopt > 0 && optopt < 0x100)
+    snprintf (buf, len, "-%c", optopt);
+  else
+    snprintf (buf, len, "%s", word);
+}
+
+int
+cli_getopt (int argc, char **argv, const char *shortopts,
+            const struct option *longopts, struct cli_common *common,
+            void (*usage) (FILE *))
+{
+  static struct option merged[MAX_LONG_OPTIONS + NB_COMMON_LONG + 1];
+  static const struct option *merged_from;
+  char spelling[64], shorts[128];
+  int c;
+
+  /* Once per command: its own long options, then the common ones that
+   * it does not define itself.
+   */
+  if (merged_from != longopts) {
+    size_t n = 0;
+
+    for (const struct option *o = longopts; o && o->name; o++)
+      if (n < MAX_LONG_OPTIONS)
+        merged[n++] = *o;
+    for (size_t i = 0; i < NB_COMMON_LONG; i++) {
+      bool dup = false;
+      for (size_t k = 0; k < n; k++)
+        dup |= strcmp (merged[k].name, common_long_options[i].name) == 0;
+      if (!dup)
+        merged[n++] = common_long_options[i];
+    }
+    memset (&merged[n], 0, sizeof merged[n]);
+    merged_from = longopts;
+    optind = 1;
+  }
+  /* ':' first: a missing argument is told apart from an unknown
+   * option, and getopt prints nothing itself.
+   */
+  snprintf (shorts, sizeof shorts, ":%s%s", shortopts, CLI_COMMON_SHORT_OPTIONS);
+  opterr = 0;
+  for (;;) {
+    c = getopt_long (argc, argv, shorts, merged, NULL);
+    if (c == -1)
+      return -1;
+    if (c == ':') {
+      option_spelling (argv, spelling, sizeof spelling);
+      cli_usage_error (cli_command, "option '%s' needs a value", spelling);
+    }
+    if (c == '?') {
+      option_spelling (argv, spelling, sizeof spelling);
+      cli_usage_error (cli_command, "unknown option '%s'", spelling);
+    }
+    if (!cli_common_option (c, optarg, common, usage))
+      return c;
+  }
 }
 
 void

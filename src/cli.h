@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <getopt.h>
 
 #include "sparsecow.h"
 
@@ -28,6 +29,7 @@ struct cli_common {
   bool progress;                /* -p */
   bool progress_json;           /* --progress=json */
   unsigned threads;             /* -j N, 0 = default */
+  bool force_share;             /* -U: read an image another process holds */
   struct sc_nbd_opts nbd;       /* -C N, --requests N, --timeout S */
 };
 
@@ -60,23 +62,38 @@ enum {
 "Files may be NBD URIs (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?\n" \
 "socket=PATH) or, after --, a server to start: [ qemu-nbd -r -f raw d.raw ].\n"
 
+/* The help lines of the options every command takes. */
+#define CLI_COMMON_HELP \
+"  -p, --progress[=json|fd:N|json:fd:N]\n" \
+"                         show progress (see sparsecow(1))\n" \
+"  -j, -m, --threads N    worker threads (default: online CPUs)\n" \
+"  -U, --force-share      read an image another process is writing\n" \
+"  -q, --quiet            print nothing but errors\n" \
+"  -h, --help             show this help\n" \
+"  -V, --version          show the version\n"
+
 /* Common option table entries for getopt_long (see cli.c). */
 #define CLI_COMMON_LONG_OPTIONS \
   { "progress", optional_argument, NULL, OPT_PROGRESS }, \
   { "threads", required_argument, NULL, 'j' }, \
+  { "force-share", no_argument, NULL, 'U' }, \
   { "quiet", no_argument, NULL, 'q' }, \
   { "help", no_argument, NULL, 'h' }, \
   { "version", no_argument, NULL, 'V' }, \
   { "connections", required_argument, NULL, 'C' }, \
   { "requests", required_argument, NULL, OPT_REQUESTS }, \
   { "timeout", required_argument, NULL, OPT_TIMEOUT }
-#define CLI_COMMON_SHORT_OPTIONS "pj:qhVC:"
+#define CLI_COMMON_SHORT_OPTIONS "pj:m:qhVUC:"
 
 extern const char *cli_program;         /* "sparsecow" */
 /* The exit status of a usage error (EXIT_USAGE unless a command whose
  * status 1 means something else sets another).
  */
 extern int cli_usage_status;
+/* The command being run ("pack"), set by main: usage errors of the
+ * common options name it.
+ */
+extern const char *cli_command;
 
 /* Handle a common option c (with optarg).  Returns 1 if handled, 0 if
  * not a common option; exits for -h (calling usage) and -V, and on a
@@ -85,6 +102,16 @@ extern int cli_usage_status;
 extern int cli_common_option (int c, const char *optarg,
                               struct cli_common *common,
                               void (*usage) (FILE *));
+
+/* getopt_long over the command's own options (shortopts, longopts)
+ * and the common ones, which are handled here.  Returns the next option
+ * of the command's own, or -1 at the end of the options.  A missing
+ * argument or an unknown option is a usage error naming the command:
+ * getopt's own messages are turned off.
+ */
+extern int cli_getopt (int argc, char **argv, const char *shortopts,
+                       const struct option *longopts,
+                       struct cli_common *common, void (*usage) (FILE *));
 
 /* An operand: a path, "-", an NBD URI, or the command line of an NBD
  * server to start, written "[ CMD ARGS ]" (after "--", so that the

@@ -24,8 +24,7 @@ usage (FILE *fp)
            "\n"
            "  --json        print the result as JSON (qemu-img check names)\n"
            "  --output=json|human  the same, spelled as for qemu-img check\n"
-           "  -q, --quiet   print only the problems found\n"
-           "  -h, --help    show this help\n"
+           CLI_COMMON_HELP
            CLI_NBD_HELP, cli_program);
 }
 
@@ -104,14 +103,13 @@ cmd_check (int argc, char **argv)
   int c;
 
   cli_check_brackets ("check", argc, argv);
-  while ((c = getopt_long (argc, argv, CLI_COMMON_SHORT_OPTIONS,
-                           long_options, NULL)) != -1) {
+  while ((c = cli_getopt (argc, argv, "", long_options, &common,
+                          usage)) != -1) {
     if (c == OPT_JSON)
       json = true;
-    else if (c == OPT_OUTPUT) {
+    else if (c == OPT_OUTPUT)
       json = cli_parse_output ("check", optarg);
-    }
-    else if (!cli_common_option (c, optarg, &common, usage))
+    else
       cli_usage_error ("check", "unknown option");
   }
   cli_operands ("check", argc, argv, optind, &op, 1, "one IMAGE argument");

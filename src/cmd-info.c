@@ -25,7 +25,7 @@ usage (FILE *fp)
            "\n"
            "  --json, --output=json   one JSON object\n"
            "  --output=human          text, like qemu-img info (default)\n"
-           "  -h, --help              show this help\n"
+           CLI_COMMON_HELP
            CLI_NBD_HELP, cli_program);
 }
 
@@ -210,10 +210,6 @@ cmd_info (int argc, char **argv)
   static const struct option long_options[] = {
     { "json", no_argument, NULL, OPT_JSON },
     { "output", required_argument, NULL, 'o' },
-    { "help", no_argument, NULL, 'h' },
-    { "connections", required_argument, NULL, 'C' },
-    { "requests", required_argument, NULL, OPT_REQUESTS },
-    { "timeout", required_argument, NULL, OPT_TIMEOUT },
     { NULL, 0, NULL, 0 },
   };
   struct sc_qcow2_info info;
@@ -227,10 +223,9 @@ cmd_info (int argc, char **argv)
   const char *path;
   int c;
 
-  optind = 1;
-  opterr = 0;                   /* we print our own messages */
   cli_check_brackets ("info", argc, argv);
-  while ((c = getopt_long (argc, argv, ":hC:", long_options, NULL)) != -1) {
+  while ((c = cli_getopt (argc, argv, "", long_options, &common,
+                          usage)) != -1) {
     switch (c) {
     case OPT_JSON:
       json = true;
@@ -238,20 +233,8 @@ cmd_info (int argc, char **argv)
     case 'o':
       json = cli_parse_output ("info", optarg);
       break;
-    case 'h':
-      usage (stdout);
-      return EXIT_OK;
-    case 'C':
-    case OPT_REQUESTS:
-    case OPT_TIMEOUT:
-      cli_common_option (c, optarg, &common, usage);
-      break;
-    case ':':
-      cli_usage_error ("info", "option '%s' needs an argument",
-                       argv[optind - 1]);
     default:
-      cli_usage_error ("info", "unknown option '%s'",
-                       argv[optind - 1]);
+      cli_usage_error ("info", "unknown option");
     }
   }
   cli_operands ("info", argc, argv, optind, &op, 1, "one IMAGE");

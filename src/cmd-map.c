@@ -36,7 +36,7 @@ usage (FILE *fp)
            "--output=json\n"
            "  --output=human          a table of the ranges that hold data "
            "(default)\n"
-           "  -h, --help              show this help\n"
+           CLI_COMMON_HELP
            CLI_NBD_HELP, cli_program);
 }
 
@@ -182,10 +182,6 @@ cmd_map (int argc, char **argv)
   static const struct option long_options[] = {
     { "json", no_argument, NULL, OPT_JSON },
     { "output", required_argument, NULL, 'o' },
-    { "help", no_argument, NULL, 'h' },
-    { "connections", required_argument, NULL, 'C' },
-    { "requests", required_argument, NULL, OPT_REQUESTS },
-    { "timeout", required_argument, NULL, OPT_TIMEOUT },
     { NULL, 0, NULL, 0 },
   };
   struct map_out out = { .first = true };
@@ -195,10 +191,9 @@ cmd_map (int argc, char **argv)
   const char *path;
   int c, r;
 
-  optind = 1;
-  opterr = 0;                   /* we print our own messages */
   cli_check_brackets ("map", argc, argv);
-  while ((c = getopt_long (argc, argv, ":hC:", long_options, NULL)) != -1) {
+  while ((c = cli_getopt (argc, argv, "", long_options, &common,
+                          usage)) != -1) {
     switch (c) {
     case OPT_JSON:
       out.json = true;
@@ -206,20 +201,8 @@ cmd_map (int argc, char **argv)
     case 'o':
       out.json = cli_parse_output ("map", optarg);
       break;
-    case 'h':
-      usage (stdout);
-      return EXIT_OK;
-    case 'C':
-    case OPT_REQUESTS:
-    case OPT_TIMEOUT:
-      cli_common_option (c, optarg, &common, usage);
-      break;
-    case ':':
-      cli_usage_error ("map", "option '%s' needs an argument",
-                       argv[optind - 1]);
     default:
-      cli_usage_error ("map", "unknown option '%s'",
-                       argv[optind - 1]);
+      cli_usage_error ("map", "unknown option");
     }
   }
   cli_operands ("map", argc, argv, optind, &op, 1, "one IMAGE or FILE");

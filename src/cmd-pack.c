@@ -68,10 +68,7 @@ usage (FILE *fp)
 "      --digest, --no-digest\n"
 "                           store a digest of the content for 'verify IMAGE'\n"
 "                           or not (default: with -c, in compat=1.1 images)\n"
-"  -p, --progress[=json]    show progress (a bar, or JSON lines on stdout)\n"
-"  -j, --threads N          worker threads (default: online CPUs)\n"
-"  -q, --quiet              print nothing but errors\n"
-"  -h, --help               show this help\n"
+CLI_COMMON_HELP
 CLI_NBD_HELP,
            cli_program);
 }
@@ -515,17 +512,15 @@ cmd_pack (int argc, char **argv)
   int digest = -1;                      /* --digest, --no-digest, unset */
   unsigned level = 0;
   struct cli_operand ops[2];
-  const char *source, *target;
+  const char *source, *target, *c_word = NULL;
   const char *bmap_map = NULL, *bmap_out = NULL;
   struct sc_bmap *bmap = NULL;
   int c, r;
 
   sc_pack_opts_init (&opts);
   cli_check_brackets ("pack", argc, argv);
-  while ((c = getopt_long (argc, argv, "fc::S:o:" CLI_COMMON_SHORT_OPTIONS,
-                           long_options, NULL)) != -1) {
-    if (cli_common_option (c, optarg, &common, usage))
-      continue;
+  while ((c = cli_getopt (argc, argv, "fc::S:o:", long_options, &common,
+                          usage)) != -1) {
     switch (c) {
     case 'f':
       target_flags |= SC_TARGET_FORCE;
@@ -544,8 +539,12 @@ cmd_pack (int argc, char **argv)
         parse_codec (argv[optind++], &opts);
         codec_named = true;
       }
-      else
+      else {
         opts.codec = SC_CODEC_DEFLATE;
+        /* "-c lz4 SOURCE TARGET" meant a codec, not three operands. */
+        if (c == 'c' && optind < argc && argv[optind][0] != '-')
+          c_word = argv[optind];
+      }
       break;
     case OPT_LEVEL:
       if (cli_parse_uint (optarg, 1, MAX_ZSTD_LEVEL, &level) == -1)
@@ -610,6 +609,10 @@ cmd_pack (int argc, char **argv)
       cli_usage_error ("pack", "unknown option");
     }
   }
+  /* getopt moves operands behind the options, keeping their order. */
+  if (c_word && argc - optind == 3 && argv[optind] == c_word)
+    cli_usage_error ("pack", "-c: unknown codec '%s' (known: deflate, "
+                     "zstd)", c_word);
   cli_operands ("pack", argc, argv, optind, ops, 2, "SOURCE and TARGET");
   source = ops[0].name;
   target = ops[1].name;

@@ -58,11 +58,7 @@ usage (FILE *fp)
 "      --bmap FILE.bmap   unpack only the ranges of a block map of the\n"
 "                         guest, each checked against its SHA-256; the\n"
 "                         rest is a hole (see --zero)\n"
-"  -p, --progress[=json]  show progress (a bar, or JSON lines on stdout)\n"
-"  -j, --threads N        worker threads (default: online CPUs)\n"
-"  -q, --quiet            print nothing but errors\n"
-"  -h, --help             show this help\n"
-"  -V, --version          show the version\n"
+CLI_COMMON_HELP
 CLI_NBD_HELP,
            cli_program);
 }
@@ -183,10 +179,8 @@ cmd_unpack (int argc, char **argv)
   cli_install_signal_handlers ();
 
   cli_check_brackets ("unpack", argc, argv);
-  while ((c = getopt_long (argc, argv, "fn" CLI_COMMON_SHORT_OPTIONS,
-                           long_options, NULL)) != -1) {
-    if (cli_common_option (c, optarg, &common, usage))
-      continue;
+  while ((c = cli_getopt (argc, argv, "fn", long_options, &common,
+                          usage)) != -1) {
     switch (c) {
     case 'f':
       target_flags |= SC_TARGET_FORCE;

@@ -49,7 +49,9 @@ main (int argc, char **argv)
     return EXIT_OK;
   }
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-    if (strcmp (argv[1], commands[i].name) == 0)
+    if (strcmp (argv[1], commands[i].name) == 0) {
+      cli_command = commands[i].name;
       return commands[i].fn (argc - 1, argv + 1);
+    }
   cli_usage_error (NULL, "unknown command '%s'", argv[1]);
 }

@@ -1,0 +1,7 @@
+# tests of this area; fragments are included by Makefile.am
+# The command line: common options, usage errors, progress, -S, info's
+# JSON and image locks, against qemu-img where it has the same thing.
+TESTS += \
+	tests/cli-options.sh
+EXTRA_DIST += \
+	tests/cli-options.sh
