@@ -137,6 +137,7 @@ next_piece (struct cursor *c, struct sc_piece *piece)
     piece->offset = c->pos;
     piece->length = c->request_size;
     piece->flags = 0;
+    piece->counts = true;
     c->pos += c->request_size;
     return 1;
   }
@@ -161,6 +162,7 @@ next_piece (struct cursor *c, struct sc_piece *piece)
     if (e->flags & SC_EXTENT_NOT_DATA) {
       piece->length = end - c->pos;
       piece->flags = e->flags & SC_EXTENT_NOT_DATA;
+      piece->counts = false;
       c->i++;
       return 1;
     }
@@ -172,6 +174,7 @@ next_piece (struct cursor *c, struct sc_piece *piece)
       boundary = end;
     piece->length = boundary - c->pos;
     piece->flags = 0;
+    piece->counts = true;
     c->pos = boundary;
     if (c->pos >= end)
       c->i++;
@@ -382,9 +385,16 @@ static void
 report_progress (const struct sc_pipeline *p, struct sc_progress *prog,
                  const struct sc_piece *piece)
 {
-  /* From a list, only its data counts (see struct sc_pipeline). */
-  if (p->extents == NULL || !(piece->flags & SC_EXTENT_NOT_DATA))
+  /* Only data counts (see struct sc_pipeline); a stream's pieces are
+   * all data.
+   */
+  if (piece->counts)
     prog->done += piece->length;
+  /* A source whose extents changed since they were counted must not
+   * show more than 100%.
+   */
+  if (prog->total != 0 && prog->done > prog->total)
+    prog->total = prog->done;
   if (p->progress)
     p->progress (prog, p->progress_opaque);
 }
@@ -528,6 +538,41 @@ run_threaded (const struct sc_pipeline *p, struct cursor *cur,
   return rc;
 }
 
+/* The bytes of data in the source's extents, asked a window at a time
+ * as the copy will ask them, so that memory stays bounded: the total of
+ * the progress count.  Holes and zero ranges cost nothing to move, and
+ * a count that included them would jump over them.
+ */
+static int
+count_data (struct sc_endpoint *src, uint64_t *total)
+{
+  struct sc_extent_list list;
+  uint64_t pos = 0, window = FIRST_EXTENT_WINDOW;
+  int rc = 0;
+
+  sc_extent_list_init (&list);
+  *total = 0;
+  while (pos < src->size) {
+    if (sc_ep_extents_step (src, pos, SC_MIN (window, src->size - pos),
+                            &list, &pos) == -1) {
+      sc_error_name (src->name);
+      rc = -1;
+      break;
+    }
+    for (size_t i = 0; i < list.len; i++)
+      if (!(list.ext[i].flags & SC_EXTENT_NOT_DATA))
+        *total += list.ext[i].length;
+    /* As fetch_window: few extents, a wider window next time. */
+    if (list.len < FEW_EXTENTS && window <= UINT64_MAX / 2)
+      window *= 2;
+    else if (list.len > MANY_EXTENTS && window / 2 >= MIN_EXTENT_WINDOW)
+      window /= 2;
+    list.len = 0;
+  }
+  sc_extent_list_free (&list);
+  return rc;
+}
+
 int
 sc_pipeline_run (const struct sc_pipeline *p)
 {
@@ -574,7 +619,8 @@ sc_pipeline_run (const struct sc_pipeline *p)
     cur.src = p->src;
     cur.end = p->src->size;
     cur.window_size = FIRST_EXTENT_WINDOW;
-    prog.total = p->src->size;
+    if (p->progress && count_data (p->src, &prog.total) == -1)
+      goto out;
   }
   else {
     if (check_extents (list, &prog.total) == -1)

@@ -128,6 +128,10 @@ struct sc_piece {
   size_t out_len;               /* free for work()/emit() */
   uint64_t user;                /* free for work()/emit() */
   bool moved;                   /* move() took it: buf was not read */
+  /* The extents said data (work() may find it zero later): what the
+   * progress count counts.
+   */
+  bool counts;
 };
 
 struct sc_pipeline {
@@ -158,10 +162,12 @@ struct sc_pipeline {
   /* In source order, one at a time.  Returns 0 or -1 with error set. */
   int (*emit) (struct sc_piece *piece, void *opaque);
   void *opaque;
-  /* After each piece is emitted, with the bytes processed so far.  With
-   * an extents list the count is of its data extents only (holes and
-   * zero extents cost nothing to move); otherwise of the whole source
-   * (a stream's total is 0 until its end).
+  /* After each piece is emitted, with the bytes processed so far: the
+   * bytes of the data extents only (holes and zero extents cost nothing
+   * to move), of the list given or, without one, of the source's
+   * extents, counted in a first pass over them before the copy when
+   * progress is wanted.  A stream's pieces are all data, and its total
+   * is 0 until its end.
    */
   sc_progress_fn progress;
   void *progress_opaque;

@@ -50,10 +50,12 @@
  */
 #define WRITE_REQUEST_SIZE (1024 * 1024)
 /* Zero detection without compression first reads this much of a
- * cluster, and progress is reported every PROBE_PROGRESS_STEP bytes.
+ * cluster, and progress is reported every PROBE_PROGRESS_STEP bytes:
+ * as often as the pipeline reports a piece, so that the count grows
+ * evenly whichever way phase 1 goes.
  */
 #define ZERO_PROBE_SIZE 4096
-#define PROBE_PROGRESS_STEP (64 * 1024 * 1024)
+#define PROBE_PROGRESS_STEP (1024 * 1024)
 /* Per cluster of a piece, work() leaves one code for emit(): zero, raw,
  * or the compressed length (always less than a cluster).
  */

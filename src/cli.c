@@ -134,15 +134,31 @@ cli_common_option (int c, const char *arg, struct cli_common *common,
   case 'p':
     common->progress = true;
     return 1;
-  case OPT_PROGRESS:
+  case OPT_PROGRESS: {
+    /* nbdcopy's spelling of a descriptor: fd:N. */
+    const char *fd = NULL;
+    unsigned n;
+
     if (arg == NULL || strcmp (arg, "bar") == 0)
       common->progress = true;
     else if (strcmp (arg, "json") == 0)
       common->progress_json = true;
+    else if (strncmp (arg, "fd:", 3) == 0)
+      fd = arg + 3;
+    else if (strncmp (arg, "json:fd:", 8) == 0)
+      fd = arg + 8;
     else
-      cli_usage_error (cli_command, "--progress: expected 'json' or 'bar', "
-                       "not '%s'", arg);
+      cli_usage_error (cli_command, "--progress: expected bar, json, fd:N "
+                       "or json:fd:N, not '%s'", arg);
+    if (fd) {
+      if (cli_parse_uint (fd, 1, INT_MAX, &n) == -1)
+        cli_usage_error (cli_command, "--progress: expected a file "
+                         "descriptor number after 'fd:', not '%s'", fd);
+      common->progress_json = true;
+      common->progress_fd = (int) n;
+    }
     return 1;
+  }
   case 'j':
   case 'm':                     /* qemu-img convert's spelling */
     if (cli_parse_uint (arg, 1, 1024, &common->threads) == -1)
@@ -454,6 +470,7 @@ cli_json_string (FILE *fp, const char *s)
  */
 struct progress_state {
   bool json;
+  FILE *out;                    /* JSON lines go here */
   double last;
   int last_percent;
   bool held;                    /* a report was skipped since the last */
@@ -482,14 +499,14 @@ progress_print (struct progress_state *st, const struct sc_progress *p)
   st->last_percent = percent;
   st->held = false;
   if (st->json && unknown) {
-    printf ("{\"done\":%" PRIu64 ",\"total\":null,\"percent\":null}\n",
-            p->done);
-    fflush (stdout);
+    fprintf (st->out, "{\"done\":%" PRIu64
+             ",\"total\":null,\"percent\":null}\n", p->done);
+    fflush (st->out);
   }
   else if (st->json) {
-    printf ("{\"done\":%" PRIu64 ",\"total\":%" PRIu64
-            ",\"percent\":%d}\n", p->done, p->total, percent);
-    fflush (stdout);
+    fprintf (st->out, "{\"done\":%" PRIu64 ",\"total\":%" PRIu64
+             ",\"percent\":%d}\n", p->done, p->total, percent);
+    fflush (st->out);
   }
   else if (unknown) {
     fprintf (stderr, "\r%.1f MiB read", (double) p->done / (1024 * 1024));
@@ -516,8 +533,19 @@ progress_cb (const struct sc_progress *p, void *opaque)
   bool final = !unknown && p->done >= p->total;
 
   st->latest = *p;
-  if (!final && ((t - st->last < 0.25 && percent == st->last_percent)
-                 || t - st->last < 0.1)) {
+  /* JSON is for programs: a line for every percent, however fast, so
+   * that what it shows does not depend on the speed of the machine.
+   * Of a stream (percent unknown), a few lines a second.
+   */
+  if (st->json && !unknown) {
+    if (percent == st->last_percent) {
+      /* The last line said as much already. */
+      st->held = !final;
+      return;
+    }
+  }
+  else if (!final && ((t - st->last < 0.25 && percent == st->last_percent)
+                      || t - st->last < 0.1)) {
     st->held = true;
     return;
   }
@@ -534,6 +562,16 @@ cli_progress_fn (const struct cli_common *common, void **opaque)
   progress_state.held = false;
   if (common->progress_json) {
     progress_state.json = true;
+    progress_state.out = stderr;
+    if (common->progress_fd > 0) {
+      progress_state.out = fdopen (common->progress_fd, "w");
+      if (progress_state.out == NULL) {
+        /* cli_check_progress saw it open: this is out of memory. */
+        cli_error ("--progress: fd %d: %s", common->progress_fd,
+                   strerror (errno));
+        exit (EXIT_ERROR);
+      }
+    }
     return progress_cb;
   }
   if (common->progress && !common->quiet && isatty (STDERR_FILENO)) {
@@ -554,6 +592,32 @@ cli_progress_done (const struct cli_common *common)
   if (common->progress && !common->progress_json && !common->quiet
       && isatty (STDERR_FILENO))
     fputc ('\n', stderr);
+}
+
+void
+cli_check_progress (const char *command, const struct cli_common *common,
+                    bool data_on_stdout)
+{
+  int fd = common->progress_fd, fl;
+
+  if (!common->progress_json || fd == 0)
+    return;
+  fl = fcntl (fd, F_GETFL);
+  if (fl == -1)
+    cli_usage_error (command, "--progress=fd:%d: descriptor %d is not open",
+                     fd, fd);
+  if ((fl & O_ACCMODE) == O_RDONLY)
+    cli_usage_error (command, "--progress=fd:%d: descriptor %d is open for "
+                     "reading only", fd, fd);
+  if (data_on_stdout) {
+    struct stat a, b;
+
+    if (fd == STDOUT_FILENO
+        || (fstat (fd, &a) == 0 && fstat (STDOUT_FILENO, &b) == 0
+            && a.st_dev == b.st_dev && a.st_ino == b.st_ino))
+      cli_usage_error (command, "--progress=fd:%d: progress would go into "
+                       "the data on standard output", fd);
+  }
 }
 
 static void

@@ -27,7 +27,8 @@
 struct cli_common {
   bool quiet;
   bool progress;                /* -p */
-  bool progress_json;           /* --progress=json */
+  bool progress_json;           /* --progress=json[:fd:N] or fd:N */
+  int progress_fd;              /* where JSON progress goes; 0 = stderr */
   unsigned threads;             /* -j N, 0 = default */
   bool force_share;             /* -U: read an image another process holds */
   struct sc_nbd_opts nbd;       /* -C N, --requests N, --timeout S */
@@ -177,9 +178,19 @@ extern int cli_parse_uint (const char *s, unsigned min, unsigned max,
 /* Write a JSON string literal (with quotes) to fp. */
 extern void cli_json_string (FILE *fp, const char *s);
 
+/* Refuse, as a usage error, JSON progress that would go where it
+ * cannot: onto standard output when it carries data (data_on_stdout),
+ * or to a descriptor that is not open for writing.  Called before
+ * anything is opened.
+ */
+extern void cli_check_progress (const char *command,
+                                const struct cli_common *common,
+                                bool data_on_stdout);
+
 /* A progress callback for the library, set up from common options:
- * a bar on stderr when it is a terminal (-p), or JSON lines on stdout
- * (--progress=json).  Returns NULL when no progress is wanted.
+ * a bar on stderr when it is a terminal (-p), or JSON lines on stderr
+ * or on the descriptor of --progress=fd:N.  Returns NULL when no
+ * progress is wanted.
  */
 extern sc_progress_fn cli_progress_fn (const struct cli_common *common,
                                        void **opaque);

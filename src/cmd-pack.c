@@ -618,11 +618,8 @@ cmd_pack (int argc, char **argv)
   target = ops[1].name;
   if (!ops[0].nbd && !ops[1].nbd && cli_target_is_source (source, target))
     return EXIT_ERROR;
+  cli_check_progress ("pack", &common, strcmp (target, "-") == 0);
   if (strcmp (target, "-") == 0) {
-    /* Both would go to standard output. */
-    if (common.progress_json)
-      cli_usage_error ("pack", "--progress=json writes to standard output, "
-                       "which is the target here");
     if (isatty (STDOUT_FILENO)) {
       cli_error ("pack: refusing to write an image to a terminal");
       return EXIT_ERROR;

@@ -262,11 +262,14 @@ cmd_unpack (int argc, char **argv)
       cli_usage_error ("unpack", "--zero=%s applies to files and block "
                        "devices, not %s", zero_name, targets[i].name);
   }
+  {
+    bool to_stdout = false;
+
+    for (int i = 0; i < ntargets; i++)
+      to_stdout |= strcmp (targets[i].name, "-") == 0;
+    cli_check_progress ("unpack", &common, to_stdout);
+  }
   if (ntargets == 1 && strcmp (targets[0].name, "-") == 0) {
-    /* Both would go to standard output. */
-    if (common.progress_json)
-      cli_usage_error ("unpack", "--progress=json writes to "
-                       "standard output, which is the target here");
     if (isatty (STDOUT_FILENO)) {
       cli_error ("unpack: refusing to write image data to a terminal");
       goto out;

@@ -2,6 +2,8 @@
 # The command line: common options, usage errors, progress, -S, info's
 # JSON and image locks, against qemu-img where it has the same thing.
 TESTS += \
-	tests/cli-options.sh
+	tests/cli-options.sh \
+	tests/cli-progress.sh
 EXTRA_DIST += \
-	tests/cli-options.sh
+	tests/cli-options.sh \
+	tests/cli-progress.sh

@@ -55,8 +55,8 @@ check_image vpc.qcow2 src.vpc vpc
 # Progress counts the data to move, not the export's size: the first
 # total is at most twice the data (scan, then write), percentages only
 # grow and end at 100.
-sparsecow pack --progress=json -- [ qemu-nbd -r -f raw src.raw ] prog.qcow2 \
-  > progress.json || fail "pack --progress=json from NBD failed"
+sparsecow pack --progress=fd:3 -- [ qemu-nbd -r -f raw src.raw ] prog.qcow2 \
+  3> progress.json || fail "pack --progress=json from NBD failed"
 first_total=$(head -n 1 progress.json | jq .total)
 [ "$first_total" -le $((2 * 8 * 1024 * 1024)) ] ||
   fail "progress of pack from NBD counts more than the data: $first_total"

@@ -181,7 +181,7 @@ rm -f out.qcow2
 sparsecow pack -q deflate.qcow2 out.qcow2 2>err
 [ ! -s err ] || fail "pack -q printed: $(cat err)"
 rm -f out.qcow2
-sparsecow pack -q --progress=json chain/l3.qcow2 out.qcow2 >progress
+sparsecow pack -q --progress=json chain/l3.qcow2 out.qcow2 2>progress
 [ "$(tail -n 1 progress | jq .percent)" = 100 ] ||
   fail "progress of a re-pack ends at $(tail -n 1 progress)"
 

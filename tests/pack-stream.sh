@@ -83,7 +83,7 @@ qemu-img check -q zeros.qcow2 || fail "zero stream: image does not check"
 # the image is written) the total is known, and the count only grows
 # to it.  The scan runs fast, so -j 1 and a small request keep it going
 # long enough to be reported.
-cat src | sparsecow pack -j 1 --progress=json - p.qcow2 >progress.json
+cat src | sparsecow pack -j 1 --progress=json - p.qcow2 2>progress.json
 jq -e -s --argjson len "$(stat -c %s src)" '
   length > 1
   and ([.[] | .total == null] | . == (sort | reverse))

@@ -338,6 +338,30 @@ progress_cb (const struct sc_progress *p, void *opaque)
     *last = *p;
 }
 
+/* The bytes the kernel reports as data (SEEK_DATA/SEEK_HOLE), asked
+ * here directly: what the pipeline's progress must count.
+ */
+static uint64_t
+kernel_data_bytes (const char *path)
+{
+  int fd = open (path, O_RDONLY);
+  off_t end, pos = 0, data, hole;
+  uint64_t sum = 0;
+
+  if (fd == -1)
+    return 0;
+  end = lseek (fd, 0, SEEK_END);
+  while (pos < end && (data = lseek (fd, pos, SEEK_DATA)) != -1) {
+    hole = lseek (fd, data, SEEK_HOLE);
+    if (hole == -1)
+      break;
+    sum += (uint64_t) (hole - data);
+    pos = hole;
+  }
+  close (fd);
+  return sum;
+}
+
 static void
 run_pipeline (unsigned threads, uint32_t request_size)
 {
@@ -373,8 +397,10 @@ run_pipeline (unsigned threads, uint32_t request_size)
   CU_ASSERT (t.content_ok);
   CU_ASSERT_EQUAL (t.next, src->size);
   CU_ASSERT (t.data_bytes >= NR_DATA_BLOCKS * BLOCK);
-  CU_ASSERT_EQUAL (last.done, src->size);
-  CU_ASSERT_EQUAL (last.total, src->size);
+  /* Progress counts the data only: holes cost nothing to move. */
+  CU_ASSERT_EQUAL (last.done, kernel_data_bytes (path));
+  CU_ASSERT_EQUAL (last.total, kernel_data_bytes (path));
+  CU_ASSERT (last.total < src->size);
 
   /* An extent list from the caller may run past the end of the source:
    * those bytes read as zeros.

@@ -162,7 +162,7 @@ fi
 # A named pipe as the image, and progress without a total.
 mkfifo fifo
 cat pd.qcow2 >fifo &
-timeout 60 "$SPARSECOW" unpack --progress=json fifo fifo.raw >progress.json ||
+timeout 60 "$SPARSECOW" unpack --progress=json fifo fifo.raw 2>progress.json ||
   fail "unpack from a FIFO failed"
 wait
 cmp src fifo.raw || fail "unpack from a FIFO differs"

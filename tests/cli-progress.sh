@@ -1,0 +1,65 @@
+#!/bin/bash
+# --progress=json: on stderr or the descriptor of fd:N, never in the
+# data on standard output; percentages of the data to move that grow
+# evenly to 100 even when the data is far apart in a sparse source.
+. "$srcdir/functions.sh"
+requires qemu-img python3
+
+MiB=$((1024 * 1024))
+src=$tmp/sparse.raw
+truncate -s $((1024 * MiB)) "$src"
+for at in 1 5 9 100 300 700 1000; do
+  head -c $((4 * MiB)) /dev/urandom |
+    dd of="$src" bs=1M seek=$at conv=notrunc status=none
+done
+
+# check_progress FILE: JSON lines only, percentages that never go down,
+# end at 100, and whose median step is at most 5 points (the data is 28
+# MiB in seven places over 1 GiB: counting the holes would jump).
+check_progress () {
+  python3 - "$1" <<'PYEOF' || fail "progress in $1: $(head -c 2000 "$1")"
+import json, statistics, sys
+lines = open(sys.argv[1]).read().splitlines()
+assert lines, "no progress"
+p = [json.loads(l)["percent"] for l in lines]
+assert all(b >= a for a, b in zip(p, p[1:])), "not monotonic: %s" % p
+assert p[-1] == 100, "does not end at 100: %s" % p
+steps = [b - a for a, b in zip(p, p[1:])]
+assert len(steps) >= 10, "too few reports: %s" % p
+assert statistics.median(steps) <= 5, "large steps: %s" % p
+PYEOF
+}
+
+# pack to standard output: the image alone on stdout, progress on
+# stderr.
+sparsecow pack --progress=json "$src" - >"$tmp/a.qcow2" 2>"$tmp/p1"
+qemu-img check -q "$tmp/a.qcow2"
+qemu-img compare -q -f raw -F qcow2 "$src" "$tmp/a.qcow2"
+check_progress "$tmp/p1"
+
+# Compressed, to a named descriptor, in both spellings.
+sparsecow pack -c --progress=fd:3 "$src" "$tmp/b.qcow2" 3>"$tmp/p2"
+check_progress "$tmp/p2"
+sparsecow unpack --progress=json:fd:3 "$tmp/b.qcow2" - 3>"$tmp/p3" |
+  cmp - "$src"
+check_progress "$tmp/p3"
+sparsecow unpack --progress=json "$tmp/a.qcow2" "$tmp/back" 2>"$tmp/p4"
+cmp "$src" "$tmp/back"
+check_progress "$tmp/p4"
+
+# Combinations that cannot work are refused before anything is written.
+refused () {
+  local pattern=$1; shift
+  rm -f "$tmp/out"
+  expect_fail "$pattern" "$@"
+  [ ! -s "$tmp/out" ] || fail "wrote something: $*"
+}
+refused "fd:1.*standard output" sparsecow pack --progress=fd:1 "$src" - \
+  >"$tmp/out"
+refused "fd:1.*standard output" sparsecow unpack --progress=json:fd:1 \
+  "$tmp/a.qcow2" - >"$tmp/out"
+refused "fd:9.*not open" sparsecow pack --progress=fd:9 "$src" "$tmp/out"
+refused "fd:3.*reading" sparsecow pack --progress=fd:3 "$src" "$tmp/out" \
+  3<"$src"
+refused "progress" sparsecow pack --progress=fd:x "$src" "$tmp/out"
+refused "progress" sparsecow pack --progress=json:fd: "$src" "$tmp/out"
