@@ -276,13 +276,17 @@ cmd_unpack (int argc, char **argv)
     }
   }
 
-  /* An image in a pipe is read once, as it comes. */
+  /* An image in a pipe is read once, as it comes; standard input
+   * redirected from a file is that file, read like any other.
+   */
   {
     struct stat st;
 
     stream = strcmp (image, "-") == 0
-      || (!ops[0].nbd && stat (image, &st) == 0
-          && (S_ISFIFO (st.st_mode) || S_ISCHR (st.st_mode)));
+      ? fstat (STDIN_FILENO, &st) == 0 && !S_ISREG (st.st_mode)
+        && !S_ISBLK (st.st_mode)
+      : !ops[0].nbd && stat (image, &st) == 0
+        && (S_ISFIFO (st.st_mode) || S_ISCHR (st.st_mode));
     if (stream && uopts.snapshot)
       cli_usage_error ("unpack", "--snapshot cannot be used with an "
                        "image read from a pipe");
@@ -304,12 +308,6 @@ cmd_unpack (int argc, char **argv)
   src = cli_open_source (&ops[0], &common, SC_MAP_SEEK);
   if (src == NULL)
     goto out;
-  if (stream && !sc_endpoint_is_stream (src)) {
-    /* Standard input redirected from a file: not a stream at all. */
-    cli_error ("%s: reading an image from standard input needs a pipe; "
-               "name the file instead", image);
-    goto out;
-  }
   /* Sized by sc_unpack once the image's virtual size is known.  A
    * target that cannot be opened is reported and the others written.
    */

@@ -3,7 +3,9 @@
 # JSON and image locks, against qemu-img where it has the same thing.
 TESTS += \
 	tests/cli-options.sh \
-	tests/cli-progress.sh
+	tests/cli-progress.sh \
+	tests/cli-stdin.sh
 EXTRA_DIST += \
 	tests/cli-options.sh \
-	tests/cli-progress.sh
+	tests/cli-progress.sh \
+	tests/cli-stdin.sh
