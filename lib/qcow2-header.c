@@ -26,6 +26,10 @@ enum header_mode {
    * incompatible features and the corrupt bit are left to the caller.
    */
   HEADER_INSPECT,
+  /* As HEADER_READ, but the corrupt bit is accepted: qemu opens such an
+   * image read-only (it only refuses to write it), for info and map.
+   */
+  HEADER_READ_CORRUPT,
   /* For qemu-img check compatible checking: refuse only what qemu
    * refuses when it opens an image for checking.  Tables may then lie
    * (partly) past the end of the file, where they read as zeros.
@@ -322,7 +326,7 @@ static int
 header_read (struct sc_endpoint *ep, uint64_t file_size, enum header_mode mode,
              struct qcow2_header *h)
 {
-  const bool for_reading = mode == HEADER_READ;
+  const bool for_reading = mode == HEADER_READ || mode == HEADER_READ_CORRUPT;
   const bool for_check = mode == HEADER_CHECK;
   unsigned char fixed[QCOW2_V2_HEADER_SIZE];
   CLEANUP_FREE unsigned char *buf = NULL;
@@ -423,7 +427,8 @@ header_read (struct sc_endpoint *ep, uint64_t file_size, enum header_mode mode,
                     & ~(uint64_t) QCOW2_INCOMPAT_KNOWN);
       return -1;
     }
-    if (h->incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
+    if ((h->incompatible_features & QCOW2_INCOMPAT_CORRUPT)
+        && mode != HEADER_READ_CORRUPT) {
       sc_set_error (EINVAL, "image is marked corrupt");
       return -1;
     }
@@ -636,6 +641,13 @@ qcow2_header_read (struct sc_endpoint *ep, uint64_t file_size,
 {
   return header_read (ep, file_size,
                       for_reading ? HEADER_READ : HEADER_INSPECT, h);
+}
+
+int
+qcow2_header_read_even_corrupt (struct sc_endpoint *ep, uint64_t file_size,
+                                struct qcow2_header *h)
+{
+  return header_read (ep, file_size, HEADER_READ_CORRUPT, h);
 }
 
 int

@@ -140,6 +140,8 @@ struct sc_qcow2 {
   uint64_t l1_bytes;                    /* of all layers */
   struct cache_table *mru, *lru;
   size_t cache_used, cache_budget, cache_tables;
+  /* With backing_optional: why the chain ends early, or NULL. */
+  char *backing_error;
 };
 
 /* What one layer says about a range starting at a guest offset. */
@@ -1339,6 +1341,7 @@ read_snapshots (struct sc_qcow2 *q, struct layer *L, const char *want,
     s[i].date_nsec = t.s[i].date_nsec;
     s[i].vm_clock_nsec = t.s[i].vm_clock_nsec;
     s[i].disk_size = t.s[i].disk_size;
+    s[i].icount = t.s[i].icount;
   }
   qcow2_snapshots_free (&t);
   q->snapshots = s;
@@ -1354,7 +1357,9 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
   uint64_t l1_offset, disk_size;
   uint32_t l1_entries;
 
-  if (qcow2_header_read (L->ep, L->file_size, true, &L->h) == -1)
+  if ((opts && opts->allow_corrupt
+       ? qcow2_header_read_even_corrupt (L->ep, L->file_size, &L->h)
+       : qcow2_header_read (L->ep, L->file_size, true, &L->h)) == -1)
     return -1;
   L->extl2 = (L->h.incompatible_features & QCOW2_INCOMPAT_EXTL2) != 0;
   L->granule_bits = L->extl2
@@ -1566,8 +1571,20 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
   }
 
  fail:
-  if (q->nlayers > 1)
+  if (q->nlayers > 1) {
     sc_error_prefix ("backing file %s", q->layers[q->nlayers - 1].filename);
+    /* A look at the image does not need its backing file: the chain
+     * ends here, and why is kept for sc_qcow2_get_info.
+     */
+    if (opts && opts->backing_optional) {
+      q->backing_error = xstrdup (sc_error_message ());
+      if (q->backing_error == NULL)
+        return -1;
+      free_layer (&q->layers[q->nlayers - 1]);
+      q->nlayers--;
+      return 0;
+    }
+  }
   return -1;
 
  fail_top:
@@ -1651,6 +1668,7 @@ sc_qcow2_close (struct sc_qcow2 *q)
     free_layer (&q->layers[i]);
   free (q->layers);
   free_snapshots (q->snapshots, q->nb_snapshots);
+  free (q->backing_error);
   pthread_mutex_destroy (&q->lock);
   pthread_mutex_destroy (&q->ext_lock);
   pthread_mutex_destroy (&q->file_lock);
@@ -1934,6 +1952,9 @@ sc_qcow2_get_info (struct sc_qcow2 *q, struct sc_qcow2_info *info)
   if (h->backing_format
       && (info->backing_format = xstrdup (h->backing_format)) == NULL)
     goto err;
+  if (q->backing_error
+      && (info->backing_error = xstrdup (q->backing_error)) == NULL)
+    goto err;
 
   if (q->nlayers > 1) {
     info->chain = calloc (q->nlayers - 1, sizeof *info->chain);
@@ -1967,6 +1988,9 @@ sc_qcow2_get_info (struct sc_qcow2 *q, struct sc_qcow2_info *info)
     }
   }
 
+  if (!L->raw && qcow2_bitmaps_list (L->ep, L->file_size, h, &info->bitmaps,
+                                     &info->nb_bitmaps) == -1)
+    goto err;
   if (count_clusters (q, info) == -1)
     goto err;
   return 0;
@@ -1983,11 +2007,13 @@ sc_qcow2_info_free (struct sc_qcow2_info *info)
   free (info->data_file);
   free (info->backing_file);
   free (info->backing_format);
+  free (info->backing_error);
   for (size_t i = 0; i < info->chain_len; i++) {
     free (info->chain[i].filename);
     free (info->chain[i].format);
   }
   free (info->chain);
   free_snapshots (info->snapshots, info->nb_snapshots);
+  qcow2_bitmaps_free (info->bitmaps, info->nb_bitmaps);
   memset (info, 0, sizeof *info);
 }

@@ -29,6 +29,7 @@
 #define SNAPSHOT_EXTRA_SIZE      36
 #define SNAPSHOT_EXTRA_VM_STATE  0    /* u64 large VM state size */
 #define SNAPSHOT_EXTRA_DISK_SIZE 8    /* u64 virtual disk size */
+#define SNAPSHOT_EXTRA_ICOUNT    16   /* u64 instruction count */
 #define SNAPSHOT_ALIGN           8
 /* qemu refuses more extra data than this in one entry. */
 #define SNAPSHOT_MAX_EXTRA       1024
@@ -57,6 +58,9 @@ decode_entry (const unsigned char *hdr, const unsigned char *extra,
       sn->vm_state_size = large;
     sn->disk_size = sc_get_be64 (extra + SNAPSHOT_EXTRA_DISK_SIZE);
   }
+  /* qemu stores all ones when record/replay was off. */
+  sn->icount = extra_size >= SNAPSHOT_EXTRA_ICOUNT + 8
+    ? sc_get_be64 (extra + SNAPSHOT_EXTRA_ICOUNT) : UINT64_MAX;
 }
 
 /* The reader's way: every byte of the table inside the file and
@@ -166,7 +170,7 @@ read_lenient (struct sc_endpoint *ep, uint64_t file_size,
   for (uint32_t i = 0; i < t->n; i++) {
     struct qcow2_snapshot *sn = &t->s[i];
     unsigned char hdr[SNAPSHOT_HEADER_SIZE];
-    unsigned char extra[SNAPSHOT_EXTRA_DISK_SIZE + 8];
+    unsigned char extra[SNAPSHOT_EXTRA_ICOUNT + 8];
     uint32_t extra_size, id_len, name_len;
 
     offset = SC_ROUND_UP (offset, SNAPSHOT_ALIGN);

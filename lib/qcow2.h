@@ -241,6 +241,13 @@ static inline unsigned qcow2_refcount_block_bits (uint32_t cluster_bits,
  */
 extern int qcow2_header_read (struct sc_endpoint *ep, uint64_t file_size,
                               bool for_reading, struct qcow2_header *h);
+/* As qcow2_header_read for reading, but an image with the corrupt bit
+ * set is accepted, as qemu opens one read-only: for info and map, which
+ * show the bit instead of refusing.
+ */
+extern int qcow2_header_read_even_corrupt (struct sc_endpoint *ep,
+                                           uint64_t file_size,
+                                           struct qcow2_header *h);
 /* For the checker only: parse the header as qemu does when it opens an
  * image for qemu-img check.  As for_reading false, and besides: any
  * header_length from 104 to a cluster, extensions framed as qemu frames
@@ -320,6 +327,20 @@ extern int qcow2_header_extensions (struct sc_endpoint *ep,
                                     const struct qcow2_header *h,
                                     bool for_check, qcow2_extension_fn fn,
                                     void *opaque);
+
+/* ---- qcow2-bitmaps.c ---------------------------------------------- */
+
+/* The persistent bitmaps that the bitmap directory of the image (header
+ * h, read from ep of file_size bytes) lists, as qemu-img info shows
+ * them: none without the bitmaps autoclear bit.  *out is malloc'd (free
+ * with qcow2_bitmaps_free), *nout entries.  Returns 0, or -1 with
+ * errno EINVAL (a directory over qemu's limits or outside the file, an
+ * invalid entry), ENOMEM, or that of a failed read.
+ */
+extern int qcow2_bitmaps_list (struct sc_endpoint *ep, uint64_t file_size,
+                               const struct qcow2_header *h,
+                               struct sc_bitmap_info **out, size_t *nout);
+extern void qcow2_bitmaps_free (struct sc_bitmap_info *b, size_t n);
 
 /* ---- qcow2-entry.c ------------------------------------------------ */
 
@@ -443,6 +464,7 @@ struct qcow2_snapshot {
   uint64_t vm_clock_nsec;
   uint64_t vm_state_size;       /* the 64-bit one when the entry has it */
   uint64_t disk_size;           /* 0 if the entry does not say */
+  uint64_t icount;              /* UINT64_MAX if the entry does not say */
 };
 
 struct qcow2_snapshots {

@@ -314,6 +314,20 @@ struct sc_qcow2_open_opts {
    * fuzzing.  false = open them, as qemu does.
    */
   bool no_external_files;
+  /* For looking at an image without reading its guest data through a
+   * chain (info), as qemu-img info opens one: a backing file that
+   * cannot be opened (missing, unreadable, damaged) ends the chain
+   * where it is, and sc_qcow2_get_info says why in backing_error.
+   * Reads of clusters that the missing file would have given then see
+   * zeros: do not copy data through such a handle.  false = fail.
+   */
+  bool backing_optional;
+  /* Open an image whose corrupt bit (incompatible feature bit 1) is
+   * set, as qemu opens one read-only, to show it (info, map); the
+   * tables are still validated as for any image.  false = refuse it
+   * (EINVAL), as for copying its data.
+   */
+  bool allow_corrupt;
 };
 
 /* Open the qcow2 image at path (a regular file or a block device) for
@@ -454,6 +468,20 @@ struct sc_snapshot_info {
   uint32_t date_nsec;
   uint64_t vm_clock_nsec;
   uint64_t disk_size;           /* 0 if not recorded */
+  /* Instructions executed by the guest (record/replay); UINT64_MAX if
+   * not recorded.
+   */
+  uint64_t icount;
+};
+
+/* A persistent dirty bitmap (qcow2.rst "Bitmaps"), as qemu-img info
+ * lists it.
+ */
+struct sc_bitmap_info {
+  char *name;
+  uint32_t granularity;         /* bytes a bit covers */
+  bool in_use;                  /* flag in-use: left open by a writer */
+  bool auto_enabled;            /* flag auto: tracks writes */
 };
 
 struct sc_backing_info {
@@ -477,10 +505,19 @@ struct sc_qcow2_info {
   bool data_file_raw;
   char *backing_file;           /* as stored in the header, or NULL */
   char *backing_format;         /* from the header extension, or NULL */
+  /* With sc_qcow2_open_opts.backing_optional: why the chain (chain,
+   * chain_len) ends before its last image, naming the file; else NULL.
+   */
+  char *backing_error;
   struct sc_backing_info *chain; /* resolved chain, chain_len entries */
   size_t chain_len;
   struct sc_snapshot_info *snapshots;
   size_t nb_snapshots;
+  /* The persistent bitmaps (none unless the bitmaps autoclear bit is
+   * set, as in qemu).
+   */
+  struct sc_bitmap_info *bitmaps;
+  size_t nb_bitmaps;
   /* Counts over the L2 tables of the active layer (or snapshot). */
   uint64_t allocated_clusters;  /* clusters with host data (incl. compressed) */
   uint64_t compressed_clusters;

@@ -62,27 +62,34 @@ print_human (const struct sc_check_result *r)
     printf ("Image end offset: %" PRIu64 "\n", r->image_end_offset);
 }
 
+/* qemu-img check --output=json: its members, with its names; like it,
+ * a count that is zero is left out, but for check-errors.
+ */
+static void
+json_count (const char *name, uint64_t v)
+{
+  if (v != 0)
+    printf (",\n    \"%s\": %" PRIu64, name, v);
+}
+
 static void
 print_json (const char *filename, const struct sc_check_result *r)
 {
   printf ("{\n    \"filename\": ");
   cli_json_string (stdout, filename);
-  printf (",\n"
-          "    \"format\": \"qcow2\",\n"
-          "    \"check-errors\": %" PRIu64 ",\n"
-          "    \"corruptions\": %" PRIu64 ",\n"
-          "    \"leaks\": %" PRIu64 ",\n"
-          "    \"damage\": %" PRIu64 ",\n"
-          "    \"allocated-clusters\": %" PRIu64 ",\n"
-          "    \"total-clusters\": %" PRIu64 ",\n"
-          "    \"fragmented-clusters\": %" PRIu64 ",\n"
-          "    \"compressed-clusters\": %" PRIu64 ",\n"
-          "    \"image-end-offset\": %" PRIu64 "\n"
-          "}\n",
-          r->check_errors, r->corruptions, r->leaks, r->damage,
-          r->allocated_clusters,
-          r->total_clusters, r->fragmented_clusters, r->compressed_clusters,
-          r->image_end_offset);
+  printf (",\n    \"format\": \"qcow2\",\n"
+          "    \"check-errors\": %" PRIu64, r->check_errors);
+  json_count ("corruptions", r->corruptions);
+  json_count ("leaks", r->leaks);
+  json_count ("allocated-clusters", r->allocated_clusters);
+  json_count ("total-clusters", r->total_clusters);
+  json_count ("fragmented-clusters", r->fragmented_clusters);
+  json_count ("compressed-clusters", r->compressed_clusters);
+  json_count ("image-end-offset", r->image_end_offset);
+  /* What qemu-img check does not count, under sparsecow's own name. */
+  printf (",\n    \"sparsecow\": {\n"
+          "        \"damage\": %" PRIu64 "\n"
+          "    }\n}\n", r->damage);
 }
 
 int

@@ -15,15 +15,23 @@
 
 #define BYTES_PER_BLOCK 512     /* st_blocks unit */
 
+enum { OPT_BACKING_CHAIN = 0x200 };
+
+static uint64_t actual_size_of (const char *path);
+
 static void
 usage (FILE *fp)
 {
   fprintf (fp,
-           "Usage: %s info [--json] IMAGE\n"
+           "Usage: %s info [--json] [--backing-chain] IMAGE\n"
            "Show the header, features, backing chain, snapshots and the\n"
            "allocation of a qcow2 image.\n"
            "\n"
-           "  --json, --output=json   one JSON object\n"
+           "  --json, --output=json   one JSON object, in qemu-img info's\n"
+           "                          layout (sparsecow's own fields under\n"
+           "                          \"sparsecow\")\n"
+           "  --backing-chain         every image of the chain (JSON: an\n"
+           "                          array)\n"
            "  --output=human          text, like qemu-img info (default)\n"
            CLI_COMMON_HELP
            CLI_NBD_HELP, cli_program);
@@ -66,76 +74,268 @@ tf (bool b)
   return b ? "true" : "false";
 }
 
-static void
-json_string_or_null (const char *s)
-{
-  if (s)
-    cli_json_string (stdout, s);
-  else
-    fputs ("null", stdout);
-}
-
 /* The disk size of an image on a server: not known. */
 #define UNKNOWN_SIZE UINT64_MAX
 
+/* JSON in qemu-img info's layout, indented as qemu indents it: each
+ * value is written after its key by the caller; sep() puts the comma
+ * and the line break between members.
+ */
+struct json {
+  FILE *fp;
+  unsigned depth;
+  bool first;                   /* no member yet at this depth */
+};
+
 static void
-print_json (const struct sc_qcow2_info *i, uint64_t actual_size)
+json_newline (struct json *j)
 {
-  printf ("{\n  \"filename\": ");
-  cli_json_string (stdout, i->filename);
-  printf (",\n  \"format\": \"qcow2\",\n");
-  printf ("  \"version\": %" PRIu32 ",\n", i->version);
-  printf ("  \"compat\": \"%s\",\n", compat_name (i->version));
-  printf ("  \"virtual-size\": %" PRIu64 ",\n", i->virtual_size);
-  printf ("  \"file-size\": %" PRIu64 ",\n", i->file_size);
-  /* qemu-img leaves it out where it cannot be known (NBD). */
+  fputc ('\n', j->fp);
+  for (unsigned i = 0; i < j->depth; i++)
+    fputs ("    ", j->fp);
+}
+
+static void
+json_sep (struct json *j)
+{
+  if (!j->first)
+    fputc (',', j->fp);
+  j->first = false;
+  json_newline (j);
+}
+
+static void
+json_key (struct json *j, const char *key)
+{
+  json_sep (j);
+  cli_json_string (j->fp, key);
+  fputs (": ", j->fp);
+}
+
+static void
+json_open (struct json *j, char c)
+{
+  fputc (c, j->fp);
+  j->depth++;
+  j->first = true;
+}
+
+static void
+json_close (struct json *j, char c)
+{
+  j->depth--;
+  json_newline (j);
+  fputc (c, j->fp);
+  j->first = false;
+}
+
+static void
+json_str (struct json *j, const char *key, const char *v)
+{
+  json_key (j, key);
+  cli_json_string (j->fp, v);
+}
+
+static void
+json_u64 (struct json *j, const char *key, uint64_t v)
+{
+  json_key (j, key);
+  fprintf (j->fp, "%" PRIu64, v);
+}
+
+static void
+json_bool (struct json *j, const char *key, bool v)
+{
+  json_key (j, key);
+  fputs (tf (v), j->fp);
+}
+
+/* qemu's path_combine: a backing file name relative to the directory
+ * of the image that names it.  Malloc'd, or NULL.
+ */
+static char *
+full_backing_name (const char *image, const char *backing)
+{
+  const char *slash = strrchr (image, '/');
+  char *r;
+
+  if (backing[0] == '/' || slash == NULL || strstr (backing, "://"))
+    return strdup (backing);
+  if (asprintf (&r, "%.*s%s", (int) (slash + 1 - image), image, backing)
+      == -1)
+    return NULL;
+  return r;
+}
+
+/* One image, as one object of qemu-img info --output=json: the fields
+ * qemu prints, with its names and nesting, and sparsecow's own under
+ * "sparsecow".
+ */
+static void
+json_image (struct json *j, const struct sc_qcow2_info *i,
+            uint64_t actual_size)
+{
+  json_open (j, '{');
+  json_u64 (j, "virtual-size", i->virtual_size);
+  json_str (j, "filename", i->filename);
+  json_u64 (j, "cluster-size", i->cluster_size);
+  json_str (j, "format", "qcow2");
+  /* qemu leaves it out where it cannot be known (NBD). */
   if (actual_size != UNKNOWN_SIZE)
-    printf ("  \"actual-size\": %" PRIu64 ",\n", actual_size);
-  printf ("  \"cluster-size\": %" PRIu32 ",\n", i->cluster_size);
-  printf ("  \"refcount-bits\": %" PRIu32 ",\n", i->refcount_bits);
-  printf ("  \"compression-type\": \"%s\",\n",
-          compression_name (i->compression_type));
-  printf ("  \"incompatible-features\": %" PRIu64 ",\n",
-          i->incompatible_features);
-  printf ("  \"compatible-features\": %" PRIu64 ",\n",
-          i->compatible_features);
-  printf ("  \"autoclear-features\": %" PRIu64 ",\n", i->autoclear_features);
-  printf ("  \"lazy-refcounts\": %s,\n", tf (i->lazy_refcounts));
-  printf ("  \"extended-l2\": %s,\n", tf (i->extended_l2));
-  printf ("  \"dirty\": %s,\n", tf (i->dirty));
-  printf ("  \"corrupt\": %s,\n", tf (i->corrupt));
-  printf ("  \"data-file\": ");
-  json_string_or_null (i->data_file);
-  printf (",\n  \"data-file-raw\": %s,\n", tf (i->data_file_raw));
-  printf ("  \"backing-filename\": ");
-  json_string_or_null (i->backing_file);
-  printf (",\n  \"backing-format\": ");
-  json_string_or_null (i->backing_format);
-  printf (",\n  \"backing-chain\": [");
+    json_u64 (j, "actual-size", actual_size);
+  json_key (j, "format-specific");
+  json_open (j, '{');
+  json_str (j, "type", "qcow2");
+  json_key (j, "data");
+  json_open (j, '{');
+  json_str (j, "compat", compat_name (i->version));
+  json_str (j, "compression-type", compression_name (i->compression_type));
+  /* Version 2 has no feature bits: qemu shows no more than this. */
+  if (i->version >= 3) {
+    json_bool (j, "lazy-refcounts", i->lazy_refcounts);
+    if (i->nb_bitmaps > 0) {
+      json_key (j, "bitmaps");
+      json_open (j, '[');
+      for (size_t k = 0; k < i->nb_bitmaps; k++) {
+        const struct sc_bitmap_info *b = &i->bitmaps[k];
+        json_sep (j);
+        json_open (j, '{');
+        json_key (j, "flags");
+        json_open (j, '[');
+        if (b->in_use) {
+          json_sep (j);
+          cli_json_string (j->fp, "in-use");
+        }
+        if (b->auto_enabled) {
+          json_sep (j);
+          cli_json_string (j->fp, "auto");
+        }
+        json_close (j, ']');
+        json_str (j, "name", b->name);
+        json_u64 (j, "granularity", b->granularity);
+        json_close (j, '}');
+      }
+      json_close (j, ']');
+    }
+  }
+  json_u64 (j, "refcount-bits", i->refcount_bits);
+  if (i->version >= 3) {
+    if (i->data_file) {
+      json_str (j, "data-file", i->data_file);
+      json_bool (j, "data-file-raw", i->data_file_raw);
+    }
+    json_bool (j, "corrupt", i->corrupt);
+    json_bool (j, "extended-l2", i->extended_l2);
+  }
+  json_close (j, '}');
+  json_close (j, '}');
+
+  if (i->nb_snapshots > 0) {
+    json_key (j, "snapshots");
+    json_open (j, '[');
+    for (size_t k = 0; k < i->nb_snapshots; k++) {
+      const struct sc_snapshot_info *sn = &i->snapshots[k];
+      json_sep (j);
+      json_open (j, '{');
+      /* qemu leaves icount out when the snapshot has none recorded. */
+      if (sn->icount != UINT64_MAX)
+        json_u64 (j, "icount", sn->icount);
+      json_u64 (j, "vm-clock-nsec", sn->vm_clock_nsec % 1000000000);
+      json_str (j, "name", sn->name);
+      json_u64 (j, "date-sec", sn->date_sec);
+      json_u64 (j, "date-nsec", sn->date_nsec);
+      json_u64 (j, "vm-clock-sec", sn->vm_clock_nsec / 1000000000);
+      json_str (j, "id", sn->id);
+      json_u64 (j, "vm-state-size", sn->vm_state_size);
+      json_close (j, '}');
+    }
+    json_close (j, ']');
+  }
+  if (i->backing_file) {
+    char *full = full_backing_name (i->filename, i->backing_file);
+
+    json_str (j, "backing-filename", i->backing_file);
+    json_str (j, "full-backing-filename", full ? full : i->backing_file);
+    free (full);
+    if (i->backing_format)
+      json_str (j, "backing-filename-format", i->backing_format);
+  }
+  json_bool (j, "dirty-flag", i->dirty);
+
+  /* What qemu-img info does not say. */
+  json_key (j, "sparsecow");
+  json_open (j, '{');
+  json_u64 (j, "version", i->version);
+  json_u64 (j, "file-size", i->file_size);
+  json_u64 (j, "incompatible-features", i->incompatible_features);
+  json_u64 (j, "compatible-features", i->compatible_features);
+  json_u64 (j, "autoclear-features", i->autoclear_features);
+  json_key (j, "backing-chain");
+  json_open (j, '[');
   for (size_t k = 0; k < i->chain_len; k++) {
-    printf ("%s\n    { \"filename\": ", k ? "," : "");
-    cli_json_string (stdout, i->chain[k].filename);
-    printf (", \"format\": ");
-    json_string_or_null (i->chain[k].format);
-    printf (" }");
+    json_sep (j);
+    json_open (j, '{');
+    json_str (j, "filename", i->chain[k].filename);
+    if (i->chain[k].format)
+      json_str (j, "format", i->chain[k].format);
+    json_close (j, '}');
   }
-  printf ("%s],\n  \"snapshots\": [", i->chain_len ? "\n  " : "");
-  for (size_t k = 0; k < i->nb_snapshots; k++) {
-    const struct sc_snapshot_info *s = &i->snapshots[k];
-    printf ("%s\n    { \"id\": ", k ? "," : "");
-    cli_json_string (stdout, s->id);
-    printf (", \"name\": ");
-    cli_json_string (stdout, s->name);
-    printf (", \"vm-state-size\": %" PRIu64 ", \"date-sec\": %" PRIu32
-            ", \"date-nsec\": %" PRIu32 ", \"vm-clock-nsec\": %" PRIu64
-            ", \"disk-size\": %" PRIu64 " }", s->vm_state_size, s->date_sec,
-            s->date_nsec, s->vm_clock_nsec, s->disk_size);
+  json_close (j, ']');
+  if (i->backing_error)
+    json_str (j, "backing-error", i->backing_error);
+  if (i->nb_snapshots > 0) {
+    json_key (j, "snapshot-disk-sizes");
+    json_open (j, '[');
+    for (size_t k = 0; k < i->nb_snapshots; k++) {
+      json_sep (j);
+      fprintf (j->fp, "%" PRIu64, i->snapshots[k].disk_size);
+    }
+    json_close (j, ']');
   }
-  printf ("%s],\n", i->nb_snapshots ? "\n  " : "");
-  printf ("  \"allocated-clusters\": %" PRIu64 ",\n", i->allocated_clusters);
-  printf ("  \"compressed-clusters\": %" PRIu64 ",\n",
-          i->compressed_clusters);
-  printf ("  \"zero-clusters\": %" PRIu64 "\n}\n", i->zero_clusters);
+  json_u64 (j, "allocated-clusters", i->allocated_clusters);
+  json_u64 (j, "compressed-clusters", i->compressed_clusters);
+  json_u64 (j, "zero-clusters", i->zero_clusters);
+  json_close (j, '}');
+  json_close (j, '}');
+}
+
+/* A raw file in a backing chain, as qemu-img info shows one. */
+static void
+json_raw (struct json *j, const char *path)
+{
+  struct stat st;
+  uint64_t size = 0, actual = 0;
+
+  if (stat (path, &st) == 0) {
+    size = ((uint64_t) st.st_size + BYTES_PER_BLOCK - 1)
+      / BYTES_PER_BLOCK * BYTES_PER_BLOCK;
+    actual = (uint64_t) st.st_blocks * BYTES_PER_BLOCK;
+  }
+  json_open (j, '{');
+  json_u64 (j, "virtual-size", size);
+  json_str (j, "filename", path);
+  json_str (j, "format", "raw");
+  json_u64 (j, "actual-size", actual);
+  json_bool (j, "dirty-flag", false);
+  json_close (j, '}');
+}
+
+/* A raw file in a backing chain, as qemu-img info shows one. */
+static void
+print_human_raw (const char *path)
+{
+  struct stat st;
+  char buf[64];
+  uint64_t size = 0;
+
+  if (stat (path, &st) == 0)
+    size = ((uint64_t) st.st_size + BYTES_PER_BLOCK - 1)
+      / BYTES_PER_BLOCK * BYTES_PER_BLOCK;
+  printf ("image: %s\nfile format: raw\n", path);
+  human_size (size, buf, sizeof buf);
+  printf ("virtual size: %s (%" PRIu64 " bytes)\n", buf, size);
+  human_size (actual_size_of (path), buf, sizeof buf);
+  printf ("disk size: %s\n", buf);
 }
 
 static void
@@ -190,6 +390,21 @@ print_human (const struct sc_qcow2_info *i, uint64_t actual_size)
   printf ("    compat: %s\n", compat_name (i->version));
   printf ("    compression type: %s\n", compression_name (i->compression_type));
   printf ("    lazy refcounts: %s\n", tf (i->lazy_refcounts));
+  if (i->nb_bitmaps > 0) {
+    printf ("    bitmaps:\n");
+    for (size_t k = 0; k < i->nb_bitmaps; k++) {
+      const struct sc_bitmap_info *b = &i->bitmaps[k];
+      unsigned f = 0;
+
+      printf ("        [%zu]:\n            flags:\n", k);
+      if (b->in_use)
+        printf ("                [%u]: in-use\n", f++);
+      if (b->auto_enabled)
+        printf ("                [%u]: auto\n", f++);
+      printf ("            name: %s\n            granularity: %" PRIu32 "\n",
+              b->name, b->granularity);
+    }
+  }
   printf ("    refcount bits: %" PRIu32 "\n", i->refcount_bits);
   printf ("    corrupt: %s\n", tf (i->corrupt));
   printf ("    dirty: %s\n", tf (i->dirty));
@@ -204,24 +419,61 @@ print_human (const struct sc_qcow2_info *i, uint64_t actual_size)
   printf ("    zero clusters: %" PRIu64 "\n", i->zero_clusters);
 }
 
+/* Open one image of the chain (the top one through ep when it is an
+ * export) and get its info.  Prints the error and returns -1.
+ */
+static int
+image_info (const char *path, struct sc_endpoint *ep,
+            struct sc_qcow2_info *info)
+{
+  /* As qemu-img info: the header is shown even when the backing file
+   * is missing or the image is marked corrupt.
+   */
+  struct sc_qcow2_open_opts qopts = { .backing_optional = true,
+                                      .allow_corrupt = true };
+  struct sc_qcow2 *q = ep ? sc_qcow2_open_endpoint (ep, &qopts)
+                          : sc_qcow2_open (path, &qopts);
+  int r;
+
+  if (q == NULL) {
+    cli_lib_error (path);
+    return -1;
+  }
+  r = sc_qcow2_get_info (q, info);
+  if (r == -1)
+    cli_lib_error (path);
+  sc_qcow2_close (q);
+  return r;
+}
+
+/* What a file really occupies, as qemu-img's "disk size". */
+static uint64_t
+actual_size_of (const char *path)
+{
+  struct stat st;
+
+  if (stat (path, &st) == -1)
+    return 0;
+  return (uint64_t) st.st_blocks * BYTES_PER_BLOCK;
+}
+
 int
 cmd_info (int argc, char **argv)
 {
   static const struct option long_options[] = {
     { "json", no_argument, NULL, OPT_JSON },
     { "output", required_argument, NULL, 'o' },
+    { "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN },
     { NULL, 0, NULL, 0 },
   };
   struct sc_qcow2_info info;
-  struct sc_qcow2 *q;
   struct cli_common common = { 0 };
   struct cli_operand op;
   struct sc_endpoint *ep = NULL;
-  struct stat st;
-  uint64_t actual_size = 0;
-  bool json = false;
+  struct json j = { .fp = stdout, .depth = 0, .first = true };
+  bool json = false, chain = false;
   const char *path;
-  int c;
+  int c, rc = EXIT_OK;
 
   cli_check_brackets ("info", argc, argv);
   while ((c = cli_getopt (argc, argv, "", long_options, &common,
@@ -233,6 +485,9 @@ cmd_info (int argc, char **argv)
     case 'o':
       json = cli_parse_output ("info", optarg);
       break;
+    case OPT_BACKING_CHAIN:
+      chain = true;
+      break;
     default:
       cli_usage_error ("info", "unknown option");
     }
@@ -240,41 +495,67 @@ cmd_info (int argc, char **argv)
   cli_operands ("info", argc, argv, optind, &op, 1, "one IMAGE");
   path = op.name;
 
-  if (op.nbd) {
-    if ((ep = cli_open_source (&op, &common, SC_MAP_SEEK)) == NULL)
-      return EXIT_ERROR;
-    q = sc_qcow2_open_endpoint (ep, NULL);
-  }
-  else
-    q = sc_qcow2_open (path, NULL);
-  if (q == NULL) {
-    cli_lib_error (path);
+  if (op.nbd && (ep = cli_open_source (&op, &common, SC_MAP_SEEK)) == NULL)
+    return EXIT_ERROR;
+  if (image_info (path, ep, &info) == -1) {
     sc_endpoint_close (ep);
     return EXIT_ERROR;
   }
-  if (sc_qcow2_get_info (q, &info) == -1) {
-    cli_lib_error (path);
-    sc_qcow2_close (q);
-    sc_endpoint_close (ep);
-    return EXIT_ERROR;
-  }
-  /* What the file really occupies, like qemu-img's "disk size". */
-  if (op.nbd)
-    actual_size = UNKNOWN_SIZE;
-  else if (stat (path, &st) == 0)
-    actual_size = (uint64_t) st.st_blocks * BYTES_PER_BLOCK;
+  /* qemu-img info does not open the backing file; say what is missing
+   * all the same.
+   */
+  if (info.backing_error)
+    fprintf (stderr, "%s: %s: %s\n", cli_program, path, info.backing_error);
 
+  if (json && chain) {
+    json_open (&j, '[');
+    json_sep (&j);
+  }
   if (json)
-    print_json (&info, actual_size);
+    json_image (&j, &info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path));
   else
-    print_human (&info, actual_size);
+    print_human (&info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path));
+
+  /* --backing-chain: every image of the chain in turn, as qemu-img
+   * prints them; one that cannot be opened is an error, as there.
+   */
+  for (size_t k = 0; chain && k < info.chain_len; k++) {
+    const struct sc_backing_info *b = &info.chain[k];
+    struct sc_qcow2_info bi;
+
+    if (json)
+      json_sep (&j);
+    else
+      printf ("\n");
+    if (b->format && strcmp (b->format, "raw") == 0) {
+      if (json)
+        json_raw (&j, b->filename);
+      else
+        print_human_raw (b->filename);
+      continue;
+    }
+    if (image_info (b->filename, NULL, &bi) == -1) {
+      rc = EXIT_ERROR;
+      break;
+    }
+    if (json)
+      json_image (&j, &bi, actual_size_of (b->filename));
+    else
+      print_human (&bi, actual_size_of (b->filename));
+    sc_qcow2_info_free (&bi);
+  }
+  if (chain && info.backing_error)
+    rc = EXIT_ERROR;
+  if (json && chain)
+    json_close (&j, ']');
+  if (json)
+    printf ("\n");
 
   sc_qcow2_info_free (&info);
-  sc_qcow2_close (q);
   sc_endpoint_close (ep);
   if (fflush (stdout) == EOF) {
     cli_error ("info: write error on stdout");
     return EXIT_ERROR;
   }
-  return EXIT_OK;
+  return rc;
 }

@@ -87,8 +87,12 @@ finish (struct map_out *out)
 static int
 map_qcow2 (const char *path, struct sc_endpoint *ep, struct map_out *out)
 {
-  struct sc_qcow2 *q = ep ? sc_qcow2_open_endpoint (ep, NULL)
-                          : sc_qcow2_open (path, NULL);
+  /* qemu-img map shows an image marked corrupt (it only refuses to
+   * write one); a missing backing file is an error, as there.
+   */
+  struct sc_qcow2_open_opts qopts = { .allow_corrupt = true };
+  struct sc_qcow2 *q = ep ? sc_qcow2_open_endpoint (ep, &qopts)
+                          : sc_qcow2_open (path, &qopts);
   struct sc_qcow2_info info;
   int r;
 

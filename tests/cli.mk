@@ -4,8 +4,10 @@
 TESTS += \
 	tests/cli-options.sh \
 	tests/cli-progress.sh \
-	tests/cli-stdin.sh
+	tests/cli-stdin.sh \
+	tests/cli-info-json.sh
 EXTRA_DIST += \
 	tests/cli-options.sh \
 	tests/cli-progress.sh \
-	tests/cli-stdin.sh
+	tests/cli-stdin.sh \
+	tests/cli-info-json.sh

@@ -32,22 +32,24 @@ import json, sys
 q = json.load(open(sys.argv[1]))
 s = json.load(open(sys.argv[2]))
 d = q["format-specific"]["data"]
+e = s["format-specific"]["data"]
 pairs = [
     ("virtual-size", q["virtual-size"], s["virtual-size"]),
     ("cluster-size", q["cluster-size"], s["cluster-size"]),
     ("actual-size", q["actual-size"], s["actual-size"]),
-    ("compat", d["compat"], s["compat"]),
-    ("refcount-bits", d.get("refcount-bits", 16), s["refcount-bits"]),
-    ("compression-type", d.get("compression-type", "zlib"), s["compression-type"]),
-    ("lazy-refcounts", d.get("lazy-refcounts", False), s["lazy-refcounts"]),
-    ("extended-l2", d.get("extended-l2", False), s["extended-l2"]),
-    ("corrupt", d.get("corrupt", False), s["corrupt"]),
-    ("dirty", q["dirty-flag"], s["dirty"]),
-    ("data-file", d.get("data-file"), s["data-file"]),
-    ("backing-filename", q.get("backing-filename"), s["backing-filename"]),
-    ("backing-format", q.get("backing-filename-format"), s["backing-format"]),
+    ("compat", d["compat"], e["compat"]),
+    ("refcount-bits", d.get("refcount-bits"), e.get("refcount-bits")),
+    ("compression-type", d.get("compression-type"), e.get("compression-type")),
+    ("lazy-refcounts", d.get("lazy-refcounts"), e.get("lazy-refcounts")),
+    ("extended-l2", d.get("extended-l2"), e.get("extended-l2")),
+    ("corrupt", d.get("corrupt"), e.get("corrupt")),
+    ("dirty", q["dirty-flag"], s["dirty-flag"]),
+    ("data-file", d.get("data-file"), e.get("data-file")),
+    ("backing-filename", q.get("backing-filename"), s.get("backing-filename")),
+    ("backing-format", q.get("backing-filename-format"),
+                       s.get("backing-filename-format")),
     ("snapshots", [(x["id"], x["name"]) for x in q.get("snapshots", [])],
-                  [(x["id"], x["name"]) for x in s["snapshots"]]),
+                  [(x["id"], x["name"]) for x in s.get("snapshots", [])]),
 ]
 bad = [(n, a, b) for n, a, b in pairs if a != b]
 for n, a, b in bad:
@@ -122,7 +124,7 @@ same_map sub/high.qcow2
 same_info sub/high.qcow2
 sparsecow info --json sub/high.qcow2 | python3 -c '
 import json, sys
-chain = json.load(sys.stdin)["backing-chain"]
+chain = json.load(sys.stdin)["sparsecow"]["backing-chain"]
 assert [c["filename"] for c in chain] == ["sub/low.qcow2"], chain
 assert [c["format"] for c in chain] == ["qcow2"], chain' ||
   fail "backing chain of sub/high.qcow2 not resolved against sub/"
@@ -267,14 +269,20 @@ poke incompat.qcow2 72 80
 bad "incompat.qcow2: unknown incompatible feature bits 0x8000000000000000" \
   incompat.qcow2
 
+# The corrupt bit: shown by info and map, as by qemu-img (which opens
+# such an image read-only); its data is not copied.
 cp ok.qcow2 corrupt.qcow2
 poke corrupt.qcow2 79 02
-bad "corrupt.qcow2: image is marked corrupt" corrupt.qcow2
+sparsecow info --json corrupt.qcow2 | grep -q '"corrupt": true' ||
+  fail "corrupt bit not reported"
+same_map corrupt.qcow2
+expect_fail "corrupt.qcow2: image is marked corrupt" \
+  sparsecow unpack corrupt.qcow2 corrupt.raw
 
 # The dirty bit alone is fine for reading.
 cp ok.qcow2 dirty.qcow2
 poke dirty.qcow2 79 01
-sparsecow info --json dirty.qcow2 | grep -q '"dirty": true' ||
+sparsecow info --json dirty.qcow2 | grep -q '"dirty-flag": true' ||
   fail "dirty bit not reported"
 same_map dirty.qcow2
 
@@ -297,11 +305,23 @@ bad "bkoff.qcow2: backing file name .* not inside the first cluster" bkoff.qcow2
 
 # A missing backing file, and a chain that loops.
 qemu-img create -q -f qcow2 -b gone.qcow2 -F qcow2 -u nobk.qcow2 4M
-bad "nobk.qcow2: backing file .*gone.qcow2" nobk.qcow2
+# qemu-img info does not open the backing file: info shows the image
+# and says what is missing; map needs the chain and fails.
+sparsecow info nobk.qcow2 >nobk.out 2>nobk.err || fail "info nobk.qcow2"
+grep -q "nobk.qcow2: backing file .*gone.qcow2" nobk.err ||
+  fail "info nobk.qcow2 does not name gone.qcow2: $(cat nobk.err)"
+grep -q "^backing file: gone.qcow2" nobk.out || fail "info nobk.qcow2"
+expect_fail "nobk.qcow2: backing file .*gone.qcow2" \
+  sparsecow map --json nobk.qcow2
+expect_fail "nobk.qcow2: backing file .*gone.qcow2" \
+  sparsecow info --backing-chain nobk.qcow2
 qemu-img create -q -f qcow2 loopa.qcow2 1M
 qemu-img create -q -f qcow2 -b loopa.qcow2 -F qcow2 loopb.qcow2 1M
 qemu-img rebase -u -b loopb.qcow2 -F qcow2 loopa.qcow2
-bad "loopb.qcow2: .*loops" loopb.qcow2
+expect_fail "loopb.qcow2: .*loops" sparsecow map --json loopb.qcow2
+expect_fail "loopb.qcow2: .*loops" sparsecow info --backing-chain loopb.qcow2
+sparsecow info loopb.qcow2 >/dev/null 2>loop.err || fail "info loopb.qcow2"
+grep -q "loopb.qcow2: .*loops" loop.err || fail "info loopb.qcow2: no loop"
 
 # An L1 entry with reserved bits, an L2 table outside the file, and an
 # L2 entry with reserved bits (found when the table is read).

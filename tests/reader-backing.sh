@@ -124,11 +124,16 @@ if [ "$READER_ORACLE" != qemu ]; then
   qemu-img create -q -f qcow2 -b loop-a.qcow2 -F qcow2 loop-b.qcow2
   qemu-img rebase -u -b loop-b.qcow2 -F qcow2 loop-a.qcow2
   for img in self.qcow2 loop-b.qcow2; do
-    for cmd in "unpack $img loop.out" "map --json $img" "info --json $img"; do
+    for cmd in "unpack $img loop.out" "map --json $img" \
+               "info --json --backing-chain $img"; do
       # shellcheck disable=SC2086
       expect_fail "backing|loop|chain" rd_sparsecow $cmd
     done
     [ ! -e loop.out ] || fail "failed unpack of $img left loop.out behind"
+    # info alone shows the image, as qemu-img info does, and the loop.
+    rd_sparsecow info --json "$img" >/dev/null 2>loop.err ||
+      fail "info $img"
+    grep -q "loop" loop.err || fail "info $img does not say it loops"
   done
 
   # A missing backing file: the message names it.

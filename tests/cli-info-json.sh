@@ -1,0 +1,148 @@
+#!/bin/bash
+# info --output=json (and --json, --backing-chain) in qemu-img info's
+# layout, and check --output=json in qemu-img check's: every field that
+# qemu-img prints, for images that qemu-img and qemu-io make with every
+# feature, equal in sparsecow's output, which adds only its own
+# "sparsecow" member.
+. "$srcdir/functions.sh"
+requires qemu-img qemu-io python3
+
+cd "$tmp"
+mkdir corpus
+cd corpus
+MiB=$((1024 * 1024))
+qio () { qemu-io "$@" >/dev/null || fail "qemu-io $*"; }
+# set_bit FILE BYTE-OFFSET BIT: set one bit of a header byte.
+set_bit () {
+  python3 - "$@" <<'PYEOF'
+import sys
+path, off, bit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open(path, "r+b") as f:
+    f.seek(off); b = f.read(1)[0]; f.seek(off); f.write(bytes([b | (1 << bit)]))
+PYEOF
+}
+
+qemu-img create -q -f qcow2 plain.qcow2 8M
+qio -c "write -P 1 0 1M" -c "write -z 4M 1M" plain.qcow2
+head -c $((4 * MiB)) /dev/urandom >data.raw
+truncate -s 16M data.raw
+qemu-img convert -q -c -O qcow2 data.raw compressed.qcow2
+qemu-img convert -q -c -O qcow2 -o compression_type=zstd data.raw zstd.qcow2
+qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=128k extl2.qcow2 8M
+qio -c "write -P 2 8k 4k" extl2.qcow2
+qemu-img create -q -f qcow2 -o lazy_refcounts=on,refcount_bits=8 lazy.qcow2 8M
+qemu-img create -q -f qcow2 -o compat=0.10 v2.qcow2 8M
+qio -c "write -P 3 0 64k" v2.qcow2
+qemu-img snapshot -c first v2.qcow2
+cp plain.qcow2 snaps.qcow2
+qemu-img snapshot -c first snaps.qcow2
+qio -c "write -P 4 1M 1M" snaps.qcow2
+qemu-img snapshot -c second snaps.qcow2
+cp plain.qcow2 bitmaps.qcow2
+qemu-img bitmap --add bitmaps.qcow2 b0
+qemu-img bitmap --add -g 128k bitmaps.qcow2 b1
+qemu-img bitmap --disable bitmaps.qcow2 b1
+qemu-img create -q -f qcow2 -b plain.qcow2 -F qcow2 mid.qcow2
+qio -c "write -P 5 2M 64k" mid.qcow2
+qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2
+truncate -s 8M base.raw
+qemu-img create -q -f qcow2 -b base.raw -F raw onraw.qcow2
+qemu-img create -q -f qcow2 -o data_file=ext.raw,data_file_raw=on datafile.qcow2 8M
+qio -c "write -P 6 0 1M" datafile.qcow2
+qemu-img create -q -f qcow2 -o data_file=ext2.raw datafile2.qcow2 8M
+cp plain.qcow2 dirty.qcow2
+set_bit dirty.qcow2 79 0
+cp plain.qcow2 corrupt.qcow2
+set_bit corrupt.qcow2 79 1
+# qemu-img info shows an image whose backing file is missing.
+qemu-img create -q -f qcow2 -u -b "$tmp/nowhere/base.qcow2" -F qcow2 \
+  missing.qcow2 8M
+mkdir sub
+qemu-img create -q -f qcow2 sub/base.qcow2 8M
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 sub/top.qcow2
+
+# compare QEMU-JSON SPARSECOW-JSON: every member of qemu's, at any
+# depth, is in sparsecow's with the same value; sparsecow's has no
+# other member but "sparsecow" in each image object.
+compare () {
+  python3 - "$1" "$2" <<'PYEOF' || fail "$(cat "$2")"
+import json, sys
+q = json.load(open(sys.argv[1]))
+s = json.load(open(sys.argv[2]))
+def image(a, b, where):
+    assert isinstance(b, dict), "%s: not an object" % where
+    extra = set(b) - set(a) - {"sparsecow"}
+    assert not extra, "%s: members qemu-img does not print: %s" % (where, extra)
+    for k in a:
+        assert k in b, "%s: no %s" % (where, k)
+        same(a[k], b[k], where + "." + k)
+def same(a, b, where):
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), \
+            "%s: %r, qemu-img %r" % (where, b, a)
+        for k in a:
+            same(a[k], b[k], where + "." + k)
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), \
+            "%s: %r, qemu-img %r" % (where, b, a)
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, "%s[%d]" % (where, i))
+    else:
+        assert a == b and type(a) == type(b), \
+            "%s: sparsecow %r, qemu-img %r" % (where, b, a)
+if isinstance(q, list):
+    assert isinstance(s, list) and len(q) == len(s), "chain lengths differ"
+    for i, (a, b) in enumerate(zip(q, s)):
+        image(a, b, "[%d]" % i)
+else:
+    image(q, s, "")
+PYEOF
+}
+
+n=0
+for img in *.qcow2 sub/top.qcow2; do
+  qemu-img info --output=json "$img" >q.json ||
+    fail "qemu-img info $img (the corpus is wrong)"
+  sparsecow info --output=json "$img" >s.json 2>s.err ||
+    fail "sparsecow info $img: $(cat s.err)"
+  compare q.json s.json
+  sparsecow info --json "$img" >s2.json 2>/dev/null
+  cmp s.json s2.json || fail "--json and --output=json differ for $img"
+  if qemu-img info --output=json --backing-chain "$img" >qc.json 2>/dev/null
+  then
+    sparsecow info --output=json --backing-chain "$img" >sc.json ||
+      fail "sparsecow info --backing-chain $img"
+    compare qc.json sc.json
+  else
+    expect_fail "$img" sparsecow info --output=json --backing-chain "$img"
+  fi
+  n=$((n + 1))
+done
+[ $n -ge 17 ] || fail "only $n images compared"
+
+# What is missing is said, and shown under sparsecow's own member.
+sparsecow info missing.qcow2 >s.txt 2>s.err
+grep -q "nowhere/base.qcow2" s.err || fail "missing backing file not named"
+grep -q "^backing file: $tmp/nowhere/base.qcow2" s.txt ||
+  fail "backing file not shown: $(cat s.txt)"
+sparsecow info --output=json missing.qcow2 2>/dev/null |
+  python3 -c 'import json,sys; e = json.load(sys.stdin)["sparsecow"]["backing-error"]; assert "nowhere/base.qcow2" in e, e' ||
+  fail "no backing-error in JSON"
+# The corrupt bit is shown, by info and by map, as by qemu-img.
+sparsecow info corrupt.qcow2 | grep -q "corrupt: true" || fail "corrupt not shown"
+qemu-img map --output=json corrupt.qcow2 >q.map
+sparsecow map --output=json corrupt.qcow2 >s.map
+python3 -c 'import json,sys; assert json.load(open(sys.argv[1])) == json.load(open(sys.argv[2]))' \
+  q.map s.map || fail "map of the corrupt image differs"
+# ... and copying its data is still refused.
+expect_fail "corrupt" sparsecow unpack corrupt.qcow2 out.raw
+
+# check --output=json: the members that qemu-img check prints, the same.
+for img in plain.qcow2 compressed.qcow2 zstd.qcow2 extl2.qcow2 lazy.qcow2 \
+           v2.qcow2 snaps.qcow2 bitmaps.qcow2 top.qcow2 datafile.qcow2; do
+  rc=0; qemu-img check --output=json "$img" >q.json 2>/dev/null || rc=$?
+  src=0; sparsecow check --output=json "$img" >s.json 2>/dev/null || src=$?
+  [ "$rc" = "$src" ] || fail "check $img: exit $src, qemu-img $rc"
+  python3 -c 'import json,sys; a = json.load(open(sys.argv[1])); b = json.load(open(sys.argv[2])); assert a == b, (a, b)' \
+    q.json s.json || fail "check --output=json $img differs"
+done
