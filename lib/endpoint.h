@@ -164,6 +164,13 @@ struct sc_endpoint {
    * sparsecow.h, 0 = auto), applied by the sink (sink.c).
    */
   uint32_t zero_mode;
+  /* What the sink leaves sparse on this target (qemu-img convert -S):
+   * a run of zeros inside the data of one write shorter than
+   * min_sparse bytes is written (0 = SC_ZERO_BLOCK); with allocate,
+   * nothing is left sparse and zeros are written.
+   */
+  uint64_t min_sparse;
+  bool allocate;
 };
 
 /* ---- endpoint.c: the wrappers, with the defaults of optional slots ---- */

@@ -194,15 +194,28 @@ extern void sc_pipeline_fit (const struct sc_endpoint *ep,
 
 /* Write length bytes of guest data at offset.  With detect_zeroes, on a
  * target that reads as zero already, aligned 4 KiB blocks that are all
- * zero are skipped.  0, or -1 with the error set (without the target's
- * name).
+ * zero are skipped, or with dst->min_sparse what sc_sparse_run leaves
+ * out; nothing is skipped with dst->allocate.  0, or -1 with the error
+ * set (without the target's name).
  */
 extern int sc_sink_write (struct sc_endpoint *dst, const void *buf,
                           uint64_t length, uint64_t offset,
                           bool detect_zeroes);
+/* qemu-img convert -S min_sparse: whether the first *len bytes of buf
+ * (length bytes at offset of the target) are written (true) or left
+ * out as zeros (false).  In 512-byte sectors, as qemu: leading zeros
+ * are left out; data takes with it the zeros that follow it when they
+ * are fewer than min_sparse bytes before more data; the ends of data
+ * are rounded up, and of zeros down, to the largest power of two in
+ * min_sparse, counted from offset 0 of the target.  *len > 0.
+ */
+extern bool sc_sparse_run (const void *buf, uint64_t length,
+                           uint64_t offset, uint64_t min_sparse,
+                           uint64_t *len);
 /* Make a hole or zero range of the guest read as zeros on dst: nothing
  * on a target that reads as zero already, else as dst->zero_mode says
- * (nothing at all for SC_TARGET_ZERO_SKIP).
+ * (nothing at all for SC_TARGET_ZERO_SKIP).  With dst->allocate, zeros
+ * are written where the target reads as zero already.
  */
 extern int sc_sink_zero (struct sc_endpoint *dst, uint64_t length,
                          uint64_t offset);

@@ -49,6 +49,10 @@
  * and the write that empties it: 8 MiB measured clearly slower.
  */
 #define WRITE_REQUEST_SIZE (1024 * 1024)
+/* The most clusters in a piece of phase 1: 1 MiB of 512-byte clusters
+ * (a piece is one cluster when clusters are larger).
+ */
+#define MAX_PIECE_CLUSTERS (MIN_REQUEST_SIZE / 512)
 /* Zero detection without compression first reads this much of a
  * cluster, and progress is reported every PROBE_PROGRESS_STEP bytes:
  * as often as the pipeline reports a piece, so that the count grows
@@ -233,6 +237,27 @@ piece_clusters (const struct pack *pk, const struct sc_piece *piece)
   return SC_DIV_ROUND_UP (piece->length, pk->cluster_size);
 }
 
+/* -S N: which clusters of a piece hold bytes that qemu-img convert
+ * -S N would write (sc_sparse_run); the others are all zero and left
+ * out.  stored has room for every cluster of a piece.
+ */
+static void
+sparse_clusters (const struct pack *pk, const struct sc_piece *piece,
+                 bool *stored, size_t n)
+{
+  uint64_t cs = pk->cluster_size, pos = 0, len;
+
+  memset (stored, 0, n * sizeof *stored);
+  while (pos < piece->length) {
+    if (sc_sparse_run ((const unsigned char *) piece->buf + pos,
+                       piece->length - pos, piece->offset + pos,
+                       pk->opts->min_sparse, &len))
+      for (uint64_t c = pos / cs; c <= (pos + len - 1) / cs && c < n; c++)
+        stored[c] = true;
+    pos += len;
+  }
+}
+
 static int
 scan_work (struct sc_piece *piece, void *opaque)
 {
@@ -247,9 +272,14 @@ scan_work (struct sc_piece *piece, void *opaque)
   struct sc_digest_block *blocks
     = (struct sc_digest_block *) ((unsigned char *) piece->out
                                   + pk->digest_out);
+  bool stored[MAX_PIECE_CLUSTERS];
+  /* -S N decides the zero clusters (qemu-img convert's rule). */
+  bool by_runs = opts->detect_zeroes && opts->min_sparse;
 
   if (piece->flags != 0)
     return 0;
+  if (by_runs)
+    sparse_clusters (pk, piece, stored, n);
   if (pk->digest) {
     /* A stream's virtual size is known only at its end, which is in
      * the piece that is cut short: its length, rounded up to a sector
@@ -269,10 +299,12 @@ scan_work (struct sc_piece *piece, void *opaque)
     /* A block of the digest as large as the cluster has been looked
      * at already.
      */
-    if (opts->detect_zeroes && pk->digest && pk->digest_block == cs
-        && opts->codec == SC_CODEC_NONE)
+    if (by_runs && !stored[i])
+      codes[i] = CLUSTER_ZERO;
+    else if (!by_runs && opts->detect_zeroes && pk->digest
+             && pk->digest_block == cs && opts->codec == SC_CODEC_NONE)
       codes[i] = blocks[i].zero ? CLUSTER_ZERO : CLUSTER_RAW;
-    else if (opts->detect_zeroes && sc_is_zero (c, cs))
+    else if (!by_runs && opts->detect_zeroes && sc_is_zero (c, cs))
       codes[i] = CLUSTER_ZERO;
     else if (opts->codec != SC_CODEC_NONE) {
       ssize_t r = sc_compress (opts->codec, opts->level, c, cs,
@@ -645,7 +677,7 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
    * scattered over a slow device would cost more than they save.
    */
   if (!pk->spill_all && opts->detect_zeroes && opts->codec == SC_CODEC_NONE
-      && sc_ep_can_pread_nowait (pk->src)) {
+      && opts->min_sparse == 0 && sc_ep_can_pread_nowait (pk->src)) {
     struct sc_extent_list rest;
     uint64_t stop;
     int r;
@@ -921,7 +953,17 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   /* A stream is read to its end in the scan; its extents and its size
    * are known only then.
    */
-  if (!(src->flags & SC_EP_STREAM) && cluster_extents (&pk, &extents) == -1)
+  /* -S 0: every cluster is data, as qemu-img convert -S 0 stores it. */
+  if (opts.allocate_all) {
+    opts.detect_zeroes = false;
+    if (!(src->flags & SC_EP_STREAM) && src->size > 0
+        && sc_extent_list_append (&extents, 0,
+                                  SC_ROUND_UP (src->size, pk.cluster_size),
+                                  0) == -1)
+      goto out;
+  }
+  else if (!(src->flags & SC_EP_STREAM)
+           && cluster_extents (&pk, &extents) == -1)
     goto out;
   if (want_direct (&pk, dst)) {
     if (reserve (&pk, &extents) == -1) {

@@ -4,12 +4,14 @@
  * - A target that already reads as zero (SC_EP_FRESH_ZEROS: a new file,
  *   a file behind stdout) gets nothing for a hole, and inside data only
  *   the 4 KiB blocks that are not all zero, so it stays as sparse as
- *   the guest content allows.
+ *   the guest content allows.  With the target's min_sparse (-S N),
+ *   qemu-img convert's rule instead (sc_sparse_run); with allocate
+ *   (-S 0), zeros are written everywhere.
  * - Any other target gets holes and zero ranges zeroed as its zero
- *   mode says: by default (auto) with the permission to unmap them;
- *   unmap demands it; write zeroes them without unmapping; skip leaves
- *   them as they are (only the image's data is written, as bmaptool
- *   does).
+ *   mode says: by default (auto) with the permission to unmap them
+ *   (without it for allocate); unmap demands it; write zeroes them
+ *   without unmapping; skip leaves them as they are (only the image's
+ *   data is written, as bmaptool does).
  * - A server's export that can zero a range without writing it (NBD
  *   WRITE_ZEROES with FAST_ZERO) is zeroed whole first, as qemu-img
  *   convert does, and is then a target that reads as zero.
@@ -17,6 +19,83 @@
 #include <config.h>
 
 #include "internal.h"
+
+/* qemu-img convert -S works in sectors. */
+#define SPARSE_UNIT 512
+
+static bool
+unit_is_zero (const unsigned char *buf, uint64_t length, uint64_t u)
+{
+  uint64_t start = u * SPARSE_UNIT;
+
+  return sc_is_zero (buf + start, SC_MIN (length - start,
+                                          (uint64_t) SPARSE_UNIT));
+}
+
+/* The run of units from the start of buf that are all zero or all
+ * not: *pnum units, their first being unit first of the target.  The
+ * end of data is rounded up to the alignment a (units, a power of
+ * two), the end of zeros down, and zeros shorter than what is left of
+ * their aligned block count as data: writes stay whole blocks.
+ */
+static bool
+sparse_same_run (const unsigned char *buf, uint64_t length, uint64_t n,
+                 uint64_t first, uint64_t a, uint64_t *pnum)
+{
+  bool zero = unit_is_zero (buf, length, 0);
+  uint64_t i = 1, tail;
+
+  while (i < n && unit_is_zero (buf, length, i) == zero)
+    i++;
+  tail = (first + i) & (a - 1);
+  if (tail) {
+    if (zero && i <= tail)
+      zero = false;
+    if (!zero)
+      i = SC_MIN (i + a - tail, n);
+    else
+      i -= tail;
+  }
+  *pnum = i;
+  return !zero;
+}
+
+bool
+sc_sparse_run (const void *buf, uint64_t length, uint64_t offset,
+               uint64_t min_sparse, uint64_t *len)
+{
+  const unsigned char *p = buf;
+  uint64_t n = SC_DIV_ROUND_UP (length, SPARSE_UNIT);
+  uint64_t first = offset / SPARSE_UNIT;
+  uint64_t min = SC_MAX (min_sparse / SPARSE_UNIT, (uint64_t) 1);
+  uint64_t a = 1, used, pos, k;
+
+  /* The alignment is the largest power of two in min, as qemu-img
+   * convert aligns its writes.
+   */
+  while (a * 2 <= min)
+    a *= 2;
+  if (n < min)
+    min = n;
+  if (!sparse_same_run (p, length, n, first, a, &k)) {
+    *len = SC_MIN (k * SPARSE_UNIT, length);
+    return false;
+  }
+  /* Data: zeros after it that are fewer than min units go with it. */
+  used = pos = k;
+  while (pos < n) {
+    bool data = sparse_same_run (p + pos * SPARSE_UNIT,
+                                 length - pos * SPARSE_UNIT, n - pos,
+                                 first + pos, a, &k);
+    pos += k;
+    if (data)
+      used = pos;
+    else if (k >= min)
+      break;
+  }
+  *len = SC_MIN (used * SPARSE_UNIT, length);
+  return true;
+}
 
 int
 sc_sink_write (struct sc_endpoint *dst, const void *buf, uint64_t length,
@@ -26,8 +105,22 @@ sc_sink_write (struct sc_endpoint *dst, const void *buf, uint64_t length,
   uint64_t pos = 0, run_start = 0;
   bool in_run = false;
 
-  if (!detect_zeroes || !(dst->flags & SC_EP_FRESH_ZEROS))
+  if (!detect_zeroes || !(dst->flags & SC_EP_FRESH_ZEROS) || dst->allocate)
     return sc_ep_pwrite (dst, buf, length, offset);
+
+  /* -S N: qemu-img convert's rule, run by run. */
+  if (dst->min_sparse) {
+    while (pos < length) {
+      uint64_t n;
+
+      if (sc_sparse_run (p + pos, length - pos, offset + pos,
+                         dst->min_sparse, &n)
+          && sc_ep_pwrite (dst, p + pos, n, offset + pos) == -1)
+        return -1;
+      pos += n;
+    }
+    return 0;
+  }
 
   /* Write the parts that are not all-zero blocks, coalescing
    * neighbouring non-zero blocks into one write.
@@ -57,10 +150,29 @@ sc_sink_write (struct sc_endpoint *dst, const void *buf, uint64_t length,
   return 0;
 }
 
+/* Zeros written as data, for a target that must be allocated whole. */
+#define ZERO_WRITE_SIZE (64 * 1024)
+static const unsigned char zero_buffer[ZERO_WRITE_SIZE];
+
 int
 sc_sink_zero (struct sc_endpoint *dst, uint64_t length, uint64_t offset)
 {
-  if (length == 0 || (dst->flags & SC_EP_FRESH_ZEROS))
+  if (length == 0)
+    return 0;
+  if (dst->allocate && (dst->flags & SC_EP_FRESH_ZEROS)) {
+    /* A target that reads as zero gets the zeros written, as qemu-img
+     * convert -S 0 writes them.
+     */
+    while (length > 0) {
+      size_t n = (size_t) SC_MIN (length, (uint64_t) ZERO_WRITE_SIZE);
+      if (sc_ep_pwrite (dst, zero_buffer, n, offset) == -1)
+        return -1;
+      length -= n;
+      offset += n;
+    }
+    return 0;
+  }
+  if (dst->flags & SC_EP_FRESH_ZEROS)
     return 0;
   switch (dst->zero_mode) {
   case SC_TARGET_ZERO_SKIP:
@@ -71,7 +183,9 @@ sc_sink_zero (struct sc_endpoint *dst, uint64_t length, uint64_t offset)
     return sc_ep_zero (dst, length, offset,
                        SC_ZERO_MAY_UNMAP | SC_ZERO_MUST_UNMAP);
   default:
-    return sc_ep_zero (dst, length, offset, SC_ZERO_MAY_UNMAP);
+    /* -S 0 on a device: zeroed, and kept allocated. */
+    return sc_ep_zero (dst, length, offset,
+                       dst->allocate ? 0 : SC_ZERO_MAY_UNMAP);
   }
 }
 
@@ -79,7 +193,8 @@ int
 sc_sink_prepare (struct sc_endpoint *dst, uint64_t length)
 {
   if (length == 0 || (dst->flags & SC_EP_FRESH_ZEROS)
-      || !(dst->flags & SC_EP_REMOTE) || dst->zero_mode != 0)
+      || !(dst->flags & SC_EP_REMOTE) || dst->zero_mode != 0
+      || dst->allocate)
     return 0;
   if (sc_ep_zero (dst, length, 0, SC_ZERO_MAY_UNMAP | SC_ZERO_FAST) == -1) {
     /* Not fast here: holes are zeroed one by one instead. */

@@ -397,6 +397,14 @@ struct sc_unpack_opts {
   const char *snapshot;         /* NULL = active layer; else name or ID */
   bool no_external_files;       /* as in sc_qcow2_open_opts */
   unsigned threads;             /* 0 = online CPUs */
+  /* qemu-img convert -S, for a target that reads as zero (a new file):
+   * zeros are left unwritten in aligned 4 KiB blocks, except runs of
+   * them between data (within one piece of the copy, 1 MiB) shorter
+   * than min_sparse bytes (0 = 4 KiB).  allocate_all (-S 0): every
+   * byte is written, zeros included, so the file is fully allocated.
+   */
+  uint64_t min_sparse;
+  bool allocate_all;
   /* Bytes of the guest processed; from a stream, bytes of the image
    * read, with a total of 0 (unknown).
    */
@@ -536,6 +544,16 @@ struct sc_pack_opts {
   enum sc_codec codec;          /* SC_CODEC_NONE = uncompressed */
   int level;                    /* compression level, -1 = default */
   bool detect_zeroes;           /* do not store all-zero clusters */
+  /* qemu-img convert -S for a qcow2 target.  With detect_zeroes, a run
+   * of all-zero clusters between clusters with data (within one piece
+   * of the scan, 1 MiB or one cluster if larger) is stored anyway when
+   * it is shorter than min_sparse bytes; 0 or up to a cluster: every
+   * all-zero cluster is left out.  allocate_all (-S 0): every cluster
+   * of the virtual size is stored as data, holes included, as
+   * qemu-img convert -S 0 stores them (detect_zeroes is then ignored).
+   */
+  uint64_t min_sparse;
+  bool allocate_all;
   unsigned threads;             /* 0 = online CPUs */
   /* Refuse a source whose first bytes are the qcow2 magic (an image,
    * not raw data; default true): sc_pack fails with EMEDIUMTYPE.  A

@@ -57,6 +57,9 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
 
   if (opts == NULL)
     opts = &none;
+  /* -S: what the sink leaves sparse, on either path. */
+  dst->min_sparse = opts->min_sparse;
+  dst->allocate = opts->allocate_all;
   if (image->flags & SC_EP_STREAM) {
     if (opts->bmap) {
       sc_set_error (ESPIPE, "%s: a bmap cannot be used with an image read "

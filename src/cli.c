@@ -126,6 +126,24 @@ cli_parse_size (const char *s, uint64_t *out)
   return 0;
 }
 
+/* qemu-img convert's bounds for -S: whole sectors, at most its largest
+ * buffer.
+ */
+#define MIN_SPARSE_UNIT 512
+#define MAX_MIN_SPARSE (16 * 1024 * 1024)
+
+uint64_t
+cli_parse_min_sparse (const char *command, const char *arg)
+{
+  uint64_t v;
+
+  if (cli_parse_size (arg, &v) == -1 || v % MIN_SPARSE_UNIT != 0
+      || v > MAX_MIN_SPARSE)
+    cli_usage_error (command, "-S: expected a multiple of 512 bytes up to "
+                     "16M, not '%s'", arg);
+  return v;
+}
+
 int
 cli_common_option (int c, const char *arg, struct cli_common *common,
                    void (*usage) (FILE *))

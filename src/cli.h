@@ -171,6 +171,11 @@ extern bool cli_parse_output (const char *command, const char *arg);
 
 /* Parse a size with optional suffix (k, K, M, G, T; powers of 1024). */
 extern int cli_parse_size (const char *s, uint64_t *out);
+/* -S SIZE, as qemu-img convert takes it: a multiple of 512 up to
+ * 16 MiB, with a suffix.  0 means allocate everything.  Exits with a
+ * usage error naming command otherwise.
+ */
+extern uint64_t cli_parse_min_sparse (const char *command, const char *arg);
 /* Parse an unsigned integer in [min, max]. */
 extern int cli_parse_uint (const char *s, unsigned min, unsigned max,
                            unsigned *out);

@@ -63,8 +63,10 @@ usage (FILE *fp)
 "                           against its SHA-256 as it is read\n"
 "      --bmap-out FILE.bmap also write a block map of SOURCE for bmaptool\n"
 "                           copy, from the same reads as the image\n"
-"  -S SIZE                  skip all-zero clusters (default); -S 0 stores\n"
-"                           them\n"
+"  -S SIZE                  as qemu-img convert: runs of zeros between\n"
+"                           data shorter than SIZE are stored (default\n"
+"                           4k: every all-zero cluster is left out);\n"
+"                           -S 0 stores every cluster\n"
 "      --digest, --no-digest\n"
 "                           store a digest of the content for 'verify IMAGE'\n"
 "                           or not (default: with -c, in compat=1.1 images)\n"
@@ -597,14 +599,10 @@ cmd_pack (int argc, char **argv)
     case OPT_NO_DIGEST:
       digest = c == OPT_DIGEST;
       break;
-    case 'S': {
-      uint64_t s;
-      if (cli_parse_size (optarg, &s) == -1)
-        cli_usage_error ("pack", "-S: expected a size, not '%s'", optarg);
-      /* Zero detection works on whole clusters whatever the size. */
-      opts.detect_zeroes = s != 0;
+    case 'S':
+      opts.min_sparse = cli_parse_min_sparse ("pack", optarg);
+      opts.allocate_all = opts.min_sparse == 0;
       break;
-    }
     default:
       cli_usage_error ("pack", "unknown option");
     }

@@ -58,6 +58,9 @@ usage (FILE *fp)
 "      --bmap FILE.bmap   unpack only the ranges of a block map of the\n"
 "                         guest, each checked against its SHA-256; the\n"
 "                         rest is a hole (see --zero)\n"
+"  -S SIZE                as qemu-img convert: zeros are left unwritten\n"
+"                         (a new file stays sparse) in runs of at least\n"
+"                         SIZE bytes (default 4k); -S 0 writes them all\n"
 CLI_COMMON_HELP
 CLI_NBD_HELP,
            cli_program);
@@ -179,7 +182,7 @@ cmd_unpack (int argc, char **argv)
   cli_install_signal_handlers ();
 
   cli_check_brackets ("unpack", argc, argv);
-  while ((c = cli_getopt (argc, argv, "fn", long_options, &common,
+  while ((c = cli_getopt (argc, argv, "fnS:", long_options, &common,
                           usage)) != -1) {
     switch (c) {
     case 'f':
@@ -215,6 +218,10 @@ cmd_unpack (int argc, char **argv)
       break;
     case OPT_BMAP:
       bmap_path = optarg;
+      break;
+    case 'S':
+      uopts.min_sparse = cli_parse_min_sparse ("unpack", optarg);
+      uopts.allocate_all = uopts.min_sparse == 0;
       break;
     default:
       cli_usage_error ("unpack", "unknown option");

@@ -5,9 +5,11 @@ TESTS += \
 	tests/cli-options.sh \
 	tests/cli-progress.sh \
 	tests/cli-stdin.sh \
-	tests/cli-info-json.sh
+	tests/cli-info-json.sh \
+	tests/cli-sparse.sh
 EXTRA_DIST += \
 	tests/cli-options.sh \
 	tests/cli-progress.sh \
 	tests/cli-stdin.sh \
-	tests/cli-info-json.sh
+	tests/cli-info-json.sh \
+	tests/cli-sparse.sh

@@ -1,0 +1,89 @@
+#!/bin/bash
+# -S as qemu-img convert -S: a run of zeros between data shorter than
+# SIZE is stored or written, leading and trailing zeros and holes never
+# are; -S 0 allocates everything.  qemu-img convert with the same -S is
+# the oracle, for pack (qemu-img map of the images) and for unpack to a
+# file (the file's data extents and block count).
+. "$srcdir/functions.sh"
+requires qemu-img python3
+
+cd "$tmp"
+KiB=1024
+MiB=$((1024 * KiB))
+# put OFFSET LENGTH random|zero: write data or explicit (allocated) zeros.
+put () {
+  local src=/dev/urandom
+  [ "$3" = zero ] && src=/dev/zero
+  head -c "$2" "$src" | dd of=src.raw bs=4k seek=$(($1 / 4096)) \
+    conv=notrunc status=none
+}
+truncate -s $((4 * MiB)) src.raw
+put 0 $((64 * KiB)) random
+put $((64 * KiB)) $((192 * KiB)) zero         # three zero clusters
+put $((256 * KiB)) $((64 * KiB)) random
+put $((320 * KiB)) $((704 * KiB)) zero        # trailing zeros to 1 MiB
+put $((2 * MiB)) $((64 * KiB)) random
+put $((2 * MiB + 64 * KiB)) $((16 * KiB)) zero
+put $((2 * MiB + 80 * KiB)) $((48 * KiB)) random
+put $((2 * MiB + 128 * KiB)) $((128 * KiB)) zero
+
+# The runs of data of a qcow2 image, as qemu-img map shows them.
+data_runs () {
+  qemu-img map --output=json "$1" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin):
+    if r["data"]:
+        print(r["start"], r["length"])'
+}
+
+# Every cluster allocated: for unpack, zero detection decides alone.
+qemu-img convert -q -S 0 -f raw -O qcow2 src.raw all.qcow2
+
+for S in 0 4k 64k 128k 256k 1M; do
+  # pack: the clusters stored are those qemu-img convert stores.
+  rm -f q.qcow2 s.qcow2
+  qemu-img convert -q -S $S -f raw -O qcow2 src.raw q.qcow2
+  sparsecow pack -q -S $S src.raw s.qcow2
+  qemu-img check -q s.qcow2
+  qemu-img compare -q -f raw -F qcow2 src.raw s.qcow2
+  [ "$(data_runs q.qcow2)" = "$(data_runs s.qcow2)" ] ||
+    fail "pack -S $S stores other clusters than qemu-img convert -S $S:
+$(data_runs q.qcow2)
+---
+$(data_runs s.qcow2)"
+
+  # unpack of a fully allocated image to a new file: the same data
+  # extents as qemu-img convert -S writes.
+  rm -f q.raw s.raw
+  qemu-img convert -q -S $S -f qcow2 -O raw all.qcow2 q.raw
+  sparsecow unpack -q -S $S all.qcow2 s.raw
+  cmp src.raw s.raw || fail "unpack -S $S: content differs"
+  [ "$(data_map q.raw)" = "$(data_map s.raw)" ] ||
+    fail "unpack -S $S leaves other holes than qemu-img convert -S $S:
+$(data_map q.raw)
+---
+$(data_map s.raw)"
+done
+
+# -S 0 allocates the whole file: every block counted by stat, as qemu's.
+rm -f s.raw
+sparsecow unpack -q -S 0 all.qcow2 s.raw
+[ $(($(stat -c %b s.raw) * 512)) -ge $((4 * MiB)) ] ||
+  fail "unpack -S 0: only $(stat -c %b s.raw) blocks allocated"
+# ... and from a pipe too.
+rm -f p.raw
+sparsecow unpack -q -S 0 - p.raw < <(cat all.qcow2)
+cmp src.raw p.raw
+[ $(($(stat -c %b p.raw) * 512)) -ge $((4 * MiB)) ] ||
+  fail "unpack -S 0 from a pipe: only $(stat -c %b p.raw) blocks allocated"
+# The default stays sparse.
+rm -f d.raw
+sparsecow unpack -q all.qcow2 d.raw
+[ $(($(stat -c %b d.raw) * 512)) -lt $((1 * MiB)) ] ||
+  fail "unpack without -S allocated $(stat -c %b d.raw) blocks"
+
+# -S takes what qemu-img takes: multiples of 512 up to 16M.
+expect_fail "pack: -S" sparsecow pack -S 1000 src.raw bad.qcow2
+expect_fail "pack: -S" sparsecow pack -S 32M src.raw bad.qcow2
+expect_fail "unpack: -S" sparsecow unpack -S x all.qcow2 bad.raw
+[ ! -e bad.qcow2 ] && [ ! -e bad.raw ] || fail "a refused -S left a target"
