@@ -11,6 +11,7 @@
 
 #include "internal.h"
 #include "endpoint.h"
+#include "lock.h"
 
 /* Zeros are written in chunks of this size where a range cannot be
  * punched or zeroed by the kernel.
@@ -394,6 +395,26 @@ sc_endpoint_open_fd_target (int fd, const char *name, uint64_t size)
 static struct sc_endpoint *open_target (const char *path, uint64_t size,
                                         unsigned flags);
 
+/* A new file at path, written under a temporary name: refused while
+ * another process (qemu) uses the file it replaces, and holding qemu's
+ * writer locks until it is closed, so that qemu does not open it half
+ * written.
+ */
+static struct sc_endpoint *
+new_file_target (const char *path, uint64_t size, unsigned flags)
+{
+  struct sc_endpoint *ep;
+
+  if (sc_lock_check_replace (path) == -1)
+    return NULL;
+  ep = sc_file_target_new (path, size, flags);
+  if (ep && sc_lock_hold_write (sc_ep_local_fd (ep)) == -1) {
+    sc_ep_close (ep);
+    return NULL;
+  }
+  return ep;
+}
+
 struct sc_endpoint *
 sc_endpoint_open_target (const char *path, uint64_t size, unsigned flags)
 {
@@ -549,7 +570,7 @@ open_target (const char *path, uint64_t size, unsigned flags)
         sc_set_error (EEXIST, "target exists (use -f to overwrite)");
         return NULL;
       }
-      return sc_file_target_new (real, size, flags);
+      return new_file_target (real, size, flags);
     }
   }
 
@@ -558,7 +579,7 @@ open_target (const char *path, uint64_t size, unsigned flags)
       sc_set_error (errno, "%s", strerror (errno));
       return NULL;
     }
-    return sc_file_target_new (path, size, flags);
+    return new_file_target (path, size, flags);
   }
   if (S_ISDIR (st.st_mode)) {
     sc_set_error (EISDIR, "is a directory");
@@ -600,7 +621,7 @@ open_target (const char *path, uint64_t size, unsigned flags)
     sc_set_error (EEXIST, "target exists (use -f to overwrite)");
     return NULL;
   }
-  return sc_file_target_new (path, size, flags);
+  return new_file_target (path, size, flags);
 }
 
 /* ---- the base of local-descriptor kinds ---------------------------------- */

@@ -30,6 +30,7 @@
 
 #include "internal.h"
 #include "qcow2.h"
+#include "lock.h"
 
 #define DEFAULT_CACHE_BYTES     (4 * 1024 * 1024)
 /* Enough tables that a lookup never evicts the table it just loaded. */
@@ -1403,7 +1404,9 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
     if (L->data_filename == NULL)
       return -1;
     L->data_ep = qcow2_open_file (L->data_filename);
-    if (L->data_ep == NULL || refuse_stream (L->data_ep) == -1) {
+    if (L->data_ep == NULL || refuse_stream (L->data_ep) == -1
+        || (!(opts && opts->force_share)
+            && sc_lock_check_read (sc_ep_local_fd (L->data_ep)) == -1)) {
       sc_error_prefix ("data file %s", L->data_filename);
       return -1;
     }
@@ -1498,6 +1501,10 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
         goto fail;
     }
     if (refuse_stream (L->ep) == -1)
+      goto fail;
+    /* As qemu-img: not an image another process is writing. */
+    if (!(opts && opts->force_share)
+        && sc_lock_check_read (sc_ep_local_fd (L->ep)) == -1)
       goto fail;
     L->file_size = L->ep->size;
     r = sc_ep_fingerprint (L->ep, &fp);

@@ -328,6 +328,12 @@ struct sc_qcow2_open_opts {
    * (EINVAL), as for copying its data.
    */
   bool allow_corrupt;
+  /* qemu's -U: read files of the image even while another process
+   * (qemu-nbd, a VM) holds them for writing.  false = refuse them
+   * (EBUSY), as qemu-img does, by the locks qemu takes on image files
+   * (see sc_image_lock_test).
+   */
+  bool force_share;
 };
 
 /* Open the qcow2 image at path (a regular file or a block device) for
@@ -365,6 +371,18 @@ sc_qcow2_open_endpoint (struct sc_endpoint *file,
                         const struct sc_qcow2_open_opts *opts);
 extern void sc_qcow2_close (struct sc_qcow2 *q);
 extern uint64_t sc_qcow2_virtual_size (const struct sc_qcow2 *q);
+
+/* qemu's image locks (qemu block/file-posix.c: OFD locks on byte 100 +
+ * i while a process holds permission i, 200 + i while it does not share
+ * it).  May the image file at path be read now?  Returns 0 when no
+ * other process writes it (or resizes it, or refuses to share reading),
+ * or when the file system has no OFD locks; -1 with errno EBUSY when
+ * one does (the message names the lock, as qemu-img's does), or the
+ * errno of opening path.  sc_qcow2_open tests every file of a chain
+ * itself unless force_share; this is for callers that read a file in
+ * another way (sc_qcow2_check).
+ */
+extern int sc_image_lock_test (const char *path);
 
 /* Is this file a qcow2 image (by magic)?  1 yes, 0 no, -1 error. */
 extern int sc_is_qcow2 (const char *path);
@@ -405,6 +423,7 @@ struct sc_unpack_opts {
    */
   uint64_t min_sparse;
   bool allocate_all;
+  bool force_share;             /* as in sc_qcow2_open_opts */
   /* Bytes of the guest processed; from a stream, bytes of the image
    * read, with a total of 0 (unknown).
    */

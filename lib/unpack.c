@@ -29,6 +29,7 @@ open_guest (struct sc_endpoint *image, const struct sc_unpack_opts *opts,
 
   qopts.snapshot = opts->snapshot;
   qopts.no_external_files = opts->no_external_files;
+  qopts.force_share = opts->force_share;
   *guest = NULL;
   *q = sc_qcow2_open_endpoint (image, &qopts);
   if (*q == NULL) {

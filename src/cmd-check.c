@@ -137,7 +137,9 @@ cmd_check (int argc, char **argv)
     if (c == -1)
       return EXIT_ERROR;
   }
-  else if (sc_qcow2_check (image, &result) == -1) {
+  /* As qemu-img check: not an image that another process writes. */
+  else if ((!common.force_share && sc_image_lock_test (image) == -1)
+           || sc_qcow2_check (image, &result) == -1) {
     cli_lib_error (image);
     return EXIT_ERROR;
   }

@@ -424,13 +424,14 @@ print_human (const struct sc_qcow2_info *i, uint64_t actual_size)
  */
 static int
 image_info (const char *path, struct sc_endpoint *ep,
-            struct sc_qcow2_info *info)
+            struct sc_qcow2_info *info, bool force_share)
 {
   /* As qemu-img info: the header is shown even when the backing file
    * is missing or the image is marked corrupt.
    */
   struct sc_qcow2_open_opts qopts = { .backing_optional = true,
-                                      .allow_corrupt = true };
+                                      .allow_corrupt = true,
+                                      .force_share = force_share };
   struct sc_qcow2 *q = ep ? sc_qcow2_open_endpoint (ep, &qopts)
                           : sc_qcow2_open (path, &qopts);
   int r;
@@ -497,7 +498,7 @@ cmd_info (int argc, char **argv)
 
   if (op.nbd && (ep = cli_open_source (&op, &common, SC_MAP_SEEK)) == NULL)
     return EXIT_ERROR;
-  if (image_info (path, ep, &info) == -1) {
+  if (image_info (path, ep, &info, common.force_share) == -1) {
     sc_endpoint_close (ep);
     return EXIT_ERROR;
   }
@@ -534,7 +535,7 @@ cmd_info (int argc, char **argv)
         print_human_raw (b->filename);
       continue;
     }
-    if (image_info (b->filename, NULL, &bi) == -1) {
+    if (image_info (b->filename, NULL, &bi, common.force_share) == -1) {
       rc = EXIT_ERROR;
       break;
     }

@@ -85,12 +85,14 @@ finish (struct map_out *out)
 }
 
 static int
-map_qcow2 (const char *path, struct sc_endpoint *ep, struct map_out *out)
+map_qcow2 (const char *path, struct sc_endpoint *ep, struct map_out *out,
+           bool force_share)
 {
   /* qemu-img map shows an image marked corrupt (it only refuses to
    * write one); a missing backing file is an error, as there.
    */
-  struct sc_qcow2_open_opts qopts = { .allow_corrupt = true };
+  struct sc_qcow2_open_opts qopts = { .allow_corrupt = true,
+                                      .force_share = force_share };
   struct sc_qcow2 *q = ep ? sc_qcow2_open_endpoint (ep, &qopts)
                           : sc_qcow2_open (path, &qopts);
   struct sc_qcow2_info info;
@@ -220,7 +222,7 @@ cmd_map (int argc, char **argv)
   else
     r = sc_is_qcow2 (path);
   if (r == 1)
-    r = map_qcow2 (path, ep, &out);
+    r = map_qcow2 (path, ep, &out, common.force_share);
   else if (r == 0)
     r = map_raw (path, ep, &out);
   if (r == -1) {

@@ -748,8 +748,10 @@ pack_main (struct sc_pack_opts *optsp, const struct cli_common *commonp,
                        "a qcow2 image", source);
     /* The guest's own bytes may be anything, an image too. */
     opts.refuse_images = false;
-    q = nbd_src ? sc_qcow2_open_endpoint (nbd_src, NULL)
-                : sc_qcow2_open (source, NULL);
+    struct sc_qcow2_open_opts qopts = { .force_share = common.force_share };
+
+    q = nbd_src ? sc_qcow2_open_endpoint (nbd_src, &qopts)
+                : sc_qcow2_open (source, &qopts);
     if (q == NULL) {
       cli_lib_error (source);
       sc_endpoint_close (nbd_src);

@@ -360,6 +360,7 @@ cmd_unpack (int argc, char **argv)
   }
 
   uopts.threads = common.threads;
+  uopts.force_share = common.force_share;
   uopts.progress = cli_progress_fn (&common, &uopts.progress_opaque);
   /* Errors name the image or the target, whichever failed. */
   if (sc_unpack (src, dst, &uopts) == -1) {

@@ -6,10 +6,12 @@ TESTS += \
 	tests/cli-progress.sh \
 	tests/cli-stdin.sh \
 	tests/cli-info-json.sh \
-	tests/cli-sparse.sh
+	tests/cli-sparse.sh \
+	tests/cli-lock.sh
 EXTRA_DIST += \
 	tests/cli-options.sh \
 	tests/cli-progress.sh \
 	tests/cli-stdin.sh \
 	tests/cli-info-json.sh \
-	tests/cli-sparse.sh
+	tests/cli-sparse.sh \
+	tests/cli-lock.sh

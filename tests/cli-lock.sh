@@ -1,0 +1,83 @@
+#!/bin/bash
+# qemu's image locks: sparsecow does not replace an image that qemu-nbd
+# holds, reads one that qemu-nbd writes only with -U, and holds the
+# locks of a writer while it writes an image, so that qemu-img refuses
+# to open it half written.
+. "$srcdir/functions.sh"
+requires qemu-img qemu-io qemu-nbd
+
+cd "$tmp"
+qemu-img create -q -f qcow2 img.qcow2 8M
+qemu-io -c "write -P 7 1M 2M" img.qcow2 >/dev/null
+qemu-img convert -f qcow2 -O raw img.qcow2 ref.raw
+truncate -s 8M other.raw
+sum_before=$(md5sum <img.qcow2)
+
+# ---- qemu-nbd writes the image ------------------------------------------
+nbd_serve rw qemu-nbd -f qcow2 img.qcow2
+# qemu itself says the image is in use: the oracle for what follows.
+qemu-img info img.qcow2 >/dev/null 2>&1 &&
+  fail "qemu-img info reads an image qemu-nbd writes: locks do not work here"
+
+expect_fail "img.qcow2: .*\"write\" lock" sparsecow pack -f other.raw img.qcow2
+[ "$(md5sum <img.qcow2)" = "$sum_before" ] || fail "pack -f changed the image"
+[ -z "$(ls -A | grep sparsecow-)" ] || fail "a temporary file was left"
+expect_fail 'shared "write" lock' sparsecow info img.qcow2
+expect_fail 'shared "write" lock' sparsecow info --output=json img.qcow2
+expect_fail 'shared "write" lock' sparsecow map --output=json img.qcow2
+expect_fail 'shared "write" lock' sparsecow check img.qcow2
+expect_fail 'shared "write" lock' sparsecow unpack img.qcow2 out.raw
+[ ! -e out.raw ] || fail "a refused unpack left out.raw"
+expect_fail 'shared "write" lock' sparsecow pack img.qcow2 copy.qcow2
+
+# -U reads it anyway, as qemu-img -U does.
+qemu-img info -U --output=json img.qcow2 >q.json
+sparsecow info -U --output=json img.qcow2 >s.json
+python3 -c 'import json,sys; a=json.load(open("q.json")); b=json.load(open("s.json")); assert a["virtual-size"] == b["virtual-size"] and a["format-specific"] == b["format-specific"]' ||
+  fail "info -U differs from qemu-img info -U"
+sparsecow map -U --output=json img.qcow2 >/dev/null
+sparsecow check -U img.qcow2 >/dev/null
+sparsecow unpack -U img.qcow2 out.raw
+cmp ref.raw out.raw || fail "unpack -U differs"
+kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || :
+
+# ---- qemu-nbd -r only reads it ------------------------------------------
+nbd_serve ro qemu-nbd -r -f qcow2 img.qcow2
+# Reading is shared, as qemu-img info shares it ...
+qemu-img info img.qcow2 >/dev/null || fail "test setup: qemu-img info refused"
+sparsecow info img.qcow2 >/dev/null
+sparsecow unpack -f img.qcow2 out.raw
+# ... replacing is not: the reader does not share writing.
+expect_fail "img.qcow2: .*\"write\" lock" sparsecow pack -f other.raw img.qcow2
+[ "$(md5sum <img.qcow2)" = "$sum_before" ] || fail "pack -f changed the image"
+kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || :
+
+# ---- sparsecow writes an image ------------------------------------------
+# The source answers one request a second, one at a time, so the image
+# is half written for a while: the piece with its header first, then
+# the data as the source gives it.  qemu-img info must refuse the
+# half-written file.
+requires nbdkit
+mkdir w
+sparsecow pack -q -j 1 -C 1 --requests 1 \
+  -- [ nbdkit --filter=delay pattern 3M rdelay=1 ] w/new.qcow2 &
+pack_pid=$!
+cleanup_fn "kill $pack_pid 2>/dev/null"
+seen=
+for ((i = 0; i < 600; i++)); do
+  f=$(ls -d w/.new.qcow2.sparsecow-* 2>/dev/null | head -n1 || :)
+  if [ -n "$f" ] && [ "$(head -c 4 "$f" 2>/dev/null | od -An -tx1 | tr -d ' ')" = 514649fb ]; then
+    seen=$f
+    break
+  fi
+  kill -0 $pack_pid 2>/dev/null || break
+  sleep 0.05
+done
+[ -n "$seen" ] || fail "never saw the image being written"
+qemu-img info "$seen" >info.out 2>&1 &&
+  fail "qemu-img info opened an image sparsecow is writing: $(cat info.out)"
+grep -q "lock" info.out || fail "qemu-img info failed otherwise: $(cat info.out)"
+wait $pack_pid || fail "pack from the slow server failed"
+# Done, the locks are gone with the writer.
+qemu-img info w/new.qcow2 >/dev/null || fail "qemu-img info of the finished image"
+qemu-img check -q w/new.qcow2
