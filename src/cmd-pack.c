@@ -55,6 +55,7 @@ usage (FILE *fp)
 "      --compat=0.10|1.1    qcow2 version 2 or 3 (default 1.1)\n"
 "      --cluster-size SIZE  512 bytes to 2M, a power of two (default 64K)\n"
 "      --refcount-bits N    1, 2, 4, 8, 16, 32 or 64 (default 16; 0.10: 16)\n"
+"  -O qcow2                 the output format, as qemu-img convert -O\n"
 "  -o OPT=VALUE[,...]       the same as qemu-img: cluster_size, compat,\n"
 "                           refcount_bits, compression_type=zlib|zstd\n"
 "      --map=seek|fiemap|none|bmap:FILE.bmap\n"
@@ -521,7 +522,7 @@ cmd_pack (int argc, char **argv)
 
   sc_pack_opts_init (&opts);
   cli_check_brackets ("pack", argc, argv);
-  while ((c = cli_getopt (argc, argv, "fc::S:o:", long_options, &common,
+  while ((c = cli_getopt (argc, argv, "fc::S:o:O:", long_options, &common,
                           usage)) != -1) {
     switch (c) {
     case 'f':
@@ -565,6 +566,12 @@ cmd_pack (int argc, char **argv)
       break;
     case 'o':
       parse_o (optarg, &opts, &ctype);
+      break;
+    case 'O':
+      /* qemu-img convert -O: the one output format there is. */
+      if (strcmp (optarg, "qcow2") != 0)
+        cli_usage_error ("pack", "-O: only qcow2 is written, not '%s'",
+                         optarg);
       break;
     case OPT_MAP:
       if (strcmp (optarg, "seek") == 0)

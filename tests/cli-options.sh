@@ -2,7 +2,7 @@
 # Every command takes the common options, and every usage error is one
 # line "sparsecow: COMMAND: ..." and one hint line, as qemu-img's are.
 . "$srcdir/functions.sh"
-requires qemu-img
+requires qemu-img python3
 
 qemu-img create -q -f qcow2 "$tmp/img.qcow2" 1M
 truncate -s 1M "$tmp/raw"
@@ -59,3 +59,22 @@ sparsecow pack -q -m 2 -p -U "$tmp/raw" "$tmp/o.qcow2"
 qemu-img compare -q -f raw -F qcow2 "$tmp/raw" "$tmp/o.qcow2"
 sparsecow unpack -q -j 2 -U "$tmp/o.qcow2" "$tmp/back"
 cmp "$tmp/raw" "$tmp/back"
+
+# qemu-img convert's spellings: -O qcow2, -o KEY=VALUE, -m N.
+rm -f "$tmp/o.qcow2"
+head -c 100000 /dev/urandom | dd of="$tmp/raw" conv=notrunc status=none
+sparsecow pack -q -O qcow2 -m 2 -c \
+  -o cluster_size=4k,compat=0.10,refcount_bits=16 "$tmp/raw" "$tmp/o.qcow2"
+qemu-img info --output=json "$tmp/o.qcow2" | python3 -c '
+import json, sys
+i = json.load(sys.stdin)
+assert i["cluster-size"] == 4096, i
+assert i["format-specific"]["data"]["compat"] == "0.10", i' ||
+  fail "-O/-o options did not reach the image"
+qemu-img compare -q -f raw -F qcow2 "$tmp/raw" "$tmp/o.qcow2"
+rm -f "$tmp/o.qcow2"
+sparsecow pack -q -c -o compression_type=zstd "$tmp/raw" "$tmp/o.qcow2"
+qemu-img info --output=json "$tmp/o.qcow2" |
+  grep -q '"compression-type": "zstd"' || fail "-o compression_type=zstd"
+usage_error pack -O vmdk "$tmp/raw" "$tmp/p.qcow2"
+grep -q "only qcow2" "$tmp/err" || fail "-O vmdk: $(cat "$tmp/err")"
