@@ -7,11 +7,13 @@ TESTS += \
 	tests/cli-stdin.sh \
 	tests/cli-info-json.sh \
 	tests/cli-sparse.sh \
-	tests/cli-lock.sh
+	tests/cli-lock.sh \
+	tests/cli-completion.sh
 EXTRA_DIST += \
 	tests/cli-options.sh \
 	tests/cli-progress.sh \
 	tests/cli-stdin.sh \
 	tests/cli-info-json.sh \
 	tests/cli-sparse.sh \
-	tests/cli-lock.sh
+	tests/cli-lock.sh \
+	tests/cli-completion.sh
