@@ -17,3 +17,17 @@ EXTRA_DIST += \
 	tests/cli-sparse.sh \
 	tests/cli-lock.sh \
 	tests/cli-completion.sh
+
+# The example of libsparsecow(3), compiled from the page itself as a
+# program of the installed library would be, and run against qemu-img.
+check_PROGRAMS += tests/man-example
+nodist_tests_man_example_SOURCES = tests/man-example.c
+tests_man_example_LDADD = lib/libsparsecow.la
+CLEANFILES += tests/man-example.c
+tests/man-example.c: $(top_srcdir)/man/libsparsecow.3
+	$(AM_V_GEN)mkdir -p tests && \
+	awk '/^\.SH EXAMPLE/ { ex = 1 } ex && /^\.EX/ { on = 1; next } \
+	     on && /^\.EE/ { exit } on { print }' $< | \
+	sed -e 's/\\-/-/g' -e 's/\\e/\\/g' > $@-t && mv $@-t $@
+TESTS += tests/cli-man-example.sh
+EXTRA_DIST += tests/cli-man-example.sh
