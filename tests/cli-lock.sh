@@ -55,11 +55,13 @@ kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || :
 # ---- sparsecow writes an image ------------------------------------------
 # The source answers one request a second, one at a time, so the image
 # is half written for a while: the piece with its header first, then
-# the data as the source gives it.  qemu-img info must refuse the
-# half-written file.
+# the data as the source gives it (-S 0: every cluster is copied in the
+# second pass, after the header; without it the data of an export goes
+# to its place in the first pass and the header comes last).  qemu-img
+# info must refuse the half-written file.
 requires nbdkit
 mkdir w
-sparsecow pack -q -j 1 -C 1 --requests 1 \
+sparsecow pack -q -S 0 -j 1 -C 1 --requests 1 \
   -- [ nbdkit --filter=delay pattern 3M rdelay=1 ] w/new.qcow2 &
 pack_pid=$!
 cleanup_fn "kill $pack_pid 2>/dev/null"
