@@ -515,8 +515,11 @@ open_in_place (const char *path, uint64_t size, unsigned flags)
   /* The name may have been replaced since stat: judge what is open. */
   if (fstat (fd, &st) == -1)
     sc_set_error (errno, "fstat: %s", strerror (errno));
-  else if (S_ISREG (st.st_mode))
-    ep = sc_file_target_in_place (fd, true, path, size, true);
+  else if (S_ISREG (st.st_mode)) {
+    /* Not a file qemu uses, and held as qemu holds what it writes. */
+    if (sc_lock_hold_write (fd) == 0)
+      ep = sc_file_target_in_place (fd, true, path, size, true);
+  }
   else if (S_ISBLK (st.st_mode))
     ep = sc_block_target_new (fd, true, path, size);
   else

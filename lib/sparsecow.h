@@ -345,7 +345,9 @@ struct sc_qcow2_open_opts {
  * supported), EFBIG (a table over qemu's limits, or L1 tables of a
  * whole chain over 256 MiB), ELOOP (a backing chain that loops or is
  * too long), EPERM (opts->no_external_files and the image needs another
- * file), ESPIPE (a pipe or character device: see
+ * file), EBUSY (another process writes a file of the image, by qemu's
+ * locks, and not opts->force_share), ESPIPE (a pipe or character
+ * device: see
  * sc_qcow2_unpack_stream), ENOMEM, or the errno of a failed read.
  * Messages do not name the image itself; they name any other file.
  */
@@ -407,7 +409,8 @@ extern struct sc_endpoint *sc_qcow2_endpoint (struct sc_qcow2 *q);
  * commits dst (sc_endpoint_commit), or closes it to throw it away.
  * Returns 0, or -1 with errno EINVAL (not a qcow2 image, a snapshot
  * asked of a stream), ENOTSUP (a feature that cannot be read), EPERM
- * (no_external_files and the image names a file), ENOSPC, EIO, ENOMEM.
+ * (no_external_files and the image names a file), EBUSY (another
+ * process writes the image, unless force_share), ENOSPC, EIO, ENOMEM.
  */
 struct sc_bmap;
 

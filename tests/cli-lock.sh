@@ -16,12 +16,20 @@ sum_before=$(md5sum <img.qcow2)
 # ---- qemu-nbd writes the image ------------------------------------------
 nbd_serve rw qemu-nbd -f qcow2 img.qcow2
 # qemu itself says the image is in use: the oracle for what follows.
-qemu-img info img.qcow2 >/dev/null 2>&1 &&
-  fail "qemu-img info reads an image qemu-nbd writes: locks do not work here"
+# On a file system without OFD locks qemu goes on without them, and so
+# does sparsecow: nothing to test then.
+if qemu-img info img.qcow2 >/dev/null 2>&1; then
+  echo "$0: SKIP: qemu takes no image locks on this file system"
+  exit 77
+fi
 
 expect_fail "img.qcow2: .*\"write\" lock" sparsecow pack -f other.raw img.qcow2
 [ "$(md5sum <img.qcow2)" = "$sum_before" ] || fail "pack -f changed the image"
 [ -z "$(ls -A | grep sparsecow-)" ] || fail "a temporary file was left"
+# Nor written into where it is.
+qemu-img create -q -f qcow2 small.qcow2 64k
+expect_fail "img.qcow2: .*\"write\" lock" sparsecow unpack -n small.qcow2 img.qcow2
+[ "$(md5sum <img.qcow2)" = "$sum_before" ] || fail "unpack -n changed the image"
 expect_fail 'shared "write" lock' sparsecow info img.qcow2
 expect_fail 'shared "write" lock' sparsecow info --output=json img.qcow2
 expect_fail 'shared "write" lock' sparsecow map --output=json img.qcow2
