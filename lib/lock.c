@@ -36,11 +36,6 @@ enum {
 #define PERM(i) (1U << (i))
 #define PERM_ALL (PERM (PERM_COUNT) - 1)
 
-static const char *const perm_names[PERM_COUNT] = {
-  "consistent read", "write", "write unchanged", "resize",
-  "change children",
-};
-
 /* A reader such as qemu-img info: reads, and lets others do anything
  * but change the image under it.
  */
@@ -52,6 +47,11 @@ static const char *const perm_names[PERM_COUNT] = {
 #define WRITER_SHARED READER_SHARED
 
 #ifdef F_OFD_GETLK
+
+static const char *const perm_names[PERM_COUNT] = {
+  "consistent read", "write", "write unchanged", "resize",
+  "change children",
+};
 
 /* Does another open file description hold a lock on byte off?  1 yes,
  * 0 no or cannot tell.
