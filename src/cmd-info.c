@@ -367,22 +367,25 @@ print_human (const struct sc_qcow2_info *i, uint64_t actual_size)
 
   if (i->nb_snapshots > 0) {
     printf ("Snapshot list:\n");
-    printf ("%-10s%-17s%8s%20s%13s\n", "ID", "TAG", "VM SIZE", "DATE",
-            "VM CLOCK");
+    printf ("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+            "VM CLOCK", "ICOUNT");
     for (size_t k = 0; k < i->nb_snapshots; k++) {
       const struct sc_snapshot_info *s = &i->snapshots[k];
       time_t t = (time_t) s->date_sec;
       struct tm tm;
-      char date[32];
+      char date[32], icount[32] = "";
       uint64_t clock_s = s->vm_clock_nsec / 1000000000;
 
       localtime_r (&t, &tm);
       strftime (date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
       human_size (s->vm_state_size, buf, sizeof buf);
+      /* As qemu-img: the column is empty when none was recorded. */
+      if (s->icount != UINT64_MAX)
+        snprintf (icount, sizeof icount, "%" PRIu64, s->icount);
       printf ("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64
-              ".%03" PRIu64 "\n", s->id, s->name, buf, date,
+              ".%03" PRIu64 "%11s\n", s->id, s->name, buf, date,
               clock_s / 3600, clock_s / 60 % 60, clock_s % 60,
-              s->vm_clock_nsec / 1000000 % 1000);
+              s->vm_clock_nsec / 1000000 % 1000, icount);
     }
   }
 
