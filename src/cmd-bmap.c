@@ -28,10 +28,7 @@ usage (FILE *fp)
 "\n"
 "  -o, --output FILE      write the bmap to FILE (default: stdout)\n"
 "  -f, --force            replace FILE if it exists\n"
-"  -p, --progress[=json]  show progress (a bar, or JSON lines on stdout)\n"
-"  -j, --threads N        reader threads (default: online CPUs)\n"
-"  -q, --quiet            print nothing but errors\n"
-"  -h, --help             show this help\n"
+CLI_COMMON_HELP
 CLI_NBD_HELP,
            cli_program);
 }
@@ -99,15 +96,14 @@ cmd_bmap (int argc, char **argv)
   struct sc_endpoint *file = NULL, *src = NULL, *dst = NULL;
   struct sc_qcow2 *q = NULL;
   struct change_hook hook = { 0 };
+  struct sc_qcow2_open_opts qopts = { 0 };
   unsigned target_flags = 0;
   int c, r, rc = EXIT_ERROR;
 
   cli_install_signal_handlers ();
   cli_check_brackets ("bmap", argc, argv);
-  while ((c = getopt_long (argc, argv, "o:f" CLI_COMMON_SHORT_OPTIONS,
-                           long_options, NULL)) != -1) {
-    if (cli_common_option (c, optarg, &common, usage))
-      continue;
+  while ((c = cli_getopt (argc, argv, "o:f", long_options, &common,
+                          usage)) != -1) {
     switch (c) {
     case 'o':
       out.name = optarg;
@@ -120,9 +116,8 @@ cmd_bmap (int argc, char **argv)
     }
   }
   cli_operands ("bmap", argc, argv, optind, &op, 1, "one IMAGE, FILE or URI");
-  if (strcmp (out.name, "-") == 0 && common.progress_json)
-    cli_usage_error ("bmap", "--progress=json writes to standard output, "
-                     "which is where the bmap goes without -o");
+  qopts.force_share = common.force_share;
+  cli_check_progress ("bmap", &common, strcmp (out.name, "-") == 0);
   if (!op.nbd && strcmp (out.name, "-") != 0
       && cli_target_is_source (op.name, out.name))
     return EXIT_ERROR;
@@ -135,14 +130,14 @@ cmd_bmap (int argc, char **argv)
     if (file == NULL)
       return EXIT_ERROR;
     r = export_is_qcow2 (file);
-    if (r == 1 && (q = sc_qcow2_open_endpoint (file, NULL)) == NULL)
+    if (r == 1 && (q = sc_qcow2_open_endpoint (file, &qopts)) == NULL)
       r = -1;
   }
   else if (strcmp (op.name, "-") == 0)
     r = 0;
   else {
     r = sc_is_qcow2 (op.name);
-    if (r == 1 && (q = sc_qcow2_open (op.name, NULL)) == NULL)
+    if (r == 1 && (q = sc_qcow2_open (op.name, &qopts)) == NULL)
       r = -1;
   }
   if (r == -1) {

@@ -22,7 +22,7 @@ usage_error () {
     fail "$cmd $*: no hint line: $(cat "$tmp/err")"
 }
 
-for cmd in pack unpack info map check; do
+for cmd in pack unpack info map check bmap; do
   sparsecow $cmd -V | grep -q '^sparsecow ' || fail "$cmd -V"
   sparsecow $cmd --version | grep -q '^sparsecow ' || fail "$cmd --version"
   sparsecow $cmd -h | grep -q "^Usage: sparsecow $cmd" || fail "$cmd -h"

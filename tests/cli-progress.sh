@@ -47,6 +47,15 @@ sparsecow unpack --progress=json "$tmp/a.qcow2" "$tmp/back" 2>"$tmp/p4"
 cmp "$src" "$tmp/back"
 check_progress "$tmp/p4"
 
+# bmap: the map alone on stdout, as bmaptool reads it.
+sparsecow bmap --progress=json "$src" >"$tmp/s.bmap" 2>"$tmp/p5"
+check_progress "$tmp/p5"
+if command -v bmaptool >/dev/null; then
+  bmaptool copy --bmap "$tmp/s.bmap" "$src" "$tmp/copy.raw" 2>/dev/null ||
+    fail "bmaptool does not take the bmap written with --progress=json"
+  cmp "$src" "$tmp/copy.raw"
+fi
+
 # Combinations that cannot work are refused before anything is written.
 refused () {
   local pattern=$1; shift
@@ -63,3 +72,5 @@ refused "fd:3.*reading" sparsecow pack --progress=fd:3 "$src" "$tmp/out" \
   3<"$src"
 refused "progress" sparsecow pack --progress=fd:x "$src" "$tmp/out"
 refused "progress" sparsecow pack --progress=json:fd: "$src" "$tmp/out"
+refused "fd:1.*standard output" sparsecow bmap --progress=fd:1 "$src" \
+  >"$tmp/out"
