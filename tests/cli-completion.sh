@@ -13,13 +13,18 @@ complete_words () {
   _sparsecow
   printf '%s\n' "${COMPREPLY[@]}"
 }
+# offers WORD ARGS...: the completion of ARGS offers WORD.  (Captured
+# first: "grep -q" in a pipeline would stop reading early, and the
+# writer's SIGPIPE fail the pipeline under pipefail.)
+offers () {
+  local word=$1 got; shift
+  got=$(complete_words "$@")
+  grep -qx -- "$word" <<<"$got" || fail "$* offers no $word: $got"
+}
 [ "$(complete_words sparsecow un)" = unpack ] || fail "command not completed"
-complete_words sparsecow pack --prog | grep -qx -- "--progress=" ||
-  fail "pack --prog: $(complete_words sparsecow pack --prog)"
-complete_words sparsecow info --back | grep -qx -- "--backing-chain" ||
-  fail "info --back: $(complete_words sparsecow info --back)"
-complete_words sparsecow unpack -- | grep -qx -- "--force-share" ||
-  fail "unpack: no --force-share"
+offers --progress= sparsecow pack --prog
+offers --backing-chain sparsecow info --back
+offers --force-share sparsecow unpack --
 [ "$(complete_words sparsecow pack -c zs)" = zstd ] || fail "-c zs"
 [ "$(complete_words sparsecow map --output=j)" = "--output=json" ] ||
   fail "--output=j"
