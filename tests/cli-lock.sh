@@ -69,22 +69,29 @@ kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || :
 # info must refuse the half-written file.
 requires nbdkit
 mkdir w
-sparsecow pack -q -S 0 -j 1 -C 1 --requests 1 \
+wdir=$(cd w && pwd -P)
+# The program itself in the background, so that $! is its process.
+$SC_VALGRIND "$SPARSECOW" pack -q -S 0 -j 1 -C 1 --requests 1 \
   -- [ nbdkit --filter=delay pattern 3M rdelay=1 ] w/new.qcow2 &
 pack_pid=$!
 cleanup_fn "kill $pack_pid 2>/dev/null"
+# The target has no name until it is complete (or a temporary one): it
+# is found through the descriptor the program writes it with.
 seen=
 for ((i = 0; i < 600; i++)); do
-  f=$(ls -d w/.new.qcow2.sparsecow-* 2>/dev/null | head -n1 || :)
-  if [ -n "$f" ] && [ "$(head -c 4 "$f" 2>/dev/null | od -An -tx1 | tr -d ' ')" = 514649fb ]; then
-    seen=$f
-    break
-  fi
+  for fd in /proc/$pack_pid/fd/*; do
+    case $(readlink "$fd" 2>/dev/null) in
+      "$wdir"/*)
+        [ "$(head -c 4 "$fd" 2>/dev/null | od -An -tx1 | tr -d ' ')" = \
+          514649fb ] && seen=$fd ;;
+    esac
+  done
+  [ -n "$seen" ] && break
   kill -0 $pack_pid 2>/dev/null || break
   sleep 0.05
 done
 [ -n "$seen" ] || fail "never saw the image being written"
-qemu-img info "$seen" >info.out 2>&1 &&
+qemu-img info -f qcow2 "$seen" >info.out 2>&1 &&
   fail "qemu-img info opened an image sparsecow is writing: $(cat info.out)"
 grep -q "lock" info.out || fail "qemu-img info failed otherwise: $(cat info.out)"
 wait $pack_pid || fail "pack from the slow server failed"
