@@ -94,7 +94,13 @@ PYEOF
   expect_fail "cl-0300.qcow2: backing file cl-0300.qcow2: backing chain loops back to cl-0300.qcow2" \
     sparsecow unpack cl-0300.qcow2 loop.raw
   expect_fail "backing chain loops back to cl-0300.qcow2" sparsecow map cl-0300.qcow2
-  expect_fail "backing chain loops back to cl-0300.qcow2" sparsecow info cl-0300.qcow2
+  expect_fail "backing chain loops back to cl-0300.qcow2" \
+    sparsecow info --backing-chain cl-0300.qcow2
+  # As qemu-img info, info alone shows the image and says what is wrong.
+  sparsecow info cl-0300.qcow2 >/dev/null 2>loop.err ||
+    fail "info cl-0300.qcow2: $(cat loop.err)"
+  grep -q "backing chain loops back to cl-0300.qcow2" loop.err ||
+    fail "info cl-0300.qcow2 does not say the chain loops: $(cat loop.err)"
 )
 [ ! -e loop.raw ] || fail "a failed unpack left its target"
 

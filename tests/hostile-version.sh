@@ -59,9 +59,10 @@ be_put v3-fields.qcow2 100 4 200          # header_length 200
 be_put v3-fields.qcow2 104 1 1            # compression type zstd
 same_as_qemu v3-fields.qcow2
 sparsecow info --output=json v3-fields.qcow2 > info.json
-jq -e '.compat == "0.10" and ."refcount-bits" == 16 and
-       (."extended-l2" // false) == false and
-       (."compression-type" // "zlib") == "zlib"' info.json >/dev/null ||
+jq -e '."format-specific".data as $d |
+       $d.compat == "0.10" and $d."refcount-bits" == 16 and
+       ($d."extended-l2" // false) == false and
+       ($d."compression-type" // "zlib") == "zlib"' info.json >/dev/null ||
   { cat info.json >&2; fail "v3-fields.qcow2: info reads version 3 fields in a version 2 header"; }
 # Read from a pipe too: the stream decoder parses its own header.
 cat v3-fields.qcow2 | sparsecow unpack - piped.raw
