@@ -72,6 +72,12 @@ zero_sectors (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
                   offset, strerror (unmap_errno));
     return -1;
   }
+  /* BLKZEROOUT writes zero pages itself where the device has no
+   * write-zeroes command, and one that has it would have unmapped
+   * above: it is not fast.
+   */
+  if (flags & SC_ZERO_FAST)
+    return sc_ep_unsupported (ep, "fast zeroing");
 #ifdef BLKZEROOUT
   {
     uint64_t range[2] = { offset, count };
@@ -79,8 +85,6 @@ zero_sectors (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
       return 0;
   }
 #endif
-  if (flags & SC_ZERO_FAST)
-    return sc_ep_unsupported (ep, "fast zeroing");
   return sc_ep_write_zeros (ep, count, offset);
 }
 

@@ -80,16 +80,27 @@ tee_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
   return any_left (t);
 }
 
+/* A member that cannot zero fast (SC_ZERO_FAST) is zeroed the slow
+ * way: the others have zeroed the range already, and writing it to
+ * every member instead would undo their unmapping.
+ */
 static int
 tee_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
           unsigned flags)
 {
   struct tee_ep *t = (struct tee_ep *) ep;
 
-  for (size_t i = 0; i < t->n; i++)
-    if (member_live (&t->m[i])
-        && sc_ep_zero (t->m[i].ep, count, offset, flags) == -1)
-      fail_member (t, i);
+  for (size_t i = 0; i < t->n; i++) {
+    struct sc_endpoint *m = t->m[i].ep;
+
+    if (!member_live (&t->m[i]) || sc_ep_zero (m, count, offset, flags) == 0)
+      continue;
+    if ((flags & SC_ZERO_FAST) && sc_error_errno () == ENOTSUP
+        && sc_ep_zero (m, count, offset, flags & ~(unsigned) SC_ZERO_FAST)
+           == 0)
+      continue;
+    fail_member (t, i);
+  }
   return any_left (t);
 }
 

@@ -195,8 +195,10 @@ extern void sc_pipeline_fit (const struct sc_endpoint *ep,
 /* Write length bytes of guest data at offset.  With detect_zeroes, on a
  * target that reads as zero already, aligned 4 KiB blocks that are all
  * zero are skipped, or with dst->min_sparse what sc_sparse_run leaves
- * out; nothing is skipped with dst->allocate.  0, or -1 with the error
- * set (without the target's name).
+ * out; on a local file or device with zero mode auto or unmap they are
+ * made zero ranges of that mode (neighbours merged into one request);
+ * nothing is skipped with dst->allocate.  0, or -1 with the error set
+ * (without the target's name).
  */
 extern int sc_sink_write (struct sc_endpoint *dst, const void *buf,
                           uint64_t length, uint64_t offset,

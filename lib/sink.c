@@ -11,7 +11,12 @@
  *   mode says: by default (auto) with the permission to unmap them
  *   (without it for allocate); unmap demands it; write zeroes them
  *   without unmapping; skip leaves them as they are (only the image's
- *   data is written, as bmaptool does).
+ *   data is written, as bmaptool does).  With auto and unmap, the
+ *   all-zero 4 KiB blocks inside data are zero ranges too, so a thin
+ *   device or a file written in place stays as thin as on a new file
+ *   (qemu-img convert -n does the same); with write they are written
+ *   with the data around them, which is what write would make of them
+ *   anyway.
  * - A server's export that can zero a range without writing it (NBD
  *   WRITE_ZEROES with FAST_ZERO) is zeroed whole first, as qemu-img
  *   convert does, and is then a target that reads as zero.
@@ -97,34 +102,17 @@ sc_sparse_run (const void *buf, uint64_t length, uint64_t offset,
   return true;
 }
 
-int
-sc_sink_write (struct sc_endpoint *dst, const void *buf, uint64_t length,
-               uint64_t offset, bool detect_zeroes)
+/* Write the parts of buf that are not all-zero blocks, coalescing
+ * neighbouring non-zero blocks into one write, and leave the zero ones
+ * to the target, which reads as zero there already.
+ */
+static int
+write_skipping_zeroes (struct sc_endpoint *dst, const unsigned char *p,
+                       uint64_t length, uint64_t offset)
 {
-  const unsigned char *p = buf;
   uint64_t pos = 0, run_start = 0;
   bool in_run = false;
 
-  if (!detect_zeroes || !(dst->flags & SC_EP_FRESH_ZEROS) || dst->allocate)
-    return sc_ep_pwrite (dst, buf, length, offset);
-
-  /* -S N: qemu-img convert's rule, run by run. */
-  if (dst->min_sparse) {
-    while (pos < length) {
-      uint64_t n;
-
-      if (sc_sparse_run (p + pos, length - pos, offset + pos,
-                         dst->min_sparse, &n)
-          && sc_ep_pwrite (dst, p + pos, n, offset + pos) == -1)
-        return -1;
-      pos += n;
-    }
-    return 0;
-  }
-
-  /* Write the parts that are not all-zero blocks, coalescing
-   * neighbouring non-zero blocks into one write.
-   */
   while (pos < length) {
     /* Blocks are aligned to the target's offsets, not the buffer's. */
     uint64_t end = SC_MIN (length,
@@ -148,6 +136,127 @@ sc_sink_write (struct sc_endpoint *dst, const void *buf, uint64_t length,
     return sc_ep_pwrite (dst, p + run_start, length - run_start,
                          offset + run_start);
   return 0;
+}
+
+/* Make the zero run [start, end) of buf (offsets into buf) read as
+ * zero on a target that does not already.  With --zero=auto it is
+ * unmapped only where that is cheap: a target that cannot
+ * (SC_ZERO_FAST fails with ENOTSUP) has the run written with the data
+ * around it instead, and *no_fast stops further tries for this buffer.
+ * Returns 1 if the run was zeroed, 0 if it is left for the data write,
+ * -1 on an error.
+ */
+static int
+zero_run (struct sc_endpoint *dst, uint64_t start, uint64_t end,
+          uint64_t offset, bool *no_fast)
+{
+  if (dst->zero_mode == SC_TARGET_ZERO_UNMAP) {
+    if (sc_ep_zero (dst, end - start, offset + start,
+                    SC_ZERO_MAY_UNMAP | SC_ZERO_MUST_UNMAP) == -1)
+      return -1;
+    return 1;
+  }
+  if (*no_fast)
+    return 0;
+  if (sc_ep_zero (dst, end - start, offset + start,
+                  SC_ZERO_MAY_UNMAP | SC_ZERO_FAST) == 0)
+    return 1;
+  if (sc_error_errno () != ENOTSUP)
+    return -1;
+  *no_fast = true;
+  return 0;
+}
+
+/* Write buf, making its all-zero blocks zero ranges of the target's
+ * zero mode (auto or unmap).  Zero blocks are merged into runs, and
+ * data blocks too, so a buffer costs one request per run, not one per
+ * block.
+ */
+static int
+write_zeroing_zeroes (struct sc_endpoint *dst, const unsigned char *p,
+                      uint64_t length, uint64_t offset)
+{
+  uint64_t pos = 0, data_start = 0, zero_start = 0;
+  bool in_zero = false, no_fast = false;
+
+  while (pos <= length) {
+    uint64_t end = pos == length ? length
+      : SC_MIN (length, SC_ROUND_DOWN (offset + pos + SC_ZERO_BLOCK,
+                                       SC_ZERO_BLOCK) - offset);
+    /* Only whole blocks are zero ranges: a partial one at either end
+     * of the buffer goes with the data.
+     */
+    bool zero = pos < length && end - pos == SC_ZERO_BLOCK
+                && sc_is_zero (p + pos, end - pos);
+
+    if (zero && !in_zero) {
+      zero_start = pos;
+      in_zero = true;
+    }
+    else if (!zero && in_zero) {
+      int r;
+
+      /* The data before the zero run goes first, so that a run that is
+       * not zeroed after all joins it in one write.
+       */
+      in_zero = false;
+      r = zero_run (dst, zero_start, pos, offset, &no_fast);
+      if (r == -1)
+        return -1;
+      if (r == 1) {
+        if (zero_start > data_start
+            && sc_ep_pwrite (dst, p + data_start, zero_start - data_start,
+                             offset + data_start) == -1)
+          return -1;
+        data_start = pos;
+      }
+    }
+    if (pos == length)
+      break;
+    pos = end;
+  }
+  if (length > data_start)
+    return sc_ep_pwrite (dst, p + data_start, length - data_start,
+                         offset + data_start);
+  return 0;
+}
+
+/* -S N: qemu-img convert's rule, run by run. */
+static int
+write_sparse_runs (struct sc_endpoint *dst, const unsigned char *p,
+                   uint64_t length, uint64_t offset)
+{
+  uint64_t pos = 0;
+
+  while (pos < length) {
+    uint64_t n;
+
+    if (sc_sparse_run (p + pos, length - pos, offset + pos,
+                       dst->min_sparse, &n)
+        && sc_ep_pwrite (dst, p + pos, n, offset + pos) == -1)
+      return -1;
+    pos += n;
+  }
+  return 0;
+}
+
+int
+sc_sink_write (struct sc_endpoint *dst, const void *buf, uint64_t length,
+               uint64_t offset, bool detect_zeroes)
+{
+  if (!detect_zeroes || dst->allocate)
+    return sc_ep_pwrite (dst, buf, length, offset);
+  if (dst->flags & SC_EP_FRESH_ZEROS)
+    return dst->min_sparse ? write_sparse_runs (dst, buf, length, offset)
+                           : write_skipping_zeroes (dst, buf, length, offset);
+  /* A local file or device in place with auto or unmap; an export's
+   * zero ranges inside data are written (its holes are zeroed, or the
+   * whole export was by sc_sink_prepare).
+   */
+  if ((dst->flags & SC_EP_SEEKABLE) && !(dst->flags & SC_EP_REMOTE)
+      && (dst->zero_mode == 0 || dst->zero_mode == SC_TARGET_ZERO_UNMAP))
+    return write_zeroing_zeroes (dst, buf, length, offset);
+  return sc_ep_pwrite (dst, buf, length, offset);
 }
 
 /* Zeros written as data, for a target that must be allocated whole. */
