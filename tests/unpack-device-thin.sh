@@ -43,7 +43,7 @@ device () {
   fi
   dev=${devs[$1]}
   if [ "$2" = sparse ]; then
-    blkdiscard -f "$dev" || fail "cannot discard $dev"
+    blkdiscard -f "$dev" 2>/dev/null || fail "cannot discard $dev"
   else
     head -c $size /dev/urandom | dd of="$dev" bs=1M oflag=direct status=none
   fi
