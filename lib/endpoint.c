@@ -474,6 +474,13 @@ open_device (const char *path, const struct stat *st)
   return fd;
 }
 
+/* For SC_TARGET_DEVICE and a target that is something else. */
+static void
+not_a_device (void)
+{
+  sc_set_error (ENOTBLK, "not a block device");
+}
+
 /* With SC_TARGET_IN_PLACE: the existing file or device at path,
  * written where it is and never resized.
  */
@@ -515,6 +522,8 @@ open_in_place (const char *path, uint64_t size, unsigned flags)
   /* The name may have been replaced since stat: judge what is open. */
   if (fstat (fd, &st) == -1)
     sc_set_error (errno, "fstat: %s", strerror (errno));
+  else if ((flags & SC_TARGET_DEVICE) && !S_ISBLK (st.st_mode))
+    not_a_device ();
   else if (S_ISREG (st.st_mode)) {
     /* Not a file qemu uses, and held as qemu holds what it writes. */
     if (sc_lock_hold_write (fd) == 0)
@@ -537,6 +546,23 @@ open_target (const char *path, uint64_t size, unsigned flags)
   struct stat st;
   int fd;
 
+  /* A target said to be a device is one: a name that does not exist,
+   * a file, a pipe or an export is refused rather than created or
+   * written.
+   */
+  if (flags & SC_TARGET_DEVICE) {
+    bool named = strcmp (path, "-") != 0 && !sc_is_nbd_uri (path);
+    bool exists = named && stat (path, &st) == 0;
+
+    if (named && !exists && errno != ENOENT) {
+      sc_set_error (errno, "%s", strerror (errno));
+      return NULL;
+    }
+    if (!exists || !S_ISBLK (st.st_mode)) {
+      not_a_device ();
+      return NULL;
+    }
+  }
   /* Standard output is written forward, whatever is behind it. */
   if (strcmp (path, "-") == 0)
     return sc_pipe_target_new (STDOUT_FILENO, false, "stdout", size);
@@ -611,6 +637,8 @@ open_target (const char *path, uint64_t size, unsigned flags)
     ep = NULL;
     if (fstat (fd, &st) == -1)
       sc_set_error (errno, "fstat: %s", strerror (errno));
+    else if ((flags & SC_TARGET_DEVICE) && !S_ISBLK (st.st_mode))
+      not_a_device ();
     else if (S_ISREG (st.st_mode))
       sc_set_error (EEXIST, "target exists (use -f to overwrite)");
     else

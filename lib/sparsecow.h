@@ -103,8 +103,10 @@ extern struct sc_endpoint *sc_endpoint_open_source (const char *name,
 #define SC_TARGET_ZEROED 0x2    /* the target reads as zero already (as
                                    qemu-img convert --target-is-zero):
                                    zero ranges are not written */
-#define SC_TARGET_DEVICE 0x4    /* a block device may be written (also
-                                   implied by SC_TARGET_FORCE) */
+#define SC_TARGET_DEVICE 0x4    /* the target is a block device, which
+                                   may be written (writing one is also
+                                   allowed by SC_TARGET_FORCE); any other
+                                   target is refused (ENOTBLK) */
 #define SC_TARGET_IN_PLACE 0x8  /* write into the existing file or device
                                    at name, without a temporary name and
                                    without resizing it (as qemu-img
@@ -141,7 +143,9 @@ extern struct sc_endpoint *sc_endpoint_open_source (const char *name,
  * /proc/self/mountinfo, holders in /sys/dev/block/MAJ:MIN/holders,
  * swap areas, processes that have it open).
  * Returns NULL with errno EEXIST (exists, no SC_TARGET_FORCE; a block
- * device without SC_TARGET_FORCE or SC_TARGET_DEVICE), ENOENT (no
+ * device without SC_TARGET_FORCE or SC_TARGET_DEVICE), ENOTBLK (not a
+ * block device, with SC_TARGET_DEVICE: also "-", an NBD URI and a name
+ * that does not exist), ENOENT (no
  * such file with SC_TARGET_IN_PLACE), EISDIR, EBUSY (a block device
  * that is mounted or in use), ENOSPC (device too small), EFBIG (file
  * system or ulimit too small), EINVAL (more than one SC_TARGET_ZERO_*

@@ -449,6 +449,10 @@ cli_open_target (const struct cli_operand *op,
 {
   struct sc_endpoint *ep;
 
+  if (op->nbd && (flags & SC_TARGET_DEVICE)) {
+    cli_error ("%s: not a block device", op->name);
+    return NULL;
+  }
   if (op->nbd)
     ep = sc_endpoint_open_nbd (op->argv ? NULL : op->name, op->argv,
                                SC_NBD_WRITE | (flags & SC_TARGET_ZEROED),

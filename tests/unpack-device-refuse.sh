@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Targets that must be refused before anything is written, by pack and
+# unpack, with the image from a file or from a pipe:
+# --target-is-device with a target that is not a block device (a name
+# that does not exist: nothing is created; a file: left as it was).
+srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
+. "$srcdir/functions.sh"
+requires qemu-img qemu-io losetup cmp mkfifo
+requires_root
+
+cd "$tmp"
+MiB=$((1024 * 1024))
+size=$((16 * MiB))
+
+qemu-img create -q -f qcow2 img.qcow2 $size
+qemu-io -f qcow2 -c "write -P 0x11 0 100k" -c "write -P 0x22 10M 1M" \
+  img.qcow2 >/dev/null
+qemu-img convert -O raw img.qcow2 ref.raw
+
+# ---- --target-is-device and a target that is not a device ----------
+head -c $MiB /dev/urandom > file.bin
+cp file.bin file.ref
+mkfifo fifo
+for t in ./nodev file.bin fifo; do
+  for cmd in "unpack --target-is-device img.qcow2" \
+             "unpack --target-is-device -f img.qcow2" \
+             "unpack --target-is-device -n img.qcow2" \
+             "pack --target-is-device ref.raw" \
+             "pack --target-is-device -f ref.raw"; do
+    # shellcheck disable=SC2086
+    expect_fail "^sparsecow: $t: not a block device\$" sparsecow $cmd "$t"
+  done
+  expect_fail "^sparsecow: $t: not a block device\$" \
+    sh -c 'cat img.qcow2 | "$@"' sh "$SPARSECOW" unpack --target-is-device - "$t"
+  expect_fail "^sparsecow: $t: not a block device\$" \
+    sh -c 'cat ref.raw | "$@"' sh "$SPARSECOW" pack --target-is-device - "$t"
+done
+[ ! -e nodev ] || fail "--target-is-device created ./nodev"
+cmp file.ref file.bin || fail "--target-is-device changed a file"
+expect_fail "^sparsecow: -: not a block device\$" \
+  sparsecow unpack --target-is-device img.qcow2 -
+expect_fail "^sparsecow: nbd://localhost/x: not a block device\$" \
+  sparsecow unpack --target-is-device img.qcow2 nbd://localhost/x
+
+# With several targets the one that is not a device is reported, and
+# the device beside it written.
+truncate -s $size d1.img
+loop_attach d1.img
+rc=0
+sparsecow unpack --target-is-device img.qcow2 "$dev" ./nodev 2> multi.err ||
+  rc=$?
+[ $rc -eq 1 ] || fail "a target that is not a device beside one: exit $rc"
+grep -q "^sparsecow: ./nodev: not a block device\$" multi.err ||
+  { cat multi.err >&2; fail "./nodev was not reported"; }
+[ ! -e nodev ] || fail "--target-is-device created ./nodev beside $dev"
+cmp ref.raw "$dev" || fail "$dev beside a refused target differs"
+
+exit 0
