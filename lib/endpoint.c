@@ -7,7 +7,11 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#ifdef HAVE_LINUX_FS_H
+#include <linux/fs.h>
+#endif
 
 #include "internal.h"
 #include "endpoint.h"
@@ -469,8 +473,25 @@ open_device (const char *path, const struct stat *st)
                     "it first");
     return -1;
   }
-  if (fd == -1)
+  if (fd == -1) {
     sc_set_error (errno, "%s", strerror (errno));
+    return -1;
+  }
+#ifdef BLKROGET
+  /* Linux opens a read-only device (losetup -r, a write-protected
+   * card) for writing and fails the first write: refuse it here,
+   * before anything is read or decoded for it.
+   */
+  {
+    int ro = 0;
+
+    if (ioctl (fd, BLKROGET, &ro) == 0 && ro) {
+      close (fd);
+      sc_set_error (EROFS, "device is read-only");
+      return -1;
+    }
+  }
+#endif
   return fd;
 }
 

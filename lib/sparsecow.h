@@ -147,7 +147,8 @@ extern struct sc_endpoint *sc_endpoint_open_source (const char *name,
  * block device, with SC_TARGET_DEVICE: also "-", an NBD URI and a name
  * that does not exist), ENOENT (no
  * such file with SC_TARGET_IN_PLACE), EISDIR, EBUSY (a block device
- * that is mounted or in use), ENOSPC (device too small), EFBIG (file
+ * that is mounted or in use), EROFS (a read-only block device: BLKROGET
+ * at open), ENOSPC (device too small), EFBIG (file
  * system or ulimit too small), EINVAL (more than one SC_TARGET_ZERO_*
  * flag), EACCES, ENOMEM.
  */

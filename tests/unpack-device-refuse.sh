@@ -2,7 +2,9 @@
 # Targets that must be refused before anything is written, by pack and
 # unpack, with the image from a file or from a pipe:
 # --target-is-device with a target that is not a block device (a name
-# that does not exist: nothing is created; a file: left as it was).
+# that does not exist: nothing is created; a file: left as it was); a
+# read-only device (losetup -r), at open.  One of several targets that
+# is refused is reported by name, and the others are written.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
 requires qemu-img qemu-io losetup cmp mkfifo
@@ -54,5 +56,29 @@ grep -q "^sparsecow: ./nodev: not a block device\$" multi.err ||
   { cat multi.err >&2; fail "./nodev was not reported"; }
 [ ! -e nodev ] || fail "--target-is-device created ./nodev beside $dev"
 cmp ref.raw "$dev" || fail "$dev beside a refused target differs"
+
+# ---- a read-only device ---------------------------------------------
+head -c $size /dev/urandom > ro.img
+cp ro.img ro.ref
+requires losetup
+ro=$(losetup -r -f --show ro.img) || { echo "$0: SKIP: no loop device"; exit 77; }
+cleanup_fn "losetup -d $ro"
+for cmd in "unpack -f img.qcow2" "unpack --target-is-device -n img.qcow2" \
+           "pack -f ref.raw"; do
+  # shellcheck disable=SC2086
+  expect_fail "^sparsecow: $ro: device is read-only\$" sparsecow $cmd "$ro"
+done
+expect_fail "^sparsecow: $ro: device is read-only\$" \
+  sh -c 'cat img.qcow2 | "$@"' sh "$SPARSECOW" unpack -f - "$ro"
+# Beside a device that can be written, from a pipe.
+head -c $size /dev/urandom | dd of="$dev" bs=1M oflag=direct status=none
+rc=0
+cat img.qcow2 | sparsecow unpack -f - "$ro" "$dev" 2> ro.err || rc=$?
+[ $rc -eq 1 ] || fail "a read-only target beside another: exit $rc"
+grep -q "^sparsecow: $ro: device is read-only\$" ro.err &&
+  grep -q "^sparsecow: $dev: written\$" ro.err ||
+  { cat ro.err >&2; fail "the read-only and the written targets were not reported"; }
+cmp ref.raw "$dev" || fail "$dev beside a read-only target differs"
+cmp ro.ref ro.img || fail "the read-only $ro was changed"
 
 exit 0
