@@ -675,19 +675,48 @@ stat_endpoint (const char *name, int std_fd, struct stat *st)
   return strcmp (name, "-") == 0 ? fstat (std_fd, st) : stat (name, st);
 }
 
-/* Is the block device t a loop device over the file s? */
-static bool
-loop_over (const struct stat *t, const struct stat *s, const char *target)
+bool
+cli_partition_of (dev_t dev, dev_t *disk)
+{
+  char path[96], line[64];
+  unsigned ma, mi;
+  FILE *fp;
+  bool ok;
+
+  snprintf (path, sizeof path, "/sys/dev/block/%u:%u/partition",
+            major (dev), minor (dev));
+  if (access (path, F_OK) != 0)
+    return false;
+  /* A partition's directory lies in its disk's. */
+  snprintf (path, sizeof path, "/sys/dev/block/%u:%u/../dev",
+            major (dev), minor (dev));
+  fp = fopen (path, "re");
+  if (fp == NULL)
+    return false;
+  ok = fgets (line, sizeof line, fp) != NULL
+       && sscanf (line, "%u:%u", &ma, &mi) == 2;
+  fclose (fp);
+  if (ok)
+    *disk = makedev (ma, mi);
+  return ok;
+}
+
+bool
+cli_loop_over (const char *name, const struct stat *t, const struct stat *s)
 {
 #ifdef LOOP_GET_STATUS64
   struct loop_info64 info;
+  dev_t disk = t->st_rdev;
   int fd;
   bool r = false;
 
-  if (!S_ISBLK (t->st_mode) || !S_ISREG (s->st_mode)
-      || major (t->st_rdev) != LOOP_MAJOR)
+  if (!S_ISBLK (t->st_mode) || !S_ISREG (s->st_mode))
     return false;
-  fd = open (target, O_RDONLY | O_CLOEXEC);
+  /* A partition of a loop device answers for its disk. */
+  (void) cli_partition_of (t->st_rdev, &disk);
+  if (major (disk) != LOOP_MAJOR)
+    return false;
+  fd = open (name, O_RDONLY | O_CLOEXEC);
   if (fd == -1)
     return false;
   if (ioctl (fd, LOOP_GET_STATUS64, &info) == 0)
@@ -695,7 +724,7 @@ loop_over (const struct stat *t, const struct stat *s, const char *target)
   close (fd);
   return r;
 #else
-  (void) t; (void) s; (void) target;
+  (void) name; (void) t; (void) s;
   return false;
 #endif
 }
@@ -750,7 +779,7 @@ cli_target_is_source (const char *source, const char *target)
   /* The same file (also behind a redirection of a standard stream),
    * two device nodes of the same disk, or a loop device over the file.
    */
-  if (loop_over (&t, &s, target)) {
+  if (cli_loop_over (target, &t, &s)) {
     cli_error ("%s: is a loop device over the source %s; write to another "
                "target", target, strcmp (source, "-") == 0 ? "stdin" : source);
     return true;

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <getopt.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 
 #include "sparsecow.h"
 
@@ -201,6 +203,17 @@ extern sc_progress_fn cli_progress_fn (const struct cli_common *common,
                                        void **opaque);
 /* Finish the progress display (newline after a bar). */
 extern void cli_progress_done (const struct cli_common *common);
+
+/* Is the block device dev a partition?  Then set *disk to the device
+ * of the whole disk it is part of (from /sys/dev/block/MAJ:MIN) and
+ * return true.
+ */
+extern bool cli_partition_of (dev_t dev, dev_t *disk);
+/* Is the block device st (named name) a loop device, or a partition of
+ * one, over the regular file file_st?
+ */
+extern bool cli_loop_over (const char *name, const struct stat *st,
+                           const struct stat *file_st);
 
 /* Is target the very file source is (after symbolic links, and for
  * "-" the file behind the standard stream), the same block device, or

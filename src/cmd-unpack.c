@@ -159,6 +159,14 @@ check_targets (const struct cli_operand *t, int n)
       if (same)
         cli_usage_error ("unpack", "%s and %s are the same target",
                          t[j].name, t[i].name);
+      /* Overlapping targets: one would write into the other. */
+      for (int k = 0; k < 2 && have[i] && have[j]; k++) {
+        int a = k ? j : i, b = k ? i : j;
+
+        if (cli_loop_over (t[a].name, &st[a], &st[b]))
+          cli_usage_error ("unpack", "%s is a loop device over %s, another "
+                           "target", t[a].name, t[b].name);
+      }
     }
   }
 }

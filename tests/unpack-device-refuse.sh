@@ -4,7 +4,8 @@
 # --target-is-device with a target that is not a block device (a name
 # that does not exist: nothing is created; a file: left as it was); a
 # read-only device (losetup -r), at open.  One of several targets that
-# is refused is reported by name, and the others are written.
+# is refused is reported by name, and the others are written.  Targets
+# that overlap are refused up front: a file and a loop device over it.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
 requires qemu-img qemu-io losetup cmp mkfifo
@@ -80,5 +81,16 @@ grep -q "^sparsecow: $ro: device is read-only\$" ro.err &&
   { cat ro.err >&2; fail "the read-only and the written targets were not reported"; }
 cmp ref.raw "$dev" || fail "$dev beside a read-only target differs"
 cmp ro.ref ro.img || fail "the read-only $ro was changed"
+
+# ---- a file and a loop device over it --------------------------------
+head -c $size /dev/urandom > over.bin
+cp over.bin over.ref
+loop_attach over.bin
+over=$dev
+expect_fail "^sparsecow: unpack: $over is a loop device over over.bin, another target\$" \
+  sparsecow unpack -f img.qcow2 "$over" over.bin
+expect_fail "^sparsecow: unpack: $over is a loop device over ./over.bin, another target\$" \
+  sh -c 'cat img.qcow2 | "$@"' sh "$SPARSECOW" unpack -f - ./over.bin "$over"
+cmp over.ref over.bin || fail "refused targets changed over.bin"
 
 exit 0
