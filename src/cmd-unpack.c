@@ -159,10 +159,19 @@ check_targets (const struct cli_operand *t, int n)
       if (same)
         cli_usage_error ("unpack", "%s and %s are the same target",
                          t[j].name, t[i].name);
-      /* Overlapping targets: one would write into the other. */
+      /* Overlapping targets: one would write into the other.  (Held
+       * exclusively by this program, a disk cannot be opened beside
+       * its partition, which would only tell that it is in use.)
+       */
       for (int k = 0; k < 2 && have[i] && have[j]; k++) {
         int a = k ? j : i, b = k ? i : j;
+        dev_t disk;
 
+        if (S_ISBLK (st[a].st_mode) && S_ISBLK (st[b].st_mode)
+            && cli_partition_of (st[a].st_rdev, &disk)
+            && disk == st[b].st_rdev)
+          cli_usage_error ("unpack", "%s is a partition of %s, another "
+                           "target", t[a].name, t[b].name);
         if (cli_loop_over (t[a].name, &st[a], &st[b]))
           cli_usage_error ("unpack", "%s is a loop device over %s, another "
                            "target", t[a].name, t[b].name);

@@ -5,10 +5,11 @@
 # that does not exist: nothing is created; a file: left as it was); a
 # read-only device (losetup -r), at open.  One of several targets that
 # is refused is reported by name, and the others are written.  Targets
-# that overlap are refused up front: a file and a loop device over it.
+# that overlap are refused up front: a file and a loop device over it,
+# a disk and one of its partitions.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
-requires qemu-img qemu-io losetup cmp mkfifo
+requires qemu-img qemu-io losetup cmp mkfifo python3
 requires_root
 
 cd "$tmp"
@@ -92,5 +93,41 @@ expect_fail "^sparsecow: unpack: $over is a loop device over over.bin, another t
 expect_fail "^sparsecow: unpack: $over is a loop device over ./over.bin, another target\$" \
   sh -c 'cat img.qcow2 | "$@"' sh "$SPARSECOW" unpack -f - ./over.bin "$over"
 cmp over.ref over.bin || fail "refused targets changed over.bin"
+
+# ---- a disk and its partitions -----------------------------------------
+# Two partitions in an MBR: 1 MiB + 20 MiB and 21 MiB + 20 MiB.
+truncate -s $((64 * MiB)) disk.img
+python3 - disk.img <<'PYEOF'
+import struct, sys
+mbr = bytearray(512)
+for n, (start, count) in enumerate([(2048, 40960), (43008, 40960)]):
+    mbr[446 + 16 * n:462 + 16 * n] = struct.pack(
+        "<B3sB3sII", 0, b"\xff\xff\xff", 0x83, b"\xff\xff\xff", start, count)
+mbr[510:512] = b"\x55\xaa"
+with open(sys.argv[1], "r+b") as f:
+    f.write(mbr)
+PYEOF
+loop_attach disk.img
+disk=$dev
+requires partx
+partx -a "$disk" || { echo "$0: SKIP: partx cannot add partitions"; exit 77; }
+# Added by hand, they outlive the loop device unless deleted first.
+cleanup_fn "partx -d $disk"
+[ -b "${disk}p1" ] && [ -b "${disk}p2" ] ||
+  fail "partx -a $disk made no ${disk}p1 and ${disk}p2"
+cp disk.img disk.ref
+expect_fail "^sparsecow: unpack: ${disk}p2 is a partition of $disk, another target\$" \
+  sparsecow unpack -f img.qcow2 "${disk}p2" "$disk"
+expect_fail "^sparsecow: unpack: ${disk}p1 is a partition of $disk, another target\$" \
+  sh -c 'cat img.qcow2 | "$@"' sh "$SPARSECOW" unpack -f - "$disk" "${disk}p1"
+# A partition of a loop device over a file is a loop device over it.
+expect_fail "^sparsecow: unpack: ${disk}p1 is a loop device over disk.img, another target\$" \
+  sparsecow unpack -f img.qcow2 disk.img "${disk}p1"
+cmp disk.ref disk.img || fail "refused targets changed $disk"
+# Two partitions of one disk do not overlap: both are written.
+sparsecow unpack -f -q img.qcow2 "${disk}p1" "${disk}p2" ||
+  fail "unpack to ${disk}p1 and ${disk}p2 failed"
+cmp -n $size ref.raw "${disk}p1" && cmp -n $size ref.raw "${disk}p2" ||
+  fail "${disk}p1 or ${disk}p2 differs from qemu-img convert"
 
 exit 0
