@@ -138,10 +138,13 @@ extern struct sc_endpoint *sc_endpoint_open_source (const char *name,
  * set them).  With SC_TARGET_IN_PLACE an existing file or device is
  * written where it is, keeping its size (and any tail past size).
  * A block device is a target only with SC_TARGET_FORCE or
- * SC_TARGET_DEVICE, and is opened exclusively (O_EXCL); the message of
- * EBUSY names what holds it where that can be found (mount points in
+ * SC_TARGET_DEVICE, and is opened exclusively (O_EXCL), which fails
+ * only while it is mounted, a swap area, held by another device or
+ * open with O_EXCL elsewhere (not merely open); the message of EBUSY
+ * names what holds it where that can be found (mount points in
  * /proc/self/mountinfo, holders in /sys/dev/block/MAJ:MIN/holders,
- * swap areas, processes that have it open).
+ * swap areas, and the processes that have it open, among which the
+ * one that holds it exclusively).
  * Returns NULL with errno EEXIST (exists, no SC_TARGET_FORCE; a block
  * device without SC_TARGET_FORCE or SC_TARGET_DEVICE), ENOTBLK (not a
  * block device, with SC_TARGET_DEVICE: also "-", an NBD URI and a name

@@ -2,8 +2,9 @@
 # A block device that something holds is refused by unpack and pack,
 # untouched, with what holds it named: a program that has it open
 # exclusively (its pid and name), a swap area, a device-mapper device
-# over it (where the kernel has device-mapper).  Pack writes a device
-# only with -f or --target-is-device.
+# over it (where the kernel has device-mapper).  A program that has it
+# open without O_EXCL does not hold it.  Pack writes a device only with
+# -f or --target-is-device.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
 requires qemu-img qemu-io losetup cmp python3
@@ -67,6 +68,13 @@ if command -v dmsetup >/dev/null && dmsetup version >/dev/null 2>&1; then
 else
   echo "$0: no device-mapper in this kernel: a dm holder is not tried"
 fi
+
+# Open without O_EXCL in another program: not a holder, written.
+exec {reader}<"$dev"
+sparsecow unpack -f img.qcow2 "$dev" ||
+  fail "unpack to $dev that another program has open (not exclusively) failed"
+cmp ref.raw "$dev" || fail "$dev open elsewhere differs from qemu-img convert"
+exec {reader}<&-
 
 # Released: pack writes it with --target-is-device, and qemu-img reads
 # the image back from it.
