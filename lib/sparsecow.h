@@ -463,7 +463,8 @@ extern int sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
 
 /* Read dst back after sc_unpack (dst flushed, before commit) and
  * compare it with the guest data of image, read again (image must not
- * be a stream; opts as given to sc_unpack, progress unused).  Every
+ * be a stream; opts as given to sc_unpack; progress counts the bytes
+ * of the guest compared, of a total of its virtual size).  Every
  * byte is compared, zero ranges too (they must read as zero), except
  * the ranges a target with SC_TARGET_ZERO_SKIP left as they were.  A
  * block device's cached pages were dropped at its flush, so what is

@@ -295,6 +295,8 @@ sc_unpack_verify (struct sc_endpoint *image, struct sc_endpoint *dst,
   p.work = verify_work;
   p.emit = verify_emit;
   p.opaque = &vs;
+  p.progress = opts->progress;
+  p.progress_opaque = opts->progress_opaque;
   if (sc_pipeline_run (&p) == -1)
     goto out;
 

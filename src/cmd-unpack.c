@@ -126,6 +126,36 @@ test_change_before_verify (struct cli_operand *targets, int ntargets)
   return 0;
 }
 
+/* With --verify, progress counts the guest twice, once written and
+ * once read back, of a total that holds both from the start (the
+ * read-back covers the same virtual size): neither done nor the total
+ * goes back when the read-back begins.
+ */
+struct twice {
+  sc_progress_fn fn;
+  void *opaque;
+  bool verifying;
+  uint64_t first;               /* the total of the writing */
+};
+
+static void
+twice_progress (const struct sc_progress *p, void *opaque)
+{
+  struct twice *t = opaque;
+  struct sc_progress q;
+
+  if (!t->verifying) {
+    t->first = p->total;
+    q.done = p->done;
+    q.total = p->total > UINT64_MAX / 2 ? UINT64_MAX : p->total * 2;
+  }
+  else {
+    q.done = t->first + p->done;
+    q.total = t->first + p->total;
+  }
+  t->fn (&q, t->opaque);
+}
+
 /* Several targets are files or block devices (or new names), each once
  * and none the image: exits with a usage error otherwise.
  */
@@ -185,6 +215,7 @@ cmd_unpack (int argc, char **argv)
 {
   struct cli_common common = { 0 };
   struct sc_unpack_opts uopts = { 0 };
+  struct twice twice = { 0 };
   struct sc_endpoint *src = NULL, *dst = NULL;
   struct sc_endpoint *opened[MAX_TARGETS];
   int opened_index[MAX_TARGETS];
@@ -379,6 +410,12 @@ cmd_unpack (int argc, char **argv)
   uopts.threads = common.threads;
   uopts.force_share = common.force_share;
   uopts.progress = cli_progress_fn (&common, &uopts.progress_opaque);
+  if (verify && uopts.progress) {
+    twice.fn = uopts.progress;
+    twice.opaque = uopts.progress_opaque;
+    uopts.progress = twice_progress;
+    uopts.progress_opaque = &twice;
+  }
   /* Errors name the image or the target, whichever failed. */
   if (sc_unpack (src, dst, &uopts) == -1) {
     cli_progress_done (&common);
@@ -394,17 +431,20 @@ cmd_unpack (int argc, char **argv)
                      targets[opened_index[i]].name);
     goto report;
   }
-  cli_progress_done (&common);
   if (verify) {
-    uopts.progress = NULL;
-    if (test_change_before_verify (targets, ntargets) == -1)
+    twice.verifying = true;
+    if (test_change_before_verify (targets, ntargets) == -1) {
+      cli_progress_done (&common);
       goto report;
+    }
     if (sc_unpack_verify (src, dst, &uopts) == -1) {
+      cli_progress_done (&common);
       if (ntargets == 1)
         cli_lib_error (NULL);
       goto report;
     }
   }
+  cli_progress_done (&common);
   if (sc_endpoint_commit (dst) == -1) {
     if (ntargets == 1)
       cli_lib_error (NULL);
@@ -421,8 +461,8 @@ cmd_unpack (int argc, char **argv)
         cli_lib_error (NULL);
         rc = EXIT_ERROR;
       }
-  /* And when some failed, which ones are good. */
-  if (ntargets > 1 && committed && rc == EXIT_ERROR && !common.quiet)
+  /* And which ones are good, whether or not some failed. */
+  if (ntargets > 1 && committed && !common.quiet)
     for (int i = 0; i < nopened; i++)
       if (sc_endpoint_tee_status (dst, (size_t) i) == 0)
         fprintf (stderr, "%s: %s: written%s\n", cli_program,

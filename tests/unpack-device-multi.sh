@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # sparsecow unpack IMAGE DEV1 DEV2 DEV3: every device equals qemu-img
 # convert's output (with --verify, from one read of the image, from a
-# file or a pipe); a target that fails (too small; on a file system
+# file or a pipe), and each is listed as written; a target that fails (too small; on a file system
 # that fills up under it; changed before the read-back) is reported by
 # name, the others are completed and verified, and the exit status is
 # non-zero.  Standard output, NBD and one device named twice are
@@ -27,8 +27,17 @@ for n in 1 2 3; do
   devs+=("$dev")
 done
 
-sparsecow unpack -f --verify img.qcow2 "${devs[@]}" ||
+sparsecow unpack -f --verify img.qcow2 "${devs[@]}" 2> all.err ||
   fail "unpack to ${devs[*]} failed"
+# Each is listed when all succeed too; with -q nothing is printed.
+for d in "${devs[@]}"; do
+  grep -q "^sparsecow: $d: written and verified\$" all.err ||
+    { cat all.err >&2; fail "$d was not reported as written and verified"; }
+done
+[ "$(wc -l < all.err)" -eq 3 ] || { cat all.err >&2; fail "more than the 3 targets reported"; }
+sparsecow unpack -f -q img.qcow2 "${devs[@]}" 2> quiet.err ||
+  fail "unpack -q to ${devs[*]} failed"
+[ ! -s quiet.err ] || { cat quiet.err >&2; fail "unpack -q printed something"; }
 for d in "${devs[@]}"; do
   cmp ref.raw "$d" || fail "$d differs from qemu-img convert"
 done
@@ -36,8 +45,12 @@ done
 for d in "${devs[@]}"; do
   head -c $size /dev/urandom | dd of="$d" bs=1M oflag=direct status=none
 done
-cat img.qcow2 | sparsecow unpack -f - "${devs[@]}" ||
+cat img.qcow2 | sparsecow unpack -f - "${devs[@]}" 2> pipe.err ||
   fail "unpack from a pipe to ${devs[*]} failed"
+for d in "${devs[@]}"; do
+  grep -q "^sparsecow: $d: written\$" pipe.err ||
+    { cat pipe.err >&2; fail "from a pipe: $d was not reported as written"; }
+done
 for d in "${devs[@]}"; do
   cmp ref.raw "$d" || fail "from a pipe: $d differs from qemu-img convert"
 done

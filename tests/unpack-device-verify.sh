@@ -3,10 +3,11 @@
 # compares every byte, zero ranges too: it passes on a good write, and a
 # byte changed between the write and the read-back (test hook
 # SPARSECOW_TEST_CHANGE_BEFORE_VERIFY) is reported at its offset with a
-# non-zero exit, in a data range and in a zero range.
+# non-zero exit, in a data range and in a zero range.  --progress=json
+# counts the read-back.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
-requires qemu-img qemu-io losetup cmp
+requires qemu-img qemu-io losetup cmp jq
 requires_root
 
 cd "$tmp"
@@ -43,6 +44,29 @@ expect_fail "verify: differs from the image at offset $((3 * MiB))\$" \
 head -c $size /dev/urandom | dd of="$dev" bs=1M oflag=direct status=none
 sparsecow unpack -f --verify --zero=skip img.qcow2 "$dev" 2>/dev/null ||
   fail "unpack --verify --zero=skip to $dev failed"
+
+# --progress=json counts the read-back too: the total is twice the
+# virtual size (qemu-img info's) from the first line, done never goes
+# back, and the last line has all of it done; without --verify the
+# total is the virtual size.
+vsize=$(qemu-img info --output=json img.qcow2 | jq '."virtual-size"')
+check_progress () {
+  jq -rs --argjson want "$2" '
+    if length == 0 then "no progress lines"
+    elif any(.[]; .total != $want) then "a total is not \($want)"
+    elif [range(1; length) as $i | select(.[$i].done < .[$i - 1].done)]
+         | length > 0 then "done went back"
+    elif .[-1].done != $want then "the last done is \(.[-1].done), not \($want)"
+    else "ok" end' "$1"
+}
+sparsecow unpack -f --verify --progress=json img.qcow2 "$dev" > verify.json ||
+  fail "unpack --verify --progress=json to $dev failed"
+r=$(check_progress verify.json $((2 * vsize)))
+[ "$r" = ok ] || { cat verify.json >&2; fail "--verify --progress=json: $r"; }
+sparsecow unpack -f --progress=json img.qcow2 "$dev" > plain.json ||
+  fail "unpack --progress=json to $dev failed"
+r=$(check_progress plain.json $vsize)
+[ "$r" = ok ] || { cat plain.json >&2; fail "--progress=json: $r"; }
 
 # An image from a pipe cannot be read again.
 expect_fail "unpack: --verify reads the image again: it cannot be read from a pipe" \
