@@ -104,7 +104,7 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
    * image was packed from, not rounded up to whole sectors.
    */
   if (sc_ep_set_size (dst, (checked ? checked : src)->size) == -1) {
-    sc_error_prefix ("%s", dst->name);
+    sc_error_name (dst->name);
     goto out;
   }
   copts.threads = opts->threads;

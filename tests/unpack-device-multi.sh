@@ -60,6 +60,9 @@ head -c $((32 * MiB)) /dev/urandom > small.img
 cp small.img small.ref
 loop_attach small.img
 small=$dev
+truncate -s $((32 * MiB)) small2.img
+loop_attach small2.img
+small2=$dev
 for d in "${devs[@]}"; do
   head -c $size /dev/urandom | dd of="$d" bs=1M oflag=direct status=none
 done
@@ -75,6 +78,17 @@ for d in "${devs[0]}" "${devs[2]}"; do
   grep -q "^sparsecow: $d: written and verified\$" small.err ||
     fail "$d was not reported as written"
 done
+
+# Every target too small: each named once, and the whole once.
+rc=0
+sparsecow unpack -f img.qcow2 "$small" "$small2" 2> smalls.err || rc=$?
+[ $rc -eq 1 ] || fail "unpack with every target too small: exit $rc"
+for d in "$small" "$small2"; do
+  grep -q "^sparsecow: $d: device is smaller than the image" smalls.err ||
+    { cat smalls.err >&2; fail "$d was not named"; }
+done
+grep -q "^sparsecow: targets: every target failed\$" smalls.err ||
+  { cat smalls.err >&2; fail "the failure of every target was not said once"; }
 
 # A target whose writes fail under it: a loop device over a file on a
 # 4 MiB tmpfs, which cannot hold the image's 9 MiB of data.
