@@ -156,8 +156,10 @@ twice_progress (const struct sc_progress *p, void *opaque)
   t->fn (&q, t->opaque);
 }
 
-/* Several targets are files or block devices (or new names), each once
- * and none the image: exits with a usage error otherwise.
+/* Several targets are files or block devices (or new names), each once,
+ * none the image and none inside another (a loop device over one of
+ * the files, a partition of one of the disks): exits with a usage error
+ * otherwise.
  */
 static void
 check_targets (const struct cli_operand *t, int n)
