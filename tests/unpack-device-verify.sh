@@ -45,11 +45,12 @@ head -c $size /dev/urandom | dd of="$dev" bs=1M oflag=direct status=none
 sparsecow unpack -f --verify --zero=skip img.qcow2 "$dev" 2>/dev/null ||
   fail "unpack --verify --zero=skip to $dev failed"
 
-# --progress=json counts the read-back too: the total is twice the
-# virtual size (qemu-img info's) from the first line, done never goes
-# back, and the last line has all of it done; without --verify the
-# total is the virtual size.
-vsize=$(qemu-img info --output=json img.qcow2 | jq '."virtual-size"')
+# --progress=json (on standard error) counts the read-back too: the
+# total is twice the data to move (what qemu-img map calls data) from
+# the first line, done never goes back, and the last line has all of it
+# done; without --verify the total is the data.
+vsize=$(qemu-img map --output=json img.qcow2 |
+        jq '[.[] | select(.data) | .length] | add')
 check_progress () {
   jq -rs --argjson want "$2" '
     if length == 0 then "no progress lines"
@@ -59,11 +60,11 @@ check_progress () {
     elif .[-1].done != $want then "the last done is \(.[-1].done), not \($want)"
     else "ok" end' "$1"
 }
-sparsecow unpack -f --verify --progress=json img.qcow2 "$dev" > verify.json ||
+sparsecow unpack -f --verify --progress=json img.qcow2 "$dev" 2> verify.json ||
   fail "unpack --verify --progress=json to $dev failed"
 r=$(check_progress verify.json $((2 * vsize)))
 [ "$r" = ok ] || { cat verify.json >&2; fail "--verify --progress=json: $r"; }
-sparsecow unpack -f --progress=json img.qcow2 "$dev" > plain.json ||
+sparsecow unpack -f --progress=json img.qcow2 "$dev" 2> plain.json ||
   fail "unpack --progress=json to $dev failed"
 r=$(check_progress plain.json $vsize)
 [ "$r" = ok ] || { cat plain.json >&2; fail "--progress=json: $r"; }
