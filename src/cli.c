@@ -620,26 +620,52 @@ void
 cli_check_progress (const char *command, const struct cli_common *common,
                     bool data_on_stdout)
 {
-  int fd = common->progress_fd, fl;
+  int fd = common->progress_fd ? common->progress_fd : STDERR_FILENO, fl;
 
-  if (!common->progress_json || fd == 0)
+  if (!common->progress_json)
     return;
-  fl = fcntl (fd, F_GETFL);
-  if (fl == -1)
-    cli_usage_error (command, "--progress=fd:%d: descriptor %d is not open",
-                     fd, fd);
-  if ((fl & O_ACCMODE) == O_RDONLY)
-    cli_usage_error (command, "--progress=fd:%d: descriptor %d is open for "
-                     "reading only", fd, fd);
+  if (common->progress_fd) {
+    fl = fcntl (fd, F_GETFL);
+    if (fl == -1)
+      cli_usage_error (command, "--progress=fd:%d: descriptor %d is not "
+                       "open", fd, fd);
+    if ((fl & O_ACCMODE) == O_RDONLY)
+      cli_usage_error (command, "--progress=fd:%d: descriptor %d is open "
+                       "for reading only", fd, fd);
+  }
+  /* Standard error too: "2>&1" makes it the data's stream. */
   if (data_on_stdout) {
     struct stat a, b;
 
     if (fd == STDOUT_FILENO
         || (fstat (fd, &a) == 0 && fstat (STDOUT_FILENO, &b) == 0
-            && a.st_dev == b.st_dev && a.st_ino == b.st_ino))
-      cli_usage_error (command, "--progress=fd:%d: progress would go into "
-                       "the data on standard output", fd);
+            && a.st_dev == b.st_dev && a.st_ino == b.st_ino
+            && !S_ISCHR (a.st_mode)))
+    {
+      if (common->progress_fd)
+        cli_usage_error (command, "--progress=fd:%d: progress would go "
+                         "into the data on standard output", fd);
+      cli_usage_error (command, "--progress=json: progress on standard "
+                       "error would go into the data on standard output "
+                       "(they are one file)");
+    }
   }
+}
+
+void
+cli_check_progress_not (const char *command, const struct cli_common *common,
+                        const char *name)
+{
+  int fd = common->progress_fd ? common->progress_fd : STDERR_FILENO;
+  struct stat a, b;
+
+  if (!common->progress_json || strcmp (name, "-") == 0
+      || fstat (fd, &a) == -1 || !S_ISREG (a.st_mode)
+      || stat (name, &b) == -1)
+    return;
+  if (a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+    cli_usage_error (command, "progress (on descriptor %d) would be written "
+                     "into %s", fd, name);
 }
 
 static void

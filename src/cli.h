@@ -193,6 +193,13 @@ extern void cli_json_string (FILE *fp, const char *s);
 extern void cli_check_progress (const char *command,
                                 const struct cli_common *common,
                                 bool data_on_stdout);
+/* The same for a file the command reads or writes: JSON progress on a
+ * descriptor open on NAME (a source, an image, a target written in
+ * place) would change it.  A usage error then.
+ */
+extern void cli_check_progress_not (const char *command,
+                                    const struct cli_common *common,
+                                    const char *name);
 
 /* A progress callback for the library, set up from common options:
  * a bar on stderr when it is a terminal (-p), or JSON lines on stderr

@@ -625,6 +625,8 @@ cmd_pack (int argc, char **argv)
   if (!ops[0].nbd && !ops[1].nbd && cli_target_is_source (source, target))
     return EXIT_ERROR;
   cli_check_progress ("pack", &common, strcmp (target, "-") == 0);
+  cli_check_progress_not ("pack", &common, source);
+  cli_check_progress_not ("pack", &common, target);
   if (strcmp (target, "-") == 0) {
     if (isatty (STDOUT_FILENO)) {
       cli_error ("pack: refusing to write an image to a terminal");

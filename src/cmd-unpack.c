@@ -325,6 +325,9 @@ cmd_unpack (int argc, char **argv)
     for (int i = 0; i < ntargets; i++)
       to_stdout |= strcmp (targets[i].name, "-") == 0;
     cli_check_progress ("unpack", &common, to_stdout);
+    cli_check_progress_not ("unpack", &common, image);
+    for (int i = 0; i < ntargets; i++)
+      cli_check_progress_not ("unpack", &common, targets[i].name);
   }
   if (ntargets == 1 && strcmp (targets[0].name, "-") == 0) {
     if (isatty (STDOUT_FILENO)) {

@@ -141,7 +141,11 @@ open_side (const struct cli_operand *op, const struct cli_common *common,
     s->content = s->file;
     return 0;
   }
-  s->q = sc_qcow2_open_endpoint (s->file, NULL);
+  {
+    struct sc_qcow2_open_opts qo = { .force_share = common->force_share };
+
+    s->q = sc_qcow2_open_endpoint (s->file, &qo);
+  }
   if (s->q == NULL || (s->content = sc_qcow2_endpoint (s->q)) == NULL) {
     cli_lib_error (op->name);
     if (s->q)
@@ -256,10 +260,8 @@ cmd_verify (int argc, char **argv)
 
   cli_usage_status = EXIT_VERIFY_ERROR;
   cli_check_brackets ("verify", argc, argv);
-  while ((c = getopt_long (argc, argv, "sf:F:" CLI_COMMON_SHORT_OPTIONS,
-                           long_options, NULL)) != -1) {
-    if (cli_common_option (c, optarg, &common, usage))
-      continue;
+  while ((c = cli_getopt (argc, argv, "sf:F:", long_options, &common,
+                          usage)) != -1) {
     switch (c) {
     case 's':
       opts.strict = true;

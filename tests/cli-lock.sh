@@ -37,6 +37,7 @@ expect_fail 'shared "write" lock' sparsecow check img.qcow2
 expect_fail 'shared "write" lock' sparsecow unpack img.qcow2 out.raw
 [ ! -e out.raw ] || fail "a refused unpack left out.raw"
 expect_fail 'shared "write" lock' sparsecow pack img.qcow2 copy.qcow2
+expect_fail 'shared "write" lock' sparsecow verify img.qcow2 ref.raw
 
 # -U reads it anyway, as qemu-img -U does.
 qemu-img info -U --output=json img.qcow2 >q.json
@@ -47,6 +48,10 @@ sparsecow map -U --output=json img.qcow2 >/dev/null
 sparsecow check -U img.qcow2 >/dev/null
 sparsecow unpack -U img.qcow2 out.raw
 cmp ref.raw out.raw || fail "unpack -U differs"
+qemu-img compare -U img.qcow2 ref.raw >/dev/null ||
+  fail "qemu-img compare -U finds the image differs from ref.raw"
+sparsecow verify -U img.qcow2 ref.raw >/dev/null ||
+  fail "verify -U of the image against ref.raw failed"
 kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || :
 
 # ---- qemu-nbd -r only reads it ------------------------------------------

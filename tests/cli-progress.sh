@@ -74,3 +74,23 @@ refused "progress" sparsecow pack --progress=fd:x "$src" "$tmp/out"
 refused "progress" sparsecow pack --progress=json:fd: "$src" "$tmp/out"
 refused "fd:1.*standard output" sparsecow bmap --progress=fd:1 "$src" \
   >"$tmp/out"
+# Standard error that is standard output's file ("2>&1") takes no JSON
+# progress while data goes there: the error is all that file gets.
+for cmd in "pack $src" "unpack $tmp/a.qcow2"; do
+  rc=0
+  sparsecow $cmd --progress=json - >"$tmp/out" 2>&1 || rc=$?
+  [ $rc -ne 0 ] && grep -q "standard error would go into the data" "$tmp/out" &&
+    ! grep -q '"done"' "$tmp/out" ||
+    fail "$cmd --progress=json - >out 2>&1: exit $rc, $(head -c 200 "$tmp/out")"
+done
+# Nor onto a file that is read or written: the source, the image, a
+# target written in place.
+cp "$src" "$tmp/s2.raw"
+sum=$(md5sum <"$tmp/s2.raw")
+expect_fail "would be written into .*s2.raw" sparsecow pack --progress=fd:3 \
+  "$tmp/s2.raw" "$tmp/p2.qcow2" 3>>"$tmp/s2.raw"
+cp "$tmp/a.qcow2" "$tmp/a2.qcow2"
+expect_fail "would be written into .*a2.qcow2" sparsecow unpack \
+  --progress=fd:3 "$tmp/a2.qcow2" "$tmp/u2.raw" 3>>"$tmp/a2.qcow2"
+cmp "$tmp/a.qcow2" "$tmp/a2.qcow2" || fail "progress was written into the image"
+[ "$(md5sum <"$tmp/s2.raw")" = "$sum" ] || fail "progress was written into the source"
