@@ -289,6 +289,18 @@ cli_getopt (int argc, char **argv, const char *shortopts,
   }
 }
 
+int
+cli_parse_image_format (const char *command, const char *arg, bool raw_ok)
+{
+  if (strcmp (arg, "qcow2") == 0)
+    return CLI_FORMAT_QCOW2;
+  if (raw_ok && strcmp (arg, "raw") == 0)
+    return CLI_FORMAT_RAW;
+  cli_usage_error (command, "-f %s: %s reads qcow2 images%s; for another "
+                   "format, serve it with qemu-nbd -f %s and give the NBD "
+                   "URI", arg, command, raw_ok ? " and raw files" : "", arg);
+}
+
 void
 cli_check_brackets (const char *command, int argc, char **argv)
 {

@@ -130,6 +130,12 @@ struct cli_operand {
 /* Exit with a usage error if a "[" comes before "--": getopt would take
  * the server command's options for ours.  Called before getopt.
  */
+/* qemu-img's -f FMT for commands that read one image: "qcow2" (or
+ * "raw" where raw_ok), anything else is a usage error.
+ */
+enum { CLI_FORMAT_AUTO, CLI_FORMAT_QCOW2, CLI_FORMAT_RAW };
+extern int cli_parse_image_format (const char *command, const char *arg,
+                                   bool raw_ok);
 extern void cli_check_brackets (const char *command, int argc, char **argv);
 
 /* Split argv[first..argc-1] into operands, each "[ ... ]" group being

@@ -110,9 +110,12 @@ cmd_check (int argc, char **argv)
   int c;
 
   cli_check_brackets ("check", argc, argv);
-  while ((c = cli_getopt (argc, argv, "", long_options, &common,
+  while ((c = cli_getopt (argc, argv, "f:", long_options, &common,
                           usage)) != -1) {
-    if (c == OPT_JSON)
+    if (c == 'f')
+      /* qemu-img's spelling; only qcow2 is read here. */
+      (void) cli_parse_image_format ("check", optarg, false);
+    else if (c == OPT_JSON)
       json = true;
     else if (c == OPT_OUTPUT)
       json = cli_parse_output ("check", optarg);

@@ -480,9 +480,13 @@ cmd_info (int argc, char **argv)
   int c, rc = EXIT_OK;
 
   cli_check_brackets ("info", argc, argv);
-  while ((c = cli_getopt (argc, argv, "", long_options, &common,
+  while ((c = cli_getopt (argc, argv, "f:", long_options, &common,
                           usage)) != -1) {
     switch (c) {
+    case 'f':
+      /* qemu-img's spelling; only qcow2 is read here. */
+      (void) cli_parse_image_format ("info", optarg, false);
+      break;
     case OPT_JSON:
       json = true;
       break;

@@ -195,12 +195,15 @@ cmd_map (int argc, char **argv)
   struct cli_operand op;
   struct sc_endpoint *ep = NULL;
   const char *path;
-  int c, r;
+  int c, r, format = CLI_FORMAT_AUTO;
 
   cli_check_brackets ("map", argc, argv);
-  while ((c = cli_getopt (argc, argv, "", long_options, &common,
+  while ((c = cli_getopt (argc, argv, "f:", long_options, &common,
                           usage)) != -1) {
     switch (c) {
+    case 'f':
+      format = cli_parse_image_format ("map", optarg, true);
+      break;
     case OPT_JSON:
       out.json = true;
       break;
@@ -221,6 +224,11 @@ cmd_map (int argc, char **argv)
   }
   else
     r = sc_is_qcow2 (path);
+  /* As qemu-img map -f: the named format, whatever the bytes say; an
+   * image that is not qcow2 is refused by the reader then.
+   */
+  if (r != -1 && format != CLI_FORMAT_AUTO)
+    r = format == CLI_FORMAT_QCOW2;
   if (r == 1)
     r = map_qcow2 (path, ep, &out, common.force_share);
   else if (r == 0)

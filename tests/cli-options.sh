@@ -78,3 +78,18 @@ qemu-img info --output=json "$tmp/o.qcow2" |
   grep -q '"compression-type": "zstd"' || fail "-o compression_type=zstd"
 usage_error pack -O vmdk "$tmp/raw" "$tmp/p.qcow2"
 grep -q "only qcow2" "$tmp/err" || fail "-O vmdk: $(cat "$tmp/err")"
+
+# qemu-img's -f for info, map and check: qcow2 (and raw for map) as
+# qemu-img reads them, other formats refused with the way to read them.
+qemu-img create -q -f qcow2 "$tmp/f.qcow2" 1M
+qemu-io -f qcow2 -c "write -P 7 0 64k" "$tmp/f.qcow2" >/dev/null
+for cmd in "info" "check"; do
+  sparsecow $cmd -f qcow2 "$tmp/f.qcow2" >/dev/null || fail "$cmd -f qcow2 failed"
+  usage_error $cmd -f vmdk "$tmp/f.qcow2"
+  grep -q "qemu-nbd -f vmdk" "$tmp/err" || fail "$cmd -f vmdk: $(cat "$tmp/err")"
+done
+for f in qcow2 raw; do
+  diff <(sparsecow map -f $f --output=json "$tmp/f.qcow2") \
+       <(qemu-img map -f $f --output=json "$tmp/f.qcow2") ||
+    fail "map -f $f differs from qemu-img map -f $f"
+done
