@@ -301,6 +301,18 @@ cli_parse_image_format (const char *command, const char *arg, bool raw_ok)
                    "URI", arg, command, raw_ok ? " and raw files" : "", arg);
 }
 
+int
+cli_endpoint_is_qcow2 (struct sc_endpoint *ep)
+{
+  unsigned char magic[4];
+
+  if (sc_endpoint_size (ep) < sizeof magic)
+    return 0;
+  if (sc_endpoint_pread (ep, magic, sizeof magic, 0) == -1)
+    return -1;
+  return memcmp (magic, "QFI\xfb", 4) == 0;
+}
+
 void
 cli_check_brackets (const char *command, int argc, char **argv)
 {

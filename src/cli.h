@@ -130,6 +130,12 @@ struct cli_operand {
 /* Exit with a usage error if a "[" comes before "--": getopt would take
  * the server command's options for ours.  Called before getopt.
  */
+/* Whether an opened source (an export, a file read as an endpoint)
+ * starts with the qcow2 magic: 1 yes, 0 no, -1 read error (the
+ * library's error is set).
+ */
+extern int cli_endpoint_is_qcow2 (struct sc_endpoint *ep);
+
 /* qemu-img's -f FMT for commands that read one image: "qcow2" (or
  * "raw" where raw_ok), anything else is a usage error.
  */

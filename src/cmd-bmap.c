@@ -74,19 +74,6 @@ change_while_mapping (const struct sc_progress *p, void *opaque)
     h->progress (p, h->progress_opaque);
 }
 
-/* Is the export an image?  1 yes, 0 no, -1 error. */
-static int
-export_is_qcow2 (struct sc_endpoint *ep)
-{
-  unsigned char magic[4];
-
-  if (sc_endpoint_size (ep) < sizeof magic)
-    return 0;
-  if (sc_endpoint_pread (ep, magic, sizeof magic, 0) == -1)
-    return -1;
-  return memcmp (magic, "QFI\xfb", 4) == 0;
-}
-
 int
 cmd_bmap (int argc, char **argv)
 {
@@ -131,7 +118,7 @@ cmd_bmap (int argc, char **argv)
     file = cli_open_source (&op, &common, SC_MAP_SEEK);
     if (file == NULL)
       return EXIT_ERROR;
-    r = export_is_qcow2 (file);
+    r = cli_endpoint_is_qcow2 (file);
     if (r == 1 && (q = sc_qcow2_open_endpoint (file, &qopts)) == NULL)
       r = -1;
   }

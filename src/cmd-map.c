@@ -169,19 +169,6 @@ map_raw (const char *path, struct sc_endpoint *nbd, struct map_out *out)
   return r;
 }
 
-/* Is the export an image?  1 yes, 0 no, -1 error. */
-static int
-nbd_is_qcow2 (struct sc_endpoint *ep)
-{
-  unsigned char magic[4];
-
-  if (sc_endpoint_size (ep) < sizeof magic)
-    return 0;
-  if (sc_endpoint_pread (ep, magic, sizeof magic, 0) == -1)
-    return -1;
-  return memcmp (magic, "QFI\xfb", 4) == 0;
-}
-
 int
 cmd_map (int argc, char **argv)
 {
@@ -220,7 +207,7 @@ cmd_map (int argc, char **argv)
   if (op.nbd) {
     if ((ep = cli_open_source (&op, &common, SC_MAP_SEEK)) == NULL)
       return EXIT_ERROR;
-    r = nbd_is_qcow2 (ep);
+    r = cli_endpoint_is_qcow2 (ep);
   }
   else
     r = sc_is_qcow2 (path);

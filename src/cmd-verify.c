@@ -90,19 +90,6 @@ close_side (struct side *s)
   memset (s, 0, sizeof *s);
 }
 
-/* Does the source start with the qcow2 magic?  1 yes, 0 no, -1 error. */
-static int
-has_qcow2_magic (struct sc_endpoint *ep)
-{
-  unsigned char magic[4];
-
-  if (sc_endpoint_size (ep) < sizeof magic)
-    return 0;
-  if (sc_endpoint_pread (ep, magic, sizeof magic, 0) == -1)
-    return -1;
-  return memcmp (magic, "QFI\xfb", 4) == 0;
-}
-
 /* Open an operand for reading at random offsets; errors are printed. */
 static int
 open_file (const struct cli_operand *op, const struct cli_common *common,
@@ -130,7 +117,7 @@ open_side (const struct cli_operand *op, const struct cli_common *common,
   memset (s, 0, sizeof *s);
   if (open_file (op, common, &s->file) == -1)
     return -1;
-  r = format == FORMAT_AUTO ? has_qcow2_magic (s->file)
+  r = format == FORMAT_AUTO ? cli_endpoint_is_qcow2 (s->file)
                             : format == FORMAT_QCOW2;
   if (r == -1) {
     cli_lib_error (op->name);
