@@ -14,9 +14,13 @@
  */
 #include <config.h>
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -81,7 +85,58 @@ struct run {
   bool failed;
   int err_errno;
   char err_msg[1024];
+  /* With stats: the CPU time the workers spent outside their serial
+   * sections (see thread_cpu).
+   */
+  bool stats;
+  double parallel_cpu;
 };
+
+/* For the scoreboard's Amdahl projection (bench/README): with
+ * SPARSECOW_PIPELINE_STATS=FILE, each run appends to FILE one
+ * line "pipeline threads=N parallel_cpu_s=S": the CPU seconds its
+ * workers spent in work that runs on all of them at once (reads of a
+ * thread-safe source, work()), leaving out the serial sections (handing
+ * out pieces, reads of a source taken one request at a time); with one
+ * thread, the CPU seconds of what workers would do.  All the rest of
+ * the process's CPU time (emit(), set-up, metadata) is serial.
+ */
+#define STATS_ENV "SPARSECOW_PIPELINE_STATS"
+
+/* This thread's CPU time in seconds, 0 if it cannot be had. */
+static double
+thread_cpu (void)
+{
+  struct timespec ts;
+
+  if (clock_gettime (CLOCK_THREAD_CPUTIME_ID, &ts) == -1)
+    return 0;
+  return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+/* Append the run's line; a file that cannot be written is ignored, as
+ * the numbers are only for measuring.
+ */
+static void
+write_stats (unsigned threads, double parallel_cpu)
+{
+  const char *path = getenv (STATS_ENV);
+  char line[128];
+  int fd, n;
+
+  if (path == NULL || *path == '\0')
+    return;
+  fd = open (path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd == -1)
+    return;
+  n = snprintf (line, sizeof line, "pipeline threads=%u parallel_cpu_s=%.6f\n",
+                threads, parallel_cpu);
+  if (n > 0 && (size_t) n < sizeof line) {
+    ssize_t w = write (fd, line, (size_t) n);
+    (void) w;                   /* ignored, see above */
+  }
+  close (fd);
+}
 
 /* Extents are asked for a window at a time, so that memory does not
  * grow with the number of extents of the whole source and a source
@@ -296,6 +351,7 @@ worker (void *arg)
 {
   struct run *r = arg;
   const struct sc_pipeline *p = r->p;
+  double start = r->stats ? thread_cpu () : 0, serial = 0, t = 0;
 
   pthread_mutex_lock (&r->lock);
   for (;;) {
@@ -313,7 +369,11 @@ worker (void *arg)
     seq = r->next_seq;
     slot = &r->slots[seq % r->nslots];
     piece = &slot->piece;
+    if (r->stats)
+      t = thread_cpu ();
     rc = next_piece (&r->cur, piece);
+    if (r->stats)
+      serial += thread_cpu () - t;
     if (rc == -1) {
       record_error (r);
       break;
@@ -347,11 +407,17 @@ worker (void *arg)
       pthread_mutex_unlock (&r->lock);
     }
     if (rc == 0 && piece->flags == 0) {
-      if (r->serial_reads)
+      if (r->serial_reads) {
         pthread_mutex_lock (&r->src_lock);
+        if (r->stats)
+          t = thread_cpu ();
+      }
       rc = take_piece (p, piece);
-      if (r->serial_reads)
+      if (r->serial_reads) {
+        if (r->stats)
+          serial += thread_cpu () - t;
         pthread_mutex_unlock (&r->src_lock);
+      }
     }
     if (r->serial_reads || rc == 1) {
       pthread_mutex_lock (&r->lock);
@@ -377,6 +443,8 @@ worker (void *arg)
     if (seq == r->emit_seq)
       pthread_cond_broadcast (&r->cond);
   }
+  if (r->stats)
+    r->parallel_cpu += thread_cpu () - start - serial;
   pthread_mutex_unlock (&r->lock);
   return NULL;
 }
@@ -406,6 +474,9 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
 {
   struct sc_piece piece = { 0 };
   int rc = 0;
+  bool stats = getenv (STATS_ENV) != NULL;
+  bool parallel_reads = (p->src->flags & SC_EP_THREAD_SAFE) != 0;
+  double parallel = 0, t = 0;
 
   bool end = false;
 
@@ -416,14 +487,21 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
     piece.moved = false;
     if (piece.flags == 0) {
       rc = slot_buffers (p, &piece, cur->request_size);
+      /* With stats: what the threaded run would do on its workers. */
+      if (stats && parallel_reads)
+        t = thread_cpu ();
       if (rc == 0)
         rc = take_piece (p, &piece);
       if (rc == 1) {
         end = true;
         rc = 0;
       }
+      if (stats && !parallel_reads)
+        t = thread_cpu ();
       if (rc == 0 && !piece.moved && piece.length > 0 && p->work)
         rc = p->work (&piece, p->opaque);
+      if (stats)
+        parallel += thread_cpu () - t;
     }
     if (rc == 0 && piece.length > 0)
       rc = p->emit (&piece, p->opaque);
@@ -432,6 +510,8 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
   }
   free (piece.buf);
   free (piece.out);
+  if (stats)
+    write_stats (1, parallel);
   return rc;
 }
 
@@ -489,6 +569,7 @@ run_threaded (const struct sc_pipeline *p, struct cursor *cur,
   r.cur = *cur;
   r.nslots = 2 * (size_t) threads + 2;
   r.serial_reads = !(p->src->flags & SC_EP_THREAD_SAFE);
+  r.stats = getenv (STATS_ENV) != NULL;
   if (r.serial_reads)
     r.cur.src_lock = &r.src_lock;
   r.slots = calloc (r.nslots, sizeof *r.slots);
@@ -523,6 +604,8 @@ run_threaded (const struct sc_pipeline *p, struct cursor *cur,
  out:
   for (unsigned i = 0; i < started; i++)
     pthread_join (tids[i], NULL);
+  if (r.stats)
+    write_stats (started, r.parallel_cpu);
   /* A worker's error lives in that worker's thread: bring it here. */
   if (rc == -1 && r.failed)
     sc_set_error (r.err_errno, "%s", r.err_msg);
