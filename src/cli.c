@@ -818,6 +818,81 @@ cli_same_file (const char *input, const char *target)
   return s.st_dev == t.st_dev && s.st_ino == t.st_ino && strcmp (sb, tb) == 0;
 }
 
+/* Is the existing target t (named target) the file or device input
+ * (stat s), or a loop device over it, or input a loop device over it?
+ * Then print why, calling input what, and return true.
+ */
+static bool
+target_is (const char *what, const char *input, const struct stat *s,
+           const char *target, const struct stat *t)
+{
+  const char *in = strcmp (input, "-") == 0 ? "stdin" : input;
+  const char *out = strcmp (target, "-") == 0 ? "stdout" : target;
+
+  if (cli_loop_over (target, t, s)) {
+    cli_error ("%s: is a loop device over the %s %s; write to another "
+               "target", out, what, in);
+    return true;
+  }
+  if (cli_loop_over (input, s, t)) {
+    cli_error ("%s: the %s %s is a loop device over it; write to another "
+               "target", out, what, in);
+    return true;
+  }
+  if (!(S_ISREG (s->st_mode) && S_ISREG (t->st_mode)
+        && s->st_dev == t->st_dev && s->st_ino == t->st_ino)
+      && !(S_ISBLK (s->st_mode) && S_ISBLK (t->st_mode)
+           && s->st_rdev == t->st_rdev))
+    return false;
+  cli_error ("%s: is the %s %s itself; write to another name", out, what,
+             in);
+  return true;
+}
+
+/* The other files a qcow2 source reads: its backing chain and its
+ * external data file.  A source that does not open as a qcow2 image
+ * has none here (opening it for real reports why).
+ */
+static bool
+target_in_chain (const char *source, const char *target,
+                 const struct stat *t)
+{
+  struct sc_qcow2_open_opts qo = { .backing_optional = true,
+                                   .force_share = true };
+  struct sc_qcow2_info info;
+  struct sc_qcow2 *q;
+  struct stat s;
+  bool r = false;
+
+  q = sc_qcow2_open (source, &qo);
+  if (q == NULL)
+    return false;
+  if (sc_qcow2_get_info (q, &info) == -1) {
+    sc_qcow2_close (q);
+    return false;
+  }
+  for (size_t i = 0; i < info.chain_len && !r; i++)
+    r = stat (info.chain[i].filename, &s) == 0
+        && target_is ("backing file", info.chain[i].filename, &s, target, t);
+  if (!r && info.data_file) {
+    /* Named relative to the image, as the reader resolves it. */
+    const char *slash = strrchr (source, '/');
+    char *path = NULL;
+
+    if (info.data_file[0] == '/' || slash == NULL)
+      path = strdup (info.data_file);
+    else if (asprintf (&path, "%.*s/%s", (int) (slash - source), source,
+                       info.data_file) == -1)
+      path = NULL;
+    r = path && stat (path, &s) == 0
+        && target_is ("external data file", path, &s, target, t);
+    free (path);
+  }
+  sc_qcow2_info_free (&info);
+  sc_qcow2_close (q);
+  return r;
+}
+
 bool
 cli_target_is_source (const char *source, const char *target)
 {
@@ -827,20 +902,11 @@ cli_target_is_source (const char *source, const char *target)
       || stat_endpoint (target, STDOUT_FILENO, &t) == -1)
     return false;
   /* The same file (also behind a redirection of a standard stream),
-   * two device nodes of the same disk, or a loop device over the file.
+   * two device nodes of the same disk, a loop device over the other;
+   * or one of the files a qcow2 source reads besides itself.
    */
-  if (cli_loop_over (target, &t, &s)) {
-    cli_error ("%s: is a loop device over the source %s; write to another "
-               "target", target, strcmp (source, "-") == 0 ? "stdin" : source);
+  if (target_is ("source", source, &s, target, &t))
     return true;
-  }
-  if (!(S_ISREG (s.st_mode) && S_ISREG (t.st_mode)
-        && s.st_dev == t.st_dev && s.st_ino == t.st_ino)
-      && !(S_ISBLK (s.st_mode) && S_ISBLK (t.st_mode)
-           && s.st_rdev == t.st_rdev))
-    return false;
-  cli_error ("%s: is the source %s itself; write to another name",
-             strcmp (target, "-") == 0 ? "stdout" : target,
-             strcmp (source, "-") == 0 ? "stdin" : source);
-  return true;
+  return strcmp (source, "-") != 0 && !S_ISFIFO (s.st_mode)
+         && target_in_chain (source, target, &t);
 }
