@@ -191,8 +191,10 @@ int
 sc_ep_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
             unsigned flags)
 {
-  if (ep->ops->zero)
+  if (ep->ops->zero) {
+    sc_ep_mark_written (ep);
     return ep->ops->zero (ep, count, offset, flags);
+  }
   if (flags & SC_ZERO_FAST)
     return sc_ep_unsupported (ep, "fast zeroing");
   return sc_ep_write_zeros (ep, count, offset);
@@ -205,6 +207,7 @@ sc_ep_copy_fd_range (int src_fd, const char *src_name, uint64_t src_off,
 {
   if (src_fd < 0 || dst->ops->copy_from_fd == NULL)
     return 1;
+  sc_ep_mark_written (dst);
   return dst->ops->copy_from_fd (dst, src_fd, src_name, src_off, dst_off,
                                  count);
 }
@@ -219,8 +222,10 @@ int
 sc_ep_copy_range (struct sc_endpoint *src, uint64_t src_off,
                   struct sc_endpoint *dst, uint64_t dst_off, uint64_t count)
 {
-  if (src->ops->copy_to)
+  if (src->ops->copy_to) {
+    sc_ep_mark_written (dst);
     return src->ops->copy_to (src, src_off, dst, dst_off, count);
+  }
   return sc_ep_copy_fd_range (sc_ep_local_fd (src), src->name, src_off, dst,
                               dst_off, count);
 }
@@ -308,6 +313,12 @@ sc_endpoint_pread (struct sc_endpoint *ep, void *buf, size_t count,
     return -1;
   }
   return sc_ep_pread (ep, buf, count, offset);
+}
+
+bool
+sc_endpoint_written (const struct sc_endpoint *ep)
+{
+  return ep && __atomic_load_n (&ep->written, __ATOMIC_RELAXED);
 }
 
 int

@@ -171,6 +171,11 @@ struct sc_endpoint {
    */
   uint64_t min_sparse;
   bool allocate;
+  /* A write, zeroing or copy into this endpoint was attempted (set by
+   * the wrappers below, from any thread): a target written in place
+   * may then hold part of the new content.
+   */
+  bool written;
 };
 
 /* ---- endpoint.c: the wrappers, with the defaults of optional slots ---- */
@@ -186,12 +191,20 @@ sc_ep_pread (struct sc_endpoint *ep, void *buf, size_t count,
                         : sc_ep_unsupported (ep, "reading");
 }
 
+static inline void
+sc_ep_mark_written (struct sc_endpoint *ep)
+{
+  __atomic_store_n (&ep->written, true, __ATOMIC_RELAXED);
+}
+
 static inline int
 sc_ep_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
               uint64_t offset)
 {
-  return ep->ops->pwrite ? ep->ops->pwrite (ep, buf, count, offset)
-                         : sc_ep_unsupported (ep, "writing");
+  if (ep->ops->pwrite == NULL)
+    return sc_ep_unsupported (ep, "writing");
+  sc_ep_mark_written (ep);
+  return ep->ops->pwrite (ep, buf, count, offset);
 }
 
 extern int sc_ep_read_some (struct sc_endpoint *ep, void *buf, size_t count,

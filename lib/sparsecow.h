@@ -198,6 +198,14 @@ extern struct sc_endpoint *sc_endpoint_open_tee (struct sc_endpoint *const
  */
 extern int sc_endpoint_tee_status (struct sc_endpoint *tee, size_t i);
 
+/* Was any write, zeroing or copy into target ep attempted (for a tee,
+ * into any member; each member answers for itself)?  A target written
+ * in place (a block device, SC_TARGET_IN_PLACE) that a failed command
+ * wrote into holds part of the new content over its old one.  Never
+ * fails; false for NULL.
+ */
+extern bool sc_endpoint_written (const struct sc_endpoint *ep);
+
 /* Flush a complete target and make it visible under its name.  Returns
  * 0, or -1 with errno EIO/ENOSPC (flush), EEXIST (the name was taken
  * meanwhile and SC_TARGET_FORCE is not set), or rename's errno.

@@ -452,6 +452,16 @@ detect_nbd_source (struct sc_endpoint *src, const char *source,
   return SOURCE_RAW;
 }
 
+/* Is the target an existing block device (written in place)? */
+static bool
+is_device (const struct cli_operand *target)
+{
+  struct stat st;
+
+  return !target->nbd && strcmp (target->name, "-") != 0
+         && stat (target->name, &st) == 0 && S_ISBLK (st.st_mode);
+}
+
 /* Pack src into target, closing src; errors are printed.  The target
  * is opened before the source is read (its size is set once the image
  * is laid out) and committed only when everything is written.  Returns
@@ -475,6 +485,12 @@ pack_endpoint (struct sc_endpoint *src, const char *source,
                  "--source-format=raw", sc_error_message ());
     else if (r == -1)
       cli_lib_error (NULL);
+    if (r == -1) {
+      if (((target_flags & SC_TARGET_IN_PLACE) || is_device (target))
+          && sc_endpoint_written (dst))
+        cli_error ("%s: written in place, left partly written",
+                   target->name);
+    }
     else if (sc_endpoint_commit (dst) == -1) {
       cli_lib_error (NULL);
       r = -1;

@@ -292,6 +292,10 @@ cmd_unpack (int argc, char **argv)
   image = ops[0].name;
   targets = &ops[1];
   ntargets = nops - 1;
+  if (uopts.allocate_all && (target_flags & SC_TARGET_ZERO_MASK)
+      == SC_TARGET_ZERO_SKIP)
+    cli_usage_error ("unpack", "-S 0 writes every byte: --zero=skip "
+                     "writes no zero range");
   if ((target_flags & SC_TARGET_ZEROED)
       && (target_flags & SC_TARGET_ZERO_MASK))
     cli_usage_error ("unpack", "--target-is-zero writes no zero range: "
@@ -423,17 +427,20 @@ cmd_unpack (int argc, char **argv)
   }
   /* Errors name the image or the target, whichever failed. */
   if (sc_unpack (src, dst, &uopts) == -1) {
+    bool changed = uopts.bmap && sc_error_errno () == EBADMSG;
+
     cli_progress_done (&common);
     cli_lib_error (NULL);
-    /* Checked first, the bmap differs here only when the image changed
-     * after the check.
+    /* A target written in place keeps what reached it.  (Checked
+     * first, the bmap differs after writing began only when the image
+     * changed after the check.)
      */
-    if (uopts.bmap && sc_error_errno () == EBADMSG)
-      for (int i = 0; i < nopened; i++)
-        if (in_place[i])
-          cli_error ("%s: written in place, left partly written: the "
-                     "image changed while it was unpacked",
-                     targets[opened_index[i]].name);
+    for (int i = 0; i < nopened; i++)
+      if (in_place[i] && sc_endpoint_written (opened[i]))
+        cli_error ("%s: written in place, left partly written%s",
+                   targets[opened_index[i]].name,
+                   changed ? ": the image changed while it was unpacked"
+                   : "");
     goto report;
   }
   if (verify) {

@@ -68,4 +68,43 @@ for cmd in unpack pack; do
 done
 cmp ref.raw kept.unpack || fail "unpack -f over a file differs"
 
+# A failure part way says that the file written in place holds part of
+# the new content; a failure before anything is written (a bmap checked
+# first) leaves the file as it was and says nothing of the kind.
+head -c 6M /dev/urandom | base64 -w 0 > rnd.raw   # 8 MiB, compressible
+qemu-img convert -q -c -O qcow2 rnd.raw bad.qcow2
+python3 - bad.qcow2 <<'PY'
+import struct, sys
+f = open(sys.argv[1], "r+b")
+h = f.read(104)
+f.seek(struct.unpack(">Q", h[40:48])[0])
+l2 = struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00
+f.seek(l2 + 8 * 64)             # the cluster at 4 MiB
+e = struct.unpack(">Q", f.read(8))[0]
+assert e >> 62 == 1, "not a compressed cluster"
+f.seek(e & ((1 << 54) - 1))     # 64 KiB clusters: 62 - (16 - 8) bits
+f.write(b"\xff" * 64)
+PY
+head -c 8M /dev/urandom > partly.raw
+cp partly.raw partly.orig
+expect_fail "partly.raw: written in place, left partly written" \
+  sparsecow unpack -n bad.qcow2 partly.raw
+cmp -s partly.raw partly.orig && fail "unpack -n wrote nothing before the damage"
+sparsecow pack -q --bmap-out good.bmap rnd.raw plain.qcow2
+python3 - good.bmap altered.bmap <<'PY'
+import hashlib, re, sys
+s = open(sys.argv[1]).read()
+s = re.sub(r'chksum="(.)', lambda m: 'chksum="' + ("1" if m.group(1) == "0" else "0"), s, count=1)
+zero = re.sub(r"<BmapFileChecksum>\s*\w+\s*</BmapFileChecksum>",
+              "<BmapFileChecksum>" + "0" * 64 + "</BmapFileChecksum>", s)
+s = zero.replace("0" * 64, hashlib.sha256(zero.encode()).hexdigest(), 1)
+open(sys.argv[2], "w").write(s)
+PY
+cp partly.orig before.raw
+expect_fail "out of sync at offset" \
+  sparsecow unpack -n --bmap altered.bmap plain.qcow2 before.raw
+grep -q "left partly written" "$tmp/.stderr" &&
+  fail "a bmap checked first is said to have left the file partly written"
+cmp before.raw partly.orig || fail "a bmap checked first let unpack -n write"
+
 exit 0
