@@ -31,9 +31,10 @@ l1_size_for (uint64_t virtual_size, uint32_t cluster_bits, uint64_t *l1_size)
                               cluster_size / QCOW2_L2E_SIZE);
   if (*l1_size > QCOW2_MAX_L1_BYTES / QCOW2_L2E_SIZE) {
     sc_set_error (EFBIG, "virtual size %" PRIu64 " needs an L1 table "
-                  "larger than %u bytes at cluster size %" PRIu64
-                  " (use larger clusters)", virtual_size,
-                  QCOW2_MAX_L1_BYTES, cluster_size);
+                  "larger than %u bytes at cluster size %" PRIu64 "%s",
+                  virtual_size, QCOW2_MAX_L1_BYTES, cluster_size,
+                  cluster_bits < QCOW2_MAX_CLUSTER_BITS
+                  ? " (use larger clusters)" : "");
     return -1;
   }
   return 0;

@@ -537,7 +537,7 @@ sc_verify_digest (struct sc_endpoint *file,
     goto out;
   if (!f.found) {
     sc_set_error (ENODATA, "the image holds no digest (pack stores one "
-                  "with -c or --digest)");
+                  "with -c or --digest, in images of version 3)");
     goto out;
   }
   result->block_size = f.d.block_size;

@@ -43,11 +43,7 @@ usage (FILE *fp)
 "  -f, --a-format=FMT     A is raw or qcow2 (default: qcow2 if it has the\n"
 "                         qcow2 magic, else raw)\n"
 "  -F, --b-format=FMT     the same for B\n"
-"  -p, --progress[=json]  show progress (a bar, or JSON lines on stdout)\n"
-"  -j, --threads N        worker threads (default: online CPUs)\n"
-"  -q, --quiet            print nothing but errors\n"
-"  -h, --help             show this help\n"
-"  -V, --version          show the version\n"
+CLI_COMMON_HELP
 CLI_NBD_HELP,
            cli_program, cli_program);
 }
@@ -159,6 +155,14 @@ verify_digest (const struct cli_operand *op, const struct cli_common *common,
   struct sc_verify_result res;
   int r;
 
+  /* As qemu-img: an image another process writes is read only with -U
+   * (its digest would show as stale while it is written).
+   */
+  if (!op->nbd && !common->force_share && strcmp (op->name, "-") != 0
+      && sc_image_lock_test (op->name) == -1) {
+    cli_lib_error (op->name);
+    return EXIT_VERIFY_ERROR;
+  }
   if (open_file (op, common, &file) == -1)
     return EXIT_VERIFY_ERROR;
   r = sc_verify_digest (file, opts, &res);

@@ -38,6 +38,7 @@ expect_fail 'shared "write" lock' sparsecow unpack img.qcow2 out.raw
 [ ! -e out.raw ] || fail "a refused unpack left out.raw"
 expect_fail 'shared "write" lock' sparsecow pack img.qcow2 copy.qcow2
 expect_fail 'shared "write" lock' sparsecow verify img.qcow2 ref.raw
+expect_fail 'shared "write" lock' sparsecow verify img.qcow2
 
 # -U reads it anyway, as qemu-img -U does.
 qemu-img info -U --output=json img.qcow2 >q.json
