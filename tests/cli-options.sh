@@ -93,3 +93,8 @@ for f in qcow2 raw; do
        <(qemu-img map -f $f --output=json "$tmp/f.qcow2") ||
     fail "map -f $f differs from qemu-img map -f $f"
 done
+
+# Options that contradict each other are usage errors, and nothing is
+# written: -S 0 allocates every byte, --zero=skip writes no zero range.
+usage_error unpack -S 0 --zero=skip "$tmp/img.qcow2" "$tmp/contradiction.raw"
+[ ! -e "$tmp/contradiction.raw" ] || fail "a refused unpack left its target"
