@@ -33,6 +33,7 @@
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 
 #include <libnbd.h>
 
@@ -134,13 +135,35 @@ server_unregister (pid_t pid)
   }
 }
 
+/* From a signal handler too: async-signal-safe calls only.  SIGTERM,
+ * then up to 2 s for each server to exit, then SIGKILL for those that
+ * have not: a server busy with a request may not heed SIGTERM, and
+ * none may outlive the program.
+ */
 void
 sc_nbd_kill_servers (void)
 {
+  const struct timespec tick = { 0, 20 * 1000 * 1000 };
+  bool left = false;
+
   for (int i = 0; i < MAX_SERVERS; i++) {
     pid_t pid = __atomic_load_n (&servers[i], __ATOMIC_SEQ_CST);
-    if (pid > 0)
-      kill (pid, SIGTERM);
+    if (pid > 0 && kill (pid, SIGTERM) == 0)
+      left = true;
+  }
+  for (int t = 0; t < 100 && left; t++) {
+    nanosleep (&tick, NULL);
+    left = false;
+    for (int i = 0; i < MAX_SERVERS; i++) {
+      pid_t pid = __atomic_load_n (&servers[i], __ATOMIC_SEQ_CST);
+      if (pid > 0 && waitpid (pid, NULL, WNOHANG) == 0)
+        left = true;
+    }
+  }
+  for (int i = 0; i < MAX_SERVERS && left; i++) {
+    pid_t pid = __atomic_load_n (&servers[i], __ATOMIC_SEQ_CST);
+    if (pid > 0 && waitpid (pid, NULL, WNOHANG) == 0)
+      kill (pid, SIGKILL);
   }
 }
 
@@ -958,10 +981,35 @@ connect_first (struct nbd_ep *n, struct nbd_handle *h, const char *uri,
     }
     return wait_ready (h, n->timeout, "cannot connect");
   }
-  nb = thread_children (before, 64);
-  if (nbd_aio_connect_systemd_socket_activation (h, (char **) argv) == -1) {
-    nbd_error ("cannot start the NBD server");
-    return -1;
+  /* The server runs with standard input from /dev/null and standard
+   * output on standard error: ours may carry data (a pipe in, an image
+   * or raw stream out), which it must neither read nor write into.
+   * The shell execs it, so its pid (LISTEN_PID) stays the server's.
+   */
+  {
+    size_t argc = 0;
+    char **wrapped;
+    int r;
+
+    while (argv[argc])
+      argc++;
+    wrapped = calloc (argc + 5, sizeof *wrapped);
+    if (wrapped == NULL) {
+      sc_set_error (errno, "out of memory");
+      return -1;
+    }
+    wrapped[0] = (char *) "/bin/sh";
+    wrapped[1] = (char *) "-c";
+    wrapped[2] = (char *) "exec \"$@\" </dev/null >&2";
+    wrapped[3] = (char *) "sh";
+    memcpy (&wrapped[4], argv, argc * sizeof *argv);
+    nb = thread_children (before, 64);
+    r = nbd_aio_connect_systemd_socket_activation (h, wrapped);
+    free (wrapped);
+    if (r == -1) {
+      nbd_error ("cannot start the NBD server");
+      return -1;
+    }
   }
   /* The child that was not there before is the server. */
   na = thread_children (after, 64);
