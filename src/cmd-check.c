@@ -5,6 +5,7 @@
 
 #include <getopt.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,6 +110,11 @@ cmd_check (int argc, char **argv)
   const char *image;
   int c;
 
+  /* A server started with [ CMD ] is stopped on a signal too; output
+   * into a closed pipe ends the program quietly, as it does qemu-img.
+   */
+  cli_install_signal_handlers ();
+  signal (SIGPIPE, SIG_DFL);
   cli_check_brackets ("check", argc, argv);
   while ((c = cli_getopt (argc, argv, "f:", long_options, &common,
                           usage)) != -1) {

@@ -6,6 +6,7 @@
 
 #include <getopt.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -479,6 +480,11 @@ cmd_info (int argc, char **argv)
   const char *path;
   int c, rc = EXIT_OK;
 
+  /* A server started with [ CMD ] is stopped on a signal too; output
+   * into a closed pipe ends the program quietly, as it does qemu-img.
+   */
+  cli_install_signal_handlers ();
+  signal (SIGPIPE, SIG_DFL);
   cli_check_brackets ("info", argc, argv);
   while ((c = cli_getopt (argc, argv, "f:", long_options, &common,
                           usage)) != -1) {

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -184,6 +185,11 @@ cmd_map (int argc, char **argv)
   const char *path;
   int c, r, format = CLI_FORMAT_AUTO;
 
+  /* A server started with [ CMD ] is stopped on a signal too; output
+   * into a closed pipe ends the program quietly, as it does qemu-img.
+   */
+  cli_install_signal_handlers ();
+  signal (SIGPIPE, SIG_DFL);
   cli_check_brackets ("map", argc, argv);
   while ((c = cli_getopt (argc, argv, "f:", long_options, &common,
                           usage)) != -1) {
