@@ -75,6 +75,15 @@ struct nbd_cmd {
   struct nbd_ep *owner;
   struct nbd_conn *conn;
   unsigned refs;                /* under owner->lock */
+  /* The caller sleeps on its own condition, so that a reply wakes the
+   * one thread that waits for it rather than every caller: with one
+   * condition for all, each of 936 replies of a 4 GiB unpack woke the
+   * 64 callers (100,000 futex calls, 40% of the program's time).
+   * While it sleeps the command is on owner->waiting, where a dying
+   * connection finds the callers it must wake.
+   */
+  pthread_cond_t cond;
+  struct nbd_cmd *prev_waiting, *next_waiting;
   bool done;
   int err;                      /* the command's errno, 0 on success */
   /* Block status only. */
@@ -98,8 +107,8 @@ struct nbd_ep {
   bool dirty;                   /* written since the last flush (atomic) */
   pthread_mutex_t rmw_lock;     /* one partial-block write at a time */
   pthread_mutex_t lock;
-  pthread_cond_t cond;          /* broadcast when a command completes or
-                                   a connection dies */
+  pthread_condattr_t condattr;  /* commands' conditions: CLOCK_MONOTONIC */
+  struct nbd_cmd *waiting;      /* callers asleep, under lock */
 };
 
 /* ---- servers started here: stopped on SIGINT/SIGTERM too ---------------
@@ -205,6 +214,17 @@ nbd_error (const char *what)
 
 /* ---- the dispatcher ---------------------------------------------------- */
 
+/* With n->lock held: wake every caller that waits for a command on c,
+ * which has just died.
+ */
+static void
+wake_waiters (struct nbd_ep *n, struct nbd_conn *c)
+{
+  for (struct nbd_cmd *w = n->waiting; w; w = w->next_waiting)
+    if (w->conn == c)
+      pthread_cond_signal (&w->cond);
+}
+
 static void
 conn_kill (struct nbd_conn *c, int err, const char *msg)
 {
@@ -215,7 +235,7 @@ conn_kill (struct nbd_conn *c, int err, const char *msg)
     c->dead = err;
     snprintf (c->dead_msg, sizeof c->dead_msg, "%s", msg);
   }
-  pthread_cond_broadcast (&n->cond);
+  wake_waiters (n, c);
   pthread_mutex_unlock (&n->lock);
 }
 
@@ -305,6 +325,7 @@ cmd_new (struct nbd_ep *n)
   }
   cmd->owner = n;
   cmd->refs = 2;
+  pthread_cond_init (&cmd->cond, &n->condattr);
   sc_extent_list_init (&cmd->alloc);
   sc_extent_list_init (&cmd->depth);
   return cmd;
@@ -320,6 +341,7 @@ cmd_unref (struct nbd_cmd *cmd)
   last = --cmd->refs == 0;
   pthread_mutex_unlock (&n->lock);
   if (last) {
+    pthread_cond_destroy (&cmd->cond);
     sc_extent_list_free (&cmd->alloc);
     sc_extent_list_free (&cmd->depth);
     free (cmd);
@@ -343,7 +365,7 @@ cmd_complete (void *opaque, int *error)
   pthread_mutex_lock (&n->lock);
   cmd->done = true;
   cmd->err = *error;
-  pthread_cond_broadcast (&n->cond);
+  pthread_cond_signal (&cmd->cond);
   pthread_mutex_unlock (&n->lock);
   return 1;                     /* retire the command */
 }
@@ -385,10 +407,15 @@ cmd_wait (struct nbd_cmd *cmd, const char *what, uint64_t offset,
     deadline.tv_sec += n->timeout;
   }
   pthread_mutex_lock (&n->lock);
+  cmd->prev_waiting = NULL;
+  cmd->next_waiting = n->waiting;
+  if (n->waiting)
+    n->waiting->prev_waiting = cmd;
+  n->waiting = cmd;
   while (!cmd->done && c->dead == 0) {
     if (n->timeout == 0)
-      pthread_cond_wait (&n->cond, &n->lock);
-    else if (pthread_cond_timedwait (&n->cond, &n->lock, &deadline)
+      pthread_cond_wait (&cmd->cond, &n->lock);
+    else if (pthread_cond_timedwait (&cmd->cond, &n->lock, &deadline)
              == ETIMEDOUT && !cmd->done) {
       /* A server that does not answer is given up on: the connection
        * stops, so nothing is written into the caller's buffer later.
@@ -398,10 +425,16 @@ cmd_wait (struct nbd_cmd *cmd, const char *what, uint64_t offset,
         snprintf (c->dead_msg, sizeof c->dead_msg,
                   "no reply from the server within %u s", n->timeout);
       }
-      pthread_cond_broadcast (&n->cond);
+      wake_waiters (n, c);
       break;
     }
   }
+  if (cmd->prev_waiting)
+    cmd->prev_waiting->next_waiting = cmd->next_waiting;
+  else
+    n->waiting = cmd->next_waiting;
+  if (cmd->next_waiting)
+    cmd->next_waiting->prev_waiting = cmd->prev_waiting;
   if (cmd->done) {
     err = cmd->err;
     if (err == 0 && cmd->bad) {
@@ -840,7 +873,7 @@ nbd_ep_close (struct sc_endpoint *ep)
       close (c->wake_fd);
   }
   server_unregister (n->server_pid);
-  pthread_cond_destroy (&n->cond);
+  pthread_condattr_destroy (&n->condattr);
   pthread_mutex_destroy (&n->lock);
   pthread_mutex_destroy (&n->rmw_lock);
   free (n->conns);
@@ -1081,13 +1114,8 @@ sc_endpoint_open_nbd (const char *uri, char *const *argv, unsigned flags,
     return NULL;
   pthread_mutex_init (&n->lock, NULL);
   pthread_mutex_init (&n->rmw_lock, NULL);
-  {
-    pthread_condattr_t ca;
-    pthread_condattr_init (&ca);
-    pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
-    pthread_cond_init (&n->cond, &ca);
-    pthread_condattr_destroy (&ca);
-  }
+  pthread_condattr_init (&n->condattr);
+  pthread_condattr_setclock (&n->condattr, CLOCK_MONOTONIC);
   n->timeout = opts->timeout;
   n->conns = calloc (NBD_MAX_CONNECTIONS, sizeof *n->conns);
   if (n->conns == NULL) {
