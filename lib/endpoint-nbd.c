@@ -48,6 +48,11 @@
 #define NBD_MAX_RANGE ((uint64_t) 1 << 30)
 #define NBD_DEFAULT_REQUESTS 16
 #define NBD_MAX_CONNECTIONS 16
+/* With multi-conn, as many connections as nbdcopy opens: one per
+ * online CPU, up to 4.  More than the CPUs only add threads to switch
+ * between, on both sides: onto qemu-nbd of a raw file on 2 CPUs, 970 MB
+ * took 1.31 s with 4 connections and 0.87 s with 1 (0.91 s with 2).
+ */
 #define NBD_MULTI_CONN_CONNECTIONS 4
 /* How long connections beyond the first may take to be ready. */
 #define EXTRA_CONNECT_SECONDS 1
@@ -1170,7 +1175,9 @@ sc_endpoint_open_nbd (const char *uri, char *const *argv, unsigned flags,
   /* More connections only where the server says they see one disk. */
   want = opts->connections;
   if (want == 0)
-    want = nbd_can_multi_conn (h) == 1 ? NBD_MULTI_CONN_CONNECTIONS : 1;
+    want = nbd_can_multi_conn (h) == 1
+           ? SC_MAX (SC_MIN (sc_online_cpus (), NBD_MULTI_CONN_CONNECTIONS), 1)
+           : 1;
   else if (want > 1 && nbd_can_multi_conn (h) != 1)
     want = 1;
   if (want > 1) {

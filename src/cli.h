@@ -57,8 +57,9 @@ enum {
 
 /* The help lines of the NBD options, which every command takes. */
 #define CLI_NBD_HELP \
-"  -C, --connections N    NBD connections, 1 to 16 (default: 4 if the\n" \
-"                         server allows multi-conn, else 1)\n" \
+"  -C, --connections N    NBD connections, 1 to 16 (default: one per\n" \
+"                         CPU up to 4 if the server allows multi-conn,\n" \
+"                         else 1)\n" \
 "      --requests N       NBD requests in flight per connection (16)\n" \
 "      --timeout S        give up on an NBD server silent for S seconds\n" \
 "                         (default 0: wait)\n" \
