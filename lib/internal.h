@@ -221,9 +221,10 @@ extern bool sc_sparse_run (const void *buf, uint64_t length,
  */
 extern int sc_sink_zero (struct sc_endpoint *dst, uint64_t length,
                          uint64_t offset);
-/* Before writing [0, length) of dst: a target that can be zeroed fast
- * (a remote export) is zeroed whole and from then on reads as zero.
- * Returns 0 (also when it cannot be done fast), or -1 on an error.
+/* Before writing [0, length) of dst: a remote export whose block status
+ * says it reads as zero throughout is from then on a target that reads
+ * as zero (SC_EP_FRESH_ZEROS).  Returns 0 (also when it holds data or
+ * cannot tell), or -1 on an error.
  */
 extern int sc_sink_prepare (struct sc_endpoint *dst, uint64_t length);
 

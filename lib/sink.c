@@ -17,9 +17,9 @@
  *   (qemu-img convert -n does the same); with write they are written
  *   with the data around them, which is what write would make of them
  *   anyway.
- * - A server's export that can zero a range without writing it (NBD
- *   WRITE_ZEROES with FAST_ZERO) is zeroed whole first, as qemu-img
- *   convert does, and is then a target that reads as zero.
+ * - A server's export that says it reads as zero throughout (NBD block
+ *   status) is a target that reads as zero; one that holds data is
+ *   written over in place, its holes zeroed one by one (sc_sink_prepare).
  */
 #include <config.h>
 
@@ -298,19 +298,60 @@ sc_sink_zero (struct sc_endpoint *dst, uint64_t length, uint64_t offset)
   }
 }
 
+/* Does all of [0, length) of dst read as zero by its own account (an
+ * NBD server's block status)?  1 yes, 0 no or cannot tell, -1 error.
+ * The walk stops at the first range that does not: a target that
+ * holds data costs one request.
+ */
+static int
+target_reads_zero (struct sc_endpoint *dst, uint64_t length)
+{
+  struct sc_extent_list list;
+  uint64_t pos = 0;
+  int r = 1;
+
+  if (dst->ops->extents == NULL)
+    return 0;
+  sc_extent_list_init (&list);
+  while (r == 1 && pos < length) {
+    list.len = 0;
+    if (sc_ep_extents_step (dst, pos, length - pos, &list, &pos) == -1) {
+      r = -1;
+      break;
+    }
+    for (size_t i = 0; i < list.len && r == 1; i++)
+      if (!(list.ext[i].flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO)))
+        r = 0;
+  }
+  sc_extent_list_free (&list);
+  return r;
+}
+
 int
 sc_sink_prepare (struct sc_endpoint *dst, uint64_t length)
 {
+  int r;
+
   if (length == 0 || (dst->flags & SC_EP_FRESH_ZEROS)
       || !(dst->flags & SC_EP_REMOTE) || dst->zero_mode != 0
       || dst->allocate)
     return 0;
-  if (sc_ep_zero (dst, length, 0, SC_ZERO_MAY_UNMAP | SC_ZERO_FAST) == -1) {
-    /* Not fast here: holes are zeroed one by one instead. */
-    if (sc_error_errno () == ENOTSUP)
-      return 0;
+  /* An export that reads as zero already (nbdkit memory, a new sparse
+   * file behind qemu-nbd) needs no zeroing at all.
+   */
+  r = target_reads_zero (dst, length);
+  if (r == -1)
     return -1;
+  if (r == 1) {
+    dst->flags |= SC_EP_FRESH_ZEROS;
+    return 0;
   }
-  dst->flags |= SC_EP_FRESH_ZEROS;
+  /* One that holds data is written over in place, its holes zeroed as
+   * they come, as nbdcopy does.  Zeroing it whole first, as qemu-img
+   * convert does, frees what is then allocated again: unpacking 970 MB
+   * of a 4 GiB image onto qemu-nbd of a raw file holding the same took
+   * 2.2 s with the zeroing and 1.3 s without (medians of 5), the server
+   * punching the file's blocks and then allocating them again.
+   */
   return 0;
 }

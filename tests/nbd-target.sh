@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # NBD targets: unpack writes the guest data to qemu-nbd and nbdkit
 # exports (read back with nbdcopy and compared with qemu-img's raw
-# output), zero ranges are zeroed, a target that is too small or
-# read-only is refused before anything is written, pack writes an image
-# to an export, and a server started with [ ... ] is stopped at the end,
-# also when the program is interrupted.
+# output), zero ranges are zeroed unless the export reads as zero
+# already, a target that is too small or read-only is refused before
+# anything is written, pack writes an image to an export, and a server
+# started with [ ... ] is stopped at the end, also when the program is
+# interrupted.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
 requires qemu-img qemu-io qemu-nbd nbdkit nbdcopy cmp python3
@@ -45,6 +46,20 @@ sparsecow unpack -q --target-is-zero img.qcow2 "$nbd_uri" ||
   fail "unpack --target-is-zero failed"
 nbdcopy "$nbd_uri" fresh.raw
 cmp ref.raw fresh.raw || fail "unpack --target-is-zero differs"
+# An export that reads as zero throughout gets the data and one flush,
+# no zeroing; one holding a byte far into a hole of the image is not
+# taken for one that reads as zero, and the hole is zeroed.
+nbd_serve logged nbdkit --filter=log memory $size logfile="$tmp/logged.log"
+sparsecow unpack -q img.qcow2 "$nbd_uri" || fail "unpack to a fresh export failed"
+nbdcopy "$nbd_uri" logged.raw
+cmp ref.raw logged.raw || fail "unpack to a fresh export differs"
+! grep -q " Zero id=" logged.log || fail "an export that reads as zero was zeroed"
+[ "$(grep -c ' Flush id=' logged.log)" = 1 ] || fail "not one flush"
+nbd_serve late nbdkit data "@$((50 * 1024 * 1024)) 0xee" size=$size
+sparsecow unpack -q img.qcow2 "$nbd_uri" ||
+  fail "unpack to an export with data in a hole failed"
+nbdcopy "$nbd_uri" late.raw
+cmp ref.raw late.raw || fail "data in a hole of the image was left on the export"
 # A server without WRITE_ZEROES gets zeros written.
 qemu-io -f raw -c "write -P 0xee 0 $size" disk.raw >/dev/null
 sparsecow unpack -q img.qcow2 -- [ nbdkit --filter=nozero file disk.raw ] ||
