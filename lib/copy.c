@@ -802,6 +802,9 @@ sc_pipeline_fit (const struct sc_endpoint *ep, uint32_t *request_size,
   if (ep->max_request > 0)
     while (*request_size > ep->max_request && *request_size > 512)
       *request_size /= 2;
+  if (ep->piece_size > 0)
+    while (*request_size > ep->piece_size && *request_size > 512)
+      *request_size /= 2;
   if (ep->max_in_flight > 0 && *threads > ep->max_in_flight)
     *threads = ep->max_in_flight;
 }

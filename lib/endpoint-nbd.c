@@ -47,6 +47,13 @@
  */
 #define NBD_MAX_RANGE ((uint64_t) 1 << 30)
 #define NBD_DEFAULT_REQUESTS 16
+/* The copy engine writes to an export in pieces of 256 KiB, nbdcopy's
+ * request size, not its 1 MiB: onto qemu-nbd of a raw file, 970 MB
+ * took 0.79 s in 256 KiB requests and 1.26 s in 1 MiB ones (medians of
+ * 7, alternating), the server spending 0.29 s of CPU instead of 0.46 s
+ * on the same bytes; onto nbdkit memory both took the same.
+ */
+#define NBD_TARGET_PIECE_SIZE (256 * 1024)
 #define NBD_MAX_CONNECTIONS 16
 /* With multi-conn, as many connections as nbdcopy opens: one per
  * online CPU, up to 4.  More than the CPUs only add threads to switch
@@ -1169,6 +1176,8 @@ sc_endpoint_open_nbd (const char *uri, char *const *argv, unsigned flags,
   if (pref_b > 0 && pref_b <= (int64_t) n->ep.max_request)
     n->ep.block_size = (uint32_t) SC_MAX (pref_b, 4096);
   n->ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE | SC_EP_REMOTE;
+  if (writable)
+    n->ep.piece_size = NBD_TARGET_PIECE_SIZE;
   if (writable && (flags & SC_TARGET_ZEROED))
     n->ep.flags |= SC_EP_FRESH_ZEROS;
 

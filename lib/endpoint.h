@@ -154,6 +154,9 @@ struct sc_endpoint {
   uint64_t size;                /* virtual size in bytes */
   uint32_t block_size;          /* preferred request size, a power of 2 */
   uint32_t max_request;         /* largest request, 0 = no limit */
+  uint32_t piece_size;          /* the copy engine's pieces for it: at
+                                   most this (a power of 2), 0 = no
+                                   wish */
   unsigned max_in_flight;       /* requests at once, 0 = no limit */
   unsigned queue_depth;         /* requests at once that keep it busy (a
                                    server that answers each after a

@@ -178,8 +178,8 @@ struct sc_pipeline {
  */
 extern int sc_pipeline_run (const struct sc_pipeline *p);
 /* Keep requests and requests in flight inside what an endpoint takes:
- * the largest power of two up to its maximum request, and no more
- * threads than requests it allows at once.
+ * the largest power of two up to its maximum request and its piece
+ * size, and no more threads than requests it allows at once.
  */
 extern void sc_pipeline_fit (const struct sc_endpoint *ep,
                              uint32_t *request_size, unsigned *threads);
