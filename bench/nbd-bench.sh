@@ -49,7 +49,7 @@ fi
 
 sockdir=$(mktemp -d /tmp/nbd-bench.XXXXXX)
 pids=()
-trap 'rm -f "$out" "${target_raw:-}"; kill "${pids[@]}" 2>/dev/null
+trap 'rm -f "$out" "${target_raw:-}" "$BENCH_DIR/.cpu"; kill "${pids[@]}" 2>/dev/null
   rm -rf "$sockdir"' EXIT
 # serve NAME CMD...: an NBD server on $sockdir/NAME; sets uri.
 serve () {
