@@ -12,6 +12,7 @@
 #include <config.h>
 
 #include <dirent.h>
+#include <libgen.h>
 #include <stdarg.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -229,6 +230,49 @@ sc_block_target_new (int fd, bool own_fd, const char *name, uint64_t size)
     return NULL;
   }
   return new_block_ep (&block_target_ops, fd, own_fd, name, dev_size);
+}
+
+/* Is the directory that would hold path where the system keeps its
+ * device nodes: a devtmpfs (the kernel's /dev), or whatever file system
+ * is mounted on /dev (a tmpfs, in a container)?  A name there that does
+ * not exist is a device that is not there, and a regular file made in
+ * its place would only fill memory.  /dev/shm, a file system of its
+ * own, is not.  Judged by the directory's device number against
+ * /proc/self/mountinfo; false when either cannot be read.
+ */
+bool
+sc_path_in_device_dir (const char *path)
+{
+  CLEANUP_FREE char *copy = strdup (path);
+  struct stat st;
+  FILE *fp;
+  char line[4096];
+  bool found = false;
+
+  if (copy == NULL || stat (dirname (copy), &st) == -1
+      || !S_ISDIR (st.st_mode))
+    return false;
+  fp = fopen ("/proc/self/mountinfo", "re");
+  if (fp == NULL)
+    return false;
+  /* "ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTIONS [FIELDS...] - FSTYPE
+   * SOURCE SUPER-OPTIONS" (proc(5)); a line longer than the buffer is
+   * read on as a line of its own, whose fields then do not parse.
+   */
+  while (!found && fgets (line, sizeof line, fp)) {
+    unsigned ma, mi;
+    char point[PATH_MAX];
+    const char *sep = strstr (line, " - ");
+    char fstype[64];
+
+    if (sscanf (line, "%*u %*u %u:%u %*s %4095s", &ma, &mi, point) != 3
+        || makedev (ma, mi) != st.st_dev || sep == NULL
+        || sscanf (sep + 3, "%63s", fstype) != 1)
+      continue;
+    found = strcmp (fstype, "devtmpfs") == 0 || strcmp (point, "/dev") == 0;
+  }
+  fclose (fp);
+  return found;
 }
 
 /* Can the device zero a range without writing it?  Linux unmaps a

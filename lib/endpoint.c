@@ -410,6 +410,14 @@ sc_endpoint_open_fd_target (int fd, const char *name, uint64_t size)
 static struct sc_endpoint *open_target (const char *path, uint64_t size,
                                         unsigned flags);
 
+/* A target named in /dev that is not there. */
+static void
+no_such_device (void)
+{
+  sc_set_error (ENOENT, "no such device (nothing of that name in /dev, "
+                "and no file is created there)");
+}
+
 /* A new file at path, written under a temporary name: refused while
  * another process (qemu) uses the file it replaces, and holding qemu's
  * writer locks until it is closed, so that qemu does not open it half
@@ -419,7 +427,19 @@ static struct sc_endpoint *
 new_file_target (const char *path, uint64_t size, unsigned flags)
 {
   struct sc_endpoint *ep;
+  struct stat st;
 
+  /* /dev/sdz when there is no sdz: a typing error or a card not yet
+   * plugged in, not a wish for a file of gigabytes in memory.
+   */
+  if (sc_path_in_device_dir (path)) {
+    if (lstat (path, &st) == 0)
+      sc_set_error (ENOTBLK, "is a regular file in /dev, not a device "
+                    "(not replaced)");
+    else
+      no_such_device ();
+    return NULL;
+  }
   if (sc_lock_check_replace (path) == -1)
     return NULL;
   ep = sc_file_target_new (path, size, flags);
@@ -588,6 +608,10 @@ open_target (const char *path, uint64_t size, unsigned flags)
 
     if (named && !exists && errno != ENOENT) {
       sc_set_error (errno, "%s", strerror (errno));
+      return NULL;
+    }
+    if (named && !exists && sc_path_in_device_dir (path)) {
+      no_such_device ();
       return NULL;
     }
     if (!exists || !S_ISBLK (st.st_mode)) {

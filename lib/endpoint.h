@@ -336,6 +336,11 @@ extern struct sc_endpoint *sc_block_target_new (int fd, bool own_fd,
  * fails.
  */
 extern void sc_block_describe_holders (dev_t dev, char *buf, size_t len);
+/* Would path be made in the directory of device nodes (devtmpfs, or
+ * the file system mounted on /dev)?  There, a name that does not exist
+ * is a missing device, never a new regular file.
+ */
+extern bool sc_path_in_device_dir (const char *path);
 /* For SC_TARGET_ZERO_UNMAP: 0 if ep is not a block device or may
  * unmap with zeros guaranteed, -1 (ENOTSUP) if its queue says it
  * cannot, so that nothing is written before that is known.

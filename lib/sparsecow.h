@@ -149,7 +149,10 @@ extern struct sc_endpoint *sc_endpoint_open_source (const char *name,
  * device without SC_TARGET_FORCE or SC_TARGET_DEVICE), ENOTBLK (not a
  * block device, with SC_TARGET_DEVICE: also "-", an NBD URI and a name
  * that does not exist), ENOENT (no
- * such file with SC_TARGET_IN_PLACE), EISDIR, EBUSY (a block device
+ * such file with SC_TARGET_IN_PLACE; a name in /dev, on devtmpfs or
+ * the file system mounted there, that does not exist, whatever the
+ * flags: no regular file is created there), ENOTBLK (a regular file
+ * in /dev, not replaced), EISDIR, EBUSY (a block device
  * that is mounted or in use), EROFS (a read-only block device: BLKROGET
  * at open), ENOSPC (device too small), EFBIG (file
  * system or ulimit too small), EINVAL (more than one SC_TARGET_ZERO_*
