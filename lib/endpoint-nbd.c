@@ -121,6 +121,9 @@ struct nbd_ep {
   pthread_mutex_t lock;
   pthread_condattr_t condattr;  /* commands' conditions: CLOCK_MONOTONIC */
   struct nbd_cmd *waiting;      /* callers asleep, under lock */
+  /* Played: no connection, the server's answers come from here. */
+  bool played;
+  struct sc_nbd_player player;
 };
 
 /* ---- servers started here: stopped on SIGINT/SIGTERM too ---------------
@@ -500,6 +503,31 @@ static const char *const op_names[] = {
 static int cmd_extent (void *opaque, const char *context, uint64_t offset,
                        uint32_t *entries, size_t nr_entries, int *error);
 
+/* run_cmd for a played server: the command goes to the player's
+ * function instead of libnbd, and its answer comes back through the
+ * same callbacks, references and error messages as a reply would.
+ */
+static int
+play_cmd (struct nbd_ep *n, enum nbd_op op, void *buf, uint64_t count,
+          uint64_t offset, struct nbd_cmd *cmd)
+{
+  const struct sc_nbd_player *p = &n->player;
+  int err = ENOTSUP;
+
+  if (cmd == NULL && (cmd = cmd_new (n)) == NULL)
+    return -1;
+  if (op == OP_READ && p->pread)
+    err = p->pread (p->opaque, buf, count, offset);
+  else if (op == OP_BLOCK_STATUS && p->block_status)
+    err = p->block_status (p->opaque, count, offset, cmd_extent, cmd);
+  /* As libnbd: completed, then its own reference dropped.  The command
+   * is done, so waiting for it never looks at its (absent) connection.
+   */
+  cmd_complete (cmd, &err);
+  cmd_free (cmd);
+  return cmd_wait (cmd, op_names[op], offset, count);
+}
+
 /* Issue one command on connection c (NULL: the next live one) and wait
  * for its reply.  A flush is reported as covering [offset,
  * offset+count).  Block status needs cmd, made by the caller with a
@@ -514,6 +542,8 @@ run_cmd (struct nbd_ep *n, struct nbd_conn *c, enum nbd_op op, void *buf,
   nbd_completion_callback done;
   int64_t r = -1;
 
+  if (n->played)
+    return play_cmd (n, op, buf, count, offset, cmd);
   if (c == NULL && (c = pick_conn (n)) == NULL)
     goto refused;
   if (conn_is_dead (c)) {
@@ -690,7 +720,8 @@ nbd_ep_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
 /* Block status replies, in the dispatcher thread.  Each context's
  * extents are kept as the server sent them, checked: each goes on
  * where the last ended, none is empty; what runs past the range asked
- * for is cut.
+ * for is cut.  At most SC_NBD_MAX_REPLY_EXTENTS are kept, whatever the
+ * size of the reply: the rest is asked again.
  */
 static int
 cmd_extent (void *opaque, const char *context, uint64_t offset,
@@ -705,14 +736,21 @@ cmd_extent (void *opaque, const char *context, uint64_t offset,
     return 0;
   if (!depth && strcmp (context, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
     return 0;
-  if (offset != cmd->offset || list->len > 0) {
+  if (offset != cmd->offset) {
     cmd->bad = EIO;
     snprintf (cmd->bad_msg, sizeof cmd->bad_msg, "the server answered "
               "block status of %s for offset %" PRIu64 " (asked: %" PRIu64
               ")", context, offset, cmd->offset);
     return 0;
   }
-  for (size_t i = 0; i + 1 < nr_entries && pos < end; i += 2) {
+  if (list->len > 0) {
+    cmd->bad = EIO;
+    snprintf (cmd->bad_msg, sizeof cmd->bad_msg, "the server answered "
+              "block status of %s twice", context);
+    return 0;
+  }
+  for (size_t i = 0; i + 1 < nr_entries && pos < end
+                     && list->len < SC_NBD_MAX_REPLY_EXTENTS; i += 2) {
     uint64_t len = entries[i];
     uint32_t flags;
 
@@ -912,6 +950,62 @@ static const struct sc_endpoint_ops nbd_target_ops = {
 };
 
 /* ---- opening ------------------------------------------------------------ */
+
+/* The server's block size constraints (0: not advertised), as far as
+ * they make sense: the minimum and the preferred size are powers of
+ * two (the minimum up to 64 KiB), requests stay within the maximum and
+ * 32 MiB, and are whole minimum blocks.
+ */
+static void
+take_block_sizes (struct nbd_ep *n, int64_t min_b, int64_t pref_b,
+                  int64_t max_b)
+{
+  n->min_block = min_b > 0 && min_b <= 65536 && (min_b & (min_b - 1)) == 0
+                 ? (uint32_t) min_b : 1;
+  n->ep.max_request = max_b > 0 && max_b < NBD_DEFAULT_MAX_REQUEST
+                      ? (uint32_t) max_b : NBD_DEFAULT_MAX_REQUEST;
+  n->ep.max_request = SC_MAX (SC_ROUND_DOWN (n->ep.max_request,
+                                             n->min_block), n->min_block);
+  if (pref_b > 0 && pref_b <= (int64_t) n->ep.max_request
+      && (pref_b & (pref_b - 1)) == 0)
+    n->ep.block_size = (uint32_t) SC_MAX (pref_b, 4096);
+}
+
+/* The locks of a new endpoint and the attribute of its commands'
+ * conditions, before anything can fail.
+ */
+static void
+init_sync (struct nbd_ep *n)
+{
+  pthread_mutex_init (&n->lock, NULL);
+  pthread_mutex_init (&n->rmw_lock, NULL);
+  pthread_condattr_init (&n->condattr);
+  pthread_condattr_setclock (&n->condattr, CLOCK_MONOTONIC);
+}
+
+struct sc_endpoint *
+sc_nbd_played_source_new (const struct sc_nbd_player *player)
+{
+  struct nbd_ep *n;
+
+  if (player->size < 0) {
+    sc_set_error (EINVAL, "NBD: the export's size is unknown");
+    return NULL;
+  }
+  n = sc_ep_new (sizeof *n, &nbd_source_ops, "nbd-played");
+  if (n == NULL)
+    return NULL;
+  init_sync (n);
+  n->played = true;
+  n->player = *player;
+  n->ep.size = (uint64_t) player->size;
+  n->base_allocation = player->base_allocation;
+  n->allocation_depth = player->allocation_depth;
+  take_block_sizes (n, player->min_block, player->pref_block,
+                    player->max_block);
+  n->ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE | SC_EP_REMOTE;
+  return &n->ep;
+}
 
 bool
 sc_is_nbd_uri (const char *name)
@@ -1124,10 +1218,7 @@ sc_endpoint_open_nbd (const char *uri, char *const *argv, unsigned flags,
                  uri ? uri : cmd_name);
   if (n == NULL)
     return NULL;
-  pthread_mutex_init (&n->lock, NULL);
-  pthread_mutex_init (&n->rmw_lock, NULL);
-  pthread_condattr_init (&n->condattr);
-  pthread_condattr_setclock (&n->condattr, CLOCK_MONOTONIC);
+  init_sync (n);
   n->timeout = opts->timeout;
   n->conns = calloc (NBD_MAX_CONNECTIONS, sizeof *n->conns);
   if (n->conns == NULL) {
@@ -1166,15 +1257,7 @@ sc_endpoint_open_nbd (const char *uri, char *const *argv, unsigned flags,
   min_b = nbd_get_block_size (h, LIBNBD_SIZE_MINIMUM);
   pref_b = nbd_get_block_size (h, LIBNBD_SIZE_PREFERRED);
   max_b = nbd_get_block_size (h, LIBNBD_SIZE_MAXIMUM);
-  /* The protocol makes the minimum a power of two up to 64 KiB. */
-  n->min_block = min_b > 0 && min_b <= 65536 && (min_b & (min_b - 1)) == 0
-                 ? (uint32_t) min_b : 1;
-  n->ep.max_request = max_b > 0 && max_b < NBD_DEFAULT_MAX_REQUEST
-                      ? (uint32_t) max_b : NBD_DEFAULT_MAX_REQUEST;
-  n->ep.max_request = SC_MAX (SC_ROUND_DOWN (n->ep.max_request,
-                                             n->min_block), n->min_block);
-  if (pref_b > 0 && pref_b <= (int64_t) n->ep.max_request)
-    n->ep.block_size = (uint32_t) SC_MAX (pref_b, 4096);
+  take_block_sizes (n, min_b, pref_b, max_b);
   n->ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE | SC_EP_REMOTE;
   if (writable)
     n->ep.piece_size = NBD_TARGET_PIECE_SIZE;

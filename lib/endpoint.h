@@ -371,6 +371,37 @@ extern void sc_tee_fail (struct sc_endpoint *ep, size_t i);
  */
 extern void sc_nbd_kill_servers (void);
 
+/* An NBD source whose server is played by functions instead of a
+ * connection, for the fuzz target of the replies: every slot of the
+ * endpoint, and every check of what the server answers, is the one a
+ * real connection goes through; only libnbd's transport is replaced.
+ * The fields are what libnbd reports after the handshake, unchecked
+ * (nbd_get_size, nbd_get_block_size: 0 when not advertised, the meta
+ * contexts agreed).  Each command calls its function once and gets 0
+ * or the errno of an error reply.  block_status answers the request
+ * [offset, offset+count) with any number of reply chunks, each given
+ * to extent() as libnbd gives one to its extent callback (the context's
+ * name, the offset, pairs of length and flags), with user_data.
+ */
+typedef int (*sc_nbd_extent_fn) (void *user_data, const char *context,
+                                 uint64_t offset, uint32_t *entries,
+                                 size_t nr_entries, int *error);
+struct sc_nbd_player {
+  int64_t size;
+  int64_t min_block, pref_block, max_block;
+  bool base_allocation, allocation_depth;
+  int (*pread) (void *opaque, void *buf, uint64_t count, uint64_t offset);
+  int (*block_status) (void *opaque, uint64_t count, uint64_t offset,
+                       sc_nbd_extent_fn extent, void *user_data);
+  void *opaque;
+};
+extern struct sc_endpoint *sc_nbd_played_source_new
+  (const struct sc_nbd_player *player);
+/* The most extents kept from one block status reply: a reply of more
+ * describes a prefix, and the rest is asked again.
+ */
+#define SC_NBD_MAX_REPLY_EXTENTS 65536
+
 /* endpoint-null.c: for tests.  A source of size bytes that all read as
  * zero (one hole extent), or a target of size bytes that drops what it
  * is given and counts it.
