@@ -2,7 +2,7 @@
 # The fuzz targets without libFuzzer: every seed image (made by the
 # build from qemu-img images) and every input under fuzz-regressions/
 # (each one crashed, hung or exhausted memory once) runs once through
-# both targets, under the sanitizers of the build.  Each run must end
+# every target, under the sanitizers of the build.  Each run must end
 # in time with no report.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 requires timeout
@@ -40,6 +40,17 @@ bmap_seeds=$(( ${#bmap_inputs[@]} - ${#inputs[@]} ))
 [ "$bmap_seeds" -gt 0 ] || echo "$0: no bmap seed corpus (bmaptool missing?)"
 replay bmap "${bmap_inputs[@]}"
 echo "replayed ${#bmap_inputs[@]} inputs ($bmap_seeds bmap seeds) through the bmap target"
+
+# The NBD target: its own seeds (server answers, make-nbd-seeds.py),
+# and every other input too, as answers of a server.
+nbd_inputs=("${inputs[@]}")
+for f in "$top_builddir"/fuzz/seeds-nbd/*; do
+  [ -f "$f" ] && nbd_inputs+=("$f")
+done
+nbd_seeds=$(( ${#nbd_inputs[@]} - ${#inputs[@]} ))
+[ "$nbd_seeds" -gt 0 ] || echo "$0: no NBD seed corpus (python3 missing?)"
+replay nbd "${nbd_inputs[@]}"
+echo "replayed ${#nbd_inputs[@]} inputs ($nbd_seeds NBD seeds) through the NBD target"
 
 # The program on the same bytes, where a fix changed an outcome.
 # 32768 L1 entries that all name one L2 table: refused at open (it took
