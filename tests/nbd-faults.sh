@@ -110,9 +110,10 @@ liar () {                       # MODE: serve src.raw lying that way
   liar_uri="nbd+unix:///?socket=$tmp/liar.sock"
 }
 stop_liar () { kill $liar_pid; wait $liar_pid 2>/dev/null || :; }
-# Answers that run past the range, or cover only part of it: the copy
-# must still be exact.
-for mode in past-end short; do
+# Answers that run past the range, cover only part of it, carry flags
+# that mean nothing, or hold more extents than a reply may keep: the
+# copy must still be exact.
+for mode in past-end short flags many; do
   liar $mode
   rm -f out.qcow2
   timeout 120 "$SPARSECOW" pack -q "$liar_uri" out.qcow2 ||
@@ -129,6 +130,11 @@ no_target out.qcow2
 stop_liar
 liar empty
 must_fail "NBD block status $offset" "$SPARSECOW" pack "$liar_uri" out.qcow2
+no_target out.qcow2
+stop_liar
+liar twice
+must_fail "NBD block status $offset.*answered block status of base:allocation twice" \
+  "$SPARSECOW" pack "$liar_uri" out.qcow2
 no_target out.qcow2
 stop_liar
 exit 0

@@ -13,6 +13,11 @@ answered according to MODE:
   short       at most 64 KiB per reply (legal: the client must ask on)
   zero-length an empty extent first
   empty       a reply with no extent at all
+  twice       two replies for base:allocation to one request
+  flags       the truth, with every flag bit that has no meaning set
+  many        the truth, in zero ranges in extents of 256 bytes that
+              alternate between data and hole: more extents in one
+              reply than a client keeps
   truth       one data extent covering the range exactly
 """
 import os
@@ -91,8 +96,33 @@ def negotiate(conn, size):
             opt_reply(conn, opt, REP_ERR_UNSUP)
 
 
-def block_status(length, mode):
-    if mode == "past-end":
+def truth(fd, offset, length, step):
+    """(length, zero?) runs of the file in blocks of step bytes."""
+    runs = []
+    data = os.pread(fd, length, offset)
+    for pos in range(0, len(data), step):
+        zero = data[pos:pos + step].count(0) == len(data[pos:pos + step])
+        ln = min(step, len(data) - pos)
+        if runs and runs[-1][1] == zero:
+            runs[-1][0] += ln
+        else:
+            runs.append([ln, zero])
+    return runs or [[length, False]]
+
+
+def block_status(fd, offset, length, mode):
+    if mode == "flags":
+        entries = [(ln, 0xFFFFFFFB if zero else 0xFFFFFFF8)
+                   for ln, zero in truth(fd, offset, length, 65536)]
+    elif mode == "many":
+        entries = []
+        for ln, zero in truth(fd, offset, length, 65536):
+            if not zero:
+                entries.append((ln, 0))
+                continue
+            for i in range(0, ln, 256):
+                entries.append((min(256, ln - i), 3 if i // 256 % 2 else 0))
+    elif mode == "past-end":
         entries = [(length + (1 << 20), 0)]
     elif mode == "short":
         entries = [(min(length, 65536), 0)]
@@ -102,10 +132,8 @@ def block_status(length, mode):
         entries = []
     else:
         entries = [(length, 0)]
-    payload = struct.pack(">I", CONTEXT_ID)
-    for ln, fl in entries:
-        payload += struct.pack(">II", min(ln, 0xFFFFFFFF), fl)
-    return payload
+    return struct.pack(">I", CONTEXT_ID) + b"".join(
+        struct.pack(">II", min(ln, 0xFFFFFFFF), fl) for ln, fl in entries)
 
 
 def serve(conn, fd, size, mode):
@@ -120,8 +148,14 @@ def serve(conn, fd, size, mode):
             data = os.pread(fd, length, offset)
             chunk(conn, handle, CHUNK_OFFSET_DATA,
                   struct.pack(">Q", offset) + data)
+        elif ctype == CMD_BLOCK_STATUS and mode == "twice":
+            chunk(conn, handle, CHUNK_BLOCK_STATUS,
+                  block_status(fd, offset, length, "truth"), flags=0)
+            chunk(conn, handle, CHUNK_BLOCK_STATUS,
+                  block_status(fd, offset, length, "truth"))
         elif ctype == CMD_BLOCK_STATUS:
-            chunk(conn, handle, CHUNK_BLOCK_STATUS, block_status(length, mode))
+            chunk(conn, handle, CHUNK_BLOCK_STATUS,
+                  block_status(fd, offset, length, mode))
         else:
             msg = b"not supported"
             chunk(conn, handle, CHUNK_ERROR,
