@@ -25,6 +25,10 @@
 #ifdef HAVE_LINUX_FS_H
 #include <linux/fs.h>
 #endif
+#ifdef HAVE_LINUX_LOOP_H
+#include <linux/loop.h>
+#include <linux/major.h>
+#endif
 
 #include "internal.h"
 #include "endpoint.h"
@@ -37,6 +41,8 @@ struct block_ep {
                                    unmapping and BLKZEROOUT */
   /* Set once the device has refused to unmap: not asked again. */
   bool no_unmap;
+  /* A loop device source: its backing file (O_PATH), or -1. */
+  int backing_fd;
 };
 
 static int
@@ -146,11 +152,55 @@ block_set_size (struct sc_endpoint *ep, uint64_t size)
   return 0;
 }
 
+static int device_size (int fd, const char *name, uint64_t *size);
+
+/* What changes when the device changes, as far as it shows: the node's
+ * times (Linux updates them on writes through the node), the device's
+ * size (the node's own is 0), and for a loop device, its backing file
+ * (written, truncated or grown).  Writes that reach the device some
+ * other way (a partition, a device stacked on it, another node) leave
+ * no trace here.
+ */
+static int
+block_fingerprint (struct sc_endpoint *ep, struct sc_fingerprint *fp)
+{
+  struct block_ep *b = (struct block_ep *) ep;
+  uint64_t size;
+
+  if (sc_fd_ep_fingerprint (ep, fp) == -1
+      || device_size (block_fd (ep), ep->name, &size) == -1)
+    return -1;
+  fp->size = size;
+  if (b->backing_fd >= 0) {
+    struct stat st;
+    struct sc_fingerprint backing;
+
+    if (fstat (b->backing_fd, &st) == -1) {
+      sc_set_error (errno, "%s: its backing file: fstat: %s", ep->name,
+                    strerror (errno));
+      return -1;
+    }
+    sc_fingerprint_of_stat (&st, &backing);
+    sc_fingerprint_fold (fp, &backing);
+  }
+  return 0;
+}
+
+static int
+block_close (struct sc_endpoint *ep)
+{
+  struct block_ep *b = (struct block_ep *) ep;
+
+  if (b->backing_fd >= 0)
+    close (b->backing_fd);
+  return sc_fd_ep_close (ep);
+}
+
 static const struct sc_endpoint_ops block_source_ops = {
   .kind = "block",
   .pread = sc_fd_ep_pread,
-  .fingerprint = sc_fd_ep_fingerprint,
-  .close = sc_fd_ep_close,
+  .fingerprint = block_fingerprint,
+  .close = block_close,
 };
 
 static const struct sc_endpoint_ops block_target_ops = {
@@ -160,7 +210,7 @@ static const struct sc_endpoint_ops block_target_ops = {
   .zero = block_zero,
   .set_size = block_set_size,
   .flush = block_flush,
-  .close = sc_fd_ep_close,
+  .close = block_close,
 };
 
 static int
@@ -196,6 +246,7 @@ new_block_ep (const struct sc_endpoint_ops *ops, int fd, bool own_fd,
     return NULL;
   b->base.fd = fd;
   b->base.own_fd = own_fd;
+  b->backing_fd = -1;
   b->base.ep.size = size;
   b->base.ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE;
 #ifdef BLKSSZGET
@@ -208,14 +259,56 @@ new_block_ep (const struct sc_endpoint_ops *ops, int fd, bool own_fd,
   return &b->base.ep;
 }
 
+/* The backing file of the loop device fd, held by a descriptor that
+ * only looks (O_PATH), so that it is the file the device reads even if
+ * its name is later replaced; -1 for any other device, or when the
+ * file named in sysfs is not the one the device reads (a name replaced
+ * before this).
+ */
+static int
+loop_backing_file (int fd)
+{
+#if defined (LOOP_GET_STATUS64) && defined (LOOP_MAJOR) && defined (O_PATH)
+  struct loop_info64 info;
+  struct stat st;
+  char path[64], backing[PATH_MAX];
+  int bfd;
+
+  if (fstat (fd, &st) == -1 || !S_ISBLK (st.st_mode)
+      || major (st.st_rdev) != LOOP_MAJOR
+      || ioctl (fd, LOOP_GET_STATUS64, &info) == -1)
+    return -1;
+  snprintf (path, sizeof path, "/sys/dev/block/%u:%u/loop/backing_file",
+            major (st.st_rdev), minor (st.st_rdev));
+  if (!read_line (path, backing, sizeof backing))
+    return -1;
+  bfd = open (backing, O_PATH | O_CLOEXEC);
+  if (bfd == -1)
+    return -1;
+  if (fstat (bfd, &st) == -1 || st.st_dev != info.lo_device
+      || st.st_ino != info.lo_inode) {
+    close (bfd);
+    return -1;
+  }
+  return bfd;
+#else
+  (void) fd;
+  return -1;
+#endif
+}
+
 struct sc_endpoint *
 sc_block_source_new (int fd, bool own_fd, const char *name)
 {
+  struct sc_endpoint *ep;
   uint64_t size;
 
   if (device_size (fd, name, &size) == -1)
     return NULL;
-  return new_block_ep (&block_source_ops, fd, own_fd, name, size);
+  ep = new_block_ep (&block_source_ops, fd, own_fd, name, size);
+  if (ep)
+    ((struct block_ep *) ep)->backing_fd = loop_backing_file (fd);
+  return ep;
 }
 
 struct sc_endpoint *

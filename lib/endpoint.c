@@ -751,13 +751,37 @@ sc_fd_ep_fingerprint (struct sc_endpoint *ep, struct sc_fingerprint *fp)
     sc_set_error (errno, "%s: fstat: %s", ep->name, strerror (errno));
     return -1;
   }
+  sc_fingerprint_of_stat (&st, fp);
+  return 0;
+}
+
+void
+sc_fingerprint_of_stat (const struct stat *st, struct sc_fingerprint *fp)
+{
   /* The fields that change when a file is written or replaced. */
   *fp = (struct sc_fingerprint) {
-    .dev = st.st_dev, .ino = st.st_ino, .size = (uint64_t) st.st_size,
-    .mtime_sec = st.st_mtim.tv_sec, .mtime_nsec = st.st_mtim.tv_nsec,
-    .ctime_sec = st.st_ctim.tv_sec, .ctime_nsec = st.st_ctim.tv_nsec,
+    .dev = st->st_dev, .ino = st->st_ino, .size = (uint64_t) st->st_size,
+    .mtime_sec = st->st_mtim.tv_sec, .mtime_nsec = st->st_mtim.tv_nsec,
+    .ctime_sec = st->st_ctim.tv_sec, .ctime_nsec = st->st_ctim.tv_nsec,
   };
-  return 0;
+}
+
+void
+sc_fingerprint_fold (struct sc_fingerprint *fp, const struct sc_fingerprint *f)
+{
+  const uint64_t k = 1099511628211ULL;  /* the 64-bit FNV prime */
+
+  fp->dev = fp->dev * k ^ f->dev;
+  fp->ino = fp->ino * k ^ f->ino;
+  fp->size = fp->size * k ^ f->size;
+  fp->mtime_sec = (int64_t) ((uint64_t) fp->mtime_sec * k
+                             ^ (uint64_t) f->mtime_sec);
+  fp->mtime_nsec = (int64_t) ((uint64_t) fp->mtime_nsec * k
+                              ^ (uint64_t) f->mtime_nsec);
+  fp->ctime_sec = (int64_t) ((uint64_t) fp->ctime_sec * k
+                             ^ (uint64_t) f->ctime_sec);
+  fp->ctime_nsec = (int64_t) ((uint64_t) fp->ctime_nsec * k
+                              ^ (uint64_t) f->ctime_nsec);
 }
 
 int

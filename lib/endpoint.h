@@ -237,6 +237,15 @@ extern int sc_ep_fingerprint (struct sc_endpoint *ep,
                               struct sc_fingerprint *fp);
 extern bool sc_ep_fingerprint_equal (const struct sc_fingerprint *a,
                                      const struct sc_fingerprint *b);
+/* The fingerprint of what st describes. */
+struct stat;
+extern void sc_fingerprint_of_stat (const struct stat *st,
+                                    struct sc_fingerprint *fp);
+/* Fold the fingerprint of one more file into fp, field by field, so
+ * that fp still changes when any of the files does.
+ */
+extern void sc_fingerprint_fold (struct sc_fingerprint *fp,
+                                 const struct sc_fingerprint *f);
 extern int sc_ep_zero (struct sc_endpoint *ep, uint64_t count,
                        uint64_t offset, unsigned flags);
 /* Write zeros over a range with pwrite, chunk by chunk: the fallback of

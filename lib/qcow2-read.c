@@ -1732,27 +1732,6 @@ qcow2_chain_extents (struct sc_qcow2 *q, uint64_t offset, uint64_t end,
   return 0;
 }
 
-/* Fold the fingerprint of one more file into fp, field by field, so
- * that fp still changes when any of the files does.
- */
-static void
-fold_fingerprint (struct sc_fingerprint *fp, const struct sc_fingerprint *f)
-{
-  const uint64_t k = 1099511628211ULL;  /* the 64-bit FNV prime */
-
-  fp->dev = fp->dev * k ^ f->dev;
-  fp->ino = fp->ino * k ^ f->ino;
-  fp->size = fp->size * k ^ f->size;
-  fp->mtime_sec = (int64_t) ((uint64_t) fp->mtime_sec * k
-                             ^ (uint64_t) f->mtime_sec);
-  fp->mtime_nsec = (int64_t) ((uint64_t) fp->mtime_nsec * k
-                              ^ (uint64_t) f->mtime_nsec);
-  fp->ctime_sec = (int64_t) ((uint64_t) fp->ctime_sec * k
-                             ^ (uint64_t) f->ctime_sec);
-  fp->ctime_nsec = (int64_t) ((uint64_t) fp->ctime_nsec * k
-                              ^ (uint64_t) f->ctime_nsec);
-}
-
 int
 qcow2_chain_fingerprint (struct sc_qcow2 *q, struct sc_fingerprint *fp)
 {
@@ -1779,7 +1758,7 @@ qcow2_chain_fingerprint (struct sc_qcow2 *q, struct sc_fingerprint *fp)
         return -1;
       }
       if (r == 0) {
-        fold_fingerprint (fp, &f);
+        sc_fingerprint_fold (fp, &f);
         any = true;
       }
     }

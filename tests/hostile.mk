@@ -14,7 +14,8 @@ TESTS += tests/hostile-readerror.sh
 EXTRA_DIST += tests/hostile-readerror.sh
 TESTS += tests/hostile-signals.sh
 EXTRA_DIST += tests/hostile-signals.sh
-TESTS += tests/hostile-source-change.sh
-EXTRA_DIST += tests/hostile-source-change.sh
+TESTS += tests/hostile-source-change.sh tests/hostile-source-change-device.sh
+EXTRA_DIST += tests/hostile-source-change.sh \
+	tests/hostile-source-change-device.sh
 TESTS += tests/hostile-overlap.sh
 EXTRA_DIST += tests/hostile-overlap.sh
