@@ -11,6 +11,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
@@ -20,6 +21,15 @@
 
 /* Zeros that must be written go out in chunks of this size. */
 #define ZERO_CHUNK (256 * 1024)
+
+/* The pipe size asked for.  With the default 64 KiB, a writer that
+ * writes 8 KiB at a time (head, dd with its default block size) and a
+ * reader that asks for 1 MiB take turns sleeping every few writes:
+ * context switches, not copying, were most of the time of packing a
+ * pipe of zeros.  1 MiB (the usual pipe-max-size) holds a whole
+ * request of the copy engine.
+ */
+#define WANT_PIPE_SIZE (1024 * 1024)
 
 struct pipe_ep {
   struct sc_fd_endpoint base;
@@ -238,6 +248,46 @@ static const struct sc_endpoint_ops pipe_target_ops = {
 
 /* ---- constructors ------------------------------------------------------ */
 
+/* Make a pipe hold up to WANT_PIPE_SIZE bytes, or as much as the system
+ * lets an unprivileged process ask for (/proc/sys/fs/pipe-max-size).
+ * Only an optimisation: anything but a pipe, a kernel without
+ * F_SETPIPE_SZ, or a refusal leaves the pipe as it is.
+ */
+static void
+grow_pipe (int fd)
+{
+#ifdef F_SETPIPE_SZ
+  struct stat st;
+  long want = WANT_PIPE_SIZE;
+  FILE *fp;
+
+  if (fstat (fd, &st) == -1 || !S_ISFIFO (st.st_mode))
+    return;
+#ifdef F_GETPIPE_SZ
+  {
+    int cur = fcntl (fd, F_GETPIPE_SZ);
+    if (cur >= want)
+      return;
+  }
+#endif
+  fp = fopen ("/proc/sys/fs/pipe-max-size", "re");
+  if (fp != NULL) {
+    long max;
+    if (fscanf (fp, "%ld", &max) == 1 && max > 0 && max < want)
+      want = max;
+    fclose (fp);
+  }
+  /* A user over its pipe quota (pipe-user-pages-soft) is refused: the
+   * pipe keeps its size, which is correct, only slower.
+   */
+  while (want >= 65536 && fcntl (fd, F_SETPIPE_SZ, (int) want) == -1
+         && errno == EPERM)
+    want /= 2;
+#else
+  (void) fd;
+#endif
+}
+
 static struct pipe_ep *
 new_pipe_ep (const struct sc_endpoint_ops *ops, int fd, bool own_fd,
              const char *name)
@@ -260,6 +310,7 @@ sc_pipe_source_new (int fd, bool own_fd, const char *name)
   if (p == NULL)
     return NULL;
   p->base.ep.flags = SC_EP_STREAM;
+  grow_pipe (fd);
   return &p->base.ep;
 }
 
@@ -281,6 +332,7 @@ sc_pipe_target_new (int fd, bool own_fd, const char *name, uint64_t size)
     return NULL;
   }
   p->base.ep.size = size;
+  grow_pipe (fd);
 
   fl = fcntl (fd, F_GETFL);
   if (fstat (fd, &st) == 0 && S_ISREG (st.st_mode)
