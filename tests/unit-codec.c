@@ -463,6 +463,40 @@ test_is_zero (void)
   CU_ASSERT_FALSE (sc_is_zero (b, sizeof b));
 }
 
+/* One non-zero byte at every offset of buffers that start at every
+ * alignment and end anywhere: the vector blocks, the bytes in front of
+ * them and the tail must each see it.
+ */
+static void
+test_is_zero_offsets (void)
+{
+  static const size_t starts[] = { 0, 1, 7, 8, 15, 16, 31, 32 };
+  static const size_t lens[] = { 0, 1, 2, 15, 16, 17, 31, 32, 33, 255, 256,
+                                 257, 511, 512, 513, 767, 768, 1023, 1024,
+                                 1025, 1100 };
+  static unsigned char b[1100 + 32];
+  bool ok = true;
+
+  memset (b, 0, sizeof b);
+  for (size_t s = 0; s < sizeof starts / sizeof *starts; s++)
+    for (size_t l = 0; l < sizeof lens / sizeof *lens; l++) {
+      unsigned char *p = b + starts[s];
+      size_t len = lens[l];
+
+      if (!sc_is_zero (p, len))
+        ok = false;
+      for (size_t i = 0; i < len; i++) {
+        /* The lowest bit and the highest, in turn. */
+        p[i] = i % 2 ? 0x80 : 0x01;
+        if (sc_is_zero (p, len) || !sc_is_zero (p, i)
+            || !sc_is_zero (p + i + 1, len - i - 1))
+          ok = false;
+        p[i] = 0;
+      }
+    }
+  CU_ASSERT_TRUE (ok);
+}
+
 static void
 test_error_prefix (void)
 {
@@ -502,6 +536,7 @@ main (void)
 #endif
   s = CU_add_suite ("util", NULL, NULL);
   CU_add_test (s, "sc_is_zero", test_is_zero);
+  CU_add_test (s, "sc_is_zero at every offset", test_is_zero_offsets);
   CU_add_test (s, "error messages", test_error_prefix);
   CU_basic_set_mode (CU_BRM_VERBOSE);
   CU_basic_run_tests ();
