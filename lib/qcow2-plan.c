@@ -102,14 +102,7 @@ qcow2_plan_init (struct qcow2_plan *p, unsigned version,
     h->incompatible_features |= QCOW2_INCOMPAT_COMPRESSION;
   }
   p->refcount_cap = SC_MIN (h->refcount_max, (uint64_t) UINT32_MAX);
-
-  if (l1_size > 0) {
-    p->l2 = calloc (l1_size, sizeof *p->l2);
-    if (p->l2 == NULL) {
-      sc_set_error (errno, "out of memory for the L1 table");
-      return -1;
-    }
-  }
+  p->last_l1 = UINT64_MAX;
   return 0;
 }
 
@@ -131,17 +124,7 @@ qcow2_plan_grow (struct qcow2_plan *p, uint64_t virtual_size)
   }
   if (l1_size_for (virtual_size, p->h.cluster_bits, &l1_size) == -1)
     return -1;
-  if (l1_size > p->h.l1_size) {
-    uint64_t **l2 = realloc (p->l2, l1_size * sizeof *l2);
-
-    if (l2 == NULL) {
-      sc_set_error (errno, "out of memory for the L1 table");
-      return -1;
-    }
-    memset (l2 + p->h.l1_size, 0, (l1_size - p->h.l1_size) * sizeof *l2);
-    p->l2 = l2;
-    p->h.l1_size = (uint32_t) l1_size;
-  }
+  p->h.l1_size = (uint32_t) l1_size;
   p->h.size = virtual_size;
   return 0;
 }
@@ -149,36 +132,120 @@ qcow2_plan_grow (struct qcow2_plan *p, uint64_t virtual_size)
 void
 qcow2_plan_free (struct qcow2_plan *p)
 {
-  if (p->l2) {
-    for (uint64_t i = 0; i < p->h.l1_size; i++)
-      free (p->l2[i]);
-    free (p->l2);
-  }
+  free (p->runs);
+  free (p->cdesc);
   free (p->data_refcounts);
   free (p->l2_order);
   memset (p, 0, sizeof *p);
 }
 
-/* The L2 slot of guest cluster gc, allocating its table on first use. */
-static uint64_t *
-l2_slot (struct qcow2_plan *p, uint64_t gc)
+/* Make room for need elements of size elem in *arr (capacity *cap). */
+static int
+grow_array (void **arr, size_t *cap, size_t need, size_t elem)
 {
-  uint64_t l1_index = gc / p->h.l2_entries;
+  size_t n = *cap ? *cap : 64;
+  void *a;
 
-  if (gc < p->next_guest_cluster || l1_index >= p->h.l1_size) {
+  if (need <= *cap)
+    return 0;
+  while (n < need) {
+    if (n > SIZE_MAX / 2 / elem) {
+      sc_set_error (ENOMEM, "out of memory for the L2 entries");
+      return -1;
+    }
+    n *= 2;
+  }
+  a = realloc (*arr, n * elem);
+  if (a == NULL) {
+    sc_set_error (errno, "out of memory for the L2 entries");
+    return -1;
+  }
+  *arr = a;
+  *cap = n;
+  return 0;
+}
+
+/* Whether guest cluster gc may be added next, with room for one more
+ * run (and one more compressed descriptor): checked before the plan
+ * changes, so that a failure leaves it as it was.
+ */
+static int
+check_next (struct qcow2_plan *p, uint64_t gc, bool compressed)
+{
+  if (gc < p->next_guest_cluster || gc / p->h.l2_entries >= p->h.l1_size) {
     sc_set_error (EINVAL, "cluster %" PRIu64 " added out of order or "
                   "beyond the virtual size", gc);
-    return NULL;
+    return -1;
   }
-  if (p->l2[l1_index] == NULL) {
-    p->l2[l1_index] = calloc (p->h.l2_entries, sizeof (uint64_t));
-    if (p->l2[l1_index] == NULL) {
-      sc_set_error (errno, "out of memory for an L2 table");
-      return NULL;
-    }
+  if (grow_array ((void **) &p->runs, &p->runs_cap, p->nb_runs + 1,
+                  sizeof *p->runs) == -1)
+    return -1;
+  if (compressed
+      && grow_array ((void **) &p->cdesc, &p->cdesc_cap, p->nb_cdesc + 1,
+                     sizeof *p->cdesc) == -1)
+    return -1;
+  return 0;
+}
+
+/* Record guest cluster gc (checked by check_next): the next cluster of
+ * the last run when it continues it, else a new run.  value is the
+ * relative data offset, or the index of the compressed descriptor.
+ */
+static void
+add_entry (struct qcow2_plan *p, uint64_t gc, bool compressed, uint64_t value)
+{
+  struct qcow2_plan_run *last = p->nb_runs > 0
+    ? &p->runs[p->nb_runs - 1] : NULL;
+  uint64_t step = compressed ? 1 : p->h.cluster_size;
+  uint64_t l1_index = gc / p->h.l2_entries;
+
+  if (l1_index != p->last_l1) {
     p->nb_l2++;
+    p->last_l1 = l1_index;
   }
-  return &p->l2[l1_index][gc % p->h.l2_entries];
+  p->next_guest_cluster = gc + 1;
+  if (last && last->compressed == compressed && last->count < UINT32_MAX
+      && last->gc + last->count == gc
+      && last->value + last->count * step == value) {
+    last->count++;
+    return;
+  }
+  p->runs[p->nb_runs++] = (struct qcow2_plan_run) {
+    .gc = gc, .value = value, .count = 1, .compressed = compressed,
+  };
+}
+
+/* The index of the first run that ends after guest cluster gc (nb_runs:
+ * none).
+ */
+static size_t
+run_from (const struct qcow2_plan *p, uint64_t gc)
+{
+  size_t lo = 0, hi = p->nb_runs;
+
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (p->runs[mid].gc + p->runs[mid].count <= gc)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* The relative L2 entry of guest cluster gc inside run r. */
+static uint64_t
+run_entry (const struct qcow2_plan *p, const struct qcow2_plan_run *r,
+           uint64_t gc)
+{
+  uint64_t i = gc - r->gc;
+
+  if (r->compressed)
+    return p->cdesc[r->value + i];
+  /* COPIED marks the entry as used even at relative offset 0; the
+   * offset is shifted to its absolute place when written.
+   */
+  return (r->value + i * p->h.cluster_size) | QCOW2_OFLAG_COPIED;
 }
 
 /* Make sure the data area has a refcount slot for host cluster k. */
@@ -210,22 +277,17 @@ int
 qcow2_plan_add_normal (struct qcow2_plan *p, uint64_t gc, uint64_t *rel)
 {
   uint64_t cs = p->h.cluster_size;
-  uint64_t *slot = l2_slot (p, gc);
   uint64_t pos;
 
-  if (slot == NULL)
+  if (check_next (p, gc, false) == -1)
     return -1;
   /* A fresh host cluster after everything placed so far. */
   pos = SC_ROUND_UP (p->data_end, cs);
   if (reserve_data_cluster (p, pos / cs) == -1)
     return -1;
   p->data_refcounts[pos / cs] = 1;
-  /* COPIED marks the entry as used even at relative offset 0; the
-   * offset is shifted to its absolute place when written.
-   */
-  *slot = pos | QCOW2_OFLAG_COPIED;
+  add_entry (p, gc, false, pos);
   p->data_end = pos + cs;
-  p->next_guest_cluster = gc + 1;
   *rel = pos;
   return 0;
 }
@@ -235,7 +297,6 @@ qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc, uint64_t len,
                            uint64_t *rel)
 {
   uint64_t cs = p->h.cluster_size;
-  uint64_t *slot;
   uint64_t pos;
 
   if (len == 0 || len >= cs) {
@@ -243,8 +304,7 @@ qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc, uint64_t len,
                   "not fit a %" PRIu64 "-byte cluster", len, cs);
     return -1;
   }
-  slot = l2_slot (p, gc);
-  if (slot == NULL)
+  if (check_next (p, gc, true) == -1)
     return -1;
   /* Compressed clusters continue the partly used host cluster of the
    * previous one, even when uncompressed clusters were placed after it
@@ -267,10 +327,11 @@ qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc, uint64_t len,
       return -1;
     p->data_refcounts[k]++;
   }
-  *slot = qcow2_make_compressed_descriptor (&p->h, pos, len);
+  p->cdesc[p->nb_cdesc] = qcow2_make_compressed_descriptor (&p->h, pos, len);
+  add_entry (p, gc, true, p->nb_cdesc);
+  p->nb_cdesc++;
   p->compressed_pos = pos + len;
   p->data_end = SC_MAX (p->data_end, pos + len);
-  p->next_guest_cluster = gc + 1;
   p->nb_compressed++;
   *rel = pos;
   return 0;
@@ -370,9 +431,20 @@ qcow2_plan_layout (struct qcow2_plan *p)
       sc_set_error (errno, "out of memory for the L2 tables");
       return -1;
     }
-    for (uint64_t i = 0; i < h->l1_size; i++)
-      if (p->l2[i])
-        p->l2_order[j++] = (uint32_t) i;
+    for (size_t r = 0; r < p->nb_runs; r++) {
+      const struct qcow2_plan_run *run = &p->runs[r];
+      uint64_t first = run->gc / h->l2_entries;
+      uint64_t last = (run->gc + run->count - 1) / h->l2_entries;
+
+      for (uint64_t i = first; i <= last; i++)
+        if ((j == 0 || p->l2_order[j - 1] != i) && j < p->nb_l2)
+          p->l2_order[j++] = (uint32_t) i;
+    }
+    if (j != p->nb_l2) {
+      sc_set_error (EINVAL, "the plan counted %" PRIu64 " L2 tables but "
+                    "holds %" PRIu64, p->nb_l2, j);
+      return -1;
+    }
   }
   p->total_clusters = p->reserved_data_offset != 0
     ? p->reserved_total_clusters : other + p->rt_clusters + p->rb_clusters;
@@ -466,15 +538,23 @@ qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k, void *out)
     memset (buf, 0, cs);
     return 0;
   }
+  memset (buf, 0, cs);
   if (k >= l2) {
-    const uint64_t *table = p->l2[p->l2_order[k - l2]];
+    uint64_t base = (uint64_t) p->l2_order[k - l2] * h->l2_entries;
+    uint64_t end = base + h->l2_entries;
 
-    for (i = 0; i < h->l2_entries; i++)
-      sc_put_be64 (buf + i * 8, final_l2_entry (p, table[i]));
+    for (size_t r = run_from (p, base);
+         r < p->nb_runs && p->runs[r].gc < end; r++) {
+      const struct qcow2_plan_run *run = &p->runs[r];
+      uint64_t to = SC_MIN (run->gc + run->count, end);
+
+      for (uint64_t g = SC_MAX (run->gc, base); g < to; g++)
+        sc_put_be64 (buf + (g - base) * 8,
+                     final_l2_entry (p, run_entry (p, run, g)));
+    }
     return 0;
   }
 
-  memset (buf, 0, cs);
   if (k < rb) {
     /* The refcount table. */
     for (i = 0; i < per_cluster; i++) {
@@ -494,13 +574,11 @@ qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k, void *out)
   else {
     /* The L1 table: the L2 tables follow it in L1 order. */
     uint64_t first = (k - l1) * per_cluster;
-    uint64_t next_l2 = p->l2_offset + l2_tables_before (p, first) * cs;
+    uint64_t j = l2_tables_before (p, first);
 
-    for (i = 0; i < per_cluster && first + i < h->l1_size; i++)
-      if (p->l2[first + i]) {
-        sc_put_be64 (buf + i * 8, next_l2 | QCOW2_OFLAG_COPIED);
-        next_l2 += cs;
-      }
+    for (; j < p->nb_l2 && p->l2_order[j] < first + per_cluster; j++)
+      sc_put_be64 (buf + (p->l2_order[j] - first) * 8,
+                   (p->l2_offset + j * cs) | QCOW2_OFLAG_COPIED);
   }
   return 0;
 }
@@ -510,33 +588,26 @@ qcow2_plan_next (const struct qcow2_plan *p, uint64_t *gc, uint64_t *rel,
                  uint64_t *len, bool *compressed)
 {
   const struct qcow2_header *h = &p->h;
-  uint64_t c = *gc;
+  size_t r = run_from (p, *gc);
+  const struct qcow2_plan_run *run;
+  uint64_t c, e;
 
-  while (c / h->l2_entries < h->l1_size) {
-    const uint64_t *l2 = p->l2[c / h->l2_entries];
-    uint64_t e;
-
-    if (l2 == NULL) {
-      c = SC_ROUND_UP (c + 1, h->l2_entries);
-      continue;
-    }
-    e = l2[c % h->l2_entries];
-    if (e == 0) {
-      c++;
-      continue;
-    }
-    if (e & QCOW2_OFLAG_COMPRESSED) {
-      qcow2_compressed_descriptor (h, e, rel, len);
-      *compressed = true;
-    }
-    else {
-      *rel = e & QCOW2_L2E_OFFSET_MASK;
-      *len = h->cluster_size;
-      *compressed = false;
-    }
-    *gc = c + 1;
-    return 1;
+  if (r >= p->nb_runs) {
+    *gc = SC_MAX (*gc, (uint64_t) h->l1_size * h->l2_entries);
+    return 0;
   }
-  *gc = c;
-  return 0;
+  run = &p->runs[r];
+  c = SC_MAX (*gc, run->gc);
+  e = run_entry (p, run, c);
+  if (run->compressed) {
+    qcow2_compressed_descriptor (h, e, rel, len);
+    *compressed = true;
+  }
+  else {
+    *rel = e & QCOW2_L2E_OFFSET_MASK;
+    *len = h->cluster_size;
+    *compressed = false;
+  }
+  *gc = c + 1;
+  return 1;
 }

@@ -545,10 +545,30 @@ extern uint32_t qcow2_chain_cluster_size (const struct sc_qcow2 *q);
  * metadata in the order header, refcount table, refcount blocks, L1,
  * L2 tables.
  */
+/* A run of guest clusters stored one after another: uncompressed at
+ * consecutive data-area offsets from value, or compressed with their L2
+ * entries at cdesc[value], cdesc[value + 1], ...
+ */
+struct qcow2_plan_run {
+  uint64_t gc;                  /* first guest cluster */
+  uint64_t value;
+  uint32_t count;               /* guest clusters, at least 1 */
+  bool compressed;
+};
+
 struct qcow2_plan {
   struct qcow2_header h;        /* what goes into the header */
-  uint64_t **l2;                /* h.l1_size tables, NULL = none */
-  uint64_t nb_l2;               /* tables allocated */
+  /* The L2 entries as runs in guest order: memory follows the number
+   * of runs (and of compressed clusters), never the virtual size or
+   * the number of L2 tables.  Tables are made from the runs as they
+   * are written.
+   */
+  struct qcow2_plan_run *runs;
+  size_t nb_runs, runs_cap;
+  uint64_t *cdesc;              /* compressed descriptors, relative */
+  size_t nb_cdesc, cdesc_cap;
+  uint64_t nb_l2;               /* L2 tables the image needs */
+  uint64_t last_l1;             /* L1 index of the last cluster added */
   uint64_t next_guest_cluster;  /* clusters must be added in order */
   /* The data area, relative to its start. */
   uint64_t data_end;            /* bytes used */
