@@ -134,35 +134,38 @@ qcow2_plan_free (struct qcow2_plan *p)
 {
   free (p->runs);
   free (p->cdesc);
-  free (p->data_refcounts);
+  free (p->hosts);
+  free (p->crefs);
   free (p->l2_order);
   memset (p, 0, sizeof *p);
 }
 
-/* Make room for need elements of size elem in *arr (capacity *cap). */
-static int
-grow_array (void **arr, size_t *cap, size_t need, size_t elem)
+/* Make room for need (at least 1) elements of size elem in arr
+ * (capacity *cap): the array to use from now on, or NULL with the
+ * error set and arr unchanged.
+ */
+static void *
+grow_array (void *arr, size_t *cap, size_t need, size_t elem)
 {
   size_t n = *cap ? *cap : 64;
   void *a;
 
   if (need <= *cap)
-    return 0;
+    return arr;
   while (n < need) {
     if (n > SIZE_MAX / 2 / elem) {
-      sc_set_error (ENOMEM, "out of memory for the L2 entries");
-      return -1;
+      sc_set_error (ENOMEM, "out of memory for the image plan");
+      return NULL;
     }
     n *= 2;
   }
-  a = realloc (*arr, n * elem);
+  a = realloc (arr, n * elem);
   if (a == NULL) {
-    sc_set_error (errno, "out of memory for the L2 entries");
-    return -1;
+    sc_set_error (errno, "out of memory for the image plan");
+    return NULL;
   }
-  *arr = a;
   *cap = n;
-  return 0;
+  return a;
 }
 
 /* Whether guest cluster gc may be added next, with room for one more
@@ -172,18 +175,25 @@ grow_array (void **arr, size_t *cap, size_t need, size_t elem)
 static int
 check_next (struct qcow2_plan *p, uint64_t gc, bool compressed)
 {
+  struct qcow2_plan_run *runs;
+  uint64_t *cdesc;
+
   if (gc < p->next_guest_cluster || gc / p->h.l2_entries >= p->h.l1_size) {
     sc_set_error (EINVAL, "cluster %" PRIu64 " added out of order or "
                   "beyond the virtual size", gc);
     return -1;
   }
-  if (grow_array ((void **) &p->runs, &p->runs_cap, p->nb_runs + 1,
-                  sizeof *p->runs) == -1)
+  runs = grow_array (p->runs, &p->runs_cap, p->nb_runs + 1, sizeof *runs);
+  if (runs == NULL)
     return -1;
-  if (compressed
-      && grow_array ((void **) &p->cdesc, &p->cdesc_cap, p->nb_cdesc + 1,
-                     sizeof *p->cdesc) == -1)
-    return -1;
+  p->runs = runs;
+  if (compressed) {
+    cdesc = grow_array (p->cdesc, &p->cdesc_cap, p->nb_cdesc + 1,
+                        sizeof *cdesc);
+    if (cdesc == NULL)
+      return -1;
+    p->cdesc = cdesc;
+  }
   return 0;
 }
 
@@ -248,28 +258,72 @@ run_entry (const struct qcow2_plan *p, const struct qcow2_plan_run *r,
   return (r->value + i * p->h.cluster_size) | QCOW2_OFLAG_COPIED;
 }
 
-/* Make sure the data area has a refcount slot for host cluster k. */
+/* Room for one more host run and for new_clusters more compressed
+ * host clusters, before the plan changes.
+ */
 static int
-reserve_data_cluster (struct qcow2_plan *p, uint64_t k)
+host_room (struct qcow2_plan *p, uint64_t new_clusters)
 {
-  if (k >= p->data_refcounts_cap) {
-    size_t cap = p->data_refcounts_cap ? p->data_refcounts_cap * 2 : 1024;
-    uint32_t *r;
+  struct qcow2_plan_host *hosts;
+  uint32_t *crefs;
 
-    while (cap <= k)
-      cap *= 2;
-    r = realloc (p->data_refcounts, cap * sizeof *r);
-    if (r == NULL) {
-      sc_set_error (errno, "out of memory for data refcounts");
-      return -1;
-    }
-    memset (&r[p->data_refcounts_cap], 0,
-            (cap - p->data_refcounts_cap) * sizeof *r);
-    p->data_refcounts = r;
-    p->data_refcounts_cap = cap;
+  if (new_clusters > SIZE_MAX - p->nb_crefs) {
+    sc_set_error (ENOMEM, "out of memory for data refcounts");
+    return -1;
   }
-  if (k >= p->data_clusters)
-    p->data_clusters = k + 1;
+  hosts = grow_array (p->hosts, &p->hosts_cap, p->nb_hosts + 1,
+                      sizeof *hosts);
+  if (hosts == NULL)
+    return -1;
+  p->hosts = hosts;
+  if (new_clusters > 0) {
+    crefs = grow_array (p->crefs, &p->crefs_cap,
+                        p->nb_crefs + (size_t) new_clusters, sizeof *crefs);
+    if (crefs == NULL)
+      return -1;
+    p->crefs = crefs;
+  }
+  return 0;
+}
+
+/* Host cluster k, the next one of the data area, is now used by an
+ * uncompressed cluster or by a first compressed one (room made by
+ * host_room).
+ */
+static void
+host_add (struct qcow2_plan *p, uint64_t k, bool compressed)
+{
+  struct qcow2_plan_host *last = p->nb_hosts > 0
+    ? &p->hosts[p->nb_hosts - 1] : NULL;
+
+  if (last && (last->cref != UINT64_MAX) == compressed
+      && last->k + last->n == k)
+    last->n++;
+  else
+    p->hosts[p->nb_hosts++] = (struct qcow2_plan_host) {
+      .k = k, .n = 1, .cref = compressed ? p->nb_crefs : UINT64_MAX,
+    };
+  if (compressed)
+    p->crefs[p->nb_crefs++] = 1;
+  p->data_clusters = k + 1;
+}
+
+uint64_t
+qcow2_plan_data_refcount (const struct qcow2_plan *p, uint64_t k)
+{
+  size_t lo = 0, hi = p->nb_hosts;
+
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    const struct qcow2_plan_host *h = &p->hosts[mid];
+
+    if (k < h->k)
+      hi = mid;
+    else if (k >= h->k + h->n)
+      lo = mid + 1;
+    else
+      return h->cref == UINT64_MAX ? 1 : p->crefs[h->cref + (k - h->k)];
+  }
   return 0;
 }
 
@@ -281,11 +335,11 @@ qcow2_plan_add_normal (struct qcow2_plan *p, uint64_t gc, uint64_t *rel)
 
   if (check_next (p, gc, false) == -1)
     return -1;
+  if (host_room (p, 0) == -1)
+    return -1;
   /* A fresh host cluster after everything placed so far. */
   pos = SC_ROUND_UP (p->data_end, cs);
-  if (reserve_data_cluster (p, pos / cs) == -1)
-    return -1;
-  p->data_refcounts[pos / cs] = 1;
+  host_add (p, pos / cs, false);
   add_entry (p, gc, false, pos);
   p->data_end = pos + cs;
   *rel = pos;
@@ -304,7 +358,8 @@ qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc, uint64_t len,
                   "not fit a %" PRIu64 "-byte cluster", len, cs);
     return -1;
   }
-  if (check_next (p, gc, true) == -1)
+  /* A cluster touches at most two host clusters more than it fills. */
+  if (check_next (p, gc, true) == -1 || host_room (p, len / cs + 2) == -1)
     return -1;
   /* Compressed clusters continue the partly used host cluster of the
    * previous one, even when uncompressed clusters were placed after it
@@ -318,14 +373,17 @@ qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc, uint64_t len,
     uint64_t k = p->compressed_pos / cs;
     bool at_end = p->compressed_pos == p->data_end;
 
-    if (p->data_refcounts[k] < p->refcount_cap
+    /* k is the last host cluster that holds compressed bytes. */
+    if (p->crefs[p->nb_crefs - 1] < p->refcount_cap
         && (at_end || p->compressed_pos + len <= (k + 1) * cs))
       pos = p->compressed_pos;
   }
   for (uint64_t k = pos / cs; k <= (pos + len - 1) / cs; k++) {
-    if (reserve_data_cluster (p, k) == -1)
-      return -1;
-    p->data_refcounts[k]++;
+    /* The partly used cluster pos is in, or fresh ones after it. */
+    if (k < p->data_clusters)
+      p->crefs[p->nb_crefs - 1]++;
+    else
+      host_add (p, k, true);
   }
   p->cdesc[p->nb_cdesc] = qcow2_make_compressed_descriptor (&p->h, pos, len);
   add_entry (p, gc, true, p->nb_cdesc);
@@ -476,7 +534,7 @@ cluster_refcount (const struct qcow2_plan *p, uint64_t c)
   if (c < data_start)
     return 0;                   /* the unused rest of a reservation */
   if (c - data_start < p->data_clusters)
-    return p->data_refcounts[c - data_start];
+    return qcow2_plan_data_refcount (p, c - data_start);
   return 0;
 }
 

@@ -556,6 +556,16 @@ struct qcow2_plan_run {
   bool compressed;
 };
 
+/* A run of host clusters of the data area: uncompressed (cref is
+ * UINT64_MAX), or holding compressed clusters, whose refcounts are
+ * crefs[cref], crefs[cref + 1], ...
+ */
+struct qcow2_plan_host {
+  uint64_t k;                   /* first, relative to the data area */
+  uint64_t n;
+  uint64_t cref;
+};
+
 struct qcow2_plan {
   struct qcow2_header h;        /* what goes into the header */
   /* The L2 entries as runs in guest order: memory follows the number
@@ -573,9 +583,16 @@ struct qcow2_plan {
   /* The data area, relative to its start. */
   uint64_t data_end;            /* bytes used */
   uint64_t compressed_pos;      /* where the next compressed bytes go */
-  uint32_t *data_refcounts;     /* per host cluster of the data area */
+  /* The host clusters of the data area as runs of one kind; an
+   * uncompressed cluster has refcount 1, compressed ones have theirs
+   * in crefs.  There are no gaps: every cluster below data_clusters is
+   * in a run.
+   */
+  struct qcow2_plan_host *hosts;
+  size_t nb_hosts, hosts_cap;
+  uint32_t *crefs;
+  size_t nb_crefs, crefs_cap;
   uint64_t data_clusters;
-  size_t data_refcounts_cap;
   uint64_t refcount_cap;        /* refcount_max, capped to uint32 */
   uint64_t nb_compressed;       /* compressed clusters stored */
   /* Absolute layout, set by qcow2_plan_layout(). */
@@ -622,6 +639,9 @@ extern int qcow2_plan_add_normal (struct qcow2_plan *p, uint64_t gc,
                                   uint64_t *rel);
 extern int qcow2_plan_add_compressed (struct qcow2_plan *p, uint64_t gc,
                                       uint64_t len, uint64_t *rel);
+/* The refcount of host cluster k of the data area (relative). */
+extern uint64_t qcow2_plan_data_refcount (const struct qcow2_plan *p,
+                                          uint64_t k);
 /* Store the content digest of the guest data (SHA-256 with blocks of
  * block_size bytes) in the header, with its autoclear bit.  Version 3
  * only: a version 2 header has no autoclear bits to tell a stale
