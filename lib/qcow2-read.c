@@ -374,12 +374,20 @@ build_meta (struct sc_qcow2 *q, struct layer *L, uint64_t l1_offset)
         return -1;
       }
 
-  /* The L2 tables, sorted (load_l1 refused one named twice). */
-  L->l2_sorted = malloc (SC_MAX (L->l1_size, 1) * sizeof (uint64_t));
+  /* The L2 tables, sorted (load_l1 refused one named twice), and the
+   * refcount blocks: arrays as long as the tables in use, not as the
+   * L1 and refcount tables (4 MiB each for 256 TiB at 64 KiB clusters,
+   * however little of it holds data).
+   */
+  size_t nl2 = 0, nrb = 0;
+
+  for (uint32_t i = 0; i < L->l1_size; i++)
+    if (L->l1[i] != 0)
+      nl2++;
+  L->l2_sorted = malloc (SC_MAX (nl2, (size_t) 1) * sizeof (uint64_t));
   /* The refcount table is capped by the header reader. */
   rt = malloc (SC_MAX (rt_bytes, 1));
-  L->rb_sorted = malloc (SC_MAX (rt_bytes, 1));
-  if (L->l2_sorted == NULL || rt == NULL || L->rb_sorted == NULL) {
+  if (L->l2_sorted == NULL || rt == NULL) {
     sc_set_error (errno, "malloc: %s", strerror (errno));
     return -1;
   }
@@ -392,12 +400,25 @@ build_meta (struct sc_qcow2 *q, struct layer *L, uint64_t l1_offset)
       && qcow2_pread_padded (L->ep, L->file_size, rt, rt_bytes,
                              L->h.refcount_table_offset) == -1)
     return -1;
-  for (uint64_t i = 0; i < rt_bytes / sizeof (uint64_t); i++) {
-    uint64_t rb = sc_get_be64 (rt + i * sizeof (uint64_t))
-      & QCOW2_RTE_OFFSET_MASK;
+  for (int pass = 0; pass < 2; pass++) {
+    if (pass == 1) {
+      L->rb_sorted = malloc (SC_MAX (nrb, (size_t) 1) * sizeof (uint64_t));
+      if (L->rb_sorted == NULL) {
+        sc_set_error (errno, "malloc: %s", strerror (errno));
+        return -1;
+      }
+    }
+    for (uint64_t i = 0; i < rt_bytes / sizeof (uint64_t); i++) {
+      uint64_t rb = sc_get_be64 (rt + i * sizeof (uint64_t))
+        & QCOW2_RTE_OFFSET_MASK;
 
-    if (rb != 0 && SC_IS_ALIGNED (rb, cs) && rb < L->file_size)
-      L->rb_sorted[L->nrb++] = rb;
+      if (rb != 0 && SC_IS_ALIGNED (rb, cs) && rb < L->file_size) {
+        if (pass == 0)
+          nrb++;
+        else
+          L->rb_sorted[L->nrb++] = rb;
+      }
+    }
   }
   qsort (L->rb_sorted, L->nrb, sizeof (uint64_t), cmp_u64);
 
