@@ -900,11 +900,11 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   /* Version 2 headers have no autoclear bit to tell a stale digest. */
   pk.digest = opts.digest && opts.version >= 3;
   pk.digest_block = SC_MIN (pk.cluster_size, SC_DIGEST_BLOCK_SIZE);
-  /* The scratch of a piece: a code per cluster, the compressed bytes,
-   * then the digest's blocks.
+  /* The scratch of a piece: a code per cluster, the compressed bytes
+   * (when compressing), then the digest's blocks.
    */
   pk.digest_out = (pk.request_size / pk.cluster_size) * sizeof (uint32_t)
-                  + pk.request_size;
+                  + (opts.codec != SC_CODEC_NONE ? pk.request_size : 0);
   /* qemu sees a qcow2 image as whole 512-byte sectors and drops a
    * partial last one, so the virtual size is rounded up as qemu-img
    * convert rounds it: the tail reads as zeros.
