@@ -25,6 +25,7 @@ TESTS += \
 	tests/pack-options.sh \
 	tests/pack-huge.sh \
 	tests/pack-stream.sh \
+	tests/pack-stream-zeros.sh \
 	tests/pack-repack.sh \
 	tests/pack-isal.sh
 EXTRA_DIST += \
@@ -33,5 +34,6 @@ EXTRA_DIST += \
 	tests/pack-options.sh \
 	tests/pack-huge.sh \
 	tests/pack-stream.sh \
+	tests/pack-stream-zeros.sh \
 	tests/pack-repack.sh \
 	tests/pack-isal.sh
