@@ -800,7 +800,7 @@ copy_move (struct sc_piece *piece, void *opaque)
   struct copy_state *cs = opaque;
 
   return sc_ep_copy_range (cs->src, piece->offset, cs->dst, piece->offset,
-                           piece->length);
+                           piece->length, 0);
 }
 
 static int

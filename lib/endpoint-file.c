@@ -20,6 +20,10 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/ioctl.h>
+#ifdef HAVE_LINUX_FS_H
+#include <linux/fs.h>
+#endif
 
 #include "internal.h"
 #include "endpoint.h"
@@ -120,10 +124,72 @@ file_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
   return sc_ep_write_zeros (ep, count, offset);
 }
 
+/* Share count bytes of src_fd at src_off as the target's bytes at
+ * dst_off (a reflink): the file system makes both files point to the
+ * same blocks, and nothing is read or written.  It refuses what it
+ * cannot do without copying: another file system or mount (EXDEV), a
+ * file system without shared blocks or a file that is not a regular
+ * one (EOPNOTSUPP, ENOTTY, EINVAL), or offsets and a length that are
+ * not multiples of its block size (EINVAL; a short last block only at
+ * the end of both files).  Only the first kind tells about every other
+ * range too.
+ */
+static int
+file_clone_from_fd (struct sc_endpoint *ep, int src_fd, const char *src_name,
+                    uint64_t src_off, uint64_t dst_off, uint64_t count)
+{
+#ifdef FICLONERANGE
+  struct file_clone_range fcr = {
+    .src_fd = src_fd,
+    .src_offset = src_off,
+    .src_length = count,
+    .dest_offset = dst_off,
+  };
+
+  /* A length of 0 means "to the end of the source" to the ioctl. */
+  if (count == 0)
+    return 0;
+  if (src_off > INT64_MAX || dst_off > INT64_MAX
+      || count > (uint64_t) INT64_MAX - SC_MAX (src_off, dst_off))
+    return SC_COPY_DECLINED;
+  while (ioctl (file_fd (ep), FICLONERANGE, &fcr) == -1) {
+    switch (errno) {
+    case EINTR:
+      continue;
+    case EINVAL:
+      /* Unaligned here, or a file system that cannot share blocks
+       * (a few say so with EINVAL): alignment is per range, so only
+       * this one is refused.
+       */
+      return SC_COPY_DECLINED;
+    case EXDEV: case EOPNOTSUPP: case ENOTTY: case ENOSYS:
+    case EBADF: case EPERM: case EISDIR: case ETXTBSY:
+#if ENOTSUP != EOPNOTSUPP
+    case ENOTSUP:
+#endif
+      return SC_COPY_NEVER;
+    default:
+      sc_set_error (errno, "%s: clone from %s at offset %" PRIu64 ": %s",
+                    ep->name, src_name, src_off, strerror (errno));
+      return -1;
+    }
+  }
+  return 0;
+#else
+  (void) ep; (void) src_fd; (void) src_name; (void) src_off;
+  (void) dst_off; (void) count;
+  return SC_COPY_NEVER;
+#endif
+}
+
 static int
 file_copy_from_fd (struct sc_endpoint *ep, int src_fd, const char *src_name,
-                   uint64_t src_off, uint64_t dst_off, uint64_t count)
+                   uint64_t src_off, uint64_t dst_off, uint64_t count,
+                   unsigned flags)
 {
+  if (flags & SC_COPY_CLONE)
+    return file_clone_from_fd (ep, src_fd, src_name, src_off, dst_off,
+                               count);
 #ifdef HAVE_COPY_FILE_RANGE
   int dst_fd = file_fd (ep);
   bool started = false;
@@ -138,7 +204,7 @@ file_copy_from_fd (struct sc_endpoint *ep, int src_fd, const char *src_name,
     if (r == -1 && !started
         && (errno == ENOSYS || errno == EXDEV || errno == EINVAL
             || errno == EOPNOTSUPP || errno == EBADF || errno == EPERM))
-      return 1;
+      return SC_COPY_DECLINED;
     if (r == -1) {
       sc_set_error (errno, "%s: copy from %s at offset %" PRIu64 ": %s",
                     ep->name, src_name, src_off, strerror (errno));
@@ -164,7 +230,7 @@ file_copy_from_fd (struct sc_endpoint *ep, int src_fd, const char *src_name,
 #else
   (void) ep; (void) src_fd; (void) src_name; (void) src_off;
   (void) dst_off; (void) count;
-  return 1;
+  return SC_COPY_DECLINED;
 #endif
 }
 

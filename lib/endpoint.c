@@ -203,13 +203,13 @@ sc_ep_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
 int
 sc_ep_copy_fd_range (int src_fd, const char *src_name, uint64_t src_off,
                      struct sc_endpoint *dst, uint64_t dst_off,
-                     uint64_t count)
+                     uint64_t count, unsigned flags)
 {
   if (src_fd < 0 || dst->ops->copy_from_fd == NULL)
-    return 1;
+    return (flags & SC_COPY_CLONE) ? SC_COPY_NEVER : SC_COPY_DECLINED;
   sc_ep_mark_written (dst);
   return dst->ops->copy_from_fd (dst, src_fd, src_name, src_off, dst_off,
-                                 count);
+                                 count, flags);
 }
 
 int
@@ -220,14 +220,15 @@ sc_ep_local_fd (struct sc_endpoint *ep)
 
 int
 sc_ep_copy_range (struct sc_endpoint *src, uint64_t src_off,
-                  struct sc_endpoint *dst, uint64_t dst_off, uint64_t count)
+                  struct sc_endpoint *dst, uint64_t dst_off, uint64_t count,
+                  unsigned flags)
 {
   if (src->ops->copy_to) {
     sc_ep_mark_written (dst);
-    return src->ops->copy_to (src, src_off, dst, dst_off, count);
+    return src->ops->copy_to (src, src_off, dst, dst_off, count, flags);
   }
   return sc_ep_copy_fd_range (sc_ep_local_fd (src), src->name, src_off, dst,
-                              dst_off, count);
+                              dst_off, count, flags);
 }
 
 int

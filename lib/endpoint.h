@@ -42,6 +42,22 @@
                                    that cannot unmap treats it as
                                    SC_ZERO_MAY_UNMAP) */
 
+/* Flags of the copy_to and copy_from_fd slots. */
+#define SC_COPY_CLONE      0x1  /* share the source's blocks (a reflink:
+                                   FICLONERANGE) or do nothing: the
+                                   bytes are never copied, because the
+                                   caller holds them and writes them
+                                   itself when the range is refused */
+
+/* What copy_to and copy_from_fd return besides 0 and -1.  The caller
+ * reads (or has read) the range and writes it itself in both cases.
+ */
+#define SC_COPY_DECLINED   1    /* not this range (unaligned, mixed) */
+#define SC_COPY_NEVER      2    /* SC_COPY_CLONE only: not between these
+                                   two endpoints at all (another file
+                                   system, one that cannot share blocks,
+                                   not a file): no use asking again */
+
 /* What identifies the state of a source, to tell whether it changed
  * while it was read.  Compared as a whole with sc_ep_fingerprint_equal.
  */
@@ -101,14 +117,16 @@ struct sc_endpoint_ops {
    */
   int (*local_fd) (struct sc_endpoint *ep);
   /* Copy count bytes at offset straight to dst at dst_off, without the
-   * caller reading them: returns 0 when all was copied, 1 when this
-   * source cannot do it for this range and target (the caller reads
-   * and writes the range instead, over whatever part was copied).
+   * caller reading them (SC_COPY_* flags): returns 0 when all was
+   * copied, SC_COPY_DECLINED when this source cannot do it for this
+   * range and target (the caller reads and writes the range instead,
+   * over whatever part was copied), SC_COPY_NEVER as copy_from_fd.
    * Errors name the side that failed.  NULL: a source with a local_fd
    * hands it to dst's copy_from_fd.
    */
   int (*copy_to) (struct sc_endpoint *ep, uint64_t offset,
-                  struct sc_endpoint *dst, uint64_t dst_off, uint64_t count);
+                  struct sc_endpoint *dst, uint64_t dst_off, uint64_t count,
+                  unsigned flags);
 
   /* Write exactly count bytes at offset.  NULL: read-only (ENOTSUP). */
   int (*pwrite) (struct sc_endpoint *ep, const void *buf, size_t count,
@@ -119,14 +137,18 @@ struct sc_endpoint_ops {
   int (*zero) (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
                unsigned flags);
   /* Copy count bytes from the regular file src_fd at src_off to offset
-   * dst_off inside the kernel.  Returns 0 when all was copied, 1 when
-   * this pair cannot do it (nothing was written; the caller reads and
-   * writes instead).  src_name names the source in errors, which name
-   * the target too.  NULL: always 1.
+   * dst_off inside the kernel, sharing blocks where the file system
+   * can (copy_file_range), or with SC_COPY_CLONE only by sharing them.
+   * Returns 0 when all was copied, SC_COPY_DECLINED when this pair
+   * cannot do it for this range, SC_COPY_NEVER (with SC_COPY_CLONE)
+   * when it cannot for any range; nothing was written then, and the
+   * caller writes the bytes instead.  src_name names the source in
+   * errors, which name the target too.  NULL: always declined (never,
+   * with SC_COPY_CLONE).
    */
   int (*copy_from_fd) (struct sc_endpoint *ep, int src_fd,
                        const char *src_name, uint64_t src_off,
-                       uint64_t dst_off, uint64_t count);
+                       uint64_t dst_off, uint64_t count, unsigned flags);
   /* The target must hold size bytes, known only now (a target may be
    * opened before its size is known): a new file is sized to it, so a
    * file system that cannot hold it fails before data is written; a
@@ -255,15 +277,17 @@ extern int sc_ep_write_zeros (struct sc_endpoint *ep, uint64_t count,
                               uint64_t offset);
 /* Copy a range of src to dst without reading it here: through src's
  * copy_to, else inside the kernel from a source that is a local file
- * (local_fd); or from a plain descriptor (a spill file).  0, 1 (cannot)
- * or -1, as the copy_to and copy_from_fd slots.
+ * (local_fd); or from a plain descriptor (a spill file).  0,
+ * SC_COPY_DECLINED, SC_COPY_NEVER or -1, as the copy_to and
+ * copy_from_fd slots, with their SC_COPY_* flags.
  */
 extern int sc_ep_copy_range (struct sc_endpoint *src, uint64_t src_off,
                              struct sc_endpoint *dst, uint64_t dst_off,
-                             uint64_t count);
+                             uint64_t count, unsigned flags);
 extern int sc_ep_copy_fd_range (int src_fd, const char *src_name,
                                 uint64_t src_off, struct sc_endpoint *dst,
-                                uint64_t dst_off, uint64_t count);
+                                uint64_t dst_off, uint64_t count,
+                                unsigned flags);
 extern int sc_ep_set_size (struct sc_endpoint *ep, uint64_t size);
 /* The local regular file behind ep, or -1 (the endpoint keeps it). */
 extern int sc_ep_local_fd (struct sc_endpoint *ep);

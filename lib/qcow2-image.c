@@ -159,20 +159,21 @@ image_pread (struct sc_endpoint *ep, void *buf, size_t count,
 
 static int
 image_copy_to (struct sc_endpoint *ep, uint64_t offset,
-               struct sc_endpoint *dst, uint64_t dst_off, uint64_t count)
+               struct sc_endpoint *dst, uint64_t dst_off, uint64_t count,
+               unsigned flags)
 {
   struct image_ep *im = (struct image_ep *) ep;
   const struct qcow2_plan *p = im->plan;
   uint64_t rel, pos, n, guest;
 
   if (offset < p->data_offset)
-    return 1;
+    return SC_COPY_DECLINED;
   rel = offset - p->data_offset;
   if (place_at (im, rel, count, &n, &guest) == PLACE_SPILL) {
     if (n < count || im->spill_fd < 0)
-      return 1;
+      return SC_COPY_DECLINED;
     return sc_ep_copy_fd_range (im->spill_fd, "spill file", rel, dst,
-                                dst_off, count);
+                                dst_off, count, flags);
   }
 
   /* Only source bytes, which may lie in several runs one after the
@@ -182,12 +183,12 @@ image_copy_to (struct sc_endpoint *ep, uint64_t offset,
   for (pos = 0; pos < count; pos += n)
     if (place_at (im, rel + pos, count - pos, &n, &guest) != PLACE_SOURCE
         || guest + n > im->src->size)
-      return 1;
+      return SC_COPY_DECLINED;
   for (pos = 0; pos < count; pos += n) {
     int r;
 
     place_at (im, rel + pos, count - pos, &n, &guest);
-    r = sc_ep_copy_range (im->src, guest, dst, dst_off + pos, n);
+    r = sc_ep_copy_range (im->src, guest, dst, dst_off + pos, n, flags);
     /* The first copy tells whether this pair can; a later refusal
      * leaves the range to the caller, who writes it whole again.
      */

@@ -893,7 +893,10 @@ test_endpoint_defaults (void)
   /* No fingerprint, no cache probe, no kernel copy, no flush. */
   CU_ASSERT_EQUAL (sc_ep_fingerprint (ep, &fp), 1);
   CU_ASSERT_EQUAL (sc_ep_pread_nowait (ep, buf, sizeof buf, 0), 1);
-  CU_ASSERT_EQUAL (sc_ep_copy_range (ep, 0, ep, 0, 4096), 1);
+  CU_ASSERT_EQUAL (sc_ep_copy_range (ep, 0, ep, 0, 4096, 0),
+                   SC_COPY_DECLINED);
+  CU_ASSERT_EQUAL (sc_ep_copy_range (ep, 0, ep, 0, 4096, SC_COPY_CLONE),
+                   SC_COPY_NEVER);
   CU_ASSERT_EQUAL (sc_ep_flush (ep), 0);
   CU_ASSERT_EQUAL (sc_ep_commit (ep), 0);
   /* Not a stream: read_some reads what there is up to the size, and

@@ -389,7 +389,7 @@ test_planned_image (void)
   CU_ASSERT_FATAL (dst != NULL);
   for (uint64_t o = 0; o < size; o += 3 * cs) {
     uint64_t n = SC_MIN (3 * cs, size - o);
-    int r = sc_ep_copy_range (image, o, dst, o, n);
+    int r = sc_ep_copy_range (image, o, dst, o, n, 0);
 
     CU_ASSERT (r == 0 || r == 1);
     if (r == 1)
