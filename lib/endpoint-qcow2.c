@@ -55,6 +55,21 @@ qep_extents (struct sc_endpoint *ep, uint64_t offset, uint64_t count,
   return qcow2_chain_extents (e->q, offset, end, list);
 }
 
+/* Unpacking to a file next to the image shares the image's blocks
+ * (or copies them inside the kernel) where they lie as they are.
+ */
+static int
+qep_copy_to (struct sc_endpoint *ep, uint64_t offset, struct sc_endpoint *dst,
+             uint64_t dst_off, uint64_t count, unsigned flags)
+{
+  struct qcow2_endpoint *e = (struct qcow2_endpoint *) ep;
+  uint64_t end;
+
+  if (SC_ADD_OVERFLOW (offset, count, &end) || end > ep->size)
+    return SC_COPY_DECLINED;
+  return qcow2_chain_copy_to (e->q, offset, count, dst, dst_off, flags);
+}
+
 /* The image changes when any file of its chain does: re-packing checks
  * it as packing checks a raw file.
  */
@@ -77,6 +92,7 @@ static const struct sc_endpoint_ops qcow2_ops = {
   .pread_nowait = qep_pread_nowait,
   .extents = qep_extents,
   .fingerprint = qep_fingerprint,
+  .copy_to = qep_copy_to,
   .close = qep_close,
 };
 

@@ -1124,6 +1124,53 @@ qcow2_chain_pread_nowait (struct sc_qcow2 *q, void *buf, size_t count,
   return chain_read (q, buf, count, offset, true);
 }
 
+/* Copy count bytes of the guest view at offset to dst at dst_off inside
+ * the kernel (sharing blocks with SC_COPY_CLONE), when every part of
+ * the range is data that lies as it is in a file of the chain: an
+ * uncompressed cluster, a raw backing file, an external data file.
+ * Compressed clusters, zeros and data past the end of its file (which
+ * reads as zeros, or is an image cut short that reading reports) are
+ * declined before anything is copied.
+ */
+int
+qcow2_chain_copy_to (struct sc_qcow2 *q, uint64_t offset, uint64_t count,
+                     struct sc_endpoint *dst, uint64_t dst_off,
+                     unsigned flags)
+{
+  uint64_t pos, n;
+
+  for (int pass = 0; pass < 2; pass++) {
+    for (pos = 0; pos < count; pos += n) {
+      struct cstatus cs;
+      struct layer *L;
+      uint64_t size;
+      int r;
+
+      if (chain_status (q, offset + pos, count - pos, false, &cs) == -1)
+        return -1;
+      n = cs.st.len;
+      L = &q->layers[cs.depth];
+      size = L->raw ? L->file_size : L->data_size;
+      if (!cs.present || cs.zero || cs.st.kind != LK_DATA
+          || cs.st.host > size || n > size - cs.st.host)
+        return SC_COPY_DECLINED;
+      if (pass == 0)
+        continue;
+      if (layer_pin (q, L) == -1)
+        return -1;
+      r = sc_ep_copy_range (L->raw ? L->ep : L->data_ep, cs.st.host, dst,
+                            dst_off + pos, n, flags);
+      layer_unpin (q, L);
+      /* A part refused after others were copied leaves the range to the
+       * caller, who writes it whole.
+       */
+      if (r != 0)
+        return r;
+    }
+  }
+  return 0;
+}
+
 /* ---- opening --------------------------------------------------------- */
 
 static char *

@@ -520,6 +520,14 @@ extern int qcow2_chain_pread (struct sc_qcow2 *q, void *buf, size_t count,
  */
 extern int qcow2_chain_pread_nowait (struct sc_qcow2 *q, void *buf,
                                      size_t count, uint64_t offset);
+/* Copy count bytes of the guest view at offset (inside the virtual
+ * size) to dst at dst_off without reading them here, as the copy_to
+ * slot of an endpoint (SC_COPY_* flags and results): only where every
+ * part is uncompressed data in a local file of the chain.
+ */
+extern int qcow2_chain_copy_to (struct sc_qcow2 *q, uint64_t offset,
+                                uint64_t count, struct sc_endpoint *dst,
+                                uint64_t dst_off, unsigned flags);
 /* Append the extents of the guest view from offset to end (at most
  * the virtual size) to list: holes where no layer has the range, zero
  * extents where it reads as zeros, as qemu's block status says.
