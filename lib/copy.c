@@ -752,6 +752,11 @@ struct copy_state {
    * progress and of the zeroing of holes.
    */
   bool write_in_work;
+  /* With zero detection, the data that is written is offered to the
+   * target as a range of the source to share first (sink.c).
+   */
+  struct sc_sink_clone clone;
+  bool try_clone;
 };
 
 /* piece->user: the piece is already on the target. */
@@ -784,7 +789,8 @@ write_piece (struct copy_state *cs, struct sc_piece *piece)
     rc = sc_sink_zero (dst, piece->length, piece->offset);
   else
     rc = sc_sink_write (dst, piece->buf, piece->length, piece->offset,
-                        cs->detect_zeroes);
+                        cs->detect_zeroes,
+                        cs->try_clone ? &cs->clone : NULL);
   if (rc == -1)
     sc_error_name (dst->name);
   return rc;
@@ -859,6 +865,18 @@ sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
    */
   if (!cs.detect_zeroes && cs.write_in_work && !(src->flags & SC_EP_STREAM))
     p.move = copy_move;
+  /* Zero detection needs the bytes, so they are read; what is not zero
+   * is then shared with the source where the file system can (a
+   * reflink: nothing written, no room taken), which leaves the same
+   * holes as writing it would (sink.c).  Reading costs less than
+   * writing: unpacking 1 GiB of data from a cold page cache on a
+   * loop-mounted xfs took 1.0-1.9 s so, 1.4-11.7 s reading and writing
+   * it, and 0.06-0.37 s sharing it unread (unpack -n --zero=skip).
+   */
+  if (cs.detect_zeroes && !(src->flags & SC_EP_STREAM)) {
+    cs.try_clone = true;
+    cs.clone.src = src;
+  }
   if (p.request_size == 0)
     p.request_size = DEFAULT_REQUEST_SIZE;
   if (p.threads == 0)

@@ -192,17 +192,31 @@ extern void sc_pipeline_fit (const struct sc_endpoint *ep,
  */
 #define SC_ZERO_BLOCK 4096
 
+/* Where the bytes given to the sink come from: src holds them at the
+ * same offsets as the target gets them.  One per copy, shared by its
+ * threads.
+ */
+struct sc_sink_clone {
+  struct sc_endpoint *src;
+  bool never;                   /* the pair cannot share blocks: stop
+                                   asking (atomic) */
+  uint64_t shared;              /* bytes shared, not written (atomic) */
+};
+
 /* Write length bytes of guest data at offset.  With detect_zeroes, on a
  * target that reads as zero already, aligned 4 KiB blocks that are all
  * zero are skipped, or with dst->min_sparse what sc_sparse_run leaves
  * out; on a local file or device with zero mode auto or unmap they are
  * made zero ranges of that mode (neighbours merged into one request);
- * nothing is skipped with dst->allocate.  0, or -1 with the error set
- * (without the target's name).
+ * nothing is skipped with dst->allocate.  With cl (may be NULL), each
+ * range that is written is first offered to dst as a range of cl->src
+ * to share (SC_COPY_CLONE), so that a file system with reflinks
+ * writes nothing.  0, or -1 with the error set (without the target's
+ * name).
  */
 extern int sc_sink_write (struct sc_endpoint *dst, const void *buf,
                           uint64_t length, uint64_t offset,
-                          bool detect_zeroes);
+                          bool detect_zeroes, struct sc_sink_clone *cl);
 /* qemu-img convert -S min_sparse: whether the first *len bytes of buf
  * (length bytes at offset of the target) are written (true) or left
  * out as zeros (false).  In 512-byte sectors, as qemu: leading zeros

@@ -473,7 +473,7 @@ forward_write (struct stream_unpack *s, const void *buf, size_t len,
   }
   if ((guest > s->fwd_pos
        && sc_sink_zero (s->dst, guest - s->fwd_pos, s->fwd_pos) == -1)
-      || sc_sink_write (s->dst, buf, len, guest, true) == -1)
+      || sc_sink_write (s->dst, buf, len, guest, true, NULL) == -1)
     return target_error (s);
   s->fwd_pos = guest + len;
   return 0;
@@ -571,7 +571,7 @@ write_guest (struct stream_unpack *s, const void *buf, size_t len,
   if (s->forward)
     return forward_write (s, buf, len, guest);
   len = (size_t) SC_MIN ((uint64_t) len, s->vsize - guest);
-  if (sc_sink_write (s->dst, buf, len, guest, true) == -1)
+  if (sc_sink_write (s->dst, buf, len, guest, true, NULL) == -1)
     return target_error (s);
   return s->fresh ? 0 : ranges_add (&s->written, guest, guest + len);
 }

@@ -20,6 +20,14 @@
  * - A server's export that says it reads as zero throughout (NBD block
  *   status) is a target that reads as zero; one that holds data is
  *   written over in place, its holes zeroed one by one (sc_sink_prepare).
+ * - Each range these rules write is shared with the source instead
+ *   (a reflink) when the caller says where the bytes come from and the
+ *   file system can: the same ranges, the same holes, no bytes
+ *   written.  Only ranges without an all-zero 4 KiB block are: the
+ *   source may have a hole there, which sharing would carry over where
+ *   the rules say zeros are written (-S N, -S 0, data around a zero
+ *   range that cannot be unmapped).  Where the file system cannot
+ *   share, the bytes in hand are written.
  */
 #include <config.h>
 
@@ -102,13 +110,54 @@ sc_sparse_run (const void *buf, uint64_t length, uint64_t offset,
   return true;
 }
 
+/* Does any whole aligned block of the n bytes at p (target offset
+ * offset) hold only zeros?  Data almost always shows a non-zero byte
+ * at the start of each block, so this costs a few bytes per block.
+ */
+static bool
+has_zero_block (const unsigned char *p, uint64_t n, uint64_t offset)
+{
+  uint64_t pos = SC_ROUND_UP (offset, SC_ZERO_BLOCK) - offset;
+
+  for (; pos < n && n - pos >= SC_ZERO_BLOCK; pos += SC_ZERO_BLOCK)
+    if (sc_is_zero (p + pos, SC_ZERO_BLOCK))
+      return true;
+  return false;
+}
+
+/* Put the n bytes at p on dst at offset: shared with the source where
+ * the pair can (they are the source's bytes at the same offset), else
+ * written.  nonzero: the caller found no all-zero block in them.
+ */
+static int
+put (struct sc_endpoint *dst, struct sc_sink_clone *cl,
+     const unsigned char *p, uint64_t n, uint64_t offset, bool nonzero)
+{
+  if (cl && !__atomic_load_n (&cl->never, __ATOMIC_RELAXED)
+      && (nonzero || !has_zero_block (p, n, offset))) {
+    int r = sc_ep_copy_range (cl->src, offset, dst, offset, n,
+                              SC_COPY_CLONE);
+
+    if (r == 0) {
+      __atomic_add_fetch (&cl->shared, n, __ATOMIC_RELAXED);
+      return 0;
+    }
+    if (r == -1)
+      return -1;
+    if (r == SC_COPY_NEVER)
+      __atomic_store_n (&cl->never, true, __ATOMIC_RELAXED);
+  }
+  return sc_ep_pwrite (dst, p, (size_t) n, offset);
+}
+
 /* Write the parts of buf that are not all-zero blocks, coalescing
  * neighbouring non-zero blocks into one write, and leave the zero ones
  * to the target, which reads as zero there already.
  */
 static int
-write_skipping_zeroes (struct sc_endpoint *dst, const unsigned char *p,
-                       uint64_t length, uint64_t offset)
+write_skipping_zeroes (struct sc_endpoint *dst, struct sc_sink_clone *cl,
+                       const unsigned char *p, uint64_t length,
+                       uint64_t offset)
 {
   uint64_t pos = 0, run_start = 0;
   bool in_run = false;
@@ -125,16 +174,16 @@ write_skipping_zeroes (struct sc_endpoint *dst, const unsigned char *p,
       in_run = true;
     }
     else if (zero && in_run) {
-      if (sc_ep_pwrite (dst, p + run_start, pos - run_start,
-                        offset + run_start) == -1)
+      if (put (dst, cl, p + run_start, pos - run_start,
+               offset + run_start, true) == -1)
         return -1;
       in_run = false;
     }
     pos = end;
   }
   if (in_run)
-    return sc_ep_pwrite (dst, p + run_start, length - run_start,
-                         offset + run_start);
+    return put (dst, cl, p + run_start, length - run_start,
+                offset + run_start, true);
   return 0;
 }
 
@@ -173,8 +222,9 @@ zero_run (struct sc_endpoint *dst, uint64_t start, uint64_t end,
  * block.
  */
 static int
-write_zeroing_zeroes (struct sc_endpoint *dst, const unsigned char *p,
-                      uint64_t length, uint64_t offset)
+write_zeroing_zeroes (struct sc_endpoint *dst, struct sc_sink_clone *cl,
+                      const unsigned char *p, uint64_t length,
+                      uint64_t offset)
 {
   uint64_t pos = 0, data_start = 0, zero_start = 0;
   bool in_zero = false, no_fast = false;
@@ -205,8 +255,8 @@ write_zeroing_zeroes (struct sc_endpoint *dst, const unsigned char *p,
         return -1;
       if (r == 1) {
         if (zero_start > data_start
-            && sc_ep_pwrite (dst, p + data_start, zero_start - data_start,
-                             offset + data_start) == -1)
+            && put (dst, cl, p + data_start, zero_start - data_start,
+                    offset + data_start, false) == -1)
           return -1;
         data_start = pos;
       }
@@ -216,15 +266,15 @@ write_zeroing_zeroes (struct sc_endpoint *dst, const unsigned char *p,
     pos = end;
   }
   if (length > data_start)
-    return sc_ep_pwrite (dst, p + data_start, length - data_start,
-                         offset + data_start);
+    return put (dst, cl, p + data_start, length - data_start,
+                offset + data_start, false);
   return 0;
 }
 
 /* -S N: qemu-img convert's rule, run by run. */
 static int
-write_sparse_runs (struct sc_endpoint *dst, const unsigned char *p,
-                   uint64_t length, uint64_t offset)
+write_sparse_runs (struct sc_endpoint *dst, struct sc_sink_clone *cl,
+                   const unsigned char *p, uint64_t length, uint64_t offset)
 {
   uint64_t pos = 0;
 
@@ -233,7 +283,7 @@ write_sparse_runs (struct sc_endpoint *dst, const unsigned char *p,
 
     if (sc_sparse_run (p + pos, length - pos, offset + pos,
                        dst->min_sparse, &n)
-        && sc_ep_pwrite (dst, p + pos, n, offset + pos) == -1)
+        && put (dst, cl, p + pos, n, offset + pos, false) == -1)
       return -1;
     pos += n;
   }
@@ -242,21 +292,22 @@ write_sparse_runs (struct sc_endpoint *dst, const unsigned char *p,
 
 int
 sc_sink_write (struct sc_endpoint *dst, const void *buf, uint64_t length,
-               uint64_t offset, bool detect_zeroes)
+               uint64_t offset, bool detect_zeroes, struct sc_sink_clone *cl)
 {
   if (!detect_zeroes || dst->allocate)
-    return sc_ep_pwrite (dst, buf, length, offset);
+    return put (dst, cl, buf, length, offset, false);
   if (dst->flags & SC_EP_FRESH_ZEROS)
-    return dst->min_sparse ? write_sparse_runs (dst, buf, length, offset)
-                           : write_skipping_zeroes (dst, buf, length, offset);
+    return dst->min_sparse
+      ? write_sparse_runs (dst, cl, buf, length, offset)
+      : write_skipping_zeroes (dst, cl, buf, length, offset);
   /* A local file or device in place with auto or unmap; an export's
    * zero ranges inside data are written (its holes are zeroed, or the
    * whole export was by sc_sink_prepare).
    */
   if ((dst->flags & SC_EP_SEEKABLE) && !(dst->flags & SC_EP_REMOTE)
       && (dst->zero_mode == 0 || dst->zero_mode == SC_TARGET_ZERO_UNMAP))
-    return write_zeroing_zeroes (dst, buf, length, offset);
-  return sc_ep_pwrite (dst, buf, length, offset);
+    return write_zeroing_zeroes (dst, cl, buf, length, offset);
+  return put (dst, cl, buf, length, offset, false);
 }
 
 /* Zeros written as data, for a target that must be allocated whole. */
