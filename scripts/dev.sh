@@ -17,7 +17,7 @@ cd "$top"
 
 packages=(autoconf automake libtool pkg-config make gcc
           zlib1g-dev libisal-dev libzstd-dev libnbd-dev libcunit1-dev libssl-dev
-          qemu-utils nbdkit libnbd-bin e2fsprogs xfsprogs python3 valgrind jq
+          qemu-utils nbdkit libnbd-bin e2fsprogs xfsprogs btrfs-progs python3 valgrind jq
           clang libclang-rt-14-dev bmap-tools dmsetup)
 missing=()
 for p in "${packages[@]}"; do

@@ -25,3 +25,8 @@ EXTRA_DIST += tests/unpack-device-zero.sh tests/unpack-device-verify.sh \
 	tests/unpack-device-thin.sh tests/unpack-device-refuse.sh \
 	tests/unpack-device-missing.sh \
 	tests/unpack-in-place.sh tests/unpack-chain-target.sh
+
+# On xfs and btrfs (loop-mounted, root only): pack and unpack share the
+# source's blocks, and make the same as where nothing can be shared.
+TESTS += tests/copy-reflink.sh
+EXTRA_DIST += tests/copy-reflink.sh
