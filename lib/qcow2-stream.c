@@ -1260,7 +1260,10 @@ qcow2_unpack_stream_chunked (struct sc_endpoint *src,
     goto out;
   }
   s.forward = !(s.dst->flags & SC_EP_SEEKABLE);
-  s.fresh = (s.dst->flags & SC_EP_FRESH_ZEROS) != 0;
+  /* A target allocated whole (-S 0) gets what was not written zeroed
+   * at the end, as one that does not read as zero does.
+   */
+  s.fresh = (s.dst->flags & SC_EP_FRESH_ZEROS) && !s.dst->allocate;
 
   if (refuse_overlapping_tables (&s.h) == -1
       || add_item (&s, s.h.l1_table_offset,

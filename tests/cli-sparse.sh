@@ -76,6 +76,14 @@ sparsecow unpack -q -S 0 - p.raw < <(cat all.qcow2)
 cmp src.raw p.raw
 [ $(($(stat -c %b p.raw) * 512)) -ge $((4 * MiB)) ] ||
   fail "unpack -S 0 from a pipe: only $(stat -c %b p.raw) blocks allocated"
+# ... also where the image stores nothing (holes of the source, zero
+# clusters), which a pipe gives no bytes for.
+qemu-img convert -q -f raw -O qcow2 src.raw sparse.qcow2
+rm -f p.raw
+sparsecow unpack -q -S 0 - p.raw < <(cat sparse.qcow2)
+cmp src.raw p.raw
+[ $(($(stat -c %b p.raw) * 512)) -ge $((4 * MiB)) ] ||
+  fail "unpack -S 0 of a sparse image from a pipe: only $(stat -c %b p.raw) blocks allocated"
 # The default stays sparse.
 rm -f d.raw
 sparsecow unpack -q all.qcow2 d.raw
