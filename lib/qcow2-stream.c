@@ -1312,6 +1312,10 @@ qcow2_unpack_stream_chunked (struct sc_endpoint *src,
     sc_error_prefix ("%s", target);
     goto out;
   }
+  /* All is written: the count is complete, and its total known. */
+  s.prog.total = s.prog.done;
+  if (s.progress)
+    s.progress (&s.prog, s.progress_opaque);
   ret = 0;
   goto out;
 
