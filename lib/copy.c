@@ -63,6 +63,7 @@ struct cursor {
   uint64_t pos;                 /* next offset inside it */
   uint32_t request_size;
   bool stream;                  /* no extents: pieces until the end */
+  bool count_all;               /* holes count too, cut as data is */
   /* Windowed: ext is window, refilled from src up to end. */
   struct sc_endpoint *src;
   /* A source that takes one request at a time: held around every
@@ -223,7 +224,7 @@ next_piece (struct cursor *c, struct sc_piece *piece)
       continue;
     }
     piece->offset = c->pos;
-    if (e->flags & SC_EXTENT_NOT_DATA) {
+    if ((e->flags & SC_EXTENT_NOT_DATA) && !c->count_all) {
       piece->length = end - c->pos;
       piece->flags = e->flags & SC_EXTENT_NOT_DATA;
       piece->counts = false;
@@ -231,13 +232,14 @@ next_piece (struct cursor *c, struct sc_piece *piece)
       return 1;
     }
     /* Data is cut at multiples of request_size, so pieces line up with
-     * clusters and blocks whatever the extent boundaries are.
+     * clusters and blocks whatever the extent boundaries are; so are
+     * holes that count, so that the count grows evenly over them.
      */
     boundary = SC_ROUND_DOWN (c->pos, c->request_size);
     if (SC_ADD_OVERFLOW (boundary, c->request_size, &boundary) || boundary > end)
       boundary = end;
     piece->length = boundary - c->pos;
-    piece->flags = 0;
+    piece->flags = e->flags & SC_EXTENT_NOT_DATA;
     piece->counts = true;
     c->pos = boundary;
     if (c->pos >= end)
@@ -462,8 +464,8 @@ static void
 report_progress (const struct sc_pipeline *p, struct sc_progress *prog,
                  const struct sc_piece *piece)
 {
-  /* Only data counts (see struct sc_pipeline); a stream's pieces are
-   * all data.
+  /* Only data counts, or with count_all everything (see struct
+   * sc_pipeline); a stream's pieces are all data.
    */
   if (piece->counts)
     prog->done += piece->length;
@@ -709,7 +711,8 @@ sc_pipeline_run (const struct sc_pipeline *p)
   threads = SC_MIN (threads, MAX_PIPELINE_THREADS);
 
   cur = (struct cursor) { .ext = list, .request_size = request_size,
-                          .stream = (p->src->flags & SC_EP_STREAM) != 0 };
+                          .stream = (p->src->flags & SC_EP_STREAM) != 0,
+                          .count_all = p->count_all };
   if (cur.stream) {
     /* No extents and no total: progress reports a total of 0. */
     cur.ext = &own;
@@ -720,16 +723,22 @@ sc_pipeline_run (const struct sc_pipeline *p)
     cur.src = p->src;
     cur.end = p->src->size;
     cur.window_size = FIRST_EXTENT_WINDOW;
-    if (p->progress && count_data (p->src, &prog.total) == -1)
+    if (p->count_all)
+      prog.total = p->src->size;
+    else if (p->progress && count_data (p->src, &prog.total) == -1)
       goto out;
   }
   else {
-    if (check_extents (list, &prog.total) == -1)
+    uint64_t all;
+
+    if (check_extents (list, &all) == -1)
       goto out;
     prog.total = 0;
     for (size_t i = 0; i < list->len; i++)
       if (!(list->ext[i].flags & SC_EXTENT_NOT_DATA))
         prog.total += list->ext[i].length;
+    if (p->count_all)
+      prog.total = all;
   }
 
   if (threads <= 1)
@@ -888,6 +897,10 @@ sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
     sc_error_name (dst->name);
     return -1;
   }
+  /* A target allocated whole (-S 0), or a pipe, gets every byte
+   * written, holes too, which then cost as much as data.
+   */
+  p.count_all = sc_sink_zero_is_written (dst);
   if (sc_pipeline_run (&p) == -1)
     return -1;
   return sc_ep_flush (dst);

@@ -171,6 +171,12 @@ struct sc_pipeline {
    */
   sc_progress_fn progress;
   void *progress_opaque;
+  /* Count every byte instead, holes and zero extents too, which are
+   * then handed out in pieces of at most request_size: for a target
+   * that is written whole (-S 0), or read back whole, where a hole
+   * costs as much as data.
+   */
+  bool count_all;
 };
 
 /* Run the pipeline to the end, or to the first error (which is the one
@@ -235,6 +241,12 @@ extern bool sc_sparse_run (const void *buf, uint64_t length,
  */
 extern int sc_sink_zero (struct sc_endpoint *dst, uint64_t length,
                          uint64_t offset);
+/* Does sc_sink_zero write every byte of a range to dst as data: with
+ * dst->allocate (-S 0), or into a stream that is not a file (a pipe
+ * takes every byte in order)?  Then a hole costs as much as data, and
+ * the progress count counts it.
+ */
+extern bool sc_sink_zero_is_written (const struct sc_endpoint *dst);
 /* Before writing [0, length) of dst: a remote export whose block status
  * says it reads as zero throughout is from then on a target that reads
  * as zero (SC_EP_FRESH_ZEROS).  Returns 0 (also when it holds data or

@@ -460,6 +460,29 @@ inflate_cluster (struct stream_unpack *s, const void *p, size_t len,
   return 0;
 }
 
+/* Zero len bytes at guest as the sink's rules say.  A target allocated
+ * whole (-S 0), or a pipe, gets the zeros written, which costs as much
+ * as data: they count in the progress, a chunk at a time.
+ */
+static int
+sink_zero (struct stream_unpack *s, uint64_t len, uint64_t guest)
+{
+  if (!sc_sink_zero_is_written (s->dst))
+    return sc_sink_zero (s->dst, len, guest);
+  while (len > 0) {
+    uint64_t n = SC_MIN (len, (uint64_t) s->chunk_size);
+
+    if (sc_sink_zero (s->dst, n, guest) == -1)
+      return -1;
+    len -= n;
+    guest += n;
+    s->prog.done += n;
+    if (s->progress)
+      s->progress (&s->prog, s->progress_opaque);
+  }
+  return 0;
+}
+
 /* Write len bytes at guest, in order, filling the gap before it. */
 static int
 forward_write (struct stream_unpack *s, const void *buf, size_t len,
@@ -472,7 +495,7 @@ forward_write (struct stream_unpack *s, const void *buf, size_t len,
     return -1;
   }
   if ((guest > s->fwd_pos
-       && sc_sink_zero (s->dst, guest - s->fwd_pos, s->fwd_pos) == -1)
+       && sink_zero (s, guest - s->fwd_pos, s->fwd_pos) == -1)
       || sc_sink_write (s->dst, buf, len, guest, true, NULL) == -1)
     return target_error (s);
   s->fwd_pos = guest + len;
@@ -1125,14 +1148,14 @@ zero_the_rest (struct stream_unpack *s)
     if (release_held (s) == -1)
       return -1;
     return s->vsize > s->fwd_pos
-      ? sc_sink_zero (s->dst, s->vsize - s->fwd_pos, s->fwd_pos) : 0;
+      ? sink_zero (s, s->vsize - s->fwd_pos, s->fwd_pos) : 0;
   }
   if (s->fresh)
     return 0;
   ranges_normalize (&s->written);
   for (size_t i = 0; i <= s->written.len; i++) {
     uint64_t stop = i < s->written.len ? s->written.r[i].start : s->vsize;
-    if (stop > pos && sc_sink_zero (s->dst, stop - pos, pos) == -1)
+    if (stop > pos && sink_zero (s, stop - pos, pos) == -1)
       return -1;
     if (i < s->written.len)
       pos = s->written.r[i].end;

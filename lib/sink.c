@@ -349,6 +349,16 @@ sc_sink_zero (struct sc_endpoint *dst, uint64_t length, uint64_t offset)
   }
 }
 
+bool
+sc_sink_zero_is_written (const struct sc_endpoint *dst)
+{
+  if (dst->flags & SC_EP_FRESH_ZEROS)
+    return dst->allocate;
+  if (dst->zero_mode == SC_TARGET_ZERO_SKIP)
+    return false;
+  return dst->allocate || !(dst->flags & SC_EP_SEEKABLE);
+}
+
 /* Does all of [0, length) of dst read as zero by its own account (an
  * NBD server's block status)?  1 yes, 0 no or cannot tell, -1 error.
  * The walk stops at the first range that does not: a target that

@@ -297,6 +297,17 @@ sc_unpack_verify (struct sc_endpoint *image, struct sc_endpoint *dst,
   p.opaque = &vs;
   p.progress = opts->progress;
   p.progress_opaque = opts->progress_opaque;
+  /* A target allocated whole is read back whole, as it was written
+   * (verify_emit reads its zero ranges).
+   */
+  for (size_t i = 0; i < vs.n; i++) {
+    struct sc_endpoint *ep = vs.m[i].ep;
+
+    if (opts->allocate_all && ep
+        && (ep->zero_mode != SC_TARGET_ZERO_SKIP
+            || (ep->flags & SC_EP_FRESH_ZEROS)))
+      p.count_all = true;
+  }
   if (sc_pipeline_run (&p) == -1)
     goto out;
 
