@@ -696,7 +696,9 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
   }
 
   /* Nothing to look at in the data: every data cluster is stored as it
-   * is, and the plan follows from the extent list alone.
+   * is, and the plan follows from the extent list alone.  Nothing is
+   * read here, so nothing is counted: the count is of the writing
+   * alone, from 0.
    */
   if (!pk->spill_all && !opts->detect_zeroes
       && opts->codec == SC_CODEC_NONE) {
@@ -711,9 +713,9 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
           return -1;
       total += e->length;
     }
-    pk->scanned = total;
+    pk->scanned = 0;
     if (opts->progress) {
-      struct sc_progress pr = { total, 2 * total };
+      struct sc_progress pr = { 0, total };
       opts->progress (&pr, opts->progress_opaque);
     }
     return 0;
