@@ -142,6 +142,10 @@ struct compare {
   /* Set by emit, in order: the first difference. */
   bool differ;
   uint64_t offset;
+  /* Progress: the bytes compared so far, of those that either side
+   * holds as data (counted before the comparison starts).
+   */
+  struct sc_progress prog;
 };
 
 /* Read len bytes of B at offset; past its end, zeros. */
@@ -222,9 +226,14 @@ compare_emit (struct sc_piece *piece, void *opaque)
     sc_set_error (ECANCELED, "the contents differ");
     return -1;
   }
-  if (c->opts->progress) {
-    struct sc_progress pr = { piece->offset + piece->length, c->end };
-    c->opts->progress (&pr, c->opts->progress_opaque);
+  if (c->opts->progress && piece->flags == 0) {
+    c->prog.done += piece->length;
+    /* Extents that changed since they were counted must not show more
+     * than 100%.
+     */
+    if (c->prog.done > c->prog.total)
+      c->prog.total = c->prog.done;
+    c->opts->progress (&c->prog, c->opts->progress_opaque);
   }
   return 0;
 }
@@ -266,13 +275,45 @@ merge_sides (const struct sc_extent_list *a, const struct sc_extent_list *b,
   return 0;
 }
 
-static bool
-has_data (const struct sc_extent_list *l)
+/* The bytes of l that hold data. */
+static uint64_t
+data_bytes (const struct sc_extent_list *l)
 {
+  uint64_t n = 0;
+
   for (size_t i = 0; i < l->len; i++)
     if (!(l->ext[i].flags & NOT_DATA))
-      return true;
-  return false;
+      n += l->ext[i].length;
+  return n;
+}
+
+/* The total of the progress count: the bytes that either side holds as
+ * data, found in a first pass over the extents of both a window at a
+ * time, as the comparison will ask them.  What only one side holds is
+ * read there and what both hold is read on both sides at once, so each
+ * such byte costs about the same; holes on both sides cost nothing and
+ * a count that included them would jump over them.
+ */
+static int
+count_compared (struct compare *c, struct sc_extent_list *la,
+                struct sc_extent_list *lb, struct sc_extent_list *merged,
+                uint64_t *total)
+{
+  uint64_t pos = 0, window = FIRST_WINDOW;
+
+  *total = 0;
+  while (pos < c->end) {
+    uint64_t wend = c->end - pos > window ? pos + window : c->end;
+
+    if (side_extents (c->a, c->a->size, pos, wend, la) == -1
+        || side_extents (c->b, c->b->size, pos, wend, lb) == -1
+        || merge_sides (la, lb, pos, wend, merged) == -1)
+      return -1;
+    *total += data_bytes (merged);
+    adapt_window (&window, merged->len);
+    pos = wend;
+  }
+  return 0;
 }
 
 int
@@ -312,6 +353,11 @@ sc_verify (struct sc_endpoint *a, struct sc_endpoint *b,
   sc_extent_list_init (&lb);
   sc_extent_list_init (&merged);
 
+  if (opts->progress) {
+    if (count_compared (&c, &la, &lb, &merged, &c.prog.total) == -1)
+      goto out;
+    opts->progress (&c.prog, opts->progress_opaque);
+  }
   while (pos < c.end) {
     uint64_t wend = c.end - pos > window ? pos + window : c.end;
     struct sc_pipeline p = {
@@ -331,21 +377,22 @@ sc_verify (struct sc_endpoint *a, struct sc_endpoint *b,
         || merge_sides (&la, &lb, pos, wend, &merged) == -1)
       goto out;
     c.list = &merged;
-    if (has_data (&merged)) {
-      if (sc_pipeline_run (&p) == -1) {
-        if (!c.differ)
-          goto out;
-        result->offset = c.offset;
-        ret = 1;
+    if (data_bytes (&merged) > 0 && sc_pipeline_run (&p) == -1) {
+      if (!c.differ)
         goto out;
-      }
-    }
-    else if (opts->progress) {
-      struct sc_progress pr = { wend, c.end };
-      opts->progress (&pr, opts->progress_opaque);
+      result->offset = c.offset;
+      ret = 1;
+      goto out;
     }
     adapt_window (&window, merged.len);
     pos = wend;
+  }
+  /* Equal: all is compared, also where the extents changed since they
+   * were counted and less was found.
+   */
+  if (opts->progress && c.prog.done < c.prog.total) {
+    c.prog.done = c.prog.total;
+    opts->progress (&c.prog, opts->progress_opaque);
   }
   ret = 0;
 
@@ -388,6 +435,8 @@ struct rehash {
   uint32_t block_size;
   uint64_t size;
   const struct sc_verify_opts *opts;
+  /* Progress: the bytes of data hashed so far, of all there is. */
+  struct sc_progress prog;
 };
 
 static int
@@ -412,10 +461,11 @@ rehash_emit (struct sc_piece *piece, void *opaque)
     sc_digest_add_zero (&h->dg, n);
   else if (sc_digest_add (&h->dg, piece->out, (size_t) n) == -1)
     return -1;
-  if (h->opts->progress) {
-    struct sc_progress pr = { SC_MIN (piece->offset + piece->length,
-                                      h->size), h->size };
-    h->opts->progress (&pr, h->opts->progress_opaque);
+  if (h->opts->progress && piece->flags == 0) {
+    h->prog.done += piece->length;
+    if (h->prog.done > h->prog.total)
+      h->prog.total = h->prog.done;
+    h->opts->progress (&h->prog, h->opts->progress_opaque);
   }
   return 0;
 }
@@ -478,6 +528,23 @@ rehash (struct sc_endpoint *ep, const struct qcow2_sc_digest *d,
     return -1;
   sc_extent_list_init (&raw);
   sc_extent_list_init (&list);
+  /* Only data is read and hashed (a hole is a run of zero blocks added
+   * at once): the count is of the data, found in a first pass over the
+   * extents as the hashing will ask them.
+   */
+  if (opts->progress) {
+    for (uint64_t at = 0, w = FIRST_WINDOW; at < end;) {
+      uint64_t wend = end - at > w ? at + w : end;
+
+      if (block_extents (ep, ep->size, d->block_size, at, wend, &raw,
+                         &list) == -1)
+        goto out;
+      h.prog.total += data_bytes (&list);
+      adapt_window (&w, list.len);
+      at = wend;
+    }
+    opts->progress (&h.prog, opts->progress_opaque);
+  }
   while (pos < end) {
     /* Windows of whole blocks: the window is a multiple of them. */
     uint64_t wend = end - pos > window ? pos + window : end;
@@ -502,6 +569,10 @@ rehash (struct sc_endpoint *ep, const struct qcow2_sc_digest *d,
   }
   if (sc_digest_final (&h.dg, ep->size, out) == -1)
     goto out;
+  if (opts->progress && h.prog.done < h.prog.total) {
+    h.prog.done = h.prog.total;
+    opts->progress (&h.prog, opts->progress_opaque);
+  }
   ret = 0;
  out:
   sc_extent_list_free (&raw);
