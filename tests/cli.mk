@@ -4,6 +4,7 @@
 TESTS += \
 	tests/cli-options.sh \
 	tests/cli-progress.sh \
+	tests/cli-progress-pace.sh \
 	tests/cli-stdin.sh \
 	tests/cli-info-json.sh \
 	tests/cli-sparse.sh \
@@ -12,6 +13,8 @@ TESTS += \
 EXTRA_DIST += \
 	tests/cli-options.sh \
 	tests/cli-progress.sh \
+	tests/cli-progress-pace.sh \
+	tests/progress-check.py \
 	tests/cli-stdin.sh \
 	tests/cli-info-json.sh \
 	tests/cli-sparse.sh \
