@@ -446,8 +446,11 @@ struct sc_unpack_opts {
   uint64_t min_sparse;
   bool allocate_all;
   bool force_share;             /* as in sc_qcow2_open_opts */
-  /* Bytes of the guest processed; from a stream, bytes of the image
-   * read, with a total of 0 (unknown).
+  /* Bytes of the guest's data processed, of a total of its data; with
+   * allocate_all, or into a pipe, where holes are written as zeros,
+   * of all its bytes.  From a stream, bytes of the image read (and
+   * zeros written, as above), with a total of 0 (unknown) until all is
+   * written, when the total becomes what was done.
    */
   sc_progress_fn progress;
   void *progress_opaque;
@@ -475,7 +478,7 @@ extern int sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
 /* Read dst back after sc_unpack (dst flushed, before commit) and
  * compare it with the guest data of image, read again (image must not
  * be a stream; opts as given to sc_unpack; progress counts the bytes
- * of the guest compared, of a total of its virtual size).  Every
+ * of the guest's data compared, or with allocate_all all bytes).  Every
  * byte is compared, zero ranges too (they must read as zero), except
  * the ranges a target with SC_TARGET_ZERO_SKIP left as they were.  A
  * block device's cached pages were dropped at its flush, so what is
@@ -615,8 +618,10 @@ struct sc_pack_opts {
   /* Progress counts the source bytes scanned and then the bytes of
    * the image's data area written, as one count: the total starts as
    * twice the source's data and drops to the real sum when writing
-   * begins, so the fraction only grows.  A stream's total is 0
-   * (unknown) until its end.
+   * begins, so the fraction only grows.  Without zero detection and
+   * compression (allocate_all) the scan reads nothing: the count is of
+   * the writing alone, from 0.  A stream's total is 0 (unknown) until
+   * its end.
    */
   sc_progress_fn progress;
   void *progress_opaque;
@@ -657,8 +662,10 @@ struct sc_verify_opts {
    * compares allocation: this does not).
    */
   bool strict;
-  /* Bytes of the guest (of the larger side) looked at so far; holes
-   * count as they are passed.
+  /* Bytes compared so far, of a total of the bytes that either side
+   * holds as data (counted in a first pass over both sides' extents);
+   * holes on both sides are not counted.  sc_verify_digest: bytes of
+   * data hashed, of the image's data.
    */
   sc_progress_fn progress;
   void *progress_opaque;
