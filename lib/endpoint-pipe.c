@@ -18,6 +18,7 @@
 
 #include "internal.h"
 #include "endpoint.h"
+#include "lock.h"
 
 /* Zeros that must be written go out in chunks of this size. */
 #define ZERO_CHUNK (256 * 1024)
@@ -40,6 +41,7 @@ struct pipe_ep {
   uint64_t base_offset;         /* file offset of stream offset 0 */
   pthread_mutex_t pos_lock;
   const void *zeros;            /* target: ZERO_CHUNK zero bytes */
+  int lock_fd;                  /* target: holds qemu's locks, or -1 */
 };
 
 static int
@@ -47,6 +49,8 @@ pipe_close (struct sc_endpoint *ep)
 {
   struct pipe_ep *p = (struct pipe_ep *) ep;
 
+  if (p->lock_fd >= 0)
+    close (p->lock_fd);
   free ((void *) p->zeros);
   pthread_mutex_destroy (&p->pos_lock);
   return sc_fd_ep_close (ep);
@@ -298,6 +302,7 @@ new_pipe_ep (const struct sc_endpoint_ops *ops, int fd, bool own_fd,
     return NULL;
   p->base.fd = fd;
   p->base.own_fd = own_fd;
+  p->lock_fd = -1;
   pthread_mutex_init (&p->pos_lock, NULL);
   return p;
 }
@@ -344,4 +349,39 @@ sc_pipe_target_new (int fd, bool own_fd, const char *name, uint64_t size)
     p->base.ep.flags |= SC_EP_FRESH_ZEROS;
   }
   return &p->base.ep;
+}
+
+int
+sc_pipe_target_lock (struct sc_endpoint *ep)
+{
+  struct pipe_ep *p = (struct pipe_ep *) ep;
+  char path[64];
+  struct stat a, b;
+  int fd;
+
+  if (p->lock_fd >= 0 || fstat (p->base.fd, &a) == -1
+      || !S_ISREG (a.st_mode))
+    return 0;
+  /* OFD locks belong to the open file description, and standard
+   * output's may be shared with the shell that opened it ("exec >f"):
+   * locks taken there would outlive this program.  The file is opened
+   * again for a description of its own, which closing the target
+   * releases; for reading, as a shared lock needs.  Where it cannot be
+   * opened again (no /proc, no permission to read), nothing is locked,
+   * as on a file system without OFD locks.
+   */
+  snprintf (path, sizeof path, "/proc/self/fd/%d", p->base.fd);
+  fd = open (path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd == -1)
+    return 0;
+  if (fstat (fd, &b) == -1 || a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
+    close (fd);
+    return 0;
+  }
+  if (sc_lock_hold_write (fd) == -1) {
+    close (fd);
+    return -1;
+  }
+  p->lock_fd = fd;
+  return 0;
 }

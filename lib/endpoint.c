@@ -620,9 +620,23 @@ open_target (const char *path, uint64_t size, unsigned flags)
       return NULL;
     }
   }
-  /* Standard output is written forward, whatever is behind it. */
-  if (strcmp (path, "-") == 0)
-    return sc_pipe_target_new (STDOUT_FILENO, false, "stdout", size);
+  /* Standard output is written forward, whatever is behind it; a file
+   * behind it is held as a named file target is, so that qemu does not
+   * open it half written.
+   */
+  if (strcmp (path, "-") == 0) {
+    ep = sc_pipe_target_new (STDOUT_FILENO, false, "stdout", size);
+    if (ep && sc_pipe_target_lock (ep) == -1) {
+      int saved = sc_error_errno ();
+      char msg[512];
+
+      snprintf (msg, sizeof msg, "%s", sc_error_message ());
+      sc_ep_close (ep);
+      sc_set_error (saved, "%s", msg);
+      return NULL;
+    }
+    return ep;
+  }
   if (path[0] == '\0') {
     sc_set_error (ENOENT, "empty file name");
     return NULL;

@@ -388,6 +388,13 @@ extern struct sc_endpoint *sc_pipe_source_new (int fd, bool own_fd,
 extern struct sc_endpoint *sc_pipe_target_new (int fd, bool own_fd,
                                                const char *name,
                                                uint64_t size);
+/* A target of sc_pipe_target_new whose descriptor is a regular file
+ * (standard output redirected with ">"): hold on the file what a qemu
+ * writer holds (sc_lock_hold_write) until the target is closed.
+ * Nothing for a pipe, a terminal or another character device.  0, or
+ * -1 with EBUSY when another process (qemu) uses the file.
+ */
+extern int sc_pipe_target_lock (struct sc_endpoint *ep);
 
 /* endpoint-tee.c: the members of a target that may be a tee, so that
  * each can be looked at alone (read back by --verify).  Any other

@@ -2,7 +2,8 @@
 # qemu's image locks: sparsecow does not replace an image that qemu-nbd
 # holds, reads one that qemu-nbd writes only with -U, and holds the
 # locks of a writer while it writes an image, so that qemu-img refuses
-# to open it half written.
+# to open it half written: a named target, or a file behind standard
+# output (not a pipe).
 . "$srcdir/functions.sh"
 requires qemu-img qemu-io qemu-nbd
 
@@ -104,3 +105,52 @@ wait $pack_pid || fail "pack from the slow server failed"
 # Done, the locks are gone with the writer.
 qemu-img info w/new.qcow2 >/dev/null || fail "qemu-img info of the finished image"
 qemu-img check -q w/new.qcow2
+
+# ---- an image written to standard output ----------------------------------
+# A regular file behind standard output is an image being written like a
+# named one: held as qemu holds what it writes, so that qemu-img info
+# refuses it half written.
+$SC_VALGRIND "$SPARSECOW" pack -q -S 0 -j 1 -C 1 --requests 1 \
+  -- [ nbdkit --filter=delay pattern 2M rdelay=300ms ] - >w/stdout.qcow2 &
+pack_pid=$!
+cleanup_fn "kill $pack_pid 2>/dev/null"
+for ((i = 0; i < 600; i++)); do
+  [ "$(head -c 4 w/stdout.qcow2 | od -An -tx1 | tr -d ' ')" = 514649fb ] &&
+    break
+  kill -0 $pack_pid 2>/dev/null || break
+  sleep 0.05
+done
+kill -0 $pack_pid 2>/dev/null ||
+  fail "test setup: pack to standard output ended before it was seen"
+qemu-img info w/stdout.qcow2 >info.out 2>&1 &&
+  fail "qemu-img info opened an image written to standard output: $(cat info.out)"
+grep -q 'Failed to get shared "write" lock' info.out ||
+  fail "qemu-img info failed otherwise: $(cat info.out)"
+wait $pack_pid || fail "pack to standard output from the slow server failed"
+qemu-img info w/stdout.qcow2 >/dev/null ||
+  fail "qemu-img info of the finished image written to standard output"
+qemu-img check -q w/stdout.qcow2
+
+# A file behind standard output that qemu uses is not written: "1<>"
+# opens it without truncating it, so that what it holds can be checked.
+nbd_serve rw2 qemu-nbd -f qcow2 img.qcow2
+rc=0
+sparsecow pack -q other.raw - 1<>img.qcow2 2>err.out || rc=$?
+[ $rc -ne 0 ] && grep -q '"write" lock' err.out ||
+  fail "pack to standard output that qemu-nbd holds: exit $rc, $(cat err.out)"
+[ "$(md5sum <img.qcow2)" = "$sum_before" ] ||
+  fail "pack wrote into an image qemu-nbd holds through standard output"
+kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || :
+
+# The locks go with sparsecow, also when the shell keeps the file open
+# (its descriptor is standard output's open file description).
+exec 5>w/kept.qcow2
+sparsecow pack -q other.raw - >&5
+qemu-img info w/kept.qcow2 >info.out 2>&1 ||
+  fail "the image is still locked after pack, while the shell holds it: $(cat info.out)"
+exec 5>&-
+qemu-img compare -q -f raw -F qcow2 other.raw w/kept.qcow2
+
+# A pipe has nothing to lock: written as ever.
+sparsecow pack -q other.raw - | cat >w/piped.qcow2
+qemu-img compare -q -f raw -F qcow2 other.raw w/piped.qcow2
