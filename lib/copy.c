@@ -63,7 +63,10 @@ struct cursor {
   uint64_t pos;                 /* next offset inside it */
   uint32_t request_size;
   bool stream;                  /* no extents: pieces until the end */
-  bool count_all;               /* holes count too, cut as data is */
+  /* With count_all: holes are cut at multiples of this (else each is
+   * one piece).
+   */
+  uint64_t hole_piece;
   /* Windowed: ext is window, refilled from src up to end. */
   struct sc_endpoint *src;
   /* A source that takes one request at a time: held around every
@@ -215,7 +218,7 @@ next_piece (struct cursor *c, struct sc_piece *piece)
     }
     const struct sc_extent *e = &c->ext->ext[c->i];
     uint64_t end = e->offset + e->length;
-    uint64_t boundary;
+    uint64_t boundary, step;
 
     if (c->pos < e->offset)
       c->pos = e->offset;
@@ -224,7 +227,7 @@ next_piece (struct cursor *c, struct sc_piece *piece)
       continue;
     }
     piece->offset = c->pos;
-    if ((e->flags & SC_EXTENT_NOT_DATA) && !c->count_all) {
+    if ((e->flags & SC_EXTENT_NOT_DATA) && c->hole_piece == 0) {
       piece->length = end - c->pos;
       piece->flags = e->flags & SC_EXTENT_NOT_DATA;
       piece->counts = false;
@@ -232,11 +235,13 @@ next_piece (struct cursor *c, struct sc_piece *piece)
       return 1;
     }
     /* Data is cut at multiples of request_size, so pieces line up with
-     * clusters and blocks whatever the extent boundaries are; so are
-     * holes that count, so that the count grows evenly over them.
+     * clusters and blocks whatever the extent boundaries are; holes
+     * that count at multiples of hole_piece, so that the count grows
+     * evenly over them too.
      */
-    boundary = SC_ROUND_DOWN (c->pos, c->request_size);
-    if (SC_ADD_OVERFLOW (boundary, c->request_size, &boundary) || boundary > end)
+    step = (e->flags & SC_EXTENT_NOT_DATA) ? c->hole_piece : c->request_size;
+    boundary = SC_ROUND_DOWN (c->pos, step);
+    if (SC_ADD_OVERFLOW (boundary, step, &boundary) || boundary > end)
       boundary = end;
     piece->length = boundary - c->pos;
     piece->flags = e->flags & SC_EXTENT_NOT_DATA;
@@ -676,6 +681,25 @@ count_data (struct sc_endpoint *src, uint64_t *total)
   return rc;
 }
 
+/* Holes that count are cut into about HOLE_PIECES pieces, so that the
+ * count over them moves in steps of under 1%; each at least a request
+ * and at most MAX_HOLE_PIECE, a multiple of the request size.  Zeroing
+ * a device or an export a piece at a time costs a call per piece, in
+ * order: the bound keeps those calls few (16 per GiB) and long.
+ */
+#define HOLE_PIECES 128
+#define MAX_HOLE_PIECE ((uint64_t) 64 * 1024 * 1024)
+
+static uint64_t
+hole_piece (uint64_t total, uint32_t request_size)
+{
+  uint64_t n = request_size;
+
+  while (n < MAX_HOLE_PIECE && n * 2 <= total / HOLE_PIECES)
+    n *= 2;
+  return n;
+}
+
 int
 sc_pipeline_run (const struct sc_pipeline *p)
 {
@@ -711,8 +735,7 @@ sc_pipeline_run (const struct sc_pipeline *p)
   threads = SC_MIN (threads, MAX_PIPELINE_THREADS);
 
   cur = (struct cursor) { .ext = list, .request_size = request_size,
-                          .stream = (p->src->flags & SC_EP_STREAM) != 0,
-                          .count_all = p->count_all };
+                          .stream = (p->src->flags & SC_EP_STREAM) != 0 };
   if (cur.stream) {
     /* No extents and no total: progress reports a total of 0. */
     cur.ext = &own;
@@ -740,6 +763,8 @@ sc_pipeline_run (const struct sc_pipeline *p)
     if (p->count_all)
       prog.total = all;
   }
+  if (p->count_all && !cur.stream)
+    cur.hole_piece = hole_piece (prog.total, request_size);
 
   if (threads <= 1)
     rc = run_synchronously (p, &cur, &prog);

@@ -172,9 +172,10 @@ struct sc_pipeline {
   sc_progress_fn progress;
   void *progress_opaque;
   /* Count every byte instead, holes and zero extents too, which are
-   * then handed out in pieces of at most request_size: for a target
-   * that is written whole (-S 0), or read back whole, where a hole
-   * costs as much as data.
+   * then handed out in pieces of under 1% of the total (from
+   * request_size up to 64 MiB): for a target that is written whole
+   * (-S 0, a pipe), or read back whole, where a hole costs as much as
+   * data.
    */
   bool count_all;
 };
