@@ -22,7 +22,9 @@
  * A source across a network (an NBD export) is read once only: phase 1
  * writes each stored cluster straight to its final place in a file
  * target, behind room reserved for the largest metadata the source's
- * extents can need, and phase 2 writes the metadata alone.
+ * extents can need, and phase 2 writes the metadata alone.  A local
+ * source packed with compression into a new file goes the same way,
+ * so that the compressed bytes are written once.
  */
 #include <config.h>
 
@@ -43,6 +45,15 @@
 #define MIN_REQUEST_SIZE (1024 * 1024)
 /* The buffer of the spill file. */
 #define SPILL_BUFFER_SIZE (4 * 1024 * 1024)
+/* A gap in the data area at least this large and as aligned is left
+ * unwritten, a hole in the target: the block size of common file
+ * systems.
+ */
+#define HOLE_BLOCK_SIZE 4096
+/* A local source goes straight to the target only with clusters this
+ * large or larger (see want_direct).
+ */
+#define DIRECT_MIN_CLUSTER_SIZE (64 * 1024)
 /* Pieces of the image in phase 2.  A piece that is read and written
  * (metadata, or compressed and uncompressed clusters side by side) is
  * small enough to stay in the CPU cache between the read that fills it
@@ -172,10 +183,14 @@ spill_put (struct pack *pk, uint64_t rel, const void *data, size_t len)
 
   if (pk->spill_len > 0 && rel != end) {
     /* A short gap forward (padding) is cheaper to fill than to leave
-     * as a hole; a long one is the place of uncompressed clusters and
-     * stays a hole.
+     * as a hole, unless it holds a whole file system block: written
+     * straight to the target, that block stays unallocated (as qemu
+     * leaves the rest of a host cluster that its compressed clusters
+     * did not fill).  A long one is the place of uncompressed
+     * clusters and stays a hole.
      */
     if (rel > end && rel - end < pk->cluster_size
+        && SC_ROUND_UP (end, HOLE_BLOCK_SIZE) + HOLE_BLOCK_SIZE > rel
         && pk->spill_len + (rel - end) <= SPILL_BUFFER_SIZE) {
       memset (pk->spill_buf + pk->spill_len, 0, rel - end);
       pk->spill_len += rel - end;
@@ -777,14 +792,31 @@ write_metadata (struct pack *pk, struct sc_endpoint *dst)
   for (uint64_t k = 0; k < clusters; k += per_write) {
     size_t n = (size_t) SC_MIN ((uint64_t) per_write, clusters - k);
 
+    size_t len = n * cs, blk = SC_MIN (len, (size_t) HOLE_BLOCK_SIZE);
+
     for (size_t i = 0; i < n; i++)
       if (qcow2_plan_metadata (plan, k + i, buf + i * cs) == -1) {
         sc_error_name (dst->name);
         return -1;
       }
-    if (sc_ep_pwrite (dst, buf, n * cs, k * cs) == -1) {
-      sc_error_name (dst->name);
-      return -1;
+    /* The target is new and reads as zeros: blocks of zeros (most of
+     * the tables of a small image) stay holes, as qemu leaves them.
+     */
+    for (size_t start = 0; start < len; ) {
+      size_t end = start;
+
+      while (end < len && !sc_is_zero (buf + end, SC_MIN (blk, len - end)))
+        end += SC_MIN (blk, len - end);
+      if (end > start
+          && sc_ep_pwrite (dst, buf + start, end - start,
+                           k * cs + start) == -1) {
+        sc_error_name (dst->name);
+        return -1;
+      }
+      start = end;
+      while (start < len
+             && sc_is_zero (buf + start, SC_MIN (blk, len - start)))
+        start += SC_MIN (blk, len - start);
     }
   }
   if (pk->opts->progress) {
@@ -795,16 +827,29 @@ write_metadata (struct pack *pk, struct sc_endpoint *dst)
 }
 
 /* Whether the data goes straight to its place in dst while it is
- * scanned.  Only for a source across a network: reading a local file
- * twice costs less than scattering its clusters in the emit thread
- * (phase 2 copies them in parallel, often inside the kernel).  Only
- * into a new local file, whose unused reserved room stays a hole.
+ * scanned.  For a source across a network, always.  For a local
+ * source only when it is compressed: then the emit thread writes every
+ * compressed byte anyway, and writing it to the target rather than to
+ * the spill file saves copying it again in phase 2 (on the 970 MB of
+ * an ext4 image of /usr/share, zstd, system time fell from 0.75 s to
+ * 0.31 s); uncompressed, reading a local file twice costs less than
+ * scattering its clusters in the emit thread (phase 2 copies them in
+ * parallel, often inside the kernel).  Only into a new local file,
+ * whose unused reserved room stays a hole.  The room is reserved as if
+ * every data cluster were stored uncompressed; with small clusters,
+ * the refcount blocks that compression makes unnecessary would make
+ * the file longer than its data (on 32 MiB of mixed data in 512-byte
+ * clusters, by 92 KiB, more than qemu-img's image is longer), with
+ * 64 KiB clusters they are at most one cluster.
  */
 static bool
 want_direct (const struct pack *pk, struct sc_endpoint *dst)
 {
-  return !pk->spill_all && (pk->src->flags & SC_EP_REMOTE)
-    && (pk->opts->detect_zeroes || pk->opts->codec != SC_CODEC_NONE)
+  return !pk->spill_all
+    && ((pk->src->flags & SC_EP_REMOTE)
+        ? pk->opts->detect_zeroes || pk->opts->codec != SC_CODEC_NONE
+        : pk->opts->codec != SC_CODEC_NONE
+          && pk->cluster_size >= DIRECT_MIN_CLUSTER_SIZE)
     && (dst->flags & SC_EP_SEEKABLE) && (dst->flags & SC_EP_FRESH_ZEROS)
     && !(dst->flags & SC_EP_STREAM) && sc_ep_local_fd (dst) >= 0;
 }
