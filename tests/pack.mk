@@ -27,7 +27,8 @@ TESTS += \
 	tests/pack-stream.sh \
 	tests/pack-stream-zeros.sh \
 	tests/pack-repack.sh \
-	tests/pack-isal.sh
+	tests/pack-isal.sh \
+	tests/pack-zstd.sh
 EXTRA_DIST += \
 	tests/pack-determinism.sh \
 	tests/pack-safety.sh \
@@ -36,4 +37,5 @@ EXTRA_DIST += \
 	tests/pack-stream.sh \
 	tests/pack-stream-zeros.sh \
 	tests/pack-repack.sh \
-	tests/pack-isal.sh
+	tests/pack-isal.sh \
+	tests/pack-zstd.sh
