@@ -791,7 +791,19 @@ struct copy_state {
    */
   struct sc_sink_clone clone;
   bool try_clone;
+  /* Written, in order, and not yet handed to the target's writeback:
+   * [wb_start, wb_end), touched by emit() only.
+   */
+  uint64_t wb_start, wb_end;
 };
+
+/* The target starts writing back what is written every this many
+ * bytes: small enough that the device is busy while pieces are still
+ * made, large enough that each request covers many pieces.  (The
+ * final flush of an unpack of 970 MB to a new ext4 file took 0.41-0.44
+ * s without it, and under 0.02 s with it.)
+ */
+#define WRITEBACK_BATCH (8 * 1024 * 1024)
 
 /* piece->user: the piece is already on the target. */
 #define PIECE_WRITTEN 1
@@ -848,9 +860,22 @@ copy_emit (struct sc_piece *piece, void *opaque)
 {
   struct copy_state *cs = opaque;
 
-  if (piece->moved || piece->user == PIECE_WRITTEN)
+  if (!piece->moved && piece->user != PIECE_WRITTEN
+      && write_piece (cs, piece) == -1)
+    return -1;
+  /* Pieces come in order, so everything before this one's end is on
+   * the target now.  A hole costs the writeback nothing.
+   */
+  if (piece->flags & SC_EXTENT_NOT_DATA)
     return 0;
-  return write_piece (cs, piece);
+  if (cs->wb_end == cs->wb_start)
+    cs->wb_start = piece->offset;
+  cs->wb_end = piece->offset + piece->length;
+  if (cs->wb_end - cs->wb_start >= WRITEBACK_BATCH) {
+    sc_ep_writeback (cs->dst, cs->wb_start, cs->wb_end - cs->wb_start);
+    cs->wb_start = cs->wb_end;
+  }
+  return 0;
 }
 
 void

@@ -234,6 +234,22 @@ file_copy_from_fd (struct sc_endpoint *ep, int src_fd, const char *src_name,
 #endif
 }
 
+/* The page cache holds what was written until the flush, which then
+ * waits for all of it: written back as the copy goes, the data reaches
+ * the device while the next pieces are still being made.
+ */
+static void
+file_writeback (struct sc_endpoint *ep, uint64_t offset, uint64_t count)
+{
+#ifdef SYNC_FILE_RANGE_WRITE
+  if (offset <= INT64_MAX && count <= INT64_MAX - offset)
+    (void) sync_file_range (file_fd (ep), (off_t) offset, (off_t) count,
+                            SYNC_FILE_RANGE_WRITE);
+#else
+  (void) ep; (void) offset; (void) count;
+#endif
+}
+
 /* Give an anonymous file a name: its temporary one, made unique from
  * the template.  Through /proc, linkat needs no privilege (with
  * AT_EMPTY_PATH it needs CAP_DAC_READ_SEARCH).
@@ -407,6 +423,7 @@ static const struct sc_endpoint_ops file_target_ops = {
   .local_fd = sc_fd_ep_local_fd,
   .copy_from_fd = file_copy_from_fd,
   .set_size = file_set_size,
+  .writeback = file_writeback,
   .flush = sc_fd_ep_flush,
   .commit = file_commit,
   .close = file_close,

@@ -156,6 +156,12 @@ struct sc_endpoint_ops {
    * is the new size afterwards.  NULL: ENOSPC if size > ep->size.
    */
   int (*set_size) (struct sc_endpoint *ep, uint64_t size);
+  /* A hint that [offset, offset+count) is written and will not be
+   * written again before the flush: start moving it to the device now,
+   * without waiting, so that the flush finds less to do.  Errors
+   * surface at the flush.  NULL: nothing to do.
+   */
+  void (*writeback) (struct sc_endpoint *ep, uint64_t offset, uint64_t count);
   /* Make everything written durable.  NULL: nothing to do. */
   int (*flush) (struct sc_endpoint *ep);
   /* A target that is complete: flush it and make it visible under its
@@ -291,6 +297,13 @@ extern int sc_ep_copy_fd_range (int src_fd, const char *src_name,
 extern int sc_ep_set_size (struct sc_endpoint *ep, uint64_t size);
 /* The local regular file behind ep, or -1 (the endpoint keeps it). */
 extern int sc_ep_local_fd (struct sc_endpoint *ep);
+static inline void
+sc_ep_writeback (struct sc_endpoint *ep, uint64_t offset, uint64_t count)
+{
+  if (ep->ops->writeback && count > 0)
+    ep->ops->writeback (ep, offset, count);
+}
+
 extern int sc_ep_flush (struct sc_endpoint *ep);
 extern int sc_ep_commit (struct sc_endpoint *ep);
 extern int sc_ep_close (struct sc_endpoint *ep);
