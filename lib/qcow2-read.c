@@ -967,6 +967,60 @@ chain_status (struct sc_qcow2 *q, uint64_t offset, uint64_t max,
   abort ();                     /* the loop always returns */
 }
 
+/* Where the bytes of a compressed cluster lie in its layer's file:
+ * *coffset and *cbytes (cut at the end of the file), *truncated when
+ * the descriptor runs past it.  0, or -1 with the error set.
+ */
+static int
+compressed_span (const struct layer *L, uint64_t l2e, uint64_t *coffset,
+                 uint64_t *cbytes, bool *truncated)
+{
+  qcow2_compressed_descriptor (&L->h, l2e, coffset, cbytes);
+  if (*coffset < L->h.cluster_size) {
+    sc_set_error (EINVAL, "%s: compressed cluster at host offset 0x%"
+                  PRIx64 " is outside the file", L->filename, *coffset);
+    return -1;
+  }
+  /* The descriptor's last sector holds the last byte of the data (qemu
+   * does not pad the file beyond it), so at least part of it must be
+   * in the file: a whole sector missing is an image cut short.
+   */
+  if (*coffset >= L->file_size
+      || *cbytes - SC_MIN (*cbytes, QCOW2_COMPRESSED_SECTOR - 1)
+         > L->file_size - *coffset) {
+    sc_set_error (EIO, "%s: compressed cluster at host offset %" PRIu64
+                  " lies %spast the end of the file (%" PRIu64 " bytes): "
+                  "the image is cut short", L->filename, *coffset,
+                  *coffset < L->file_size ? "partly " : "", L->file_size);
+    return -1;
+  }
+  /* The last compressed cluster may end in a partial sector. */
+  *truncated = *cbytes > L->file_size - *coffset;
+  *cbytes = SC_MIN (*cbytes, L->file_size - *coffset);
+  return 0;
+}
+
+/* Decode the compressed bytes of one cluster into out, a whole
+ * cluster.
+ */
+static int
+decode_cluster (const struct layer *L, const unsigned char *in,
+                uint64_t coffset, uint64_t cbytes, bool truncated, void *out)
+{
+  if (sc_decompress (L->codec, in, cbytes, out, L->h.cluster_size) == -1) {
+    /* Only decoding tells whether the end of the file in the last
+     * sector cut the data short (qemu's last compressed cluster
+     * always ends there, whole): the message says where it ended.
+     */
+    sc_error_prefix ("%s: compressed cluster at host offset 0x%" PRIx64
+                     "%s", L->filename, coffset,
+                     truncated ? " (its last sector runs past the end"
+                     " of the file)" : "");
+    return -1;
+  }
+  return 0;
+}
+
 /* Read one compressed cluster's bytes [into, into+count). */
 static int
 read_compressed (struct sc_qcow2 *q, struct layer *L, uint64_t l2e,
@@ -978,28 +1032,8 @@ read_compressed (struct sc_qcow2 *q, struct layer *L, uint64_t l2e,
   uint64_t coffset, cbytes;
   bool truncated;
 
-  qcow2_compressed_descriptor (&L->h, l2e, &coffset, &cbytes);
-  if (coffset < L->h.cluster_size) {
-    sc_set_error (EINVAL, "%s: compressed cluster at host offset 0x%"
-                  PRIx64 " is outside the file", L->filename, coffset);
+  if (compressed_span (L, l2e, &coffset, &cbytes, &truncated) == -1)
     return -1;
-  }
-  /* The descriptor's last sector holds the last byte of the data (qemu
-   * does not pad the file beyond it), so at least part of it must be
-   * in the file: a whole sector missing is an image cut short.
-   */
-  if (coffset >= L->file_size
-      || cbytes - SC_MIN (cbytes, QCOW2_COMPRESSED_SECTOR - 1)
-         > L->file_size - coffset) {
-    sc_set_error (EIO, "%s: compressed cluster at host offset %" PRIu64
-                  " lies %spast the end of the file (%" PRIu64 " bytes): "
-                  "the image is cut short", L->filename, coffset,
-                  coffset < L->file_size ? "partly " : "", L->file_size);
-    return -1;
-  }
-  /* The last compressed cluster may end in a partial sector. */
-  truncated = cbytes > L->file_size - coffset;
-  cbytes = SC_MIN (cbytes, L->file_size - coffset);
   in = malloc (cbytes);
   out = malloc (L->h.cluster_size);
   if (in == NULL || out == NULL) {
@@ -1012,18 +1046,86 @@ read_compressed (struct sc_qcow2 *q, struct layer *L, uint64_t l2e,
   layer_unpin (q, L);
   if (r == -1)
     return -1;
-  if (sc_decompress (L->codec, in, cbytes, out, L->h.cluster_size) == -1) {
-    /* Only decoding tells whether the end of the file in the last
-     * sector cut the data short (qemu's last compressed cluster
-     * always ends there, whole): the message says where it ended.
-     */
-    sc_error_prefix ("%s: compressed cluster at host offset 0x%" PRIx64
-                     "%s", L->filename, coffset,
-                     truncated ? " (its last sector runs past the end"
-                     " of the file)" : "");
+  if (decode_cluster (L, in, coffset, cbytes, truncated, out) == -1)
+    return -1;
+  memcpy (buf, out + into, count);
+  return 0;
+}
+
+/* Whole compressed clusters in a row are read a run at a time: qemu
+ * and sparsecow store them one after the other, so one read of the
+ * file brings the bytes of many, and each is decoded straight into the
+ * caller's buffer.  Per 64 KiB cluster, this saves a read of the image
+ * file, two allocations and a copy of the cluster.  A run holds at most
+ * this many clusters, and its compressed bytes span at most
+ * COMPRESSED_RUN_BYTES (or one cluster's, if that is more).
+ */
+#define COMPRESSED_RUN_CLUSTERS 64
+#define COMPRESSED_RUN_BYTES (1024 * 1024)
+
+struct compressed_member {
+  uint64_t coffset, cbytes;
+  bool truncated;
+};
+
+/* Read and decode the run of whole compressed clusters of layer
+ * first->depth that starts with first, a whole cluster at offset, count
+ * bytes at most: *done is the bytes of buf filled.
+ */
+static int
+read_compressed_run (struct sc_qcow2 *q, const struct cstatus *first,
+                     uint64_t offset, unsigned char *buf, size_t count,
+                     size_t *done)
+{
+  struct layer *L = &q->layers[first->depth];
+  uint64_t csize = L->h.cluster_size;
+  struct compressed_member m[COMPRESSED_RUN_CLUSTERS];
+  CLEANUP_FREE unsigned char *in = NULL;
+  uint64_t start, end;
+  size_t n = 1;
+  int r;
+
+  if (compressed_span (L, first->st.l2e, &m[0].coffset, &m[0].cbytes,
+                       &m[0].truncated) == -1)
+    return -1;
+  start = m[0].coffset;
+  end = start + m[0].cbytes;
+  while (n < COMPRESSED_RUN_CLUSTERS && (n + 1) * csize <= count) {
+    struct cstatus cs;
+    struct compressed_member *c = &m[n];
+
+    if (chain_status (q, offset + n * csize, csize, false, &cs) == -1)
+      return -1;
+    if (!cs.present || cs.zero || cs.st.kind != LK_COMPRESSED
+        || cs.depth != first->depth || cs.st.len != csize)
+      break;
+    if (compressed_span (L, cs.st.l2e, &c->coffset, &c->cbytes,
+                         &c->truncated) == -1)
+      return -1;
+    /* Only bytes further on in the file, and close enough. */
+    if (c->coffset < start
+        || c->coffset + c->cbytes - start > COMPRESSED_RUN_BYTES)
+      break;
+    end = SC_MAX (end, c->coffset + c->cbytes);
+    n++;
+  }
+
+  in = malloc (end - start);
+  if (in == NULL) {
+    sc_set_error (errno, "malloc: %s", strerror (errno));
     return -1;
   }
-  memcpy (buf, out + into, count);
+  if (layer_pin (q, L) == -1)
+    return -1;
+  r = sc_ep_pread (L->ep, in, end - start, start);
+  layer_unpin (q, L);
+  if (r == -1)
+    return -1;
+  for (size_t i = 0; i < n; i++)
+    if (decode_cluster (L, in + (m[i].coffset - start), m[i].coffset,
+                        m[i].cbytes, m[i].truncated, buf + i * csize) == -1)
+      return -1;
+  *done = n * csize;
   return 0;
 }
 
@@ -1080,7 +1182,14 @@ chain_read (struct sc_qcow2 *q, void *buf, size_t count, uint64_t offset,
     else if (cs.st.kind == LK_COMPRESSED) {
       if (nowait)
         return 1;
-      if (read_compressed (q, L, cs.st.l2e,
+      /* Whole clusters only: the end of a backing file may cut one. */
+      if (qcow2_offset_into_cluster (&L->h, offset) == 0
+          && cs.st.len == L->h.cluster_size) {
+        if (read_compressed_run (q, &cs, offset, (unsigned char *) p, count,
+                                 &n) == -1)
+          return -1;
+      }
+      else if (read_compressed (q, L, cs.st.l2e,
                            qcow2_offset_into_cluster (&L->h, offset),
                            p, n) == -1)
         return -1;

@@ -115,6 +115,14 @@ check_image over-short.qcow2
 check_image over-short-raw.qcow2
 qemu-img create -q -f qcow2 -b c3q-3.qcow2 -F qcow2 over-long.qcow2 3M
 check_image over-long.qcow2
+# A compressed backing file shrunk into its last cluster: the cluster
+# still decodes to data past the file's end, which reads as zeros.
+qemu-img create -q -f qcow2 -o cluster_size=65536 shrunk.qcow2 1M
+qio shrunk.qcow2 "write -P 0x74 0 1M"
+qemu-img convert -q -c -O qcow2 -o cluster_size=65536 shrunk.qcow2 shrunkc.qcow2
+qemu-img resize -q --shrink shrunkc.qcow2 999936
+qemu-img create -q -f qcow2 -b shrunkc.qcow2 -F qcow2 over-shrunk.qcow2 8M
+check_image over-shrunk.qcow2
 
 if [ "$READER_ORACLE" != qemu ]; then
   # A file that backs itself, and a loop of two.
