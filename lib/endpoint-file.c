@@ -234,6 +234,35 @@ file_copy_from_fd (struct sc_endpoint *ep, int src_fd, const char *src_name,
 #endif
 }
 
+/* Buffered writes go to the page cache a folio at a time, and a
+ * larger write gets larger folios.  Writing 970 MB to a new file on
+ * ext4 (Linux 6.18, in a VM) cost 0.18-0.23 s of system time in
+ * writes of 64-256 KiB, but 0.5-0.6 s in writes of 512 KiB, 0.7-1.7 s
+ * in writes of 1 MiB and 1.0-1.2 s in writes of 2 MiB, nearly all of it
+ * copying into the new folios.  So a file is written at most this much
+ * at a time, in pieces aligned to it, whatever the caller hands over.
+ */
+#define FILE_WRITE_CHUNK (256 * 1024)
+
+static int
+file_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
+             uint64_t offset)
+{
+  const char *p = buf;
+
+  while (count > 0) {
+    size_t n = (size_t) SC_MIN ((uint64_t) count,
+                                FILE_WRITE_CHUNK - offset % FILE_WRITE_CHUNK);
+
+    if (sc_full_pwrite (file_fd (ep), p, n, offset) == -1)
+      return -1;
+    p += n;
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
 /* The page cache holds what was written until the flush, which then
  * waits for all of it: written back as the copy goes, the data reaches
  * the device while the next pieces are still being made.
@@ -418,7 +447,7 @@ static const struct sc_endpoint_ops file_target_ops = {
   .kind = "file",
   .pread = sc_fd_ep_pread,
   .extents = file_extents,
-  .pwrite = sc_fd_ep_pwrite,
+  .pwrite = file_pwrite,
   .zero = file_zero,
   .local_fd = sc_fd_ep_local_fd,
   .copy_from_fd = file_copy_from_fd,
