@@ -18,6 +18,18 @@
 #include "qcow2.h"
 #include "bmap.h"
 
+/* The engine's pieces for a local target.  A worker decodes a piece
+ * and writes it to the target while it is still in its core's cache;
+ * with 256 KiB pieces instead of the engine's 1 MiB, unpacking the
+ * 4 GiB ext4 workload took 0.64 (deflate) and 0.69 (zstd) of the time
+ * on a loaded machine of two cores, for the same CPU time, and the
+ * uncompressed image no longer.  Never less than a cluster: a piece
+ * that holds part of a compressed cluster costs the decoding of all of
+ * it.  A server's target keeps the larger requests: there each one is
+ * a round trip; and so does a target written with -S N (see below).
+ */
+#define UNPACK_REQUEST_SIZE (256 * 1024)
+
 /* Open the guest view of a seekable image: 0, or -1 with the error set
  * and named.
  */
@@ -108,6 +120,12 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
     goto out;
   }
   copts.threads = opts->threads;
+  /* -S N judges the zeros of each write as qemu-img convert judges
+   * those of its requests, which the engine's 1 MiB pieces match.
+   */
+  if (!(dst->flags & SC_EP_REMOTE) && dst->min_sparse == 0)
+    copts.request_size = SC_MAX ((uint32_t) UNPACK_REQUEST_SIZE,
+                                 src->block_size);
   /* A target whose zero ranges are left alone still gets every byte of
    * the data ranges, zeros included: only what the image maps as data
    * is written, and all of it.
