@@ -1796,6 +1796,23 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
      * when external files are not allowed.
      */
     if (opts && opts->no_external_files) {
+      /* A look at the image (backing_optional) shows it, as qemu-img
+       * info over an export does, and says why the chain ends here.
+       */
+      if (opts->backing_optional) {
+        bool remote = (q->layers[0].ep->flags & SC_EP_REMOTE) != 0;
+        if (asprintf (&q->backing_error, "backing file %s: %s",
+                      L->h.backing_file,
+                      remote ? "cannot be opened over NBD (the name is "
+                               "one on the server's side)"
+                             : "not opened (external files are not "
+                               "allowed here)") == -1) {
+          q->backing_error = NULL;
+          sc_set_error (ENOMEM, "out of memory");
+          goto fail;
+        }
+        return 0;
+      }
       sc_set_error (EPERM, "the image has a backing file (%s), and "
                     "external files are not allowed here",
                     L->h.backing_file);

@@ -170,11 +170,12 @@ full_backing_name (const char *image, const char *backing)
 
 /* One image, as one object of qemu-img info --output=json: the fields
  * qemu prints, with its names and nesting, and sparsecow's own under
- * "sparsecow".
+ * "sparsecow".  remote: read from an export, where the backing file's
+ * name is one on the server's side and has no path here.
  */
 static void
 json_image (struct json *j, const struct sc_qcow2_info *i,
-            uint64_t actual_size)
+            uint64_t actual_size, bool remote)
 {
   json_open (j, '{');
   json_u64 (j, "virtual-size", i->virtual_size);
@@ -256,7 +257,9 @@ json_image (struct json *j, const struct sc_qcow2_info *i,
     char *full = full_backing_name (i->filename, i->backing_file);
 
     json_str (j, "backing-filename", i->backing_file);
-    json_str (j, "full-backing-filename", full ? full : i->backing_file);
+    /* As qemu-img over an export: no full name to give. */
+    if (!remote)
+      json_str (j, "full-backing-filename", full ? full : i->backing_file);
     free (full);
     if (i->backing_format)
       json_str (j, "backing-filename-format", i->backing_format);
@@ -340,7 +343,8 @@ print_human_raw (const char *path)
 }
 
 static void
-print_human (const struct sc_qcow2_info *i, uint64_t actual_size)
+print_human (const struct sc_qcow2_info *i, uint64_t actual_size,
+             bool remote)
 {
   char buf[64];
 
@@ -356,7 +360,10 @@ print_human (const struct sc_qcow2_info *i, uint64_t actual_size)
   printf ("cluster_size: %" PRIu32 "\n", i->cluster_size);
   if (i->backing_file) {
     printf ("backing file: %s", i->backing_file);
-    if (i->chain_len > 0 && strcmp (i->chain[0].filename, i->backing_file))
+    if (remote)
+      printf (" (cannot determine actual path)");
+    else if (i->chain_len > 0
+             && strcmp (i->chain[0].filename, i->backing_file))
       printf (" (actual path: %s)", i->chain[0].filename);
     printf ("\n");
     if (i->backing_format)
@@ -526,9 +533,11 @@ cmd_info (int argc, char **argv)
     json_sep (&j);
   }
   if (json)
-    json_image (&j, &info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path));
+    json_image (&j, &info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path),
+                op.nbd);
   else
-    print_human (&info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path));
+    print_human (&info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path),
+                 op.nbd);
 
   /* --backing-chain: every image of the chain in turn, as qemu-img
    * prints them; one that cannot be opened is an error, as there.
@@ -553,9 +562,9 @@ cmd_info (int argc, char **argv)
       break;
     }
     if (json)
-      json_image (&j, &bi, actual_size_of (b->filename));
+      json_image (&j, &bi, actual_size_of (b->filename), false);
     else
-      print_human (&bi, actual_size_of (b->filename));
+      print_human (&bi, actual_size_of (b->filename), false);
     sc_qcow2_info_free (&bi);
   }
   if (chain && info.backing_error)

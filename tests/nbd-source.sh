@@ -149,6 +149,31 @@ check_image repack.qcow2 ref.raw
 nbd_serve top nbdkit -r file top.qcow2
 expect_fail "backing file.*not allowed" sparsecow unpack "$nbd_uri" never.raw
 [ ! -e never.raw ] || fail "a refused unpack left a target"
+# info shows it all the same, as qemu-img info over the export does,
+# and says the backing file cannot be opened; data commands refuse it.
+sparsecow info "$nbd_uri" >info.out 2>info.err ||
+  { cat info.err >&2; fail "info of a served image with a backing file failed"; }
+qemu-img info "$nbd_uri" >qinfo.out
+for field in "virtual size" "backing file" "backing file format"; do
+  [ "$(grep "^$field:" info.out)" = "$(grep "^$field:" qinfo.out)" ] ||
+    fail "info URI, $field: '$(grep "^$field:" info.out)'," \
+         "qemu-img: '$(grep "^$field:" qinfo.out)'"
+done
+grep -q "backing file base.qcow2: cannot be opened over NBD" info.err ||
+  fail "info URI does not say the backing file cannot be opened: $(cat info.err)"
+sparsecow info --output=json "$nbd_uri" >info.json 2>/dev/null ||
+  fail "info --output=json of a served image with a backing file failed"
+qemu-img info --output=json "$nbd_uri" >qinfo.json
+for key in backing-filename backing-filename-format full-backing-filename \
+           virtual-size cluster-size; do
+  [ "$(jq -c ".[\"$key\"]" info.json)" = "$(jq -c ".[\"$key\"]" qinfo.json)" ] ||
+    fail "info --output=json URI, $key differs from qemu-img"
+done
+jq -e '.. | objects | select(has("backing-error"))' info.json >/dev/null ||
+  fail "info --output=json URI does not say why the chain ends"
+expect_fail "backing file.*not allowed" sparsecow map "$nbd_uri"
+expect_fail "backing file.*not allowed" sparsecow pack "$nbd_uri" never.qcow2
+[ ! -e never.qcow2 ] || fail "a refused pack left a target"
 # A vmdk served as a file is refused as raw data, with how to read it.
 expect_fail "vmdk.*qemu-nbd -f vmdk" \
   sparsecow pack -- [ nbdkit -r file src.vmdk ] never.qcow2
