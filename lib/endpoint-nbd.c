@@ -77,6 +77,13 @@ struct nbd_conn {
   /* Protected by owner->lock. */
   int dead;                     /* errno once the connection is unusable */
   char dead_msg[256];
+  /* --timeout measures silence per connection: the time since the last
+   * reply, or since the first request when none was outstanding.  A
+   * server that answers one request at a time, each after a while, is
+   * not silent however many requests wait behind.
+   */
+  unsigned inflight;            /* commands issued, not yet answered */
+  struct timespec quiet_since;  /* CLOCK_MONOTONIC */
 };
 
 /* One command and its caller, who sleeps until done.  Freed by whoever
@@ -115,7 +122,8 @@ struct nbd_ep {
   bool base_allocation, allocation_depth;
   uint32_t min_block;
   unsigned timeout;             /* seconds, 0 = none */
-  pid_t server_pid;             /* started here, or 0 */
+  bool started;                 /* the server was started here */
+  pid_t server_pid;             /* its pid if known, or 0 */
   bool dirty;                   /* written since the last flush (atomic) */
   pthread_mutex_t rmw_lock;     /* one partial-block write at a time */
   pthread_mutex_t lock;
@@ -212,6 +220,74 @@ thread_children (pid_t *pids, size_t max)
     pids[n++] = (pid_t) v;
   fclose (fp);
   return n;
+}
+
+/* How long a started server is given to exit after SIGTERM before it
+ * is killed: a server busy in a request (a plugin that sleeps, a
+ * backend that never answers) may not heed SIGTERM.
+ */
+#define SERVER_TERM_GRACE_MS 1000
+
+/* Whether pid has exited, without reaping it (libnbd's nbd_close does):
+ * 1 and *status (as from waitpid) if it has, 0 if not, -1 if pid is not
+ * a child.
+ */
+static int
+server_exited (pid_t pid, int *status)
+{
+  siginfo_t si;
+
+  memset (&si, 0, sizeof si);
+  if (waitid (P_PID, pid, &si, WEXITED | WNOHANG | WNOWAIT) == -1)
+    return -1;
+  if (si.si_pid != pid)
+    return 0;
+  if (status)
+    *status = si.si_code == CLD_EXITED ? (si.si_status & 0xff) << 8
+                                        : si.si_status & 0x7f;
+  return 1;
+}
+
+/* Wait up to ms milliseconds for pid to exit (not reaping it).  Returns
+ * as server_exited.
+ */
+static int
+server_wait (pid_t pid, unsigned ms, int *status)
+{
+  const struct timespec tick = { 0, 20 * 1000 * 1000 };
+  int r;
+
+  while ((r = server_exited (pid, status)) == 0 && ms > 0) {
+    nanosleep (&tick, NULL);
+    ms = ms > 20 ? ms - 20 : 0;
+  }
+  return r;
+}
+
+/* Stop a server started here whose connection is dead, stuck or never
+ * became ready: closing the handle waits for the server to exit, which
+ * one that is busy or hung does not do by itself.  SIGTERM, a short
+ * grace, then SIGKILL.  h is the handle that started it.
+ */
+static void
+server_stop (pid_t pid, struct nbd_handle *h)
+{
+  if (pid > 0) {
+    if (server_exited (pid, NULL) != 0)
+      return;
+    kill (pid, SIGTERM);
+    if (server_wait (pid, SERVER_TERM_GRACE_MS, NULL) == 0)
+      kill (pid, SIGKILL);
+  }
+  else if (h && nbd_kill_subprocess (h, SIGTERM) == 0) {
+    /* The pid is unknown here (no /proc): libnbd still has it, but
+     * cannot say whether it has exited.
+     */
+    const struct timespec grace = { SERVER_TERM_GRACE_MS / 1000,
+                                    (SERVER_TERM_GRACE_MS % 1000) * 1000000L };
+    nanosleep (&grace, NULL);
+    nbd_kill_subprocess (h, SIGKILL);
+  }
 }
 
 /* ---- errors ------------------------------------------------------------ */
@@ -376,8 +452,15 @@ cmd_complete (void *opaque, int *error)
 {
   struct nbd_cmd *cmd = opaque;
   struct nbd_ep *n = cmd->owner;
+  struct nbd_conn *c = cmd->conn;
 
   pthread_mutex_lock (&n->lock);
+  /* A played server's commands have no connection. */
+  if (c) {
+    if (c->inflight > 0)
+      c->inflight--;
+    clock_gettime (CLOCK_MONOTONIC, &c->quiet_since);
+  }
   cmd->done = true;
   cmd->err = *error;
   pthread_cond_signal (&cmd->cond);
@@ -413,14 +496,10 @@ cmd_wait (struct nbd_cmd *cmd, const char *what, uint64_t offset,
 {
   struct nbd_ep *n = cmd->owner;
   struct nbd_conn *c = cmd->conn;
-  struct timespec deadline;
+  struct timespec deadline, now;
   int err = 0;
   char reason[256] = "";
 
-  if (n->timeout) {
-    clock_gettime (CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += n->timeout;
-  }
   pthread_mutex_lock (&n->lock);
   cmd->prev_waiting = NULL;
   cmd->next_waiting = n->waiting;
@@ -428,10 +507,24 @@ cmd_wait (struct nbd_cmd *cmd, const char *what, uint64_t offset,
     n->waiting->prev_waiting = cmd;
   n->waiting = cmd;
   while (!cmd->done && c->dead == 0) {
-    if (n->timeout == 0)
+    if (n->timeout == 0) {
       pthread_cond_wait (&cmd->cond, &n->lock);
-    else if (pthread_cond_timedwait (&cmd->cond, &n->lock, &deadline)
-             == ETIMEDOUT && !cmd->done) {
+      continue;
+    }
+    /* The connection's silence, not this command's age, is what is
+     * bounded: the deadline moves with every reply on c.
+     */
+    deadline = c->quiet_since;
+    deadline.tv_sec += n->timeout;
+    if (pthread_cond_timedwait (&cmd->cond, &n->lock, &deadline)
+        != ETIMEDOUT || cmd->done)
+      continue;
+    clock_gettime (CLOCK_MONOTONIC, &now);
+    if (now.tv_sec < c->quiet_since.tv_sec + (time_t) n->timeout
+        || (now.tv_sec == c->quiet_since.tv_sec + (time_t) n->timeout
+            && now.tv_nsec < c->quiet_since.tv_nsec))
+      continue;
+    {
       /* A server that does not answer is given up on: the connection
        * stops, so nothing is written into the caller's buffer later.
        */
@@ -556,6 +649,10 @@ run_cmd (struct nbd_ep *n, struct nbd_conn *c, enum nbd_op op, void *buf,
   if (cmd == NULL && (cmd = cmd_new (n)) == NULL)
     return -1;
   cmd->conn = c;
+  pthread_mutex_lock (&n->lock);
+  if (c->inflight++ == 0)
+    clock_gettime (CLOCK_MONOTONIC, &c->quiet_since);
+  pthread_mutex_unlock (&n->lock);
   done = (nbd_completion_callback) { .callback = cmd_complete,
                                      .user_data = cmd, .free = cmd_free };
   switch (op) {
@@ -578,8 +675,12 @@ run_cmd (struct nbd_ep *n, struct nbd_conn *c, enum nbd_op op, void *buf,
                               done, 0);
     break;
   }
-  if (r == -1)
+  if (r == -1) {
+    pthread_mutex_lock (&n->lock);
+    c->inflight--;
+    pthread_mutex_unlock (&n->lock);
     return cmd_issue_failed (cmd, op_names[op], offset, count);
+  }
   conn_wake (c);
   return cmd_wait (cmd, op_names[op], offset, count);
 
@@ -889,8 +990,9 @@ nbd_ep_set_size (struct sc_endpoint *ep, uint64_t size)
 
 /* Stop the dispatcher, then say goodbye (NBD_CMD_DISC) to a server
  * that is still there, so that it does not see a connection reset.
+ * Returns whether the connection ended so (or was never made).
  */
-static void
+static bool
 conn_stop (struct nbd_conn *c)
 {
   bool alive = !conn_is_dead (c);
@@ -901,20 +1003,30 @@ conn_stop (struct nbd_conn *c)
     pthread_join (c->thread, NULL);
     c->thread_started = false;
   }
-  if (alive && c->h && nbd_aio_is_ready (c->h) == 1)
+  if (alive && c->h && nbd_aio_is_ready (c->h) == 1) {
     nbd_shutdown (c->h, 0);
+    return true;
+  }
+  return c->h == NULL;
 }
 
 static int
 nbd_ep_close (struct sc_endpoint *ep)
 {
   struct nbd_ep *n = (struct nbd_ep *) ep;
+  bool clean = true;
 
   for (unsigned i = 0; i < n->nconns; i++)
-    conn_stop (&n->conns[i]);
+    clean &= conn_stop (&n->conns[i]);
   /* The first handle started the server, if one was started here:
-   * closing it stops the server, so it goes last.
+   * closing it waits for the server to exit, which a server told
+   * goodbye on every connection does by itself.  One that timed out,
+   * broke a connection or never became ready may be stuck, and is
+   * stopped first, so that closing (and --timeout) stays bounded.
    */
+  if (!clean && n->conns && n->conns[0].h
+      && n->started)
+    server_stop (n->server_pid, n->conns[0].h);
   for (unsigned i = n->nconns; i-- > 0; ) {
     struct nbd_conn *c = &n->conns[i];
     if (c->h)
@@ -1145,6 +1257,7 @@ connect_first (struct nbd_ep *n, struct nbd_handle *h, const char *uri,
     nb = thread_children (before, 64);
     r = nbd_aio_connect_systemd_socket_activation (h, wrapped);
     free (wrapped);
+    n->started = true;
     if (r == -1) {
       nbd_error ("cannot start the NBD server");
       return -1;
