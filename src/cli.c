@@ -33,6 +33,13 @@ cli_lib_error (const char *object)
 
   if (msg[0] == '\0')
     msg = strerror (sc_error_errno () ? sc_error_errno () : EIO);
+  /* The library names the file a read failed in, which is often the
+   * object itself (an L2 table of the image read through an export):
+   * the name is said once, by the same rule as the library's.
+   */
+  if (object && strncmp (msg, object, strlen (object)) == 0
+      && (msg[strlen (object)] == ':' || msg[strlen (object)] == ' '))
+    object = NULL;
   if (object)
     fprintf (stderr, "%s: %s: %s\n", cli_program, object, msg);
   else
