@@ -111,6 +111,7 @@ struct nbd_cmd {
   struct sc_extent_list depth;  /* qemu:allocation-depth */
   int bad;                      /* a reply that breaks the protocol */
   char bad_msg[200];
+  char err_msg[200];            /* why err, when more than strerror */
 };
 
 struct nbd_ep {
@@ -290,6 +291,30 @@ server_stop (pid_t pid, struct nbd_handle *h)
   }
 }
 
+/* After a server started here failed to serve: when it has exited,
+ * that is the error, whatever the connection saw of it (a reset, a
+ * refusal, an end of file, depending on when it went).  A connection
+ * that broke rather than timed out is given up to a second to see the
+ * server go.
+ */
+static void
+server_exit_error (pid_t pid)
+{
+  int status;
+
+  if (pid <= 0
+      || server_wait (pid, sc_error_errno () == ETIMEDOUT ? 0 : 1000,
+                      &status) != 1)
+    return;
+  if (WIFEXITED (status))
+    sc_set_error (ECONNREFUSED, "the NBD server exited with status %d "
+                  "(its own messages, if any, are above)",
+                  WEXITSTATUS (status));
+  else
+    sc_set_error (ECONNREFUSED, "the NBD server was killed by signal %d "
+                  "(%s)", WTERMSIG (status), strsignal (WTERMSIG (status)));
+}
+
 /* ---- errors ------------------------------------------------------------ */
 
 /* libnbd's message for the last failed call in this thread. */
@@ -463,6 +488,26 @@ cmd_complete (void *opaque, int *error)
   }
   cmd->done = true;
   cmd->err = *error;
+  /* A command retired because the connection died (ENOTCONN) says why
+   * only in this thread's libnbd error: a reply that breaks the
+   * protocol sets one with no errno, a failed recv or send one with.
+   * (libnbd may not be called on the handle from here.)
+   */
+  if (*error == ENOTCONN) {
+    const char *msg = nbd_get_error ();
+    const char *colon = msg ? strstr (msg, ": ") : NULL;
+
+    if (msg && colon && strncmp (msg, "nbd_", 4) == 0)
+      msg = colon + 2;          /* drop the name of libnbd's call */
+    if (msg && msg[0] && nbd_get_errno () == 0) {
+      cmd->err = EPROTO;
+      snprintf (cmd->err_msg, sizeof cmd->err_msg, "the server broke the "
+                "NBD protocol (%s)", msg);
+    }
+    else if (msg && msg[0])
+      snprintf (cmd->err_msg, sizeof cmd->err_msg, "the connection was "
+                "lost (%s)", msg);
+  }
   pthread_cond_signal (&cmd->cond);
   pthread_mutex_unlock (&n->lock);
   return 1;                     /* retire the command */
@@ -549,6 +594,8 @@ cmd_wait (struct nbd_cmd *cmd, const char *what, uint64_t offset,
       err = cmd->bad;
       snprintf (reason, sizeof reason, "%s", cmd->bad_msg);
     }
+    else if (err && cmd->err_msg[0])
+      snprintf (reason, sizeof reason, "%s", cmd->err_msg);
     else if (err)
       snprintf (reason, sizeof reason, "%s", strerror (err));
   }
@@ -1220,6 +1267,7 @@ connect_first (struct nbd_ep *n, struct nbd_handle *h, const char *uri,
 {
   pid_t before[64], after[64];
   size_t nb = 0, na;
+  int r = 0;
 
   if (uri) {
     if (strncmp (uri, "nbds", 4) == 0 && !nbd_supports_tls (h)) {
@@ -1240,7 +1288,6 @@ connect_first (struct nbd_ep *n, struct nbd_handle *h, const char *uri,
   {
     size_t argc = 0;
     char **wrapped;
-    int r;
 
     while (argv[argc])
       argc++;
@@ -1258,24 +1305,29 @@ connect_first (struct nbd_ep *n, struct nbd_handle *h, const char *uri,
     r = nbd_aio_connect_systemd_socket_activation (h, wrapped);
     free (wrapped);
     n->started = true;
-    if (r == -1) {
-      nbd_error ("cannot start the NBD server");
-      return -1;
+    /* The child that was not there before is the server (one that has
+     * already exited is still listed until it is reaped).
+     */
+    na = thread_children (after, 64);
+    for (size_t i = 0; i < na && n->server_pid == 0; i++) {
+      bool old = false;
+      for (size_t j = 0; j < nb; j++)
+        old |= after[i] == before[j];
+      if (!old)
+        n->server_pid = after[i];
     }
+    if (n->server_pid > 0)
+      server_register (n->server_pid);
+    if (r == -1)
+      nbd_error ("cannot start the NBD server");
   }
-  /* The child that was not there before is the server. */
-  na = thread_children (after, 64);
-  for (size_t i = 0; i < na && n->server_pid == 0; i++) {
-    bool old = false;
-    for (size_t j = 0; j < nb; j++)
-      old |= after[i] == before[j];
-    if (!old)
-      n->server_pid = after[i];
+  if (r == -1 || wait_ready (h, n->timeout, "the NBD server did not start "
+                             "serving (its own messages, if any, are "
+                             "above)") == -1) {
+    server_exit_error (n->server_pid);
+    return -1;
   }
-  if (n->server_pid > 0)
-    server_register (n->server_pid);
-  return wait_ready (h, n->timeout, "the NBD server did not start serving "
-                     "(its own messages, if any, are above)");
+  return 0;
 }
 
 /* The name of a server started here, for messages: "[ nbdkit memory ]". */
