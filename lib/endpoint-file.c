@@ -27,6 +27,7 @@
 
 #include "internal.h"
 #include "endpoint.h"
+#include "lock.h"
 
 struct file_ep {
   struct sc_fd_endpoint base;
@@ -40,6 +41,11 @@ struct file_ep {
   bool committed;
   bool force;
   bool fixed_size;              /* in place, never resized (-n) */
+  /* With force: the file the target replaces, held open with qemu's
+   * writer locks until the target is closed, so that qemu cannot open
+   * it (and lose what it writes) while the target is made; or -1.
+   */
+  int replaced_fd;
 };
 
 static int
@@ -404,6 +410,8 @@ file_close (struct sc_endpoint *ep)
     sc_temporary_unregister (f->reg_slot);
     unlink (f->tmp);
   }
+  if (f->replaced_fd >= 0)
+    close (f->replaced_fd);
   free (f->tmp);
   free (f->path);
   return sc_fd_ep_close (ep);
@@ -469,6 +477,7 @@ new_file_ep (const struct sc_endpoint_ops *ops, const char *name, int fd,
   f->base.fd = fd;
   f->base.own_fd = own_fd;
   f->reg_slot = -1;
+  f->replaced_fd = -1;
   return f;
 }
 
@@ -652,6 +661,10 @@ sc_file_target_new (const char *path, uint64_t size, unsigned flags)
   if ((flags & SC_TARGET_FORCE) && stat (path, &old) == 0
       && S_ISREG (old.st_mode)) {
     mode_t keep = old.st_mode & 07777;
+
+    f->replaced_fd = open (path, O_RDONLY | O_CLOEXEC);
+    if (f->replaced_fd >= 0 && sc_lock_hold_write (f->replaced_fd) == -1)
+      goto err;
 
     if (fchown (fd, old.st_uid, old.st_gid) == -1) {
       keep &= ~(mode_t) (S_ISUID | S_ISGID);

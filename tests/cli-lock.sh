@@ -154,3 +154,28 @@ qemu-img compare -q -f raw -F qcow2 other.raw w/kept.qcow2
 # A pipe has nothing to lock: written as ever.
 sparsecow pack -q other.raw - | cat >w/piped.qcow2
 qemu-img compare -q -f raw -F qcow2 other.raw w/piped.qcow2
+
+# The file that pack -f replaces is held as qemu holds what it writes
+# until it is replaced: qemu cannot open it meanwhile, and lose what it
+# would write into a file about to be unlinked.  (The source is a FIFO
+# kept open, so the pack waits with its target made.)
+cp img.qcow2 w/old.qcow2
+mkfifo w/fifo
+sparsecow pack -q -f w/fifo w/old.qcow2 2>pack.err &
+pack_pid=$!
+exec 6>w/fifo
+head -c 1M /dev/urandom >&6
+for ((i = 0; i < 100; i++)); do
+  qemu-img info w/old.qcow2 >info.out 2>&1 || break
+  sleep 0.05
+done
+grep -q 'Failed to get shared "write" lock' info.out ||
+  { exec 6>&-; fail "qemu-img info opened the file pack -f replaces: $(cat info.out)"; }
+rc=0
+qemu-io -c 'write -P 0x5a 0 4k' w/old.qcow2 >io.out 2>&1 || rc=$?
+exec 6>&-
+[ $rc -ne 0 ] && grep -q '"write" lock' io.out ||
+  fail "qemu-io wrote into the file pack -f replaces: exit $rc, $(cat io.out)"
+wait $pack_pid || fail "pack -f from a FIFO failed: $(cat pack.err)"
+qemu-img check -q w/old.qcow2
+qemu-img info w/old.qcow2 >/dev/null || fail "the replaced image stays locked"
