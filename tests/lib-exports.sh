@@ -40,3 +40,14 @@ done | sort -u > "$tmp/used"
 comm -23 "$tmp/used" "$tmp/header" > "$tmp/private"
 [ ! -s "$tmp/private" ] || { cat "$tmp/private"; fail "src/ calls private functions"; }
 echo "$(wc -l < "$tmp/exported") exported functions, all declared in sparsecow.h"
+
+# pkg-config answers for the library alone, on a machine without the
+# .pc files of its own dependencies (their runtime libraries only): the
+# compile line of libsparsecow(3) needs --cflags and --libs.
+if command -v pkg-config >/dev/null; then
+  PKG_CONFIG_LIBDIR="$top_builddir/lib" pkg-config --exists libsparsecow ||
+    fail "pkg-config --exists libsparsecow fails without the dependencies' .pc files"
+  PKG_CONFIG_LIBDIR="$top_builddir/lib" pkg-config --cflags --libs libsparsecow \
+    >/dev/null || fail "pkg-config --cflags --libs libsparsecow fails"
+fi
+
