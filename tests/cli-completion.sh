@@ -22,6 +22,11 @@ offers () {
   grep -qx -- "$word" <<<"$got" || fail "$* offers no $word: $got"
 }
 [ "$(complete_words sparsecow un)" = unpack ] || fail "command not completed"
+# Every command of the help is completed.
+for cmd in $(sparsecow --help | sed -n 's/^  *sparsecow \([a-z][a-z]*\) .*/\1/p' | sort -u); do
+  offers "$cmd" sparsecow "${cmd:0:3}"
+done
+offers verify sparsecow ver
 offers --progress= sparsecow pack --prog
 offers --backing-chain sparsecow info --back
 offers --force-share sparsecow unpack --
