@@ -296,3 +296,15 @@ rm huge.qcow2
 printf 'hello' > junk
 expect_fail "sparsecow: junk: " sparsecow check junk
 expect_fail "sparsecow: missing: " sparsecow check missing
+
+# A backing file that is gone: qemu-img check opens the chain first and
+# fails (exit 1); so does sparsecow check, naming the image.
+qemu-img create -q -f qcow2 gone-base.qcow2 1M
+qemu-img create -q -f qcow2 -b gone-base.qcow2 -F qcow2 orphan.qcow2
+rm gone-base.qcow2
+rc=0; qemu-img check orphan.qcow2 >/dev/null 2>&1 || rc=$?
+[ $rc = 1 ] || fail "qemu-img check of an orphan exited $rc, not 1: the oracle changed"
+rc=0; sparsecow check orphan.qcow2 >/dev/null 2>check.err || rc=$?
+[ $rc = 1 ] || fail "check of an image whose backing file is gone exited $rc, not 1"
+grep -q "orphan.qcow2: .*gone-base.qcow2" check.err ||
+  fail "check does not say which backing file is gone: $(cat check.err)"
