@@ -573,17 +573,6 @@ sc_file_target_in_place (int fd, bool own_fd, const char *name,
   return &f->base.ep;
 }
 
-/* Close a target that failed half-way, keeping the first error. */
-static void
-abandon (struct file_ep *f)
-{
-  int saved = sc_error_errno ();
-  char msg[1024];
-
-  snprintf (msg, sizeof msg, "%s", sc_error_message ());
-  file_close (&f->base.ep);
-  sc_set_error (saved, "%s", msg);
-}
 
 struct sc_endpoint *
 sc_file_target_new (const char *path, uint64_t size, unsigned flags)
@@ -694,6 +683,6 @@ sc_file_target_new (const char *path, uint64_t size, unsigned flags)
   return &f->base.ep;
 
  err:
-  abandon (f);
+  sc_ep_abandon (&f->base.ep);
   return NULL;
 }

@@ -262,6 +262,17 @@ sc_ep_close (struct sc_endpoint *ep)
   return ep ? ep->ops->close (ep) : 0;
 }
 
+void
+sc_ep_abandon (struct sc_endpoint *ep)
+{
+  int saved = sc_error_errno ();
+  char msg[1024];
+
+  snprintf (msg, sizeof msg, "%s", sc_error_message ());
+  sc_ep_close (ep);
+  sc_set_error (saved, "%s", msg);
+}
+
 /* ---- the public face --------------------------------------------------- */
 
 uint64_t
@@ -469,12 +480,7 @@ sc_endpoint_open_target (const char *path, uint64_t size, unsigned flags)
     ep->zero_mode = zero_mode;
   if (ep && zero_mode == SC_TARGET_ZERO_UNMAP
       && sc_block_check_unmap (ep) == -1) {
-    int saved = sc_error_errno ();
-    char msg[512];
-
-    snprintf (msg, sizeof msg, "%s", sc_error_message ());
-    sc_ep_close (ep);
-    sc_set_error (saved, "%s", msg);
+    sc_ep_abandon (ep);
     return NULL;
   }
   return ep;
@@ -627,12 +633,7 @@ open_target (const char *path, uint64_t size, unsigned flags)
   if (strcmp (path, "-") == 0) {
     ep = sc_pipe_target_new (STDOUT_FILENO, false, "stdout", size);
     if (ep && sc_pipe_target_lock (ep) == -1) {
-      int saved = sc_error_errno ();
-      char msg[512];
-
-      snprintf (msg, sizeof msg, "%s", sc_error_message ());
-      sc_ep_close (ep);
-      sc_set_error (saved, "%s", msg);
+      sc_ep_abandon (ep);
       return NULL;
     }
     return ep;

@@ -307,6 +307,10 @@ sc_ep_writeback (struct sc_endpoint *ep, uint64_t offset, uint64_t count)
 extern int sc_ep_flush (struct sc_endpoint *ep);
 extern int sc_ep_commit (struct sc_endpoint *ep);
 extern int sc_ep_close (struct sc_endpoint *ep);
+/* Close an endpoint after a failure, keeping that failure as the error
+ * (closing may set another).
+ */
+extern void sc_ep_abandon (struct sc_endpoint *ep);
 
 /* Allocate an endpoint of struct_size bytes (the kind's own struct,
  * which starts with struct sc_endpoint), zeroed, with ops and a copy of
