@@ -75,6 +75,18 @@ PYEOF
 }
 
 # NBD servers for the tests, on Unix sockets in $tmp, stopped on exit.
+# nbd_liar MODE: serve $tmp/src.raw with tests/nbd-liar.py lying in
+#   block status that way; sets liar_uri and liar_pid.  stop_liar ends it.
+nbd_liar () {
+  rm -f "$tmp/liar.sock"
+  python3 "$srcdir/nbd-liar.py" "$tmp/liar.sock" "$tmp/src.raw" "$1" &
+  liar_pid=$!
+  cleanup_fn "kill $liar_pid 2>/dev/null"
+  for ((i = 0; i < 200; i++)); do [ -S "$tmp/liar.sock" ] && break; sleep 0.05; done
+  liar_uri="nbd+unix:///?socket=$tmp/liar.sock"
+}
+stop_liar () { kill $liar_pid; wait $liar_pid 2>/dev/null || :; }
+
 #   nbd_serve NAME CMD ARGS...: run an NBD server command line (nbdkit
 #   or qemu-nbd, without its socket option) serving on $tmp/NAME.sock;
 #   sets nbd_uri to its URI and nbd_pid to its pid.

@@ -101,20 +101,11 @@ must_fail "did not start serving.*no answer from the server within 2 s" \
 no_target out.qcow2
 
 # ---- a server that lies in block status ---------------------------------
-liar () {                       # MODE: serve src.raw lying that way
-  rm -f liar.sock
-  python3 "$srcdir/nbd-liar.py" "$tmp/liar.sock" src.raw "$1" &
-  liar_pid=$!
-  cleanup_fn "kill $liar_pid 2>/dev/null"
-  for ((i = 0; i < 200; i++)); do [ -S liar.sock ] && break; sleep 0.05; done
-  liar_uri="nbd+unix:///?socket=$tmp/liar.sock"
-}
-stop_liar () { kill $liar_pid; wait $liar_pid 2>/dev/null || :; }
 # Answers that run past the range, cover only part of it, carry flags
 # that mean nothing, or hold more extents than a reply may keep: the
 # copy must still be exact.
 for mode in past-end short flags many; do
-  liar $mode
+  nbd_liar $mode
   rm -f out.qcow2
   timeout 120 "$SPARSECOW" pack -q "$liar_uri" out.qcow2 ||
     fail "pack from a server whose block status is $mode failed"
@@ -123,16 +114,16 @@ for mode in past-end short flags many; do
   stop_liar
 done
 rm -f out.qcow2
-liar zero-length
+nbd_liar zero-length
 must_fail "NBD block status $offset.*empty extent" \
   "$SPARSECOW" pack "$liar_uri" out.qcow2
 no_target out.qcow2
 stop_liar
-liar empty
+nbd_liar empty
 must_fail "NBD block status $offset" "$SPARSECOW" pack "$liar_uri" out.qcow2
 no_target out.qcow2
 stop_liar
-liar twice
+nbd_liar twice
 must_fail "NBD block status $offset.*answered block status of base:allocation twice" \
   "$SPARSECOW" pack "$liar_uri" out.qcow2
 no_target out.qcow2

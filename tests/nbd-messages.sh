@@ -33,21 +33,12 @@ for cmd in map info check; do
 done
 
 # ---- a server that breaks the protocol in block status -----------------
-liar () {                       # MODE: serve src.raw lying that way
-  rm -f liar.sock
-  python3 "$srcdir/nbd-liar.py" "$tmp/liar.sock" src.raw "$1" &
-  liar_pid=$!
-  cleanup_fn "kill $liar_pid 2>/dev/null"
-  for ((i = 0; i < 200; i++)); do [ -S liar.sock ] && break; sleep 0.05; done
-  liar_uri="nbd+unix:///?socket=$tmp/liar.sock"
-}
-stop_liar () { kill $liar_pid; wait $liar_pid 2>/dev/null || :; }
-liar twice
+nbd_liar twice
 expect_fail "NBD block status at offset 0, length [0-9]+: the server answered block status of base:allocation twice" \
   "$SPARSECOW" map "$liar_uri"
 grep -q "asked" "$tmp/.stderr" && fail "self-contradictory message: $(cat "$tmp/.stderr")"
 stop_liar
-liar empty
+nbd_liar empty
 expect_fail "NBD block status at offset 0, length [0-9]+: the server broke the NBD protocol" \
   "$SPARSECOW" map "$liar_uri"
 stop_liar
