@@ -1,11 +1,17 @@
-/* Block maps in the format of bmaptool: bmap format 2.0 with SHA-256.
+/* Block maps in the format of bmaptool: bmap format 2.0 with SHA-256
+ * written; formats 1.0 to 1.4 and 2.0 read.
  *
  * A bmap is a small XML file that names the blocks of an image that
  * hold data ("mapped"), in ranges of whole blocks, each with the
  * SHA-256 of its bytes, and the SHA-256 of the bmap file itself
  * (computed with the value of its own BmapFileChecksum element written
  * as zeros).  "bmaptool copy --bmap" writes only the mapped ranges and
- * checks each range's digest as it reads it.
+ * checks each range's digest as it reads it.  Older formats differ in
+ * their checksums only: 1.0 to 1.2 may give a SHA-1 per range (in a
+ * "sha1" attribute) and none for the file, 1.3 adds the file's SHA-1
+ * (BmapFileSHA1), and 1.4 is 2.0 by another number, whose ChecksumType
+ * names any hash (sha256 is bmaptool's default; sha1 and md5 are read
+ * too).
  *
  * Three parts here:
  * - the parser: a small hand-written reader for exactly this format,
@@ -50,6 +56,7 @@
  */
 #define MAX_NAME 32
 #define HEX_DIGEST_LEN (2 * SC_BMAP_DIGEST_LEN)
+#define MAX_HEX_DIGEST_LEN (2 * SC_BMAP_MAX_DIGEST_LEN)
 /* Read requests of the checked source when it reads ahead by itself. */
 #define CATCH_UP_CHUNK (1024 * 1024)
 /* sc_bmap_create reads data extents with holes shorter than this
@@ -64,36 +71,63 @@
  */
 #define SECTOR_SIZE 512
 
-/* ---- SHA-256 ------------------------------------------------------------ */
+/* ---- checksums ------------------------------------------------------------ */
+
+/* The checksum types read (bmaptool takes any name its hashlib knows;
+ * these are the ones bmaptool's own files carry: SHA-1 in formats 1.0
+ * to 1.3, and in 1.4 and 2.0 what ChecksumType names, sha256 by
+ * default, others on request).  Written: SHA-256 only.
+ */
+struct chksum_type {
+  const char *name;             /* as in ChecksumType */
+  const char *display;          /* for messages */
+  const EVP_MD *(*md) (void);
+  size_t len;                   /* bytes of digest */
+};
+
+static const struct chksum_type chksum_types[] = {
+  { "sha256", "SHA-256", EVP_sha256, 32 },
+  { "sha1", "SHA-1", EVP_sha1, 20 },
+  { "md5", "MD5", EVP_md5, 16 },
+  { "sha224", "SHA-224", EVP_sha224, 28 },
+  { "sha384", "SHA-384", EVP_sha384, 48 },
+  { "sha512", "SHA-512", EVP_sha512, 64 },
+};
+#define CHKSUM_SHA256 0
+#define CHKSUM_SHA1 1
+#define NB_CHKSUM_TYPES (sizeof chksum_types / sizeof chksum_types[0])
 
 static EVP_MD_CTX *
-sha256_new (void)
+hash_new (unsigned type)
 {
   EVP_MD_CTX *ctx = EVP_MD_CTX_new ();
 
-  if (ctx == NULL || EVP_DigestInit_ex (ctx, EVP_sha256 (), NULL) != 1) {
+  if (ctx == NULL
+      || EVP_DigestInit_ex (ctx, chksum_types[type].md (), NULL) != 1) {
     EVP_MD_CTX_free (ctx);
-    sc_set_error (ENOMEM, "SHA-256: cannot initialise the digest");
+    sc_set_error (ENOMEM, "%s: cannot initialise the digest",
+                  chksum_types[type].display);
     return NULL;
   }
   return ctx;
 }
 
 static int
-sha256_restart (EVP_MD_CTX *ctx)
+hash_restart (EVP_MD_CTX *ctx, unsigned type)
 {
-  if (EVP_DigestInit_ex (ctx, EVP_sha256 (), NULL) != 1) {
-    sc_set_error (EIO, "SHA-256: cannot initialise the digest");
+  if (EVP_DigestInit_ex (ctx, chksum_types[type].md (), NULL) != 1) {
+    sc_set_error (EIO, "%s: cannot initialise the digest",
+                  chksum_types[type].display);
     return -1;
   }
   return 0;
 }
 
 static int
-sha256_update (EVP_MD_CTX *ctx, const void *buf, size_t len)
+hash_update (EVP_MD_CTX *ctx, const void *buf, size_t len)
 {
   if (len > 0 && EVP_DigestUpdate (ctx, buf, len) != 1) {
-    sc_set_error (EIO, "SHA-256: digest update failed");
+    sc_set_error (EIO, "bmap: digest update failed");
     return -1;
   }
   return 0;
@@ -103,24 +137,27 @@ static const unsigned char zero_block[SC_BMAP_BLOCK_SIZE];
 
 /* Hash len zero bytes. */
 static int
-sha256_zeros (EVP_MD_CTX *ctx, uint64_t len)
+hash_zeros (EVP_MD_CTX *ctx, uint64_t len)
 {
   while (len > 0) {
     size_t n = (size_t) SC_MIN (len, (uint64_t) sizeof zero_block);
-    if (sha256_update (ctx, zero_block, n) == -1)
+    if (hash_update (ctx, zero_block, n) == -1)
       return -1;
     len -= n;
   }
   return 0;
 }
 
+/* The digest of ctx, of type's length, into digest. */
 static int
-sha256_final (EVP_MD_CTX *ctx, unsigned char digest[SC_BMAP_DIGEST_LEN])
+hash_final (EVP_MD_CTX *ctx, unsigned type,
+            unsigned char digest[SC_BMAP_MAX_DIGEST_LEN])
 {
   unsigned int n = 0;
 
-  if (EVP_DigestFinal_ex (ctx, digest, &n) != 1 || n != SC_BMAP_DIGEST_LEN) {
-    sc_set_error (EIO, "SHA-256: digest failed");
+  if (EVP_DigestFinal_ex (ctx, digest, &n) != 1
+      || n != chksum_types[type].len) {
+    sc_set_error (EIO, "%s: digest failed", chksum_types[type].display);
     return -1;
   }
   return 0;
@@ -158,6 +195,11 @@ struct parser {
   size_t len;
   size_t pos;
   const char *name;             /* of the bmap, for messages */
+  /* The format version, and the name of the checksum attribute of
+   * <Range> in it: "chksum" in 1.4 and 2.0, "sha1" before.
+   */
+  unsigned major, minor;
+  const char *range_attr;
 };
 
 /* Fail with EINVAL, "NAME: line L: message", L the line of pos. */
@@ -283,8 +325,9 @@ parse_name (struct parser *p, char name[MAX_NAME + 1])
   return 0;
 }
 
-/* The attributes a start tag may carry: version (of bmap) and chksum
- * (of Range), each a short string without entities.
+/* The attributes a start tag may carry: version (of bmap) and the
+ * checksum of Range (chksum, or sha1 in formats before 1.4), each a
+ * short string without entities.
  */
 struct attrs {
   const char *version;
@@ -323,7 +366,8 @@ parse_start_tag (struct parser *p, char name[MAX_NAME + 1], struct attrs *a)
       val = &a->version;
       val_len = &a->version_len;
     }
-    else if (strcmp (key, "chksum") == 0 && strcmp (name, "Range") == 0) {
+    else if (p->range_attr && strcmp (key, p->range_attr) == 0
+             && strcmp (name, "Range") == 0) {
       val = &a->chksum;
       val_len = &a->chksum_len;
     }
@@ -410,14 +454,20 @@ parse_u64 (const struct parser *p, const char *s, size_t len, uint64_t *out,
   return 0;
 }
 
+/* A digest of up to SC_BMAP_MAX_DIGEST_LEN bytes in hexadecimal: its
+ * length, which the checksum type (perhaps not read yet) must agree
+ * with, is checked after the parse.
+ */
 static int
 parse_digest (const struct parser *p, const char *s, size_t len,
-              unsigned char digest[SC_BMAP_DIGEST_LEN], const char *what)
+              unsigned char digest[SC_BMAP_MAX_DIGEST_LEN], uint8_t *out_len,
+              const char *what)
 {
-  if (len != HEX_DIGEST_LEN)
-    return parse_error (p, "%s: a SHA-256 digest has %d hexadecimal digits, "
-                        "not %zu", what, HEX_DIGEST_LEN, len);
-  for (size_t i = 0; i < SC_BMAP_DIGEST_LEN; i++) {
+  if (len == 0 || len > MAX_HEX_DIGEST_LEN || len % 2 != 0)
+    return parse_error (p, "%s: %zu hexadecimal digits are no digest", what,
+                        len);
+  *out_len = (uint8_t) (len / 2);
+  for (size_t i = 0; i < len / 2; i++) {
     int hi = hex_value (s[2 * i]), lo = hex_value (s[2 * i + 1]);
     if (hi < 0 || lo < 0)
       return parse_error (p, "%s: not a hexadecimal digest", what);
@@ -455,23 +505,33 @@ parse_range_text (const struct parser *p, const char *s, size_t len,
   return 0;
 }
 
-/* The elements of <bmap>, each at most once. */
+/* The elements of <bmap>, each at most once.  Which of the last three
+ * a file has depends on its version: ChecksumType and BmapFileChecksum
+ * in 1.4 and 2.0, BmapFileSHA1 in 1.3, none before.
+ */
 enum field {
-  F_IMAGE_SIZE, F_BLOCK_SIZE, F_BLOCKS_COUNT, F_MAPPED_COUNT,
-  F_CHECKSUM_TYPE, F_FILE_CHECKSUM, F_BLOCK_MAP, F_COUNT,
+  F_IMAGE_SIZE, F_BLOCK_SIZE, F_BLOCKS_COUNT, F_MAPPED_COUNT, F_BLOCK_MAP,
+  F_CHECKSUM_TYPE, F_FILE_CHECKSUM, F_FILE_SHA1, F_COUNT,
 };
 static const char *const field_names[F_COUNT] = {
-  "ImageSize", "BlockSize", "BlocksCount", "MappedBlocksCount",
-  "ChecksumType", "BmapFileChecksum", "BlockMap",
+  "ImageSize", "BlockSize", "BlocksCount", "MappedBlocksCount", "BlockMap",
+  "ChecksumType", "BmapFileChecksum", "BmapFileSHA1",
 };
 
 /* The values of the elements, and where they and <bmap> start in the
- * file, for the messages of the checks made after the parse.
+ * file, for the messages of the checks made after the parse; the
+ * file's own checksum (BmapFileChecksum or BmapFileSHA1), and where its
+ * value is.
  */
 struct fields {
   uint64_t value[F_COUNT];
   size_t pos[F_COUNT];
   size_t bmap_pos;
+  bool seen[F_COUNT];
+  unsigned chksum;              /* the ChecksumType, or SHA-1 */
+  unsigned char file_digest[SC_BMAP_MAX_DIGEST_LEN];
+  uint8_t file_digest_len;
+  size_t digest_pos;            /* 0: the file has no checksum */
 };
 
 static int
@@ -538,7 +598,8 @@ parse_block_map (struct parser *p, struct sc_bmap *bmap)
         || parse_range_text (p, text, text_len, &r.first, &r.last) == -1)
       return -1;
     if (a.chksum) {
-      if (parse_digest (p, a.chksum, a.chksum_len, r.digest, "chksum") == -1)
+      if (parse_digest (p, a.chksum, a.chksum_len, r.digest, &r.digest_len,
+                        p->range_attr) == -1)
         return -1;
       r.has_digest = true;
     }
@@ -547,17 +608,81 @@ parse_block_map (struct parser *p, struct sc_bmap *bmap)
   }
 }
 
-/* The whole file: fills bmap, and the place of the file checksum's
- * value in the buffer.
+/* The version of <bmap>: "MAJOR.MINOR".  Formats 1.0 to 1.3 have SHA-1
+ * checksums (from 1.3 one of the file too); 1.4 is 2.0 by another
+ * number (bmaptool 3.0 wrote it so; 3.1 renamed it).
  */
 static int
-parse_document (struct parser *p, struct sc_bmap *bmap, struct fields *fl,
-                unsigned char file_digest[SC_BMAP_DIGEST_LEN],
-                size_t *digest_pos)
+parse_version (struct parser *p, const char *s, size_t len)
+{
+  const char *dot = memchr (s, '.', len);
+  uint64_t major, minor;
+
+  if (dot == NULL)
+    return parse_error (p, "version '%.*s' is not MAJOR.MINOR",
+                        (int) SC_MIN (len, (size_t) 16), s);
+  if (parse_u64 (p, s, (size_t) (dot - s), &major, "version") == -1
+      || parse_u64 (p, dot + 1, len - (size_t) (dot - s) - 1, &minor,
+                    "version") == -1)
+    return -1;
+  if (!((major == 2 && minor == 0) || (major == 1 && minor <= 4))) {
+    sc_set_error (ENOTSUP, "%s: bmap format version %.*s is not supported "
+                  "(1.0 to 1.4 and 2.0 are)", p->name,
+                  (int) SC_MIN (len, (size_t) 16), s);
+    return -1;
+  }
+  p->major = (unsigned) major;
+  p->minor = (unsigned) minor;
+  p->range_attr = major == 2 || minor == 4 ? "chksum" : "sha1";
+  return 0;
+}
+
+static int
+parse_chksum_type (const struct parser *p, const char *s, size_t len,
+                   unsigned *type)
+{
+  for (unsigned i = 0; i < NB_CHKSUM_TYPES; i++)
+    if (strlen (chksum_types[i].name) == len
+        && memcmp (chksum_types[i].name, s, len) == 0) {
+      *type = i;
+      return 0;
+    }
+  sc_set_error (ENOTSUP, "%s: checksum type '%.*s' is not supported "
+                "(sha256, sha1, md5, sha224, sha384 and sha512 are)",
+                p->name, (int) SC_MIN (len, (size_t) 16), s);
+  return -1;
+}
+
+/* The elements that the file's version asks for, each there or not. */
+static int
+check_elements (const struct parser *p, struct fields *fl)
+{
+  bool new_names = p->major == 2 || p->minor == 4;
+
+  for (int f = 0; f < F_COUNT; f++) {
+    bool wanted = f < F_CHECKSUM_TYPE
+      || (new_names && (f == F_CHECKSUM_TYPE || f == F_FILE_CHECKSUM))
+      || (p->major == 1 && p->minor == 3 && f == F_FILE_SHA1);
+
+    if (wanted && !fl->seen[f])
+      return parse_error_at (p, fl->bmap_pos, "<%s> is missing from <bmap>",
+                             field_names[f]);
+    if (!wanted && fl->seen[f])
+      return parse_error_at (p, fl->pos[f], "<%s> is not part of bmap "
+                             "format %u.%u", field_names[f], p->major,
+                             p->minor);
+  }
+  if (!new_names)
+    fl->chksum = CHKSUM_SHA1;
+  return 0;
+}
+
+/* The whole file: fills bmap and fl. */
+static int
+parse_document (struct parser *p, struct sc_bmap *bmap, struct fields *fl)
 {
   char name[MAX_NAME + 1];
   struct attrs a;
-  bool seen[F_COUNT] = { false };
 
   if (skip_misc (p) == -1)
     return -1;
@@ -571,16 +696,8 @@ parse_document (struct parser *p, struct sc_bmap *bmap, struct fields *fl,
     return parse_error (p, "<bmap> expected, not <%s>", name);
   if (a.version == NULL)
     return parse_error (p, "<bmap> has no version");
-  /* Format 2.0 is the one with a checksum type and SHA-256; bmaptool
-   * writes it since version 3.0.
-   */
-  if (!(a.version_len == 3 && memcmp (a.version, "2.0", 3) == 0)) {
-    sc_set_error (ENOTSUP, "%s: bmap format version %.*s is not supported "
-                  "(2.0 is)", p->name, (int) SC_MIN (a.version_len,
-                                                     (size_t) 16),
-                  a.version);
+  if (parse_version (p, a.version, a.version_len) == -1)
     return -1;
-  }
 
   for (;;) {
     const char *text;
@@ -602,9 +719,9 @@ parse_document (struct parser *p, struct sc_bmap *bmap, struct fields *fl,
         break;
     if (f == F_COUNT)
       return parse_error (p, "unknown element <%s>", name);
-    if (seen[f])
+    if (fl->seen[f])
       return parse_error (p, "<%s> given twice", name);
-    seen[f] = true;
+    fl->seen[f] = true;
     fl->pos[f] = start;
     if (f == F_BLOCK_MAP) {
       if (parse_block_map (p, bmap) == -1)
@@ -614,17 +731,15 @@ parse_document (struct parser *p, struct sc_bmap *bmap, struct fields *fl,
     if (parse_text_and_end (p, name, &text, &text_len) == -1)
       return -1;
     if (f == F_CHECKSUM_TYPE) {
-      if (!(text_len == 6 && memcmp (text, "sha256", 6) == 0)) {
-        sc_set_error (ENOTSUP, "%s: checksum type '%.*s' is not supported "
-                      "(sha256 is)", p->name,
-                      (int) SC_MIN (text_len, (size_t) 16), text);
+      if (parse_chksum_type (p, text, text_len, &fl->chksum) == -1)
         return -1;
-      }
     }
-    else if (f == F_FILE_CHECKSUM) {
-      if (parse_digest (p, text, text_len, file_digest, name) == -1)
+    else if (f == F_FILE_CHECKSUM || f == F_FILE_SHA1) {
+      /* Both cannot be there: check_elements refuses one of them. */
+      if (parse_digest (p, text, text_len, fl->file_digest,
+                        &fl->file_digest_len, name) == -1)
         return -1;
-      *digest_pos = (size_t) (text - p->buf);
+      fl->digest_pos = (size_t) (text - p->buf);
     }
     else if (parse_u64 (p, text, text_len, &fl->value[f], name) == -1)
       return -1;
@@ -640,10 +755,31 @@ parse_document (struct parser *p, struct sc_bmap *bmap, struct fields *fl,
     return -1;
   if (p->pos != p->len)
     return parse_error (p, "text after </bmap>");
-  for (int f = 0; f < F_COUNT; f++)
-    if (!seen[f])
-      return parse_error_at (p, fl->bmap_pos, "<%s> is missing from <bmap>",
-                             field_names[f]);
+  return check_elements (p, fl);
+}
+
+/* Every digest has the length of the checksum type. */
+static int
+check_digest_lengths (const struct parser *p, struct sc_bmap *bmap,
+                      const struct fields *fl)
+{
+  const struct chksum_type *t = &chksum_types[fl->chksum];
+
+  if (fl->digest_pos > 0 && fl->file_digest_len != t->len)
+    return parse_error_at (p, fl->digest_pos, "%s: a %s digest has %zu "
+                           "hexadecimal digits, not %u",
+                           fl->seen[F_FILE_SHA1] ? field_names[F_FILE_SHA1]
+                           : field_names[F_FILE_CHECKSUM], t->display,
+                           2 * t->len, 2u * fl->file_digest_len);
+  for (size_t i = 0; i < bmap->nb_ranges; i++) {
+    const struct sc_bmap_range *r = &bmap->ranges[i];
+
+    if (r->has_digest && r->digest_len != t->len)
+      return parse_error_at (p, r->text_pos, "%s: a %s digest has %zu "
+                             "hexadecimal digits, not %u", p->range_attr,
+                             t->display, 2 * t->len, 2u * r->digest_len);
+  }
+  bmap->chksum = fl->chksum;
   return 0;
 }
 
@@ -696,27 +832,36 @@ check_geometry (const struct parser *p, struct sc_bmap *bmap,
   return 0;
 }
 
-/* The file's SHA-256 with the value of BmapFileChecksum as zeros. */
+/* The file's checksum, of its type, over the file with the checksum's
+ * value written as zeros.  Formats before 1.3 have none.
+ */
 static int
-check_file_digest (const struct parser *p, size_t pos,
-                   const unsigned char want[SC_BMAP_DIGEST_LEN])
+check_file_digest (const struct parser *p, const struct fields *fl)
 {
-  unsigned char got[SC_BMAP_DIGEST_LEN];
-  EVP_MD_CTX *ctx = sha256_new ();
+  char zeros[MAX_HEX_DIGEST_LEN];
+  const struct chksum_type *t = &chksum_types[fl->chksum];
+  unsigned char got[SC_BMAP_MAX_DIGEST_LEN];
+  size_t pos = fl->digest_pos, hex_len = 2 * t->len;
+  EVP_MD_CTX *ctx;
   int r = -1;
 
+  if (pos == 0)
+    return 0;
+  memset (zeros, '0', sizeof zeros);
+  ctx = hash_new (fl->chksum);
   if (ctx == NULL)
     return -1;
-  if (sha256_update (ctx, p->buf, pos) == -1
-      || sha256_update (ctx, "0000000000000000000000000000000000000000000000"
-                        "000000000000000000", HEX_DIGEST_LEN) == -1
-      || sha256_update (ctx, p->buf + pos + HEX_DIGEST_LEN,
-                        p->len - pos - HEX_DIGEST_LEN) == -1
-      || sha256_final (ctx, got) == -1)
+  if (hash_update (ctx, p->buf, pos) == -1
+      || hash_update (ctx, zeros, hex_len) == -1
+      || hash_update (ctx, p->buf + pos + hex_len,
+                      p->len - pos - hex_len) == -1
+      || hash_final (ctx, fl->chksum, got) == -1)
     goto out;
-  if (memcmp (got, want, SC_BMAP_DIGEST_LEN) != 0) {
-    sc_set_error (EBADMSG, "%s: the bmap file is damaged: its "
-                  "BmapFileChecksum does not match its contents", p->name);
+  if (memcmp (got, fl->file_digest, t->len) != 0) {
+    sc_set_error (EBADMSG, "%s: the bmap file is damaged: its %s does not "
+                  "match its contents", p->name,
+                  fl->seen[F_FILE_SHA1] ? field_names[F_FILE_SHA1]
+                  : field_names[F_FILE_CHECKSUM]);
     goto out;
   }
   r = 0;
@@ -736,9 +881,7 @@ bmap_parse (const void *buf, size_t len, const char *name, bool check_digest)
 {
   struct parser p = { .buf = buf, .len = len, .name = name ? name : "bmap" };
   struct sc_bmap *bmap;
-  struct fields fl = { { 0 }, { 0 }, 0 };
-  unsigned char file_digest[SC_BMAP_DIGEST_LEN];
-  size_t digest_pos = 0;
+  struct fields fl;
 
   if (buf == NULL && len > 0) {
     sc_set_error (EINVAL, "%s: no buffer", p.name);
@@ -749,16 +892,17 @@ bmap_parse (const void *buf, size_t len, const char *name, bool check_digest)
                   p.name, MAX_BMAP_FILE >> 20);
     return NULL;
   }
+  memset (&fl, 0, sizeof fl);
   bmap = calloc (1, sizeof *bmap);
   if (bmap == NULL || (bmap->name = strdup (p.name)) == NULL) {
     sc_set_error (errno, "%s: out of memory", p.name);
     free (bmap);
     return NULL;
   }
-  if (parse_document (&p, bmap, &fl, file_digest, &digest_pos) == -1
+  if (parse_document (&p, bmap, &fl) == -1
       || check_geometry (&p, bmap, &fl) == -1
-      || (check_digest
-          && check_file_digest (&p, digest_pos, file_digest) == -1)) {
+      || check_digest_lengths (&p, bmap, &fl) == -1
+      || (check_digest && check_file_digest (&p, &fl) == -1)) {
     sc_bmap_free (bmap);
     return NULL;
   }
@@ -878,7 +1022,7 @@ bmap_builder_new (const char *near)
     return NULL;
   }
   b->fd = -1;
-  b->ctx = sha256_new ();
+  b->ctx = hash_new (CHKSUM_SHA256);
   b->buf = malloc (LINE_BUFFER);
   if (b->ctx == NULL || b->buf == NULL) {
     if (b->buf == NULL)
@@ -924,13 +1068,13 @@ spill_lines (struct bmap_builder *b)
 static int
 end_range (struct bmap_builder *b, uint64_t end)
 {
-  unsigned char digest[SC_BMAP_DIGEST_LEN];
+  unsigned char digest[SC_BMAP_MAX_DIGEST_LEN];
   char hex[HEX_DIGEST_LEN + 1];
   uint64_t last;
   int n;
 
-  if (sha256_zeros (b->ctx, end - b->pos) == -1
-      || sha256_final (b->ctx, digest) == -1)
+  if (hash_zeros (b->ctx, end - b->pos) == -1
+      || hash_final (b->ctx, CHKSUM_SHA256, digest) == -1)
     return -1;
   b->pos = end;
   b->open = false;
@@ -972,7 +1116,7 @@ bmap_builder_data (struct bmap_builder *b, uint64_t offset, const void *buf,
      * a longer one ends it.
      */
     if (SC_ROUND_DOWN (offset, SC_BMAP_BLOCK_SIZE) <= block_end) {
-      if (sha256_zeros (b->ctx, offset - b->pos) == -1)
+      if (hash_zeros (b->ctx, offset - b->pos) == -1)
         return -1;
       b->pos = offset;
     }
@@ -990,15 +1134,15 @@ bmap_builder_data (struct bmap_builder *b, uint64_t offset, const void *buf,
                     "range", offset);
       return -1;
     }
-    if (sha256_restart (b->ctx) == -1)
+    if (hash_restart (b->ctx, CHKSUM_SHA256) == -1)
       return -1;
     b->open = true;
     b->first = start / SC_BMAP_BLOCK_SIZE;
     b->pos = start;
-    if (sha256_zeros (b->ctx, offset - start) == -1)
+    if (hash_zeros (b->ctx, offset - start) == -1)
       return -1;
   }
-  if (buf ? sha256_update (b->ctx, buf, len) : sha256_zeros (b->ctx, len))
+  if (buf ? hash_update (b->ctx, buf, len) : hash_zeros (b->ctx, len))
     return -1;
   b->pos = end;
   return 0;
@@ -1052,7 +1196,7 @@ bmap_builder_finish (struct bmap_builder *b, uint64_t image_size,
   static const char footer[] = "  </BlockMap>\n</bmap>\n";
   char head[4096], human[32], human_mapped[32];
   struct text t = { head, 0, sizeof head };
-  unsigned char digest[SC_BMAP_DIGEST_LEN];
+  unsigned char digest[SC_BMAP_MAX_DIGEST_LEN];
   char hex[HEX_DIGEST_LEN + 1];
   uint64_t blocks, total, off;
   size_t digest_at;
@@ -1113,7 +1257,7 @@ bmap_builder_finish (struct bmap_builder *b, uint64_t image_size,
     return -1;
 
   chunk = malloc (LINE_BUFFER);
-  ctx = sha256_new ();
+  ctx = hash_new (CHKSUM_SHA256);
   if (chunk == NULL || ctx == NULL) {
     if (chunk == NULL)
       sc_set_error (ENOMEM, "out of memory");
@@ -1122,7 +1266,7 @@ bmap_builder_finish (struct bmap_builder *b, uint64_t image_size,
   /* First the file's digest, over the header with zeros, the lines and
    * the footer; then the file.
    */
-  if (sha256_update (ctx, t.s, t.len) == -1)
+  if (hash_update (ctx, t.s, t.len) == -1)
     goto out;
   for (off = 0; off < b->spilled; ) {
     size_t n = (size_t) SC_MIN ((uint64_t) LINE_BUFFER, b->spilled - off);
@@ -1130,12 +1274,12 @@ bmap_builder_finish (struct bmap_builder *b, uint64_t image_size,
       sc_error_prefix ("bmap spill file");
       goto out;
     }
-    if (sha256_update (ctx, chunk, n) == -1)
+    if (hash_update (ctx, chunk, n) == -1)
       goto out;
     off += n;
   }
-  if (sha256_update (ctx, footer, sizeof footer - 1) == -1
-      || sha256_final (ctx, digest) == -1)
+  if (hash_update (ctx, footer, sizeof footer - 1) == -1
+      || hash_final (ctx, CHKSUM_SHA256, digest) == -1)
     goto out;
   hex_digest (digest, hex);
   memcpy (t.s + digest_at, hex, HEX_DIGEST_LEN);
@@ -1387,27 +1531,28 @@ checked_feed (struct checked_ep *c, const unsigned char *buf, uint64_t offset,
       return 0;
     stop = SC_MIN (end, offset + len);
     /* pos >= offset: the caller read what came before. */
-    if (sha256_update (c->ctx, buf + (c->pos - offset), stop - c->pos) == -1)
+    if (hash_update (c->ctx, buf + (c->pos - offset), stop - c->pos) == -1)
       return -1;
     c->pos = stop;
     if (stop < end)
       return 0;
     if (r->has_digest) {
-      unsigned char digest[SC_BMAP_DIGEST_LEN];
+      unsigned char digest[SC_BMAP_MAX_DIGEST_LEN];
 
-      if (sha256_final (c->ctx, digest) == -1)
+      if (hash_final (c->ctx, bmap->chksum, digest) == -1)
         return -1;
-      if (memcmp (digest, r->digest, SC_BMAP_DIGEST_LEN) != 0) {
+      if (memcmp (digest, r->digest, chksum_types[bmap->chksum].len) != 0) {
         c->failed = true;
         snprintf (c->failure, sizeof c->failure, "%s and %s are out of "
-                  "sync at offset %" PRIu64 " (the SHA-256 of blocks %"
+                  "sync at offset %" PRIu64 " (the %s of blocks %"
                   PRIu64 "-%" PRIu64 " differs)", c->inner->name,
-                  bmap->name, start, r->first, r->last);
+                  bmap->name, start, chksum_types[bmap->chksum].display,
+                  r->first, r->last);
         sc_set_error (EBADMSG, "%s", c->failure);
         return -1;
       }
     }
-    if (sha256_restart (c->ctx) == -1)
+    if (hash_restart (c->ctx, bmap->chksum) == -1)
       return -1;
     c->next++;
     start_range (c);
@@ -1582,7 +1727,7 @@ bmap_checked_source (struct sc_endpoint *inner, const struct sc_bmap *bmap,
   c = sc_ep_new (sizeof *c, &checked_ops, inner->name);
   if (c == NULL)
     return NULL;
-  c->ctx = sha256_new ();
+  c->ctx = hash_new (bmap->chksum);
   if (c->ctx == NULL) {
     sc_ep_free (&c->ep);
     return NULL;

@@ -1,5 +1,6 @@
-/* Block maps in the format of bmaptool (bmap format 2.0, SHA-256):
- * private to libsparsecow, not installed.  lib/bmap.c.
+/* Block maps in the format of bmaptool (read: bmap formats 1.0 to 1.4
+ * and 2.0; written: 2.0 with SHA-256): private to libsparsecow, not
+ * installed.  lib/bmap.c.
  */
 #ifndef SPARSECOW_BMAP_H
 #define SPARSECOW_BMAP_H
@@ -15,19 +16,25 @@
  * system, and its copy works with any.
  */
 #define SC_BMAP_BLOCK_SIZE 4096
-#define SC_BMAP_DIGEST_LEN 32          /* SHA-256 */
+#define SC_BMAP_DIGEST_LEN 32          /* SHA-256, of the bmaps written */
+/* The longest checksum read: SHA-512. */
+#define SC_BMAP_MAX_DIGEST_LEN 64
 
 /* One <Range>: blocks first..last, both included. */
 struct sc_bmap_range {
   uint64_t first, last;
-  bool has_digest;                      /* the chksum attribute was there */
+  bool has_digest;                      /* the checksum attribute was
+                                           there */
+  uint8_t digest_len;                   /* bytes of digest given */
   uint32_t text_pos;                    /* of <Range> in the file, for
                                            messages */
-  unsigned char digest[SC_BMAP_DIGEST_LEN];
+  unsigned char digest[SC_BMAP_MAX_DIGEST_LEN];
 };
 
 struct sc_bmap {
   char *name;                           /* for messages */
+  unsigned chksum;                      /* index of the checksum type in
+                                           bmap.c's table */
   uint64_t image_size;                  /* bytes */
   uint32_t block_size;                  /* a power of two */
   uint64_t blocks_count;

@@ -768,15 +768,21 @@ extern void sc_check_result_free (struct sc_check_result *result);
  * ChecksumType "sha256", BmapFileChecksum (the SHA-256 of the file
  * with that value written as 64 "0"), and a BlockMap of Range elements,
  * "FIRST-LAST" or "BLOCK" with a chksum attribute: the SHA-256 of the
- * bytes of those blocks (the last block cut at ImageSize).
+ * bytes of those blocks (the last block cut at ImageSize).  Read too:
+ * format 2.0 and 1.4 (the same format) with ChecksumType sha1, md5,
+ * sha224, sha384 or sha512, and formats 1.0 to 1.3, whose Range
+ * elements may carry a "sha1" attribute (the SHA-1 of their blocks)
+ * and which have no ChecksumType; 1.3 has BmapFileSHA1 (the file's
+ * SHA-1, computed as BmapFileChecksum is), 1.0 to 1.2 no checksum of
+ * the file.
  */
 
 /* Parse a bmap of len bytes (at most 64 MiB), which may be anything.
  * name is used in messages.  Every number is checked: the ranges must
  * be sorted, apart and inside the image, the counts must agree, and
  * the file's own checksum must match.  Returns NULL with errno EINVAL
- * (not a bmap, or an inconsistent one), ENOTSUP (another format version
- * or checksum type), EBADMSG (the file checksum differs), EFBIG (too
+ * (not a bmap, or an inconsistent one), ENOTSUP (a format version other
+ * than 1.0 to 1.4 and 2.0, or another checksum type), EBADMSG (the file checksum differs), EFBIG (too
  * large), ENOMEM.  Free with sc_bmap_free.
  */
 extern struct sc_bmap *sc_bmap_parse (const void *buf, size_t len,

@@ -4,3 +4,8 @@
 # qemu-img.
 TESTS += tests/bmap.sh
 EXTRA_DIST += tests/bmap.sh
+
+# Older bmap formats (1.0 to 1.4) and other checksum types, against
+# bmaptool copy.
+TESTS += tests/bmap-formats.sh
+EXTRA_DIST += tests/bmap-formats.sh
