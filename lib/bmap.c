@@ -1005,8 +1005,11 @@ struct bmap_builder {
   uint64_t pos;                 /* bytes before pos are hashed */
   uint64_t mapped;              /* blocks of the closed ranges */
   uint64_t nb_ranges;
-  /* The range lines: a spill file and its write buffer. */
+  /* The range lines: a spill file (in spill_dir, without a name) and
+   * its write buffer.
+   */
   int fd;
+  char *spill_dir;
   char *buf;
   size_t len;
   uint64_t spilled;
@@ -1030,7 +1033,7 @@ bmap_builder_new (const char *near)
     bmap_builder_free (b);
     return NULL;
   }
-  b->fd = sc_spill_open (near);
+  b->fd = sc_spill_open_in (near, &b->spill_dir);
   if (b->fd == -1) {
     bmap_builder_free (b);
     return NULL;
@@ -1046,6 +1049,7 @@ bmap_builder_free (struct bmap_builder *b)
   EVP_MD_CTX_free (b->ctx);
   if (b->fd >= 0)
     close (b->fd);
+  free (b->spill_dir);
   free (b->buf);
   free (b);
 }
@@ -1054,7 +1058,7 @@ static int
 spill_lines (struct bmap_builder *b)
 {
   if (sc_full_pwrite (b->fd, b->buf, b->len, b->spilled) == -1) {
-    sc_error_prefix ("bmap spill file");
+    sc_error_prefix ("%s: bmap spill file", b->spill_dir);
     return -1;
   }
   b->spilled += b->len;
@@ -1271,7 +1275,7 @@ bmap_builder_finish (struct bmap_builder *b, uint64_t image_size,
   for (off = 0; off < b->spilled; ) {
     size_t n = (size_t) SC_MIN ((uint64_t) LINE_BUFFER, b->spilled - off);
     if (sc_full_pread (b->fd, chunk, n, off) == -1) {
-      sc_error_prefix ("bmap spill file");
+      sc_error_prefix ("%s: bmap spill file", b->spill_dir);
       goto out;
     }
     if (hash_update (ctx, chunk, n) == -1)
@@ -1291,7 +1295,7 @@ bmap_builder_finish (struct bmap_builder *b, uint64_t image_size,
   for (off = 0; off < b->spilled; ) {
     size_t n = (size_t) SC_MIN ((uint64_t) LINE_BUFFER, b->spilled - off);
     if (sc_full_pread (b->fd, chunk, n, off) == -1) {
-      sc_error_prefix ("bmap spill file");
+      sc_error_prefix ("%s: bmap spill file", b->spill_dir);
       goto out;
     }
     if (sc_ep_pwrite (dst, chunk, n, t.len + off) == -1)

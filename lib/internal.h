@@ -109,6 +109,10 @@ extern char *sc_temporary_template (const char *path);
  * descriptor, or -1 with the error set.
  */
 extern int sc_spill_open (const char *near);
+/* The same, and *where (when where is not NULL): the directory that
+ * holds it, for messages, which the caller frees.
+ */
+extern int sc_spill_open_in (const char *near, char **where);
 
 /* ---- copy.c: the ordered pipeline under every data-moving command ----
  *

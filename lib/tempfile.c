@@ -90,6 +90,12 @@ sc_temporary_template (const char *path)
 int
 sc_spill_open (const char *near)
 {
+  return sc_spill_open_in (near, NULL);
+}
+
+int
+sc_spill_open_in (const char *near, char **where)
+{
   CLEANUP_FREE char *dir = NULL;
   CLEANUP_FREE char *tmpl = NULL;
   const char *slash;
@@ -116,7 +122,7 @@ sc_spill_open (const char *near)
 #ifdef O_TMPFILE
   fd = open (dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
   if (fd >= 0)
-    return fd;
+    goto done;
 #endif
   /* File systems without O_TMPFILE: a named file, unlinked at once. */
   if (asprintf (&tmpl, "%s/.sparsecow-spill-XXXXXX", dir) == -1) {
@@ -131,5 +137,10 @@ sc_spill_open (const char *near)
     return -1;
   }
   unlink (tmpl);
+ done:
+  if (where) {
+    *where = dir;
+    dir = NULL;
+  }
   return fd;
 }

@@ -9,3 +9,7 @@ EXTRA_DIST += tests/bmap.sh
 # bmaptool copy.
 TESTS += tests/bmap-formats.sh
 EXTRA_DIST += tests/bmap-formats.sh
+
+# A full file system under the spill file of a bmap being written.
+TESTS += tests/bmap-enospc.sh
+EXTRA_DIST += tests/bmap-enospc.sh
