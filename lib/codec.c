@@ -303,7 +303,7 @@ inflate_cluster (struct codec_state *s, const void *in, size_t in_len,
   if ((r == Z_STREAM_END || r == Z_BUF_ERROR || r == Z_OK)
       && s->inflate.avail_out == 0)
     return 0;
-  sc_set_error (EIO, "compressed cluster does not decode to %zu bytes "
+  sc_set_error (EILSEQ, "compressed cluster does not decode to %zu bytes "
                 "(deflate: %s)", out_len,
                 s->inflate.msg ? s->inflate.msg : "truncated data");
   return -1;
@@ -501,12 +501,12 @@ unzstd_cluster (struct codec_state *s, const void *in, size_t in_len,
     size_t before_in = ib.pos, before_out = ob.pos;
     size_t r = ZSTD_decompressStream (s->zd, &ob, &ib);
     if (ZSTD_isError (r)) {
-      sc_set_error (EIO, "compressed cluster does not decode (zstd: %s)",
+      sc_set_error (EILSEQ, "compressed cluster does not decode (zstd: %s)",
                     ZSTD_getErrorName (r));
       return -1;
     }
     if (ib.pos == before_in && ob.pos == before_out) {
-      sc_set_error (EIO, "compressed cluster does not decode to %zu bytes "
+      sc_set_error (EILSEQ, "compressed cluster does not decode to %zu bytes "
                     "(zstd: truncated data)", out_len);
       return -1;
     }

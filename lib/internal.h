@@ -319,7 +319,9 @@ extern ssize_t sc_compress (enum sc_codec codec, int level,
                             void *out, size_t out_len);
 /* Decompress into exactly out_len bytes from at most in_len input
  * bytes (the input may run on into the next compressed cluster).
- * Returns 0, or -1 if the data does not decode to out_len bytes.
+ * Returns 0, or -1 if the data does not decode to out_len bytes: errno
+ * EILSEQ, which tells damaged stored bytes from a failed read (verify
+ * counts them as content that differs), or ENOMEM.
  */
 extern int sc_decompress (enum sc_codec codec,
                           const void *in, size_t in_len,

@@ -674,10 +674,15 @@ struct sc_verify_opts {
 struct sc_verify_result {
   /* sc_verify: the first byte at which the contents differ, or with
    * strict and sizes that differ, the size of the smaller side.
-   * sc_verify_digest: 0.
+   * sc_verify_digest: with damaged, where the first compressed cluster
+   * that does not decode starts in the guest, else 0.
    */
   uint64_t offset;
   bool sizes_differ;            /* sc_verify: a and b differ in size */
+  /* sc_verify_digest: the stored bytes of a compressed cluster do not
+   * decode (computed is then all zeros).
+   */
+  bool damaged;
   /* sc_verify_digest: what the image holds, and what its content
    * hashes to now (when it was recomputed).
    */
@@ -709,7 +714,11 @@ extern int sc_verify (struct sc_endpoint *a, struct sc_endpoint *b,
  * recompute it over the image's guest content, through its backing
  * chain, in parallel, reading data only (holes cost nothing).
  * Returns 0 when it matches, 1 when it does not (a digest cannot tell
- * where), 2 when the digest is stale (the extension is there but its
+ * where; but when the stored bytes of a compressed cluster do not
+ * decode, which is content that is not what was packed either,
+ * result->damaged is set, result->offset is the guest offset of the
+ * first such cluster, and the error message says why it does not
+ * decode), 2 when the digest is stale (the extension is there but its
  * autoclear bit is not: the image was opened for writing by a program
  * that does not know the digest, as qemu clears unknown autoclear bits
  * ("Header", docs/interop/qcow2.rst); it is not recomputed), or -1

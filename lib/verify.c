@@ -49,6 +49,11 @@
  */
 #define SCAN_BLOCK 4096
 
+/* The smallest cluster of any image (qcow2's cluster_bits >= 9): a
+ * compressed cluster that does not decode is looked for this finely.
+ */
+#define MIN_CLUSTER 512
+
 static void
 adapt_window (uint64_t *window, size_t nextents)
 {
@@ -431,21 +436,114 @@ digest_extension (void *opaque, uint32_t type, const unsigned char *data,
 }
 
 struct rehash {
+  struct sc_endpoint *ep;
   struct sc_digest dg;
   uint32_t block_size;
+  uint32_t cluster_size;        /* of the image (its top layer) */
   uint64_t size;
   const struct sc_verify_opts *opts;
+  /* Set by emit, in order: the first compressed cluster whose stored
+   * bytes do not decode.
+   */
+  bool damaged;
+  uint64_t damaged_at;
   /* Progress: the bytes of data hashed so far, of all there is. */
   struct sc_progress prog;
 };
 
+/* Bytes [offset, offset+len) of the guest into buf; 1 when they hold a
+ * compressed cluster that does not decode, 0 when read, -1 on another
+ * error.
+ */
 static int
-rehash_work (struct sc_piece *piece, void *opaque)
+read_guest (struct rehash *h, unsigned char *buf, size_t len,
+            uint64_t offset)
+{
+  if (sc_ep_pread (h->ep, buf, len, offset) == 0)
+    return 0;
+  if (sc_error_errno () == EILSEQ)
+    return 1;
+  sc_error_name (h->ep->name);
+  return -1;
+}
+
+/* The piece's n bytes at buf do not all decode: the guest offset of
+ * the first MIN_CLUSTER bytes whose cluster (of whichever layer of the
+ * chain holds it) does not decode, found a cluster of the image at a
+ * time and then MIN_CLUSTER bytes at a time inside the first cluster
+ * that fails.  Every part of such a cluster fails, so that part is where
+ * the cluster starts, unless it starts before the piece, in a piece
+ * that fails first.  UINT64_MAX if all of it reads now.
+ */
+static int
+find_damage (struct rehash *h, struct sc_piece *piece, size_t n,
+             uint64_t *at)
+{
+  uint64_t end = piece->offset + n, pos = piece->offset;
+  unsigned char *buf = piece->buf;
+
+  *at = UINT64_MAX;
+  while (pos < end) {
+    uint64_t stop = SC_MIN (SC_ROUND_DOWN (pos, (uint64_t) h->cluster_size)
+                            + h->cluster_size, end);
+    int r = read_guest (h, buf + (pos - piece->offset),
+                        (size_t) (stop - pos), pos);
+
+    if (r == -1)
+      return -1;
+    if (r == 1)
+      break;
+    pos = stop;
+  }
+  while (pos < end) {
+    uint64_t stop = SC_MIN (SC_ROUND_DOWN (pos, (uint64_t) MIN_CLUSTER)
+                            + MIN_CLUSTER, end);
+    int r = read_guest (h, buf + (pos - piece->offset),
+                        (size_t) (stop - pos), pos);
+
+    if (r == -1)
+      return -1;
+    if (r == 1) {
+      *at = pos;
+      return 0;
+    }
+    pos = stop;
+  }
+  return 0;
+}
+
+/* Read a data piece (the bytes past the content read as zeros) and
+ * hash its blocks.  A compressed cluster whose stored bytes do not
+ * decode is content that is no longer what was packed, not an error:
+ * the piece carries where it is (piece->user, one more than the
+ * offset) for emit, which reports the first in guest order.
+ */
+static int
+rehash_move (struct sc_piece *piece, void *opaque)
 {
   struct rehash *h = opaque;
+  size_t n = piece->offset >= h->size ? 0
+    : (size_t) SC_MIN (piece->length, h->size - piece->offset);
+  int r = n > 0 ? read_guest (h, piece->buf, n, piece->offset) : 0;
 
-  return sc_digest_blocks (h->block_size, piece->buf, piece->offset,
-                           piece->length, h->size, piece->out);
+  piece->user = 0;
+  if (r == -1)
+    return -1;
+  if (r == 1) {
+    uint64_t at;
+
+    if (find_damage (h, piece, n, &at) == -1)
+      return -1;
+    if (at != UINT64_MAX) {
+      piece->user = at + 1;
+      return 0;
+    }
+  }
+  memset ((unsigned char *) piece->buf + n, 0, piece->length - n);
+  if (sc_digest_blocks (h->block_size, piece->buf, piece->offset,
+                        piece->length, h->size, piece->out) == -1)
+    return -1;
+  return 0;
 }
 
 static int
@@ -454,6 +552,13 @@ rehash_emit (struct sc_piece *piece, void *opaque)
   struct rehash *h = opaque;
   uint64_t n = SC_DIV_ROUND_UP (piece->length, (uint64_t) h->block_size);
 
+  if (piece->flags == 0 && piece->user != 0) {
+    h->damaged = true;
+    h->damaged_at = piece->user - 1;
+    /* Stops the run; rehash tells this from an error by damaged. */
+    sc_set_error (ECANCELED, "a compressed cluster does not decode");
+    return -1;
+  }
   /* Every piece starts and ends on a block boundary (or at the end of
    * the content, in its last block).
    */
@@ -502,12 +607,17 @@ block_extents (struct sc_endpoint *ep, uint64_t size, uint32_t block_size,
   return sc_extent_list_append (out, done, end - done, SC_EXTENT_HOLE);
 }
 
-/* Hash the guest content of ep as the digest d was made. */
+/* Hash the guest content of ep (an image of clusters of cluster_size)
+ * as the digest d was made: 0, 1 when a compressed cluster does not
+ * decode (*damaged_at: where, in the guest), -1 on error.
+ */
 static int
-rehash (struct sc_endpoint *ep, const struct qcow2_sc_digest *d,
-        const struct sc_verify_opts *opts, unsigned char out[SC_DIGEST_LEN])
+rehash (struct sc_endpoint *ep, uint32_t cluster_size,
+        const struct qcow2_sc_digest *d, const struct sc_verify_opts *opts,
+        unsigned char out[SC_DIGEST_LEN], uint64_t *damaged_at)
 {
-  struct rehash h = { .block_size = d->block_size, .size = ep->size,
+  struct rehash h = { .ep = ep, .block_size = d->block_size,
+                      .cluster_size = cluster_size, .size = ep->size,
                       .opts = opts };
   struct sc_extent_list raw, list;
   uint32_t request_size = SC_MAX ((uint32_t) VERIFY_REQUEST_SIZE,
@@ -555,15 +665,21 @@ rehash (struct sc_endpoint *ep, const struct qcow2_sc_digest *d,
       .threads = threads,
       .out_size = (request_size / d->block_size)
                   * sizeof (struct sc_digest_block),
-      .work = rehash_work,
+      .move = rehash_move,
       .emit = rehash_emit,
       .opaque = &h,
     };
 
     if (block_extents (ep, ep->size, d->block_size, pos, wend, &raw,
-                       &list) == -1
-        || sc_pipeline_run (&p) == -1)
+                       &list) == -1)
       goto out;
+    if (sc_pipeline_run (&p) == -1) {
+      if (h.damaged) {
+        *damaged_at = h.damaged_at;
+        ret = 1;
+      }
+      goto out;
+    }
     adapt_window (&window, list.len);
     pos = wend;
   }
@@ -634,7 +750,22 @@ sc_verify_digest (struct sc_endpoint *file,
     ret = 1;
     goto out;
   }
-  if (rehash (guest, &f.d, opts, result->computed) == -1)
+  ret = rehash (guest, h.cluster_size, &f.d, opts, result->computed,
+                &result->offset);
+  if (ret == 1) {
+    unsigned char byte;
+
+    /* The reason, as a read of that cluster gives it (a worker found
+     * it), for the caller to show.
+     */
+    result->damaged = true;
+    memset (result->computed, 0, sizeof result->computed);
+    if (sc_ep_pread (guest, &byte, 1, result->offset) == 0)
+      sc_set_error (EILSEQ, "a compressed cluster at offset %" PRIu64
+                    " does not decode", result->offset);
+    goto out;
+  }
+  if (ret == -1)
     goto out;
   ret = memcmp (result->computed, f.d.sha256, SC_DIGEST_LEN) == 0 ? 0 : 1;
 

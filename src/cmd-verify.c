@@ -35,8 +35,9 @@ usage (FILE *fp)
 "of the larger must read as zeros.  Exit status: 0 equal, 1 different\n"
 "(the first differing byte is printed), 2 error.\n"
 "With one operand, recompute the digest of the guest content that pack\n"
-"stored in the qcow2 IMAGE.  Exit status: 0 it matches, 1 it does not,\n"
-"2 error (also: the image holds no digest), 3 the digest is stale: a\n"
+"stored in the qcow2 IMAGE.  Exit status: 0 it matches, 1 it does not\n"
+"(a compressed cluster that no longer decodes too, with its offset), 2\n"
+"error (also: the image holds no digest), 3 the digest is stale: a\n"
 "program that does not know it opened the image for writing.\n"
 "\n"
 "  -s, --strict           A and B must have the same size\n"
@@ -167,8 +168,12 @@ verify_digest (const struct cli_operand *op, const struct cli_common *common,
     return EXIT_VERIFY_ERROR;
   r = sc_verify_digest (file, opts, &res);
   cli_progress_done (common);
-  if (r == -1)
-    cli_lib_error (NULL);           /* the message names the image */
+  /* The message names the image.  A cluster that does not decode is a
+   * verdict (on stdout, below) whose reason (where the cluster is
+   * stored, what the decoder said) goes to stderr.
+   */
+  if (r == -1 || (r == 1 && res.damaged && !common->quiet))
+    cli_lib_error (NULL);
   sc_endpoint_close (file);
   switch (r) {
   case 0:
@@ -179,6 +184,13 @@ verify_digest (const struct cli_operand *op, const struct cli_common *common,
     }
     return EXIT_OK;
   case 1:
+    if (res.damaged) {
+      if (!common->quiet)
+        printf ("%s: digest mismatch at offset %" PRIu64 ": the compressed "
+                "cluster there does not decode; the content is not what "
+                "was packed\n", op->name, res.offset);
+      return EXIT_VERIFY_DIFFERENT;
+    }
     if (!common->quiet)
       printf ("%s: digest mismatch: the content is not what was packed "
               "(or qemu wrote it after opening it read-only and then "

@@ -174,6 +174,61 @@ for how in io amend; do
     fail "verify after qemu $how: status $rc, '$out'"
 done
 
+# Damaged compressed clusters: stored bytes that no longer decode are
+# content that is not what was packed (exit 1, as for a flipped byte),
+# reported at the guest offset of the first such cluster, not an error.
+# The clusters are found from the L1 and L2 tables as the specification
+# lays them out; qemu-io, which fails to read them, is the oracle that
+# they no longer decode.
+compressed_clusters () {        # IMAGE: "GUEST HOST" per compressed cluster
+  python3 - "$1" <<'EOF2'
+import struct, sys
+with open(sys.argv[1], "rb") as f:
+    data = f.read()
+cbits, = struct.unpack(">I", data[20:24])
+l1_size, l1_off = struct.unpack(">IQ", data[36:48])
+cs = 1 << cbits
+n = cs // 8
+x = 62 - (cbits - 8)
+for i in range(l1_size):
+    l1e, = struct.unpack(">Q", data[l1_off + 8 * i:l1_off + 8 * i + 8])
+    l2 = l1e & 0x00fffffffffffe00
+    if not l2:
+        continue
+    for j in range(n):
+        e, = struct.unpack(">Q", data[l2 + 8 * j:l2 + 8 * j + 8])
+        if e & (1 << 62):
+            print((i * n + j) * cs, e & ((1 << x) - 1))
+EOF2
+}
+for codec in deflate zstd; do
+  cp $codec.qcow2 damaged.qcow2
+  compressed_clusters damaged.qcow2 > clusters
+  [ "$(wc -l < clusters)" -ge 5 ] || fail "$codec: too few compressed clusters"
+  # The fourth and the fifth compressed clusters: a deflate stream
+  # whose first block has the reserved type, a zstd frame without its
+  # magic number.
+  for k in 4 5; do
+    read -r guest host <<<"$(sed -n ${k}p clusters)"
+    case $codec in
+      deflate) printf '\xff' ;;
+      zstd) printf '\0\0\0\0' ;;
+    esac | dd of=damaged.qcow2 bs=1 seek="$host" conv=notrunc status=none
+    [ $k = 4 ] && first=$guest
+  done
+  qio=$(qemu-io -r -f qcow2 -c "read $first 512" damaged.qcow2 2>&1 || :)
+  grep -q "read failed" <<<"$qio" || fail "$codec: qemu-io reads the damaged cluster at $first"
+  rc=0; out=$(sparsecow verify damaged.qcow2 2>err) || rc=$?
+  [ "$rc" = 1 ] || { cat err >&2; fail "$codec: verify of a cluster that does not decode: status $rc, not 1 ($out)"; }
+  grep -q "^damaged.qcow2: digest mismatch at offset $first: the compressed cluster there does not decode" <<<"$out" ||
+    fail "$codec: verify says '$out'"
+  grep -q "^sparsecow: .*damaged.qcow2: compressed cluster at host offset .* does not decode" err || {
+    cat err >&2; fail "$codec: verify does not say why the cluster does not decode"; }
+  # One thread, and quiet: the same verdict.
+  rc=0; sparsecow verify -q -j 1 damaged.qcow2 >out 2>&1 || rc=$?
+  [ "$rc" = 1 ] && [ ! -s out ] || fail "$codec: verify -q -j 1: status $rc, output '$(cat out)'"
+done
+
 # No digest: --no-digest, uncompressed by default, and version 2
 # images, which have no autoclear bits.
 sparsecow pack -q -c --no-digest src.raw none.qcow2
