@@ -738,6 +738,152 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
   return scan_pipeline (pk, extents);
 }
 
+/* ---- a stream target's last cluster ---------------------------------- */
+
+/* What goes into a stream cannot be taken back, and the reader of a
+ * pipe cannot tell a pack that failed from one that ended.  qemu reads
+ * past the end of an image file as zeros, so any cut image whose header
+ * came through opens, and qemu-img convert reads zeros for what is
+ * missing: no layout can change that.  What qemu-img check refuses is a
+ * table the header names that lies one cluster or more past the end of
+ * the file.  So a stream ends with its refcount table (plan.rt_last),
+ * which the readers of a stream do not need before the end, and its
+ * last cluster is held back until the image is complete and the source
+ * found unchanged: a stream that stops anywhere before that lacks it,
+ * and qemu-img check, sparsecow check and unpack refuse the image.
+ */
+#define HOLD_CLUSTERS 1
+
+struct tail_ep {
+  struct sc_endpoint ep;
+  struct sc_endpoint *dst;
+  uint64_t hold_from;           /* image offset of the first byte held */
+  unsigned char *buf;           /* bytes [hold_from, ep.size) */
+  size_t len;
+};
+
+static int
+tail_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
+             uint64_t offset)
+{
+  struct tail_ep *t = (struct tail_ep *) ep;
+  const unsigned char *p = buf;
+  uint64_t end;
+
+  if (SC_ADD_OVERFLOW (offset, (uint64_t) count, &end)
+      || end > t->hold_from + t->len) {
+    sc_set_error (EINVAL, "write at offset %" PRIu64 " runs past the "
+                  "image's end", offset);
+    return -1;
+  }
+  if (offset < t->hold_from) {
+    size_t n = (size_t) SC_MIN ((uint64_t) count, t->hold_from - offset);
+
+    if (sc_ep_pwrite (t->dst, p, n, offset) == -1)
+      return -1;
+    p += n;
+    count -= n;
+    offset += n;
+  }
+  if (count > 0)
+    memcpy (t->buf + (offset - t->hold_from), p, count);
+  return 0;
+}
+
+static int
+tail_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
+           unsigned flags)
+{
+  struct tail_ep *t = (struct tail_ep *) ep;
+  uint64_t end;
+
+  if (SC_ADD_OVERFLOW (offset, count, &end)
+      || end > t->hold_from + t->len) {
+    sc_set_error (EINVAL, "zeroing at offset %" PRIu64 " runs past the "
+                  "image's end", offset);
+    return -1;
+  }
+  if (offset < t->hold_from) {
+    uint64_t n = SC_MIN (count, t->hold_from - offset);
+
+    if (sc_ep_zero (t->dst, n, offset, flags) == -1)
+      return -1;
+    count -= n;
+    offset += n;
+  }
+  if (count > 0)
+    memset (t->buf + (offset - t->hold_from), 0, (size_t) count);
+  return 0;
+}
+
+static int
+tail_flush (struct sc_endpoint *ep)
+{
+  return sc_ep_flush (((struct tail_ep *) ep)->dst);
+}
+
+static int
+tail_close (struct sc_endpoint *ep)
+{
+  free (((struct tail_ep *) ep)->buf);
+  sc_ep_free (ep);
+  return 0;
+}
+
+static const struct sc_endpoint_ops tail_ops = {
+  .kind = "stream",
+  .pwrite = tail_pwrite,
+  .zero = tail_zero,
+  .flush = tail_flush,
+  .close = tail_close,
+};
+
+/* dst, already sized to the image, with its last clusters held back. */
+static struct sc_endpoint *
+tail_new (struct sc_endpoint *dst, uint64_t cluster_size)
+{
+  uint64_t hold = SC_MIN (dst->size, HOLD_CLUSTERS * cluster_size);
+  struct tail_ep *t = sc_ep_new (sizeof *t, &tail_ops, dst->name);
+
+  if (t == NULL)
+    return NULL;
+  t->dst = dst;
+  t->hold_from = dst->size - hold;
+  t->len = (size_t) hold;
+  t->buf = calloc (1, t->len ? t->len : 1);
+  if (t->buf == NULL) {
+    sc_set_error (errno, "out of memory");
+    tail_close (&t->ep);
+    return NULL;
+  }
+  t->ep.size = dst->size;
+  t->ep.flags = dst->flags;
+  t->ep.block_size = dst->block_size;
+  t->ep.max_request = dst->max_request;
+  t->ep.piece_size = dst->piece_size;
+  t->ep.max_in_flight = dst->max_in_flight;
+  t->ep.queue_depth = dst->queue_depth;
+  t->ep.zero_mode = dst->zero_mode;
+  t->ep.min_sparse = dst->min_sparse;
+  t->ep.allocate = dst->allocate;
+  return &t->ep;
+}
+
+/* The image is complete: the held clusters go out. */
+static int
+tail_release (struct sc_endpoint *ep)
+{
+  struct tail_ep *t = (struct tail_ep *) ep;
+
+  if ((t->len > 0
+       && sc_ep_pwrite (t->dst, t->buf, t->len, t->hold_from) == -1)
+      || sc_ep_flush (t->dst) == -1) {
+    sc_error_name (t->dst->name);
+    return -1;
+  }
+  return 0;
+}
+
 /* ---- phase 2: write ------------------------------------------------------ */
 
 /* Copy the planned image to dst. */
@@ -928,6 +1074,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   const char *target = dst->name;
   struct pack pk = { .src = src, .spill_fd = -1 };
   struct sc_endpoint *checked = NULL;
+  struct sc_endpoint *tail = NULL;
   struct sc_extent_list extents;
   struct sc_fingerprint fp_before, fp_after;
   int have_fp;
@@ -1061,6 +1208,8 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
       goto out;
     }
   }
+  /* A stream ends with its refcount table (see tail_new). */
+  pk.plan.rt_last = !pk.direct && !(dst->flags & SC_EP_SEEKABLE);
   if (qcow2_plan_layout (&pk.plan) == -1) {
     sc_error_name (target);
     goto out;
@@ -1070,8 +1219,15 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     sc_error_name (target);
     goto out;
   }
+  /* A stream is written but for its last clusters (see tail_new). */
+  if (pk.plan.rt_last) {
+    tail = tail_new (dst, pk.cluster_size);
+    if (tail == NULL)
+      goto out;
+  }
   /* Written and flushed. */
-  if ((pk.direct ? write_metadata (&pk, dst) : write_image (&pk, dst)) == -1)
+  if ((pk.direct ? write_metadata (&pk, dst)
+                 : write_image (&pk, tail ? tail : dst)) == -1)
     goto out;
   /* Ranges that no read reached (clusters the image does not store)
    * are read and checked now.
@@ -1089,9 +1245,13 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
       goto out;
     }
   }
+  if (tail && tail_release (tail) == -1)
+    goto out;
   ret = 0;
 
  out:
+  if (tail)
+    sc_ep_close (tail);
   if (pk.spill_fd >= 0)
     close (pk.spill_fd);
   free (pk.spill_buf);

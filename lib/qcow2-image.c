@@ -117,6 +117,9 @@ image_pread (struct sc_endpoint *ep, void *buf, size_t count,
   uint64_t cs = p->h.cluster_size;
   unsigned char *b = buf;
   CLEANUP_FREE unsigned char *cluster = NULL;
+  /* Metadata after the data area: the refcount table of plan->rt_last. */
+  uint64_t meta_after = p->rt_last ? p->h.refcount_table_offset : UINT64_MAX;
+  uint64_t data_bytes = SC_ROUND_UP (p->data_end, QCOW2_COMPRESSED_SECTOR);
   uint64_t end, pos, n, guest;
 
   if (SC_ADD_OVERFLOW (offset, (uint64_t) count, &end) || end > ep->size) {
@@ -126,7 +129,7 @@ image_pread (struct sc_endpoint *ep, void *buf, size_t count,
   for (pos = offset; pos < end; pos += n) {
     int r;
 
-    if (pos < p->data_offset) {
+    if (pos < p->data_offset || pos >= meta_after) {
       /* Metadata, made a cluster at a time. */
       uint64_t skip = pos % cs;
 
@@ -146,7 +149,16 @@ image_pread (struct sc_endpoint *ep, void *buf, size_t count,
     else {
       uint64_t rel = pos - p->data_offset;
 
-      if (place_at (im, rel, end - pos, &n, &guest) == PLACE_SOURCE)
+      if (rel >= data_bytes) {
+        /* The rest of the last cluster of the data area, before a
+         * refcount table that follows it.
+         */
+        n = SC_MIN (end, meta_after) - pos;
+        memset (b + (pos - offset), 0, n);
+        r = 0;
+      }
+      else if (place_at (im, rel, SC_MIN (end - pos, data_bytes - rel), &n,
+                         &guest) == PLACE_SOURCE)
         r = read_source (im, b + (pos - offset), n, guest);
       else
         r = read_spill (im, b + (pos - offset), n, rel);
@@ -166,7 +178,8 @@ image_copy_to (struct sc_endpoint *ep, uint64_t offset,
   const struct qcow2_plan *p = im->plan;
   uint64_t rel, pos, n, guest;
 
-  if (offset < p->data_offset)
+  if (offset < p->data_offset
+      || (p->rt_last && offset + count > p->h.refcount_table_offset))
     return SC_COPY_DECLINED;
   rel = offset - p->data_offset;
   if (place_at (im, rel, count, &n, &guest) == PLACE_SPILL) {

@@ -459,9 +459,16 @@ qcow2_plan_layout (struct qcow2_plan *p)
                                   &p->rt_clusters, &p->rb_clusters) == -1)
     return -1;
 
-  h->refcount_table_offset = cs;
   h->refcount_table_clusters = (uint32_t) p->rt_clusters;
-  p->rb_offset = (1 + p->rt_clusters) * cs;
+  if (p->rt_last && p->reserved_data_offset != 0) {
+    sc_set_error (EINVAL, "a reserved layout has its refcount table first");
+    return -1;
+  }
+  /* With rt_last, the offset of the table is set once the data area's
+   * size is known, below.
+   */
+  h->refcount_table_offset = cs;
+  p->rb_offset = (p->rt_last ? 1 : 1 + p->rt_clusters) * cs;
   h->l1_table_offset = p->rb_offset + p->rb_clusters * cs;
   p->l2_offset = h->l1_table_offset + p->l1_clusters * cs;
   p->meta_end = p->l2_offset + p->nb_l2 * cs;
@@ -519,6 +526,19 @@ qcow2_plan_layout (struct qcow2_plan *p)
     sc_set_error (EFBIG, "image too large for its cluster size");
     return -1;
   }
+  if (p->rt_last) {
+    /* After the last host cluster of the data area (compressed data
+     * may end inside it), the file ending with the table.
+     */
+    if (p->data_clusters > (QCOW2_MAX_HOST_OFFSET - p->data_offset) / cs
+        || p->rt_clusters > (QCOW2_MAX_HOST_OFFSET - p->data_offset) / cs
+                            - p->data_clusters) {
+      sc_set_error (EFBIG, "image too large for its cluster size");
+      return -1;
+    }
+    h->refcount_table_offset = p->data_offset + p->data_clusters * cs;
+    p->file_size = h->refcount_table_offset + p->rt_clusters * cs;
+  }
   p->laid_out = true;
   return 0;
 }
@@ -528,8 +548,10 @@ static uint64_t
 cluster_refcount (const struct qcow2_plan *p, uint64_t c)
 {
   uint64_t data_start = p->data_offset >> p->h.cluster_bits;
+  uint64_t rt = p->h.refcount_table_offset >> p->h.cluster_bits;
 
-  if (c < p->meta_end >> p->h.cluster_bits)
+  if (c < p->meta_end >> p->h.cluster_bits
+      || (c >= rt && c - rt < p->rt_clusters))
     return 1;
   if (c < data_start)
     return 0;                   /* the unused rest of a reservation */
@@ -582,8 +604,9 @@ qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k, void *out)
   uint64_t l1 = rb + p->rb_clusters, l2 = p->l2_offset / cs;
   unsigned char *buf = out;
   uint64_t i, n;
+  bool in_rt = k >= rt && k - rt < p->rt_clusters;
 
-  if (!p->laid_out || k >= p->data_offset / cs) {
+  if (!p->laid_out || (k >= p->data_offset / cs && !in_rt)) {
     sc_set_error (EINVAL, "no metadata cluster %" PRIu64 " in the plan", k);
     return -1;
   }
@@ -591,6 +614,15 @@ qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k, void *out)
     qcow2_header_write (h, buf);
     return p->has_digest
       ? qcow2_header_write_sc_digest (h, &p->digest, buf) : 0;
+  }
+  if (in_rt) {
+    memset (buf, 0, cs);
+    for (i = 0; i < per_cluster; i++) {
+      uint64_t b = (k - rt) * per_cluster + i;
+      if (b < p->rb_clusters)
+        sc_put_be64 (buf + i * 8, p->rb_offset + b * cs);
+    }
+    return 0;
   }
   if (k >= p->meta_end / cs) {
     memset (buf, 0, cs);
@@ -613,16 +645,8 @@ qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k, void *out)
     return 0;
   }
 
-  if (k < rb) {
-    /* The refcount table. */
-    for (i = 0; i < per_cluster; i++) {
-      uint64_t b = (k - rt) * per_cluster + i;
-      if (b < p->rb_clusters)
-        sc_put_be64 (buf + i * 8, p->rb_offset + b * cs);
-    }
-  }
-  else if (k < l1) {
-    /* A refcount block. */
+  if (k < l1) {
+    /* A refcount block (the refcount table is handled above). */
     k -= rb;
     n = SC_MIN (block_entries, p->total_clusters - k * block_entries);
     for (i = 0; i < n; i++)

@@ -619,6 +619,11 @@ struct qcow2_plan {
   uint64_t reserved_data_offset;
   uint64_t reserved_rt_clusters, reserved_rb_clusters;
   uint64_t reserved_total_clusters;
+  /* Set before qcow2_plan_layout(): the refcount table goes after the
+   * data, as the last clusters of the file (for a stream, see pack.c),
+   * instead of right after the header.  Not with a reservation.
+   */
+  bool rt_last;
   /* The content digest, written as a header extension. */
   bool has_digest;
   struct qcow2_sc_digest digest;

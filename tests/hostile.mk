@@ -19,3 +19,6 @@ EXTRA_DIST += tests/hostile-source-change.sh \
 	tests/hostile-source-change-device.sh
 TESTS += tests/hostile-overlap.sh
 EXTRA_DIST += tests/hostile-overlap.sh
+# Faults: a command that fails leaves nothing that looks complete.
+TESTS += tests/fault-stream-target.sh
+EXTRA_DIST += tests/fault-stream-target.sh
