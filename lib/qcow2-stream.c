@@ -69,6 +69,28 @@ struct gkey {
   uint64_t id;
 };
 
+/* Bytes of the image kept in memory for later, once for every item
+ * that names the same host range: an image may name one cluster from
+ * any number of L2 entries (a crafted one, thousands), and what is kept
+ * must follow the bytes of the stream, not the entries that name them.
+ */
+struct kept {
+  struct kept *next;            /* in its bucket of the table */
+  size_t refs;
+  uint64_t host;
+  uint32_t len;
+  uint32_t filled;              /* bytes in data so far */
+  unsigned char data[];
+};
+
+/* The kept ranges by host offset and length, chained in buckets. */
+struct kept_table {
+  struct kept **bucket;
+  size_t nb;                    /* buckets, a power of two (or 0) */
+  size_t n;                     /* ranges kept */
+  uint64_t bytes;               /* their bytes */
+};
+
 /* Data that arrived before data with lower guest offsets, held until
  * everything before it is written.  A compressed cluster is held as it
  * arrived, and inflated when it goes out: what is held then follows the
@@ -78,7 +100,7 @@ struct gkey {
 struct held {
   uint64_t guest;
   size_t len;
-  unsigned char *buf;
+  struct kept *kept;
   uint64_t host;                /* compressed: where it was, for messages */
   bool compressed;
 };
@@ -86,8 +108,7 @@ struct held {
 /* An item whose bytes run on past the chunk in memory. */
 struct partial {
   struct item it;
-  unsigned char *buf;
-  uint32_t filled;
+  struct kept *kept;
 };
 
 struct range {
@@ -116,7 +137,7 @@ struct stream_unpack {
   size_t late_len, late_cap;
   struct partial *part;
   size_t part_len, part_cap;
-  uint64_t part_bytes;
+  struct kept_table part_kept;  /* their bytes */
 
   /* The chunk in memory: bytes [chunk_off, chunk_off + chunk_len). */
   size_t chunk_size;            /* bytes read at a time */
@@ -151,7 +172,7 @@ struct stream_unpack {
   size_t done_cap;              /* bytes */
   struct held *held;            /* min-heap on guest */
   size_t held_len, held_cap;
-  uint64_t held_bytes;
+  struct kept_table held_kept;  /* their bytes */
   unsigned char *cluster;       /* one decompressed cluster */
   bool *l2_seen;                /* per L1 index: table already listed */
 
@@ -190,6 +211,116 @@ grow (void **p, size_t *cap, size_t need, size_t elem, size_t max)
   *p = q;
   *cap = n;
   return 0;
+}
+
+/* The kept range [host, host+len) of t, or NULL. */
+static size_t
+kept_hash (const struct kept_table *t, uint64_t host, uint32_t len)
+{
+  uint64_t h = (host ^ ((uint64_t) len << 40)) * UINT64_C (0x9e3779b97f4a7c15);
+
+  return (size_t) (h >> 32) & (t->nb - 1);
+}
+
+static struct kept *
+kept_find (const struct kept_table *t, uint64_t host, uint32_t len)
+{
+  if (t->nb == 0)
+    return NULL;
+  for (struct kept *k = t->bucket[kept_hash (t, host, len)]; k; k = k->next)
+    if (k->host == host && k->len == len)
+      return k;
+  return NULL;
+}
+
+/* A reference to the kept range [host, host+len) of t, made (empty,
+ * filled 0) unless it is kept already.  limit bounds the bytes of t.
+ */
+static struct kept *
+kept_get (struct kept_table *t, uint64_t host, uint32_t len, uint64_t limit,
+          bool *made)
+{
+  struct kept *k = kept_find (t, host, len);
+  size_t b;
+
+  *made = false;
+  if (k != NULL) {
+    k->refs++;
+    return k;
+  }
+  if (t->bytes + len > limit) {
+    sc_set_error (EFBIG, "more than %" PRIu64 " MiB of the image would be "
+                  "kept in memory", limit / (1024 * 1024));
+    return NULL;
+  }
+  if (t->n + 1 > t->nb) {
+    /* At least as many buckets as ranges: double and rehash. */
+    size_t nb = t->nb ? t->nb * 2 : 64;
+    struct kept **nbk = calloc (nb, sizeof *nbk);
+    struct kept_table nt = { nbk, nb, t->n, t->bytes };
+
+    if (nbk == NULL) {
+      sc_set_error (errno, "out of memory");
+      return NULL;
+    }
+    for (size_t i = 0; i < t->nb; i++)
+      while (t->bucket[i]) {
+        struct kept *m = t->bucket[i];
+        size_t j = kept_hash (&nt, m->host, m->len);
+
+        t->bucket[i] = m->next;
+        m->next = nbk[j];
+        nbk[j] = m;
+      }
+    free (t->bucket);
+    *t = nt;
+  }
+  k = malloc (offsetof (struct kept, data) + len);
+  if (k == NULL) {
+    sc_set_error (errno, "out of memory");
+    return NULL;
+  }
+  k->refs = 1;
+  k->host = host;
+  k->len = len;
+  k->filled = 0;
+  b = kept_hash (t, host, len);
+  k->next = t->bucket[b];
+  t->bucket[b] = k;
+  t->n++;
+  t->bytes += len;
+  *made = true;
+  return k;
+}
+
+/* Drop a reference; the last one frees the range. */
+static void
+kept_put (struct kept_table *t, struct kept *k)
+{
+  struct kept **pp;
+
+  if (k == NULL || --k->refs > 0)
+    return;
+  for (pp = &t->bucket[kept_hash (t, k->host, k->len)]; *pp != k;
+       pp = &(*pp)->next)
+    ;
+  *pp = k->next;
+  t->n--;
+  t->bytes -= k->len;
+  free (k);
+}
+
+static void
+kept_table_free (struct kept_table *t)
+{
+  for (size_t i = 0; i < t->nb; i++)
+    while (t->bucket[i]) {
+      struct kept *k = t->bucket[i];
+
+      t->bucket[i] = k->next;
+      free (k);
+    }
+  free (t->bucket);
 }
 
 static int
@@ -398,9 +529,14 @@ held_push (struct stream_unpack *s, const void *buf, size_t len,
            uint64_t guest, bool compressed, uint64_t host)
 {
   struct held hd = { guest, len, NULL, host, compressed };
+  bool made;
   size_t i;
 
-  if (s->held_bytes + len > qcow2_stream_held_limit) {
+  /* Data clusters and compressed ones never share a range: a data
+   * cluster is whole and aligned, a compressed one shorter.
+   */
+  if (!kept_find (&s->held_kept, host, (uint32_t) len)
+      && s->held_kept.bytes + len > qcow2_stream_held_limit) {
     sc_set_error (EFBIG, "more than %zu MiB of the image's data arrived "
                   "before data it must follow, so it cannot go from a pipe "
                   "to a pipe: unpack to a file",
@@ -410,13 +546,14 @@ held_push (struct stream_unpack *s, const void *buf, size_t len,
   if (grow ((void **) &s->held, &s->held_cap, s->held_len + 1,
             sizeof *s->held, MAX_PENDING_ITEMS) == -1)
     return -1;
-  hd.buf = malloc (len);
-  if (hd.buf == NULL) {
-    sc_set_error (errno, "out of memory");
+  hd.kept = kept_get (&s->held_kept, host, (uint32_t) len,
+                      qcow2_stream_held_limit, &made);
+  if (hd.kept == NULL)
     return -1;
+  if (made) {
+    memcpy (hd.kept->data, buf, len);
+    hd.kept->filled = (uint32_t) len;
   }
-  memcpy (hd.buf, buf, len);
-  s->held_bytes += len;
   i = s->held_len++;
   s->held[i] = hd;
   heap_up (s->held, sizeof *s->held, i);
@@ -430,7 +567,6 @@ held_pop (struct stream_unpack *s)
 
   s->held[0] = s->held[--s->held_len];
   heap_down (s->held, sizeof *s->held, s->held_len);
-  s->held_bytes -= top.len;
   return top;
 }
 
@@ -515,12 +651,12 @@ release_held (struct stream_unpack *s)
     int r = 0;
 
     if (hd.compressed)
-      r = inflate_cluster (s, hd.buf, hd.len, hd.host);
+      r = inflate_cluster (s, hd.kept->data, hd.len, hd.host);
     if (r == 0)
       r = hd.compressed
         ? forward_write (s, s->cluster, s->h.cluster_size, hd.guest)
-        : forward_write (s, hd.buf, hd.len, hd.guest);
-    free (hd.buf);
+        : forward_write (s, hd.kept->data, hd.len, hd.guest);
+    kept_put (&s->held_kept, hd.kept);
     if (r == -1)
       return -1;
   }
@@ -957,24 +1093,30 @@ process_chunk (struct stream_unpack *s)
   /* Items begun in an earlier chunk. */
   for (size_t i = 0; i < s->part_len;) {
     struct partial *pt = &s->part[i];
-    uint64_t want = pt->it.length - pt->filled;
-    size_t n = (size_t) SC_MIN (want, (uint64_t) s->chunk_len);
+    struct kept *k = pt->kept;
+    /* Items of the same range share its bytes: the first of them
+     * takes this chunk's part.
+     */
+    uint64_t at = k->host + k->filled;
     uint64_t a, b;
 
-    memcpy (pt->buf + pt->filled, s->chunk, n);
-    pt->filled += (uint32_t) n;
+    if (k->filled < k->len && at >= s->chunk_off && at < cend) {
+      size_t n = (size_t) SC_MIN ((uint64_t) (k->len - k->filled), cend - at);
+
+      memcpy (k->data + k->filled, s->chunk + (at - s->chunk_off), n);
+      k->filled += (uint32_t) n;
+    }
     item_cover (&pt->it, &a, &b);
     if (ranges_add (&s->covered, SC_MAX (a, s->chunk_off),
                     SC_MIN (b, cend)) == -1)
       return -1;
-    if (pt->filled == pt->it.length) {
+    if (k->filled == k->len) {
       struct partial done = *pt;
       int r;
 
       s->part[i] = s->part[--s->part_len];
-      s->part_bytes -= done.it.length;
-      r = handle (s, &done.it, done.buf, done.filled);
-      free (done.buf);
+      r = handle (s, &done.it, k->data, k->filled);
+      kept_put (&s->part_kept, k);
       if (r == -1)
         return -1;
       continue;
@@ -1018,27 +1160,26 @@ process_chunk (struct stream_unpack *s)
       return -1;
     }
     else {
-      struct partial pt = { it, NULL, 0 };
+      struct partial pt = { it, NULL };
+      bool made;
 
-      if (s->part_bytes + it.length > MAX_PARTIAL_BYTES) {
-        sc_set_error (EFBIG, "too many clusters run on past %" PRIu64
-                      " bytes of the stream", cend);
-        return -1;
-      }
-      pt.buf = malloc (it.length);
-      if (pt.buf == NULL) {
-        sc_set_error (errno, "out of memory");
-        return -1;
-      }
-      pt.filled = (uint32_t) (cend - it.offset);
-      memcpy (pt.buf, s->chunk + (it.offset - s->chunk_off), pt.filled);
       if (grow ((void **) &s->part, &s->part_cap, s->part_len + 1,
-                sizeof *s->part, MAX_PENDING_ITEMS) == -1) {
-        free (pt.buf);
+                sizeof *s->part, MAX_PENDING_ITEMS) == -1)
         return -1;
+      pt.kept = kept_get (&s->part_kept, it.offset, it.length,
+                          MAX_PARTIAL_BYTES, &made);
+      if (pt.kept == NULL) {
+        if (sc_error_errno () == EFBIG)
+          sc_set_error (EFBIG, "too many clusters run on past %" PRIu64
+                        " bytes of the stream", cend);
+        return -1;
+      }
+      if (made) {
+        pt.kept->filled = (uint32_t) (cend - it.offset);
+        memcpy (pt.kept->data, s->chunk + (it.offset - s->chunk_off),
+                pt.kept->filled);
       }
       s->part[s->part_len++] = pt;
-      s->part_bytes += it.length;
     }
   }
 
@@ -1307,12 +1448,13 @@ qcow2_unpack_stream_chunked (struct sc_endpoint *src,
     int r = -1;
 
     if (pt.it.kind == ITEM_COMPRESSED)
-      r = handle_compressed_tail (&s, &pt.it, pt.buf, pt.filled);
+      r = handle_compressed_tail (&s, &pt.it, pt.kept->data,
+                                  pt.kept->filled);
     else
       sc_set_error (EIO, "the stream ended at %" PRIu64 " bytes, inside "
                     "%s at host offset %" PRIu64, s.stream_len,
                     item_name (&pt.it), pt.it.offset);
-    free (pt.buf);
+    kept_put (&s.part_kept, pt.kept);
     if (r == -1)
       goto err_image;
   }
@@ -1346,10 +1488,8 @@ qcow2_unpack_stream_chunked (struct sc_endpoint *src,
   if (!s.target_failed)
     sc_error_prefix ("%s", s.name);
  out:
-  for (size_t i = 0; i < s.part_len; i++)
-    free (s.part[i].buf);
-  for (size_t i = 0; i < s.held_len; i++)
-    free (s.held[i].buf);
+  kept_table_free (&s.part_kept);
+  kept_table_free (&s.held_kept);
   free (s.held);
   free (s.gheap);
   free (s.done);

@@ -22,3 +22,5 @@ EXTRA_DIST += tests/hostile-overlap.sh
 # Faults: a command that fails leaves nothing that looks complete.
 TESTS += tests/fault-stream-target.sh
 EXTRA_DIST += tests/fault-stream-target.sh
+TESTS += tests/fault-stream-memory.sh
+EXTRA_DIST += tests/fault-stream-memory.sh
