@@ -24,3 +24,5 @@ TESTS += tests/fault-stream-target.sh
 EXTRA_DIST += tests/fault-stream-target.sh
 TESTS += tests/fault-stream-memory.sh
 EXTRA_DIST += tests/fault-stream-memory.sh
+TESTS += tests/fault-epipe.sh
+EXTRA_DIST += tests/fault-epipe.sh
