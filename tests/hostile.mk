@@ -26,3 +26,5 @@ TESTS += tests/fault-stream-memory.sh
 EXTRA_DIST += tests/fault-stream-memory.sh
 TESTS += tests/fault-epipe.sh
 EXTRA_DIST += tests/fault-epipe.sh
+TESTS += tests/fault-lowmem.sh
+EXTRA_DIST += tests/fault-lowmem.sh
