@@ -5,7 +5,8 @@
 # "No space left on device" naming the target, leaves no file behind
 # when it created the target itself, leaves what standard output got
 # looking unfinished (check reports the image cut short; the raw data is
-# short), and does not touch its source.
+# short, and qemu-img check refuses it), leaves no spill file in TMPDIR,
+# and does not touch its source.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 . "${srcdir:-$(dirname "$0")}/hostile-functions.sh"
 requires qemu-img python3 cmp
@@ -13,6 +14,8 @@ requires_root
 requires losetup mkfs.ext4 mount umount
 
 cd "$tmp"
+mkdir spill
+export TMPDIR=$tmp/spill
 # 12 MiB of data that does not compress, in a 64 MiB file, and its image.
 truncate -s 64M src.raw
 head -c 12M /dev/urandom | dd of=src.raw bs=1M seek=8 conv=notrunc status=none
@@ -55,12 +58,17 @@ for fs in tmpfs ext4; do
         # What got out is a qcow2 image cut short, and says so.
         rc=0
         sparsecow check $out > /dev/null 2>&1 || rc=$?
-        [ $rc != 0 ] || fail "the partial image from $op to stdout on $fs checks clean" ;;
+        [ $rc != 0 ] || fail "the partial image from $op to stdout on $fs checks clean"
+        rc=0
+        qemu-img check -f qcow2 $out > /dev/null 2>&1 || rc=$?
+        [ $rc != 0 ] ||
+          fail "qemu-img check finds the partial image from $op to stdout on $fs clean" ;;
       unpack)
         [ "$(stat -c %s $out)" -lt 67108864 ] ||
           fail "the partial data from unpack to stdout on $fs has the full size" ;;
     esac
     rm -f $out
+    [ -z "$(ls -A spill)" ] || fail "$op onto a full $fs left in TMPDIR: $(ls -A spill)"
   done
   # From a pipe into a file on the full file system.
   expect_fail "^sparsecow: $fs/out.raw: .*No space left on device" \

@@ -3,7 +3,9 @@
 # as the data to pack and as the disk that holds an image to unpack.
 # Each run fails with a message that names the source and the offset of
 # the first byte that could not be read, leaves no target and no
-# temporary file, and the files under the faulty view are unchanged.
+# temporary file (none in TMPDIR either), and the files under the
+# faulty view are unchanged; what pack wrote to standard output before
+# the error is no image that qemu-img check accepts.
 # The faulty view is a device-mapper table (linear + error + linear over
 # a loop device) where the kernel has device-mapper, and a FUSE file
 # (nbdfuse over nbdkit's ddrescue filter, which fails the ranges a
@@ -14,6 +16,8 @@ requires qemu-img python3 cmp md5sum
 requires_root
 
 cd "$tmp"
+mkdir spill
+export TMPDIR=$tmp/spill
 mb=1048576
 # 16 MiB of data in a 32 MiB file, and its image (whole sectors, for a
 # device); the bad range is 64 KiB at 10 MiB in both files, which is
@@ -95,7 +99,10 @@ for kind in dm fuse; do
     expect_fail "^sparsecow: $raw: read at offset $bad: Input/output error" \
       sparsecow $op "$raw" out-$kind/out.qcow2
     expect_fail "^sparsecow: $raw: read at offset $bad: Input/output error" \
-      sparsecow $op "$raw" -
+      sh -c "$SC_VALGRIND '$SPARSECOW' $op '$raw' - > out-$kind.stdout"
+    rc=0; qemu-img check -f qcow2 out-$kind.stdout >/dev/null 2>&1 || rc=$?
+    [ $rc != 0 ] || fail "$op of $raw to stdout: qemu-img check accepts what came out"
+    rm -f out-$kind.stdout
   done
   for op in "unpack" "unpack -j 4"; do
     expect_fail "^sparsecow: $img: read at offset $bad: Input/output error" \
@@ -106,6 +113,7 @@ for kind in dm fuse; do
   expect_fail "^sparsecow: $img: read at offset $bad: Input/output error" \
     sparsecow pack "$img" out-$kind/out.qcow2
   [ -z "$(ls -A out-$kind)" ] || fail "failed runs left: $(ls -A out-$kind)"
+  [ -z "$(ls -A spill)" ] || fail "failed runs left in TMPDIR: $(ls -A spill)"
 done
 [ "$(md5sum src.raw src.qcow2)" = "$sums" ] || fail "a source changed"
 exit 0

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# SIGINT, SIGTERM and SIGKILL at seeded random points of pack and unpack.
+# SIGINT, SIGTERM and SIGKILL at seeded random points of pack and unpack
+# (20 points per signal: pack, pack -c, unpack of an image and of a
+# compressed image, 5 each; SIGNAL_ROUNDS changes the 5).
 # The source is a FIFO fed a MiB at a time: a write returns only once
 # the program has read nearly all of it, so after k writes the program
 # is k MiB into its run, still waiting for the rest, when the signal
@@ -26,7 +28,8 @@ for i in range(8):
     else:
         sys.stdout.buffer.write(bytes(r.choice(b"abcdefgh") for _ in range(1 << 20)))' > src.raw
 qemu-img convert -q -f raw -O qcow2 src.raw src.qcow2
-sums=$(md5sum src.raw src.qcow2)
+qemu-img convert -q -c -f raw -O qcow2 src.raw src.c.qcow2
+sums=$(md5sum src.raw src.qcow2 src.c.qcow2)
 
 # SIGNAL_SEED picks other points, SIGNAL_ROUNDS more of them.
 RANDOM=${SIGNAL_SEED:-4242}
@@ -39,17 +42,19 @@ try:
 except OSError:
     print("no")' out)
 for sig in INT TERM KILL; do
-  for op in "pack" "pack -c" "unpack"; do
-    for ((round = 0; round < ${SIGNAL_ROUNDS:-1}; round++)); do
+  for op in "pack" "pack -c" "unpack" "unpack-c"; do
+    for ((round = 0; round < ${SIGNAL_ROUNDS:-5}; round++)); do
       case $op in
         pack*) src=src.raw; target=out/t.qcow2 ;;
         unpack) src=src.qcow2; target=out/t.raw ;;
+        unpack-c) src=src.c.qcow2; target=out/t.raw ;;
       esac
       size=$(stat -c %s $src)
       n=$(( (size + mb - 1) / mb ))
       k=$(( RANDOM % n ))       # chunks fed before the signal: never all
       rm -f fifo; mkfifo fifo
-      $SC_VALGRIND "$SPARSECOW" $op fifo $target 2>err &
+      cmd=$op; [ "$op" != unpack-c ] || cmd=unpack
+      $SC_VALGRIND "$SPARSECOW" $cmd fifo $target 2>err &
       pid=$!
       exec 3>fifo
       for ((i = 0; i < k; i++)); do
@@ -83,7 +88,7 @@ for sig in INT TERM KILL; do
   done
 done
 echo "$0: $kills signals; SIGKILL left $left hidden temporary files (O_TMPFILE: $tmpfile)"
-[ "$(md5sum src.raw src.qcow2)" = "$sums" ] || fail "a source changed"
+[ "$(md5sum src.raw src.qcow2 src.c.qcow2)" = "$sums" ] || fail "a source changed"
 
 # The next run after a SIGKILL succeeds and writes the target.
 rm -f fifo; mkfifo fifo
