@@ -7,12 +7,15 @@
 # device, then drains the rest: pack is then in the middle of its run,
 # blocked on the pipe.  What sparsecow(1) does not promise (a write
 # through another device node, a partition or a device stacked on top)
-# is not tested.
+# is not tested.  What went into the pipe is no image that qemu-img
+# check accepts, and no spill file is left in TMPDIR.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 requires qemu-img losetup truncate dd cmp
 requires_root
 
 cd "$tmp"
+mkdir spill
+export TMPDIR=$tmp/spill
 MiB=$((1024 * 1024))
 head -c 6M /dev/urandom > orig.raw
 truncate -s 16M orig.raw
@@ -52,13 +55,17 @@ for how in rewrite truncate regrow device shrink; do
     restore
     rm -f rc
     { "$SPARSECOW" pack $c "$dev" - 2>err || echo $? > rc; } |
-      { head -c 1M > /dev/null; change $how; cat > /dev/null; }
+      { head -c 1M > out.qcow2; change $how; cat >> out.qcow2; }
     [ -s rc ] || { cat err >&2; fail "pack $c of $dev ($how while packing) succeeded"; }
     grep -Eq "^sparsecow: $dev: (source changed while packing|(short read|unexpected end of file) at offset [0-9]+|.*Input/output error)" err ||
       { cat err >&2; fail "pack $c of $dev ($how while packing): unclear message"; }
     if grep -q "AddressSanitizer\|runtime error" err; then
       cat err >&2; fail "sanitizer report"
     fi
+    # What went into the pipe is no image qemu-img check accepts.
+    rc=0; qemu-img check -f qcow2 out.qcow2 >/dev/null 2>&1 || rc=$?
+    [ $rc != 0 ] || fail "pack $c of $dev ($how): qemu-img check accepts the output"
+    [ -z "$(ls -A spill)" ] || fail "pack $c of $dev ($how) left in TMPDIR: $(ls -A spill)"
     echo "$how, pack $c: $(cat err)"
   done
 done
