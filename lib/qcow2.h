@@ -551,7 +551,7 @@ extern uint32_t qcow2_chain_cluster_size (const struct sc_qcow2 *q);
  * Until qcow2_plan_layout() the data offsets in the L2 entries are
  * relative to the start of the data area, which comes after all
  * metadata in the order header, refcount table, refcount blocks, L1,
- * L2 tables.
+ * L2 tables (with rt_last, the refcount table comes after the data).
  */
 /* A run of guest clusters stored one after another: uncompressed at
  * consecutive data-area offsets from value, or compressed with their L2
