@@ -305,7 +305,7 @@ source_byte (uint64_t o)
 }
 
 static void
-test_planned_image (void)
+planned_image (bool rt_last)
 {
   const uint64_t cs = 4096, src_size = 299 * 4096 + 1000;
   struct qcow2_plan p;
@@ -315,11 +315,12 @@ test_planned_image (void)
   struct sc_endpoint *src, *image, *dst;
   static const size_t steps[] = { 777, 4097, 8193 };
   unsigned char *want, *got, *buf, *data;
-  uint64_t size, spill_size;
+  uint64_t size, spill_size, data_end, rt;
 
   CU_ASSERT_FATAL (src_file && spill_file && dst_file);
   CU_ASSERT_EQUAL_FATAL (qcow2_plan_init (&p, 3, 12, 4, SC_CODEC_DEFLATE,
                                           1 << 24), 0);
+  p.rt_last = rt_last;
   /* Uncompressed clusters in runs broken by gaps in the guest and by
    * compressed clusters; the last one runs past the end of the source.
    */
@@ -338,7 +339,21 @@ test_planned_image (void)
   }
   CU_ASSERT_EQUAL_FATAL (qcow2_plan_layout (&p), 0);
   size = p.file_size;
-  spill_size = size - p.data_offset;
+  /* The data area, and with rt_last the refcount table after its last
+   * cluster, which ends the file.
+   */
+  data_end = p.data_offset + SC_ROUND_UP (p.data_end, 512);
+  rt = p.h.refcount_table_offset;
+  if (rt_last) {
+    CU_ASSERT_EQUAL (rt, p.data_offset + p.data_clusters * cs);
+    CU_ASSERT_EQUAL (size, rt + p.rt_clusters * cs);
+    CU_ASSERT (data_end <= rt);
+  }
+  else {
+    CU_ASSERT_EQUAL (rt, cs);
+    CU_ASSERT_EQUAL (size, data_end);
+  }
+  spill_size = data_end - p.data_offset;
   CU_ASSERT_FATAL (spill_size / cs < 600);
 
   want = malloc (size);
@@ -362,6 +377,19 @@ test_planned_image (void)
     uint64_t gc = guest_of[r / cs], o = gc * cs + r % cs;
     want[p.data_offset + r] = gc == UINT64_MAX ? buf[r]
       : o < src_size ? source_byte (o) : 0;
+  }
+  if (rt_last) {
+    /* Zeros to the end of the last data cluster, then the table, whose
+     * clusters have refcount 1 like the rest of the metadata.
+     */
+    memset (want + data_end, 0, rt - data_end);
+    for (uint64_t k = rt / cs; k < size / cs; k++)
+      CU_ASSERT_EQUAL (qcow2_plan_metadata (&p, k, want + k * cs), 0);
+    CU_ASSERT_EQUAL (sc_get_be64 (want + rt), p.rb_offset);
+    CU_ASSERT_EQUAL (qcow2_refcount_get (want + p.rb_offset,
+                                         p.h.refcount_order, rt / cs), 1);
+    CU_ASSERT_EQUAL (qcow2_refcount_get (want + p.rb_offset,
+                                         p.h.refcount_order, size / cs), 0);
   }
 
   src = sc_endpoint_open_fd_source (fileno (src_file), "src", SC_MAP_SEEK);
@@ -413,6 +441,19 @@ test_planned_image (void)
   qcow2_plan_free (&p);
 }
 
+static void
+test_planned_image (void)
+{
+  planned_image (false);
+}
+
+/* The layout of a stream: the refcount table after the data. */
+static void
+test_planned_image_rt_last (void)
+{
+  planned_image (true);
+}
+
 int
 main (void)
 {
@@ -431,7 +472,9 @@ main (void)
       || !CU_add_test (s, "refcount layout fixed point",
                        test_layout_fixed_point)
       || !CU_add_test (s, "plan placement", test_plan_placement)
-      || !CU_add_test (s, "planned image", test_planned_image)) {
+      || !CU_add_test (s, "planned image", test_planned_image)
+      || !CU_add_test (s, "planned image, refcount table last",
+                       test_planned_image_rt_last)) {
     CU_cleanup_registry ();
     return EXIT_FAILURE;
   }
