@@ -160,9 +160,9 @@ for sig in INT TERM KILL; do
       3) opts=""; from=pipe ;;
     esac
     # shellcheck disable=SC2086
-    [ -n "${full_of[$opts]:-}" ] ||
-      full_of[$opts]=$(sparsecow pack $opts rand.raw - | wc -c)
-    full=${full_of[$opts]}
+    [ -n "${full_of[x$opts]:-}" ] ||
+      full_of[x$opts]=$(sparsecow pack $opts rand.raw - | wc -c)
+    full=${full_of[x$opts]}
     k=$(( (RANDOM * 32768 + RANDOM) % (full - 2 * mb) ))
     if [ $from = file ]; then
       # shellcheck disable=SC2086
