@@ -11,6 +11,11 @@
  * compresses at the levels igzip lacks and gives the verdict on every
  * cluster that igzip does not decode cleanly to exactly one cluster.
  * SPARSECOW_DEFLATE=zlib in the environment uses zlib alone.
+ *
+ * With libdeflate built in as well, it takes igzip's place as the
+ * first inflater: whole 64 KiB clusters that qemu compressed decode
+ * about a tenth faster with it.  zlib still gives the verdict on every
+ * cluster that it does not decode cleanly to exactly one cluster.
  */
 #include <config.h>
 
@@ -19,6 +24,9 @@
 #include <zlib.h>
 #ifdef HAVE_ISAL
 #include <isa-l/igzip_lib.h>
+#endif
+#ifdef HAVE_LIBDEFLATE
+#include <libdeflate.h>
 #endif
 #ifdef HAVE_ZSTD
 #include <zstd.h>
@@ -81,6 +89,9 @@ struct codec_state {
   uint8_t *isal_level_buf;      /* ISAL_DEF_LVL3_DEFAULT bytes */
   struct inflate_state *isal_inflate;
 #endif
+#ifdef HAVE_LIBDEFLATE
+  struct libdeflate_decompressor *ld;
+#endif
 #ifdef HAVE_ZSTD
   ZSTD_CCtx *zc;
   int zc_level;                 /* level zc is set to */
@@ -104,6 +115,10 @@ free_state (void *p)
   free (s->isal_deflate);
   free (s->isal_level_buf);
   free (s->isal_inflate);
+#endif
+#ifdef HAVE_LIBDEFLATE
+  if (s->ld != NULL)
+    libdeflate_free_decompressor (s->ld);
 #endif
 #ifdef HAVE_ZSTD
   ZSTD_freeCCtx (s->zc);
@@ -391,6 +406,7 @@ isal_deflate_cluster (struct codec_state *s, int ilevel,
   return -1;
 }
 
+#ifndef HAVE_LIBDEFLATE
 /* igzip decodes the cluster when the deflate stream ends exactly where
  * the cluster is full, which is how every well-formed cluster ends
  * (the bytes after it are sector padding or the next cluster).  Returns
@@ -430,6 +446,32 @@ isal_inflate_cluster (struct codec_state *s, const void *in, size_t in_len,
   if (isal_inflate_stateless (st) == ISAL_DECOMP_OK
       && st->block_state == ISAL_BLOCK_FINISH && st->avail_out == 0
       && (size_t) (st->next_out - (uint8_t *) out) == out_len)
+    return 0;
+  return 1;
+}
+#endif /* !HAVE_LIBDEFLATE */
+#endif
+
+#if defined HAVE_ISAL && defined HAVE_LIBDEFLATE
+/* libdeflate decodes the cluster: 0 when the stream ends
+ * exactly where the cluster is full, 1 for anything else, which zlib
+ * then decodes and judges.  libdeflate, too, takes a few blocks whose
+ * Huffman code is incomplete (no codeword at all, or a single one of
+ * one bit) where zlib refuses some of them; no encoder writes such a
+ * block.
+ */
+static int
+ld_inflate_cluster (struct codec_state *s, const void *in, size_t in_len,
+                    void *out, size_t out_len)
+{
+  size_t used_in, made;
+
+  if (s->ld == NULL && (s->ld = libdeflate_alloc_decompressor ()) == NULL)
+    return 1;                   /* zlib needs far less memory */
+  if (libdeflate_deflate_decompress_ex (s->ld, in, in_len, out, out_len,
+                                        &used_in, &made)
+      == LIBDEFLATE_SUCCESS
+      && made == out_len && used_in <= in_len)
     return 0;
   return 1;
 }
@@ -558,7 +600,11 @@ sc_decompress (enum sc_codec codec, const void *in, size_t in_len,
     enum deflate_impl impl;
     if (get_impl (&impl) == -1)
       return -1;
-#ifdef HAVE_ISAL
+#if defined HAVE_ISAL && defined HAVE_LIBDEFLATE
+    if (impl == DEFLATE_ISAL
+        && ld_inflate_cluster (s, in, in_len, out, out_len) == 0)
+      return 0;
+#elif defined HAVE_ISAL
     if (impl == DEFLATE_ISAL
         && isal_inflate_cluster (s, in, in_len, out, out_len) == 0)
       return 0;

@@ -16,7 +16,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 packages=(autoconf automake libtool pkg-config make gcc
-          zlib1g-dev libisal-dev libzstd-dev libnbd-dev libcunit1-dev libssl-dev
+          zlib1g-dev libisal-dev libdeflate-dev libzstd-dev libnbd-dev libcunit1-dev libssl-dev
           qemu-utils nbdkit libnbd-bin e2fsprogs xfsprogs btrfs-progs python3 valgrind jq
           clang libclang-rt-14-dev bmap-tools dmsetup)
 missing=()

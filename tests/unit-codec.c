@@ -332,8 +332,9 @@ decode_both (const unsigned char *in, size_t in_len, size_t cs,
 }
 
 /* qemu's clusters (zlib) and igzip's, whole, run on into the next
- * cluster, truncated, and damaged: igzip's inflate path must end each
- * exactly as zlib's does.
+ * cluster, truncated, and damaged: the inflate path of "isal" (which
+ * decodes with libdeflate first where it is built in, else with igzip)
+ * must end each exactly as zlib's does.
  */
 static void
 test_isal_inflate_matches_zlib (void)
