@@ -1,12 +1,17 @@
 /* The copy engine: the ordered pipeline, and sc_copy() on top of it.
  *
  * Pieces are handed out in source order from a ring of slots.  Worker
- * threads take the next piece while the ring has room, read it (data
- * pieces only) and run work() on it; the calling thread emits the
- * pieces strictly in order as they become ready and frees their slots.
- * The ring bounds memory: at most nslots buffers of request_size, no
- * matter how large the source is.  Hole and zero pieces carry only an
- * offset and a length, so a hole of many terabytes costs nothing.
+ * threads (the calling thread is one of them) take the next piece
+ * while the ring has room, read it (data pieces only) and run work()
+ * on it.  The worker that finds the next piece in order ready emits it
+ * and those after it that are ready, strictly in order; then any
+ * worker runs finish() on an emitted piece, in parallel, and frees its
+ * slot.  emit() is the serial part of a run and does only what needs
+ * the order (where a piece goes); finish() does the rest (writing it
+ * there).  The ring bounds memory: at most nslots buffers of
+ * request_size, no matter how large the source is.  Hole and zero
+ * pieces carry only an offset and a length, so a hole of many
+ * terabytes costs nothing.
  *
  * A stream source (a pipe) has no extent list and no known length: it
  * is cut into pieces of request_size read one after another, and the
@@ -14,6 +19,7 @@
  */
 #include <config.h>
 
+#include <assert.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -44,9 +50,11 @@
 #define SC_EXTENT_NOT_DATA (SC_EXTENT_HOLE | SC_EXTENT_ZERO)
 
 enum slot_state {
-  SLOT_FREE,                    /* no piece, or already emitted */
+  SLOT_FREE,                    /* no piece, or done with */
   SLOT_BUSY,                    /* owned by a worker */
   SLOT_READY,                   /* waiting to be emitted */
+  SLOT_PLACED,                  /* emitted, waiting for finish() */
+  SLOT_FINISHING,               /* in finish() on a worker */
 };
 
 struct slot {
@@ -93,26 +101,39 @@ struct run {
   uint64_t next_seq;            /* next piece to hand out */
   uint64_t emit_seq;            /* next piece to emit */
   uint64_t read_turn;           /* with serial_reads: next piece to read */
+  bool emitting;                /* a worker is in emit_ready */
+  size_t placed;                /* slots in SLOT_PLACED */
+  struct sc_progress prog;      /* touched by the emitting worker only */
   bool all_issued;              /* the cursor is exhausted */
+  bool done;                    /* every piece emitted and finished */
   bool stop;
   bool failed;
   int err_errno;
   char err_msg[1024];
   /* With stats: the CPU time the workers spent outside their serial
-   * sections (see thread_cpu).
+   * sections, in them, and in emit() (see thread_cpu).
    */
   bool stats;
   double parallel_cpu;
+  double serial_cpu;
+  double emit_cpu;
+};
+
+/* A worker's CPU seconds in serial sections, emit() among them. */
+struct worker_stats {
+  double serial;
+  double emit;
 };
 
 /* For the scoreboard's Amdahl projection (bench/README): with
- * SPARSECOW_PIPELINE_STATS=FILE, each run appends to FILE one
- * line "pipeline threads=N parallel_cpu_s=S": the CPU seconds its
- * workers spent in work that runs on all of them at once (reads of a
- * thread-safe source, work()), leaving out the serial sections (handing
- * out pieces, reads of a source taken one request at a time); with one
- * thread, the CPU seconds of what workers would do.  All the rest of
- * the process's CPU time (emit(), set-up, metadata) is serial.
+ * SPARSECOW_PIPELINE_STATS=FILE, each run appends to FILE one line
+ * "pipeline threads=N emit_cpu_s=E serial_cpu_s=X parallel_cpu_s=S":
+ * S is the CPU seconds its workers spent in work that runs on all of
+ * them at once (reads of a thread-safe source, work(), finish()), X
+ * those in their serial sections (handing out pieces, reads of a
+ * source taken one request at a time, emit()), E those in emit() alone;
+ * with one thread, what workers would do.  All the rest of the
+ * process's CPU time (set-up, metadata, the final flush) is serial too.
  */
 #define STATS_ENV "SPARSECOW_PIPELINE_STATS"
 
@@ -131,10 +152,11 @@ thread_cpu (void)
  * the numbers are only for measuring.
  */
 static void
-write_stats (unsigned threads, double parallel_cpu)
+write_stats (unsigned threads, double parallel_cpu, double emit_cpu,
+             double serial_cpu)
 {
   const char *path = getenv (STATS_ENV);
-  char line[128];
+  char line[256];
   int fd, n;
 
   if (path == NULL || *path == '\0')
@@ -142,8 +164,9 @@ write_stats (unsigned threads, double parallel_cpu)
   fd = open (path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   if (fd == -1)
     return;
-  n = snprintf (line, sizeof line, "pipeline threads=%u parallel_cpu_s=%.6f\n",
-                threads, parallel_cpu);
+  n = snprintf (line, sizeof line, "pipeline threads=%u emit_cpu_s=%.6f "
+                "serial_cpu_s=%.6f parallel_cpu_s=%.6f\n",
+                threads, emit_cpu, serial_cpu, parallel_cpu);
   if (n > 0 && (size_t) n < sizeof line) {
     ssize_t w = write (fd, line, (size_t) n);
     (void) w;                   /* ignored, see above */
@@ -362,109 +385,6 @@ record_error (struct run *r)
   pthread_cond_broadcast (&r->cond);
 }
 
-static void *
-worker (void *arg)
-{
-  struct run *r = arg;
-  const struct sc_pipeline *p = r->p;
-  double start = r->stats ? thread_cpu () : 0, serial = 0, t = 0;
-
-  pthread_mutex_lock (&r->lock);
-  for (;;) {
-    struct slot *slot;
-    struct sc_piece *piece;
-    uint64_t seq;
-    int rc = 0;
-
-    if (r->stop || r->all_issued)
-      break;
-    if (r->next_seq >= r->emit_seq + r->nslots) {
-      pthread_cond_wait (&r->cond, &r->lock);
-      continue;
-    }
-    seq = r->next_seq;
-    slot = &r->slots[seq % r->nslots];
-    piece = &slot->piece;
-    if (r->stats)
-      t = thread_cpu ();
-    rc = next_piece (&r->cur, piece);
-    if (r->stats)
-      serial += thread_cpu () - t;
-    if (rc == -1) {
-      record_error (r);
-      break;
-    }
-    if (rc == 0) {
-      r->all_issued = true;
-      pthread_cond_broadcast (&r->cond);
-      break;
-    }
-    rc = 0;
-    r->next_seq++;
-    piece->out_len = 0;
-    piece->user = 0;
-    piece->moved = false;
-    slot->state = SLOT_BUSY;
-    pthread_mutex_unlock (&r->lock);
-
-    rc = slot_buffers (p, piece, r->cur.request_size);
-
-    /* A source that is not thread-safe (or not seekable) is read by
-     * one thread at a time, in source order; work() still runs in
-     * parallel.
-     */
-    if (r->serial_reads) {
-      pthread_mutex_lock (&r->lock);
-      while (r->read_turn != seq && !r->stop)
-        pthread_cond_wait (&r->cond, &r->lock);
-      if (r->stop) {
-        break;                  /* with the lock held */
-      }
-      pthread_mutex_unlock (&r->lock);
-    }
-    if (rc == 0 && piece->flags == 0) {
-      if (r->serial_reads) {
-        pthread_mutex_lock (&r->src_lock);
-        if (r->stats)
-          t = thread_cpu ();
-      }
-      rc = take_piece (p, piece);
-      if (r->serial_reads) {
-        if (r->stats)
-          serial += thread_cpu () - t;
-        pthread_mutex_unlock (&r->src_lock);
-      }
-    }
-    if (r->serial_reads || rc == 1) {
-      pthread_mutex_lock (&r->lock);
-      r->read_turn++;
-      /* The stream ended: pieces already handed out read nothing. */
-      if (rc == 1) {
-        r->all_issued = true;
-        rc = 0;
-      }
-      pthread_cond_broadcast (&r->cond);
-      pthread_mutex_unlock (&r->lock);
-    }
-    if (rc == 0 && piece->flags == 0 && !piece->moved && piece->length > 0
-        && p->work)
-      rc = p->work (piece, p->opaque);
-
-    pthread_mutex_lock (&r->lock);
-    if (rc == -1) {
-      record_error (r);
-      break;
-    }
-    slot->state = SLOT_READY;
-    if (seq == r->emit_seq)
-      pthread_cond_broadcast (&r->cond);
-  }
-  if (r->stats)
-    r->parallel_cpu += thread_cpu () - start - serial;
-  pthread_mutex_unlock (&r->lock);
-  return NULL;
-}
-
 static void
 report_progress (const struct sc_pipeline *p, struct sc_progress *prog,
                  const struct sc_piece *piece)
@@ -483,6 +403,228 @@ report_progress (const struct sc_pipeline *p, struct sc_progress *prog,
     p->progress (prog, p->progress_opaque);
 }
 
+/* Hand out the next piece into its slot, read it and run work() on it;
+ * called and returning with r->lock held.  Returns 1 when a piece is
+ * ready, 0 when there was none to hand out, -1 on an error (recorded).
+ */
+static int
+take_next (struct run *r, struct worker_stats *ws)
+{
+  const struct sc_pipeline *p = r->p;
+  uint64_t seq = r->next_seq;
+  struct slot *slot = &r->slots[seq % r->nslots];
+  struct sc_piece *piece = &slot->piece;
+  double t = 0;
+  int rc;
+
+  if (r->stats)
+    t = thread_cpu ();
+  rc = next_piece (&r->cur, piece);
+  if (r->stats)
+    ws->serial += thread_cpu () - t;
+  if (rc == -1) {
+    record_error (r);
+    return -1;
+  }
+  if (rc == 0) {
+    r->all_issued = true;
+    pthread_cond_broadcast (&r->cond);
+    return 0;
+  }
+  rc = 0;
+  r->next_seq++;
+  piece->out_len = 0;
+  piece->user = 0;
+  piece->placed = 0;
+  piece->moved = false;
+  slot->state = SLOT_BUSY;
+  pthread_mutex_unlock (&r->lock);
+
+  rc = slot_buffers (p, piece, r->cur.request_size);
+
+  /* A source that is not thread-safe (or not seekable) is read by
+   * one thread at a time, in source order; work() still runs in
+   * parallel.
+   */
+  if (r->serial_reads) {
+    pthread_mutex_lock (&r->lock);
+    while (r->read_turn != seq && !r->stop)
+      pthread_cond_wait (&r->cond, &r->lock);
+    if (r->stop)
+      return -1;                /* with the lock held */
+    pthread_mutex_unlock (&r->lock);
+  }
+  if (rc == 0 && piece->flags == 0) {
+    if (r->serial_reads) {
+      pthread_mutex_lock (&r->src_lock);
+      if (r->stats)
+        t = thread_cpu ();
+    }
+    rc = take_piece (p, piece);
+    if (r->serial_reads) {
+      if (r->stats)
+        ws->serial += thread_cpu () - t;
+      pthread_mutex_unlock (&r->src_lock);
+    }
+  }
+  if (r->serial_reads || rc == 1) {
+    pthread_mutex_lock (&r->lock);
+    r->read_turn++;
+    /* The stream ended: pieces already handed out read nothing. */
+    if (rc == 1) {
+      r->all_issued = true;
+      rc = 0;
+    }
+    pthread_cond_broadcast (&r->cond);
+    pthread_mutex_unlock (&r->lock);
+  }
+  if (rc == 0 && piece->flags == 0 && !piece->moved && piece->length > 0
+      && p->work)
+    rc = p->work (piece, p->opaque);
+
+  pthread_mutex_lock (&r->lock);
+  if (rc == -1) {
+    record_error (r);
+    return -1;
+  }
+  slot->state = SLOT_READY;
+  return 1;
+}
+
+/* Emit the pieces that are ready, in order, until the next one is
+ * not; called and returning with r->lock held, by one thread at a
+ * time (r->emitting).  Whichever worker finds the next piece ready
+ * emits it: no thread waits to be woken for each piece.  Returns 0, or
+ * -1 on an error (recorded).
+ */
+static int
+emit_ready (struct run *r, struct worker_stats *ws)
+{
+  const struct sc_pipeline *p = r->p;
+  int rc = 0;
+
+  r->emitting = true;
+  while (!r->stop && r->emit_seq < r->next_seq) {
+    struct slot *slot = &r->slots[r->emit_seq % r->nslots];
+    struct sc_piece *piece = &slot->piece;
+    double t = 0;
+
+    if (slot->state != SLOT_READY)
+      break;
+    pthread_mutex_unlock (&r->lock);
+    if (r->stats)
+      t = thread_cpu ();
+    rc = piece->length > 0 ? p->emit (piece, p->opaque) : 0;
+    if (rc == 0)
+      report_progress (p, &r->prog, piece);
+    if (r->stats) {
+      t = thread_cpu () - t;
+      ws->serial += t;
+      ws->emit += t;
+    }
+    pthread_mutex_lock (&r->lock);
+    if (rc == -1) {
+      record_error (r);
+      break;
+    }
+    if (p->finish && piece->length > 0) {
+      slot->state = SLOT_PLACED;
+      r->placed++;
+    }
+    else
+      slot->state = SLOT_FREE;
+    r->emit_seq++;
+    /* Waiting workers can finish it, or use its slot. */
+    pthread_cond_broadcast (&r->cond);
+  }
+  r->emitting = false;
+  pthread_cond_broadcast (&r->cond);
+  return rc;
+}
+
+/* Run finish() on one emitted piece; called and returning with r->lock
+ * held.  Returns 0, or -1 on an error (recorded).
+ */
+static int
+finish_one (struct run *r)
+{
+  const struct sc_pipeline *p = r->p;
+  struct slot *slot = NULL;
+  int rc;
+
+  /* Emitted pieces are among the last nslots; the oldest first, as the
+   * next piece to hand out waits for its slot.
+   */
+  for (uint64_t s = r->emit_seq - SC_MIN (r->emit_seq, (uint64_t) r->nslots);
+       s < r->emit_seq && slot == NULL; s++)
+    if (r->slots[s % r->nslots].state == SLOT_PLACED)
+      slot = &r->slots[s % r->nslots];
+  assert (slot != NULL);
+  slot->state = SLOT_FINISHING;
+  r->placed--;
+  pthread_mutex_unlock (&r->lock);
+  rc = p->finish (&slot->piece, p->opaque);
+  pthread_mutex_lock (&r->lock);
+  if (rc == -1) {
+    record_error (r);
+    return -1;
+  }
+  slot->state = SLOT_FREE;
+  pthread_cond_broadcast (&r->cond);
+  return 0;
+}
+
+/* Every worker, the calling thread among them, does what is most
+ * urgent: emit the next pieces when they are ready, else finish an
+ * emitted one, else take a new one into a free slot.
+ */
+static void *
+worker (void *arg)
+{
+  struct run *r = arg;
+  struct worker_stats ws = { 0, 0 };
+  double start = r->stats ? thread_cpu () : 0;
+
+  pthread_mutex_lock (&r->lock);
+  for (;;) {
+    if (r->stop)
+      break;
+    if (!r->emitting && r->emit_seq < r->next_seq
+        && r->slots[r->emit_seq % r->nslots].state == SLOT_READY) {
+      if (emit_ready (r, &ws) == -1)
+        break;
+      continue;
+    }
+    if (r->placed > 0) {
+      if (finish_one (r) == -1)
+        break;
+      continue;
+    }
+    if (!r->all_issued
+        && r->slots[r->next_seq % r->nslots].state == SLOT_FREE) {
+      if (take_next (r, &ws) == -1)
+        break;
+      continue;
+    }
+    /* Nothing left to hand out, emit or finish: the others finish what
+     * they hold.
+     */
+    if (r->all_issued && r->emit_seq == r->next_seq) {
+      r->done = true;
+      pthread_cond_broadcast (&r->cond);
+      break;
+    }
+    pthread_cond_wait (&r->cond, &r->lock);
+  }
+  if (r->stats) {
+    r->parallel_cpu += thread_cpu () - start - ws.serial;
+    r->serial_cpu += ws.serial;
+    r->emit_cpu += ws.emit;
+  }
+  pthread_mutex_unlock (&r->lock);
+  return NULL;
+}
+
 /* One thread does everything, in order. */
 static int
 run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
@@ -492,7 +634,7 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
   int rc = 0;
   bool stats = getenv (STATS_ENV) != NULL;
   bool parallel_reads = (p->src->flags & SC_EP_THREAD_SAFE) != 0;
-  double parallel = 0, t = 0;
+  double parallel = 0, emit = 0, t = 0;
 
   bool end = false;
 
@@ -500,6 +642,7 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
     rc = 0;
     piece.out_len = 0;
     piece.user = 0;
+    piece.placed = 0;
     piece.moved = false;
     if (piece.flags == 0) {
       rc = slot_buffers (p, &piece, cur->request_size);
@@ -519,55 +662,25 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
       if (stats)
         parallel += thread_cpu () - t;
     }
+    if (stats)
+      t = thread_cpu ();
     if (rc == 0 && piece.length > 0)
       rc = p->emit (&piece, p->opaque);
+    if (stats)
+      emit += thread_cpu () - t;
     if (rc == 0)
       report_progress (p, prog, &piece);
+    if (stats)
+      t = thread_cpu ();
+    if (rc == 0 && piece.length > 0 && p->finish)
+      rc = p->finish (&piece, p->opaque);
+    if (stats)
+      parallel += thread_cpu () - t;
   }
   free (piece.buf);
   free (piece.out);
   if (stats)
-    write_stats (1, parallel);
-  return rc;
-}
-
-/* The calling thread emits, in order, until the end or an error. */
-static int
-emit_loop (struct run *r, struct sc_progress *prog)
-{
-  const struct sc_pipeline *p = r->p;
-  int rc = 0;
-
-  pthread_mutex_lock (&r->lock);
-  for (;;) {
-    struct slot *slot = &r->slots[r->emit_seq % r->nslots];
-
-    if (r->failed) {
-      rc = -1;
-      break;
-    }
-    if (r->all_issued && r->emit_seq == r->next_seq)
-      break;
-    if (r->emit_seq < r->next_seq && slot->state == SLOT_READY) {
-      pthread_mutex_unlock (&r->lock);
-      rc = slot->piece.length > 0 ? p->emit (&slot->piece, p->opaque) : 0;
-      if (rc == 0)
-        report_progress (p, prog, &slot->piece);
-      pthread_mutex_lock (&r->lock);
-      if (rc == -1) {
-        record_error (r);
-        break;
-      }
-      slot->state = SLOT_FREE;
-      r->emit_seq++;
-      pthread_cond_broadcast (&r->cond);
-      continue;
-    }
-    pthread_cond_wait (&r->cond, &r->lock);
-  }
-  r->stop = true;
-  pthread_cond_broadcast (&r->cond);
-  pthread_mutex_unlock (&r->lock);
+    write_stats (1, parallel, emit, emit);
   return rc;
 }
 
@@ -585,6 +698,7 @@ run_threaded (const struct sc_pipeline *p, struct cursor *cur,
   memset (&r, 0, sizeof r);
   r.p = p;
   r.cur = *cur;
+  r.prog = *prog;
   r.nslots = 2 * (size_t) threads + 2;
   /* Fewer slots: fewer workers too, with two slots left for pieces
    * that wait to be emitted.
@@ -609,30 +723,29 @@ run_threaded (const struct sc_pipeline *p, struct cursor *cur,
   pthread_mutex_init (&r.src_lock, NULL);
   pthread_cond_init (&r.cond, NULL);
 
-  for (unsigned i = 0; i < threads; i++) {
-    int err = pthread_create (&tids[i], NULL, worker, &r);
-    if (err != 0) {
-      /* Fewer workers are still correct; none at all is an error. */
-      if (started == 0) {
-        sc_set_error (err, "pipeline: cannot start a thread: %s",
-                      strerror (err));
-        rc = -1;
-        goto out;
-      }
+  /* The calling thread is one of the workers.  Fewer workers than
+   * asked for are still correct.
+   */
+  for (unsigned i = 0; i + 1 < threads; i++) {
+    if (pthread_create (&tids[i], NULL, worker, &r) != 0)
       break;
-    }
     started++;
   }
+  worker (&r);
 
-  rc = emit_loop (&r, prog);
-
- out:
+  /* Wait for the others to finish what they hold. */
+  pthread_mutex_lock (&r.lock);
+  r.stop = true;
+  pthread_cond_broadcast (&r.cond);
+  pthread_mutex_unlock (&r.lock);
   for (unsigned i = 0; i < started; i++)
     pthread_join (tids[i], NULL);
+  rc = r.failed || !r.done ? -1 : 0;
+  *prog = r.prog;
   if (r.stats)
-    write_stats (started, r.parallel_cpu);
+    write_stats (started + 1, r.parallel_cpu, r.emit_cpu, r.serial_cpu);
   /* A worker's error lives in that worker's thread: bring it here. */
-  if (rc == -1 && r.failed)
+  if (r.failed)
     sc_set_error (r.err_errno, "%s", r.err_msg);
   for (size_t i = 0; i < r.nslots; i++) {
     free (r.slots[i].piece.buf);
@@ -805,8 +918,11 @@ struct copy_state {
  */
 #define WRITEBACK_BATCH (8 * 1024 * 1024)
 
-/* piece->user: the piece is already on the target. */
+/* piece->user: the piece is already on the target; finish() starts
+ * the writeback of [piece->placed, the piece's end).
+ */
 #define PIECE_WRITTEN 1
+#define PIECE_WRITEBACK 2
 
 static int write_piece (struct copy_state *cs, struct sc_piece *piece);
 
@@ -820,7 +936,7 @@ copy_work (struct sc_piece *piece, void *opaque)
   if (cs->write_in_work) {
     if (write_piece (cs, piece) == -1)
       return -1;
-    piece->user = PIECE_WRITTEN;
+    piece->user |= PIECE_WRITTEN;
   }
   return 0;
 }
@@ -860,11 +976,13 @@ copy_emit (struct sc_piece *piece, void *opaque)
 {
   struct copy_state *cs = opaque;
 
-  if (!piece->moved && piece->user != PIECE_WRITTEN
+  if (!piece->moved && !(piece->user & PIECE_WRITTEN)
       && write_piece (cs, piece) == -1)
     return -1;
   /* Pieces come in order, so everything before this one's end is on
-   * the target now.  A hole costs the writeback nothing.
+   * the target now.  A hole costs the writeback nothing.  Starting the
+   * writeback costs the kernel's work of submitting the pages: that is
+   * left to finish(), off the ordered path.
    */
   if (piece->flags & SC_EXTENT_NOT_DATA)
     return 0;
@@ -872,9 +990,21 @@ copy_emit (struct sc_piece *piece, void *opaque)
     cs->wb_start = piece->offset;
   cs->wb_end = piece->offset + piece->length;
   if (cs->wb_end - cs->wb_start >= WRITEBACK_BATCH) {
-    sc_ep_writeback (cs->dst, cs->wb_start, cs->wb_end - cs->wb_start);
+    piece->user |= PIECE_WRITEBACK;
+    piece->placed = cs->wb_start;
     cs->wb_start = cs->wb_end;
   }
+  return 0;
+}
+
+static int
+copy_finish (struct sc_piece *piece, void *opaque)
+{
+  struct copy_state *cs = opaque;
+
+  if (piece->user & PIECE_WRITEBACK)
+    sc_ep_writeback (cs->dst, piece->placed,
+                     piece->offset + piece->length - piece->placed);
   return 0;
 }
 
@@ -909,6 +1039,7 @@ sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
     .threads = opts->threads,
     .work = copy_work,
     .emit = copy_emit,
+    .finish = copy_finish,
     .opaque = &cs,
     .progress = opts->progress,
     .progress_opaque = opts->progress_opaque,

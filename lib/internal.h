@@ -120,8 +120,9 @@ extern int sc_spill_open_in (const char *near, char **where);
  * (never read), data extents are cut at multiples of request_size.
  * Worker threads read data pieces into buf (bytes past src->size read
  * as zeros) and call work(); emit() is then called for every piece in
- * source order, on one thread at a time.  At most a bounded number of
- * pieces are in flight, so memory does not grow with the source.
+ * source order, on one thread at a time, and finish() after it, on any
+ * thread, in parallel.  At most a bounded number of pieces are in
+ * flight, so memory does not grow with the source.
  */
 struct sc_piece {
   uint64_t offset;              /* in the source */
@@ -129,8 +130,9 @@ struct sc_piece {
   uint32_t flags;               /* SC_EXTENT_* (0 = data, buf is filled) */
   void *buf;                    /* request_size bytes; data read here */
   void *out;                    /* out_size bytes of scratch for work() */
-  size_t out_len;               /* free for work()/emit() */
-  uint64_t user;                /* free for work()/emit() */
+  size_t out_len;               /* free for work()/emit()/finish() */
+  uint64_t user;                /* free for work()/emit()/finish() */
+  uint64_t placed;              /* free for emit() to tell finish() */
   bool moved;                   /* move() took it: buf was not read */
   /* The extents said data (work() may find it zero later): what the
    * progress count counts.
@@ -163,8 +165,18 @@ struct sc_pipeline {
   int (*move) (struct sc_piece *piece, void *opaque);
   /* On a worker thread; may be NULL.  Returns 0 or -1 with error set. */
   int (*work) (struct sc_piece *piece, void *opaque);
-  /* In source order, one at a time.  Returns 0 or -1 with error set. */
+  /* In source order, one at a time (not always on the same thread).
+   * Returns 0 or -1 with error set.
+   */
   int (*emit) (struct sc_piece *piece, void *opaque);
+  /* After emit() of the piece, on a worker thread, in parallel with the
+   * work(), emit() and finish() of other pieces; may be NULL.  What
+   * only depends on what emit() decided in order (where the piece's
+   * bytes go) is done here, off the ordered path.  The piece's slot is
+   * reused only after it returns, and the run returns only after every
+   * finish() has.  Returns 0 or -1 with error set.
+   */
+  int (*finish) (struct sc_piece *piece, void *opaque);
   void *opaque;
   /* After each piece is emitted, with the bytes processed so far: the
    * bytes of the data extents only (holes and zero extents cost nothing
