@@ -3,8 +3,9 @@
  * Phase 1 (scan) runs the shared ordered pipeline over the source's
  * data, rounded out to whole clusters.  Worker threads look for
  * all-zero clusters and compress; the ordered emit step records each
- * cluster's stored form in the plan (qcow2-plan.c) and appends
- * compressed bytes to a spill file.  The spill file mirrors the data
+ * cluster's stored form in the plan (qcow2-plan.c), which places it,
+ * and the workers then write the compressed bytes at their place in a
+ * spill file, in parallel (finish()).  The spill file mirrors the data
  * area of the image: compressed bytes sit at their final offset
  * relative to the data area, and the places of uncompressed clusters
  * are left as holes, so phase 2 copies the spill as it is and fills the
@@ -43,8 +44,6 @@
 #define DEFAULT_REFCOUNT_BITS 16
 /* Pieces of the pipeline hold at least this much, in whole clusters. */
 #define MIN_REQUEST_SIZE (1024 * 1024)
-/* The buffer of the spill file. */
-#define SPILL_BUFFER_SIZE (4 * 1024 * 1024)
 /* A gap in the data area at least this large and as aligned is left
  * unwritten, a hole in the target: the block size of common file
  * systems.
@@ -98,14 +97,15 @@ struct pack {
   uint32_t digest_block;
   size_t digest_out;
   struct sc_digest dg;
+  /* Where scan_emit leaves, in the piece's scratch, the place in the
+   * data area of each of its clusters, for scan_finish.
+   */
+  size_t rel_out;
 
-  /* The spill file and its write buffer (contiguous bytes at spill_off). */
+  /* The spill file: the data area, written at offsets. */
   int spill_fd;
   const char *spill_near;       /* the target it is next to, or NULL:
                                    TMPDIR; for messages */
-  unsigned char *spill_buf;
-  size_t spill_len;
-  uint64_t spill_off;
 
   /* Progress: bytes scanned in phase 1, known once it is over, and
    * what probing scanned before the pipeline took over.
@@ -147,69 +147,6 @@ spill_error_prefix (const struct pack *pk)
     sc_error_prefix ("spill file next to %s", pk->spill_near);
   else
     sc_error_prefix ("spill file in TMPDIR");
-}
-
-static int
-spill_flush (struct pack *pk)
-{
-  if (pk->spill_len == 0)
-    return 0;
-  if (pk->direct) {
-    if (sc_ep_pwrite (pk->direct, pk->spill_buf, pk->spill_len,
-                      pk->direct_base + pk->spill_off) == -1) {
-      sc_error_name (pk->direct->name);
-      return -1;
-    }
-  }
-  else if (sc_full_pwrite (pk->spill_fd, pk->spill_buf, pk->spill_len,
-                           pk->spill_off) == -1) {
-    spill_error_prefix (pk);
-    return -1;
-  }
-  pk->spill_off += pk->spill_len;
-  pk->spill_len = 0;
-  return 0;
-}
-
-/* Put len bytes at offset rel of the spill.  Offsets mostly grow; a
- * compressed cluster that fills the rest of an earlier host cluster, or
- * an uncompressed one of an unseekable source, may go back.
- */
-static int
-spill_put (struct pack *pk, uint64_t rel, const void *data, size_t len)
-{
-  const unsigned char *p = data;
-  uint64_t end = pk->spill_off + pk->spill_len;
-
-  if (pk->spill_len > 0 && rel != end) {
-    /* A short gap forward (padding) is cheaper to fill than to leave
-     * as a hole, unless it holds a whole file system block: written
-     * straight to the target, that block stays unallocated (as qemu
-     * leaves the rest of a host cluster that its compressed clusters
-     * did not fill).  A long one is the place of uncompressed
-     * clusters and stays a hole.
-     */
-    if (rel > end && rel - end < pk->cluster_size
-        && SC_ROUND_UP (end, HOLE_BLOCK_SIZE) + HOLE_BLOCK_SIZE > rel
-        && pk->spill_len + (rel - end) <= SPILL_BUFFER_SIZE) {
-      memset (pk->spill_buf + pk->spill_len, 0, rel - end);
-      pk->spill_len += rel - end;
-    }
-    else if (spill_flush (pk) == -1)
-      return -1;
-  }
-  if (pk->spill_len == 0)
-    pk->spill_off = rel;
-  while (len > 0) {
-    size_t n = SC_MIN (len, SPILL_BUFFER_SIZE - pk->spill_len);
-    memcpy (pk->spill_buf + pk->spill_len, p, n);
-    pk->spill_len += n;
-    p += n;
-    len -= n;
-    if (pk->spill_len == SPILL_BUFFER_SIZE && spill_flush (pk) == -1)
-      return -1;
-  }
-  return 0;
 }
 
 /* ---- phase 1: scan -------------------------------------------------------- */
@@ -342,9 +279,9 @@ scan_work (struct sc_piece *piece, void *opaque)
   return 0;
 }
 
-/* Direct writing: a run of uncompressed clusters, contiguous in the
- * piece and in the data area, goes to the target from the piece's own
- * buffer in one write.
+/* Clusters of a piece that are contiguous in its buffer (or in its
+ * compressed bytes) and in the data area go to the target or the spill
+ * in one write.
  */
 struct run {
   const unsigned char *buf;
@@ -355,10 +292,18 @@ struct run {
 static int
 run_flush (struct pack *pk, struct run *run)
 {
-  if (run->len > 0
-      && sc_ep_pwrite (pk->direct, run->buf, run->len,
-                       pk->direct_base + run->rel) == -1) {
-    sc_error_name (pk->direct->name);
+  if (run->len == 0)
+    return 0;
+  if (pk->direct) {
+    if (sc_ep_pwrite (pk->direct, run->buf, run->len,
+                      pk->direct_base + run->rel) == -1) {
+      sc_error_name (pk->direct->name);
+      return -1;
+    }
+  }
+  else if (sc_full_pwrite (pk->spill_fd, run->buf, run->len, run->rel)
+           == -1) {
+    spill_error_prefix (pk);
     return -1;
   }
   run->len = 0;
@@ -411,6 +356,25 @@ bmap_piece (struct pack *pk, const struct sc_piece *piece)
   return 0;
 }
 
+/* Whether the stored clusters of a piece are written to the target or
+ * the spill as they are scanned: the compressed ones whenever there is
+ * a place for them, the others only when the source is not read again.
+ */
+static bool
+writes_compressed (const struct pack *pk)
+{
+  return pk->direct || pk->spill_fd >= 0;
+}
+
+static bool
+writes_raw (const struct pack *pk)
+{
+  return pk->direct || pk->spill_all;
+}
+
+/* In order: the plan places each stored cluster of the piece; only
+ * where it goes is decided here, scan_finish writes it there.
+ */
 static int
 scan_emit (struct sc_piece *piece, void *opaque)
 {
@@ -418,12 +382,8 @@ scan_emit (struct sc_piece *piece, void *opaque)
   size_t cs = pk->cluster_size;
   size_t n = piece_clusters (pk, piece);
   const uint32_t *codes = piece->out;
-  const unsigned char *packed = (const unsigned char *) piece->out
-    + (pk->request_size / cs) * sizeof *codes;
+  uint64_t *rels = (uint64_t *) ((unsigned char *) piece->out + pk->rel_out);
   uint64_t gc = piece->offset / cs;
-  size_t used = 0;
-  uint64_t rel;
-  struct run run = { NULL, 0, 0 };
 
   /* Pieces start and end on cluster boundaries, and digest blocks
    * divide clusters.
@@ -460,18 +420,51 @@ scan_emit (struct sc_piece *piece, void *opaque)
     if (codes[i] == CLUSTER_ZERO)
       continue;
     if (codes[i] == CLUSTER_RAW) {
-      const unsigned char *c = (const unsigned char *) piece->buf + i * cs;
+      if (qcow2_plan_add_normal (&pk->plan, gc, &rels[i]) == -1)
+        return -1;
+    }
+    else if (qcow2_plan_add_compressed (&pk->plan, gc, codes[i], &rels[i])
+             == -1)
+      return -1;
+  }
+  piece->user = 1;              /* placed: scan_finish writes it */
+  return 0;
+}
 
-      if (qcow2_plan_add_normal (&pk->plan, gc, &rel) == -1)
-        return -1;
-      if (pk->direct && run_add (pk, &run, c, rel, cs) == -1)
-        return -1;
-      if (pk->spill_all && spill_put (pk, rel, c, cs) == -1)
+/* On any worker, after scan_emit: write the piece's stored clusters
+ * where the plan put them, contiguous ones in one write.  The places of
+ * different pieces never overlap, and bytes between them that nothing
+ * writes (the rest of a host cluster) read as zeros: the target and the
+ * spill file are new.
+ */
+static int
+scan_finish (struct sc_piece *piece, void *opaque)
+{
+  struct pack *pk = opaque;
+  size_t cs = pk->cluster_size;
+  size_t n = piece_clusters (pk, piece);
+  const uint32_t *codes = piece->out;
+  const unsigned char *packed = (const unsigned char *) piece->out
+    + (pk->request_size / cs) * sizeof *codes;
+  const uint64_t *rels
+    = (const uint64_t *) ((const unsigned char *) piece->out + pk->rel_out);
+  bool raw = writes_raw (pk), compressed = writes_compressed (pk);
+  struct run run = { NULL, 0, 0 };
+  size_t used = 0;
+
+  if (piece->flags != 0 || piece->user != 1)
+    return 0;
+  for (size_t i = 0; i < n; i++) {
+    if (codes[i] == CLUSTER_ZERO)
+      continue;
+    if (codes[i] == CLUSTER_RAW) {
+      if (raw && run_add (pk, &run, (const unsigned char *) piece->buf
+                                    + i * cs, rels[i], cs) == -1)
         return -1;
     }
     else {
-      if (qcow2_plan_add_compressed (&pk->plan, gc, codes[i], &rel) == -1
-          || spill_put (pk, rel, packed + used, codes[i]) == -1)
+      if (compressed && run_add (pk, &run, packed + used, rels[i],
+                                 codes[i]) == -1)
         return -1;
       used += codes[i];
     }
@@ -643,11 +636,11 @@ scan_pipeline (struct pack *pk, const struct sc_extent_list *extents)
     .extents = extents,
     .request_size = pk->request_size,
     .threads = opts->threads,
-    .out_size = pk->digest_out
-                + (pk->digest ? (pk->request_size / pk->digest_block)
-                                * sizeof (struct sc_digest_block) : 0),
+    .out_size = pk->rel_out
+                + (pk->request_size / pk->cluster_size) * sizeof (uint64_t),
     .work = scan_work,
     .emit = scan_emit,
+    .finish = scan_finish,
     .opaque = pk,
     .progress = opts->progress ? scan_progress : NULL,
     .progress_opaque = pk,
@@ -655,14 +648,10 @@ scan_pipeline (struct pack *pk, const struct sc_extent_list *extents)
 
   if (sc_pipeline_run (&pl) == -1)
     return -1;
-  if (pk->direct)
-    return spill_flush (pk);
   if (pk->spill_fd >= 0) {
     /* The spill covers the whole data area, so phase 2 never reads
      * past its end.
      */
-    if (spill_flush (pk) == -1)
-      return -1;
     if (ftruncate (pk->spill_fd,
                    (off_t) SC_ROUND_UP (pk->plan.data_end,
                                         QCOW2_COMPRESSED_SECTOR)) == -1) {
@@ -980,14 +969,14 @@ write_metadata (struct pack *pk, struct sc_endpoint *dst)
 
 /* Whether the data goes straight to its place in dst while it is
  * scanned.  For a source across a network, always.  For a local
- * source only when it is compressed: then the emit thread writes every
+ * source only when it is compressed: then the workers write every
  * compressed byte anyway, and writing it to the target rather than to
  * the spill file saves copying it again in phase 2 (on the 970 MB of
  * an ext4 image of /usr/share, zstd, system time fell from 0.75 s to
  * 0.31 s); uncompressed, reading a local file twice costs less than
- * scattering its clusters in the emit thread (phase 2 copies them in
- * parallel, often inside the kernel).  Only into a new local file,
- * whose unused reserved room stays a hole.  The room is reserved as if
+ * scattering its clusters (phase 2 copies them in parallel, often
+ * inside the kernel).  Only into a new local file that takes writes
+ * from any thread, whose unused reserved room stays a hole.  The room is reserved as if
  * every data cluster were stored uncompressed; with small clusters,
  * the refcount blocks that compression makes unnecessary would make
  * the file longer than its data (on 32 MiB of mixed data in 512-byte
@@ -1003,6 +992,7 @@ want_direct (const struct pack *pk, struct sc_endpoint *dst)
         : pk->opts->codec != SC_CODEC_NONE
           && pk->cluster_size >= DIRECT_MIN_CLUSTER_SIZE)
     && (dst->flags & SC_EP_SEEKABLE) && (dst->flags & SC_EP_FRESH_ZEROS)
+    && (dst->flags & SC_EP_THREAD_SAFE)
     && !(dst->flags & SC_EP_STREAM) && sc_ep_local_fd (dst) >= 0;
 }
 
@@ -1101,10 +1091,16 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   pk.digest = opts.digest && opts.version >= 3;
   pk.digest_block = SC_MIN (pk.cluster_size, SC_DIGEST_BLOCK_SIZE);
   /* The scratch of a piece: a code per cluster, the compressed bytes
-   * (when compressing), then the digest's blocks.
+   * (when compressing), the digest's blocks, then the place of each
+   * cluster.
    */
   pk.digest_out = (pk.request_size / pk.cluster_size) * sizeof (uint32_t)
                   + (opts.codec != SC_CODEC_NONE ? pk.request_size : 0);
+  pk.rel_out = pk.digest_out
+               + (pk.digest ? (pk.request_size / pk.digest_block)
+                              * sizeof (struct sc_digest_block) : 0);
+  /* The places of the clusters are 8-byte numbers. */
+  pk.rel_out = SC_ROUND_UP (pk.rel_out, sizeof (uint64_t));
   /* qemu sees a qcow2 image as whole 512-byte sectors and drops a
    * partial last one, so the virtual size is rounded up as qemu-img
    * convert rounds it: the tail reads as zeros.
@@ -1171,18 +1167,8 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
       goto out;
     }
     pk.direct = dst;
-    pk.spill_buf = malloc (SPILL_BUFFER_SIZE);
-    if (pk.spill_buf == NULL) {
-      sc_set_error (errno, "out of memory");
-      goto out;
-    }
   }
   else if (opts.codec != SC_CODEC_NONE || pk.spill_all) {
-    pk.spill_buf = malloc (SPILL_BUFFER_SIZE);
-    if (pk.spill_buf == NULL) {
-      sc_set_error (errno, "out of memory");
-      goto out;
-    }
     /* Next to a file target, whose file system must have the room for
      * the image anyway; elsewhere in TMPDIR.
      */
@@ -1260,7 +1246,6 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     sc_ep_close (tail);
   if (pk.spill_fd >= 0)
     close (pk.spill_fd);
-  free (pk.spill_buf);
   sc_extent_list_free (&extents);
   sc_extent_list_free (&pk.raw);
   bmap_builder_free (pk.bmap);
