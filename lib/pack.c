@@ -49,6 +49,16 @@
  * systems.
  */
 #define HOLE_BLOCK_SIZE 4096
+/* Written straight to the target, the data area is handed to the
+ * target's writeback (sc_ep_writeback) in batches of this many bytes,
+ * by the workers, so that the final flush finds little left to do: in
+ * the one thread that flushes, writing back 330 MB of compressed data
+ * cost 0.016 s of CPU, as much as all of the ordered part of the scan.
+ * A batch ends a batch behind the end of the placed data: the clusters
+ * just placed may not be written yet (what the workers hold is at most
+ * a few pieces), and what a batch misses is flushed at the end anyway.
+ */
+#define WRITEBACK_BATCH ((uint64_t) 8 * 1024 * 1024)
 /* A local source goes straight to the target only with clusters this
  * large or larger (see want_direct).
  */
@@ -89,6 +99,8 @@ struct pack {
    */
   struct sc_endpoint *direct;
   uint64_t direct_base;
+  uint64_t wb_next;             /* the data area before it is handed to
+                                   the writeback (direct, emit only) */
 
   /* The content digest (digest.c): blocks hashed by scan_work into
    * the piece's scratch at digest_out, added in order by scan_emit.
@@ -428,6 +440,15 @@ scan_emit (struct sc_piece *piece, void *opaque)
       return -1;
   }
   piece->user = 1;              /* placed: scan_finish writes it */
+  /* piece->placed and out_len: the range of the data area to hand to
+   * the writeback (out_len 0: none).
+   */
+  piece->out_len = 0;
+  if (pk->direct && pk->plan.data_end >= pk->wb_next + 2 * WRITEBACK_BATCH) {
+    piece->placed = pk->wb_next;
+    pk->wb_next = pk->plan.data_end - WRITEBACK_BATCH;
+    piece->out_len = pk->wb_next - piece->placed;
+  }
   return 0;
 }
 
@@ -469,7 +490,12 @@ scan_finish (struct sc_piece *piece, void *opaque)
       used += codes[i];
     }
   }
-  return run_flush (pk, &run);
+  if (run_flush (pk, &run) == -1)
+    return -1;
+  if (pk->direct && piece->out_len > 0)
+    sc_ep_writeback (pk->direct, pk->direct_base + piece->placed,
+                     piece->out_len);
+  return 0;
 }
 
 /* The source's extents with every data extent rounded out to whole
