@@ -515,7 +515,7 @@ emit_ready (struct run *r, struct worker_stats *ws)
     if (r->stats)
       t = thread_cpu ();
     rc = piece->length > 0 ? p->emit (piece, p->opaque) : 0;
-    if (rc == 0)
+    if (rc != -1)
       report_progress (p, &r->prog, piece);
     if (r->stats) {
       t = thread_cpu () - t;
@@ -527,12 +527,14 @@ emit_ready (struct run *r, struct worker_stats *ws)
       record_error (r);
       break;
     }
-    if (p->finish && piece->length > 0) {
+    /* A piece with nothing left to do frees its slot at once. */
+    if (rc == 1 && p->finish) {
       slot->state = SLOT_PLACED;
       r->placed++;
     }
     else
       slot->state = SLOT_FREE;
+    rc = 0;
     r->emit_seq++;
     /* Waiting workers can finish it, or use its slot. */
     pthread_cond_broadcast (&r->cond);
@@ -668,12 +670,12 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
       rc = p->emit (&piece, p->opaque);
     if (stats)
       emit += thread_cpu () - t;
-    if (rc == 0)
+    if (rc != -1)
       report_progress (p, prog, &piece);
     if (stats)
       t = thread_cpu ();
-    if (rc == 0 && piece.length > 0 && p->finish)
-      rc = p->finish (&piece, p->opaque);
+    if (rc == 1)
+      rc = p->finish ? p->finish (&piece, p->opaque) : 0;
     if (stats)
       parallel += thread_cpu () - t;
   }
@@ -993,6 +995,7 @@ copy_emit (struct sc_piece *piece, void *opaque)
     piece->user |= PIECE_WRITEBACK;
     piece->placed = cs->wb_start;
     cs->wb_start = cs->wb_end;
+    return 1;
   }
   return 0;
 }

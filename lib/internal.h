@@ -166,15 +166,16 @@ struct sc_pipeline {
   /* On a worker thread; may be NULL.  Returns 0 or -1 with error set. */
   int (*work) (struct sc_piece *piece, void *opaque);
   /* In source order, one at a time (not always on the same thread).
-   * Returns 0 or -1 with error set.
+   * Returns 0, 1 to have finish() called on the piece, or -1 with error
+   * set.
    */
   int (*emit) (struct sc_piece *piece, void *opaque);
-  /* After emit() of the piece, on a worker thread, in parallel with the
-   * work(), emit() and finish() of other pieces; may be NULL.  What
-   * only depends on what emit() decided in order (where the piece's
-   * bytes go) is done here, off the ordered path.  The piece's slot is
-   * reused only after it returns, and the run returns only after every
-   * finish() has.  Returns 0 or -1 with error set.
+  /* After emit() of a piece that asked for it, on a worker thread, in
+   * parallel with the work(), emit() and finish() of other pieces; may
+   * be NULL.  What only depends on what emit() decided in order (where
+   * the piece's bytes go) is done here, off the ordered path.  The
+   * piece's slot is reused only after it returns, and the run returns
+   * only after every finish() has.  Returns 0 or -1 with error set.
    */
   int (*finish) (struct sc_piece *piece, void *opaque);
   void *opaque;

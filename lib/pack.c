@@ -449,7 +449,7 @@ scan_emit (struct sc_piece *piece, void *opaque)
     pk->wb_next = pk->plan.data_end - WRITEBACK_BATCH;
     piece->out_len = pk->wb_next - piece->placed;
   }
-  return 0;
+  return 1;
 }
 
 /* On any worker, after scan_emit: write the piece's stored clusters
