@@ -142,6 +142,7 @@ sc_pack_opts_init (struct sc_pack_opts *opts)
   opts->cluster_size = 1U << DEFAULT_CLUSTER_BITS;
   opts->refcount_bits = DEFAULT_REFCOUNT_BITS;
   opts->codec = SC_CODEC_NONE;
+  opts->compression_type = SC_CODEC_NONE;
   opts->level = -1;
   opts->detect_zeroes = true;
   opts->refuse_images = true;
@@ -1083,6 +1084,14 @@ check_opts (const struct sc_pack_opts *opts, uint32_t *cluster_bits,
                   "64 bits, not %u", rb);
     return -1;
   }
+  if ((opts->compression_type != SC_CODEC_NONE
+       && opts->compression_type != SC_CODEC_DEFLATE
+       && opts->compression_type != SC_CODEC_ZSTD)
+      || (opts->codec == SC_CODEC_DEFLATE
+          && opts->compression_type == SC_CODEC_ZSTD)) {
+    sc_set_error (EINVAL, "the compression type must be the codec's");
+    return -1;
+  }
   *cluster_bits = (uint32_t) __builtin_ctz (cs);
   *refcount_order = (unsigned) __builtin_ctz (rb);
   return 0;
@@ -1136,7 +1145,9 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     return -1;
   }
   if (qcow2_plan_init (&pk.plan, opts.version, cluster_bits, refcount_order,
-                       opts.codec, SC_ROUND_UP (src->size, QEMU_SECTOR_SIZE))
+                       opts.codec != SC_CODEC_NONE ? opts.codec
+                       : opts.compression_type,
+                       SC_ROUND_UP (src->size, QEMU_SECTOR_SIZE))
       == -1) {
     sc_error_name (target);
     return -1;

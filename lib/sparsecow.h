@@ -637,6 +637,16 @@ struct sc_pack_opts {
    * SHA-256 of each range (see sc_bmap_create).  NULL: none.
    */
   struct sc_endpoint *bmap_out;
+  /* The compression type the header records when codec is
+   * SC_CODEC_NONE: SC_CODEC_ZSTD makes an image whose type is zstd (a
+   * version 3 header only) with no cluster compressed, as qemu-img
+   * convert -o compression_type=zstd without -c makes one, so that
+   * what qemu compresses into it later is zstd.  SC_CODEC_NONE (set
+   * by sc_pack_opts_init) or SC_CODEC_DEFLATE: zlib, qcow2's default.
+   * With a codec the codec is the type; SC_CODEC_ZSTD with deflate
+   * clusters is EINVAL.
+   */
+  enum sc_codec compression_type;
 };
 
 extern void sc_pack_opts_init (struct sc_pack_opts *opts);
