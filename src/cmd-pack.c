@@ -94,6 +94,24 @@ static const struct option long_options[] = {
   { NULL, 0, NULL, 0 },
 };
 
+/* How the user spelled the options that other options must agree
+ * with, for messages that name them as they were typed
+ * ("-o compat=0.10", not "--compat").
+ */
+struct spelled {
+  char compat[64];              /* "--compat=0.10", "-o compat=v2" */
+  char refcount_bits[64];
+  char codec[64];               /* "-c zstd", "--compress=zstd" */
+  char ctype[64];               /* "-o compression_type=zstd" */
+};
+
+static void
+spell (char *buf, size_t len, const char *what, const char *sep,
+       const char *arg)
+{
+  snprintf (buf, len, "%s%s%s", what, sep, arg);
+}
+
 static bool
 is_codec_word (const char *s)
 {
@@ -119,7 +137,8 @@ parse_codec (const char *s, struct sc_pack_opts *opts)
  * keys; what names the spelling in errors.
  */
 static void
-parse_compat (const char *what, const char *arg, struct sc_pack_opts *opts)
+parse_compat (const char *what, const char *arg, struct sc_pack_opts *opts,
+              struct spelled *sp)
 {
   if (strcmp (arg, "0.10") == 0 || strcmp (arg, "v2") == 0)
     opts->version = 2;
@@ -127,6 +146,7 @@ parse_compat (const char *what, const char *arg, struct sc_pack_opts *opts)
     opts->version = 3;
   else
     cli_usage_error ("pack", "%s: expected 0.10 or 1.1, not '%s'", what, arg);
+  spell (sp->compat, sizeof sp->compat, what, "=", arg);
 }
 
 static void
@@ -144,7 +164,7 @@ parse_cluster_size (const char *what, const char *arg,
 
 static void
 parse_refcount_bits (const char *what, const char *arg,
-                     struct sc_pack_opts *opts)
+                     struct sc_pack_opts *opts, struct spelled *sp)
 {
   unsigned bits;
 
@@ -152,14 +172,16 @@ parse_refcount_bits (const char *what, const char *arg,
     cli_usage_error ("pack", "%s: expected 1, 2, 4, 8, 16, 32 or 64, "
                      "not '%s'", what, arg);
   opts->refcount_bits = bits;
+  spell (sp->refcount_bits, sizeof sp->refcount_bits, what, "=", arg);
 }
 
 /* -o KEY=VALUE[,KEY=VALUE...], the keys of qemu-img create -f qcow2
  * that mean something here.  compression_type sets *ctype: which codec
- * -c uses.
+ * -c uses, or without -c the type the header records.
  */
 static void
-parse_o (const char *arg, struct sc_pack_opts *opts, enum sc_codec *ctype)
+parse_o (const char *arg, struct sc_pack_opts *opts, enum sc_codec *ctype,
+         struct spelled *sp)
 {
   char *copy = strdup (arg), *item, *save = NULL;
 
@@ -177,9 +199,9 @@ parse_o (const char *arg, struct sc_pack_opts *opts, enum sc_codec *ctype)
     if (strcmp (item, "cluster_size") == 0)
       parse_cluster_size ("-o cluster_size", value, opts);
     else if (strcmp (item, "compat") == 0)
-      parse_compat ("-o compat", value, opts);
+      parse_compat ("-o compat", value, opts, sp);
     else if (strcmp (item, "refcount_bits") == 0)
-      parse_refcount_bits ("-o refcount_bits", value, opts);
+      parse_refcount_bits ("-o refcount_bits", value, opts, sp);
     else if (strcmp (item, "compression_type") == 0) {
       if (strcmp (value, "zlib") == 0)
         *ctype = SC_CODEC_DEFLATE;
@@ -188,6 +210,7 @@ parse_o (const char *arg, struct sc_pack_opts *opts, enum sc_codec *ctype)
       else
         cli_usage_error ("pack", "-o compression_type: expected zlib or "
                          "zstd, not '%s'", value);
+      spell (sp->ctype, sizeof sp->ctype, "-o compression_type", "=", value);
     }
     else
       cli_usage_error ("pack", "-o: unknown option '%s' (known: "
@@ -528,6 +551,7 @@ cmd_pack (int argc, char **argv)
   enum source_format format = SOURCE_AUTO;
   unsigned target_flags = 0;
   enum sc_codec ctype = SC_CODEC_NONE;  /* -o compression_type */
+  struct spelled sp = { .refcount_bits = "" };
   bool level_set = false, map_set = false, codec_named = false;
   int digest = -1;                      /* --digest, --no-digest, unset */
   unsigned level = 0;
@@ -553,13 +577,18 @@ cmd_pack (int argc, char **argv)
       if (optarg) {
         parse_codec (optarg, &opts);
         codec_named = true;
+        spell (sp.codec, sizeof sp.codec, c == 'c' ? "-c" : "--compress",
+               c == 'c' ? " " : "=", optarg);
       }
       /* "-c zstd": take the next word when it names a codec. */
       else if (c == 'c' && optind < argc && is_codec_word (argv[optind])) {
+        spell (sp.codec, sizeof sp.codec, "-c", " ", argv[optind]);
         parse_codec (argv[optind++], &opts);
         codec_named = true;
       }
       else {
+        spell (sp.codec, sizeof sp.codec, c == 'c' ? "-c" : "--compress",
+               "", "");
         opts.codec = SC_CODEC_DEFLATE;
         /* "-c lz4 SOURCE TARGET" meant a codec, not three operands. */
         if (c == 'c' && optind < argc && argv[optind][0] != '-')
@@ -573,16 +602,16 @@ cmd_pack (int argc, char **argv)
       level_set = true;
       break;
     case OPT_COMPAT:
-      parse_compat ("--compat", optarg, &opts);
+      parse_compat ("--compat", optarg, &opts, &sp);
       break;
     case OPT_CLUSTER_SIZE:
       parse_cluster_size ("--cluster-size", optarg, &opts);
       break;
     case OPT_REFCOUNT_BITS:
-      parse_refcount_bits ("--refcount-bits", optarg, &opts);
+      parse_refcount_bits ("--refcount-bits", optarg, &opts, &sp);
       break;
     case 'o':
-      parse_o (optarg, &opts, &ctype);
+      parse_o (optarg, &opts, &ctype, &sp);
       break;
     case 'O':
       /* qemu-img convert -O: the one output format there is. */
@@ -651,23 +680,29 @@ cmd_pack (int argc, char **argv)
   }
 
   /* As qemu-img convert -c -o compression_type=...: the type is the
-   * codec of -c.
+   * codec of -c.  Without -c, as there too, the image records the type
+   * and no cluster is compressed.
    */
   if (ctype != SC_CODEC_NONE) {
-    if (opts.codec == SC_CODEC_NONE)
-      cli_usage_error ("pack", "-o compression_type needs -c");
     if (codec_named && opts.codec != ctype)
-      cli_usage_error ("pack", "-o compression_type and the codec of -c "
-                       "disagree");
-    opts.codec = ctype;
+      cli_usage_error ("pack", "%s and %s disagree", sp.ctype, sp.codec);
+    if (opts.codec == SC_CODEC_NONE)
+      opts.compression_type = ctype;
+    else
+      opts.codec = ctype;
   }
+  /* The combinations a version 2 header cannot hold, named as typed. */
   if (opts.version == 2 && opts.refcount_bits != 16)
-    cli_usage_error ("pack", "--compat=0.10 supports only 16-bit refcounts");
-  if (opts.version == 2 && opts.codec == SC_CODEC_ZSTD)
-    cli_usage_error ("pack", "zstd compression needs --compat=1.1");
+    cli_usage_error ("pack", "%s: version 2 images have 16-bit refcounts "
+                     "only, not %s", sp.compat, sp.refcount_bits);
+  if (opts.version == 2 && (opts.codec == SC_CODEC_ZSTD
+                            || opts.compression_type == SC_CODEC_ZSTD))
+    cli_usage_error ("pack", "%s: zstd compression (%s) needs compat=1.1",
+                     sp.compat, sp.ctype[0] ? sp.ctype : sp.codec);
   if (opts.version == 2 && digest == 1)
-    cli_usage_error ("pack", "--digest needs --compat=1.1: version 2 "
-                     "images have no autoclear bits to tell a stale one");
+    cli_usage_error ("pack", "%s: --digest needs compat=1.1: version 2 "
+                     "images have no autoclear bits to tell a stale one",
+                     sp.compat);
   /* Hashing costs a few percent of a compressed pack, but as much
    * again as an uncompressed one, which copies data inside the kernel
    * without reading it (bench/verify-bench.sh).

@@ -271,11 +271,11 @@ cmd_verify (int argc, char **argv)
       break;
     case 'f':
     case OPT_A_FORMAT:
-      fa = parse_format ("--a-format", optarg);
+      fa = parse_format (c == 'f' ? "-f" : "--a-format", optarg);
       break;
     case 'F':
     case OPT_B_FORMAT:
-      fb = parse_format ("--b-format", optarg);
+      fb = parse_format (c == 'F' ? "-F" : "--b-format", optarg);
       break;
     default:
       cli_usage_error ("verify", "unknown option");

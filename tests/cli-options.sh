@@ -7,12 +7,14 @@ requires qemu-img python3
 qemu-img create -q -f qcow2 "$tmp/img.qcow2" 1M
 truncate -s 1M "$tmp/raw"
 
-# usage_error CMD ARGS...: exit status 1, nothing on stdout, exactly two
-# lines on stderr: the error naming CMD, then the hint.
+# usage_error CMD ARGS...: exit status 1 (2 for verify, whose 1 means
+# "different"), nothing on stdout, exactly two lines on stderr: the
+# error naming CMD, then the hint.
 usage_error () {
-  local cmd=$1 rc=0; shift
+  local cmd=$1 rc=0 want=1; shift
+  [ "$cmd" != verify ] || want=2
   sparsecow "$cmd" "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
-  [ "$rc" = 1 ] || fail "$cmd $*: exit status $rc, not 1"
+  [ "$rc" = "$want" ] || fail "$cmd $*: exit status $rc, not $want"
   [ ! -s "$tmp/out" ] || fail "$cmd $*: wrote to stdout"
   [ "$(wc -l <"$tmp/err")" = 2 ] ||
     fail "$cmd $*: not two lines: $(cat "$tmp/err")"
@@ -98,3 +100,56 @@ done
 # written: -S 0 allocates every byte, --zero=skip writes no zero range.
 usage_error unpack -S 0 --zero=skip "$tmp/img.qcow2" "$tmp/contradiction.raw"
 [ ! -e "$tmp/contradiction.raw" ] || fail "a refused unpack left its target"
+
+# -o compression_type=zstd without -c, as qemu-img convert takes it: the
+# header records zstd, and no cluster is compressed.
+rm -f "$tmp/z.qcow2"
+sparsecow pack -q -o compression_type=zstd "$tmp/raw" "$tmp/z.qcow2" ||
+  fail "-o compression_type=zstd without -c refused"
+qemu-img convert -f raw -O qcow2 -o compression_type=zstd "$tmp/raw" \
+  "$tmp/zq.qcow2"
+for img in "$tmp/zq.qcow2" "$tmp/z.qcow2"; do
+  qemu-img info --output=json "$img" | python3 -c '
+import json, sys
+i = json.load(sys.stdin)
+assert i["format-specific"]["data"]["compression-type"] == "zstd", i' ||
+    fail "$img: compression type is not zstd"
+  qemu-img check --output=json "$img" | python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+assert c["allocated-clusters"] > 0 and c.get("compressed-clusters", 0) == 0, c
+assert not c.get("corruptions") and not c.get("leaks"), c' ||
+    fail "$img: not an uncompressed, clean image"
+done
+qemu-img compare -q -f raw -F qcow2 "$tmp/raw" "$tmp/z.qcow2"
+# Allocated as qemu-img allocates it.
+diff <(qemu-img map --output=json "$tmp/zq.qcow2" | sed 's/, "offset": [0-9]*//') \
+     <(qemu-img map --output=json "$tmp/z.qcow2" | sed 's/, "offset": [0-9]*//') ||
+  fail "-o compression_type=zstd: not mapped as qemu-img's"
+
+# Messages name an option as it was typed, -o KEY=VALUE included.
+usage_error pack -o compat=0.10,refcount_bits=8 "$tmp/raw" "$tmp/p.qcow2"
+grep -q -- "-o compat=0.10" "$tmp/err" && grep -q -- "-o refcount_bits=8" "$tmp/err" &&
+  ! grep -q -- "--compat\|--refcount-bits" "$tmp/err" ||
+  fail "-o compat=0.10,refcount_bits=8: $(cat "$tmp/err")"
+usage_error pack -o compat=0.10,compression_type=zstd "$tmp/raw" "$tmp/p.qcow2"
+grep -q -- "-o compat=0.10.*-o compression_type=zstd" "$tmp/err" &&
+  ! grep -q -- "--compat" "$tmp/err" ||
+  fail "-o compat=0.10,compression_type=zstd: $(cat "$tmp/err")"
+usage_error pack -c zstd -o compat=v2 "$tmp/raw" "$tmp/p.qcow2"
+grep -q -- "-o compat=v2.*-c zstd" "$tmp/err" ||
+  fail "-c zstd -o compat=v2: $(cat "$tmp/err")"
+usage_error pack --compat=0.10 --refcount-bits=8 "$tmp/raw" "$tmp/p.qcow2"
+grep -q -- "--compat=0.10.*--refcount-bits=8" "$tmp/err" ||
+  fail "--compat=0.10 --refcount-bits=8: $(cat "$tmp/err")"
+usage_error pack --digest -o compat=0.10 "$tmp/raw" "$tmp/p.qcow2"
+grep -q -- "-o compat=0.10" "$tmp/err" && ! grep -q -- "--compat" "$tmp/err" ||
+  fail "--digest -o compat=0.10: $(cat "$tmp/err")"
+usage_error pack -c zstd -o compression_type=zlib "$tmp/raw" "$tmp/p.qcow2"
+grep -q -- "-o compression_type=zlib and -c zstd" "$tmp/err" ||
+  fail "-c zstd -o compression_type=zlib: $(cat "$tmp/err")"
+usage_error pack -o compat=0.11 "$tmp/raw" "$tmp/p.qcow2"
+grep -q -- "-o compat: " "$tmp/err" || fail "-o compat=0.11: $(cat "$tmp/err")"
+usage_error verify -f vmdk "$tmp/raw" "$tmp/raw"
+grep -q -- "verify: -f: " "$tmp/err" || fail "verify -f vmdk: $(cat "$tmp/err")"
+[ ! -e "$tmp/p.qcow2" ] || fail "a refused pack created its target"

@@ -234,7 +234,7 @@ done
 sparsecow pack -q -c --no-digest src.raw none.qcow2
 sparsecow pack -q src.raw default.qcow2
 sparsecow pack -q -c --compat=0.10 src.raw v2.qcow2
-expect_fail "needs --compat=1.1" sparsecow pack --digest --compat=0.10 \
+expect_fail "--compat=0.10: --digest needs compat=1.1" sparsecow pack --digest --compat=0.10 \
   src.raw v2-digest.qcow2
 for img in none.qcow2 default.qcow2 v2.qcow2 qemu.qcow2; do
   [ "$(header_digest "$img")" = none ] || fail "$img holds a digest"
