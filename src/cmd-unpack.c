@@ -49,8 +49,8 @@ usage (FILE *fp)
 "                         target: unmap where the device guarantees zeros,\n"
 "                         else zero it (auto); unmap or fail; zero without\n"
 "                         unmapping; leave them as they are (skip)\n"
-"      --target-is-zero   TARGET (a device, an NBD export) reads as zero\n"
-"                         already: zero ranges are not written\n"
+"      --target-is-zero   with -n: TARGET (a device, an NBD export) reads\n"
+"                         as zero already: zero ranges are not written\n"
 "      --verify           read every TARGET back after the flush and\n"
 "                         compare it with IMAGE\n"
 "      --snapshot NAME|ID unpack an internal snapshot instead of the\n"
@@ -296,6 +296,15 @@ cmd_unpack (int argc, char **argv)
       == SC_TARGET_ZERO_SKIP)
     cli_usage_error ("unpack", "-S 0 writes every byte: --zero=skip "
                      "writes no zero range");
+  /* As qemu-img convert: a target can read as zero already only if it
+   * exists, and only -n says it is written where it is.  Block devices
+   * and exports are written in place anyway; the promise still comes
+   * with -n, so that a command line means the same to both programs.
+   */
+  if ((target_flags & SC_TARGET_ZEROED)
+      && !(target_flags & SC_TARGET_IN_PLACE))
+    cli_usage_error ("unpack", "--target-is-zero needs -n: only a target "
+                     "written in place can read as zero already");
   if ((target_flags & SC_TARGET_ZEROED)
       && (target_flags & SC_TARGET_ZERO_MASK))
     cli_usage_error ("unpack", "--target-is-zero writes no zero range: "
@@ -316,7 +325,10 @@ cmd_unpack (int argc, char **argv)
     if (verify && (out || targets[i].nbd))
       cli_usage_error ("unpack", "--verify reads the target back: it needs "
                        "a file or a block device, not %s", targets[i].name);
-    if ((target_flags & SC_TARGET_IN_PLACE) && (out || targets[i].nbd))
+    /* An export is always written in place: -n says so (qemu-img
+     * convert needs it there).
+     */
+    if ((target_flags & SC_TARGET_IN_PLACE) && out)
       cli_usage_error ("unpack", "-n writes into an existing file or "
                        "block device, not %s", targets[i].name);
     if ((target_flags & SC_TARGET_ZERO_MASK) && (out || targets[i].nbd))

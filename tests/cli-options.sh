@@ -153,3 +153,24 @@ grep -q -- "-o compat: " "$tmp/err" || fail "-o compat=0.11: $(cat "$tmp/err")"
 usage_error verify -f vmdk "$tmp/raw" "$tmp/raw"
 grep -q -- "verify: -f: " "$tmp/err" || fail "verify -f vmdk: $(cat "$tmp/err")"
 [ ! -e "$tmp/p.qcow2" ] || fail "a refused pack created its target"
+
+# --target-is-zero needs -n, as in qemu-img convert: a usage error
+# without it, whatever the target.
+rc=0
+qemu-img convert -q --target-is-zero -f qcow2 -O raw "$tmp/img.qcow2" \
+  "$tmp/tz-q.raw" 2>/dev/null || rc=$?
+[ "$rc" != 0 ] || fail "qemu-img convert --target-is-zero without -n: accepted"
+usage_error unpack --target-is-zero "$tmp/img.qcow2" "$tmp/tz.raw"
+grep -q -- "--target-is-zero needs -n" "$tmp/err" ||
+  fail "unpack --target-is-zero: $(cat "$tmp/err")"
+[ ! -e "$tmp/tz.raw" ] || fail "a refused unpack created its target"
+usage_error unpack -f --target-is-zero "$tmp/img.qcow2" "$tmp/raw"
+usage_error unpack --target-is-zero "$tmp/img.qcow2" -
+# With -n, into a file that reads as zero, as qemu-img convert -n does.
+qemu-io -f qcow2 -c "write -P 9 64k 64k" "$tmp/img.qcow2" >/dev/null
+truncate -s 1M "$tmp/tz.raw" "$tmp/tz-q.raw"
+sparsecow unpack -q -n --target-is-zero "$tmp/img.qcow2" "$tmp/tz.raw"
+qemu-img convert -n --target-is-zero -f qcow2 -O raw "$tmp/img.qcow2" \
+  "$tmp/tz-q.raw"
+cmp "$tmp/tz.raw" "$tmp/tz-q.raw" ||
+  fail "unpack -n --target-is-zero differs from qemu-img's"

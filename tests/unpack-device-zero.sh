@@ -121,15 +121,16 @@ else
   echo "$0: no ramfs here: a device that cannot unmap is not tried"
 fi
 
-# --target-is-zero: a device that reads as zero gets no zero range.
+# --target-is-zero (with -n, as qemu-img convert wants it): a device that
+# reads as zero gets no zero range.
 truncate -s $size zeroed.img
 loop_attach zeroed.img
-sparsecow unpack -f --target-is-zero img.qcow2 "$dev" ||
+sparsecow unpack -f -n --target-is-zero img.qcow2 "$dev" ||
   fail "unpack --target-is-zero to $dev failed"
 cmp ref.raw "$dev" || fail "--target-is-zero: $dev differs"
 thin zeroed.img "--target-is-zero"
 expect_fail "unpack: --target-is-zero writes no zero range: --zero=write" \
-  sparsecow unpack -f --target-is-zero --zero=write img.qcow2 "$dev"
+  sparsecow unpack -f -n --target-is-zero --zero=write img.qcow2 "$dev"
 expect_fail "unpack: --zero: expected auto, unmap, write or skip, not 'fast'" \
   sparsecow unpack -f --zero=fast img.qcow2 "$dev"
 expect_fail "unpack: --zero=skip applies to files and block devices, not -" \
