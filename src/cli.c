@@ -176,12 +176,20 @@ cli_common_option (int c, const char *arg, struct cli_common *common,
       cli_usage_error (cli_command, "--progress: expected bar, json, fd:N "
                        "or json:fd:N, not '%s'", arg);
     if (fd) {
-      if (cli_parse_uint (fd, 1, INT_MAX, &n) == -1)
-        cli_usage_error (cli_command, "--progress: expected a file "
-                         "descriptor number after 'fd:', not '%s'", fd);
+      if (cli_parse_uint (fd, 0, INT_MAX, &n) == -1)
+        cli_usage_error (cli_command, "--progress=%s: expected a file "
+                         "descriptor number after 'fd:', not '%s'", arg, fd);
+      /* Progress is written: never to the input, even one that a
+       * terminal opened for reading and writing.
+       */
+      if (n == STDIN_FILENO)
+        cli_usage_error (cli_command, "--progress=%s: descriptor 0 is "
+                         "standard input; give one open for writing (2 is "
+                         "standard error, the default)", arg);
       common->progress_json = true;
       common->progress_fd = (int) n;
     }
+    common->progress_arg = arg;
     return 1;
   }
   case 'j':
@@ -647,40 +655,52 @@ cli_progress_done (const struct cli_common *common)
     fputc ('\n', stderr);
 }
 
+/* Are descriptors a and b open on one file that is not a terminal or
+ * another character device (where lines of progress do no harm)?
+ */
+static bool
+same_open_file (int a, int b)
+{
+  struct stat sa, sb;
+
+  return fstat (a, &sa) == 0 && fstat (b, &sb) == 0
+    && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
+    && !S_ISCHR (sa.st_mode);
+}
+
 void
 cli_check_progress (const char *command, const struct cli_common *common,
-                    bool data_on_stdout)
+                    bool data_on_stdout, bool data_on_stdin)
 {
   int fd = common->progress_fd ? common->progress_fd : STDERR_FILENO, fl;
+  const char *arg = common->progress_arg ? common->progress_arg : "json";
 
   if (!common->progress_json)
     return;
   if (common->progress_fd) {
     fl = fcntl (fd, F_GETFL);
     if (fl == -1)
-      cli_usage_error (command, "--progress=fd:%d: descriptor %d is not "
-                       "open", fd, fd);
+      cli_usage_error (command, "--progress=%s: descriptor %d is not "
+                       "open", arg, fd);
     if ((fl & O_ACCMODE) == O_RDONLY)
-      cli_usage_error (command, "--progress=fd:%d: descriptor %d is open "
-                       "for reading only", fd, fd);
+      cli_usage_error (command, "--progress=%s: descriptor %d is open "
+                       "for reading only", arg, fd);
   }
   /* Standard error too: "2>&1" makes it the data's stream. */
-  if (data_on_stdout) {
-    struct stat a, b;
-
-    if (fd == STDOUT_FILENO
-        || (fstat (fd, &a) == 0 && fstat (STDOUT_FILENO, &b) == 0
-            && a.st_dev == b.st_dev && a.st_ino == b.st_ino
-            && !S_ISCHR (a.st_mode)))
-    {
-      if (common->progress_fd)
-        cli_usage_error (command, "--progress=fd:%d: progress would go "
-                         "into the data on standard output", fd);
-      cli_usage_error (command, "--progress=json: progress on standard "
-                       "error would go into the data on standard output "
-                       "(they are one file)");
-    }
+  if (data_on_stdout && (fd == STDOUT_FILENO
+                         || same_open_file (fd, STDOUT_FILENO))) {
+    if (common->progress_fd)
+      cli_usage_error (command, "--progress=%s: progress would go into the "
+                       "data on standard output", arg);
+    cli_usage_error (command, "--progress=%s: progress on standard error "
+                     "would go into the data on standard output (they are "
+                     "one file)", arg);
   }
+  /* "<>file 3>&0": the input, open for writing too. */
+  if (data_on_stdin && same_open_file (fd, STDIN_FILENO))
+    cli_usage_error (command, "--progress=%s: progress would go into the "
+                     "data read from standard input (descriptor %d is the "
+                     "same file)", arg, fd);
 }
 
 void
@@ -691,10 +711,14 @@ cli_check_progress_not (const char *command, const struct cli_common *common,
   struct stat a, b;
 
   if (!common->progress_json || strcmp (name, "-") == 0
-      || fstat (fd, &a) == -1 || !S_ISREG (a.st_mode)
+      || sc_is_nbd_uri (name) || fstat (fd, &a) == -1
       || stat (name, &b) == -1)
     return;
-  if (a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+  /* A file, or a device that a descriptor was opened on. */
+  if ((S_ISREG (a.st_mode) && S_ISREG (b.st_mode)
+       && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+      || (S_ISBLK (a.st_mode) && S_ISBLK (b.st_mode)
+          && a.st_rdev == b.st_rdev))
     cli_usage_error (command, "progress (on descriptor %d) would be written "
                      "into %s", fd, name);
 }

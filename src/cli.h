@@ -31,6 +31,7 @@ struct cli_common {
   bool progress;                /* -p */
   bool progress_json;           /* --progress=json[:fd:N] or fd:N */
   int progress_fd;              /* where JSON progress goes; 0 = stderr */
+  const char *progress_arg;     /* the value of --progress= as typed */
   unsigned threads;             /* -j N, 0 = default */
   bool force_share;             /* -U: read an image another process holds */
   struct sc_nbd_opts nbd;       /* -C N, --requests N, --timeout S */
@@ -200,12 +201,13 @@ extern void cli_json_string (FILE *fp, const char *s);
 
 /* Refuse, as a usage error, JSON progress that would go where it
  * cannot: onto standard output when it carries data (data_on_stdout),
- * or to a descriptor that is not open for writing.  Called before
- * anything is opened.
+ * onto the file on standard input when that is the data read
+ * (data_on_stdin), or to a descriptor that is not open for writing.
+ * Called before anything is opened.
  */
 extern void cli_check_progress (const char *command,
                                 const struct cli_common *common,
-                                bool data_on_stdout);
+                                bool data_on_stdout, bool data_on_stdin);
 /* The same for a file the command reads or writes: JSON progress on a
  * descriptor open on NAME (a source, an image, a target written in
  * place) would change it.  A usage error then.

@@ -104,7 +104,8 @@ cmd_bmap (int argc, char **argv)
   }
   cli_operands ("bmap", argc, argv, optind, &op, 1, "one IMAGE, FILE or URI");
   qopts.force_share = common.force_share;
-  cli_check_progress ("bmap", &common, strcmp (out.name, "-") == 0);
+  cli_check_progress ("bmap", &common, strcmp (out.name, "-") == 0,
+                      strcmp (op.name, "-") == 0);
   cli_check_progress_not ("bmap", &common, op.name);
   cli_check_progress_not ("bmap", &common, out.name);
   if (!op.nbd && strcmp (out.name, "-") != 0

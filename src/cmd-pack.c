@@ -669,7 +669,8 @@ cmd_pack (int argc, char **argv)
   target = ops[1].name;
   if (!ops[0].nbd && !ops[1].nbd && cli_target_is_source (source, target))
     return EXIT_ERROR;
-  cli_check_progress ("pack", &common, strcmp (target, "-") == 0);
+  cli_check_progress ("pack", &common, strcmp (target, "-") == 0,
+                      strcmp (source, "-") == 0);
   cli_check_progress_not ("pack", &common, source);
   cli_check_progress_not ("pack", &common, target);
   if (strcmp (target, "-") == 0) {

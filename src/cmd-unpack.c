@@ -340,7 +340,8 @@ cmd_unpack (int argc, char **argv)
 
     for (int i = 0; i < ntargets; i++)
       to_stdout |= strcmp (targets[i].name, "-") == 0;
-    cli_check_progress ("unpack", &common, to_stdout);
+    cli_check_progress ("unpack", &common, to_stdout,
+                        strcmp (image, "-") == 0);
     cli_check_progress_not ("unpack", &common, image);
     for (int i = 0; i < ntargets; i++)
       cli_check_progress_not ("unpack", &common, targets[i].name);

@@ -292,6 +292,15 @@ cmd_verify (int argc, char **argv)
   }
   cli_operands ("verify", argc, argv, optind, ops, n == 1 ? 1 : 2,
                 "IMAGE, or A and B");
+  {
+    bool from_stdin = false;
+
+    for (int i = 0; i < (n == 1 ? 1 : 2); i++)
+      from_stdin |= !ops[i].nbd && strcmp (ops[i].name, "-") == 0;
+    cli_check_progress ("verify", &common, false, from_stdin);
+    for (int i = 0; i < (n == 1 ? 1 : 2); i++)
+      cli_check_progress_not ("verify", &common, ops[i].name);
+  }
   opts.threads = common.threads;
   opts.progress = cli_progress_fn (&common, &opts.progress_opaque);
   cli_install_signal_handlers ();

@@ -174,3 +174,31 @@ qemu-img convert -n --target-is-zero -f qcow2 -O raw "$tmp/img.qcow2" \
   "$tmp/tz-q.raw"
 cmp "$tmp/tz.raw" "$tmp/tz-q.raw" ||
   fail "unpack -n --target-is-zero differs from qemu-img's"
+
+# --progress=fd:N: standard input is no place for progress, whatever it
+# is open on; nor a descriptor that is not open, nor the data's.
+usage_error pack --progress=fd:0 "$tmp/raw" "$tmp/p.qcow2"
+grep -q -- "--progress=fd:0: descriptor 0 is standard input" "$tmp/err" ||
+  fail "--progress=fd:0: $(cat "$tmp/err")"
+usage_error unpack --progress=json:fd:0 "$tmp/img.qcow2" "$tmp/p.raw" \
+  0<>"$tmp/raw"
+grep -q -- "--progress=json:fd:0: descriptor 0 is standard input" "$tmp/err" ||
+  fail "--progress=json:fd:0: $(cat "$tmp/err")"
+usage_error unpack --progress=fd:7 "$tmp/img.qcow2" "$tmp/p.raw"
+grep -q -- "--progress=fd:7: descriptor 7 is not open" "$tmp/err" ||
+  fail "--progress=fd:7: $(cat "$tmp/err")"
+usage_error verify --progress=fd:7 "$tmp/raw" "$tmp/raw"
+rc=0
+sparsecow pack --progress=json:fd:1 "$tmp/raw" - >"$tmp/p.qcow2" \
+  2>"$tmp/err" || rc=$?
+[ "$rc" = 1 ] && [ ! -s "$tmp/p.qcow2" ] &&
+  grep -q -- "--progress=json:fd:1: .*standard output" "$tmp/err" ||
+  fail "--progress=json:fd:1 with data on stdout: $(cat "$tmp/err")"
+# The file on standard input, open for writing on the descriptor too.
+cp "$tmp/img.qcow2" "$tmp/in.qcow2"
+usage_error unpack --progress=fd:3 - "$tmp/p.raw" <"$tmp/in.qcow2" \
+  3<>"$tmp/in.qcow2"
+usage_error pack --progress=fd:3 "$tmp/raw" "$tmp/p.qcow2" 3<>"$tmp/raw"
+qemu-img compare -q "$tmp/img.qcow2" "$tmp/in.qcow2" ||
+  fail "progress went into the image"
+[ ! -e "$tmp/p.raw" ] || fail "a refused unpack created its target"
