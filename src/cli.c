@@ -483,6 +483,28 @@ cli_open_source (const struct cli_operand *op,
 }
 
 struct sc_endpoint *
+cli_open_stdin_image (const char *command, const struct cli_common *common)
+{
+  static const struct cli_operand in = { .name = "-" };
+  struct stat st;
+
+  if (fstat (STDIN_FILENO, &st) == -1) {
+    cli_error ("%s: stdin: %s", command, strerror (errno));
+    return NULL;
+  }
+  /* The tables of an image lie anywhere in it: a stream cannot be
+   * read that way.
+   */
+  if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode))
+    cli_usage_error (command, "-: standard input is a %s; %s reads an image "
+                     "at random offsets: name the file, or redirect it "
+                     "(< IMAGE)", S_ISFIFO (st.st_mode) ? "pipe"
+                     : isatty (STDIN_FILENO) ? "terminal" : "stream",
+                     command);
+  return cli_open_source (&in, common, SC_MAP_SEEK);
+}
+
+struct sc_endpoint *
 cli_open_target (const struct cli_operand *op,
                  const struct cli_common *common, unsigned flags)
 {

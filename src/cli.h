@@ -171,6 +171,15 @@ extern struct sc_endpoint *cli_open_target (const struct cli_operand *op,
                                             const struct cli_common *common,
                                             unsigned flags);
 
+/* The IMAGE "-" of a command that reads it at random offsets (info,
+ * map, check): standard input, when it is redirected from a file or a
+ * block device, as a source endpoint named "stdin".  A pipe or a
+ * terminal there is a usage error naming command.  Prints the error
+ * and returns NULL when it cannot be opened.
+ */
+extern struct sc_endpoint *cli_open_stdin_image (const char *command,
+                                                 const struct cli_common *common);
+
 /* "sparsecow: OBJECT: message" from the library's last error. */
 extern void cli_lib_error (const char *object);
 /* "sparsecow: printf-message". */

@@ -98,13 +98,14 @@ print_json (const char *filename, const struct sc_check_result *r)
  * that does not open for other reasons is for the check to judge.
  */
 static bool
-backing_missing (const char *image)
+backing_missing (const char *image, struct sc_endpoint *ep)
 {
   struct sc_qcow2_open_opts qo = { .backing_optional = true,
                                    .allow_corrupt = true,
                                    .force_share = true };
   struct sc_qcow2_info info;
-  struct sc_qcow2 *q = sc_qcow2_open (image, &qo);
+  struct sc_qcow2 *q = ep ? sc_qcow2_open_endpoint (ep, &qo)
+                          : sc_qcow2_open (image, &qo);
   bool missing = false;
 
   if (q == NULL)
@@ -176,7 +177,28 @@ cmd_check (int argc, char **argv)
   /* As qemu-img check: not an image whose backing chain cannot be
    * opened, nor one that another process writes.
    */
-  else if (backing_missing (image))
+  /* Standard input redirected from the image: the same checks, on the
+   * file open there.
+   */
+  else if (strcmp (image, "-") == 0) {
+    struct sc_endpoint *ep = cli_open_stdin_image ("check", &common);
+
+    if (ep == NULL)
+      return EXIT_ERROR;
+    if (backing_missing (image, ep)) {
+      sc_endpoint_close (ep);
+      return EXIT_ERROR;
+    }
+    /* qemu's locks are on the file, whichever descriptor tests them. */
+    c = !common.force_share && sc_image_lock_test ("/dev/stdin") == -1
+        ? -1 : sc_qcow2_check_endpoint (ep, &result);
+    if (c == -1)
+      cli_lib_error (image);
+    sc_endpoint_close (ep);
+    if (c == -1)
+      return EXIT_ERROR;
+  }
+  else if (backing_missing (image, NULL))
     return EXIT_ERROR;
   else if ((!common.force_share && sc_image_lock_test (image) == -1)
            || sc_qcow2_check (image, &result) == -1) {

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -458,13 +459,16 @@ image_info (const char *path, struct sc_endpoint *ep,
   return r;
 }
 
-/* What a file really occupies, as qemu-img's "disk size". */
+/* What a file really occupies, as qemu-img's "disk size" ("-": the
+ * file on standard input).
+ */
 static uint64_t
 actual_size_of (const char *path)
 {
   struct stat st;
 
-  if (stat (path, &st) == -1)
+  if ((strcmp (path, "-") == 0 ? fstat (STDIN_FILENO, &st)
+       : stat (path, &st)) == -1)
     return 0;
   return (uint64_t) st.st_blocks * BYTES_PER_BLOCK;
 }
@@ -517,6 +521,10 @@ cmd_info (int argc, char **argv)
   path = op.name;
 
   if (op.nbd && (ep = cli_open_source (&op, &common, SC_MAP_SEEK)) == NULL)
+    return EXIT_ERROR;
+  /* Standard input redirected from the image, as unpack reads it. */
+  if (!op.nbd && strcmp (path, "-") == 0
+      && (ep = cli_open_stdin_image ("info", &common)) == NULL)
     return EXIT_ERROR;
   if (image_info (path, ep, &info, common.force_share) == -1) {
     sc_endpoint_close (ep);

@@ -129,10 +129,11 @@ map_qcow2 (const char *path, struct sc_endpoint *ep, struct map_out *out,
  * read as zeros, and every run is mapped to itself.
  */
 static int
-map_raw (const char *path, struct sc_endpoint *nbd, struct map_out *out)
+map_raw (const char *path, struct sc_endpoint *opened, bool export,
+         struct map_out *out)
 {
   struct sc_extent_list list;
-  struct sc_endpoint *ep = nbd;
+  struct sc_endpoint *ep = opened;
   uint64_t size;
   int r = -1;
 
@@ -144,7 +145,7 @@ map_raw (const char *path, struct sc_endpoint *nbd, struct map_out *out)
    * export is mapped as nbdinfo maps it, to its last byte.
    */
   size = sc_endpoint_size (ep);
-  if (nbd == NULL)
+  if (!export)
     size = (size + RAW_SECTOR_SIZE - 1) / RAW_SECTOR_SIZE * RAW_SECTOR_SIZE;
   if (size > 0 && sc_endpoint_extents (ep, 0, size, &list) == -1)
     goto out;
@@ -165,7 +166,7 @@ map_raw (const char *path, struct sc_endpoint *nbd, struct map_out *out)
   r = 0;
  out:
   sc_extent_list_free (&list);
-  if (nbd == NULL && sc_endpoint_close (ep) == -1)
+  if (opened == NULL && sc_endpoint_close (ep) == -1)
     r = -1;
   return r;
 }
@@ -210,8 +211,13 @@ cmd_map (int argc, char **argv)
   cli_operands ("map", argc, argv, optind, &op, 1, "one IMAGE or FILE");
   path = op.name;
 
-  if (op.nbd) {
-    if ((ep = cli_open_source (&op, &common, SC_MAP_SEEK)) == NULL)
+  /* An export, or standard input redirected from a file, is read
+   * through the endpoint opened here.
+   */
+  if (op.nbd || strcmp (path, "-") == 0) {
+    ep = op.nbd ? cli_open_source (&op, &common, SC_MAP_SEEK)
+                : cli_open_stdin_image ("map", &common);
+    if (ep == NULL)
       return EXIT_ERROR;
     r = cli_endpoint_is_qcow2 (ep);
   }
@@ -225,7 +231,7 @@ cmd_map (int argc, char **argv)
   if (r == 1)
     r = map_qcow2 (path, ep, &out, common.force_share);
   else if (r == 0)
-    r = map_raw (path, ep, &out);
+    r = map_raw (path, ep, op.nbd, &out);
   if (r == -1) {
     fflush (stdout);
     cli_lib_error (path);

@@ -45,3 +45,58 @@ if command -v nbdkit >/dev/null && nbdkit --dump-plugin memory >/dev/null 2>&1 &
   grep -qF "sparsecow: $server: " "$tmp/.stderr" ||
     fail "error does not name the NBD target: $(cat "$tmp/.stderr")"
 fi
+
+# info, map and check read an image on standard input redirected from
+# a file, as unpack does, and say so clearly for a pipe.
+diff <(qemu-img map --output=json "$img") \
+     <(sparsecow map --output=json - <"$img") ||
+  fail "map - < image differs from qemu-img map"
+diff <(qemu-img map -f raw --output=json "$tmp/ref.raw") \
+     <(sparsecow map --output=json - <"$tmp/ref.raw") ||
+  fail "map - < raw file differs from qemu-img map -f raw"
+diff <(sparsecow info --output=json "$img" | grep -v '"filename"') \
+     <(sparsecow info --output=json - <"$img" | grep -v '"filename"') ||
+  fail "info - < image differs from info of the file"
+qemu-img info --output=json "$img" | python3 -c '
+import json, subprocess, sys
+q = json.load(sys.stdin)
+s = json.loads(subprocess.run(sys.argv[1:], check=True, stdin=open(q["filename"]),
+                              stdout=subprocess.PIPE).stdout)
+for k in ("virtual-size", "cluster-size", "format", "actual-size", "snapshots"):
+    assert q.get(k) == s.get(k), (k, q.get(k), s.get(k))' \
+  "$SPARSECOW" info --output=json - || fail "info - differs from qemu-img info"
+sparsecow check - <"$img" >"$tmp/check.out" || fail "check - < image failed"
+grep -q "No errors were found" "$tmp/check.out" || fail "check -: $(cat "$tmp/check.out")"
+sparsecow check --output=json - <"$img" | python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+assert c["check-errors"] == 0 and c["allocated-clusters"] > 0, c' ||
+  fail "check --output=json -"
+# A damaged image on stdin is judged as the file is.
+cp "$img" "$tmp/leak.qcow2"
+qemu-io -c "write -P 1 0 64k" "$tmp/leak.qcow2" >/dev/null
+python3 - "$tmp/leak.qcow2" <<'PYEOF'
+import struct, sys
+# Raise the refcount of cluster 0 (the header): a leak, as qemu-img
+# check reports one.
+f = open(sys.argv[1], "r+b")
+h = f.read(104)
+cb = struct.unpack(">I", h[20:24])[0]
+rt = struct.unpack(">Q", h[48:56])[0]
+f.seek(rt); rb = struct.unpack(">Q", f.read(8))[0]
+f.seek(rb); n = struct.unpack(">H", f.read(2))[0]
+f.seek(rb); f.write(struct.pack(">H", n + 1))
+PYEOF
+rc_q=0; qemu-img check -q "$tmp/leak.qcow2" >/dev/null 2>&1 || rc_q=$?
+rc_s=0; sparsecow check - <"$tmp/leak.qcow2" >/dev/null 2>&1 || rc_s=$?
+[ "$rc_q" = 3 ] && [ "$rc_s" = "$rc_q" ] ||
+  fail "check - < leaking image: exit $rc_s, qemu-img check $rc_q"
+# From a pipe: one usage error line that says why, and a hint.
+for cmd in info map check; do
+  rc=0
+  cat "$img" | sparsecow $cmd - >"$tmp/out" 2>"$tmp/err" || rc=$?
+  [ "$rc" = 1 ] && [ ! -s "$tmp/out" ] && [ "$(wc -l <"$tmp/err")" = 2 ] &&
+    grep -q "^sparsecow: $cmd: -: standard input is a pipe" "$tmp/err" &&
+    tail -n1 "$tmp/err" | grep -q "^Try 'sparsecow $cmd --help'" ||
+    fail "$cmd - from a pipe (exit $rc): $(cat "$tmp/err")"
+done
