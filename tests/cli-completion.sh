@@ -1,17 +1,34 @@
 #!/bin/bash
-# The bash completion completes commands, and every command's options
-# as its --help lists them.
+# The bash completion completes commands, every command's options as
+# its --help lists them, option values, and operands by kind: images,
+# data, block maps and NBD URIs.
 . "$srcdir/functions.sh"
 
 PATH=$(dirname "$SPARSECOW"):$PATH
 # shellcheck disable=SC1091
 . "$top_srcdir/completion/sparsecow"
 complete_words () {
+  unset COMP_LINE COMP_POINT
   COMP_WORDS=("$@")
   COMP_CWORD=$(($# - 1))
   COMPREPLY=()
   _sparsecow
   printf '%s\n' "${COMPREPLY[@]}"
+}
+# complete_line LINE: as bash calls the function for LINE typed at a
+# prompt, with COMP_LINE and words split at COMP_WORDBREAKS too.
+complete_line () {
+  local w
+  COMP_LINE=$1
+  COMP_POINT=${#1}
+  # Readline's words: blanks separate, each word-break character is a
+  # word of its own (enough for the lines below).
+  read -ra COMP_WORDS <<<"$(sed 's/\([=:]\)/ \1 /g' <<<"$1")"
+  [[ $1 != *" " ]] || COMP_WORDS+=("")
+  COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
+  COMPREPLY=()
+  _sparsecow
+  for w in "${COMPREPLY[@]}"; do printf '%s\n' "$w"; done
 }
 # offers WORD ARGS...: the completion of ARGS offers WORD.  (Captured
 # first: "grep -q" in a pipeline would stop reading early, and the
@@ -20,6 +37,12 @@ offers () {
   local word=$1 got; shift
   got=$(complete_words "$@")
   grep -qx -- "$word" <<<"$got" || fail "$* offers no $word: $got"
+}
+# offers_not WORD ARGS...: the completion of ARGS does not offer WORD.
+offers_not () {
+  local word=$1 got; shift
+  got=$(complete_words "$@")
+  ! grep -qx -- "$word" <<<"$got" || fail "$* offers $word: $got"
 }
 [ "$(complete_words sparsecow un)" = unpack ] || fail "command not completed"
 # Every command of the help is completed.
@@ -36,3 +59,65 @@ offers --force-share sparsecow unpack --
 cd "$tmp"
 touch disk.raw
 [ "$(complete_words sparsecow pack dis)" = disk.raw ] || fail "file operand"
+
+# Operands by kind.  pack's SOURCE: data (files, devices) and NBD URIs.
+touch img.qcow2 old.IMG a.bmap
+mkdir sub
+for w in disk.raw img.qcow2 sub nbd:// nbds:// nbd+unix:///; do
+  offers "$w" sparsecow pack ""
+done
+offers /dev/null sparsecow pack /dev/nu
+[ "$(complete_words sparsecow pack nbd+)" = "nbd+unix:///" ] ||
+  fail "pack nbd+: $(complete_words sparsecow pack nbd+)"
+# The IMAGE of unpack, info and check: images and directories, not
+# other files; any file where there is no image.
+for cmd in unpack info check; do
+  for w in img.qcow2 old.IMG sub nbd://; do
+    offers "$w" sparsecow $cmd ""
+  done
+  offers_not disk.raw sparsecow $cmd ""
+  offers_not a.bmap sparsecow $cmd ""
+  offers disk.raw sparsecow $cmd dis
+done
+offers img.qcow2 sparsecow unpack -S 4k -f ""
+offers_not disk.raw sparsecow unpack -S 4k -f ""
+# Its TARGETs: data.
+offers disk.raw sparsecow unpack img.qcow2 ""
+offers disk.raw sparsecow unpack img.qcow2 new.raw ""
+offers disk.raw sparsecow unpack -- [ qemu-nbd -f qcow2 x ] ""
+# pack's TARGET, after an option that takes a value: images.
+offers img.qcow2 sparsecow pack -c zstd --level 3 disk.raw ""
+offers_not disk.raw sparsecow pack -c zstd --level 3 disk.raw ""
+# Block maps.
+for args in "bmap -o" "bmap disk.raw --output" "pack --bmap-out" \
+            "unpack --bmap"; do
+  # shellcheck disable=SC2086
+  offers a.bmap sparsecow $args ""
+  # shellcheck disable=SC2086
+  offers_not disk.raw sparsecow $args ""
+done
+offers --map=bmap:a.bmap sparsecow pack --map=bmap:
+offers_not --map=bmap:disk.raw sparsecow pack --map=bmap:
+offers bmap:a.bmap sparsecow pack --map bmap:
+offers bmap: sparsecow pack --map b
+# Option values.
+[ "$(complete_words sparsecow info -f q)" = qcow2 ] || fail "info -f q"
+offers raw sparsecow map -f ""
+offers disk.raw sparsecow pack -f ""
+offers compat=1.1 sparsecow pack -o compat=
+offers cluster_size=4k,compression_type= sparsecow pack -o cluster_size=4k,compr
+offers --zero=skip sparsecow unpack --zero=
+offers qemu-nbd sparsecow pack -- [ qemu-n
+# As bash calls it for a line typed at a prompt: readline puts only
+# what follows the last "=" or ":" in place.
+line_offers () {
+  local word=$1 got
+  got=$(complete_line "$2")
+  grep -qx -- "$word" <<<"$got" || fail "<$2> offers no $word: $got"
+}
+line_offers a.bmap "sparsecow pack --map=bmap:"
+line_offers a.bmap "sparsecow pack --map=bmap:a"
+line_offers // "sparsecow pack nbd:"
+line_offers 1.1 "sparsecow pack -o compat="
+line_offers json "sparsecow unpack --progress=j"
+line_offers img.qcow2 "sparsecow unpack -q "
