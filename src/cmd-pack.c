@@ -59,6 +59,7 @@ usage (FILE *fp)
 "  -O qcow2                 the output format, as qemu-img convert -O\n"
 "  -o OPT=VALUE[,...]       the same as qemu-img: cluster_size, compat,\n"
 "                           refcount_bits, compression_type=zlib|zstd\n"
+"                           ('-o help' lists them)\n"
 "      --map=seek|fiemap|none|bmap:FILE.bmap\n"
 "                           how to find a raw file's data (default seek);\n"
 "                           bmap: the ranges of a bmap file, each checked\n"
@@ -183,16 +184,41 @@ static void
 parse_o (const char *arg, struct sc_pack_opts *opts, enum sc_codec *ctype,
          struct spelled *sp)
 {
-  char *copy = strdup (arg), *item, *save = NULL;
+  char *copy = strdup (arg), *item, *next;
 
   if (copy == NULL) {
     cli_error ("pack: -o: %s", strerror (errno));
     exit (EXIT_ERROR);
   }
-  for (item = strtok_r (copy, ",", &save); item;
-       item = strtok_r (NULL, ",", &save)) {
-    char *value = strchr (item, '=');
+  /* As qemu-img: "-o help" (or "?") anywhere in the list prints the
+   * options, and an empty one ("", "a=1,", "a=1,,b=2") is an error.
+   */
+  for (item = copy; item; item = next) {
+    next = strchr (item, ',');
+    if (next)
+      *next++ = '\0';
+    if (strcmp (item, "help") == 0 || strcmp (item, "?") == 0) {
+      printf ("Supported options:\n"
+              "  cluster_size=<size>    - qcow2 cluster size, 512 to 2M\n"
+              "  compat=<str>           - compatibility level (v2 [0.10] "
+              "or v3 [1.1])\n"
+              "  compression_type=<str> - zlib or zstd (without -c: "
+              "recorded only)\n"
+              "  refcount_bits=<num>    - width of a reference count "
+              "entry in bits\n");
+      exit (EXIT_OK);
+    }
+  }
+  strcpy (copy, arg);
+  for (item = copy; item; item = next) {
+    char *value;
 
+    next = strchr (item, ',');
+    if (next)
+      *next++ = '\0';
+    if (item[0] == '\0')
+      cli_usage_error ("pack", "-o: empty option in '%s'", arg);
+    value = strchr (item, '=');
     if (value == NULL)
       cli_usage_error ("pack", "-o: expected KEY=VALUE, not '%s'", item);
     *value++ = '\0';

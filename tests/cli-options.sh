@@ -202,3 +202,22 @@ usage_error pack --progress=fd:3 "$tmp/raw" "$tmp/p.qcow2" 3<>"$tmp/raw"
 qemu-img compare -q "$tmp/img.qcow2" "$tmp/in.qcow2" ||
   fail "progress went into the image"
 [ ! -e "$tmp/p.raw" ] || fail "a refused unpack created its target"
+
+# -o as qemu-img takes it: "-o help" lists the keys (each one that
+# qemu-img lists for qcow2), an empty one is an error in both.
+sparsecow pack -o help "$tmp/raw" "$tmp/h.qcow2" >"$tmp/out" ||
+  fail "pack -o help failed"
+qemu-img convert -O qcow2 -o help "$tmp/raw" "$tmp/h.qcow2" >"$tmp/qhelp"
+keys=$(sed -n 's/^  \([a-z_]*\)=.*/\1/p' "$tmp/out")
+[ -n "$keys" ] || fail "pack -o help lists nothing: $(cat "$tmp/out")"
+for k in $keys; do
+  grep -q "^  $k=" "$tmp/qhelp" || fail "-o help: $k is not qemu-img's"
+done
+[ ! -e "$tmp/h.qcow2" ] || fail "pack -o help wrote an image"
+for o in "" "cluster_size=64k," "cluster_size=4k,,compat=1.1"; do
+  rc=0
+  qemu-img convert -O qcow2 -o "$o" "$tmp/raw" "$tmp/q.qcow2" 2>/dev/null ||
+    rc=$?
+  [ "$rc" != 0 ] || fail "qemu-img convert -o '$o' accepted"
+  usage_error pack -o "$o" "$tmp/raw" "$tmp/p.qcow2"
+done
