@@ -12,7 +12,7 @@
 #include "cli.h"
 
 /* Long options of this command only (above the shared ones). */
-enum { OPT_OUTPUT = 0x200 };
+enum { OPT_OUTPUT = 0x200, OPT_REPAIR };
 
 static void
 usage (FILE *fp)
@@ -25,6 +25,7 @@ usage (FILE *fp)
            "\n"
            "  --json        print the result as JSON (qemu-img check names)\n"
            "  --output=json|human  the same, spelled as for qemu-img check\n"
+           "  -f qcow2      the format, as qemu-img check -f (only qcow2)\n"
            CLI_COMMON_HELP
            CLI_NBD_HELP, cli_program);
 }
@@ -128,6 +129,7 @@ cmd_check (int argc, char **argv)
     { "json", no_argument, NULL, OPT_JSON },
     /* qemu-img check's spelling, for scripts written for it. */
     { "output", required_argument, NULL, OPT_OUTPUT },
+    { "repair", required_argument, NULL, OPT_REPAIR },
     CLI_COMMON_LONG_OPTIONS,
     { NULL, 0, NULL, 0 }
   };
@@ -144,8 +146,14 @@ cmd_check (int argc, char **argv)
   cli_install_signal_handlers ();
   signal (SIGPIPE, SIG_DFL);
   cli_check_brackets ("check", argc, argv);
-  while ((c = cli_getopt (argc, argv, "f:", long_options, &common,
+  while ((c = cli_getopt (argc, argv, "f:r:", long_options, &common,
                           usage)) != -1) {
+    /* qemu-img check -r repairs; this check only reads. */
+    if (c == 'r' || c == OPT_REPAIR)
+      cli_usage_error ("check", "%s%s%s: sparsecow check does not repair "
+                       "images; qemu-img check -r %s does",
+                       c == 'r' ? "-r" : "--repair", c == 'r' ? " " : "=",
+                       optarg, optarg);
     if (c == 'f')
       /* qemu-img's spelling; only qcow2 is read here. */
       (void) cli_parse_image_format ("check", optarg, false);

@@ -35,6 +35,8 @@ usage (FILE *fp)
            "  --backing-chain         every image of the chain (JSON: an\n"
            "                          array)\n"
            "  --output=human          text, like qemu-img info (default)\n"
+           "  -f qcow2                the format, as qemu-img info -f (only\n"
+           "                          qcow2)\n"
            CLI_COMMON_HELP
            CLI_NBD_HELP, cli_program);
 }

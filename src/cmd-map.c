@@ -37,6 +37,8 @@ usage (FILE *fp)
            "--output=json\n"
            "  --output=human          a table of the ranges that hold data "
            "(default)\n"
+           "  -f qcow2|raw            the format, as qemu-img map -f (default:\n"
+           "                          qcow2 if the file starts as one)\n"
            CLI_COMMON_HELP
            CLI_NBD_HELP, cli_program);
 }

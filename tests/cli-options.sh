@@ -221,3 +221,12 @@ for o in "" "cluster_size=64k," "cluster_size=4k,,compat=1.1"; do
   [ "$rc" != 0 ] || fail "qemu-img convert -o '$o' accepted"
   usage_error pack -o "$o" "$tmp/raw" "$tmp/p.qcow2"
 done
+# check does not repair: -r is refused with the way to do it.
+usage_error check -r all "$tmp/img.qcow2"
+grep -q "qemu-img check -r all" "$tmp/err" || fail "check -r: $(cat "$tmp/err")"
+usage_error check --repair=leaks "$tmp/img.qcow2"
+grep -q -- "--repair=leaks" "$tmp/err" || fail "check --repair: $(cat "$tmp/err")"
+# The -f FMT that info, map and check take is in their help.
+for cmd in info map check; do
+  sparsecow $cmd --help | grep -q "^  -f qcow2" || fail "$cmd --help has no -f"
+done
