@@ -329,6 +329,27 @@ cli_endpoint_is_qcow2 (struct sc_endpoint *ep)
 }
 
 void
+cli_refuse_format_as_force (const char *command, int argc, char **argv,
+                            const char *instead)
+{
+  static const char *const formats[] = {
+    "raw", "qcow2", "qcow", "vmdk", "vdi", "vhdx", "vpc", "qed", "luks",
+    "parallels", "dmg", "bochs", "cloop", "file", "host_device",
+  };
+  const char *word;
+
+  if (optind < 2 || optind >= argc || strcmp (argv[optind - 1], "-f") != 0)
+    return;
+  word = argv[optind];
+  if (access (word, F_OK) == 0)
+    return;
+  for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++)
+    if (strcmp (word, formats[i]) == 0)
+      cli_usage_error (command, "-f %s: -f is --force here, not qemu-img's "
+                       "source format; %s", word, instead);
+}
+
+void
 cli_check_brackets (const char *command, int argc, char **argv)
 {
   for (int i = 1; i < argc && strcmp (argv[i], "--") != 0; i++)

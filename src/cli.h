@@ -145,6 +145,13 @@ enum { CLI_FORMAT_AUTO, CLI_FORMAT_QCOW2, CLI_FORMAT_RAW };
 extern int cli_parse_image_format (const char *command, const char *arg,
                                    bool raw_ok);
 extern void cli_check_brackets (const char *command, int argc, char **argv);
+/* Called when getopt has just returned -f of a command where it means
+ * --force: "-f raw", "-f qcow2" (qemu-img convert's -f FMT, the source
+ * format) followed by a format name that is no file here is a usage
+ * error saying what -f is, and what to do instead (instead).
+ */
+extern void cli_refuse_format_as_force (const char *command, int argc,
+                                        char **argv, const char *instead);
 
 /* Split argv[first..argc-1] into operands, each "[ ... ]" group being
  * one (the "]" is replaced by NULL to end its argv).  Exits with a

@@ -593,6 +593,9 @@ cmd_pack (int argc, char **argv)
                           usage)) != -1) {
     switch (c) {
     case 'f':
+      cli_refuse_format_as_force ("pack", argc, argv, "pack probes the "
+                                  "source (--source-format=raw|qcow2 "
+                                  "forces one)");
       target_flags |= SC_TARGET_FORCE;
       break;
     case OPT_TARGET_IS_DEVICE:
@@ -642,8 +645,9 @@ cmd_pack (int argc, char **argv)
     case 'O':
       /* qemu-img convert -O: the one output format there is. */
       if (strcmp (optarg, "qcow2") != 0)
-        cli_usage_error ("pack", "-O: only qcow2 is written, not '%s'",
-                         optarg);
+        cli_usage_error ("pack", "-O: only qcow2 is written, not '%s'%s",
+                         optarg, strcmp (optarg, "raw") == 0
+                         ? " (unpack writes raw data)" : "");
       break;
     case OPT_MAP:
       if (strcmp (optarg, "seek") == 0)

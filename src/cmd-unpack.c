@@ -58,6 +58,7 @@ usage (FILE *fp)
 "      --bmap FILE.bmap   unpack only the ranges of a block map of the\n"
 "                         guest, each checked against its SHA-256; the\n"
 "                         rest is a hole (see --zero)\n"
+"  -O raw                 the output format, as qemu-img convert -O\n"
 "  -S SIZE                as qemu-img convert: zeros are left unwritten\n"
 "                         (a new file stays sparse) in runs of at least\n"
 "                         SIZE bytes (default 4k); -S 0 writes them all\n"
@@ -232,11 +233,20 @@ cmd_unpack (int argc, char **argv)
   cli_install_signal_handlers ();
 
   cli_check_brackets ("unpack", argc, argv);
-  while ((c = cli_getopt (argc, argv, "fnS:", long_options, &common,
+  while ((c = cli_getopt (argc, argv, "fnS:O:", long_options, &common,
                           usage)) != -1) {
     switch (c) {
     case 'f':
+      cli_refuse_format_as_force ("unpack", argc, argv, "the image is read "
+                                  "as qcow2");
       target_flags |= SC_TARGET_FORCE;
+      break;
+    case 'O':
+      /* qemu-img convert -O: the one output format there is. */
+      if (strcmp (optarg, "raw") != 0)
+        cli_usage_error ("unpack", "-O %s: unpack writes raw data%s", optarg,
+                         strcmp (optarg, "qcow2") == 0
+                         ? " (pack writes qcow2)" : "");
       break;
     case 'n':
       target_flags |= SC_TARGET_IN_PLACE;

@@ -108,6 +108,8 @@ offers compat=1.1 sparsecow pack -o compat=
 offers cluster_size=4k,compression_type= sparsecow pack -o cluster_size=4k,compr
 offers --zero=skip sparsecow unpack --zero=
 offers qemu-nbd sparsecow pack -- [ qemu-n
+[ "$(complete_words sparsecow unpack -O "")" = raw ] || fail "unpack -O"
+offers img.qcow2 sparsecow unpack -O raw ""
 # As bash calls it for a line typed at a prompt: readline puts only
 # what follows the last "=" or ":" in place.
 line_offers () {

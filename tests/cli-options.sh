@@ -230,3 +230,25 @@ grep -q -- "--repair=leaks" "$tmp/err" || fail "check --repair: $(cat "$tmp/err"
 for cmd in info map check; do
   sparsecow $cmd --help | grep -q "^  -f qcow2" || fail "$cmd --help has no -f"
 done
+
+# -f is --force in pack and unpack, not qemu-img convert's source
+# format: "-f raw" or "-f qcow2" before operands is a usage error that
+# says so, unless a file has that name.
+qemu-img convert -q -f raw -O qcow2 "$tmp/raw" "$tmp/fq.qcow2" ||
+  fail "qemu-img convert -f raw"
+usage_error pack -f raw "$tmp/raw" "$tmp/ff.qcow2"
+grep -q -- "-f raw: -f is --force here" "$tmp/err" || fail "pack -f raw: $(cat "$tmp/err")"
+usage_error unpack -f qcow2 "$tmp/fq.qcow2" "$tmp/ff.raw"
+grep -q -- "-f qcow2: -f is --force here" "$tmp/err" ||
+  fail "unpack -f qcow2: $(cat "$tmp/err")"
+[ ! -e "$tmp/ff.qcow2" ] && [ ! -e "$tmp/ff.raw" ] ||
+  fail "a refused command wrote a target"
+(cd "$tmp" && sparsecow pack -q -f raw ff.qcow2) ||
+  fail "pack -f of a file named raw failed"
+qemu-img compare -q -f raw -F qcow2 "$tmp/raw" "$tmp/ff.qcow2"
+# unpack -O raw, as qemu-img convert -O raw writes it.
+qemu-img convert -f qcow2 -O raw "$tmp/fq.qcow2" "$tmp/fq.raw"
+sparsecow unpack -q -O raw "$tmp/fq.qcow2" "$tmp/ff.raw"
+cmp "$tmp/fq.raw" "$tmp/ff.raw" || fail "unpack -O raw differs from qemu-img's"
+usage_error unpack -O qcow2 "$tmp/fq.qcow2" "$tmp/ff2.raw"
+grep -q "pack writes qcow2" "$tmp/err" || fail "unpack -O qcow2: $(cat "$tmp/err")"
