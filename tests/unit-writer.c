@@ -6,6 +6,7 @@
  */
 #include <config.h>
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -293,6 +294,108 @@ test_plan_placement (void)
   }
 }
 
+/* Big-endian fields, read as the specification lays them out. */
+static uint64_t
+spec_be (const unsigned char *p, unsigned n)
+{
+  uint64_t v = 0;
+
+  for (unsigned i = 0; i < n; i++)
+    v = v << 8 | p[i];
+  return v;
+}
+
+/* The refcount of host cluster c as the image's refcount table and
+ * blocks store it; entries narrower than a byte are packed from the
+ * least significant bit up.
+ */
+static uint64_t
+spec_stored_refcount (const unsigned char *img, uint64_t size, uint64_t c)
+{
+  unsigned cluster_bits = (unsigned) spec_be (img + 20, 4);
+  unsigned order = (unsigned) spec_be (img + 96, 4), bits = 1U << order;
+  uint64_t cs = 1ULL << cluster_bits, per_block = cs * 8 / bits;
+  uint64_t rt = spec_be (img + 48, 8), rt_len = spec_be (img + 56, 4) * cs;
+  uint64_t i = c / per_block, k = c % per_block, rb;
+
+  CU_ASSERT_FATAL (rt % cs == 0 && rt + rt_len <= size);
+  if (i * 8 >= rt_len)
+    return 0;
+  rb = spec_be (img + rt + i * 8, 8);
+  if (rb == 0)
+    return 0;
+  CU_ASSERT_FATAL (rb % cs == 0 && rb + cs <= size);
+  if (bits >= 8)
+    return spec_be (img + rb + k * (bits / 8), bits / 8);
+  return (img[rb + k * bits / 8] >> (k * bits % 8)) & ((1U << bits) - 1);
+}
+
+/* Count the references to every host cluster of a version 3 image
+ * without snapshots or extensions that hold clusters (header, L1 table,
+ * refcount table and blocks, L2 tables, data and compressed clusters,
+ * each compressed cluster once in every host cluster it touches), and
+ * compare each count with the refcount the image stores.
+ */
+static void
+check_stored_refcounts (const unsigned char *img, uint64_t size)
+{
+  unsigned cluster_bits = (unsigned) spec_be (img + 20, 4);
+  uint64_t cs = 1ULL << cluster_bits, nclusters = (size + cs - 1) / cs;
+  uint64_t l1 = spec_be (img + 40, 8), l1_size = spec_be (img + 36, 4);
+  uint64_t rt = spec_be (img + 48, 8), rt_clusters = spec_be (img + 56, 4);
+  uint64_t *count = calloc (nclusters, sizeof *count);
+  const uint64_t mask = 0x00fffffffffffe00ULL;
+
+  CU_ASSERT_FATAL (count != NULL);
+  CU_ASSERT_EQUAL_FATAL (spec_be (img + 4, 4), 3);
+  CU_ASSERT_EQUAL_FATAL (spec_be (img + 60, 4), 0);
+  CU_ASSERT_FATAL (l1 % cs == 0 && l1 + l1_size * 8 <= size);
+  count[0]++;
+  for (uint64_t c = 0; c < (l1_size * 8 + cs - 1) / cs; c++)
+    count[l1 / cs + c]++;
+  for (uint64_t c = 0; c < rt_clusters; c++)
+    count[rt / cs + c]++;
+  for (uint64_t i = 0; i < rt_clusters * cs / 8; i++) {
+    uint64_t rb = spec_be (img + rt + i * 8, 8);
+
+    if (rb != 0) {
+      CU_ASSERT_FATAL (rb % cs == 0 && rb / cs < nclusters);
+      count[rb / cs]++;
+    }
+  }
+  for (uint64_t i = 0; i < l1_size; i++) {
+    uint64_t l2 = spec_be (img + l1 + i * 8, 8) & mask;
+
+    if (l2 == 0)
+      continue;
+    CU_ASSERT_FATAL (l2 % cs == 0 && l2 / cs < nclusters);
+    count[l2 / cs]++;
+    for (uint64_t j = 0; j < cs / 8; j++) {
+      uint64_t e = spec_be (img + l2 + j * 8, 8), off, nbytes;
+
+      if (e & (1ULL << 62)) {
+        spec_decode (cluster_bits, e & ~(3ULL << 62), &off, &nbytes);
+        CU_ASSERT_FATAL (off + nbytes <= nclusters * cs);
+        for (uint64_t c = off / cs; c <= (off + nbytes - 1) / cs; c++)
+          count[c]++;
+      }
+      else if ((e & mask) != 0) {
+        CU_ASSERT_FATAL ((e & mask) / cs < nclusters);
+        count[(e & mask) / cs]++;
+      }
+    }
+  }
+  for (uint64_t c = 0; c < nclusters; c++) {
+    uint64_t stored = spec_stored_refcount (img, size, c);
+
+    if (stored != count[c])
+      fprintf (stderr, "host cluster %" PRIu64 ": refcount %" PRIu64
+               ", referenced %" PRIu64 " times\n", c, stored, count[c]);
+    CU_ASSERT_EQUAL (stored, count[c]);
+  }
+  free (count);
+}
+
 /* The planned image endpoint: its bytes are the metadata of the plan,
  * the source's clusters where the plan stores them uncompressed and
  * the spill file everywhere else in the data area, whatever the pieces
@@ -401,6 +504,8 @@ planned_image (bool rt_last)
   /* Whole, and in pieces that cut clusters anywhere. */
   CU_ASSERT_EQUAL (sc_ep_pread (image, got, size, 0), 0);
   CU_ASSERT (memcmp (got, want, size) == 0);
+  /* The refcounts it stores are the references it holds. */
+  check_stored_refcounts (got, size);
   for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
     size_t step = steps[i];
 
