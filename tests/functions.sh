@@ -140,3 +140,24 @@ loop_attach () {
   dev=$(losetup -f --show "$1") || { echo "$0: SKIP: no loop device"; exit 77; }
   cleanup_fn "losetup -d $dev"
 }
+
+# judge_progress FILE [--rc N] [OPTIONS]: the JSON progress lines a
+# command wrote to FILE, judged by progress-check.py as it judges a
+# command it runs: every line well formed, done never going down,
+# percentages between 0 and 100 that are done / total and never go
+# down, and the last one at 100 (unless --rc N says that the command
+# failed with N).  OPTIONS are progress-check.py's other options (such
+# as --total BYTES).
+judge_progress () {
+  local file=$1 rc=0 opts=()
+  shift
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --rc) rc=$2; opts+=(--rc "$2"); shift 2 ;;
+      *) opts+=("$1"); shift ;;
+    esac
+  done
+  python3 "$srcdir/progress-check.py" "${opts[@]}" -- \
+    sh -c 'cat "$1" >&3; exit "$2"' sh "$file" "$rc" ||
+    fail "progress in $file, judged by progress-check.py"
+}

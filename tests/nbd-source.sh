@@ -62,6 +62,7 @@ first_total=$(head -n 1 progress.json | jq .total)
   fail "progress of pack from NBD counts more than the data: $first_total"
 jq -s -e 'map(.percent) | . == sort and .[-1] == 100 and min >= 0' \
   progress.json >/dev/null || fail "progress of pack from NBD: $(cat progress.json)"
+judge_progress progress.json
 
 # ---- an export is read once ----------------------------------------------
 # pack writes each cluster to its place in the image as it reads it: the

@@ -44,6 +44,7 @@ sparsecow pack --progress=json -c "$tmp/src" "$img" 2>"$tmp/progress"
 jq -e -s 'length > 0 and (last | .done == .total)
            and ([.[].percent] | . == sort)' "$tmp/progress" >/dev/null ||
   fail "progress: $(cat "$tmp/progress")"
+judge_progress "$tmp/progress"
 # ... and never into an image written to standard output.
 sparsecow pack --progress=json "$tmp/src" - >"$tmp/stdout.qcow2" 2>/dev/null
 qemu-img check -q "$tmp/stdout.qcow2"
@@ -75,4 +76,5 @@ if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/drop_caches ]; then
   jq -e -s 'length > 0 and (last | .done == .total)
             and ([.[].percent] | . == sort)' "$tmp/half.json" >/dev/null ||
     fail "partly cached source: progress $(cat "$tmp/half.json")"
+  judge_progress "$tmp/half.json"
 fi

@@ -184,6 +184,7 @@ rm -f out.qcow2
 sparsecow pack -q --progress=json chain/l3.qcow2 out.qcow2 2>progress
 [ "$(tail -n 1 progress | jq .percent)" = 100 ] ||
   fail "progress of a re-pack ends at $(tail -n 1 progress)"
+judge_progress progress
 
 # --source-format=raw packs the qcow2 file's own bytes.
 rm -f out.qcow2

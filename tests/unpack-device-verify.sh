@@ -64,10 +64,12 @@ sparsecow unpack -f --verify --progress=json img.qcow2 "$dev" 2> verify.json ||
   fail "unpack --verify --progress=json to $dev failed"
 r=$(check_progress verify.json $((2 * vsize)))
 [ "$r" = ok ] || { cat verify.json >&2; fail "--verify --progress=json: $r"; }
+judge_progress verify.json --total $((2 * vsize))
 sparsecow unpack -f --progress=json img.qcow2 "$dev" 2> plain.json ||
   fail "unpack --progress=json to $dev failed"
 r=$(check_progress plain.json $vsize)
 [ "$r" = ok ] || { cat plain.json >&2; fail "--progress=json: $r"; }
+judge_progress plain.json --total $vsize
 
 # An image from a pipe cannot be read again.
 expect_fail "unpack: --verify reads the image again: it cannot be read from a pipe" \
