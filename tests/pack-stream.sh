@@ -91,14 +91,23 @@ jq -e -s --argjson len "$(stat -c %s src)" '
   and (last | .done == .total and .total >= $len)
   and ([.[].done] | . == sort)' progress.json >/dev/null ||
   fail "stream progress: $(cat progress.json)"
+judge_progress progress.json
 
-# Interrupted while waiting for the stream: nothing is left behind.
+# Interrupted while waiting for the stream: nothing is left behind.  The
+# stream is a FIFO held open here: a write of 1 MiB returns only once
+# the program has read nearly all of it, so after the second it has
+# read most of 2 MiB and waits for more when the signal comes.
 mkdir out
-{ head -c $((2 * MiB)) src; sleep 30; } |
-  "$SPARSECOW" pack - out/int.qcow2 &
+mkfifo int.fifo
+"$SPARSECOW" pack int.fifo out/int.qcow2 &
 pid=$!
-sleep 2
+exec 7>int.fifo
+for i in 0 1; do
+  dd if=src bs=1M skip=$i count=1 status=none >&7 ||
+    fail "interrupted pack: the program stopped reading after $i MiB"
+done
 kill -INT $pid
 rc=0; wait $pid || rc=$?
-[ "$rc" -ne 0 ] || fail "interrupted pack exited 0"
+exec 7>&-
+[ "$rc" = 130 ] || fail "interrupted pack exited $rc, not 130"
 [ -z "$(ls -A out)" ] || fail "interrupted pack left $(ls -A out)"
