@@ -72,10 +72,18 @@ must_fail "NBD read $offset" \
 no_target out.raw
 
 # ---- a server killed in the middle of a copy ----------------------------
-nbd_serve slow nbdkit -r --filter=delay file src.raw delay-read=2
+# The server is killed once a read has reached it (its log says so),
+# which the delay filter then holds for 2 s.
+nbd_serve slow nbdkit -r --filter=log --filter=delay file src.raw \
+  delay-read=2 logfile="$tmp/slow.log"
 "$SPARSECOW" pack "$nbd_uri" out.qcow2 2>"$tmp/killed.err" &
 cmd=$!
-sleep 1
+for ((i = 0; i < 600; i++)); do
+  grep -q " Read id=" "$tmp/slow.log" 2>/dev/null && break
+  kill -0 $cmd 2>/dev/null || break
+  sleep 0.05
+done
+grep -q " Read id=" "$tmp/slow.log" || fail "no read reached the server"
 kill -9 "$nbd_pid"
 rc=0
 for ((i = 0; i < 600; i++)); do kill -0 $cmd 2>/dev/null || break; sleep 0.05; done

@@ -126,27 +126,31 @@ gone () {                       # PID WHAT: the process must end soon
 sparsecow unpack -q img.qcow2 -- [ nbdkit -P "$tmp/srv.pid" memory $size ] ||
   fail "unpack to [ nbdkit memory ] failed"
 gone "$(cat srv.pid)" "the server started with [ ] still runs"
-# interrupted WHAT SERVER-COMMAND...: unpack to a server that writes its
-# pid to srv.pid, SIGINT to the program alone half a second after the
-# pid appears; the program fails and the server is gone.
+# interrupted WHAT READY SERVER-COMMAND...: unpack to a server that
+# writes its pid to srv.pid, SIGINT to the program alone once the pid
+# has appeared and the shell command READY succeeds; the program fails
+# and the server is gone.
 interrupted () {
-  local what=$1 cmd pid rc=0; shift
-  rm -f srv.pid
+  local what=$1 ready=$2 cmd pid rc=0; shift 2
+  rm -f srv.pid srv.log
   "$SPARSECOW" unpack -q img.qcow2 -- [ "$@" ] &
   cmd=$!
   for ((i = 0; i < 200; i++)); do [ -s srv.pid ] && break; sleep 0.05; done
   [ -s srv.pid ] || fail "the server $what did not start"
   pid=$(cat srv.pid)
-  sleep 0.5
+  for ((i = 0; i < 600; i++)); do eval "$ready" && break; sleep 0.05; done
+  eval "$ready" || fail "unpack $what: never got to the point to interrupt"
   kill -INT "$cmd"
   wait "$cmd" || rc=$?
-  [ "$rc" -ne 0 ] || fail "an unpack interrupted $what exited 0"
+  [ "$rc" = 130 ] || fail "an unpack interrupted $what exited $rc, not 130"
   gone "$pid" "the server outlived an unpack interrupted $what"
 }
-# ...when the command is interrupted in the middle of the copy...
-interrupted "mid-copy" nbdkit -P "$tmp/srv.pid" --filter=delay memory $size \
-  delay-write=1
-# ...and while the server is still starting.
-interrupted "while its server started" \
+# ...when the command is interrupted in the middle of the copy (a write
+# has reached the server, which holds it for 1 s)...
+interrupted "mid-copy" 'grep -q " Write id=" srv.log 2>/dev/null' \
+  nbdkit -P "$tmp/srv.pid" --filter=log --filter=delay memory $size \
+  delay-write=1 logfile="$tmp/srv.log"
+# ...and while the server is still starting (it waits 3 s first).
+interrupted "while its server started" true \
   sh -c "echo \$\$ > $tmp/srv.pid; sleep 3; exec nbdkit memory $size"
 exit 0
