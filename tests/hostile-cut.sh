@@ -26,21 +26,26 @@ comp=$(( $(be_get full.qcow2 $(( l2 + 16 * 8 )) 8) & ((1 << 54) - 1) ))
   [ $(( data + cs )) = "$(stat -c %s full.qcow2)" ] ||
   fail "test setup: unexpected layout: L2 $l2, compressed $comp, data $data"
 
-# cut NAME BYTES [any]: a copy of the image cut to BYTES; qemu-img
-# still converts it (reading zeros), or with "any" it may fail (where
-# the compressed clusters it reads as zeros then fail to decode).
+# cut NAME BYTES [fails]: a copy of the image cut to BYTES; qemu-img
+# still converts it (reading zeros), or with "fails" it fails with an
+# I/O error (where the L2 entries of the compressed clusters are left
+# and their data, read as zeros, does not decode).
 cut () {
+  local rc=0
   head -c "$2" full.qcow2 > "$1.qcow2"
-  if [ "${3:-}" != any ]; then
-    qemu-img convert -q -f qcow2 -O raw "$1.qcow2" judge.raw ||
-      fail "test setup: qemu-img does not read $1.qcow2"
-    rm -f judge.raw
+  qemu-img convert -q -f qcow2 -O raw "$1.qcow2" judge.raw 2>judge.err || rc=$?
+  rm -f judge.raw
+  if [ "${3:-}" = fails ]; then
+    [ $rc = 1 ] && grep -q "Input/output error" judge.err ||
+      fail "test setup: qemu-img convert $1.qcow2 cut at $2: exit $rc, $(cat judge.err)"
+  else
+    [ $rc = 0 ] || fail "test setup: qemu-img does not read $1.qcow2"
   fi
 }
 
 # The L2 table partly and wholly missing.
 for n in $(( l2 + 100 )) $(( l2 + 4096 )) "$l2"; do
-  cut l2-cut $n any
+  if [ $n = $(( l2 + 4096 )) ]; then cut l2-cut $n fails; else cut l2-cut $n; fi
   if [ $n = "$l2" ]; then how=""; else how="partly "; fi
   refused "L1 entry 0: the L2 table at host offset $l2 lies ${how}past the end of the file \($n bytes\): the image is cut short" l2-cut.qcow2
   if [ $n = "$l2" ]; then

@@ -106,7 +106,8 @@ done
 if [ "$READER_ORACLE" != qemu ]; then
   # Without -f an existing target is left alone.
   cp --sparse=always existing.raw existing.copy
-  expect_fail "." rd_sparsecow unpack "$img" existing.raw
+  expect_fail "existing\.raw: target exists \(use -f to overwrite\)" \
+    rd_sparsecow unpack "$img" existing.raw
   cmp existing.copy existing.raw || fail "unpack without -f changed an existing target"
   rd_sparsecow unpack -f "$img" existing.raw || fail "unpack -f $img existing.raw failed"
   cmp ref.raw existing.raw || fail "unpack -f over an existing file differs from qemu-img convert"

@@ -86,32 +86,55 @@ cp plain.qcow2 ctype.qcow2;   patch ctype.qcow2 104 07              # compressio
 cp plain.qcow2 oddsize.qcow2; patch oddsize.qcow2 24 00000000000f4241 # 1000001 bytes
 head -c 50 plain.qcow2 > short.qcow2
 : > empty.qcow2
-# Where qemu reads such an image anyway (it reads an L1 table past the
-# end of the file as zeros, and a size that is not a multiple of 512 as
-# rounded down), sparsecow may be stricter, but if it reads it, it must
-# read what qemu reads.
-for f in magic v1 v4 cb8 cb31 l1off l1odd l1big l1zero size rorder hlen ctype oddsize short empty; do
-  if qemu-img convert -q -f qcow2 -O raw $f.qcow2 judge.raw 2>/dev/null; then
-    rc=0
-    rd_sparsecow unpack $f.qcow2 $f.raw 2>/dev/null || rc=$?
-    echo "$f.qcow2: qemu-img reads it; sparsecow unpack exit $rc"
-    if [ $rc = 0 ]; then
-      cmp judge.raw $f.raw || soft_fail "unpack $f.qcow2 differs from qemu-img convert"
-    else
-      [ ! -e $f.raw ] || fail "failed unpack of $f.qcow2 left $f.raw behind"
-    fi
+# Each case says what qemu-img convert does with the image (reads or
+# refuses it) and what sparsecow does: reads it as qemu-img does, or
+# refuses it with the message given.  qemu-img reads an L1 table past the
+# end of the file as zeros (l1off) and an L1 table at offset 0 as the
+# header's bytes (l1zero): sparsecow refuses both, on purpose.  A size
+# that is not a multiple of 512 (oddsize) both read rounded down.  map
+# also reads raw files, so the two without the qcow2 magic (magic,
+# empty) are mapped as raw, and every other one is refused there too.
+while read -r f qemu msg; do
+  qrc=0
+  qemu-img convert -q -f qcow2 -O raw $f.qcow2 judge.raw 2>/dev/null || qrc=$?
+  case $qemu in
+    reads) [ $qrc = 0 ] || fail "test setup: qemu-img does not read $f.qcow2" ;;
+    refuses) [ $qrc = 1 ] || fail "test setup: qemu-img convert $f.qcow2: exit $qrc, not 1" ;;
+    *) fail "test setup: $f: qemu-img $qemu" ;;
+  esac
+  if [ "$msg" = reads ]; then
+    rd_sparsecow unpack $f.qcow2 $f.raw || fail "unpack $f.qcow2 failed"
+    cmp judge.raw $f.raw || fail "unpack $f.qcow2 differs from qemu-img convert"
+    rd_sparsecow map --json $f.qcow2 >/dev/null || fail "map $f.qcow2 failed"
     rm -f judge.raw $f.raw
     continue
   fi
-  expect_fail "." rd_sparsecow unpack $f.qcow2 $f.raw
+  rm -f judge.raw
+  expect_fail "^sparsecow: $f\.qcow2: $msg\$" rd_sparsecow unpack $f.qcow2 $f.raw
   [ ! -e $f.raw ] || fail "failed unpack of $f.qcow2 left $f.raw behind"
-  # map also reads raw files, so only a file with the qcow2 magic must
-  # fail there.
   case $f in
-    magic|empty) ;;
-    *) expect_fail "." rd_sparsecow map --json $f.qcow2 ;;
+    magic|empty) rd_sparsecow map --json $f.qcow2 >/dev/null ||
+                   fail "map $f.qcow2 (a raw file) failed" ;;
+    *) expect_fail "^sparsecow: $f\.qcow2: $msg\$" rd_sparsecow map --json $f.qcow2 ;;
   esac
-done
+done <<'EOF'
+magic   refuses not a qcow2 image \(bad magic\)
+v1      refuses unsupported qcow2 version 1
+v4      refuses unsupported qcow2 version 4
+cb8     refuses invalid cluster_bits 8 \(must be 9 to 21\)
+cb31    refuses invalid cluster_bits 31 \(must be 9 to 21\)
+l1off   reads   L1 table \(offset 0x100000000000, 8 bytes\) lies beyond the end of the file \([0-9]+ bytes\)
+l1odd   refuses L1 table offset 0x30001 is not aligned to a cluster
+l1big   refuses L1 table too large \(2147483647 entries, at most 4194304\)
+l1zero  reads   L1 table offset 0 overlaps the header
+size    refuses L1 table \(1 entries\) too small for the virtual size 72057594037927935
+rorder  refuses invalid refcount_order 7 \(must be 0 to 6\)
+hlen    refuses invalid header_length 80 \(must be at least 104 and a multiple of 8\)
+ctype   refuses unknown compression type 7
+oddsize reads   reads
+short   refuses file too small to be a qcow2 image \(50 bytes\)
+empty   refuses not a qcow2 image \(bad magic\)
+EOF
 
 # L2 entries: qemu reads a data cluster past the end of the file as
 # zeros; sparsecow refuses to unpack it (its data is lost, not zero) but
@@ -157,7 +180,8 @@ cp plain.qcow2 l2odd.qcow2
 patch l2odd.qcow2 "$l2" 8000000000030200
 qemu-img convert -q -f qcow2 -O raw l2odd.qcow2 judge.raw 2>/dev/null &&
   fail "test setup: qemu-img reads l2odd.qcow2"
-expect_fail "." rd_sparsecow unpack l2odd.qcow2 l2odd.raw
+expect_fail "^sparsecow: l2odd\.qcow2: L2 table at host offset $l2, entry 0 \(guest offset 0\): L2 entry 0x8000000000030200: host offset is not aligned to a cluster$" \
+  rd_sparsecow unpack l2odd.qcow2 l2odd.raw
 [ ! -e l2odd.raw ] || fail "failed unpack of l2odd.qcow2 left l2odd.raw behind"
 
 # Fuzzing: 300 corrupted images, from two small images with every kind
