@@ -60,6 +60,9 @@ damage l1-over-rt 40 "$rt"
 judge l1-over-rt "the refcount table at host offset $rt overlaps the L1 table at host offset $rt" stream
 damage rb-in-l1 "$rt" "$l1"
 judge rb-in-l1 "the refcount block at host offset $l1 overlaps the L1 table at host offset $l1"
+# One refcount block named by two entries of the refcount table.
+damage rb-twice $(( rt + 8 )) "$rb"
+judge rb-twice "the refcount block at host offset $rb is named by two refcount table entries"
 damage l2-at-0 "$l1" $copied
 judge l2-at-0 "L1 entry 0 \\(0x8000000000000000\\) names host offset 0, the header, as its L2 table" stream
 damage l2-over-rt "$l1" $(( copied | rt ))
