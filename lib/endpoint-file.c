@@ -13,7 +13,6 @@
 
 #include <fcntl.h>
 #include <libgen.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -47,17 +46,6 @@ struct file_ep {
    * it (and lose what it writes) while the target is made; or -1.
    */
   int replaced_fd;
-  /* The writeback thread (see file_writeback). */
-  struct {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    pthread_t thread;
-    bool started;               /* the thread runs; lock and cond are set */
-    bool failed;                /* no thread: writeback in the caller */
-    bool stop;                  /* under lock: the thread is to return */
-    uint64_t start, end;        /* under lock: the range to write back
-                                   next; start == end: none */
-  } wb;
 };
 
 static int
@@ -286,121 +274,15 @@ file_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
  * the device while the next pieces are still being made.
  */
 static void
-start_writeback (int fd, uint64_t offset, uint64_t count)
+file_writeback (struct sc_endpoint *ep, uint64_t offset, uint64_t count)
 {
 #ifdef SYNC_FILE_RANGE_WRITE
   if (offset <= INT64_MAX && count <= INT64_MAX - offset)
-    (void) sync_file_range (fd, (off_t) offset, (off_t) count,
+    (void) sync_file_range (file_fd (ep), (off_t) offset, (off_t) count,
                             SYNC_FILE_RANGE_WRITE);
 #else
-  (void) fd; (void) offset; (void) count;
+  (void) ep; (void) offset; (void) count;
 #endif
-}
-
-/* Starting the writeback is not cheap everywhere: xfs allocates the
- * blocks of what it writes back right there, in the caller, one
- * transaction per extent, and the request then waits for room in the
- * device's queue.  Unpacking 200,000 extents of 4 KiB (4 GiB) onto a
- * loop-mounted xfs spent 4.9 s in sync_file_range, called every 8 MiB
- * from the copy's one ordered thread, which meanwhile emitted nothing,
- * so the workers stopped too.  So a thread of the target starts the
- * writeback of the ranges it is handed, and the caller only hands them
- * over: the same unpack took 20-24 s instead of 32-35 s to data on disk
- * (a loaded machine of two cores, medians of 3), and 3.3-3.4 instead
- * of 5.4-6.3 s of CPU time.  Ranges handed over while the thread is
- * busy are merged into one, so the thread never falls further behind
- * than one call.
- */
-static void *
-writeback_thread (void *arg)
-{
-  struct file_ep *f = arg;
-
-  pthread_mutex_lock (&f->wb.lock);
-  for (;;) {
-    uint64_t start = f->wb.start, end = f->wb.end;
-
-    if (f->wb.stop)
-      break;
-    if (start == end) {
-      pthread_cond_wait (&f->wb.cond, &f->wb.lock);
-      continue;
-    }
-    f->wb.start = f->wb.end = 0;
-    pthread_mutex_unlock (&f->wb.lock);
-    start_writeback (f->base.fd, start, end - start);
-    pthread_mutex_lock (&f->wb.lock);
-  }
-  pthread_mutex_unlock (&f->wb.lock);
-  return NULL;
-}
-
-static void
-file_writeback (struct sc_endpoint *ep, uint64_t offset, uint64_t count)
-{
-  struct file_ep *f = (struct file_ep *) ep;
-  uint64_t end;
-
-#ifndef SYNC_FILE_RANGE_WRITE
-  return;                       /* nothing to start */
-#endif
-  if (SC_ADD_OVERFLOW (offset, count, &end) || end > INT64_MAX)
-    return;
-  /* Without a thread, the caller starts it itself, as before. */
-  if (f->wb.failed) {
-    start_writeback (f->base.fd, offset, count);
-    return;
-  }
-  if (!f->wb.started) {
-    pthread_mutex_init (&f->wb.lock, NULL);
-    pthread_cond_init (&f->wb.cond, NULL);
-    if (pthread_create (&f->wb.thread, NULL, writeback_thread, f) != 0) {
-      pthread_cond_destroy (&f->wb.cond);
-      pthread_mutex_destroy (&f->wb.lock);
-      f->wb.failed = true;
-      start_writeback (f->base.fd, offset, count);
-      return;
-    }
-    f->wb.started = true;
-  }
-  pthread_mutex_lock (&f->wb.lock);
-  if (f->wb.start == f->wb.end) {
-    f->wb.start = offset;
-    f->wb.end = end;
-  }
-  else {
-    f->wb.start = SC_MIN (f->wb.start, offset);
-    f->wb.end = SC_MAX (f->wb.end, end);
-  }
-  pthread_cond_signal (&f->wb.cond);
-  pthread_mutex_unlock (&f->wb.lock);
-}
-
-/* Stop the writeback thread.  What it has not started yet is left to
- * the flush, which writes back everything anyway.
- */
-static void
-stop_writeback (struct file_ep *f)
-{
-  if (!f->wb.started)
-    return;
-  pthread_mutex_lock (&f->wb.lock);
-  f->wb.stop = true;
-  pthread_cond_signal (&f->wb.cond);
-  pthread_mutex_unlock (&f->wb.lock);
-  pthread_join (f->wb.thread, NULL);
-  pthread_cond_destroy (&f->wb.cond);
-  pthread_mutex_destroy (&f->wb.lock);
-  f->wb.started = false;
-  f->wb.stop = false;
-  f->wb.start = f->wb.end = 0;
-}
-
-static int
-file_flush (struct sc_endpoint *ep)
-{
-  stop_writeback ((struct file_ep *) ep);
-  return sc_fd_ep_flush (ep);
 }
 
 /* Give an anonymous file a name: its temporary one, made unique from
@@ -477,7 +359,7 @@ file_commit (struct sc_endpoint *ep)
 {
   struct file_ep *f = (struct file_ep *) ep;
 
-  if (file_flush (ep) == -1)
+  if (sc_fd_ep_flush (ep) == -1)
     return -1;
   if (f->tmp == NULL || f->committed)
     return 0;
@@ -524,7 +406,6 @@ file_close (struct sc_endpoint *ep)
 {
   struct file_ep *f = (struct file_ep *) ep;
 
-  stop_writeback (f);
   if (f->tmp && !f->committed && !f->anonymous) {
     sc_temporary_unregister (f->reg_slot);
     unlink (f->tmp);
@@ -580,7 +461,7 @@ static const struct sc_endpoint_ops file_target_ops = {
   .copy_from_fd = file_copy_from_fd,
   .set_size = file_set_size,
   .writeback = file_writeback,
-  .flush = file_flush,
+  .flush = sc_fd_ep_flush,
   .commit = file_commit,
   .close = file_close,
 };
