@@ -869,6 +869,15 @@ pack_main (struct sc_pack_opts *optsp, const struct cli_common *commonp,
     return r == 0 ? EXIT_OK : EXIT_ERROR;
   }
 
+  /* As qemu-img convert: raw data that another process (qemu-nbd, a
+   * VM) is writing is read only with -U; a copy of a disk that changes
+   * under the read would be of no moment in time.
+   */
+  if (!nbd_src && !common.force_share && strcmp (ops[0].name, "-") != 0
+      && sc_image_lock_test (ops[0].name) == -1) {
+    cli_lib_error (source);
+    return EXIT_ERROR;
+  }
   src = nbd_src ? nbd_src : cli_open_source (&ops[0], &common, map);
   if (src == NULL)
     return EXIT_ERROR;

@@ -121,6 +121,15 @@ open_side (const struct cli_operand *op, const struct cli_common *common,
     close_side (s);
     return -1;
   }
+  /* Raw data another process is writing is compared only with -U, as
+   * qemu-img compare does (a qcow2 image is tested when it is opened).
+   */
+  if (r == 0 && !op->nbd && !common->force_share
+      && strcmp (op->name, "-") != 0 && sc_image_lock_test (op->name) == -1) {
+    cli_lib_error (op->name);
+    close_side (s);
+    return -1;
+  }
   if (r == 0) {
     s->content = s->file;
     return 0;

@@ -67,6 +67,23 @@ expect_fail "img.qcow2: .*\"write\" lock" sparsecow pack -f other.raw img.qcow2
 [ "$(md5sum <img.qcow2)" = "$sum_before" ] || fail "pack -f changed the image"
 kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || :
 
+# ---- qemu-nbd writes raw data -------------------------------------------
+# qemu-img convert and compare refuse raw data that qemu-nbd writes
+# (the oracle); pack and verify refuse it too, and read it with -U.
+cp ref.raw held.raw
+nbd_serve rawrw qemu-nbd -f raw held.raw
+if qemu-img convert -f raw -O qcow2 held.raw q-held.qcow2 2>/dev/null; then
+  fail "test setup: qemu-img convert read raw data qemu-nbd writes"
+fi
+expect_fail 'held.raw: .*shared "write" lock' sparsecow pack held.raw held.qcow2
+[ ! -e held.qcow2 ] || fail "pack of held raw data left held.qcow2"
+expect_fail 'held.raw: .*shared "write" lock' sparsecow verify held.raw ref.raw
+expect_fail 'held.raw: .*shared "write" lock' sparsecow verify ref.raw held.raw
+sparsecow pack -U held.raw held.qcow2
+qemu-img compare -U held.qcow2 ref.raw >/dev/null || fail "pack -U of held raw data differs"
+sparsecow verify -U held.raw ref.raw >/dev/null || fail "verify -U of held raw data failed"
+kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || :
+
 # ---- sparsecow writes an image ------------------------------------------
 # The source answers one request a second, one at a time, so the image
 # is half written for a while: the piece with its header first, then
