@@ -53,6 +53,13 @@ offers verify sparsecow ver
 offers --progress= sparsecow pack --prog
 offers --backing-chain sparsecow info --back
 offers --force-share sparsecow unpack --
+# A lone "-" offers the options, the short ones of qemu-img's habits too.
+for cmd in pack unpack info map verify; do
+  offers -U sparsecow "$cmd" -
+done
+offers -O sparsecow pack -
+offers -c sparsecow pack -
+offers --force sparsecow pack -
 [ "$(complete_words sparsecow pack -c zs)" = zstd ] || fail "-c zs"
 [ "$(complete_words sparsecow map --output=j)" = "--output=json" ] ||
   fail "--output=j"
