@@ -330,7 +330,8 @@ sc_block_target_new (int fd, bool own_fd, const char *name, uint64_t size)
  * is mounted on /dev (a tmpfs, in a container)?  A name there that does
  * not exist is a device that is not there, and a regular file made in
  * its place would only fill memory.  /dev/shm, a file system of its
- * own, is not.  Judged by the directory's device number against
+ * own, is not.  A name in a directory that does not exist is judged by
+ * its nearest existing ancestor.  Judged by the directory's device number against
  * /proc/self/mountinfo; false when either cannot be read.
  */
 bool
@@ -342,8 +343,20 @@ sc_path_in_device_dir (const char *path)
   char line[4096];
   bool found = false;
 
-  if (copy == NULL || stat (dirname (copy), &st) == -1
-      || !S_ISDIR (st.st_mode))
+  char *dir;
+
+  if (copy == NULL)
+    return false;
+  /* A directory that is not there either (/dev/disk/by-id/ of a disk
+   * never plugged in) is judged by the nearest one that is.
+   */
+  dir = dirname (copy);
+  while (stat (dir, &st) == -1) {
+    if (errno != ENOENT || strcmp (dir, "/") == 0 || strcmp (dir, ".") == 0)
+      return false;
+    dir = dirname (dir);
+  }
+  if (!S_ISDIR (st.st_mode))
     return false;
   fp = fopen ("/proc/self/mountinfo", "re");
   if (fp == NULL)

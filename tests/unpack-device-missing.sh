@@ -48,6 +48,24 @@ expect_fail "$msg" sh -c 'cat img.qcow2 | "$@"' sh "$SPARSECOW" unpack - "$missi
 left_nothing "unpack from a pipe"
 expect_fail "$msg" sh -c 'cat ref.raw | "$@"' sh "$SPARSECOW" pack -f - "$missing"
 left_nothing "pack from a pipe"
+# A name in a directory of /dev that is not there either (the by-id
+# link of a card never plugged in): the same message, nothing created.
+subdir=/dev/$name.d
+[ ! -e "$subdir" ] || fail "$subdir exists before the test"
+cleanup_fn "rm -rf $subdir"
+for cmd in "unpack -f img.qcow2" "unpack --target-is-device img.qcow2" \
+           "pack -f ref.raw"; do
+  for t in "$subdir/usb-card" "$subdir/by-id/usb-card"; do
+    rc=0
+    # shellcheck disable=SC2086
+    sparsecow $cmd "$t" 2>err || rc=$?
+    [ "$rc" = 1 ] || { cat err >&2; fail "$cmd $t: exit $rc, expected 1"; }
+    grep -Eq "^sparsecow: $t: no such device \(nothing of that name in /dev, and no file is created there\)\$" err ||
+      { cat err >&2; fail "$cmd $t: unclear message"; }
+    [ ! -e "$subdir" ] || fail "$cmd $t created $subdir"
+  done
+done
+
 # One missing device among several targets: named, and the others
 # written.
 rc=0
