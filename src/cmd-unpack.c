@@ -213,6 +213,19 @@ check_targets (const struct cli_operand *t, int n)
   }
 }
 
+/* A target written in place that a failure stopped part way keeps
+ * what reached it: say so, once.
+ */
+static void
+tell_partly_written (const char *name, struct sc_endpoint *ep,
+                     bool in_place, bool *told, const char *why)
+{
+  if (!in_place || *told || !sc_endpoint_written (ep))
+    return;
+  cli_error ("%s: written in place, left partly written%s", name, why);
+  *told = true;
+}
+
 int
 cmd_unpack (int argc, char **argv)
 {
@@ -222,7 +235,7 @@ cmd_unpack (int argc, char **argv)
   struct sc_endpoint *src = NULL, *dst = NULL;
   struct sc_endpoint *opened[MAX_TARGETS];
   int opened_index[MAX_TARGETS];
-  bool in_place[MAX_TARGETS];
+  bool in_place[MAX_TARGETS], told[MAX_TARGETS] = { false };
   struct cli_operand *ops = NULL, *targets;
   const char *image, *zero_name = "auto", *bmap_path = NULL;
   unsigned target_flags = 0;
@@ -459,11 +472,10 @@ cmd_unpack (int argc, char **argv)
      * changed after the check.)
      */
     for (int i = 0; i < nopened; i++)
-      if (in_place[i] && sc_endpoint_written (opened[i]))
-        cli_error ("%s: written in place, left partly written%s",
-                   targets[opened_index[i]].name,
-                   changed ? ": the image changed while it was unpacked"
-                   : "");
+      tell_partly_written (targets[opened_index[i]].name, opened[i],
+                           in_place[i], &told[i],
+                           changed ? ": the image changed while it was "
+                           "unpacked" : "");
     goto report;
   }
   if (verify) {
@@ -495,6 +507,9 @@ cmd_unpack (int argc, char **argv)
       if (sc_endpoint_tee_status (dst, (size_t) i) == -1) {
         cli_lib_error (NULL);
         rc = EXIT_ERROR;
+        /* Said of it as of a target written alone. */
+        tell_partly_written (targets[opened_index[i]].name, opened[i],
+                             in_place[i], &told[i], "");
       }
   /* And which ones are good, whether or not some failed. */
   if (ntargets > 1 && committed && !common.quiet)

@@ -3,7 +3,7 @@
 # convert's output (with --verify, from one read of the image, from a
 # file or a pipe), and each is listed as written; a target that fails (too small; on a file system
 # that fills up under it; changed before the read-back) is reported by
-# name, the others are completed and verified, and the exit status is
+# name (one that failed part way as partly written), the others are completed and verified, and the exit status is
 # non-zero.  Standard output, NBD and one device named twice are
 # refused as one of several targets.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
@@ -107,6 +107,15 @@ sparsecow unpack -f img.qcow2 "${devs[0]}" "$full" "${devs[1]}" \
 [ $rc -ne 0 ] || fail "unpack with a failing target succeeded"
 grep -q "^sparsecow: $full: " full.err ||
   { cat full.err >&2; fail "the failing target was not named"; }
+# And said to be partly written, as it would be if written alone.
+grep -q "^sparsecow: $full: written in place, left partly written\$" full.err ||
+  { cat full.err >&2; fail "the failing target was not said to be partly written"; }
+[ "$(grep -c "^sparsecow: $full: written in place" full.err)" = 1 ] ||
+  { cat full.err >&2; fail "the failing target was said to be partly written more than once"; }
+for d in "${devs[0]}" "${devs[1]}"; do
+  ! grep -q "^sparsecow: $d: written in place" full.err ||
+    { cat full.err >&2; fail "$d, written whole, was said to be partly written"; }
+done
 for d in "${devs[0]}" "${devs[1]}"; do
   cmp ref.raw "$d" || fail "$d was not completed beside a failing target"
 done
