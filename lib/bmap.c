@@ -325,9 +325,10 @@ parse_name (struct parser *p, char name[MAX_NAME + 1])
   return 0;
 }
 
-/* The attributes a start tag may carry: version (of bmap) and the
- * checksum of Range (chksum, or sha1 in formats before 1.4), each a
- * short string without entities.
+/* The attributes a start tag may carry that mean something: version
+ * (of bmap) and the checksum of Range (chksum, or sha1 in formats
+ * before 1.4), each a short string without entities.  Others are
+ * skipped.
  */
 struct attrs {
   const char *version;
@@ -336,19 +337,25 @@ struct attrs {
   size_t chksum_len;
 };
 
+/* Attributes besides those of struct attrs that one tag may carry. */
+#define MAX_OTHER_ATTRS 16
+
 /* After "<": NAME, attributes, ">".  An empty element ("/>") has no
  * text and is never valid here.
  */
 static int
 parse_start_tag (struct parser *p, char name[MAX_NAME + 1], struct attrs *a)
 {
+  char ignored_names[MAX_OTHER_ATTRS][MAX_NAME + 1];
+  size_t nignored = 0;
+
   memset (a, 0, sizeof *a);
   if (parse_name (p, name) == -1)
     return -1;
   for (;;) {
     char key[MAX_NAME + 1];
-    const char **val;
-    size_t *val_len, start;
+    const char **val, *ignored;
+    size_t *val_len, start, ignored_len;
     char quote;
 
     skip_space (p);
@@ -371,8 +378,21 @@ parse_start_tag (struct parser *p, char name[MAX_NAME + 1], struct attrs *a)
       val = &a->chksum;
       val_len = &a->chksum_len;
     }
-    else
-      return parse_error (p, "unknown attribute '%s' of <%s>", key, name);
+    else {
+      /* Another attribute is read past, as bmaptool (an XML parser)
+       * reads past what it does not look for; given twice, it is not
+       * XML.
+       */
+      for (size_t i = 0; i < nignored; i++)
+        if (strcmp (ignored_names[i], key) == 0)
+          return parse_error (p, "attribute '%s' given twice", key);
+      if (nignored == MAX_OTHER_ATTRS)
+        return parse_error (p, "too many attributes of <%s>", name);
+      memcpy (ignored_names[nignored++], key, sizeof key);
+      val = &ignored;
+      val_len = &ignored_len;
+      ignored = NULL;
+    }
     if (*val != NULL)
       return parse_error (p, "attribute '%s' given twice", key);
     skip_space (p);
@@ -398,26 +418,29 @@ parse_start_tag (struct parser *p, char name[MAX_NAME + 1], struct attrs *a)
   }
 }
 
-/* The text of an element up to "</NAME>", which is consumed: *text and
- * *text_len, white space around it removed.
- */
+/* The text of an element up to the next "<": *text and *text_len. */
 static int
-parse_text_and_end (struct parser *p, const char *name, const char **text,
-                    size_t *text_len)
+parse_raw_text (struct parser *p, const char *name, const char **text,
+                size_t *text_len)
 {
-  size_t start = p->pos, end;
-  char closing[MAX_NAME + 1];
+  size_t start = p->pos;
 
   while (p->pos < p->len && p->buf[p->pos] != '<') {
     if (p->buf[p->pos] == '&')
       return parse_error (p, "unexpected '&' in <%s>", name);
     p->pos++;
   }
-  end = p->pos;
-  while (start < end && is_space (p->buf[start]))
-    start++;
-  while (end > start && is_space (p->buf[end - 1]))
-    end--;
+  *text = p->buf + start;
+  *text_len = p->pos - start;
+  return 0;
+}
+
+/* "</NAME>", consumed. */
+static int
+parse_end_tag (struct parser *p, const char *name)
+{
+  char closing[MAX_NAME + 1];
+
   if (!at (p, "</"))
     return parse_error (p, "</%s> expected", name);
   p->pos += 2;
@@ -429,8 +452,79 @@ parse_text_and_end (struct parser *p, const char *name, const char **text,
   if (p->pos >= p->len || p->buf[p->pos] != '>')
     return parse_error (p, "'>' expected after </%s", name);
   p->pos++;
-  *text = p->buf + start;
-  *text_len = end - start;
+  return 0;
+}
+
+/* The text of an element up to "</NAME>", which is consumed: *text and
+ * *text_len, white space around it removed.
+ */
+static int
+parse_text_and_end (struct parser *p, const char *name, const char **text,
+                    size_t *text_len)
+{
+  const char *t;
+  size_t n;
+
+  if (parse_raw_text (p, name, &t, &n) == -1)
+    return -1;
+  while (n > 0 && is_space (t[0])) {
+    t++;
+    n--;
+  }
+  while (n > 0 && is_space (t[n - 1]))
+    n--;
+  if (parse_end_tag (p, name) == -1)
+    return -1;
+  *text = t;
+  *text_len = n;
+  return 0;
+}
+
+/* Room for the text of a <Range>, "FIRST-LAST" with a space around the
+ * dash: two 20-digit numbers and three characters, with room to spare.
+ */
+#define MAX_RANGE_TEXT 64
+
+/* The text of <Range> up to "</Range>", which is consumed, into buf
+ * (*text_len set), white space around it removed.  Comments inside it
+ * are left out, as an XML parser (bmaptool's) leaves them out of an
+ * element's text; each run of white space is kept as one space, which
+ * no number may hold either way, so that the text is bounded.  Longer
+ * text than that is no range.
+ */
+static int
+parse_range_text_and_end (struct parser *p, char buf[MAX_RANGE_TEXT + 1],
+                          size_t *text_len)
+{
+  size_t n = 0;
+
+  for (;;) {
+    const char *t;
+    size_t len;
+
+    if (parse_raw_text (p, "Range", &t, &len) == -1)
+      return -1;
+    for (size_t i = 0; i < len; i++) {
+      char c = is_space (t[i]) ? ' ' : t[i];
+
+      if (c == ' ' && (n == 0 || buf[n - 1] == ' '))
+        continue;
+      if (n == MAX_RANGE_TEXT)
+        return parse_error (p, "the text of <Range> is too long");
+      buf[n++] = c;
+    }
+    if (!at (p, "<!--"))
+      break;
+    p->pos += 4;
+    if (skip_past (p, "-->", "comment") == -1)
+      return -1;
+  }
+  if (n > 0 && buf[n - 1] == ' ')
+    n--;
+  if (parse_end_tag (p, "Range") == -1)
+    return -1;
+  buf[n] = '\0';
+  *text_len = n;
   return 0;
 }
 
@@ -569,7 +663,7 @@ parse_block_map (struct parser *p, struct sc_bmap *bmap)
     char name[MAX_NAME + 1];
     struct attrs a;
     struct sc_bmap_range r = { 0 };
-    const char *text;
+    char text[MAX_RANGE_TEXT + 1];
     size_t text_len;
 
     if (skip_misc (p) == -1)
@@ -594,7 +688,7 @@ parse_block_map (struct parser *p, struct sc_bmap *bmap)
       return -1;
     if (strcmp (name, "Range") != 0)
       return parse_error (p, "unexpected <%s> in <BlockMap>", name);
-    if (parse_text_and_end (p, "Range", &text, &text_len) == -1
+    if (parse_range_text_and_end (p, text, &text_len) == -1
         || parse_range_text (p, text, text_len, &r.first, &r.last) == -1)
       return -1;
     if (a.chksum) {
@@ -610,7 +704,7 @@ parse_block_map (struct parser *p, struct sc_bmap *bmap)
 
 /* The version of <bmap>: "MAJOR.MINOR".  Formats 1.0 to 1.3 have SHA-1
  * checksums (from 1.3 one of the file too); 1.4 is 2.0 by another
- * number (bmaptool 3.0 wrote it so; 3.1 renamed it).
+ * number (bmaptool 3.0 wrote it so; 3.1 renamed it); 2.x is 2.0.
  */
 static int
 parse_version (struct parser *p, const char *s, size_t len)
@@ -625,9 +719,12 @@ parse_version (struct parser *p, const char *s, size_t len)
       || parse_u64 (p, dot + 1, len - (size_t) (dot - s) - 1, &minor,
                     "version") == -1)
     return -1;
-  if (!((major == 2 && minor == 0) || (major == 1 && minor <= 4))) {
+  /* A minor version of 2 adds nothing that a reader of 2.0 must know
+   * (bmaptool reads every 2.x as 2.0).
+   */
+  if (!(major == 2 || (major == 1 && minor <= 4))) {
     sc_set_error (ENOTSUP, "%s: bmap format version %.*s is not supported "
-                  "(1.0 to 1.4 and 2.0 are)", p->name,
+                  "(1.0 to 1.4 and 2.x are)", p->name,
                   (int) SC_MIN (len, (size_t) 16), s);
     return -1;
   }

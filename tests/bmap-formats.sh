@@ -137,6 +137,62 @@ else
   echo "$0: bmaptool's BmapCreate is not importable: its own sha1/md5 bmaps not tested"
 fi
 
+# What bmaptool 3.6 reads too: a minor version of 2 (read as 2.0),
+# attributes it does not look for (on <Range> and elsewhere), comments
+# inside <Range> (left out of its text, as an XML parser leaves them).
+# Each edit is made with the file's checksum made right again; bmaptool
+# copy --bmap is the oracle that the edited file is a good bmap.
+edit_bmap () {                  # IN OUT PATTERN REPLACEMENT
+  python3 - "$@" <<'PYEOF'
+import hashlib, re, sys
+src, dst, pattern, repl = sys.argv[1:5]
+text = re.sub(pattern, repl, open(src).read())
+c = re.search(r'<BmapFileChecksum>\s*([0-9a-f]+)', text)
+t = re.search(r'<ChecksumType>\s*(\w+)', text)
+zeroed = text[:c.start(1)] + "0" * len(c.group(1)) + text[c.end(1):]
+h = hashlib.new(t.group(1), zeroed.encode()).hexdigest()
+open(dst, "w").write(text[:c.start(1)] + h + text[c.end(1):])
+PYEOF
+}
+write_bmap 2.0 sha256 "$tmp/v2.0-sha256.bmap"
+n=0
+for edit in 'version="2.0"|version="2.1"' \
+            'version="2.0"|version="2.17"' \
+            '<Range chksum=|<Range origin="sda" chksum=' \
+            '(<Range chksum="[0-9a-f]+")>|\1 note="x" >' \
+            '<ImageSize>|<ImageSize unit="bytes">' \
+            '> ([0-9]+)-([0-9]+) </Range>|> <!-- a --> \1 - \2 <!-- b --> </Range>' \
+            '> ([0-9]+)-([0-9]+) </Range>|>\1<!-- a -->-<!-- b -->\2</Range>' \
+            '> ([0-9]+) </Range>|> \1<!--x--></Range>'; do
+  n=$((n + 1))
+  bmap=$tmp/edit$n.bmap
+  edit_bmap "$tmp/v2.0-sha256.bmap" "$bmap" "${edit%%|*}" "${edit#*|}"
+  cmp -s "$tmp/v2.0-sha256.bmap" "$bmap" && fail "edit $edit changed nothing"
+  bmaptool_accepts "$bmap"
+  rm -f "$tmp/m.qcow2" "$tmp/u.raw"
+  sparsecow pack -q --map=bmap:"$bmap" "$raw" "$tmp/m.qcow2" ||
+    fail "pack --map=bmap: refuses a bmap that bmaptool reads ($edit)"
+  qemu-img compare -q "$raw" "$tmp/m.qcow2" || fail "pack --map=bmap: ($edit): image differs"
+  sparsecow unpack -q --bmap "$bmap" "$tmp/disk.qcow2" "$tmp/u.raw" ||
+    fail "unpack --bmap refuses a bmap that bmaptool reads ($edit)"
+  cmp "$raw" "$tmp/u.raw" || fail "unpack --bmap ($edit) differs"
+done
+# The checksums are still checked through such a file: one range altered.
+python3 - "$tmp/edit6.bmap" "$tmp/bad.bmap" <<'PYEOF'
+import hashlib, re, sys
+text = open(sys.argv[1]).read()
+m = list(re.finditer(r'<Range chksum="([0-9a-f]+)"', text))[1]
+v = m.group(1)
+text = text[:m.start(1)] + ("1" if v[0] == "0" else "0") + v[1:] + text[m.end(1):]
+c = re.search(r'<BmapFileChecksum>\s*([0-9a-f]+)', text)
+zeroed = text[:c.start(1)] + "0" * len(c.group(1)) + text[c.end(1):]
+open(sys.argv[2], "w").write(text[:c.start(1)] + hashlib.sha256(zeroed.encode()).hexdigest() + text[c.end(1):])
+PYEOF
+bmaptool copy --bmap "$tmp/bad.bmap" "$raw" "$tmp/bt.out" 2>/dev/null &&
+  fail "bmaptool copy accepted an altered range behind comments"
+expect_fail "disk.raw and .*bad.bmap are out of sync at offset $second_start \(the SHA-256 of blocks" \
+  sparsecow pack --map=bmap:"$tmp/bad.bmap" "$raw" "$tmp/bad.qcow2"
+
 # tamper IN OUT fix|nofix: one range's checksum altered (the second
 # range), the file's checksum made right again or not.
 tamper () {
@@ -223,7 +279,7 @@ open(dst, "w").write(text)
 PYEOF
   expect_fail "$4" sparsecow pack --map=bmap:"$tmp/hostile.bmap" "$raw" "$tmp/bad.qcow2"
 }
-mutate "$tmp/v1.4-sha1.bmap" 'version="1.4"' 'version="1.5"' "bmap format version 1.5 is not supported \(1.0 to 1.4 and 2.0 are\)"
+mutate "$tmp/v1.4-sha1.bmap" 'version="1.4"' 'version="1.5"' "bmap format version 1.5 is not supported \(1.0 to 1.4 and 2.x are\)"
 mutate "$tmp/v1.4-sha1.bmap" 'version="1.4"' 'version="3.0"' "version 3.0 is not supported"
 mutate "$tmp/v1.4-sha1.bmap" 'version="1.4"' 'version="1"' "version '1' is not MAJOR.MINOR"
 mutate "$tmp/v1.4-sha1.bmap" '> sha1 <' '> whirlpool <' "checksum type 'whirlpool' is not supported"
@@ -234,8 +290,15 @@ mutate "$tmp/v1.4-sha1.bmap" '<ChecksumType>[^<]*</ChecksumType>' '' "<ChecksumT
 mutate "$tmp/v1.4-sha1.bmap" '<BlockMap>' "<BmapFileSHA1> $(printf '%040d' 0) </BmapFileSHA1><BlockMap>" "<BmapFileSHA1> is not part of bmap format 1.4"
 mutate "$tmp/v1.3-sha1.bmap" '<BmapFileSHA1>[^<]*</BmapFileSHA1>' '' "<BmapFileSHA1> is missing"
 mutate "$tmp/v1.3-sha1.bmap" '<BlockMap>' '<ChecksumType> md5 </ChecksumType><BlockMap>' "<ChecksumType> is not part of bmap format 1.3"
-mutate "$tmp/v1.3-sha1.bmap" 'sha1="' 'chksum="' "unknown attribute 'chksum' of <Range>"
+# An attribute that the version does not use is read past (as bmaptool
+# does), and the file's checksum then no longer matches.
+mutate "$tmp/v1.3-sha1.bmap" 'sha1="' 'chksum="' "its BmapFileSHA1 does not match"
 mutate "$tmp/v1.2-sha1.bmap" '<BlockMap>' "<BmapFileChecksum> $(printf '%064d' 0) </BmapFileChecksum><BlockMap>" "<BmapFileChecksum> is not part of bmap format 1.2"
-mutate "$tmp/v2.0-sha1.bmap" 'chksum="' 'sha1="' "unknown attribute 'sha1' of <Range>"
+mutate "$tmp/v2.0-sha1.bmap" 'chksum="' 'sha1="' "its BmapFileChecksum does not match"
+mutate "$tmp/v2.0-sha1.bmap" '<Range ' '<Range a="1" a="2" ' "attribute 'a' given twice"
+mutate "$tmp/v2.0-sha1.bmap" '<Range ' '<Range a=1 ' "a quoted value expected for 'a'"
+mutate "$tmp/v2.0-sha1.bmap" '> ([0-9]+)-([0-9]+) </Range>' '> \1 <!-- x --> \2 </Range>' "Range: '[0-9]+ [0-9]+' is not a number"
+mutate "$tmp/v2.0-sha1.bmap" '> ([0-9]+)-([0-9]+) </Range>' '> \1-\2 <!-- x </Range>' "unterminated comment"
+mutate "$tmp/v2.0-sha1.bmap" '> ([0-9]+)-([0-9]+) </Range>' "> \\1-\\2 $(printf '%080d' 0) </Range>" "the text of <Range> is too long"
 [ ! -e "$tmp/bad.qcow2" ] || fail "a refused bmap left an image"
 echo "bmap formats 1.0, 1.2, 1.3, 1.4 and 2.0 with sha1, md5, sha256 and sha512 read as bmaptool copy reads them"

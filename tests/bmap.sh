@@ -284,7 +284,7 @@ mutate '<BmapFileChecksum>[^<]*</BmapFileChecksum>' '' \
   "line $(line_of '^<bmap '): .*<BmapFileChecksum> is missing"
 mutate '<ImageSize> \d+' '<ImageSize> 99999999999999999999999' "too large"
 mutate '<BlockSize> \d+' '<BlockSize> 4095' "block size"
-mutate 'version="2.0"' 'version="2.1"' "version 2.1 is not supported"
+mutate 'version="2.0"' 'version="3.0"' "version 3.0 is not supported"
 mutate '> sha256 <' '> sha512 <' "line $(line_of '^ *<BmapFileChecksum>'): .*BmapFileChecksum: a SHA-512 digest has 128 hexadecimal digits, not 64"
 mutate '> sha256 <' '> crc32 <' "checksum type 'crc32' is not supported"
 mutate '</BlockMap>' '<Range> 1-0 </Range></BlockMap>' "ends before it starts"
