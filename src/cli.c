@@ -2,6 +2,7 @@
 #include <config.h>
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <inttypes.h>
@@ -834,7 +835,8 @@ cli_loop_over (const char *name, const struct stat *t, const struct stat *s)
   int fd;
   bool r = false;
 
-  if (!S_ISBLK (t->st_mode) || !S_ISREG (s->st_mode))
+  if (!S_ISBLK (t->st_mode)
+      || (!S_ISREG (s->st_mode) && !S_ISBLK (s->st_mode)))
     return false;
   /* A partition of a loop device answers for its disk. */
   (void) cli_partition_of (t->st_rdev, &disk);
@@ -843,8 +845,17 @@ cli_loop_over (const char *name, const struct stat *t, const struct stat *s)
   fd = open (name, O_RDONLY | O_CLOEXEC);
   if (fd == -1)
     return false;
-  if (ioctl (fd, LOOP_GET_STATUS64, &info) == 0)
+  if (ioctl (fd, LOOP_GET_STATUS64, &info) == 0 && S_ISREG (s->st_mode))
     r = info.lo_device == s->st_dev && info.lo_inode == s->st_ino;
+  else if (ioctl (fd, LOOP_GET_STATUS64, &info) == 0) {
+    /* Over a device: the kernel gives the device's number, which is
+     * s itself, or a partition of the disk s.
+     */
+    dev_t backing = (dev_t) info.lo_rdevice, backing_disk = backing;
+
+    (void) cli_partition_of (backing, &backing_disk);
+    r = backing == s->st_rdev || backing_disk == s->st_rdev;
+  }
   close (fd);
   return r;
 #else
@@ -967,20 +978,98 @@ target_in_chain (const char *source, const char *target,
   return r;
 }
 
+/* The first mount point of the block device dev or of a partition of
+ * it, into buf (empty if none).
+ */
+static void
+mount_point_of (dev_t dev, char *buf, size_t len)
+{
+  FILE *fp = fopen ("/proc/self/mountinfo", "re");
+  char line[4096];
+
+  buf[0] = '\0';
+  if (fp == NULL)
+    return;
+  /* "ID PARENT MAJ:MIN ROOT MOUNT-POINT ..." (proc(5)). */
+  while (buf[0] == '\0' && fgets (line, sizeof line, fp)) {
+    unsigned ma, mi;
+    char point[PATH_MAX];
+    dev_t d, disk;
+
+    if (sscanf (line, "%*u %*u %u:%u %*s %4095s", &ma, &mi, point) != 3)
+      continue;
+    d = disk = makedev (ma, mi);
+    (void) cli_partition_of (d, &disk);
+    if (d == dev || disk == dev)
+      snprintf (buf, len, "%s", point);
+  }
+  fclose (fp);
+}
+
+/* Is the existing target t (named target) the file or the device that
+ * an attached loop device (or a partition of the device, a loop over
+ * a partition of the disk) reads and writes?  Written, it would change
+ * under the loop device's user (a mounted file system, which the
+ * exclusive open of the target does not see).  Then print which loop
+ * device, and where it is mounted, and return true.
+ */
+static bool
+target_backs_loop (const char *target, const struct stat *t)
+{
+  DIR *d;
+  struct dirent *e;
+  bool r = false;
+
+  if (!S_ISREG (t->st_mode) && !S_ISBLK (t->st_mode))
+    return false;
+  d = opendir ("/sys/block");
+  if (d == NULL)
+    return false;
+  while (!r && (e = readdir (d)) != NULL) {
+    char path[PATH_MAX], where[PATH_MAX];
+    struct stat l;
+
+    if (strncmp (e->d_name, "loop", 4) != 0)
+      continue;
+    /* Only an attached loop device has a backing file. */
+    snprintf (path, sizeof path, "/sys/block/%s/loop/backing_file",
+              e->d_name);
+    if (access (path, F_OK) != 0)
+      continue;
+    snprintf (path, sizeof path, "/dev/%s", e->d_name);
+    if (stat (path, &l) == -1 || !S_ISBLK (l.st_mode)
+        || !cli_loop_over (path, &l, t))
+      continue;
+    mount_point_of (l.st_rdev, where, sizeof where);
+    cli_error ("%s: is the backing %s of the loop device %s%s%s; "
+               "unmount and detach it first (losetup -d %s)",
+               strcmp (target, "-") == 0 ? "stdout" : target,
+               S_ISBLK (t->st_mode) ? "device" : "file", path,
+               where[0] ? ", mounted on " : "", where, path);
+    r = true;
+  }
+  closedir (d);
+  return r;
+}
+
 bool
 cli_target_is_source (const char *source, const char *target)
 {
   struct stat s, t;
+  bool have_source;
 
-  if (stat_endpoint (source, STDIN_FILENO, &s) == -1
-      || stat_endpoint (target, STDOUT_FILENO, &t) == -1)
+  if (stat_endpoint (target, STDOUT_FILENO, &t) == -1)
     return false;
+  have_source = stat_endpoint (source, STDIN_FILENO, &s) == 0;
   /* The same file (also behind a redirection of a standard stream),
    * two device nodes of the same disk, a loop device over the other;
-   * or one of the files a qcow2 source reads besides itself.
+   * a file or device that a loop device reads; or one of the files a
+   * qcow2 source reads besides itself.
    */
-  if (target_is ("source", source, &s, target, &t))
+  if (have_source && target_is ("source", source, &s, target, &t))
     return true;
-  return strcmp (source, "-") != 0 && !S_ISFIFO (s.st_mode)
+  if (target_backs_loop (target, &t))
+    return true;
+  return have_source && strcmp (source, "-") != 0 && !S_ISFIFO (s.st_mode)
          && target_in_chain (source, target, &t);
 }

@@ -248,15 +248,18 @@ extern void cli_progress_done (const struct cli_common *common);
  */
 extern bool cli_partition_of (dev_t dev, dev_t *disk);
 /* Is the block device st (named name) a loop device, or a partition of
- * one, over the regular file file_st?
+ * one, over the regular file file_st, or over the block device file_st
+ * (or a partition of it)?
  */
 extern bool cli_loop_over (const char *name, const struct stat *st,
                            const struct stat *file_st);
 
 /* Is target the very file source is (after symbolic links, and for
  * "-" the file behind the standard stream), the same block device, or
- * a loop device over the source file?  Then print why and return true:
- * writing it, even with -f, would lose the source.
+ * a loop device over the source file?  Or the file or device that an
+ * attached loop device reads (whatever the source)?  Then print why and
+ * return true: writing it, even with -f, would lose the source, or
+ * change what the loop device's user (a mounted file system) holds.
  */
 extern bool cli_target_is_source (const char *source, const char *target);
 

@@ -2,7 +2,8 @@
 # A block device that something holds is refused by unpack and pack,
 # untouched, with what holds it named: a program that has it open
 # exclusively (its pid and name), a swap area, a device-mapper device
-# over it (where the kernel has device-mapper).  A program that has it
+# over it (where the kernel has device-mapper), a loop device over it or
+# over a file target (with its mount point).  A program that has it
 # open without O_EXCL does not hold it.  Pack writes a device only with
 # -f or --target-is-device.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
@@ -67,6 +68,69 @@ if command -v dmsetup >/dev/null && dmsetup version >/dev/null 2>&1; then
   dmsetup remove "$name"
 else
   echo "$0: no device-mapper in this kernel: a dm holder is not tried"
+fi
+
+# The backing device of a loop device, and the backing file of one: the
+# exclusive open does not see them (the kernel's loop driver does not
+# claim what it reads), yet writing them changes the loop device's
+# file system under it.  Refused, with the loop device and its mount
+# point named; nothing is written, the file system still checks clean.
+if command -v mkfs.ext4 >/dev/null && command -v e2fsck >/dev/null; then
+  mnt=$tmp/mnt
+  mkdir "$mnt"
+  over=$(losetup -f --show "$dev") || fail "losetup over $dev failed"
+  cleanup_fn "losetup -d $over 2>/dev/null"
+  mkfs.ext4 -q -F "$over" >/dev/null 2>&1 || fail "mkfs.ext4 on $over failed"
+  mount "$over" "$mnt" || fail "cannot mount $over"
+  cleanup_fn "umount $mnt 2>/dev/null"
+  echo kept > "$mnt/file"
+  for cmd in "unpack -f img.qcow2" "unpack -n -f img.qcow2" \
+             "unpack --target-is-device img.qcow2" \
+             "pack -f ref.raw" "pack --target-is-device ref.raw"; do
+    # shellcheck disable=SC2086
+    expect_fail "^sparsecow: $dev: is the backing device of the loop device $over, mounted on $mnt; unmount and detach it first \(losetup -d $over\)\$" \
+      sparsecow $cmd "$dev"
+  done
+  # One of several targets.
+  head -c $size /dev/urandom > other.img
+  expect_fail "^sparsecow: $dev: is the backing device of the loop device $over, mounted on $mnt" \
+    sparsecow unpack -f img.qcow2 other.img "$dev"
+  [ "$(cat "$mnt/file")" = kept ] || fail "the file system over $dev lost its file"
+  umount "$mnt"
+  e2fsck -fn "$over" >/dev/null 2>&1 || fail "the file system over $dev is damaged"
+  # Not mounted, still attached: refused, no mount point named, not
+  # a byte written.
+  cp "$dev" dev.ref
+  expect_fail "^sparsecow: $dev: is the backing device of the loop device $over; unmount and detach it first" \
+    sparsecow unpack -f img.qcow2 "$dev"
+  cmp dev.ref "$dev" || fail "a refused unpack changed $dev under $over"
+  losetup -d "$over"
+
+  # A file behind a loop device, mounted: written in place (-n) it
+  # would destroy the file system; replaced (-f), the mount would keep
+  # a file that has no name any more.
+  head -c $((16 * MiB)) /dev/zero > fs.img
+  mkfs.ext4 -q -F fs.img >/dev/null 2>&1 || fail "mkfs.ext4 on fs.img failed"
+  qemu-img create -q -f qcow2 small.qcow2 16M
+  qemu-io -f qcow2 -c "write -P 0x22 0 1M" small.qcow2 >/dev/null
+  mount -o loop fs.img "$mnt" || fail "cannot mount fs.img"
+  floop=$(findmnt -n -o SOURCE --target "$mnt")
+  echo kept > "$mnt/file"
+  expect_fail "^sparsecow: fs.img: is the backing file of the loop device $floop, mounted on $mnt; unmount and detach it first \(losetup -d $floop\)\$" \
+    sparsecow unpack -n small.qcow2 fs.img
+  expect_fail "^sparsecow: fs.img: is the backing file of the loop device $floop, mounted on $mnt" \
+    sparsecow unpack -f small.qcow2 fs.img
+  expect_fail "^sparsecow: fs.img: is the backing file of the loop device $floop, mounted on $mnt" \
+    sparsecow pack -f ref.raw fs.img
+  [ "$(cat "$mnt/file")" = kept ] || fail "the mounted file system lost its file"
+  umount "$mnt"
+  e2fsck -fn fs.img >/dev/null 2>&1 || fail "the file system on fs.img is damaged"
+  # Detached: written.
+  sparsecow unpack -n small.qcow2 fs.img || fail "unpack -n to a detached fs.img failed"
+  qemu-img compare -q -f raw -F qcow2 fs.img small.qcow2 || fail "fs.img differs from the image"
+  head -c $size /dev/urandom | dd of="$dev" bs=1M oflag=direct status=none
+else
+  echo "$0: no mkfs.ext4: a loop device over the target is not tried"
 fi
 
 # Open without O_EXCL in another program: not a holder, written.
