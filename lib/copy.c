@@ -576,6 +576,12 @@ finish_one (struct run *r)
   return 0;
 }
 
+/* How often a waiting worker looks whether it was asked to stop
+ * (sc_interrupt): a tenth of a second, quick for a user who pressed
+ * Ctrl-C and nothing for the machine.
+ */
+#define INTERRUPT_POLL_NS 100000000L
+
 /* Every worker, the calling thread among them, does what is most
  * urgent: emit the next pieces when they are ready, else finish an
  * emitted one, else take a new one into a free slot.
@@ -589,8 +595,14 @@ worker (void *arg)
 
   pthread_mutex_lock (&r->lock);
   for (;;) {
+    struct timespec until;
+
     if (r->stop)
       break;
+    if (sc_check_interrupt () == -1) {
+      record_error (r);
+      break;
+    }
     if (!r->emitting && r->emit_seq < r->next_seq
         && r->slots[r->emit_seq % r->nslots].state == SLOT_READY) {
       if (emit_ready (r, &ws) == -1)
@@ -616,7 +628,16 @@ worker (void *arg)
       pthread_cond_broadcast (&r->cond);
       break;
     }
-    pthread_cond_wait (&r->cond, &r->lock);
+    /* Woken by another worker, or after a while to look for an
+     * interrupt (a signal may have reached a waiting thread).
+     */
+    clock_gettime (CLOCK_REALTIME, &until);
+    until.tv_nsec += INTERRUPT_POLL_NS;
+    if (until.tv_nsec >= 1000000000L) {
+      until.tv_sec++;
+      until.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait (&r->cond, &r->lock, &until);
   }
   if (r->stats) {
     r->parallel_cpu += thread_cpu () - start - ws.serial;
@@ -640,7 +661,8 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
 
   bool end = false;
 
-  while (rc == 0 && !end && (rc = next_piece (cur, &piece)) == 1) {
+  while (rc == 0 && !end && (rc = sc_check_interrupt ()) == 0
+         && (rc = next_piece (cur, &piece)) == 1) {
     rc = 0;
     piece.out_len = 0;
     piece.user = 0;

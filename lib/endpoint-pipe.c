@@ -115,6 +115,11 @@ pipe_read_some (struct sc_endpoint *ep, void *buf, size_t count,
       napped = true;
     }
     r = read (p->base.fd, b + done, count - done);
+    /* A signal that asks to stop ends the wait for the writer. */
+    if (r == -1 && errno == EINTR && sc_check_interrupt () == -1) {
+      rc = -1;
+      goto out;
+    }
     if (r == -1 && errno == EINTR)
       continue;
     if (r == -1) {

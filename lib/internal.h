@@ -103,6 +103,10 @@ extern void sc_temporary_unregister (int slot);
  * malloc'd, NULL when out of memory.
  */
 extern char *sc_temporary_template (const char *path);
+/* After sc_interrupt: set the error (EINTR, "interrupted") and return
+ * -1; else 0.  Called where a long run can stop between two steps.
+ */
+extern int sc_check_interrupt (void);
 /* An anonymous temporary file for data that must wait: next to near
  * when that is a regular file (or not there yet), else in $TMPDIR or
  * /var/tmp.  It disappears when closed, whatever happens.  Returns the

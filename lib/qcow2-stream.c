@@ -1439,7 +1439,7 @@ qcow2_unpack_stream_chunked (struct sc_endpoint *src,
       goto err_image;
     if (s.ended)
       break;
-    if (read_chunk (&s) == -1)
+    if (sc_check_interrupt () == -1 || read_chunk (&s) == -1)
       goto out;
   }
   /* The last compressed clusters' sectors may run past the end. */

@@ -247,6 +247,14 @@ extern int sc_endpoint_extents (struct sc_endpoint *ep, uint64_t offset,
  */
 extern void sc_cleanup_temporaries (void);
 
+/* Ask the running copy, pack or unpack to stop: it fails soon after
+ * with errno EINTR ("interrupted"), so that the caller can say what it
+ * leaves behind (a target written in place) before it exits.
+ * Async-signal-safe, for a SIGINT/SIGTERM handler; it cannot be taken
+ * back.
+ */
+extern void sc_interrupt (void);
+
 /* ---- endpoint-nbd.c: NBD exports, through libnbd -------------------- */
 
 /* Is name an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://,

@@ -67,6 +67,28 @@ sc_cleanup_temporaries (void)
   errno = saved;
 }
 
+/* ---- interruption ---------------------------------------------------- */
+
+/* Set from a signal handler, read by every thread: an atomic int is
+ * both async-signal-safe and seen across threads.
+ */
+static int interrupt_requested;
+
+void
+sc_interrupt (void)
+{
+  __atomic_store_n (&interrupt_requested, 1, __ATOMIC_SEQ_CST);
+}
+
+int
+sc_check_interrupt (void)
+{
+  if (!__atomic_load_n (&interrupt_requested, __ATOMIC_SEQ_CST))
+    return 0;
+  sc_set_error (EINTR, "interrupted");
+  return -1;
+}
+
 char *
 sc_temporary_template (const char *path)
 {

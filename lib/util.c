@@ -74,6 +74,9 @@ sc_full_pread (int fd, void *buf, size_t count, uint64_t offset)
   while (count > 0) {
     ssize_t r = pread (fd, p, count, (off_t) offset);
     if (r < 0) {
+      /* A signal that asks to stop ends a wait (a pipe's). */
+      if (errno == EINTR && sc_check_interrupt () == -1)
+        return -1;
       if (errno == EINTR)
         continue;
       sc_set_error (errno, "read at offset %" PRIu64 ": %s",
@@ -100,6 +103,9 @@ sc_full_pwrite (int fd, const void *buf, size_t count, uint64_t offset)
   while (count > 0) {
     ssize_t r = pwrite (fd, p, count, (off_t) offset);
     if (r < 0) {
+      /* A signal that asks to stop ends a wait (a pipe's). */
+      if (errno == EINTR && sc_check_interrupt () == -1)
+        return -1;
       if (errno == EINTR)
         continue;
       sc_set_error (errno, "write at offset %" PRIu64 ": %s",
@@ -121,6 +127,9 @@ sc_full_write (int fd, const void *buf, size_t count)
   while (count > 0) {
     ssize_t r = write (fd, p, count);
     if (r < 0) {
+      /* A signal that asks to stop ends a wait (a pipe's). */
+      if (errno == EINTR && sc_check_interrupt () == -1)
+        return -1;
       if (errno == EINTR)
         continue;
       sc_set_error (errno, "write: %s", strerror (errno));
