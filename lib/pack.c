@@ -943,6 +943,42 @@ write_image (struct pack *pk, struct sc_endpoint *dst)
   return r;
 }
 
+/* A target written in place (a device, an existing file, an export)
+ * already held something, perhaps an image: until everything is
+ * written and flushed, its magic is zero (zeroed first, and the header
+ * cluster goes out without it), so that no failure or interrupt leaves
+ * what qemu-img takes for a complete image.  The magic goes in last,
+ * and is flushed too.
+ * A new file appears under its name only when complete, and a stream
+ * is written in order, once.
+ */
+static bool
+magic_last (struct sc_endpoint *dst)
+{
+  return (dst->flags & SC_EP_SEEKABLE) && !(dst->flags & SC_EP_FRESH_ZEROS)
+    && !(dst->flags & SC_EP_STREAM);
+}
+
+static int
+write_magic (struct sc_endpoint *dst, bool valid)
+{
+  unsigned char magic[4] = { 0 };
+
+  if (valid)
+    sc_put_be32 (magic, QCOW2_MAGIC);
+  /* The rest is flushed (write_image ends so); not begun if asked to
+   * stop.
+   */
+  if (valid && sc_check_interrupt () == -1)
+    return -1;
+  if (sc_ep_pwrite (dst, magic, sizeof magic, 0) == -1
+      || sc_ep_flush (dst) == -1) {
+    sc_error_name (dst->name);
+    return -1;
+  }
+  return 0;
+}
+
 /* The data is in place already: write the metadata in front of it. */
 static int
 write_metadata (struct pack *pk, struct sc_endpoint *dst)
@@ -1254,6 +1290,13 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     if (tail == NULL)
       goto out;
   }
+  pk.plan.hold_magic = magic_last (dst);
+  /* What the target held may be an image: its magic goes first, so
+   * that a failure before the header is rewritten does not leave the
+   * old header over new data.
+   */
+  if (pk.plan.hold_magic && write_magic (dst, false) == -1)
+    goto out;
   /* Written and flushed. */
   if ((pk.direct ? write_metadata (&pk, dst)
                  : write_image (&pk, tail ? tail : dst)) == -1)
@@ -1275,6 +1318,8 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     }
   }
   if (tail && tail_release (tail) == -1)
+    goto out;
+  if (pk.plan.hold_magic && write_magic (dst, true) == -1)
     goto out;
   ret = 0;
 

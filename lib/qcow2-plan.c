@@ -612,8 +612,12 @@ qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k, void *out)
   }
   if (k == 0) {
     qcow2_header_write (h, buf);
-    return p->has_digest
-      ? qcow2_header_write_sc_digest (h, &p->digest, buf) : 0;
+    if (p->has_digest && qcow2_header_write_sc_digest (h, &p->digest, buf)
+        == -1)
+      return -1;
+    if (p->hold_magic)
+      memset (buf, 0, 4);
+    return 0;
   }
   if (in_rt) {
     memset (buf, 0, cs);

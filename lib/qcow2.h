@@ -613,6 +613,11 @@ struct qcow2_plan {
                                    order (nb_l2 of them) */
   uint64_t meta_end;            /* end of the metadata: data_offset, or
                                    less when a reservation left a gap */
+  /* The header cluster comes out with its magic zeroed: a target
+   * written in place gets the magic last, so that it is no image
+   * until everything else is there.
+   */
+  bool hold_magic;
   /* Set by qcow2_plan_reserve(): the data area starts here whatever
    * the plan turns out to hold (0: right after the metadata).
    */
