@@ -767,9 +767,47 @@ cli_check_progress_not (const char *command, const struct cli_common *common,
                      "into %s", fd, name);
 }
 
+/* Once a target is written in place, the first SIGINT, SIGTERM or
+ * SIGHUP only asks the run to stop (sc_interrupt), so that the main
+ * thread can say what it leaves behind; a second one ends the program
+ * at once.
+ */
+static volatile sig_atomic_t defer_signals;
+static volatile sig_atomic_t deferred_signal;
+
 static void
 signal_handler (int sig)
 {
+  if (defer_signals && deferred_signal == 0) {
+    deferred_signal = sig;
+    sc_interrupt ();
+    return;
+  }
+  sc_cleanup_temporaries ();
+  signal (sig, SIG_DFL);
+  raise (sig);
+}
+
+void
+cli_defer_signals (void)
+{
+  defer_signals = 1;
+}
+
+bool
+cli_interrupted (void)
+{
+  return deferred_signal != 0;
+}
+
+void
+cli_exit_if_interrupted (void)
+{
+  int sig = deferred_signal;
+
+  if (sig == 0)
+    return;
+  fflush (stderr);
   sc_cleanup_temporaries ();
   signal (sig, SIG_DFL);
   raise (sig);

@@ -274,6 +274,18 @@ extern bool cli_same_file (const char *input, const char *target);
 
 /* Install SIGINT/SIGTERM/SIGHUP handlers that remove temporary targets. */
 extern void cli_install_signal_handlers (void);
+/* From now on (a target is written in place), the first such signal
+ * stops the run (the library fails with EINTR) instead of the program:
+ * the command then says what it leaves, and cli_exit_if_interrupted
+ * ends the program by the signal.
+ */
+extern void cli_defer_signals (void);
+/* Did a deferred signal arrive? */
+extern bool cli_interrupted (void);
+/* If one did: remove temporaries and end the program by that signal
+ * (its usual exit status, 130 for SIGINT).  Else return.
+ */
+extern void cli_exit_if_interrupted (void);
 
 /* The commands: argv[0] is the command name. */
 extern int cmd_pack (int argc, char **argv);

@@ -523,8 +523,12 @@ pack_endpoint (struct sc_endpoint *src, const char *source,
                const struct cli_common *common)
 {
   struct sc_endpoint *dst = cli_open_target (target, common, target_flags);
+  bool in_place = (target_flags & SC_TARGET_IN_PLACE) || is_device (target);
   int r = -1;
 
+  /* A signal then stops the run, which says what it leaves. */
+  if (dst != NULL && in_place)
+    cli_defer_signals ();
   if (dst != NULL) {
     r = sc_pack (src, dst, opts);
     cli_progress_done (common);
@@ -535,10 +539,10 @@ pack_endpoint (struct sc_endpoint *src, const char *source,
     else if (r == -1)
       cli_lib_error (NULL);
     if (r == -1) {
-      if (((target_flags & SC_TARGET_IN_PLACE) || is_device (target))
-          && sc_endpoint_written (dst))
-        cli_error ("%s: written in place, left partly written",
-                   target->name);
+      /* Without its magic (written last), it is no image. */
+      if (in_place && sc_endpoint_written (dst))
+        cli_error ("%s: written in place, left partly written (not a "
+                   "qcow2 image)", target->name);
     }
     else if (sc_endpoint_commit (dst) == -1) {
       cli_lib_error (NULL);
@@ -559,6 +563,8 @@ pack_endpoint (struct sc_endpoint *src, const char *source,
     cli_lib_error (source);
     r = -1;
   }
+  /* Complete or not, what was said is all; the signal ends it. */
+  cli_exit_if_interrupted ();
   return r;
 }
 

@@ -446,6 +446,9 @@ cmd_unpack (int argc, char **argv)
      */
     if (in_place[i] && uopts.bmap)
       uopts.bmap_check_first = true;
+    /* A signal then stops the run, which says what it leaves. */
+    if (in_place[i])
+      cli_defer_signals ();
     if (in_place[i] && (target_flags & SC_TARGET_ZERO_SKIP) && !common.quiet)
       cli_error ("unpack: --zero=skip: ranges of %s that read as zero "
                  "are not written; %s, written in place, keeps what it "
@@ -462,11 +465,15 @@ cmd_unpack (int argc, char **argv)
     uopts.progress_opaque = &twice;
   }
   /* Errors name the image or the target, whichever failed. */
-  if (sc_unpack (src, dst, &uopts) == -1) {
-    bool changed = uopts.bmap && sc_error_errno () == EBADMSG;
+  if (sc_unpack (src, dst, &uopts) == -1 || cli_interrupted ()) {
+    bool changed = !cli_interrupted () && uopts.bmap
+                   && sc_error_errno () == EBADMSG;
 
     cli_progress_done (&common);
-    cli_lib_error (NULL);
+    if (cli_interrupted () && sc_error_errno () != EINTR)
+      cli_error ("interrupted");
+    else
+      cli_lib_error (NULL);
     /* A target written in place keeps what reached it.  (Checked
      * first, the bmap differs after writing began only when the image
      * changed after the check.)
@@ -486,12 +493,19 @@ cmd_unpack (int argc, char **argv)
     }
     if (sc_unpack_verify (src, dst, &uopts) == -1) {
       cli_progress_done (&common);
-      if (ntargets == 1)
+      if (ntargets == 1 || sc_error_errno () == EINTR)
         cli_lib_error (NULL);
       goto report;
     }
   }
   cli_progress_done (&common);
+  /* Stopped after the writing (while it was read back, or at the
+   * end): not committed.
+   */
+  if (cli_interrupted ()) {
+    cli_error ("interrupted");
+    goto report;
+  }
   if (sc_endpoint_commit (dst) == -1) {
     if (ntargets == 1)
       cli_lib_error (NULL);
@@ -531,5 +545,7 @@ cmd_unpack (int argc, char **argv)
   }
   sc_bmap_free ((struct sc_bmap *) uopts.bmap);
   free (ops);
+  /* What the run leaves was said: the signal ends the program. */
+  cli_exit_if_interrupted ();
   return rc;
 }

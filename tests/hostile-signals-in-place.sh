@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Targets written in place (a block device, a file with -n) that a
+# signal or a failed write stops part way.  Such a target cannot be
+# removed: what it must not be is a complete-looking image, and the
+# user must be told.
+# - pack onto a device, stopped by SIGINT or SIGTERM while it writes
+#   (the program is frozen with SIGSTOP once the device has seen
+#   writes, signalled, and let go), or failing on a device whose
+#   backing file system fills up: qemu-img info and check refuse the
+#   device (no qcow2 magic: it is written last), and the message says
+#   the target was written in place and left partly written; the exit
+#   status is the signal's.  With -c too.
+# - unpack onto a device, and unpack -n into a file, stopped the same
+#   way: the same message, the signal's exit status.  Beside a target
+#   that failed already (too small), its error is still printed.
+srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
+. "$srcdir/functions.sh"
+requires qemu-img qemu-io losetup python3
+requires_root
+
+cd "$tmp"
+MiB=$((1024 * 1024))
+size=$((192 * MiB))
+
+# Data all through, so that the writing takes a while.
+head -c $size /dev/urandom > big.raw
+qemu-img convert -q -f raw -O qcow2 big.raw big.qcow2
+
+head -c $((size + 8 * MiB)) /dev/zero > dev.img
+loop_attach dev.img
+target=$dev
+
+# What changes once TARGET is written: the sectors a block device has
+# written, or a file's modification time.
+mark () {
+  if [ -b "$1" ]; then
+    awk '{ print $7 }' "/sys/block/$(basename "$1")/stat"
+  else
+    stat -c %y "$1"
+  fi
+}
+
+# interrupt SIG TARGET CMD...: run CMD, and once TARGET has been
+# written, freeze it, send SIG and let it go.  Sets rc and leaves
+# stderr in err; returns 1 if CMD ended before it could be signalled.
+interrupt () {
+  local sig=$1 watch=$2 before pid i
+  shift 2
+  before=$(mark "$watch")
+  "$@" 2>err &
+  pid=$!
+  for ((i = 0; i < 4000; i++)); do
+    [ "$(mark "$watch")" != "$before" ] && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.005
+  done
+  if ! kill -STOP $pid 2>/dev/null; then
+    rc=0; wait $pid || rc=$?
+    return 1
+  fi
+  kill -"$sig" $pid
+  kill -CONT $pid
+  rc=0; wait $pid || rc=$?
+  return 0
+}
+
+# An image is there only if qemu-img says so.
+not_an_image () {
+  ! qemu-img info -f qcow2 "$1" >/dev/null 2>&1 ||
+    fail "$2: qemu-img info reads $1 as a qcow2 image"
+  ! qemu-img check -q -f qcow2 "$1" >/dev/null 2>&1 ||
+    fail "$2: qemu-img check accepts $1"
+}
+
+want_rc () {
+  case $1 in INT) echo 130 ;; TERM) echo 143 ;; esac
+}
+
+tried=0
+for sig in INT TERM; do
+  for op in "pack -f" "pack -f -c" "unpack -f"; do
+    case $op in
+      pack*) src=big.raw ;;
+      unpack*) src=big.qcow2 ;;
+    esac
+    # A complete image first: an interrupted pack must not leave it
+    # looking valid either.
+    sparsecow pack -q -f big.raw "$target" || fail "pack to $target failed"
+    qemu-img info -f qcow2 "$target" >/dev/null || fail "pack to $target is no image"
+    # shellcheck disable=SC2086
+    if ! interrupt $sig "$target" "$SPARSECOW" $op $src "$target"; then
+      echo "$0: $op ended before SIG$sig could reach it (rc $rc)"
+      continue
+    fi
+    tried=$((tried + 1))
+    [ "$rc" = "$(want_rc $sig)" ] ||
+      { cat err >&2; fail "$op $target, SIG$sig: exit $rc, not $(want_rc $sig)"; }
+    grep -q "^sparsecow: $target: written in place, left partly written" err ||
+      { cat err >&2; fail "$op $target, SIG$sig: not said to be left partly written"; }
+    case $op in pack*) not_an_image "$target" "$op, SIG$sig" ;; esac
+  done
+done
+[ $tried -gt 0 ] || { echo "$0: SKIP: every run ended before it could be signalled"; exit 77; }
+echo "$0: $tried runs onto a device signalled while writing"
+
+# unpack -n into a file: the same.
+head -c $size /dev/zero > in-place.raw
+if interrupt INT in-place.raw "$SPARSECOW" unpack -n big.qcow2 in-place.raw; then
+  [ "$rc" = 130 ] || { cat err >&2; fail "unpack -n, SIGINT: exit $rc, not 130"; }
+  grep -q "^sparsecow: in-place.raw: written in place, left partly written" err ||
+    { cat err >&2; fail "unpack -n, SIGINT: not said to be left partly written"; }
+else
+  echo "$0: unpack -n ended before SIGINT could reach it (rc $rc)"
+fi
+
+# Several targets, one too small and refused, one stopped by SIGTERM:
+# both are reported.
+head -c $size /dev/urandom | dd of="$target" bs=1M oflag=direct status=none
+truncate -s $((32 * MiB)) small.img
+loop_attach small.img
+small=$dev
+if interrupt TERM "$target" "$SPARSECOW" unpack -f --verify big.qcow2 "$target" "$small"; then
+  [ "$rc" = 143 ] || { cat err >&2; fail "unpack to two, SIGTERM: exit $rc, not 143"; }
+  grep -q "^sparsecow: $small: device is smaller than the image" err ||
+    { cat err >&2; fail "unpack to two, SIGTERM: the small target's error was not printed"; }
+  grep -q "^sparsecow: $target: written in place, left partly written" err ||
+    { cat err >&2; fail "unpack to two, SIGTERM: not said to be left partly written"; }
+else
+  echo "$0: unpack to two targets ended before SIGTERM could reach it (rc $rc)"
+fi
+
+# A write that fails part way: a device over a file on a tmpfs too
+# small for the image.  pack fails, says so, and leaves no image.
+mkdir full
+mount -t tmpfs -o size=16M tmpfs full || fail "cannot mount a tmpfs"
+cleanup_fn "umount $tmp/full"
+truncate -s $((size + 8 * MiB)) full/dev.img
+loop_attach full/dev.img
+full=$dev
+for op in "pack -f" "pack -f -c"; do
+  rc=0
+  # shellcheck disable=SC2086
+  sparsecow $op big.raw "$full" 2>err || rc=$?
+  [ $rc = 1 ] || { cat err >&2; fail "$op to a failing $full: exit $rc"; }
+  grep -q "^sparsecow: $full: written in place, left partly written" err ||
+    { cat err >&2; fail "$op to a failing $full: not said to be left partly written"; }
+  not_an_image "$full" "$op to a failing device"
+done
+exit 0
