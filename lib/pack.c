@@ -455,9 +455,10 @@ scan_emit (struct sc_piece *piece, void *opaque)
 
 /* On any worker, after scan_emit: write the piece's stored clusters
  * where the plan put them, contiguous ones in one write.  The places of
- * different pieces never overlap, and bytes between them that nothing
- * writes (the rest of a host cluster) read as zeros: the target and the
- * spill file are new.
+ * different pieces never overlap.  Bytes between them that nothing
+ * writes (the rest of a host cluster) are named by no table: they read
+ * as zeros in a new file or spill file, and keep what a device or an
+ * existing file held before, which no reader looks at.
  */
 static int
 scan_finish (struct sc_piece *piece, void *opaque)
