@@ -462,8 +462,8 @@ static int
 parse_text_and_end (struct parser *p, const char *name, const char **text,
                     size_t *text_len)
 {
-  const char *t;
-  size_t n;
+  const char *t = NULL;
+  size_t n = 0;
 
   if (parse_raw_text (p, name, &t, &n) == -1)
     return -1;
@@ -499,8 +499,8 @@ parse_range_text_and_end (struct parser *p, char buf[MAX_RANGE_TEXT + 1],
   size_t n = 0;
 
   for (;;) {
-    const char *t;
-    size_t len;
+    const char *t = NULL;
+    size_t len = 0;
 
     if (parse_raw_text (p, "Range", &t, &len) == -1)
       return -1;
@@ -664,7 +664,7 @@ parse_block_map (struct parser *p, struct sc_bmap *bmap)
     struct attrs a;
     struct sc_bmap_range r = { 0 };
     char text[MAX_RANGE_TEXT + 1];
-    size_t text_len;
+    size_t text_len = 0;
 
     if (skip_misc (p) == -1)
       return -1;
