@@ -248,7 +248,7 @@ new_block_ep (const struct sc_endpoint_ops *ops, int fd, bool own_fd,
   b->base.own_fd = own_fd;
   b->backing_fd = -1;
   b->base.ep.size = size;
-  b->base.ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE;
+  b->base.ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE | SC_EP_IN_PLACE;
 #ifdef BLKSSZGET
   /* A power of two from 512 to 64 KiB, or the classic sector. */
   if (ioctl (fd, BLKSSZGET, &sector) == -1 || sector < 512

@@ -41,6 +41,7 @@ struct file_ep {
   bool committed;
   bool force;
   bool fixed_size;              /* in place, never resized (-n) */
+  bool fit;                     /* in place, cut to what is written */
   /* With force: the file the target replaces, held open with qemu's
    * writer locks until the target is closed, so that qemu cannot open
    * it (and lose what it writes) while the target is made; or -1.
@@ -441,6 +442,26 @@ file_set_size (struct sc_endpoint *ep, uint64_t size)
   return 0;
 }
 
+/* An image written over a longer file ends where the image ends: the
+ * old bytes past it are no part of it.
+ */
+static int
+file_cut (struct sc_endpoint *ep, uint64_t size)
+{
+  struct file_ep *f = (struct file_ep *) ep;
+
+  if (!f->fit || size >= ep->size)
+    return 0;
+  sc_ep_mark_written (ep);
+  if (ftruncate (f->base.fd, (off_t) size) == -1) {
+    sc_set_error (errno, "%s: cannot cut to %" PRIu64 " bytes: %s",
+                  ep->name, size, strerror (errno));
+    return -1;
+  }
+  ep->size = size;
+  return 0;
+}
+
 static const struct sc_endpoint_ops file_source_ops = {
   .kind = "file",
   .pread = sc_fd_ep_pread,
@@ -460,6 +481,7 @@ static const struct sc_endpoint_ops file_target_ops = {
   .local_fd = sc_fd_ep_local_fd,
   .copy_from_fd = file_copy_from_fd,
   .set_size = file_set_size,
+  .cut = file_cut,
   .writeback = file_writeback,
   .flush = sc_fd_ep_flush,
   .commit = file_commit,
@@ -527,8 +549,9 @@ set_size (int fd, uint64_t size)
 
 struct sc_endpoint *
 sc_file_target_in_place (int fd, bool own_fd, const char *name,
-                         uint64_t size, bool fixed_size)
+                         uint64_t size, enum sc_in_place_size how)
 {
+  bool fixed_size = how == SC_IN_PLACE_FIXED;
   struct file_ep *f;
   struct stat st;
   int fl = fcntl (fd, F_GETFL);
@@ -566,9 +589,16 @@ sc_file_target_in_place (int fd, bool own_fd, const char *name,
     return NULL;
   f->map = SC_MAP_SEEK;
   f->fixed_size = fixed_size;
+  f->fit = how == SC_IN_PLACE_FIT;
   f->base.ep.size = SC_MAX ((uint64_t) st.st_size, size);
   f->base.ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE;
-  if (st.st_size == 0 && !fixed_size)
+  if (how != SC_IN_PLACE_GROW)
+    f->base.ep.flags |= SC_EP_IN_PLACE;
+  /* An existing file written in place under its name is never taken
+   * for zeros, even empty: what is written over it is in the open, and
+   * an image there keeps its magic to the end (pack.c, magic_last).
+   */
+  else if (st.st_size == 0)
     f->base.ep.flags |= SC_EP_FRESH_ZEROS;
   return &f->base.ep;
 }

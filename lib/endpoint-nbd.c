@@ -1424,8 +1424,10 @@ sc_endpoint_open_nbd (const char *uri, char *const *argv, unsigned flags,
   max_b = nbd_get_block_size (h, LIBNBD_SIZE_MAXIMUM);
   take_block_sizes (n, min_b, pref_b, max_b);
   n->ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE | SC_EP_REMOTE;
-  if (writable)
+  if (writable) {
     n->ep.piece_size = NBD_TARGET_PIECE_SIZE;
+    n->ep.flags |= SC_EP_IN_PLACE;
+  }
   if (writable && (flags & SC_TARGET_ZEROED))
     n->ep.flags |= SC_EP_FRESH_ZEROS;
 

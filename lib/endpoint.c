@@ -245,6 +245,12 @@ sc_ep_set_size (struct sc_endpoint *ep, uint64_t size)
 }
 
 int
+sc_ep_cut (struct sc_endpoint *ep, uint64_t size)
+{
+  return ep->ops->cut ? ep->ops->cut (ep, size) : 0;
+}
+
+int
 sc_ep_flush (struct sc_endpoint *ep)
 {
   return ep->ops->flush ? ep->ops->flush (ep) : 0;
@@ -404,7 +410,8 @@ target_from_fd (int fd, bool own_fd, const char *name, uint64_t size)
     return NULL;
   }
   if (S_ISREG (st.st_mode))
-    return sc_file_target_in_place (fd, own_fd, name, size, false);
+    return sc_file_target_in_place (fd, own_fd, name, size,
+                                    SC_IN_PLACE_GROW);
   if (S_ISBLK (st.st_mode))
     return sc_block_target_new (fd, own_fd, name, size);
   if (S_ISFIFO (st.st_mode) || S_ISCHR (st.st_mode) || S_ISSOCK (st.st_mode))
@@ -541,7 +548,8 @@ not_a_device (void)
 }
 
 /* With SC_TARGET_IN_PLACE: the existing file or device at path,
- * written where it is and never resized.
+ * written where it is; a file is never resized, or with SC_TARGET_FIT
+ * takes the length of what is written.
  */
 static struct sc_endpoint *
 open_in_place (const char *path, uint64_t size, unsigned flags)
@@ -586,7 +594,9 @@ open_in_place (const char *path, uint64_t size, unsigned flags)
   else if (S_ISREG (st.st_mode)) {
     /* Not a file qemu uses, and held as qemu holds what it writes. */
     if (sc_lock_hold_write (fd) == 0)
-      ep = sc_file_target_in_place (fd, true, path, size, true);
+      ep = sc_file_target_in_place (fd, true, path, size,
+                                    (flags & SC_TARGET_FIT)
+                                    ? SC_IN_PLACE_FIT : SC_IN_PLACE_FIXED);
   }
   else if (S_ISBLK (st.st_mode))
     ep = sc_block_target_new (fd, true, path, size);

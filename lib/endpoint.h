@@ -30,6 +30,10 @@
                                    request is a round trip, and names
                                    inside it (a qcow2 backing file) mean
                                    nothing here */
+#define SC_EP_IN_PLACE     0x20 /* target: written where it is, under its
+                                   name (a device, an existing file, an
+                                   export), so that what a failure
+                                   leaves of it is seen as it is */
 
 /* Flags of the zero slot. */
 #define SC_ZERO_MAY_UNMAP  0x1  /* the range may be deallocated (a hole
@@ -156,6 +160,12 @@ struct sc_endpoint_ops {
    * is the new size afterwards.  NULL: ENOSPC if size > ep->size.
    */
   int (*set_size) (struct sc_endpoint *ep, uint64_t size);
+  /* The data is complete and ends at size: drop what lies past it (an
+   * existing file written in place that held more, SC_TARGET_FIT).
+   * ep->size is size afterwards where it was cut.  NULL: nothing is
+   * dropped (a device, an export, a new file keep their size).
+   */
+  int (*cut) (struct sc_endpoint *ep, uint64_t size);
   /* A hint that [offset, offset+count) is written and will not be
    * written again before the flush: start moving it to the device now,
    * without waiting, so that the flush finds less to do.  Errors
@@ -295,6 +305,7 @@ extern int sc_ep_copy_fd_range (int src_fd, const char *src_name,
                                 uint64_t dst_off, uint64_t count,
                                 unsigned flags);
 extern int sc_ep_set_size (struct sc_endpoint *ep, uint64_t size);
+extern int sc_ep_cut (struct sc_endpoint *ep, uint64_t size);
 /* The local regular file behind ep, or -1 (the endpoint keeps it). */
 extern int sc_ep_local_fd (struct sc_endpoint *ep);
 static inline void
@@ -361,16 +372,29 @@ extern struct sc_endpoint *sc_file_source_new (int fd, bool own_fd,
 extern struct sc_endpoint *sc_file_target_new (const char *path,
                                                uint64_t size, unsigned flags);
 
+/* How an existing regular file written in place is sized. */
+enum sc_in_place_size {
+  SC_IN_PLACE_GROW,             /* grown to what is written, its tail
+                                   kept; it reads as zero where not
+                                   written only if it was empty */
+  SC_IN_PLACE_FIXED,            /* never resized: set_size fails with
+                                   ENOSPC for more than it holds (qemu-img
+                                   convert -n of raw data) */
+  SC_IN_PLACE_FIT,              /* grown to what is written, and cut to
+                                   it by cut (an image written over the
+                                   file); its old bytes are never taken
+                                   for zeros */
+};
+
 /* An existing regular file written in place at offsets from 0 (no
- * temporary name; commit only flushes), grown to size if it is
- * smaller.  It reads as zero where not written only if it was empty.
- * With fixed_size it is never resized: set_size fails with ENOSPC for
- * more than it holds (qemu-img convert -n).
+ * temporary name; commit only flushes), sized as how says.  All but
+ * SC_IN_PLACE_GROW are targets under their own name (SC_EP_IN_PLACE).
  */
 extern struct sc_endpoint *sc_file_target_in_place (int fd, bool own_fd,
                                                     const char *name,
                                                     uint64_t size,
-                                                    bool fixed_size);
+                                                    enum sc_in_place_size
+                                                    how);
 
 /* endpoint-block.c: a block device.  A target must hold size bytes. */
 extern struct sc_endpoint *sc_block_source_new (int fd, bool own_fd,

@@ -949,15 +949,17 @@ write_image (struct pack *pk, struct sc_endpoint *dst)
  * written and flushed, its magic is zero (zeroed first, and the header
  * cluster goes out without it), so that no failure or interrupt leaves
  * what qemu-img takes for a complete image.  The magic goes in last,
- * and is flushed too.
+ * and is flushed too.  So too on one that reads as zero already
+ * (--target-is-zero, an empty export): it is seen under its name while
+ * it is written.
  * A new file appears under its name only when complete, and a stream
  * is written in order, once.
  */
 static bool
 magic_last (struct sc_endpoint *dst)
 {
-  return (dst->flags & SC_EP_SEEKABLE) && !(dst->flags & SC_EP_FRESH_ZEROS)
-    && !(dst->flags & SC_EP_STREAM);
+  return (dst->flags & SC_EP_SEEKABLE) && !(dst->flags & SC_EP_STREAM)
+    && ((dst->flags & SC_EP_IN_PLACE) || !(dst->flags & SC_EP_FRESH_ZEROS));
 }
 
 static int
@@ -1319,6 +1321,11 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     }
   }
   if (tail && tail_release (tail) == -1)
+    goto out;
+  /* An existing file written over ends with the image (before the
+   * magic, which stays the last change).
+   */
+  if (sc_ep_cut (dst, pk.plan.file_size) == -1)
     goto out;
   if (pk.plan.hold_magic && write_magic (dst, true) == -1)
     goto out;

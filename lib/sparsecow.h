@@ -112,6 +112,12 @@ extern struct sc_endpoint *sc_endpoint_open_source (const char *name,
                                    without resizing it (as qemu-img
                                    convert -n): it must exist and hold
                                    the data */
+#define SC_TARGET_FIT 0x80      /* with SC_TARGET_IN_PLACE: an existing
+                                   regular file takes the length of what
+                                   is written (grown as needed, cut to
+                                   the end of a complete image by
+                                   sc_pack), for an image written over
+                                   a file; a device keeps its size */
 /* How ranges that read as zero are made so on a target that does not
  * read as zero already (one of these, or none for "auto": unmap where
  * the target guarantees that unmapped ranges read as zero, else zero
@@ -136,7 +142,8 @@ extern struct sc_endpoint *sc_endpoint_open_source (const char *name,
  * without committing removes it.  A file replaced with SC_TARGET_FORCE
  * keeps its owner, group and permission bits (where this process may
  * set them).  With SC_TARGET_IN_PLACE an existing file or device is
- * written where it is, keeping its size (and any tail past size).
+ * written where it is, keeping its size (and any tail past size), or
+ * with SC_TARGET_FIT too, a file taking the length of the image.
  * A block device is a target only with SC_TARGET_FORCE or
  * SC_TARGET_DEVICE, and is opened exclusively (O_EXCL), which fails
  * only while it is mounted, a swap area, held by another device or
@@ -662,9 +669,12 @@ extern void sc_pack_opts_init (struct sc_pack_opts *opts);
 /* Pack src into a qcow2 image written to dst, a target opened by the
  * caller with any size: it is sized to the image once the layout is
  * known (a new file grows, a device must be large enough, a stream is
- * written forward).  On success everything is written and flushed and
- * a file source was found unchanged; the caller commits dst
- * (sc_endpoint_commit), or closes it to throw it away.
+ * written forward; a file written in place with SC_TARGET_FIT is cut
+ * to the image's length at the end).  A target written where it is
+ * gets the qcow2 magic last, after everything else is flushed, so that
+ * a failure leaves no image there.  On success everything is written
+ * and flushed and a file source was found unchanged; the caller
+ * commits dst (sc_endpoint_commit), or closes it to throw it away.
  * Returns 0, or -1 with errno EINVAL (bad options), EMEDIUMTYPE (the
  * source is a qcow2 image and refuse_images is set), EBUSY (a file
  * source changed while it was read), EIO, ENOSPC, EFBIG, ENOMEM.
