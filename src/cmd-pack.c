@@ -47,6 +47,14 @@ usage (FILE *fp)
 "                           it is a block device\n"
 "      --target-is-device   write to TARGET, a block device (anything\n"
 "                           else is refused)\n"
+"  -n, --in-place           write into the existing TARGET where it is: no\n"
+"                           temporary name, the same inode (owner, mode,\n"
+"                           links kept); a file is cut to the image's\n"
+"                           length.  Unlike qemu-img convert -n -O qcow2,\n"
+"                           TARGET is not opened as an image: its bytes\n"
+"                           are replaced by the new image\n"
+"      --target-is-zero     with -n: TARGET reads as zero already: ranges\n"
+"                           of zeros are not written\n"
 "      --source-format=raw|qcow2\n"
 "                           do not probe SOURCE: pack its bytes (raw) or\n"
 "                           re-pack it as a qcow2 image\n"
@@ -81,6 +89,8 @@ CLI_NBD_HELP,
 static const struct option long_options[] = {
   { "force", no_argument, NULL, 'f' },
   { "target-is-device", no_argument, NULL, OPT_TARGET_IS_DEVICE },
+  { "in-place", no_argument, NULL, 'n' },
+  { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
   { "compress", optional_argument, NULL, OPT_COMPRESS },
   { "level", required_argument, NULL, OPT_LEVEL },
   { "compat", required_argument, NULL, OPT_COMPAT },
@@ -595,7 +605,7 @@ cmd_pack (int argc, char **argv)
 
   sc_pack_opts_init (&opts);
   cli_check_brackets ("pack", argc, argv);
-  while ((c = cli_getopt (argc, argv, "fc::S:o:O:", long_options, &common,
+  while ((c = cli_getopt (argc, argv, "fnc::S:o:O:", long_options, &common,
                           usage)) != -1) {
     switch (c) {
     case 'f':
@@ -606,6 +616,13 @@ cmd_pack (int argc, char **argv)
       break;
     case OPT_TARGET_IS_DEVICE:
       target_flags |= SC_TARGET_DEVICE;
+      break;
+    case 'n':
+      /* The image replaces the file's bytes, and its length too. */
+      target_flags |= SC_TARGET_IN_PLACE | SC_TARGET_FIT;
+      break;
+    case OPT_TARGET_IS_ZERO:
+      target_flags |= SC_TARGET_ZEROED;
       break;
     case 'c':
     case OPT_COMPRESS:
@@ -703,6 +720,16 @@ cmd_pack (int argc, char **argv)
   cli_operands ("pack", argc, argv, optind, ops, 2, "SOURCE and TARGET");
   source = ops[0].name;
   target = ops[1].name;
+  /* As qemu-img convert: only a target that exists and is written where
+   * it is can read as zero already, and a stream is never one.
+   */
+  if ((target_flags & SC_TARGET_IN_PLACE) && strcmp (target, "-") == 0)
+    cli_usage_error ("pack", "-n writes into an existing file or block "
+                     "device, not %s", target);
+  if ((target_flags & SC_TARGET_ZEROED)
+      && !(target_flags & SC_TARGET_IN_PLACE))
+    cli_usage_error ("pack", "--target-is-zero needs -n: only a target "
+                     "written in place can read as zero already");
   if (!ops[0].nbd && !ops[1].nbd && cli_target_is_source (source, target))
     return EXIT_ERROR;
   cli_check_progress ("pack", &common, strcmp (target, "-") == 0,

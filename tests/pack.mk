@@ -22,6 +22,7 @@ EXTRA_DIST += \
 TESTS += \
 	tests/pack-determinism.sh \
 	tests/pack-safety.sh \
+	tests/pack-in-place.sh \
 	tests/pack-options.sh \
 	tests/pack-huge.sh \
 	tests/pack-stream.sh \
@@ -32,6 +33,7 @@ TESTS += \
 EXTRA_DIST += \
 	tests/pack-determinism.sh \
 	tests/pack-safety.sh \
+	tests/pack-in-place.sh \
 	tests/pack-options.sh \
 	tests/pack-huge.sh \
 	tests/pack-stream.sh \
