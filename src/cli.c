@@ -1090,14 +1090,43 @@ target_backs_loop (const char *target, const struct stat *t)
   return r;
 }
 
-bool
-cli_target_is_source (const char *source, const char *target)
+/* Is the existing target t one of the files that the NBD server
+ * command argv serves: an argument, or the value of a KEY=VALUE one
+ * (nbdkit's file=PATH), that names it?  Then print why and return true.
+ */
+static bool
+target_is_served (char **argv, const char *target, const struct stat *t)
 {
+  for (size_t i = 1; argv[i]; i++) {
+    const char *eq = strchr (argv[i], '=');
+    const char *names[2] = { argv[i], eq ? eq + 1 : NULL };
+
+    for (size_t k = 0; k < 2 && names[k]; k++) {
+      struct stat s;
+
+      if (names[k][0] != '\0' && stat (names[k], &s) == 0
+          && target_is ("file of the NBD server", names[k], &s, target, t))
+        return true;
+    }
+  }
+  return false;
+}
+
+bool
+cli_target_is_source (const struct cli_operand *op, const char *target)
+{
+  const char *source = op->name;
   struct stat s, t;
   bool have_source;
 
   if (stat_endpoint (target, STDOUT_FILENO, &t) == -1)
     return false;
+  /* An export is no file here; a server started here may read one,
+   * and a loop device reads the target whatever the source.
+   */
+  if (op->nbd)
+    return (op->argv && target_is_served (op->argv, target, &t))
+           || target_backs_loop (target, &t);
   have_source = stat_endpoint (source, STDIN_FILENO, &s) == 0;
   /* The same file (also behind a redirection of a standard stream),
    * two device nodes of the same disk, a loop device over the other;

@@ -254,14 +254,17 @@ extern bool cli_partition_of (dev_t dev, dev_t *disk);
 extern bool cli_loop_over (const char *name, const struct stat *st,
                            const struct stat *file_st);
 
-/* Is target the very file source is (after symbolic links, and for
- * "-" the file behind the standard stream), the same block device, or
- * a loop device over the source file?  Or the file or device that an
- * attached loop device reads (whatever the source)?  Then print why and
- * return true: writing it, even with -f, would lose the source, or
- * change what the loop device's user (a mounted file system) holds.
+/* Is target the very file the source operand is (after symbolic
+ * links, and for "-" the file behind the standard stream), the same
+ * block device, or a loop device over the source file?  For an NBD
+ * server started here, a file that one of its arguments names?  Or,
+ * whatever the source (an NBD export too), the file or device that an
+ * attached loop device reads?  Then print why and return true: writing
+ * it, even with -f, would lose the source, or change what the loop
+ * device's user (a mounted file system) holds.
  */
-extern bool cli_target_is_source (const char *source, const char *target);
+extern bool cli_target_is_source (const struct cli_operand *source,
+                                  const char *target);
 
 /* Are the file input and the target one regular file, by device and
  * inode (after symbolic links and hard links; a target "-" is the file

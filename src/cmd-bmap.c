@@ -108,8 +108,7 @@ cmd_bmap (int argc, char **argv)
                       strcmp (op.name, "-") == 0);
   cli_check_progress_not ("bmap", &common, op.name);
   cli_check_progress_not ("bmap", &common, out.name);
-  if (!op.nbd && strcmp (out.name, "-") != 0
-      && cli_target_is_source (op.name, out.name))
+  if (strcmp (out.name, "-") != 0 && cli_target_is_source (&op, out.name))
     return EXIT_ERROR;
 
   /* What the source is: a qcow2 image is mapped through its guest

@@ -730,7 +730,7 @@ cmd_pack (int argc, char **argv)
       && !(target_flags & SC_TARGET_IN_PLACE))
     cli_usage_error ("pack", "--target-is-zero needs -n: only a target "
                      "written in place can read as zero already");
-  if (!ops[0].nbd && !ops[1].nbd && cli_target_is_source (source, target))
+  if (!ops[1].nbd && cli_target_is_source (&ops[0], target))
     return EXIT_ERROR;
   cli_check_progress ("pack", &common, strcmp (target, "-") == 0,
                       strcmp (source, "-") == 0);
@@ -797,7 +797,7 @@ cmd_pack (int argc, char **argv)
       cli_usage_error ("pack", "--bmap-out and TARGET are one file");
     if (bmap_map && cli_same_file (bmap_map, bmap_out))
       cli_usage_error ("pack", "--map=bmap: and --bmap-out are one file");
-    if (!ops[0].nbd && cli_target_is_source (source, bmap_out))
+    if (cli_target_is_source (&ops[0], bmap_out))
       return EXIT_ERROR;
     cli_install_signal_handlers ();
     /* Written by sc_pack, committed after the image. */

@@ -337,8 +337,7 @@ cmd_unpack (int argc, char **argv)
   for (int i = 0; i < ntargets; i++) {
     bool out = strcmp (targets[i].name, "-") == 0;
 
-    if (!ops[0].nbd && !targets[i].nbd
-        && cli_target_is_source (image, targets[i].name))
+    if (!targets[i].nbd && cli_target_is_source (&ops[0], targets[i].name))
       goto out;
     /* With -f, the target would replace the bmap it is read through. */
     if (bmap_path && !targets[i].nbd
