@@ -35,6 +35,12 @@ enum header_mode {
    * (partly) past the end of the file, where they read as zeros.
    */
   HEADER_CHECK,
+  /* As HEADER_CHECK, for qemu-img info, which opens an image without
+   * doing I/O on it: the external data file is not opened, so an image
+   * may need one without naming it, or have the raw data file bit
+   * without needing one.
+   */
+  HEADER_CHECK_NO_IO,
 };
 
 static int
@@ -327,7 +333,7 @@ header_read (struct sc_endpoint *ep, uint64_t file_size, enum header_mode mode,
              struct qcow2_header *h)
 {
   const bool for_reading = mode == HEADER_READ || mode == HEADER_READ_CORRUPT;
-  const bool for_check = mode == HEADER_CHECK;
+  const bool for_check = mode == HEADER_CHECK || mode == HEADER_CHECK_NO_IO;
   unsigned char fixed[QCOW2_V2_HEADER_SIZE];
   CLEANUP_FREE unsigned char *buf = NULL;
   uint64_t buf_len, l1_needed, cluster_entries;
@@ -540,7 +546,7 @@ header_read (struct sc_endpoint *ep, uint64_t file_size, enum header_mode mode,
    * an image that needs one must name one; the checker itself does not
    * need it.
    */
-  if (for_check) {
+  if (mode == HEADER_CHECK) {
     bool data_file_bit = h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
 
     if (data_file_bit && h->data_file == NULL) {
@@ -655,6 +661,13 @@ qcow2_header_read_for_check (struct sc_endpoint *ep, uint64_t file_size,
                              struct qcow2_header *h)
 {
   return header_read (ep, file_size, HEADER_CHECK, h);
+}
+
+int
+qcow2_header_read_for_info (struct sc_endpoint *ep, uint64_t file_size,
+                            struct qcow2_header *h)
+{
+  return header_read (ep, file_size, HEADER_CHECK_NO_IO, h);
 }
 
 void

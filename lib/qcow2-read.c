@@ -1517,6 +1517,36 @@ free_snapshots (struct sc_snapshot_info *s, size_t n)
   free (s);
 }
 
+/* The snapshots of a parsed table (t->n > 0) as the library shows
+ * them in *out (t->n entries).  The strings change hands; t is freed
+ * either way.
+ */
+static int
+snapshots_take (struct qcow2_snapshots *t, struct sc_snapshot_info **out)
+{
+  struct sc_snapshot_info *s = calloc (t->n, sizeof *s);
+
+  if (s == NULL) {
+    sc_set_error (errno, "calloc: %s", strerror (errno));
+    qcow2_snapshots_free (t);
+    return -1;
+  }
+  for (size_t i = 0; i < t->n; i++) {
+    s[i].id = t->s[i].id;
+    s[i].name = t->s[i].name;
+    t->s[i].id = t->s[i].name = NULL;
+    s[i].vm_state_size = t->s[i].vm_state_size;
+    s[i].date_sec = t->s[i].date_sec;
+    s[i].date_nsec = t->s[i].date_nsec;
+    s[i].vm_clock_nsec = t->s[i].vm_clock_nsec;
+    s[i].disk_size = t->s[i].disk_size;
+    s[i].icount = t->s[i].icount;
+  }
+  qcow2_snapshots_free (t);
+  *out = s;
+  return 0;
+}
+
 /* Parse the snapshot table of a qcow2 layer; when want is not NULL,
  * return the L1 table of the snapshot it names in *l1_offset,
  * *l1_entries and its size in *disk_size.
@@ -1561,25 +1591,8 @@ read_snapshots (struct sc_qcow2 *q, struct layer *L, const char *want,
     *disk_size = t.s[found].disk_size ? t.s[found].disk_size : L->h.size;
   }
 
-  s = calloc (n, sizeof *s);
-  if (s == NULL) {
-    sc_set_error (errno, "calloc: %s", strerror (errno));
-    qcow2_snapshots_free (&t);
+  if (snapshots_take (&t, &s) == -1)
     return -1;
-  }
-  for (size_t i = 0; i < n; i++) {
-    /* The strings change hands. */
-    s[i].id = t.s[i].id;
-    s[i].name = t.s[i].name;
-    t.s[i].id = t.s[i].name = NULL;
-    s[i].vm_state_size = t.s[i].vm_state_size;
-    s[i].date_sec = t.s[i].date_sec;
-    s[i].date_nsec = t.s[i].date_nsec;
-    s[i].vm_clock_nsec = t.s[i].vm_clock_nsec;
-    s[i].disk_size = t.s[i].disk_size;
-    s[i].icount = t.s[i].icount;
-  }
-  qcow2_snapshots_free (&t);
   q->snapshots = s;
   q->nb_snapshots = n;
   return 0;
@@ -2246,6 +2259,7 @@ sc_qcow2_info_free (struct sc_qcow2_info *info)
   free (info->backing_file);
   free (info->backing_format);
   free (info->backing_error);
+  free (info->damage);
   for (size_t i = 0; i < info->chain_len; i++) {
     free (info->chain[i].filename);
     free (info->chain[i].format);
@@ -2254,4 +2268,240 @@ sc_qcow2_info_free (struct sc_qcow2_info *info)
   free_snapshots (info->snapshots, info->nb_snapshots);
   qcow2_bitmaps_free (info->bitmaps, info->nb_bitmaps);
   memset (info, 0, sizeof *info);
+}
+
+/* ---- inspecting a damaged image --------------------------------------- */
+
+/* Append one file to info's chain. */
+static int
+chain_append (struct sc_qcow2_info *info, const char *filename,
+              const char *format)
+{
+  struct sc_backing_info *c;
+
+  c = realloc (info->chain, (info->chain_len + 1) * sizeof *c);
+  if (c == NULL) {
+    sc_set_error (errno, "realloc: %s", strerror (errno));
+    return -1;
+  }
+  info->chain = c;
+  c = &info->chain[info->chain_len];
+  c->filename = xstrdup (filename);
+  c->format = xstrdup (format);
+  if (c->filename == NULL || c->format == NULL) {
+    free (c->filename);
+    free (c->format);
+    return -1;
+  }
+  info->chain_len++;
+  return 0;
+}
+
+/* The backing chain of a damaged image whose header h names a backing
+ * file: opened from that file on, as open_chain opens it, with what
+ * ends it early in backing_error.
+ */
+static int
+inspect_backing (const char *image, const struct qcow2_header *h,
+                 const struct sc_qcow2_open_opts *opts, bool remote,
+                 struct sc_qcow2_info *info)
+{
+  struct sc_qcow2_open_opts o = { 0 };
+  struct sc_qcow2_info b;
+  struct sc_qcow2 *q;
+  CLEANUP_FREE char *file = NULL;
+  int r, is_qcow2;
+
+  if (h->backing_file == NULL)
+    return 0;
+  if (remote || (opts && opts->no_external_files)) {
+    if (asprintf (&info->backing_error, "backing file %s: %s",
+                  h->backing_file,
+                  remote ? "cannot be opened over NBD (the name is one on "
+                           "the server's side)"
+                         : "not opened (external files are not allowed "
+                           "here)") == -1) {
+      info->backing_error = NULL;
+      sc_set_error (ENOMEM, "out of memory");
+      return -1;
+    }
+    return 0;
+  }
+  if ((file = resolve_relative (image, h->backing_file)) == NULL)
+    return -1;
+  if (opts)
+    o = *opts;
+  o.snapshot = NULL;
+  o.backing_optional = true;
+  is_qcow2 = sc_is_qcow2 (file);
+  if (is_qcow2 == 1 && !(h->backing_format
+                         && strcmp (h->backing_format, "qcow2"))) {
+    if ((q = sc_qcow2_open (file, &o)) != NULL) {
+      r = sc_qcow2_get_info (q, &b);
+      sc_qcow2_close (q);
+      if (r == 0) {
+        r = chain_append (info, file, "qcow2");
+        for (size_t i = 0; r == 0 && i < b.chain_len; i++)
+          r = chain_append (info, b.chain[i].filename, b.chain[i].format);
+        info->backing_error = b.backing_error;
+        b.backing_error = NULL;
+        sc_qcow2_info_free (&b);
+        return r;
+      }
+    }
+  }
+  else if (is_qcow2 == 0 && !(h->backing_format
+                              && strcmp (h->backing_format, "raw")))
+    return chain_append (info, file, "raw");
+  else if (is_qcow2 != -1) {
+    if (h->backing_format && strcmp (h->backing_format, "raw")
+        && strcmp (h->backing_format, "qcow2"))
+      sc_set_error (ENOTSUP, "backing format '%s' is not supported",
+                    h->backing_format);
+    else
+      sc_set_error (EINVAL, "not a qcow2 image (bad magic)");
+  }
+  sc_error_prefix ("backing file %s", file);
+  info->backing_error = xstrdup (sc_error_message ());
+  return info->backing_error ? 0 : -1;
+}
+
+/* What the header h, the snapshot table t and the bitmap directory of
+ * a damaged image (in ep, named name) say, as qemu-img info shows it;
+ * damage: why its data cannot be read.  t is freed.
+ */
+static int
+inspect_header (const char *name, struct sc_endpoint *ep,
+                const struct qcow2_header *h, struct qcow2_snapshots *t,
+                const struct sc_qcow2_open_opts *opts, const char *damage,
+                struct sc_qcow2_info *info)
+{
+  memset (info, 0, sizeof *info);
+  info->version = h->version;
+  /* As the reader: qemu counts the guest size in whole sectors. */
+  info->virtual_size = SC_ROUND_DOWN (h->size, RAW_SECTOR_SIZE);
+  info->file_size = ep->size;
+  info->cluster_size = h->cluster_size;
+  info->refcount_bits = h->refcount_bits;
+  info->compression_type = h->compression_type == SC_CODEC_ZSTD
+    ? SC_CODEC_ZSTD : SC_CODEC_DEFLATE;
+  info->incompatible_features = h->incompatible_features;
+  info->compatible_features = h->compatible_features;
+  info->autoclear_features = h->autoclear_features;
+  info->dirty = h->incompatible_features & QCOW2_INCOMPAT_DIRTY;
+  info->corrupt = h->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
+  info->lazy_refcounts = h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
+  info->extended_l2 = h->incompatible_features & QCOW2_INCOMPAT_EXTL2;
+  info->data_file_raw = h->autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
+
+  if ((info->damage = xstrdup (damage)) == NULL
+      || (info->filename = xstrdup (name)) == NULL)
+    goto err;
+  if ((h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE) && h->data_file
+      && (info->data_file = xstrdup (h->data_file)) == NULL)
+    goto err;
+  if (h->backing_file
+      && (info->backing_file = xstrdup (h->backing_file)) == NULL)
+    goto err;
+  if (h->backing_format
+      && (info->backing_format = xstrdup (h->backing_format)) == NULL)
+    goto err;
+  if (t->n > 0) {
+    size_t n = t->n;
+    if (snapshots_take (t, &info->snapshots) == -1)
+      goto err;
+    info->nb_snapshots = n;
+  }
+  if (qcow2_bitmaps_list (ep, ep->size, h, &info->bitmaps,
+                          &info->nb_bitmaps) == -1
+      || inspect_backing (name, h, opts, (ep->flags & SC_EP_REMOTE) != 0,
+                          info) == -1)
+    goto err;
+  return 0;
+
+ err:
+  qcow2_snapshots_free (t);
+  sc_qcow2_info_free (info);
+  return -1;
+}
+
+int
+sc_qcow2_inspect (const char *path, struct sc_endpoint *file,
+                  const struct sc_qcow2_open_opts *opts,
+                  struct sc_qcow2_info *info)
+{
+  struct sc_qcow2_open_opts o = { 0 };
+  struct sc_endpoint *ep = file;
+  struct qcow2_header h;
+  struct qcow2_snapshots t = { 0 };
+  struct sc_qcow2 *q;
+  CLEANUP_FREE char *damage = NULL;
+  const char *name;
+  bool qemu_refuses = false;
+  int r = -1, err;
+
+  memset (info, 0, sizeof *info);
+  memset (&h, 0, sizeof h);
+  if (opts)
+    o = *opts;
+  /* A backing file that cannot be opened is not damage of this image. */
+  o.backing_optional = true;
+  if (ep == NULL && (ep = qcow2_open_file (path)) == NULL)
+    return -1;
+  name = file ? file->name : path;
+  if (refuse_stream (ep) == -1
+      || (!o.force_share
+          && sc_lock_check_read (sc_ep_local_fd (ep)) == -1))
+    goto out;
+  /* What qemu refuses to open, this refuses too: the header as qemu
+   * parses it when it opens an image for qemu-img info, and the
+   * snapshot table read as qemu reads it.  qemu checks an image without
+   * a refcount table, but opens it for nothing else.
+   */
+  if (qcow2_header_read_for_info (ep, ep->size, &h) == -1
+      || qcow2_snapshots_read (ep, ep->size, &h, true, &t) == -1)
+    qemu_refuses = true;
+  else if (h.refcount_table_clusters == 0) {
+    sc_set_error (EINVAL, "image has no refcount table");
+    qemu_refuses = true;
+  }
+  if (qemu_refuses) {
+    err = sc_error_errno ();
+    if ((damage = xstrdup (sc_error_message ())) == NULL)
+      goto out;
+  }
+
+  q = file ? sc_qcow2_open_endpoint (file, &o)
+           : open_handle (ep, false, path, &o);
+  /* What the reader refuses too, it says why in its own words. */
+  if (qemu_refuses) {
+    if (q != NULL) {
+      sc_qcow2_close (q);
+      sc_set_error (err, "%s", damage);
+    }
+    goto out;
+  }
+  if (q != NULL) {
+    r = sc_qcow2_get_info (q, info);
+    sc_qcow2_close (q);
+    if (r == 0)
+      goto out;
+  }
+  /* Damage (EINVAL, EIO) keeps the reader from the data, not from the
+   * header; any other error is the answer.
+   */
+  err = sc_error_errno ();
+  r = -1;
+  if (err != EINVAL && err != EIO)
+    goto out;
+  if ((damage = xstrdup (sc_error_message ())) == NULL)
+    goto out;
+  r = inspect_header (name, ep, &h, &t, &o, damage, info);
+
+ out:
+  qcow2_snapshots_free (&t);
+  qcow2_header_free (&h);
+  if (ep != file)
+    sc_ep_close (ep);
+  return r;
 }

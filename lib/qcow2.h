@@ -258,6 +258,13 @@ extern int qcow2_header_read_even_corrupt (struct sc_endpoint *ep,
 extern int qcow2_header_read_for_check (struct sc_endpoint *ep,
                                         uint64_t file_size,
                                         struct qcow2_header *h);
+/* As qcow2_header_read_for_check, as qemu opens an image for qemu-img
+ * info: without its external data file, so an image that needs one
+ * need not name it, and the raw data file bit may be set without it.
+ */
+extern int qcow2_header_read_for_info (struct sc_endpoint *ep,
+                                       uint64_t file_size,
+                                       struct qcow2_header *h);
 /* qemu's block layer fails a read that ends past this offset (INT64_MAX
  * rounded down to 1 GiB); below it, reads past the end of a file
  * return zeros.

@@ -590,9 +590,31 @@ struct sc_qcow2_info {
   uint64_t allocated_clusters;  /* clusters with host data (incl. compressed) */
   uint64_t compressed_clusters;
   uint64_t zero_clusters;       /* read-as-zero clusters */
+  /* From sc_qcow2_inspect: why the image cannot be read (its tables are
+   * damaged), or NULL.  The counts above are then not known (0), and
+   * chain holds the backing chain of the file the header names.
+   */
+  char *damage;
 };
 
 extern int sc_qcow2_get_info (struct sc_qcow2 *q, struct sc_qcow2_info *info);
+/* What qemu-img info shows of an image, damaged or not: the image in
+ * file (an endpoint read at random offsets, kept by the caller), or at
+ * path when file is NULL, opened with opts.  An image that
+ * sc_qcow2_open opens gives what sc_qcow2_get_info gives, with damage
+ * NULL.  One that it refuses as damaged (EINVAL, EIO: an L1 or
+ * refcount table past the end of the file, reserved bits in a table
+ * entry, a damaged snapshot table) gives what its header, its header
+ * extensions and its snapshot table say, read as qemu reads them (zeros
+ * past the end of the file), with damage saying why its data cannot be
+ * read; nothing else of it is read.  Returns -1 with the error when the
+ * image cannot be opened, when qemu would not open it either (a table
+ * it cannot read at all, a misaligned one, a snapshot table at an
+ * invalid offset), and for other errors of sc_qcow2_open.
+ */
+extern int sc_qcow2_inspect (const char *path, struct sc_endpoint *file,
+                             const struct sc_qcow2_open_opts *opts,
+                             struct sc_qcow2_info *info);
 extern void sc_qcow2_info_free (struct sc_qcow2_info *info);
 
 /* ---- pack.c + qcow2-plan.c: the writer ----------------------------- */
