@@ -19,6 +19,11 @@
 
 enum { OPT_BACKING_CHAIN = 0x200 };
 
+/* Incompatible feature bit 2 (qcow2 specification): an external data
+ * file holds the guest data.
+ */
+#define INCOMPAT_DATA_FILE (UINT64_C (1) << 2)
+
 static uint64_t actual_size_of (const char *path);
 
 static void
@@ -225,10 +230,13 @@ json_image (struct json *j, const struct sc_qcow2_info *i,
   }
   json_u64 (j, "refcount-bits", i->refcount_bits);
   if (i->version >= 3) {
-    if (i->data_file) {
+    /* An image that needs a data file may not name it (qemu-img info
+     * opens it without one): the raw bit is shown all the same.
+     */
+    if (i->data_file)
       json_str (j, "data-file", i->data_file);
+    if (i->incompatible_features & INCOMPAT_DATA_FILE)
       json_bool (j, "data-file-raw", i->data_file_raw);
-    }
     json_bool (j, "corrupt", i->corrupt);
     json_bool (j, "extended-l2", i->extended_l2);
   }
@@ -299,9 +307,13 @@ json_image (struct json *j, const struct sc_qcow2_info *i,
     }
     json_close (j, ']');
   }
-  json_u64 (j, "allocated-clusters", i->allocated_clusters);
-  json_u64 (j, "compressed-clusters", i->compressed_clusters);
-  json_u64 (j, "zero-clusters", i->zero_clusters);
+  if (i->damage)
+    json_str (j, "damage", i->damage);
+  else {
+    json_u64 (j, "allocated-clusters", i->allocated_clusters);
+    json_u64 (j, "compressed-clusters", i->compressed_clusters);
+    json_u64 (j, "zero-clusters", i->zero_clusters);
+  }
   json_close (j, '}');
   json_close (j, '}');
 }
@@ -420,12 +432,18 @@ print_human (const struct sc_qcow2_info *i, uint64_t actual_size,
     }
   }
   printf ("    refcount bits: %" PRIu32 "\n", i->refcount_bits);
+  /* Where qemu-img info puts them. */
+  if (i->data_file)
+    printf ("    data file: %s\n", i->data_file);
+  if (i->incompatible_features & INCOMPAT_DATA_FILE)
+    printf ("    data file raw: %s\n", tf (i->data_file_raw));
   printf ("    corrupt: %s\n", tf (i->corrupt));
   printf ("    dirty: %s\n", tf (i->dirty));
   printf ("    extended l2: %s\n", tf (i->extended_l2));
-  if (i->data_file) {
-    printf ("    data file: %s\n", i->data_file);
-    printf ("    data file raw: %s\n", tf (i->data_file_raw));
+  /* A damaged image's tables are not walked: nothing to count. */
+  if (i->damage) {
+    printf ("Damage: %s\n", i->damage);
+    return;
   }
   printf ("Allocation:\n");
   printf ("    allocated clusters: %" PRIu64 "\n", i->allocated_clusters);
@@ -446,19 +464,16 @@ image_info (const char *path, struct sc_endpoint *ep,
   struct sc_qcow2_open_opts qopts = { .backing_optional = true,
                                       .allow_corrupt = true,
                                       .force_share = force_share };
-  struct sc_qcow2 *q = ep ? sc_qcow2_open_endpoint (ep, &qopts)
-                          : sc_qcow2_open (path, &qopts);
-  int r;
 
-  if (q == NULL) {
+  /* A damaged image is shown too, as far as qemu-img info shows it. */
+  if (sc_qcow2_inspect (path, ep, &qopts, info) == -1) {
     cli_lib_error (path);
     return -1;
   }
-  r = sc_qcow2_get_info (q, info);
-  if (r == -1)
-    cli_lib_error (path);
-  sc_qcow2_close (q);
-  return r;
+  if (info->damage)
+    fprintf (stderr, "%s: %s: %s: the image is damaged, its data cannot "
+             "be read\n", cli_program, path, info->damage);
+  return 0;
 }
 
 /* What a file really occupies, as qemu-img's "disk size" ("-": the

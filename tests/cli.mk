@@ -7,6 +7,7 @@ TESTS += \
 	tests/cli-progress-pace.sh \
 	tests/cli-stdin.sh \
 	tests/cli-info-json.sh \
+	tests/cli-damaged-info.sh \
 	tests/cli-sparse.sh \
 	tests/cli-lock.sh \
 	tests/cli-completion.sh
@@ -17,6 +18,7 @@ EXTRA_DIST += \
 	tests/progress-check.py \
 	tests/cli-stdin.sh \
 	tests/cli-info-json.sh \
+	tests/cli-damaged-info.sh \
 	tests/cli-sparse.sh \
 	tests/cli-lock.sh \
 	tests/cli-completion.sh

@@ -51,6 +51,29 @@ expect_fail () {
   fi
 }
 
+# info_as_qemu PATTERN IMAGE: sparsecow info on an image its reader
+# refuses (PATTERN matches why, on stderr) does what qemu-img info does:
+# where qemu-img info shows the image, info shows it too (exit 0) and
+# says on stderr that it is damaged and why; where qemu-img info fails,
+# info fails.
+info_as_qemu () {
+  local pattern=$1 img=$2 qrc=0 src=0
+  qemu-img info "$img" >/dev/null 2>&1 || qrc=$?
+  if [ "$qrc" != 0 ]; then
+    expect_fail "$pattern" sparsecow info "$img"
+    return
+  fi
+  sparsecow info "$img" >/dev/null 2>"$tmp/.stderr" || src=$?
+  if grep -q "AddressSanitizer\|runtime error\|Segmentation" "$tmp/.stderr"
+  then
+    cat "$tmp/.stderr" >&2; fail "crash or sanitizer report from: info $img"
+  fi
+  [ "$src" = 0 ] || {
+    cat "$tmp/.stderr" >&2; fail "qemu-img info shows $img, sparsecow info exits $src"; }
+  grep -q "damaged" "$tmp/.stderr" && grep -Eq -- "$pattern" "$tmp/.stderr" || {
+    cat "$tmp/.stderr" >&2; fail "info $img does not say it is damaged ('$pattern')"; }
+}
+
 # Blocks (512 B) allocated to a file.
 allocated_bytes () { echo $(( $(stat -c %b "$1") * 512 )); }
 

@@ -207,6 +207,14 @@ bad () {
   expect_fail "$pattern" sparsecow map --json "$img"
 }
 
+# damaged PATTERN IMAGE: as bad, but info shows what qemu-img info
+# shows of the image.
+damaged () {
+  local pattern=$1 img=$2
+  info_as_qemu "$pattern" "$img"
+  expect_fail "$pattern" sparsecow map --json "$img"
+}
+
 fresh () {
   qemu-img create -q -f qcow2 "$1" 4M
   qio -c "write -P 1 0 128k" "$1"
@@ -221,7 +229,7 @@ bad "trunc-hdr.qcow2: .*too small" trunc-hdr.qcow2
 # Cut inside the L1/refcount tables (the file ends before them).
 cp ok.qcow2 trunc.qcow2
 truncate -s 70000 trunc.qcow2
-bad "trunc.qcow2: .*(beyond the end|outside the file)" trunc.qcow2
+damaged "trunc.qcow2: .*(beyond the end|outside the file)" trunc.qcow2
 
 cp ok.qcow2 magic.qcow2
 poke magic.qcow2 0 51 46 49 00
@@ -328,17 +336,17 @@ grep -q "loopb.qcow2: .*loops" loop.err || fail "info loopb.qcow2: no loop"
 l1=$(od -An -tu8 --endian=big -j40 -N8 ok.qcow2 | tr -d ' ')
 cp ok.qcow2 l1res.qcow2
 poke l1res.qcow2 "$l1" 01
-bad "l1res.qcow2: L1 entry 0 .* reserved bits" l1res.qcow2
+damaged "l1res.qcow2: L1 entry 0 .* reserved bits" l1res.qcow2
 cp ok.qcow2 l1out.qcow2
 poke l1out.qcow2 "$l1" 00 00 00 00 10 00 00 00
-bad "l1out.qcow2: L1 entry 0: the L2 table at host offset 268435456 lies past the end of the file .*cut short" l1out.qcow2
+damaged "l1out.qcow2: L1 entry 0: the L2 table at host offset 268435456 lies past the end of the file .*cut short" l1out.qcow2
 # The L2 table offset of L1 entry 0, without the COPIED flag.
 l2=$(python3 -c 'import struct, sys
 f = open(sys.argv[1], "rb"); f.seek(int(sys.argv[2]))
 print(struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00)' ok.qcow2 "$l1")
 cp ok.qcow2 l2res.qcow2
 poke l2res.qcow2 $((l2 + 8)) 00 00 00 00 00 00 00 02
-bad "l2res.qcow2: .*L2 entry .* reserved bits" l2res.qcow2
+damaged "l2res.qcow2: .*L2 entry .* reserved bits" l2res.qcow2
 
 # 65 backing files (once the limit) are read; tests/hostile-chain.sh
 # reads 1024 and refuses 1025.
