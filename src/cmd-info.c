@@ -4,6 +4,7 @@
  */
 #include <config.h>
 
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -499,7 +500,8 @@ cmd_info (int argc, char **argv)
     { "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN },
     { NULL, 0, NULL, 0 },
   };
-  struct sc_qcow2_info info;
+  struct sc_qcow2_info info, *chain_info = NULL;
+  size_t chain_opened = 0;      /* entries of chain_info to free */
   struct cli_common common = { 0 };
   struct cli_operand op;
   struct sc_endpoint *ep = NULL;
@@ -553,52 +555,69 @@ cmd_info (int argc, char **argv)
   if (info.backing_error)
     fprintf (stderr, "%s: %s: %s\n", cli_program, path, info.backing_error);
 
-  if (json && chain) {
-    json_open (&j, '[');
-    json_sep (&j);
-  }
-  if (json)
-    json_image (&j, &info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path),
-                op.nbd);
-  else
-    print_human (&info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path),
-                 op.nbd);
-
-  /* --backing-chain: every image of the chain in turn, as qemu-img
-   * prints them; one that cannot be opened is an error, as there.
+  /* --backing-chain: every image of the chain, as qemu-img prints
+   * them.  Like qemu-img, every one is opened before anything is
+   * printed: a chain that cannot be opened whole prints nothing.
    */
-  for (size_t k = 0; chain && k < info.chain_len; k++) {
-    const struct sc_backing_info *b = &info.chain[k];
-    struct sc_qcow2_info bi;
-
-    if (json)
-      json_sep (&j);
-    else
-      printf ("\n");
-    if (b->format && strcmp (b->format, "raw") == 0) {
-      if (json)
-        json_raw (&j, b->filename);
-      else
-        print_human_raw (b->filename);
-      continue;
-    }
-    if (image_info (b->filename, NULL, &bi, common.force_share) == -1) {
+  if (chain && info.chain_len > 0) {
+    chain_info = calloc (info.chain_len, sizeof *chain_info);
+    if (chain_info == NULL) {
+      cli_error ("info: %s", strerror (errno));
       rc = EXIT_ERROR;
-      break;
     }
-    if (json)
-      json_image (&j, &bi, actual_size_of (b->filename), false);
+  }
+  for (size_t k = 0; chain && rc == EXIT_OK && k < info.chain_len; k++) {
+    const struct sc_backing_info *b = &info.chain[k];
+
+    if (b->format && strcmp (b->format, "raw") == 0)
+      continue;
+    if (image_info (b->filename, NULL, &chain_info[k],
+                    common.force_share) == -1)
+      rc = EXIT_ERROR;
     else
-      print_human (&bi, actual_size_of (b->filename), false);
-    sc_qcow2_info_free (&bi);
+      chain_opened = k + 1;
   }
   if (chain && info.backing_error)
     rc = EXIT_ERROR;
-  if (json && chain)
-    json_close (&j, ']');
-  if (json)
-    printf ("\n");
 
+  if (rc == EXIT_OK) {
+    if (json && chain) {
+      json_open (&j, '[');
+      json_sep (&j);
+    }
+    if (json)
+      json_image (&j, &info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path),
+                  op.nbd);
+    else
+      print_human (&info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path),
+                   op.nbd);
+    for (size_t k = 0; chain && k < info.chain_len; k++) {
+      const struct sc_backing_info *b = &info.chain[k];
+      bool raw = b->format && strcmp (b->format, "raw") == 0;
+
+      if (json)
+        json_sep (&j);
+      else
+        printf ("\n");
+      if (raw && json)
+        json_raw (&j, b->filename);
+      else if (raw)
+        print_human_raw (b->filename);
+      else if (json)
+        json_image (&j, &chain_info[k], actual_size_of (b->filename),
+                    false);
+      else
+        print_human (&chain_info[k], actual_size_of (b->filename), false);
+    }
+    if (json && chain)
+      json_close (&j, ']');
+    if (json)
+      printf ("\n");
+  }
+
+  for (size_t k = 0; k < chain_opened; k++)
+    sc_qcow2_info_free (&chain_info[k]);
+  free (chain_info);
   sc_qcow2_info_free (&info);
   sc_endpoint_close (ep);
   if (fflush (stdout) == EOF) {
