@@ -47,6 +47,12 @@ cli_lib_error (const char *object)
     fprintf (stderr, "%s: %s\n", cli_program, msg);
 }
 
+const char *
+cli_image_name (const char *operand)
+{
+  return strcmp (operand, "-") == 0 ? "stdin" : operand;
+}
+
 void
 cli_error (const char *fmt, ...)
 {

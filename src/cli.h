@@ -189,6 +189,11 @@ extern struct sc_endpoint *cli_open_stdin_image (const char *command,
 
 /* "sparsecow: OBJECT: message" from the library's last error. */
 extern void cli_lib_error (const char *object);
+/* The name of an IMAGE operand in messages: "stdin" for "-" (standard
+ * input redirected from the image), as unpack and pack name it;
+ * otherwise the operand itself.
+ */
+extern const char *cli_image_name (const char *operand);
 /* "sparsecow: printf-message". */
 extern void cli_error (const char *fmt, ...)
   __attribute__ ((format (printf, 1, 2)));

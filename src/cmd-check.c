@@ -193,7 +193,7 @@ cmd_check (int argc, char **argv)
 
     if (ep == NULL)
       return EXIT_ERROR;
-    if (backing_missing (image, ep)) {
+    if (backing_missing (cli_image_name (image), ep)) {
       sc_endpoint_close (ep);
       return EXIT_ERROR;
     }
@@ -201,7 +201,7 @@ cmd_check (int argc, char **argv)
     c = !common.force_share && sc_image_lock_test ("/dev/stdin") == -1
         ? -1 : sc_qcow2_check_endpoint (ep, &result);
     if (c == -1)
-      cli_lib_error (image);
+      cli_lib_error (cli_image_name (image));
     sc_endpoint_close (ep);
     if (c == -1)
       return EXIT_ERROR;
@@ -227,7 +227,7 @@ cmd_check (int argc, char **argv)
 
   if (result.check_errors) {
     cli_error ("%s: check failed: %" PRIu64 " parts of the image could not "
-               "be read", image, result.check_errors);
+               "be read", cli_image_name (image), result.check_errors);
     c = EXIT_ERROR;
   }
   else if (result.corruptions || result.damage)

@@ -545,7 +545,8 @@ cmd_info (int argc, char **argv)
   if (!op.nbd && strcmp (path, "-") == 0
       && (ep = cli_open_stdin_image ("info", &common)) == NULL)
     return EXIT_ERROR;
-  if (image_info (path, ep, &info, common.force_share) == -1) {
+  if (image_info (op.nbd ? path : cli_image_name (path), ep, &info,
+                  common.force_share) == -1) {
     sc_endpoint_close (ep);
     return EXIT_ERROR;
   }
@@ -553,7 +554,8 @@ cmd_info (int argc, char **argv)
    * all the same.
    */
   if (info.backing_error)
-    fprintf (stderr, "%s: %s: %s\n", cli_program, path, info.backing_error);
+    fprintf (stderr, "%s: %s: %s\n", cli_program,
+             op.nbd ? path : cli_image_name (path), info.backing_error);
 
   /* --backing-chain: every image of the chain, as qemu-img prints
    * them.  Like qemu-img, every one is opened before anything is

@@ -236,12 +236,12 @@ cmd_map (int argc, char **argv)
     r = map_raw (path, ep, op.nbd, &out);
   if (r == -1) {
     fflush (stdout);
-    cli_lib_error (path);
+    cli_lib_error (cli_image_name (path));
     sc_endpoint_close (ep);
     return EXIT_ERROR;
   }
   if (sc_endpoint_close (ep) == -1) {
-    cli_lib_error (path);
+    cli_lib_error (cli_image_name (path));
     return EXIT_ERROR;
   }
   if (fflush (stdout) == EOF) {

@@ -100,3 +100,26 @@ for cmd in info map check; do
     tail -n1 "$tmp/err" | grep -q "^Try 'sparsecow $cmd --help'" ||
     fail "$cmd - from a pipe (exit $rc): $(cat "$tmp/err")"
 done
+
+# Errors about an image on stdin name it "stdin", as unpack and pack
+# name it, never "-": an image qemu-img cannot open, one whose backing
+# file is missing, and a file that is not an image.
+cp "$img" "$tmp/misaligned.qcow2"
+printf '\x00\x00\x00\x00\x00\x03\x02\x00' |
+  dd of="$tmp/misaligned.qcow2" bs=1 seek=40 conv=notrunc status=none
+qemu-img info "$tmp/misaligned.qcow2" >/dev/null 2>&1 &&
+  fail "qemu-img info opens misaligned.qcow2 (the test is wrong)"
+qemu-img create -q -f qcow2 -u -b "$tmp/nowhere.qcow2" -F qcow2 \
+  "$tmp/nobacking.qcow2" 1M
+echo "not an image" >"$tmp/text"
+for f in misaligned.qcow2 nobacking.qcow2 text; do
+  for cmd in "info" "info --output=json" "map" "check" "unpack"; do
+    args=(-); [ "$cmd" = unpack ] && args=(- "$tmp/never.raw")
+    # map shows a file that is not an image as raw data.
+    [ "$cmd/$f" = map/text ] && continue
+    sparsecow $cmd "${args[@]}" <"$tmp/$f" >/dev/null 2>"$tmp/err" || :
+    grep -q "^sparsecow: stdin: " "$tmp/err" &&
+      ! grep -q "^sparsecow: -:" "$tmp/err" ||
+      fail "$cmd - < $f does not name stdin: $(cat "$tmp/err")"
+  done
+done
