@@ -259,6 +259,27 @@ option_spelling (char **argv, char *buf, size_t len)
     snprintf (buf, len, "%s", word);
 }
 
+/* getopt has read "-X=VALUE" as -X, then an unknown option '=': a
+ * value given to a short option that takes none, as "--progress=json"
+ * takes one.  Say so, with the long spelling where there is one.
+ */
+static void
+refuse_short_value (int argc, char **argv)
+{
+  /* The word is the current one, or the last if getopt left it. */
+  for (int i = optind; i >= optind - 1 && i > 0; i--) {
+    const char *w = i < argc ? argv[i] : NULL;
+    const char *eq = w ? strchr (w, '=') : NULL;
+
+    if (w == NULL || w[0] != '-' || w[1] == '-' || eq == NULL || eq < w + 2)
+      continue;
+    cli_usage_error (cli_command, "-%c takes no value (in '%s')%s",
+                     eq[-1], w, eq[-1] == 'p'
+                     ? "; for progress as JSON lines, use --progress=json"
+                     : "");
+  }
+}
+
 int
 cli_getopt (int argc, char **argv, const char *shortopts,
             const struct option *longopts, struct cli_common *common,
@@ -302,6 +323,8 @@ cli_getopt (int argc, char **argv, const char *shortopts,
       option_spelling (argv, spelling, sizeof spelling);
       cli_usage_error (cli_command, "option '%s' needs a value", spelling);
     }
+    if (c == '?' && optopt == '=')
+      refuse_short_value (argc, argv);
     if (c == '?') {
       option_spelling (argv, spelling, sizeof spelling);
       cli_usage_error (cli_command, "unknown option '%s'", spelling);

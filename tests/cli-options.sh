@@ -42,6 +42,17 @@ usage_error pack -j 0 "$tmp/raw" "$tmp/o.qcow2"
 grep -q "^sparsecow: pack: -j: " "$tmp/err" || fail "pack -j 0: $(cat "$tmp/err")"
 usage_error pack -j
 grep -q "'-j'" "$tmp/err" || fail "pack -j: does not name -j"
+# A value given to a short option that takes none ("-p=json"): said
+# so, with the long option that takes it, not "unknown option '-='".
+for cmd in pack unpack info map check bmap verify; do
+  usage_error $cmd -p=json "$tmp/raw" "$tmp/o.qcow2"
+  grep -q "^sparsecow: $cmd: -p takes no value .*--progress=json" "$tmp/err" ||
+    fail "$cmd -p=json: $(cat "$tmp/err")"
+  ! grep -q "'-='" "$tmp/err" || fail "$cmd -p=json: $(cat "$tmp/err")"
+  usage_error $cmd -U=yes "$tmp/img.qcow2"
+  grep -q "^sparsecow: $cmd: -U takes no value (in '-U=yes')$" "$tmp/err" ||
+    fail "$cmd -U=yes: $(cat "$tmp/err")"
+done
 usage_error pack -c lz4 "$tmp/raw" "$tmp/o.qcow2"
 grep -q "unknown codec 'lz4'" "$tmp/err" || fail "pack -c lz4: $(cat "$tmp/err")"
 usage_error pack --compress=lz4 "$tmp/raw" "$tmp/o.qcow2"
