@@ -652,6 +652,16 @@ open_target (const char *path, uint64_t size, unsigned flags)
     sc_set_error (ENOENT, "empty file name");
     return NULL;
   }
+  /* A name that ends in '/' can only be a directory's: creating it
+   * fails with EISDIR, as qemu-img convert says.  Refused here, before
+   * anything is written, and not after the work when the temporary
+   * file next to it is linked or renamed to it.
+   */
+  if (path[strlen (path) - 1] == '/' && !sc_is_nbd_uri (path)) {
+    sc_set_error (EISDIR, "is a directory (a file name cannot end in "
+                  "'/')");
+    return NULL;
+  }
   if (flags & SC_TARGET_IN_PLACE)
     return open_in_place (path, size, flags);
   if (sc_is_nbd_uri (path)) {

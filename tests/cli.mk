@@ -10,6 +10,7 @@ TESTS += \
 	tests/cli-damaged-info.sh \
 	tests/cli-sparse.sh \
 	tests/cli-lock.sh \
+	tests/cli-target-names.sh \
 	tests/cli-completion.sh
 EXTRA_DIST += \
 	tests/cli-options.sh \
@@ -21,6 +22,7 @@ EXTRA_DIST += \
 	tests/cli-damaged-info.sh \
 	tests/cli-sparse.sh \
 	tests/cli-lock.sh \
+	tests/cli-target-names.sh \
 	tests/cli-completion.sh
 
 # The example of libsparsecow(3), compiled from the page itself as a
