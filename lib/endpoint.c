@@ -265,7 +265,16 @@ sc_ep_commit (struct sc_endpoint *ep)
 int
 sc_ep_close (struct sc_endpoint *ep)
 {
-  return ep ? ep->ops->close (ep) : 0;
+  char *file_path;
+  int r;
+
+  if (ep == NULL)
+    return 0;
+  /* The backend frees ep itself. */
+  file_path = ep->file_path;
+  r = ep->ops->close (ep);
+  free (file_path);
+  return r;
 }
 
 void
@@ -291,6 +300,12 @@ const char *
 sc_endpoint_name (const struct sc_endpoint *ep)
 {
   return ep->name;
+}
+
+const char *
+sc_endpoint_file_path (const struct sc_endpoint *ep)
+{
+  return ep->file_path;
 }
 
 bool
@@ -373,14 +388,44 @@ source_from_fd (int fd, bool own_fd, const char *name,
   return NULL;
 }
 
+/* Which file standard input is redirected from, as a path that names
+ * that very file now (the link in /proc, checked against the open
+ * file), so that names stored in an image on standard input can be
+ * found relative to its directory as qemu finds them.  A pipe, a
+ * deleted or renamed file, or no /proc: not known.
+ */
+static void
+find_stdin_file (struct sc_endpoint *ep)
+{
+  char buf[PATH_MAX];
+  struct stat in, named;
+  ssize_t n;
+
+  ep->file_path_unknown = true;
+  n = readlink ("/proc/self/fd/0", buf, sizeof buf - 1);
+  if (n <= 0 || buf[0] != '/' || fstat (STDIN_FILENO, &in) == -1
+      || !(S_ISREG (in.st_mode) || S_ISBLK (in.st_mode)))
+    return;
+  buf[n] = '\0';
+  if (stat (buf, &named) == -1 || named.st_dev != in.st_dev
+      || named.st_ino != in.st_ino || named.st_mode != in.st_mode)
+    return;
+  ep->file_path = strdup (buf);
+  ep->file_path_unknown = ep->file_path == NULL;
+}
+
 struct sc_endpoint *
 sc_endpoint_open_source (const char *path, enum sc_map_method map)
 {
   struct sc_endpoint *ep;
   int fd;
 
-  if (strcmp (path, "-") == 0)
-    return source_from_fd (STDIN_FILENO, false, "stdin", map);
+  if (strcmp (path, "-") == 0) {
+    ep = source_from_fd (STDIN_FILENO, false, "stdin", map);
+    if (ep)
+      find_stdin_file (ep);
+    return ep;
+  }
   if (sc_is_nbd_uri (path))
     return sc_endpoint_open_nbd (path, NULL, 0, NULL);
   fd = open (path, O_RDONLY | O_CLOEXEC);

@@ -217,6 +217,14 @@ struct sc_endpoint {
    * may then hold part of the new content.
    */
   bool written;
+  /* Standard input: the path of the file it is redirected from, for
+   * names relative to that file's directory (owned, freed by
+   * sc_ep_close), or NULL with file_path_unknown set when that file
+   * cannot be found (a pipe, a deleted file).  Other endpoints: NULL,
+   * false (their name is their path).
+   */
+  char *file_path;
+  bool file_path_unknown;
 };
 
 /* ---- endpoint.c: the wrappers, with the defaults of optional slots ---- */

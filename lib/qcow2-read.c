@@ -1372,6 +1372,28 @@ resolve_relative (const char *image, const char *name)
   return r;
 }
 
+/* A name stored in the image of layer 0 (the top image, read through
+ * top) of the kind what ("backing file", "data file"), resolved as
+ * resolve_relative does against the image's name; for standard input,
+ * against the file it is redirected from, and when that is not known a
+ * relative name is ENOENT.
+ */
+static char *
+resolve_from_top (const struct sc_endpoint *top, const char *image,
+                  const char *what, const char *name)
+{
+  if (top->file_path)
+    return resolve_relative (top->file_path, name);
+  if (top->file_path_unknown && name[0] != '/') {
+    sc_set_error (ENOENT, "%s %s: a name relative to the image's "
+                  "directory, which is not known: the image comes through "
+                  "standard input, not from a file that can be found by "
+                  "name (give the image's file name instead)", what, name);
+    return NULL;
+  }
+  return resolve_relative (image, name);
+}
+
 struct sc_endpoint *
 qcow2_open_file (const char *path)
 {
@@ -1648,7 +1670,9 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
                     "does not name it");
       return -1;
     }
-    L->data_filename = resolve_relative (L->filename, L->h.data_file);
+    L->data_filename = top
+      ? resolve_from_top (L->ep, L->filename, "data file", L->h.data_file)
+      : resolve_relative (L->filename, L->h.data_file);
     if (L->data_filename == NULL)
       return -1;
     L->data_ep = qcow2_open_file (L->data_filename);
@@ -1832,7 +1856,17 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
       goto fail;
     }
 
-    name = resolve_relative (L->filename, L->h.backing_file);
+    name = d == 0 ? resolve_from_top (L->ep, L->filename, "backing file",
+                                      L->h.backing_file)
+                  : resolve_relative (L->filename, L->h.backing_file);
+    /* A look at the image does without it, as without any backing file
+     * that cannot be found.
+     */
+    if (name == NULL && d == 0 && sc_error_errno () == ENOENT
+        && opts && opts->backing_optional) {
+      q->backing_error = xstrdup (sc_error_message ());
+      return q->backing_error ? 0 : -1;
+    }
     if (name == NULL)
       return -1;
     free (format);
@@ -2302,7 +2336,8 @@ chain_append (struct sc_qcow2_info *info, const char *filename,
  * ends it early in backing_error.
  */
 static int
-inspect_backing (const char *image, const struct qcow2_header *h,
+inspect_backing (const struct sc_endpoint *top, const char *image,
+                 const struct qcow2_header *h,
                  const struct sc_qcow2_open_opts *opts, bool remote,
                  struct sc_qcow2_info *info)
 {
@@ -2327,8 +2362,13 @@ inspect_backing (const char *image, const struct qcow2_header *h,
     }
     return 0;
   }
-  if ((file = resolve_relative (image, h->backing_file)) == NULL)
-    return -1;
+  if ((file = resolve_from_top (top, image, "backing file",
+                                h->backing_file)) == NULL) {
+    if (sc_error_errno () != ENOENT)
+      return -1;
+    info->backing_error = xstrdup (sc_error_message ());
+    return info->backing_error ? 0 : -1;
+  }
   if (opts)
     o = *opts;
   o.snapshot = NULL;
@@ -2414,8 +2454,8 @@ inspect_header (const char *name, struct sc_endpoint *ep,
   }
   if (qcow2_bitmaps_list (ep, ep->size, h, &info->bitmaps,
                           &info->nb_bitmaps) == -1
-      || inspect_backing (name, h, opts, (ep->flags & SC_EP_REMOTE) != 0,
-                          info) == -1)
+      || inspect_backing (ep, name, h, opts,
+                          (ep->flags & SC_EP_REMOTE) != 0, info) == -1)
     goto err;
   return 0;
 

@@ -231,6 +231,12 @@ extern int sc_endpoint_close (struct sc_endpoint *ep);
  */
 extern uint64_t sc_endpoint_size (const struct sc_endpoint *ep);
 extern const char *sc_endpoint_name (const struct sc_endpoint *ep);
+/* Standard input ("-") redirected from a file: the path of that file
+ * (absolute, owned by ep), against whose directory names stored in an
+ * image read from it are resolved.  NULL for any other endpoint, and
+ * when that file cannot be found (a pipe, a deleted file).
+ */
+extern const char *sc_endpoint_file_path (const struct sc_endpoint *ep);
 /* Is ep a stream: read once, in order, of unknown length? */
 extern bool sc_endpoint_is_stream (const struct sc_endpoint *ep);
 /* Read exactly count bytes at offset of a source that is not a stream
@@ -398,7 +404,9 @@ extern struct sc_qcow2 *sc_qcow2_open (const char *path,
  * random offsets).  The caller keeps file: it must stay open until
  * sc_qcow2_close(q) and is not closed by it.  Backing and data files
  * that the image names are resolved relative to the directory part of
- * sc_endpoint_name(file), unless opts->no_external_files refuses them.
+ * sc_endpoint_name(file) (of sc_endpoint_file_path(file) for standard
+ * input, whose relative names fail with ENOENT when that is not known),
+ * unless opts->no_external_files refuses them.
  * Errors as sc_qcow2_open; ESPIPE if file is a stream, EINVAL if it is
  * NULL.
  */

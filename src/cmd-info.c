@@ -179,12 +179,14 @@ full_backing_name (const char *image, const char *backing)
 
 /* One image, as one object of qemu-img info --output=json: the fields
  * qemu prints, with its names and nesting, and sparsecow's own under
- * "sparsecow".  remote: read from an export, where the backing file's
- * name is one on the server's side and has no path here.
+ * "sparsecow".  path: the image file's path, against which a relative
+ * backing file name is resolved.  remote: read from an export, where
+ * the backing file's name is one on the server's side and has no path
+ * here.
  */
 static void
 json_image (struct json *j, const struct sc_qcow2_info *i,
-            uint64_t actual_size, bool remote)
+            const char *path, uint64_t actual_size, bool remote)
 {
   json_open (j, '{');
   json_u64 (j, "virtual-size", i->virtual_size);
@@ -266,7 +268,7 @@ json_image (struct json *j, const struct sc_qcow2_info *i,
     json_close (j, ']');
   }
   if (i->backing_file) {
-    char *full = full_backing_name (i->filename, i->backing_file);
+    char *full = full_backing_name (path, i->backing_file);
 
     json_str (j, "backing-filename", i->backing_file);
     /* As qemu-img over an export: no full name to give. */
@@ -587,9 +589,13 @@ cmd_info (int argc, char **argv)
       json_open (&j, '[');
       json_sep (&j);
     }
+    /* An image on standard input is in the file it is redirected
+     * from, where that can be found.
+     */
     if (json)
-      json_image (&j, &info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path),
-                  op.nbd);
+      json_image (&j, &info, ep && sc_endpoint_file_path (ep)
+                  ? sc_endpoint_file_path (ep) : info.filename,
+                  op.nbd ? UNKNOWN_SIZE : actual_size_of (path), op.nbd);
     else
       print_human (&info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path),
                    op.nbd);
@@ -606,8 +612,8 @@ cmd_info (int argc, char **argv)
       else if (raw)
         print_human_raw (b->filename);
       else if (json)
-        json_image (&j, &chain_info[k], actual_size_of (b->filename),
-                    false);
+        json_image (&j, &chain_info[k], chain_info[k].filename,
+                    actual_size_of (b->filename), false);
       else
         print_human (&chain_info[k], actual_size_of (b->filename), false);
     }

@@ -123,3 +123,44 @@ for f in misaligned.qcow2 nobacking.qcow2 text; do
       fail "$cmd - < $f does not name stdin: $(cat "$tmp/err")"
   done
 done
+
+# A relative backing file name of an image on stdin is found in the
+# directory of the file stdin is redirected from, as qemu finds it from
+# the image's own directory, not in the current directory (which holds
+# a decoy of the same name here).  qemu-img on the image's real path is
+# the oracle.
+mkdir "$tmp/dir" "$tmp/else"
+qemu-img create -q -f qcow2 "$tmp/dir/base.qcow2" 4M
+qemu-io -c "write -P 0x44 0 1M" "$tmp/dir/base.qcow2" >/dev/null
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$tmp/dir/overlay.qcow2"
+qemu-io -c "write -P 0x55 2M 64k" "$tmp/dir/overlay.qcow2" >/dev/null
+qemu-img create -q -f qcow2 "$tmp/else/base.qcow2" 4M
+cd "$tmp/else"
+qemu-img convert -O raw "$tmp/dir/overlay.qcow2" overlay.raw
+sparsecow unpack - out.raw <../dir/overlay.qcow2
+cmp overlay.raw out.raw ||
+  fail "unpack - < dir/overlay.qcow2 read the backing file of the current directory"
+sparsecow verify - overlay.raw <../dir/overlay.qcow2 >/dev/null ||
+  fail "verify - < dir/overlay.qcow2"
+qemu-img info --output=json --backing-chain "$tmp/dir/overlay.qcow2" >q.json
+sparsecow info --output=json --backing-chain - <../dir/overlay.qcow2 >s.json
+python3 - q.json s.json <<'PYEOF' || fail "info --backing-chain - < dir/overlay.qcow2: $(cat s.json)"
+import json, sys
+q = json.load(open(sys.argv[1]))
+s = json.load(open(sys.argv[2]))
+assert len(q) == len(s) == 2, "chain lengths %d, %d" % (len(q), len(s))
+for k in ("backing-filename", "full-backing-filename"):
+    assert q[0][k] == s[0][k], "%s: %r, qemu-img %r" % (k, s[0][k], q[0][k])
+assert s[0]["sparsecow"]["backing-chain"][0]["filename"] == q[1]["filename"]
+assert q[1]["filename"] == s[1]["filename"]
+PYEOF
+# stdin from a file that has no name any more: the directory cannot be
+# found, and the error says so instead of guessing.
+cp ../dir/overlay.qcow2 ../dir/gone.qcow2
+rc=0
+( exec <../dir/gone.qcow2; rm ../dir/gone.qcow2
+  sparsecow unpack - gone.raw ) 2>err || rc=$?
+[ "$rc" = 1 ] && [ ! -e gone.raw ] &&
+  grep -q "^sparsecow: stdin: backing file base.qcow2: .*standard input" err ||
+  fail "unpack - from a deleted file (exit $rc): $(cat err)"
+cd "$tmp"
