@@ -141,8 +141,12 @@ struct sc_qcow2 {
   uint64_t l1_bytes;                    /* of all layers */
   struct cache_table *mru, *lru;
   size_t cache_used, cache_budget, cache_tables;
-  /* With backing_optional: why the chain ends early, or NULL. */
+  /* With backing_optional: why the chain ends early, or NULL; and the
+   * file that ended it with its errno, or NULL.
+   */
   char *backing_error;
+  char *backing_failed;
+  int backing_failed_errno;
 };
 
 /* What one layer says about a range starting at a guest offset. */
@@ -1883,8 +1887,10 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
      * ends here, and why is kept for sc_qcow2_get_info.
      */
     if (opts && opts->backing_optional) {
+      q->backing_failed_errno = sc_error_errno ();
       q->backing_error = xstrdup (sc_error_message ());
-      if (q->backing_error == NULL)
+      q->backing_failed = xstrdup (q->layers[q->nlayers - 1].filename);
+      if (q->backing_error == NULL || q->backing_failed == NULL)
         return -1;
       free_layer (&q->layers[q->nlayers - 1]);
       q->nlayers--;
@@ -1975,6 +1981,7 @@ sc_qcow2_close (struct sc_qcow2 *q)
   free (q->layers);
   free_snapshots (q->snapshots, q->nb_snapshots);
   free (q->backing_error);
+  free (q->backing_failed);
   pthread_mutex_destroy (&q->lock);
   pthread_mutex_destroy (&q->ext_lock);
   pthread_mutex_destroy (&q->file_lock);
@@ -2465,6 +2472,35 @@ inspect_header (const char *name, struct sc_endpoint *ep,
   return -1;
 }
 
+/* The chain of info ends at file, which the reader refuses as damaged:
+ * when qemu-img info would show it, it joins the chain with its own
+ * chain after it, and what ends that is info's backing_error.  When
+ * not, info stays as it is.
+ */
+static int
+inspect_damaged_backing (const char *file,
+                         const struct sc_qcow2_open_opts *opts,
+                         struct sc_qcow2_info *info)
+{
+  struct sc_qcow2_open_opts o = *opts;
+  struct sc_qcow2_info b;
+  int r;
+
+  o.snapshot = NULL;
+  if (sc_qcow2_inspect (file, NULL, &o, &b) == -1)
+    return 0;
+  r = chain_append (info, file, "qcow2");
+  for (size_t i = 0; r == 0 && i < b.chain_len; i++)
+    r = chain_append (info, b.chain[i].filename, b.chain[i].format);
+  if (r == 0) {
+    free (info->backing_error);
+    info->backing_error = b.backing_error;
+    b.backing_error = NULL;
+  }
+  sc_qcow2_info_free (&b);
+  return r;
+}
+
 int
 sc_qcow2_inspect (const char *path, struct sc_endpoint *file,
                   const struct sc_qcow2_open_opts *opts,
@@ -2523,6 +2559,16 @@ sc_qcow2_inspect (const char *path, struct sc_endpoint *file,
   }
   if (q != NULL) {
     r = sc_qcow2_get_info (q, info);
+    /* A backing file that is damaged is shown as this image is. */
+    if (r == 0 && q->backing_failed
+        && (q->backing_failed_errno == EINVAL
+            || q->backing_failed_errno == EIO)
+        && inspect_damaged_backing (q->backing_failed, &o, info) == -1) {
+      sc_qcow2_info_free (info);
+      sc_qcow2_close (q);
+      r = -1;
+      goto out;
+    }
     sc_qcow2_close (q);
     if (r == 0)
       goto out;

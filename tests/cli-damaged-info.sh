@@ -188,4 +188,18 @@ sparsecow info --backing-chain sub/top-l1.qcow2 >s.txt 2>s.err || rc=$?
 [ "$rc" = 0 ] && grep -q "^image: sub/base.qcow2" s.txt ||
   fail "info --backing-chain (text) of a damaged overlay: $(cat s.txt s.err)"
 
+# A damaged backing file: qemu-img info --backing-chain shows it too.
+qemu-img create -q -f qcow2 -u -b top-l1.qcow2 -F qcow2 sub/over.qcow2 64M
+qemu-img info --output=json --backing-chain sub/over.qcow2 >q.json ||
+  fail "qemu-img info --backing-chain over a damaged file (the test is wrong)"
+rc=0
+sparsecow info --output=json --backing-chain sub/over.qcow2 >s.json 2>s.err ||
+  rc=$?
+[ "$rc" = 0 ] ||
+  fail "info --backing-chain over a damaged file: exit $rc: $(cat s.err)"
+same_json q.json s.json
+grep -q "^sparsecow: sub/top-l1.qcow2: .*the image is damaged" s.err ||
+  fail "info --backing-chain does not say which file is damaged: $(cat s.err)"
+expect_fail "sub/top-l1.qcow2: .*reserved bits" sparsecow unpack sub/over.qcow2 over.raw
+
 exit 0
