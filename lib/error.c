@@ -11,6 +11,8 @@
 
 static __thread char error_message[SC_ERROR_LEN];
 static __thread int error_errno;
+/* The error is damage of an image (sc_set_damage), not a failure. */
+static __thread bool error_damage;
 
 const char *
 sc_error_message (void)
@@ -33,7 +35,27 @@ sc_set_error (int errnum, const char *fmt, ...)
   vsnprintf (error_message, sizeof error_message, fmt, ap);
   va_end (ap);
   error_errno = errnum ? errnum : EINVAL;
+  error_damage = false;
   errno = error_errno;
+}
+
+void
+sc_set_damage (int errnum, const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (error_message, sizeof error_message, fmt, ap);
+  va_end (ap);
+  error_errno = errnum ? errnum : EINVAL;
+  error_damage = true;
+  errno = error_errno;
+}
+
+bool
+sc_error_is_damage (void)
+{
+  return error_damage;
 }
 
 void

@@ -56,6 +56,14 @@ static inline void sc_put_be64 (void *p, uint64_t v)
  */
 extern void sc_set_error (int errnum, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
+/* As sc_set_error, for damage of an image that is reported with an
+ * errno of a failure (EIO: a table or cluster past the end of the
+ * file, an image cut short), so that a caller can tell it from a read
+ * that failed; sc_error_is_damage says which until the next error.
+ */
+extern void sc_set_damage (int errnum, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+extern bool sc_error_is_damage (void);
 /* Prefix the current message with "prefix: ". */
 extern void sc_error_prefix (const char *fmt, ...)
   __attribute__ ((format (printf, 1, 2)));

@@ -147,6 +147,7 @@ struct sc_qcow2 {
   char *backing_error;
   char *backing_failed;
   int backing_failed_errno;
+  bool backing_failed_damaged;  /* by damage, not a failed read */
 };
 
 /* What one layer says about a range starting at a guest offset. */
@@ -992,7 +993,7 @@ compressed_span (const struct layer *L, uint64_t l2e, uint64_t *coffset,
   if (*coffset >= L->file_size
       || *cbytes - SC_MIN (*cbytes, QCOW2_COMPRESSED_SECTOR - 1)
          > L->file_size - *coffset) {
-    sc_set_error (EIO, "%s: compressed cluster at host offset %" PRIu64
+    sc_set_damage (EIO, "%s: compressed cluster at host offset %" PRIu64
                   " lies %spast the end of the file (%" PRIu64 " bytes): "
                   "the image is cut short", L->filename, *coffset,
                   *coffset < L->file_size ? "partly " : "", L->file_size);
@@ -1211,7 +1212,7 @@ cut_short (const struct layer *L, const struct cstatus *cs)
     return 0;
   first = SC_MAX (cs->st.host, size);
   cluster = first - qcow2_offset_into_cluster (&L->h, first);
-  sc_set_error (EIO, "%s: data cluster at host offset %" PRIu64 " lies %s"
+  sc_set_damage (EIO, "%s: data cluster at host offset %" PRIu64 " lies %s"
                 "past the end of the file (%" PRIu64 " bytes): the image "
                 "is cut short", L->filename, cluster,
                 cluster < size ? "partly " : "", size);
@@ -1483,7 +1484,7 @@ load_l1 (struct layer *L, uint64_t offset, uint32_t entries,
     return -1;
   }
   if (end > L->file_size) {
-    sc_set_error (EIO, "the L1 table at host offset %" PRIu64 " (%" PRIu64
+    sc_set_damage (EIO, "the L1 table at host offset %" PRIu64 " (%" PRIu64
                   " bytes) lies %spast the end of the file (%" PRIu64
                   " bytes): the image is cut short", offset, bytes,
                   offset < L->file_size ? "partly " : "", L->file_size);
@@ -1521,7 +1522,7 @@ load_l1 (struct layer *L, uint64_t offset, uint32_t entries,
     }
     if (l2 != 0 && (l2 > L->file_size - L->h.cluster_size
                     || L->file_size < L->h.cluster_size)) {
-      sc_set_error (EIO, "L1 entry %" PRIu32 ": the L2 table at host "
+      sc_set_damage (EIO, "L1 entry %" PRIu32 ": the L2 table at host "
                     "offset %" PRIu64 " lies %spast the end of the file (%"
                     PRIu64 " bytes): the image is cut short", i, l2,
                     l2 < L->file_size ? "partly " : "", L->file_size);
@@ -1888,6 +1889,8 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
      */
     if (opts && opts->backing_optional) {
       q->backing_failed_errno = sc_error_errno ();
+    q->backing_failed_damaged = q->backing_failed_errno == EINVAL
+                                || sc_error_is_damage ();
       q->backing_error = xstrdup (sc_error_message ());
       q->backing_failed = xstrdup (q->layers[q->nlayers - 1].filename);
       if (q->backing_error == NULL || q->backing_failed == NULL)
@@ -2560,9 +2563,7 @@ sc_qcow2_inspect (const char *path, struct sc_endpoint *file,
   if (q != NULL) {
     r = sc_qcow2_get_info (q, info);
     /* A backing file that is damaged is shown as this image is. */
-    if (r == 0 && q->backing_failed
-        && (q->backing_failed_errno == EINVAL
-            || q->backing_failed_errno == EIO)
+    if (r == 0 && q->backing_failed && q->backing_failed_damaged
         && inspect_damaged_backing (q->backing_failed, &o, info) == -1) {
       sc_qcow2_info_free (info);
       sc_qcow2_close (q);
@@ -2573,12 +2574,12 @@ sc_qcow2_inspect (const char *path, struct sc_endpoint *file,
     if (r == 0)
       goto out;
   }
-  /* Damage (EINVAL, EIO) keeps the reader from the data, not from the
-   * header; any other error is the answer.
+  /* Damage keeps the reader from the data, not from the header; any
+   * other error (a read that failed) is the answer.
    */
   err = sc_error_errno ();
   r = -1;
-  if (err != EINVAL && err != EIO)
+  if (err != EINVAL && !(err == EIO && sc_error_is_damage ()))
     goto out;
   if ((damage = xstrdup (sc_error_message ())) == NULL)
     goto out;
