@@ -16,6 +16,9 @@
  * A stream source (a pipe) has no extent list and no known length: it
  * is cut into pieces of request_size read one after another, and the
  * piece in which the stream ends is the last one that carries data.
+ * A pipeline that asks for it (stream_zeros) gets the runs of zeros of
+ * a stream as zero pieces instead, found by the reader (see
+ * read_stream).
  */
 #include <config.h>
 
@@ -62,6 +65,38 @@ struct slot {
   enum slot_state state;
 };
 
+/* A stream is read a chunk at a time while it is all zeros, each
+ * chunk into the same place at the start of the piece's buffer and
+ * tested as soon as it is read, while it is still in the CPU's cache:
+ * what the reader touches fits in an L2 cache (1 MiB here) with the
+ * pipe's pages.  Packing 8 GiB of zeros from a 1 MiB pipe, perf counted
+ * 780-820 samples in the kernel's copy out of the pipe with 128 KiB
+ * chunks, 910-920 with 1 MiB ones, and 1130 with 1 MiB reads into the
+ * ring of buffers, tested by the workers.
+ */
+#define STREAM_CHUNK (128 * 1024)
+
+/* Runs of zeros of a stream are handed out as zero pieces of at most
+ * this many bytes: each of them is one turn of the pipeline, and the
+ * progress count moves at each one.
+ */
+#define MAX_STREAM_ZERO_PIECE ((uint64_t) 64 * 1024 * 1024)
+
+/* The reader's side of a stream, touched only by the thread whose turn
+ * it is to read.
+ */
+struct stream {
+  uint64_t pos;                 /* offset of the next piece */
+  bool ended;                   /* the end was read */
+  /* A data piece read after a run of zeros, to be handed out next:
+   * ahead_len bytes at pos, in the buffer ahead (which is, the rest of
+   * the time, a spare of request_size bytes, or NULL until needed).
+   */
+  void *ahead;
+  size_t ahead_len;
+  bool have_ahead;
+};
+
 /* The piece generator: a cursor over the extent list, either one given
  * whole or one fetched from the source a window at a time.
  */
@@ -94,6 +129,7 @@ struct run {
   struct slot *slots;
   bool serial_reads;            /* src is not thread-safe */
   pthread_mutex_t src_lock;     /* with serial_reads: see cursor */
+  struct stream stream;         /* a stream source's reader, in turn */
 
   pthread_mutex_t lock;
   pthread_cond_t cond;          /* broadcast on every state change */
@@ -224,12 +260,13 @@ static int
 next_piece (struct cursor *c, struct sc_piece *piece)
 {
   if (c->stream) {
-    /* The reader of the last piece stops the hand-out. */
-    piece->offset = c->pos;
+    /* The reader of the last piece stops the hand-out.  Where a piece
+     * starts and how long it is, the reader decides (read_stream).
+     */
+    piece->offset = 0;
     piece->length = c->request_size;
     piece->flags = 0;
     piece->counts = true;
-    c->pos += c->request_size;
     return 1;
   }
   for (;;) {
@@ -302,27 +339,115 @@ check_extents (const struct sc_extent_list *list, uint64_t *total)
   return 0;
 }
 
-/* Read a data piece; bytes past the end of the source read as zeros.
- * Returns 0, 1 if a stream ended in this piece (its length is cut to
- * what was read), or -1 with the error set.
+/* Read the next piece of a stream into piece, whose length is the
+ * request size: 0, or 1 if the stream ended in this piece (its length
+ * is cut to what was read, and the rest of its buffer zeroed), or -1
+ * with the error set.  Pieces start at multiples of the request size.
+ *
+ * With stream_zeros, every byte read is tested for zeros: a run of
+ * whole pieces of zeros (and the zeros at the end of the stream) is
+ * handed out as one zero piece (SC_EXTENT_ZERO), the next piece that
+ * holds data after it.  Both come from one read, so the data piece
+ * waits in st->ahead for the next turn.
  */
 static int
-read_piece (struct sc_endpoint *src, struct sc_piece *piece)
+read_stream (const struct sc_pipeline *p, struct stream *st,
+             struct sc_piece *piece)
 {
-  size_t n = 0;
+  struct sc_endpoint *src = p->src;
+  size_t size = (size_t) piece->length;
+  size_t chunk = p->stream_zeros ? SC_MIN ((size_t) STREAM_CHUNK, size) : size;
+  uint64_t zeros = 0;
 
-  if (src->flags & SC_EP_STREAM) {
-    if (sc_ep_read_some (src, piece->buf, piece->length, piece->offset,
-                        &n) == -1) {
-      sc_error_name (src->name);
-      return -1;
-    }
-    if (n == piece->length)
-      return 0;
-    memset ((char *) piece->buf + n, 0, piece->length - n);
-    piece->length = n;
+  piece->offset = st->pos;
+  if (st->have_ahead) {
+    void *b = piece->buf;
+
+    piece->buf = st->ahead;
+    st->ahead = b;
+    st->have_ahead = false;
+    piece->length = st->ahead_len;
+    st->pos += st->ahead_len;
+    return st->ahead_len < size;
+  }
+  if (st->ended) {
+    piece->length = 0;
     return 1;
   }
+  for (;;) {
+    unsigned char *buf = piece->buf;
+    uint64_t at = st->pos + zeros;
+    size_t filled = 0;
+    bool data = !p->stream_zeros;
+
+    /* While all is zeros, each chunk goes to the start of the buffer;
+     * the chunk that holds data is moved to its place, behind the
+     * zeros it follows, and the rest of the piece read after it.
+     */
+    while (filled < size && !st->ended) {
+      size_t want = data ? size - filled : SC_MIN (chunk, size - filled);
+      unsigned char *to = data ? buf + filled : buf;
+      size_t n;
+
+      if (sc_ep_read_some (src, to, want, at + filled, &n) == -1) {
+        sc_error_name (src->name);
+        return -1;
+      }
+      if (!data && !sc_is_zero (to, n)) {
+        data = true;
+        if (filled > 0) {
+          memmove (buf + filled, buf, n);
+          memset (buf, 0, filled);
+        }
+      }
+      filled += n;
+      st->ended = n < want;
+    }
+    if (!data) {
+      zeros += filled;
+      if (!st->ended && zeros < MAX_STREAM_ZERO_PIECE)
+        continue;
+      piece->length = zeros;
+      piece->flags = zeros > 0 ? SC_EXTENT_ZERO : 0;
+      st->pos += zeros;
+      return st->ended;
+    }
+    if (filled < size)
+      memset (buf + filled, 0, size - filled);
+    if (zeros == 0) {
+      piece->length = filled;
+      st->pos += filled;
+      return filled < size;
+    }
+    /* The zeros go out now, the data at the next turn. */
+    if (st->ahead == NULL && (st->ahead = malloc (size)) == NULL) {
+      sc_set_error (errno, "pipeline: out of memory");
+      return -1;
+    }
+    piece->buf = st->ahead;
+    st->ahead = buf;
+    st->ahead_len = filled;
+    st->have_ahead = true;
+    piece->length = zeros;
+    piece->flags = SC_EXTENT_ZERO;
+    st->pos += zeros;
+    return 0;
+  }
+}
+
+/* Read a data piece; bytes past the end of the source read as zeros.
+ * Returns 0, 1 if a stream ended in this piece (see read_stream), or -1
+ * with the error set.
+ */
+static int
+read_piece (const struct sc_pipeline *p, struct stream *st,
+            struct sc_piece *piece)
+{
+  struct sc_endpoint *src = p->src;
+  size_t n = 0;
+
+  if (src->flags & SC_EP_STREAM)
+    return read_stream (p, st, piece);
   if (piece->offset < src->size)
     n = (size_t) SC_MIN (piece->length, src->size - piece->offset);
   if (n > 0 && sc_ep_pread (src, piece->buf, n, piece->offset) == -1) {
@@ -338,14 +463,15 @@ read_piece (struct sc_endpoint *src, struct sc_piece *piece)
  * else read.  Returns as read_piece.
  */
 static int
-take_piece (const struct sc_pipeline *p, struct sc_piece *piece)
+take_piece (const struct sc_pipeline *p, struct stream *st,
+            struct sc_piece *piece)
 {
   int rc = p->move ? p->move (piece, p->opaque) : 1;
 
   piece->moved = rc == 0;
   if (rc != 1)
     return rc;
-  return read_piece (p->src, piece);
+  return read_piece (p, st, piece);
 }
 
 /* Give a slot its buffers the first time it is used. */
@@ -460,7 +586,7 @@ take_next (struct run *r, struct worker_stats *ws)
       if (r->stats)
         t = thread_cpu ();
     }
-    rc = take_piece (p, piece);
+    rc = take_piece (p, &r->stream, piece);
     if (r->serial_reads) {
       if (r->stats)
         ws->serial += thread_cpu () - t;
@@ -654,6 +780,7 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
                    struct sc_progress *prog)
 {
   struct sc_piece piece = { 0 };
+  struct stream st = { 0 };
   int rc = 0;
   bool stats = getenv (STATS_ENV) != NULL;
   bool parallel_reads = (p->src->flags & SC_EP_THREAD_SAFE) != 0;
@@ -674,14 +801,16 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
       if (stats && parallel_reads)
         t = thread_cpu ();
       if (rc == 0)
-        rc = take_piece (p, &piece);
+        rc = take_piece (p, &st, &piece);
       if (rc == 1) {
         end = true;
         rc = 0;
       }
       if (stats && !parallel_reads)
         t = thread_cpu ();
-      if (rc == 0 && !piece.moved && piece.length > 0 && p->work)
+      /* A stream's run of zeros is a zero piece (read_stream). */
+      if (rc == 0 && piece.flags == 0 && !piece.moved && piece.length > 0
+          && p->work)
         rc = p->work (&piece, p->opaque);
       if (stats)
         parallel += thread_cpu () - t;
@@ -703,6 +832,7 @@ run_synchronously (const struct sc_pipeline *p, struct cursor *cur,
   }
   free (piece.buf);
   free (piece.out);
+  free (st.ahead);
   if (stats)
     write_stats (1, parallel, emit, emit);
   return rc;
@@ -775,6 +905,7 @@ run_threaded (const struct sc_pipeline *p, struct cursor *cur,
     free (r.slots[i].piece.buf);
     free (r.slots[i].piece.out);
   }
+  free (r.stream.ahead);
   pthread_cond_destroy (&r.cond);
   pthread_mutex_destroy (&r.src_lock);
   pthread_mutex_destroy (&r.lock);

@@ -200,6 +200,14 @@ struct sc_pipeline {
    */
   sc_progress_fn progress;
   void *progress_opaque;
+  /* A stream source: every byte read is tested for zeros as it is
+   * read, and each run of whole pieces of zeros, or of zeros up to the
+   * end of the stream, comes as one zero piece (SC_EXTENT_ZERO, buf not
+   * filled) that skips work(): for a consumer to whom a read piece
+   * that is all zeros means the same as a zero piece.  Pieces still
+   * start at multiples of request_size.
+   */
+  bool stream_zeros;
   /* Count every byte instead, holes and zero extents too, which are
    * then handed out in pieces of under 1% of the total (from
    * request_size up to 64 MiB): for a target that is written whole
