@@ -398,18 +398,27 @@ scan_emit (struct sc_piece *piece, void *opaque)
   uint64_t *rels = (uint64_t *) ((unsigned char *) piece->out + pk->rel_out);
   uint64_t gc = piece->offset / cs;
 
-  /* Pieces start and end on cluster boundaries, and digest blocks
-   * divide clusters.
+  /* Pieces start and end on cluster boundaries, but for the last
+   * piece of a stream, whose blocks go on to the cluster's end as
+   * scan_work's do; digest blocks divide clusters.
    */
   if (pk->digest) {
     if (piece->flags != 0)
-      sc_digest_add_zero (&pk->dg, piece->length / pk->digest_block);
+      sc_digest_add_zero (&pk->dg, n * cs / pk->digest_block);
     else if (sc_digest_add (&pk->dg, (const struct sc_digest_block *)
                             ((const unsigned char *) piece->out
                              + pk->digest_out),
                             n * cs / pk->digest_block) == -1)
       return -1;
   }
+  /* A stream's virtual size grows with what has been read, its runs
+   * of zeros (see scan_pipeline) too.
+   */
+  if ((pk->src->flags & SC_EP_STREAM)
+      && qcow2_plan_grow (&pk->plan,
+                          SC_ROUND_UP (piece->offset + piece->length,
+                                       QEMU_SECTOR_SIZE)) == -1)
+    return -1;
   if (piece->flags != 0)
     return 0;
   if (pk->bmap && bmap_piece (pk, piece) == -1)
@@ -423,12 +432,6 @@ scan_emit (struct sc_piece *piece, void *opaque)
                   pk->src->name);
     return -1;
   }
-  /* A stream's virtual size grows with what has been read. */
-  if ((pk->src->flags & SC_EP_STREAM)
-      && qcow2_plan_grow (&pk->plan,
-                          SC_ROUND_UP (piece->offset + piece->length,
-                                       QEMU_SECTOR_SIZE)) == -1)
-    return -1;
   for (size_t i = 0; i < n; i++, gc++) {
     if (codes[i] == CLUSTER_ZERO)
       continue;
@@ -669,6 +672,12 @@ scan_pipeline (struct pack *pk, const struct sc_extent_list *extents)
     .work = scan_work,
     .emit = scan_emit,
     .finish = scan_finish,
+    /* Clusters of a stream that the reader found all zeros are zero
+     * clusters, as scan_work would find them, unless every byte goes
+     * into the block map or -S decides by runs.
+     */
+    .stream_zeros = opts->detect_zeroes && opts->min_sparse == 0
+                    && pk->bmap == NULL,
     .opaque = pk,
     .progress = opts->progress ? scan_progress : NULL,
     .progress_opaque = pk,
