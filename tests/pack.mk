@@ -27,6 +27,7 @@ TESTS += \
 	tests/pack-huge.sh \
 	tests/pack-stream.sh \
 	tests/pack-stream-zeros.sh \
+	tests/pack-stream-sparse.sh \
 	tests/pack-repack.sh \
 	tests/pack-isal.sh \
 	tests/pack-zstd.sh
@@ -38,6 +39,7 @@ EXTRA_DIST += \
 	tests/pack-huge.sh \
 	tests/pack-stream.sh \
 	tests/pack-stream-zeros.sh \
+	tests/pack-stream-sparse.sh \
 	tests/pack-repack.sh \
 	tests/pack-isal.sh \
 	tests/pack-zstd.sh
