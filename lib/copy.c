@@ -77,10 +77,22 @@ struct slot {
 #define STREAM_CHUNK (128 * 1024)
 
 /* Runs of zeros of a stream are handed out as zero pieces of at most
- * this many bytes: each of them is one turn of the pipeline, and the
- * progress count moves at each one.
+ * this many bytes, or of what came in this many nanoseconds from a slow
+ * stream: each of them is one turn of the pipeline, and the progress
+ * count moves at each one.
  */
 #define MAX_STREAM_ZERO_PIECE ((uint64_t) 64 * 1024 * 1024)
+#define MAX_STREAM_ZERO_NS 100000000L
+
+/* Nanoseconds of CLOCK_MONOTONIC. */
+static uint64_t
+monotonic_ns (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (uint64_t) ts.tv_sec * 1000000000 + (uint64_t) ts.tv_nsec;
+}
 
 /* The reader's side of a stream, touched only by the thread whose turn
  * it is to read.
@@ -357,7 +369,7 @@ read_stream (const struct sc_pipeline *p, struct stream *st,
   struct sc_endpoint *src = p->src;
   size_t size = (size_t) piece->length;
   size_t chunk = p->stream_zeros ? SC_MIN ((size_t) STREAM_CHUNK, size) : size;
-  uint64_t zeros = 0;
+  uint64_t zeros = 0, start = 0;
 
   piece->offset = st->pos;
   if (st->have_ahead) {
@@ -374,6 +386,8 @@ read_stream (const struct sc_pipeline *p, struct stream *st,
     piece->length = 0;
     return 1;
   }
+  if (p->stream_zeros)
+    start = monotonic_ns ();
   for (;;) {
     unsigned char *buf = piece->buf;
     uint64_t at = st->pos + zeros;
@@ -405,7 +419,11 @@ read_stream (const struct sc_pipeline *p, struct stream *st,
     }
     if (!data) {
       zeros += filled;
-      if (!st->ended && zeros < MAX_STREAM_ZERO_PIECE)
+      /* A signal that asks to stop is seen between reads too. */
+      if (sc_check_interrupt () == -1)
+        return -1;
+      if (!st->ended && zeros < MAX_STREAM_ZERO_PIECE
+          && monotonic_ns () - start < MAX_STREAM_ZERO_NS)
         continue;
       piece->length = zeros;
       piece->flags = zeros > 0 ? SC_EXTENT_ZERO : 0;
