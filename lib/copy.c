@@ -1087,7 +1087,13 @@ struct copy_state {
  * bytes: small enough that the device is busy while pieces are still
  * made, large enough that each request covers many pieces.  (The
  * final flush of an unpack of 970 MB to a new ext4 file took 0.41-0.44
- * s without it, and under 0.02 s with it.)
+ * s without it, and under 0.02 s with it.)  On xfs, writing back a file
+ * of many small extents costs an allocation transaction per extent,
+ * wherever it is done: unpacking 200,000 extents of 4 KiB took 4.4 s
+ * of CPU, as much as a program that only pwrites the same blocks and
+ * then fsyncs (4.6 s) and less than cp --sparse=always (5.9 s);
+ * batches of 64 or 512 MiB, or none before the final flush, were no
+ * faster (4.7-5.2 s).
  */
 #define WRITEBACK_BATCH (8 * 1024 * 1024)
 
