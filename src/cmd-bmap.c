@@ -126,6 +126,11 @@ cmd_bmap (int argc, char **argv)
     r = 0;
   else {
     r = sc_is_qcow2 (op.name);
+    /* As qemu-img map and pack: raw data that another process writes
+     * is read only with -U (a qcow2 image is tested when opened).
+     */
+    if (r == 0 && !common.force_share && sc_image_lock_test (op.name) == -1)
+      r = -1;
     if (r == 1 && (q = sc_qcow2_open (op.name, &qopts)) == NULL)
       r = -1;
   }

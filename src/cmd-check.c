@@ -3,6 +3,7 @@
  */
 #include <config.h>
 
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -94,21 +95,30 @@ print_json (const char *filename, const struct sc_check_result *r)
           "    }\n}\n", r->damage);
 }
 
-/* Does image name a backing file that cannot be opened?  Then print
- * why, as qemu-img check fails then (it opens the whole chain first).  An image
+/* Does image name a backing file that cannot be opened, or (without
+ * force_share) one that another process writes?  Then print why, as
+ * qemu-img check fails then (it opens the whole chain first).  An image
  * that does not open for other reasons is for the check to judge.
  */
 static bool
-backing_missing (const char *image, struct sc_endpoint *ep)
+backing_missing (const char *image, struct sc_endpoint *ep, bool force_share)
 {
   struct sc_qcow2_open_opts qo = { .backing_optional = true,
                                    .allow_corrupt = true,
-                                   .force_share = true };
+                                   .force_share = force_share };
   struct sc_qcow2_info info;
   struct sc_qcow2 *q = ep ? sc_qcow2_open_endpoint (ep, &qo)
                           : sc_qcow2_open (image, &qo);
   bool missing = false;
 
+  /* As qemu-img check: a backing file that another process writes is
+   * refused without -U, as the image itself is.  Other errors are the
+   * check's to report.
+   */
+  if (q == NULL && errno == EBUSY) {
+    cli_lib_error (image);
+    return true;
+  }
   if (q == NULL)
     return false;
   if (sc_qcow2_get_info (q, &info) == 0) {
@@ -193,7 +203,8 @@ cmd_check (int argc, char **argv)
 
     if (ep == NULL)
       return EXIT_ERROR;
-    if (backing_missing (cli_image_name (image), ep)) {
+    if (backing_missing (cli_image_name (image), ep,
+                         common.force_share)) {
       sc_endpoint_close (ep);
       return EXIT_ERROR;
     }
@@ -206,7 +217,7 @@ cmd_check (int argc, char **argv)
     if (c == -1)
       return EXIT_ERROR;
   }
-  else if (backing_missing (image, NULL))
+  else if (backing_missing (image, NULL, common.force_share))
     return EXIT_ERROR;
   else if ((!common.force_share && sc_image_lock_test (image) == -1)
            || sc_qcow2_check (image, &result) == -1) {

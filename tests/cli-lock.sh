@@ -79,9 +79,26 @@ expect_fail 'held.raw: .*shared "write" lock' sparsecow pack held.raw held.qcow2
 [ ! -e held.qcow2 ] || fail "pack of held raw data left held.qcow2"
 expect_fail 'held.raw: .*shared "write" lock' sparsecow verify held.raw ref.raw
 expect_fail 'held.raw: .*shared "write" lock' sparsecow verify ref.raw held.raw
+# bmap reads the data for its checksums, as convert reads it to copy.
+expect_fail 'held.raw: .*shared "write" lock' sparsecow bmap held.raw
+sparsecow bmap -U held.raw >/dev/null || fail "bmap -U of held raw data failed"
 sparsecow pack -U held.raw held.qcow2
 qemu-img compare -U held.qcow2 ref.raw >/dev/null || fail "pack -U of held raw data differs"
 sparsecow verify -U held.raw ref.raw >/dev/null || fail "verify -U of held raw data failed"
+kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || :
+
+# ---- qemu-nbd writes the backing file of an overlay ---------------------
+# qemu-img check cannot open the chain (the oracle); neither can check,
+# and -U reads it, as qemu-img check -U does.
+qemu-img create -q -f qcow2 -b img.qcow2 -F qcow2 ovl.qcow2
+nbd_serve base qemu-nbd -f qcow2 img.qcow2
+qemu-img check ovl.qcow2 >check.out 2>&1 &&
+  fail "test setup: qemu-img check opened an overlay whose base qemu-nbd writes"
+grep -q '"write" lock' check.out ||
+  fail "test setup: qemu-img check failed otherwise: $(cat check.out)"
+expect_fail 'img.qcow2.*"write" lock|"write" lock.*img.qcow2' sparsecow check ovl.qcow2
+qemu-img check -U ovl.qcow2 >/dev/null || fail "test setup: qemu-img check -U"
+sparsecow check -U ovl.qcow2 >/dev/null || fail "check -U of the overlay failed"
 kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || :
 
 # ---- sparsecow writes an image ------------------------------------------
