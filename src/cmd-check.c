@@ -234,7 +234,14 @@ cmd_check (int argc, char **argv)
     print_json (image, &result);
   else if (!common.quiet)
     print_human (&result);
-  fflush (stdout);
+  /* A summary that could not be written is an error, whatever the
+   * image holds: as info, map and verify, exit 1.
+   */
+  if (fflush (stdout) == EOF || ferror (stdout)) {
+    cli_error ("check: write error on stdout");
+    sc_check_result_free (&result);
+    return EXIT_ERROR;
+  }
 
   if (result.check_errors) {
     cli_error ("%s: check failed: %" PRIu64 " parts of the image could not "

@@ -164,3 +164,12 @@ rc=0
   grep -q "^sparsecow: stdin: backing file base.qcow2: .*standard input" err ||
   fail "unpack - from a deleted file (exit $rc): $(cat err)"
 cd "$tmp"
+
+# A report that cannot be written is an error of every command, check
+# included (it exited 0).
+for cmd in info map check; do
+  rc=0
+  sparsecow $cmd "$img" >/dev/full 2>"$tmp/err" || rc=$?
+  [ "$rc" = 1 ] && grep -q "write error on stdout" "$tmp/err" ||
+    fail "$cmd >/dev/full (exit $rc): $(cat "$tmp/err")"
+done
