@@ -26,6 +26,13 @@
 const char *cli_program = "sparsecow";
 int cli_usage_status = EXIT_USAGE;
 const char *cli_command;
+char cli_option_typed[64];
+/* The word after an option with an optional value given without one
+ * ("--compress zstd"): it is an operand, which may not be what the
+ * user meant.
+ */
+static const char *optional_value_word;
+static char optional_value_option[64];
 
 void
 cli_lib_error (const char *object)
@@ -180,19 +187,21 @@ cli_common_option (int c, const char *arg, struct cli_common *common,
     else if (strncmp (arg, "json:fd:", 8) == 0)
       fd = arg + 8;
     else
-      cli_usage_error (cli_command, "--progress: expected bar, json, fd:N "
-                       "or json:fd:N, not '%s'", arg);
+      cli_usage_error (cli_command, "%s: expected bar, json, fd:N "
+                       "or json:fd:N, not '%s'", cli_option_typed, arg);
     if (fd) {
       if (cli_parse_uint (fd, 0, INT_MAX, &n) == -1)
-        cli_usage_error (cli_command, "--progress=%s: expected a file "
-                         "descriptor number after 'fd:', not '%s'", arg, fd);
+        cli_usage_error (cli_command, "%s=%s: expected a file "
+                         "descriptor number after 'fd:', not '%s'",
+                         cli_option_typed, arg, fd);
       /* Progress is written: never to the input, even one that a
        * terminal opened for reading and writing.
        */
       if (n == STDIN_FILENO)
-        cli_usage_error (cli_command, "--progress=%s: descriptor 0 is "
+        cli_usage_error (cli_command, "%s=%s: descriptor 0 is "
                          "standard input; give one open for writing (2 is "
-                         "standard error, the default)", arg);
+                         "standard error, the default)", cli_option_typed,
+                         arg);
       common->progress_json = true;
       common->progress_fd = (int) n;
     }
@@ -202,8 +211,8 @@ cli_common_option (int c, const char *arg, struct cli_common *common,
   case 'j':
   case 'm':                     /* qemu-img convert's spelling */
     if (cli_parse_uint (arg, 1, 1024, &common->threads) == -1)
-      cli_usage_error (cli_command, "-%c: expected a number of threads from 1 "
-                       "to 1024, not '%s'", c, arg);
+      cli_usage_error (cli_command, "%s: expected a number of threads from 1 "
+                       "to 1024, not '%s'", cli_option_typed, arg);
     return 1;
   case 'q':
     common->quiet = true;
@@ -219,18 +228,20 @@ cli_common_option (int c, const char *arg, struct cli_common *common,
     exit (EXIT_OK);
   case 'C':
     if (cli_parse_uint (arg, 1, 16, &common->nbd.connections) == -1)
-      cli_usage_error (cli_command, "-C: expected a number of NBD connections "
-                       "from 1 to 16, not '%s'", arg);
+      cli_usage_error (cli_command, "%s: expected a number of NBD "
+                       "connections from 1 to 16, not '%s'", cli_option_typed,
+                       arg);
     return 1;
   case OPT_REQUESTS:
     if (cli_parse_uint (arg, 1, 64, &common->nbd.requests) == -1)
-      cli_usage_error (cli_command, "--requests: expected a number of NBD "
-                       "requests in flight from 1 to 64, not '%s'", arg);
+      cli_usage_error (cli_command, "%s: expected a number of NBD "
+                       "requests in flight from 1 to 64, not '%s'",
+                       cli_option_typed, arg);
     return 1;
   case OPT_TIMEOUT:
     if (cli_parse_uint (arg, 0, 86400, &common->nbd.timeout) == -1)
-      cli_usage_error (cli_command, "--timeout: expected seconds from 0 (none) "
-                       "to 86400, not '%s'", arg);
+      cli_usage_error (cli_command, "%s: expected seconds from 0 (none) "
+                       "to 86400, not '%s'", cli_option_typed, arg);
     return 1;
   }
   return 0;
@@ -263,8 +274,8 @@ option_spelling (char **argv, char *buf, size_t len)
  * value given to a short option that takes none, as "--progress=json"
  * takes one.  Say so, with the long spelling where there is one.
  */
-static void
-refuse_short_value (int argc, char **argv)
+void
+cli_refuse_short_value (int argc, char **argv)
 {
   /* The word is the current one, or the last if getopt left it. */
   for (int i = optind; i >= optind - 1 && i > 0; i--) {
@@ -280,6 +291,31 @@ refuse_short_value (int argc, char **argv)
   }
 }
 
+/* Set cli_option_typed to the option getopt_long just returned (c, or
+ * the long option at index), as the user spelled it: "--thr" for
+ * "--thr=2", "-j" for "-j2".
+ */
+static void
+record_spelling (int argc, char **argv, int c, const struct option *longopt)
+{
+  const char *word;
+
+  if (longopt == NULL) {
+    snprintf (cli_option_typed, sizeof cli_option_typed, "-%c", c);
+    return;
+  }
+  /* "--threads 2": the value is the last word read, the option the one
+   * before it.
+   */
+  if (longopt->has_arg == required_argument && optarg != NULL
+      && optind >= 2 && optind - 1 < argc && optarg == argv[optind - 1])
+    word = argv[optind - 2];
+  else
+    word = optind >= 1 ? argv[optind - 1] : "";
+  snprintf (cli_option_typed, sizeof cli_option_typed, "%.*s",
+            (int) strcspn (word, "="), word);
+}
+
 int
 cli_getopt (int argc, char **argv, const char *shortopts,
             const struct option *longopts, struct cli_common *common,
@@ -287,8 +323,12 @@ cli_getopt (int argc, char **argv, const char *shortopts,
 {
   static struct option merged[MAX_LONG_OPTIONS + NB_COMMON_LONG + 1];
   static const struct option *merged_from;
+  /* -h and -V act once the whole command line is read, so that
+   * "-Vx" and "-V=1" are refused as "-q=1" is, not taken for -V.
+   */
+  static bool help, version;
   char spelling[64], shorts[128];
-  int c;
+  int c, index;
 
   /* Once per command: its own long options, then the common ones that
    * it does not define itself.
@@ -308,7 +348,10 @@ cli_getopt (int argc, char **argv, const char *shortopts,
     }
     memset (&merged[n], 0, sizeof merged[n]);
     merged_from = longopts;
-    optind = 1;
+    /* 0, not 1: getopt starts afresh (main's getopt stopped at the
+     * command), permuting operands behind options again.
+     */
+    optind = 0;
   }
   /* ':' first: a missing argument is told apart from an unknown
    * option, and getopt prints nothing itself.
@@ -316,20 +359,53 @@ cli_getopt (int argc, char **argv, const char *shortopts,
   snprintf (shorts, sizeof shorts, ":%s%s", shortopts, CLI_COMMON_SHORT_OPTIONS);
   opterr = 0;
   for (;;) {
-    c = getopt_long (argc, argv, shorts, merged, NULL);
-    if (c == -1)
+    index = -1;
+    c = getopt_long (argc, argv, shorts, merged, &index);
+    if (c == -1) {
+      if (help) {
+        usage (stdout);
+        exit (EXIT_OK);
+      }
+      if (version) {
+        printf ("%s %s\n", PACKAGE_NAME, PACKAGE_VERSION);
+        exit (EXIT_OK);
+      }
       return -1;
+    }
     if (c == ':') {
       option_spelling (argv, spelling, sizeof spelling);
       cli_usage_error (cli_command, "option '%s' needs a value", spelling);
     }
     if (c == '?' && optopt == '=')
-      refuse_short_value (argc, argv);
+      cli_refuse_short_value (argc, argv);
+    if (c == '?' && optopt != 0 && optind > 0 && optind - 1 < argc
+        && strncmp (argv[optind - 1], "--", 2) == 0
+        && strchr (argv[optind - 1], '=') != NULL) {
+      /* glibc names the option it found in optopt: "--quiet=1". */
+      option_spelling (argv, spelling, sizeof spelling);
+      cli_usage_error (cli_command, "option '%s' takes no value", spelling);
+    }
     if (c == '?') {
       option_spelling (argv, spelling, sizeof spelling);
       cli_usage_error (cli_command, "unknown option '%s'", spelling);
     }
-    if (!cli_common_option (c, optarg, common, usage))
+    record_spelling (argc, argv, c, index >= 0 ? &merged[index] : NULL);
+    /* "--compress zstd": remember "zstd", for the message should the
+     * operands not add up.
+     */
+    if (optarg == NULL && optind < argc && argv[optind][0] != '-'
+        && (index >= 0 ? merged[index].has_arg == optional_argument
+                       : strstr (shorts, (char []) { (char) c, ':', ':', 0 })
+                         != NULL)) {
+      optional_value_word = argv[optind];
+      snprintf (optional_value_option, sizeof optional_value_option, "%s",
+                cli_option_typed);
+    }
+    if (c == 'h')
+      help = true;
+    else if (c == 'V')
+      version = true;
+    else if (!cli_common_option (c, optarg, common, usage))
       return c;
   }
 }
@@ -480,8 +556,21 @@ cli_operands (const char *command, int argc, char **argv, int first,
       op->nbd = sc_is_nbd_uri (argv[i]);
     n++;
   }
-  if (n != want)
+  if (n != want) {
+    for (int i = first; i < argc && optional_value_word; i++)
+      if (argv[i] == optional_value_word) {
+        bool lng = optional_value_option[1] == '-';
+
+        cli_usage_error (command, "expected %s; '%s' after %s is an "
+                         "operand: %s takes its value %s (%s%s%s)",
+                         expected, optional_value_word,
+                         optional_value_option, optional_value_option,
+                         lng ? "after '='" : "attached",
+                         optional_value_option, lng ? "=" : "",
+                         optional_value_word);
+      }
     cli_usage_error (command, "expected %s", expected);
+  }
   /* One export read and written at once would be overwritten as it is
    * read.  verify only reads both.
    */

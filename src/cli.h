@@ -99,6 +99,10 @@ extern int cli_usage_status;
  * common options name it.
  */
 extern const char *cli_command;
+/* The option cli_getopt returned last, as typed ("--thr", "-j"), for
+ * messages about its value.
+ */
+extern char cli_option_typed[64];
 
 /* Handle a common option c (with optarg).  Returns 1 if handled, 0 if
  * not a common option; exits for -h (calling usage) and -V, and on a
@@ -117,6 +121,11 @@ extern int cli_common_option (int c, const char *optarg,
 extern int cli_getopt (int argc, char **argv, const char *shortopts,
                        const struct option *longopts,
                        struct cli_common *common, void (*usage) (FILE *));
+
+/* getopt has read "-X=VALUE" as -X, then an unknown option '=': say
+ * that -X takes no value (a usage error).
+ */
+extern void cli_refuse_short_value (int argc, char **argv);
 
 /* An operand: a path, "-", an NBD URI, or the command line of an NBD
  * server to start, written "[ CMD ARGS ]" (after "--", so that the

@@ -139,9 +139,14 @@ parse_codec (const char *s, struct sc_pack_opts *opts)
     opts->codec = SC_CODEC_ZSTD;
   else if (strcmp (s, "none") == 0)
     opts->codec = SC_CODEC_NONE;
+  else if (s[0] == '=')
+    /* "-c=zstd": a short option's value follows it directly. */
+    cli_usage_error ("pack", "%s: expected deflate or zstd, not '%s' "
+                     "(write %s%s)", cli_option_typed, s, cli_option_typed,
+                     s + 1);
   else
-    cli_usage_error ("pack", "--compress: expected deflate or zstd, "
-                     "not '%s'", s);
+    cli_usage_error ("pack", "%s: expected deflate or zstd, not '%s'",
+                     cli_option_typed, s);
 }
 
 /* The format options, spelled as long options or as qemu-img's -o

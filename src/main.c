@@ -1,6 +1,7 @@
 /* sparsecow: move sparse data in and out of qcow2 images. */
 #include <config.h>
 
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,23 +64,57 @@ one_malloc_arena (void)
 int
 main (int argc, char **argv)
 {
+  /* The same getopt_long rules as the commands' options: a unique
+   * prefix of a long option is taken, "+" stops at the command.
+   */
+  static const struct option long_options[] = {
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 }
+  };
+  bool help = false, version = false;
+  int c;
+
   one_malloc_arena ();
-  if (argc < 2) {
-    usage (stderr);
-    return EXIT_USAGE;
+  opterr = 0;
+  while ((c = getopt_long (argc, argv, "+:hV", long_options, NULL)) != -1) {
+    const char *word = argv[optind - 1];
+
+    if (c == 'h')
+      help = true;
+    else if (c == 'V')
+      version = true;
+    else if (optopt != 0 && strncmp (word, "--", 2) == 0)
+      /* --help=1: the option exists, and takes no value. */
+      cli_usage_error (NULL, "option '%.*s' takes no value",
+                       (int) strcspn (word, "="), word);
+    else if (optopt == '=')
+      cli_refuse_short_value (argc, argv);
+    else if (optopt != 0)
+      cli_usage_error (NULL, "unknown option '-%c'", optopt);
+    else
+      cli_usage_error (NULL, "unknown option '%.*s'",
+                       (int) strcspn (word, "="), word);
   }
-  if (strcmp (argv[1], "-h") == 0 || strcmp (argv[1], "--help") == 0) {
+  if (help) {
     usage (stdout);
     return EXIT_OK;
   }
-  if (strcmp (argv[1], "-V") == 0 || strcmp (argv[1], "--version") == 0) {
+  if (version) {
     printf ("%s %s\n", PACKAGE_NAME, PACKAGE_VERSION);
     return EXIT_OK;
   }
+  /* As qemu-img with no command: one line and a hint, not the usage. */
+  if (optind >= argc)
+    cli_usage_error (NULL, "expected a command");
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-    if (strcmp (argv[1], commands[i].name) == 0) {
+    if (strcmp (argv[optind], commands[i].name) == 0) {
       cli_command = commands[i].name;
-      return commands[i].fn (argc - 1, argv + 1);
+      /* The command parses its own options from the start. */
+      argc -= optind;
+      argv += optind;
+      optind = 0;
+      return commands[i].fn (argc, argv);
     }
-  cli_usage_error (NULL, "unknown command '%s'", argv[1]);
+  cli_usage_error (NULL, "unknown command '%s'", argv[optind]);
 }

@@ -53,6 +53,84 @@ for cmd in pack unpack info map check bmap verify; do
   grep -q "^sparsecow: $cmd: -U takes no value (in '-U=yes')$" "$tmp/err" ||
     fail "$cmd -U=yes: $(cat "$tmp/err")"
 done
+# A long option that takes no value, given one, exists: it is said to
+# take none, not to be unknown.  -h and -V with a value or in a bundle
+# with an unknown option are refused as -q=1 is, not acted on.
+for opt in --quiet=1 --help=1 --version=1 --force-share=1 --quie=1; do
+  usage_error pack $opt "$tmp/raw" "$tmp/o.qcow2"
+  grep -q "^sparsecow: pack: option '${opt%=*}' takes no value$" "$tmp/err" ||
+    fail "pack $opt: $(cat "$tmp/err")"
+done
+for opt in -V=1 -h=1 -q=1; do
+  usage_error pack $opt "$tmp/raw" "$tmp/o.qcow2"
+  grep -q "^sparsecow: pack: ${opt%=*} takes no value" "$tmp/err" ||
+    fail "pack $opt: $(cat "$tmp/err")"
+done
+usage_error pack -Vx "$tmp/raw" "$tmp/o.qcow2"
+grep -q "unknown option '-x'" "$tmp/err" || fail "pack -Vx: $(cat "$tmp/err")"
+# An error about a value names the option as it was typed.
+for opt in --threads= --thr=x "--threads x" -jx "-m x" --conn=99 "-C 0" \
+           --req=0 --tim=x --prog=sideways; do
+  set -- $opt
+  usage_error pack "$@" "$tmp/raw" "$tmp/o.qcow2"
+  typed=${1%%=*}
+  case $typed in --*) ;; *) typed=${typed:0:2} ;; esac
+  grep -q "^sparsecow: pack: $typed[:=]" "$tmp/err" ||
+    fail "pack $opt: does not name $typed: $(cat "$tmp/err")"
+done
+usage_error pack -c=zstd "$tmp/raw" "$tmp/o.qcow2"
+grep -q "^sparsecow: pack: -c: .*'=zstd'.*-czstd" "$tmp/err" ||
+  fail "pack -c=zstd: $(cat "$tmp/err")"
+# An optional value as a separate word is an operand: with one operand
+# too many, the message says which word and how to write the value.
+usage_error pack --compress zstd "$tmp/raw" "$tmp/o.qcow2"
+grep -q "'zstd' after --compress is an operand.*--compress=zstd" "$tmp/err" ||
+  fail "pack --compress zstd: $(cat "$tmp/err")"
+usage_error pack --progress json "$tmp/raw" "$tmp/o.qcow2"
+grep -q "'json' after --progress is an operand.*--progress=json" "$tmp/err" ||
+  fail "pack --progress json: $(cat "$tmp/err")"
+[ ! -e "$tmp/o.qcow2" ] || fail "a failed command created a target"
+
+# Before the command, as qemu-img: no command is one error line and the
+# hint (qemu-img alone is the oracle of the form), an unknown option is
+# an option, and long options take a unique prefix, as after it.
+top_error () {
+  local rc=0
+  "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
+  [ "$rc" = 1 ] || fail "$*: exit status $rc, not 1"
+  [ ! -s "$tmp/out" ] || fail "$*: wrote to stdout"
+  [ "$(wc -l <"$tmp/err")" = 2 ] || fail "$*: not two lines: $(cat "$tmp/err")"
+  tail -n1 "$tmp/err" | grep -q "^Try '$1 --help'" ||
+    fail "$*: no hint line: $(cat "$tmp/err")"
+}
+top_error qemu-img
+top_error qemu-img -x
+grep -q "'-x'" "$tmp/err" || fail "test setup: qemu-img -x: $(cat "$tmp/err")"
+qemu-img --vers | grep -q "^qemu-img version" ||
+  fail "test setup: qemu-img --vers"
+top_error sparsecow
+grep -q "^sparsecow: expected a command$" "$tmp/err" ||
+  fail "sparsecow alone: $(cat "$tmp/err")"
+top_error sparsecow -x
+grep -q "^sparsecow: unknown option '-x'$" "$tmp/err" ||
+  fail "sparsecow -x: $(cat "$tmp/err")"
+top_error sparsecow --bogus pack
+grep -q "^sparsecow: unknown option '--bogus'$" "$tmp/err" ||
+  fail "sparsecow --bogus: $(cat "$tmp/err")"
+top_error sparsecow -V=1
+top_error sparsecow --help=1
+top_error sparsecow frobnicate
+grep -q "^sparsecow: unknown command 'frobnicate'$" "$tmp/err" ||
+  fail "sparsecow frobnicate: $(cat "$tmp/err")"
+for v in --vers --version -V; do
+  sparsecow $v | grep -q "^sparsecow " || fail "sparsecow $v"
+  sparsecow pack $v | grep -q "^sparsecow " || fail "sparsecow pack $v"
+done
+sparsecow --he | grep -q "^Usage: sparsecow COMMAND" || fail "sparsecow --he"
+# Options after the command are still found behind its operands.
+sparsecow map "$tmp/img.qcow2" --output=json | python3 -c 'import json,sys; json.load(sys.stdin)' ||
+  fail "map IMAGE --output=json: an option behind the operand was not taken"
+
 usage_error pack -c lz4 "$tmp/raw" "$tmp/o.qcow2"
 grep -q "unknown codec 'lz4'" "$tmp/err" || fail "pack -c lz4: $(cat "$tmp/err")"
 usage_error pack --compress=lz4 "$tmp/raw" "$tmp/o.qcow2"
