@@ -26,6 +26,7 @@
 const char *cli_program = "sparsecow";
 int cli_usage_status = EXIT_USAGE;
 const char *cli_command;
+bool cli_std_closed[3];
 char cli_option_typed[64];
 /* The word after an option with an optional value given without one
  * ("--compress zstd"): it is an operand, which may not be what the
@@ -612,6 +613,11 @@ cli_open_source (const struct cli_operand *op,
 {
   struct sc_endpoint *ep;
 
+  /* main put /dev/null there: reading it would give no data. */
+  if (!op->nbd && strcmp (op->name, "-") == 0 && cli_std_closed[STDIN_FILENO]) {
+    cli_error ("%s: stdin: standard input is closed", cli_command);
+    return NULL;
+  }
   if (op->nbd)
     ep = sc_endpoint_open_nbd (op->argv ? NULL : op->name, op->argv, 0,
                                &common->nbd);
@@ -650,6 +656,11 @@ cli_open_target (const struct cli_operand *op,
 {
   struct sc_endpoint *ep;
 
+  if (!op->nbd && strcmp (op->name, "-") == 0
+      && cli_std_closed[STDOUT_FILENO]) {
+    cli_error ("%s: stdout: standard output is closed", cli_command);
+    return NULL;
+  }
   if (op->nbd && (flags & SC_TARGET_DEVICE)) {
     cli_error ("%s: not a block device", op->name);
     return NULL;

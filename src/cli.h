@@ -99,6 +99,10 @@ extern int cli_usage_status;
  * common options name it.
  */
 extern const char *cli_command;
+/* Which of the standard descriptors 0, 1, 2 were closed when the
+ * program started (main opened /dev/null on them).
+ */
+extern bool cli_std_closed[3];
 /* The option cli_getopt returned last, as typed ("--thr", "-j"), for
  * messages about its value.
  */

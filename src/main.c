@@ -1,10 +1,13 @@
 /* sparsecow: move sparse data in and out of qcow2 images. */
 #include <config.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #ifdef HAVE_MALLOC_H
 #include <malloc.h>
 #endif
@@ -61,6 +64,33 @@ one_malloc_arena (void)
 #endif
 }
 
+/* A standard descriptor that was closed when the program started would
+ * be taken by the first file opened, an image or a target, so that a
+ * message or JSON progress would be written into it, or an image taken
+ * for stdout.  Each closed one gets /dev/null, opened the other way
+ * round (stdin for writing, stdout and stderr for reading) so that the
+ * program's own use of it fails instead of reading nothing or writing
+ * nowhere; cli_std_closed tells "-" operands apart.
+ */
+static void
+open_standard_fds (void)
+{
+  for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++) {
+    int nfd;
+
+    if (fcntl (fd, F_GETFD) != -1 || errno != EBADF)
+      continue;
+    nfd = open ("/dev/null", fd == STDIN_FILENO ? O_WRONLY : O_RDONLY);
+    if (nfd != fd) {
+      /* Not even /dev/null: nothing safe can be opened. */
+      if (nfd >= 0)
+        close (nfd);
+      _exit (EXIT_ERROR);
+    }
+    cli_std_closed[fd] = true;
+  }
+}
+
 int
 main (int argc, char **argv)
 {
@@ -75,6 +105,7 @@ main (int argc, char **argv)
   bool help = false, version = false;
   int c;
 
+  open_standard_fds ();
   one_malloc_arena ();
   opterr = 0;
   while ((c = getopt_long (argc, argv, "+:hV", long_options, NULL)) != -1) {

@@ -165,9 +165,33 @@ rc=0
   fail "unpack - from a deleted file (exit $rc): $(cat err)"
 cd "$tmp"
 
-# A report that cannot be written is an error of every command, check
-# included (it exited 0).
+# A standard descriptor closed at the start is no file's to take: the
+# image opened is not taken for stdout ("unpack - >&-" said qemu held
+# the image), and "-" on a closed stream says so, exit 1, as cat fails
+# to write there.
+# (A copy: were descriptor 1 the image's, the report would go into it.)
+cat "$img" >&- 2>/dev/null && fail "test setup: cat wrote to a closed stdout"
+cp "$img" "$tmp/closed-img.qcow2"
+sum=$(md5sum <"$tmp/closed-img.qcow2")
+rc=0
+sparsecow unpack "$tmp/closed-img.qcow2" - >&- 2>"$tmp/err" || rc=$?
+[ "$rc" = 1 ] && [ "$(wc -l <"$tmp/err")" = 1 ] &&
+  grep -q "^sparsecow: unpack: stdout: standard output is closed$" "$tmp/err" ||
+  fail "unpack IMAGE - >&- (exit $rc): $(cat "$tmp/err")"
+rc=0
+sparsecow pack - "$tmp/closed.qcow2" <&- 2>"$tmp/err" || rc=$?
+[ "$rc" = 1 ] && [ ! -e "$tmp/closed.qcow2" ] &&
+  grep -q "^sparsecow: pack: stdin: standard input is closed$" "$tmp/err" ||
+  fail "pack - TARGET <&- (exit $rc): $(cat "$tmp/err")"
+# A report to a closed stdout, or one that cannot be written, is an
+# error of every command, check included (it exited 0).
 for cmd in info map check; do
+  rc=0
+  sparsecow $cmd "$tmp/closed-img.qcow2" >&- 2>"$tmp/err" || rc=$?
+  [ "$rc" = 1 ] && grep -q "write error on stdout" "$tmp/err" ||
+    fail "$cmd >&- (exit $rc): $(cat "$tmp/err")"
+  [ "$(md5sum <"$tmp/closed-img.qcow2")" = "$sum" ] ||
+    fail "$cmd >&- wrote into the image"
   rc=0
   sparsecow $cmd "$img" >/dev/full 2>"$tmp/err" || rc=$?
   [ "$rc" = 1 ] && grep -q "write error on stdout" "$tmp/err" ||
