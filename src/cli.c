@@ -187,14 +187,19 @@ cli_common_option (int c, const char *arg, struct cli_common *common,
       fd = arg + 3;
     else if (strncmp (arg, "json:fd:", 8) == 0)
       fd = arg + 8;
+    /* nbdcopy's --progress=N: its own "P/100" lines on descriptor N. */
+    else if (arg[0] >= '0' && arg[0] <= '9') {
+      fd = arg;
+      common->progress_nbdcopy = true;
+    }
     else
-      cli_usage_error (cli_command, "%s: expected bar, json, fd:N "
-                       "or json:fd:N, not '%s'", cli_option_typed, arg);
+      cli_usage_error (cli_command, "%s: expected bar, json, fd:N, "
+                       "json:fd:N or N, not '%s'", cli_option_typed, arg);
     if (fd) {
       if (cli_parse_uint (fd, 0, INT_MAX, &n) == -1)
         cli_usage_error (cli_command, "%s=%s: expected a file "
-                         "descriptor number after 'fd:', not '%s'",
-                         cli_option_typed, arg, fd);
+                         "descriptor number%s, not '%s'", cli_option_typed,
+                         arg, fd == arg ? "" : " after 'fd:'", fd);
       /* Progress is written: never to the input, even one that a
        * terminal opened for reading and writing.
        */
@@ -704,6 +709,7 @@ cli_json_string (FILE *fp, const char *s)
  */
 struct progress_state {
   bool json;
+  bool nbdcopy;                 /* "P/100" lines instead of JSON */
   FILE *out;                    /* JSON lines go here */
   double last;
   int last_percent;
@@ -732,7 +738,14 @@ progress_print (struct progress_state *st, const struct sc_progress *p)
 
   st->last_percent = percent;
   st->held = false;
-  if (st->json && unknown) {
+  /* nbdcopy's lines have no room for an unknown length: none then. */
+  if (st->nbdcopy) {
+    if (!unknown) {
+      fprintf (st->out, "%d/100\n", percent);
+      fflush (st->out);
+    }
+  }
+  else if (st->json && unknown) {
     fprintf (st->out, "{\"done\":%" PRIu64
              ",\"total\":null,\"percent\":null}\n", p->done);
     fflush (st->out);
@@ -796,6 +809,7 @@ cli_progress_fn (const struct cli_common *common, void **opaque)
   progress_state.held = false;
   if (common->progress_json) {
     progress_state.json = true;
+    progress_state.nbdcopy = common->progress_nbdcopy;
     progress_state.out = stderr;
     if (common->progress_fd > 0) {
       progress_state.out = fdopen (common->progress_fd, "w");

@@ -30,6 +30,7 @@ struct cli_common {
   bool quiet;
   bool progress;                /* -p */
   bool progress_json;           /* --progress=json[:fd:N] or fd:N */
+  bool progress_nbdcopy;        /* --progress=N: "P/100" lines, as nbdcopy */
   int progress_fd;              /* where JSON progress goes; 0 = stderr */
   const char *progress_arg;     /* the value of --progress= as typed */
   unsigned threads;             /* -j N, 0 = default */
@@ -69,7 +70,7 @@ enum {
 
 /* The help lines of the options every command takes. */
 #define CLI_COMMON_HELP \
-"  -p, --progress[=json|fd:N|json:fd:N]\n" \
+"  -p, --progress[=json|fd:N|json:fd:N|N]\n" \
 "                         show progress (see sparsecow(1))\n" \
 "  -j, -m, --threads N    worker threads (default: online CPUs)\n" \
 "  -U, --force-share      read an image another process is writing\n" \

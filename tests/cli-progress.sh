@@ -47,6 +47,30 @@ sparsecow unpack --progress=json "$tmp/a.qcow2" "$tmp/back" 2>"$tmp/p4"
 cmp "$src" "$tmp/back"
 check_progress "$tmp/p4"
 
+# nbdcopy's --progress=N, in nbdcopy's format: the lines nbdcopy itself
+# writes there are the oracle of what a program reading them expects.
+if command -v nbdcopy >/dev/null; then
+  nbdcopy_progress () {
+    python3 - "$1" <<'PYEOF' || fail "nbdcopy-style progress in $1: $(head -c 2000 "$1")"
+import re, sys
+lines = open(sys.argv[1]).read().splitlines()
+assert lines, "no progress"
+assert all(re.fullmatch(r"(\d|[1-9]\d|100)/100", l) for l in lines), lines
+p = [int(l.split("/")[0]) for l in lines]
+assert all(b >= a for a, b in zip(p, p[1:])), "not monotonic: %s" % p
+assert p[-1] == 100, "does not end at 100/100: %s" % p
+PYEOF
+  }
+  nbdcopy --progress=3 "$src" "$tmp/nc.raw" 3>"$tmp/pn0"
+  nbdcopy_progress "$tmp/pn0"
+  sparsecow pack --progress=3 "$src" "$tmp/n.qcow2" 3>"$tmp/pn1"
+  nbdcopy_progress "$tmp/pn1"
+  [ "$(wc -l <"$tmp/pn1")" -ge 10 ] || fail "--progress=3: too few lines"
+  sparsecow unpack --progress=3 "$tmp/n.qcow2" "$tmp/n.raw" 3>"$tmp/pn2"
+  nbdcopy_progress "$tmp/pn2"
+  cmp "$src" "$tmp/n.raw"
+fi
+
 # bmap: the map alone on stdout, as bmaptool reads it.
 sparsecow bmap --progress=json "$src" >"$tmp/s.bmap" 2>"$tmp/p5"
 check_progress "$tmp/p5"
