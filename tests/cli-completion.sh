@@ -130,3 +130,31 @@ line_offers // "sparsecow pack nbd:"
 line_offers 1.1 "sparsecow pack -o compat="
 line_offers json "sparsecow unpack --progress=j"
 line_offers img.qcow2 "sparsecow unpack -q "
+# Option values after "=", as the options take them.
+offers --compress=zstd sparsecow pack --compress=
+offers --compress=deflate sparsecow pack --compress=
+[ "$(complete_words sparsecow pack --compress=z)" = --compress=zstd ] ||
+  fail "pack --compress=z: $(complete_words sparsecow pack --compress=z)"
+line_offers zstd "sparsecow pack --compress=z"
+offers --bmap-out=a.bmap sparsecow pack --bmap-out=
+offers_not --bmap-out=disk.raw sparsecow pack --bmap-out=
+offers --bmap=a.bmap sparsecow unpack --bmap=
+line_offers a.bmap "sparsecow unpack --bmap="
+# -c takes a codec or none ("pack -c disk.raw disk.qcow2"): both.
+for w in deflate zstd disk.raw nbd://; do
+  offers "$w" sparsecow pack -c ""
+done
+# --compress takes its value after "=" only: the next word is an
+# operand, never a codec.
+offers disk.raw sparsecow pack --compress ""
+offers_not zstd sparsecow pack --compress ""
+# Only options that the command takes: not the "-r" of a server
+# command in the help's text (check refuses -r), not "--bmap" of bmap's
+# description.
+for cmd in check info map unpack bmap verify pack; do
+  offers_not -r sparsecow $cmd -
+done
+offers_not --bmap sparsecow bmap --
+usage_rc=0
+sparsecow check -r leaks "$tmp/img.qcow2" 2>/dev/null || usage_rc=$?
+[ "$usage_rc" = 1 ] || fail "test setup: check -r is not refused"
