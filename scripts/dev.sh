@@ -18,7 +18,7 @@ cd "$top"
 packages=(autoconf automake libtool pkg-config make gcc
           zlib1g-dev libisal-dev libdeflate-dev libzstd-dev libnbd-dev libcunit1-dev libssl-dev
           qemu-utils nbdkit libnbd-bin e2fsprogs xfsprogs btrfs-progs python3 valgrind jq
-          clang libclang-rt-14-dev bmap-tools dmsetup
+          clang libclang-rt-14-dev bmap-tools dmsetup bash-completion
           time procps util-linux mount)
 missing=()
 for p in "${packages[@]}"; do

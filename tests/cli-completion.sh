@@ -158,3 +158,40 @@ offers_not --bmap sparsecow bmap --
 usage_rc=0
 sparsecow check -r leaks "$tmp/img.qcow2" 2>/dev/null || usage_rc=$?
 [ "$usage_rc" = 1 ] || fail "test setup: check -r is not refused"
+
+# Installed where bash-completion's pkg-config file says it looks
+# (completionsdir), read with the build's prefix and datadir, so that
+# --prefix and DESTDIR still place it.  A bash-completion.pc of the
+# test's own, first on PKG_CONFIG_PATH, puts it elsewhere than the
+# fallback: configure must ask pkg-config, not assume.
+requires pkg-config make
+mkdir "$tmp/pc" "$tmp/cfg"
+cat >"$tmp/pc/bash-completion.pc" <<'PCEOF'
+prefix=/usr
+datadir=/usr/share
+completionsdir=${prefix}/lib/sc-test/completions
+Name: bash-completion
+Description: test stand-in
+Version: 2.11
+PCEOF
+[ "$(PKG_CONFIG_PATH=$tmp/pc pkg-config --define-variable=prefix=/opt/sc \
+     --variable=completionsdir bash-completion)" = \
+  /opt/sc/lib/sc-test/completions ] || fail "test setup: the stand-in .pc"
+(cd "$tmp/cfg" &&
+ PKG_CONFIG_PATH=$tmp/pc "$(cd "$top_srcdir" && pwd)/configure" \
+   --prefix=/opt/sc >configure.out 2>&1) ||
+  fail "configure with a bash-completion.pc: $(tail -5 "$tmp/cfg/configure.out")"
+make -s -C "$tmp/cfg" install-dist_bashcompletionDATA DESTDIR="$tmp/dest" \
+  >/dev/null || fail "make install-dist_bashcompletionDATA"
+[ -f "$tmp/dest/opt/sc/lib/sc-test/completions/sparsecow" ] ||
+  fail "not installed in the .pc's completionsdir: $(cd "$tmp/dest" && find . -type f)"
+# The build itself: the real bash-completion's directory where it is
+# installed, else under datadir.
+want='${datadir}/bash-completion/completions'
+if pkg-config --exists bash-completion; then
+  want=$(pkg-config --define-variable=prefix='${prefix}' \
+           --define-variable=datadir='${datadir}' \
+           --variable=completionsdir bash-completion)
+fi
+got=$(sed -n 's/^bashcompletiondir = //p' "$top_builddir/Makefile")
+[ "$got" = "$want" ] || fail "bashcompletiondir is $got, not $want"
