@@ -31,7 +31,13 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -1107,6 +1113,212 @@ static const struct sc_endpoint_ops nbd_target_ops = {
   .flush = nbd_ep_flush,
   .close = nbd_ep_close,
 };
+
+/* ---- which local processes serve an export ------------------------------
+ *
+ * A server on this host may have open the very file a command is about
+ * to write (nbdkit file, qemu-nbd, or the backing file of the image it
+ * serves).  Its process is found from the connection: the pid of a
+ * server started here; the peer of a Unix socket (SO_PEERCRED, and the
+ * holders of the listening socket, which outlive a parent that forked
+ * into the background after listen); for TCP, the holders of the other
+ * end of the connection, found in /proc/net/tcp{,6}.
+ */
+
+static size_t
+add_pid (pid_t *pids, size_t n, size_t max, pid_t pid)
+{
+  if (pid <= 0 || pid == getpid () || n >= max)
+    return n;
+  for (size_t i = 0; i < n; i++)
+    if (pids[i] == pid)
+      return n;
+  pids[n] = pid;
+  return n + 1;
+}
+
+/* Add the processes that hold socket inode ino open. */
+static size_t
+add_socket_holders (unsigned long ino, pid_t *pids, size_t n, size_t max)
+{
+  char want[64];
+  DIR *proc;
+  struct dirent *e;
+
+  snprintf (want, sizeof want, "socket:[%lu]", ino);
+  proc = opendir ("/proc");
+  if (proc == NULL)
+    return n;
+  while (n < max && (e = readdir (proc)) != NULL) {
+    char path[300], link[64];
+    char *end;
+    long pid = strtol (e->d_name, &end, 10);
+    DIR *fds;
+    struct dirent *f;
+    bool found = false;
+
+    if (*end != '\0' || pid <= 0)
+      continue;
+    snprintf (path, sizeof path, "/proc/%ld/fd", pid);
+    fds = opendir (path);
+    if (fds == NULL)
+      continue;                 /* gone, or not ours to see */
+    while (!found && (f = readdir (fds)) != NULL) {
+      ssize_t len;
+
+      if (f->d_name[0] == '.')
+        continue;
+      snprintf (path, sizeof path, "/proc/%ld/fd/%s", pid, f->d_name);
+      len = readlink (path, link, sizeof link - 1);
+      if (len <= 0)
+        continue;
+      link[len] = '\0';
+      found = strcmp (link, want) == 0;
+    }
+    closedir (fds);
+    if (found)
+      n = add_pid (pids, n, max, (pid_t) pid);
+  }
+  closedir (proc);
+  return n;
+}
+
+/* The inode of the listening Unix socket bound to path, or 0. */
+static unsigned long
+unix_listener (const char *path)
+{
+  FILE *fp = fopen ("/proc/net/unix", "re");
+  char line[4096];
+  unsigned long r = 0;
+
+  if (fp == NULL)
+    return 0;
+  /* "Num RefCount Protocol Flags Type St Inode Path" (proc(5)); the
+   * flag __SO_ACCEPTCON (0x10000) marks a listening socket.
+   */
+  while (r == 0 && fgets (line, sizeof line, fp)) {
+    unsigned long flags, ino;
+    char name[4096];
+
+    if (sscanf (line, "%*s %*x %*x %lx %*x %*x %lu %4095s", &flags, &ino,
+                name) == 3
+        && (flags & 0x10000) && strcmp (name, path) == 0)
+      r = ino;
+  }
+  fclose (fp);
+  return r;
+}
+
+/* An address as /proc/net/tcp{,6} prints it: the address in 32-bit
+ * words of host byte order, then the port, in hexadecimal.
+ */
+static void
+proc_net_address (const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *) ss;
+    snprintf (buf, len, "%08X:%04X", (unsigned) in->sin_addr.s_addr,
+              (unsigned) ntohs (in->sin_port));
+  }
+  else {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) ss;
+    uint32_t w[4];
+
+    memcpy (w, &in6->sin6_addr, sizeof w);
+    snprintf (buf, len, "%08X%08X%08X%08X:%04X", (unsigned) w[0],
+              (unsigned) w[1], (unsigned) w[2], (unsigned) w[3],
+              (unsigned) ntohs (in6->sin6_port));
+  }
+}
+
+/* The inode of the socket whose local end is local and remote end is
+ * remote, in /proc/net/tcp (IPv4) or tcp6, or 0.
+ */
+static unsigned long
+tcp_socket (const struct sockaddr_storage *local,
+            const struct sockaddr_storage *remote)
+{
+  char l[64], r[64], line[512];
+  unsigned long ino = 0;
+  FILE *fp;
+
+  proc_net_address (local, l, sizeof l);
+  proc_net_address (remote, r, sizeof r);
+  fp = fopen (local->ss_family == AF_INET ? "/proc/net/tcp"
+              : "/proc/net/tcp6", "re");
+  if (fp == NULL)
+    return 0;
+  /* "sl local_address rem_address st tx:rx tr:when retrnsmt uid
+   * timeout inode" (proc(5)).
+   */
+  while (ino == 0 && fgets (line, sizeof line, fp)) {
+    char la[64], ra[64];
+    unsigned long i;
+
+    if (sscanf (line, "%*s %63s %63s %*x %*s %*s %*s %*u %*u %lu", la, ra,
+                &i) == 3
+        && strcmp (la, l) == 0 && strcmp (ra, r) == 0)
+      ino = i;
+  }
+  fclose (fp);
+  return ino;
+}
+
+size_t
+sc_nbd_server_pids (struct sc_endpoint *ep, pid_t *pids, size_t max)
+{
+  struct nbd_ep *n = (struct nbd_ep *) ep;
+  struct sockaddr_storage local, remote;
+  socklen_t llen = sizeof local, rlen = sizeof remote;
+  size_t count = 0;
+  int fd;
+
+  if (ep == NULL || (ep->ops != &nbd_source_ops && ep->ops != &nbd_target_ops)
+      || n->played || n->nconns == 0 || n->conns[0].h == NULL)
+    return 0;
+  if (n->started)
+    count = add_pid (pids, count, max, n->server_pid);
+  fd = nbd_aio_get_fd (n->conns[0].h);
+  if (fd == -1)
+    return count;
+  memset (&local, 0, sizeof local);
+  memset (&remote, 0, sizeof remote);
+  if (getsockname (fd, (struct sockaddr *) &local, &llen) == -1
+      || getpeername (fd, (struct sockaddr *) &remote, &rlen) == -1)
+    return count;
+  if (remote.ss_family == AF_UNIX) {
+    const struct sockaddr_un *un = (const struct sockaddr_un *) &remote;
+    struct ucred cred;
+    socklen_t clen = sizeof cred;
+    char path[sizeof un->sun_path + 1];
+    size_t plen;
+    unsigned long ino;
+
+    if (getsockopt (fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0)
+      count = add_pid (pids, count, max, cred.pid);
+    /* A named socket (an abstract one starts with a NUL byte). */
+    if (rlen > offsetof (struct sockaddr_un, sun_path)
+        && un->sun_path[0] != '\0') {
+      plen = rlen - offsetof (struct sockaddr_un, sun_path);
+      if (plen > sizeof un->sun_path)
+        plen = sizeof un->sun_path;
+      memcpy (path, un->sun_path, plen);
+      path[plen] = '\0';
+      ino = unix_listener (path);
+      if (ino)
+        count = add_socket_holders (ino, pids, count, max);
+    }
+  }
+  else if (remote.ss_family == AF_INET || remote.ss_family == AF_INET6) {
+    /* The server's end: local and remote swapped.  A server elsewhere
+     * has no such entry here.
+     */
+    unsigned long ino = tcp_socket (&remote, &local);
+    if (ino)
+      count = add_socket_holders (ino, pids, count, max);
+  }
+  return count;
+}
 
 /* ---- opening ------------------------------------------------------------ */
 
