@@ -1283,3 +1283,74 @@ cli_target_is_source (const struct cli_operand *op, const char *target)
   return have_source && strcmp (source, "-") != 0 && !S_ISFIFO (s.st_mode)
          && target_in_chain (source, target, &t);
 }
+
+/* Is the existing target t one of the files that process pid, an NBD
+ * server of source, has open (or a loop device over one, or the file
+ * of a loop device it has open)?  Then print why and return true.
+ */
+static bool
+target_open_in (pid_t pid, const char *source, const char *target,
+                const struct stat *t)
+{
+  char dir[64];
+  DIR *d;
+  struct dirent *e;
+  bool r = false;
+
+  snprintf (dir, sizeof dir, "/proc/%ld/fd", (long) pid);
+  d = opendir (dir);
+  if (d == NULL)
+    return false;               /* gone, or not ours to see */
+  while (!r && (e = readdir (d)) != NULL) {
+    char path[PATH_MAX], file[PATH_MAX], what[PATH_MAX + 64];
+    struct stat s;
+    ssize_t len;
+
+    if (e->d_name[0] == '.')
+      continue;
+    snprintf (path, sizeof path, "%s/%s", dir, e->d_name);
+    /* stat follows the link to the open file itself, even one whose
+     * name has gone.
+     */
+    if (stat (path, &s) == -1
+        || (!S_ISREG (s.st_mode) && !S_ISBLK (s.st_mode)))
+      continue;
+    len = readlink (path, file, sizeof file - 1);
+    if (len <= 0)
+      continue;
+    file[len] = '\0';
+    if ((S_ISREG (s.st_mode) && S_ISREG (t->st_mode)
+         && s.st_dev == t->st_dev && s.st_ino == t->st_ino)
+        || (S_ISBLK (s.st_mode) && S_ISBLK (t->st_mode)
+            && s.st_rdev == t->st_rdev)) {
+      cli_error ("%s: the NBD server %s (pid %ld) has it open as %s; "
+                 "write to another target", target, source, (long) pid,
+                 file);
+      r = true;
+      break;
+    }
+    snprintf (what, sizeof what, "file of the NBD server %s (pid %ld),",
+              source, (long) pid);
+    r = target_is (what, file, &s, target, t);
+  }
+  closedir (d);
+  return r;
+}
+
+bool
+cli_target_is_served (struct sc_endpoint *src, const char *source,
+                      const char *target)
+{
+  pid_t pids[16];
+  size_t n;
+  struct stat t;
+
+  if (src == NULL || strcmp (target, "-") == 0 || sc_is_nbd_uri (target)
+      || stat (target, &t) == -1)
+    return false;
+  n = sc_nbd_server_pids (src, pids, sizeof pids / sizeof pids[0]);
+  for (size_t i = 0; i < n; i++)
+    if (target_open_in (pids[i], source, target, &t))
+      return true;
+  return false;
+}

@@ -294,6 +294,17 @@ extern bool cli_target_is_source (const struct cli_operand *source,
  */
 extern bool cli_same_file (const char *input, const char *target);
 
+/* Is the existing target (a file or a block device; no stream, no URI)
+ * open in a process on this host that serves the NBD source src (named
+ * source in messages): the file it serves, a backing file of the image
+ * it serves, a loop device over one of them or the file behind one?
+ * Then print which server and which file, and return true.  A server
+ * that cannot be seen from here (another host, another user) is taken
+ * to have nothing open.
+ */
+extern bool cli_target_is_served (struct sc_endpoint *src,
+                                  const char *source, const char *target);
+
 /* Install SIGINT/SIGTERM/SIGHUP handlers that remove temporary targets. */
 extern void cli_install_signal_handlers (void);
 /* From now on (a target is written in place), the first such signal

@@ -118,6 +118,12 @@ cmd_bmap (int argc, char **argv)
     file = cli_open_source (&op, &common, SC_MAP_SEEK);
     if (file == NULL)
       return EXIT_ERROR;
+    /* A server on this host may have the bmap's name open. */
+    if (strcmp (out.name, "-") != 0
+        && cli_target_is_served (file, op.name, out.name)) {
+      sc_endpoint_close (file);
+      return EXIT_ERROR;
+    }
     r = cli_endpoint_is_qcow2 (file);
     if (r == 1 && (q = sc_qcow2_open_endpoint (file, &qopts)) == NULL)
       r = -1;

@@ -585,7 +585,8 @@ pack_endpoint (struct sc_endpoint *src, const char *source,
 
 static int pack_main (struct sc_pack_opts *optsp,
                       const struct cli_common *commonp,
-                      struct cli_operand *ops, enum source_format format,
+                      struct cli_operand *ops, const char *bmap_out,
+                      enum source_format format,
                       enum sc_map_method map, bool map_set,
                       unsigned target_flags);
 
@@ -823,7 +824,8 @@ cmd_pack (int argc, char **argv)
     }
     opts.bmap = bmap;
   }
-  r = pack_main (&opts, &common, ops, format, map, map_set, target_flags);
+  r = pack_main (&opts, &common, ops, bmap_out, format, map, map_set,
+                 target_flags);
   sc_bmap_free (bmap);
   /* Removed unless committed. */
   if (sc_endpoint_close (opts.bmap_out) == -1 && r == EXIT_OK) {
@@ -836,7 +838,8 @@ cmd_pack (int argc, char **argv)
 /* The rest of cmd_pack, with the options parsed and checked. */
 static int
 pack_main (struct sc_pack_opts *optsp, const struct cli_common *commonp,
-           struct cli_operand *ops, enum source_format format,
+           struct cli_operand *ops, const char *bmap_out,
+           enum source_format format,
            enum sc_map_method map, bool map_set, unsigned target_flags)
 {
   struct sc_pack_opts opts = *optsp;
@@ -857,6 +860,14 @@ pack_main (struct sc_pack_opts *optsp, const struct cli_common *commonp,
     nbd_src = cli_open_source (&ops[0], &common, map);
     if (nbd_src == NULL)
       return EXIT_ERROR;
+    /* A server on this host may have the target open: the file it
+     * serves, or a backing file of the image it serves.
+     */
+    if (cli_target_is_served (nbd_src, source, ops[1].name)
+        || (bmap_out && cli_target_is_served (nbd_src, source, bmap_out))) {
+      sc_endpoint_close (nbd_src);
+      return EXIT_ERROR;
+    }
     r = detect_nbd_source (nbd_src, source, format);
   }
   else

@@ -407,6 +407,13 @@ cmd_unpack (int argc, char **argv)
   src = cli_open_source (&ops[0], &common, SC_MAP_SEEK);
   if (src == NULL)
     goto out;
+  /* A server on this host may have a target open: the file it serves,
+   * or a backing file of the image it serves.
+   */
+  for (int i = 0; i < ntargets; i++)
+    if (ops[0].nbd && !targets[i].nbd
+        && cli_target_is_served (src, ops[0].name, targets[i].name))
+      goto out;
   /* Sized by sc_unpack once the image's virtual size is known.  A
    * target that cannot be opened is reported and the others written.
    */
