@@ -452,8 +452,7 @@ file_cut (struct sc_endpoint *ep, uint64_t size)
 
   if (!f->fit || size >= ep->size)
     return 0;
-  sc_ep_mark_written (ep);
-  if (ftruncate (f->base.fd, (off_t) size) == -1) {
+  if (sc_ep_note_write (ep, ftruncate (f->base.fd, (off_t) size)) == -1) {
     sc_set_error (errno, "%s: cannot cut to %" PRIu64 " bytes: %s",
                   ep->name, size, strerror (errno));
     return -1;

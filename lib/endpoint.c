@@ -191,10 +191,8 @@ int
 sc_ep_zero (struct sc_endpoint *ep, uint64_t count, uint64_t offset,
             unsigned flags)
 {
-  if (ep->ops->zero) {
-    sc_ep_mark_written (ep);
-    return ep->ops->zero (ep, count, offset, flags);
-  }
+  if (ep->ops->zero)
+    return sc_ep_note_write (ep, ep->ops->zero (ep, count, offset, flags));
   if (flags & SC_ZERO_FAST)
     return sc_ep_unsupported (ep, "fast zeroing");
   return sc_ep_write_zeros (ep, count, offset);
@@ -207,9 +205,10 @@ sc_ep_copy_fd_range (int src_fd, const char *src_name, uint64_t src_off,
 {
   if (src_fd < 0 || dst->ops->copy_from_fd == NULL)
     return (flags & SC_COPY_CLONE) ? SC_COPY_NEVER : SC_COPY_DECLINED;
-  sc_ep_mark_written (dst);
-  return dst->ops->copy_from_fd (dst, src_fd, src_name, src_off, dst_off,
-                                 count, flags);
+  return sc_ep_note_write (dst,
+                           dst->ops->copy_from_fd (dst, src_fd, src_name,
+                                                   src_off, dst_off, count,
+                                                   flags));
 }
 
 int
@@ -223,10 +222,9 @@ sc_ep_copy_range (struct sc_endpoint *src, uint64_t src_off,
                   struct sc_endpoint *dst, uint64_t dst_off, uint64_t count,
                   unsigned flags)
 {
-  if (src->ops->copy_to) {
-    sc_ep_mark_written (dst);
-    return src->ops->copy_to (src, src_off, dst, dst_off, count, flags);
-  }
+  if (src->ops->copy_to)
+    return sc_ep_note_write (dst, src->ops->copy_to (src, src_off, dst,
+                                                     dst_off, count, flags));
   return sc_ep_copy_fd_range (sc_ep_local_fd (src), src->name, src_off, dst,
                               dst_off, count, flags);
 }
@@ -592,6 +590,46 @@ not_a_device (void)
   sc_set_error (ENOTBLK, "not a block device");
 }
 
+/* Is the regular file st an active swap file (listed in /proc/swaps)?
+ * The kernel refuses every write into one (ETXTBSY), but only once the
+ * run has read its source; a swap device is refused by its exclusive
+ * open.  Names there escape blanks and backslashes as octal (\040).
+ */
+static bool
+is_swap_file (const struct stat *st)
+{
+  FILE *fp = fopen ("/proc/swaps", "re");
+  char line[4096];
+  bool r = false;
+
+  if (fp == NULL)
+    return false;
+  while (!r && fgets (line, sizeof line, fp)) {
+    char field[PATH_MAX], path[PATH_MAX];
+    size_t i = 0, j = 0;
+    struct stat s;
+
+    if (sscanf (line, "%4095s", field) != 1 || field[0] != '/')
+      continue;
+    while (field[i] && j < sizeof path - 1) {
+      if (field[i] == '\\' && field[i + 1] >= '0' && field[i + 1] <= '3'
+          && field[i + 2] >= '0' && field[i + 2] <= '7'
+          && field[i + 3] >= '0' && field[i + 3] <= '7') {
+        path[j++] = (char) ((field[i + 1] - '0') * 64
+                            + (field[i + 2] - '0') * 8 + (field[i + 3] - '0'));
+        i += 4;
+      }
+      else
+        path[j++] = field[i++];
+    }
+    path[j] = '\0';
+    r = stat (path, &s) == 0 && S_ISREG (s.st_mode)
+        && s.st_dev == st->st_dev && s.st_ino == st->st_ino;
+  }
+  fclose (fp);
+  return r;
+}
+
 /* With SC_TARGET_IN_PLACE: the existing file or device at path,
  * written where it is; a file is never resized, or with SC_TARGET_FIT
  * takes the length of what is written.
@@ -636,6 +674,8 @@ open_in_place (const char *path, uint64_t size, unsigned flags)
     sc_set_error (errno, "fstat: %s", strerror (errno));
   else if ((flags & SC_TARGET_DEVICE) && !S_ISBLK (st.st_mode))
     not_a_device ();
+  else if (S_ISREG (st.st_mode) && is_swap_file (&st))
+    sc_set_error (ETXTBSY, "is an active swap file; swapoff it first");
   else if (S_ISREG (st.st_mode)) {
     /* Not a file qemu uses, and held as qemu holds what it writes. */
     if (sc_lock_hold_write (fd) == 0)

@@ -11,6 +11,7 @@
 #ifndef SPARSECOW_ENDPOINT_H
 #define SPARSECOW_ENDPOINT_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -246,14 +247,35 @@ sc_ep_mark_written (struct sc_endpoint *ep)
   __atomic_store_n (&ep->written, true, __ATOMIC_RELAXED);
 }
 
+/* After a write, zeroing, copy or cut into ep that returned r (errno
+ * set when r is -1): mark ep written unless nothing can have reached
+ * it.  A call that failed part way (a short write before ENOSPC, an I/O
+ * error) may have left part of its bytes, and one that declined a copy
+ * may have copied part of it; a call the target refused outright (an
+ * active swap file's ETXTBSY, a read-only file system, no permission)
+ * wrote nothing, and one that never copies (SC_COPY_NEVER) neither.
+ * Returns r.
+ */
+static inline int
+sc_ep_note_write (struct sc_endpoint *ep, int r)
+{
+  int e = errno;
+
+  if (r == 0 || r == SC_COPY_DECLINED
+      || (r == -1 && e != ETXTBSY && e != EROFS && e != EBADF && e != EPERM
+          && e != EACCES && e != ENOTSUP))
+    sc_ep_mark_written (ep);
+  errno = e;
+  return r;
+}
+
 static inline int
 sc_ep_pwrite (struct sc_endpoint *ep, const void *buf, size_t count,
               uint64_t offset)
 {
   if (ep->ops->pwrite == NULL)
     return sc_ep_unsupported (ep, "writing");
-  sc_ep_mark_written (ep);
-  return ep->ops->pwrite (ep, buf, count, offset);
+  return sc_ep_note_write (ep, ep->ops->pwrite (ep, buf, count, offset));
 }
 
 extern int sc_ep_read_some (struct sc_endpoint *ep, void *buf, size_t count,

@@ -209,11 +209,13 @@ extern struct sc_endpoint *sc_endpoint_open_tee (struct sc_endpoint *const
  */
 extern int sc_endpoint_tee_status (struct sc_endpoint *tee, size_t i);
 
-/* Was any write, zeroing or copy into target ep attempted (for a tee,
- * into any member; each member answers for itself)?  A target written
- * in place (a block device, SC_TARGET_IN_PLACE) that a failed command
- * wrote into holds part of the new content over its old one.  Never
- * fails; false for NULL.
+/* Can any write, zeroing or copy into target ep have reached it (for a
+ * tee, any member; each member answers for itself): one that succeeded,
+ * or one that failed part way?  Calls the target refused outright (an
+ * active swap file, a read-only file system, no permission) do not
+ * count.  A target written in place (a block device,
+ * SC_TARGET_IN_PLACE) that a failed command wrote into holds part of
+ * the new content over its old one.  Never fails; false for NULL.
  */
 extern bool sc_endpoint_written (const struct sc_endpoint *ep);
 

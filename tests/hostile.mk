@@ -28,5 +28,7 @@ TESTS += tests/fault-epipe.sh
 EXTRA_DIST += tests/fault-epipe.sh
 TESTS += tests/fault-lowmem.sh
 EXTRA_DIST += tests/fault-lowmem.sh
+TESTS += tests/fault-in-place-refused.sh
+EXTRA_DIST += tests/fault-in-place-refused.sh
 TESTS += tests/fault-backing.sh
 EXTRA_DIST += tests/fault-backing.sh
