@@ -125,6 +125,15 @@ extern int sc_spill_open (const char *near);
  * holds it, for messages, which the caller frees.
  */
 extern int sc_spill_open_in (const char *near, char **where);
+/* The spill file of a command that writes target dst (named target):
+ * next to it when it is a local file, but in $TMPDIR when dst is
+ * written in place and its directory cannot take one (EACCES, EPERM,
+ * EROFS), as for a device.  *near: target, or NULL when the file is in
+ * $TMPDIR, for messages.  Returns as sc_spill_open.
+ */
+struct sc_endpoint;
+extern int sc_spill_open_for (struct sc_endpoint *dst, const char *target,
+                              const char **near);
 
 /* ---- copy.c: the ordered pipeline under every data-moving command ----
  *

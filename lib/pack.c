@@ -1257,8 +1257,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     /* Next to a file target, whose file system must have the room for
      * the image anyway; elsewhere in TMPDIR.
      */
-    pk.spill_near = sc_ep_local_fd (dst) >= 0 ? target : NULL;
-    pk.spill_fd = sc_spill_open (pk.spill_near);
+    pk.spill_fd = sc_spill_open_for (dst, target, &pk.spill_near);
     if (pk.spill_fd == -1)
       goto out;
   }

@@ -1378,7 +1378,7 @@ qcow2_unpack_stream_chunked (struct sc_endpoint *src,
                              struct sc_endpoint *dst, size_t chunk_size,
                              sc_progress_fn progress, void *progress_opaque)
 {
-  const char *target = dst->name;
+  const char *target = dst->name, *spill_near;
   struct stream_unpack s = {
     .src = src, .dst = dst, .name = src->name, .spill_fd = -1,
     .chunk_size = chunk_size,
@@ -1403,7 +1403,7 @@ qcow2_unpack_stream_chunked (struct sc_endpoint *src,
     sc_set_error (errno, "out of memory");
     return -1;
   }
-  s.spill_fd = sc_spill_open (sc_ep_local_fd (dst) >= 0 ? target : NULL);
+  s.spill_fd = sc_spill_open_for (dst, target, &spill_near);
   if (s.spill_fd == -1)
     goto out;
   if (read_chunk (&s) == -1)

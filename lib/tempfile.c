@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "internal.h"
+#include "endpoint.h"
 
 /* ---- the registry of uncommitted temporary files ---------------------
  *
@@ -113,6 +114,30 @@ int
 sc_spill_open (const char *near)
 {
   return sc_spill_open_in (near, NULL);
+}
+
+int
+sc_spill_open_for (struct sc_endpoint *dst, const char *target,
+                   const char **near)
+{
+  int fd, e;
+
+  *near = sc_ep_local_fd (dst) >= 0 ? target : NULL;
+  fd = sc_spill_open (*near);
+  if (fd >= 0 || *near == NULL || !(dst->flags & SC_EP_IN_PLACE))
+    return fd;
+  /* A file written in place needs no room in its directory, as with
+   * qemu-img convert -n: a user may write the file but not create
+   * files beside it, or its directory may be on a read-only mount
+   * (a bind mount of the file).  Then in TMPDIR, as for a device.  A
+   * full file system stays an error: TMPDIR is no larger for the image
+   * than the target's own file system is.
+   */
+  e = errno;
+  if (e != EACCES && e != EPERM && e != EROFS)
+    return fd;
+  *near = NULL;
+  return sc_spill_open (NULL);
 }
 
 int

@@ -23,6 +23,7 @@ TESTS += \
 	tests/pack-determinism.sh \
 	tests/pack-safety.sh \
 	tests/pack-in-place.sh \
+	tests/pack-in-place-rodir.sh \
 	tests/pack-options.sh \
 	tests/pack-huge.sh \
 	tests/pack-stream.sh \
@@ -35,6 +36,7 @@ EXTRA_DIST += \
 	tests/pack-determinism.sh \
 	tests/pack-safety.sh \
 	tests/pack-in-place.sh \
+	tests/pack-in-place-rodir.sh \
 	tests/pack-options.sh \
 	tests/pack-huge.sh \
 	tests/pack-stream.sh \
