@@ -19,7 +19,7 @@ packages=(autoconf automake libtool pkg-config make gcc
           zlib1g-dev libisal-dev libdeflate-dev libzstd-dev libnbd-dev libcunit1-dev libssl-dev
           qemu-utils nbdkit libnbd-bin e2fsprogs xfsprogs btrfs-progs python3 valgrind jq
           clang libclang-rt-14-dev bmap-tools dmsetup bash-completion
-          time procps util-linux mount)
+          time procps util-linux mount strace)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -917,10 +917,21 @@ cli_check_progress_not (const char *command, const struct cli_common *common,
  */
 static volatile sig_atomic_t defer_signals;
 static volatile sig_atomic_t deferred_signal;
+/* Once the targets are complete (cli_targets_complete), no signal
+ * stops the run: the work is done, and what is left (closing, stopping
+ * servers) takes no time.
+ */
+static volatile sig_atomic_t targets_complete;
+static const char *complete_name;
 
 static void
 signal_handler (int sig)
 {
+  if (targets_complete) {
+    if (deferred_signal == 0)
+      deferred_signal = sig;
+    return;
+  }
   if (defer_signals && deferred_signal == 0) {
     deferred_signal = sig;
     sc_interrupt ();
@@ -944,12 +955,29 @@ cli_interrupted (void)
 }
 
 void
+cli_targets_complete (const char *name)
+{
+  complete_name = name;
+  targets_complete = 1;
+}
+
+void
 cli_exit_if_interrupted (void)
 {
   int sig = deferred_signal;
+  static bool told;
 
   if (sig == 0)
     return;
+  if (targets_complete) {
+    if (!told)
+      cli_error ("%s: complete; %s came after it was written",
+                 complete_name ? complete_name : "every target",
+                 sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM"
+                 : sig == SIGHUP ? "SIGHUP" : "a signal");
+    told = true;
+    return;
+  }
   fflush (stderr);
   sc_cleanup_temporaries ();
   signal (sig, SIG_DFL);

@@ -313,10 +313,19 @@ extern void cli_install_signal_handlers (void);
  * ends the program by the signal.
  */
 extern void cli_defer_signals (void);
+/* The targets are complete (named name, or NULL for several): an
+ * image with its magic written and flushed, a file under its name.
+ * From now on no signal stops the run.  Call cli_defer_signals first,
+ * before the last step that completes them (the commit), so that a
+ * signal during that step does not stop the program halfway either.
+ */
+extern void cli_targets_complete (const char *name);
 /* Did a deferred signal arrive? */
 extern bool cli_interrupted (void);
 /* If one did: remove temporaries and end the program by that signal
- * (its usual exit status, 130 for SIGINT).  Else return.
+ * (its usual exit status, 130 for SIGINT).  Else return.  Once the
+ * targets are complete, say that the signal came after them, once, and
+ * return: the run ends as it would have without it.
  */
 extern void cli_exit_if_interrupted (void);
 

@@ -559,14 +559,23 @@ pack_endpoint (struct sc_endpoint *src, const char *source,
         cli_error ("%s: written in place, left partly written (not a "
                    "qcow2 image)", target->name);
     }
-    else if (sc_endpoint_commit (dst) == -1) {
-      cli_lib_error (NULL);
-      r = -1;
-    }
-    /* The block map appears after the image it goes with. */
-    else if (opts->bmap_out && sc_endpoint_commit (opts->bmap_out) == -1) {
-      cli_lib_error (NULL);
-      r = -1;
+    else {
+      /* The image is complete once committed (one written in place is,
+       * its magic flushed, already): a signal from here on does not
+       * stop the commits, nor then the run.
+       */
+      cli_defer_signals ();
+      if (sc_endpoint_commit (dst) == -1) {
+        cli_lib_error (NULL);
+        r = -1;
+      }
+      /* The block map appears after the image it goes with. */
+      else if (opts->bmap_out && sc_endpoint_commit (opts->bmap_out) == -1) {
+        cli_lib_error (NULL);
+        r = -1;
+      }
+      else
+        cli_targets_complete (target->name);
     }
     /* Closing an uncommitted target removes it. */
     if (sc_endpoint_close (dst) == -1 && r == 0) {

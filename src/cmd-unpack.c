@@ -470,8 +470,13 @@ cmd_unpack (int argc, char **argv)
     uopts.progress = twice_progress;
     uopts.progress_opaque = &twice;
   }
-  /* Errors name the image or the target, whichever failed. */
-  if (sc_unpack (src, dst, &uopts) == -1 || cli_interrupted ()) {
+  /* Errors name the image or the target, whichever failed.  A signal
+   * that came after the last write (sc_unpack stops at the next write,
+   * read or check after one) leaves nothing undone: the targets are
+   * completed below.  With --verify they are complete only once read
+   * back, and the signal stops the run before that.
+   */
+  if (sc_unpack (src, dst, &uopts) == -1 || (verify && cli_interrupted ())) {
     bool changed = !cli_interrupted () && uopts.bmap
                    && sc_error_errno () == EBADMSG;
 
@@ -505,19 +510,19 @@ cmd_unpack (int argc, char **argv)
     }
   }
   cli_progress_done (&common);
-  /* Stopped after the writing (while it was read back, or at the
-   * end): not committed.
+  /* Everything is written (and read back): the targets are complete
+   * once committed, and a signal from here on does not stop the
+   * commit, nor then the run.
    */
-  if (cli_interrupted ()) {
-    cli_error ("interrupted");
-    goto report;
-  }
+  cli_defer_signals ();
   if (sc_endpoint_commit (dst) == -1) {
     if (ntargets == 1)
       cli_lib_error (NULL);
     goto report;
   }
   committed = true;
+  if (!open_failed)
+    cli_targets_complete (ntargets == 1 ? targets[0].name : NULL);
   rc = open_failed ? EXIT_ERROR : EXIT_OK;
 
  report:

@@ -13,6 +13,10 @@
 # - unpack onto a device, and unpack -n into a file, stopped the same
 #   way: the same message, the signal's exit status.  Beside a target
 #   that failed already (too small), its error is still printed.
+# - A signal that lands once the target is complete (a device reports
+#   writes while the last ones are in flight) stops nothing: exit 0, a
+#   line that says so, and a whole target (hostile-signals-complete.sh
+#   places such signals deterministically).
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
 requires qemu-img qemu-io losetup python3
@@ -76,6 +80,26 @@ want_rc () {
   case $1 in INT) echo 130 ;; TERM) echo 143 ;; esac
 }
 
+# late SIG TARGET KIND WHAT: did the signal land once TARGET was
+# complete (a device sees writes while the last ones are still in
+# flight)?  Then the run ended with exit 0, said so, and TARGET is
+# whole: a qcow2 image that qemu-img check accepts (KIND image), or
+# the data of big.raw (KIND data).  Returns 1 for a run the signal
+# stopped, which the caller judges.
+late=0
+late () {
+  local sig=$1 target=$2 kind=$3 what=$4
+  [ "$rc" = 0 ] || return 1
+  grep -q "^sparsecow: $target: complete; SIG$sig came after it was written\$" err ||
+    { cat err >&2; fail "$what: exit 0 without saying the signal came late"; }
+  if [ "$kind" = image ]; then
+    qemu-img check -q -f qcow2 "$target" || fail "$what: exit 0, but qemu-img check refuses $target"
+  else
+    cmp -n $size big.raw "$target" || fail "$what: exit 0, but $target is not big.raw"
+  fi
+  late=$((late + 1))
+}
+
 tried=0
 for sig in INT TERM; do
   for op in "pack -f" "pack -f -c" "unpack -f"; do
@@ -92,6 +116,9 @@ for sig in INT TERM; do
       echo "$0: $op ended before SIG$sig could reach it (rc $rc)"
       continue
     fi
+    kind=image
+    case $op in unpack*) kind=data ;; esac
+    ! late $sig "$target" $kind "$op $target, SIG$sig" || continue
     tried=$((tried + 1))
     [ "$rc" = "$(want_rc $sig)" ] ||
       { cat err >&2; fail "$op $target, SIG$sig: exit $rc, not $(want_rc $sig)"; }
@@ -101,15 +128,16 @@ for sig in INT TERM; do
   done
 done
 [ $tried -gt 0 ] || { echo "$0: SKIP: every run ended before it could be signalled"; exit 77; }
-echo "$0: $tried runs onto a device signalled while writing"
+echo "$0: $tried runs onto a device signalled while writing, $late once it was complete"
 
 # unpack -n into a file: the same.
 head -c $size /dev/zero > in-place.raw
-if interrupt INT in-place.raw "$SPARSECOW" unpack -n big.qcow2 in-place.raw; then
+if interrupt INT in-place.raw "$SPARSECOW" unpack -n big.qcow2 in-place.raw &&
+   ! late INT in-place.raw data "unpack -n, SIGINT"; then
   [ "$rc" = 130 ] || { cat err >&2; fail "unpack -n, SIGINT: exit $rc, not 130"; }
   grep -q "^sparsecow: in-place.raw: written in place, left partly written" err ||
     { cat err >&2; fail "unpack -n, SIGINT: not said to be left partly written"; }
-else
+elif [ "$rc" != 0 ]; then
   echo "$0: unpack -n ended before SIGINT could reach it (rc $rc)"
 fi
 
@@ -120,6 +148,8 @@ truncate -s $((32 * MiB)) small.img
 loop_attach small.img
 small=$dev
 if interrupt TERM "$target" "$SPARSECOW" unpack -f --verify big.qcow2 "$target" "$small"; then
+  # One target could not be opened: the run fails whenever the signal
+  # lands, so it must be the signal's exit.
   [ "$rc" = 143 ] || { cat err >&2; fail "unpack to two, SIGTERM: exit $rc, not 143"; }
   grep -q "^sparsecow: $small: device is smaller than the image" err ||
     { cat err >&2; fail "unpack to two, SIGTERM: the small target's error was not printed"; }

@@ -12,8 +12,10 @@ TESTS += tests/hostile-enospc.sh
 EXTRA_DIST += tests/hostile-enospc.sh
 TESTS += tests/hostile-readerror.sh
 EXTRA_DIST += tests/hostile-readerror.sh
-TESTS += tests/hostile-signals.sh tests/hostile-signals-in-place.sh
-EXTRA_DIST += tests/hostile-signals.sh tests/hostile-signals-in-place.sh
+TESTS += tests/hostile-signals.sh tests/hostile-signals-in-place.sh \
+	tests/hostile-signals-complete.sh
+EXTRA_DIST += tests/hostile-signals.sh tests/hostile-signals-in-place.sh \
+	tests/hostile-signals-complete.sh
 TESTS += tests/hostile-source-change.sh tests/hostile-source-change-device.sh
 EXTRA_DIST += tests/hostile-source-change.sh \
 	tests/hostile-source-change-device.sh
