@@ -59,7 +59,7 @@ for sig in INT TERM KILL; do
       exec 3>fifo
       for ((i = 0; i < k; i++)); do
         dd if=$src bs=$mb skip=$i count=1 status=none >&3 ||
-          fail "$op: the program stopped reading after $i MiB"
+          { cat err >&2; fail "$op: the program stopped reading after $i MiB"; }
       done
       kill -$sig $pid
       exec 3>&-
