@@ -148,6 +148,73 @@ cli_parse_size (const char *s, uint64_t *out)
   return 0;
 }
 
+/* A size as qemu's size parser (qemu-img convert -S) reads it, so that
+ * the same -S means the same in both: a decimal number with an
+ * optional fraction ("1.5k", "1.k"), or a hexadecimal one ("0x1000")
+ * without one, then an optional suffix B, K, M, G, T, P or E (powers of
+ * 1024, either case).  A fraction needs a suffix other than B unless it
+ * is zero; no exponent, no minus sign, nothing after the suffix.  A
+ * fraction is scaled exactly in 64.64 fixed point and rounded half up,
+ * as qemu does, so 3.9999999k is 4096.  -1 on anything else or above
+ * INT64_MAX.
+ */
+static int
+parse_qemu_size (const char *s, uint64_t *out)
+{
+  static const char suffixes[] = "BKMGTPE";
+  const char *suffix;
+  char *end;
+  unsigned long long v;
+  uint64_t frac = 0, mul = 1;
+  unsigned __int128 r;
+
+  errno = 0;
+  v = strtoull (s, &end, 10);
+  if (errno || end == s || memchr (s, '-', (size_t) (end - s)) != NULL)
+    return -1;
+  if (v == 0 && (*end == 'x' || *end == 'X')) {
+    const char *digits = end + 1;
+
+    errno = 0;
+    v = strtoull (s, &end, 16);
+    if (errno || end <= digits || *end == '.')
+      return -1;
+  }
+  else if (*end == '.') {
+    const char *dot = end;
+    double f;
+
+    errno = 0;
+    f = strtod (dot, &end);
+    if (errno || end == dot || !(f >= 0 && f < 2))
+      end = (char *) dot + 1;           /* "1.k": no fractional digits */
+    else if (memchr (dot, 'e', (size_t) (end - dot)) != NULL
+             || memchr (dot, 'E', (size_t) (end - dot)) != NULL)
+      return -1;
+    else if (f >= 1)
+      /* A fraction that rounds to 1 (twenty nines) is worth nothing in
+       * qemu-img on x86-64: 0.99999999999999999999k is 0 there too.
+       */
+      frac = 0;
+    else
+      frac = (uint64_t) (f * 0x1p64);
+  }
+  if (*end != '\0'
+      && (suffix = strchr (suffixes, toupper ((unsigned char) *end))) != NULL) {
+    for (const char *k = suffixes + 1; k <= suffix; k++)
+      mul *= 1024;
+    end++;
+  }
+  if (*end != '\0' || (mul == 1 && frac != 0))
+    return -1;
+  r = (unsigned __int128) frac * mul;
+  r = (r >> 64) + ((r >> 63) & 1) + (unsigned __int128) v * mul;
+  if (r > INT64_MAX)
+    return -1;
+  *out = (uint64_t) r;
+  return 0;
+}
+
 /* qemu-img convert's bounds for -S: whole sectors, at most its largest
  * buffer.
  */
@@ -159,7 +226,7 @@ cli_parse_min_sparse (const char *command, const char *arg)
 {
   uint64_t v;
 
-  if (cli_parse_size (arg, &v) == -1 || v % MIN_SPARSE_UNIT != 0
+  if (parse_qemu_size (arg, &v) == -1 || v % MIN_SPARSE_UNIT != 0
       || v > MAX_MIN_SPARSE)
     cli_usage_error (command, "-S: expected a multiple of 512 bytes up to "
                      "16M, not '%s'", arg);

@@ -95,3 +95,75 @@ expect_fail "pack: -S" sparsecow pack -S 1000 src.raw bad.qcow2
 expect_fail "pack: -S" sparsecow pack -S 32M src.raw bad.qcow2
 expect_fail "unpack: -S" sparsecow unpack -S x all.qcow2 bad.raw
 [ ! -e bad.qcow2 ] && [ ! -e bad.raw ] || fail "a refused -S left a target"
+
+# -S is read by qemu's size parser in both: suffixes of either case,
+# fractions with a suffix, hexadecimal.  qemu-img convert decides which
+# spellings are sizes and what they are worth: the same are accepted,
+# and they store the same clusters.
+truncate -s $((64 * KiB)) small.raw
+while IFS= read -r S; do
+  rm -f q.qcow2 s.qcow2
+  if qemu-img convert -q -S "$S" -f raw -O qcow2 small.raw q.qcow2 \
+       2>/dev/null; then
+    sparsecow pack -q -S "$S" src.raw s.qcow2 ||
+      fail "pack refuses -S '$S', which qemu-img convert takes"
+    qemu-img convert -q -S "$S" -f raw -O qcow2 src.raw q.qcow2
+    [ "$(data_runs q.qcow2)" = "$(data_runs s.qcow2)" ] ||
+      fail "pack -S '$S' stores other clusters than qemu-img convert"
+  else
+    expect_fail "pack: -S" sparsecow pack -S "$S" src.raw s.qcow2
+    [ ! -e s.qcow2 ] || fail "a refused -S '$S' left a target"
+  fi
+done <<'LIST'
+1.5k
+0x1000
+0X1000
+0x1000k
+0xAk
+0x200
+0x0
+0x
+00x200
+0x-1000
+0x1000200
+0x1000000
+1.k
+4.k
+1.5
+512.0
+4096.4
+ 4k
++4k
+-4k
+4k 
+4k.
+.5k
+1.5e3k
+1.5b
+1.0b
+4096B
+4K
+4kb
+4KiB
+1m
+16M
+16.0M
+16.00000000001M
+15.9999999999999M
+0.0625M
+0.5k
+0.25k
+3.9999999k
+0.99999999999999999999k
+0.000488281250000001M
+1e3
+8e
+1E
+0k
+00
+1,5k
+16M1
+k
+
+18446744073709551616
+LIST
