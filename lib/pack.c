@@ -44,6 +44,14 @@
 #define DEFAULT_REFCOUNT_BITS 16
 /* Pieces of the pipeline hold at least this much, in whole clusters. */
 #define MIN_REQUEST_SIZE (1024 * 1024)
+/* qemu-img convert -S looks at the source's data in buffers of 2 MiB
+ * (IO_BUF_SIZE; a qcow2 target's cluster size, at most 2 MiB, never
+ * raises it), each within one block-status answer, and takes at most
+ * this many 512-byte sectors of status at once
+ * (BDRV_REQUEST_MAX_SECTORS).
+ */
+#define CONVERT_BUF_SIZE (2 * 1024 * 1024)
+#define CONVERT_STATUS_MAX_SECTORS ((uint64_t) INT32_MAX >> 9)
 /* A gap in the data area at least this large and as aligned is left
  * unwritten, a hole in the target: the block size of common file
  * systems.
@@ -132,6 +140,13 @@ struct pack {
   struct bmap_builder *bmap;
   struct sc_extent_list raw;
   size_t raw_next;
+
+  /* -S N from a source that is read twice: the clusters that hold
+   * what qemu-img convert -S N writes (extents of flags 0), decided
+   * before the scan from the source's own extents (sparse_decide).
+   */
+  bool sparse_decided;
+  struct sc_extent_list sparse;
 };
 
 void
@@ -213,6 +228,29 @@ sparse_clusters (const struct pack *pk, const struct sc_piece *piece,
   uint64_t cs = pk->cluster_size, pos = 0, len;
 
   memset (stored, 0, n * sizeof *stored);
+  if (pk->sparse_decided) {
+    const struct sc_extent_list *l = &pk->sparse;
+    size_t lo = 0, hi = l->len;
+
+    /* The first extent that ends after the piece's start. */
+    while (lo < hi) {
+      size_t mid = lo + (hi - lo) / 2;
+
+      if (l->ext[mid].offset + l->ext[mid].length <= piece->offset)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    for (size_t i = 0; i < n; i++) {
+      uint64_t c = piece->offset + i * cs;
+
+      while (lo < l->len && l->ext[lo].offset + l->ext[lo].length <= c)
+        lo++;
+      stored[i] = lo < l->len && l->ext[lo].offset <= c
+                  && l->ext[lo].flags == 0;
+    }
+    return;
+  }
   while (pos < piece->length) {
     if (sc_sparse_run ((const unsigned char *) piece->buf + pos,
                        piece->length - pos, piece->offset + pos,
@@ -503,6 +541,106 @@ scan_finish (struct sc_piece *piece, void *opaque)
   return 0;
 }
 
+/* Add the bytes [start, end) that qemu-img convert writes to
+ * pk->sparse, as whole clusters; the list stays contiguous, its gaps
+ * holes.
+ */
+static int
+sparse_add (struct pack *pk, uint64_t start, uint64_t end)
+{
+  struct sc_extent_list *l = &pk->sparse;
+  uint64_t cs = pk->cluster_size;
+  uint64_t listed = l->len ? l->ext[l->len - 1].offset
+                             + l->ext[l->len - 1].length : 0;
+
+  start = SC_MAX (SC_ROUND_DOWN (start, cs), listed);
+  end = SC_ROUND_UP (end, cs);
+  if (end <= start)
+    return 0;
+  if (sc_extent_list_append (l, listed, start - listed, SC_EXTENT_HOLE)
+      == -1)
+    return -1;
+  return sc_extent_list_append (l, start, end - start, 0);
+}
+
+/* -S N: which clusters qemu-img convert -S N stores, decided as it
+ * does from the source's extents (raw) and data.  It asks the source
+ * for the status at the first sector not yet done: the run of data or
+ * of holes there, at most CONVERT_STATUS_MAX_SECTORS (a raw source
+ * asks for no alignment of its end).  A run of data is looked at in
+ * buffers of CONVERT_BUF_SIZE from its start, each on its own
+ * (sc_sparse_run): zeros at the end of a buffer or of a run are never
+ * written, even when more data follows.  The pieces of the scan start
+ * and end elsewhere, so the decision is made here, reading the data
+ * once more, and the scan looks it up.
+ */
+static int
+sparse_decide (struct pack *pk, const struct sc_extent_list *raw)
+{
+  const uint64_t sector = 512;
+  uint64_t size = pk->src->size;
+  uint64_t total = SC_DIV_ROUND_UP (size, sector);
+  uint64_t pos = 0;
+  size_t i = 0;
+  unsigned char *buf;
+  int ret = -1;
+
+  buf = malloc (CONVERT_BUF_SIZE);
+  if (buf == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  while (pos < total) {
+    uint64_t at = pos * sector, end, n;
+    bool data;
+    size_t j;
+
+    /* The extent at pos, joined with those after it of its kind. */
+    while (i < raw->len && raw->ext[i].offset + raw->ext[i].length <= at)
+      i++;
+    if (i == raw->len) {
+      sc_set_error (EIO, "the extents end before the size");
+      goto out;
+    }
+    data = (raw->ext[i].flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO)) == 0;
+    for (j = i; j + 1 < raw->len
+         && ((raw->ext[j + 1].flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO))
+             == 0) == data; j++)
+      ;
+    end = SC_MIN (SC_DIV_ROUND_UP (raw->ext[j].offset + raw->ext[j].length,
+                                   sector), total);
+    n = SC_MIN (end - pos, CONVERT_STATUS_MAX_SECTORS);
+    for (uint64_t b = pos; data && b < pos + n;
+         b += CONVERT_BUF_SIZE / sector) {
+      uint64_t first = b * sector;
+      uint64_t last = SC_MIN (b + CONVERT_BUF_SIZE / sector, pos + n)
+                      * sector;
+      uint64_t len = last - first, done = 0, run;
+      /* The end of the source is read as zeros to the sector. */
+      uint64_t avail = SC_MIN (last, size) - first;
+
+      if (sc_ep_pread (pk->src, buf, avail, first) == -1) {
+        sc_error_name (pk->src->name);
+        goto out;
+      }
+      memset (buf + avail, 0, len - avail);
+      while (done < len) {
+        if (sc_sparse_run (buf + done, len - done, first + done,
+                           pk->opts->min_sparse, &run)
+            && sparse_add (pk, first + done, first + done + run) == -1)
+          goto out;
+        done += run;
+      }
+    }
+    pos += n;
+  }
+  pk->sparse_decided = true;
+  ret = 0;
+ out:
+  free (buf);
+  return ret;
+}
+
 /* The source's extents with every data extent rounded out to whole
  * clusters: a cluster that is partly data is a data cluster.  The list
  * ends at the virtual size rounded up to a cluster (the pipeline reads
@@ -544,6 +682,9 @@ cluster_extents (struct pack *pk, struct sc_extent_list *out)
     pos = stop;
   }
   if (sc_extent_list_append (out, pos, end - pos, SC_EXTENT_HOLE) == -1)
+    goto out;
+  if (pk->opts->detect_zeroes && pk->opts->min_sparse
+      && pk->src->size > 0 && sparse_decide (pk, &raw) == -1)
     goto out;
   ret = 0;
   if (keep) {
@@ -1163,6 +1304,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
 
   sc_extent_list_init (&extents);
   sc_extent_list_init (&pk.raw);
+  sc_extent_list_init (&pk.sparse);
   pk.opts = &opts;
   if (opts.version == 0)
     opts.version = 3;
@@ -1346,6 +1488,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     close (pk.spill_fd);
   sc_extent_list_free (&extents);
   sc_extent_list_free (&pk.raw);
+  sc_extent_list_free (&pk.sparse);
   bmap_builder_free (pk.bmap);
   sc_digest_free (&pk.dg);
   qcow2_plan_free (&pk.plan);

@@ -49,7 +49,9 @@ unit_is_zero (const unsigned char *buf, uint64_t length, uint64_t u)
  * not: *pnum units, their first being unit first of the target.  The
  * end of data is rounded up to the alignment a (units, a power of
  * two), the end of zeros down, and zeros shorter than what is left of
- * their aligned block count as data: writes stay whole blocks.
+ * their aligned block count as data: writes stay whole blocks.  A run
+ * that fills the buffer is taken as it is, as qemu-img convert does:
+ * zeros at the end of a buffer stay zeros however short.
  */
 static bool
 sparse_same_run (const unsigned char *buf, uint64_t length, uint64_t n,
@@ -60,6 +62,10 @@ sparse_same_run (const unsigned char *buf, uint64_t length, uint64_t n,
 
   while (i < n && unit_is_zero (buf, length, i) == zero)
     i++;
+  if (i == n) {
+    *pnum = n;
+    return !zero;
+  }
   tail = (first + i) & (a - 1);
   if (tail) {
     if (zero && i <= tail)

@@ -90,6 +90,74 @@ sparsecow unpack -q all.qcow2 d.raw
 [ $(($(stat -c %b d.raw) * 512)) -lt $((1 * MiB)) ] ||
   fail "unpack without -S allocated $(stat -c %b d.raw) blocks"
 
+# Random sources: runs of data, written zeros and holes of random
+# lengths (sectors to MiBs, some not 4 KiB-aligned), so that runs of
+# zeros cross the buffers and alignments qemu-img convert decides in.
+mkrandom () {
+  python3 - "$1" "$2" <<'PY'
+import os, random, sys
+rng = random.Random(int(sys.argv[1]))
+size = 8 << 20
+with open(sys.argv[2], "wb") as f:
+    f.truncate(size)
+    pos = 0
+    while pos < size:
+        n = rng.choice([512, 4096, 65536, 1 << 20]) * rng.randint(1, 40)
+        n = min(n, size - pos)
+        kind = rng.choice(["data", "zero", "hole", "hole"])
+        if kind != "hole":
+            f.seek(pos)
+            if kind == "data":
+                # Short data inside zeros, as in a file system.
+                buf = bytearray(n)
+                k = rng.randint(1, max(1, n // 512))
+                for _ in range(min(k, 8)):
+                    at = rng.randrange(0, n, 512)
+                    buf[at:at + 512] = os.urandom(min(512, n - at))
+                f.write(buf)
+            else:
+                f.write(bytes(n))
+        pos += n
+PY
+}
+# Written zeros around short data, then a hole and data: the zeros
+# after the data end a buffer of qemu-img's, which stores none of them
+# past the alignment, however large -S is.
+rm -f m.raw
+truncate -s $((4 * MiB)) m.raw
+head -c $((0x106000 - 0xe4000)) /dev/zero |
+  dd of=m.raw bs=4k seek=$((0xe4000 / 4096)) conv=notrunc status=none
+head -c 2048 /dev/urandom |
+  dd of=m.raw bs=512 seek=$((0xe4c00 / 512)) conv=notrunc status=none
+head -c 8192 /dev/urandom |
+  dd of=m.raw bs=4k seek=$((0x135000 / 4096)) conv=notrunc status=none
+for S in 64k 128k 512k 1M 16M; do
+  rm -f q.qcow2 s.qcow2
+  qemu-img convert -q -S $S -f raw -O qcow2 m.raw q.qcow2
+  sparsecow pack -q -S $S m.raw s.qcow2
+  [ "$(data_runs q.qcow2)" = "$(data_runs s.qcow2)" ] ||
+    fail "pack -S $S stores other clusters than qemu-img convert -S $S:
+$(data_runs q.qcow2)
+---
+$(data_runs s.qcow2)"
+done
+
+for seed in 1 2 3 4 5 6; do
+  rm -f rnd.raw
+  mkrandom $seed rnd.raw
+  for S in 512 1.5k 4k 64k 128k 256k 512k 1M 2M 16M; do
+    rm -f q.qcow2 s.qcow2
+    qemu-img convert -q -S $S -f raw -O qcow2 rnd.raw q.qcow2
+    sparsecow pack -q -S $S rnd.raw s.qcow2
+    [ "$(data_runs q.qcow2)" = "$(data_runs s.qcow2)" ] ||
+      fail "pack -S $S of random source $seed stores other clusters than qemu-img convert -S $S:
+$(data_runs q.qcow2)
+---
+$(data_runs s.qcow2)"
+  done
+done
+qemu-img compare -q -f raw -F qcow2 rnd.raw s.qcow2
+
 # -S takes what qemu-img takes: multiples of 512 up to 16M.
 expect_fail "pack: -S" sparsecow pack -S 1000 src.raw bad.qcow2
 expect_fail "pack: -S" sparsecow pack -S 32M src.raw bad.qcow2
