@@ -360,9 +360,10 @@ print_human_raw (const char *path)
   printf ("disk size: %s\n", buf);
 }
 
+/* One image, as qemu-img info prints it.  path: as for json_image. */
 static void
-print_human (const struct sc_qcow2_info *i, uint64_t actual_size,
-             bool remote)
+print_human (const struct sc_qcow2_info *i, const char *path,
+             uint64_t actual_size, bool remote)
 {
   char buf[64];
 
@@ -376,14 +377,19 @@ print_human (const struct sc_qcow2_info *i, uint64_t actual_size,
     human_size (actual_size, buf, sizeof buf);
   printf ("disk size: %s\n", buf);
   printf ("cluster_size: %" PRIu32 "\n", i->cluster_size);
+  if (i->dirty)
+    printf ("cleanly shut down: no\n");
   if (i->backing_file) {
+    /* The name as qemu combines it, whether or not the file is there. */
+    char *full = remote ? NULL : full_backing_name (path, i->backing_file);
+
     printf ("backing file: %s", i->backing_file);
     if (remote)
       printf (" (cannot determine actual path)");
-    else if (i->chain_len > 0
-             && strcmp (i->chain[0].filename, i->backing_file))
-      printf (" (actual path: %s)", i->chain[0].filename);
+    else if (full && strcmp (full, i->backing_file))
+      printf (" (actual path: %s)", full);
     printf ("\n");
+    free (full);
     if (i->backing_format)
       printf ("backing file format: %s\n", i->backing_format);
   }
@@ -418,7 +424,9 @@ print_human (const struct sc_qcow2_info *i, uint64_t actual_size,
   printf ("Format specific information:\n");
   printf ("    compat: %s\n", compat_name (i->version));
   printf ("    compression type: %s\n", compression_name (i->compression_type));
-  printf ("    lazy refcounts: %s\n", tf (i->lazy_refcounts));
+  /* qemu-img shows these for a version 3 image only. */
+  if (i->version >= 3)
+    printf ("    lazy refcounts: %s\n", tf (i->lazy_refcounts));
   if (i->nb_bitmaps > 0) {
     printf ("    bitmaps:\n");
     for (size_t k = 0; k < i->nb_bitmaps; k++) {
@@ -440,9 +448,10 @@ print_human (const struct sc_qcow2_info *i, uint64_t actual_size,
     printf ("    data file: %s\n", i->data_file);
   if (i->incompatible_features & INCOMPAT_DATA_FILE)
     printf ("    data file raw: %s\n", tf (i->data_file_raw));
-  printf ("    corrupt: %s\n", tf (i->corrupt));
-  printf ("    dirty: %s\n", tf (i->dirty));
-  printf ("    extended l2: %s\n", tf (i->extended_l2));
+  if (i->version >= 3) {
+    printf ("    corrupt: %s\n", tf (i->corrupt));
+    printf ("    extended l2: %s\n", tf (i->extended_l2));
+  }
   /* A damaged image's tables are not walked: nothing to count. */
   if (i->damage) {
     printf ("Damage: %s\n", i->damage);
@@ -597,8 +606,9 @@ cmd_info (int argc, char **argv)
                   ? sc_endpoint_file_path (ep) : info.filename,
                   op.nbd ? UNKNOWN_SIZE : actual_size_of (path), op.nbd);
     else
-      print_human (&info, op.nbd ? UNKNOWN_SIZE : actual_size_of (path),
-                   op.nbd);
+      print_human (&info, ep && sc_endpoint_file_path (ep)
+                   ? sc_endpoint_file_path (ep) : info.filename,
+                   op.nbd ? UNKNOWN_SIZE : actual_size_of (path), op.nbd);
     for (size_t k = 0; chain && k < info.chain_len; k++) {
       const struct sc_backing_info *b = &info.chain[k];
       bool raw = b->format && strcmp (b->format, "raw") == 0;
@@ -615,7 +625,8 @@ cmd_info (int argc, char **argv)
         json_image (&j, &chain_info[k], chain_info[k].filename,
                     actual_size_of (b->filename), false);
       else
-        print_human (&chain_info[k], actual_size_of (b->filename), false);
+        print_human (&chain_info[k], chain_info[k].filename,
+                     actual_size_of (b->filename), false);
     }
     if (json && chain)
       json_close (&j, ']');

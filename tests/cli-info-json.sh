@@ -60,6 +60,16 @@ qemu-img create -q -f qcow2 -u -b "$tmp/nowhere/base.qcow2" -F qcow2 \
 mkdir sub
 qemu-img create -q -f qcow2 sub/base.qcow2 8M
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 sub/top.qcow2
+# A relative backing name whose file is missing: qemu-img shows the
+# path it looked for.
+qemu-img create -q -f qcow2 -u -b gone-base.qcow2 -F qcow2 sub/gone.qcow2 8M
+# A version 2 image that e2image writes, where e2image is there.
+if command -v mke2fs >/dev/null && command -v e2image >/dev/null; then
+  truncate -s 8M fs.ext4
+  mke2fs -q -F -t ext4 fs.ext4 && e2image -Q fs.ext4 e2image.qcow2 2>/dev/null ||
+    fail "mke2fs or e2image (the corpus is wrong)"
+  rm fs.ext4
+fi
 
 # compare QEMU-JSON SPARSECOW-JSON: every member of qemu's, at any
 # depth, is in sparsecow's with the same value; sparsecow's has no
@@ -100,7 +110,7 @@ PYEOF
 }
 
 n=0
-for img in *.qcow2 sub/top.qcow2; do
+for img in *.qcow2 sub/top.qcow2 sub/gone.qcow2; do
   qemu-img info --output=json "$img" >q.json ||
     fail "qemu-img info $img (the corpus is wrong)"
   sparsecow info --output=json "$img" >s.json 2>s.err ||
@@ -168,4 +178,23 @@ for img in snaps.qcow2 v2.qcow2; do
   diff <(qemu-img info "$img" | sed -n '/^Snapshot list/,/^Format/p') \
        <(sparsecow info "$img" | sed -n '/^Snapshot list/,/^Format/p') ||
     fail "snapshot list of $img differs from qemu-img info's"
+done
+
+# The text output is qemu-img info's line for line, with or without
+# --backing-chain; sparsecow adds only the resolved chain ("backing
+# chain N:" lines) and its cluster counts (the "Allocation:" block, or
+# "Damage:" in its place) after each image.
+additions () {
+  sed '/^backing chain [0-9]*: /d; /^Allocation:$/,/^    zero clusters: /d
+       /^Damage: /d'
+}
+for img in *.qcow2 sub/top.qcow2 sub/gone.qcow2; do
+  qemu-img info "$img" >q.txt 2>/dev/null
+  sparsecow info "$img" 2>/dev/null | additions >s.txt
+  diff -u q.txt s.txt || fail "info $img differs from qemu-img info"
+  if qemu-img info --backing-chain "$img" >q.txt 2>/dev/null; then
+    sparsecow info --backing-chain "$img" 2>/dev/null | additions >s.txt
+    diff -u q.txt s.txt ||
+      fail "info --backing-chain $img differs from qemu-img info"
+  fi
 done
