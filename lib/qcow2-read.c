@@ -1734,6 +1734,8 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
     ? opts->max_backing_depth : DEFAULT_MAX_DEPTH;
   CLEANUP_FREE char *name = xstrdup (top_name);
   CLEANUP_FREE char *format = NULL;
+  /* The image whose backing file closes a loop is the one named. */
+  size_t culprit = 0;
 
   if (name == NULL)
     goto fail_top;
@@ -1799,6 +1801,7 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
           && q->layers[i].ino == L->ino) {
         sc_set_error (ELOOP, "backing chain loops back to %s",
                       q->layers[i].filename);
+        culprit = 1;
         goto fail;
       }
 
@@ -1883,7 +1886,9 @@ open_chain (struct sc_qcow2 *q, struct sc_endpoint *top, bool own_top,
 
  fail:
   if (q->nlayers > 1) {
-    sc_error_prefix ("backing file %s", q->layers[q->nlayers - 1].filename);
+    if (q->nlayers - 1 - culprit > 0)
+      sc_error_prefix ("backing file %s",
+                       q->layers[q->nlayers - 1 - culprit].filename);
     /* A look at the image does not need its backing file: the chain
      * ends here, and why is kept for sc_qcow2_get_info.
      */

@@ -80,6 +80,13 @@ grep -q "^sparsecow: s24.qcow2: backing file s20.qcow2 changed while it was read
 # 100 of a chain names level 300 as its backing file).
 qemu-img create -q -f qcow2 -u -b loop-b.qcow2 -F qcow2 loop-a.qcow2 4M
 qemu-img create -q -f qcow2 -u -b loop-a.qcow2 -F qcow2 loop-b.qcow2 4M
+qemu-img create -q -f qcow2 -u -b xelf.qcow2 -F qcow2 self.qcow2 4M
+python3 - <<'PYEOF'
+b = bytearray(open("self.qcow2", "rb").read())
+at = b.index(b"xelf.qcow2")
+b[at:at + 10] = b"self.qcow2"
+open("self.qcow2", "wb").write(b)
+PYEOF
 chain l 99 300
 python3 - <<'PYEOF'
 b = bytearray(open("cl-0100.qcow2", "rb").read())
@@ -89,10 +96,13 @@ open("cl-0100.qcow2", "wb").write(b)
 PYEOF
 (
   ulimit -n 64
-  expect_fail "loop-a.qcow2: backing file loop-a.qcow2: backing chain loops back to loop-a.qcow2" \
+  # The image whose backing file closes the loop is named.
+  expect_fail "loop-a.qcow2: backing file loop-b.qcow2: backing chain loops back to loop-a.qcow2" \
     sparsecow unpack loop-a.qcow2 loop.raw
-  expect_fail "cl-0300.qcow2: backing file cl-0300.qcow2: backing chain loops back to cl-0300.qcow2" \
+  expect_fail "cl-0300.qcow2: backing file cl-0100.qcow2: backing chain loops back to cl-0300.qcow2" \
     sparsecow unpack cl-0300.qcow2 loop.raw
+  expect_fail "^sparsecow: self.qcow2: backing chain loops back to self.qcow2\$" \
+    sparsecow unpack self.qcow2 loop.raw
   expect_fail "backing chain loops back to cl-0300.qcow2" sparsecow map cl-0300.qcow2
   expect_fail "backing chain loops back to cl-0300.qcow2" \
     sparsecow info --backing-chain cl-0300.qcow2
