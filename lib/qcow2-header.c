@@ -631,8 +631,18 @@ header_read (struct sc_endpoint *ep, uint64_t file_size, enum header_mode mode,
   }
   if (h->nb_snapshots > 0
       && check_table ("snapshot table", h->snapshots_offset, 0,
-                      h->cluster_size, file_size) == -1)
+                      h->cluster_size, UINT64_MAX) == -1)
     goto err;
+  /* Its size is only known once its entries are read: say how many
+   * there should be rather than a size.
+   */
+  if (h->nb_snapshots > 0 && h->snapshots_offset > file_size) {
+    sc_set_error (EINVAL, "snapshot table (offset 0x%" PRIx64 ", %" PRIu32
+                  " %s) starts beyond the end of the file (%" PRIu64
+                  " bytes)", h->snapshots_offset, h->nb_snapshots,
+                  h->nb_snapshots == 1 ? "entry" : "entries", file_size);
+    goto err;
+  }
 
   return 0;
 
