@@ -717,7 +717,10 @@ cli_open_stdin_image (const char *command, const struct cli_common *common)
     cli_usage_error (command, "-: standard input is a %s; %s reads an image "
                      "at random offsets: name the file, or redirect it "
                      "(< IMAGE)", S_ISFIFO (st.st_mode) ? "pipe"
-                     : isatty (STDIN_FILENO) ? "terminal" : "stream",
+                     : S_ISDIR (st.st_mode) ? "directory"
+                     : S_ISSOCK (st.st_mode) ? "socket"
+                     : isatty (STDIN_FILENO) ? "terminal"
+                     : S_ISCHR (st.st_mode) ? "character device" : "stream",
                      command);
   return cli_open_source (&in, common, SC_MAP_SEEK);
 }

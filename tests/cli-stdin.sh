@@ -100,6 +100,22 @@ for cmd in info map check; do
     tail -n1 "$tmp/err" | grep -q "^Try 'sparsecow $cmd --help'" ||
     fail "$cmd - from a pipe (exit $rc): $(cat "$tmp/err")"
 done
+# Redirected from a directory (qemu-img exits 1 too) or a character
+# device: said as such.
+mkdir "$tmp/stdin-dir"
+rc_q=0; qemu-img info /dev/stdin <"$tmp/stdin-dir" >/dev/null 2>&1 || rc_q=$?
+for cmd in info map check; do
+  rc=0
+  sparsecow $cmd - <"$tmp/stdin-dir" >"$tmp/out" 2>"$tmp/err" || rc=$?
+  [ "$rc" = "$rc_q" ] && [ ! -s "$tmp/out" ] &&
+    grep -q "^sparsecow: $cmd: -: standard input is a directory" "$tmp/err" ||
+    fail "$cmd - from a directory (exit $rc, qemu-img $rc_q): $(cat "$tmp/err")"
+  rc=0
+  sparsecow $cmd - </dev/zero >"$tmp/out" 2>"$tmp/err" || rc=$?
+  [ "$rc" = 1 ] &&
+    grep -q "^sparsecow: $cmd: -: standard input is a character device" "$tmp/err" ||
+    fail "$cmd - from /dev/zero (exit $rc): $(cat "$tmp/err")"
+done
 
 # Errors about an image on stdin name it "stdin", as unpack and pack
 # name it, never "-": an image qemu-img cannot open, one whose backing
