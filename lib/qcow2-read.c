@@ -2219,38 +2219,52 @@ count_clusters (struct sc_qcow2 *q, struct sc_qcow2_info *info)
   return 0;
 }
 
-int
-sc_qcow2_get_info (struct sc_qcow2 *q, struct sc_qcow2_info *info)
+/* The fields of *info that the header alone gives, info cleared
+ * first; the strings are copies the caller frees with the rest of
+ * *info (sc_qcow2_info_free).  ENOMEM.
+ */
+static int
+info_from_header (struct sc_qcow2_info *info, const struct qcow2_header *h)
 {
-  struct layer *L = &q->layers[0];
-  const struct qcow2_header *h = &L->h;
-
   memset (info, 0, sizeof *info);
   info->version = h->version;
-  info->virtual_size = L->size;
-  info->file_size = L->file_size;
   info->cluster_size = h->cluster_size;
   info->refcount_bits = h->refcount_bits;
-  info->compression_type = L->codec;
   info->incompatible_features = h->incompatible_features;
   info->compatible_features = h->compatible_features;
   info->autoclear_features = h->autoclear_features;
   info->dirty = h->incompatible_features & QCOW2_INCOMPAT_DIRTY;
   info->corrupt = h->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
   info->lazy_refcounts = h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
-  info->extended_l2 = L->extl2;
+  info->extended_l2 = h->incompatible_features & QCOW2_INCOMPAT_EXTL2;
   info->data_file_raw = h->autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
 
-  if ((info->filename = xstrdup (L->filename)) == NULL)
-    goto err;
   if ((h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE) && h->data_file
       && (info->data_file = xstrdup (h->data_file)) == NULL)
-    goto err;
+    return -1;
   if (h->backing_file
       && (info->backing_file = xstrdup (h->backing_file)) == NULL)
-    goto err;
+    return -1;
   if (h->backing_format
       && (info->backing_format = xstrdup (h->backing_format)) == NULL)
+    return -1;
+  return 0;
+}
+
+int
+sc_qcow2_get_info (struct sc_qcow2 *q, struct sc_qcow2_info *info)
+{
+  struct layer *L = &q->layers[0];
+  const struct qcow2_header *h = &L->h;
+
+  if (info_from_header (info, h) == -1)
+    goto err;
+  info->virtual_size = L->size;
+  info->file_size = L->file_size;
+  info->compression_type = L->codec;
+  info->extended_l2 = L->extl2;
+
+  if ((info->filename = xstrdup (L->filename)) == NULL)
     goto err;
   if (q->backing_error
       && (info->backing_error = xstrdup (q->backing_error)) == NULL)
@@ -2431,35 +2445,16 @@ inspect_header (const char *name, struct sc_endpoint *ep,
                 const struct sc_qcow2_open_opts *opts, const char *damage,
                 struct sc_qcow2_info *info)
 {
-  memset (info, 0, sizeof *info);
-  info->version = h->version;
+  if (info_from_header (info, h) == -1)
+    goto err;
   /* As the reader: qemu counts the guest size in whole sectors. */
   info->virtual_size = SC_ROUND_DOWN (h->size, RAW_SECTOR_SIZE);
   info->file_size = ep->size;
-  info->cluster_size = h->cluster_size;
-  info->refcount_bits = h->refcount_bits;
   info->compression_type = h->compression_type == SC_CODEC_ZSTD
     ? SC_CODEC_ZSTD : SC_CODEC_DEFLATE;
-  info->incompatible_features = h->incompatible_features;
-  info->compatible_features = h->compatible_features;
-  info->autoclear_features = h->autoclear_features;
-  info->dirty = h->incompatible_features & QCOW2_INCOMPAT_DIRTY;
-  info->corrupt = h->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
-  info->lazy_refcounts = h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
-  info->extended_l2 = h->incompatible_features & QCOW2_INCOMPAT_EXTL2;
-  info->data_file_raw = h->autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
 
   if ((info->damage = xstrdup (damage)) == NULL
       || (info->filename = xstrdup (name)) == NULL)
-    goto err;
-  if ((h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE) && h->data_file
-      && (info->data_file = xstrdup (h->data_file)) == NULL)
-    goto err;
-  if (h->backing_file
-      && (info->backing_file = xstrdup (h->backing_file)) == NULL)
-    goto err;
-  if (h->backing_format
-      && (info->backing_format = xstrdup (h->backing_format)) == NULL)
     goto err;
   if (t->n > 0) {
     size_t n = t->n;
