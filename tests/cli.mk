@@ -17,6 +17,7 @@ EXTRA_DIST += \
 	tests/cli-progress.sh \
 	tests/cli-progress-pace.sh \
 	tests/progress-check.py \
+	tests/info-json-same.py \
 	tests/cli-stdin.sh \
 	tests/cli-info-json.sh \
 	tests/cli-damaged-info.sh \
