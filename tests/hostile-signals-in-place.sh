@@ -34,40 +34,6 @@ head -c $((size + 8 * MiB)) /dev/zero > dev.img
 loop_attach dev.img
 target=$dev
 
-# What changes once TARGET is written: the sectors a block device has
-# written, or a file's modification time.
-mark () {
-  if [ -b "$1" ]; then
-    awk '{ print $7 }' "/sys/block/$(basename "$1")/stat"
-  else
-    stat -c %y "$1"
-  fi
-}
-
-# interrupt SIG TARGET CMD...: run CMD, and once TARGET has been
-# written, freeze it, send SIG and let it go.  Sets rc and leaves
-# stderr in err; returns 1 if CMD ended before it could be signalled.
-interrupt () {
-  local sig=$1 watch=$2 before pid i
-  shift 2
-  before=$(mark "$watch")
-  "$@" 2>err &
-  pid=$!
-  for ((i = 0; i < 4000; i++)); do
-    [ "$(mark "$watch")" != "$before" ] && break
-    kill -0 $pid 2>/dev/null || break
-    sleep 0.005
-  done
-  if ! kill -STOP $pid 2>/dev/null; then
-    rc=0; wait $pid || rc=$?
-    return 1
-  fi
-  kill -"$sig" $pid
-  kill -CONT $pid
-  rc=0; wait $pid || rc=$?
-  return 0
-}
-
 # An image is there only if qemu-img says so.
 not_an_image () {
   ! qemu-img info -f qcow2 "$1" >/dev/null 2>&1 ||

@@ -117,26 +117,6 @@ good_image old.img "after the refusals"
 # with SIGSTOP when the file's modification time moves, then SIGINT):
 # not an image any more, and said to be left partly written.
 head -c $((192 * MiB)) /dev/urandom > big.raw
-interrupt () {
-  local watch=$1 before pid i
-  shift
-  before=$(stat -c %y "$watch")
-  "$@" 2>err &
-  pid=$!
-  for ((i = 0; i < 4000; i++)); do
-    [ "$(stat -c %y "$watch")" != "$before" ] && break
-    kill -0 $pid 2>/dev/null || break
-    sleep 0.005
-  done
-  if ! kill -STOP $pid 2>/dev/null; then
-    rc=0; wait $pid || rc=$?
-    return 1
-  fi
-  kill -INT $pid
-  kill -CONT $pid
-  rc=0; wait $pid || rc=$?
-  return 0
-}
 tried=0
 for codec in none deflate; do
   opts=()
@@ -144,7 +124,7 @@ for codec in none deflate; do
   sparsecow pack -q -f "${opts[@]}" big.raw target.img ||
     fail "pack ($codec) of big.raw failed"
   qemu-img check -q -f qcow2 target.img || fail "the image to write over does not check"
-  if ! interrupt target.img "$SPARSECOW" pack -n "${opts[@]}" big.raw target.img; then
+  if ! interrupt INT target.img "$SPARSECOW" pack -n "${opts[@]}" big.raw target.img; then
     echo "$0: pack -n ($codec) ended before SIGINT could reach it (rc $rc)"
     continue
   fi
