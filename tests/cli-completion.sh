@@ -129,6 +129,23 @@ line_offers a.bmap "sparsecow pack --map=bmap:a"
 line_offers // "sparsecow pack nbd:"
 line_offers 1.1 "sparsecow pack -o compat="
 line_offers json "sparsecow unpack --progress=j"
+# A descriptor for progress: nbdcopy's --progress=N, and fd:N and
+# json:fd:N, for the descriptors open in the shell (not 0 or 1).
+exec 7>"$tmp/progress.log"
+offers --progress=7 sparsecow pack --progress=
+offers --progress=2 sparsecow pack --progress=
+offers --progress=fd:7 sparsecow pack --progress=fd:
+offers --progress=json:fd:7 sparsecow unpack --progress=json:fd:
+offers_not --progress=0 sparsecow pack --progress=
+offers_not --progress=1 sparsecow pack --progress=
+offers_not --progress=fd:0 sparsecow pack --progress=fd:
+offers_not --progress=fd:json sparsecow pack --progress=fd:
+line_offers 7 "sparsecow unpack --progress="
+line_offers 7 "sparsecow unpack --progress=fd:"
+line_offers 7 "sparsecow verify --progress=json:fd:"
+exec 7>&-
+offers_not --progress=7 sparsecow pack --progress=
+offers_not --progress=fd:7 sparsecow pack --progress=fd:
 line_offers img.qcow2 "sparsecow unpack -q "
 # Option values after "=", as the options take them.
 offers --compress=zstd sparsecow pack --compress=
