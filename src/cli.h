@@ -18,6 +18,8 @@
 /* check: as qemu-img check. */
 #define EXIT_CHECK_CORRUPT 2
 #define EXIT_CHECK_LEAKS 3
+/* qemu-img check's status for a format without checks. */
+#define EXIT_CHECK_UNSUPPORTED 63
 /* verify: 1 means "different", so errors and usage errors are 2, and
  * a digest that another program made stale is 3.
  */

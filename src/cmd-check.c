@@ -22,7 +22,8 @@ usage (FILE *fp)
            "Usage: %s check [--json] [-q] IMAGE\n"
            "Check that the refcounts of a qcow2 image match what is really\n"
            "used.  Exit status: 0 no problems, 2 corruptions or damage found,\n"
-           "3 only leaked clusters found, 1 the image could not be checked.\n"
+           "3 only leaked clusters found, 1 the image could not be checked,\n"
+           "63 the file is not a qcow2 image.\n"
            "\n"
            "  --json        print the result as JSON (qemu-img check names)\n"
            "  --output=json|human  the same, spelled as for qemu-img check\n"
@@ -31,21 +32,20 @@ usage (FILE *fp)
            CLI_NBD_HELP, cli_program);
 }
 
+/* What qemu-img check prints, line for line: the same paragraphs on the
+ * same conditions.  Damage that qemu-img does not count is not among
+ * them; it is summed up on stderr (see report_damage).
+ */
 static void
 print_human (const struct sc_check_result *r)
 {
-  if (r->corruptions == 0 && r->leaks == 0 && r->check_errors == 0
-      && r->damage == 0)
+  if (r->corruptions == 0 && r->leaks == 0 && r->check_errors == 0)
     printf ("No errors were found on the image.\n");
   else {
     if (r->corruptions)
       printf ("\n%" PRIu64 " errors were found on the image.\n"
               "Data may be corrupted, or further writes to the image may "
               "corrupt it.\n", r->corruptions);
-    if (r->damage)
-      printf ("\n%" PRIu64 " damaged structures were found that qemu-img "
-              "check does not count.\nThe image cannot be read as it was "
-              "written.\n", r->damage);
     if (r->leaks)
       printf ("\n%" PRIu64 " leaked clusters were found on the image.\n"
               "This means waste of disk space, but no harm to data.\n",
@@ -63,6 +63,19 @@ print_human (const struct sc_check_result *r)
             r->compressed_clusters * 100.0 / r->allocated_clusters);
   if (r->image_end_offset)
     printf ("Image end offset: %" PRIu64 "\n", r->image_end_offset);
+}
+
+/* Damage that qemu-img check does not count: one line on stderr after
+ * the problems it comes from, so that standard output stays qemu-img
+ * check's, and -q does not hide it.
+ */
+static void
+report_damage (const char *image, const struct sc_check_result *r)
+{
+  if (r->damage)
+    cli_error ("%s: %" PRIu64 " damaged structures were found that "
+               "qemu-img check does not count; the image cannot be read "
+               "as it was written", image, r->damage);
 }
 
 /* qemu-img check --output=json: its members, with its names; like it,
@@ -93,6 +106,17 @@ print_json (const char *filename, const struct sc_check_result *r)
   printf (",\n    \"sparsecow\": {\n"
           "        \"damage\": %" PRIu64 "\n"
           "    }\n}\n", r->damage);
+}
+
+/* A file that is not a qcow2 image (without -f qcow2): qemu-img check
+ * probes it as raw, a format without checks, and exits 63.
+ */
+static int
+not_qcow2 (const char *image)
+{
+  cli_error ("%s: not a qcow2 image: this image format does not support "
+             "checks", image);
+  return EXIT_CHECK_UNSUPPORTED;
 }
 
 /* Does image name a backing file that cannot be opened, or (without
@@ -146,6 +170,7 @@ cmd_check (int argc, char **argv)
   struct cli_common common = { 0 };
   struct sc_check_result result;
   bool json = false;
+  int format = CLI_FORMAT_AUTO;
   struct cli_operand op;
   const char *image;
   int c;
@@ -166,7 +191,7 @@ cmd_check (int argc, char **argv)
                        optarg, optarg);
     if (c == 'f')
       /* qemu-img's spelling; only qcow2 is read here. */
-      (void) cli_parse_image_format ("check", optarg, false);
+      format = cli_parse_image_format ("check", optarg, false);
     else if (c == OPT_JSON)
       json = true;
     else if (c == OPT_OUTPUT)
@@ -181,6 +206,10 @@ cmd_check (int argc, char **argv)
     struct sc_endpoint *ep = cli_open_source (&op, &common, SC_MAP_SEEK);
     if (ep == NULL)
       return EXIT_ERROR;
+    if (format == CLI_FORMAT_AUTO && cli_endpoint_is_qcow2 (ep) == 0) {
+      sc_endpoint_close (ep);
+      return not_qcow2 (image);
+    }
     c = sc_qcow2_check_endpoint (ep, &result);
     if (c == -1)
       cli_lib_error (image);
@@ -203,6 +232,10 @@ cmd_check (int argc, char **argv)
 
     if (ep == NULL)
       return EXIT_ERROR;
+    if (format == CLI_FORMAT_AUTO && cli_endpoint_is_qcow2 (ep) == 0) {
+      sc_endpoint_close (ep);
+      return not_qcow2 (cli_image_name (image));
+    }
     if (backing_missing (cli_image_name (image), ep,
                          common.force_share)) {
       sc_endpoint_close (ep);
@@ -219,8 +252,13 @@ cmd_check (int argc, char **argv)
   }
   else if (backing_missing (image, NULL, common.force_share))
     return EXIT_ERROR;
-  else if ((!common.force_share && sc_image_lock_test (image) == -1)
-           || sc_qcow2_check (image, &result) == -1) {
+  else if (!common.force_share && sc_image_lock_test (image) == -1) {
+    cli_lib_error (image);
+    return EXIT_ERROR;
+  }
+  else if (format == CLI_FORMAT_AUTO && sc_is_qcow2 (image) == 0)
+    return not_qcow2 (image);
+  else if (sc_qcow2_check (image, &result) == -1) {
     cli_lib_error (image);
     return EXIT_ERROR;
   }
@@ -230,6 +268,7 @@ cmd_check (int argc, char **argv)
    */
   for (size_t i = 0; i < result.nb_messages; i++)
     fprintf (stderr, "%s\n", result.messages[i]);
+  report_damage (cli_image_name (image), &result);
   if (json)
     print_json (image, &result);
   else if (!common.quiet)

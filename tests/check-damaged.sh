@@ -20,7 +20,8 @@ MAX_IO_END=$(( (1 << 63) - (1 << 30) ))
 # makes sure the test really produced the damage it meant to.  OUR-EXIT
 # is given where sparsecow differs on purpose: it counts damage that
 # qemu-img check does not (an image cut short), and then exits 2, with
-# qemu's numbers of corruptions and leaks all the same.
+# qemu's numbers of corruptions and leaks all the same; its text on
+# stdout is qemu-img check's all the same.
 compare () {
   local img=$1 want=$2 ours=${3:-$2} qrc=0 src=0 f
   qemu-img check --output=json "$img" >q.json 2>q.err || qrc=$?
@@ -54,6 +55,7 @@ compare () {
            "$(if [ -s s.err ]; then echo with; else echo without; fi) a message"
     ;;
   esac
+  compare_text "$img" "$src"
   echo "$img: qemu-img check $qrc (corruptions $(jfield q.json corruptions)," \
        "leaks $(jfield q.json leaks)), sparsecow check $src"
 }

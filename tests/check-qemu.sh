@@ -3,17 +3,19 @@
 # qemu-img and qemu-io in every layout we can produce, an e2image -Q
 # image that leaks a cluster, and images corrupted on purpose.  The exit
 # codes must agree (0 clean, 2 corruptions, 3 leaks only) and so must
-# the numbers of corruptions and leaks.
+# the numbers of corruptions and leaks, and the text, line for line.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 . "${srcdir:-$(dirname "$0")}/check-functions.sh"
 requires qemu-img qemu-io od dd
 
 cd "$tmp"
 
-# compare IMAGE [EXPECTED-QEMU-EXIT]: the second argument makes sure the
-# test really produced the damage it meant to.
+# compare IMAGE [EXPECTED-QEMU-EXIT [OUR-EXIT]]: the second argument
+# makes sure the test really produced the damage it meant to; the third
+# is given where qemu-img check cannot open an image that sparsecow
+# checks.
 compare () {
-  local img=$1 want=${2:-} qrc=0 src=0 f
+  local img=$1 want=${2:-} ours=${3:-} qrc=0 src=0 f
   qemu-img check --output=json "$img" >q.json 2>q.err || qrc=$?
   sparsecow check --json "$img" >s.json 2>s.err || src=$?
   if grep -q "AddressSanitizer\|runtime error\|Segmentation\|Aborted" s.err
@@ -41,6 +43,7 @@ compare () {
       fail "$img: qemu-img check failed ($qrc) but ours exited $src silently"
     ;;
   esac
+  compare_text "$img" "${ours:-$qrc}"
   echo "$img: qemu-img check $qrc, sparsecow check $src"
 }
 
@@ -216,6 +219,19 @@ compare c-trunc1.qcow2 2
 cp $img c-trunc2.qcow2; truncate -s $(( l2 + 100 )) c-trunc2.qcow2
 compare c-trunc2.qcow2 2
 
+# Before and after qemu-img check -r leaks and -r all (sparsecow does
+# not repair): two kinds of leak, and a corruption that only -r all
+# repairs, compared before above and after here.  The repair must have
+# changed something, or the images after it test nothing new.
+for f in leaks:c-leak leaks:c-rc2 all:c-leak all:c-rc2 all:c-rc0; do
+  r=r-${f%%:*}-${f#*:}.qcow2
+  cp "${f#*:}.qcow2" "$r"
+  qemu-img check -r "${f%%:*}" "$r" >repair.out 2>&1 || :
+  grep -q "^The following inconsistencies were found and repaired:" \
+    repair.out || { cat repair.out >&2; fail "qemu-img check -r $f"; }
+  compare "$r" 0
+done
+
 # Snapshots: a misaligned snapshot L1 table, and a zeroed refcount of a
 # cluster the snapshot and the active layer share (refcount 2 wanted).
 img=snap.qcow2
@@ -266,12 +282,12 @@ dir=$(be64 $img $(( ext + 8 + 16 )))
 bt=$(be64 $img "$dir")
 cp $img c-bitmap-table.qcow2
 put_be64 c-bitmap-table.qcow2 "$bt" $(( $(be64 $img "$bt") | 2 ))
-compare c-bitmap-table.qcow2
+compare c-bitmap-table.qcow2 1 2
 [ "$(jfield s.json corruptions)" -ge 1 ] || fail "bitmap table: no corruption"
 # A bitmap table size that does not fit the disk.
 cp $img c-bitmap-size.qcow2
 put_bytes c-bitmap-size.qcow2 $(( dir + 8 )) 00000001
-compare c-bitmap-size.qcow2 1
+compare c-bitmap-size.qcow2 1 2
 
 # An unknown incompatible feature: neither can check it.
 cp data.qcow2 c-incompat.qcow2; put_be64 c-incompat.qcow2 72 $(( 1 << 40 ))
@@ -293,9 +309,19 @@ expect_fail "huge.qcow2: image file too large to check" \
 rm huge.qcow2
 
 # Not an image at all, and a file that is not there.
+# A file that is not qcow2 is raw to qemu-img check, a format without
+# checks (exit 63); with -f qcow2 it is an image that does not open (1).
 printf 'hello' > junk
 expect_fail "sparsecow: junk: " sparsecow check junk
+compare junk 63
+: > empty
+compare empty 63
+rc=0; qemu-img check -f qcow2 junk >/dev/null 2>&1 || rc=$?
+[ $rc = 1 ] || fail "qemu-img check -f qcow2 junk exited $rc: the oracle changed"
+rc=0; sparsecow check -f qcow2 junk >/dev/null 2>&1 || rc=$?
+[ $rc = 1 ] || fail "check -f qcow2 junk exited $rc, not 1"
 expect_fail "sparsecow: missing: " sparsecow check missing
+compare missing 1
 
 # A backing file that is gone: qemu-img check opens the chain first and
 # fails (exit 1); so does sparsecow check, naming the image.

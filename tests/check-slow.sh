@@ -53,6 +53,7 @@ compare () {
       fail "$img: $f differ: qemu $(jfield q.json $f), ours $(jfield s.json $f)"
     }
   done
+  compare_text "$img" "$qrc"
   echo "$img: qemu-img check $qrc (corruptions $(jfield q.json corruptions)," \
        "leaks $(jfield q.json leaks))"
 }
