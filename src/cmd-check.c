@@ -269,9 +269,12 @@ cmd_check (int argc, char **argv)
   for (size_t i = 0; i < result.nb_messages; i++)
     fprintf (stderr, "%s\n", result.messages[i]);
   report_damage (cli_image_name (image), &result);
-  if (json)
+  /* As qemu-img check -q: no summary, in either form. */
+  if (common.quiet)
+    ;
+  else if (json)
     print_json (image, &result);
-  else if (!common.quiet)
+  else
     print_human (&result);
   /* A summary that could not be written is an error, whatever the
    * image holds: as info, map and verify, exit 1.

@@ -6,6 +6,7 @@ TESTS += \
 	tests/cli-progress.sh \
 	tests/cli-progress-pace.sh \
 	tests/cli-stdin.sh \
+	tests/cli-quiet.sh \
 	tests/cli-info-json.sh \
 	tests/cli-damaged-info.sh \
 	tests/cli-sparse.sh \
@@ -19,6 +20,7 @@ EXTRA_DIST += \
 	tests/progress-check.py \
 	tests/info-json-same.py \
 	tests/cli-stdin.sh \
+	tests/cli-quiet.sh \
 	tests/cli-info-json.sh \
 	tests/cli-damaged-info.sh \
 	tests/cli-sparse.sh \
