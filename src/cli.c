@@ -61,6 +61,12 @@ cli_image_name (const char *operand)
   return strcmp (operand, "-") == 0 ? "stdin" : operand;
 }
 
+const char *
+cli_image_path (const char *operand)
+{
+  return strcmp (operand, "-") == 0 ? "/dev/stdin" : operand;
+}
+
 void
 cli_error (const char *fmt, ...)
 {

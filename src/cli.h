@@ -210,6 +210,12 @@ extern void cli_lib_error (const char *object);
  * otherwise the operand itself.
  */
 extern const char *cli_image_name (const char *operand);
+/* The name of an IMAGE operand in output that holds a file name for
+ * programs to use (check's JSON filename, map's File column): for "-",
+ * "/dev/stdin", the name qemu-img prints there when given that file,
+ * and one that opens the same file again; otherwise the operand.
+ */
+extern const char *cli_image_path (const char *operand);
 /* "sparsecow: printf-message". */
 extern void cli_error (const char *fmt, ...)
   __attribute__ ((format (printf, 1, 2)));

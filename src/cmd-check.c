@@ -273,7 +273,7 @@ cmd_check (int argc, char **argv)
   if (common.quiet)
     ;
   else if (json)
-    print_json (image, &result);
+    print_json (cli_image_path (image), &result);
   else
     print_human (&result);
   /* A summary that could not be written is an error, whatever the

@@ -561,6 +561,22 @@ cmd_info (int argc, char **argv)
     sc_endpoint_close (ep);
     return EXIT_ERROR;
   }
+  /* An image on standard input is named in the output as qemu-img
+   * names /dev/stdin given as the image, as check and map name it (its
+   * backing file names are still resolved from the file's own path).
+   */
+  if (!op.nbd && strcmp (path, "-") == 0) {
+    char *name = strdup (cli_image_path (path));
+
+    if (name == NULL) {
+      cli_error ("info: %s", strerror (errno));
+      sc_qcow2_info_free (&info);
+      sc_endpoint_close (ep);
+      return EXIT_ERROR;
+    }
+    free (info.filename);
+    info.filename = name;
+  }
   /* qemu-img info does not open the backing file; say what is missing
    * all the same.
    */

@@ -114,7 +114,7 @@ map_qcow2 (const char *path, struct sc_endpoint *ep, struct map_out *out,
     sc_qcow2_close (q);
     return -1;
   }
-  out->names[0] = info.data_file ? info.data_file : path;
+  out->names[0] = info.data_file ? info.data_file : cli_image_path (path);
   for (size_t i = 0; i < info.chain_len; i++)
     out->names[i + 1] = info.chain[i].filename;
 
@@ -151,6 +151,7 @@ map_raw (const char *path, struct sc_endpoint *opened, bool export,
     size = (size + RAW_SECTOR_SIZE - 1) / RAW_SECTOR_SIZE * RAW_SECTOR_SIZE;
   if (size > 0 && sc_endpoint_extents (ep, 0, size, &list) == -1)
     goto out;
+  path = cli_image_path (path);
   out->names = &path;
   out->nb_names = 1;
   for (size_t i = 0; i < list.len; i++) {

@@ -97,7 +97,7 @@ open_file (const struct cli_operand *op, const struct cli_common *common,
     return -1;
   if (sc_endpoint_is_stream (*file)) {
     cli_error ("%s: a pipe is read once, in order; verify needs a file, a "
-               "device or an NBD export", op->name);
+               "device or an NBD export", cli_image_name (op->name));
     sc_endpoint_close (*file);
     *file = NULL;
     return -1;
@@ -117,7 +117,7 @@ open_side (const struct cli_operand *op, const struct cli_common *common,
   r = format == FORMAT_AUTO ? cli_endpoint_is_qcow2 (s->file)
                             : format == FORMAT_QCOW2;
   if (r == -1) {
-    cli_lib_error (op->name);
+    cli_lib_error (cli_image_name (op->name));
     close_side (s);
     return -1;
   }
@@ -126,7 +126,7 @@ open_side (const struct cli_operand *op, const struct cli_common *common,
    */
   if (r == 0 && !op->nbd && !common->force_share
       && strcmp (op->name, "-") != 0 && sc_image_lock_test (op->name) == -1) {
-    cli_lib_error (op->name);
+    cli_lib_error (cli_image_name (op->name));
     close_side (s);
     return -1;
   }
@@ -140,7 +140,7 @@ open_side (const struct cli_operand *op, const struct cli_common *common,
     s->q = sc_qcow2_open_endpoint (s->file, &qo);
   }
   if (s->q == NULL || (s->content = sc_qcow2_endpoint (s->q)) == NULL) {
-    cli_lib_error (op->name);
+    cli_lib_error (cli_image_name (op->name));
     if (s->q)
       sc_qcow2_close (s->q);
     s->q = NULL;
@@ -170,7 +170,7 @@ verify_digest (const struct cli_operand *op, const struct cli_common *common,
    */
   if (!op->nbd && !common->force_share && strcmp (op->name, "-") != 0
       && sc_image_lock_test (op->name) == -1) {
-    cli_lib_error (op->name);
+    cli_lib_error (cli_image_name (op->name));
     return EXIT_VERIFY_ERROR;
   }
   if (open_file (op, common, &file) == -1)
@@ -187,7 +187,7 @@ verify_digest (const struct cli_operand *op, const struct cli_common *common,
   switch (r) {
   case 0:
     if (!common->quiet) {
-      printf ("%s: digest matches (sha256 ", op->name);
+      printf ("%s: digest matches (sha256 ", cli_image_name (op->name));
       print_hex (stdout, res.stored, sizeof res.stored);
       printf (")\n");
     }
@@ -197,19 +197,19 @@ verify_digest (const struct cli_operand *op, const struct cli_common *common,
       if (!common->quiet)
         printf ("%s: digest mismatch at offset %" PRIu64 ": the compressed "
                 "cluster there does not decode; the content is not what "
-                "was packed\n", op->name, res.offset);
+                "was packed\n", cli_image_name (op->name), res.offset);
       return EXIT_VERIFY_DIFFERENT;
     }
     if (!common->quiet)
       printf ("%s: digest mismatch: the content is not what was packed "
               "(or qemu wrote it after opening it read-only and then "
               "writable, as qemu-img commit does, which keeps the digest's "
-              "autoclear bit)\n", op->name);
+              "autoclear bit)\n", cli_image_name (op->name));
     return EXIT_VERIFY_DIFFERENT;
   case 2:
     if (!common->quiet)
       printf ("%s: digest is stale: the image was opened for writing by a "
-              "program that does not keep it\n", op->name);
+              "program that does not keep it\n", cli_image_name (op->name));
     return EXIT_VERIFY_STALE;
   default:
     return EXIT_VERIFY_ERROR;
@@ -220,6 +220,8 @@ static int
 compare (const struct cli_operand *ops, const struct cli_common *common,
          enum format fa, enum format fb, struct sc_verify_opts *opts)
 {
+  const char *na = cli_image_name (ops[0].name);
+  const char *nb = cli_image_name (ops[1].name);
   struct side a, b;
   struct sc_verify_result res;
   uint64_t sa, sb;
@@ -243,7 +245,7 @@ compare (const struct cli_operand *ops, const struct cli_common *common,
      */
     fprintf (opts->strict ? stdout : stderr, "%s: %s%s and %s differ in "
              "size (%" PRIu64 " and %" PRIu64 " bytes)%s\n", cli_program,
-             opts->strict ? "" : "warning: ", ops[0].name, ops[1].name,
+             opts->strict ? "" : "warning: ", na, nb,
              sa, sb, opts->strict ? "" : "; the rest of the larger is "
              "compared with zeros");
   close_side (&a);
@@ -253,11 +255,11 @@ compare (const struct cli_operand *ops, const struct cli_common *common,
   if (r == 1) {
     if (!common->quiet && !(opts->strict && res.sizes_differ))
       printf ("%s: %s and %s differ at offset %" PRIu64 "\n", cli_program,
-              ops[0].name, ops[1].name, res.offset);
+              na, nb, res.offset);
     return EXIT_VERIFY_DIFFERENT;
   }
   if (!common->quiet)
-    printf ("%s and %s are identical\n", ops[0].name, ops[1].name);
+    printf ("%s and %s are identical\n", na, nb);
   return EXIT_OK;
 }
 

@@ -72,6 +72,45 @@ import json, sys
 c = json.load(sys.stdin)
 assert c["check-errors"] == 0 and c["allocated-clusters"] > 0, c' ||
   fail "check --output=json -"
+# Where the output holds a file name for programs to use, an image on
+# stdin is named as qemu-img names /dev/stdin given as the image: the
+# "filename" of check and info, the "image:" line of info, the File
+# column of map (of an image and of a raw file).
+qemu-img check --output=json /dev/stdin <"$img" >"$tmp/q.json"
+sparsecow check --output=json - <"$img" >"$tmp/s.json"
+python3 - "$tmp/q.json" "$tmp/s.json" <<'PYEOF' || fail "check --output=json -: filename"
+import json, sys
+q = json.load(open(sys.argv[1]))
+s = json.load(open(sys.argv[2]))
+assert q["filename"] == "/dev/stdin", "the oracle changed: %r" % q["filename"]
+assert s["filename"] == q["filename"], (s["filename"], q["filename"])
+PYEOF
+diff -u <(qemu-img map /dev/stdin <"$img") <(sparsecow map - <"$img") ||
+  fail "map - < image: not qemu-img map /dev/stdin's table"
+diff -u <(qemu-img map -f raw /dev/stdin <"$tmp/ref.raw") \
+        <(sparsecow map - <"$tmp/ref.raw") ||
+  fail "map - < raw file: not qemu-img map -f raw /dev/stdin's table"
+grep -q "/dev/stdin$" <(qemu-img map /dev/stdin <"$img") ||
+  fail "qemu-img map /dev/stdin names no /dev/stdin: the oracle changed"
+diff -u <(qemu-img info /dev/stdin <"$img" | head -1) \
+        <(sparsecow info - <"$img" | head -1) ||
+  fail "info - < image: not qemu-img info /dev/stdin's image line"
+qemu-img info --output=json /dev/stdin <"$img" >"$tmp/q.json"
+sparsecow info --output=json - <"$img" >"$tmp/s.json"
+python3 - "$tmp/q.json" "$tmp/s.json" <<'PYEOF' || fail "info --output=json -: filename"
+import json, sys
+q = json.load(open(sys.argv[1]))
+s = json.load(open(sys.argv[2]))
+assert s["filename"] == q["filename"] == "/dev/stdin", (s["filename"], q["filename"])
+PYEOF
+# verify's verdicts name it stdin, as the messages of every command do.
+sparsecow verify - "$tmp/ref.raw" <"$img" >"$tmp/out" ||
+  fail "verify - < image failed"
+grep -q "^stdin and $tmp/ref.raw are identical$" "$tmp/out" ||
+  fail "verify - < image: $(cat "$tmp/out")"
+rc=0; sparsecow verify "$tmp/snap.raw" - <"$img" >"$tmp/out" || rc=$?
+[ $rc = 1 ] && grep -q "^sparsecow: $tmp/snap.raw and stdin differ at offset " \
+  "$tmp/out" || fail "verify A - < image (exit $rc): $(cat "$tmp/out")"
 # A damaged image on stdin is judged as the file is.
 cp "$img" "$tmp/leak.qcow2"
 qemu-io -c "write -P 1 0 64k" "$tmp/leak.qcow2" >/dev/null
@@ -119,7 +158,7 @@ done
 
 # Errors about an image on stdin name it "stdin", as unpack and pack
 # name it, never "-": an image qemu-img cannot open, one whose backing
-# file is missing, and a file that is not an image.
+# file is missing, and a file that is not an image; for verify too.
 cp "$img" "$tmp/misaligned.qcow2"
 printf '\x00\x00\x00\x00\x00\x03\x02\x00' |
   dd of="$tmp/misaligned.qcow2" bs=1 seek=40 conv=notrunc status=none
@@ -129,10 +168,13 @@ qemu-img create -q -f qcow2 -u -b "$tmp/nowhere.qcow2" -F qcow2 \
   "$tmp/nobacking.qcow2" 1M
 echo "not an image" >"$tmp/text"
 for f in misaligned.qcow2 nobacking.qcow2 text; do
-  for cmd in "info" "info --output=json" "map" "check" "unpack"; do
+  for cmd in "info" "info --output=json" "map" "check" "unpack" "verify"; do
     args=(-); [ "$cmd" = unpack ] && args=(- "$tmp/never.raw")
+    [ "$cmd" = verify ] && args=(- "$tmp/ref.raw")
     # map shows a file that is not an image as raw data.
     [ "$cmd/$f" = map/text ] && continue
+    # verify compares a file that is not an image as raw data.
+    [ "$cmd/$f" = verify/text ] && continue
     sparsecow $cmd "${args[@]}" <"$tmp/$f" >/dev/null 2>"$tmp/err" || :
     grep -q "^sparsecow: stdin: " "$tmp/err" &&
       ! grep -q "^sparsecow: -:" "$tmp/err" ||
