@@ -1384,6 +1384,14 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
                                   SC_ROUND_UP (src->size, pk.cluster_size),
                                   0) == -1)
       goto out;
+    /* The block map still maps the source's data, not the image's
+     * clusters: bmap_piece needs the source's own extents.
+     */
+    if (pk.bmap && !(src->flags & SC_EP_STREAM) && src->size > 0
+        && sc_ep_extents_all (src, 0, src->size, &pk.raw) == -1) {
+      sc_error_name (src->name);
+      goto out;
+    }
   }
   else if (!(src->flags & SC_EP_STREAM)
            && cluster_extents (&pk, &extents) == -1)

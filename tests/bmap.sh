@@ -132,6 +132,23 @@ bmap_copy_equals "$tmp/out.bmap" "$raw"
 rm -f "$tmp/out.bmap" "$tmp/out.qcow2"
 sparsecow pack -q -c --bmap-out "$tmp/out.bmap" "$raw" "$tmp/out.qcow2"
 ranges "$tmp/out.bmap" | diff -u "$tmp/bt.ranges" - || fail "pack -c --bmap-out: ranges differ"
+# -S 0 stores every cluster, but the bmap still maps the source's data,
+# whatever the map and the codec.
+for o in "" "-c" "--map=fiemap" "--map=bmap:$tmp/bt.bmap"; do
+  rm -f "$tmp/out.bmap" "$tmp/out.qcow2"
+  sparsecow pack -q -S 0 $o --bmap-out "$tmp/out.bmap" "$raw" "$tmp/out.qcow2"
+  ranges "$tmp/out.bmap" | diff -u "$tmp/bt.ranges" - || fail "pack -S 0 $o --bmap-out: ranges differ"
+  bmap_copy_equals "$tmp/out.bmap" "$raw"
+done
+# From an image: qemu-img map's data (as sparsecow bmap of the image).
+rm -f "$tmp/out.bmap" "$tmp/out2.qcow2"
+sparsecow pack -q -S 0 --bmap-out "$tmp/out.bmap" "$tmp/p.qcow2" "$tmp/out2.qcow2"
+qemu-img convert -O raw "$tmp/p.qcow2" "$tmp/img.raw"
+qemu_ranges "$tmp/p.qcow2" > "$tmp/qemu.ranges"
+ranges "$tmp/out.bmap" | cut -d' ' -f1 | diff -u "$tmp/qemu.ranges" - ||
+  fail "pack -S 0 --bmap-out of an image: ranges differ from qemu-img map's data"
+bmap_copy_equals "$tmp/out.bmap" "$tmp/img.raw"
+rm -f "$tmp/out2.qcow2" "$tmp/img.raw"
 # From a pipe everything is data: one range, all blocks.
 rm -f "$tmp/out.bmap" "$tmp/out.qcow2"
 sparsecow pack -q --bmap-out "$tmp/out.bmap" - "$tmp/out.qcow2" < <(cat "$raw")
