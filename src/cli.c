@@ -1037,6 +1037,15 @@ cli_targets_complete (const char *name)
   targets_complete = 1;
 }
 
+const char *
+cli_signal_name (void)
+{
+  int sig = deferred_signal;
+
+  return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM"
+         : sig == SIGHUP ? "SIGHUP" : "a signal";
+}
+
 void
 cli_exit_if_interrupted (void)
 {
@@ -1049,8 +1058,7 @@ cli_exit_if_interrupted (void)
     if (!told)
       cli_error ("%s: complete; %s came after it was written",
                  complete_name ? complete_name : "every target",
-                 sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM"
-                 : sig == SIGHUP ? "SIGHUP" : "a signal");
+                 cli_signal_name ());
     told = true;
     return;
   }

@@ -330,6 +330,8 @@ extern void cli_defer_signals (void);
 extern void cli_targets_complete (const char *name);
 /* Did a deferred signal arrive? */
 extern bool cli_interrupted (void);
+/* The deferred signal's name ("SIGINT"), for messages. */
+extern const char *cli_signal_name (void);
 /* If one did: remove temporaries and end the program by that signal
  * (its usual exit status, 130 for SIGINT).  Else return.  Once the
  * targets are complete, say that the signal came after them, once, and

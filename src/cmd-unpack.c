@@ -226,6 +226,21 @@ tell_partly_written (const char *name, struct sc_endpoint *ep,
   *told = true;
 }
 
+/* A target written and flushed whose read-back a signal stopped: not
+ * complete (--verify makes a target complete only once verified), but
+ * no longer partly written either.  A new file is not put in place.
+ */
+static void
+tell_not_verified (const char *name, bool in_place)
+{
+  if (in_place)
+    cli_error ("%s: written in place, not verified: %s came before the "
+               "read-back ended", name, cli_signal_name ());
+  else
+    cli_error ("%s: written, not verified: %s came before the read-back "
+               "ended; removed", name, cli_signal_name ());
+}
+
 int
 cmd_unpack (int argc, char **argv)
 {
@@ -236,6 +251,9 @@ cmd_unpack (int argc, char **argv)
   struct sc_endpoint *opened[MAX_TARGETS];
   int opened_index[MAX_TARGETS];
   bool in_place[MAX_TARGETS], told[MAX_TARGETS] = { false };
+  /* With --verify: the targets that failed before the read-back. */
+  bool failed_writing[MAX_TARGETS] = { false };
+  bool verifying = false, not_verified = false;
   struct cli_operand *ops = NULL, *targets;
   const char *image, *zero_name = "auto", *bmap_path = NULL;
   unsigned target_flags = 0;
@@ -476,7 +494,7 @@ cmd_unpack (int argc, char **argv)
    * completed below.  With --verify they are complete only once read
    * back, and the signal stops the run before that.
    */
-  if (sc_unpack (src, dst, &uopts) == -1 || (verify && cli_interrupted ())) {
+  if (sc_unpack (src, dst, &uopts) == -1) {
     bool changed = !cli_interrupted () && uopts.bmap
                    && sc_error_errno () == EBADMSG;
 
@@ -498,13 +516,26 @@ cmd_unpack (int argc, char **argv)
   }
   if (verify) {
     twice.verifying = true;
+    verifying = true;
+    /* Every target left is written and flushed: a signal from here on
+     * stops the read-back, which then says what it leaves of each.
+     */
+    cli_defer_signals ();
+    for (int i = 0; i < nopened && ntargets > 1; i++)
+      failed_writing[i] = sc_endpoint_tee_status (dst, (size_t) i) == -1;
+    if (cli_interrupted ()) {
+      cli_progress_done (&common);
+      not_verified = true;
+      goto report;
+    }
     if (test_change_before_verify (targets, ntargets) == -1) {
       cli_progress_done (&common);
       goto report;
     }
     if (sc_unpack_verify (src, dst, &uopts) == -1) {
       cli_progress_done (&common);
-      if (ntargets == 1 || sc_error_errno () == EINTR)
+      not_verified = cli_interrupted () && sc_error_errno () == EINTR;
+      if (!not_verified && (ntargets == 1 || sc_error_errno () == EINTR))
         cli_lib_error (NULL);
       goto report;
     }
@@ -532,10 +563,18 @@ cmd_unpack (int argc, char **argv)
       if (sc_endpoint_tee_status (dst, (size_t) i) == -1) {
         cli_lib_error (NULL);
         rc = EXIT_ERROR;
-        /* Said of it as of a target written alone. */
-        tell_partly_written (targets[opened_index[i]].name, opened[i],
-                             in_place[i], &told[i], "");
+        /* Said of it as of a target written alone: one that failed
+         * its read-back was written whole.
+         */
+        if (!verifying || failed_writing[i])
+          tell_partly_written (targets[opened_index[i]].name, opened[i],
+                               in_place[i], &told[i], "");
       }
+  /* What a signal during the read-back leaves of each target. */
+  if (not_verified)
+    for (int i = 0; i < nopened; i++)
+      if (ntargets == 1 || sc_endpoint_tee_status (dst, (size_t) i) == 0)
+        tell_not_verified (targets[opened_index[i]].name, in_place[i]);
   /* And which ones are good, whether or not some failed. */
   if (ntargets > 1 && committed && !common.quiet)
     for (int i = 0; i < nopened; i++)

@@ -121,6 +121,59 @@ at $renames 1 unpack -f img.qcow2 new.raw
 [ $rc = 0 ] || { cat err >&2; fail "unpack -f: SIGINT at the rename: exit $rc"; }
 judge data new.raw "unpack -f, SIGINT at the rename"
 
+# --verify: a target is complete only once read back.  A signal during
+# the read-back (or between the flush and it) stops the run, exit 130,
+# and says of each target what it leaves: written whole but not
+# verified, in place; a new file written but removed.
+# mid_readback CMD...: a pread64 call (one thread with -j 1) half way
+# through the read-back, which begins after the last flush of the
+# targets' data.
+mid_readback () {
+  strace -f -qq -o trace.out -e trace=pread64,$flushes "$SPARSECOW" "$@" 2>/dev/null ||
+    fail "$* failed under strace"
+  awk -v f="^[0-9]+ +(fsync|fdatasync)\\(" '
+    $0 ~ f { if (!p) p = 1; next }
+    / pread64\(/ { n++; if (p == 1) { first = n; p = 2 } }
+    END { print int((first + n) / 2) }' trace.out
+}
+# not_verified TARGET KIND: what is said of TARGET and what it holds.
+not_verified () {
+  local t=$1 kind=$2
+  if [ $kind = in-place ]; then
+    grep -q "^sparsecow: $t: written in place, not verified: SIGINT came before the read-back ended\$" err ||
+      { cat err >&2; fail "$what: $t not said to be written but not verified"; }
+    cmp -s -n "$(stat -c %s src.raw)" src.raw "$t" || fail "$what: $t is not written whole"
+  else
+    grep -q "^sparsecow: $t: written, not verified: SIGINT came before the read-back ended; removed\$" err ||
+      { cat err >&2; fail "$what: $t not said to be removed"; }
+    [ ! -e "$t" ] || fail "$what: $t was put in place"
+  fi
+  ! grep -q "partly written" err || { cat err >&2; fail "$what: said to be partly written"; }
+}
+cp old.bin t.raw
+n=$(mid_readback unpack -j 1 -n --verify img.qcow2 t.raw)
+[ "$n" -gt 1 ] || fail "unpack -n --verify: no read-back found ($n)"
+cp old.bin t.raw
+what="unpack -n --verify, SIGINT at read $n, in the read-back"
+at pread64 $n unpack -j 1 -n --verify img.qcow2 t.raw
+[ $rc = 130 ] || { cat err >&2; fail "$what: exit $rc"; }
+not_verified t.raw in-place
+# At the flush of the data, before the read-back: the same.
+cp old.bin t.raw
+what="unpack -n --verify, SIGINT at the first flush, before the read-back"
+at $flushes 1 unpack -n --verify img.qcow2 t.raw
+[ $rc = 130 ] || { cat err >&2; fail "$what: exit $rc"; }
+not_verified t.raw in-place
+# Two new files: neither is put in place, and each is named.
+rm -f a.raw b.raw
+n=$(mid_readback unpack -j 1 --verify img.qcow2 a.raw b.raw)
+rm -f a.raw b.raw
+what="unpack --verify A B, SIGINT at read $n, in the read-back"
+at pread64 $n unpack -j 1 --verify img.qcow2 a.raw b.raw
+[ $rc = 130 ] || { cat err >&2; fail "$what: exit $rc"; }
+not_verified a.raw new
+not_verified b.raw new
+
 # A block device (root and a loop device, else this part is skipped).
 [ "$(id -u)" = 0 ] && command -v losetup >/dev/null || exit 0
 head -c $((20 * MiB)) /dev/zero > dev.img
@@ -146,4 +199,15 @@ for ((i = 1; i <= n; i++)); do
   judge data dev.head "unpack -f DEVICE, SIGINT at flush $i of $n"
   [ $i -lt $n ] || [ $rc = 0 ] || fail "unpack -f DEVICE: SIGINT at the last flush stopped the run"
 done
+# --verify to the device and a new file, SIGINT in the read-back: the
+# device is written whole but not verified, the file removed.
+rm -f a.raw
+n=$(mid_readback unpack -j 1 -f --verify img.qcow2 "$dev" a.raw)
+rm -f a.raw
+dd if=old.bin of="$dev" bs=1M count=16 status=none conv=fsync
+what="unpack -f --verify DEVICE FILE, SIGINT at read $n, in the read-back"
+at pread64 $n unpack -j 1 -f --verify img.qcow2 "$dev" a.raw
+[ $rc = 130 ] || { cat err >&2; fail "$what: exit $rc"; }
+not_verified "$dev" in-place
+not_verified a.raw new
 exit 0

@@ -130,6 +130,15 @@ grep -q "^sparsecow: ${devs[1]}: verify: differs from the image at offset $((11 
 grep -q "^sparsecow: ${devs[0]}: written and verified\$" verify.err &&
   grep -q "^sparsecow: ${devs[2]}: written and verified\$" verify.err ||
   { cat verify.err >&2; fail "the good targets were not reported"; }
+# Written whole, it differs: nothing more is said of it than when it is
+# the only target (and qemu-img compare finds the one byte).
+! grep -q "^sparsecow: ${devs[1]}: written in place" verify.err ||
+  { cat verify.err >&2; fail "the target that failed its read-back was said to be partly written"; }
+[ "$(grep -c "^sparsecow: ${devs[1]}: " verify.err)" = 1 ] ||
+  { cat verify.err >&2; fail "the target that failed its read-back was named more than once"; }
+rc=0
+qemu-img compare -q -f raw -F raw ref.raw "${devs[1]}" 2>/dev/null || rc=$?
+[ $rc = 1 ] || fail "the changed byte of ${devs[1]} is not found by qemu-img compare"
 
 # Refused as one of several targets.
 expect_fail "unpack: -: several targets must be files or block devices" \
