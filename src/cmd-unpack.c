@@ -189,6 +189,9 @@ check_targets (const struct cli_operand *t, int n)
           && S_ISREG (st[j].st_mode))
         same = same || (st[i].st_dev == st[j].st_dev
                         && st[i].st_ino == st[j].st_ino);
+      /* Two names of one new file: the same name in one directory. */
+      if (!have[i] && !have[j])
+        same = same || cli_same_file (t[i].name, t[j].name);
       if (same)
         cli_usage_error ("unpack", "%s and %s are the same target",
                          t[j].name, t[i].name);

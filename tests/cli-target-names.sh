@@ -50,4 +50,21 @@ for target in adir adir/ ./ afile/ afile/x nodir/x new/ new/.; do
   done
 done
 
+# One new file named twice (the same name in one directory) is one
+# target, as an existing one is; qemu-img has one target, so the oracle
+# is the file left absent.
+rm -f twice.raw
+for f in "" -f; do
+  for other in ./twice.raw adir/../twice.raw "$tmp/twice.raw"; do
+    expect_fail "unpack: twice.raw and $other are the same target" \
+      sparsecow unpack $f img.qcow2 twice.raw "$other"
+    [ ! -e twice.raw ] || fail "unpack $f twice.raw $other: written"
+  done
+done
+# Two new files of one name in different directories are two.
+mkdir -p bdir
+sparsecow unpack -q img.qcow2 twice.raw bdir/twice.raw
+qemu-img compare -q -F raw img.qcow2 twice.raw || fail "twice.raw differs"
+qemu-img compare -q -F raw img.qcow2 bdir/twice.raw || fail "bdir/twice.raw differs"
+
 exit 0
