@@ -455,8 +455,47 @@ parse_end_tag (struct parser *p, const char *name)
   return 0;
 }
 
+#define CDATA_START "<![CDATA["
+
+/* A CDATA section at p (at (p, CDATA_START)), consumed: its content in
+ * *text and *text_len.  XML parsers (bmaptool's) read it as text.
+ */
+static int
+parse_cdata (struct parser *p, const char **text, size_t *text_len)
+{
+  size_t start = p->pos + strlen (CDATA_START);
+
+  p->pos = start;
+  if (skip_past (p, "]]>", "CDATA section") == -1)
+    return -1;
+  *text = p->buf + start;
+  *text_len = p->pos - 3 - start;
+  return 0;
+}
+
+/* Inside <bmap> and <BlockMap>, between the elements: white space,
+ * comments, and CDATA sections, whose text bmaptool does not read
+ * there either.
+ */
+static int
+skip_misc_inside (struct parser *p)
+{
+  for (;;) {
+    const char *t;
+    size_t n;
+
+    if (skip_misc (p) == -1)
+      return -1;
+    if (!at (p, CDATA_START))
+      return 0;
+    if (parse_cdata (p, &t, &n) == -1)
+      return -1;
+  }
+}
+
 /* The text of an element up to "</NAME>", which is consumed: *text and
- * *text_len, white space around it removed.
+ * *text_len, white space around it removed.  The text may also be one
+ * CDATA section, with white space around it.
  */
 static int
 parse_text_and_end (struct parser *p, const char *name, const char **text,
@@ -470,6 +509,24 @@ parse_text_and_end (struct parser *p, const char *name, const char **text,
   while (n > 0 && is_space (t[0])) {
     t++;
     n--;
+  }
+  if (n == 0 && at (p, CDATA_START)) {
+    const char *rest;
+    size_t rest_len;
+
+    if (parse_cdata (p, &t, &n) == -1
+        || parse_raw_text (p, name, &rest, &rest_len) == -1)
+      return -1;
+    while (rest_len > 0 && is_space (rest[0])) {
+      rest++;
+      rest_len--;
+    }
+    if (rest_len > 0 || at (p, CDATA_START))
+      return parse_error (p, "text after the CDATA section of <%s>", name);
+    while (n > 0 && is_space (t[0])) {
+      t++;
+      n--;
+    }
   }
   while (n > 0 && is_space (t[n - 1]))
     n--;
@@ -488,9 +545,9 @@ parse_text_and_end (struct parser *p, const char *name, const char **text,
 /* The text of <Range> up to "</Range>", which is consumed, into buf
  * (*text_len set), white space around it removed.  Comments inside it
  * are left out, as an XML parser (bmaptool's) leaves them out of an
- * element's text; each run of white space is kept as one space, which
- * no number may hold either way, so that the text is bounded.  Longer
- * text than that is no range.
+ * element's text, and the content of CDATA sections is text; each run
+ * of white space is kept as one space, which no number may hold either
+ * way, so that the text is bounded.  Longer text than that is no range.
  */
 static int
 parse_range_text_and_end (struct parser *p, char buf[MAX_RANGE_TEXT + 1],
@@ -502,7 +559,19 @@ parse_range_text_and_end (struct parser *p, char buf[MAX_RANGE_TEXT + 1],
     const char *t = NULL;
     size_t len = 0;
 
-    if (parse_raw_text (p, "Range", &t, &len) == -1)
+    if (at (p, "<!--")) {
+      p->pos += 4;
+      if (skip_past (p, "-->", "comment") == -1)
+        return -1;
+      continue;
+    }
+    if (at (p, CDATA_START)) {
+      if (parse_cdata (p, &t, &len) == -1)
+        return -1;
+    }
+    else if (at (p, "<"))
+      break;
+    else if (parse_raw_text (p, "Range", &t, &len) == -1)
       return -1;
     for (size_t i = 0; i < len; i++) {
       char c = is_space (t[i]) ? ' ' : t[i];
@@ -513,11 +582,9 @@ parse_range_text_and_end (struct parser *p, char buf[MAX_RANGE_TEXT + 1],
         return parse_error (p, "the text of <Range> is too long");
       buf[n++] = c;
     }
-    if (!at (p, "<!--"))
+    /* The end of the file: parse_end_tag says what is missing. */
+    if (p->pos >= p->len)
       break;
-    p->pos += 4;
-    if (skip_past (p, "-->", "comment") == -1)
-      return -1;
   }
   if (n > 0 && buf[n - 1] == ' ')
     n--;
@@ -666,7 +733,7 @@ parse_block_map (struct parser *p, struct sc_bmap *bmap)
     char text[MAX_RANGE_TEXT + 1];
     size_t text_len = 0;
 
-    if (skip_misc (p) == -1)
+    if (skip_misc_inside (p) == -1)
       return -1;
     if (at (p, "</")) {
       p->pos += 2;
@@ -781,6 +848,9 @@ parse_document (struct parser *p, struct sc_bmap *bmap, struct fields *fl)
   char name[MAX_NAME + 1];
   struct attrs a;
 
+  /* A byte order mark, as XML allows (UTF-8 is the only encoding). */
+  if (at (p, "\xEF\xBB\xBF"))
+    p->pos += 3;
   if (skip_misc (p) == -1)
     return -1;
   if (!at (p, "<"))
@@ -801,7 +871,7 @@ parse_document (struct parser *p, struct sc_bmap *bmap, struct fields *fl)
     size_t text_len, start;
     int f;
 
-    if (skip_misc (p) == -1)
+    if (skip_misc_inside (p) == -1)
       return -1;
     if (at (p, "</"))
       break;
@@ -880,6 +950,17 @@ check_digest_lengths (const struct parser *p, struct sc_bmap *bmap,
   return 0;
 }
 
+/* By first block, then by place in the file: a total order. */
+static int
+range_cmp (const void *a, const void *b)
+{
+  const struct sc_bmap_range *x = a, *y = b;
+
+  if (x->first != y->first)
+    return x->first < y->first ? -1 : 1;
+  return x->text_pos < y->text_pos ? -1 : x->text_pos > y->text_pos;
+}
+
 /* The numbers must agree with each other and with the ranges. */
 static int
 check_geometry (const struct parser *p, struct sc_bmap *bmap,
@@ -902,6 +983,12 @@ check_geometry (const struct parser *p, struct sc_bmap *bmap,
                            "of %" PRIu64 " bytes do not make an image of %"
                            PRIu64 " bytes", fl->value[F_BLOCKS_COUNT], bs,
                            size);
+  /* bmaptool takes the ranges in any order; they are used in order of
+   * their blocks, and must not overlap.
+   */
+  if (bmap->nb_ranges > 1)
+    qsort (bmap->ranges, bmap->nb_ranges, sizeof *bmap->ranges,
+           range_cmp);
   for (size_t i = 0; i < bmap->nb_ranges; i++) {
     const struct sc_bmap_range *r = &bmap->ranges[i];
 
@@ -909,12 +996,17 @@ check_geometry (const struct parser *p, struct sc_bmap *bmap,
       return parse_error_at (p, r->text_pos, "range %" PRIu64 "-%" PRIu64
                              " runs past the last block (%" PRIu64 ")",
                              r->first, r->last, blocks - 1);
-    if (i > 0 && r->first <= bmap->ranges[i - 1].last)
-      return parse_error_at (p, r->text_pos, "range %" PRIu64 "-%" PRIu64
-                             " does not come after range %" PRIu64 "-%"
-                             PRIu64, r->first, r->last,
-                             bmap->ranges[i - 1].first,
-                             bmap->ranges[i - 1].last);
+    if (i > 0 && r->first <= bmap->ranges[i - 1].last) {
+      /* Said where the second of the two in the file is. */
+      const struct sc_bmap_range *q = &bmap->ranges[i - 1];
+      const struct sc_bmap_range *later = q->text_pos > r->text_pos ? q : r;
+      const struct sc_bmap_range *earlier = later == r ? q : r;
+
+      return parse_error_at (p, later->text_pos, "range %" PRIu64 "-%"
+                             PRIu64 " overlaps range %" PRIu64 "-%" PRIu64,
+                             later->first, later->last, earlier->first,
+                             earlier->last);
+    }
     /* Cannot overflow: the ranges are apart and below blocks. */
     mapped += r->last - r->first + 1;
   }

@@ -305,7 +305,8 @@ mutate 'version="2.0"' 'version="3.0"' "version 3.0 is not supported"
 mutate '> sha256 <' '> sha512 <' "line $(line_of '^ *<BmapFileChecksum>'): .*BmapFileChecksum: a SHA-512 digest has 128 hexadecimal digits, not 64"
 mutate '> sha256 <' '> crc32 <' "checksum type 'crc32' is not supported"
 mutate '</BlockMap>' '<Range> 1-0 </Range></BlockMap>' "ends before it starts"
-mutate '</BlockMap>' '<Range> 0 </Range></BlockMap>' "line $(line_of '^ *</BlockMap>'): .*does not come after"
+mutate '</BlockMap>' '<Range> 0 </Range></BlockMap>' "line $(line_of '^ *</BlockMap>'): .*range 0-0 overlaps range 0-"
+mutate '<BlockMap>' '<BlockMap><Range> 0 </Range>' "line $(line_of '^ *<Range'): .*overlaps range 0-0"
 mutate '</bmap>' '</bmap><bmap>' "text after"
 mutate '<BlockMap>' '<BlockMap><Extra>1</Extra>' "unexpected <Extra>"
 mutate '<BlockMap>' '<BlockMap><Range/>' "empty element <Range/>"
@@ -317,6 +318,48 @@ expect_fail "not a bmap file" sparsecow unpack --bmap "$tmp/hostile.bmap" "$tmp/
 [ ! -e "$tmp/bad.qcow2" ] && [ ! -e "$tmp/bad.raw" ] || fail "a target was left by a refused bmap"
 expect_fail "--map" sparsecow pack --map=bmap: "$raw" "$tmp/bad.qcow2"
 expect_fail "pipe" sparsecow unpack --bmap "$tmp/bt.bmap" - "$tmp/bad.raw" < <(cat "$tmp/m.qcow2")
+
+# What bmaptool reads, sparsecow reads: ranges in any order, a byte
+# order mark, CDATA sections (as text, and between the elements).  Each
+# variant of bmaptool's file must pass bmaptool copy, and both packing
+# through it and unpacking through it must give the data back.
+variant () {
+  python3 - "$tmp/bt.bmap" "$tmp/variant.bmap" "$1" <<'PYEOF'
+import hashlib, re, sys
+src, dst, what = sys.argv[1:4]
+text = open(src).read()
+if what == "reversed-order":
+    rs = re.findall(r'[ \t]*<Range\b.*?</Range>\n', text, re.S)
+    assert len(rs) >= 3
+    body = "".join(reversed(rs))
+    text = text.replace("".join(rs), body)
+elif what == "bom":
+    text = "\ufeff" + text
+elif what == "cdata":
+    text = re.sub(r'(<ImageSize>)\s*(\d+)\s*<', r'\1 <![CDATA[\2]]> <', text, count=1)
+    text = re.sub(r'(<Range[^>]*>)\s*(\d+)-(\d+)\s*<',
+                  r'\1<![CDATA[ \2-]]>\3<![CDATA[]]><', text, count=1)
+    text = text.replace("<BlockMap>", "<BlockMap><![CDATA[ x ]]>", 1)
+    text = text.replace("</BlockMap>", "</BlockMap><![CDATA[<y>]]>", 1)
+c = re.search(r'<BmapFileChecksum>\s*([0-9a-f]{64})', text)
+zeroed = text[:c.start(1)] + "0" * 64 + text[c.end(1):]
+text = text[:c.start(1)] + hashlib.sha256(zeroed.encode()).hexdigest() + text[c.end(1):]
+open(dst, "w", encoding="utf-8").write(text)
+PYEOF
+  cmp -s "$tmp/bt.bmap" "$tmp/variant.bmap" && fail "variant $1: not changed"
+  bmap_copy_equals "$tmp/variant.bmap" "$raw"
+  rm -f "$tmp/v.qcow2" "$tmp/v.raw"
+  sparsecow pack -q --map=bmap:"$tmp/variant.bmap" "$raw" "$tmp/v.qcow2" ||
+    fail "pack --map=bmap: of the $1 variant failed"
+  qemu-img compare -q -F raw "$tmp/v.qcow2" "$raw" || fail "variant $1: the image differs"
+  sparsecow unpack -q --bmap "$tmp/variant.bmap" "$tmp/v.qcow2" "$tmp/v.raw" ||
+    fail "unpack --bmap of the $1 variant failed"
+  cmp "$raw" "$tmp/v.raw" || fail "variant $1: unpack --bmap differs"
+  rm -f "$tmp/v.qcow2" "$tmp/v.raw"
+}
+variant reversed-order
+variant bom
+variant cdata
 
 # ---- a raw file whose size is not whole sectors ----------------------------
 # The image's virtual size is rounded up to 512 bytes (qemu-img says by
