@@ -376,6 +376,14 @@ run_add (struct pack *pk, struct run *run, const unsigned char *buf,
   return 0;
 }
 
+static void
+empty_bmap_error (const struct sc_endpoint *src)
+{
+  sc_set_error (EINVAL, "%s: empty: --bmap-out has no block map to write "
+                "for it (bmaptool create refuses an empty file too)",
+                src->name);
+}
+
 /* Give the block map the source's data in a data piece of the scan (a
  * stream's pieces are all data).  Pieces come in order and cover every
  * data extent, rounded out to clusters.
@@ -1354,6 +1362,14 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     pk.src = src = checked;
   }
   if (opts.bmap_out) {
+    /* As bmaptool create, which refuses an empty file: said before
+     * anything is read or written (a stream's size is known only at
+     * its end, below).
+     */
+    if (!(src->flags & SC_EP_STREAM) && src->size == 0) {
+      empty_bmap_error (src);
+      goto out;
+    }
     pk.bmap = bmap_builder_new (sc_ep_local_fd (opts.bmap_out) >= 0
                                 ? opts.bmap_out->name : NULL);
     if (pk.bmap == NULL)
@@ -1416,6 +1432,10 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   /* The scan read all of the source's data (a stream's size is known
    * only now).
    */
+  if (pk.bmap && src->size == 0) {
+    empty_bmap_error (src);
+    goto out;
+  }
   if (pk.bmap && bmap_builder_finish (pk.bmap, src->size, opts.bmap_out)
       == -1)
     goto out;

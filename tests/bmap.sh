@@ -162,6 +162,21 @@ expect_fail "cluster" sparsecow pack --bmap-out "$tmp/out.bmap" --cluster-size 3
 expect_fail "qcow2 image" sparsecow pack --bmap-out "$tmp/out.bmap" --source-format=qcow2 "$raw" "$tmp/out.qcow2"
 [ ! -e "$tmp/out.bmap" ] && [ ! -e "$tmp/out.qcow2" ] || fail "a failed pack left a file"
 
+# An empty source: bmaptool create makes no bmap of it, and pack
+# --bmap-out refuses it by name, from a file before anything is read,
+# and leaves no file.
+: > "$tmp/empty.raw"
+rm -f "$tmp/out.bmap" "$tmp/out.qcow2"
+if bmaptool create -o "$tmp/out.bmap" "$tmp/empty.raw" 2>/dev/null; then
+  fail "bmaptool create made a bmap of an empty file"
+fi
+rm -f "$tmp/out.bmap"
+expect_fail "^sparsecow: $tmp/empty.raw: empty: --bmap-out has no block map" \
+  sparsecow pack --bmap-out "$tmp/out.bmap" "$tmp/empty.raw" "$tmp/out.qcow2"
+expect_fail "^sparsecow: stdin: empty: --bmap-out has no block map" \
+  sparsecow pack --bmap-out "$tmp/out.bmap" - "$tmp/out.qcow2" < /dev/null
+[ ! -e "$tmp/out.bmap" ] && [ ! -e "$tmp/out.qcow2" ] || fail "pack --bmap-out of an empty source left a file"
+
 # From an export, whose clusters go straight to their place in the
 # image as they are scanned.
 if command -v nbdkit >/dev/null 2>&1; then
