@@ -1367,6 +1367,26 @@ target_is_served (char **argv, const char *target, const struct stat *t)
   return false;
 }
 
+void
+cli_check_bmap_output (const char *command, const char *option,
+                       const char *name)
+{
+  struct stat st;
+
+  /* A directory is refused where the file would be made, as any
+   * target's.
+   */
+  if (strcmp (name, "-") == 0 || stat (name, &st) == -1
+      || S_ISREG (st.st_mode) || S_ISFIFO (st.st_mode)
+      || S_ISDIR (st.st_mode))
+    return;
+  cli_usage_error (command, "%s %s: a bmap goes to a file, a pipe or "
+                   "standard output, not a %s", option, name,
+                   S_ISBLK (st.st_mode) ? "block device"
+                   : S_ISCHR (st.st_mode) ? "character device"
+                   : "special file");
+}
+
 bool
 cli_target_is_source (const struct cli_operand *op, const char *target)
 {

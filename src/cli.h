@@ -330,6 +330,12 @@ extern void cli_defer_signals (void);
 extern void cli_targets_complete (const char *name);
 /* Did a deferred signal arrive? */
 extern bool cli_interrupted (void);
+/* A bmap output (OPTION NAME) must be a regular file (or a new name), a
+ * FIFO or standard output: exits with a usage error on a block device
+ * or other special file, whose content it would overwrite.
+ */
+extern void cli_check_bmap_output (const char *command, const char *option,
+                                   const char *name);
 /* The deferred signal's name ("SIGINT"), for messages. */
 extern const char *cli_signal_name (void);
 /* If one did: remove temporaries and end the program by that signal

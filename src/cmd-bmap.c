@@ -108,6 +108,7 @@ cmd_bmap (int argc, char **argv)
                       strcmp (op.name, "-") == 0);
   cli_check_progress_not ("bmap", &common, op.name);
   cli_check_progress_not ("bmap", &common, out.name);
+  cli_check_bmap_output ("bmap", "-o", out.name);
   if (strcmp (out.name, "-") != 0 && cli_target_is_source (&op, out.name))
     return EXIT_ERROR;
 

@@ -808,6 +808,7 @@ cmd_pack (int argc, char **argv)
     if (strcmp (bmap_out, "-") == 0 && (strcmp (target, "-") == 0
                                         || common.progress_json))
       cli_usage_error ("pack", "--bmap-out -: standard output is taken");
+    cli_check_bmap_output ("pack", "--bmap-out", bmap_out);
     if (strcmp (bmap_out, target) == 0 || cli_same_file (bmap_out, target))
       cli_usage_error ("pack", "--bmap-out and TARGET are one file");
     if (bmap_map && cli_same_file (bmap_map, bmap_out))

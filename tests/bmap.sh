@@ -510,4 +510,22 @@ cp "$tmp/inplace.raw" "$tmp/inplace.orig"
 expect_fail "m.qcow2 and .*fixed.bmap are out of sync at offset $second_start\b" \
   sparsecow unpack -n --bmap "$tmp/fixed.bmap" "$tmp/m.qcow2" "$tmp/inplace.raw"
 cmp "$tmp/inplace.orig" "$tmp/inplace.raw" || fail "unpack -n with a bmap that differs wrote to the target"
+
+# ---- a bmap goes to a file, a pipe or standard output ---------------------
+# Not into a device, not even with -f: it would overwrite its start.
+expect_fail "pack: --bmap-out /dev/null: a bmap goes to a file, a pipe or standard output, not a character device" \
+  sparsecow pack -f --bmap-out /dev/null "$raw" "$tmp/bad.qcow2"
+[ ! -e "$tmp/bad.qcow2" ] || fail "pack --bmap-out /dev/null left an image"
+if [ "$(id -u)" = 0 ] && command -v losetup >/dev/null; then
+  head -c $((1024 * 1024)) /dev/urandom > "$tmp/bdev.img"
+  cp "$tmp/bdev.img" "$tmp/bdev.orig"
+  loop_attach "$tmp/bdev.img"
+  expect_fail "pack: --bmap-out $dev: a bmap goes to a file, a pipe or standard output, not a block device" \
+    sparsecow pack -f --bmap-out "$dev" "$raw" "$tmp/bad.qcow2"
+  expect_fail "bmap: -o $dev: a bmap goes to a file, a pipe or standard output, not a block device" \
+    sparsecow bmap -f "$raw" -o "$dev"
+  cmp "$tmp/bdev.orig" "$dev" || fail "a bmap was written to the device $dev"
+  [ ! -e "$tmp/bad.qcow2" ] || fail "pack --bmap-out DEVICE left an image"
+fi
+
 echo "bmap: $(wc -l < "$tmp/bt.ranges") ranges agree with bmaptool create"
