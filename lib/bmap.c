@@ -1694,6 +1694,10 @@ struct checked_ep {
   char failure[512];
   unsigned char *scratch;       /* CATCH_UP_CHUNK bytes, when needed */
   pthread_mutex_t lock;
+  /* bmap_checked_finish's reads, counted (bmap_checked_progress). */
+  sc_progress_fn progress;
+  void *progress_opaque;
+  struct sc_progress prog;
 };
 
 static void
@@ -1774,6 +1778,10 @@ catch_up (struct checked_ep *c, uint64_t offset)
       return -1;
     if (checked_feed (c, c->scratch, c->pos, n) == -1)
       return -1;
+    if (c->progress) {
+      c->prog.done += n;
+      c->progress (&c->prog, c->progress_opaque);
+    }
   }
   return 0;
 }
@@ -1934,6 +1942,23 @@ bmap_checked_source (struct sc_endpoint *inner, const struct sc_bmap *bmap,
   c->ep.flags = inner->flags & (SC_EP_SEEKABLE | SC_EP_REMOTE);
   start_range (c);
   return &c->ep;
+}
+
+void
+bmap_checked_progress (struct sc_endpoint *ep, sc_progress_fn fn,
+                       void *opaque)
+{
+  struct checked_ep *c = (struct checked_ep *) ep;
+
+  c->progress = fn;
+  c->progress_opaque = opaque;
+  c->prog = (struct sc_progress) { 0, 0 };
+  for (size_t i = 0; i < c->bmap->nb_ranges; i++) {
+    uint64_t start, end;
+
+    bmap_range_bytes (c->bmap, i, &start, &end);
+    c->prog.total += end - start;
+  }
 }
 
 int

@@ -97,6 +97,11 @@ extern void bmap_builder_free (struct bmap_builder *b);
 extern struct sc_endpoint *bmap_checked_source (struct sc_endpoint *inner,
                                                 const struct sc_bmap *bmap,
                                                 bool sector_tail);
+/* Count the reads of bmap_checked_finish with fn: done and total are
+ * bytes of the ranges (call before any read).
+ */
+extern void bmap_checked_progress (struct sc_endpoint *ep, sc_progress_fn fn,
+                                   void *opaque);
 /* Read and check every range not read yet: 0 when all matched. */
 extern int bmap_checked_finish (struct sc_endpoint *ep);
 

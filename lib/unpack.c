@@ -58,10 +58,43 @@ open_guest (struct sc_endpoint *image, const struct sc_unpack_opts *opts,
   return 0;
 }
 
+/* With the ranges of a bmap checked before the copy, one count over
+ * both passes: the check the first half, the copy the second, of the
+ * copy's own total (so that a caller's count, --verify's, is as
+ * without the check).
+ */
+struct halves {
+  sc_progress_fn fn;
+  void *opaque;
+  uint64_t total;               /* the copy's */
+  uint64_t last;
+  bool second;
+};
+
+static void
+halves_progress (const struct sc_progress *p, void *opaque)
+{
+  struct halves *h = opaque;
+  uint64_t half = h->total / 2;
+  uint64_t span = h->second ? h->total - half : half;
+  uint64_t base = h->second ? half : 0;
+  struct sc_progress q = { .total = h->total };
+
+  if (p->total == 0 || p->done >= p->total)
+    q.done = base + span;
+  else
+    q.done = base + (uint64_t) ((double) p->done / (double) p->total
+                                * (double) span);
+  q.done = SC_MIN (SC_MAX (q.done, h->last), h->total);
+  h->last = q.done;
+  h->fn (&q, h->opaque);
+}
+
 int
 sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
            const struct sc_unpack_opts *opts)
 {
+  struct halves halves = { 0 };
   struct sc_unpack_opts none = { 0 };
   struct sc_copy_opts copts = { 0 };
   struct sc_endpoint *src, *checked = NULL;
@@ -106,6 +139,22 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
 
     if (first == NULL)
       goto out;
+    /* The copy's total: the ranges' bytes, or all with -S 0. */
+    if (opts->progress) {
+      uint64_t data = 0;
+
+      for (size_t i = 0; i < opts->bmap->nb_ranges; i++) {
+        uint64_t start, end;
+
+        bmap_range_bytes (opts->bmap, i, &start, &end);
+        data += end - start;
+      }
+      halves = (struct halves) {
+        .fn = opts->progress, .opaque = opts->progress_opaque,
+        .total = dst->allocate ? first->size : data,
+      };
+      bmap_checked_progress (first, halves_progress, &halves);
+    }
     r = bmap_checked_finish (first);
     sc_ep_close (first);
     if (r == -1)
@@ -134,6 +183,11 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
                         || (dst->flags & SC_EP_FRESH_ZEROS);
   copts.progress = opts->progress;
   copts.progress_opaque = opts->progress_opaque;
+  if (halves.fn) {
+    halves.second = true;
+    copts.progress = halves_progress;
+    copts.progress_opaque = &halves;
+  }
   /* Errors of the copy name the endpoint concerned. */
   r = sc_copy (checked ? checked : src, dst, &copts);
   if (r == 0 && checked)
