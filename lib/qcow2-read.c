@@ -1378,7 +1378,7 @@ resolve_relative (const char *image, const char *name)
 }
 
 /* A name stored in the image of layer 0 (the top image, read through
- * top) of the kind what ("backing file", "data file"), resolved as
+ * top) of the kind what ("backing file"), resolved as
  * resolve_relative does against the image's name; for standard input,
  * against the file it is redirected from, and when that is not known a
  * relative name is ENOENT.
@@ -1675,9 +1675,12 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
                     "does not name it");
       return -1;
     }
-    L->data_filename = top
-      ? resolve_from_top (L->ep, L->filename, "data file", L->h.data_file)
-      : resolve_relative (L->filename, L->h.data_file);
+    /* qemu opens the data file by the name the image stores, as it
+     * opens any file it is given: a relative name is found from the
+     * current directory, not from the image's (unlike a backing file
+     * name, which qemu combines with the image's directory).
+     */
+    L->data_filename = xstrdup (L->h.data_file);
     if (L->data_filename == NULL)
       return -1;
     L->data_ep = qcow2_open_file (L->data_filename);

@@ -1252,20 +1252,12 @@ target_in_chain (const char *source, const char *target,
   for (size_t i = 0; i < info.chain_len && !r; i++)
     r = stat (info.chain[i].filename, &s) == 0
         && target_is ("backing file", info.chain[i].filename, &s, target, t);
-  if (!r && info.data_file) {
-    /* Named relative to the image, as the reader resolves it. */
-    const char *slash = strrchr (source, '/');
-    char *path = NULL;
-
-    if (info.data_file[0] == '/' || slash == NULL)
-      path = strdup (info.data_file);
-    else if (asprintf (&path, "%.*s/%s", (int) (slash - source), source,
-                       info.data_file) == -1)
-      path = NULL;
-    r = path && stat (path, &s) == 0
-        && target_is ("external data file", path, &s, target, t);
-    free (path);
-  }
+  /* The data file's name as the reader opens it: as stored, a
+   * relative one from the current directory.
+   */
+  if (!r && info.data_file)
+    r = stat (info.data_file, &s) == 0
+        && target_is ("external data file", info.data_file, &s, target, t);
   sc_qcow2_info_free (&info);
   sc_qcow2_close (q);
   return r;

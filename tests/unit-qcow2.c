@@ -1212,12 +1212,16 @@ test_check_endpoint (void)
   unlink (sparse);
 }
 
-/* An image that names another file is opened (the name resolved next
- * to the endpoint's name) unless external files are not allowed.
+/* An image that names another file is opened unless external files are
+ * not allowed: a backing file name is resolved next to the endpoint's
+ * name, a data file name (from_cwd) from the current directory, as qemu
+ * resolves them.
  */
 static void
-expect_external (unsigned char *bytes, const char *other, const char *what)
+expect_external (unsigned char *bytes, const char *other, const char *what,
+                 bool from_cwd)
 {
+  int cwd = open (".", O_RDONLY | O_DIRECTORY);
   struct sc_qcow2_open_opts refuse = { .no_external_files = true };
   CLEANUP_FREE char *image = NULL, *other_path = NULL;
   struct sc_endpoint *mem;
@@ -1234,9 +1238,20 @@ expect_external (unsigned char *bytes, const char *other, const char *what)
   CU_ASSERT_EQUAL (truncate (other_path, R_VSIZE), 0);
   mem = mem_ep_new (bytes, reader_len, image);
 
+  CU_ASSERT_FATAL (cwd >= 0);
+  CU_ASSERT_FATAL (!from_cwd || chdir (tmpdir) == 0);
   q = sc_qcow2_open_endpoint (mem, NULL);
   CU_ASSERT_PTR_NOT_NULL (q);
   sc_qcow2_close (q);
+  CU_ASSERT_FATAL (fchdir (cwd) == 0);
+  close (cwd);
+  /* Not from the other directory. */
+  if (from_cwd) {
+    q = sc_qcow2_open_endpoint (mem, NULL);
+    CU_ASSERT_PTR_NULL (q);
+    CU_ASSERT_EQUAL (sc_error_errno (), ENOENT);
+    sc_qcow2_close (q);
+  }
 
   CU_ASSERT_PTR_NULL (sc_qcow2_open_endpoint (mem, &refuse));
   CU_ASSERT_EQUAL (sc_error_errno (), EPERM);
@@ -1264,7 +1279,7 @@ test_no_external_files (void)
   memcpy (bytes + 256, backing, strlen (backing));
   sc_put_be64 (bytes + QCOW2_HDR_BACKING_OFFSET, 256);
   sc_put_be32 (bytes + QCOW2_HDR_BACKING_SIZE, strlen (backing));
-  expect_external (bytes, backing, "backing file");
+  expect_external (bytes, backing, "backing file", false);
 
   /* An external data file, named by its header extension. */
   memcpy (bytes, reader_img, reader_len);
@@ -1272,7 +1287,7 @@ test_no_external_files (void)
   memcpy (img, bytes, R_CS);
   add_ext (&pos, QCOW2_EXT_DATA_FILE, data, strlen (data));
   memcpy (bytes, img, R_CS);
-  expect_external (bytes, data, "external data file");
+  expect_external (bytes, data, "external data file", true);
 }
 
 /* The file reader and the checker refuse a stream: reading one is the
