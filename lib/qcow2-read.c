@@ -148,6 +148,11 @@ struct sc_qcow2 {
   char *backing_failed;
   int backing_failed_errno;
   bool backing_failed_damaged;  /* by damage, not a failed read */
+  /* With backing_optional: why the top image's external data file
+   * could not be opened, or NULL.  Its data_ep is then NULL, and its
+   * data cannot be read.
+   */
+  char *data_file_error;
 };
 
 /* What one layer says about a range starting at a guest offset. */
@@ -894,6 +899,17 @@ detect_prealloc (struct layer *L)
   return count >= threshold;
 }
 
+/* The data of an image whose data file could not be opened (see
+ * data_file_error) cannot be read.
+ */
+static int
+no_data_file (const struct sc_qcow2 *q)
+{
+  sc_set_error (ENOENT, "%s", q->data_file_error
+                ? q->data_file_error : "the external data file is not open");
+  return -1;
+}
+
 /* In a metadata-preallocated image, qemu reports the parts of a data
  * run that are holes in (or beyond the end of) the host file as zero
  * too; this is that step, on cs->st (a data run of qcow2 layer L).
@@ -904,6 +920,8 @@ host_zero_status (struct sc_qcow2 *q, struct layer *L, struct cstatus *cs)
   uint64_t host = cs->st.host, size = L->data_size, bytes, len;
   bool zero;
 
+  if (L->data_ep == NULL)
+    return no_data_file (q);
   if (host >= size) {
     cs->zero = true;
     return 0;
@@ -1263,6 +1281,10 @@ chain_read (struct sc_qcow2 *q, void *buf, size_t count, uint64_t offset,
       if (layer_pin (q, L) == -1)
         return -1;
       ep = L->raw ? L->ep : L->data_ep;
+      if (ep == NULL) {
+        layer_unpin (q, L);
+        return no_data_file (q);
+      }
       if (nowait)
         r = cs.st.host >= ep->size || n > ep->size - cs.st.host ? 1
           : sc_ep_pread_nowait (ep, p, n, cs.st.host);
@@ -1322,6 +1344,8 @@ qcow2_chain_copy_to (struct sc_qcow2 *q, uint64_t offset, uint64_t count,
         return -1;
       n = cs.st.len;
       L = &q->layers[cs.depth];
+      if (!L->raw && L->data_ep == NULL)
+        return no_data_file (q);
       size = L->raw ? L->file_size : L->data_size;
       if (!cs.present || cs.zero || cs.st.kind != LK_DATA
           || cs.st.host > size || n > size - cs.st.host)
@@ -1688,6 +1712,20 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
         || (!(opts && opts->force_share)
             && sc_lock_check_read (sc_ep_local_fd (L->data_ep)) == -1)) {
       sc_error_prefix ("data file %s", L->data_filename);
+      /* A look at the image does without it, as qemu-img info opens
+       * an image without its data file; what is wrong is kept for
+       * sc_qcow2_get_info.  One that another process writes is refused
+       * as the image itself would be.
+       */
+      if (top && opts && opts->backing_optional
+          && sc_error_errno () != EBUSY) {
+        if (L->data_ep != NULL)
+          sc_ep_close (L->data_ep);
+        L->data_ep = NULL;
+        L->data_size = 0;
+        q->data_file_error = xstrdup (sc_error_message ());
+        return q->data_file_error ? 0 : -1;
+      }
       return -1;
     }
     L->data_size = L->data_ep->size;
@@ -1993,6 +2031,7 @@ sc_qcow2_close (struct sc_qcow2 *q)
   free_snapshots (q->snapshots, q->nb_snapshots);
   free (q->backing_error);
   free (q->backing_failed);
+  free (q->data_file_error);
   pthread_mutex_destroy (&q->lock);
   pthread_mutex_destroy (&q->ext_lock);
   pthread_mutex_destroy (&q->file_lock);
@@ -2272,6 +2311,9 @@ sc_qcow2_get_info (struct sc_qcow2 *q, struct sc_qcow2_info *info)
   if (q->backing_error
       && (info->backing_error = xstrdup (q->backing_error)) == NULL)
     goto err;
+  if (q->data_file_error
+      && (info->data_file_error = xstrdup (q->data_file_error)) == NULL)
+    goto err;
 
   if (q->nlayers > 1) {
     info->chain = calloc (q->nlayers - 1, sizeof *info->chain);
@@ -2325,6 +2367,7 @@ sc_qcow2_info_free (struct sc_qcow2_info *info)
   free (info->backing_file);
   free (info->backing_format);
   free (info->backing_error);
+  free (info->data_file_error);
   free (info->damage);
   for (size_t i = 0; i < info->chain_len; i++) {
     free (info->chain[i].filename);

@@ -372,7 +372,10 @@ struct sc_qcow2_open_opts {
    * cannot be opened (missing, unreadable, damaged) ends the chain
    * where it is, and sc_qcow2_get_info says why in backing_error.
    * Reads of clusters that the missing file would have given then see
-   * zeros: do not copy data through such a handle.  false = fail.
+   * zeros: do not copy data through such a handle.  Likewise the top
+   * image's external data file (qemu-img info does not open it): one
+   * that cannot be opened is said in sc_qcow2_get_info's
+   * data_file_error, and reads of the image's data fail.  false = fail.
    */
   bool backing_optional;
   /* Open an image whose corrupt bit (incompatible feature bit 1) is
@@ -598,6 +601,11 @@ struct sc_qcow2_info {
    * chain_len) ends before its last image, naming the file; else NULL.
    */
   char *backing_error;
+  /* With sc_qcow2_open_opts.backing_optional: why the external data
+   * file that the image names could not be opened (naming it), or
+   * NULL.  The image's data cannot then be read through the handle.
+   */
+  char *data_file_error;
   struct sc_backing_info *chain; /* resolved chain, chain_len entries */
   size_t chain_len;
   struct sc_snapshot_info *snapshots;

@@ -150,6 +150,11 @@ backing_missing (const char *image, struct sc_endpoint *ep, bool force_share)
       cli_error ("%s: %s", image, info.backing_error);
       missing = true;
     }
+    /* qemu-img check opens the external data file too. */
+    else if (info.data_file_error) {
+      cli_error ("%s: %s", image, info.data_file_error);
+      missing = true;
+    }
     sc_qcow2_info_free (&info);
   }
   sc_qcow2_close (q);

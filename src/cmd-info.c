@@ -301,6 +301,8 @@ json_image (struct json *j, const struct sc_qcow2_info *i,
   json_close (j, ']');
   if (i->backing_error)
     json_str (j, "backing-error", i->backing_error);
+  if (i->data_file_error)
+    json_str (j, "data-file-error", i->data_file_error);
   if (i->nb_snapshots > 0) {
     json_key (j, "snapshot-disk-sizes");
     json_open (j, '[');
@@ -485,6 +487,12 @@ image_info (const char *path, struct sc_endpoint *ep,
   if (info->damage)
     fprintf (stderr, "%s: %s: %s: the image is damaged, its data cannot "
              "be read\n", cli_program, path, info->damage);
+  /* qemu-img info does not open the data file; say what is missing
+   * all the same.
+   */
+  if (info->data_file_error)
+    fprintf (stderr, "%s: %s: %s\n", cli_program, path,
+             info->data_file_error);
   return 0;
 }
 

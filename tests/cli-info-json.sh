@@ -63,6 +63,9 @@ qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 sub/top.qcow2
 # A relative backing name whose file is missing: qemu-img shows the
 # path it looked for.
 qemu-img create -q -f qcow2 -u -b gone-base.qcow2 -F qcow2 sub/gone.qcow2 8M
+# The external data file is missing: qemu-img info shows the image.
+qemu-img create -q -f qcow2 -o data_file=gone.raw nodata.qcow2 8M
+rm gone.raw
 # A version 2 image that e2image writes, where e2image is there.
 if command -v mke2fs >/dev/null && command -v e2image >/dev/null; then
   truncate -s 8M fs.ext4
@@ -121,6 +124,18 @@ grep -q "^backing file: $tmp/nowhere/base.qcow2" s.txt ||
 sparsecow info --output=json missing.qcow2 2>/dev/null |
   python3 -c 'import json,sys; e = json.load(sys.stdin)["sparsecow"]["backing-error"]; assert "nowhere/base.qcow2" in e, e' ||
   fail "no backing-error in JSON"
+# A missing data file is said, as a missing backing file is.
+sparsecow info nodata.qcow2 >s.txt 2>s.err || fail "info nodata.qcow2 failed"
+grep -q "^sparsecow: nodata.qcow2: .*gone.raw" s.err ||
+  fail "missing data file not named: $(cat s.err)"
+sparsecow info --output=json nodata.qcow2 2>/dev/null |
+  python3 -c 'import json,sys; e = json.load(sys.stdin)["sparsecow"]["data-file-error"]; assert "gone.raw" in e, e' ||
+  fail "no data-file-error in JSON"
+# ... and its data is not read: as qemu-img, map refuses it.
+expect_fail "gone.raw" sparsecow map --output=json nodata.qcow2
+expect_fail "gone.raw" sparsecow unpack nodata.qcow2 out.raw
+[ ! -e out.raw ] || fail "unpack without the data file left out.raw"
+
 # The corrupt bit is shown, by info and by map, as by qemu-img.
 sparsecow info corrupt.qcow2 | grep -q "corrupt: true" || fail "corrupt not shown"
 qemu-img map --output=json corrupt.qcow2 >q.map
@@ -141,6 +156,18 @@ for img in plain.qcow2 compressed.qcow2 zstd.qcow2 extl2.qcow2 lazy.qcow2 \
     q.json s.json || fail "check --output=json $img differs"
 done
 
+# qemu-img check opens an image with its key and its data file: without
+# the data file it fails, and so does check, with a message.
+for o in --output=json --output=human; do
+  rc=0; qemu-img check $o nodata.qcow2 >q.out 2>q.err || rc=$?
+  src=0; sparsecow check $o nodata.qcow2 >s.out 2>s.err || src=$?
+  [ "$rc" = 1 ] && [ ! -s q.out ] ||
+    fail "qemu-img check $o nodata.qcow2: exit $rc (the test is wrong)"
+  [ "$src" = "$rc" ] || fail "check $o nodata.qcow2: exit $src, qemu-img $rc"
+  [ ! -s s.out ] || fail "check $o nodata.qcow2 printed: $(cat s.out)"
+  grep -q "^sparsecow: nodata.qcow2: .*gone.raw" s.err ||
+    fail "check $o nodata.qcow2: no message naming gone.raw: $(cat s.err)"
+done
 # The snapshot table of the text output is qemu-img's, ICOUNT included
 # (empty where a version 2 snapshot recorded none).
 for img in snaps.qcow2 v2.qcow2; do
