@@ -140,6 +140,23 @@ replace_string (char **s, const unsigned char *data, size_t len)
   return 0;
 }
 
+/* The full-disk encryption extension: where the LUKS header lies.  A
+ * later one replaces an earlier one, as in qemu; its length is judged
+ * by qcow2_encryption_read, for those who look at encryption at all.
+ */
+static void
+crypto_extension (struct qcow2_header *h, const unsigned char *data,
+                  uint32_t len)
+{
+  h->has_crypto_ext = true;
+  h->crypto_ext_len = len;
+  h->crypto_offset = h->crypto_length = 0;
+  if (len == QCOW2_CRYPTO_EXT_SIZE) {
+    h->crypto_offset = sc_get_be64 (data);
+    h->crypto_length = sc_get_be64 (data + 8);
+  }
+}
+
 /* One header extension as qemu judges it when it opens an image for
  * qemu-img check: names are C strings, a later extension replaces an
  * earlier one, and only the backing format has a limit.  What the
@@ -164,7 +181,7 @@ check_extension (void *opaque, uint32_t type, const unsigned char *data,
   case QCOW2_EXT_DATA_FILE:
     return replace_string (&h->data_file, data, len);
   case QCOW2_EXT_CRYPTO:
-    h->has_crypto_ext = true;
+    crypto_extension (h, data, len);
     return 0;
   default:
     return 0;
@@ -210,7 +227,7 @@ read_extension (void *opaque, uint32_t type, const unsigned char *data,
     return h->data_file == NULL ? -1 : 0;
 
   case QCOW2_EXT_CRYPTO:
-    h->has_crypto_ext = true;
+    crypto_extension (h, data, len);
     return 0;
 
   case QCOW2_EXT_FEATURE_TABLE:
@@ -328,9 +345,12 @@ qcow2_header_extensions (struct sc_endpoint *ep, uint64_t file_size,
                           opaque);
 }
 
+/* allow_encrypted: with HEADER_READ or HEADER_READ_CORRUPT, an
+ * encrypted image is not refused (its data is not read).
+ */
 static int
 header_read (struct sc_endpoint *ep, uint64_t file_size, enum header_mode mode,
-             struct qcow2_header *h)
+             bool allow_encrypted, struct qcow2_header *h)
 {
   const bool for_reading = mode == HEADER_READ || mode == HEADER_READ_CORRUPT;
   const bool for_check = mode == HEADER_CHECK || mode == HEADER_CHECK_NO_IO;
@@ -423,8 +443,11 @@ header_read (struct sc_endpoint *ep, uint64_t file_size, enum header_mode mode,
 
   /* Refusals that only matter when we are about to read guest data. */
   if (for_reading) {
-    if (h->crypt_method != 0) {
-      sc_set_error (ENOTSUP, "encrypted images are not supported");
+    if (h->crypt_method != 0 && !allow_encrypted) {
+      sc_set_error (ENOTSUP, "the image is encrypted (%s): encrypted images "
+                    "are not supported",
+                    h->crypt_method == 1 ? "AES"
+                    : h->crypt_method == 2 ? "LUKS" : "unknown method");
       return -1;
     }
     if (h->incompatible_features & ~QCOW2_INCOMPAT_KNOWN) {
@@ -561,8 +584,9 @@ header_read (struct sc_endpoint *ep, uint64_t file_size, enum header_mode mode,
       goto err;
     }
   }
-  if (for_reading && h->has_crypto_ext) {
-    sc_set_error (ENOTSUP, "encrypted images are not supported");
+  if (for_reading && h->has_crypto_ext && !allow_encrypted) {
+    sc_set_error (ENOTSUP, "the image has a LUKS encryption header: "
+                  "encrypted images are not supported");
     goto err;
   }
 
@@ -656,28 +680,38 @@ qcow2_header_read (struct sc_endpoint *ep, uint64_t file_size,
                    bool for_reading, struct qcow2_header *h)
 {
   return header_read (ep, file_size,
-                      for_reading ? HEADER_READ : HEADER_INSPECT, h);
+                      for_reading ? HEADER_READ : HEADER_INSPECT, false, h);
 }
 
 int
 qcow2_header_read_even_corrupt (struct sc_endpoint *ep, uint64_t file_size,
                                 struct qcow2_header *h)
 {
-  return header_read (ep, file_size, HEADER_READ_CORRUPT, h);
+  return header_read (ep, file_size, HEADER_READ_CORRUPT, false, h);
+}
+
+int
+qcow2_header_read_to_show (struct sc_endpoint *ep, uint64_t file_size,
+                           bool allow_corrupt, bool allow_encrypted,
+                           struct qcow2_header *h)
+{
+  return header_read (ep, file_size,
+                      allow_corrupt ? HEADER_READ_CORRUPT : HEADER_READ,
+                      allow_encrypted, h);
 }
 
 int
 qcow2_header_read_for_check (struct sc_endpoint *ep, uint64_t file_size,
                              struct qcow2_header *h)
 {
-  return header_read (ep, file_size, HEADER_CHECK, h);
+  return header_read (ep, file_size, HEADER_CHECK, false, h);
 }
 
 int
 qcow2_header_read_for_info (struct sc_endpoint *ep, uint64_t file_size,
                             struct qcow2_header *h)
 {
-  return header_read (ep, file_size, HEADER_CHECK_NO_IO, h);
+  return header_read (ep, file_size, HEADER_CHECK_NO_IO, false, h);
 }
 
 void

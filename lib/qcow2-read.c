@@ -118,6 +118,11 @@ struct layer {
   uint64_t *l2_sorted, *rb_sorted;
   size_t nl2, nrb;
   uint64_t snap_table_bytes;    /* the top layer's, 0 for the others */
+  /* Opened with allow_encrypted: how it is encrypted (its data is then
+   * not read), and what its LUKS header says.
+   */
+  enum sc_encryption encryption;
+  struct sc_luks_info luks;
 };
 
 struct cache_table {
@@ -899,6 +904,23 @@ detect_prealloc (struct layer *L)
   return count >= threshold;
 }
 
+/* The data of an encrypted image (opened with allow_encrypted) cannot
+ * be read: it would be ciphertext.
+ */
+static int
+refuse_encrypted (const struct sc_qcow2 *q, const struct layer *L)
+{
+  const char *how = L->encryption == SC_ENCRYPTION_LUKS ? "LUKS" : "AES";
+
+  if (L == &q->layers[0])
+    sc_set_error (ENOTSUP, "the image is encrypted (%s): encrypted images "
+                  "are not supported", how);
+  else
+    sc_set_error (ENOTSUP, "backing file %s is encrypted (%s): encrypted "
+                  "images are not supported", L->filename, how);
+  return -1;
+}
+
 /* The data of an image whose data file could not be opened (see
  * data_file_error) cannot be read.
  */
@@ -1258,6 +1280,8 @@ chain_read (struct sc_qcow2 *q, void *buf, size_t count, uint64_t offset,
       return -1;
     n = (size_t) cs.st.len;
     L = &q->layers[cs.depth];
+    if (L->encryption != SC_ENCRYPTION_NONE)
+      return refuse_encrypted (q, L);
     if (!cs.present || cs.zero)
       memset (p, 0, n);
     else if (cs.st.kind == LK_COMPRESSED) {
@@ -1344,6 +1368,8 @@ qcow2_chain_copy_to (struct sc_qcow2 *q, uint64_t offset, uint64_t count,
         return -1;
       n = cs.st.len;
       L = &q->layers[cs.depth];
+      if (L->encryption != SC_ENCRYPTION_NONE)
+        return refuse_encrypted (q, L);
       if (!L->raw && L->data_ep == NULL)
         return no_data_file (q);
       size = L->raw ? L->file_size : L->data_size;
@@ -1657,9 +1683,16 @@ open_qcow2_layer (struct sc_qcow2 *q, struct layer *L, bool top,
   uint64_t l1_offset, disk_size;
   uint32_t l1_entries;
 
-  if ((opts && opts->allow_corrupt
-       ? qcow2_header_read_even_corrupt (L->ep, L->file_size, &L->h)
-       : qcow2_header_read (L->ep, L->file_size, true, &L->h)) == -1)
+  if (qcow2_header_read_to_show (L->ep, L->file_size,
+                                 opts && opts->allow_corrupt,
+                                 opts && opts->allow_encrypted, &L->h) == -1)
+    return -1;
+  /* An encrypted image is opened to be shown: its encryption header is
+   * validated as the rest of it is.
+   */
+  if ((L->h.crypt_method != 0 || L->h.has_crypto_ext)
+      && qcow2_encryption_read (L->ep, L->file_size, &L->h, &L->encryption,
+                                &L->luks) == -1)
     return -1;
   L->extl2 = (L->h.incompatible_features & QCOW2_INCOMPAT_EXTL2) != 0;
   L->granule_bits = L->extl2
@@ -2305,6 +2338,8 @@ sc_qcow2_get_info (struct sc_qcow2 *q, struct sc_qcow2_info *info)
   info->file_size = L->file_size;
   info->compression_type = L->codec;
   info->extended_l2 = L->extl2;
+  info->encryption = L->encryption;
+  info->luks = L->luks;
 
   if ((info->filename = xstrdup (L->filename)) == NULL)
     goto err;
@@ -2491,7 +2526,9 @@ inspect_header (const char *name, struct sc_endpoint *ep,
                 const struct sc_qcow2_open_opts *opts, const char *damage,
                 struct sc_qcow2_info *info)
 {
-  if (info_from_header (info, h) == -1)
+  if (info_from_header (info, h) == -1
+      || qcow2_encryption_read (ep, ep->size, h, &info->encryption,
+                                &info->luks) == -1)
     goto err;
   /* As the reader: qemu counts the guest size in whole sectors. */
   info->virtual_size = SC_ROUND_DOWN (h->size, RAW_SECTOR_SIZE);
@@ -2569,8 +2606,11 @@ sc_qcow2_inspect (const char *path, struct sc_endpoint *file,
   memset (&h, 0, sizeof h);
   if (opts)
     o = *opts;
-  /* A backing file that cannot be opened is not damage of this image. */
+  /* A backing file that cannot be opened is not damage of this image;
+   * as qemu-img info, an encrypted image is shown without its key.
+   */
   o.backing_optional = true;
+  o.allow_encrypted = true;
   if (ep == NULL && (ep = qcow2_open_file (path)) == NULL)
     return -1;
   name = file ? file->name : path;

@@ -58,6 +58,10 @@
 #define QCOW2_EXT_BITMAPS           0x23852875U
 #define QCOW2_EXT_CRYPTO            0x0537be77U
 #define QCOW2_EXT_DATA_FILE         0x44415441U
+/* Full-disk encryption extension: u64 offset, u64 length of the LUKS
+ * header in the image file.
+ */
+#define QCOW2_CRYPTO_EXT_SIZE       16
 
 /* sparsecow's content digest (sparsecow(1), DIGEST): a header extension
  * of a type qemu does not know, which it keeps when it rewrites the
@@ -187,6 +191,11 @@ struct qcow2_header {
   char *backing_format;
   char *data_file;
   bool has_crypto_ext;
+  /* The last full-disk encryption extension: its length, and when that
+   * is 16 bytes, where the LUKS header lies in the file.
+   */
+  uint32_t crypto_ext_len;
+  uint64_t crypto_offset, crypto_length;
   /* Derived. */
   uint32_t cluster_size;
   uint32_t l2_entry_size;       /* 8, or 16 with extended L2 */
@@ -265,6 +274,29 @@ extern int qcow2_header_read_for_check (struct sc_endpoint *ep,
 extern int qcow2_header_read_for_info (struct sc_endpoint *ep,
                                        uint64_t file_size,
                                        struct qcow2_header *h);
+/* As qcow2_header_read for reading, but an image with the corrupt bit
+ * (allow_corrupt) or an encrypted one (allow_encrypted) is accepted:
+ * for looking at an image without reading its data.
+ */
+extern int qcow2_header_read_to_show (struct sc_endpoint *ep,
+                                      uint64_t file_size, bool allow_corrupt,
+                                      bool allow_encrypted,
+                                      struct qcow2_header *h);
+
+/* ---- qcow2-crypto.c ------------------------------------------------ */
+
+/* What the header h of an image in ep (file_size bytes) says of its
+ * encryption, into *enc and, for LUKS, *luks: the full-disk
+ * encryption extension and the LUKS1 header it points to, validated
+ * as hostile input (qcow2.rst "Full disk encryption header pointer",
+ * the LUKS1 on-disk format).  Returns 0, or -1 with EINVAL (damage),
+ * ENOTSUP (an unknown method or algorithm) or the error of a read.
+ */
+extern int qcow2_encryption_read (struct sc_endpoint *ep, uint64_t file_size,
+                                  const struct qcow2_header *h,
+                                  enum sc_encryption *enc,
+                                  struct sc_luks_info *luks);
+
 /* qemu's block layer fails a read that ends past this offset (INT64_MAX
  * rounded down to 1 GiB); below it, reads past the end of a file
  * return zeros.

@@ -384,6 +384,12 @@ struct sc_qcow2_open_opts {
    * (EINVAL), as for copying its data.
    */
   bool allow_corrupt;
+  /* Open an encrypted image, as qemu-img info opens one without its
+   * key, to show what its headers say (info); the LUKS header is
+   * validated.  Its data cannot be read: reads fail (ENOTSUP).  false
+   * = refuse it (ENOTSUP), as every command that reads data does.
+   */
+  bool allow_encrypted;
   /* qemu's -U: read files of the image even while another process
    * (qemu-nbd, a VM) holds them for writing.  false = refuse them
    * (EBUSY), as qemu-img does, by the locks qemu takes on image files
@@ -576,6 +582,39 @@ struct sc_bitmap_info {
   bool auto_enabled;            /* flag auto: tracks writes */
 };
 
+/* How an image is encrypted (the header's crypt_method). */
+enum sc_encryption {
+  SC_ENCRYPTION_NONE = 0,
+  SC_ENCRYPTION_AES = 1,        /* qemu's legacy AES-CBC scheme */
+  SC_ENCRYPTION_LUKS = 2,       /* a LUKS1 header in the image file */
+};
+
+/* One key slot of a LUKS1 header, as qemu-img info shows it. */
+struct sc_luks_slot {
+  bool active;
+  uint32_t iters;               /* PBKDF2 iterations (active slots) */
+  uint32_t stripes;             /* anti-forensic stripes (active slots) */
+  uint64_t key_offset;          /* bytes from the start of the header */
+};
+
+#define SC_LUKS_KEY_SLOTS 8
+
+/* What the LUKS1 header of an encrypted image says, in qemu's names
+ * for the algorithms ("aes-256", "xts", "plain64", "sha256"); nothing
+ * secret is read.
+ */
+struct sc_luks_info {
+  const char *cipher_alg;
+  const char *cipher_mode;
+  const char *ivgen_alg;
+  const char *ivgen_hash_alg;   /* with ivgen "essiv" only, else NULL */
+  const char *hash_alg;
+  uint64_t payload_offset;      /* bytes from the start of the header */
+  uint32_t master_key_iters;
+  char uuid[41];
+  struct sc_luks_slot slots[SC_LUKS_KEY_SLOTS];
+};
+
 struct sc_backing_info {
   char *filename;               /* as resolved */
   char *format;                 /* "qcow2", "raw", or NULL if unknown */
@@ -595,6 +634,11 @@ struct sc_qcow2_info {
   bool dirty, corrupt, lazy_refcounts, extended_l2;
   char *data_file;              /* external data file name or NULL */
   bool data_file_raw;
+  /* Encryption, and with LUKS what its header says (see
+   * sc_qcow2_open_opts.allow_encrypted).
+   */
+  enum sc_encryption encryption;
+  struct sc_luks_info luks;
   char *backing_file;           /* as stored in the header, or NULL */
   char *backing_format;         /* from the header extension, or NULL */
   /* With sc_qcow2_open_opts.backing_optional: why the chain (chain,

@@ -119,9 +119,10 @@ not_qcow2 (const char *image)
   return EXIT_CHECK_UNSUPPORTED;
 }
 
-/* Does image name a backing file that cannot be opened, or (without
- * force_share) one that another process writes?  Then print why, as
- * qemu-img check fails then (it opens the whole chain first).  An image
+/* Does image name a backing file or an external data file that cannot
+ * be opened, or (without force_share) one that another process writes?
+ * Then print why, as qemu-img check fails then (it opens the whole
+ * chain and the data file first).  An image
  * that does not open for other reasons is for the check to judge.
  */
 static bool
@@ -129,6 +130,7 @@ backing_missing (const char *image, struct sc_endpoint *ep, bool force_share)
 {
   struct sc_qcow2_open_opts qo = { .backing_optional = true,
                                    .allow_corrupt = true,
+                                   .allow_encrypted = true,
                                    .force_share = force_share };
   struct sc_qcow2_info info;
   struct sc_qcow2 *q = ep ? sc_qcow2_open_endpoint (ep, &qo)

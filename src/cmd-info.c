@@ -160,6 +160,86 @@ json_bool (struct json *j, const char *key, bool v)
   fputs (tf (v), j->fp);
 }
 
+/* The encryption of an image, as qemu-img info --output=json shows it
+ * under "format-specific": the format, and for LUKS what its header
+ * says (in qemu's order, which is that of its dictionary's hash).
+ */
+static void
+json_encrypt (struct json *j, const struct sc_qcow2_info *i)
+{
+  const struct sc_luks_info *l = &i->luks;
+
+  json_key (j, "encrypt");
+  json_open (j, '{');
+  if (i->encryption != SC_ENCRYPTION_LUKS) {
+    json_str (j, "format", "aes");
+    json_close (j, '}');
+    return;
+  }
+  json_str (j, "ivgen-alg", l->ivgen_alg);
+  json_str (j, "hash-alg", l->hash_alg);
+  json_str (j, "cipher-alg", l->cipher_alg);
+  json_str (j, "uuid", l->uuid);
+  if (l->ivgen_hash_alg)
+    json_str (j, "ivgen-hash-alg", l->ivgen_hash_alg);
+  json_str (j, "format", "luks");
+  json_str (j, "cipher-mode", l->cipher_mode);
+  json_key (j, "slots");
+  json_open (j, '[');
+  for (size_t k = 0; k < SC_LUKS_KEY_SLOTS; k++) {
+    const struct sc_luks_slot *s = &l->slots[k];
+
+    json_sep (j);
+    json_open (j, '{');
+    json_bool (j, "active", s->active);
+    if (s->active)
+      json_u64 (j, "iters", s->iters);
+    json_u64 (j, "key-offset", s->key_offset);
+    if (s->active)
+      json_u64 (j, "stripes", s->stripes);
+    json_close (j, '}');
+  }
+  json_close (j, ']');
+  json_u64 (j, "payload-offset", l->payload_offset);
+  json_u64 (j, "master-key-iters", l->master_key_iters);
+  json_close (j, '}');
+}
+
+/* The same, as qemu-img info prints it for people. */
+static void
+print_encrypt (const struct sc_qcow2_info *i)
+{
+  const struct sc_luks_info *l = &i->luks;
+
+  printf ("    encrypt:\n");
+  if (i->encryption != SC_ENCRYPTION_LUKS) {
+    printf ("        format: aes\n");
+    return;
+  }
+  printf ("        ivgen alg: %s\n", l->ivgen_alg);
+  printf ("        hash alg: %s\n", l->hash_alg);
+  printf ("        cipher alg: %s\n", l->cipher_alg);
+  printf ("        uuid: %s\n", l->uuid);
+  if (l->ivgen_hash_alg)
+    printf ("        ivgen hash alg: %s\n", l->ivgen_hash_alg);
+  printf ("        format: luks\n");
+  printf ("        cipher mode: %s\n", l->cipher_mode);
+  printf ("        slots:\n");
+  for (size_t k = 0; k < SC_LUKS_KEY_SLOTS; k++) {
+    const struct sc_luks_slot *s = &l->slots[k];
+
+    printf ("            [%zu]:\n", k);
+    printf ("                active: %s\n", tf (s->active));
+    if (s->active)
+      printf ("                iters: %" PRIu32 "\n", s->iters);
+    printf ("                key offset: %" PRIu64 "\n", s->key_offset);
+    if (s->active)
+      printf ("                stripes: %" PRIu32 "\n", s->stripes);
+  }
+  printf ("        payload offset: %" PRIu64 "\n", l->payload_offset);
+  printf ("        master key iters: %" PRIu32 "\n", l->master_key_iters);
+}
+
 /* qemu's path_combine: a backing file name relative to the directory
  * of the image that names it.  Malloc'd, or NULL.
  */
@@ -232,12 +312,14 @@ json_image (struct json *j, const struct sc_qcow2_info *i,
     }
   }
   json_u64 (j, "refcount-bits", i->refcount_bits);
+  if (i->version >= 3 && i->data_file)
+    json_str (j, "data-file", i->data_file);
+  if (i->encryption != SC_ENCRYPTION_NONE)
+    json_encrypt (j, i);
   if (i->version >= 3) {
     /* An image that needs a data file may not name it (qemu-img info
      * opens it without one): the raw bit is shown all the same.
      */
-    if (i->data_file)
-      json_str (j, "data-file", i->data_file);
     if (i->incompatible_features & INCOMPAT_DATA_FILE)
       json_bool (j, "data-file-raw", i->data_file_raw);
     json_bool (j, "corrupt", i->corrupt);
@@ -278,6 +360,8 @@ json_image (struct json *j, const struct sc_qcow2_info *i,
     if (i->backing_format)
       json_str (j, "backing-filename-format", i->backing_format);
   }
+  if (i->encryption != SC_ENCRYPTION_NONE)
+    json_bool (j, "encrypted", true);
   json_bool (j, "dirty-flag", i->dirty);
 
   /* What qemu-img info does not say. */
@@ -378,6 +462,8 @@ print_human (const struct sc_qcow2_info *i, const char *path,
   else
     human_size (actual_size, buf, sizeof buf);
   printf ("disk size: %s\n", buf);
+  if (i->encryption != SC_ENCRYPTION_NONE)
+    printf ("encrypted: yes\n");
   printf ("cluster_size: %" PRIu32 "\n", i->cluster_size);
   if (i->dirty)
     printf ("cleanly shut down: no\n");
@@ -448,6 +534,8 @@ print_human (const struct sc_qcow2_info *i, const char *path,
   /* Where qemu-img info puts them. */
   if (i->data_file)
     printf ("    data file: %s\n", i->data_file);
+  if (i->encryption != SC_ENCRYPTION_NONE)
+    print_encrypt (i);
   if (i->incompatible_features & INCOMPAT_DATA_FILE)
     printf ("    data file raw: %s\n", tf (i->data_file_raw));
   if (i->version >= 3) {

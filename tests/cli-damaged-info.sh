@@ -3,7 +3,7 @@
 # qemu-img info shows an image (an L1 or refcount table past the end
 # of the file, an L2 table past the end, reserved bits in an L1 entry,
 # a snapshot table that runs past the end, a data file bit without a
-# data file), info shows it too, with every field qemu-img prints and
+# data file, a LUKS header with fields qemu accepts), info shows it too, with every field qemu-img prints and
 # the damage on stderr; where qemu-img info refuses one, info refuses
 # it.  map, unpack and verify go on refusing every damaged image.
 . "${srcdir:-$(dirname "$0")}/functions.sh"
@@ -170,5 +170,89 @@ same_json q.json s.json
 grep -q "^sparsecow: sub/top-l1.qcow2: .*the image is damaged" s.err ||
   fail "info --backing-chain does not say which file is damaged: $(cat s.err)"
 expect_fail "sub/top-l1.qcow2: .*reserved bits" sparsecow unpack sub/over.qcow2 over.raw
+
+# ---- A LUKS encrypted image whose encryption header is damaged: what
+# qemu-img info refuses (a wrong magic or version, names that do not
+# end in their fields or that qemu does not know, key slots in a wrong
+# state, with other than 4000 stripes, no iterations, key material over
+# the header, the payload or another slot, an extension that is too
+# short for the header or misaligned), info refuses; what it shows, info
+# shows with the same fields.
+for try in 1 2 3 4 5; do
+  qemu-img create -q -f qcow2 --object secret,id=s0,data=pw \
+    -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
+    luks.qcow2 8M && break
+  [ $try != 5 ] || fail "qemu-img cannot create a LUKS image (the test is wrong)"
+  sleep 1
+done
+img=luks.qcow2
+# The crypto header extension comes first: u64 offset, u64 length.
+[ "$(be32 $img 100)" = 112 ] && [ "$(be32 $img 112)" = $(( 0x0537be77 )) ] ||
+  fail "LUKS layout"
+L=$(be64 $img 120)
+slot () { echo $(( L + 208 + 48 * $1 + $2 )); }
+put_str () { printf "$3" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none; }
+damage l-magic.qcow2; put_str l-magic.qcow2 "$L" 'LUKX'
+damage l-version.qcow2; put_be16 l-version.qcow2 $(( L + 6 )) 2
+damage l-cipher.qcow2; put_str l-cipher.qcow2 $(( L + 8 )) 'foo\0'
+damage l-unterminated.qcow2
+put_str l-unterminated.qcow2 $(( L + 8 )) "$(printf 'a%.0s' $(seq 32))"
+damage l-mode.qcow2; put_str l-mode.qcow2 $(( L + 40 )) 'xts\0'
+damage l-cbc64.qcow2; put_str l-cbc64.qcow2 $(( L + 40 )) 'cbc-plain\0'
+damage l-hash.qcow2; put_str l-hash.qcow2 $(( L + 72 )) 'sha999\0'
+damage l-ivhash.qcow2; put_str l-ivhash.qcow2 $(( L + 40 )) 'xts-plain64:foo\0'
+damage l-state.qcow2; put_be32 l-state.qcow2 "$(slot 1 0)" $(( 0x12345678 ))
+damage l-stripes.qcow2; put_be32 l-stripes.qcow2 "$(slot 1 44)" 3999
+damage l-iters.qcow2; put_be32 l-iters.qcow2 "$(slot 0 4)" 0
+damage l-mkiters.qcow2; put_be32 l-mkiters.qcow2 $(( L + 164 )) 0
+damage l-overlap.qcow2; put_be32 l-overlap.qcow2 "$(slot 1 40)" 8
+damage l-inheader.qcow2; put_be32 l-inheader.qcow2 "$(slot 0 40)" 4
+damage l-pastpayload.qcow2; put_be32 l-pastpayload.qcow2 "$(slot 7 40)" 4000
+damage l-payload.qcow2; put_be32 l-payload.qcow2 $(( L + 104 )) 4
+damage l-extshort.qcow2; put_be64 l-extshort.qcow2 128 591
+damage l-extmisaligned.qcow2; put_be64 l-extmisaligned.qcow2 120 $(( L + 512 ))
+damage l-extsize.qcow2; put_be32 l-extsize.qcow2 116 24
+for i in magic version cipher unterminated mode cbc64 hash ivhash state \
+         stripes iters mkiters overlap inheader pastpayload payload \
+         extshort extmisaligned extsize; do
+  refused l-$i.qcow2
+done
+# Shown: another key size, another cipher, the shortest extension, a
+# payload far away, an odd XTS key length (qemu halves it, rounding
+# down).
+damage l-aes192.qcow2; put_be32 l-aes192.qcow2 $(( L + 108 )) 48
+damage l-cast5.qcow2; put_str l-cast5.qcow2 $(( L + 8 )) 'cast5\0'
+put_be32 l-cast5.qcow2 $(( L + 108 )) 32
+damage l-ext592.qcow2; put_be64 l-ext592.qcow2 128 592
+damage l-farpayload.qcow2; put_be32 l-farpayload.qcow2 $(( L + 104 )) $(( 0xffffffff ))
+damage l-odd.qcow2; put_be32 l-odd.qcow2 $(( L + 108 )) 33
+for i in aes192 cast5 ext592 farpayload odd; do
+  qemu-img info --output=json l-$i.qcow2 >q.json ||
+    fail "l-$i.qcow2: qemu-img info refuses it (the test is wrong)"
+  sparsecow info --output=json l-$i.qcow2 >s.json 2>s.err ||
+    fail "l-$i.qcow2: qemu-img info shows it, info refuses: $(cat s.err)"
+  same_json q.json s.json
+  diff -u <(qemu-img info l-$i.qcow2) \
+          <(sparsecow info l-$i.qcow2 | sed '/^Allocation:$/,$d') ||
+    fail "l-$i.qcow2: info differs from qemu-img info"
+done
+# A UUID with a control character: qemu-img prints it as it is; info
+# refuses it rather than print it on a terminal (sparsecow(1)).
+damage l-uuid.qcow2; put_str l-uuid.qcow2 $(( L + 168 )) '\033[2J'
+qemu-img info l-uuid.qcow2 >/dev/null ||
+  fail "qemu-img info refuses l-uuid.qcow2 (the test is wrong)"
+expect_fail "^sparsecow: l-uuid.qcow2: .*UUID" sparsecow info l-uuid.qcow2
+# The LUKS method without its extension, and the extension at offset 0:
+# qemu-img info crashes; info refuses them.
+damage l-noext.qcow2; put_be32 l-noext.qcow2 112 $(( 0x12345678 ))
+expect_fail "^sparsecow: l-noext.qcow2: .*extension" sparsecow info l-noext.qcow2
+damage l-ext0.qcow2; put_be64 l-ext0.qcow2 120 0
+expect_fail "^sparsecow: l-ext0.qcow2: .*encryption header offset" \
+  sparsecow info l-ext0.qcow2
+# An extension without the LUKS method: qemu-img info refuses it.
+damage l-aesext.qcow2; put_be32 l-aesext.qcow2 32 1
+refused l-aesext.qcow2
+damage l-method3.qcow2; put_be32 l-method3.qcow2 32 3
+refused l-method3.qcow2
 
 exit 0
