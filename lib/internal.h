@@ -281,6 +281,23 @@ extern int sc_sink_write (struct sc_endpoint *dst, const void *buf,
 extern bool sc_sparse_run (const void *buf, uint64_t length,
                            uint64_t offset, uint64_t min_sparse,
                            uint64_t *len);
+/* qemu-img convert -S min_sparse over all of src, before anything is
+ * written, as qemu-img decides: status (opaque, offset, max, &len,
+ * &data) answers as qemu's block status of src at offset (a run of
+ * 0 < len <= max bytes, data or not); the end of a run is cut back to
+ * align bytes (the source's cluster size, 512 for raw) unless that
+ * leaves nothing; a run of data is read in buffers of 2 MiB from its
+ * start, each judged alone (sc_sparse_run): zeros at the end of a
+ * buffer or of a run are never written, even when more data follows.
+ * write (opaque, start, end) gets each range that qemu-img writes, in
+ * order.  0, or -1 with the error set.
+ */
+typedef int (*sc_status_fn) (void *opaque, uint64_t offset, uint64_t max,
+                             uint64_t *len, bool *data);
+typedef int (*sc_range_fn) (void *opaque, uint64_t start, uint64_t end);
+extern int sc_sparse_decide (struct sc_endpoint *src, uint64_t min_sparse,
+                             uint32_t align, sc_status_fn status,
+                             sc_range_fn write, void *opaque);
 /* Make a hole or zero range of the guest read as zeros on dst: nothing
  * on a target that reads as zero already, else as dst->zero_mode says
  * (nothing at all for SC_TARGET_ZERO_SKIP).  With dst->allocate, zeros

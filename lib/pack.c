@@ -44,14 +44,6 @@
 #define DEFAULT_REFCOUNT_BITS 16
 /* Pieces of the pipeline hold at least this much, in whole clusters. */
 #define MIN_REQUEST_SIZE (1024 * 1024)
-/* qemu-img convert -S looks at the source's data in buffers of 2 MiB
- * (IO_BUF_SIZE; a qcow2 target's cluster size, at most 2 MiB, never
- * raises it), each within one block-status answer, and takes at most
- * this many 512-byte sectors of status at once
- * (BDRV_REQUEST_MAX_SECTORS).
- */
-#define CONVERT_BUF_SIZE (2 * 1024 * 1024)
-#define CONVERT_STATUS_MAX_SECTORS ((uint64_t) INT32_MAX >> 9)
 /* A gap in the data area at least this large and as aligned is left
  * unwritten, a hole in the target: the block size of common file
  * systems.
@@ -571,82 +563,66 @@ sparse_add (struct pack *pk, uint64_t start, uint64_t end)
   return sc_extent_list_append (l, start, end - start, 0);
 }
 
+/* The source's status as qemu's block status of a raw file gives it,
+ * for sc_sparse_decide: the extent at offset joined with those after
+ * it of its kind, data or not.
+ */
+struct raw_status {
+  struct pack *pk;
+  const struct sc_extent_list *raw;
+  size_t i;
+};
+
+static int
+raw_status (void *opaque, uint64_t offset, uint64_t max, uint64_t *len,
+            bool *data)
+{
+  struct raw_status *rs = opaque;
+  const struct sc_extent_list *raw = rs->raw;
+  size_t i, j;
+
+  while (rs->i < raw->len
+         && raw->ext[rs->i].offset + raw->ext[rs->i].length <= offset)
+    rs->i++;
+  i = rs->i;
+  if (i == raw->len || raw->ext[i].offset > offset) {
+    sc_set_error (EIO, "the extents end before the size");
+    return -1;
+  }
+  *data = (raw->ext[i].flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO)) == 0;
+  for (j = i; j + 1 < raw->len
+       && ((raw->ext[j + 1].flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO))
+           == 0) == *data; j++)
+    ;
+  *len = SC_MIN (raw->ext[j].offset + raw->ext[j].length - offset, max);
+  return 0;
+}
+
+static int
+raw_write (void *opaque, uint64_t start, uint64_t end)
+{
+  struct raw_status *rs = opaque;
+
+  return sparse_add (rs->pk, start, end);
+}
+
 /* -S N: which clusters qemu-img convert -S N stores, decided as it
- * does from the source's extents (raw) and data.  It asks the source
- * for the status at the first sector not yet done: the run of data or
- * of holes there, at most CONVERT_STATUS_MAX_SECTORS (a raw source
- * asks for no alignment of its end).  A run of data is looked at in
- * buffers of CONVERT_BUF_SIZE from its start, each on its own
- * (sc_sparse_run): zeros at the end of a buffer or of a run are never
- * written, even when more data follows.  The pieces of the scan start
- * and end elsewhere, so the decision is made here, reading the data
- * once more, and the scan looks it up.
+ * does from the source's extents (raw) and data (sc_sparse_decide; a
+ * raw source asks for no alignment of the end of a run).  The pieces
+ * of the scan start and end elsewhere than qemu-img's buffers, so the
+ * decision is made here, reading the data once more, and the scan
+ * looks it up.
  */
 static int
 sparse_decide (struct pack *pk, const struct sc_extent_list *raw)
 {
-  const uint64_t sector = 512;
-  uint64_t size = pk->src->size;
-  uint64_t total = SC_DIV_ROUND_UP (size, sector);
-  uint64_t pos = 0;
-  size_t i = 0;
-  unsigned char *buf;
-  int ret = -1;
+  struct raw_status rs = { .pk = pk, .raw = raw };
 
-  buf = malloc (CONVERT_BUF_SIZE);
-  if (buf == NULL) {
-    sc_set_error (errno, "out of memory");
+  if (sc_sparse_decide (pk->src, pk->opts->min_sparse, 512, raw_status,
+                        raw_write, &rs) == -1)
     return -1;
-  }
-  while (pos < total) {
-    uint64_t at = pos * sector, end, n;
-    bool data;
-    size_t j;
-
-    /* The extent at pos, joined with those after it of its kind. */
-    while (i < raw->len && raw->ext[i].offset + raw->ext[i].length <= at)
-      i++;
-    if (i == raw->len) {
-      sc_set_error (EIO, "the extents end before the size");
-      goto out;
-    }
-    data = (raw->ext[i].flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO)) == 0;
-    for (j = i; j + 1 < raw->len
-         && ((raw->ext[j + 1].flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO))
-             == 0) == data; j++)
-      ;
-    end = SC_MIN (SC_DIV_ROUND_UP (raw->ext[j].offset + raw->ext[j].length,
-                                   sector), total);
-    n = SC_MIN (end - pos, CONVERT_STATUS_MAX_SECTORS);
-    for (uint64_t b = pos; data && b < pos + n;
-         b += CONVERT_BUF_SIZE / sector) {
-      uint64_t first = b * sector;
-      uint64_t last = SC_MIN (b + CONVERT_BUF_SIZE / sector, pos + n)
-                      * sector;
-      uint64_t len = last - first, done = 0, run;
-      /* The end of the source is read as zeros to the sector. */
-      uint64_t avail = SC_MIN (last, size) - first;
-
-      if (sc_ep_pread (pk->src, buf, avail, first) == -1) {
-        sc_error_name (pk->src->name);
-        goto out;
-      }
-      memset (buf + avail, 0, len - avail);
-      while (done < len) {
-        if (sc_sparse_run (buf + done, len - done, first + done,
-                           pk->opts->min_sparse, &run)
-            && sparse_add (pk, first + done, first + done + run) == -1)
-          goto out;
-        done += run;
-      }
-    }
-    pos += n;
-  }
   pk->sparse_decided = true;
-  ret = 0;
- out:
-  free (buf);
-  return ret;
+  return 0;
 }
 
 /* The source's extents with every data extent rounded out to whole

@@ -31,6 +31,9 @@
  */
 #include <config.h>
 
+#include <stdlib.h>
+#include <string.h>
+
 #include "internal.h"
 
 /* qemu-img convert -S works in sectors. */
@@ -114,6 +117,82 @@ sc_sparse_run (const void *buf, uint64_t length, uint64_t offset,
   }
   *len = SC_MIN (used * SPARSE_UNIT, length);
   return true;
+}
+
+/* qemu-img convert -S looks at the source's data in buffers of 2 MiB
+ * (IO_BUF_SIZE; a qcow2 target's cluster size, at most 2 MiB, never
+ * raises it), each within one block-status answer, and asks for at
+ * most this many 512-byte sectors of status at once
+ * (BDRV_REQUEST_MAX_SECTORS).
+ */
+#define CONVERT_BUF_SIZE (2 * 1024 * 1024)
+#define CONVERT_STATUS_MAX_SECTORS ((uint64_t) INT32_MAX >> 9)
+
+int
+sc_sparse_decide (struct sc_endpoint *src, uint64_t min_sparse,
+                  uint32_t align, sc_status_fn status, sc_range_fn write,
+                  void *opaque)
+{
+  uint64_t size = src->size;
+  uint64_t total = SC_DIV_ROUND_UP (size, SPARSE_UNIT);
+  uint64_t align_units = SC_MAX ((uint64_t) align / SPARSE_UNIT,
+                                 (uint64_t) 1);
+  uint64_t pos = 0;
+  unsigned char *buf;
+  int ret = -1;
+
+  buf = malloc (CONVERT_BUF_SIZE);
+  if (buf == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  while (pos < total) {
+    uint64_t max = SC_MIN (total - pos, CONVERT_STATUS_MAX_SECTORS)
+                   * SPARSE_UNIT;
+    uint64_t len, n, tail;
+    bool data;
+
+    if (status (opaque, pos * SPARSE_UNIT, max, &len, &data) == -1)
+      goto out;
+    if (len == 0 || len > max) {
+      sc_set_error (EIO, "%s: the status at offset %" PRIu64 " covers %"
+                    PRIu64 " bytes of %" PRIu64 " asked", src->name,
+                    pos * SPARSE_UNIT, len, max);
+      goto out;
+    }
+    /* The run ends on the source's alignment unless it is shorter. */
+    n = SC_DIV_ROUND_UP (len, SPARSE_UNIT);
+    tail = (pos + n) % align_units;
+    if (n > tail)
+      n -= tail;
+    for (uint64_t b = pos; data && b < pos + n;
+         b += CONVERT_BUF_SIZE / SPARSE_UNIT) {
+      uint64_t first = b * SPARSE_UNIT;
+      uint64_t last = SC_MIN (b + CONVERT_BUF_SIZE / SPARSE_UNIT, pos + n)
+                      * SPARSE_UNIT;
+      uint64_t blen = last - first, done = 0, run;
+      /* The end of the source is read as zeros to the sector. */
+      uint64_t avail = SC_MIN (last, size) - first;
+
+      if (sc_ep_pread (src, buf, avail, first) == -1) {
+        sc_error_name (src->name);
+        goto out;
+      }
+      memset (buf + avail, 0, blen - avail);
+      while (done < blen) {
+        if (sc_sparse_run (buf + done, blen - done, first + done,
+                           min_sparse, &run)
+            && write (opaque, first + done, first + done + run) == -1)
+          goto out;
+        done += run;
+      }
+    }
+    pos += n;
+  }
+  ret = 0;
+ out:
+  free (buf);
+  return ret;
 }
 
 /* Does any whole aligned block of the n bytes at p (target offset
