@@ -212,6 +212,11 @@ struct sc_endpoint {
    * nothing is left sparse and zeros are written.
    */
   uint64_t min_sparse;
+  /* With min_sparse: the ranges to write (extents of flags 0; the
+   * rest is left out), decided beforehand over the whole source
+   * (sc_sparse_decide), or NULL to judge each write on its own.
+   */
+  const struct sc_extent_list *sparse_writes;
   bool allocate;
   /* A write, zeroing or copy into this endpoint was attempted (set by
    * the wrappers below, from any thread): a target written in place

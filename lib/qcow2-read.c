@@ -2122,6 +2122,20 @@ qcow2_chain_extents (struct sc_qcow2 *q, uint64_t offset, uint64_t end,
 }
 
 int
+qcow2_chain_run (struct sc_qcow2 *q, uint64_t offset, uint64_t max,
+                 uint64_t *len, bool *data)
+{
+  struct cstatus cs;
+
+  if (chain_status (q, offset, max, true, &cs) == -1
+      || (cs.present && cut_short (&q->layers[cs.depth], &cs) == -1))
+    return -1;
+  *len = cs.st.len;
+  *data = !cs.zero;
+  return 0;
+}
+
+int
 qcow2_chain_fingerprint (struct sc_qcow2 *q, struct sc_fingerprint *fp)
 {
   bool any = false;

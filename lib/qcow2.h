@@ -573,6 +573,14 @@ extern int qcow2_chain_copy_to (struct sc_qcow2 *q, uint64_t offset,
  */
 extern int qcow2_chain_extents (struct sc_qcow2 *q, uint64_t offset,
                                 uint64_t end, struct sc_extent_list *list);
+/* One answer of qemu's block status of the guest at offset (inside
+ * the virtual size), for at most max bytes: *len bytes that read as
+ * zero, or not (*data).  Runs end where qemu's do: at a change of
+ * kind, a break in the host offsets, an L2 table's end, after each
+ * compressed cluster.
+ */
+extern int qcow2_chain_run (struct sc_qcow2 *q, uint64_t offset,
+                            uint64_t max, uint64_t *len, bool *data);
 /* The top image's name as opened, and its cluster size. */
 extern const char *qcow2_chain_name (const struct sc_qcow2 *q);
 /* One fingerprint for every file of the chain (images and external

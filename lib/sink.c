@@ -5,8 +5,10 @@
  *   a file behind stdout) gets nothing for a hole, and inside data only
  *   the 4 KiB blocks that are not all zero, so it stays as sparse as
  *   the guest content allows.  With the target's min_sparse (-S N),
- *   qemu-img convert's rule instead (sc_sparse_run); with allocate
- *   (-S 0), zeros are written everywhere.
+ *   qemu-img convert's rule instead (sc_sparse_run), in qemu-img's
+ *   buffers where the caller decided it so beforehand
+ *   (sc_sparse_decide); with allocate (-S 0), zeros are written
+ *   everywhere.
  * - Any other target gets holes and zero ranges zeroed as its zero
  *   mode says: by default (auto) with the permission to unmap them
  *   (without it for allocate); unmap demands it; write zeroes them
@@ -356,12 +358,68 @@ write_zeroing_zeroes (struct sc_endpoint *dst, struct sc_sink_clone *cl,
   return 0;
 }
 
+/* Zeros written as data, for a target that must be allocated. */
+#define ZERO_WRITE_SIZE (64 * 1024)
+static const unsigned char zero_buffer[ZERO_WRITE_SIZE];
+
+static int
+write_zeros (struct sc_endpoint *dst, uint64_t length, uint64_t offset)
+{
+  while (length > 0) {
+    size_t n = (size_t) SC_MIN (length, (uint64_t) ZERO_WRITE_SIZE);
+
+    if (sc_ep_pwrite (dst, zero_buffer, n, offset) == -1)
+      return -1;
+    length -= n;
+    offset += n;
+  }
+  return 0;
+}
+
+/* -S N decided beforehand (dst->sparse_writes): the parts of the
+ * length bytes at p (NULL: zeros, a piece found all zero) that lie in
+ * ranges to write.
+ */
+static int
+write_decided (struct sc_endpoint *dst, struct sc_sink_clone *cl,
+               const unsigned char *p, uint64_t length, uint64_t offset)
+{
+  const struct sc_extent_list *l = dst->sparse_writes;
+  uint64_t end = offset + length;
+  size_t lo = 0, hi = l->len;
+
+  /* The first range that ends after offset. */
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+
+    if (l->ext[mid].offset + l->ext[mid].length <= offset)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  for (; lo < l->len && l->ext[lo].offset < end; lo++) {
+    const struct sc_extent *e = &l->ext[lo];
+    uint64_t a = SC_MAX (e->offset, offset);
+    uint64_t b = SC_MIN (e->offset + e->length, end);
+
+    if (e->flags != 0)
+      continue;
+    if ((p ? put (dst, cl, p + (a - offset), b - a, a, false)
+         : write_zeros (dst, b - a, a)) == -1)
+      return -1;
+  }
+  return 0;
+}
+
 /* -S N: qemu-img convert's rule, run by run. */
 static int
 write_sparse_runs (struct sc_endpoint *dst, struct sc_sink_clone *cl,
                    const unsigned char *p, uint64_t length, uint64_t offset)
 {
   uint64_t pos = 0;
+
+  if (dst->sparse_writes)
+    return write_decided (dst, cl, p, length, offset);
 
   while (pos < length) {
     uint64_t n;
@@ -395,30 +453,22 @@ sc_sink_write (struct sc_endpoint *dst, const void *buf, uint64_t length,
   return put (dst, cl, buf, length, offset, false);
 }
 
-/* Zeros written as data, for a target that must be allocated whole. */
-#define ZERO_WRITE_SIZE (64 * 1024)
-static const unsigned char zero_buffer[ZERO_WRITE_SIZE];
-
 int
 sc_sink_zero (struct sc_endpoint *dst, uint64_t length, uint64_t offset)
 {
   if (length == 0)
     return 0;
-  if (dst->allocate && (dst->flags & SC_EP_FRESH_ZEROS)) {
-    /* A target that reads as zero gets the zeros written, as qemu-img
-     * convert -S 0 writes them.
-     */
-    while (length > 0) {
-      size_t n = (size_t) SC_MIN (length, (uint64_t) ZERO_WRITE_SIZE);
-      if (sc_ep_pwrite (dst, zero_buffer, n, offset) == -1)
-        return -1;
-      length -= n;
-      offset += n;
-    }
-    return 0;
-  }
+  /* A target that reads as zero gets the zeros written, as qemu-img
+   * convert -S 0 writes them.
+   */
+  if (dst->allocate && (dst->flags & SC_EP_FRESH_ZEROS))
+    return write_zeros (dst, length, offset);
+  /* With -S N decided beforehand, zeros that qemu-img writes are
+   * written, here too: a piece of data found all zero comes here.
+   */
   if (dst->flags & SC_EP_FRESH_ZEROS)
-    return 0;
+    return dst->min_sparse && dst->sparse_writes
+      ? write_decided (dst, NULL, NULL, length, offset) : 0;
   switch (dst->zero_mode) {
   case SC_TARGET_ZERO_SKIP:
     return 0;

@@ -483,10 +483,13 @@ struct sc_unpack_opts {
   bool no_external_files;       /* as in sc_qcow2_open_opts */
   unsigned threads;             /* 0 = online CPUs */
   /* qemu-img convert -S, for a target that reads as zero (a new file):
-   * zeros are left unwritten in aligned 4 KiB blocks, except runs of
-   * them between data (within one piece of the copy, 1 MiB) shorter
-   * than min_sparse bytes (0 = 4 KiB).  allocate_all (-S 0): every
-   * byte is written, zeros included, so the file is fully allocated.
+   * zeros are left unwritten in aligned 4 KiB blocks (min_sparse 0),
+   * or by qemu-img's rule: runs of them between data shorter than
+   * min_sparse bytes are written, within each buffer that qemu-img
+   * judges (2 MiB from the start of each run of the guest's data, as
+   * qemu's block status gives them; each write of the copy through a
+   * bmap or from a stream).  allocate_all (-S 0): every byte is
+   * written, zeros included, so the file is fully allocated.
    */
   uint64_t min_sparse;
   bool allocate_all;

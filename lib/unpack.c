@@ -90,11 +90,51 @@ halves_progress (const struct sc_progress *p, void *opaque)
   h->fn (&q, h->opaque);
 }
 
+/* -S N decided as qemu-img convert decides it (sc_sparse_decide): the
+ * guest's runs as qemu's block status gives them, cut to the top
+ * image's clusters, and the ranges to write listed as extents of flags
+ * 0 between holes.
+ */
+struct guest_sparse {
+  struct sc_qcow2 *q;
+  uint64_t size;
+  struct sc_extent_list writes;
+};
+
+static int
+guest_status (void *opaque, uint64_t offset, uint64_t max, uint64_t *len,
+              bool *data)
+{
+  struct guest_sparse *g = opaque;
+
+  return qcow2_chain_run (g->q, offset, SC_MIN (max, g->size - offset),
+                          len, data);
+}
+
+static int
+guest_write (void *opaque, uint64_t start, uint64_t end)
+{
+  struct sc_extent_list *l = &((struct guest_sparse *) opaque)->writes;
+  uint64_t listed = l->len ? l->ext[l->len - 1].offset
+                             + l->ext[l->len - 1].length : 0;
+
+  if (start < listed || end <= start) {
+    sc_set_error (EIO, "a range to write at %" PRIu64 " is out of order",
+                  start);
+    return -1;
+  }
+  if (sc_extent_list_append (l, listed, start - listed, SC_EXTENT_HOLE)
+      == -1)
+    return -1;
+  return sc_extent_list_append (l, start, end - start, 0);
+}
+
 int
 sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
            const struct sc_unpack_opts *opts)
 {
   struct halves halves = { 0 };
+  struct guest_sparse gs = { 0 };
   struct sc_unpack_opts none = { 0 };
   struct sc_copy_opts copts = { 0 };
   struct sc_endpoint *src, *checked = NULL;
@@ -169,18 +209,39 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
     goto out;
   }
   copts.threads = opts->threads;
-  /* -S N judges the zeros of each write as qemu-img convert judges
-   * those of its requests, which the engine's 1 MiB pieces match.
-   */
-  if (!(dst->flags & SC_EP_REMOTE) && dst->min_sparse == 0)
-    copts.request_size = SC_MAX ((uint32_t) UNPACK_REQUEST_SIZE,
-                                 src->block_size);
   /* A target whose zero ranges are left alone still gets every byte of
    * the data ranges, zeros included: only what the image maps as data
    * is written, and all of it.
    */
   copts.detect_zeroes = dst->zero_mode != SC_TARGET_ZERO_SKIP
                         || (dst->flags & SC_EP_FRESH_ZEROS);
+  /* -S N into a target that reads as zero (or an export that may turn
+   * out to): qemu-img convert judges the zeros of each of its buffers,
+   * 2 MiB from the start of each run of the guest's data, which the
+   * pieces of the copy do not follow; what it writes is decided first,
+   * reading the guest's data once more, and the sink looks it up.
+   * Through a bmap, each piece of the copy is judged on its own.
+   */
+  if (dst->min_sparse && !dst->allocate && !checked && copts.detect_zeroes
+      && (dst->flags & (SC_EP_FRESH_ZEROS | SC_EP_REMOTE))
+      && src->size > 0) {
+    gs.q = q;
+    gs.size = src->size;
+    if (sc_sparse_decide (src, dst->min_sparse,
+                          qcow2_chain_cluster_size (q), guest_status,
+                          guest_write, &gs) == -1) {
+      sc_error_name (src->name);
+      goto out;
+    }
+    dst->sparse_writes = &gs.writes;
+  }
+  /* Pieces of 1 MiB where -S N judges each on its own (through a bmap),
+   * as qemu-img convert judges each of its requests.
+   */
+  if (!(dst->flags & SC_EP_REMOTE)
+      && (dst->min_sparse == 0 || dst->sparse_writes))
+    copts.request_size = SC_MAX ((uint32_t) UNPACK_REQUEST_SIZE,
+                                 src->block_size);
   copts.progress = opts->progress;
   copts.progress_opaque = opts->progress_opaque;
   if (halves.fn) {
@@ -194,6 +255,8 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
     r = bmap_checked_finish (checked);
 
  out:
+  dst->sparse_writes = NULL;
+  sc_extent_list_free (&gs.writes);
   if (checked)
     sc_ep_close (checked);
   sc_ep_close (src);

@@ -5,7 +5,7 @@
 # the oracle, for pack (qemu-img map of the images) and for unpack to a
 # file (the file's data extents and block count).
 . "$srcdir/functions.sh"
-requires qemu-img python3
+requires qemu-img qemu-io python3
 
 cd "$tmp"
 KiB=1024
@@ -157,6 +157,76 @@ $(data_runs s.qcow2)"
   done
 done
 qemu-img compare -q -f raw -F qcow2 rnd.raw s.qcow2
+
+# unpack -S N of images of random sources: the file, and standard
+# output redirected to a file, get the blocks that qemu-img convert -S N
+# -O raw allocates from the same image.  qemu-img judges its buffers of
+# 2 MiB from the start of each run of the image's data as its block
+# status gives it, so the images vary what ends a run: clusters of 4 KiB
+# (an L2 table's end every 2 MiB), compressed clusters (a run each),
+# clusters written out of order (host offsets that do not follow each
+# other), sparsecow's own layout, a size that ends inside a cluster,
+# every cluster allocated (whole MiBs of zeros inside a run of data).
+# -S 0 allocates every block.  qemu-img writes into a file made
+# beforehand that it is told reads as zero (-n --target-is-zero), which
+# it judges as a file it creates, but without the first 4 KiB block
+# that it allocates in every raw file it creates (qemu-img create does
+# too), whatever -S says.
+# shuffled RAW IMAGE: the 256 KiB pieces of RAW that hold data, written
+# into a new IMAGE in a random order.
+shuffled () {
+  local cmds
+  cmds=$(python3 - "$1" <<'PY'
+import random, sys
+data = open(sys.argv[1], "rb").read()
+step = 256 << 10
+pieces = [o for o in range(0, len(data), step) if any(data[o:o + step])]
+random.Random(len(pieces)).shuffle(pieces)
+for o in pieces:
+    n = min(step, len(data) - o)
+    open("piece.%d" % o, "wb").write(data[o:o + n])
+    print("-c\nwrite -q -s piece.%d %d %d" % (o, o, n))
+PY
+)
+  qemu-img create -q -f qcow2 "$2" "$(stat -c %s "$1")"
+  local IFS=$'\n'
+  qemu-io -f qcow2 $cmds "$2" >/dev/null
+  rm -f piece.*
+}
+for seed in 1 2 3; do
+  rm -f rnd.raw img-*.qcow2
+  mkrandom $seed rnd.raw
+  if [ $seed = 3 ]; then
+    head -c 1536 /dev/urandom >>rnd.raw
+  fi
+  qemu-img convert -q -f raw -O qcow2 rnd.raw img-default.qcow2
+  qemu-img convert -q -f raw -O qcow2 -o cluster_size=4096 rnd.raw \
+    img-4k.qcow2
+  qemu-img convert -q -c -f raw -O qcow2 rnd.raw img-compressed.qcow2
+  qemu-img convert -q -S 0 -f raw -O qcow2 rnd.raw img-allocated.qcow2
+  shuffled rnd.raw img-shuffled.qcow2
+  sparsecow pack -q rnd.raw img-sparsecow.qcow2
+  for img in img-*.qcow2; do
+    qemu-img compare -q -f raw -F qcow2 rnd.raw $img
+    for S in 512 64k 2M 16M 0; do
+      rm -f q.raw s.raw o.raw
+      truncate -s "$(stat -c %s rnd.raw)" q.raw
+      qemu-img convert -q -n --target-is-zero -S $S -f qcow2 -O raw $img \
+        q.raw
+      sparsecow unpack -q -S $S $img s.raw
+      sparsecow unpack -q -S $S $img - >o.raw
+      cmp rnd.raw s.raw || fail "unpack -S $S of $img: content differs"
+      cmp rnd.raw o.raw || fail "unpack -S $S of $img to -: content differs"
+      for t in s.raw o.raw; do
+        [ "$(data_map q.raw)" = "$(data_map $t)" ] ||
+          fail "unpack -S $S of $img (source $seed) into $t allocates other blocks than qemu-img convert -S $S -O raw:
+$(data_map q.raw)
+---
+$(data_map $t)"
+      done
+    done
+  done
+done
 
 # -S takes what qemu-img takes: multiples of 512 up to 16M.
 expect_fail "pack: -S" sparsecow pack -S 1000 src.raw bad.qcow2
