@@ -937,8 +937,8 @@ run_threaded (const struct sc_pipeline *p, struct cursor *cur,
  * the progress count.  Holes and zero ranges cost nothing to move, and
  * a count that included them would jump over them.
  */
-static int
-count_data (struct sc_endpoint *src, uint64_t *total)
+int
+sc_count_data (struct sc_endpoint *src, uint64_t *total)
 {
   struct sc_extent_list list;
   uint64_t pos = 0, window = FIRST_EXTENT_WINDOW;
@@ -1034,7 +1034,7 @@ sc_pipeline_run (const struct sc_pipeline *p)
     cur.window_size = FIRST_EXTENT_WINDOW;
     if (p->count_all)
       prog.total = p->src->size;
-    else if (p->progress && count_data (p->src, &prog.total) == -1)
+    else if (p->progress && sc_count_data (p->src, &prog.total) == -1)
       goto out;
   }
   else {

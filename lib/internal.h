@@ -230,6 +230,10 @@ struct sc_pipeline {
  * reported; the rest of the pieces are abandoned).
  */
 extern int sc_pipeline_run (const struct sc_pipeline *p);
+/* The bytes of data in src's extents, the total a pipeline's progress
+ * counts without count_all: 0, or -1 with the error set and named.
+ */
+extern int sc_count_data (struct sc_endpoint *src, uint64_t *total);
 /* Keep requests and requests in flight inside what an endpoint takes:
  * the largest power of two up to its maximum request and its piece
  * size, and no more threads than requests it allows at once.

@@ -519,6 +519,12 @@ struct sc_unpack_opts {
    * removes.  It costs a second read of the mapped data.
    */
   bool bmap_check_first;
+  /* sc_unpack_verify follows, with these options: the progress of both
+   * calls is one count, of a total that holds both from the start: the
+   * bytes sc_unpack counts (above), then those sc_unpack_verify reads
+   * back (see there).
+   */
+  bool verify_follows;
 };
 extern int sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
                       const struct sc_unpack_opts *opts);
@@ -526,7 +532,9 @@ extern int sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
 /* Read dst back after sc_unpack (dst flushed, before commit) and
  * compare it with the guest data of image, read again (image must not
  * be a stream; opts as given to sc_unpack; progress counts the bytes
- * of the guest's data compared, or with allocate_all all bytes).  Every
+ * of the guest compared: its data, and its holes and zero ranges too
+ * when any target's are read back, as they are but for
+ * SC_TARGET_ZERO_SKIP targets that did not read as zero).  Every
  * byte is compared, zero ranges too (they must read as zero), except
  * the ranges a target with SC_TARGET_ZERO_SKIP left as they were.  A
  * block device's cached pages were dropped at its flush, so what is

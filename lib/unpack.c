@@ -90,6 +90,74 @@ halves_progress (const struct sc_progress *p, void *opaque)
   h->fn (&q, h->opaque);
 }
 
+/* Are the zero ranges of target member ep read back?  Not those that
+ * --zero=skip left as they were.
+ */
+static bool
+zeros_read_back (const struct sc_endpoint *ep)
+{
+  return ep->zero_mode != SC_TARGET_ZERO_SKIP
+         || (ep->flags & SC_EP_FRESH_ZEROS);
+}
+
+static bool
+any_zeros_read_back (struct sc_endpoint *dst)
+{
+  for (size_t i = 0; i < sc_tee_count (dst); i++) {
+    struct sc_endpoint *ep = sc_tee_member (dst, i);
+
+    if (ep && zeros_read_back (ep))
+      return true;
+  }
+  return false;
+}
+
+/* With opts->verify_follows, the writing and the read-back are one
+ * count: what the writing counts (the guest's data, or all of it where
+ * holes are written as zeros: sc_sink_zero_is_written), then what the
+ * read-back counts (the data, or all of the guest where zero ranges
+ * are read back), each as its pipeline counts it, and the total holds
+ * both from the start.
+ */
+struct both_progress {
+  sc_progress_fn fn;
+  void *opaque;
+  uint64_t before;              /* counted by the writing (read-back) */
+  uint64_t after;               /* left for the read-back (writing) */
+};
+
+static void
+both_progress (const struct sc_progress *p, void *opaque)
+{
+  struct both_progress *b = opaque;
+  struct sc_progress q;
+
+  if (SC_ADD_OVERFLOW (b->before, p->done, &q.done))
+    q.done = UINT64_MAX;
+  if (SC_ADD_OVERFLOW (b->before, p->total, &q.total)
+      || SC_ADD_OVERFLOW (q.total, b->after, &q.total))
+    q.total = UINT64_MAX;
+  b->fn (&q, b->opaque);
+}
+
+/* The counts of the writing (*write) and of the read-back (*verify) of
+ * src into dst.  0, or -1 with the error set and named.
+ */
+static int
+both_totals (struct sc_endpoint *src, struct sc_endpoint *dst,
+             uint64_t *write, uint64_t *verify)
+{
+  bool write_all = sc_sink_zero_is_written (dst);
+  bool verify_all = any_zeros_read_back (dst);
+  uint64_t data = 0;
+
+  if ((!write_all || !verify_all) && sc_count_data (src, &data) == -1)
+    return -1;
+  *write = write_all ? src->size : data;
+  *verify = verify_all ? src->size : data;
+  return 0;
+}
+
 /* -S N decided as qemu-img convert decides it (sc_sparse_decide): the
  * guest's runs as qemu's block status gives them, cut to the top
  * image's clusters, and the ranges to write listed as extents of flags
@@ -135,6 +203,7 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
 {
   struct halves halves = { 0 };
   struct guest_sparse gs = { 0 };
+  struct both_progress both = { 0 };
   struct sc_unpack_opts none = { 0 };
   struct sc_copy_opts copts = { 0 };
   struct sc_endpoint *src, *checked = NULL;
@@ -171,6 +240,19 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
     if (checked == NULL)
       goto out;
   }
+  /* With --verify following, the writing and the read-back are one
+   * count from the start; the check of a bmap's ranges, when it comes
+   * first, counts as the first half of the writing.
+   */
+  if (opts->progress && opts->verify_follows) {
+    uint64_t write;
+
+    if (both_totals (checked ? checked : src, dst, &write, &both.after)
+        == -1)
+      goto out;
+    both.fn = opts->progress;
+    both.opaque = opts->progress_opaque;
+  }
   /* A target written in place keeps whatever was written before a
    * range turned out to differ: all ranges are read and checked first.
    */
@@ -190,7 +272,8 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
         data += end - start;
       }
       halves = (struct halves) {
-        .fn = opts->progress, .opaque = opts->progress_opaque,
+        .fn = both.fn ? both_progress : opts->progress,
+        .opaque = both.fn ? (void *) &both : opts->progress_opaque,
         .total = dst->allocate ? first->size : data,
       };
       bmap_checked_progress (first, halves_progress, &halves);
@@ -244,6 +327,10 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
                                  src->block_size);
   copts.progress = opts->progress;
   copts.progress_opaque = opts->progress_opaque;
+  if (both.fn) {
+    copts.progress = both_progress;
+    copts.progress_opaque = &both;
+  }
   if (halves.fn) {
     halves.second = true;
     copts.progress = halves_progress;
@@ -365,8 +452,7 @@ verify_emit (struct sc_piece *piece, void *opaque)
     struct sc_endpoint *ep = vs->m[i].ep;
 
     /* Left as they were on purpose. */
-    if (ep == NULL || (ep->zero_mode == SC_TARGET_ZERO_SKIP
-                       && !(ep->flags & SC_EP_FRESH_ZEROS)))
+    if (ep == NULL || !zeros_read_back (ep))
       continue;
     for (uint64_t pos = 0; pos < piece->length; pos += VERIFY_REQUEST) {
       size_t len = (size_t) SC_MIN ((uint64_t) VERIFY_REQUEST,
@@ -387,6 +473,7 @@ sc_unpack_verify (struct sc_endpoint *image, struct sc_endpoint *dst,
   struct sc_unpack_opts none = { 0 };
   struct verify_state vs = { .dst = dst };
   struct sc_pipeline p = { 0 };
+  struct both_progress both = { 0 };
   struct sc_endpoint *src = NULL, *checked = NULL;
   struct sc_qcow2 *q = NULL;
   size_t left = 0;
@@ -432,16 +519,20 @@ sc_unpack_verify (struct sc_endpoint *image, struct sc_endpoint *dst,
   p.opaque = &vs;
   p.progress = opts->progress;
   p.progress_opaque = opts->progress_opaque;
-  /* A target allocated whole is read back whole, as it was written
-   * (verify_emit reads its zero ranges).
+  /* Zero ranges that are read back (by verify_emit) cost a read as
+   * data does: they count, in pieces of under 1% of the total, so that
+   * the count moves over them too.
    */
-  for (size_t i = 0; i < vs.n; i++) {
-    struct sc_endpoint *ep = vs.m[i].ep;
+  p.count_all = any_zeros_read_back (dst);
+  if (opts->progress && opts->verify_follows) {
+    uint64_t verify;
 
-    if (opts->allocate_all && ep
-        && (ep->zero_mode != SC_TARGET_ZERO_SKIP
-            || (ep->flags & SC_EP_FRESH_ZEROS)))
-      p.count_all = true;
+    if (both_totals (p.src, dst, &both.before, &verify) == -1)
+      goto out;
+    both.fn = opts->progress;
+    both.opaque = opts->progress_opaque;
+    p.progress = both_progress;
+    p.progress_opaque = &both;
   }
   if (sc_pipeline_run (&p) == -1)
     goto out;

@@ -127,36 +127,6 @@ test_change_before_verify (struct cli_operand *targets, int ntargets)
   return 0;
 }
 
-/* With --verify, progress counts the guest twice, once written and
- * once read back, of a total that holds both from the start (the
- * read-back covers the same virtual size): neither done nor the total
- * goes back when the read-back begins.
- */
-struct twice {
-  sc_progress_fn fn;
-  void *opaque;
-  bool verifying;
-  uint64_t first;               /* the total of the writing */
-};
-
-static void
-twice_progress (const struct sc_progress *p, void *opaque)
-{
-  struct twice *t = opaque;
-  struct sc_progress q;
-
-  if (!t->verifying) {
-    t->first = p->total;
-    q.done = p->done;
-    q.total = p->total > UINT64_MAX / 2 ? UINT64_MAX : p->total * 2;
-  }
-  else {
-    q.done = t->first + p->done;
-    q.total = t->first + p->total;
-  }
-  t->fn (&q, t->opaque);
-}
-
 /* Several targets are files or block devices (or new names), each once,
  * none the image and none inside another (a loop device over one of
  * the files, a partition of one of the disks): exits with a usage error
@@ -249,7 +219,6 @@ cmd_unpack (int argc, char **argv)
 {
   struct cli_common common = { 0 };
   struct sc_unpack_opts uopts = { 0 };
-  struct twice twice = { 0 };
   struct sc_endpoint *src = NULL, *dst = NULL;
   struct sc_endpoint *opened[MAX_TARGETS];
   int opened_index[MAX_TARGETS];
@@ -485,12 +454,8 @@ cmd_unpack (int argc, char **argv)
   uopts.threads = common.threads;
   uopts.force_share = common.force_share;
   uopts.progress = cli_progress_fn (&common, &uopts.progress_opaque);
-  if (verify && uopts.progress) {
-    twice.fn = uopts.progress;
-    twice.opaque = uopts.progress_opaque;
-    uopts.progress = twice_progress;
-    uopts.progress_opaque = &twice;
-  }
+  /* With --verify, the read-back is counted with the writing. */
+  uopts.verify_follows = verify;
   /* Errors name the image or the target, whichever failed.  A signal
    * that came after the last write (sc_unpack stops at the next write,
    * read or check after one) leaves nothing undone: the targets are
@@ -518,7 +483,6 @@ cmd_unpack (int argc, char **argv)
     goto report;
   }
   if (verify) {
-    twice.verifying = true;
     verifying = true;
     /* Every target left is written and flushed: a signal from here on
      * stops the read-back, which then says what it leaves of each.

@@ -47,6 +47,32 @@ sparsecow unpack --progress=json "$tmp/a.qcow2" "$tmp/back" 2>"$tmp/p4"
 cmp "$src" "$tmp/back"
 check_progress "$tmp/p4"
 
+# --verify: the read-back is counted too, the target's zero ranges
+# included (they are read back and compared), in one total known from
+# the start: the image's data written plus its virtual size read back,
+# as qemu-img map and info give them.  The percentage still grows in
+# small steps over the 1 GiB of zeros.
+sparsecow unpack --verify --progress=json "$tmp/a.qcow2" "$tmp/back2" \
+  2>"$tmp/p6"
+cmp "$src" "$tmp/back2"
+check_progress "$tmp/p6"
+data=$(qemu-img map --output=json "$tmp/a.qcow2" | python3 -c '
+import json, sys
+print(sum(r["length"] for r in json.load(sys.stdin)
+          if r["data"] and not r["zero"]))')
+size=$(qemu-img info --output=json "$tmp/a.qcow2" | python3 -c '
+import json, sys
+print(json.load(sys.stdin)["virtual-size"])')
+python3 - "$tmp/p6" $((data + size)) <<'PYEOF' ||
+import json, sys
+want = int(sys.argv[2])
+lines = [json.loads(l) for l in open(sys.argv[1]).read().splitlines()]
+assert all(l["total"] == want for l in lines), \
+    "totals %s, not %d" % (sorted({l["total"] for l in lines}), want)
+assert lines[-1]["done"] == want, "ends at %d" % lines[-1]["done"]
+PYEOF
+  fail "unpack --verify counts other than the data written and the virtual size read back: $(head -c 2000 "$tmp/p6")"
+
 # nbdcopy's --progress=N, in nbdcopy's format: the lines nbdcopy itself
 # writes there are the oracle of what a program reading them expects.
 if command -v nbdcopy >/dev/null; then

@@ -46,9 +46,10 @@ sparsecow unpack -f --verify --zero=skip img.qcow2 "$dev" 2>/dev/null ||
   fail "unpack --verify --zero=skip to $dev failed"
 
 # --progress=json (on standard error) counts the read-back too: the
-# total is twice the data to move (what qemu-img map calls data) from
-# the first line, done never goes back, and the last line has all of it
-# done; without --verify the total is the data.
+# total is the data to move (what qemu-img map calls data) plus the
+# virtual size, every byte of which is read back, zero ranges included,
+# from the first line; done never goes back, and the last line has all
+# of it done; without --verify the total is the data.
 vsize=$(qemu-img map --output=json img.qcow2 |
         jq '[.[] | select(.data) | .length] | add')
 check_progress () {
@@ -62,9 +63,9 @@ check_progress () {
 }
 sparsecow unpack -f --verify --progress=json img.qcow2 "$dev" 2> verify.json ||
   fail "unpack --verify --progress=json to $dev failed"
-r=$(check_progress verify.json $((2 * vsize)))
+r=$(check_progress verify.json $((vsize + size)))
 [ "$r" = ok ] || { cat verify.json >&2; fail "--verify --progress=json: $r"; }
-judge_progress verify.json --total $((2 * vsize))
+judge_progress verify.json --total $((vsize + size))
 sparsecow unpack -f --progress=json img.qcow2 "$dev" 2> plain.json ||
   fail "unpack --progress=json to $dev failed"
 r=$(check_progress plain.json $vsize)
