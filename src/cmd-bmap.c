@@ -185,10 +185,19 @@ cmd_bmap (int argc, char **argv)
     cli_lib_error (NULL);
     goto out;
   }
+  /* The bmap file is complete once committed (linked or renamed into
+   * place): a signal from here on does not stop the commit, nor then
+   * the run.  Standard output has no such point: a signal there stops
+   * the run as before.
+   */
+  if (strcmp (out.name, "-") != 0)
+    cli_defer_signals ();
   if (sc_endpoint_commit (dst) == -1) {
     cli_lib_error (NULL);
     goto out;
   }
+  if (strcmp (out.name, "-") != 0)
+    cli_targets_complete (out.name);
   rc = EXIT_OK;
 
  out:
@@ -206,5 +215,9 @@ cmd_bmap (int argc, char **argv)
     cli_lib_error (op.name);
     rc = EXIT_ERROR;
   }
+  /* Not committed: the signal ends the run (nothing is left under the
+   * name).  Committed: it is only noted.
+   */
+  cli_exit_if_interrupted ();
   return rc;
 }

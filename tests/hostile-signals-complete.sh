@@ -173,6 +173,96 @@ at pread64 $n unpack -j 1 --verify img.qcow2 a.raw b.raw
 [ $rc = 130 ] || { cat err >&2; fail "$what: exit $rc"; }
 not_verified a.raw new
 not_verified b.raw new
+# A bmap file, of bmap -o and of pack --bmap-out: complete (bmaptool
+# copy --bmap takes it and copies src.raw by it) exactly when the run
+# ends with exit 0; on 130 nothing that looks like one is left (a new
+# name is absent, a replaced file keeps its old bytes).
+# judge_bmap BMAP WHAT [OLD]: the outcome in rc and err against BMAP.
+judge_bmap () {
+  local bmap=$1 what=$2 old=${3:-} ok=0
+  if grep -q "AddressSanitizer\|runtime error" err; then
+    cat err >&2; fail "$what: sanitizer report"
+  fi
+  rm -f copy.raw
+  if [ -n "$old" ] && cmp -s "$old" "$bmap"; then
+    ok=1
+  elif [ ! -e "$bmap" ]; then
+    ok=1
+  else
+    bmaptool copy --bmap "$bmap" src.raw copy.raw >/dev/null 2>&1 &&
+      cmp -s src.raw copy.raw ||
+      { cat err >&2; fail "$what: $bmap is left, and bmaptool copy refuses it"; }
+  fi
+  case $rc in
+    0)
+      [ $ok = 0 ] || { cat err >&2; fail "$what: exit 0 but no complete $bmap"; } ;;
+    130) [ $ok = 1 ] || { cat err >&2; fail "$what: exit 130 but $bmap is complete"; } ;;
+    *) cat err >&2; fail "$what: exit $rc" ;;
+  esac
+}
+if command -v bmaptool >/dev/null; then
+  for source in img.qcow2 src.raw; do
+    rm -f new.bmap
+    n=$(count $flushes bmap "$source" -o new.bmap)
+    for ((i = 1; i <= n; i++)); do
+      rm -f new.bmap
+      at $flushes $i bmap "$source" -o new.bmap
+      judge_bmap new.bmap "bmap $source -o, SIGINT at flush $i of $n"
+    done
+    rm -f new.bmap
+    at $links 1 bmap "$source" -o new.bmap
+    [ $rc = 0 ] || { cat err >&2; fail "bmap $source -o: SIGINT at the link: exit $rc"; }
+    grep -q "^sparsecow: new.bmap: complete; SIGINT came after it was written" err ||
+      { cat err >&2; fail "bmap $source -o: no word of the late signal"; }
+    judge_bmap new.bmap "bmap $source -o, SIGINT at the link"
+    head -c 8192 old.bin > old.bmap
+    cp old.bmap new.bmap
+    n=$(count $flushes bmap -f "$source" -o new.bmap)
+    for ((i = 1; i <= n; i++)); do
+      cp old.bmap new.bmap
+      at $flushes $i bmap -f "$source" -o new.bmap
+      judge_bmap new.bmap "bmap -f $source -o, SIGINT at flush $i of $n" old.bmap
+    done
+    cp old.bmap new.bmap
+    at $renames 1 bmap -f "$source" -o new.bmap
+    [ $rc = 0 ] || { cat err >&2; fail "bmap -f $source -o: SIGINT at the rename: exit $rc"; }
+    judge_bmap new.bmap "bmap -f $source -o, SIGINT at the rename" old.bmap
+  done
+
+  # pack --bmap-out: the image and its bmap, both or neither.
+  rm -f new.qcow2 new.bmap
+  n=$(count $flushes pack --bmap-out new.bmap src.raw new.qcow2)
+  for ((i = 1; i <= n; i++)); do
+    rm -f new.qcow2 new.bmap
+    at $flushes $i pack --bmap-out new.bmap src.raw new.qcow2
+    judge_bmap new.bmap "pack --bmap-out, SIGINT at flush $i of $n"
+    [ $rc = 0 ] || [ ! -e new.qcow2 ] || fail "pack --bmap-out, SIGINT at flush $i: exit $rc, image left"
+    [ $rc != 0 ] || judge image new.qcow2 "pack --bmap-out, SIGINT at flush $i of $n"
+  done
+  for k in 1 2; do
+    rm -f new.qcow2 new.bmap
+    at $links $k pack --bmap-out new.bmap src.raw new.qcow2
+    [ $rc = 0 ] || { cat err >&2; fail "pack --bmap-out: SIGINT at link $k: exit $rc"; }
+    judge_bmap new.bmap "pack --bmap-out, SIGINT at link $k"
+    judge image new.qcow2 "pack --bmap-out, SIGINT at link $k"
+    cp old.bmap new.bmap
+    at $renames $k pack -f --bmap-out new.bmap src.raw new.qcow2
+    [ $rc = 0 ] || { cat err >&2; fail "pack -f --bmap-out: SIGINT at rename $k: exit $rc"; }
+    judge_bmap new.bmap "pack -f --bmap-out, SIGINT at rename $k" old.bmap
+    judge image new.qcow2 "pack -f --bmap-out, SIGINT at rename $k"
+  done
+  # Written in place: the image and a new bmap.
+  cp old.bin t.img
+  rm -f new.bmap
+  n=$(count $flushes pack -n --bmap-out new.bmap src.raw t.img)
+  for ((i = 1; i <= n; i++)); do
+    cp old.bin t.img
+    rm -f new.bmap
+    at $flushes $i pack -n --bmap-out new.bmap src.raw t.img
+    judge_bmap new.bmap "pack -n --bmap-out, SIGINT at flush $i of $n"
+    judge image t.img "pack -n --bmap-out, SIGINT at flush $i of $n" in-place
+  done
+fi
 
 # A block device (root and a loop device, else this part is skipped).
 [ "$(id -u)" = 0 ] && command -v losetup >/dev/null || exit 0
