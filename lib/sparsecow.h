@@ -315,9 +315,11 @@ extern struct sc_endpoint *sc_endpoint_open_nbd (const char *uri,
 /* The processes on this host that serve the NBD endpoint ep, into
  * pids (at most max): the server started for it, the peer of its Unix
  * socket and the holders of the socket it listens on, or the holders
- * of the server's end of a TCP connection.  Returns how many were
- * found: 0 for an endpoint that is no NBD connection, or a server that
- * cannot be seen from here (another host, another user's /proc).
+ * of the server's end of a TCP connection, in this network namespace
+ * or another one.  The search takes at most a few seconds, however
+ * many processes there are.  Returns how many were found: 0 for an
+ * endpoint that is no NBD connection, or a server that cannot be seen
+ * from here (another host, another user's /proc).
  */
 extern size_t sc_nbd_server_pids (struct sc_endpoint *ep, pid_t *pids,
                                   size_t max);
