@@ -29,6 +29,7 @@
 
 #include <pthread.h>
 #include <stdarg.h>
+#include <time.h>
 #include <stdio.h>
 #include <string.h>
 #include <fcntl.h>
@@ -59,6 +60,14 @@
 #define MAX_HEX_DIGEST_LEN (2 * SC_BMAP_MAX_DIGEST_LEN)
 /* Read requests of the checked source when it reads ahead by itself. */
 #define CATCH_UP_CHUNK (1024 * 1024)
+/* How long a read of the checked source waits for the bytes before it
+ * that no read holds yet (see checked_pread) before it reads them
+ * itself.  Without the wait, unpack --bmap of a 4 GiB image (1 GiB of
+ * data, deflate) with two workers read 1% to 9% of its data twice, as
+ * the worker that took a piece had not called yet when the next one
+ * got there.
+ */
+#define CATCH_UP_WAIT_NS (20 * 1000 * 1000)
 /* sc_bmap_create reads data extents with holes shorter than this
  * between them as one range, as pack reads whole 64 KiB clusters: over
  * NBD, 64 MiB of 512-byte data extents alternating with 512-byte holes
@@ -1693,11 +1702,24 @@ struct checked_ep {
   bool failed;
   char failure[512];
   unsigned char *scratch;       /* CATCH_UP_CHUNK bytes, when needed */
+  /* The reads under way (see checked_pread), and a broadcast whenever
+   * one begins or ends, pos moves or a mismatch is found.
+   */
+  struct reading *reading;
+  pthread_cond_t fed;
   pthread_mutex_t lock;
   /* bmap_checked_finish's reads, counted (bmap_checked_progress). */
   sc_progress_fn progress;
   void *progress_opaque;
   struct sc_progress prog;
+};
+
+/* A read of the inner endpoint under way, outside the lock: its bytes
+ * are hashed by its caller once read.
+ */
+struct reading {
+  uint64_t start, end;
+  struct reading *next;
 };
 
 static void
@@ -1786,24 +1808,102 @@ catch_up (struct checked_ep *c, uint64_t offset)
   return 0;
 }
 
+/* Where the first read under way that starts after pos starts, or
+ * UINT64_MAX; sets *at_pos if one holds the bytes at pos.
+ */
+static uint64_t
+next_reading (const struct checked_ep *c, bool *at_pos)
+{
+  uint64_t next = UINT64_MAX;
+
+  *at_pos = false;
+  for (const struct reading *r = c->reading; r; r = r->next) {
+    if (r->start <= c->pos && c->pos < r->end)
+      *at_pos = true;
+    else if (r->start > c->pos)
+      next = SC_MIN (next, r->start);
+  }
+  return next;
+}
+
+/* The ranges are hashed in order, but the source is read by every
+ * worker at once (a qcow2 image decompresses, an NBD export answers,
+ * in parallel): each read is made outside the lock, and its bytes are
+ * hashed once those before them are.  Bytes before it that another
+ * read under way holds are waited for.  Those that no read holds yet
+ * are waited for CATCH_UP_WAIT_NS, as the worker that took them may not
+ * have called yet, and then read here (the caller skipped them, or is
+ * slow: they are read twice then).  A read under way never waits for a
+ * later one, so one of them always goes on.
+ */
 static int
 checked_pread (struct sc_endpoint *ep, void *buf, size_t count,
                uint64_t offset)
 {
   struct checked_ep *c = (struct checked_ep *) ep;
-  int r = -1;
+  struct reading self = { offset, offset + count, NULL };
+  struct reading **p;
+  struct timespec until = { 0, 0 };
+  bool waiting = false, timed_out = false;
+  int r = -1, rr;
 
   pthread_mutex_lock (&c->lock);
   if (c->failed) {
     sc_set_error (EBADMSG, "%s", c->failure);
+    pthread_mutex_unlock (&c->lock);
+    return -1;
+  }
+  self.next = c->reading;
+  c->reading = &self;
+  /* A read waiting for these bytes need not read them. */
+  pthread_cond_broadcast (&c->fed);
+  pthread_mutex_unlock (&c->lock);
+
+  rr = sc_ep_pread (c->inner, buf, count, offset);
+
+  pthread_mutex_lock (&c->lock);
+  for (p = &c->reading; *p != &self; p = &(*p)->next)
+    ;
+  *p = self.next;
+  if (rr == -1)
+    goto out;
+  while (!c->failed && c->next < c->bmap->nb_ranges && c->pos < offset) {
+    bool at_pos;
+    uint64_t next = next_reading (c, &at_pos);
+
+    if (at_pos) {
+      waiting = timed_out = false;
+      pthread_cond_wait (&c->fed, &c->lock);
+      continue;
+    }
+    /* Reads taken one at a time, in order, have no one to wait for. */
+    if (!waiting && (ep->flags & SC_EP_THREAD_SAFE)) {
+      waiting = true;
+      clock_gettime (CLOCK_MONOTONIC, &until);
+      until.tv_nsec += CATCH_UP_WAIT_NS;
+      if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+      }
+    }
+    if (waiting && !timed_out) {
+      timed_out = pthread_cond_timedwait (&c->fed, &c->lock, &until)
+                  == ETIMEDOUT;
+      continue;
+    }
+    waiting = timed_out = false;
+    if (catch_up (c, SC_MIN (next, offset)) == -1)
+      goto out;
+  }
+  if (c->failed) {
+    sc_set_error (EBADMSG, "%s", c->failure);
     goto out;
   }
-  if (catch_up (c, offset) == -1
-      || sc_ep_pread (c->inner, buf, count, offset) == -1
-      || checked_feed (c, buf, offset, count) == -1)
+  if (checked_feed (c, buf, offset, count) == -1)
     goto out;
   r = 0;
  out:
+  pthread_cond_broadcast (&c->fed);
   pthread_mutex_unlock (&c->lock);
   return r;
 }
@@ -1864,6 +1964,7 @@ checked_close (struct sc_endpoint *ep)
 
   EVP_MD_CTX_free (c->ctx);
   free (c->scratch);
+  pthread_cond_destroy (&c->fed);
   pthread_mutex_destroy (&c->lock);
   sc_ep_free (ep);
   return 0;
@@ -1904,6 +2005,7 @@ bmap_checked_source (struct sc_endpoint *inner, const struct sc_bmap *bmap,
                      bool sector_tail)
 {
   struct checked_ep *c;
+  pthread_condattr_t attr;
 
   if ((inner->flags & SC_EP_STREAM) || !(inner->flags & SC_EP_SEEKABLE)) {
     sc_set_error (ESPIPE, "%s: a bmap is a map of a file, a device or an "
@@ -1934,12 +2036,18 @@ bmap_checked_source (struct sc_endpoint *inner, const struct sc_bmap *bmap,
     return NULL;
   }
   pthread_mutex_init (&c->lock, NULL);
+  pthread_condattr_init (&attr);
+  pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
+  pthread_cond_init (&c->fed, &attr);
+  pthread_condattr_destroy (&attr);
   c->inner = inner;
   c->bmap = bmap;
   c->ep.size = bmap->image_size;
   c->ep.block_size = inner->block_size;
   c->ep.max_request = inner->max_request;
-  c->ep.flags = inner->flags & (SC_EP_SEEKABLE | SC_EP_REMOTE);
+  /* Read by many workers at once where inner may be (checked_pread). */
+  c->ep.flags = inner->flags & (SC_EP_SEEKABLE | SC_EP_REMOTE
+                                | SC_EP_THREAD_SAFE);
   start_range (c);
   return &c->ep;
 }

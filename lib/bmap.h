@@ -92,7 +92,9 @@ extern void bmap_builder_free (struct bmap_builder *b);
  * of 512 bytes when the bytes past the image size read as zero (a qcow2
  * image's virtual size is whole sectors, the raw file it was packed
  * from need not be): the endpoint then has the bmap's image size.
- * Reads are taken one at a time, in order (no SC_EP_THREAD_SAFE).
+ * Reads may run at once where inner's may (SC_EP_THREAD_SAFE): the
+ * ranges are still hashed in order, and the first range out of sync by
+ * offset is the one reported.
  */
 extern struct sc_endpoint *bmap_checked_source (struct sc_endpoint *inner,
                                                 const struct sc_bmap *bmap,

@@ -201,6 +201,17 @@ done
 # unpack --bmap: the guest's mapped blocks, the rest holes.
 sparsecow unpack -q --bmap "$tmp/bt.bmap" "$tmp/m.qcow2" "$tmp/u.raw"
 cmp "$raw" "$tmp/u.raw" || fail "unpack --bmap differs"
+# Read by many workers at once (the 5 MiB range in several pieces, some
+# of them compressed): each range is still checked whole.
+sparsecow pack -q -c --map=bmap:"$tmp/bt.bmap" "$raw" "$tmp/mc.qcow2"
+qemu-img compare -q "$raw" "$tmp/mc.qcow2" || fail "pack -c --map=bmap: image differs"
+for j in 1 3 8; do
+  rm -f "$tmp/u.raw" "$tmp/m3.qcow2"
+  sparsecow unpack -q -j $j --bmap "$tmp/bt.bmap" "$tmp/mc.qcow2" "$tmp/u.raw"
+  cmp "$raw" "$tmp/u.raw" || fail "unpack -j $j --bmap differs"
+  sparsecow pack -q -j $j --map=bmap:"$tmp/bt.bmap" "$raw" "$tmp/m3.qcow2"
+  qemu-img compare -q "$raw" "$tmp/m3.qcow2" || fail "pack -j $j --map=bmap: image differs"
+done
 
 # Data the bmap does not map is not unpacked, and --verify reads back
 # what the bmap maps.
@@ -278,6 +289,21 @@ expect_fail "changed.raw and .*bt.bmap are out of sync at offset $range_start\b"
 sparsecow pack -q "$changed" "$tmp/changed.qcow2"
 expect_fail "changed.qcow2 and .*bt.bmap are out of sync at offset $range_start\b" \
   sparsecow unpack --bmap "$tmp/bt.bmap" "$tmp/changed.qcow2" "$tmp/bad.raw"
+# Out of sync in two ranges (the 5 MiB one and the last): the first
+# by offset is named, whichever worker reads which.
+cp --sparse=always "$changed" "$tmp/changed2.raw"
+byte2=$(( 96 * 1024 * 1024 + 100 ))
+printf '\x00' | dd of="$tmp/changed2.raw" bs=1 seek=$byte2 conv=notrunc status=none
+cmp -s "$raw" "$tmp/changed2.raw" -i $byte2:$byte2 -n 1 &&
+  printf '\x01' | dd of="$tmp/changed2.raw" bs=1 seek=$byte2 conv=notrunc status=none
+cmp -s "$raw" "$tmp/changed2.raw" -i $byte2:$byte2 -n 1 && fail "the last range did not change"
+sparsecow pack -q -c "$tmp/changed2.raw" "$tmp/changed2.qcow2"
+for j in 1 3 8; do
+  expect_fail "changed2.raw and .*bt.bmap are out of sync at offset $range_start\b" \
+    sparsecow pack -j $j --map=bmap:"$tmp/bt.bmap" "$tmp/changed2.raw" "$tmp/bad.qcow2"
+  expect_fail "changed2.qcow2 and .*bt.bmap are out of sync at offset $range_start\b" \
+    sparsecow unpack -j $j --bmap "$tmp/bt.bmap" "$tmp/changed2.qcow2" "$tmp/bad.raw"
+done
 [ ! -e "$tmp/bad.qcow2" ] && [ ! -e "$tmp/bad.raw" ] || fail "a target was left by a failed command"
 ls -a "$tmp" | grep -q sparsecow- && fail "a temporary file was left behind" || :
 
