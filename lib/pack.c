@@ -30,6 +30,7 @@
 #include <config.h>
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -109,6 +110,11 @@ struct pack {
   uint32_t digest_block;
   size_t digest_out;
   struct sc_digest dg;
+  /* Or hashed beside the scan and the copy, by a pipeline of its own
+   * (see aside_start), when the scan would not read the data: into dg
+   * too, and stored in the header once the copy is done.
+   */
+  struct aside *aside;
   /* Where scan_emit leaves, in the piece's scratch, the place in the
    * data area of each of its clusters, for scan_finish.
    */
@@ -253,6 +259,15 @@ sparse_clusters (const struct pack *pk, const struct sc_piece *piece,
   }
 }
 
+/* Whether the scan's workers hash the data for the digest (else it is
+ * hashed beside the copy, see aside_start, or not at all).
+ */
+static bool
+scan_hashes (const struct pack *pk)
+{
+  return pk->digest && pk->aside == NULL;
+}
+
 static int
 scan_work (struct sc_piece *piece, void *opaque)
 {
@@ -275,7 +290,7 @@ scan_work (struct sc_piece *piece, void *opaque)
     return 0;
   if (by_runs)
     sparse_clusters (pk, piece, stored, n);
-  if (pk->digest) {
+  if (scan_hashes (pk)) {
     /* A stream's virtual size is known only at its end, which is in
      * the piece that is cut short: its length, rounded up to a sector
      * as the virtual size is, is where the content ends.
@@ -296,7 +311,7 @@ scan_work (struct sc_piece *piece, void *opaque)
      */
     if (by_runs && !stored[i])
       codes[i] = CLUSTER_ZERO;
-    else if (!by_runs && opts->detect_zeroes && pk->digest
+    else if (!by_runs && opts->detect_zeroes && scan_hashes (pk)
              && pk->digest_block == cs && opts->codec == SC_CODEC_NONE)
       codes[i] = blocks[i].zero ? CLUSTER_ZERO : CLUSTER_RAW;
     else if (!by_runs && opts->detect_zeroes && sc_is_zero (c, cs))
@@ -440,7 +455,7 @@ scan_emit (struct sc_piece *piece, void *opaque)
    * piece of a stream, whose blocks go on to the cluster's end as
    * scan_work's do; digest blocks divide clusters.
    */
-  if (pk->digest) {
+  if (scan_hashes (pk)) {
     if (piece->flags != 0)
       sc_digest_add_zero (&pk->dg, n * cs / pk->digest_block);
     else if (sc_digest_add (&pk->dg, (const struct sc_digest_block *)
@@ -832,10 +847,10 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
   uint64_t cs = pk->cluster_size;
 
   /* A block map needs every byte of the data read, once, in order,
-   * and the digest needs every byte hashed by the workers: only the
-   * pipeline does that.
+   * and the digest, unless it is hashed beside (aside_start), needs
+   * every byte hashed by the workers: only the pipeline does that.
    */
-  if (pk->bmap || pk->digest)
+  if (pk->bmap || scan_hashes (pk))
     return scan_pipeline (pk, extents);
 
   /* Probing needs a source that can tell what is in memory (a regular
@@ -887,6 +902,188 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
     return 0;
   }
   return scan_pipeline (pk, extents);
+}
+
+/* ---- the digest beside the copy ------------------------------------------ */
+
+/* Uncompressed from a regular file, the scan reads only a few KiB of a
+ * cluster that is not zero (scan_probing) and phase 2 copies the data
+ * inside the kernel, so the time of such a pack is mostly the target's
+ * writeback, the CPUs idle.  Hashing every byte in the scan instead
+ * made it wait for all of the data to be read into the workers'
+ * buffers first (SHA-256 runs at about 2 GB/s per core).  So the
+ * digest is computed beside the scan and the copy, by a pipeline of its
+ * own on its own thread, reading the source's data extents (holes cost
+ * nothing, as in the scan) from the page cache that the scan and the
+ * copy fill as well.  The copy writes the header with a digest of
+ * zeros in the extension's place; once the copy is flushed and the
+ * hashing done, the header is written again with the digest, before
+ * the target is committed or its magic written, and the image is the
+ * one a pack without the digest writes but for the extension.
+ */
+struct aside {
+  struct pack *pk;
+  const struct sc_extent_list *extents;
+  uint64_t limit;               /* the virtual size */
+  pthread_t thread;
+  bool stop;                    /* the pack failed: stop (atomic) */
+  int ret;                      /* of the pipeline, once joined */
+  int err;
+  char msg[512];
+};
+
+static int
+aside_work (struct sc_piece *piece, void *opaque)
+{
+  struct aside *a = opaque;
+  const struct pack *pk = a->pk;
+
+  if (__atomic_load_n (&a->stop, __ATOMIC_RELAXED)) {
+    sc_set_error (ECANCELED, "digest: the pack stopped");
+    return -1;
+  }
+  /* Data pieces begin and end on cluster boundaries (cluster_extents),
+   * which digest blocks divide.
+   */
+  return sc_digest_blocks (pk->digest_block, piece->buf, piece->offset,
+                           (size_t) piece->length, a->limit, piece->out);
+}
+
+static int
+aside_emit (struct sc_piece *piece, void *opaque)
+{
+  struct aside *a = opaque;
+  struct pack *pk = a->pk;
+  uint64_t n = piece->length / pk->digest_block;
+
+  if (piece->flags != 0)
+    sc_digest_add_zero (&pk->dg, n);
+  else if (sc_digest_add (&pk->dg, piece->out, (size_t) n) == -1)
+    return -1;
+  return 0;
+}
+
+static void *
+aside_thread (void *arg)
+{
+  struct aside *a = arg;
+  const struct pack *pk = a->pk;
+  struct sc_pipeline pl = {
+    .src = pk->src,
+    .extents = a->extents,
+    .request_size = pk->request_size,
+    .threads = pk->opts->threads,
+    .out_size = (pk->request_size / pk->digest_block)
+                * sizeof (struct sc_digest_block),
+    .work = aside_work,
+    .emit = aside_emit,
+    .opaque = a,
+  };
+
+  a->ret = sc_pipeline_run (&pl);
+  /* The error lives in this thread: kept for the one that joins it. */
+  if (a->ret == -1) {
+    a->err = sc_error_errno ();
+    snprintf (a->msg, sizeof a->msg, "%s", sc_error_message ());
+  }
+  return NULL;
+}
+
+/* Whether the digest is computed beside the copy: when the scan would
+ * not read every byte without it (an uncompressed pack of a regular
+ * file, with or without zero detection), and into a target whose header
+ * can be written again (seekable, not a stream).  Other sources are
+ * read whole in the scan anyway (devices, NBD, pipes), and so is the
+ * data of a compressed pack or one that makes a block map.
+ */
+static bool
+want_aside (const struct pack *pk, struct sc_endpoint *dst)
+{
+  const struct sc_pack_opts *opts = pk->opts;
+
+  return pk->digest && !pk->bmap && !pk->spill_all && pk->direct == NULL
+    && opts->bmap == NULL && opts->codec == SC_CODEC_NONE
+    && !(opts->detect_zeroes && opts->min_sparse)
+    && sc_ep_can_pread_nowait (pk->src) && sc_ep_local_fd (pk->src) >= 0
+    && (dst->flags & SC_EP_SEEKABLE) && !(dst->flags & SC_EP_STREAM);
+}
+
+/* Start hashing extents (alive until aside_join) beside the scan. */
+static int
+aside_start (struct pack *pk, const struct sc_extent_list *extents)
+{
+  struct aside *a = calloc (1, sizeof *a);
+  int r;
+
+  if (a == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  a->pk = pk;
+  a->extents = extents;
+  a->limit = pk->plan.h.size;
+  r = pthread_create (&a->thread, NULL, aside_thread, a);
+  if (r != 0) {
+    sc_set_error (r, "digest: cannot start a thread: %s", strerror (r));
+    free (a);
+    return -1;
+  }
+  pk->aside = a;
+  return 0;
+}
+
+/* Wait for the hashing to end (asked to stop at once when the pack has
+ * failed, ok false); 0, or -1 with its error set when ok.
+ */
+static int
+aside_join (struct pack *pk, bool ok)
+{
+  struct aside *a = pk->aside;
+  int r;
+
+  if (a == NULL)
+    return 0;
+  if (!ok)
+    __atomic_store_n (&a->stop, true, __ATOMIC_RELAXED);
+  pthread_join (a->thread, NULL);
+  pk->aside = NULL;
+  r = a->ret;
+  if (r == -1 && ok)
+    sc_set_error (a->err, "%s", a->msg);
+  free (a);
+  return r;
+}
+
+/* The hashing done, the digest goes into the header the copy wrote.
+ * The header and its extensions fit the smallest cluster, so the
+ * first block of the image is all that changes; it was written whole.
+ */
+static int
+aside_finish (struct pack *pk, struct sc_endpoint *dst)
+{
+  uint64_t cs = pk->cluster_size;
+  size_t len = (size_t) SC_MIN (cs, (uint64_t) HOLE_BLOCK_SIZE);
+  unsigned char sha[SC_DIGEST_LEN];
+  CLEANUP_FREE unsigned char *buf = NULL;
+
+  if (aside_join (pk, true) == -1) {
+    sc_error_name (pk->src->name);
+    return -1;
+  }
+  buf = malloc (cs);
+  if (buf == NULL) {
+    sc_set_error (errno, "out of memory");
+    return -1;
+  }
+  if (sc_digest_final (&pk->dg, pk->plan.h.size, sha) == -1
+      || qcow2_plan_set_digest (&pk->plan, pk->digest_block, sha) == -1
+      || qcow2_plan_metadata (&pk->plan, 0, buf) == -1
+      || sc_ep_pwrite (dst, buf, len, 0) == -1
+      || sc_ep_flush (dst) == -1) {
+    sc_error_name (dst->name);
+    return -1;
+  }
+  return 0;
 }
 
 /* ---- a stream target's last cluster ---------------------------------- */
@@ -1403,6 +1600,8 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     if (pk.spill_fd == -1)
       goto out;
   }
+  if (want_aside (&pk, dst) && aside_start (&pk, &extents) == -1)
+    goto out;
   if (scan (&pk, &extents) == -1)
     goto out;
   /* The scan read all of the source's data (a stream's size is known
@@ -1422,9 +1621,12 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
     goto out;
   }
   if (pk.digest) {
-    unsigned char sha[SC_DIGEST_LEN];
+    unsigned char sha[SC_DIGEST_LEN] = { 0 };
 
-    if (sc_digest_final (&pk.dg, pk.plan.h.size, sha) == -1
+    /* Hashed beside the copy, the digest is known after it: zeros
+     * hold its place in the header until then (aside_finish).
+     */
+    if ((!pk.aside && sc_digest_final (&pk.dg, pk.plan.h.size, sha) == -1)
         || qcow2_plan_set_digest (&pk.plan, pk.digest_block, sha) == -1) {
       sc_error_name (target);
       goto out;
@@ -1458,6 +1660,9 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   if ((pk.direct ? write_metadata (&pk, dst)
                  : write_image (&pk, tail ? tail : dst)) == -1)
     goto out;
+  /* Before the source is found unchanged: the hashing read it too. */
+  if (pk.aside && aside_finish (&pk, dst) == -1)
+    goto out;
   /* Ranges that no read reached (clusters the image does not store)
    * are read and checked now.
    */
@@ -1486,6 +1691,7 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
   ret = 0;
 
  out:
+  aside_join (&pk, false);
   if (tail)
     sc_ep_close (tail);
   if (pk.spill_fd >= 0)

@@ -731,11 +731,12 @@ struct sc_pack_opts {
   bool refuse_images;
   /* Store a digest of the guest content in a header extension, for
    * sc_verify_digest (default false; version 3 images only, a version 2
-   * image gets none).  Every byte of data is read and hashed in the
-   * scan, on the worker threads: a few percent of the time of a
-   * compressed pack, but about as much again as an uncompressed pack
-   * of a file, whose data is otherwise copied inside the kernel
-   * unread.  The definition is in sparsecow(1), DIGEST.
+   * image gets none).  Every byte of data is read and hashed: in the
+   * scan, on the worker threads, a few percent of the time of a
+   * compressed pack; uncompressed from a regular file into a seekable
+   * target, beside the copy, whose data still goes inside the kernel,
+   * and stored in the header after it.  The definition is in
+   * sparsecow(1), DIGEST.
    */
   bool digest;
   /* Progress counts the source bytes scanned and then the bytes of

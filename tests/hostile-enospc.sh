@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A full file system under the target: pack and unpack, compressed and
+# A full file system under the target: pack (compressed or not, and with
+# the digest hashed beside the copy) and unpack, compressed and
 # not, to a file and to standard output redirected into a file, on a
 # small tmpfs and on a small ext4 on a loop device.  Each run fails with
 # "No space left on device" naming the target, leaves no file behind
@@ -44,7 +45,7 @@ rmdir ext4/lost+found 2>/dev/null || :
 contents () { ls -A "$1" | grep -v '^lost+found$' | tr '\n' ' '; }
 
 for fs in tmpfs ext4; do
-  for op in "pack" "pack -c" "unpack" "unpack "; do
+  for op in "pack" "pack -c" "pack --digest" "unpack" "unpack "; do
     # "unpack " (with a space) unpacks the compressed image.
     case $op in
       pack*) src=src.raw; out=$fs/out.qcow2 ;;

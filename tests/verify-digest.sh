@@ -5,7 +5,9 @@
 # raw output, qemu-img check and info on images that hold it, one
 # flipped byte in a data cluster (at the host offset qemu-img map
 # gives), and images that qemu-io and qemu-img amend opened for writing,
-# which verify must call stale.
+# which verify must call stale.  Uncompressed images with the digest
+# (hashed beside the copy) are those without it but for the extension:
+# cmp and the file's SEEK_DATA map.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
 requires qemu-img qemu-io qemu-nbd python3
@@ -104,6 +106,92 @@ check_digest nbd.qcow2
 : >empty.raw
 sparsecow pack -q --digest empty.raw empty.qcow2
 check_digest empty.qcow2
+
+# Uncompressed from a file, the digest is hashed beside the copy and
+# stored in the header after it: the image is the one packed without
+# the digest, byte for byte and hole for hole, but for the extension
+# and its autoclear bit.  strip_digest removes both as the
+# specification frames them (the extension is the last one), and the
+# kernel's SEEK_DATA map gives the holes.
+strip_digest () {               # IMAGE: in place
+  python3 - "$1" <<'EOF2'
+import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    h = bytearray(f.read(512))
+    pos, = struct.unpack(">I", h[100:104])
+    while True:
+        t, n = struct.unpack(">II", h[pos:pos + 8])
+        assert t != 0, "no digest extension"
+        if t == 0x1e3d81fc:
+            break
+        pos += 8 + (n + 7) // 8 * 8
+    assert not any(h[pos + 56:]), "an extension after the digest"
+    h[pos:pos + 56] = bytes(56)
+    autoclear, = struct.unpack(">Q", h[88:96])
+    h[88:96] = struct.pack(">Q", autoclear & ~(1 << 63))
+    f.seek(0)
+    f.write(h)
+EOF2
+}
+data_map () {                   # FILE: its data ranges, by SEEK_DATA
+  python3 - "$1" <<'EOF2'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+end, pos = os.fstat(fd).st_size, 0
+while pos < end:
+    try:
+        pos = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError:
+        break
+    hole = os.lseek(fd, pos, os.SEEK_HOLE)
+    print(pos, hole)
+    pos = hole
+EOF2
+}
+# Drop FILE's pages from the page cache from byte START on, so that the
+# scan finds them not in memory there.
+uncache () {                    # FILE START
+  python3 -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.fsync(fd)
+os.posix_fadvise(fd, int(sys.argv[2]), 0, os.POSIX_FADV_DONTNEED)' "$1" "$2"
+}
+# same_but_digest IMAGE-WITH IMAGE-WITHOUT
+same_but_digest () {
+  check_digest "$1"
+  qemu-img compare -q -f raw -F qcow2 src.raw "$1" ||
+    fail "$1 differs from its source"
+  [ "$(header_digest "$2")" = none ] || fail "$2 holds a digest"
+  [ "$(data_map "$1")" = "$(data_map "$2")" ] ||
+    fail "$1 and $2 have different holes"
+  cp "$1" stripped.qcow2
+  strip_digest stripped.qcow2
+  cmp stripped.qcow2 "$2" ||
+    fail "$1 differs from $2 elsewhere than in the digest"
+}
+n=0
+for opts in "" "-S 0" "--cluster-size 4k" "--cluster-size 2M" \
+            "-o refcount_bits=1" uncached half-cached; do
+  n=$((n + 1))
+  case $opts in
+    uncached) uncache src.raw 0; opts= ;;
+    half-cached) uncache src.raw $((5 * MiB)); opts= ;;
+  esac
+  # shellcheck disable=SC2086
+  sparsecow pack -q --digest $opts src.raw "with-$n.qcow2"
+  # shellcheck disable=SC2086
+  sparsecow pack -q --no-digest $opts src.raw "without-$n.qcow2"
+  same_but_digest "with-$n.qcow2" "without-$n.qcow2"
+done
+# Into an existing file written in place, whose magic goes in last.
+head -c $((3 * MiB)) /dev/urandom >in-place-with.qcow2
+cp in-place-with.qcow2 in-place-without.qcow2
+sparsecow pack -q -n --digest src.raw in-place-with.qcow2
+sparsecow pack -q -n --no-digest src.raw in-place-without.qcow2
+same_but_digest in-place-with.qcow2 in-place-without.qcow2
+# One thread.
+sparsecow pack -q -j 1 --digest src.raw one.qcow2
+same_but_digest one.qcow2 without-1.qcow2
 
 # Opening read-only leaves the digest current.
 qemu-img info plain.qcow2 >/dev/null
