@@ -67,11 +67,26 @@
  */
 #define NAP_MAX_NS 320000
 
+/* A pipe is read through a pipe of the reader's own (the relay):
+ * splice(2) moves the writer's pages into it, which is quick, and the
+ * copy out of them into the buffer, which is not, is made from the
+ * relay.  Reading and writing a pipe take the same lock, and a read
+ * holds it for the whole copy: the writer of a pipe of zeros packed on
+ * the other CPU of two spent half of its time spinning on that lock
+ * (perf: mutex_spin_on_owner), 2.7 s of CPU for 8 GiB against 1.75 s
+ * on the reader's CPU.  Each splice moves at most what the relay holds
+ * (RELAY_SIZE, in pages of whatever the writer filled them with).
+ */
+#define RELAY_SIZE (1024 * 1024)
+#define RELAY_MIN_SIZE (64 * 1024)
+
 struct pipe_ep {
   struct sc_fd_endpoint base;
   /* Sources: the next offset to be read; targets: to be written. */
   uint64_t pos;
   bool eof;                     /* source: the end was read */
+  int relay[2];                 /* source: read and write ends, or -1 */
+  size_t relay_size;            /* source: bytes the relay holds */
   size_t nap_pipe;              /* source: the pipe's size if naps
                                    are taken (NAP_NS), else 0 */
   long nap_ns;                  /* source: the length of the next nap */
@@ -90,12 +105,92 @@ pipe_close (struct sc_endpoint *ep)
 
   if (p->lock_fd >= 0)
     close (p->lock_fd);
+  if (p->relay[0] >= 0) {
+    close (p->relay[0]);
+    close (p->relay[1]);
+  }
   free ((void *) p->zeros);
   pthread_mutex_destroy (&p->pos_lock);
   return sc_fd_ep_close (ep);
 }
 
 /* ---- sources -------------------------------------------------------------- */
+
+/* Close the relay: the stream is read directly from now on. */
+static void
+drop_relay (struct pipe_ep *p)
+{
+  close (p->relay[0]);
+  close (p->relay[1]);
+  p->relay[0] = p->relay[1] = -1;
+}
+
+/* read(2) on the stream, through the relay when there is one: what
+ * splice moved into it is read out whole before returning, so that the
+ * relay is empty between calls and nothing read is ever left in it.
+ */
+static ssize_t
+stream_read (struct pipe_ep *p, void *buf, size_t count)
+{
+  ssize_t n;
+  size_t out = 0;
+
+  if (p->relay[0] < 0)
+    return read (p->base.fd, buf, count);
+  n = splice (p->base.fd, NULL, p->relay[1], NULL,
+              SC_MIN (count, p->relay_size), 0);
+  if (n == -1 && errno == EINVAL) {
+    /* Not a pipe that splice takes from (nothing was moved): read. */
+    drop_relay (p);
+    return read (p->base.fd, buf, count);
+  }
+  if (n <= 0)
+    return n;
+  while (out < (size_t) n) {
+    ssize_t r = read (p->relay[0], (char *) buf + out, (size_t) n - out);
+
+    /* The bytes are in the relay: a signal cannot lose them. */
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r <= 0) {
+      if (r == 0)
+        errno = EIO;
+      return -1;
+    }
+    out += (size_t) r;
+  }
+  return n;
+}
+
+/* Give a pipe source its relay, if splice can feed one: a pipe of
+ * RELAY_SIZE bytes, or none (the stream is then read directly).
+ */
+static void
+make_relay (struct pipe_ep *p)
+{
+#ifdef F_SETPIPE_SZ
+  struct stat st;
+  int size;
+
+  if (fstat (p->base.fd, &st) == -1 || !S_ISFIFO (st.st_mode))
+    return;
+  if (pipe2 (p->relay, O_CLOEXEC) == -1) {
+    p->relay[0] = p->relay[1] = -1;
+    return;
+  }
+  /* A user over its pipe quota gets a pipe of a page or two, which
+   * would cut every read to that: the stream is read directly then.
+   */
+  size = fcntl (p->relay[1], F_SETPIPE_SZ, RELAY_SIZE);
+  if (size < RELAY_MIN_SIZE) {
+    drop_relay (p);
+    return;
+  }
+  p->relay_size = (size_t) size;
+#else
+  (void) p;
+#endif
+}
 
 static int
 pipe_read_some (struct sc_endpoint *ep, void *buf, size_t count,
@@ -106,6 +201,7 @@ pipe_read_some (struct sc_endpoint *ep, void *buf, size_t count,
   size_t done = 0;
   bool short_read = false, napped = false;
   size_t brought = 0;           /* by the last nap */
+  size_t want = 0;              /* asked of the last read */
   int rc = 0;
 
   pthread_mutex_lock (&p->pos_lock);
@@ -139,7 +235,10 @@ pipe_read_some (struct sc_endpoint *ep, void *buf, size_t count,
       else if (brought > p->nap_pipe / 2)
         p->nap_ns = SC_MAX (p->nap_ns / 2, (long) NAP_NS);
     }
-    r = read (p->base.fd, b + done, count - done);
+    want = count - done;
+    if (p->relay[0] >= 0)
+      want = SC_MIN (want, p->relay_size);
+    r = stream_read (p, b + done, want);
     /* A signal that asks to stop ends the wait for the writer. */
     if (r == -1 && errno == EINTR && sc_check_interrupt () == -1) {
       rc = -1;
@@ -157,8 +256,9 @@ pipe_read_some (struct sc_endpoint *ep, void *buf, size_t count,
       p->eof = true;
       break;
     }
+    /* A read through the relay asks for at most what it holds. */
+    short_read = (size_t) r < want;
     done += (size_t) r;
-    short_read = (size_t) r < count - (done - (size_t) r);
     /* What the nap brought is what the pipe held, or at least what
      * was read.
      */
@@ -374,6 +474,7 @@ new_pipe_ep (const struct sc_endpoint_ops *ops, int fd, bool own_fd,
   p->base.fd = fd;
   p->base.own_fd = own_fd;
   p->lock_fd = -1;
+  p->relay[0] = p->relay[1] = -1;
   pthread_mutex_init (&p->pos_lock, NULL);
   return p;
 }
@@ -387,6 +488,7 @@ sc_pipe_source_new (int fd, bool own_fd, const char *name)
     return NULL;
   p->base.ep.flags = SC_EP_STREAM;
   grow_pipe (fd);
+  make_relay (p);
 #ifdef F_GETPIPE_SZ
   {
     struct stat st;

@@ -58,3 +58,45 @@ for at in "$random" $((size - 1)) 0 $((64 * MiB - 1)) $((64 * MiB)) \
       fail "$what: packed from the pipe and from the file differ"
   done
 done
+
+# The writer's pipe is emptied with splice(2) into a pipe of sparsecow's
+# own, and the copy into memory made from there, so that the writer
+# does not wait on the pipe while every byte is copied.
+if command -v strace >/dev/null 2>&1; then
+  rm -f s.qcow2
+  # LeakSanitizer cannot run under ptrace.
+  cat src | ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
+    strace -f -qq -e trace=splice -o trace "$SPARSECOW" pack -q - s.qcow2 || fail "pack under strace failed"
+  grep -Eq '^[0-9]+ +splice\(0, NULL, [0-9]+, NULL, [0-9]+, 0\) = [1-9]' trace ||
+    fail "standard input was not moved with splice"
+  qemu-img compare -q src s.qcow2 || fail "spliced stream: image differs"
+else
+  echo "strace not found: splice of standard input not checked"
+fi
+
+# Writes of any size: pages the writer filled in many small writes,
+# and a last one it did not fill.
+printf '\x5a' | dd of=src bs=1 seek=$((5 * MiB + 3)) conv=notrunc status=none
+printf '\xa5' | dd of=src bs=1 seek=$((size - 2)) conv=notrunc status=none
+rm -f s.qcow2
+dd if=src bs=777 status=none | sparsecow pack -q - s.qcow2 ||
+  fail "pack from 777-byte writes failed"
+qemu-img compare -q src s.qcow2 || fail "777-byte writes: image differs"
+
+# A real file system through a pipe, as e2image -r writes it.
+if command -v e2image >/dev/null 2>&1 && command -v mke2fs >/dev/null 2>&1
+then
+  mkdir tree
+  head -c $((3 * MiB)) /dev/urandom > tree/a
+  cp src tree/b
+  printf 'small\n' > tree/c
+  truncate -s 256M fs.img
+  mke2fs -q -F -t ext4 -d tree fs.img
+  e2image -r fs.img fs.raw
+  rm -f s.qcow2
+  e2image -r fs.img - | sparsecow pack -q - s.qcow2 ||
+    fail "pack of e2image -r from a pipe failed"
+  qemu-img compare -q fs.raw s.qcow2 || fail "e2image -r: image differs"
+else
+  echo "e2image or mke2fs not found: file system stream not checked"
+fi
