@@ -113,11 +113,15 @@ check_digest empty.qcow2
 # and its autoclear bit.  strip_digest removes both as the
 # specification frames them (the extension is the last one), and the
 # kernel's SEEK_DATA map gives the holes.
-strip_digest () {               # IMAGE: in place
-  python3 - "$1" <<'EOF2'
+# digest_edit IMAGE strip | IMAGE patch FIELD-OFFSET HEX: remove the
+# digest extension (zeros in its place) and its autoclear bit, or write
+# HEX at FIELD-OFFSET of the extension's data.
+digest_edit () {
+  python3 - "$@" <<'EOF2'
 import struct, sys
-with open(sys.argv[1], "r+b") as f:
-    h = bytearray(f.read(512))
+path, mode = sys.argv[1], sys.argv[2]
+with open(path, "r+b") as f:
+    h = bytearray(f.read(65536))
     pos, = struct.unpack(">I", h[100:104])
     while True:
         t, n = struct.unpack(">II", h[pos:pos + 8])
@@ -125,29 +129,19 @@ with open(sys.argv[1], "r+b") as f:
         if t == 0x1e3d81fc:
             break
         pos += 8 + (n + 7) // 8 * 8
-    assert not any(h[pos + 56:]), "an extension after the digest"
+    if mode == "patch":
+        f.seek(pos + 8 + int(sys.argv[3]))
+        f.write(bytes.fromhex(sys.argv[4]))
+        sys.exit(0)
+    assert not any(h[pos + 56:512]), "an extension after the digest"
     h[pos:pos + 56] = bytes(56)
     autoclear, = struct.unpack(">Q", h[88:96])
     h[88:96] = struct.pack(">Q", autoclear & ~(1 << 63))
     f.seek(0)
-    f.write(h)
+    f.write(h[:512])
 EOF2
 }
-data_map () {                   # FILE: its data ranges, by SEEK_DATA
-  python3 - "$1" <<'EOF2'
-import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
-end, pos = os.fstat(fd).st_size, 0
-while pos < end:
-    try:
-        pos = os.lseek(fd, pos, os.SEEK_DATA)
-    except OSError:
-        break
-    hole = os.lseek(fd, pos, os.SEEK_HOLE)
-    print(pos, hole)
-    pos = hole
-EOF2
-}
+strip_digest () { digest_edit "$1" strip; }   # IMAGE: in place
 # Drop FILE's pages from the page cache from byte START on, so that the
 # scan finds them not in memory there.
 uncache () {                    # FILE START
@@ -217,23 +211,7 @@ grep -q mismatch <<<"$out" || fail "verify of a flipped byte says '$out'"
 
 # A damaged extension: an unknown kind is an error; a digest for
 # another virtual size, with the bit set, does not match.
-patch_digest () {               # IMAGE FIELD-OFFSET (in the extension data) HEX
-  python3 - "$@" <<'EOF2'
-import struct, sys
-path, field, value = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
-with open(path, "r+b") as f:
-    h = f.read(65536)
-    pos, = struct.unpack(">I", h[100:104])
-    while True:
-        t, n = struct.unpack(">II", h[pos:pos + 8])
-        assert t != 0, "no digest extension"
-        if t == 0x1e3d81fc:
-            break
-        pos += 8 + (n + 7) // 8 * 8
-    f.seek(pos + 8 + field)
-    f.write(value)
-EOF2
-}
+patch_digest () { digest_edit "$1" patch "$2" "$3"; }  # IMAGE FIELD-OFFSET HEX
 cp plain.qcow2 kind.qcow2
 patch_digest kind.qcow2 0 00000002
 rc=0; sparsecow verify kind.qcow2 2>err || rc=$?
