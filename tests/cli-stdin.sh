@@ -76,15 +76,20 @@ assert c["check-errors"] == 0 and c["allocated-clusters"] > 0, c' ||
 # stdin is named as qemu-img names /dev/stdin given as the image: the
 # "filename" of check and info, the "image:" line of info, the File
 # column of map (of an image and of a raw file).
-qemu-img check --output=json /dev/stdin <"$img" >"$tmp/q.json"
-sparsecow check --output=json - <"$img" >"$tmp/s.json"
-python3 - "$tmp/q.json" "$tmp/s.json" <<'PYEOF' || fail "check --output=json -: filename"
+# stdin_filename COMMAND: the JSON "filename" of qemu-img COMMAND
+# /dev/stdin and of sparsecow COMMAND -, both /dev/stdin.
+stdin_filename () {
+  qemu-img "$1" --output=json /dev/stdin <"$img" >"$tmp/q.json"
+  sparsecow "$1" --output=json - <"$img" >"$tmp/s.json"
+  python3 - "$tmp/q.json" "$tmp/s.json" <<'PYEOF' || fail "$1 --output=json -: filename"
 import json, sys
 q = json.load(open(sys.argv[1]))
 s = json.load(open(sys.argv[2]))
 assert q["filename"] == "/dev/stdin", "the oracle changed: %r" % q["filename"]
 assert s["filename"] == q["filename"], (s["filename"], q["filename"])
 PYEOF
+}
+stdin_filename check
 diff -u <(qemu-img map /dev/stdin <"$img") <(sparsecow map - <"$img") ||
   fail "map - < image: not qemu-img map /dev/stdin's table"
 diff -u <(qemu-img map -f raw /dev/stdin <"$tmp/ref.raw") \
@@ -95,14 +100,7 @@ grep -q "/dev/stdin$" <(qemu-img map /dev/stdin <"$img") ||
 diff -u <(qemu-img info /dev/stdin <"$img" | head -1) \
         <(sparsecow info - <"$img" | head -1) ||
   fail "info - < image: not qemu-img info /dev/stdin's image line"
-qemu-img info --output=json /dev/stdin <"$img" >"$tmp/q.json"
-sparsecow info --output=json - <"$img" >"$tmp/s.json"
-python3 - "$tmp/q.json" "$tmp/s.json" <<'PYEOF' || fail "info --output=json -: filename"
-import json, sys
-q = json.load(open(sys.argv[1]))
-s = json.load(open(sys.argv[2]))
-assert s["filename"] == q["filename"] == "/dev/stdin", (s["filename"], q["filename"])
-PYEOF
+stdin_filename info
 # verify's verdicts name it stdin, as the messages of every command do.
 sparsecow verify - "$tmp/ref.raw" <"$img" >"$tmp/out" ||
   fail "verify - < image failed"
