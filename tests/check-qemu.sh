@@ -110,7 +110,7 @@ done
 
 # An encrypted image: qemu needs the key to open it, we do not.
 if qemu-img create -q -f qcow2 --object secret,id=sec0,data=abc \
-     -o encrypt.format=luks,encrypt.key-secret=sec0 luks.qcow2 64M 2>/dev/null
+     -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.hash-alg=sha512 luks.qcow2 64M 2>/dev/null
 then
   qemu-img check --output=json --object secret,id=sec0,data=abc \
     --image-opts driver=qcow2,file.filename=luks.qcow2,encrypt.key-secret=sec0 \

@@ -180,7 +180,7 @@ expect_fail "sub/top-l1.qcow2: .*reserved bits" sparsecow unpack sub/over.qcow2 
 # shows with the same fields.
 for try in 1 2 3 4 5; do
   qemu-img create -q -f qcow2 --object secret,id=s0,data=pw \
-    -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
+    -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.hash-alg=sha512,encrypt.iter-time=10 \
     luks.qcow2 8M && break
   [ $try != 5 ] || fail "qemu-img cannot create a LUKS image (the test is wrong)"
   sleep 1

@@ -224,7 +224,7 @@ make_image disk.vhd vpc
 make_image fixed.vhd vpc -o subformat=fixed
 make_image disk.qed qed
 make_image disk.luks luks --object secret,id=sec0,data=sparsecow \
-  -o key-secret=sec0
+  -o key-secret=sec0,hash-alg=sha512
 for img in "${refused[@]}"; do
   case $img in
     *.vmdk) name=vmdk ;;

@@ -358,7 +358,7 @@ sparsecow map --json deep65.qcow2 > /dev/null || fail "65 backing files refused"
 
 # Encryption is shown by info (tests/cli-info-json.sh compares it with
 # qemu-img info), and the data is refused, not misread.
-if qemu-img create -q -f qcow2 -o encrypt.format=luks,encrypt.key-secret=sec0 \
+if qemu-img create -q -f qcow2 -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.hash-alg=sha512 \
      --object secret,id=sec0,data=abc enc.qcow2 1M 2>/dev/null; then
   sparsecow info enc.qcow2 | grep -q "^encrypted: yes$" ||
     fail "info does not show enc.qcow2 as encrypted"
