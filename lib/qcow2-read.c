@@ -2375,7 +2375,10 @@ sc_qcow2_get_info (struct sc_qcow2 *q, struct sc_qcow2_info *info)
       struct sc_backing_info *b = &info->chain[i - 1];
       if ((b->filename = xstrdup (q->layers[i].filename)) == NULL
           || (b->format = xstrdup (q->layers[i].raw ? "raw" : "qcow2"))
-          == NULL)
+          == NULL
+          || (q->layers[i].data_filename
+              && (b->data_file = xstrdup (q->layers[i].data_filename))
+              == NULL))
         goto err;
     }
   }
@@ -2421,6 +2424,7 @@ sc_qcow2_info_free (struct sc_qcow2_info *info)
   for (size_t i = 0; i < info->chain_len; i++) {
     free (info->chain[i].filename);
     free (info->chain[i].format);
+    free (info->chain[i].data_file);
   }
   free (info->chain);
   free_snapshots (info->snapshots, info->nb_snapshots);
@@ -2433,7 +2437,7 @@ sc_qcow2_info_free (struct sc_qcow2_info *info)
 /* Append one file to info's chain. */
 static int
 chain_append (struct sc_qcow2_info *info, const char *filename,
-              const char *format)
+              const char *format, const char *data_file)
 {
   struct sc_backing_info *c;
 
@@ -2446,9 +2450,12 @@ chain_append (struct sc_qcow2_info *info, const char *filename,
   c = &info->chain[info->chain_len];
   c->filename = xstrdup (filename);
   c->format = xstrdup (format);
-  if (c->filename == NULL || c->format == NULL) {
+  c->data_file = data_file ? xstrdup (data_file) : NULL;
+  if (c->filename == NULL || c->format == NULL
+      || (data_file && c->data_file == NULL)) {
     free (c->filename);
     free (c->format);
+    free (c->data_file);
     return -1;
   }
   info->chain_len++;
@@ -2504,9 +2511,10 @@ inspect_backing (const struct sc_endpoint *top, const char *image,
       r = sc_qcow2_get_info (q, &b);
       sc_qcow2_close (q);
       if (r == 0) {
-        r = chain_append (info, file, "qcow2");
+        r = chain_append (info, file, "qcow2", NULL);
         for (size_t i = 0; r == 0 && i < b.chain_len; i++)
-          r = chain_append (info, b.chain[i].filename, b.chain[i].format);
+          r = chain_append (info, b.chain[i].filename, b.chain[i].format,
+                            b.chain[i].data_file);
         info->backing_error = b.backing_error;
         b.backing_error = NULL;
         sc_qcow2_info_free (&b);
@@ -2516,7 +2524,7 @@ inspect_backing (const struct sc_endpoint *top, const char *image,
   }
   else if (is_qcow2 == 0 && !(h->backing_format
                               && strcmp (h->backing_format, "raw")))
-    return chain_append (info, file, "raw");
+    return chain_append (info, file, "raw", NULL);
   else if (is_qcow2 != -1) {
     if (h->backing_format && strcmp (h->backing_format, "raw")
         && strcmp (h->backing_format, "qcow2"))
@@ -2589,9 +2597,10 @@ inspect_damaged_backing (const char *file,
   o.snapshot = NULL;
   if (sc_qcow2_inspect (file, NULL, &o, &b) == -1)
     return 0;
-  r = chain_append (info, file, "qcow2");
+  r = chain_append (info, file, "qcow2", NULL);
   for (size_t i = 0; r == 0 && i < b.chain_len; i++)
-    r = chain_append (info, b.chain[i].filename, b.chain[i].format);
+    r = chain_append (info, b.chain[i].filename, b.chain[i].format,
+                            b.chain[i].data_file);
   if (r == 0) {
     free (info->backing_error);
     info->backing_error = b.backing_error;

@@ -631,6 +631,8 @@ struct sc_luks_info {
 struct sc_backing_info {
   char *filename;               /* as resolved */
   char *format;                 /* "qcow2", "raw", or NULL if unknown */
+  char *data_file;              /* its external data file, as resolved, or
+                                 * NULL (none, or not known) */
 };
 
 struct sc_qcow2_info {

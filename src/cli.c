@@ -966,6 +966,17 @@ cli_check_progress (const char *command, const struct cli_common *common,
                      "same file)", arg, fd);
 }
 
+/* Is the file or device s the one progress goes to (a)? */
+static bool
+progress_into (const struct stat *a, const struct stat *b)
+{
+  /* A file, or a device that a descriptor was opened on. */
+  return (S_ISREG (a->st_mode) && S_ISREG (b->st_mode)
+          && a->st_dev == b->st_dev && a->st_ino == b->st_ino)
+         || (S_ISBLK (a->st_mode) && S_ISBLK (b->st_mode)
+             && a->st_rdev == b->st_rdev);
+}
+
 void
 cli_check_progress_not (const char *command, const struct cli_common *common,
                         const char *name)
@@ -977,13 +988,53 @@ cli_check_progress_not (const char *command, const struct cli_common *common,
       || sc_is_nbd_uri (name) || fstat (fd, &a) == -1
       || stat (name, &b) == -1)
     return;
-  /* A file, or a device that a descriptor was opened on. */
-  if ((S_ISREG (a.st_mode) && S_ISREG (b.st_mode)
-       && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
-      || (S_ISBLK (a.st_mode) && S_ISBLK (b.st_mode)
-          && a.st_rdev == b.st_rdev))
+  if (progress_into (&a, &b))
     cli_usage_error (command, "progress (on descriptor %d) would be written "
                      "into %s", fd, name);
+}
+
+static bool chain_any (const char *source,
+                       bool (*fn) (const char *what, const char *path,
+                                   const struct stat *s, void *arg),
+                       void *arg);
+
+struct progress_arg {
+  const char *command;
+  const char *image;
+  int fd;
+  struct stat a;
+};
+
+static bool
+progress_into_cb (const char *what, const char *path, const struct stat *s,
+                  void *arg)
+{
+  struct progress_arg *p = arg;
+
+  if (progress_into (&p->a, s))
+    cli_usage_error (p->command, "progress (on descriptor %d) would be "
+                     "written into %s, the %s of %s", p->fd, path, what,
+                     p->image);
+  return false;
+}
+
+void
+cli_check_progress_image (const char *command,
+                          const struct cli_common *common, const char *name)
+{
+  struct progress_arg p = { command, name, 0, { 0 } };
+  struct stat b;
+
+  cli_check_progress_not (command, common, name);
+  p.fd = common->progress_fd ? common->progress_fd : STDERR_FILENO;
+  if (!common->progress_json || strcmp (name, "-") == 0
+      || sc_is_nbd_uri (name) || fstat (p.fd, &p.a) == -1
+      || !(S_ISREG (p.a.st_mode) || S_ISBLK (p.a.st_mode))
+      || stat (name, &b) == -1
+      || !(S_ISREG (b.st_mode) || S_ISBLK (b.st_mode))
+      || sc_is_qcow2 (name) != 1)
+    return;
+  chain_any (name, progress_into_cb, &p);
 }
 
 /* Once a target is written in place, the first SIGINT, SIGTERM or
@@ -1227,15 +1278,19 @@ target_is (const char *what, const char *input, const struct stat *s,
   return true;
 }
 
-/* The other files a qcow2 source reads: its backing chain and its
- * external data file.  A source that does not open as a qcow2 image
- * has none here (opening it for real reports why).
+/* The other files a qcow2 source reads: its backing chain and the
+ * external data files of its images.  Calls fn on each that exists
+ * (what says which it is) until fn returns true, and returns that.  A
+ * source that does not open as a qcow2 image has none here (opening it
+ * for real reports why).
  */
 static bool
-target_in_chain (const char *source, const char *target,
-                 const struct stat *t)
+chain_any (const char *source,
+           bool (*fn) (const char *what, const char *path,
+                       const struct stat *s, void *arg), void *arg)
 {
   struct sc_qcow2_open_opts qo = { .backing_optional = true,
+                                   .allow_corrupt = true,
                                    .force_share = true };
   struct sc_qcow2_info info;
   struct sc_qcow2 *q;
@@ -1249,18 +1304,45 @@ target_in_chain (const char *source, const char *target,
     sc_qcow2_close (q);
     return false;
   }
-  for (size_t i = 0; i < info.chain_len && !r; i++)
+  for (size_t i = 0; i < info.chain_len && !r; i++) {
     r = stat (info.chain[i].filename, &s) == 0
-        && target_is ("backing file", info.chain[i].filename, &s, target, t);
+        && fn ("backing file", info.chain[i].filename, &s, arg);
+    if (!r && info.chain[i].data_file)
+      r = stat (info.chain[i].data_file, &s) == 0
+          && fn ("external data file", info.chain[i].data_file, &s, arg);
+  }
   /* The data file's name as the reader opens it: as stored, a
    * relative one from the current directory.
    */
   if (!r && info.data_file)
     r = stat (info.data_file, &s) == 0
-        && target_is ("external data file", info.data_file, &s, target, t);
+        && fn ("external data file", info.data_file, &s, arg);
   sc_qcow2_info_free (&info);
   sc_qcow2_close (q);
   return r;
+}
+
+struct target_arg {
+  const char *target;
+  const struct stat *t;
+};
+
+static bool
+target_is_cb (const char *what, const char *path, const struct stat *s,
+              void *arg)
+{
+  struct target_arg *a = arg;
+
+  return target_is (what, path, s, a->target, a->t);
+}
+
+static bool
+target_in_chain (const char *source, const char *target,
+                 const struct stat *t)
+{
+  struct target_arg a = { target, t };
+
+  return chain_any (source, target_is_cb, &a);
 }
 
 /* The first mount point of the block device dev or of a partition of

@@ -258,6 +258,12 @@ extern void cli_check_progress (const char *command,
 extern void cli_check_progress_not (const char *command,
                                     const struct cli_common *common,
                                     const char *name);
+/* The same for an image the command reads, and for every other file it
+ * reads through it: its backing chain and external data files.
+ */
+extern void cli_check_progress_image (const char *command,
+                                      const struct cli_common *common,
+                                      const char *name);
 
 /* A progress callback for the library, set up from common options:
  * a bar on stderr when it is a terminal (-p), or JSON lines on stderr

@@ -106,7 +106,7 @@ cmd_bmap (int argc, char **argv)
   qopts.force_share = common.force_share;
   cli_check_progress ("bmap", &common, strcmp (out.name, "-") == 0,
                       strcmp (op.name, "-") == 0);
-  cli_check_progress_not ("bmap", &common, op.name);
+  cli_check_progress_image ("bmap", &common, op.name);
   cli_check_progress_not ("bmap", &common, out.name);
   cli_check_bmap_output ("bmap", "-o", out.name);
   if (strcmp (out.name, "-") != 0 && cli_target_is_source (&op, out.name))

@@ -749,7 +749,7 @@ cmd_pack (int argc, char **argv)
     return EXIT_ERROR;
   cli_check_progress ("pack", &common, strcmp (target, "-") == 0,
                       strcmp (source, "-") == 0);
-  cli_check_progress_not ("pack", &common, source);
+  cli_check_progress_image ("pack", &common, source);
   cli_check_progress_not ("pack", &common, target);
   if (strcmp (target, "-") == 0) {
     if (isatty (STDOUT_FILENO)) {

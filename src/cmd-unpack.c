@@ -354,7 +354,7 @@ cmd_unpack (int argc, char **argv)
       to_stdout |= strcmp (targets[i].name, "-") == 0;
     cli_check_progress ("unpack", &common, to_stdout,
                         strcmp (image, "-") == 0);
-    cli_check_progress_not ("unpack", &common, image);
+    cli_check_progress_image ("unpack", &common, image);
     for (int i = 0; i < ntargets; i++)
       cli_check_progress_not ("unpack", &common, targets[i].name);
   }

@@ -310,7 +310,7 @@ cmd_verify (int argc, char **argv)
       from_stdin |= !ops[i].nbd && strcmp (ops[i].name, "-") == 0;
     cli_check_progress ("verify", &common, false, from_stdin);
     for (int i = 0; i < (n == 1 ? 1 : 2); i++)
-      cli_check_progress_not ("verify", &common, ops[i].name);
+      cli_check_progress_image ("verify", &common, ops[i].name);
   }
   opts.threads = common.threads;
   opts.progress = cli_progress_fn (&common, &opts.progress_opaque);

@@ -144,3 +144,28 @@ expect_fail "would be written into .*a2.qcow2" sparsecow unpack \
   --progress=fd:3 "$tmp/a2.qcow2" "$tmp/u2.raw" 3>>"$tmp/a2.qcow2"
 cmp "$tmp/a.qcow2" "$tmp/a2.qcow2" || fail "progress was written into the image"
 [ "$(md5sum <"$tmp/s2.raw")" = "$sum" ] || fail "progress was written into the source"
+# Nor onto another file of an image: a backing file (raw or qcow2) or an
+# external data file, at any depth of the chain, for every command that
+# reads an image.  qemu-img tells whether the guest content changed.
+mkdir "$tmp/ch"
+head -c $MiB /dev/urandom >"$tmp/ch/rb.raw"
+qemu-img create -q -f qcow2 -o data_file="$tmp/ch/mid.data" \
+  "$tmp/ch/mid.qcow2" 2M
+qemu-io -f qcow2 -c "write -P 0x5a 1M 64k" "$tmp/ch/mid.qcow2" >/dev/null
+qemu-img rebase -q -u -b rb.raw -F raw "$tmp/ch/mid.qcow2"
+qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 "$tmp/ch/top.qcow2"
+qemu-img convert -O raw "$tmp/ch/top.qcow2" "$tmp/ch/guest.raw"
+for f in rb.raw mid.qcow2 mid.data; do
+  expect_fail "would be written into .*$f" sparsecow unpack --progress=fd:3 \
+    "$tmp/ch/top.qcow2" "$tmp/ch/u.raw" 3>>"$tmp/ch/$f"
+  expect_fail "would be written into .*$f" sparsecow verify --progress=fd:3 \
+    "$tmp/ch/top.qcow2" "$tmp/ch/guest.raw" 3>>"$tmp/ch/$f"
+  expect_fail "would be written into .*$f" sparsecow pack --progress=fd:3 \
+    "$tmp/ch/top.qcow2" "$tmp/ch/p.qcow2" 3>>"$tmp/ch/$f"
+  expect_fail "would be written into .*$f" sparsecow bmap --progress=fd:3 \
+    -o "$tmp/ch/b.bmap" "$tmp/ch/top.qcow2" 3>>"$tmp/ch/$f"
+  expect_fail "would be written into .*$f" sparsecow verify --progress=fd:3 \
+    "$tmp/ch/guest.raw" "$tmp/ch/top.qcow2" 3>>"$tmp/ch/$f"
+done
+qemu-img compare -q "$tmp/ch/guest.raw" "$tmp/ch/top.qcow2" ||
+  fail "progress was written into a file of the backing chain"
