@@ -131,6 +131,11 @@ struct pack {
    */
   uint64_t scanned;
   uint64_t scan_base;
+  /* The bytes of the data area that phase 1 found, once it is over
+   * (found_known): phase 2 counts its writing as that many bytes.
+   */
+  uint64_t found;
+  bool found_known;
 
   /* The block map written with the image (--bmap-out): built from the
    * scan's reads, where the source's own extents (raw) say there is
@@ -178,17 +183,38 @@ spill_error_prefix (const struct pack *pk)
 
 /* ---- phase 1: scan -------------------------------------------------------- */
 
-/* Phase 1 is the first half of the count (see struct sc_pack_opts),
- * or all of it when it writes the data too.
+/* The count of phase 1 when phase 2 writes the data (see struct
+ * sc_pack_opts): done bytes scanned of all, of a total of all to read
+ * and at most all to write.  What is yet to be written is the data
+ * found so far and what is not scanned yet, so the total only shrinks
+ * as the scan finds zeros, and the percentage only grows, evenly even
+ * when the source is read whole and holds little data.
+ */
+static struct sc_progress
+scan_count (const struct pack *pk, uint64_t done, uint64_t all)
+{
+  struct sc_progress pr = { done, 0 };
+
+  if (done > all)
+    all = done;
+  pr.total = all + pk->plan.data_end + (all - done);
+  return pr;
+}
+
+/* Phase 1 is the first part of the count, or all of it when it writes
+ * the data too.
  */
 static void
 scan_progress (const struct sc_progress *p, void *opaque)
 {
   struct pack *pk = opaque;
-  struct sc_progress pr = { pk->scan_base + p->done,
-                            (pk->direct ? 1 : 2) * (pk->scan_base + p->total) };
+  uint64_t done = pk->scan_base + p->done;
+  struct sc_progress pr = { done, pk->scan_base + p->total };
 
-  pk->scanned = pk->scan_base + p->done;
+  pk->scanned = done;
+  /* A stream's total is unknown (0) until its end. */
+  if (!pk->direct && p->total != 0)
+    pr = scan_count (pk, done, pk->scan_base + p->total);
   pk->opts->progress (&pr, pk->opts->progress_opaque);
 }
 
@@ -200,11 +226,20 @@ write_progress (const struct sc_progress *p, void *opaque)
 {
   struct pack *pk = opaque;
   const struct qcow2_plan *plan = &pk->plan;
+  uint64_t area = plan->file_size - plan->data_offset;
   uint64_t written = p->done > plan->data_offset
     ? p->done - plan->data_offset : 0;
-  struct sc_progress pr = { pk->scanned + written,
-                            pk->scanned + (plan->file_size
-                                           - plan->data_offset) };
+  struct sc_progress pr = { pk->scanned + written, pk->scanned + area };
+
+  /* The data area holds the refcounts too: the count of phase 1 ended
+   * at the data found, so the whole area counts as that many bytes.
+   */
+  if (pk->found_known && area > 0) {
+    pr.done = pk->scanned
+              + (uint64_t) ((long double) SC_MIN (written, area)
+                            * pk->found / area);
+    pr.total = pk->scanned + pk->found;
+  }
 
   pk->opts->progress (&pr, pk->opts->progress_opaque);
 }
@@ -761,16 +796,18 @@ scan_probing (struct pack *pk, const struct sc_extent_list *extents,
         return -1;
       pr.done += SC_MIN (cs, e->offset + e->length - o);
       if (opts->progress && pr.done - reported >= PROBE_PROGRESS_STEP) {
-        struct sc_progress half = { pr.done, 2 * pr.total };
+        struct sc_progress part = scan_count (pk, pr.done, pr.total);
         reported = pr.done;
-        opts->progress (&half, opts->progress_opaque);
+        opts->progress (&part, opts->progress_opaque);
       }
     }
   }
   pk->scanned = pr.total;
+  pk->found = pk->plan.data_end;
+  pk->found_known = true;
   if (opts->progress) {
-    struct sc_progress half = { pr.total, 2 * pr.total };
-    opts->progress (&half, opts->progress_opaque);
+    struct sc_progress part = scan_count (pk, pr.total, pr.total);
+    opts->progress (&part, opts->progress_opaque);
   }
   *stop = UINT64_MAX;
   return 0;
@@ -826,6 +863,8 @@ scan_pipeline (struct pack *pk, const struct sc_extent_list *extents)
 
   if (sc_pipeline_run (&pl) == -1)
     return -1;
+  pk->found = pk->plan.data_end;
+  pk->found_known = !pk->direct;
   if (pk->spill_fd >= 0) {
     /* The spill covers the whole data area, so phase 2 never reads
      * past its end.

@@ -742,9 +742,11 @@ struct sc_pack_opts {
    */
   bool digest;
   /* Progress counts the source bytes scanned and then the bytes of
-   * the image's data area written, as one count: the total starts as
-   * twice the source's data and drops to the real sum when writing
-   * begins, so the fraction only grows.  Without zero detection and
+   * data found, written, as one count: the total starts as twice the
+   * source's data (all of it read, and at most all of it written) and
+   * shrinks as the scan finds zeros, to the bytes read and the data
+   * found, so the fraction only grows, evenly even when the source is
+   * read whole and holds little data.  Without zero detection and
    * compression (allocate_all) the scan reads nothing: the count is of
    * the writing alone, from 0.  A stream's total is 0 (unknown) until
    * its end.

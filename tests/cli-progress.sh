@@ -13,11 +13,12 @@ for at in 1 5 9 100 300 700 1000; do
     dd of="$src" bs=1M seek=$at conv=notrunc status=none
 done
 
-# check_progress FILE: JSON lines only, percentages that never go down,
-# end at 100, and whose median step is at most 5 points (the data is 28
-# MiB in seven places over 1 GiB: counting the holes would jump).
+# check_progress FILE [MAX]: JSON lines only, percentages that never go
+# down, end at 100, and whose median step is at most 5 points (the data
+# is 28 MiB in seven places over 1 GiB: counting the holes would jump),
+# and no step over MAX points when given.
 check_progress () {
-  python3 - "$1" <<'PYEOF' || fail "progress in $1: $(head -c 2000 "$1")"
+  python3 - "$1" "${2:-100}" <<'PYEOF' || fail "progress in $1: $(head -c 2000 "$1")"
 import json, statistics, sys
 lines = open(sys.argv[1]).read().splitlines()
 assert lines, "no progress"
@@ -27,6 +28,7 @@ assert p[-1] == 100, "does not end at 100: %s" % p
 steps = [b - a for a, b in zip(p, p[1:])]
 assert len(steps) >= 10, "too few reports: %s" % p
 assert statistics.median(steps) <= 5, "large steps: %s" % p
+assert max(steps) <= int(sys.argv[2]), "a step over %s: %s" % (sys.argv[2], p)
 PYEOF
 }
 
@@ -72,6 +74,21 @@ assert all(l["total"] == want for l in lines), \
 assert lines[-1]["done"] == want, "ends at %d" % lines[-1]["done"]
 PYEOF
   fail "unpack --verify counts other than the data written and the virtual size read back: $(head -c 2000 "$tmp/p6")"
+
+# A source read whole (--map=none, as a block device or a file system
+# without SEEK_HOLE is) that holds little data: reading it is most of
+# the work, and the count must grow while it is read, not jump at the
+# end of the reading, in each way the reading goes.
+truncate -s $((128 * MiB)) "$tmp/mn.raw"
+head -c $((2 * MiB)) /dev/urandom |
+  dd of="$tmp/mn.raw" bs=1M seek=50 conv=notrunc status=none
+for o in "-j1" "-j2" "-c" "-S 64k"; do
+  rm -f "$tmp/mn.qcow2"
+  sparsecow pack $o --map=none --progress=json "$tmp/mn.raw" \
+    "$tmp/mn.qcow2" 2>"$tmp/pm"
+  qemu-img compare -q "$tmp/mn.raw" "$tmp/mn.qcow2"
+  check_progress "$tmp/pm" 5
+done
 
 # nbdcopy's --progress=N, in nbdcopy's format: the lines nbdcopy itself
 # writes there are the oracle of what a program reading them expects.
