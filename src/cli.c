@@ -712,6 +712,11 @@ cli_open_stdin_image (const char *command, const struct cli_common *common)
   static const struct cli_operand in = { .name = "-" };
   struct stat st;
 
+  /* main put /dev/null there: that is not what the user gave. */
+  if (cli_std_closed[STDIN_FILENO]) {
+    cli_error ("%s: stdin: standard input is closed", command);
+    return NULL;
+  }
   if (fstat (STDIN_FILENO, &st) == -1) {
     cli_error ("%s: stdin: %s", command, strerror (errno));
     return NULL;
@@ -720,7 +725,7 @@ cli_open_stdin_image (const char *command, const struct cli_common *common)
    * read that way.
    */
   if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode))
-    cli_usage_error (command, "-: standard input is a %s; %s reads an image "
+    cli_usage_error (command, "stdin: standard input is a %s; %s reads an image "
                      "at random offsets: name the file, or redirect it "
                      "(< IMAGE)", S_ISFIFO (st.st_mode) ? "pipe"
                      : S_ISDIR (st.st_mode) ? "directory"
@@ -940,6 +945,12 @@ cli_check_progress (const char *command, const struct cli_common *common,
 
   if (!common->progress_json)
     return;
+  /* main put /dev/null on a standard descriptor closed at the start:
+   * progress there would be lost.  Standard error too ("2>&-").
+   */
+  if (fd <= STDERR_FILENO && cli_std_closed[fd])
+    cli_usage_error (command, "--progress=%s: descriptor %d is not open",
+                     arg, fd);
   if (common->progress_fd) {
     fl = fcntl (fd, F_GETFL);
     if (fl == -1)

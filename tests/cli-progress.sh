@@ -135,6 +135,16 @@ refused "fd:1.*standard output" sparsecow pack --progress=fd:1 "$src" - \
 refused "fd:1.*standard output" sparsecow unpack --progress=json:fd:1 \
   "$tmp/a.qcow2" - >"$tmp/out"
 refused "fd:9.*not open" sparsecow pack --progress=fd:9 "$src" "$tmp/out"
+# Standard error closed at the start: progress on it would be lost,
+# whether it is named (fd:2) or meant (json).  Refused alike: nothing
+# written, exit 1 (the message itself goes nowhere).
+for p in json fd:2 json:fd:2; do
+  rm -f "$tmp/out"
+  rc=0
+  sparsecow pack --progress=$p "$src" "$tmp/out" 2>&- || rc=$?
+  [ "$rc" = 1 ] && [ ! -e "$tmp/out" ] ||
+    fail "pack --progress=$p 2>&-: exit $rc"
+done
 refused "fd:3.*reading" sparsecow pack --progress=fd:3 "$src" "$tmp/out" \
   3<"$src"
 refused "progress" sparsecow pack --progress=fd:x "$src" "$tmp/out"

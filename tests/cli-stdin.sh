@@ -133,7 +133,7 @@ for cmd in info map check; do
   rc=0
   cat "$img" | sparsecow $cmd - >"$tmp/out" 2>"$tmp/err" || rc=$?
   [ "$rc" = 1 ] && [ ! -s "$tmp/out" ] && [ "$(wc -l <"$tmp/err")" = 2 ] &&
-    grep -q "^sparsecow: $cmd: -: standard input is a pipe" "$tmp/err" &&
+    grep -q "^sparsecow: $cmd: stdin: standard input is a pipe" "$tmp/err" &&
     tail -n1 "$tmp/err" | grep -q "^Try 'sparsecow $cmd --help'" ||
     fail "$cmd - from a pipe (exit $rc): $(cat "$tmp/err")"
 done
@@ -145,12 +145,12 @@ for cmd in info map check; do
   rc=0
   sparsecow $cmd - <"$tmp/stdin-dir" >"$tmp/out" 2>"$tmp/err" || rc=$?
   [ "$rc" = "$rc_q" ] && [ ! -s "$tmp/out" ] &&
-    grep -q "^sparsecow: $cmd: -: standard input is a directory" "$tmp/err" ||
+    grep -q "^sparsecow: $cmd: stdin: standard input is a directory" "$tmp/err" ||
     fail "$cmd - from a directory (exit $rc, qemu-img $rc_q): $(cat "$tmp/err")"
   rc=0
   sparsecow $cmd - </dev/zero >"$tmp/out" 2>"$tmp/err" || rc=$?
   [ "$rc" = 1 ] &&
-    grep -q "^sparsecow: $cmd: -: standard input is a character device" "$tmp/err" ||
+    grep -q "^sparsecow: $cmd: stdin: standard input is a character device" "$tmp/err" ||
     fail "$cmd - from /dev/zero (exit $rc): $(cat "$tmp/err")"
 done
 
@@ -239,6 +239,18 @@ sparsecow pack - "$tmp/closed.qcow2" <&- 2>"$tmp/err" || rc=$?
 [ "$rc" = 1 ] && [ ! -e "$tmp/closed.qcow2" ] &&
   grep -q "^sparsecow: pack: stdin: standard input is closed$" "$tmp/err" ||
   fail "pack - TARGET <&- (exit $rc): $(cat "$tmp/err")"
+# The same for the commands that read an image at random offsets: the
+# /dev/null put on the closed descriptor is not what they were given.
+for cmd in "info -" "map -" "check -" "verify - $img" \
+           "unpack - $tmp/closed.raw"; do
+  rc=0
+  sparsecow $cmd <&- 2>"$tmp/err" || rc=$?
+  # verify exits 2 on an error, as cmp does (1 is "they differ").
+  want=1; [ "${cmd%% *}" = verify ] && want=2
+  [ "$rc" = "$want" ] && [ ! -e "$tmp/closed.raw" ] &&
+    grep -q "^sparsecow: ${cmd%% *}: stdin: standard input is closed$" \
+      "$tmp/err" || fail "$cmd <&- (exit $rc): $(cat "$tmp/err")"
+done
 # A report to a closed stdout, or one that cannot be written, is an
 # error of every command, check included (it exited 0).
 for cmd in info map check; do
