@@ -72,7 +72,7 @@ enum {
 
 /* The help lines of the options every command takes. */
 #define CLI_COMMON_HELP \
-"  -p, --progress[=json|fd:N|json:fd:N|N]\n" \
+"  -p, --progress[=bar|json|fd:N|json:fd:N|N]\n" \
 "                         show progress (see sparsecow(1))\n" \
 "  -j, -m, --threads N    worker threads (default: online CPUs)\n" \
 "  -U, --force-share      read an image another process is writing\n" \

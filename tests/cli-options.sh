@@ -341,3 +341,18 @@ sparsecow unpack -q -O raw "$tmp/fq.qcow2" "$tmp/ff.raw"
 cmp "$tmp/fq.raw" "$tmp/ff.raw" || fail "unpack -O raw differs from qemu-img's"
 usage_error unpack -O qcow2 "$tmp/fq.qcow2" "$tmp/ff2.raw"
 grep -q "pack writes qcow2" "$tmp/err" || fail "unpack -O qcow2: $(cat "$tmp/err")"
+
+# Every spelling of --progress that is accepted (and that the completion
+# offers) is in --help and in the manual's entry for it.
+for v in bar json; do
+  sparsecow pack --progress=$v --help >/dev/null ||
+    fail "--progress=$v is not accepted"
+  for cmd in pack unpack bmap verify; do
+    sparsecow $cmd --help | grep -- '--progress\[' |
+      grep -Eq "(\[=|\|)$v(\||\])" ||
+      fail "$cmd --help does not name --progress=$v"
+  done
+  grep -q -- "^\.BR \\\\-p \", \" \\\\-\\\\-progress \[.*=$v " \
+    "$top_srcdir/man/sparsecow.1" ||
+    fail "the manual's entry for --progress does not name =$v"
+done
