@@ -657,6 +657,16 @@ cmd_info (int argc, char **argv)
     sc_endpoint_close (ep);
     return EXIT_ERROR;
   }
+  /* An export is named as qemu-img names it: without the "/" of an
+   * empty export name ("nbd+unix://?socket=S", "nbd://HOST:PORT").
+   */
+  if (op.nbd && info.filename) {
+    char *rest = strstr (info.filename, "://");
+    char *slash = rest ? rest + 3 + strcspn (rest + 3, "/?") : NULL;
+
+    if (slash && slash[0] == '/' && (slash[1] == '?' || slash[1] == '\0'))
+      memmove (slash, slash + 1, strlen (slash + 1) + 1);
+  }
   /* An image on standard input is named in the output as qemu-img
    * names /dev/stdin given as the image, as check and map name it (its
    * backing file names are still resolved from the file's own path).

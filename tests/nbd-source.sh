@@ -155,7 +155,7 @@ expect_fail "backing file.*not allowed" sparsecow unpack "$nbd_uri" never.raw
 sparsecow info "$nbd_uri" >info.out 2>info.err ||
   { cat info.err >&2; fail "info of a served image with a backing file failed"; }
 qemu-img info "$nbd_uri" >qinfo.out
-for field in "virtual size" "backing file" "backing file format"; do
+for field in image "virtual size" "backing file" "backing file format"; do
   [ "$(grep "^$field:" info.out)" = "$(grep "^$field:" qinfo.out)" ] ||
     fail "info URI, $field: '$(grep "^$field:" info.out)'," \
          "qemu-img: '$(grep "^$field:" qinfo.out)'"
@@ -165,8 +165,8 @@ grep -q "backing file base.qcow2: cannot be opened over NBD" info.err ||
 sparsecow info --output=json "$nbd_uri" >info.json 2>/dev/null ||
   fail "info --output=json of a served image with a backing file failed"
 qemu-img info --output=json "$nbd_uri" >qinfo.json
-for key in backing-filename backing-filename-format full-backing-filename \
-           virtual-size cluster-size; do
+for key in filename backing-filename backing-filename-format \
+           full-backing-filename virtual-size cluster-size; do
   [ "$(jq -c ".[\"$key\"]" info.json)" = "$(jq -c ".[\"$key\"]" qinfo.json)" ] ||
     fail "info --output=json URI, $key differs from qemu-img"
 done
