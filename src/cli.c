@@ -702,7 +702,7 @@ cli_open_source (const struct cli_operand *op,
   else
     ep = sc_endpoint_open_source (op->name, map);
   if (ep == NULL)
-    cli_lib_error (op->name);
+    cli_lib_error (cli_image_name (op->name));
   return ep;
 }
 
@@ -757,8 +757,9 @@ cli_open_target (const struct cli_operand *op,
                                &common->nbd);
   else
     ep = sc_endpoint_open_target (op->name, 0, flags);
+  /* Messages name standard output "stdout", as its errors do. */
   if (ep == NULL)
-    cli_lib_error (op->name);
+    cli_lib_error (strcmp (op->name, "-") == 0 ? "stdout" : op->name);
   return ep;
 }
 

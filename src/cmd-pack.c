@@ -460,7 +460,7 @@ detect_source (const char *source, enum source_format forced)
     if (head_is (&p, 0, "QFI\xfb", 4)) {
       cli_error ("%s: standard input holds a qcow2 image; name the file "
                  "to re-pack it, or force with --source-format=raw",
-                 source);
+                 cli_image_name (source));
       return -1;
     }
   }

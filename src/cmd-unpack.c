@@ -144,7 +144,7 @@ check_targets (const struct cli_operand *t, int n)
     if (t[i].nbd || strcmp (t[i].name, "-") == 0)
       cli_usage_error ("unpack", "%s: several targets must be files or "
                        "block devices (not standard output or NBD)",
-                       t[i].name);
+                       t[i].nbd ? t[i].name : "stdout");
     have[i] = stat (t[i].name, &st[i]) == 0;
     if (have[i] && !S_ISREG (st[i].st_mode) && !S_ISBLK (st[i].st_mode))
       cli_usage_error ("unpack", "%s: several targets must be files or "

@@ -25,6 +25,9 @@ if qemu-img info img.qcow2 >/dev/null 2>&1; then
 fi
 
 expect_fail "img.qcow2: .*\"write\" lock" sparsecow pack -f other.raw img.qcow2
+# Standard output open on it is named "stdout", as its other errors are.
+expect_fail "^sparsecow: stdout: .*\"write\" lock" \
+  sh -c 'exec "$@" pack other.raw - 1<>img.qcow2' sh "$SPARSECOW"
 [ "$(md5sum <img.qcow2)" = "$sum_before" ] || fail "pack -f changed the image"
 [ -z "$(ls -A | grep sparsecow-)" ] || fail "a temporary file was left"
 # Nor written into where it is.
@@ -64,6 +67,9 @@ sparsecow info img.qcow2 >/dev/null
 sparsecow unpack -f img.qcow2 out.raw
 # ... replacing is not: the reader does not share writing.
 expect_fail "img.qcow2: .*\"write\" lock" sparsecow pack -f other.raw img.qcow2
+# Standard output open on it is named "stdout", as its other errors are.
+expect_fail "^sparsecow: stdout: .*\"write\" lock" \
+  sh -c 'exec "$@" pack other.raw - 1<>img.qcow2' sh "$SPARSECOW"
 [ "$(md5sum <img.qcow2)" = "$sum_before" ] || fail "pack -f changed the image"
 kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || :
 

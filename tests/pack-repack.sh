@@ -263,8 +263,11 @@ if [ -f disk.vmdk ]; then
   expect_fail "standard input holds a vmdk image" \
     sparsecow pack - out.qcow2 <disk.vmdk
 fi
-expect_fail "standard input holds a qcow2 image" \
+# Standard input is "stdin" in the message, redirected or piped.
+expect_fail "^sparsecow: stdin: standard input holds a qcow2 image" \
   sparsecow pack - out.qcow2 <deflate.qcow2
+expect_fail "^sparsecow: stdin: .*qcow2 image" \
+  sh -c 'cat deflate.qcow2 | "$@" pack - out.qcow2' sh "$SPARSECOW"
 # A fixed VHD is raw data with a footer: qemu-img reads it as vpc.
 if [ -f fixed.vhd ]; then
   vsize=$(qemu-img info --output=json -f vpc fixed.vhd |

@@ -141,7 +141,7 @@ qemu-img compare -q -f raw -F raw ref.raw "${devs[1]}" 2>/dev/null || rc=$?
 [ $rc = 1 ] || fail "the changed byte of ${devs[1]} is not found by qemu-img compare"
 
 # Refused as one of several targets.
-expect_fail "unpack: -: several targets must be files or block devices" \
+expect_fail "unpack: stdout: several targets must be files or block devices" \
   sparsecow unpack -f img.qcow2 "${devs[0]}" -
 expect_fail "unpack: nbd://localhost/x: several targets must be files or block devices" \
   sparsecow unpack -f img.qcow2 "${devs[0]}" nbd://localhost/x

@@ -41,7 +41,7 @@ for t in ./nodev file.bin fifo; do
 done
 [ ! -e nodev ] || fail "--target-is-device created ./nodev"
 cmp file.ref file.bin || fail "--target-is-device changed a file"
-expect_fail "^sparsecow: -: not a block device\$" \
+expect_fail "^sparsecow: stdout: not a block device\$" \
   sparsecow unpack --target-is-device img.qcow2 -
 expect_fail "^sparsecow: nbd://localhost/x: not a block device\$" \
   sparsecow unpack --target-is-device img.qcow2 nbd://localhost/x
