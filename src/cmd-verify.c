@@ -135,7 +135,11 @@ open_side (const struct cli_operand *op, const struct cli_common *common,
     return 0;
   }
   {
-    struct sc_qcow2_open_opts qo = { .force_share = common->force_share };
+    /* An image marked corrupt is compared, as qemu-img compare opens
+     * it read-only: its tables are validated as any image's are.
+     */
+    struct sc_qcow2_open_opts qo = { .force_share = common->force_share,
+                                     .allow_corrupt = true };
 
     s->q = sc_qcow2_open_endpoint (s->file, &qo);
   }

@@ -155,6 +155,19 @@ printf '\x01' | dd of=longer.raw bs=1 seek=$((size + 4097)) conv=notrunc \
 expect_differ base.raw longer.raw $((size + 4097))
 expect_differ longer.raw base.qcow2 $((size + 4097))
 
+# An image whose corrupt bit is set is compared, as qemu-img compare
+# opens it read-only.
+cp base.qcow2 corrupt.qcow2
+python3 -c '
+import sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(79); b = f.read(1)[0]; f.seek(79); f.write(bytes([b | 2]))
+' corrupt.qcow2
+qemu-img info --output=json corrupt.qcow2 | grep -q '"corrupt": true' ||
+  fail "test setup: the corrupt bit is not set"
+expect_equal base.raw corrupt.qcow2
+expect_equal corrupt.qcow2 base.raw
+
 # Errors are status 2, whatever the other operand.
 rc=0; sparsecow verify base.raw missing.raw 2>err || rc=$?
 [ "$rc" = 2 ] || fail "verify with a missing file: status $rc, not 2"
