@@ -766,9 +766,17 @@ open_target (const char *path, uint64_t size, unsigned flags)
   if (lstat (path, &st) == 0 && S_ISLNK (st.st_mode)) {
     CLEANUP_FREE char *real = realpath (path, NULL);
 
+    /* /dev/stdout, /dev/fd/N or /proc/self/fd/N of a pipe links to
+     * "pipe:[INODE]", which has no path but opens as that pipe: written
+     * as a named pipe is, below.
+     */
     if (real == NULL) {
-      sc_set_error (errno, "symbolic link to nothing that can be written "
-                    "(%s)", strerror (errno));
+      int e = errno;
+
+      if (stat (path, &st) == 0 && S_ISFIFO (st.st_mode))
+        goto not_a_link;
+      sc_set_error (e, "symbolic link to nothing that can be written "
+                    "(%s)", strerror (e));
       return NULL;
     }
     if (stat (real, &st) == 0 && S_ISREG (st.st_mode)) {
@@ -780,6 +788,7 @@ open_target (const char *path, uint64_t size, unsigned flags)
     }
   }
 
+ not_a_link:
   if (stat (path, &st) == -1) {
     if (errno != ENOENT) {
       sc_set_error (errno, "%s", strerror (errno));

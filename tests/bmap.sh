@@ -130,6 +130,17 @@ qemu-img compare -q "$raw" "$tmp/out.qcow2" || fail "pack --bmap-out: image diff
 ranges "$tmp/out.bmap" | diff -u "$tmp/bt.ranges" - || fail "pack --bmap-out: ranges differ from bmaptool create's"
 bmap_copy_equals "$tmp/out.bmap" "$raw"
 rm -f "$tmp/out.bmap" "$tmp/out.qcow2"
+# Named as a pipe by /dev/stdout, /dev/fd/N or /proc/self/fd/N, as
+# bmaptool create -o /dev/stdout writes one: the same map, into the pipe.
+for name in /dev/stdout /dev/fd/3 /proc/self/fd/3; do
+  rm -f "$tmp/out.qcow2"
+  sparsecow pack -q --bmap-out $name "$raw" "$tmp/out.qcow2" 3>&1 |
+    cat >"$tmp/pipe.bmap"
+  [ "${PIPESTATUS[0]}" = 0 ] || fail "pack --bmap-out $name | cat failed"
+  ranges "$tmp/pipe.bmap" | diff -u "$tmp/bt.ranges" - ||
+    fail "pack --bmap-out $name | cat: ranges differ from bmaptool create's"
+done
+rm -f "$tmp/out.qcow2"
 sparsecow pack -q -c --bmap-out "$tmp/out.bmap" "$raw" "$tmp/out.qcow2"
 ranges "$tmp/out.bmap" | diff -u "$tmp/bt.ranges" - || fail "pack -c --bmap-out: ranges differ"
 # -S 0 stores every cluster, but the bmap still maps the source's data,
