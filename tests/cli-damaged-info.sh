@@ -178,13 +178,7 @@ expect_fail "sub/top-l1.qcow2: .*reserved bits" sparsecow unpack sub/over.qcow2 
 # the header, the payload or another slot, an extension that is too
 # short for the header or misaligned), info refuses; what it shows, info
 # shows with the same fields.
-for try in 1 2 3 4 5; do
-  qemu-img create -q -f qcow2 --object secret,id=s0,data=pw \
-    -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.hash-alg=sha512,encrypt.iter-time=10 \
-    luks.qcow2 8M && break
-  [ $try != 5 ] || fail "qemu-img cannot create a LUKS image (the test is wrong)"
-  sleep 1
-done
+luks_image luks.qcow2 8M
 img=luks.qcow2
 # The crypto header extension comes first: u64 offset, u64 length.
 [ "$(be32 $img 100)" = 112 ] && [ "$(be32 $img 112)" = $(( 0x0537be77 )) ] ||

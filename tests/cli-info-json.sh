@@ -65,24 +65,10 @@ qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 sub/top.qcow2
 qemu-img create -q -f qcow2 -u -b gone-base.qcow2 -F qcow2 sub/gone.qcow2 8M
 # Encrypted images, shown without their key: LUKS (its header's
 # fields, ESSIV with its hash too), the legacy AES scheme, and an
-# overlay whose backing file is encrypted.  qemu's LUKS key setup times
-# PBKDF2 on the thread's CPU clock and gives up ("Unable to get accurate
-# CPU usage") when a round measures no time, which with a hash the CPU
-# computes in hardware (sha1, sha256) is most rounds here: the images
-# use sha384 and sha512, and a failure is retried.
-luks () {
-  local out=$1; shift
-  for try in 1 2 3 4 5; do
-    qemu-img create -q -f qcow2 --object secret,id=s0,data=pw \
-      -o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10$*" \
-      "$out" 8M && return 0
-    sleep 1
-  done
-  fail "qemu-img cannot create $out (the corpus is wrong)"
-}
-luks luks.qcow2 ",encrypt.hash-alg=sha512"
-luks luks-essiv.qcow2 ",encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256,encrypt.hash-alg=sha384"
-luks luks-serpent.qcow2 ",encrypt.cipher-alg=serpent-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=plain,encrypt.hash-alg=sha512"
+# overlay whose backing file is encrypted (luks_image: functions.sh).
+luks_image luks.qcow2 8M
+luks_image luks-essiv.qcow2 8M ",encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256,encrypt.hash-alg=sha384"
+luks_image luks-serpent.qcow2 8M ",encrypt.cipher-alg=serpent-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=plain,encrypt.hash-alg=sha512"
 qemu-img create -q -f qcow2 --object secret,id=s0,data=pw \
   -o encrypt.format=aes,encrypt.key-secret=s0 aes.qcow2 8M ||
   fail "qemu-img cannot create an AES encrypted image (the corpus is wrong)"

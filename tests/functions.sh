@@ -77,6 +77,23 @@ info_as_qemu () {
 # Blocks (512 B) allocated to a file.
 allocated_bytes () { echo $(( $(stat -c %b "$1") * 512 )); }
 
+# luks_image OUT SIZE [,MORE-OPTIONS]: a LUKS-encrypted qcow2 image made
+# by qemu-img, secret "pw" (object s0).  qemu's key setup times PBKDF2
+# on the thread's CPU clock and gives up ("Unable to get accurate CPU
+# usage") when a round measures no time, which with a hash the CPU
+# computes in hardware (sha1, sha256) is most rounds here: sha512 unless
+# MORE-OPTIONS names another, and a failure is retried.
+luks_image () {
+  local out=$1 size=$2 more=${3:-,encrypt.hash-alg=sha512}
+  for try in 1 2 3 4 5; do
+    qemu-img create -q -f qcow2 --object secret,id=s0,data=pw \
+      -o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10$more" \
+      "$out" "$size" && return 0
+    sleep 1
+  done
+  fail "qemu-img cannot create the LUKS image $out (the test is wrong)"
+}
+
 # The data extents of a file as the kernel reports them (SEEK_DATA and
 # SEEK_HOLE), one "start end" line each: what is allocated, without the
 # file system's own bookkeeping blocks that st_blocks also counts.
