@@ -520,8 +520,8 @@ parse_text_and_end (struct parser *p, const char *name, const char **text,
     n--;
   }
   if (n == 0 && at (p, CDATA_START)) {
-    const char *rest;
-    size_t rest_len;
+    const char *rest = NULL;
+    size_t rest_len = 0;
 
     if (parse_cdata (p, &t, &n) == -1
         || parse_raw_text (p, name, &rest, &rest_len) == -1)
@@ -876,8 +876,8 @@ parse_document (struct parser *p, struct sc_bmap *bmap, struct fields *fl)
     return -1;
 
   for (;;) {
-    const char *text;
-    size_t text_len, start;
+    const char *text = NULL;
+    size_t text_len = 0, start;
     int f;
 
     if (skip_misc_inside (p) == -1)
