@@ -13,7 +13,9 @@
  */
 #include <config.h>
 
+#include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
@@ -111,11 +113,45 @@ sc_lock_check_read (int fd)
   return check (fd, READER_PERM, READER_SHARED);
 }
 
+/* Open path for reading to test its locks, if it is what qemu locks: a
+ * regular file or a block device.  Opening anything else could change
+ * it: a FIFO's open releases a writer waiting for a reader, which dies
+ * of SIGPIPE once that reader has gone, and a character device may act
+ * on open.  So the name is opened with O_PATH first, and only a file or
+ * a block device is opened again, through /proc/self/fd.  Returns the
+ * descriptor, -2 for anything else (nothing to lock), or -1 with errno.
+ */
+static int
+open_lockable (const char *path)
+{
+  char proc[64];
+  struct stat st;
+  int pfd, fd;
+
+  pfd = open (path, O_PATH | O_CLOEXEC);
+  if (pfd == -1)
+    return -1;
+  if (fstat (pfd, &st) == -1 || (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode))) {
+    close (pfd);
+    return -2;
+  }
+  snprintf (proc, sizeof proc, "/proc/self/fd/%d", pfd);
+  fd = open (proc, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd == -1 && errno == ENOENT)  /* no /proc: the name again */
+    fd = open (path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  int e = errno;
+  close (pfd);
+  errno = e;
+  return fd;
+}
+
 int
 sc_image_lock_test (const char *path)
 {
-  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), r;
+  int fd = open_lockable (path), r;
 
+  if (fd == -2)
+    return 0;
   if (fd == -1) {
     sc_set_error (errno, "%s", strerror (errno));
     return -1;

@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 
@@ -180,6 +181,7 @@ cmd_check (int argc, char **argv)
   int format = CLI_FORMAT_AUTO;
   struct cli_operand op;
   const char *image;
+  struct stat st;
   int c;
 
   /* A server started with [ CMD ] is stopped on a signal too; output
@@ -256,6 +258,17 @@ cmd_check (int argc, char **argv)
     sc_endpoint_close (ep);
     if (c == -1)
       return EXIT_ERROR;
+  }
+  /* A pipe is refused by its name, before it is opened: each open would
+   * take (or lose) some of its writer's data, and a later one could wait
+   * for a writer that has gone.
+   */
+  else if (stat (image, &st) == 0 && (S_ISFIFO (st.st_mode)
+                                      || S_ISCHR (st.st_mode)
+                                      || S_ISSOCK (st.st_mode))) {
+    cli_error ("%s: a stream (pipe or character device) cannot be checked: "
+               "the checker reads at random offsets", image);
+    return EXIT_ERROR;
   }
   else if (backing_missing (image, NULL, common.force_share))
     return EXIT_ERROR;

@@ -12,7 +12,8 @@ TESTS += \
 	tests/cli-sparse.sh \
 	tests/cli-lock.sh \
 	tests/cli-target-names.sh \
-	tests/cli-completion.sh
+	tests/cli-completion.sh \
+	tests/cli-fifo.sh
 EXTRA_DIST += \
 	tests/cli-options.sh \
 	tests/cli-progress.sh \
@@ -26,7 +27,8 @@ EXTRA_DIST += \
 	tests/cli-sparse.sh \
 	tests/cli-lock.sh \
 	tests/cli-target-names.sh \
-	tests/cli-completion.sh
+	tests/cli-completion.sh \
+	tests/cli-fifo.sh
 
 # The example of libsparsecow(3), compiled from the page itself as a
 # program of the installed library would be, and run against qemu-img.
