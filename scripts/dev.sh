@@ -71,6 +71,12 @@ if [ "$mode" = check ]; then
   fi
   if [ "$rc" -ne 0 ]; then
     grep -E "^(FAIL|ERROR):" test-suite.log 2>/dev/null | head -40
+    # What each failing test said last, so that a run elsewhere shows why.
+    for t in $(grep -E "^(FAIL|ERROR): " test-suite.log 2>/dev/null |
+               awk '{ print $2 }' | head -10); do
+      echo "== the end of ${t%.sh}.log"
+      tail -n 40 "${t%.sh}.log" 2>/dev/null || :
+    done
     exit 1
   fi
   # A test may skip only for a reason outside the project: what the

@@ -212,6 +212,13 @@ mark () {
   fi
 }
 
+# Is process PID still running (not ended, not a zombie)?
+running () {
+  local st
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "${st%% *}" != Z ]
+}
+
 # interrupt SIG TARGET CMD...: run CMD, and once TARGET has been
 # written, freeze it, send SIG and let it go.  Sets rc and leaves
 # stderr in err; returns 1 if CMD ended before it could be signalled.
@@ -223,10 +230,11 @@ interrupt () {
   pid=$!
   for ((i = 0; i < 4000; i++)); do
     [ "$(mark "$watch")" != "$before" ] && break
-    kill -0 $pid 2>/dev/null || break
+    running $pid || break
     sleep 0.005
   done
-  if ! kill -STOP $pid 2>/dev/null; then
+  # kill succeeds on a process that has ended but not been waited for.
+  if ! kill -STOP $pid 2>/dev/null || ! running $pid; then
     rc=0; wait $pid || rc=$?
     return 1
   fi
