@@ -13,8 +13,12 @@
 # nbdkit delay filter).  --total: the last total is exactly BYTES.
 # --first-below: the first known percentage is below PERCENT.
 # --stdout-rate: read the command's standard output at BYTES a second
-# (into --stdout-file, or nowhere), a slow pipe to judge the pace by.  The
-# command's exit status must be N (default 0).
+# (into --stdout-file, or nowhere), a slow pipe to judge the pace by;
+# the pace is then judged against the bytes the pipe has taken when each
+# line comes (at BYTES a second, that is the time the work took), so
+# that a pause of the whole machine, which stops the reader and the
+# command alike, is not taken for an uneven count.  The command's exit
+# status must be N (default 0).
 import argparse
 import json
 import os
@@ -51,16 +55,17 @@ if args.stdout_rate:
     # Standard output is read at an even rate (bytes a second), kept in
     # --stdout-file: the command waits for the reader as for a slow
     # disk or network behind a pipe.
+    taken = [0]                 # bytes the reader has taken so far
+
     def drain():
-        got = 0
         out = open(args.stdout_file or os.devnull, "wb")
         while True:
             b = proc.stdout.read1(64 * 1024)
             if not b:
                 break
             out.write(b)
-            got += len(b)
-            ahead = got / args.stdout_rate - (time.monotonic() - start)
+            taken[0] += len(b)
+            ahead = taken[0] / args.stdout_rate - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
         out.close()
@@ -73,7 +78,11 @@ os.close(3)
 lines = []
 with os.fdopen(r, "rb") as f:
     for raw in f:
-        lines.append((time.monotonic() - start, raw.decode(errors="replace")))
+        if reader:
+            now = taken[0] / args.stdout_rate
+        else:
+            now = time.monotonic() - start
+        lines.append((now, raw.decode(errors="replace")))
 if reader:
     reader.join()
 rc = proc.wait()
