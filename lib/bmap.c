@@ -27,6 +27,7 @@
  */
 #include <config.h>
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <time.h>
@@ -40,6 +41,7 @@
 
 #include "internal.h"
 #include "bmap.h"
+#include "qcow2.h"
 
 /* The largest bmap file read.  bmaptool writes about 100 bytes per
  * range, so this is more than half a million ranges: more than an image
@@ -1516,6 +1518,7 @@ bmap_builder_finish (struct bmap_builder *b, uint64_t image_size,
 
 struct create {
   struct bmap_builder *b;
+  const struct sc_endpoint *src;
   /* The source's own extents, when the pipeline reads merged ranges
    * (reads), else NULL; next is the first that may still overlap a
    * piece to come (pieces arrive in order).
@@ -1533,6 +1536,16 @@ create_emit (struct sc_piece *piece, void *opaque)
   /* Holes and zero ranges are not mapped, as bmaptool leaves holes. */
   if (piece->flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO))
     return 0;
+  /* A stream shows what it is in its first bytes only: a qcow2 image
+   * there is refused, as sc_pack refuses one; its guest content is
+   * mapped from the image itself.
+   */
+  if ((cr->src->flags & SC_EP_STREAM) && piece->offset == 0
+      && piece->length >= 4 && sc_get_be32 (piece->buf) == QCOW2_MAGIC) {
+    sc_set_error (EMEDIUMTYPE, "%s: a qcow2 image, not raw data",
+                  cr->src->name);
+    return -1;
+  }
   if (cr->raw == NULL)
     return bmap_builder_data (cr->b, piece->offset, piece->buf,
                               (size_t) piece->length);
@@ -1625,6 +1638,7 @@ sc_bmap_create (struct sc_endpoint *src, struct sc_endpoint *dst,
   sc_extent_list_init (&raw);
   sc_extent_list_init (&reads);
   cr.b = b;
+  cr.src = src;
   /* As in sc_pack: a source written while it is read gives ranges and
    * checksums of no one state of it.  Sources whose state cannot be
    * taken (a pipe, an export) are not compared.

@@ -964,8 +964,10 @@ struct sc_bmap_opts {
  * written, and the caller commits it.  A source whose fingerprint
  * (device, inode, size, times; files and the files of an image) differs
  * after the bmap is written than before fails with EBUSY, "SRC: source
- * changed while it was mapped".  Returns 0, or -1 with errno EINVAL (an
- * empty source), EBUSY, EIO, ENOSPC, ENOMEM, or a read's errno.
+ * changed while it was mapped".  A stream whose first bytes are the
+ * qcow2 magic is an image, not raw data: EMEDIUMTYPE.  Returns 0, or -1
+ * with errno EINVAL (an empty source), EBUSY, EMEDIUMTYPE, EIO, ENOSPC,
+ * ENOMEM, or a read's errno.
  */
 extern int sc_bmap_create (struct sc_endpoint *src, struct sc_endpoint *dst,
                            const struct sc_bmap_opts *opts);

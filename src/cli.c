@@ -1241,6 +1241,16 @@ stat_parent (const char *name, struct stat *st, const char **base)
 }
 
 bool
+cli_is_stream_name (const char *name)
+{
+  struct stat st;
+
+  return stat (name, &st) == 0 && (S_ISFIFO (st.st_mode)
+                                   || S_ISSOCK (st.st_mode)
+                                   || S_ISCHR (st.st_mode));
+}
+
+bool
 cli_same_file (const char *input, const char *target)
 {
   struct stat s, t;

@@ -299,6 +299,12 @@ extern bool cli_loop_over (const char *name, const struct stat *st,
 extern bool cli_target_is_source (const struct cli_operand *source,
                                   const char *target);
 
+/* Does name (after symbolic links) lead to a pipe, a socket or a
+ * character device: something read once, in order, that opening only
+ * to look would disturb?  false where it cannot be told (no such name).
+ */
+extern bool cli_is_stream_name (const char *name);
+
 /* Are the file input and the target one regular file, by device and
  * inode (after symbolic links and hard links; a target "-" is the file
  * behind standard output), or, when one of them does not exist yet, the

@@ -129,7 +129,11 @@ cmd_bmap (int argc, char **argv)
     if (r == 1 && (q = sc_qcow2_open_endpoint (file, &qopts)) == NULL)
       r = -1;
   }
-  else if (strcmp (op.name, "-") == 0)
+  /* A pipe is raw data, read once in order; it is not opened to look
+   * (that would take its first bytes): a qcow2 image in it is refused
+   * when they come.
+   */
+  else if (strcmp (op.name, "-") == 0 || cli_is_stream_name (op.name))
     r = 0;
   else {
     r = sc_is_qcow2 (op.name);
@@ -181,6 +185,11 @@ cmd_bmap (int argc, char **argv)
   }
   r = sc_bmap_create (src, dst, &opts);
   cli_progress_done (&common);
+  if (r == -1 && sc_error_errno () == EMEDIUMTYPE) {
+    cli_error ("%s; name the image file to map its guest content",
+               sc_error_message ());
+    goto out;
+  }
   if (r == -1) {
     cli_lib_error (NULL);
     goto out;

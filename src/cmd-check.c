@@ -9,7 +9,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli.h"
 
@@ -181,7 +180,6 @@ cmd_check (int argc, char **argv)
   int format = CLI_FORMAT_AUTO;
   struct cli_operand op;
   const char *image;
-  struct stat st;
   int c;
 
   /* A server started with [ CMD ] is stopped on a signal too; output
@@ -263,9 +261,7 @@ cmd_check (int argc, char **argv)
    * take (or lose) some of its writer's data, and a later one could wait
    * for a writer that has gone.
    */
-  else if (stat (image, &st) == 0 && (S_ISFIFO (st.st_mode)
-                                      || S_ISCHR (st.st_mode)
-                                      || S_ISSOCK (st.st_mode))) {
+  else if (cli_is_stream_name (image)) {
     cli_error ("%s: a stream (pipe or character device) cannot be checked: "
                "the checker reads at random offsets", image);
     return EXIT_ERROR;

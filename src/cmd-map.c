@@ -224,6 +224,13 @@ cmd_map (int argc, char **argv)
       return EXIT_ERROR;
     r = cli_endpoint_is_qcow2 (ep);
   }
+  /* Not opened to look: that would take a pipe's first bytes. */
+  else if (cli_is_stream_name (path)) {
+    cli_error ("%s: a pipe or character device; map reads an image at "
+               "random offsets: name a file, a block device or an NBD "
+               "export", path);
+    return EXIT_ERROR;
+  }
   else
     r = sc_is_qcow2 (path);
   /* As qemu-img map -f: the named format, whatever the bytes say; an

@@ -8,6 +8,8 @@
 # can read: O_PATH ones cannot), whether it holds a qcow2 image or raw
 # data; and with a writer that has written all it has and gone, no
 # command waits: each ends (within 60 s) with an answer or an error.
+# bmap maps a FIFO's raw data (bmaptool copies by it) and refuses a
+# qcow2 image there or on standard input; map refuses a FIFO.
 . "$srcdir/functions.sh"
 requires qemu-img strace timeout mkfifo
 
@@ -62,4 +64,28 @@ for cmd in "${commands[@]}"; do
     cat err >&2; fail "crash or sanitizer report from: $cmd"
   fi
 done
+# bmap of a FIFO maps raw data, as of standard input: bmaptool copies
+# by it, and the copy is the data.  A qcow2 image there is refused, as
+# pack refuses one, whether through a FIFO or standard input, and no
+# bmap is left; map refuses a FIFO with the reason.
+requires bmaptool cmp
+timeout 60 sh -c 'cat data.raw > fifo' 2>/dev/null &
+writer=$!
+sparsecow bmap -q fifo -o fifo.bmap || fail "bmap of raw data in a FIFO failed"
+wait $writer || fail "bmap did not read the FIFO to its end"
+bmaptool -q copy --bmap fifo.bmap data.raw copy.raw ||
+  fail "bmaptool copy refuses the bmap of a FIFO"
+cmp data.raw copy.raw || fail "the bmap of a FIFO does not give the data back"
+timeout 60 sh -c 'cat image.qcow2 > fifo' 2>/dev/null &
+writer=$!
+expect_fail "^sparsecow: fifo: a qcow2 image, not raw data; name the image file" \
+  sparsecow bmap fifo -o refused.bmap
+kill $writer 2>/dev/null || :
+wait $writer 2>/dev/null || :
+[ ! -e refused.bmap ] || fail "a bmap was left for a qcow2 image in a FIFO"
+expect_fail "^sparsecow: stdin: a qcow2 image, not raw data; name the image file" \
+  sh -c "cat image.qcow2 | $SC_VALGRIND $SPARSECOW bmap - -o refused.bmap"
+[ ! -e refused.bmap ] || fail "a bmap was left for a qcow2 image in a pipe"
+expect_fail "^sparsecow: fifo: a pipe or character device; map reads an image at random offsets" \
+  sparsecow map fifo
 exit 0
