@@ -864,6 +864,22 @@ parse_document (struct parser *p, struct sc_bmap *bmap, struct fields *fl)
     p->pos += 3;
   if (skip_misc (p) == -1)
     return -1;
+  /* A document type declaration, as XML allows in the prolog; one with
+   * an internal subset could define entities, which are not read.
+   */
+  if (at (p, "<!DOCTYPE")) {
+    const char *gt = memchr (p->buf + p->pos, '>', p->len - p->pos);
+    const char *sub = memchr (p->buf + p->pos, '[', p->len - p->pos);
+
+    if (gt == NULL)
+      return parse_error (p, "unterminated DOCTYPE");
+    if (sub != NULL && sub < gt)
+      return parse_error (p, "a DOCTYPE with an internal subset is not "
+                          "read");
+    p->pos = (size_t) (gt - p->buf) + 1;
+    if (skip_misc (p) == -1)
+      return -1;
+  }
   if (!at (p, "<"))
     return parse_error (p, "<bmap> expected");
   fl->bmap_pos = p->pos;

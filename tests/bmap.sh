@@ -375,7 +375,7 @@ expect_fail "pipe" sparsecow unpack --bmap "$tmp/bt.bmap" - "$tmp/bad.raw" < <(c
 # order mark, CDATA sections (as text, and between the elements).  Each
 # variant of bmaptool's file must pass bmaptool copy, and both packing
 # through it and unpacking through it must give the data back.
-variant () {
+make_variant () {
   python3 - "$tmp/bt.bmap" "$tmp/variant.bmap" "$1" <<'PYEOF'
 import hashlib, re, sys
 src, dst, what = sys.argv[1:4]
@@ -393,11 +393,19 @@ elif what == "cdata":
                   r'\1<![CDATA[ \2-]]>\3<![CDATA[]]><', text, count=1)
     text = text.replace("<BlockMap>", "<BlockMap><![CDATA[ x ]]>", 1)
     text = text.replace("</BlockMap>", "</BlockMap><![CDATA[<y>]]>", 1)
+elif what == "doctype":
+    text = re.sub(r'(<\?xml[^>]*\?>)', r'\1\n<!DOCTYPE bmap>', text, count=1)
+elif what == "doctype-subset":
+    text = re.sub(r'(<\?xml[^>]*\?>)', r'\1\n<!DOCTYPE bmap [ <!ENTITY one "1"> ]>',
+                  text, count=1)
 c = re.search(r'<BmapFileChecksum>\s*([0-9a-f]{64})', text)
 zeroed = text[:c.start(1)] + "0" * 64 + text[c.end(1):]
 text = text[:c.start(1)] + hashlib.sha256(zeroed.encode()).hexdigest() + text[c.end(1):]
 open(dst, "w", encoding="utf-8").write(text)
 PYEOF
+}
+variant () {
+  make_variant "$1"
   cmp -s "$tmp/bt.bmap" "$tmp/variant.bmap" && fail "variant $1: not changed"
   bmap_copy_equals "$tmp/variant.bmap" "$raw"
   rm -f "$tmp/v.qcow2" "$tmp/v.raw"
@@ -412,6 +420,13 @@ PYEOF
 variant reversed-order
 variant bom
 variant cdata
+variant doctype
+# Stricter than bmaptool: a DOCTYPE that could define entities.
+make_variant doctype-subset
+grep -q "<!ENTITY" "$tmp/variant.bmap" || fail "variant doctype-subset: not changed"
+expect_fail "line 2: not a bmap file: a DOCTYPE with an internal subset is not read" \
+  sparsecow unpack -q --bmap "$tmp/variant.bmap" "$tmp/m.qcow2" "$tmp/v.raw"
+[ ! -e "$tmp/v.raw" ] || fail "a target was left by a bmap with an internal subset"
 
 # ---- a raw file whose size is not whole sectors ----------------------------
 # The image's virtual size is rounded up to 512 bytes (qemu-img says by
