@@ -25,9 +25,12 @@ crashed () {
 
 # shown IMAGE PATTERN: qemu-img info shows the damaged IMAGE; so does
 # sparsecow info, field by field, in JSON and in text, exit 0, with
-# PATTERN (why) and "damaged" on stderr.  The reader refuses it.
+# PATTERN (why) and "damaged" on stderr.  The reader refuses it.  (The
+# copy is written back first: its "actual-size" must not change between
+# the two; settle in functions.sh.)
 shown () {
   local img=$1 pattern=$2 rc=0 out
+  settle "$img"
   qemu-img info --output=json "$img" >q.json 2>q.err ||
     fail "$img: qemu-img info fails: $(cat q.err) (the test is wrong)"
   sparsecow info --output=json "$img" >s.json 2>s.err || rc=$?
@@ -221,6 +224,7 @@ damage l-ext592.qcow2; put_be64 l-ext592.qcow2 128 592
 damage l-farpayload.qcow2; put_be32 l-farpayload.qcow2 $(( L + 104 )) $(( 0xffffffff ))
 damage l-odd.qcow2; put_be32 l-odd.qcow2 $(( L + 108 )) 33
 for i in aes192 cast5 ext592 farpayload odd; do
+  settle l-$i.qcow2
   qemu-img info --output=json l-$i.qcow2 >q.json ||
     fail "l-$i.qcow2: qemu-img info refuses it (the test is wrong)"
   sparsecow info --output=json l-$i.qcow2 >s.json 2>s.err ||

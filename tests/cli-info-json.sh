@@ -84,6 +84,12 @@ if command -v mke2fs >/dev/null && command -v e2image >/dev/null; then
   rm fs.ext4
 fi
 
+# Every file written back, so that the space each takes ("actual-size",
+# "disk size") is the same for qemu-img and for sparsecow (settle in
+# functions.sh): cp and e2image leave theirs in the page cache.
+mapfile -t files < <(find . -type f)
+settle "${files[@]}"
+
 # compare QEMU-JSON SPARSECOW-JSON: every member of qemu's, at any
 # depth, is in sparsecow's with the same value; sparsecow's has no
 # other member but "sparsecow" in each image object.

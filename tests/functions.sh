@@ -77,6 +77,16 @@ info_as_qemu () {
 # Blocks (512 B) allocated to a file.
 allocated_bytes () { echo $(( $(stat -c %b "$1") * 512 )); }
 
+# settle FILE...: write FILE... back (fsync) before two programs are
+# compared on the space it takes (st_blocks: qemu-img info's
+# "actual-size" and "disk size").  ext4 allocates the blocks of a file
+# written through the page cache only at writeback, and with them, for
+# a file of more than four extents, a block of its extent tree; a
+# writeback that comes between the two programs would change the size
+# one of them sees.  qemu-img and qemu-io flush what they write; cp,
+# dd and the like do not.
+settle () { sync -- "$@" || fail "cannot write back $*"; }
+
 # luks_image OUT SIZE [,MORE-OPTIONS]: a LUKS-encrypted qcow2 image made
 # by qemu-img, secret "pw" (object s0).  qemu's key setup times PBKDF2
 # on the thread's CPU clock and gives up ("Unable to get accurate CPU
