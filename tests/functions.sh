@@ -184,11 +184,26 @@ merge_ranges () {
 #   loop_attach FILE: set dev to a loop device over FILE, detached on
 #   exit.  Call it in the test's shell, not in a subshell, so that the
 #   cleanup is registered.
+#   loop_detach DEV ID: detach DEV if it is still over the file that
+#   loop_id DEV gave as ID (device and inode of the file, which stay
+#   right when the file is removed or renamed).  A cleanup never
+#   detaches a device by its name alone: once a test has detached its
+#   device, another test running beside it (make -j2) may attach its
+#   own under the same name.
 loop_attach () {
+  local id
   requires losetup
   requires_root
   dev=$(losetup -f --show "$1") || { echo "$0: SKIP: no loop device"; exit 77; }
-  cleanup_fn "losetup -d $dev"
+  id=$(loop_id "$dev")
+  [ -n "$id" ] || { losetup -d "$dev"; fail "losetup shows no file under $dev"; }
+  cleanup_fn "loop_detach $dev '$id'"
+}
+loop_id () {
+  losetup -n -O BACK-MAJ:MIN,BACK-INO "$1" 2>/dev/null | awk 'NF { print $1, $2 }'
+}
+loop_detach () {
+  [ -z "$2" ] || [ "$(loop_id "$1")" != "$2" ] || losetup -d "$1"
 }
 
 # judge_progress FILE [--rc N] [OPTIONS]: the JSON progress lines a

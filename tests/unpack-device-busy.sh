@@ -79,7 +79,7 @@ if command -v mkfs.ext4 >/dev/null && command -v e2fsck >/dev/null; then
   mnt=$tmp/mnt
   mkdir "$mnt"
   over=$(losetup -f --show "$dev") || fail "losetup over $dev failed"
-  cleanup_fn "losetup -d $over 2>/dev/null"
+  cleanup_fn "loop_detach $over '$(loop_id "$over")'"
   mkfs.ext4 -q -F "$over" >/dev/null 2>&1 || fail "mkfs.ext4 on $over failed"
   mount "$over" "$mnt" || fail "cannot mount $over"
   cleanup_fn "umount $mnt 2>/dev/null"
@@ -146,5 +146,23 @@ sparsecow pack --target-is-device ref.raw "$dev" ||
   fail "pack --target-is-device to $dev failed"
 qemu-img compare -q -f qcow2 -F raw "$dev" ref.raw ||
   fail "the image packed onto $dev differs from its source"
+
+# The tests' cleanup (loop_attach, functions.sh) leaves alone a device
+# that another test attached under the name of one a test detached
+# itself: a test that detaches its device, whose name is at once taken
+# by another file, leaves that file attached when it ends.
+truncate -s 1M mine.img theirs.img
+bash -c '. "$1/functions.sh"; loop_attach mine.img; echo "$dev" >mine.dev
+  losetup -d "$dev"
+  losetup "$dev" theirs.img || echo "$dev" >taken' sh "$srcdir" ||
+  fail "test setup: a loop device over mine.img"
+[ -e taken ] ||
+  cleanup_fn "loop_detach $(cat mine.dev) '$(loop_id "$(cat mine.dev)")'"
+if [ -e taken ]; then
+  echo "$0: $(cat taken) was taken at once by another file: not tried"
+else
+  [ "$(losetup -n -O NAME -j theirs.img)" = "$(cat mine.dev)" ] ||
+    fail "the cleanup of a test detached $(cat mine.dev), which another file had taken"
+fi
 
 exit 0
