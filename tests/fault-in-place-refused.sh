@@ -36,20 +36,41 @@ swapoff swapf
 cmp swapf.ref swapf || fail "a refused command changed the swap file"
 
 # Immutable once opened: pack -n from a pipe opens the target, then
-# waits for its source.
+# waits for its source.  The file turns immutable once the program has
+# it open (seen in /proc), before the source comes through a FIFO: the
+# first write fails, not the open.
 head -c $((16 * MiB)) /dev/urandom > t
 cp t t.ref
 chattr +i t 2>/dev/null || { echo "$0: SKIP: chattr +i not supported on $tmp"; exit 77; }
 chattr -i t
 cleanup_fn "chattr -i $tmp/t"
+target=$(readlink -f t)
+mkfifo feed
 for cmd in "pack -n - t" "unpack -n - t"; do
   in=src.raw
   [ "${cmd%% *}" = unpack ] && in=img.qcow2
   rc=0
-  (sleep 1; chattr +i t; cat "$in") | sparsecow $cmd 2>err || rc=$?
+  # shellcheck disable=SC2086
+  $SC_VALGRIND "$SPARSECOW" $cmd <feed 2>err &
+  pid=$!
+  exec 7>feed
+  opened=
+  for ((i = 0; i < 1200; i++)); do
+    for fd in "/proc/$pid"/fd/*; do
+      [ "$(readlink "$fd" 2>/dev/null)" = "$target" ] && opened=1
+    done
+    [ -n "$opened" ] || ! running $pid || { sleep 0.05; continue; }
+    break
+  done
+  [ -n "$opened" ] && chattr +i t
+  cat "$in" >&7 2>/dev/null || :
+  exec 7>&-
+  wait $pid || rc=$?
   chattr -i t
+  [ -n "$opened" ] || { cat err >&2; fail "$cmd: never had t open"; }
   [ $rc -ne 0 ] || fail "$cmd into an immutable file succeeded"
-  grep -q "Operation not permitted" err || { cat err >&2; fail "$cmd: no EPERM"; }
+  grep -q "^sparsecow: t: write at offset [0-9]*: Operation not permitted" err ||
+    { cat err >&2; fail "$cmd: no EPERM from a write"; }
   if grep -q "partly written" err; then
     cat err >&2; fail "$cmd: nothing was written, yet it says partly written"
   fi
