@@ -108,18 +108,35 @@ sparsecow check -U ovl.qcow2 >/dev/null || fail "check -U of the overlay failed"
 kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || :
 
 # ---- sparsecow writes an image ------------------------------------------
-# The source answers one request a second, one at a time, so the image
-# is half written for a while: the piece with its header first, then
-# the data as the source gives it (-S 0: every cluster is copied in the
-# second pass, after the header; without it the data of an export goes
-# to its place in the first pass and the header comes last).  qemu-img
-# info must refuse the half-written file.
+# The source answers one request at a time and holds back the one that
+# reaches its end until the test opens the gate, so the image is half
+# written for as long as the test needs: the piece with its header
+# first, then the data as the source gives it (-S 0: every cluster is
+# copied in the second pass, after the header; without it the data of
+# an export goes to its place in the first pass and the header comes
+# last).  qemu-img info must refuse the half-written file.
 requires nbdkit
 mkdir w
 wdir=$(cd w && pwd -P)
+# gated_source FILE: sets gated to the server command of an export of
+# FILE whose read of its last byte waits for the file "gate" (or for
+# the end of the server).
+gated_source () {
+  local size
+  size=$(stat -c %s "$1")
+  gated=(nbdkit -r eval "get_size=echo $size"
+    "pread=[ \$((\$3 + \$4)) -lt $size ] ||
+           while [ ! -e '$tmp/gate' ] && kill -0 \$PPID; do sleep 0.01; done
+           dd if='$tmp/$1' iflag=skip_bytes,count_bytes skip=\$4 count=\$3 status=none")
+}
+head -c 3M /dev/urandom >src3.raw
+head -c 2M /dev/urandom >src2.raw
+cleanup_fn "touch '$tmp/gate'"
+rm -f gate
+gated_source src3.raw
 # The program itself in the background, so that $! is its process.
 $SC_VALGRIND "$SPARSECOW" pack -q -S 0 -j 1 -C 1 --requests 1 \
-  -- [ nbdkit --filter=delay pattern 3M rdelay=1 ] w/new.qcow2 &
+  -- [ "${gated[@]}" ] w/new.qcow2 &
 pack_pid=$!
 cleanup_fn "kill $pack_pid 2>/dev/null"
 # The target has no name until it is complete (or a temporary one): it
@@ -141,17 +158,21 @@ done
 qemu-img info -f qcow2 "$seen" >info.out 2>&1 &&
   fail "qemu-img info opened an image sparsecow is writing: $(cat info.out)"
 grep -q "lock" info.out || fail "qemu-img info failed otherwise: $(cat info.out)"
+touch gate
 wait $pack_pid || fail "pack from the slow server failed"
 # Done, the locks are gone with the writer.
 qemu-img info w/new.qcow2 >/dev/null || fail "qemu-img info of the finished image"
 qemu-img check -q w/new.qcow2
+qemu-img compare -q -f raw -F qcow2 src3.raw w/new.qcow2
 
 # ---- an image written to standard output ----------------------------------
 # A regular file behind standard output is an image being written like a
 # named one: held as qemu holds what it writes, so that qemu-img info
 # refuses it half written.
+rm -f gate
+gated_source src2.raw
 $SC_VALGRIND "$SPARSECOW" pack -q -S 0 -j 1 -C 1 --requests 1 \
-  -- [ nbdkit --filter=delay pattern 2M rdelay=300ms ] - >w/stdout.qcow2 &
+  -- [ "${gated[@]}" ] - >w/stdout.qcow2 &
 pack_pid=$!
 cleanup_fn "kill $pack_pid 2>/dev/null"
 for ((i = 0; i < 600; i++)); do
@@ -166,10 +187,12 @@ qemu-img info w/stdout.qcow2 >info.out 2>&1 &&
   fail "qemu-img info opened an image written to standard output: $(cat info.out)"
 grep -q 'Failed to get shared "write" lock' info.out ||
   fail "qemu-img info failed otherwise: $(cat info.out)"
+touch gate
 wait $pack_pid || fail "pack to standard output from the slow server failed"
 qemu-img info w/stdout.qcow2 >/dev/null ||
   fail "qemu-img info of the finished image written to standard output"
 qemu-img check -q w/stdout.qcow2
+qemu-img compare -q -f raw -F qcow2 src2.raw w/stdout.qcow2
 
 # A file behind standard output that qemu uses is not written: "1<>"
 # opens it without truncating it, so that what it holds can be checked.
@@ -205,8 +228,9 @@ sparsecow pack -q -f w/fifo w/old.qcow2 2>pack.err &
 pack_pid=$!
 exec 6>w/fifo
 head -c 1M /dev/urandom >&6
-for ((i = 0; i < 100; i++)); do
+for ((i = 0; i < 600; i++)); do
   qemu-img info w/old.qcow2 >info.out 2>&1 || break
+  running $pack_pid || break
   sleep 0.05
 done
 grep -q 'Failed to get shared "write" lock' info.out ||
