@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -1062,13 +1063,35 @@ static volatile sig_atomic_t deferred_signal;
  */
 static volatile sig_atomic_t targets_complete;
 static const char *complete_name;
+/* The note on a late signal has been written (by the handler). */
+static volatile sig_atomic_t late_told;
+
+static void
+write_str (const char *s)
+{
+  ssize_t r = write (STDERR_FILENO, s, strlen (s));
+
+  (void) r;
+}
 
 static void
 signal_handler (int sig)
 {
+  /* The note is written here, so that it is written however late the
+   * signal comes, until the program has ended.
+   */
   if (targets_complete) {
-    if (deferred_signal == 0)
+    if (deferred_signal == 0) {
       deferred_signal = sig;
+      write_str (cli_program);
+      write_str (": ");
+      write_str (complete_name ? complete_name : "every target");
+      write_str (": complete; ");
+      write_str (sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM"
+                 : sig == SIGHUP ? "SIGHUP" : "a signal");
+      write_str (" came after it was written\n");
+      late_told = 1;
+    }
     return;
   }
   if (defer_signals && deferred_signal == 0) {
@@ -1097,6 +1120,8 @@ void
 cli_targets_complete (const char *name)
 {
   complete_name = name;
+  /* The handler reads the name once it sees the flag. */
+  atomic_signal_fence (memory_order_seq_cst);
   targets_complete = 1;
 }
 
@@ -1118,7 +1143,7 @@ cli_exit_if_interrupted (void)
   if (sig == 0)
     return;
   if (targets_complete) {
-    if (!told)
+    if (!told && !late_told)
       cli_error ("%s: complete; %s came after it was written",
                  complete_name ? complete_name : "every target",
                  cli_signal_name ());
