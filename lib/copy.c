@@ -969,7 +969,8 @@ sc_count_data (struct sc_endpoint *src, uint64_t *total)
 
 /* Holes that count are cut into about HOLE_PIECES pieces, so that the
  * count over them moves in steps of under 1%; each at least a request
- * and at most MAX_HOLE_PIECE, a multiple of the request size.  Zeroing
+ * and at most MAX_HOLE_PIECE (unless they are cheap), a multiple of
+ * the request size.  Zeroing
  * a device or an export a piece at a time costs a call per piece, in
  * order: the bound keeps those calls few (16 per GiB) and long.
  */
@@ -977,11 +978,11 @@ sc_count_data (struct sc_endpoint *src, uint64_t *total)
 #define MAX_HOLE_PIECE ((uint64_t) 64 * 1024 * 1024)
 
 static uint64_t
-hole_piece (uint64_t total, uint32_t request_size)
+hole_piece (uint64_t total, uint32_t request_size, bool cheap)
 {
   uint64_t n = request_size;
 
-  while (n < MAX_HOLE_PIECE && n * 2 <= total / HOLE_PIECES)
+  while ((cheap || n < MAX_HOLE_PIECE) && n * 2 <= total / HOLE_PIECES)
     n *= 2;
   return n;
 }
@@ -1050,7 +1051,7 @@ sc_pipeline_run (const struct sc_pipeline *p)
       prog.total = all;
   }
   if (p->count_all && !cur.stream)
-    cur.hole_piece = hole_piece (prog.total, request_size);
+    cur.hole_piece = hole_piece (prog.total, request_size, p->cheap_holes);
 
   if (threads <= 1)
     rc = run_synchronously (p, &cur, &prog);

@@ -590,7 +590,8 @@ sc_file_target_in_place (int fd, bool own_fd, const char *name,
   f->fixed_size = fixed_size;
   f->fit = how == SC_IN_PLACE_FIT;
   f->base.ep.size = SC_MAX ((uint64_t) st.st_size, size);
-  f->base.ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE;
+  f->base.ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE
+                     | SC_EP_HOLES_READ_ZERO;
   if (how != SC_IN_PLACE_GROW)
     f->base.ep.flags |= SC_EP_IN_PLACE;
   /* An existing file written in place under its name is never taken
@@ -708,7 +709,8 @@ sc_file_target_new (const char *path, uint64_t size, unsigned flags)
   if (set_size (fd, size) == -1)
     goto err;
   f->base.ep.size = size;
-  f->base.ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE | SC_EP_FRESH_ZEROS;
+  f->base.ep.flags = SC_EP_SEEKABLE | SC_EP_THREAD_SAFE | SC_EP_FRESH_ZEROS
+                     | SC_EP_HOLES_READ_ZERO;
   return &f->base.ep;
 
  err:

@@ -35,6 +35,12 @@
                                    name (a device, an existing file, an
                                    export), so that what a failure
                                    leaves of it is seen as it is */
+#define SC_EP_HOLES_READ_ZERO 0x40 /* target: what its extents call a
+                                   hole reads as zero by definition (a
+                                   regular file), so that a read-back
+                                   need read only its data; never a
+                                   device, whose extents (if any) are
+                                   a hint */
 
 /* Flags of the zero slot. */
 #define SC_ZERO_MAY_UNMAP  0x1  /* the range may be deallocated (a hole

@@ -224,6 +224,12 @@ struct sc_pipeline {
    * data.
    */
   bool count_all;
+  /* With count_all: holes and zero extents cost little however long
+   * they are (a read-back that finds them in a file's extent map):
+   * pieces of under 1% of the total with no upper bound, so that the
+   * pieces of a guest of terabytes stay few.
+   */
+  bool cheap_holes;
 };
 
 /* Run the pipeline to the end, or to the first error (which is the one

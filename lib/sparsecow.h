@@ -540,7 +540,10 @@ extern int sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
  * byte is compared, zero ranges too (they must read as zero), except
  * the ranges a target with SC_TARGET_ZERO_SKIP left as they were.  A
  * block device's cached pages were dropped at its flush, so what is
- * read comes from the device; a file is read through its file system.
+ * read comes from the device, all of it; a regular file is read
+ * through its file system, only where its extent map (SEEK_DATA and
+ * SEEK_HOLE, asked now) says it holds data: its holes read as zero by
+ * definition (its last byte is read too, for a file cut short).
  * For a tee (sc_endpoint_open_tee) each member left is read; one that
  * differs is dropped from the tee (sc_endpoint_tee_status tells) and
  * the call fails only when none is left.  Returns 0, or -1 with errno

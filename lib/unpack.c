@@ -355,6 +355,16 @@ sc_unpack (struct sc_endpoint *image, struct sc_endpoint *dst,
 
 #define VERIFY_REQUEST (1024 * 1024)
 
+/* The extent map of a file read back is asked a window at a time: the
+ * window doubles while it holds few extents and halves while it holds
+ * many, so that a hole of terabytes takes a few calls and a file
+ * fragmented in 4 KiB blocks a list of at most some MiB.
+ */
+#define READ_BACK_WINDOW ((uint64_t) 1024 * 1024 * 1024)
+#define READ_BACK_MIN_WINDOW ((uint64_t) 64 * 1024 * 1024)
+#define READ_BACK_FEW 64
+#define READ_BACK_MANY 4096
+
 struct verify_member {
   struct sc_endpoint *ep;       /* NULL: not read (failed before) */
   uint64_t bad;                 /* first differing offset, or UINT64_MAX */
@@ -426,6 +436,89 @@ compare (struct verify_state *vs, size_t i, const unsigned char *want,
     }
 }
 
+/* Compare member i over [offset, offset+length) with want (NULL:
+ * zeros), VERIFY_REQUEST bytes at a time, using buf (as many bytes) to
+ * read into.
+ */
+static void
+compare_all (struct verify_state *vs, size_t i, const unsigned char *want,
+             unsigned char *buf, uint64_t offset, uint64_t length)
+{
+  for (uint64_t pos = 0; pos < length; pos += VERIFY_REQUEST) {
+    size_t len = (size_t) SC_MIN ((uint64_t) VERIFY_REQUEST, length - pos);
+
+    if (!wanted (vs, i, offset + pos))
+      return;
+    compare (vs, i, want ? want + pos : NULL, buf, len, offset + pos);
+  }
+}
+
+/* The same for a member whose holes read as zero by definition (a
+ * regular file, SC_EP_HOLES_READ_ZERO): its extent map, asked after
+ * the flush, tells where it holds data, and only that is read; what
+ * it calls a hole is compared with want without reading it.  A sparse
+ * file of 16 TiB holding a few clusters is so read back in a few
+ * system calls, where reading its holes took hours.  The map is asked
+ * a window at a time, so that the memory it takes does not grow with
+ * the fragmentation of the file.
+ */
+static void
+compare_mapped (struct verify_state *vs, size_t i, const unsigned char *want,
+                unsigned char *buf, uint64_t offset, uint64_t length)
+{
+  struct sc_endpoint *ep = vs->m[i].ep;
+  struct sc_extent_list l;
+  uint64_t pos = offset, end = offset + length;
+  uint64_t window = READ_BACK_WINDOW;
+
+  sc_extent_list_init (&l);
+  while (pos < end && wanted (vs, i, pos)) {
+    uint64_t wend = end - pos > window ? pos + window : end;
+
+    l.len = 0;
+    if (sc_ep_extents_all (ep, pos, wend - pos, &l) == -1) {
+      sc_error_prefix ("extents of the read-back at offset %" PRIu64, pos);
+      found (vs, i, pos, true);
+      break;
+    }
+    for (size_t k = 0; k < l.len; k++) {
+      const struct sc_extent *e = &l.ext[k];
+      const unsigned char *w = want ? want + (e->offset - offset) : NULL;
+
+      if (!(e->flags & (SC_EXTENT_HOLE | SC_EXTENT_ZERO)))
+        compare_all (vs, i, w, buf, e->offset, e->length);
+      else if (w && !sc_is_zero (w, (size_t) e->length)) {
+        size_t z = 0;
+
+        while (w[z] == 0)
+          z++;
+        found (vs, i, e->offset + z, false);
+      }
+      if (!wanted (vs, i, e->offset + e->length))
+        break;
+    }
+    if (l.len < READ_BACK_FEW && window <= UINT64_MAX / 2)
+      window *= 2;
+    else if (l.len > READ_BACK_MANY && window / 2 >= READ_BACK_MIN_WINDOW)
+      window /= 2;
+    pos = wend;
+  }
+  sc_extent_list_free (&l);
+}
+
+/* Compare member i over [offset, offset+length) with want (NULL:
+ * zeros; else length bytes), using buf (VERIFY_REQUEST bytes).
+ */
+static void
+compare_range (struct verify_state *vs, size_t i, const unsigned char *want,
+               unsigned char *buf, uint64_t offset, uint64_t length)
+{
+  if (vs->m[i].ep->flags & SC_EP_HOLES_READ_ZERO)
+    compare_mapped (vs, i, want, buf, offset, length);
+  else
+    compare_all (vs, i, want, buf, offset, length);
+}
+
 static int
 verify_work (struct sc_piece *piece, void *opaque)
 {
@@ -433,13 +526,13 @@ verify_work (struct sc_piece *piece, void *opaque)
 
   for (size_t i = 0; i < vs->n; i++)
     if (wanted (vs, i, piece->offset))
-      compare (vs, i, piece->buf, piece->out, (size_t) piece->length,
-               piece->offset);
+      compare_range (vs, i, piece->buf, piece->out, piece->offset,
+                     piece->length);
   return 0;
 }
 
 /* Zero ranges reach emit only (they carry no buffer): read them back
- * here, a request at a time.
+ * here, a request at a time (of a file, only where it holds data).
  */
 static int
 verify_emit (struct sc_piece *piece, void *opaque)
@@ -454,14 +547,8 @@ verify_emit (struct sc_piece *piece, void *opaque)
     /* Left as they were on purpose. */
     if (ep == NULL || !zeros_read_back (ep))
       continue;
-    for (uint64_t pos = 0; pos < piece->length; pos += VERIFY_REQUEST) {
-      size_t len = (size_t) SC_MIN ((uint64_t) VERIFY_REQUEST,
-                                    piece->length - pos);
-
-      if (!wanted (vs, i, piece->offset + pos))
-        break;
-      compare (vs, i, NULL, vs->zbuf, len, piece->offset + pos);
-    }
+    if (wanted (vs, i, piece->offset))
+      compare_range (vs, i, NULL, vs->zbuf, piece->offset, piece->length);
   }
   return 0;
 }
@@ -511,6 +598,19 @@ sc_unpack_verify (struct sc_endpoint *image, struct sc_endpoint *dst,
     goto out;
 
   p.src = checked ? checked : src;
+  /* A file read through its extent map: what lies past its end would
+   * be a hole there, so a file that lost its tail is found by reading
+   * its last byte.
+   */
+  for (size_t i = 0; i < vs.n && p.src->size > 0; i++)
+    if (vs.m[i].ep && (vs.m[i].ep->flags & SC_EP_HOLES_READ_ZERO)) {
+      unsigned char byte;
+
+      if (sc_ep_pread (vs.m[i].ep, &byte, 1, p.src->size - 1) == -1) {
+        sc_error_prefix ("read back at offset %" PRIu64, p.src->size - 1);
+        found (&vs, i, p.src->size - 1, true);
+      }
+    }
   p.request_size = VERIFY_REQUEST;
   p.out_size = VERIFY_REQUEST;
   p.threads = opts->threads;
@@ -521,9 +621,16 @@ sc_unpack_verify (struct sc_endpoint *image, struct sc_endpoint *dst,
   p.progress_opaque = opts->progress_opaque;
   /* Zero ranges that are read back (by verify_emit) cost a read as
    * data does: they count, in pieces of under 1% of the total, so that
-   * the count moves over them too.
+   * the count moves over them too.  Where only files read them back,
+   * through their extent maps, a hole costs next to nothing and the
+   * pieces need no upper bound.
    */
   p.count_all = any_zeros_read_back (dst);
+  p.cheap_holes = true;
+  for (size_t i = 0; i < vs.n; i++)
+    if (vs.m[i].ep && zeros_read_back (vs.m[i].ep)
+        && !(vs.m[i].ep->flags & SC_EP_HOLES_READ_ZERO))
+      p.cheap_holes = false;
   if (opts->progress && opts->verify_follows) {
     uint64_t verify;
 

@@ -82,8 +82,9 @@ static const struct option long_options[] = {
 
 /* For the tests of --verify only: SPARSECOW_TEST_CHANGE_BEFORE_VERIFY=
  * "N:OFFSET[,N:OFFSET...]" inverts the byte at OFFSET of the Nth
- * target (from 1, a block device) after it is written and flushed and
- * before it is read back, as a device that lost a write would show it.
+ * target (from 1; a block device or a file written in place, opened by
+ * its name) after it is written and flushed and before it is read
+ * back, as a device that lost a write would show it.
  * Returns -1 on a malformed value or a failed change.
  */
 static int
