@@ -578,6 +578,36 @@ if [ "$(id -u)" = 0 ] && command -v losetup >/dev/null; then
     sparsecow bmap -f "$raw" -o "$dev"
   cmp "$tmp/bdev.orig" "$dev" || fail "a bmap was written to the device $dev"
   [ ! -e "$tmp/bad.qcow2" ] || fail "pack --bmap-out DEVICE left an image"
+
+  # Unmapped blocks with --verify on a device that holds 0xff bytes:
+  # --target-is-zero leaves them unwritten but promises zeros, which the
+  # read-back checks (the first unmapped byte, at 64 KiB, differs);
+  # --zero=skip leaves them as they were, unread; by default they are
+  # made zero and read back as such.
+  qemu-img create -q -f qcow2 "$tmp/tz.qcow2" 1M
+  qemu-io -f qcow2 -c "write -P 0x11 0 64k" -c "write -P 0x22 512k 64k" \
+    "$tmp/tz.qcow2" >/dev/null
+  qemu-img convert -O raw "$tmp/tz.qcow2" "$tmp/tz.raw"
+  bmaptool -q create -o "$tmp/tz.bmap" "$tmp/tz.raw"
+  ff () { head -c $((1024 * 1024)) /dev/zero | tr '\0' '\377' |
+            dd of="$dev" bs=64k oflag=direct status=none; }
+  ff
+  expect_fail "^sparsecow: $dev: verify: differs from the image at offset 65536\$" \
+    sparsecow unpack -f -n --target-is-zero --bmap "$tmp/tz.bmap" --verify \
+    "$tmp/tz.qcow2" "$dev"
+  ff
+  sparsecow unpack -q -f --zero=skip --bmap "$tmp/tz.bmap" --verify \
+    "$tmp/tz.qcow2" "$dev" ||
+    fail "unpack --zero=skip --bmap --verify failed on unmapped blocks left as they were"
+  [ "$(head -c 1 "$dev" | od -An -tx1 | tr -d ' ')" = 11 ] ||
+    fail "unpack --zero=skip --bmap did not write the mapped blocks"
+  [ "$(dd if="$dev" bs=64k skip=1 count=1 status=none | tr -d '\377' | wc -c)" = 0 ] ||
+    fail "unpack --zero=skip --bmap wrote an unmapped block"
+  ff
+  sparsecow unpack -q -f --bmap "$tmp/tz.bmap" --verify "$tmp/tz.qcow2" "$dev" ||
+    fail "unpack --bmap --verify failed"
+  cmp -n $((1024 * 1024)) "$tmp/tz.raw" "$dev" ||
+    fail "unpack --bmap: unmapped blocks of $dev not made zero"
 fi
 
 # That check of every range is counted in the progress: the first half

@@ -142,6 +142,18 @@ for fs in xfs btrfs; do
     fail "unpack on $fs left other holes than on tmpfs"
   expect_shared $fs/u.raw $share
 
+  # Several targets at once: each gets a copy of its own, the same
+  # bytes and holes, nothing shared (as sparsecow(1) says).
+  sparsecow unpack -q $fs/p.qcow2 $fs/m1.raw $fs/m2.raw ||
+    fail "unpack to two targets on $fs"
+  for m in m1 m2; do
+    cmp src.raw $fs/$m.raw || fail "unpack to two targets on $fs: $m.raw differs"
+    data_map $fs/$m.raw | diff -u ref.map - ||
+      fail "unpack to two targets on $fs: $m.raw has other holes than on tmpfs"
+    expect_unshared $fs/$m.raw
+  done
+  rm -f $fs/m1.raw $fs/m2.raw
+
   # -S 0: everything allocated, the data shared without being read.
   sparsecow unpack -S 0 $fs/p.qcow2 $fs/s0.raw || fail "unpack -S 0 on $fs"
   cmp src.raw $fs/s0.raw || fail "unpack -S 0 on $fs differs"
