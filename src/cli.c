@@ -1281,8 +1281,11 @@ cli_same_file (const char *input, const char *target)
   struct stat s, t;
   const char *sb, *tb;
 
+  /* Two writers into one pipe mix their bytes into one stream. */
   if (stat (input, &s) == 0 && stat_endpoint (target, STDOUT_FILENO, &t) == 0)
-    return S_ISREG (s.st_mode) && S_ISREG (t.st_mode)
+    return ((S_ISREG (s.st_mode) && S_ISREG (t.st_mode))
+            || (S_ISFIFO (s.st_mode) && S_ISFIFO (t.st_mode))
+            || (S_ISSOCK (s.st_mode) && S_ISSOCK (t.st_mode)))
       && s.st_dev == t.st_dev && s.st_ino == t.st_ino;
   /* Two outputs not made yet (a bmap and the image of pack): the same
    * name in the same directory is the same file to be.
@@ -1315,7 +1318,9 @@ target_is (const char *what, const char *input, const struct stat *s,
                "target", out, what, in);
     return true;
   }
-  if (!(S_ISREG (s->st_mode) && S_ISREG (t->st_mode)
+  /* A pipe too: written, it would feed the reader its own output. */
+  if (!(((S_ISREG (s->st_mode) && S_ISREG (t->st_mode))
+         || (S_ISFIFO (s->st_mode) && S_ISFIFO (t->st_mode)))
         && s->st_dev == t->st_dev && s->st_ino == t->st_ino)
       && !(S_ISBLK (s->st_mode) && S_ISBLK (t->st_mode)
            && s->st_rdev == t->st_rdev))

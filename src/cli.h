@@ -305,12 +305,13 @@ extern bool cli_target_is_source (const struct cli_operand *source,
  */
 extern bool cli_is_stream_name (const char *name);
 
-/* Are the file input and the target one regular file, by device and
- * inode (after symbolic links and hard links; a target "-" is the file
- * behind standard output), or, when one of them does not exist yet, the
- * same name in the same directory?  For inputs besides the source, such
- * as a bmap, that a target written with -f would destroy, and for two
- * outputs of one command.
+/* Are the file input and the target one regular file, or one pipe or
+ * socket, by device and inode (after symbolic links and hard links, so
+ * /dev/stdout is the pipe on standard output; a target "-" is the file
+ * or pipe behind standard output), or, when one of them does not exist
+ * yet, the same name in the same directory?  For inputs besides the
+ * source, such as a bmap, that a target written with -f would destroy,
+ * and for two outputs of one command (pass an output "-" as target).
  */
 extern bool cli_same_file (const char *input, const char *target);
 

@@ -809,7 +809,12 @@ cmd_pack (int argc, char **argv)
                                         || common.progress_json))
       cli_usage_error ("pack", "--bmap-out -: standard output is taken");
     cli_check_bmap_output ("pack", "--bmap-out", bmap_out);
-    if (strcmp (bmap_out, target) == 0 || cli_same_file (bmap_out, target))
+    /* By what they are: "--bmap-out /dev/stdout" with TARGET "-" (or
+     * the other way round) is one pipe, which would carry both.
+     */
+    if (strcmp (bmap_out, target) == 0
+        || (strcmp (bmap_out, "-") == 0 ? cli_same_file (target, bmap_out)
+                                        : cli_same_file (bmap_out, target)))
       cli_usage_error ("pack", "--bmap-out and TARGET are one file");
     if (bmap_map && cli_same_file (bmap_map, bmap_out))
       cli_usage_error ("pack", "--map=bmap: and --bmap-out are one file");

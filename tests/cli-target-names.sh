@@ -67,4 +67,39 @@ sparsecow unpack -q img.qcow2 twice.raw bdir/twice.raw
 qemu-img compare -q -F raw img.qcow2 twice.raw || fail "twice.raw differs"
 qemu-img compare -q -F raw img.qcow2 bdir/twice.raw || fail "bdir/twice.raw differs"
 
+# One stream by two names is one output.  pack's bmap and its image
+# into the pipe on standard output, "-" for one and /dev/stdout (or
+# /proc/self/fd/1, /dev/fd/1) for the other, would come out as one
+# stream of XML and image; refused, nothing written into the pipe.
+# qemu-img and bmaptool judge the same command with two outputs.
+for name in /dev/stdout /proc/self/fd/1 /dev/fd/1; do
+  for args in "--bmap-out $name data.raw -" "--bmap-out - data.raw $name"; do
+    { rc=0; sparsecow pack $args 2>s.err || rc=$?; echo $rc >rc.out; } |
+      cat >piped.out
+    [ "$(cat rc.out)" = 1 ] || fail "pack $args | cat: exit $(cat rc.out)"
+    grep -q "^sparsecow: pack: --bmap-out and TARGET are one file" s.err ||
+      fail "pack $args: $(cat s.err)"
+    [ ! -s piped.out ] ||
+      fail "pack $args: $(wc -c <piped.out) bytes into the pipe"
+  done
+done
+sparsecow pack --bmap-out data.bmap data.raw - | cat >piped.qcow2
+qemu-img compare -q -f raw -F qcow2 data.raw piped.qcow2 ||
+  fail "pack --bmap-out data.bmap data.raw - | cat: the image differs"
+if command -v bmaptool >/dev/null; then
+  bmaptool -q copy --bmap data.bmap data.raw copied.raw ||
+    fail "bmaptool copy refuses the bmap of pack --bmap-out FILE ... -"
+  cmp data.raw copied.raw
+fi
+
+# A named pipe by two names (hard links) is one pipe: written as the
+# target it would feed pack its own output.  Refused before either end
+# is opened (opened, the reading end would wait for a writer).
+mkfifo fifo
+ln fifo fifo2
+rc=0
+timeout 20 "$SPARSECOW" pack fifo fifo2 2>s.err || rc=$?
+[ "$rc" = 1 ] && grep -q "^sparsecow: fifo2: is the source fifo itself" s.err ||
+  fail "pack fifo fifo2 (one pipe): exit $rc: $(cat s.err)"
+
 exit 0
