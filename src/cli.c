@@ -926,7 +926,8 @@ cli_progress_done (const struct cli_common *common)
 }
 
 /* Are descriptors a and b open on one file that is not a terminal or
- * another character device (where lines of progress do no harm)?
+ * another character device (where lines of progress do no harm)?  A
+ * pipe or a socket is one by its inode, whatever names lead to it.
  */
 static bool
 same_open_file (int a, int b)
@@ -938,15 +939,88 @@ same_open_file (int a, int b)
     && !S_ISCHR (sa.st_mode);
 }
 
+/* The descriptors a command writes text on, for the checks below:
+ * JSON progress (on standard error or the descriptor of fd:N), the
+ * messages on standard error, and standard output where the command
+ * prints text there (common->text_on_stdout).  Text on a file the
+ * command reads or on a stream that carries its data would change the
+ * one or mix into the other.
+ */
+struct text_stream {
+  int fd;
+  char what[64];                /* "progress (on descriptor 3)" */
+};
+#define MAX_TEXT_STREAMS 3
+
+static size_t
+text_streams (const struct cli_common *common,
+              struct text_stream ts[MAX_TEXT_STREAMS])
+{
+  size_t n = 0;
+
+  if (common->progress_json) {
+    ts[n].fd = common->progress_fd ? common->progress_fd : STDERR_FILENO;
+    snprintf (ts[n].what, sizeof ts[n].what, "progress (on descriptor %d)",
+              ts[n].fd);
+    n++;
+  }
+  /* main put /dev/null on a standard descriptor closed at the start:
+   * nothing written there lands anywhere.
+   */
+  if (!cli_std_closed[STDERR_FILENO]) {
+    ts[n].fd = STDERR_FILENO;
+    snprintf (ts[n].what, sizeof ts[n].what, "messages (on standard error)");
+    n++;
+  }
+  if (common->text_on_stdout && !cli_std_closed[STDOUT_FILENO]) {
+    ts[n].fd = STDOUT_FILENO;
+    snprintf (ts[n].what, sizeof ts[n].what, "text (on standard output)");
+    n++;
+  }
+  return n;
+}
+
+static bool progress_into (const struct stat *a, const struct stat *b);
+
+/* The usage error of text that would go into what the command reads
+ * (in, by identity): said on standard error, unless standard error is
+ * that very file, which the message would change as much; then the
+ * exit status alone says it.
+ */
+static void
+input_refused (const char *command, const struct stat *in,
+               const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4), noreturn));
+
+static void
+input_refused (const char *command, const struct stat *in,
+               const char *fmt, ...)
+{
+  struct stat e;
+  char msg[PATH_MAX + 256];
+  va_list ap;
+
+  if (!cli_std_closed[STDERR_FILENO] && fstat (STDERR_FILENO, &e) == 0
+      && progress_into (&e, in))
+    exit (cli_usage_status);
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  cli_usage_error (command, "%s", msg);
+}
+
 void
 cli_check_progress (const char *command, const struct cli_common *common,
                     bool data_on_stdout, bool data_on_stdin)
 {
   int fd = common->progress_fd ? common->progress_fd : STDERR_FILENO, fl;
   const char *arg = common->progress_arg ? common->progress_arg : "json";
+  struct text_stream ts[MAX_TEXT_STREAMS];
+  struct stat in;
+  size_t n;
 
   if (!common->progress_json)
-    return;
+    goto streams;
   /* main put /dev/null on a standard descriptor closed at the start:
    * progress there would be lost.  Standard error too ("2>&-").
    */
@@ -973,37 +1047,76 @@ cli_check_progress (const char *command, const struct cli_common *common,
                      "one file)", arg);
   }
   /* "<>file 3>&0": the input, open for writing too. */
-  if (data_on_stdin && same_open_file (fd, STDIN_FILENO))
-    cli_usage_error (command, "--progress=%s: progress would go into the "
-                     "data read from standard input (descriptor %d is the "
-                     "same file)", arg, fd);
+  if (data_on_stdin && same_open_file (fd, STDIN_FILENO)
+      && fstat (STDIN_FILENO, &in) == 0)
+    input_refused (command, &in, "--progress=%s: progress would go into "
+                   "the data read from standard input (descriptor %d is "
+                   "the same file)", arg, fd);
+
+ streams:
+  /* The messages, and text on standard output: "2>&1" with the data
+   * on standard output would put a note or an error into the data, and
+   * nowhere else could say what went wrong.  This message itself goes
+   * there, but nothing has been written yet.
+   */
+  n = text_streams (common, ts);
+  for (size_t i = 0; i < n; i++) {
+    if (ts[i].fd != STDOUT_FILENO && data_on_stdout
+        && same_open_file (ts[i].fd, STDOUT_FILENO))
+      cli_usage_error (command, "%s would go into the data on standard "
+                       "output (they are one file)", ts[i].what);
+    if (data_on_stdin && same_open_file (ts[i].fd, STDIN_FILENO)
+        && fstat (STDIN_FILENO, &in) == 0)
+      input_refused (command, &in, "%s would go into the data read from "
+                     "standard input (they are one file)", ts[i].what);
+  }
 }
 
-/* Is the file or device s the one progress goes to (a)? */
+/* Is the file, device or stream b the one text goes to (a)? */
 static bool
 progress_into (const struct stat *a, const struct stat *b)
 {
-  /* A file, or a device that a descriptor was opened on. */
-  return (S_ISREG (a->st_mode) && S_ISREG (b->st_mode)
-          && a->st_dev == b->st_dev && a->st_ino == b->st_ino)
-         || (S_ISBLK (a->st_mode) && S_ISBLK (b->st_mode)
-             && a->st_rdev == b->st_rdev);
+  /* A file, a device that a descriptor was opened on, or a pipe or a
+   * socket, named for instance /dev/stdout or /proc/self/fd/2.
+   */
+  return ((S_ISREG (a->st_mode) && S_ISREG (b->st_mode))
+          || (S_ISFIFO (a->st_mode) && S_ISFIFO (b->st_mode))
+          || (S_ISSOCK (a->st_mode) && S_ISSOCK (b->st_mode)))
+         ? a->st_dev == b->st_dev && a->st_ino == b->st_ino
+         : S_ISBLK (a->st_mode) && S_ISBLK (b->st_mode)
+           && a->st_rdev == b->st_rdev;
+}
+
+/* Text on any of the command's text streams into name (b), an output
+ * or, when input, something the command reads?
+ */
+static void
+check_text_into (const char *command, const struct cli_common *common,
+                 const char *name, bool input)
+{
+  struct text_stream ts[MAX_TEXT_STREAMS];
+  size_t n = text_streams (common, ts);
+  struct stat a, b;
+
+  if (strcmp (name, "-") == 0 || sc_is_nbd_uri (name)
+      || stat (name, &b) == -1)
+    return;
+  for (size_t i = 0; i < n; i++) {
+    if (fstat (ts[i].fd, &a) == -1 || !progress_into (&a, &b))
+      continue;
+    if (input)
+      input_refused (command, &b, "%s would be written into %s",
+                     ts[i].what, name);
+    cli_usage_error (command, "%s would be written into %s", ts[i].what,
+                     name);
+  }
 }
 
 void
 cli_check_progress_not (const char *command, const struct cli_common *common,
                         const char *name)
 {
-  int fd = common->progress_fd ? common->progress_fd : STDERR_FILENO;
-  struct stat a, b;
-
-  if (!common->progress_json || strcmp (name, "-") == 0
-      || sc_is_nbd_uri (name) || fstat (fd, &a) == -1
-      || stat (name, &b) == -1)
-    return;
-  if (progress_into (&a, &b))
-    cli_usage_error (command, "progress (on descriptor %d) would be written "
-                     "into %s", fd, name);
+  check_text_into (command, common, name, false);
 }
 
 static bool chain_any (const char *source,
@@ -1014,8 +1127,9 @@ static bool chain_any (const char *source,
 struct progress_arg {
   const char *command;
   const char *image;
-  int fd;
-  struct stat a;
+  size_t n;
+  struct text_stream ts[MAX_TEXT_STREAMS];
+  struct stat a[MAX_TEXT_STREAMS];
 };
 
 static bool
@@ -1024,10 +1138,10 @@ progress_into_cb (const char *what, const char *path, const struct stat *s,
 {
   struct progress_arg *p = arg;
 
-  if (progress_into (&p->a, s))
-    cli_usage_error (p->command, "progress (on descriptor %d) would be "
-                     "written into %s, the %s of %s", p->fd, path, what,
-                     p->image);
+  for (size_t i = 0; i < p->n; i++)
+    if (progress_into (&p->a[i], s))
+      input_refused (p->command, s, "%s would be written into %s, the %s "
+                     "of %s", p->ts[i].what, path, what, p->image);
   return false;
 }
 
@@ -1035,15 +1149,20 @@ void
 cli_check_progress_image (const char *command,
                           const struct cli_common *common, const char *name)
 {
-  struct progress_arg p = { command, name, 0, { 0 } };
+  struct progress_arg p = { .command = command, .image = name };
+  struct text_stream ts[MAX_TEXT_STREAMS];
+  size_t n = text_streams (common, ts);
   struct stat b;
 
-  cli_check_progress_not (command, common, name);
-  p.fd = common->progress_fd ? common->progress_fd : STDERR_FILENO;
-  if (!common->progress_json || strcmp (name, "-") == 0
-      || sc_is_nbd_uri (name) || fstat (p.fd, &p.a) == -1
-      || !(S_ISREG (p.a.st_mode) || S_ISBLK (p.a.st_mode))
-      || stat (name, &b) == -1
+  check_text_into (command, common, name, true);
+  if (strcmp (name, "-") == 0 || sc_is_nbd_uri (name))
+    return;
+  /* Only a file or a device can be a file of the chain. */
+  for (size_t i = 0; i < n; i++)
+    if (fstat (ts[i].fd, &p.a[p.n]) == 0
+        && (S_ISREG (p.a[p.n].st_mode) || S_ISBLK (p.a[p.n].st_mode)))
+      p.ts[p.n++] = ts[i];
+  if (p.n == 0 || stat (name, &b) == -1
       || !(S_ISREG (b.st_mode) || S_ISBLK (b.st_mode))
       || sc_is_qcow2 (name) != 1)
     return;

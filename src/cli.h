@@ -38,6 +38,11 @@ struct cli_common {
   unsigned threads;             /* -j N, 0 = default */
   bool force_share;             /* -U: read an image another process holds */
   struct sc_nbd_opts nbd;       /* -C N, --requests N, --timeout S */
+  /* Set by a command that prints text (a verdict) on standard output:
+   * the checks of cli_check_progress* then keep it off the files the
+   * command reads, as they do standard error and progress.
+   */
+  bool text_on_stdout;
 };
 
 /* Long option ids shared by the commands (above any short option). */
@@ -242,24 +247,31 @@ extern int cli_parse_uint (const char *s, unsigned min, unsigned max,
 /* Write a JSON string literal (with quotes) to fp. */
 extern void cli_json_string (FILE *fp, const char *s);
 
-/* Refuse, as a usage error, JSON progress that would go where it
- * cannot: onto standard output when it carries data (data_on_stdout),
- * onto the file on standard input when that is the data read
- * (data_on_stdin), or to a descriptor that is not open for writing.
- * Called before anything is opened.
+/* Refuse, as a usage error, text that would go where it cannot: JSON
+ * progress, the messages on standard error, and text on standard output
+ * (common->text_on_stdout).  Any of them on standard output's file when
+ * that carries data (data_on_stdout: "2>&1", fd:1), on the file on
+ * standard input when that is the data read (data_on_stdin); progress
+ * also to a descriptor that is not open for writing.  Called before
+ * anything is opened.
  */
 extern void cli_check_progress (const char *command,
                                 const struct cli_common *common,
                                 bool data_on_stdout, bool data_on_stdin);
-/* The same for a file the command reads or writes: JSON progress on a
- * descriptor open on NAME (a source, an image, a target written in
- * place) would change it.  A usage error then.
+/* The same for a file the command reads or writes (a source, an image,
+ * a target, a bmap read or written): any of those text streams open on
+ * what NAME is, by identity (a file, a block device, or a pipe or a
+ * socket by its inode, as /dev/stdout and /dev/stderr name them),
+ * would change it or mix into it.  A usage error then.
  */
 extern void cli_check_progress_not (const char *command,
                                     const struct cli_common *common,
                                     const char *name);
-/* The same for an image the command reads, and for every other file it
- * reads through it: its backing chain and external data files.
+/* The same for an image or another file the command reads (a bmap),
+ * and for every other file it reads through an image: its backing chain
+ * and external data files.  When standard error is that file, the
+ * refusal says nothing (a message would change the file as much): the
+ * exit status alone tells it.
  */
 extern void cli_check_progress_image (const char *command,
                                       const struct cli_common *common,

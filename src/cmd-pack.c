@@ -747,10 +747,15 @@ cmd_pack (int argc, char **argv)
                      "written in place can read as zero already");
   if (!ops[1].nbd && cli_target_is_source (&ops[0], target))
     return EXIT_ERROR;
-  cli_check_progress ("pack", &common, strcmp (target, "-") == 0,
+  cli_check_progress ("pack", &common, strcmp (target, "-") == 0
+                      || (bmap_out && strcmp (bmap_out, "-") == 0),
                       strcmp (source, "-") == 0);
   cli_check_progress_image ("pack", &common, source);
   cli_check_progress_not ("pack", &common, target);
+  if (bmap_out)
+    cli_check_progress_not ("pack", &common, bmap_out);
+  if (bmap_map)
+    cli_check_progress_image ("pack", &common, bmap_map);
   if (strcmp (target, "-") == 0) {
     if (isatty (STDOUT_FILENO)) {
       cli_error ("pack: refusing to write an image to a terminal");

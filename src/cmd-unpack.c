@@ -358,6 +358,8 @@ cmd_unpack (int argc, char **argv)
     cli_check_progress_image ("unpack", &common, image);
     for (int i = 0; i < ntargets; i++)
       cli_check_progress_not ("unpack", &common, targets[i].name);
+    if (bmap_path)
+      cli_check_progress_image ("unpack", &common, bmap_path);
   }
   if (ntargets == 1 && strcmp (targets[0].name, "-") == 0) {
     if (isatty (STDOUT_FILENO)) {

@@ -196,3 +196,77 @@ for f in rb.raw mid.qcow2 mid.data; do
 done
 qemu-img compare -q "$tmp/ch/guest.raw" "$tmp/ch/top.qcow2" ||
   fail "progress was written into a file of the backing chain"
+
+# No text goes into a stream that carries data, whatever name leads to
+# the stream: /dev/stdout, /proc/self/fd/1 or /dev/stderr as a target
+# is the pipe that progress or the messages go to ("2>&1" too).
+# Refused, exit 1, before anything is written: the pipe carries the
+# refusal at most, never progress, a note, an image or a bmap.
+head -c $MiB /dev/urandom >"$tmp/sm.raw"
+truncate -s $((4 * MiB)) "$tmp/sm.raw"
+qemu-img convert -f raw -O qcow2 "$tmp/sm.raw" "$tmp/sm.qcow2"
+# piped PATTERN REDIR CMD...: CMD (its standard error to standard
+# output when REDIR is 2to1, or its standard output to /dev/null and
+# standard error to the pipe when 2only) into a pipe read by cat.
+piped () {
+  local pattern=$1 redir=$2; shift 2
+  rm -f "$tmp/piped"
+  : >"$tmp/perr"
+  case $redir in
+    2to1) { rc=0; "$@" 2>&1 || rc=$?; echo $rc >"$tmp/prc"; } ;;
+    2only) { rc=0; "$@" 2>&1 >/dev/null || rc=$?; echo $rc >"$tmp/prc"; } ;;
+    *) { rc=0; "$@" 2>"$tmp/perr" || rc=$?; echo $rc >"$tmp/prc"; } ;;
+  esac | cat >"$tmp/piped"
+  [ "$(cat "$tmp/prc")" = 1 ] || fail "$* ($redir) | cat: exit $(cat "$tmp/prc")"
+  cat "$tmp/piped" "$tmp/perr" | grep -Eq -- "$pattern" ||
+    fail "$* ($redir) | cat: does not say '$pattern': $(head -c 300 "$tmp/piped")"
+  ! LC_ALL=C grep -aq -e '"done"' -e $'QFI\xfb' -e '<?xml' "$tmp/piped" ||
+    fail "$* ($redir) | cat: the pipe took $(head -c 300 "$tmp/piped")"
+  if [ "$redir" = none ]; then
+    [ ! -s "$tmp/piped" ] || fail "$* | cat: $(wc -c <"$tmp/piped") bytes"
+  fi
+}
+for name in /dev/stdout /proc/self/fd/1; do
+  piped "progress \(on descriptor 1\) would be written into $name" none \
+    sparsecow unpack --progress=json:fd:1 "$tmp/sm.qcow2" $name
+  piped "progress \(on descriptor 1\) would be written into $name" none \
+    sparsecow pack --progress=json:fd:1 --bmap-out $name "$tmp/sm.raw" \
+    "$tmp/pq.qcow2"
+  [ ! -e "$tmp/pq.qcow2" ] || fail "pack --bmap-out $name: wrote the image"
+done
+piped "progress \(on descriptor 2\) would be written into /dev/stderr" 2only \
+  sparsecow unpack --progress=json "$tmp/sm.qcow2" /dev/stderr
+piped "progress \(on descriptor 2\) would be written into /dev/stderr" 2to1 \
+  sparsecow bmap --progress=json "$tmp/sm.raw" -o /dev/stderr
+# The messages alone: the note that a source is an image, any error.
+piped "messages \(on standard error\) would be written into /dev/stderr" \
+  2only sparsecow pack "$tmp/sm.qcow2" /dev/stderr
+piped "messages \(on standard error\) would be written into /dev/stderr" \
+  2only sparsecow unpack "$tmp/sm.qcow2" /dev/stderr
+piped "messages \(on standard error\) would go into the data" 2to1 \
+  sparsecow pack "$tmp/sm.qcow2" -
+piped "messages \(on standard error\) would go into the data" 2to1 \
+  sparsecow pack --bmap-out - "$tmp/sm.raw" "$tmp/pq.qcow2"
+piped "messages \(on standard error\) would go into the data" 2to1 \
+  sparsecow bmap "$tmp/sm.raw"
+# A terminal or /dev/null shared by both takes no harm; nor does a
+# pipe that only the data goes to.
+sparsecow pack "$tmp/sm.qcow2" - >/dev/null 2>&1 ||
+  fail "pack - >/dev/null 2>&1 refused"
+sparsecow pack -q "$tmp/sm.qcow2" /dev/stdout 2>"$tmp/perr" | cat >"$tmp/ok.qcow2"
+qemu-img compare -q "$tmp/sm.raw" "$tmp/ok.qcow2" ||
+  fail "pack IMAGE /dev/stdout | cat: the image differs"
+# Standard error open on a file the command reads: the refusal says
+# nothing there (it would change the file as much), exit 1 alone.
+cp "$tmp/sm.qcow2" "$tmp/sm2.qcow2"
+rc=0
+sparsecow pack "$tmp/sm2.qcow2" "$tmp/pq.qcow2" 2>>"$tmp/sm2.qcow2" || rc=$?
+[ "$rc" = 1 ] || fail "pack IMAGE 2>>IMAGE: exit $rc"
+cmp "$tmp/sm.qcow2" "$tmp/sm2.qcow2" || fail "pack IMAGE 2>>IMAGE changed it"
+[ ! -e "$tmp/pq.qcow2" ] || fail "pack IMAGE 2>>IMAGE: wrote the image"
+cp "$tmp/ch/rb.raw" "$tmp/ch/rb.keep"
+rc=0
+sparsecow unpack "$tmp/ch/top.qcow2" "$tmp/ch/u.raw" 2>>"$tmp/ch/rb.raw" ||
+  rc=$?
+[ "$rc" = 1 ] || fail "unpack IMAGE 2>>BACKING: exit $rc"
+cmp "$tmp/ch/rb.raw" "$tmp/ch/rb.keep" || fail "unpack 2>>BACKING changed it"
