@@ -109,7 +109,8 @@ cmd_bmap (int argc, char **argv)
   cli_check_progress_image ("bmap", &common, op.name);
   cli_check_progress_not ("bmap", &common, out.name);
   cli_check_bmap_output ("bmap", "-o", out.name);
-  if (strcmp (out.name, "-") != 0 && cli_target_is_source (&op, out.name))
+  /* Standard output too, the default: "1<>FILE" is the file. */
+  if (cli_target_is_source (&op, out.name))
     return EXIT_ERROR;
 
   /* What the source is: a qcow2 image is mapped through its guest

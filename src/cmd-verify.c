@@ -307,6 +307,8 @@ cmd_verify (int argc, char **argv)
   }
   cli_operands ("verify", argc, argv, optind, ops, n == 1 ? 1 : 2,
                 "IMAGE, or A and B");
+  /* The verdict goes to standard output: never into A or B. */
+  common.text_on_stdout = true;
   {
     bool from_stdin = false;
 

@@ -102,4 +102,44 @@ timeout 20 "$SPARSECOW" pack fifo fifo2 2>s.err || rc=$?
 [ "$rc" = 1 ] && grep -q "^sparsecow: fifo2: is the source fifo itself" s.err ||
   fail "pack fifo fifo2 (one pipe): exit $rc: $(cat s.err)"
 
+# Standard output is a target by another name: "1<>FILE" makes it that
+# file.  bmap's map (on standard output by default, or with -o -) is
+# not written over its source nor over the source's backing file, and
+# verify's verdict not into A, B or a file of their chains; refused
+# before anything is written.  cmp and qemu-img judge what is left.
+qemu-img create -q -f qcow2 base.qcow2 64M
+qemu-io -c "write -P 7 1M 1M" base.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+qemu-io -c "write -P 9 8M 1M" top.qcow2 >/dev/null
+qemu-img convert -O raw top.qcow2 top.raw
+sparsecow pack -q -c --digest data.raw dig.qcow2
+for f in data.raw img.qcow2 base.qcow2 dig.qcow2; do cp $f $f.keep; done
+# stdout_is FILE STATUS PATTERN CMD...: CMD with standard output open
+# on FILE exits STATUS, says PATTERN, and leaves FILE as it was.
+stdout_is () {
+  local file=$1 status=$2 pattern=$3 rc=0; shift 3
+  sparsecow "$@" 1<>"$file" 2>s.err || rc=$?
+  [ "$rc" = "$status" ] || fail "$* 1<>$file: exit $rc: $(cat s.err)"
+  grep -q -- "$pattern" s.err || fail "$* 1<>$file: $(cat s.err)"
+  cmp "$file.keep" "$file" || fail "$* 1<>$file: written into $file"
+}
+for o in "" "-o -"; do
+  stdout_is data.raw 1 "^sparsecow: stdout: is the source data.raw itself" \
+    bmap $o data.raw
+  stdout_is img.qcow2 1 "^sparsecow: stdout: is the source img.qcow2 itself" \
+    bmap $o img.qcow2
+  stdout_is base.qcow2 1 "^sparsecow: stdout: is the backing file base.qcow2" \
+    bmap $o top.qcow2
+done
+stdout_is img.qcow2 2 "text (on standard output) would be written into img.qcow2" \
+  verify img.qcow2 data.raw
+stdout_is img.qcow2 2 "text (on standard output) would be written into img.qcow2" \
+  verify data.raw img.qcow2
+stdout_is dig.qcow2 2 "text (on standard output) would be written into dig.qcow2" \
+  verify dig.qcow2
+stdout_is base.qcow2 2 "would be written into base.qcow2, the backing file of top.qcow2" \
+  verify top.raw top.qcow2
+qemu-img compare -q top.qcow2 top.raw || fail "top.qcow2 changed"
+sparsecow verify -q dig.qcow2 || fail "dig.qcow2: the digest no longer matches"
+
 exit 0
