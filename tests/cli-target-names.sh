@@ -139,6 +139,13 @@ stdout_is dig.qcow2 2 "text (on standard output) would be written into dig.qcow2
   verify dig.qcow2
 stdout_is base.qcow2 2 "would be written into base.qcow2, the backing file of top.qcow2" \
   verify top.raw top.qcow2
+# The reports of info, check and map on standard output likewise.
+for c in info check map; do
+  stdout_is img.qcow2 1 "text (on standard output) would be written into img.qcow2" \
+    $c img.qcow2
+  stdout_is base.qcow2 1 "would be written into base.qcow2, the backing file of top.qcow2" \
+    $c top.qcow2
+done
 qemu-img compare -q top.qcow2 top.raw || fail "top.qcow2 changed"
 sparsecow verify -q dig.qcow2 || fail "dig.qcow2: the digest no longer matches"
 
