@@ -1146,6 +1146,20 @@ progress_into_cb (const char *what, const char *path, const struct stat *s,
 }
 
 void
+cli_check_report_streams (const char *command,
+                          const struct cli_common *common,
+                          const char *image, bool nbd)
+{
+  struct cli_common text = *common;
+
+  text.progress_json = false;
+  text.text_on_stdout = true;
+  cli_check_progress (command, &text, false,
+                      !nbd && strcmp (image, "-") == 0);
+  cli_check_progress_image (command, &text, image);
+}
+
+void
 cli_check_progress_image (const char *command,
                           const struct cli_common *common, const char *name)
 {

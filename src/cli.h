@@ -277,6 +277,16 @@ extern void cli_check_progress_image (const char *command,
                                       const struct cli_common *common,
                                       const char *name);
 
+/* For a command that prints a report about IMAGE (info, map, check):
+ * the report goes to standard output and errors to standard error,
+ * neither into the image or a file of its chain ("1<>IMAGE"); no
+ * progress is shown, whatever --progress says.  A usage error if one
+ * would.  nbd: IMAGE is an export.
+ */
+extern void cli_check_report_streams (const char *command,
+                                      const struct cli_common *common,
+                                      const char *image, bool nbd);
+
 /* A progress callback for the library, set up from common options:
  * a bar on stderr when it is a terminal (-p), or JSON lines on stderr
  * or on the descriptor of --progress=fd:N.  Returns NULL when no

@@ -208,19 +208,7 @@ cmd_check (int argc, char **argv)
   }
   cli_operands ("check", argc, argv, optind, &op, 1, "one IMAGE argument");
   image = op.name;
-  /* The report goes to standard output, and errors to standard error:
-   * neither into the image or a file of its chain ("1<>IMAGE").  No
-   * progress is shown here, whatever --progress says.
-   */
-  {
-    struct cli_common text = common;
-
-    text.progress_json = false;
-    text.text_on_stdout = true;
-    cli_check_progress ("check", &text, false,
-                        !op.nbd && strcmp (image, "-") == 0);
-    cli_check_progress_image ("check", &text, image);
-  }
+  cli_check_report_streams ("check", &common, image, op.nbd);
 
   if (op.nbd) {
     struct sc_endpoint *ep = cli_open_source (&op, &common, SC_MAP_SEEK);

@@ -645,19 +645,7 @@ cmd_info (int argc, char **argv)
   }
   cli_operands ("info", argc, argv, optind, &op, 1, "one IMAGE");
   path = op.name;
-  /* The report goes to standard output, and errors to standard error:
-   * neither into the image or a file of its chain ("1<>IMAGE").  No
-   * progress is shown here, whatever --progress says.
-   */
-  {
-    struct cli_common text = common;
-
-    text.progress_json = false;
-    text.text_on_stdout = true;
-    cli_check_progress ("info", &text, false,
-                        !op.nbd && strcmp (path, "-") == 0);
-    cli_check_progress_image ("info", &text, path);
-  }
+  cli_check_report_streams ("info", &common, path, op.nbd);
 
   if (op.nbd && (ep = cli_open_source (&op, &common, SC_MAP_SEEK)) == NULL)
     return EXIT_ERROR;

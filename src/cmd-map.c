@@ -213,19 +213,7 @@ cmd_map (int argc, char **argv)
   }
   cli_operands ("map", argc, argv, optind, &op, 1, "one IMAGE or FILE");
   path = op.name;
-  /* The report goes to standard output, and errors to standard error:
-   * neither into the image or a file of its chain ("1<>IMAGE").  No
-   * progress is shown here, whatever --progress says.
-   */
-  {
-    struct cli_common text = common;
-
-    text.progress_json = false;
-    text.text_on_stdout = true;
-    cli_check_progress ("map", &text, false,
-                        !op.nbd && strcmp (path, "-") == 0);
-    cli_check_progress_image ("map", &text, path);
-  }
+  cli_check_report_streams ("map", &common, path, op.nbd);
 
   /* An export, or standard input redirected from a file, is read
    * through the endpoint opened here.
