@@ -1378,6 +1378,126 @@ cli_loop_over (const char *name, const struct stat *t, const struct stat *s)
 #endif
 }
 
+/* The /dev node of the block device dev, opened read-only to ask the
+ * loop driver: its name from sysfs (DEVNAME in uevent), checked to be
+ * that device.  -1 if there is none.
+ */
+static int
+open_device_node (dev_t dev)
+{
+  char path[96], line[256], node[320];
+  FILE *fp;
+  struct stat st;
+  int fd = -1;
+
+  snprintf (path, sizeof path, "/sys/dev/block/%u:%u/uevent",
+            major (dev), minor (dev));
+  fp = fopen (path, "re");
+  if (fp == NULL)
+    return -1;
+  while (fd == -1 && fgets (line, sizeof line, fp)) {
+    line[strcspn (line, "\n")] = '\0';
+    if (strncmp (line, "DEVNAME=", 8) != 0 || line[8] == '\0'
+        || strstr (line + 8, "..") != NULL)
+      continue;
+    snprintf (node, sizeof node, "/dev/%s", line + 8);
+    fd = open (node, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd != -1 && (fstat (fd, &st) == -1 || !S_ISBLK (st.st_mode)
+                     || st.st_rdev != dev)) {
+      close (fd);
+      fd = -1;
+    }
+  }
+  fclose (fp);
+  return fd;
+}
+
+/* Loop devices over loop devices are followed this deep; a deeper
+ * stack is taken as the device it stops at, which compares as itself.
+ */
+#define MAX_LOOP_DEPTH 8
+
+static void
+storage_of_dev (dev_t dev, struct cli_storage *id, unsigned depth)
+{
+  dev_t disk = dev;
+  bool part = cli_partition_of (dev, &disk);
+
+  id->file = false;
+  id->base = disk;
+  id->ino = 0;
+  id->part = part ? dev : 0;
+#ifdef LOOP_GET_STATUS64
+  if (major (disk) == LOOP_MAJOR && depth < MAX_LOOP_DEPTH) {
+    struct loop_info64 info;
+    int fd = open_device_node (disk);
+    bool ok;
+
+    if (fd == -1)
+      return;
+    ok = ioctl (fd, LOOP_GET_STATUS64, &info) == 0;
+    close (fd);
+    if (!ok)
+      return;                   /* not attached: only itself */
+    if (info.lo_rdevice != 0)
+      /* Over a device: what backs that device, as far down as it goes. */
+      storage_of_dev ((dev_t) info.lo_rdevice, id, depth + 1);
+    else {
+      id->file = true;
+      id->base = (dev_t) info.lo_device;
+      id->ino = (ino_t) info.lo_inode;
+      id->part = 0;
+    }
+    /* A partition of the loop device is a part of what backs it, unless
+     * that is already a part of something larger (then the larger part
+     * answers for it: two such are taken as one).
+     */
+    if (part && id->part == 0)
+      id->part = dev;
+  }
+#else
+  (void) depth;
+#endif
+}
+
+bool
+cli_storage_of (const struct stat *st, struct cli_storage *id)
+{
+  if (S_ISREG (st->st_mode)) {
+    id->file = true;
+    id->base = st->st_dev;
+    id->ino = st->st_ino;
+    id->part = 0;
+    return true;
+  }
+  if (!S_ISBLK (st->st_mode))
+    return false;
+  storage_of_dev (st->st_rdev, id, 0);
+  return true;
+}
+
+bool
+cli_same_storage (const struct cli_storage *a, const struct cli_storage *b)
+{
+  return a->file == b->file && a->base == b->base && a->ino == b->ino
+         && (a->part == 0 || b->part == 0 || a->part == b->part);
+}
+
+/* Do the existing a and b (files or block devices) end on the same
+ * storage?  Then set *file to whether that is a file.
+ */
+static bool
+stat_same_storage (const struct stat *a, const struct stat *b, bool *file)
+{
+  struct cli_storage ia, ib;
+
+  if (!cli_storage_of (a, &ia) || !cli_storage_of (b, &ib)
+      || !cli_same_storage (&ia, &ib))
+    return false;
+  *file = ia.file;
+  return true;
+}
+
 /* The directory that holds name, stat'ed, and name's last component. */
 static int
 stat_parent (const char *name, struct stat *st, const char **base)
@@ -1440,6 +1560,7 @@ target_is (const char *what, const char *input, const struct stat *s,
 {
   const char *in = strcmp (input, "-") == 0 ? "stdin" : input;
   const char *out = strcmp (target, "-") == 0 ? "stdout" : target;
+  bool file;
 
   if (cli_loop_over (target, t, s)) {
     cli_error ("%s: is a loop device over the %s %s; write to another "
@@ -1452,15 +1573,25 @@ target_is (const char *what, const char *input, const struct stat *s,
     return true;
   }
   /* A pipe too: written, it would feed the reader its own output. */
-  if (!(((S_ISREG (s->st_mode) && S_ISREG (t->st_mode))
-         || (S_ISFIFO (s->st_mode) && S_ISFIFO (t->st_mode)))
-        && s->st_dev == t->st_dev && s->st_ino == t->st_ino)
-      && !(S_ISBLK (s->st_mode) && S_ISBLK (t->st_mode)
-           && s->st_rdev == t->st_rdev))
-    return false;
-  cli_error ("%s: is the %s %s itself; write to another name", out, what,
-             in);
-  return true;
+  if ((((S_ISREG (s->st_mode) && S_ISREG (t->st_mode))
+        || (S_ISFIFO (s->st_mode) && S_ISFIFO (t->st_mode)))
+       && s->st_dev == t->st_dev && s->st_ino == t->st_ino)
+      || (S_ISBLK (s->st_mode) && S_ISBLK (t->st_mode)
+          && s->st_rdev == t->st_rdev)) {
+    cli_error ("%s: is the %s %s itself; write to another name", out, what,
+               in);
+    return true;
+  }
+  /* Two loop devices over one file, a loop device over a loop device
+   * over it, a loop device over a partition of the disk: other names of
+   * the same storage, found by what finally backs each.
+   */
+  if (stat_same_storage (s, t, &file)) {
+    cli_error ("%s: is over the same %s as the %s %s; write to another "
+               "target", out, file ? "file" : "device", what, in);
+    return true;
+  }
+  return false;
 }
 
 /* The other files a qcow2 source reads: its backing chain and the

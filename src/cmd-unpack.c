@@ -183,6 +183,19 @@ check_targets (const struct cli_operand *t, int n)
           cli_usage_error ("unpack", "%s is a loop device over %s, another "
                            "target", t[a].name, t[b].name);
       }
+      /* Other names of one storage: two loop devices over one file,
+       * stacked loop devices, a loop device over a partition and one
+       * over its disk.
+       */
+      if (have[i] && have[j]) {
+        struct cli_storage a, b;
+
+        if (cli_storage_of (&st[i], &a) && cli_storage_of (&st[j], &b)
+            && cli_same_storage (&a, &b))
+          cli_usage_error ("unpack", "%s and %s are the same target, over "
+                           "the same %s", t[j].name, t[i].name,
+                           a.file ? "file" : "device");
+      }
     }
   }
 }

@@ -18,13 +18,13 @@ EXTRA_DIST += tests/unpack-target.sh tests/unpack-large.sh tests/unpack-device.s
 TESTS += tests/unpack-device-zero.sh tests/unpack-device-verify.sh \
 	tests/unpack-device-multi.sh tests/unpack-device-busy.sh \
 	tests/unpack-device-thin.sh tests/unpack-device-refuse.sh \
-	tests/unpack-device-missing.sh \
+	tests/unpack-device-missing.sh tests/unpack-device-alias.sh \
 	tests/unpack-in-place.sh tests/unpack-chain-target.sh \
 	tests/unpack-verify-sparse.sh
 EXTRA_DIST += tests/unpack-device-zero.sh tests/unpack-device-verify.sh \
 	tests/unpack-device-multi.sh tests/unpack-device-busy.sh \
 	tests/unpack-device-thin.sh tests/unpack-device-refuse.sh \
-	tests/unpack-device-missing.sh \
+	tests/unpack-device-missing.sh tests/unpack-device-alias.sh \
 	tests/unpack-in-place.sh tests/unpack-chain-target.sh \
 	tests/unpack-verify-sparse.sh
 
