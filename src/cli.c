@@ -1689,28 +1689,72 @@ mount_point_of (dev_t dev, char *buf, size_t len)
   fclose (fp);
 }
 
+/* Is the block device dev (or a partition of it) mounted, or held by
+ * another device (device-mapper, RAID)?  Then say where into buf, as
+ * ", mounted on POINT" or ", held by NAME", and return true.
+ */
+static bool
+device_busy (dev_t dev, char *buf, size_t len)
+{
+  char point[PATH_MAX], dir[96];
+  DIR *d;
+  struct dirent *e;
+
+  buf[0] = '\0';
+  mount_point_of (dev, point, sizeof point);
+  if (point[0]) {
+    snprintf (buf, len, ", mounted on %s", point);
+    return true;
+  }
+  snprintf (dir, sizeof dir, "/sys/dev/block/%u:%u/holders",
+            major (dev), minor (dev));
+  d = opendir (dir);
+  if (d == NULL)
+    return false;
+  while (buf[0] == '\0' && (e = readdir (d)) != NULL)
+    if (e->d_name[0] != '.')
+      snprintf (buf, len, ", held by %s", e->d_name);
+  closedir (d);
+  return buf[0] != '\0';
+}
+
 /* Is the existing target t (named target) the file or the device that
- * an attached loop device (or a partition of the device, a loop over
- * a partition of the disk) reads and writes?  Written, it would change
- * under the loop device's user (a mounted file system, which the
- * exclusive open of the target does not see).  Then print which loop
- * device, and where it is mounted, and return true.
+ * an attached loop device reads and writes (directly, through a
+ * partition of the disk, or through other loop devices)?  Written, it
+ * would change under the loop device's user (a mounted file system,
+ * which the exclusive open of the target does not see): refused.  Is
+ * the target a loop device whose storage another loop device, mounted
+ * or held, also reads?  The exclusive open of the target does not see
+ * that one either: refused as busy.  Then print which loop device (a
+ * mounted or held one first), where it is mounted, and return true.
  */
 static bool
 target_backs_loop (const char *target, const struct stat *t)
 {
+  struct cli_storage tid;
+  dev_t tdisk = 0;
+  bool t_loop = false, found = false, found_busy = false;
+  bool named_beside = false;
+  char named[PATH_MAX], named_where[PATH_MAX];
   DIR *d;
   struct dirent *e;
-  bool r = false;
+  const char *out = strcmp (target, "-") == 0 ? "stdout" : target;
 
-  if (!S_ISREG (t->st_mode) && !S_ISBLK (t->st_mode))
+  if (!cli_storage_of (t, &tid))
     return false;
+  if (S_ISBLK (t->st_mode)) {
+    tdisk = t->st_rdev;
+    (void) cli_partition_of (t->st_rdev, &tdisk);
+    t_loop = major (tdisk) == LOOP_MAJOR;
+  }
   d = opendir ("/sys/block");
   if (d == NULL)
     return false;
-  while (!r && (e = readdir (d)) != NULL) {
+  while (!found_busy && (e = readdir (d)) != NULL) {
     char path[PATH_MAX], where[PATH_MAX];
+    struct cli_storage lid;
     struct stat l;
+    bool over, busy;
 
     if (strncmp (e->d_name, "loop", 4) != 0)
       continue;
@@ -1721,18 +1765,40 @@ target_backs_loop (const char *target, const struct stat *t)
       continue;
     snprintf (path, sizeof path, "/dev/%s", e->d_name);
     if (stat (path, &l) == -1 || !S_ISBLK (l.st_mode)
-        || !cli_loop_over (path, &l, t))
+        || (S_ISBLK (t->st_mode) && l.st_rdev == tdisk))
       continue;
-    mount_point_of (l.st_rdev, where, sizeof where);
-    cli_error ("%s: is the backing %s of the loop device %s%s%s; "
-               "unmount and detach it first (losetup -d %s)",
-               strcmp (target, "-") == 0 ? "stdout" : target,
-               S_ISBLK (t->st_mode) ? "device" : "file", path,
-               where[0] ? ", mounted on " : "", where, path);
-    r = true;
+    over = cli_loop_over (path, &l, t);
+    if (!over && !(cli_storage_of (&l, &lid)
+                   && cli_same_storage (&lid, &tid)))
+      continue;
+    busy = device_busy (l.st_rdev, where, sizeof where);
+    /* Beside a target loop device, another loop device over the same
+     * file only stops it when it is in use.
+     */
+    if (t_loop && !over && !busy)
+      continue;
+    if (!found || busy) {
+      snprintf (named, sizeof named, "%s", path);
+      snprintf (named_where, sizeof named_where, "%s", where);
+      found = true;
+      found_busy = busy;
+      named_beside = t_loop && !over;
+    }
   }
   closedir (d);
-  return r;
+  if (!found)
+    return false;
+  if (named_beside)
+    cli_error ("%s: is over the same %s as the loop device %s%s, which "
+               "would change under it; unmount and detach it first "
+               "(losetup -d %s)", out, tid.file ? "file" : "device", named,
+               named_where, named);
+  else
+    cli_error ("%s: is the backing %s of the loop device %s%s; "
+               "unmount and detach it first (losetup -d %s)", out,
+               S_ISBLK (t->st_mode) ? "device" : "file", named, named_where,
+               named);
+  return true;
 }
 
 /* Is the existing target t one of the files that the NBD server

@@ -3,10 +3,12 @@
 # a file is that file, as the first one is.  pack and unpack refuse,
 # before anything is written, a target that is another loop device over
 # the file of the source (a loop device, or one an NBD server serves),
-# and two targets over one file (or one over a partition of the other's
-# loop device).  qemu-img and cmp judge that nothing was written; loop
-# devices over different files, and partitions of one disk, are still
-# written.
+# two targets over one file (or one over a partition of the other's
+# loop device), and a target loop device whose file a mounted loop
+# device also reads (naming that one and its mount point); the file
+# behind two loop devices is refused naming the mounted one.
+# qemu-img, e2fsck and cmp judge that nothing was written; loop devices
+# over different files, and partitions of one disk, are still written.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
 requires qemu-img qemu-io qemu-nbd losetup cmp
@@ -102,5 +104,42 @@ loop_attach other.img
 lc=$dev
 sparsecow unpack -f -q "$la" "$lc" || fail "unpack $la to $lc failed"
 cmp ref.raw "$lc" || fail "$lc differs from the image on $la"
+
+# ---- a file system mounted through one loop device, a second over it -
+if command -v mkfs.ext4 >/dev/null && command -v e2fsck >/dev/null; then
+  mnt=$tmp/mnt
+  mkdir "$mnt"
+  truncate -s $((16 * MiB)) fs.img
+  mkfs.ext4 -q -F fs.img >/dev/null 2>&1 || fail "mkfs.ext4 on fs.img failed"
+  # Attached before the one mounted, and not mounted: the file is
+  # refused naming the mounted one.
+  loop_attach fs.img
+  second=$dev
+  # (mount -o loop would take the one already attached.)
+  loop_attach fs.img
+  mounted=$dev
+  mount "$mounted" "$mnt" || fail "cannot mount $mounted"
+  cleanup_fn "umount $mnt 2>/dev/null"
+  echo kept > "$mnt/file"
+  sync
+  for cmd in "unpack -f img.qcow2" "unpack -n -f img.qcow2" \
+             "pack -f ref.raw" "pack --target-is-device ref.raw"; do
+    # shellcheck disable=SC2086
+    expect_fail "^sparsecow: $second: is over the same file as the loop device $mounted, mounted on $mnt, which would change under it; unmount and detach it first \(losetup -d $mounted\)\$" \
+      sparsecow $cmd "$second"
+  done
+  expect_fail "^sparsecow: $second: is over the same file as the loop device $mounted, mounted on $mnt" \
+    sparsecow unpack -f img.qcow2 "$lc" "$second"
+  expect_fail "^sparsecow: fs.img: is the backing file of the loop device $mounted, mounted on $mnt; unmount and detach it first \(losetup -d $mounted\)\$" \
+    sparsecow unpack -f img.qcow2 fs.img
+  [ "$(cat "$mnt/file")" = kept ] || fail "the mounted file system lost its file"
+  umount "$mnt"
+  e2fsck -fn fs.img >/dev/null 2>&1 || fail "the file system on fs.img is damaged"
+  # Unmounted, the second loop device is the user's to write.
+  sparsecow unpack -f -q img.qcow2 "$second" || fail "unpack to $second failed"
+  cmp -n $size ref.raw "$second" || fail "$second differs from qemu-img convert"
+else
+  echo "$0: no mkfs.ext4: a mounted file system is not tried"
+fi
 
 exit 0
