@@ -952,17 +952,21 @@ scan (struct pack *pk, const struct sc_extent_list *extents)
  * target's writeback, the CPUs idle.  Hashing every byte in the scan
  * instead made phase 2 wait for all of the data to be read into the
  * workers' buffers and hashed (SHA-256 runs at about 2 GB/s per core).
- * So the digest is computed beside phase 2, by a pipeline of its own
- * on its own thread, reading the source's data extents (holes cost
- * nothing, as in the scan) from the page cache.  It starts once the
- * scan is over: beside the probes, on a busy machine, it made the scan
- * of 1 GB take 1.35 s instead of 0.35 s, and a scan that finds the data
- * not in memory reads it into the page cache for the hashing.  The
- * copy writes the header with a digest of zeros in the extension's
- * place; once the copy is flushed and the hashing done, the header is
- * written again with the digest, before the target is committed or its
- * magic written, and the image is the one a pack without the digest
- * writes but for the extension.
+ * So the digest is computed beside the scan and phase 2, by a pipeline
+ * of its own on its own thread, reading the source's data extents
+ * (holes cost nothing, as in the scan) from the page cache.  It starts
+ * before the scan: the hashing is the longest part of such a pack (on
+ * 2.4 GB of data, 2.05-2.15 s of CPU with the digest, 0.78 s without),
+ * and the scan probes on one thread, the other CPUs idle; started after
+ * the scan, it could use them only beside the copy.  A source not in
+ * memory is read for both once, by whichever comes first (from a cold
+ * page cache, 1 GB packed in 1.39 s, median of 4, against 1.52 s when
+ * the hashing started after the scan, on a loaded machine).  The copy
+ * writes the header with a digest of zeros in the extension's place;
+ * once the copy is flushed and the hashing done, the header is written
+ * again with the digest, before the target is committed or its magic
+ * written, and the image is the one a pack without the digest writes
+ * but for the extension.
  */
 struct aside {
   struct pack *pk;
@@ -1644,9 +1648,9 @@ sc_pack (struct sc_endpoint *src, struct sc_endpoint *dst,
       goto out;
   }
   pk.digest_aside = want_aside (&pk, dst);
-  if (scan (&pk, &extents) == -1)
-    goto out;
   if (pk.digest_aside && aside_start (&pk, &extents) == -1)
+    goto out;
+  if (scan (&pk, &extents) == -1)
     goto out;
   /* The scan read all of the source's data (a stream's size is known
    * only now).

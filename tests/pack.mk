@@ -31,7 +31,8 @@ TESTS += \
 	tests/pack-stream-sparse.sh \
 	tests/pack-repack.sh \
 	tests/pack-isal.sh \
-	tests/pack-zstd.sh
+	tests/pack-zstd.sh \
+	tests/pack-digest-aside.sh
 EXTRA_DIST += \
 	tests/pack-determinism.sh \
 	tests/pack-safety.sh \
@@ -44,4 +45,5 @@ EXTRA_DIST += \
 	tests/pack-stream-sparse.sh \
 	tests/pack-repack.sh \
 	tests/pack-isal.sh \
-	tests/pack-zstd.sh
+	tests/pack-zstd.sh \
+	tests/pack-digest-aside.sh

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The digest of an uncompressed pack of a file, hashed beside the copy
+# (see aside in lib/pack.c), as strace sees the threads: the thread that
+# hashes starts before the scan's first probe of the source, so that the
+# hashing has the CPUs that the scan leaves idle.  The image is checked
+# against qemu-img and against the pack without the digest
+# (tests/verify-digest.sh has the rest).
+srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
+. "$srcdir/functions.sh"
+requires qemu-img strace python3
+# Under valgrind the threads are valgrind's.
+[ -z "$SC_VALGRIND" ] || { echo "$0: SKIP: not under valgrind"; exit 77; }
+
+cd "$tmp"
+MiB=$((1024 * 1024))
+
+# 32 MiB of data in 128 MiB, a hole first, in the page cache, which the
+# scan probes.
+qemu-img create -q -f raw src.raw $((128 * MiB))
+head -c $((32 * MiB)) /dev/urandom |
+  dd of=src.raw bs=$MiB seek=8 conv=notrunc status=none
+cat src.raw >/dev/null
+strace -f -o trace -e trace=clone,clone3,preadv2,copy_file_range,pwrite64 \
+  true 2>/dev/null || { echo "$0: SKIP: strace cannot trace here"; exit 77; }
+
+sparsecow pack -q --no-digest src.raw without.qcow2
+# LeakSanitizer cannot run under ptrace; the untraced runs have it.
+ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
+  strace -f -o trace -e trace=clone,clone3,preadv2,copy_file_range,pwrite64 \
+  "$SPARSECOW" pack -q -j 2 --digest src.raw with.qcow2
+qemu-img check -q with.qcow2 || fail "qemu-img check of with.qcow2"
+qemu-img compare -q -f raw -F qcow2 src.raw with.qcow2 ||
+  fail "with.qcow2 differs from its source"
+sparsecow verify -q with.qcow2 || fail "verify of with.qcow2"
+
+# Lines "PID syscall(...": the process's own thread is the first one.
+main=$(awk 'NR == 1 { print $1 }' trace)
+first_clone=$(awk -v m="$main" '$1 == m && $2 ~ /^clone3?\(/ { print NR; exit }' trace)
+first_probe=$(awk -v m="$main" '$1 == m && $2 ~ /^preadv2\(/ { print NR; exit }' trace)
+[ -n "$first_probe" ] || fail "the scan did not probe the cached source"
+[ -n "$first_clone" ] && [ "$first_clone" -lt "$first_probe" ] ||
+  fail "the hashing started after the scan's first probe"
+
+# With the digest or without, the same image but for the extension:
+# only the first cluster differs.
+cmp -s with.qcow2 without.qcow2 && fail "the digest is missing"
+cmp -i 65536 with.qcow2 without.qcow2 ||
+  fail "the images differ after their first cluster"
+exit 0
