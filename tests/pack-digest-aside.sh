@@ -2,9 +2,10 @@
 # The digest of an uncompressed pack of a file, hashed beside the copy
 # (see aside in lib/pack.c), as strace sees the threads: the thread that
 # hashes starts before the scan's first probe of the source, so that the
-# hashing has the CPUs that the scan leaves idle.  The image is checked
-# against qemu-img and against the pack without the digest
-# (tests/verify-digest.sh has the rest).
+# hashing has the CPUs that the scan leaves idle, and the target is
+# written by one thread only, whose writes would wait for each other on
+# the file's lock.  The image is checked against qemu-img and against
+# the pack without the digest (tests/verify-digest.sh has the rest).
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
 requires qemu-img strace python3
@@ -14,8 +15,8 @@ requires qemu-img strace python3
 cd "$tmp"
 MiB=$((1024 * 1024))
 
-# 32 MiB of data in 128 MiB, a hole first, in the page cache, which the
-# scan probes.
+# 32 MiB of data in 128 MiB, a hole first: many pieces for each thread
+# of a copy, and in the page cache, which the scan probes.
 qemu-img create -q -f raw src.raw $((128 * MiB))
 head -c $((32 * MiB)) /dev/urandom |
   dd of=src.raw bs=$MiB seek=8 conv=notrunc status=none
@@ -40,6 +41,10 @@ first_probe=$(awk -v m="$main" '$1 == m && $2 ~ /^preadv2\(/ { print NR; exit }'
 [ -n "$first_probe" ] || fail "the scan did not probe the cached source"
 [ -n "$first_clone" ] && [ "$first_clone" -lt "$first_probe" ] ||
   fail "the hashing started after the scan's first probe"
+writers=$(awk '$2 ~ /^(copy_file_range|pwrite64)\(/ { print $1 }' trace |
+          sort -u | wc -l)
+[ "$writers" = 1 ] ||
+  fail "the target was written by $writers threads, not by one"
 
 # With the digest or without, the same image but for the extension:
 # only the first cluster differs.
