@@ -925,6 +925,30 @@ cli_progress_done (const struct cli_common *common)
     fputc ('\n', stderr);
 }
 
+/* Are a and b one file, pipe or socket, by inode (whatever names lead
+ * to it: /dev/stdout, /proc/self/fd/N, links)?
+ */
+static bool
+same_node (const struct stat *a, const struct stat *b)
+{
+  return ((S_ISREG (a->st_mode) && S_ISREG (b->st_mode))
+          || (S_ISFIFO (a->st_mode) && S_ISFIFO (b->st_mode))
+          || (S_ISSOCK (a->st_mode) && S_ISSOCK (b->st_mode)))
+         && a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
+
+/* The same, or one block device (by device number): the object text
+ * on a (a file, a device a descriptor was opened on, a pipe or a socket)
+ * goes into when it is b.
+ */
+static bool
+same_object (const struct stat *a, const struct stat *b)
+{
+  return same_node (a, b)
+         || (S_ISBLK (a->st_mode) && S_ISBLK (b->st_mode)
+             && a->st_rdev == b->st_rdev);
+}
+
 /* Are descriptors a and b open on one file that is not a terminal or
  * another character device (where lines of progress do no harm)?  A
  * pipe or a socket is one by its inode, whatever names lead to it.
@@ -980,8 +1004,6 @@ text_streams (const struct cli_common *common,
   return n;
 }
 
-static bool progress_into (const struct stat *a, const struct stat *b);
-
 /* The usage error of text that would go into what the command reads
  * (in, by identity): said on standard error, unless standard error is
  * that very file, which the message would change as much; then the
@@ -1001,7 +1023,7 @@ input_refused (const char *command, const struct stat *in,
   va_list ap;
 
   if (!cli_std_closed[STDERR_FILENO] && fstat (STDERR_FILENO, &e) == 0
-      && progress_into (&e, in))
+      && same_object (&e, in))
     exit (cli_usage_status);
   va_start (ap, fmt);
   vsnprintf (msg, sizeof msg, fmt, ap);
@@ -1072,21 +1094,6 @@ cli_check_progress (const char *command, const struct cli_common *common,
   }
 }
 
-/* Is the file, device or stream b the one text goes to (a)? */
-static bool
-progress_into (const struct stat *a, const struct stat *b)
-{
-  /* A file, a device that a descriptor was opened on, or a pipe or a
-   * socket, named for instance /dev/stdout or /proc/self/fd/2.
-   */
-  return ((S_ISREG (a->st_mode) && S_ISREG (b->st_mode))
-          || (S_ISFIFO (a->st_mode) && S_ISFIFO (b->st_mode))
-          || (S_ISSOCK (a->st_mode) && S_ISSOCK (b->st_mode)))
-         ? a->st_dev == b->st_dev && a->st_ino == b->st_ino
-         : S_ISBLK (a->st_mode) && S_ISBLK (b->st_mode)
-           && a->st_rdev == b->st_rdev;
-}
-
 /* Text on any of the command's text streams into name (b), an output
  * or, when input, something the command reads?
  */
@@ -1102,7 +1109,7 @@ check_text_into (const char *command, const struct cli_common *common,
       || stat (name, &b) == -1)
     return;
   for (size_t i = 0; i < n; i++) {
-    if (fstat (ts[i].fd, &a) == -1 || !progress_into (&a, &b))
+    if (fstat (ts[i].fd, &a) == -1 || !same_object (&a, &b))
       continue;
     if (input)
       input_refused (command, &b, "%s would be written into %s",
@@ -1139,7 +1146,7 @@ progress_into_cb (const char *what, const char *path, const struct stat *s,
   struct progress_arg *p = arg;
 
   for (size_t i = 0; i < p->n; i++)
-    if (progress_into (&p->a[i], s))
+    if (same_object (&p->a[i], s))
       input_refused (p->command, s, "%s would be written into %s, the %s "
                      "of %s", p->ts[i].what, path, what, p->image);
   return false;
@@ -1412,13 +1419,24 @@ open_device_node (dev_t dev)
   return fd;
 }
 
+/* The storage a file or block device finally reads and writes: a
+ * regular file (base, ino: its device and inode), or a block device
+ * (base: the whole disk; part: the partition, or 0 for all of it).
+ */
+struct storage {
+  bool file;
+  dev_t base;
+  ino_t ino;
+  dev_t part;
+};
+
 /* Loop devices over loop devices are followed this deep; a deeper
  * stack is taken as the device it stops at, which compares as itself.
  */
 #define MAX_LOOP_DEPTH 8
 
 static void
-storage_of_dev (dev_t dev, struct cli_storage *id, unsigned depth)
+storage_of_dev (dev_t dev, struct storage *id, unsigned depth)
 {
   dev_t disk = dev;
   bool part = cli_partition_of (dev, &disk);
@@ -1460,8 +1478,11 @@ storage_of_dev (dev_t dev, struct cli_storage *id, unsigned depth)
 #endif
 }
 
-bool
-cli_storage_of (const struct stat *st, struct cli_storage *id)
+/* The storage of st (a file or a block device; false for anything
+ * else).
+ */
+static bool
+storage_of (const struct stat *st, struct storage *id)
 {
   if (S_ISREG (st->st_mode)) {
     id->file = true;
@@ -1476,23 +1497,20 @@ cli_storage_of (const struct stat *st, struct cli_storage *id)
   return true;
 }
 
-bool
-cli_same_storage (const struct cli_storage *a, const struct cli_storage *b)
+static bool
+same_storage (const struct storage *a, const struct storage *b)
 {
   return a->file == b->file && a->base == b->base && a->ino == b->ino
          && (a->part == 0 || b->part == 0 || a->part == b->part);
 }
 
-/* Do the existing a and b (files or block devices) end on the same
- * storage?  Then set *file to whether that is a file.
- */
-static bool
-stat_same_storage (const struct stat *a, const struct stat *b, bool *file)
+bool
+cli_same_storage (const struct stat *a, const struct stat *b, bool *file)
 {
-  struct cli_storage ia, ib;
+  struct storage ia, ib;
 
-  if (!cli_storage_of (a, &ia) || !cli_storage_of (b, &ib)
-      || !cli_same_storage (&ia, &ib))
+  if (!storage_of (a, &ia) || !storage_of (b, &ib)
+      || !same_storage (&ia, &ib))
     return false;
   *file = ia.file;
   return true;
@@ -1536,10 +1554,7 @@ cli_same_file (const char *input, const char *target)
 
   /* Two writers into one pipe mix their bytes into one stream. */
   if (stat (input, &s) == 0 && stat_endpoint (target, STDOUT_FILENO, &t) == 0)
-    return ((S_ISREG (s.st_mode) && S_ISREG (t.st_mode))
-            || (S_ISFIFO (s.st_mode) && S_ISFIFO (t.st_mode))
-            || (S_ISSOCK (s.st_mode) && S_ISSOCK (t.st_mode)))
-      && s.st_dev == t.st_dev && s.st_ino == t.st_ino;
+    return same_node (&s, &t);
   /* Two outputs not made yet (a bmap and the image of pack): the same
    * name in the same directory is the same file to be.
    */
@@ -1573,11 +1588,7 @@ target_is (const char *what, const char *input, const struct stat *s,
     return true;
   }
   /* A pipe too: written, it would feed the reader its own output. */
-  if ((((S_ISREG (s->st_mode) && S_ISREG (t->st_mode))
-        || (S_ISFIFO (s->st_mode) && S_ISFIFO (t->st_mode)))
-       && s->st_dev == t->st_dev && s->st_ino == t->st_ino)
-      || (S_ISBLK (s->st_mode) && S_ISBLK (t->st_mode)
-          && s->st_rdev == t->st_rdev)) {
+  if (same_object (s, t)) {
     cli_error ("%s: is the %s %s itself; write to another name", out, what,
                in);
     return true;
@@ -1586,7 +1597,7 @@ target_is (const char *what, const char *input, const struct stat *s,
    * over it, a loop device over a partition of the disk: other names of
    * the same storage, found by what finally backs each.
    */
-  if (stat_same_storage (s, t, &file)) {
+  if (cli_same_storage (s, t, &file)) {
     cli_error ("%s: is over the same %s as the %s %s; write to another "
                "target", out, file ? "file" : "device", what, in);
     return true;
@@ -1731,7 +1742,7 @@ device_busy (dev_t dev, char *buf, size_t len)
 static bool
 target_backs_loop (const char *target, const struct stat *t)
 {
-  struct cli_storage tid;
+  struct storage tid;
   dev_t tdisk = 0;
   bool t_loop = false, found = false, found_busy = false;
   bool named_beside = false;
@@ -1740,7 +1751,7 @@ target_backs_loop (const char *target, const struct stat *t)
   struct dirent *e;
   const char *out = strcmp (target, "-") == 0 ? "stdout" : target;
 
-  if (!cli_storage_of (t, &tid))
+  if (!storage_of (t, &tid))
     return false;
   if (S_ISBLK (t->st_mode)) {
     tdisk = t->st_rdev;
@@ -1752,7 +1763,7 @@ target_backs_loop (const char *target, const struct stat *t)
     return false;
   while (!found_busy && (e = readdir (d)) != NULL) {
     char path[PATH_MAX], where[PATH_MAX];
-    struct cli_storage lid;
+    struct storage lid;
     struct stat l;
     bool over, busy;
 
@@ -1768,8 +1779,8 @@ target_backs_loop (const char *target, const struct stat *t)
         || (S_ISBLK (t->st_mode) && l.st_rdev == tdisk))
       continue;
     over = cli_loop_over (path, &l, t);
-    if (!over && !(cli_storage_of (&l, &lid)
-                   && cli_same_storage (&lid, &tid)))
+    if (!over && !(storage_of (&l, &lid)
+                   && same_storage (&lid, &tid)))
       continue;
     busy = device_busy (l.st_rdev, where, sizeof where);
     /* Beside a target loop device, another loop device over the same

@@ -302,28 +302,16 @@ extern void cli_progress_done (const struct cli_common *common);
  * return true.
  */
 extern bool cli_partition_of (dev_t dev, dev_t *disk);
-/* The storage a file or block device finally reads and writes: a
- * regular file (base, ino: its device and inode), or a block device
- * (base: the whole disk; part: the partition, or 0 for all of it).  A
- * loop device is what backs it (the file by the device and inode the
- * loop driver gives, or the device, followed through stacked loop
- * devices), and a partition of a loop device a part of that.
+/* Do the files or block devices a and b end on the same storage: the
+ * same regular file, or the same device where one is the whole of it
+ * or both the same part?  A loop device is what backs it (the file by
+ * the device and inode the loop driver gives, or the device, followed
+ * through stacked loop devices), and a partition of a loop device a
+ * part of that; one that cannot be asked is taken as itself.  Then set
+ * *file to whether that storage is a file.
  */
-struct cli_storage {
-  bool file;
-  dev_t base;
-  ino_t ino;
-  dev_t part;
-};
-/* The storage of st (a file or a block device; false for anything
- * else).  A loop device that cannot be asked is taken as itself.
- */
-extern bool cli_storage_of (const struct stat *st, struct cli_storage *id);
-/* Do a and b share storage: the same file, or the same device where
- * one is the whole of it or both the same part?
- */
-extern bool cli_same_storage (const struct cli_storage *a,
-                              const struct cli_storage *b);
+extern bool cli_same_storage (const struct stat *a, const struct stat *b,
+                              bool *file);
 /* Is the block device st (named name) a loop device, or a partition of
  * one, over the regular file file_st, or over the block device file_st
  * (or a partition of it)?

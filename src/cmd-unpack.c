@@ -137,7 +137,7 @@ static void
 check_targets (const struct cli_operand *t, int n)
 {
   struct stat st[MAX_TARGETS];
-  bool have[MAX_TARGETS];
+  bool have[MAX_TARGETS], file;
 
   if (n > MAX_TARGETS)
     cli_usage_error ("unpack", "at most %d targets at once", MAX_TARGETS);
@@ -187,15 +187,10 @@ check_targets (const struct cli_operand *t, int n)
        * stacked loop devices, a loop device over a partition and one
        * over its disk.
        */
-      if (have[i] && have[j]) {
-        struct cli_storage a, b;
-
-        if (cli_storage_of (&st[i], &a) && cli_storage_of (&st[j], &b)
-            && cli_same_storage (&a, &b))
-          cli_usage_error ("unpack", "%s and %s are the same target, over "
-                           "the same %s", t[j].name, t[i].name,
-                           a.file ? "file" : "device");
-      }
+      if (have[i] && have[j] && cli_same_storage (&st[i], &st[j], &file))
+        cli_usage_error ("unpack", "%s and %s are the same target, over "
+                         "the same %s", t[j].name, t[i].name,
+                         file ? "file" : "device");
     }
   }
 }

@@ -237,6 +237,22 @@ mark () {
   fi
 }
 
+# mbr FILE START:COUNT...: write an MBR into FILE with one Linux
+# partition (type 0x83) for each START:COUNT, in 512-byte sectors.
+mbr () {
+  python3 - "$@" <<'PYEOF'
+import struct, sys
+mbr = bytearray(512)
+for n, part in enumerate(sys.argv[2:]):
+    start, count = (int(x) for x in part.split(":"))
+    mbr[446 + 16 * n:462 + 16 * n] = struct.pack(
+        "<B3sB3sII", 0, b"\xff\xff\xff", 0x83, b"\xff\xff\xff", start, count)
+mbr[510:512] = b"\x55\xaa"
+with open(sys.argv[1], "r+b") as f:
+    f.write(mbr)
+PYEOF
+}
+
 # Is process PID still running (not ended, not a zombie)?
 running () {
   local st

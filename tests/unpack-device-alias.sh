@@ -63,16 +63,7 @@ cmp same.ref same.img || fail "refused targets changed same.img"
 # A loop device over a partition of a loop device over the file, beside
 # one over the whole file: the same.  Two partitions are not.
 truncate -s $((16 * MiB)) disk.img
-python3 - disk.img <<'PYEOF'
-import struct, sys
-mbr = bytearray(512)
-for n, (start, count) in enumerate([(2048, 8192), (10240, 8192)]):
-    mbr[446 + 16 * n:462 + 16 * n] = struct.pack(
-        "<B3sB3sII", 0, b"\xff\xff\xff", 0x83, b"\xff\xff\xff", start, count)
-mbr[510:512] = b"\x55\xaa"
-with open(sys.argv[1], "r+b") as f:
-    f.write(mbr)
-PYEOF
+mbr disk.img 2048:8192 10240:8192
 loop_attach disk.img
 disk=$dev
 if command -v partx >/dev/null && partx -a "$disk" 2>/dev/null &&

@@ -97,16 +97,7 @@ cmp over.ref over.bin || fail "refused targets changed over.bin"
 # ---- a disk and its partitions -----------------------------------------
 # Two partitions in an MBR: 1 MiB + 20 MiB and 21 MiB + 20 MiB.
 truncate -s $((64 * MiB)) disk.img
-python3 - disk.img <<'PYEOF'
-import struct, sys
-mbr = bytearray(512)
-for n, (start, count) in enumerate([(2048, 40960), (43008, 40960)]):
-    mbr[446 + 16 * n:462 + 16 * n] = struct.pack(
-        "<B3sB3sII", 0, b"\xff\xff\xff", 0x83, b"\xff\xff\xff", start, count)
-mbr[510:512] = b"\x55\xaa"
-with open(sys.argv[1], "r+b") as f:
-    f.write(mbr)
-PYEOF
+mbr disk.img 2048:40960 43008:40960
 loop_attach disk.img
 disk=$dev
 requires partx
