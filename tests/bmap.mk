@@ -13,3 +13,8 @@ EXTRA_DIST += tests/bmap-formats.sh
 # A full file system under the spill file of a bmap being written.
 TESTS += tests/bmap-enospc.sh
 EXTRA_DIST += tests/bmap-enospc.sh
+
+# The README's image-builder workflow, run as written (loop device as
+# the card).
+TESTS += tests/readme-flash.sh
+EXTRA_DIST += tests/readme-flash.sh
