@@ -1132,7 +1132,11 @@ sc_bmap_load (const char *path)
   char *buf = NULL;
   size_t len = 0;
   struct stat st;
-  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  /* Non-blocking: a FIFO with no writer would block the open for ever,
+   * and is refused below as any other kind but a regular file.
+   */
+  int fd = open (path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  int fl;
 
   if (fd == -1) {
     sc_set_error (errno, "%s: %s", path, strerror (errno));
@@ -1144,6 +1148,11 @@ sc_bmap_load (const char *path)
   }
   if (!S_ISREG (st.st_mode)) {
     sc_set_error (EINVAL, "%s: a bmap must be a regular file", path);
+    goto out;
+  }
+  fl = fcntl (fd, F_GETFL);
+  if (fl == -1 || fcntl (fd, F_SETFL, fl & ~O_NONBLOCK) == -1) {
+    sc_set_error (errno, "%s: %s", path, strerror (errno));
     goto out;
   }
   if (st.st_size > MAX_BMAP_FILE) {

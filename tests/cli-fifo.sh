@@ -9,7 +9,8 @@
 # data; and with a writer that has written all it has and gone, no
 # command waits: each ends (within 60 s) with an answer or an error.
 # bmap maps a FIFO's raw data (bmaptool copies by it) and refuses a
-# qcow2 image there or on standard input; map refuses a FIFO.
+# qcow2 image there or on standard input; map refuses a FIFO, and pack
+# and unpack refuse one as a bmap without waiting for a writer.
 . "$srcdir/functions.sh"
 requires qemu-img strace timeout mkfifo
 
@@ -88,4 +89,13 @@ expect_fail "^sparsecow: stdin: a qcow2 image, not raw data; name the image file
 [ ! -e refused.bmap ] || fail "a bmap was left for a qcow2 image in a pipe"
 expect_fail "^sparsecow: fifo: a pipe or character device; map reads an image at random offsets" \
   sparsecow map fifo
+# A bmap is read from a regular file only: a FIFO there with no writer
+# is refused at once, not waited on in open() (timeout gives 124, and
+# no message, if it is).
+rm -f out.*
+expect_fail "^sparsecow: fifo: a bmap must be a regular file" \
+  timeout 60 $SC_VALGRIND "$SPARSECOW" pack --map=bmap:fifo data.raw out.qcow2
+expect_fail "^sparsecow: fifo: a bmap must be a regular file" \
+  timeout 60 $SC_VALGRIND "$SPARSECOW" unpack --bmap fifo image.qcow2 out.raw
+[ ! -e out.qcow2 ] && [ ! -e out.raw ] || fail "a target was left by a refused bmap"
 exit 0
