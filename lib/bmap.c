@@ -643,6 +643,12 @@ parse_digest (const struct parser *p, const char *s, size_t len,
     int hi = hex_value (s[2 * i]), lo = hex_value (s[2 * i + 1]);
     if (hi < 0 || lo < 0)
       return parse_error (p, "%s: not a hexadecimal digest", what);
+    /* bmaptool compares the text with its lower-case digest: a bmap
+     * in upper case fails "bmaptool copy" whatever the data.
+     */
+    if ((hi > 9 && s[2 * i] < 'a') || (lo > 9 && s[2 * i + 1] < 'a'))
+      return parse_error (p, "%s: upper-case hexadecimal digits (bmaptool "
+                          "takes only lower case)", what);
     digest[i] = (unsigned char) (hi << 4 | lo);
   }
   return 0;

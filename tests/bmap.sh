@@ -371,6 +371,43 @@ expect_fail "not a bmap file" sparsecow unpack --bmap "$tmp/hostile.bmap" "$tmp/
 expect_fail "--map" sparsecow pack --map=bmap: "$raw" "$tmp/bad.qcow2"
 expect_fail "pipe" sparsecow unpack --bmap "$tmp/bt.bmap" - "$tmp/bad.raw" < <(cat "$tmp/m.qcow2")
 
+# Checksums in upper case: bmaptool compares its lower-case digest with
+# the text, so "bmaptool copy" fails on such a bmap whatever the data;
+# sparsecow refuses it by line, in the ranges and in BmapFileChecksum,
+# before any target is made.
+upcase () {
+  python3 - "$tmp/bt.bmap" "$tmp/$1" "$2" <<'PYEOF'
+import hashlib, re, sys
+src, dst, which = sys.argv[1:4]
+text = open(src).read()
+if which == "ranges":
+    text = re.sub(r'chksum="([0-9a-f]+)"', lambda m: 'chksum="%s"' % m.group(1).upper(), text)
+c = re.search(r'<BmapFileChecksum>\s*([0-9a-f]{64})', text)
+zeroed = text[:c.start(1)] + "0" * 64 + text[c.end(1):]
+digest = hashlib.sha256(zeroed.encode()).hexdigest()
+if which == "file":
+    digest = digest.upper()
+text = text[:c.start(1)] + digest + text[c.end(1):]
+open(dst, "w").write(text)
+PYEOF
+}
+upcase upper-ranges.bmap ranges
+upcase upper-file.bmap file
+for b in upper-ranges.bmap upper-file.bmap; do
+  rm -f "$tmp/bt.out"
+  bmaptool copy --bmap "$tmp/$b" "$raw" "$tmp/bt.out" 2>"$tmp/bt.err" &&
+    fail "bmaptool copy accepted $b"
+  grep -q "checksum mismatch" "$tmp/bt.err" || {
+    cat "$tmp/bt.err" >&2; fail "bmaptool did not refuse the checksum of $b"; }
+done
+expect_fail "line $(line_of '<Range chksum='): .*chksum: upper-case hexadecimal digits" \
+  sparsecow pack --map=bmap:"$tmp/upper-ranges.bmap" "$raw" "$tmp/bad.qcow2"
+expect_fail "line $(line_of '<Range chksum='): .*chksum: upper-case hexadecimal digits" \
+  sparsecow unpack --bmap "$tmp/upper-ranges.bmap" "$tmp/m.qcow2" "$tmp/bad.raw"
+expect_fail "line $(line_of '^ *<BmapFileChecksum>'): .*BmapFileChecksum: upper-case hexadecimal digits" \
+  sparsecow pack --map=bmap:"$tmp/upper-file.bmap" "$raw" "$tmp/bad.qcow2"
+[ ! -e "$tmp/bad.qcow2" ] && [ ! -e "$tmp/bad.raw" ] || fail "a target was left by a refused bmap"
+
 # What bmaptool reads, sparsecow reads: ranges in any order, a byte
 # order mark, CDATA sections (as text, and between the elements).  Each
 # variant of bmaptool's file must pass bmaptool copy, and both packing
