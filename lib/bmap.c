@@ -763,6 +763,8 @@ parse_block_map (struct parser *p, struct sc_bmap *bmap)
       p->pos++;
       return 0;
     }
+    if (p->pos >= p->len)
+      return parse_error (p, "the file ends before </BlockMap>");
     if (!at (p, "<"))
       return parse_error (p, "<Range> or </BlockMap> expected");
     /* Below MAX_BMAP_FILE, checked before the parse. */
@@ -908,6 +910,8 @@ parse_document (struct parser *p, struct sc_bmap *bmap, struct fields *fl)
       return -1;
     if (at (p, "</"))
       break;
+    if (p->pos >= p->len)
+      return parse_error (p, "the file ends before </bmap>");
     if (!at (p, "<"))
       return parse_error (p, "an element was expected");
     start = p->pos;

@@ -408,6 +408,25 @@ expect_fail "line $(line_of '^ *<BmapFileChecksum>'): .*BmapFileChecksum: upper-
   sparsecow pack --map=bmap:"$tmp/upper-file.bmap" "$raw" "$tmp/bad.qcow2"
 [ ! -e "$tmp/bad.qcow2" ] && [ ! -e "$tmp/bad.raw" ] || fail "a target was left by a refused bmap"
 
+# A bmap cut before its last </bmap> (or before </BlockMap>): the error
+# says which element the file ends in; bmaptool refuses both too.
+sed '$ s:</bmap>::' "$tmp/bt.bmap" > "$tmp/open-bmap.bmap"
+grep -q '</bmap>' "$tmp/open-bmap.bmap" && fail "</bmap> was not cut off"
+sed '/<\/BlockMap>/,$ d' "$tmp/bt.bmap" > "$tmp/open-blockmap.bmap"
+for b in open-bmap.bmap open-blockmap.bmap; do
+  rm -f "$tmp/bt.out"
+  bmaptool copy --bmap "$tmp/$b" "$raw" "$tmp/bt.out" 2>"$tmp/bt.err" &&
+    fail "bmaptool copy accepted $b"
+  grep -q "no element found" "$tmp/bt.err" || {
+    cat "$tmp/bt.err" >&2; fail "bmaptool did not find $b cut short"; }
+done
+# The line is the one after the last newline, where the file ends.
+expect_fail "line $(( $(wc -l < "$tmp/open-bmap.bmap") + 1 )): .*the file ends before </bmap>" \
+  sparsecow pack --map=bmap:"$tmp/open-bmap.bmap" "$raw" "$tmp/bad.qcow2"
+expect_fail "the file ends before </BlockMap>" \
+  sparsecow unpack --bmap "$tmp/open-blockmap.bmap" "$tmp/m.qcow2" "$tmp/bad.raw"
+[ ! -e "$tmp/bad.qcow2" ] && [ ! -e "$tmp/bad.raw" ] || fail "a target was left by a refused bmap"
+
 # What bmaptool reads, sparsecow reads: ranges in any order, a byte
 # order mark, CDATA sections (as text, and between the elements).  Each
 # variant of bmaptool's file must pass bmaptool copy, and both packing
