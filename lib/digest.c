@@ -208,3 +208,48 @@ sc_digest_final (struct sc_digest *d, uint64_t virtual_size,
     return crypto_error ("finishing the digest");
   return 0;
 }
+
+int
+sc_sha256_init (struct sc_sha256 *s)
+{
+  const EVP_MD *md = get_sha256 ();
+
+  s->ctx = NULL;
+  if (md == NULL)
+    return -1;
+  s->ctx = EVP_MD_CTX_new ();
+  if (s->ctx == NULL) {
+    sc_set_error (ENOMEM, "SHA-256: out of memory");
+    return -1;
+  }
+  if (EVP_DigestInit_ex2 (s->ctx, md, NULL) != 1) {
+    sc_sha256_free (s);
+    return crypto_error ("starting a hash");
+  }
+  return 0;
+}
+
+int
+sc_sha256_update (struct sc_sha256 *s, const void *buf, size_t len)
+{
+  if (len > 0 && EVP_DigestUpdate (s->ctx, buf, len) != 1)
+    return crypto_error ("hashing");
+  return 0;
+}
+
+int
+sc_sha256_final (struct sc_sha256 *s, unsigned char out[SC_DIGEST_LEN])
+{
+  unsigned int hlen;
+  int r = EVP_DigestFinal_ex (s->ctx, out, &hlen) == 1 ? 0 : -1;
+
+  sc_sha256_free (s);
+  return r == 0 ? 0 : crypto_error ("finishing a hash");
+}
+
+void
+sc_sha256_free (struct sc_sha256 *s)
+{
+  EVP_MD_CTX_free (s->ctx);
+  s->ctx = NULL;
+}

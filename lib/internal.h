@@ -376,6 +376,22 @@ extern void sc_digest_add_zero (struct sc_digest *d, uint64_t nblocks);
 extern int sc_digest_final (struct sc_digest *d, uint64_t virtual_size,
                             unsigned char out[SC_DIGEST_LEN]);
 
+/* Plain SHA-256 of a byte string fed in parts (the digest extension's
+ * mapping fingerprint): init, then update any number of times, then
+ * final, which frees the context; sc_sha256_free frees one not
+ * finished (and does nothing to one finished or never started).  0, or
+ * -1 with errno ENOTSUP (no SHA-256 in libcrypto), ENOMEM, EIO.
+ */
+struct sc_sha256 {
+  void *ctx;                    /* EVP_MD_CTX */
+};
+extern int sc_sha256_init (struct sc_sha256 *s);
+extern int sc_sha256_update (struct sc_sha256 *s, const void *buf,
+                             size_t len);
+extern int sc_sha256_final (struct sc_sha256 *s,
+                            unsigned char out[SC_DIGEST_LEN]);
+extern void sc_sha256_free (struct sc_sha256 *s);
+
 /* ---- codec.c --------------------------------------------------------- */
 
 /* Compress one cluster.  Returns the compressed length (> 0), 0 if the

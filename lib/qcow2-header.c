@@ -8,6 +8,7 @@
  */
 #include <config.h>
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -752,15 +753,21 @@ int
 qcow2_sc_digest_decode (const unsigned char *data, uint32_t len,
                         struct qcow2_sc_digest *d)
 {
-  if (len != QCOW2_SC_DIGEST_LEN) {
+  if (len != QCOW2_SC_DIGEST_LEN && len != QCOW2_SC_DIGEST_MAP_LEN) {
     sc_set_error (EINVAL, "digest header extension: length %" PRIu32
-                  ", not %d", len, QCOW2_SC_DIGEST_LEN);
+                  ", not %d or %d", len, QCOW2_SC_DIGEST_LEN,
+                  QCOW2_SC_DIGEST_MAP_LEN);
     return -1;
   }
   d->kind = sc_get_be32 (data);
   d->block_size = sc_get_be32 (data + 4);
   d->size = sc_get_be64 (data + 8);
   memcpy (d->sha256, data + 16, sizeof d->sha256);
+  d->has_map = len == QCOW2_SC_DIGEST_MAP_LEN;
+  if (d->has_map)
+    memcpy (d->map, data + 48, sizeof d->map);
+  else
+    memset (d->map, 0, sizeof d->map);
   if (d->kind != QCOW2_SC_DIGEST_SHA256) {
     sc_set_error (EINVAL, "digest header extension: unknown kind %" PRIu32,
                   d->kind);
@@ -779,10 +786,10 @@ qcow2_sc_digest_decode (const unsigned char *data, uint32_t len,
 /* No padding after the extension, and room for it after the longest
  * header this writer makes in the smallest cluster.
  */
-_Static_assert (QCOW2_SC_DIGEST_LEN % QCOW2_EXT_ALIGN == 0,
+_Static_assert (QCOW2_SC_DIGEST_MAP_LEN % QCOW2_EXT_ALIGN == 0,
                 "the digest extension needs no padding");
 _Static_assert (QCOW2_V3_HEADER_SIZE + 2 * QCOW2_EXT_HEADER_SIZE
-                + QCOW2_SC_DIGEST_LEN <= (1 << QCOW2_MIN_CLUSTER_BITS),
+                + QCOW2_SC_DIGEST_MAP_LEN <= (1 << QCOW2_MIN_CLUSTER_BITS),
                 "the digest extension fits the smallest header cluster");
 
 int
@@ -791,19 +798,73 @@ qcow2_header_write_sc_digest (const struct qcow2_header *h,
                               unsigned char *buf)
 {
   uint64_t pos = h->header_length;
+  uint32_t len = d->has_map ? QCOW2_SC_DIGEST_MAP_LEN : QCOW2_SC_DIGEST_LEN;
 
   /* The extension, then the end marker (8 zero bytes, already there). */
-  if (pos + QCOW2_EXT_HEADER_SIZE + QCOW2_SC_DIGEST_LEN
-      + QCOW2_EXT_HEADER_SIZE > h->cluster_size) {
+  if (pos + QCOW2_EXT_HEADER_SIZE + len + QCOW2_EXT_HEADER_SIZE
+      > h->cluster_size) {
     sc_set_error (EINVAL, "the digest does not fit the header cluster");
     return -1;
   }
   sc_put_be32 (buf + pos, QCOW2_EXT_SC_DIGEST);
-  sc_put_be32 (buf + pos + 4, QCOW2_SC_DIGEST_LEN);
+  sc_put_be32 (buf + pos + 4, len);
   pos += QCOW2_EXT_HEADER_SIZE;
   sc_put_be32 (buf + pos, d->kind);
   sc_put_be32 (buf + pos + 4, d->block_size);
   sc_put_be64 (buf + pos + 8, d->size);
   memcpy (buf + pos + 16, d->sha256, sizeof d->sha256);
+  if (d->has_map)
+    memcpy (buf + pos + 48, d->map, sizeof d->map);
   return 0;
+}
+
+int
+qcow2_map_fingerprint (const struct qcow2_header *h, uint64_t file_size,
+                       qcow2_read_fn read, void *opaque,
+                       unsigned char out[32])
+{
+  uint64_t cs = h->cluster_size;
+  size_t l1_bytes = (size_t) h->l1_size * sizeof (uint64_t);
+  CLEANUP_FREE unsigned char *l1 = NULL;
+  CLEANUP_FREE unsigned char *l2 = NULL;
+  struct sc_sha256 sha;
+
+  /* The header reader has bounded the L1 table and found it inside the
+   * file; the plan makes it so.
+   */
+  if (h->l1_size > QCOW2_MAX_L1_BYTES / sizeof (uint64_t)) {
+    sc_set_error (EINVAL, "L1 table of %" PRIu32 " entries", h->l1_size);
+    return -1;
+  }
+  l1 = malloc (l1_bytes ? l1_bytes : 1);
+  l2 = malloc (cs);
+  if (l1 == NULL || l2 == NULL) {
+    sc_set_error (ENOMEM, "out of memory");
+    return -1;
+  }
+  if (l1_bytes > 0 && read (opaque, h->l1_table_offset, l1_bytes, l1) == -1)
+    return -1;
+  if (sc_sha256_init (&sha) == -1)
+    return -1;
+  if (sc_sha256_update (&sha, l1, l1_bytes) == -1)
+    goto fail;
+  for (uint32_t i = 0; i < h->l1_size; i++) {
+    uint64_t off = sc_get_be64 (l1 + (size_t) i * 8) & QCOW2_L1E_OFFSET_MASK;
+
+    if (off == 0)
+      continue;
+    if (!SC_IS_ALIGNED (off, cs) || off > file_size || file_size - off < cs) {
+      sc_set_error (EINVAL, "L1 entry %" PRIu32 " points to %#" PRIx64
+                    ", no whole cluster inside the file", i, off);
+      goto fail;
+    }
+    if (read (opaque, off, (size_t) cs, l2) == -1
+        || sc_sha256_update (&sha, l2, (size_t) cs) == -1)
+      goto fail;
+  }
+  return sc_sha256_final (&sha, out);
+
+ fail:
+  sc_sha256_free (&sha);
+  return -1;
 }

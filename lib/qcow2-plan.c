@@ -14,6 +14,7 @@
  */
 #include <config.h>
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -591,6 +592,55 @@ l2_tables_before (const struct qcow2_plan *p, uint64_t l1_index)
   return lo;
 }
 
+/* The plan's image file as qcow2_map_fingerprint reads it: its
+ * metadata clusters, made one at a time.
+ */
+struct plan_file {
+  const struct qcow2_plan *p;
+  unsigned char *cluster;
+};
+
+static int
+plan_read (void *opaque, uint64_t offset, size_t len, void *out)
+{
+  struct plan_file *f = opaque;
+  uint64_t cs = f->p->h.cluster_size;
+  unsigned char *o = out;
+
+  while (len > 0) {
+    uint64_t in = offset % cs;
+    size_t n = (size_t) SC_MIN ((uint64_t) len, cs - in);
+
+    if (qcow2_plan_metadata (f->p, offset / cs, f->cluster) == -1)
+      return -1;
+    memcpy (o, f->cluster + in, n);
+    o += n;
+    offset += n;
+    len -= n;
+  }
+  return 0;
+}
+
+/* The digest extension as the header cluster carries it: with the
+ * fingerprint of the L1 and L2 tables the plan writes.
+ */
+static int
+plan_digest (const struct qcow2_plan *p, struct qcow2_sc_digest *d)
+{
+  struct plan_file f = { .p = p, .cluster = malloc (p->h.cluster_size) };
+  int r;
+
+  if (f.cluster == NULL) {
+    sc_set_error (ENOMEM, "out of memory");
+    return -1;
+  }
+  *d = p->digest;
+  d->has_map = true;
+  r = qcow2_map_fingerprint (&p->h, p->file_size, plan_read, &f, d->map);
+  free (f.cluster);
+  return r;
+}
+
 int
 qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k, void *out)
 {
@@ -611,9 +661,12 @@ qcow2_plan_metadata (const struct qcow2_plan *p, uint64_t k, void *out)
     return -1;
   }
   if (k == 0) {
+    struct qcow2_sc_digest d;
+
+    if (p->has_digest && plan_digest (p, &d) == -1)
+      return -1;
     qcow2_header_write (h, buf);
-    if (p->has_digest && qcow2_header_write_sc_digest (h, &p->digest, buf)
-        == -1)
+    if (p->has_digest && qcow2_header_write_sc_digest (h, &d, buf) == -1)
       return -1;
     if (p->hold_magic)
       memset (buf, 0, 4);

@@ -72,8 +72,13 @@
  */
 #define QCOW2_EXT_SC_DIGEST         0x1e3d81fcU
 #define QCOW2_AUTOCLEAR_SC_DIGEST   (1ULL << 63)
-/* u32 kind, u32 block size, u64 virtual size, 32 bytes of SHA-256. */
+/* u32 kind, u32 block size, u64 virtual size, 32 bytes of SHA-256;
+ * then, in the longer form pack writes, the 32-byte mapping fingerprint
+ * (SHA-256 of the L1 table and the L2 tables as stored, see
+ * qcow2_map_fingerprint).
+ */
 #define QCOW2_SC_DIGEST_LEN         48
+#define QCOW2_SC_DIGEST_MAP_LEN     80
 #define QCOW2_SC_DIGEST_SHA256      1   /* the one kind defined */
 
 /* Limits (qemu's, which we also enforce on input). */
@@ -328,13 +333,36 @@ struct qcow2_sc_digest {
   uint32_t block_size;
   uint64_t size;                /* the virtual size it was made for */
   unsigned char sha256[32];
+  /* The image's L1 and L2 tables when the digest was made (the longer
+   * form): another program that moved or allocated clusters without
+   * clearing the autoclear bit made the digest stale.
+   */
+  bool has_map;
+  unsigned char map[32];
 };
 /* Decode the data of a digest extension: 0, or -1 with errno EINVAL
- * for a length other than QCOW2_SC_DIGEST_LEN, an unknown kind, or a
- * block size that is not a power of two from 512 bytes to 2 MiB.
+ * for a length other than QCOW2_SC_DIGEST_LEN or
+ * QCOW2_SC_DIGEST_MAP_LEN, an unknown kind, or a block size that is not
+ * a power of two from 512 bytes to 2 MiB.
  */
 extern int qcow2_sc_digest_decode (const unsigned char *data, uint32_t len,
                                    struct qcow2_sc_digest *d);
+/* Reads len bytes at offset of an image file into buf: 0, or -1 with
+ * the error set.
+ */
+typedef int (*qcow2_read_fn) (void *opaque, uint64_t offset, size_t len,
+                              void *buf);
+/* The mapping fingerprint of the image whose header is h and whose
+ * file is file_size bytes long, read through read: SHA-256 of its L1
+ * table (l1_size entries of 8 bytes, as stored) followed by every L2
+ * table an L1 entry points to, in L1 order, cluster_size bytes each as
+ * stored (sparsecow(1), DIGEST).  0, or -1 with errno EINVAL (an L1
+ * entry that points to no whole cluster inside the file), or the
+ * errors of read and of SHA-256.
+ */
+extern int qcow2_map_fingerprint (const struct qcow2_header *h,
+                                  uint64_t file_size, qcow2_read_fn read,
+                                  void *opaque, unsigned char out[32]);
 /* Write the digest extension at the end of the header in buf, the
  * header cluster that qcow2_header_write filled for h (a version 3
  * header: the autoclear bit is the caller's), and the end marker

@@ -827,6 +827,11 @@ struct sc_verify_result {
    * decode (computed is then all zeros).
    */
   bool damaged;
+  /* sc_verify_digest, stale: the image's L1 or L2 tables are not the
+   * ones the digest was made with (another program allocated or moved
+   * clusters), though the autoclear bit is set.
+   */
+  bool mapping_changed;
   /* sc_verify_digest: what the image holds, and what its content
    * hashes to now (when it was recomputed).
    */
@@ -865,7 +870,9 @@ extern int sc_verify (struct sc_endpoint *a, struct sc_endpoint *b,
  * decode), 2 when the digest is stale (the extension is there but its
  * autoclear bit is not: the image was opened for writing by a program
  * that does not know the digest, as qemu clears unknown autoclear bits
- * ("Header", docs/interop/qcow2.rst); it is not recomputed), or -1
+ * ("Header", docs/interop/qcow2.rst); or the bit is set but the L1 and
+ * L2 tables are not the ones the digest was made with, and
+ * result->mapping_changed is set; it is not recomputed), or -1
  * with errno ENODATA (the image holds no digest), EINVAL (not a qcow2
  * image, a damaged digest extension), or the errors of sc_qcow2_open.
  */

@@ -697,6 +697,12 @@ rehash (struct sc_endpoint *ep, uint32_t cluster_size,
   return ret;
 }
 
+static int
+file_read (void *opaque, uint64_t offset, size_t len, void *buf)
+{
+  return sc_ep_pread (opaque, buf, len, offset);
+}
+
 int
 sc_verify_digest (struct sc_endpoint *file,
                   const struct sc_verify_opts *opts_in,
@@ -736,6 +742,22 @@ sc_verify_digest (struct sc_endpoint *file,
   if (h.version < 3 || !(h.autoclear_features & QCOW2_AUTOCLEAR_SC_DIGEST)) {
     ret = 2;
     goto out;
+  }
+  /* qemu keeps the bit when it opens an image read-only and then makes
+   * it writable (qemu-img commit into it, a block job): what it wrote
+   * shows in the L1 and L2 tables whenever it allocated or moved a
+   * cluster, which a write into a compressed cluster or a hole does.
+   */
+  if (f.d.has_map) {
+    unsigned char map[32];
+
+    if (qcow2_map_fingerprint (&h, file->size, file_read, file, map) == -1)
+      goto out;
+    if (memcmp (map, f.d.map, sizeof map) != 0) {
+      result->mapping_changed = true;
+      ret = 2;
+      goto out;
+    }
   }
   q = sc_qcow2_open_endpoint (file, NULL);
   if (q == NULL)

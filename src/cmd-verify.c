@@ -206,12 +206,17 @@ verify_digest (const struct cli_operand *op, const struct cli_common *common,
     }
     if (!common->quiet)
       printf ("%s: digest mismatch: the content is not what was packed "
-              "(or qemu wrote it after opening it read-only and then "
-              "writable, as qemu-img commit does, which keeps the digest's "
-              "autoclear bit)\n", cli_image_name (op->name));
+              "(or qemu overwrote uncompressed clusters in place after "
+              "opening it read-only and then writable, as qemu-img commit "
+              "into it can, which keeps the digest's autoclear bit and the "
+              "image's tables)\n", cli_image_name (op->name));
     return EXIT_VERIFY_DIFFERENT;
   case 2:
-    if (!common->quiet)
+    if (!common->quiet && res.mapping_changed)
+      printf ("%s: digest is stale: another program has allocated or moved "
+              "clusters of the image since it was packed (as qemu-img "
+              "commit into it does)\n", cli_image_name (op->name));
+    else if (!common->quiet)
       printf ("%s: digest is stale: the image was opened for writing by a "
               "program that does not keep it\n", cli_image_name (op->name));
     return EXIT_VERIFY_STALE;

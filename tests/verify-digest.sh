@@ -16,7 +16,10 @@ cd "$tmp"
 MiB=$((1024 * 1024))
 
 # The digest extension of an image, read as the specification frames
-# header extensions: "BIT BLOCK-SIZE SIZE HEX" (BIT: autoclear bit 63),
+# header extensions: "BIT BLOCK-SIZE SIZE HEX MAP" (BIT: autoclear bit
+# 63; MAP: "map-ok" when the extension's mapping fingerprint is SHA-256
+# of the L1 table and the L2 tables the file holds, as sparsecow(1)'s
+# DIGEST defines it, "map-differs", or "no-map" for the 48-byte form),
 # or "none".
 header_digest () {
   python3 - "$1" <<'EOF'
@@ -35,8 +38,22 @@ while pos + 8 <= len(h):
         break
     if t == 0x1e3d81fc:
         kind, block, size = struct.unpack(">IIQ", h[pos + 8:pos + 24])
-        assert kind == 1 and n == 48
-        print(autoclear >> 63, block, size, h[pos + 24:pos + 56].hex())
+        assert kind == 1 and n in (48, 80)
+        state = "no-map"
+        if n == 80:
+            import hashlib
+            data = open(sys.argv[1], "rb").read()
+            cbits, = struct.unpack(">I", data[20:24])
+            l1_size, l1_off = struct.unpack(">IQ", data[36:48])
+            cs = 1 << cbits
+            l1 = data[l1_off:l1_off + 8 * l1_size]
+            m = hashlib.sha256(l1)
+            for i in range(l1_size):
+                l2 = struct.unpack(">Q", l1[8 * i:8 * i + 8])[0] & 0x00fffffffffffe00
+                if l2:
+                    m.update(data[l2:l2 + cs])
+            state = "map-ok" if m.digest() == h[pos + 56:pos + 88] else "map-differs"
+        print(autoclear >> 63, block, size, h[pos + 24:pos + 56].hex(), state)
         sys.exit()
     pos += 8 + (n + 7) // 8 * 8
 print("none")
@@ -49,8 +66,9 @@ check_digest () {
   local img=$1 bit block size hex want
   qemu-img check -q "$img" || fail "$img: qemu-img check is not clean"
   qemu-img info "$img" >/dev/null || fail "$img: qemu-img info fails"
-  read -r bit block size hex <<<"$(header_digest "$img")"
+  read -r bit block size hex map <<<"$(header_digest "$img")"
   [ "$bit" = 1 ] || fail "$img: no digest, or its autoclear bit is clear"
+  [ "$map" = map-ok ] || fail "$img: the mapping fingerprint: $map"
   [ "$size" = "$(qemu-img info --output=json "$img" |
                  python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" ] ||
     fail "$img: the digest is for size $size"
@@ -133,8 +151,9 @@ with open(path, "r+b") as f:
         f.seek(pos + 8 + int(sys.argv[3]))
         f.write(bytes.fromhex(sys.argv[4]))
         sys.exit(0)
-    assert not any(h[pos + 56:512]), "an extension after the digest"
-    h[pos:pos + 56] = bytes(56)
+    end = pos + 8 + n
+    assert not any(h[end:512]), "an extension after the digest"
+    h[pos:end] = bytes(end - pos)
     autoclear, = struct.unpack(">Q", h[88:96])
     h[88:96] = struct.pack(">Q", autoclear & ~(1 << 63))
     f.seek(0)
@@ -239,6 +258,75 @@ for how in io amend; do
   [ "$rc" = 3 ] && grep -q stale <<<"$out" ||
     fail "verify after qemu $how: status $rc, '$out'"
 done
+
+# qemu keeps the bit when it opens an image read-only and then makes it
+# writable, as qemu-img commit does with the image it commits into.
+# Where it allocated clusters (a write into a compressed cluster, or
+# into a hole), the L1 and L2 tables differ from the fingerprint and
+# the digest is stale; an uncompressed cluster overwritten in place
+# changes no table, and the digest does not match (as documented).
+commit_into () {                # BASE OFFSET: write 4 KiB there through an overlay
+  rm -f top.qcow2
+  qemu-img create -q -f qcow2 -b "$1" -F qcow2 top.qcow2
+  qemu-io -c "write -P 0x44 $2 4k" top.qcow2 >/dev/null
+  qemu-img commit -q top.qcow2
+  qemu-img check -q "$1" || fail "$1: qemu-img check after the commit"
+}
+for case in compressed hole in-place; do
+  case $case in
+    compressed) cp deflate.qcow2 commit.qcow2; off=$((4 * MiB)) ;;
+    hole) cp plain.qcow2 commit.qcow2; off=$((8 * MiB)) ;;
+    in-place) cp plain.qcow2 commit.qcow2; off=$((64 * 1024)) ;;
+  esac
+  [ "$case" != hole ] ||
+    qemu-img map --output=json commit.qcow2 | python3 -c '
+import json, sys
+off = int(sys.argv[1])
+for r in json.load(sys.stdin):
+    if r["start"] <= off < r["start"] + r["length"]:
+        sys.exit(1 if r["data"] else 0)' "$off" ||
+    fail "$case: the base holds data at $off"
+  commit_into commit.qcow2 $off
+  read -r bit _ _ _ map <<<"$(header_digest commit.qcow2)"
+  [ "$bit" = 1 ] || fail "$case: qemu-img commit cleared the autoclear bit"
+  rc=0; out=$(sparsecow verify commit.qcow2) || rc=$?
+  case $case in
+    in-place)
+      [ "$map" = map-ok ] || fail "$case: the tables changed ($map)"
+      [ "$rc" = 1 ] && grep -q mismatch <<<"$out" ||
+        fail "verify after a commit in place: status $rc, '$out'" ;;
+    *)
+      [ "$map" = map-differs ] || fail "$case: the tables did not change ($map)"
+      [ "$rc" = 3 ] && grep -q "stale: another program has allocated or moved clusters" <<<"$out" ||
+        fail "verify after a commit ($case): status $rc, '$out'" ;;
+  esac
+done
+# The 48-byte form (no fingerprint), as earlier versions wrote it: the
+# digest is still checked.
+cp deflate.qcow2 short.qcow2
+python3 - short.qcow2 <<'EOF2'
+import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    h = bytearray(f.read(4096))
+    pos, = struct.unpack(">I", h[100:104])
+    while True:
+        t, n = struct.unpack(">II", h[pos:pos + 8])
+        assert t != 0
+        if t == 0x1e3d81fc:
+            assert n == 80
+            h[pos + 4:pos + 8] = struct.pack(">I", 48)
+            h[pos + 56:pos + 88] = bytes(32)
+            break
+        pos += 8 + (n + 7) // 8 * 8
+    f.seek(0)
+    f.write(h)
+EOF2
+read -r _ _ _ _ map <<<"$(header_digest short.qcow2)"
+[ "$map" = no-map ] || fail "short.qcow2: $map"
+sparsecow verify -q short.qcow2 || fail "verify of the 48-byte form"
+qemu-io -c "write -P 0x11 0 4k" short.qcow2 >/dev/null
+rc=0; sparsecow verify -q short.qcow2 || rc=$?
+[ "$rc" = 3 ] || fail "verify of the 48-byte form after a write: status $rc"
 
 # Damaged compressed clusters: stored bytes that no longer decode are
 # content that is not what was packed (exit 1, as for a flipped byte),
