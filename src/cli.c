@@ -949,9 +949,24 @@ same_object (const struct stat *a, const struct stat *b)
              && a->st_rdev == b->st_rdev);
 }
 
+/* Does text written on a (what a text stream is open on) land in b:
+ * the same object, or another name of its storage (a loop device over
+ * the file b, the file behind the loop device b, another loop device
+ * over that file, a partition of the disk b or the disk of the
+ * partition b)?  The same identity as the targets' and sources'.
+ */
+static bool
+text_lands_in (const struct stat *a, const struct stat *b)
+{
+  bool file;
+
+  return same_object (a, b) || cli_same_storage (a, b, &file);
+}
+
 /* Are descriptors a and b open on one file that is not a terminal or
  * another character device (where lines of progress do no harm)?  A
- * pipe or a socket is one by its inode, whatever names lead to it.
+ * pipe or a socket is one by its inode, whatever names lead to it; a
+ * file or a block device also by its storage (text_lands_in).
  */
 static bool
 same_open_file (int a, int b)
@@ -959,7 +974,8 @@ same_open_file (int a, int b)
   struct stat sa, sb;
 
   return fstat (a, &sa) == 0 && fstat (b, &sb) == 0
-    && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
+    && ((sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino)
+        || text_lands_in (&sa, &sb))
     && !S_ISCHR (sa.st_mode);
 }
 
@@ -1023,7 +1039,7 @@ input_refused (const char *command, const struct stat *in,
   va_list ap;
 
   if (!cli_std_closed[STDERR_FILENO] && fstat (STDERR_FILENO, &e) == 0
-      && same_object (&e, in))
+      && text_lands_in (&e, in))
     exit (cli_usage_status);
   va_start (ap, fmt);
   vsnprintf (msg, sizeof msg, fmt, ap);
@@ -1095,11 +1111,11 @@ cli_check_progress (const char *command, const struct cli_common *common,
 }
 
 /* Text on any of the command's text streams into name (b), an output
- * or, when input, something the command reads?
+ * or something the command reads?  Refused before anything is written.
  */
 static void
 check_text_into (const char *command, const struct cli_common *common,
-                 const char *name, bool input)
+                 const char *name)
 {
   struct text_stream ts[MAX_TEXT_STREAMS];
   size_t n = text_streams (common, ts);
@@ -1109,9 +1125,13 @@ check_text_into (const char *command, const struct cli_common *common,
       || stat (name, &b) == -1)
     return;
   for (size_t i = 0; i < n; i++) {
-    if (fstat (ts[i].fd, &a) == -1 || !same_object (&a, &b))
+    if (fstat (ts[i].fd, &a) == -1 || !text_lands_in (&a, &b))
       continue;
-    if (input)
+    /* An output that is a file or a device too: the message would be
+     * the only change the refused command made to it.  A pipe's reader
+     * is told.
+     */
+    if (S_ISREG (b.st_mode) || S_ISBLK (b.st_mode))
       input_refused (command, &b, "%s would be written into %s",
                      ts[i].what, name);
     cli_usage_error (command, "%s would be written into %s", ts[i].what,
@@ -1123,7 +1143,7 @@ void
 cli_check_progress_not (const char *command, const struct cli_common *common,
                         const char *name)
 {
-  check_text_into (command, common, name, false);
+  check_text_into (command, common, name);
 }
 
 static bool chain_any (const char *source,
@@ -1146,7 +1166,7 @@ progress_into_cb (const char *what, const char *path, const struct stat *s,
   struct progress_arg *p = arg;
 
   for (size_t i = 0; i < p->n; i++)
-    if (same_object (&p->a[i], s))
+    if (text_lands_in (&p->a[i], s))
       input_refused (p->command, s, "%s would be written into %s, the %s "
                      "of %s", p->ts[i].what, path, what, p->image);
   return false;
@@ -1175,7 +1195,7 @@ cli_check_progress_image (const char *command,
   size_t n = text_streams (common, ts);
   struct stat b;
 
-  check_text_into (command, common, name, true);
+  check_text_into (command, common, name);
   if (strcmp (name, "-") == 0 || sc_is_nbd_uri (name))
     return;
   /* Only a file or a device can be a file of the chain. */

@@ -12,6 +12,7 @@ TESTS += \
 	tests/cli-sparse.sh \
 	tests/cli-lock.sh \
 	tests/cli-target-names.sh \
+	tests/cli-text-storage.sh \
 	tests/cli-completion.sh \
 	tests/cli-fifo.sh
 EXTRA_DIST += \
@@ -27,6 +28,7 @@ EXTRA_DIST += \
 	tests/cli-sparse.sh \
 	tests/cli-lock.sh \
 	tests/cli-target-names.sh \
+	tests/cli-text-storage.sh \
 	tests/cli-completion.sh \
 	tests/cli-fifo.sh
 
