@@ -1692,11 +1692,11 @@ target_in_chain (const char *source, const char *target,
   return chain_any (source, target_is_cb, &a);
 }
 
-/* The first mount point of the block device dev or of a partition of
- * it, into buf (empty if none).
+/* The first mount point of the block device dev or (unless
+ * whole_only) of a partition of it, into buf (empty if none).
  */
 static void
-mount_point_of (dev_t dev, char *buf, size_t len)
+mount_point_of (dev_t dev, bool whole_only, char *buf, size_t len)
 {
   FILE *fp = fopen ("/proc/self/mountinfo", "re");
   char line[4096];
@@ -1714,25 +1714,177 @@ mount_point_of (dev_t dev, char *buf, size_t len)
       continue;
     d = disk = makedev (ma, mi);
     (void) cli_partition_of (d, &disk);
-    if (d == dev || disk == dev)
+    if (d == dev || (!whole_only && disk == dev))
       snprintf (buf, len, "%s", point);
   }
   fclose (fp);
 }
 
-/* Is the block device dev (or a partition of it) mounted, or held by
- * another device (device-mapper, RAID)?  Then say where into buf, as
- * ", mounted on POINT" or ", held by NAME", and return true.
+/* Does another opener hold the block device dev exclusively (a mount,
+ * a swap area, mkfs, a program with O_EXCL, or, for a disk, any of
+ * these on a partition of it)?  Linux says so to an exclusive open of
+ * its node, which is let go at once.
  */
 static bool
-device_busy (dev_t dev, char *buf, size_t len)
+held_exclusively (dev_t dev)
+{
+  char self[64];
+  int fd = open_device_node (dev), excl;
+  bool held;
+
+  if (fd == -1)
+    return false;
+  /* The node just checked to be dev, opened again. */
+  snprintf (self, sizeof self, "/proc/self/fd/%d", fd);
+  excl = open (self, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_EXCL);
+  held = excl == -1 && errno == EBUSY;
+  if (excl != -1)
+    close (excl);
+  close (fd);
+  return held;
+}
+
+/* Is the block device d dev, or a partition of dev? */
+static bool
+dev_or_partition (dev_t d, dev_t dev)
+{
+  dev_t disk = d;
+
+  return d == dev || (cli_partition_of (d, &disk) && disk == dev);
+}
+
+/* Who holds dev (or a partition of it) exclusively, for the message,
+ * into buf: ", swap area PATH" from /proc/swaps, else ", open in
+ * process PID (COMM)" for the first other process (that this one may
+ * look at) with it open; "" if neither is found.
+ */
+#define MAX_NAMED_OPENERS 4
+
+static void
+describe_exclusive (dev_t dev, char *buf, size_t len)
+{
+  FILE *fp = fopen ("/proc/swaps", "re");
+  char line[4096];
+  DIR *proc;
+  struct dirent *p;
+  unsigned named = 0;
+  size_t used;
+
+  buf[0] = '\0';
+  while (fp && buf[0] == '\0' && fgets (line, sizeof line, fp)) {
+    char path[PATH_MAX];
+    struct stat st;
+
+    if (sscanf (line, "%4095s", path) == 1 && path[0] == '/'
+        && stat (path, &st) == 0 && S_ISBLK (st.st_mode)
+        && dev_or_partition (st.st_rdev, dev))
+      snprintf (buf, len, ", swap area %s", path);
+  }
+  if (fp)
+    fclose (fp);
+  if (buf[0])
+    return;
+  proc = opendir ("/proc");
+  if (proc == NULL)
+    return;
+  while (named < MAX_NAMED_OPENERS && (p = readdir (proc)) != NULL) {
+    char dir[64], path[PATH_MAX], comm[64] = "?";
+    DIR *fds;
+    struct dirent *f;
+    bool open_here = false;
+    char *end;
+    long pid = strtol (p->d_name, &end, 10);
+
+    if (*end != '\0' || pid <= 0 || pid == (long) getpid ())
+      continue;
+    snprintf (dir, sizeof dir, "/proc/%ld/fd", pid);
+    fds = opendir (dir);
+    if (fds == NULL)
+      continue;
+    while (!open_here && (f = readdir (fds)) != NULL) {
+      struct stat st;
+
+      if (f->d_name[0] == '.')
+        continue;
+      snprintf (path, sizeof path, "%s/%s", dir, f->d_name);
+      open_here = stat (path, &st) == 0 && S_ISBLK (st.st_mode)
+                  && dev_or_partition (st.st_rdev, dev);
+    }
+    closedir (fds);
+    if (!open_here)
+      continue;
+    snprintf (path, sizeof path, "/proc/%ld/comm", pid);
+    fp = fopen (path, "re");
+    if (fp) {
+      if (fgets (comm, sizeof comm, fp) == NULL)
+        snprintf (comm, sizeof comm, "?");
+      comm[strcspn (comm, "\n")] = '\0';
+      fclose (fp);
+    }
+    used = strlen (buf);
+    if (used < len)
+      snprintf (buf + used, len - used, ", open in process %ld (%s)", pid,
+                comm);
+    named++;
+  }
+  closedir (proc);
+}
+
+/* Is a partition of the disk dev held exclusively? */
+static bool
+partition_held (dev_t dev)
+{
+  char dir[96];
+  DIR *d;
+  struct dirent *e;
+  bool held = false;
+
+  snprintf (dir, sizeof dir, "/sys/dev/block/%u:%u", major (dev),
+            minor (dev));
+  d = opendir (dir);
+  if (d == NULL)
+    return false;
+  while (!held && (e = readdir (d)) != NULL) {
+    char path[PATH_MAX], line[64];
+    unsigned ma, mi;
+    FILE *fp;
+    bool ok;
+
+    if (e->d_name[0] == '.')
+      continue;
+    snprintf (path, sizeof path, "%s/%s/partition", dir, e->d_name);
+    if (access (path, F_OK) != 0)
+      continue;
+    snprintf (path, sizeof path, "%s/%s/dev", dir, e->d_name);
+    fp = fopen (path, "re");
+    if (fp == NULL)
+      continue;
+    ok = fgets (line, sizeof line, fp) != NULL
+         && sscanf (line, "%u:%u", &ma, &mi) == 2;
+    fclose (fp);
+    held = ok && held_exclusively (makedev (ma, mi));
+  }
+  closedir (d);
+  return held;
+}
+
+/* Is the block device dev in use: mounted, held by another device
+ * (device-mapper, RAID), or held exclusively (a swap area, mkfs, a
+ * program that opened it with O_EXCL)?  Then say how into buf, as
+ * ", mounted on POINT", ", held by NAME", ", swap area PATH" or ", open
+ * in process PID (COMM)", and return true.  A partition of dev in use
+ * makes dev in use, unless whole_only: then only dev itself counts (a
+ * write to another partition of it does not reach that one).
+ */
+static bool
+device_busy (dev_t dev, bool whole_only, char *buf, size_t len)
 {
   char point[PATH_MAX], dir[96];
   DIR *d;
   struct dirent *e;
 
   buf[0] = '\0';
-  mount_point_of (dev, point, sizeof point);
+  mount_point_of (dev, whole_only, point, sizeof point);
   if (point[0]) {
     snprintf (buf, len, ", mounted on %s", point);
     return true;
@@ -1740,13 +1892,48 @@ device_busy (dev_t dev, char *buf, size_t len)
   snprintf (dir, sizeof dir, "/sys/dev/block/%u:%u/holders",
             major (dev), minor (dev));
   d = opendir (dir);
-  if (d == NULL)
+  if (d != NULL) {
+    while (buf[0] == '\0' && (e = readdir (d)) != NULL)
+      if (e->d_name[0] != '.')
+        snprintf (buf, len, ", held by %s", e->d_name);
+    closedir (d);
+    if (buf[0])
+      return true;
+  }
+  /* A disk is held while a partition of it is: only its own holder
+   * counts then, and none can hold it beside a partition's.
+   */
+  if (!held_exclusively (dev) || (whole_only && partition_held (dev)))
     return false;
-  while (buf[0] == '\0' && (e = readdir (d)) != NULL)
-    if (e->d_name[0] != '.')
-      snprintf (buf, len, ", held by %s", e->d_name);
-  closedir (d);
-  return buf[0] != '\0';
+  describe_exclusive (dev, buf, len);
+  if (buf[0] == '\0')
+    snprintf (buf, len, ", held open exclusively by another program");
+  return true;
+}
+
+/* The /dev name of the block device dev (from sysfs), or false. */
+static bool
+device_name (dev_t dev, char *buf, size_t len)
+{
+  char path[96], line[256];
+  FILE *fp;
+  bool found = false;
+
+  snprintf (path, sizeof path, "/sys/dev/block/%u:%u/uevent",
+            major (dev), minor (dev));
+  fp = fopen (path, "re");
+  if (fp == NULL)
+    return false;
+  while (!found && fgets (line, sizeof line, fp)) {
+    line[strcspn (line, "\n")] = '\0';
+    if (strncmp (line, "DEVNAME=", 8) == 0 && line[8] != '\0'
+        && strstr (line + 8, "..") == NULL) {
+      snprintf (buf, len, "/dev/%s", line + 8);
+      found = true;
+    }
+  }
+  fclose (fp);
+  return found;
 }
 
 /* Is the existing target t (named target) the file or the device that
@@ -1759,14 +1946,47 @@ device_busy (dev_t dev, char *buf, size_t len)
  * that one either: refused as busy.  Then print which loop device (a
  * mounted or held one first), where it is mounted, and return true.
  */
+/* The device the loop device name reads (0 for a file, or none). */
+static dev_t
+loop_backing_device (const char *name)
+{
+  dev_t r = 0;
+#ifdef LOOP_GET_STATUS64
+  struct loop_info64 info;
+  int fd = open (name, O_RDONLY | O_CLOEXEC);
+
+  if (fd == -1)
+    return 0;
+  if (ioctl (fd, LOOP_GET_STATUS64, &info) == 0)
+    r = (dev_t) info.lo_rdevice;
+  close (fd);
+#else
+  (void) name;
+#endif
+  return r;
+}
+
+/* The advice for a loop device in use as where says (", mounted on
+ * ...", ", swap area ...", ...): unmount it, swapoff, or release it.
+ */
+static const char *
+release_advice (const char *where)
+{
+  if (strncmp (where, ", swap area ", 12) == 0)
+    return "swapoff and detach it first";
+  return where[0] == '\0' || strncmp (where, ", mounted on ", 13) == 0
+         || strncmp (where, ", held by ", 10) == 0
+         ? "unmount and detach it first" : "release and detach it first";
+}
+
 static bool
 target_backs_loop (const char *target, const struct stat *t)
 {
   struct storage tid;
-  dev_t tdisk = 0;
+  dev_t tdisk = 0, part_disk = 0, named_part = 0, named_busy_dev = 0;
   bool t_loop = false, found = false, found_busy = false;
-  bool named_beside = false;
-  char named[PATH_MAX], named_where[PATH_MAX];
+  bool named_beside = false, named_over = false;
+  char named[PATH_MAX], named_where[PATH_MAX], self_where[PATH_MAX];
   DIR *d;
   struct dirent *e;
   const char *out = strcmp (target, "-") == 0 ? "stdout" : target;
@@ -1778,6 +1998,9 @@ target_backs_loop (const char *target, const struct stat *t)
     (void) cli_partition_of (t->st_rdev, &tdisk);
     t_loop = major (tdisk) == LOOP_MAJOR;
   }
+  /* The disk of the partition the target finally reads, if any. */
+  if (tid.part != 0 && !cli_partition_of (tid.part, &part_disk))
+    part_disk = 0;
   d = opendir ("/sys/block");
   if (d == NULL)
     return false;
@@ -1785,7 +2008,8 @@ target_backs_loop (const char *target, const struct stat *t)
     char path[PATH_MAX], where[PATH_MAX];
     struct storage lid;
     struct stat l;
-    bool over, busy;
+    bool over, busy, sibling;
+    dev_t busy_dev;
 
     if (strncmp (e->d_name, "loop", 4) != 0)
       continue;
@@ -1802,7 +2026,18 @@ target_backs_loop (const char *target, const struct stat *t)
     if (!over && !(storage_of (&l, &lid)
                    && same_storage (&lid, &tid)))
       continue;
-    busy = device_busy (l.st_rdev, where, sizeof where);
+    /* Beside a target loop device over a partition of this loop device,
+     * only that partition, or this device as a whole, is written
+     * through: another partition of it in use is not.
+     */
+    sibling = t_loop && !over && lid.part == 0 && part_disk != 0
+              && part_disk == l.st_rdev;
+    busy_dev = sibling ? tid.part : l.st_rdev;
+    busy = device_busy (busy_dev, false, where, sizeof where);
+    if (!busy && sibling) {
+      busy_dev = l.st_rdev;
+      busy = device_busy (busy_dev, true, where, sizeof where);
+    }
     /* Beside a target loop device, another loop device over the same
      * file only stops it when it is in use.
      */
@@ -1814,21 +2049,65 @@ target_backs_loop (const char *target, const struct stat *t)
       found = true;
       found_busy = busy;
       named_beside = t_loop && !over;
+      named_over = over;
+      named_part = sibling ? tid.part : 0;
+      named_busy_dev = busy_dev;
     }
   }
   closedir (d);
   if (!found)
     return false;
-  if (named_beside)
+  /* A target device that is itself in use (mounted, or a partition of
+   * it mounted) is named so first: detaching the loop device would only
+   * lead to that refusal.
+   */
+  if (S_ISBLK (t->st_mode)
+      && device_busy (t->st_rdev, false, self_where, sizeof self_where)) {
+    cli_error ("%s: device is in use: %s; unmount or release it first", out,
+               self_where + 2);
+    return true;
+  }
+  if (named_part) {
+    char pname[PATH_MAX], bname[PATH_MAX];
+
+    if (!device_name (named_part, pname, sizeof pname))
+      snprintf (pname, sizeof pname, "a partition");
+    if (!device_name (named_busy_dev, bname, sizeof bname))
+      snprintf (bname, sizeof bname, "%s", named);
+    cli_error ("%s: is over %s, a partition of the loop device %s; %s is "
+               "in use (%s), which would change under it; unmount or "
+               "release it first", out, pname, named, bname,
+               named_where + 2);
+  }
+  else if (named_beside)
     cli_error ("%s: is over the same %s as the loop device %s%s, which "
-               "would change under it; unmount and detach it first "
-               "(losetup -d %s)", out, tid.file ? "file" : "device", named,
-               named_where, named);
-  else
-    cli_error ("%s: is the backing %s of the loop device %s%s; "
-               "unmount and detach it first (losetup -d %s)", out,
-               S_ISBLK (t->st_mode) ? "device" : "file", named, named_where,
-               named);
+               "would change under it; %s (losetup -d %s)", out,
+               tid.file ? "file" : "device", named, named_where,
+               release_advice (named_where), named);
+  else {
+    dev_t backing = named_over && S_ISBLK (t->st_mode)
+                    ? loop_backing_device (named) : 0;
+    dev_t backing_disk = backing;
+    char bname[PATH_MAX];
+
+    if (backing)
+      (void) cli_partition_of (backing, &backing_disk);
+    if (backing && backing != t->st_rdev && backing_disk == t->st_rdev
+        && device_name (backing, bname, sizeof bname))
+      cli_error ("%s: its partition %s is the backing device of the loop "
+                 "device %s%s; %s (losetup -d %s)", out, bname, named,
+                 named_where, release_advice (named_where), named);
+    else if (backing && backing != t->st_rdev && backing == tdisk
+             && device_name (backing, bname, sizeof bname))
+      cli_error ("%s: is a partition of %s, the backing device of the loop "
+                 "device %s%s; %s (losetup -d %s)", out, bname, named,
+                 named_where, release_advice (named_where), named);
+    else
+      cli_error ("%s: is the backing %s of the loop device %s%s; "
+                 "%s (losetup -d %s)", out,
+                 S_ISBLK (t->st_mode) ? "device" : "file", named,
+                 named_where, release_advice (named_where), named);
+  }
   return true;
 }
 

@@ -19,12 +19,14 @@ TESTS += tests/unpack-device-zero.sh tests/unpack-device-verify.sh \
 	tests/unpack-device-multi.sh tests/unpack-device-busy.sh \
 	tests/unpack-device-thin.sh tests/unpack-device-refuse.sh \
 	tests/unpack-device-missing.sh tests/unpack-device-alias.sh \
+	tests/unpack-device-holders.sh \
 	tests/unpack-in-place.sh tests/unpack-chain-target.sh \
 	tests/unpack-verify-sparse.sh
 EXTRA_DIST += tests/unpack-device-zero.sh tests/unpack-device-verify.sh \
 	tests/unpack-device-multi.sh tests/unpack-device-busy.sh \
 	tests/unpack-device-thin.sh tests/unpack-device-refuse.sh \
 	tests/unpack-device-missing.sh tests/unpack-device-alias.sh \
+	tests/unpack-device-holders.sh \
 	tests/unpack-in-place.sh tests/unpack-chain-target.sh \
 	tests/unpack-verify-sparse.sh
 
