@@ -443,14 +443,7 @@ extern struct sc_endpoint *sc_block_source_new (int fd, bool own_fd,
 extern struct sc_endpoint *sc_block_target_new (int fd, bool own_fd,
                                                 const char *name,
                                                 uint64_t size);
-/* What holds the block device dev or one of its partitions, for the
- * message of a refused exclusive open: ", mounted on PATH", ", held by
- * dm-0 (NAME)", ", swap area PATH", ", open in process PID (COMM)",
- * each as found (from /proc/self/mountinfo, /sys/dev/block/M:m/holders,
- * /proc/swaps, /proc/PID/fd); "" when nothing can be named.  Never
- * fails.
- */
-extern void sc_block_describe_holders (dev_t dev, char *buf, size_t len);
+/* sc_block_describe_holders: in sparsecow.h. */
 /* Would path be made in the directory of device nodes (devtmpfs, or
  * the file system mounted on /dev)?  There, a name that does not exist
  * is a missing device, never a new regular file.

@@ -271,6 +271,17 @@ extern void sc_cleanup_temporaries (void);
  */
 extern void sc_interrupt (void);
 
+/* What holds the block device dev or one of its partitions (a refused
+ * exclusive open, a target in use), written into buf (len bytes, always
+ * terminated, cut if short) as a list that follows a message:
+ * ", mounted on PATH", ", held by dm-0 (NAME)", ", swap area PATH",
+ * ", open in process PID (COMM)", each as found (from
+ * /proc/self/mountinfo, /sys/dev/block/M:m/holders, /proc/swaps,
+ * /proc/PID/fd; only the processes this one may look at are seen);
+ * "" when nothing can be named.  Never fails; sets no errno.
+ */
+extern void sc_block_describe_holders (dev_t dev, char *buf, size_t len);
+
 /* ---- endpoint-nbd.c: NBD exports, through libnbd -------------------- */
 
 /* Is name an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://,

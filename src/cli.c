@@ -1744,92 +1744,6 @@ held_exclusively (dev_t dev)
   return held;
 }
 
-/* Is the block device d dev, or a partition of dev? */
-static bool
-dev_or_partition (dev_t d, dev_t dev)
-{
-  dev_t disk = d;
-
-  return d == dev || (cli_partition_of (d, &disk) && disk == dev);
-}
-
-/* Who holds dev (or a partition of it) exclusively, for the message,
- * into buf: ", swap area PATH" from /proc/swaps, else ", open in
- * process PID (COMM)" for the first other process (that this one may
- * look at) with it open; "" if neither is found.
- */
-#define MAX_NAMED_OPENERS 4
-
-static void
-describe_exclusive (dev_t dev, char *buf, size_t len)
-{
-  FILE *fp = fopen ("/proc/swaps", "re");
-  char line[4096];
-  DIR *proc;
-  struct dirent *p;
-  unsigned named = 0;
-  size_t used;
-
-  buf[0] = '\0';
-  while (fp && buf[0] == '\0' && fgets (line, sizeof line, fp)) {
-    char path[PATH_MAX];
-    struct stat st;
-
-    if (sscanf (line, "%4095s", path) == 1 && path[0] == '/'
-        && stat (path, &st) == 0 && S_ISBLK (st.st_mode)
-        && dev_or_partition (st.st_rdev, dev))
-      snprintf (buf, len, ", swap area %s", path);
-  }
-  if (fp)
-    fclose (fp);
-  if (buf[0])
-    return;
-  proc = opendir ("/proc");
-  if (proc == NULL)
-    return;
-  while (named < MAX_NAMED_OPENERS && (p = readdir (proc)) != NULL) {
-    char dir[64], path[PATH_MAX], comm[64] = "?";
-    DIR *fds;
-    struct dirent *f;
-    bool open_here = false;
-    char *end;
-    long pid = strtol (p->d_name, &end, 10);
-
-    if (*end != '\0' || pid <= 0 || pid == (long) getpid ())
-      continue;
-    snprintf (dir, sizeof dir, "/proc/%ld/fd", pid);
-    fds = opendir (dir);
-    if (fds == NULL)
-      continue;
-    while (!open_here && (f = readdir (fds)) != NULL) {
-      struct stat st;
-
-      if (f->d_name[0] == '.')
-        continue;
-      snprintf (path, sizeof path, "%s/%s", dir, f->d_name);
-      open_here = stat (path, &st) == 0 && S_ISBLK (st.st_mode)
-                  && dev_or_partition (st.st_rdev, dev);
-    }
-    closedir (fds);
-    if (!open_here)
-      continue;
-    snprintf (path, sizeof path, "/proc/%ld/comm", pid);
-    fp = fopen (path, "re");
-    if (fp) {
-      if (fgets (comm, sizeof comm, fp) == NULL)
-        snprintf (comm, sizeof comm, "?");
-      comm[strcspn (comm, "\n")] = '\0';
-      fclose (fp);
-    }
-    used = strlen (buf);
-    if (used < len)
-      snprintf (buf + used, len - used, ", open in process %ld (%s)", pid,
-                comm);
-    named++;
-  }
-  closedir (proc);
-}
-
 /* Is a partition of the disk dev held exclusively? */
 static bool
 partition_held (dev_t dev)
@@ -1905,7 +1819,7 @@ device_busy (dev_t dev, bool whole_only, char *buf, size_t len)
    */
   if (!held_exclusively (dev) || (whole_only && partition_held (dev)))
     return false;
-  describe_exclusive (dev, buf, len);
+  sc_block_describe_holders (dev, buf, len);
   if (buf[0] == '\0')
     snprintf (buf, len, ", held open exclusively by another program");
   return true;
