@@ -613,6 +613,15 @@ take_next (struct run *r, struct worker_stats *ws)
   }
   if (r->serial_reads || rc == 1) {
     pthread_mutex_lock (&r->lock);
+    /* A failed read stops the run before the turn passes on: a stream
+     * is then left part way into this piece, where no later piece
+     * starts, and a reader let in would report that instead of the
+     * real error (a signal, a read error).
+     */
+    if (rc == -1) {
+      record_error (r);
+      return -1;                /* with the lock held */
+    }
     r->read_turn++;
     /* The stream ended: pieces already handed out read nothing. */
     if (rc == 1) {

@@ -16,6 +16,8 @@ TESTS += tests/hostile-signals.sh tests/hostile-signals-in-place.sh \
 	tests/hostile-signals-complete.sh
 EXTRA_DIST += tests/hostile-signals.sh tests/hostile-signals-in-place.sh \
 	tests/hostile-signals-complete.sh
+TESTS += tests/hostile-signals-stream.sh
+EXTRA_DIST += tests/hostile-signals-stream.sh
 TESTS += tests/hostile-source-change.sh tests/hostile-source-change-device.sh
 EXTRA_DIST += tests/hostile-source-change.sh \
 	tests/hostile-source-change-device.sh
