@@ -102,34 +102,20 @@ sc_digest_blocks (uint32_t block_size, const void *buf, uint64_t offset,
 int
 sc_digest_init (struct sc_digest *d, uint32_t block_size)
 {
-  const EVP_MD *md = get_sha256 ();
-
   memset (d, 0, sizeof *d);
-  if (md == NULL)
-    return -1;
   if (block_size == 0 || (block_size & (block_size - 1)) != 0) {
     sc_set_error (EINVAL, "digest block size %" PRIu32 " is not a power "
                   "of two", block_size);
     return -1;
   }
   d->block_size = block_size;
-  d->ctx = EVP_MD_CTX_new ();
-  if (d->ctx == NULL) {
-    sc_set_error (ENOMEM, "SHA-256: out of memory");
-    return -1;
-  }
-  if (EVP_DigestInit_ex2 (d->ctx, md, NULL) != 1) {
-    sc_digest_free (d);
-    return crypto_error ("starting the digest");
-  }
-  return 0;
+  return sc_sha256_init (&d->sha);
 }
 
 void
 sc_digest_free (struct sc_digest *d)
 {
-  EVP_MD_CTX_free (d->ctx);
-  d->ctx = NULL;
+  sc_sha256_free (&d->sha);
 }
 
 static int
@@ -142,9 +128,7 @@ flush_zero_run (struct sc_digest *d)
   rec[0] = RECORD_ZERO_RUN;
   sc_put_be64 (rec + 1, d->zero_run);
   d->zero_run = 0;
-  if (EVP_DigestUpdate (d->ctx, rec, sizeof rec) != 1)
-    return crypto_error ("adding a run of zero blocks");
-  return 0;
+  return sc_sha256_update (&d->sha, rec, sizeof rec);
 }
 
 void
@@ -167,9 +151,9 @@ sc_digest_add (struct sc_digest *d, const struct sc_digest_block *b,
     }
     if (flush_zero_run (d) == -1)
       return -1;
-    if (EVP_DigestUpdate (d->ctx, &tag, 1) != 1
-        || EVP_DigestUpdate (d->ctx, b[i].hash, SC_DIGEST_LEN) != 1)
-      return crypto_error ("adding a block");
+    if (sc_sha256_update (&d->sha, &tag, 1) == -1
+        || sc_sha256_update (&d->sha, b[i].hash, SC_DIGEST_LEN) == -1)
+      return -1;
     d->blocks++;
   }
   return 0;
@@ -181,7 +165,6 @@ sc_digest_final (struct sc_digest *d, uint64_t virtual_size,
 {
   uint64_t want = SC_DIV_ROUND_UP (virtual_size, (uint64_t) d->block_size);
   unsigned char tail[8 + 4];
-  unsigned int hlen;
 
   /* The last pieces may run past the virtual size (to the end of a
    * cluster); what lies there reads as zeros and is not content.
@@ -203,10 +186,9 @@ sc_digest_final (struct sc_digest *d, uint64_t virtual_size,
     return -1;
   sc_put_be64 (tail, virtual_size);
   sc_put_be32 (tail + 8, d->block_size);
-  if (EVP_DigestUpdate (d->ctx, tail, sizeof tail) != 1
-      || EVP_DigestFinal_ex (d->ctx, out, &hlen) != 1)
-    return crypto_error ("finishing the digest");
-  return 0;
+  if (sc_sha256_update (&d->sha, tail, sizeof tail) == -1)
+    return -1;
+  return sc_sha256_final (&d->sha, out);
 }
 
 int

@@ -355,9 +355,26 @@ extern int sc_digest_blocks (uint32_t block_size, const void *buf,
                              uint64_t offset, size_t len, uint64_t limit,
                              struct sc_digest_block *out);
 
+/* Plain SHA-256 of a byte string fed in parts (the digest below, the
+ * digest extension's mapping fingerprint): init, then update any
+ * number of times, then final, which frees the context;
+ * sc_sha256_free frees one not finished (and does nothing to one
+ * finished or never started).  0, or -1 with errno ENOTSUP (no SHA-256
+ * in libcrypto), ENOMEM, EIO.
+ */
+struct sc_sha256 {
+  void *ctx;                    /* EVP_MD_CTX */
+};
+extern int sc_sha256_init (struct sc_sha256 *s);
+extern int sc_sha256_update (struct sc_sha256 *s, const void *buf,
+                             size_t len);
+extern int sc_sha256_final (struct sc_sha256 *s,
+                            unsigned char out[SC_DIGEST_LEN]);
+extern void sc_sha256_free (struct sc_sha256 *s);
+
 /* The digest of one image, fed in guest order from one thread. */
 struct sc_digest {
-  void *ctx;                    /* EVP_MD_CTX */
+  struct sc_sha256 sha;
   uint32_t block_size;
   uint64_t blocks;              /* blocks added so far */
   uint64_t zero_run;            /* zero blocks not yet recorded */
@@ -370,27 +387,11 @@ extern int sc_digest_add (struct sc_digest *d,
 /* The next nblocks blocks are zero blocks (a hole). */
 extern void sc_digest_add_zero (struct sc_digest *d, uint64_t nblocks);
 /* The digest of content of virtual_size bytes: the blocks added must
- * cover it, and any past it must be zero blocks.  Frees nothing: call
- * sc_digest_free after.
+ * cover it, and any past it must be zero blocks.  Call sc_digest_free
+ * after, whatever it returns.
  */
 extern int sc_digest_final (struct sc_digest *d, uint64_t virtual_size,
                             unsigned char out[SC_DIGEST_LEN]);
-
-/* Plain SHA-256 of a byte string fed in parts (the digest extension's
- * mapping fingerprint): init, then update any number of times, then
- * final, which frees the context; sc_sha256_free frees one not
- * finished (and does nothing to one finished or never started).  0, or
- * -1 with errno ENOTSUP (no SHA-256 in libcrypto), ENOMEM, EIO.
- */
-struct sc_sha256 {
-  void *ctx;                    /* EVP_MD_CTX */
-};
-extern int sc_sha256_init (struct sc_sha256 *s);
-extern int sc_sha256_update (struct sc_sha256 *s, const void *buf,
-                             size_t len);
-extern int sc_sha256_final (struct sc_sha256 *s,
-                            unsigned char out[SC_DIGEST_LEN]);
-extern void sc_sha256_free (struct sc_sha256 *s);
 
 /* ---- codec.c --------------------------------------------------------- */
 

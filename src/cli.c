@@ -966,7 +966,7 @@ text_lands_in (const struct stat *a, const struct stat *b)
 /* Are descriptors a and b open on one file that is not a terminal or
  * another character device (where lines of progress do no harm)?  A
  * pipe or a socket is one by its inode, whatever names lead to it; a
- * file or a block device also by its storage (text_lands_in).
+ * file or a block device by its storage (text_lands_in).
  */
 static bool
 same_open_file (int a, int b)
@@ -974,9 +974,7 @@ same_open_file (int a, int b)
   struct stat sa, sb;
 
   return fstat (a, &sa) == 0 && fstat (b, &sb) == 0
-    && ((sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino)
-        || text_lands_in (&sa, &sb))
-    && !S_ISCHR (sa.st_mode);
+    && text_lands_in (&sa, &sb) && !S_ISCHR (sa.st_mode);
 }
 
 /* The descriptors a command writes text on, for the checks below:
@@ -1405,37 +1403,50 @@ cli_loop_over (const char *name, const struct stat *t, const struct stat *s)
 #endif
 }
 
-/* The /dev node of the block device dev, opened read-only to ask the
- * loop driver: its name from sysfs (DEVNAME in uevent), checked to be
- * that device.  -1 if there is none.
- */
-static int
-open_device_node (dev_t dev)
+/* The /dev name of the block device dev (from sysfs), or false. */
+static bool
+device_name (dev_t dev, char *buf, size_t len)
 {
-  char path[96], line[256], node[320];
+  char path[96], line[256];
   FILE *fp;
-  struct stat st;
-  int fd = -1;
+  bool found = false;
 
   snprintf (path, sizeof path, "/sys/dev/block/%u:%u/uevent",
             major (dev), minor (dev));
   fp = fopen (path, "re");
   if (fp == NULL)
-    return -1;
-  while (fd == -1 && fgets (line, sizeof line, fp)) {
+    return false;
+  while (!found && fgets (line, sizeof line, fp)) {
     line[strcspn (line, "\n")] = '\0';
-    if (strncmp (line, "DEVNAME=", 8) != 0 || line[8] == '\0'
-        || strstr (line + 8, "..") != NULL)
-      continue;
-    snprintf (node, sizeof node, "/dev/%s", line + 8);
-    fd = open (node, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd != -1 && (fstat (fd, &st) == -1 || !S_ISBLK (st.st_mode)
-                     || st.st_rdev != dev)) {
-      close (fd);
-      fd = -1;
+    if (strncmp (line, "DEVNAME=", 8) == 0 && line[8] != '\0'
+        && strstr (line + 8, "..") == NULL) {
+      snprintf (buf, len, "/dev/%s", line + 8);
+      found = true;
     }
   }
   fclose (fp);
+  return found;
+}
+
+/* The /dev node of the block device dev, opened read-only to ask the
+ * loop driver: its name from sysfs (device_name), checked to be that
+ * device.  -1 if there is none.
+ */
+static int
+open_device_node (dev_t dev)
+{
+  char node[PATH_MAX];
+  struct stat st;
+  int fd;
+
+  if (!device_name (dev, node, sizeof node))
+    return -1;
+  fd = open (node, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd != -1 && (fstat (fd, &st) == -1 || !S_ISBLK (st.st_mode)
+                   || st.st_rdev != dev)) {
+    close (fd);
+    fd = -1;
+  }
   return fd;
 }
 
@@ -1825,41 +1836,6 @@ device_busy (dev_t dev, bool whole_only, char *buf, size_t len)
   return true;
 }
 
-/* The /dev name of the block device dev (from sysfs), or false. */
-static bool
-device_name (dev_t dev, char *buf, size_t len)
-{
-  char path[96], line[256];
-  FILE *fp;
-  bool found = false;
-
-  snprintf (path, sizeof path, "/sys/dev/block/%u:%u/uevent",
-            major (dev), minor (dev));
-  fp = fopen (path, "re");
-  if (fp == NULL)
-    return false;
-  while (!found && fgets (line, sizeof line, fp)) {
-    line[strcspn (line, "\n")] = '\0';
-    if (strncmp (line, "DEVNAME=", 8) == 0 && line[8] != '\0'
-        && strstr (line + 8, "..") == NULL) {
-      snprintf (buf, len, "/dev/%s", line + 8);
-      found = true;
-    }
-  }
-  fclose (fp);
-  return found;
-}
-
-/* Is the existing target t (named target) the file or the device that
- * an attached loop device reads and writes (directly, through a
- * partition of the disk, or through other loop devices)?  Written, it
- * would change under the loop device's user (a mounted file system,
- * which the exclusive open of the target does not see): refused.  Is
- * the target a loop device whose storage another loop device, mounted
- * or held, also reads?  The exclusive open of the target does not see
- * that one either: refused as busy.  Then print which loop device (a
- * mounted or held one first), where it is mounted, and return true.
- */
 /* The device the loop device name reads (0 for a file, or none). */
 static dev_t
 loop_backing_device (const char *name)
@@ -1893,6 +1869,16 @@ release_advice (const char *where)
          ? "unmount and detach it first" : "release and detach it first";
 }
 
+/* Is the existing target t (named target) the file or the device that
+ * an attached loop device reads and writes (directly, through a
+ * partition of the disk, or through other loop devices)?  Written, it
+ * would change under the loop device's user (a mounted file system,
+ * which the exclusive open of the target does not see): refused.  Is
+ * the target a loop device whose storage another loop device, mounted
+ * or held, also reads?  The exclusive open of the target does not see
+ * that one either: refused as busy.  Then print which loop device (a
+ * mounted or held one first), where it is mounted, and return true.
+ */
 static bool
 target_backs_loop (const char *target, const struct stat *t)
 {
