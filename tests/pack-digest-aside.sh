@@ -4,7 +4,9 @@
 # hashes starts before the scan's first probe of the source, so that the
 # hashing has the CPUs that the scan leaves idle, and the target is
 # written by one thread only, whose writes would wait for each other on
-# the file's lock.  The image is checked against qemu-img and against
+# the file's lock (with or without the digest); the hashing, beside
+# that copy, reads on one thread fewer than -j, so that the copy keeps a
+# CPU.  The image is checked against qemu-img and against
 # the pack without the digest (tests/verify-digest.sh has the rest).
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
@@ -24,10 +26,18 @@ cat src.raw >/dev/null
 strace -f -o trace -e trace=clone,clone3,preadv2,copy_file_range,pwrite64 \
   true 2>/dev/null || { echo "$0: SKIP: strace cannot trace here"; exit 77; }
 
-sparsecow pack -q --no-digest src.raw without.qcow2
+# Without the digest too, one thread writes a file.
+ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
+  strace -f -o trace0 -e trace=copy_file_range,pwrite64 \
+  "$SPARSECOW" pack -q -j 2 --no-digest src.raw without.qcow2
+writers=$(awk '$2 ~ /^(copy_file_range|pwrite64)\(/ { print $1 }' trace0 |
+          sort -u | wc -l)
+[ "$writers" = 1 ] ||
+  fail "pack --no-digest: the target was written by $writers threads"
 # LeakSanitizer cannot run under ptrace; the untraced runs have it.
 ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
-  strace -f -o trace -e trace=clone,clone3,preadv2,copy_file_range,pwrite64 \
+  strace -f -o trace \
+  -e trace=clone,clone3,pread64,preadv2,copy_file_range,pwrite64 \
   "$SPARSECOW" pack -q -j 2 --digest src.raw with.qcow2
 qemu-img check -q with.qcow2 || fail "qemu-img check of with.qcow2"
 qemu-img compare -q -f raw -F qcow2 src.raw with.qcow2 ||
@@ -45,6 +55,21 @@ writers=$(awk '$2 ~ /^(copy_file_range|pwrite64)\(/ { print $1 }' trace |
           sort -u | wc -l)
 [ "$writers" = 1 ] ||
   fail "the target was written by $writers threads, not by one"
+
+# The threads other than the process's own that read the source with
+# pread64: the hashing's (the scan probes with preadv2, on the first).
+hash_readers () {
+  awk -v m="$(awk 'NR == 1 { print $1 }' "$1")" \
+    '$1 != m && $2 ~ /^pread64\(/ { print $1 }' "$1" | sort -u | wc -l
+}
+n=$(hash_readers trace)
+[ "$n" = 1 ] || fail "pack -j 2: the hashing read on $n threads, not on 1"
+ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
+  strace -f -o trace3 -e trace=clone,clone3,pread64 \
+  "$SPARSECOW" pack -q -j 3 --digest src.raw with3.qcow2
+n=$(hash_readers trace3)
+[ "$n" = 2 ] || fail "pack -j 3: the hashing read on $n threads, not on 2"
+cmp with.qcow2 with3.qcow2 || fail "pack -j 3 made another image than -j 2"
 
 # With the digest or without, the same image but for the extension:
 # only the first cluster differs.
