@@ -24,6 +24,7 @@
 
 #include <assert.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -158,6 +159,8 @@ struct run {
   bool failed;
   int err_errno;
   char err_msg[1024];
+  unsigned started;             /* workers numbered as they start */
+  unsigned active_seen;         /* *p->active when last broadcast */
   /* With stats: the CPU time the workers spent outside their serial
    * sections, in them, and in emit() (see thread_cpu).
    */
@@ -735,6 +738,24 @@ finish_one (struct run *r)
  */
 #define INTERRUPT_POLL_NS 100000000L
 
+/* How many workers take pieces (p->active); called with r->lock held,
+ * by a worker that takes them: a rise wakes the others.
+ */
+static unsigned
+taking (struct run *r)
+{
+  unsigned n;
+
+  if (r->p->active == NULL)
+    return UINT_MAX;
+  n = SC_MAX (__atomic_load_n (r->p->active, __ATOMIC_RELAXED), 1u);
+  if (n > r->active_seen) {
+    r->active_seen = n;
+    pthread_cond_broadcast (&r->cond);
+  }
+  return n;
+}
+
 /* Every worker, the calling thread among them, does what is most
  * urgent: emit the next pieces when they are ready, else finish an
  * emitted one, else take a new one into a free slot.
@@ -745,8 +766,10 @@ worker (void *arg)
   struct run *r = arg;
   struct worker_stats ws = { 0, 0 };
   double start = r->stats ? thread_cpu () : 0;
+  unsigned index;
 
   pthread_mutex_lock (&r->lock);
+  index = r->started++;
   for (;;) {
     struct timespec until;
 
@@ -768,7 +791,8 @@ worker (void *arg)
       continue;
     }
     if (!r->all_issued
-        && r->slots[r->next_seq % r->nslots].state == SLOT_FREE) {
+        && r->slots[r->next_seq % r->nslots].state == SLOT_FREE
+        && index < taking (r)) {
       if (take_next (r, &ws) == -1)
         break;
       continue;
@@ -890,6 +914,8 @@ run_threaded (const struct sc_pipeline *p, struct cursor *cur,
   }
   r.serial_reads = !(p->src->flags & SC_EP_THREAD_SAFE);
   r.stats = getenv (STATS_ENV) != NULL;
+  r.active_seen = p->active ? __atomic_load_n (p->active, __ATOMIC_RELAXED)
+                            : 0;
   if (r.serial_reads)
     r.cur.src_lock = &r.src_lock;
   r.slots = calloc (r.nslots, sizeof *r.slots);
@@ -1213,8 +1239,8 @@ sc_pipeline_fit (const struct sc_endpoint *ep, uint32_t *request_size,
 }
 
 int
-sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
-         const struct sc_copy_opts *opts)
+sc_copy_unflushed (struct sc_endpoint *src, struct sc_endpoint *dst,
+                   const struct sc_copy_opts *opts)
 {
   struct copy_state cs = {
     .src = src,
@@ -1273,6 +1299,15 @@ sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
    */
   p.count_all = sc_sink_zero_is_written (dst);
   if (sc_pipeline_run (&p) == -1)
+    return -1;
+  return 0;
+}
+
+int
+sc_copy (struct sc_endpoint *src, struct sc_endpoint *dst,
+         const struct sc_copy_opts *opts)
+{
+  if (sc_copy_unflushed (src, dst, opts) == -1)
     return -1;
   return sc_ep_flush (dst);
 }

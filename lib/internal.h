@@ -175,6 +175,13 @@ struct sc_pipeline {
   const struct sc_extent_list *extents;
   uint32_t request_size;        /* 0 = 1 MiB; a power of two */
   unsigned threads;             /* 0 = online CPUs */
+  /* When not NULL: how many of the workers take pieces (at least one),
+   * read atomically as the run goes; the others wait, and still emit
+   * and finish pieces, until the caller raises it.  For a pipeline that
+   * runs beside other work of the caller and takes the CPUs that work
+   * leaves once it ends (a rise is seen within a piece's time).
+   */
+  const unsigned *active;
   size_t out_size;              /* scratch per piece, 0 = none */
   /* On a worker thread, in place of reading a data piece (and in the
    * same turn as a read, for a source that takes one request at a
@@ -240,6 +247,14 @@ extern int sc_pipeline_run (const struct sc_pipeline *p);
  * counts without count_all: 0, or -1 with the error set and named.
  */
 extern int sc_count_data (struct sc_endpoint *src, uint64_t *total);
+/* sc_copy without its last step: dst is left to be flushed by the
+ * caller (sc_ep_flush), who may start other work while it flushes.
+ * Returns 0, or -1 with the error set as sc_copy sets it.
+ */
+extern int sc_copy_unflushed (struct sc_endpoint *src,
+                              struct sc_endpoint *dst,
+                              const struct sc_copy_opts *opts);
+
 /* Keep requests and requests in flight inside what an endpoint takes:
  * the largest power of two up to its maximum request and its piece
  * size, and no more threads than requests it allows at once.
