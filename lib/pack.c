@@ -1402,6 +1402,23 @@ magic_last (struct sc_endpoint *dst)
     && ((dst->flags & SC_EP_IN_PLACE) || !(dst->flags & SC_EP_FRESH_ZEROS));
 }
 
+/* The valid magic may have reached dst before its flush failed, and
+ * the image would then look complete: zero it again, as far as dst
+ * still takes writes, keeping the first error.
+ */
+static void
+unwrite_magic (struct sc_endpoint *dst)
+{
+  static const unsigned char zero[4];
+  int saved = sc_error_errno ();
+  char msg[1024];
+
+  snprintf (msg, sizeof msg, "%s", sc_error_message ());
+  if (sc_ep_pwrite (dst, zero, sizeof zero, 0) == 0)
+    (void) sc_ep_flush (dst);
+  sc_set_error (saved, "%s", msg);
+}
+
 static int
 write_magic (struct sc_endpoint *dst, bool valid)
 {
@@ -1417,6 +1434,8 @@ write_magic (struct sc_endpoint *dst, bool valid)
   if (sc_ep_pwrite (dst, magic, sizeof magic, 0) == -1
       || sc_ep_flush (dst) == -1) {
     sc_error_name (dst->name);
+    if (valid)
+      unwrite_magic (dst);
     return -1;
   }
   return 0;

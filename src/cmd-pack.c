@@ -538,7 +538,9 @@ pack_endpoint (struct sc_endpoint *src, const char *source,
                const struct cli_common *common)
 {
   struct sc_endpoint *dst = cli_open_target (target, common, target_flags);
-  bool in_place = (target_flags & SC_TARGET_IN_PLACE) || is_device (target);
+  /* An export has no temporary name either. */
+  bool in_place = (target_flags & SC_TARGET_IN_PLACE) || is_device (target)
+                  || target->nbd;
   int r = -1;
 
   /* A signal then stops the run, which says what it leaves. */
@@ -562,10 +564,12 @@ pack_endpoint (struct sc_endpoint *src, const char *source,
     else {
       /* The image is complete once committed (one written in place is,
        * its magic flushed, already): a signal from here on does not
-       * stop the commits, nor then the run.
+       * stop the commits, nor then the run.  The commit of a target
+       * written in place would only flush it again: its failure would
+       * leave the complete image that the command says it is not.
        */
       cli_defer_signals ();
-      if (sc_endpoint_commit (dst) == -1) {
+      if (!in_place && sc_endpoint_commit (dst) == -1) {
         cli_lib_error (NULL);
         r = -1;
       }

@@ -447,6 +447,7 @@ cmd_unpack (int argc, char **argv)
     struct stat st;
 
     in_place[i] = (target_flags & SC_TARGET_IN_PLACE)
+      || targets[opened_index[i]].nbd
       || (stat (name, &st) == 0 && S_ISBLK (st.st_mode));
     /* Nor does a failure remove it: a bmap's ranges are all checked
      * before it is written.

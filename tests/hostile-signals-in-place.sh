@@ -19,9 +19,16 @@
 #   writes while the last ones are in flight) stops nothing: exit 0, a
 #   line that says so, and a whole target (hostile-signals-complete.sh
 #   places such signals deterministically).
+# - pack and unpack into an NBD export (a qemu-nbd started with
+#   [ CMD ]), which has no temporary name either: stopped by SIGINT
+#   while the export's file changes, the same message and exit status,
+#   and no image there.
+# - The flush of the magic itself fails (EIO injected by strace at the
+#   last flush of pack -n): exit 1, the message, and no image, though
+#   the magic was written before the flush failed.
 srcdir=${srcdir:-$(cd "$(dirname "$0")" && pwd)}
 . "$srcdir/functions.sh"
-requires qemu-img qemu-io losetup python3
+requires qemu-img qemu-io qemu-nbd losetup python3
 requires_root
 
 cd "$tmp"
@@ -151,4 +158,44 @@ for op in "pack -f" "pack -f -c"; do
     { cat err >&2; fail "$op to a failing $full: not said to be left partly written"; }
   not_an_image "$full" "$op to a failing device"
 done
+
+# Into an export: the same as onto a device.
+truncate -s $((size + 8 * MiB)) export.raw
+server="[ qemu-nbd -f raw $tmp/export.raw ]"
+for op in "pack -f" "unpack"; do
+  case $op in
+    pack*) src=big.raw ;;
+    unpack*) src=big.qcow2 ;;
+  esac
+  # shellcheck disable=SC2086
+  if ! interrupt INT export.raw "$SPARSECOW" $op $src -- [ qemu-nbd -f raw "$tmp/export.raw" ]; then
+    echo "$0: $op into an export ended before SIGINT could reach it (rc $rc)"
+    continue
+  fi
+  grep -q "complete; SIGINT came after it was written" err && continue
+  [ "$rc" = 130 ] || { cat err >&2; fail "$op into an export, SIGINT: exit $rc, not 130"; }
+  grep -qF "sparsecow: $server: written in place, left partly written" err ||
+    { cat err >&2; fail "$op into an export, SIGINT: not said to be left partly written"; }
+  case $op in pack*) not_an_image export.raw "$op into an export, SIGINT" ;; esac
+done
+
+# The flush after the magic fails: the magic is taken back.
+if strace -f -qq -o /dev/null -e trace=fsync -e inject=fsync:error=EIO:when=1000 true 2>/dev/null; then
+  export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
+  head -c $((8 * MiB)) /dev/urandom > small.raw
+  : > magic.img
+  strace -f -qq -o trace.out -e trace=fsync,fdatasync "$SPARSECOW" pack -n small.raw magic.img ||
+    fail "pack -n small.raw magic.img failed under strace"
+  n=$(grep -cE '^[0-9]+ +(fsync|fdatasync)\(' trace.out)
+  : > magic.img
+  rc=0
+  strace -f -qq -o /dev/null -e trace=fsync,fdatasync -e inject=fsync,fdatasync:error=EIO:when=$n \
+    "$SPARSECOW" pack -n small.raw magic.img 2>err || rc=$?
+  [ $rc = 1 ] || { cat err >&2; fail "pack -n, flush $n of $n failing: exit $rc"; }
+  grep -q "^sparsecow: magic.img: written in place, left partly written (not a qcow2 image)" err ||
+    { cat err >&2; fail "pack -n, last flush failing: not said to be left partly written"; }
+  not_an_image magic.img "pack -n, its last flush failing"
+else
+  echo "$0: strace cannot inject errors here: the failing flush is not tried"
+fi
 exit 0
