@@ -830,10 +830,15 @@ struct sc_verify_result {
   /* sc_verify: the first byte at which the contents differ, or with
    * strict and sizes that differ, the size of the smaller side.
    * sc_verify_digest: with damaged, where the first compressed cluster
-   * that does not decode starts in the guest, else 0.
+   * that does not decode starts in the guest; with sizes_differ, the
+   * image's virtual size; else 0.
    */
   uint64_t offset;
-  bool sizes_differ;            /* sc_verify: a and b differ in size */
+  /* sc_verify: a and b differ in size.  sc_verify_digest, stale: the
+   * image's virtual size is not digest_size (another program resized
+   * it), though the autoclear bit is set.
+   */
+  bool sizes_differ;
   /* sc_verify_digest: the stored bytes of a compressed cluster do not
    * decode (computed is then all zeros).
    */
@@ -883,7 +888,9 @@ extern int sc_verify (struct sc_endpoint *a, struct sc_endpoint *b,
  * that does not know the digest, as qemu clears unknown autoclear bits
  * ("Header", docs/interop/qcow2.rst); or the bit is set but the L1 and
  * L2 tables are not the ones the digest was made with, and
- * result->mapping_changed is set; it is not recomputed), or -1
+ * result->mapping_changed is set, or the virtual size is not the one
+ * it was made for, and result->sizes_differ is set; it is not
+ * recomputed), or -1
  * with errno ENODATA (the image holds no digest), EINVAL (not a qcow2
  * image, a damaged digest extension), or the errors of sc_qcow2_open.
  */

@@ -743,6 +743,18 @@ sc_verify_digest (struct sc_endpoint *file,
     ret = 2;
     goto out;
   }
+  /* A resize clears the autoclear bit too, but not one by a qemu that
+   * opened the image read-only and then writable (qemu-io -r -c
+   * 'reopen -w' -c truncate): within the size its L1 table covers, the
+   * tables stay as they were.  Another virtual size is then such a
+   * resize, as changed tables are such a write (below).
+   */
+  if (h.size != f.d.size) {
+    result->sizes_differ = true;
+    result->offset = h.size;
+    ret = 2;
+    goto out;
+  }
   /* qemu keeps the bit when it opens an image read-only and then makes
    * it writable (qemu-img commit into it, a block job): what it wrote
    * shows in the L1 and L2 tables whenever it allocated or moved a
@@ -765,13 +777,6 @@ sc_verify_digest (struct sc_endpoint *file,
   guest = sc_qcow2_endpoint (q);
   if (guest == NULL)
     goto out;
-  /* A resize clears the autoclear bit too; a size that differs with the
-   * bit set is damage.
-   */
-  if (guest->size != f.d.size) {
-    ret = 1;
-    goto out;
-  }
   ret = rehash (guest, h.cluster_size, &f.d, opts, result->computed,
                 &result->offset);
   if (ret == 1) {

@@ -212,7 +212,12 @@ verify_digest (const struct cli_operand *op, const struct cli_common *common,
               "image's tables)\n", cli_image_name (op->name));
     return EXIT_VERIFY_DIFFERENT;
   case 2:
-    if (!common->quiet && res.mapping_changed)
+    if (!common->quiet && res.sizes_differ)
+      printf ("%s: digest is stale: another program has resized the image "
+              "since it was packed (its virtual size is %" PRIu64 " bytes, "
+              "the digest's %" PRIu64 ")\n", cli_image_name (op->name),
+              res.offset, res.digest_size);
+    else if (!common->quiet && res.mapping_changed)
       printf ("%s: digest is stale: another program has allocated or moved "
               "clusters of the image since it was packed (as qemu-img "
               "commit into it does)\n", cli_image_name (op->name));

@@ -229,7 +229,8 @@ rc=0; out=$(sparsecow verify flip.qcow2) || rc=$?
 grep -q mismatch <<<"$out" || fail "verify of a flipped byte says '$out'"
 
 # A damaged extension: an unknown kind is an error; a digest for
-# another virtual size, with the bit set, does not match.
+# another virtual size, with the bit set, is stale, as after a resize
+# that kept the bit (below), and says both sizes.
 patch_digest () { digest_edit "$1" patch "$2" "$3"; }  # IMAGE FIELD-OFFSET HEX
 cp plain.qcow2 kind.qcow2
 patch_digest kind.qcow2 0 00000002
@@ -238,8 +239,9 @@ rc=0; sparsecow verify kind.qcow2 2>err || rc=$?
   fail "verify of a digest of unknown kind: status $rc"
 cp plain.qcow2 size.qcow2
 patch_digest size.qcow2 8 0000000000100000
-rc=0; sparsecow verify size.qcow2 >/dev/null || rc=$?
-[ "$rc" = 1 ] || fail "verify of a digest for another size: status $rc"
+rc=0; out=$(sparsecow verify size.qcow2) || rc=$?
+[ "$rc" = 3 ] && grep -qF "the digest's $((0x100000))" <<<"$out" ||
+  fail "verify of a digest for another size: status $rc, '$out'"
 qemu-img check -q size.qcow2 || fail "qemu-img check of size.qcow2"
 
 # Opened for writing by qemu: the bit is cleared, the extension kept,
@@ -300,6 +302,23 @@ for r in json.load(sys.stdin):
       [ "$rc" = 3 ] && grep -q "stale: another program has allocated or moved clusters" <<<"$out" ||
         fail "verify after a commit ($case): status $rc, '$out'" ;;
   esac
+done
+# A resize by a qemu that reopened the image writable keeps the bit,
+# and within the size the L1 table covers, the tables: the virtual size
+# is not the digest's, and the digest is stale.
+for grow in +1M 1G; do
+  cp plain.qcow2 resized.qcow2
+  qemu-io -r -f qcow2 -c 'reopen -w' -c "truncate $grow" resized.qcow2 >/dev/null ||
+    fail "qemu-io could not resize resized.qcow2 ($grow)"
+  read -r bit _ size _ _ <<<"$(header_digest resized.qcow2)"
+  [ "$bit" = 1 ] || fail "resize $grow: qemu-io cleared the autoclear bit"
+  now=$(qemu-img info --output=json resized.qcow2 |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])')
+  [ "$now" != "$size" ] || fail "resize $grow: the virtual size is still $size"
+  rc=0; out=$(sparsecow verify resized.qcow2) || rc=$?
+  [ "$rc" = 3 ] && grep -q "stale: another program has resized the image" <<<"$out" &&
+    grep -qF "virtual size is $now bytes, the digest's $size" <<<"$out" ||
+    fail "verify after a resize to $grow: status $rc, '$out'"
 done
 # The 48-byte form (no fingerprint), as earlier versions wrote it: the
 # digest is still checked.
