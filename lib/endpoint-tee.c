@@ -229,13 +229,12 @@ sc_endpoint_open_tee (struct sc_endpoint *const *targets, size_t n)
  err:
   {
     /* Keep the error across the closes. */
-    int saved = sc_error_errno ();
-    char msg[1024];
+    struct sc_error_saved saved;
 
-    snprintf (msg, sizeof msg, "%s", sc_error_message ());
+    sc_error_save (&saved);
     for (size_t i = 0; targets && i < n; i++)
       sc_ep_close (targets[i]);
-    sc_set_error (saved, "%s", msg);
+    sc_error_restore (&saved);
   }
   return NULL;
 }

@@ -278,12 +278,11 @@ sc_ep_close (struct sc_endpoint *ep)
 void
 sc_ep_abandon (struct sc_endpoint *ep)
 {
-  int saved = sc_error_errno ();
-  char msg[1024];
+  struct sc_error_saved saved;
 
-  snprintf (msg, sizeof msg, "%s", sc_error_message ());
+  sc_error_save (&saved);
   sc_ep_close (ep);
-  sc_set_error (saved, "%s", msg);
+  sc_error_restore (&saved);
 }
 
 /* ---- the public face --------------------------------------------------- */

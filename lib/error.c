@@ -7,8 +7,6 @@
 
 #include "internal.h"
 
-#define SC_ERROR_LEN 1024
-
 static __thread char error_message[SC_ERROR_LEN];
 static __thread int error_errno;
 /* The error is damage of an image (sc_set_damage), not a failure. */
@@ -84,6 +82,19 @@ sc_error_name (const char *name)
   if (strncmp (error_message, name, n) != 0
       || (error_message[n] != ':' && error_message[n] != ' '))
     sc_error_prefix ("%s", name);
+}
+
+void
+sc_error_save (struct sc_error_saved *saved)
+{
+  saved->errnum = error_errno;
+  memcpy (saved->msg, error_message, sizeof saved->msg);
+}
+
+void
+sc_error_restore (const struct sc_error_saved *saved)
+{
+  sc_set_error (saved->errnum, "%s", saved->msg);
 }
 
 const char *

@@ -74,6 +74,16 @@ extern void sc_error_prefix (const char *fmt, ...)
  * others leave it to the caller, who knows which side failed.
  */
 extern void sc_error_name (const char *name);
+/* The current error (errno and message), kept across calls that may
+ * set another (a close on the way out) and set again as it was.
+ */
+#define SC_ERROR_LEN 1024
+struct sc_error_saved {
+  int errnum;
+  char msg[SC_ERROR_LEN];
+};
+extern void sc_error_save (struct sc_error_saved *saved);
+extern void sc_error_restore (const struct sc_error_saved *saved);
 
 /* ---- util.c ---------------------------------------------------------- */
 

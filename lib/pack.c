@@ -1410,13 +1410,12 @@ static void
 unwrite_magic (struct sc_endpoint *dst)
 {
   static const unsigned char zero[4];
-  int saved = sc_error_errno ();
-  char msg[1024];
+  struct sc_error_saved saved;
 
-  snprintf (msg, sizeof msg, "%s", sc_error_message ());
+  sc_error_save (&saved);
   if (sc_ep_pwrite (dst, zero, sizeof zero, 0) == 0)
     (void) sc_ep_flush (dst);
-  sc_set_error (saved, "%s", msg);
+  sc_error_restore (&saved);
 }
 
 static int
